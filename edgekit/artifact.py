@@ -1,0 +1,195 @@
+"""Records that flow between stages: an Artifact per ONNX file and the Manifest beside them.
+
+Manifest schema (``edgekit.manifest/1``), JSON, documented in docs/manifest.md:
+
+    schema, edgekit_version, created, source{spec,kind,weights,weights_sha256},
+    settings{...}, versions{edgekit,torch,onnx,onnxruntime,numpy,python},
+    host{cpu,flags,cores,machine,os}, stages[{name,status,reason,seconds,details}],
+    artifacts[Artifact], recommended{target: {path, reason}}, prepost{...},
+    quantization{...}, pruning{...}
+
+Status values for stages: done | skipped | not-applicable | failed.
+A latency entry per target is either a measurement ({"status": "ok", p50_ms, ...})
+or {"status": "unavailable"|"failed"|"emulated-only", "reason": ...}; never a made-up number.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .fsutil import sha256_file, write_json_atomic
+
+SCHEMA = "edgekit.manifest/1"
+KINDS = ("fp32", "pruned", "distilled", "int8", "int8-dynamic", "fp16", "sparse")
+STAGE_STATUS = ("done", "skipped", "not-applicable", "failed")
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list  # ints or symbolic names (str) for dynamic dims
+    dtype: str  # numpy dtype name, e.g. "float32", "int64"
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Artifact:
+    kind: str
+    path: str  # relative to the output directory
+    sha256: str = ""
+    bytes: int = 0
+    params: int | None = None
+    opset: int | None = None
+    parent: str | None = None  # path of the artifact (or "source") this one was made from
+    stage: str = ""
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    verify: dict = field(default_factory=dict)
+    latency: dict = field(default_factory=dict)  # target name -> measurement or status
+    settings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"artifact kind {self.kind!r} not one of {KINDS}")
+
+    def refresh_file_facts(self, outdir) -> None:
+        p = Path(outdir) / self.path
+        self.sha256 = sha256_file(p)
+        self.bytes = p.stat().st_size
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str
+    reason: str = ""
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STAGE_STATUS:
+            raise ValueError(f"stage status {self.status!r} not one of {STAGE_STATUS}")
+
+
+@dataclass
+class Manifest:
+    source: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)  # StageRecord
+    artifacts: list = field(default_factory=list)  # Artifact
+    recommended: dict = field(default_factory=dict)
+    prepost: dict = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)
+    pruning: dict = field(default_factory=dict)
+    profile: dict = field(default_factory=dict)  # per-target facts: provider, threads, emulated, host
+    versions: dict = field(default_factory=dict)
+    host: dict = field(default_factory=dict)
+    created: str = ""
+    schema: str = SCHEMA
+    edgekit_version: str = ""
+
+    def artifact(self, kind_or_path: str) -> Artifact:
+        for a in self.artifacts:
+            if a.kind == kind_or_path or a.path == kind_or_path:
+                return a
+        raise KeyError(kind_or_path)
+
+    def to_dict(self) -> dict:
+        from . import __version__
+
+        d = {
+            "schema": self.schema,
+            "edgekit_version": self.edgekit_version or __version__,
+            "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": self.source,
+            "settings": self.settings,
+            "versions": self.versions,
+            "host": self.host,
+            "stages": [dataclasses.asdict(s) if not isinstance(s, dict) else s for s in self.stages],
+            "artifacts": [a.to_dict() if not isinstance(a, dict) else a for a in self.artifacts],
+            "recommended": self.recommended,
+            "prepost": self.prepost,
+            "quantization": self.quantization,
+            "pruning": self.pruning,
+            "profile": self.profile,
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        m = cls(**{k: d.get(k) for k in ("source", "settings", "recommended", "prepost", "quantization",
+                                          "pruning", "profile", "versions", "host") if d.get(k) is not None})
+        m.created = d.get("created", "")
+        m.schema = d.get("schema", SCHEMA)
+        m.edgekit_version = d.get("edgekit_version", "")
+        m.stages = [StageRecord(**s) for s in d.get("stages", [])]
+        m.artifacts = [Artifact.from_dict(a) for a in d.get("artifacts", [])]
+        return m
+
+    def write(self, outdir) -> Path:
+        dest = Path(outdir) / "manifest.json"
+        write_json_atomic(dest, self.to_dict())
+        return dest
+
+
+def load_manifest(outdir) -> Manifest:
+    import json
+
+    from .errors import InputError
+
+    p = Path(outdir)
+    if p.is_dir():
+        p = p / "manifest.json"
+    if not p.exists():
+        raise InputError(f"{p}: no manifest.json (is this an edgekit output directory?)")
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{p}: not a readable manifest: {e}") from None
+    if not str(d.get("schema", "")).startswith("edgekit.manifest/"):
+        raise InputError(f"{p}: not an edgekit manifest (schema {d.get('schema')!r})")
+    return Manifest.from_dict(d)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+    import sys
+
+    from . import __version__
+
+    out = {"edgekit": __version__, "python": sys.version.split()[0]}
+    for pkg in ("torch", "onnx", "onnxruntime", "numpy", "numba", "neural-compressor", "torch-pruning"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def host_info() -> dict:
+    from .hostinfo import cpu_info
+
+    info = cpu_info()
+    return {
+        "cpu": info["model"],
+        "flags": info["isa"],
+        "cores": info["cores"],
+        "machine": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+    }

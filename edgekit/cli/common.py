@@ -1,0 +1,86 @@
+"""Shared CLI plumbing: error-to-exit-code mapping, --json output, progress."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from ..errors import EdgekitError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def main_entry(cli, argv=None):
+    # onnxruntime writes under ~/.cache on import; keep it tidy but respect the user's choice.
+    try:
+        rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except EdgekitError as e:
+        _report_error(e)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: short message, traceback only with --debug
+        if _debug_requested(argv):
+            raise
+        click.echo(f"edgekit: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)
+    return 0
+
+
+def _debug_requested(argv) -> bool:
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get("EDGEKIT_DEBUG") == "1"
+
+
+def _report_error(e: EdgekitError) -> None:
+    if _debug_requested(None):
+        import traceback
+
+        traceback.print_exc()
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    click.echo(f"edgekit: error: {msg}", err=True)
+
+
+def echo_json(obj) -> None:
+    from ..fsutil import _json_default
+
+    click.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+
+
+def output_option(required=True, help="Output directory."):
+    def deco(f):
+        return click.option("-o", "--output", type=click.Path(), required=required, help=help)(f)
+
+    return deco
+
+
+def console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def wraps_errors(f):
+    """Library errors propagate to main_entry; this only keeps the signature tidy."""
+
+    @functools.wraps(f)
+    def inner(*a, **k):
+        return f(*a, **k)
+
+    return inner
