@@ -1,0 +1,107 @@
+"""`edgekit compress`: the whole pipeline on one model."""
+from __future__ import annotations
+
+import click
+
+from .common import CONTEXT_SETTINGS, echo_json
+
+
+def _shape(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(x) for x in value.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise click.BadParameter(f"{value!r}: dimensions must be positive")
+    return dims
+
+
+@click.command("compress", context_settings=CONTEXT_SETTINGS)
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory for artifacts, manifest and reports.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="compress.toml recipe; flags override it.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
+@click.option("--trust-pickle", is_flag=True, default=None, help="Allow --weights to be a pickled full model (runs code from the file).")
+@click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), image folder, or .txt of sentences.")
+@click.option("--eval", "eval_", type=click.Path(), help="Eval data: .npz with inputs plus 'y' labels (accuracy); without labels, fidelity to FP32.")
+@click.option("--train", type=click.Path(), help="Training data for distillation (same formats; labels optional).")
+@click.option("--input-shape", callback=_shape, help="Input shape when it cannot be inferred from the data, e.g. 1,3,224,224.")
+@click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, max_open=True), help="Fraction of channels to remove (structured).")
+@click.option("--prune-method", type=click.Choice(["l1", "l2", "bn", "taylor"]), help="Channel importance criterion.")
+@click.option("--target-latency", help="Search the pruning ratio for a measured latency, e.g. 0.6x or 2.5ms.")
+@click.option("--distill/--no-distill", default=None, help="Distill from the original model after pruning (default: on when pruning).")
+@click.option("--student", help="file.py:factory: distill into a different, smaller architecture.")
+@click.option("--quantize", "quant_mode", type=click.Choice(["int8", "int8-dynamic", "fp16", "none"]), help="Quantization mode (default int8).")
+@click.option("--no-tune", is_flag=True, default=None, help="Skip accuracy-aware tuning (use ISA-aware defaults once).")
+@click.option("--tolerance", help="Largest accepted accuracy drop: '1%' relative (default) or '0.5pt' absolute.")
+@click.option("--target", "targets", multiple=True, help="Target name or TOML file (repeatable; default: this host's CPU).")
+@click.option("--preprocess", help="Pre/post-processing spec (JSON text or file) declared in the manifest for the device runner.")
+@click.option("--no-profile", is_flag=True, default=None, help="Skip latency profiling.")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--overwrite", is_flag=True, default=None, help="Replace an existing OUTDIR (only after the new run succeeds).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
+def compress(model, output, config, weights, trust_pickle, calib, eval_, train, input_shape, prune_ratio, prune_method,
+             target_latency, distill, student, quant_mode, no_tune, tolerance, targets, preprocess, no_profile, seed,
+             overwrite, as_json):
+    """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
+
+    \b
+    Examples:
+      edgekit compress zoo:digits-cnn -o out/digits
+      edgekit compress zoo:digits-cnn --prune 0.5 -o out/digits-pruned
+      edgekit compress net.py:build --weights net.pt --calib calib.npy --eval eval.npz -o out/net
+    """
+    from ..pipeline import compress as run_compress
+
+    settings = {"weights": weights, "trust_pickle": trust_pickle, "calib": calib, "eval": eval_, "train": train,
+                "input_shape": input_shape, "tolerance": tolerance, "seed": seed, "overwrite": overwrite,
+                "preprocess": preprocess}
+    if targets:
+        settings["targets"] = list(targets)
+    settings = {k: v for k, v in settings.items() if v is not None}
+    prune = {k: v for k, v in {"ratio": prune_ratio, "method": prune_method, "target_latency": target_latency}.items()
+             if v is not None}
+    dist = {k: v for k, v in {"enabled": distill, "student": student}.items() if v is not None}
+    quant = {k: v for k, v in {"mode": quant_mode, "tune": (False if no_tune else None)}.items() if v is not None}
+    prof = {"enabled": False} if no_profile else {}
+    for name, sec in (("prune", prune), ("distill", dist), ("quantize", quant), ("profile", prof)):
+        if sec:
+            settings[name] = sec
+    if not output:
+        raise click.UsageError("missing -o/--output OUTDIR")
+    manifest = run_compress(model, output=output, config=config, **settings)
+    if as_json:
+        echo_json(manifest.to_dict())
+    else:
+        _summary(manifest, output)
+
+
+def _summary(manifest, output):
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(stderr=True)
+    targets = list(dict.fromkeys(t for a in manifest.artifacts for t in a.latency))
+    tab = Table(title=f"edgekit compress -> {output}")
+    for col in ("artifact", "kind", "size", "params", "metric"):
+        tab.add_column(col)
+    for t in targets:
+        tab.add_column(f"p50 {t}", justify="right")
+    for a in manifest.artifacts:
+        m = a.metrics or {}
+        metric = f"{m.get('name', '?')} {m['value']:.4f}" if m.get("value") is not None else "-"
+        if m.get("drop_rel") is not None and a.kind != "fp32":
+            metric += f" ({-m['drop_rel']:+.2%})"
+        row = [a.path, a.kind, f"{a.bytes / 1024:.1f} KiB", f"{a.params:,}" if a.params else "-", metric]
+        for t in targets:
+            lat = a.latency.get(t, {})
+            row.append(f"{lat['p50_ms']:.3f} ms" if lat.get("status") == "ok" else lat.get("status", "-"))
+        tab.add_row(*row)
+    con.print(tab)
+    for t, r in manifest.recommended.items():
+        if r.get("status") == "ok":
+            con.print(f"[bold]recommended for {t}:[/bold] {r['path']} — {r['reason']}")
+        else:
+            con.print(f"[bold]{t}:[/bold] {r.get('status')}: {r.get('reason')}")

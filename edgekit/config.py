@@ -1,0 +1,275 @@
+"""Settings for each stage as frozen dataclasses, and the compress.toml recipe loader.
+
+Each stage owns one dataclass; CompressConfig composes them. Values are checked in
+__post_init__ so a bad recipe fails before any work starts, naming the bad key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, did_you_mean
+
+QUANT_MODES = ("int8", "int8-dynamic", "fp16", "none")
+PRUNE_METHODS = ("l1", "l2", "bn", "taylor")
+SPARSITY_MODES = ("none", "unstructured", "2:4")
+CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
+QUANT_FORMATS = ("qdq", "qoperator")
+INT8_TYPES = ("auto", "u8", "s8")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest accepted metric drop: relative ('1%') or absolute in points ('0.5pt')."""
+
+    value: float = 0.01
+    relative: bool = True
+
+    @classmethod
+    def parse(cls, text) -> "Tolerance":
+        if isinstance(text, Tolerance):
+            return text
+        s = str(text).strip().lower()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(%|pt|pts|points?)?", s)
+        if not m:
+            raise ConfigError(f"tolerance {text!r}: expected e.g. '1%' (relative) or '0.5pt' (absolute points)")
+        v = float(m.group(1))
+        if m.group(2) == "%" or m.group(2) is None:
+            return cls(v / 100.0, True)
+        return cls(v / 100.0, False)  # points of accuracy, metric values are fractions
+
+    def allows(self, reference: float, value: float) -> bool:
+        return self.drop(reference, value) <= self.value + 1e-12
+
+    def drop(self, reference: float, value: float) -> float:
+        d = reference - value
+        if self.relative:
+            return d / reference if reference else d
+        return d
+
+    def __str__(self):
+        return f"{self.value * 100:g}%" if self.relative else f"{self.value * 100:g}pt"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneConfig:
+    ratio: float = 0.0  # fraction of channels removed; 0 = off
+    method: str = "l1"
+    global_pruning: bool = False
+    ignore: tuple = ()  # module names never pruned (first conv and classifier are always kept)
+    channel_multiple: int | None = None  # None = the target's channel_multiple
+    steps: int = 1  # iterative prune -> distill steps to the final ratio
+    sensitivity: bool = False
+    target_latency: str | None = None  # "0.6x" of the unpruned model or "2.5ms"
+    sparsity: str = "none"
+
+    def __post_init__(self):
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"prune.ratio {self.ratio}: must be in [0, 1)")
+        if self.method not in PRUNE_METHODS:
+            raise ConfigError(f"prune.method {self.method!r}{did_you_mean(self.method, PRUNE_METHODS)}")
+        if self.sparsity not in SPARSITY_MODES:
+            raise ConfigError(f"prune.sparsity {self.sparsity!r}{did_you_mean(self.sparsity, SPARSITY_MODES)}")
+        if self.steps < 1:
+            raise ConfigError(f"prune.steps {self.steps}: must be >= 1")
+        if self.channel_multiple is not None and self.channel_multiple < 1:
+            raise ConfigError(f"prune.channel_multiple {self.channel_multiple}: must be >= 1")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+    @property
+    def enabled(self) -> bool:
+        return self.ratio > 0 or self.target_latency is not None or self.sparsity != "none"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    enabled: bool | None = None  # None = on whenever pruning ran or a student is given
+    epochs: int = 30
+    lr: float = 2e-3
+    batch_size: int = 64
+    temperature: float = 4.0
+    alpha: float = 0.7  # weight of the soft-target loss; 1 - alpha goes to hard labels when present
+    feature_weight: float = 0.0
+    feature_layers: tuple = ()
+    patience: int = 5
+    student: str | None = None  # file.py:factory for a different architecture
+    teacher: str | None = None  # default: the source model
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ConfigError(f"distill.epochs {self.epochs}: must be >= 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha {self.alpha}: must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature {self.temperature}: must be > 0")
+        object.__setattr__(self, "feature_layers", tuple(self.feature_layers))
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeConfig:
+    mode: str = "int8"
+    format: str = "qdq"
+    calibrate_method: str = "auto"
+    per_channel: bool | None = None  # None = ISA-aware default
+    activation_type: str = "auto"
+    weight_type: str = "auto"
+    tune: bool = True  # accuracy-aware tuning + speed gate
+    max_trials: int = 12
+    op_types: tuple = ()  # empty = all supported
+    exclude_nodes: tuple = ()
+    calib_size: int = 256
+    speed_gate: bool = True
+
+    def __post_init__(self):
+        if self.mode not in QUANT_MODES:
+            raise ConfigError(f"quantize.mode {self.mode!r}{did_you_mean(self.mode, QUANT_MODES)}")
+        if self.format not in QUANT_FORMATS:
+            raise ConfigError(f"quantize.format {self.format!r}{did_you_mean(self.format, QUANT_FORMATS)}")
+        if self.calibrate_method not in CALIB_METHODS:
+            raise ConfigError(
+                f"quantize.calibrate_method {self.calibrate_method!r}{did_you_mean(self.calibrate_method, CALIB_METHODS)}")
+        for k in ("activation_type", "weight_type"):
+            if getattr(self, k) not in INT8_TYPES:
+                raise ConfigError(f"quantize.{k} {getattr(self, k)!r}{did_you_mean(getattr(self, k), INT8_TYPES)}")
+        if self.max_trials < 1:
+            raise ConfigError(f"quantize.max_trials {self.max_trials}: must be >= 1")
+        if self.calib_size < 1:
+            raise ConfigError(f"quantize.calib_size {self.calib_size}: must be >= 1")
+        object.__setattr__(self, "op_types", tuple(self.op_types))
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig:
+    enabled: bool = True
+    warmup: int = 5
+    min_runs: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 20.0
+    op_profile: bool = True
+
+    def __post_init__(self):
+        if self.min_runs < 1 or self.warmup < 0 or self.min_seconds < 0:
+            raise ConfigError("profile: min_runs >= 1, warmup >= 0 and min_seconds >= 0 are required")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressConfig:
+    model: str
+    output: str
+    weights: str | None = None
+    trust_pickle: bool = False
+    calib: str | None = None
+    eval: str | None = None
+    train: str | None = None
+    input_shape: tuple | None = None
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    targets: tuple = ()  # empty = the default target
+    seed: int = 0
+    overwrite: bool = False
+    preprocess: str | None = None  # a prepost spec as JSON text or a path to a JSON file
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+    def __post_init__(self):
+        if not self.model:
+            raise ConfigError("model: a model spec is required (zoo:NAME, file.py:factory or model.onnx)")
+        object.__setattr__(self, "tolerance", Tolerance.parse(self.tolerance))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(x) for x in self.input_shape))
+
+    @property
+    def distill_enabled(self) -> bool:
+        if self.distill.enabled is not None:
+            return self.distill.enabled
+        return self.prune.enabled or self.distill.student is not None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["tolerance"] = str(self.tolerance)
+        return d
+
+
+_SECTIONS = {"prune": PruneConfig, "distill": DistillConfig, "quantize": QuantizeConfig, "profile": ProfileConfig}
+
+
+def _check_keys(where: str, given: dict, cls) -> None:
+    valid = {f.name for f in dataclasses.fields(cls)}
+    for k in given:
+        if k not in valid:
+            raise ConfigError(f"{where}: unknown key {k!r}{did_you_mean(k, valid)}")
+
+
+def _build(cls, where, values):
+    _check_keys(where, values, cls)
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def from_dict(d: dict, *, where: str = "settings") -> CompressConfig:
+    top = {k: v for k, v in d.items() if k not in _SECTIONS}
+    _check_keys(where, top, CompressConfig)
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        v = d.get(name, {})
+        if isinstance(v, dict):
+            sections[name] = _build(cls, f"{where} [{name}]", v)
+        elif isinstance(v, cls):
+            sections[name] = v
+        else:
+            raise ConfigError(f"{where}: [{name}] must be a table")
+    if "tolerance" in top:
+        top["tolerance"] = Tolerance.parse(top["tolerance"])
+    try:
+        return CompressConfig(**top, **sections)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_recipe(path) -> dict:
+    """Read compress.toml into a plain dict (merged under CLI flags by the caller)."""
+    import tomllib
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: recipe file not found")
+    try:
+        d = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    # validate now so the error names the file
+    from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
+    return d
+
+
+def to_toml(cfg: CompressConfig) -> str:
+    """The exact recipe of a run, so it can be repeated with --config."""
+    d = cfg.to_dict()
+    lines = []
+
+    def fmt(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    for k, v in d.items():
+        if k in _SECTIONS or v is None:
+            continue
+        lines.append(f"{k} = {fmt(v)}")
+    for name in _SECTIONS:
+        lines.append(f"\n[{name}]")
+        for k, v in d[name].items():
+            if v is not None:
+                lines.append(f"{k} = {fmt(v)}")
+    return "\n".join(lines) + "\n"

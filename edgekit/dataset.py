@@ -1,0 +1,57 @@
+"""Dataset: named input arrays (+ optional labels) that stages iterate in batches.
+
+Arrays may be np.memmap (from .npy/.npz with mmap) or lazily produced by a
+subclass (image folders, text files), so a large calibration set never has to be
+in memory at once: stages only ever call len(), batches() and take().
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class Dataset:
+    inputs: dict  # input name -> array with a leading sample axis
+    labels: np.ndarray | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)  # e.g. raw sentences, for reports
+
+    def __post_init__(self):
+        lens = {k: len(v) for k, v in self.inputs.items()}
+        if len(set(lens.values())) > 1:
+            from .errors import CalibrationError
+
+            raise CalibrationError(f"{self.source or 'dataset'}: inputs have different sample counts {lens}")
+        if self.labels is not None and lens and len(self.labels) != next(iter(lens.values())):
+            from .errors import CalibrationError
+
+            raise CalibrationError(
+                f"{self.source or 'dataset'}: {len(self.labels)} labels for {next(iter(lens.values()))} samples")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values()))) if self.inputs else 0
+
+    @property
+    def names(self) -> list:
+        return list(self.inputs)
+
+    def batches(self, batch_size: int = 32) -> Iterator[dict]:
+        n = len(self)
+        for i in range(0, n, batch_size):
+            yield {k: np.ascontiguousarray(v[i:i + batch_size]) for k, v in self.inputs.items()}
+
+    def labelled_batches(self, batch_size: int = 32):
+        for i, b in enumerate(self.batches(batch_size)):
+            y = None if self.labels is None else np.asarray(self.labels[i * batch_size:(i + 1) * batch_size])
+            yield b, y
+
+    def take(self, n: int) -> "Dataset":
+        n = min(n, len(self))
+        return Dataset({k: np.asarray(v[:n]) for k, v in self.inputs.items()},
+                       None if self.labels is None else np.asarray(self.labels[:n]), self.source, dict(self.extra))
+
+    def sample(self, index: int) -> dict:
+        return {k: np.asarray(v[index:index + 1]) for k, v in self.inputs.items()}

@@ -1,0 +1,186 @@
+"""The load stage: turn a model spec into a SourceModel.
+
+Specs: zoo:NAME, path/to/file.py:factory (+ --weights), path/to/model.onnx.
+Weights load with torch.load(weights_only=True); a pickled full model needs trust_pickle.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+from .artifact import TensorSpec
+from .errors import InputError
+from .fsutil import sha256_file
+from .source import SourceModel
+
+
+def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
+                input_shape: tuple | None = None, seed: int = 0, sample_inputs: dict | None = None) -> SourceModel:
+    """sample_inputs: {name: array with a leading sample axis} used to infer input specs for user models."""
+    if spec.startswith("zoo:"):
+        from . import zoo
+
+        if weights:
+            raise InputError(f"{weights}: --weights does not apply to zoo models (they bring their own)")
+        return zoo.load(spec[4:], seed=seed)
+    if spec.endswith(".onnx"):
+        if weights:
+            raise InputError(f"{weights}: --weights does not apply to an ONNX model")
+        return load_onnx(spec)
+    if ":" in spec:
+        path, _, factory = spec.rpartition(":")
+        if path.endswith(".py"):
+            return load_python(path, factory, weights=weights, trust_pickle=trust_pickle,
+                               input_shape=input_shape, sample_inputs=sample_inputs)
+    raise InputError(f"{spec}: not a model spec (expected zoo:NAME, file.py:factory or model.onnx)")
+
+
+def load_onnx(path: str) -> SourceModel:
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as e:  # protobuf decode errors have no common base class
+        raise InputError(f"{p}: not a valid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    init = {i.name for i in model.graph.initializer}
+    inputs = [_value_info_spec(v) for v in model.graph.input if v.name not in init]
+    outputs = [v.name for v in model.graph.output]
+    out_rank = len(model.graph.output[0].type.tensor_type.shape.dim) if model.graph.output else 0
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    return SourceModel(spec=str(path), kind="onnx", onnx_path=str(p), inputs=inputs, outputs=outputs,
+                       task="classification" if out_rank == 2 else "generic", weights=str(p),
+                       weights_sha256=sha256_file(p), description=f"ONNX model {p.name}", opset=opset)
+
+
+def _value_info_spec(v) -> TensorSpec:
+    from onnx import helper
+
+    t = v.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "dim") for d in t.shape.dim]
+    return TensorSpec(v.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type)))
+
+
+def _import_factory(path: str, factory: str):
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    modname = f"edgekit_user_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_file_location(modname, p)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        raise InputError(f"{p}: importing it failed: {type(e).__name__}: {e}") from None
+    fn = getattr(mod, factory, None)
+    if fn is None or not callable(fn):
+        names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")]
+        raise InputError(f"{p}: no callable {factory!r} (found: {', '.join(sorted(names)) or 'none'})")
+    return fn
+
+
+def load_state(weights: str, *, trust_pickle: bool):
+    """Read a weights file safely: a state dict with weights_only=True, a full module only when trusted."""
+    import pickle
+
+    import torch
+
+    p = Path(weights)
+    if not p.is_file():
+        raise InputError(f"{p}: weights file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        if not trust_pickle:
+            raise InputError(f"{p}: contains pickled Python objects, not just tensors; if you trust this file, "
+                             "pass --trust-pickle") from None
+        raise InputError(f"{p}: cannot be unpickled: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise InputError(f"{p}: not a PyTorch weights file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return obj
+
+
+def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, input_shape=None,
+                sample_inputs=None) -> SourceModel:
+    import torch
+
+    fn = _import_factory(path, factory)
+    try:
+        module = fn()
+    except Exception as e:
+        raise InputError(f"{path}:{factory}: calling the factory failed: {type(e).__name__}: {e}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(f"{path}:{factory}: returned {type(module).__name__}, not a torch.nn.Module")
+    weights_sha = None
+    if weights:
+        obj = load_state(weights, trust_pickle=trust_pickle)
+        if isinstance(obj, torch.nn.Module):
+            module = obj  # only reachable with --trust-pickle
+        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            try:
+                module.load_state_dict(obj)
+            except RuntimeError as e:
+                first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+                raise InputError(f"{weights}: state dict does not fit {factory}(): {first}") from None
+        else:
+            raise InputError(f"{weights}: not a state dict (a dict of tensor names to tensors)")
+        weights_sha = sha256_file(weights)
+    module.eval()
+    inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
+    outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}")
+    out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
+    dyn = {i.name: {0: "batch"} for i in inputs}
+    dyn.update({n: {0: "batch"} for n in out_names})
+    return SourceModel(spec=f"{path}:{factory}", kind="torch", module=module, inputs=inputs, outputs=out_names,
+                       task=task, dynamic_axes=dyn, weights=weights, weights_sha256=weights_sha,
+                       description=f"user model {factory}() from {Path(path).name}")
+
+
+def _forward_names(module) -> list:
+    params = list(inspect.signature(module.forward).parameters.values())
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
+    names = _forward_names(module) or ["input"]
+    if sample_inputs:
+        given = list(sample_inputs)
+        if len(given) == 1 and len(names) >= 1:
+            arr = next(iter(sample_inputs.values()))
+            return [TensorSpec(names[0], ["batch", *arr.shape[1:]], str(arr.dtype))]
+        missing = [n for n in given if n not in names]
+        if missing:
+            raise InputError(f"{where}: data has inputs {missing} that forward() does not take (it takes {names})")
+        return [TensorSpec(n, ["batch", *sample_inputs[n].shape[1:]], str(sample_inputs[n].dtype))
+                for n in names if n in sample_inputs]
+    if input_shape:
+        return [TensorSpec(names[0], ["batch", *input_shape[1:]], "float32")]
+    raise InputError(f"{where}: cannot infer the input shape; pass --input-shape (e.g. 1,3,224,224) or --calib data")
+
+
+def _probe_outputs(module, inputs, *, where):
+    import numpy as np
+    import torch
+
+    feeds = []
+    for spec in inputs:
+        shape = [2 if isinstance(d, str) else d for d in spec.shape]
+        feeds.append(torch.from_numpy(np.zeros(shape, dtype=spec.dtype)))
+    try:
+        with torch.no_grad():
+            out = module(*feeds)
+    except Exception as e:
+        shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
+        raise InputError(f"{where}: forward() failed on inputs {shapes}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0]}") from None
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
+        raise InputError(f"{where}: forward() must return a tensor or a tuple of tensors")
+    return [o.numpy() for o in outs]

@@ -1,0 +1,62 @@
+"""Small facts about ONNX files and onnxruntime sessions used by several stages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import TensorSpec
+
+
+def graph_facts(path) -> dict:
+    """inputs/outputs TensorSpecs (as dicts), opset and parameter count of an ONNX file."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path), load_external_data=False)
+    init_names = {i.name for i in m.graph.initializer}
+
+    def spec(v):
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "dim") for d in t.shape.dim]
+        return TensorSpec(v.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type))).to_dict()
+
+    params = 0
+    for init in m.graph.initializer:
+        # count weights, not quantization scales / zero points or shape constants
+        if init.name.endswith(("_scale", "_zero_point")) or init.data_type in (6, 7):  # int32/int64
+            continue
+        params += int(np.prod(init.dims)) if len(init.dims) else 1
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"inputs": [spec(v) for v in m.graph.input if v.name not in init_names],
+            "outputs": [spec(v) for v in m.graph.output], "opset": opset, "params": params,
+            "nodes": len(m.graph.node)}
+
+
+def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(Path(path)), so, providers=list(providers))
+
+
+def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None, sess=None) -> list:
+    """Run an ONNX model over a Dataset; returns the concatenated outputs (one array per output)."""
+    sess = sess or session(path)
+    names = [i.name for i in sess.get_inputs()]
+    outs = None
+    seen = 0
+    for feeds in dataset.batches(batch_size):
+        if limit is not None and seen >= limit:
+            break
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        res = sess.run(None, feeds)
+        outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
+        seen += len(next(iter(feeds.values())))
+    if outs is None:
+        return []
+    out = [np.concatenate(o, axis=0) for o in outs]
+    return [o[:limit] for o in out] if limit is not None else out

@@ -1,0 +1,310 @@
+"""The one orchestrator of `edgekit compress`: an explicit STAGES dict and ORDER tuple.
+
+load -> prune (+ distill) -> export -> quantize -> evaluate -> profile -> report.
+Each stage function takes the Run and records a StageRecord; a stage switched off
+is recorded as skipped, one that cannot apply (e.g. pruning an ONNX file) as not-applicable.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import config as cfgmod
+from .artifact import Artifact, Manifest, StageRecord, host_info, versions
+from .context import RunContext
+from .errors import EdgekitError, UsageError
+from .outdir import check_output, discard, publish, staging_dir
+from .progress import task
+
+
+@dataclass
+class Run:
+    cfg: cfgmod.CompressConfig
+    staging: Path
+    manifest: Manifest = field(default_factory=Manifest)
+    ctx: RunContext | None = None
+    torch_variant: tuple | None = None  # (module, kind) from the prune/distill stage
+
+    def record(self, name, status, reason="", seconds=0.0, **details):
+        self.manifest.stages.append(StageRecord(name, status, reason, round(seconds, 3), details))
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_load(run: Run):
+    from .calibration import read_dataset
+    from .loader import load_source
+    from .targets import DEFAULT_TARGET, load_target
+
+    cfg = run.cfg
+    targets = [load_target(t) for t in (cfg.targets or (DEFAULT_TARGET,))]
+    sample = _peek_arrays(cfg.calib or cfg.eval) if not cfg.model.startswith("zoo:") else None
+    src = load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle,
+                      input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
+    if cfg.preprocess:
+        src.preprocess = _read_prepost(cfg.preprocess)
+
+    def data(path, labels):
+        return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
+
+    calib = data(cfg.calib, False) if cfg.calib else src.calib
+    evalset = data(cfg.eval, True) if cfg.eval else src.eval
+    train = data(cfg.train, True) if cfg.train else src.train
+    notes = []
+    if evalset is None and calib is not None:
+        evalset = calib
+        notes.append("no --eval data: metrics are fidelity to FP32 on the calibration inputs")
+    if evalset is None:
+        raise UsageError(f"{cfg.model}: no evaluation data; pass --eval (or --calib) so the accuracy cost can be measured")
+    if cfg.quantize.mode == "int8" and calib is None:
+        raise UsageError(f"{cfg.model}: static INT8 needs calibration data; pass --calib PATH (or --quantize int8-dynamic)")
+    run.ctx = RunContext(outdir=run.staging, source=src, manifest=run.manifest, calib=calib, eval=evalset,
+                         train=train or calib, targets=targets, tolerance=cfg.tolerance, profile=cfg.profile,
+                         seed=cfg.seed)
+    run.manifest.source = src.provenance()
+    run.manifest.prepost = src.preprocess or {}
+    return {"task": src.task, "inputs": [i.to_dict() for i in src.inputs], "notes": notes,
+            "calib": _ds_facts(calib), "eval": _ds_facts(evalset), "train": _ds_facts(train)}
+
+
+def stage_prune(run: Run):
+    cfg = run.cfg
+    if run.ctx.source.kind == "onnx":
+        return "not-applicable", "the source is an ONNX file: pruning works on PyTorch models"
+    if not (cfg.prune.enabled or cfg.distill.student):
+        return "skipped", "pruning is off (--prune RATIO to enable)"
+    from .stages import prune as prune_stage
+
+    res = prune_stage.run(run.ctx.source, run.ctx, cfg.prune, cfg.distill, distill_enabled=cfg.distill_enabled)
+    run.torch_variant = (res.module, res.kind)
+    run.manifest.pruning = res.info
+    return {"kind": res.kind, "params_before": res.info.get("params_before"), "params_after": res.info.get("params_after")}
+
+
+def stage_distill(run: Run):
+    cfg = run.cfg
+    if run.ctx.source.kind == "onnx":
+        return "not-applicable", "the source is an ONNX file: distillation trains PyTorch models"
+    if not cfg.distill_enabled or run.torch_variant is None:
+        return "skipped", "distillation is off (it runs by default after pruning; --distill to force)"
+    hist = (run.manifest.pruning or {}).get("distill", {})
+    # the training itself ran inside the prune stage's iterative prune -> distill schedule
+    return {"ran_inside": "prune", "best_epoch": hist.get("best_epoch"), "best_metric": hist.get("best_metric")}
+
+
+def stage_export(run: Run):
+    from .onnxutil import graph_facts
+    from .stages.export import export_module
+
+    src = run.ctx.source
+    dest = run.staging / "model.fp32.onnx"
+    if src.kind == "onnx":
+        shutil.copyfile(src.onnx_path, dest)
+        facts = graph_facts(dest)
+        art = Artifact(kind="fp32", path=dest.name, parent="source", stage="load", params=facts["params"],
+                       opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"],
+                       notes=["copied from the source ONNX file"])
+        art.refresh_file_facts(run.staging)
+        run.manifest.artifacts.append(art)
+        return {"artifacts": [art.path], "note": "source is already ONNX"}
+    with task("exporting to ONNX"):
+        arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval)]
+        if run.torch_variant is not None:
+            module, kind = run.torch_variant
+            arts.append(export_module(module, src, run.staging / f"model.{kind}.onnx", kind=kind,
+                                      data=run.ctx.calib or run.ctx.eval, stage=kind))
+            # the pruned model is checked against itself in torch; its parent is the FP32 model
+            arts[-1].parent = arts[0].path
+    run.manifest.artifacts.extend(arts)
+    return {"artifacts": [a.path for a in arts], "max_abs_diff": {a.path: a.verify.get("max_abs_diff") for a in arts}}
+
+
+def stage_quantize(run: Run):
+    mode = run.cfg.quantize.mode
+    if mode == "none":
+        return "skipped", "quantization is off (--quantize none)"
+    from .stages import quantize as quant_stage
+
+    run.ctx.evaluate = _evaluator(run)
+    _fill_metrics(run)  # parents need their metric before the tuning compares against it
+    made = []
+    for parent in [a for a in run.manifest.artifacts if a.kind in ("fp32", "pruned", "distilled")]:
+        art = quant_stage.run(parent, run.ctx, run.cfg.quantize)
+        if art is not None:
+            run.manifest.artifacts.append(art)
+            made.append(art.path)
+    return {"mode": mode, "artifacts": made}
+
+
+def stage_evaluate(run: Run):
+    run.ctx.evaluate = run.ctx.evaluate or _evaluator(run)
+    with task("evaluating artifacts", total=len(run.manifest.artifacts)):
+        _fill_metrics(run)
+    fp32 = run.manifest.artifact("fp32")
+    from .evaluate import with_drop
+
+    for a in run.manifest.artifacts:
+        a.metrics = with_drop(a.metrics, fp32.metrics if a is not fp32 else None)
+    return {a.path: a.metrics.get("value") for a in run.manifest.artifacts}
+
+
+def stage_profile(run: Run):
+    if not run.cfg.profile.enabled:
+        return "skipped", "profiling is off"
+    from .profile import profile_models
+
+    p = run.cfg.profile
+    feeds = [run.ctx.eval.sample(i) for i in range(min(8, len(run.ctx.eval)))]
+    models = {a.path: run.staging / a.path for a in run.manifest.artifacts}
+    summary = {}
+    for t in run.ctx.targets:
+        with task(f"profiling {len(models)} artifacts on {t.name} (interleaved)"):
+            res = profile_models(models, t, inputs=feeds, warmup=p.warmup, min_runs=p.min_runs,
+                                 min_seconds=p.min_seconds, max_seconds=p.max_seconds, op_profile=p.op_profile)
+        for a in run.manifest.artifacts:
+            a.latency[t.name] = res.get(a.path, {"status": "failed", "reason": "not measured"})
+        summary[t.name] = {k: v.get("status") for k, v in res.items()}
+        run.manifest.profile[t.name] = {"address": t.address, "arch": t.arch}
+    if all(s != "ok" for st in summary.values() for s in st.values()):
+        raise EdgekitError("profiling failed on every target: " + "; ".join(
+            f"{a.path}@{t}: {a.latency[t].get('reason')}" for a in run.manifest.artifacts for t in a.latency))
+    return summary
+
+
+def stage_report(run: Run):
+    from .recommend import recommend
+
+    run.manifest.recommended = recommend(run.manifest, run.cfg.tolerance, run.ctx.targets)
+    run.manifest.write(run.staging)
+    (run.staging / "compress.toml").write_text(cfgmod.to_toml(run.cfg))
+    from .report import write_reports
+
+    write_reports([run.staging], html=run.staging / "report.html", markdown=run.staging / "report.md",
+                  json_path=run.staging / "report.json")
+    return {"files": ["manifest.json", "report.md", "report.html", "report.json", "compress.toml"]}
+
+
+STAGES = {
+    "load": stage_load,
+    "prune": stage_prune,
+    "distill": stage_distill,
+    "export": stage_export,
+    "quantize": stage_quantize,
+    "evaluate": stage_evaluate,
+    "profile": stage_profile,
+    "report": stage_report,
+}
+ORDER = ("load", "prune", "distill", "export", "quantize", "evaluate", "profile", "report")
+
+
+# ---------------------------------------------------------------- helpers
+
+def _evaluator(run: Run):
+    from .evaluate import Evaluator
+
+    return Evaluator(run.ctx.eval, run.ctx.source.task, run.staging / "model.fp32.onnx")
+
+
+def _fill_metrics(run: Run):
+    for a in run.manifest.artifacts:
+        if not a.metrics:
+            a.metrics = run.ctx.evaluate(run.staging / a.path)
+
+
+def _ds_facts(ds):
+    return None if ds is None else {"n": len(ds), "source": ds.source, "labelled": ds.labels is not None}
+
+
+def _peek_arrays(path):
+    """Names and shapes of .npy/.npz data, to infer a user model's inputs before full validation."""
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        if p.suffix == ".npy":
+            return {"input": np.load(p, mmap_mode="r")}
+        if p.suffix == ".npz":
+            z = np.load(p)
+            return {k: z[k] for k in z.files if k != "y"}
+    except (OSError, ValueError):
+        return None  # read_dataset reports the problem with the file name
+    return None
+
+
+def _read_prepost(text):
+    import json
+
+    p = Path(text)
+    try:
+        spec = json.loads(p.read_text()) if p.is_file() else json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"--preprocess {text!r}: not JSON or a JSON file: {e}") from None
+    try:
+        from .prepost import validate_spec
+    except ImportError:
+        return spec
+    try:
+        validate_spec(spec)
+    except ValueError as e:
+        raise UsageError(f"--preprocess: {e}") from None
+    return spec
+
+
+# ---------------------------------------------------------------- entry points
+
+def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
+    outdir = check_output(cfg.output, cfg.overwrite)
+    staging = staging_dir(outdir)
+    run = Run(cfg, staging)
+    run.manifest.settings = cfg.to_dict()
+    run.manifest.versions = versions()
+    run.manifest.host = host_info()
+    try:
+        _seed(cfg.seed)
+        for name in ORDER:
+            t0 = time.perf_counter()
+            try:
+                res = STAGES[name](run)
+            except EdgekitError:
+                run.record(name, "failed", "see the error", time.perf_counter() - t0)
+                raise
+            if isinstance(res, tuple):
+                run.record(name, res[0], res[1], time.perf_counter() - t0)
+            else:
+                run.record(name, "done", "", time.perf_counter() - t0, **(res or {}))
+            if name == "report":  # the final manifest includes the report stage's own record
+                run.manifest.write(staging)
+        publish(staging, outdir)
+    except BaseException:
+        discard(staging)
+        raise
+    return run.manifest
+
+
+def _seed(seed: int):
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def compress(model: str, *, output: str, config: str | None = None, **settings) -> Manifest:
+    """Python API mirroring `edgekit compress`: keyword settings as in CompressConfig / compress.toml."""
+    base = cfgmod.load_recipe(config) if config else {}
+    merged = {**base, **{k: v for k, v in settings.items() if k not in cfgmod._SECTIONS}}
+    for sec in cfgmod._SECTIONS:
+        if sec in settings or sec in base:
+            v = settings.get(sec, {})
+            merged[sec] = {**base.get(sec, {}), **(v if isinstance(v, dict) else {})}
+    merged["model"], merged["output"] = model, str(output)
+    return run_config(cfgmod.from_dict(merged))

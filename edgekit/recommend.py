@@ -1,0 +1,49 @@
+"""Pick the artifact to ship per target: the fastest one whose metric is within tolerance of FP32.
+
+FP32 is always a candidate, so an INT8 (or pruned) variant is recommended only when it
+measured faster than FP32 on that target; a quantization record that vetoed its
+artifact (tolerance missed) keeps it out.
+"""
+from __future__ import annotations
+
+
+def recommend(manifest, tolerance, targets) -> dict:
+    fp32 = next((a for a in manifest.artifacts if a.kind == "fp32"), None)
+    ref = (fp32.metrics or {}).get("value") if fp32 else None
+    out = {}
+    for t in targets:
+        name = t.name if hasattr(t, "name") else str(t)
+        cands, rejected = [], []
+        for a in manifest.artifacts:
+            lat = a.latency.get(name, {})
+            if lat.get("status") != "ok":
+                continue
+            val = (a.metrics or {}).get("value")
+            if a.kind != "fp32" and ref is not None and val is not None and not tolerance.allows(ref, val):
+                rejected.append(f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}")
+                continue
+            q = manifest.quantization.get(a.parent or "", {}) if a.stage == "quantize" else {}
+            if q and q.get("recommend") is False and a.kind != "fp32":
+                rejected.append(f"{a.path}: {q.get('reason', 'vetoed by the quantization stage')}")
+                continue
+            cands.append(a)
+        if not cands:
+            reasons = [a.latency.get(name, {}).get("reason") for a in manifest.artifacts]
+            reason = next((r for r in reasons if r), "no artifact was measured on this target")
+            out[name] = {"status": "unavailable", "reason": reason}
+            continue
+        best = min(cands, key=lambda a: a.latency[name]["p50_ms"])
+        fp = fp32.latency.get(name, {}) if fp32 else {}
+        speed = (fp["p50_ms"] / best.latency[name]["p50_ms"]) if fp.get("status") == "ok" else None
+        m = best.metrics or {}
+        parts = [f"fastest within tolerance ({tolerance}) on {name}: p50 {best.latency[name]['p50_ms']:.3f} ms"]
+        if speed is not None and best.kind != "fp32":
+            parts.append(f"{speed:.2f}x faster than FP32")
+        if m.get("value") is not None:
+            parts.append(f"{m.get('name')} {m['value']:.4f}" +
+                         (f" (drop {m['drop_rel']:.2%})" if m.get("drop_rel") is not None else ""))
+        if best.kind == "fp32" and len(cands) + len(rejected) > 1:
+            parts.append("no compressed variant was both faster and within tolerance")
+        out[name] = {"status": "ok", "path": best.path, "kind": best.kind, "speedup_vs_fp32": speed,
+                     "reason": "; ".join(parts), "rejected": rejected}
+    return out

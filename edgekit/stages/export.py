@@ -1,0 +1,84 @@
+"""The export stage: a torch module -> a checked, numerically verified ONNX file."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..dataset import Dataset
+from ..errors import EdgekitError
+from ..fsutil import atomic_path
+from ..onnxutil import graph_facts, session
+from ..source import SourceModel
+from ..verify import check_outputs
+
+ATOL, RTOL = 1e-4, 1e-4
+VERIFY_SAMPLES = 16
+
+
+def _example_args(source: SourceModel, data: Dataset | None):
+    import torch
+
+    if data is not None and len(data):
+        feeds = data.take(2).inputs
+        return tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in source.inputs)
+    args = []
+    for s in source.inputs:
+        shape = [2 if isinstance(d, str) else d for d in s.shape]
+        args.append(torch.zeros(shape, dtype=getattr(torch, s.dtype)))
+    return tuple(args)
+
+
+def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data: Dataset | None = None,
+                  opset: int | None = None, parent: str | None = "source", stage: str = "export") -> Artifact:
+    """Export `module` to dest (atomically), run the ONNX checker and compare with PyTorch on real inputs."""
+    import onnx
+    import torch
+
+    dest = Path(dest)
+    opset = opset or source.opset
+    data = data if data is not None else (source.calib or source.eval)
+    args = _example_args(source, data)
+    module = module.eval()
+    with atomic_path(dest) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(module, args, str(tmp), input_names=[s.name for s in source.inputs],
+                                  output_names=list(source.outputs), dynamic_axes=source.dynamic_axes or None,
+                                  opset_version=opset, dynamo=False, do_constant_folding=True)
+            except Exception as e:
+                raise EdgekitError(f"{source.spec}: ONNX export failed: {type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        try:
+            onnx.checker.check_model(str(tmp))
+        except onnx.checker.ValidationError as e:
+            raise EdgekitError(f"{dest.name}: exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+        verify = verify_against_torch(module, source, tmp, data, where=dest.name)
+    facts = graph_facts(dest)
+    art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=facts["params"],
+                   opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify)
+    art.refresh_file_facts(dest.parent)
+    return art
+
+
+def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset | None, *, where: str) -> dict:
+    import torch
+
+    if data is not None and len(data):
+        feeds = data.take(VERIFY_SAMPLES).inputs
+        n = len(data.take(VERIFY_SAMPLES))
+        origin = data.source or "data"
+    else:
+        feeds = {s.name: a.numpy() for s, a in zip(source.inputs, _example_args(source, None))}
+        n, origin = 2, "generated zeros"
+    feeds = {s.name: np.ascontiguousarray(feeds[s.name]) for s in source.inputs}
+    with torch.no_grad():
+        ref = module(*[torch.from_numpy(feeds[s.name]) for s in source.inputs])
+    ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
+    got = session(onnx_path).run(None, feeds)
+    res = check_outputs(ref, got, list(source.outputs), atol=ATOL, rtol=RTOL, where=where)
+    res.update({"against": "pytorch", "n": n, "data": origin})
+    return res
