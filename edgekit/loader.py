@@ -97,10 +97,11 @@ def load_state(weights: str, *, trust_pickle: bool):
     try:
         obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
-        if not trust_pickle:
+        # torch's safe unpickler names an "Unsupported global" when the file holds Python objects
+        if not trust_pickle and "unsupported global" in str(e).lower():
             raise InputError(f"{p}: contains pickled Python objects, not just tensors; if you trust this file, "
                              "pass --trust-pickle") from None
-        raise InputError(f"{p}: cannot be unpickled: {str(e).splitlines()[0]}") from None
+        raise InputError(f"{p}: not a PyTorch weights file: {str(e).splitlines()[0]}") from None
     except Exception as e:
         raise InputError(f"{p}: not a PyTorch weights file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return obj

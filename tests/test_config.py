@@ -1,0 +1,51 @@
+import pytest
+
+from edgekit import config as c
+from edgekit.errors import ConfigError
+
+
+def test_tolerance_parse_relative_and_absolute():
+    rel = c.Tolerance.parse("1%")
+    assert rel.relative and rel.value == pytest.approx(0.01)
+    assert rel.allows(0.9, 0.8911) and not rel.allows(0.9, 0.89)
+    ab = c.Tolerance.parse("0.5pt")
+    assert not ab.relative and ab.value == pytest.approx(0.005)
+    assert ab.allows(0.9, 0.8951) and not ab.allows(0.9, 0.894)
+    with pytest.raises(ConfigError, match="tolerance"):
+        c.Tolerance.parse("lots")
+
+
+def test_unknown_keys_suggest_the_right_one():
+    with pytest.raises(ConfigError, match=r"unknown key 'ratoi' \(did you mean 'ratio'\?\)"):
+        c.from_dict({"model": "m", "output": "o", "prune": {"ratoi": 0.5}})
+    with pytest.raises(ConfigError, match="did you mean 'tolerance'"):
+        c.from_dict({"model": "m", "output": "o", "tolerence": "1%"})
+
+
+def test_bad_values_name_the_key():
+    with pytest.raises(ConfigError, match="quantize.mode 'int4'"):
+        c.from_dict({"model": "m", "output": "o", "quantize": {"mode": "int4"}})
+    with pytest.raises(ConfigError, match="prune.ratio"):
+        c.PruneConfig(ratio=1.5)
+
+
+def test_recipe_roundtrip(tmp_path):
+    cfg = c.from_dict({"model": "zoo:digits-cnn", "output": "out", "tolerance": "0.5pt",
+                       "prune": {"ratio": 0.5}, "quantize": {"mode": "int8-dynamic"}, "targets": ["x86-laptop"]})
+    p = tmp_path / "compress.toml"
+    p.write_text(c.to_toml(cfg))
+    again = c.from_dict(c.load_recipe(p))
+    assert again == cfg
+    assert cfg.distill_enabled  # distillation follows pruning by default
+
+
+def test_recipe_errors_name_the_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("model = 'zoo:x'\n[quantize]\nmoed = 'int8'\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml.*'moed'.*did you mean 'mode'"):
+        c.load_recipe(p)
+    p.write_text("model = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        c.load_recipe(p)
+    with pytest.raises(ConfigError, match="not found"):
+        c.load_recipe(tmp_path / "missing.toml")

@@ -1,0 +1,74 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+
+from edgekit.artifact import TensorSpec
+from edgekit.dataset import Dataset
+from edgekit.errors import NumericsError
+from edgekit.evaluate import Evaluator, score, with_drop
+from edgekit.source import SourceModel
+from edgekit.stages.export import export_module, verify_against_torch
+from edgekit.verify import check_outputs
+
+
+def _source(module, shape=(1, 8)):
+    return SourceModel(spec="test", kind="torch", module=module, task="classification",
+                       inputs=[TensorSpec("x", ["batch", *shape[1:]], "float32")], outputs=["y"],
+                       dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+
+
+def test_export_writes_checked_verified_artifact(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    src = _source(net)
+    data = Dataset({"x": np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)})
+    art = export_module(net, src, tmp_path / "model.fp32.onnx", data=data)
+    onnx.checker.check_model(str(tmp_path / "model.fp32.onnx"))
+    assert art.kind == "fp32" and art.params == 8 * 16 + 16 + 16 * 4 + 4
+    assert art.inputs[0]["name"] == "x" and art.inputs[0]["shape"][1] == 8
+    assert art.verify["max_abs_diff"] < 1e-5 and art.verify["n"] == 16
+    assert art.bytes == (tmp_path / "model.fp32.onnx").stat().st_size and len(art.sha256) == 64
+    # no temp files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp32.onnx"]
+
+
+def test_numeric_mismatch_is_an_error(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 4)).eval()
+    src = _source(net)
+    data = Dataset({"x": np.ones((4, 8), np.float32)})
+    export_module(net, src, tmp_path / "m.onnx", data=data)
+    with torch.no_grad():
+        net[0].bias += 1.0  # the torch model no longer matches the exported file
+    with pytest.raises(NumericsError, match=r"m.onnx: outputs differ.*y: max\|diff\|"):
+        verify_against_torch(net, src, tmp_path / "m.onnx", data, where="m.onnx")
+
+
+def test_check_outputs_collects_every_mismatch():
+    ref = [np.zeros(3), np.zeros(2)]
+    with pytest.raises(NumericsError) as e:
+        check_outputs(ref, [np.ones(3), np.zeros(3)], ["a", "b"], atol=1e-3, rtol=0, where="w")
+    assert "a: max|diff|" in str(e.value) and "b: shape" in str(e.value)
+
+
+def test_scores():
+    logits = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    assert score([logits], "classification", labels=np.array([0, 1, 1])) == pytest.approx(2 / 3)
+    assert score([logits], "classification", reference=[logits]) == 1.0
+    emb = np.array([[1, 0], [0, 1]], np.float32)
+    assert score([emb], "embedding", reference=[np.array([[1, 0], [1, 0]], np.float32)]) == pytest.approx(0.5)
+    m = with_drop({"name": "accuracy", "value": 0.9}, {"name": "accuracy", "value": 1.0})
+    assert m["drop_abs"] == pytest.approx(0.1) and m["drop_rel"] == pytest.approx(0.1)
+
+
+def test_evaluator_fidelity_without_labels(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 4)).eval()
+    src = _source(net)
+    data = Dataset({"x": np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)})
+    export_module(net, src, tmp_path / "a.onnx", data=data)
+    ev = Evaluator(data, "classification", tmp_path / "a.onnx", batch_size=7)
+    r = ev(tmp_path / "a.onnx")
+    assert r == {"name": "top1_agreement", "value": 1.0, "n": 30, "data": ""}
