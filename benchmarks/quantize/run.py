@@ -1,0 +1,123 @@
+"""edgekit INT8 vs onnxruntime's own quantize_static / quantize_dynamic defaults vs FP32, side by side.
+
+    python benchmarks/quantize/run.py [digits-cnn minilm efficientnet-lite0] [--out benchmarks/quantize]
+
+For each zoo model: export FP32 ONNX, run edgekit's quantize stage (tuning + fallback + speed
+gate), run onnxruntime's defaults on the same pre-processed model and calibration data, then
+time every variant interleaved in one process (batch 1) and score each on the zoo eval set.
+Writes results.json and appends a section to RESULTS.md; only ratios are meaningful on a busy host.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def bench(name: str, *, max_trials: int, runs: int, seconds: float) -> dict:
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    from edgekit import zoo
+    from edgekit.artifact import Manifest
+    from edgekit.config import QuantizeConfig, Tolerance
+    from edgekit.context import RunContext
+    from edgekit.evaluate import Evaluator
+    from edgekit.hostinfo import cpu_info
+    from edgekit.quant import static
+    from edgekit.quant.timing import interleaved
+    from edgekit.stages import quantize as stage
+    from edgekit.stages.export import export_module
+
+    t0 = time.perf_counter()
+    src = zoo.load(name)
+    out = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    fp32 = out / "model.fp32.onnx"
+    art = export_module(src.module, src, fp32, data=src.calib)
+    ev = Evaluator(src.eval, src.task, fp32)
+    art.metrics = ev(fp32)
+    ctx = RunContext(outdir=out, source=src, manifest=Manifest(), calib=src.calib, eval=src.eval, evaluate=ev,
+                     tolerance=Tolerance.parse("1%"))
+    q = stage.run(art, ctx, QuantizeConfig(max_trials=max_trials))
+    rec = ctx.manifest.quantization[art.path]
+    # onnxruntime's defaults, same pre-processed graph and calibration samples
+    prep = out / "prep.onnx"
+    static.preprocess(fp32, prep)
+    names = [i.name for i in src.inputs]
+    n = min(256, len(src.calib))
+    with static.quiet():
+        quantize_static(str(prep), str(out / "ort_static.onnx"),
+                        static.DatasetReader(src.calib, names, n, static.batch_size_for(prep)))
+        quantize_dynamic(str(prep), str(out / "ort_dynamic.onnx"))
+    paths = {"fp32": fp32, "edgekit": out / q.path, "ort_static": out / "ort_static.onnx",
+             "ort_dynamic": out / "ort_dynamic.onnx"}
+    feeds = {k: v[:1] for k, v in src.calib.take(1).inputs.items()}
+    lat = interleaved(paths, feeds, min_runs=runs, min_seconds=seconds, warmup=10)
+    rows = {}
+    for k, p in paths.items():
+        m = ev(p)
+        rows[k] = {"p50_ms": round(lat[k]["p50_ms"], 4), "ratio_vs_fp32": round(lat[k]["p50_ms"] / lat["fp32"]["p50_ms"], 3),
+                   "metric": m["name"], "value": round(m["value"], 4), "n": m["n"], "bytes": p.stat().st_size,
+                   "size_vs_fp32": round(p.stat().st_size / fp32.stat().st_size, 3)}
+    return {"model": name, "chosen": rec.get("chosen"), "recommend": rec.get("recommend"),
+            "tolerance_met": rec.get("tolerance_met"), "reason": rec.get("reason"), "isa": rec["isa"]["choice"],
+            "trials": len(rec["trials"]), "fp32_nodes": len(q.settings.get("exclude_nodes", [])),
+            "speed_gate": {k: {kk: v.get(kk) for kk in ("fp32_ms", "int8_ms", "ratio", "passed")}
+                           for k, v in rec["speed_gate"].items()},
+            "variants": rows, "seconds": round(time.perf_counter() - t0, 1), "cpu": cpu_info()["model"],
+            "eval_data": src.eval.source}
+
+
+def to_markdown(results: list, cmd: str) -> str:
+    from edgekit.hostinfo import cpu_info
+
+    info = cpu_info()
+    lines = [f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"Command: `{cmd}`  ",
+             f"Machine: {info['model']}, {info['cores']} cores, ISA {', '.join(info['isa'])} (shared, busy: "
+             "compare ratios only). Latency: batch 1, p50, all variants interleaved in one process.", ""]
+    for r in results:
+        lines += [f"### {r['model']}", "",
+                  f"edgekit chose **{r['chosen']}** after {r['trials']} trials (ISA default {r['isa']}; "
+                  f"{r['fp32_nodes']} nodes kept FP32); recommended: {r['recommend']}. {r['reason']}", "",
+                  f"Eval: {r['eval_data']}", "",
+                  "| variant | p50 ms | latency vs FP32 | metric | value | size vs FP32 |", "|---|---|---|---|---|---|"]
+        for k, v in r["variants"].items():
+            lines.append(f"| {k} | {v['p50_ms']:.3f} | {v['ratio_vs_fp32']:.2f}x | {v['metric']} (n={v['n']}) | "
+                         f"{v['value']:.4f} | {v['size_vs_fp32']:.2f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=["digits-cnn", "minilm", "efficientnet-lite0"])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    ap.add_argument("--max-trials", type=int, default=12)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    a = ap.parse_args(argv)
+    os.environ.setdefault("EDGEKIT_QUIET", "1")
+    results = []
+    for m in a.models:
+        try:
+            results.append(bench(m, max_trials=a.max_trials, runs=a.runs, seconds=a.seconds))
+        except Exception as e:  # a zoo model whose optional package is missing: say so, keep going
+            print(f"{m}: skipped: {type(e).__name__}: {e}", file=sys.stderr)
+    out = Path(a.out)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    cmd = "python benchmarks/quantize/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with open(out / "RESULTS.md", "a") as f:
+        f.write(to_markdown(results, cmd.strip()))
+    print(to_markdown(results, cmd.strip()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Readers for --calib / --eval data: .npy, .npz, a folder of images, a .txt of sentences.
+
+Every reader returns a Dataset whose arrays stream: .npy and uncompressed .npz members
+are memory-mapped, image folders decode only the files a batch asks for, dtype casts
+happen per batch. Everything is checked against the model's declared inputs first, so
+a mismatch is one clear line naming the file, before any work starts.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import TensorSpec
+from .dataset import Dataset
+from .errors import CalibrationError, InputError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+LABEL_KEY = "y"
+
+
+class LazyArray:
+    """The slice of the ndarray protocol Dataset uses (len, shape, dtype, [a:b]), computed on demand."""
+
+    def __init__(self, n: int, item_shape: tuple, dtype, fetch):
+        self._n, self._item, self.dtype, self._fetch = n, tuple(item_shape), np.dtype(dtype), fetch
+
+    @property
+    def shape(self) -> tuple:
+        return (self._n, *self._item)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self._item)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, idx):
+        if isinstance(idx, (int, np.integer)):
+            i = range(self._n)[idx]
+            return self._fetch(i, i + 1)[0]
+        if not isinstance(idx, slice) or idx.step not in (None, 1):
+            return np.asarray(self)[idx]
+        a, b, _ = idx.indices(self._n)
+        if b <= a:
+            return np.empty((0, *self._item), self.dtype)
+        return self._fetch(a, b)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self._fetch(0, self._n) if self._n else np.empty(self.shape, self.dtype)
+        return out if dtype is None else out.astype(dtype)
+
+    def head(self, n: int) -> "LazyArray":
+        return LazyArray(min(n, self._n), self._item, self.dtype, self._fetch)
+
+
+def _cast_view(arr, dtype) -> LazyArray:
+    return LazyArray(len(arr), arr.shape[1:], dtype, lambda a, b: np.asarray(arr[a:b]).astype(dtype))
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def _castable(src: np.dtype, dst: np.dtype) -> bool:
+    """Safe casts plus the ones users expect to work: float64 -> float32 and int64 <-> int32 ids."""
+    if np.can_cast(src, dst, casting="safe"):
+        return True
+    if src.kind == "f" and dst.kind == "f":
+        return True
+    if src.kind in "iub" and dst.kind in "iuf":
+        return True
+    return False
+
+
+def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
+    if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
+        raise CalibrationError(f"{where}: input {name!r} has dtype {arr.dtype}, not a numeric array")
+    if len(arr.shape) == 0:
+        raise CalibrationError(f"{where}: input {name!r} is a scalar; expected a leading sample axis")
+    if spec is None:
+        return arr
+    want = list(spec.shape)
+    if len(arr.shape) == len(want) + 1 and want and isinstance(want[0], int) and want[0] > 0:
+        # a stack of fixed-batch inputs, (N, B, ...) for a model declared (B, ...): merge N and B
+        arr = arr.reshape((arr.shape[0] * arr.shape[1], *arr.shape[2:])) if isinstance(arr, np.ndarray) else arr
+    if len(arr.shape) != len(want):
+        raise CalibrationError(f"{where}: input {name!r} has shape {tuple(arr.shape)} (rank {len(arr.shape)}); "
+                               f"the model expects rank {len(want)} {_fmt_shape(want)} with samples on axis 0")
+    for ax, (got, exp) in enumerate(zip(arr.shape[1:], want[1:]), start=1):
+        if isinstance(exp, int) and exp > 0 and got != exp:
+            raise CalibrationError(f"{where}: input {name!r} has shape {tuple(arr.shape)}; the model expects "
+                                   f"{_fmt_shape(want)} (axis {ax}: {got} != {exp})")
+    dst = np.dtype(spec.dtype)
+    if arr.dtype != dst:
+        if not _castable(arr.dtype, dst):
+            raise CalibrationError(f"{where}: input {name!r} has dtype {arr.dtype}; the model expects {dst} "
+                                   "and that cast would lose information")
+        arr = _cast_view(arr, dst)
+    return arr
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _check_labels(where: str, y, n: int):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise CalibrationError(f"{where}: labels '{LABEL_KEY}' must be 1-D class indices, got shape {y.shape}")
+    if len(y) != n:
+        raise CalibrationError(f"{where}: {len(y)} labels in '{LABEL_KEY}' for {n} samples")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise CalibrationError(f"{where}: labels '{LABEL_KEY}' must be integer class indices")
+    elif y.dtype.kind not in "iu":
+        raise CalibrationError(f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers")
+    return y.astype(np.int64)
+
+
+def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str, extra=None) -> Dataset:
+    by_name = {s.name: s for s in specs}
+    if specs:
+        missing = [n for n in by_name if n not in arrays]
+        unexpected = [n for n in arrays if n not in by_name]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {', '.join(unexpected)}")
+            raise CalibrationError(f"{where}: input names do not match the model ({'; '.join(parts)}); "
+                                   f"the model's inputs are {', '.join(by_name)}")
+    checked = {n: _check_array(where, n, a, by_name.get(n)) for n, a in arrays.items()}
+    if not checked:
+        raise CalibrationError(f"{where}: no input arrays found")
+    lens = {n: len(a) for n, a in checked.items()}
+    if len(set(lens.values())) > 1:
+        raise CalibrationError(f"{where}: inputs have different sample counts {lens}")
+    n = next(iter(lens.values()))
+    if n == 0:
+        raise CalibrationError(f"{where}: contains no samples")
+    y = _check_labels(where, labels, n) if labels is not None else None
+    if limit is not None and limit < n:
+        checked = {k: (a.head(limit) if isinstance(a, LazyArray) else a[:limit]) for k, a in checked.items()}
+        y = None if y is None else y[:limit]
+    # keep the model's input order, so positional feeds line up
+    order = [s.name for s in specs] if specs else list(checked)
+    return Dataset({k: checked[k] for k in order}, y, source, dict(extra or {}))
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, preprocess: dict | None = None,
+                 limit: int | None = None) -> Dataset:
+    """Read --calib/--eval data for a model with the given input specs (TensorSpec or dicts).
+
+    labels=True reads class labels from an .npz's 'y' (None when absent). An empty `inputs`
+    list skips the name/shape checks (used when the input specs are inferred from the data).
+    """
+    p = Path(path)
+    specs = [s if isinstance(s, TensorSpec) else TensorSpec(**s) for s in (inputs or [])]
+    if limit is not None and limit < 1:
+        raise CalibrationError(f"{p}: limit must be >= 1, got {limit}")
+    if not p.exists():
+        raise InputError(f"{p}: calibration/eval data not found")
+    if p.is_dir():
+        return _read_images(p, specs, preprocess, limit)
+    ext = p.suffix.lower()
+    reader = READERS.get(ext)
+    if reader is None:
+        raise InputError(f"{p}: unknown data format {ext or '(no extension)'!r}; use .npy, .npz, .txt "
+                         "or a folder of images")
+    return reader(p, specs, labels=labels, tokenizer=tokenizer, limit=limit)
+
+
+def _read_npy(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
+    if len(specs) > 1:
+        raise CalibrationError(f"{p}: the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); "
+                               "a .npy holds one, use an .npz with one array per input name")
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{p}: not a valid .npy file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    name = specs[0].name if specs else "input"
+    return _finish(str(p), {name: arr}, specs, labels=None, limit=limit, source=str(p))
+
+
+def _npz_members(p: Path) -> dict:
+    """name -> array; uncompressed members are memory-mapped, compressed ones loaded when opened."""
+    out = {}
+    try:
+        zf = zipfile.ZipFile(p)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{p}: not a valid .npz file ({e})") from None
+    with zf, open(p, "rb") as fh:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-4]
+            try:
+                arr = _memmap_member(p, fh, info) if info.compress_type == zipfile.ZIP_STORED else None
+                if arr is None:
+                    with zf.open(info) as f:
+                        arr = np.lib.format.read_array(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                raise InputError(f"{p}: member {name!r} is not a valid array ({str(e).splitlines()[0]})") from None
+            out[name] = arr
+    if not out:
+        raise InputError(f"{p}: not a valid .npz file (no arrays inside)")
+    return out
+
+
+def _memmap_member(p: Path, fh, info):
+    import struct
+
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    fh.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    if dtype.hasobject:
+        raise ValueError("object arrays (pickles) are not accepted")
+    if int(np.prod(shape)) == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(p, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order="F" if fortran else "C")
+
+
+def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
+    arrays = _npz_members(p)
+    names = {s.name for s in specs}
+    y = None
+    if LABEL_KEY in arrays and LABEL_KEY not in names:
+        y = arrays.pop(LABEL_KEY)
+        if not labels:
+            y = None  # calibration ignores labels
+    if not specs and len(arrays) == 1 and "arr_0" in arrays:
+        arrays = {"input": arrays.pop("arr_0")}
+    return _finish(str(p), arrays, specs, labels=y, limit=limit, source=str(p))
+
+
+def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
+    if tokenizer is None:
+        raise CalibrationError(f"{p}: a .txt of sentences needs a text model with a tokenizer; this model has "
+                               "none (use .npy/.npz arrays)")
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    except (UnicodeDecodeError, OSError) as e:
+        raise InputError(f"{p}: not a UTF-8 text file ({e})") from None
+    sentences = [ln for ln in lines if ln]
+    if not sentences:
+        raise CalibrationError(f"{p}: contains no sentences (one per line expected)")
+    if limit is not None:
+        sentences = sentences[:limit]
+    try:
+        enc = tokenizer(sentences)
+    except Exception as e:
+        raise CalibrationError(f"{p}: tokenizing failed: {type(e).__name__}: {e}") from None
+    enc = {k: np.asarray(v) for k, v in dict(enc).items()}
+    if specs:  # tokenizers emit extras (e.g. token_type_ids) some exports drop
+        enc = {k: v for k, v in enc.items() if k in {s.name for s in specs}}
+    return _finish(str(p), enc, specs, labels=None, limit=None, source=str(p),
+                   extra={"sentences": sentences})
+
+
+READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt}
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+def image_files(folder: Path) -> list:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+
+
+def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -> dict:
+    op = None
+    for o in (preprocess or {}).get("pre", []):
+        if o.get("op") == "resize_normalize":
+            op = dict(o)
+    layout = (op or {}).get("layout", "NCHW").upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise CalibrationError(f"{where}: preprocess layout {layout!r} must be NCHW or NHWC")
+    shape = list(spec.shape) if spec else []
+    if len(shape) != 4:
+        raise CalibrationError(f"{where}: a folder of images needs a model with one 4-D image input, "
+                               f"got {_fmt_shape(shape) if spec else 'no input spec'}")
+    c_ax, h_ax, w_ax = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
+    channels = shape[c_ax] if isinstance(shape[c_ax], int) and shape[c_ax] > 0 else 3
+    if channels not in (1, 3):
+        raise CalibrationError(f"{where}: images give 1 or 3 channels; the model's input has {channels}")
+    if op and op.get("size"):
+        size = [int(v) for v in op["size"]]
+    elif all(isinstance(shape[a], int) and shape[a] > 0 for a in (h_ax, w_ax)):
+        size = [shape[h_ax], shape[w_ax]]
+    else:
+        raise CalibrationError(f"{where}: the model's image size is dynamic and no preprocess spec gives "
+                               "'size'; declare a resize_normalize step")
+    # without a declared spec, pixels are scaled to 0..1 (mean 0, std 255 in pixel units)
+    mean = np.asarray(op.get("mean", [0.0]) if op else [0.0], np.float32)
+    std = np.asarray(op.get("std", [255.0]) if op else [255.0], np.float32)
+    return {"op": "resize_normalize", "size": size, "mean": mean.tolist(), "std": std.tolist(),
+            "layout": layout, "channels": channels}
+
+
+def _load_image(path: Path, rs: dict) -> np.ndarray:
+    """One file -> normalised float32 CHW/HWC, the same maths as the device's resize_normalize."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if rs["channels"] == 1 else "RGB")
+            px = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path}: not a readable image ({e})") from None
+    if px.ndim == 2:
+        px = px[:, :, None]
+    h, w = rs["size"]
+    if px.shape[:2] != (h, w):
+        # resize in float ('F' mode), per channel: no 8-bit rounding between resize and normalise
+        px = np.stack([np.asarray(Image.fromarray(px[:, :, c], mode="F").resize((w, h), Image.BILINEAR))
+                       for c in range(px.shape[2])], axis=2)
+    mean = np.asarray(rs["mean"], np.float32)
+    std = np.asarray(rs["std"], np.float32)
+    px = (px - mean) / std
+    return np.ascontiguousarray(px.transpose(2, 0, 1) if rs["layout"] == "NCHW" else px)
+
+
+def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:
+    if len(specs) > 1:
+        raise CalibrationError(f"{folder}: a folder of images feeds one input; the model has {len(specs)}")
+    files = image_files(folder)
+    if not files:
+        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+    if limit is not None:
+        files = files[:limit]
+    spec = specs[0] if specs else None
+    rs = _resize_spec(preprocess, spec, str(folder))
+    h, w = rs["size"]
+    item = (rs["channels"], h, w) if rs["layout"] == "NCHW" else (h, w, rs["channels"])
+    dtype = np.dtype(spec.dtype) if spec else np.float32
+    if dtype.kind != "f":
+        raise CalibrationError(f"{folder}: images give float pixels; the model's input is {dtype}")
+
+    def fetch(a, b):
+        return np.stack([_load_image(f, rs) for f in files[a:b]]).astype(dtype, copy=False)
+
+    arr = LazyArray(len(files), item, dtype, fetch)
+    name = spec.name if spec else "input"
+    return _finish(str(folder), {name: arr}, specs, labels=None, limit=None, source=str(folder),
+                   extra={"files": [f.name for f in files], "preprocess": rs})

@@ -1,0 +1,72 @@
+"""Per-node sensitivity: quantize one node at a time and measure how far the outputs move from FP32.
+
+Each candidate node is quantized alone (onnxruntime's nodes_to_quantize, with the cached
+calibration ranges), the rest of the graph stays FP32; the score is the signal-to-
+quantization-noise ratio (dB) of the model outputs vs FP32 on a small sample. The lowest
+SQNR is the node that hurts most: the tuning loop keeps those in FP32 first.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..onnxutil import run_batches, session
+from . import static
+from .spec import QuantSpec
+
+SAMPLES = 32
+MAX_NODES = 96
+# compute ops first: they hold the weights and most of the quantization error
+PRIORITY = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention")
+
+
+def quantized_nodes(qdq_path, float_node_names) -> list:
+    """Names of original nodes that the QDQ model feeds with dequantized tensors."""
+    import onnx
+
+    m = onnx.load(str(qdq_path), load_external_data=False)
+    dq_out = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    names = [n.name for n in m.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+             and any(i in dq_out for i in n.input)]
+    return [n for n in names if n in float_node_names]
+
+
+def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64).ravel()
+    err = np.linalg.norm(ref - np.asarray(out, np.float64).ravel())
+    if err == 0:
+        return 120.0
+    return float(20 * math.log10(max(np.linalg.norm(ref), 1e-30) / err))
+
+
+def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, calib_size, input_names,
+            cache_root=None, deadline_s: float | None = None, progress=None) -> list:
+    """[{node, op_type, sqnr_db}] worst first."""
+    import onnx
+
+    fm = onnx.load(str(prep_path), load_external_data=False)
+    op_of = {n.name: n.op_type for n in fm.graph.node}
+    nodes = quantized_nodes(base_qdq_path, set(op_of))
+    nodes.sort(key=lambda n: (PRIORITY.index(op_of[n]) if op_of[n] in PRIORITY else len(PRIORITY)))
+    nodes = nodes[:MAX_NODES]
+    sample = data.take(SAMPLES)
+    ref = run_batches(prep_path, sample, batch_size=static.batch_size_for(prep_path))
+    t0 = time.perf_counter()
+    out = []
+    for i, name in enumerate(nodes):
+        if deadline_s is not None and time.perf_counter() - t0 > deadline_s:
+            break
+        dest = Path(workdir) / f"sens_{i}.onnx"
+        static.quantize(prep_path, dest, calib, spec.replace(exclude_nodes=()), calib_size=calib_size,
+                        input_names=input_names, cache_root=cache_root, only_nodes=[name])
+        got = run_batches(dest, sample, batch_size=static.batch_size_for(prep_path), sess=session(dest))
+        score = min(sqnr_db(r, g) for r, g in zip(ref, got))
+        out.append({"node": name, "op_type": op_of[name], "sqnr_db": round(score, 2)})
+        dest.unlink(missing_ok=True)
+        if progress:
+            progress(i + 1, len(nodes))
+    out.sort(key=lambda d: d["sqnr_db"])
+    return out

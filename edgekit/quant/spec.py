@@ -1,0 +1,67 @@
+"""QuantSpec: one fully-resolved quantization candidate (what a tuning trial tries)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+METHODS = ("minmax", "entropy", "percentile")
+TYPES = ("u8", "s8")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantSpec:
+    mode: str = "int8"  # int8 | int8-dynamic | fp16
+    format: str = "qdq"  # qdq | qoperator (static only)
+    method: str = "minmax"
+    per_channel: bool = True
+    activation_type: str = "u8"
+    weight_type: str = "s8"
+    reduce_range: bool = False
+    symmetric_activation: bool = False
+    op_types: tuple = ()  # empty = every op type onnxruntime can quantize
+    exclude_nodes: tuple = ()  # left in FP32
+    fuse_transformer: bool = False  # dynamic: fuse attention/layernorm with onnxruntime.transformers first
+    label: str = ""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method {self.method!r} not one of {METHODS}")
+        if self.activation_type not in TYPES or self.weight_type not in TYPES:
+            raise ValueError(f"int8 types must be one of {TYPES}")
+        object.__setattr__(self, "op_types", tuple(self.op_types))
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+
+    def replace(self, **kw) -> "QuantSpec":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def types(self) -> str:
+        return f"{self.activation_type.upper()}{self.weight_type.upper()}"
+
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if self.mode == "fp16":
+            return "fp16"
+        if self.mode == "int8-dynamic":
+            parts = ["dynamic", "per-channel" if self.per_channel else "per-tensor"]
+            if self.fuse_transformer:
+                parts.append("fused")
+        else:
+            parts = [self.format, self.types, self.method, "per-channel" if self.per_channel else "per-tensor"]
+            if self.reduce_range:
+                parts.append("reduce-range")
+            if self.symmetric_activation:
+                parts.append("sym-act")
+        if self.op_types:
+            parts.append("ops=" + "+".join(self.op_types))
+        if self.exclude_nodes:
+            parts.append(f"fp32-nodes={len(self.exclude_nodes)}")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["op_types"] = list(self.op_types)
+        d["exclude_nodes"] = list(self.exclude_nodes)
+        d.pop("label")
+        return d

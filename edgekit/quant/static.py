@@ -1,0 +1,207 @@
+"""Post-training static INT8 with onnxruntime.quantization: pre-process, calibrate (cached), quantize."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgekitError
+from ..fsutil import sha256_file
+from . import cache as qcache
+from .spec import QuantSpec
+
+CALIB_BATCH = 16
+PERCENTILE = 99.999
+
+
+def ensure_node_names(model) -> int:
+    """onnxruntime's quantizer addresses nodes by name (nodes_to_exclude): give unnamed nodes one."""
+    seen, fixed = set(), 0
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+            fixed += 1
+        seen.add(n.name)
+    return fixed
+
+
+def preprocess(src, dest) -> list:
+    """onnxruntime's quantization pre-processing (symbolic shape inference + graph optimisation).
+
+    Returns notes; if symbolic shape inference cannot handle the graph, it retries with ONNX's
+    own shape inference only, and says so.
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    notes = []
+    try:
+        with quiet():
+            quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
+    except Exception as e:  # symbolic shape inference rejects some exported graphs
+        notes.append(f"symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference only")
+        try:
+            with quiet():
+                quant_pre_process(str(src), str(dest), skip_symbolic_shape=True)
+        except Exception as e2:
+            raise EdgekitError(f"{Path(src).name}: onnxruntime quantization pre-processing failed: "
+                               f"{type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}") from None
+    m = onnx.load(str(dest))
+    if ensure_node_names(m):
+        onnx.save(m, str(dest))
+    return notes
+
+
+class DatasetReader:
+    """onnxruntime CalibrationDataReader over a Dataset, in batches, over the first `limit` samples.
+
+    len() and set_range() are in batches: quantize_static's strided mode (CalibStridedMinMax)
+    then calls collect_data once per stride, so histogram calibrators (entropy, percentile)
+    merge as they go instead of holding every activation of every sample at once.
+    """
+
+    def __init__(self, dataset, input_names, limit: int, batch_size: int = CALIB_BATCH):
+        self.ds, self.names, self.limit, self.bs = dataset, list(input_names), limit, batch_size
+        self.n_batches = (limit + batch_size - 1) // batch_size
+        self.set_range(0, self.n_batches)
+
+    def __len__(self):
+        return self.n_batches
+
+    def set_range(self, start_index: int, end_index: int):
+        self._i, self._end = start_index, min(end_index, self.n_batches)
+
+    def get_next(self):
+        if self._i >= self._end:
+            return None
+        a, b = self._i * self.bs, min((self._i + 1) * self.bs, self.limit)
+        self._i += 1
+        return {k: np.ascontiguousarray(v[a:b]) for k, v in self.ds.inputs.items() if k in self.names}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        r = self.get_next()
+        if r is None:
+            raise StopIteration
+        return r
+
+
+def batch_size_for(model_path) -> int:
+    """Static graphs with a fixed leading dim get that batch size; dynamic ones get CALIB_BATCH."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+    for v in m.graph.input:
+        if v.name in init:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+    return CALIB_BATCH
+
+
+_MEMO: dict = {}
+
+
+def _model_sha(path) -> str:
+    st = Path(path).stat()
+    k = ("m", str(path), st.st_mtime_ns, st.st_size)
+    if k not in _MEMO:
+        _MEMO[k] = sha256_file(path)
+    return _MEMO[k]
+
+
+def _data_sha(ds, n) -> str:
+    k = ("d", id(ds), len(ds), n)  # a Dataset is not mutated after reading; hashing it once per run is enough
+    if k not in _MEMO:
+        _MEMO[k] = qcache.data_hash(ds, n)
+    return _MEMO[k]
+
+
+def _qtype(t: str):
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if t == "u8" else QuantType.QInt8
+
+
+def _method(m: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[m]
+
+
+def calibration_options(spec: QuantSpec) -> dict:
+    opts = {"CalibTensorRangeSymmetric": bool(spec.symmetric_activation)}
+    if spec.method == "percentile":
+        opts["CalibPercentile"] = PERCENTILE
+    return opts
+
+
+def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
+             use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None) -> dict:
+    """Quantize the pre-processed model at prep_path into dest. Returns {"calibration": "cached"|"computed", ...}."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    calib_opts = calibration_options(spec)
+    n = min(calib_size, len(calib))
+    key = qcache.cache_key(_model_sha(prep_path), _data_sha(calib, n), spec.method,
+                           {**calib_opts, "op_types": sorted(spec.op_types)})
+    cpath = qcache.cache_path(key, cache_root) if use_cache else None
+    hit = cpath is not None and cpath.is_file()
+    tmp_cache = None
+    if cpath is not None and not hit:
+        tmp_cache = cpath.with_name(f".{cpath.name}.{os.getpid()}.tmp")
+    extra = {**calib_opts, "ActivationSymmetric": bool(spec.symmetric_activation),
+             "WeightSymmetric": True, "QDQKeepRemovableActivations": keep_removable_activations}
+    reader = None if hit else DatasetReader(calib, input_names, n, batch_size_for(prep_path))
+    if reader is not None and spec.method != "minmax":
+        # one collect per batch (the option applies to every method, despite its name): histograms merge
+        # as they go, and a short last batch cannot make onnxruntime stack ragged arrays
+        extra["CalibStridedMinMax"] = 1
+    t0 = time.perf_counter()
+    try:
+        with quiet():
+            quantize_static(str(prep_path), str(dest), reader,
+                            quant_format=QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator,
+                            op_types_to_quantize=list(spec.op_types) or None, per_channel=spec.per_channel,
+                            reduce_range=spec.reduce_range, activation_type=_qtype(spec.activation_type),
+                            weight_type=_qtype(spec.weight_type), nodes_to_exclude=list(spec.exclude_nodes) or None,
+                            nodes_to_quantize=list(only_nodes) if only_nodes else None,
+                            calibrate_method=_method(spec.method), extra_options=extra,
+                            calibration_cache_path=str(cpath if hit else tmp_cache) if cpath else None)
+        if tmp_cache is not None and tmp_cache.exists():
+            os.replace(tmp_cache, cpath)  # publish the ranges only once complete
+    except EdgekitError:
+        raise
+    except Exception as e:
+        raise EdgekitError(f"{Path(prep_path).name}: static quantization ({spec.name()}) failed: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        if tmp_cache is not None and tmp_cache.exists():
+            tmp_cache.unlink()
+    return {"calibration": "cached" if hit else "computed", "calib_samples": n, "cache_key": key,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@contextlib.contextmanager
+def quiet():
+    """onnxruntime.quantization logs advice through the root logger on every call and print()s calibration
+    progress: mute the one and send the other to stderr, so `--json` stdout stays pure JSON."""
+    import sys
+
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(old, logging.ERROR))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        root.setLevel(old)

@@ -1,0 +1,138 @@
+"""Latency for tuning trials and the speed gate: models timed interleaved in one process.
+
+Uses edgekit.profile.profile_models when present (the shared profiler); otherwise a small
+interleaved loop here. Interleaving (A, B, A, B, ...) makes a busy machine slow both
+models alike, so the ratio stays meaningful when absolute numbers drift.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+# ops that compute in integer arithmetic once onnxruntime has fused the Q/DQ pattern
+INT8_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+            "QLinearLeakyRelu", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
+            "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "QEmbedLayerNormalization",
+            "QOrderedMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+            "DynamicQuantizeLSTM", "NhwcQLinearConv", "QLinearConvTranspose"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# ops that only move or reshape data: they run on int8 tensors when fed int8, and cost ~nothing
+LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Gather",
+              "Concat", "Slice", "Split", "Expand", "Cast", "Constant", "ReorderInput", "ReorderOutput",
+              "MaxPool"}
+
+
+def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_prefix=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
+    return ort.InferenceSession(str(path), so, providers=list(providers))
+
+
+def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 3,
+                max_seconds: float = 30.0, threads=None, providers=("CPUExecutionProvider",)) -> dict:
+    """{label: {"status": "ok", "p50_ms", "p90_ms", "mean_ms", "runs"}}; labels run alternately."""
+    sess = {k: _session(p, threads, providers) for k, p in paths.items()}
+    fd = {k: {i.name: feeds[i.name] for i in s.get_inputs()} for k, s in sess.items()}
+    for _ in range(warmup):
+        for k, s in sess.items():
+            s.run(None, fd[k])
+    times = {k: [] for k in sess}
+    t_start = time.perf_counter()
+    labels = list(sess)
+    r = 0
+    while True:
+        order = labels if r % 2 == 0 else labels[::-1]  # alternate who goes first
+        for k in order:
+            t0 = time.perf_counter()
+            sess[k].run(None, fd[k])
+            times[k].append((time.perf_counter() - t0) * 1000.0)
+        r += 1
+        elapsed = time.perf_counter() - t_start
+        if (r >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
+            break
+    out = {}
+    for k, t in times.items():
+        a = np.asarray(t)
+        out[k] = {"status": "ok", "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+                  "mean_ms": float(a.mean()), "runs": int(len(a)), "provider": sess[k].get_providers()[0]}
+    return out
+
+
+def measure(paths: dict, target, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3) -> dict:
+    """Latency of several models on the target, interleaved. Prefers the shared profiler when it exists."""
+    try:
+        from ..profile import profile_models
+    except ImportError:
+        profile_models = None
+    if profile_models is not None and target is not None:
+        res = profile_models(dict(paths), target, inputs=[feeds], min_runs=min_runs, min_seconds=min_seconds)
+        return {k: dict(v) for k, v in res.items()}
+    from .isa import target_facts
+
+    facts = target_facts(target)
+    providers = [p for p in facts["providers"] if p == "CPUExecutionProvider"] or None
+    if providers is None or (facts["arch"] and facts["arch"] not in ("", _host_arch())):
+        reason = (f"target {facts['name']} ({facts['arch'] or '?'}, {', '.join(facts['providers'])}) cannot be "
+                  "timed on this host")
+        return {k: {"status": "unavailable", "reason": reason} for k in paths}
+    return interleaved(paths, feeds, min_runs=min_runs, min_seconds=min_seconds, threads=facts["threads"])
+
+
+def _host_arch() -> str:
+    import platform
+
+    return platform.machine()
+
+
+def op_profile(path, feeds: dict, *, runs: int = 10, threads=None, providers=("CPUExecutionProvider",)) -> dict:
+    """Per-node time and provider from onnxruntime's profiler: {"nodes": [{name, op_type, provider, ms}], ...}."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-prof-") as d:
+        s = _session(path, threads, providers, profile_prefix=os.path.join(d, "p"))
+        fd = {i.name: feeds[i.name] for i in s.get_inputs()}
+        for _ in range(runs):
+            s.run(None, fd)
+        prof = s.end_profiling()
+        events = json.loads(Path(prof).read_text())
+    per = defaultdict(lambda: {"us": 0.0, "calls": 0})
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        a = e.get("args", {})
+        key = (e["name"][: -len("_kernel_time")], a.get("op_name", "?"), a.get("provider", "?"))
+        per[key]["us"] += float(e.get("dur", 0))
+        per[key]["calls"] += 1
+    nodes = [{"name": n, "op_type": op, "provider": prov, "ms": v["us"] / 1000.0 / max(1, runs)}
+             for (n, op, prov), v in per.items()]
+    nodes.sort(key=lambda x: -x["ms"])
+    return {"nodes": nodes, "runs": runs}
+
+
+def classify(nodes: list) -> dict:
+    """Split an INT8 model's executed nodes into int8 compute, Q/DQ overhead, layout and FP32 compute."""
+    groups = {"int8": defaultdict(float), "qdq": defaultdict(float), "layout": defaultdict(float),
+              "fp32": defaultdict(float)}
+    counts = defaultdict(int)
+    for n in nodes:
+        op = n["op_type"]
+        g = "int8" if op in INT8_OPS else "qdq" if op in QDQ_OPS else "layout" if op in LAYOUT_OPS else "fp32"
+        groups[g][op] += n["ms"]
+        counts[op] += 1
+    total = sum(n["ms"] for n in nodes) or 1e-12
+    out = {}
+    for g, d in groups.items():
+        out[g] = [{"op_type": op, "ms": round(ms, 4), "share": round(ms / total, 4), "nodes": counts[op]}
+                  for op, ms in sorted(d.items(), key=lambda kv: -kv[1])]
+    return out

@@ -1,0 +1,246 @@
+"""Accuracy-aware tuning, driven by Intel Neural Compressor's framework-agnostic tuning loop.
+
+INC 3.x has no ONNX adaptor, so each candidate is a QuantSpec wrapped in a small INC
+BaseConfig; INC's ConfigLoader/SequentialSampler order the trials and its TuningMonitor
+keeps the history against the FP32 baseline. The quantization itself is onnxruntime's.
+
+The objective differs from INC's default (stop at the first config within tolerance):
+every trial is timed against FP32, interleaved, and the winner is the *fastest* candidate
+within tolerance. Phases: (1) a grid over calibration method, format, per-channel and op
+types around the ISA-aware default; (2) if nothing passes, per-node sensitivity and FP32
+fallback of the worst nodes first, in growing steps, until the drop is within tolerance.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import dynamic, static
+from .spec import QuantSpec
+from .timing import measure
+
+
+@contextlib.contextmanager
+def _quiet_inc():
+    lg = logging.getLogger("neural_compressor")
+    old = lg.level
+    lg.setLevel(logging.WARNING)  # INC prints a table per trial at INFO
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
+def _inc_config(spec: QuantSpec):
+    from neural_compressor.common.base_config import BaseConfig
+
+    class OrtQuantConfig(BaseConfig):
+        """One onnxruntime quantization candidate as an INC config (not expandable: already concrete)."""
+
+        name = "edgekit_ort_quant"
+        params_list = ["spec"]
+
+        def __init__(self, s):
+            super().__init__(white_list=None)
+            self.spec = s
+
+        def expand(self):
+            return [self]
+
+        def to_dict(self):
+            return self.spec.to_dict()
+
+        @classmethod
+        def register_supported_configs(cls):
+            return []
+
+        @classmethod
+        def get_config_set_for_tuning(cls):
+            return None
+
+    return OrtQuantConfig(spec)
+
+
+@dataclass
+class Trial:
+    name: str
+    spec: QuantSpec
+    path: Path
+    metric: float | None = None
+    drop_rel: float | None = None
+    latency_ms: float | None = None
+    fp32_ms: float | None = None
+    speedup: float | None = None
+    passed: bool = False
+    phase: str = "grid"
+    info: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def fp32_nodes(self) -> list:
+        return list(self.spec.exclude_nodes)
+
+    def record(self) -> dict:
+        return {"name": self.name, "phase": self.phase, "config": self.spec.to_dict(), "metric": self.metric,
+                "drop_rel": self.drop_rel, "latency_ms": self.latency_ms, "fp32_ms": self.fp32_ms,
+                "speedup": self.speedup, "passed": self.passed, "fp32_nodes": self.fp32_nodes,
+                "calibration": self.info.get("calibration"), "error": self.error}
+
+
+class Tuner:
+    """Runs trials for one FP32 model; all candidate files live in workdir."""
+
+    def __init__(self, *, prep_path, fp32_path, workdir, calib, input_names, evaluate, reference: float,
+                 tolerance, target, feeds, calib_size: int, max_trials: int, cache_root=None,
+                 trial_runs: int = 20, trial_seconds: float = 0.3, progress=None):
+        self.prep_path, self.fp32_path, self.workdir = Path(prep_path), Path(fp32_path), Path(workdir)
+        self.calib, self.input_names, self.evaluate = calib, list(input_names), evaluate
+        self.reference, self.tolerance, self.target, self.feeds = reference, tolerance, target, feeds
+        self.calib_size, self.max_trials, self.cache_root = calib_size, max_trials, cache_root
+        self.trial_runs, self.trial_seconds, self.progress = trial_runs, trial_seconds, progress
+        self.trials: list[Trial] = []
+        self.sensitivity: list = []
+        self._fused_path = None
+
+    @property
+    def budget_left(self) -> int:
+        return self.max_trials - len(self.trials)
+
+    # ------------------------------------------------------------------------------------ one trial
+    def build(self, spec: QuantSpec, dest: Path) -> dict:
+        if spec.mode == "int8-dynamic":
+            src = self.prep_path
+            if spec.fuse_transformer:
+                src = self.fused_path()
+                if src is None:
+                    raise ValueError("graph has no BERT-like attention to fuse")
+            return dynamic.quantize(src, dest, spec)
+        return static.quantize(self.prep_path, dest, self.calib, spec, calib_size=self.calib_size,
+                               input_names=self.input_names, cache_root=self.cache_root)
+
+    def fused_path(self):
+        if self._fused_path is None:
+            p = self.workdir / "fused.onnx"
+            self._fused_path = p if dynamic.fuse_transformer(self.prep_path, p) else False
+        return self._fused_path or None
+
+    def run_trial(self, spec: QuantSpec, phase: str) -> Trial:
+        from ..errors import EdgekitError
+
+        dest = self.workdir / f"trial{len(self.trials):02d}.onnx"
+        t = Trial(spec.name(), spec, dest, phase=phase)
+        try:
+            t.info = self.build(spec, dest)
+            m = self.evaluate(dest)
+            t.metric = float(m["value"])
+            t.drop_rel = (self.reference - t.metric) / self.reference if self.reference else None
+            t.passed = bool(self.tolerance.allows(self.reference, t.metric))
+            lat = measure({"fp32": self.fp32_path, "int8": dest}, self.target, self.feeds,
+                          min_runs=self.trial_runs, min_seconds=self.trial_seconds)
+            if lat["int8"].get("status") == "ok" and lat["fp32"].get("status") == "ok":
+                t.latency_ms, t.fp32_ms = lat["int8"]["p50_ms"], lat["fp32"]["p50_ms"]
+                t.speedup = t.fp32_ms / t.latency_ms if t.latency_ms else None
+            else:
+                t.info["latency"] = lat["int8"].get("reason", "unavailable")
+        except (EdgekitError, ValueError) as e:
+            t.error, t.passed = str(e).splitlines()[0] if str(e) else type(e).__name__, False
+        self.trials.append(t)
+        if self.progress:
+            self.progress(t)
+        return t
+
+    def run_phase(self, specs: list, phase: str) -> list:
+        """Run specs through INC's tuning loop, within the remaining trial budget."""
+        from neural_compressor.common.base_tuning import TuningConfig, init_tuning
+
+        specs = [s for s in specs if all(s != t.spec for t in self.trials)][: max(0, self.budget_left)]
+        if not specs:
+            return []
+        rel = self.tolerance.value if self.tolerance.relative else (
+            self.tolerance.value / self.reference if self.reference else self.tolerance.value)
+        out = []
+        with _quiet_inc():
+            tc = TuningConfig(config_set=[_inc_config(s) for s in specs], max_trials=len(specs),
+                              tolerable_loss=rel)
+            loader, _logger, monitor = init_tuning(tc)
+            monitor.set_baseline(self.reference)
+            for i, cfg in enumerate(loader, 1):
+                t = self.run_trial(cfg.spec, phase)
+                monitor.add_trial_result(i, t.metric if t.metric is not None else float("-inf"), cfg)
+                out.append(t)
+                if monitor.trial_cnt >= tc.max_trials:
+                    break
+        return out
+
+    # -------------------------------------------------------------------------------- the strategy
+    def grid(self, base: QuantSpec, *, pinned: set, transformer_like: bool) -> list:
+        specs = [base]
+        if base.mode == "int8":
+            if "method" not in pinned:
+                specs += [base.replace(method="percentile"), base.replace(method="entropy")]
+            if "format" not in pinned:
+                specs.append(base.replace(format="qoperator" if base.format == "qdq" else "qdq"))
+            if "per_channel" not in pinned:
+                specs.append(base.replace(per_channel=not base.per_channel))
+            if "op_types" not in pinned:
+                specs.append(base.replace(op_types=("Conv", "MatMul", "Gemm")))
+            if "types" not in pinned and base.types != "S8S8":
+                specs.append(base.replace(activation_type="s8", weight_type="s8", symmetric_activation=True))
+            if transformer_like and "mode" not in pinned:
+                dyn = QuantSpec(mode="int8-dynamic", per_channel=True, reduce_range=base.reduce_range)
+                specs[1:1] = [dyn.replace(fuse_transformer=True), dyn]
+        else:
+            if "per_channel" not in pinned:
+                specs.append(base.replace(per_channel=not base.per_channel))
+            specs += [s.replace(fuse_transformer=not s.fuse_transformer) for s in list(specs)]
+        return specs
+
+    def fallback(self, base: QuantSpec, eval_data, *, sensitivity_seconds: float | None = None) -> list:
+        """Sensitivity on `base`, then worst-first FP32 fallback in steps 1, 2, 4, ... until within tolerance."""
+        from . import sensitivity
+
+        if base.mode != "int8" or self.budget_left <= 0:
+            return []
+        # measured in QDQ form (nodes stay addressable by name); the fallback trials keep base's format
+        sbase = base.replace(format="qdq", exclude_nodes=())
+        base_path = self.workdir / "sens_base.onnx"
+        static.quantize(self.prep_path, base_path, self.calib, sbase, calib_size=self.calib_size,
+                        input_names=self.input_names, cache_root=self.cache_root)
+        self.sensitivity = sensitivity.measure(self.prep_path, base_path, sbase, self.calib, eval_data,
+                                               workdir=self.workdir, calib_size=self.calib_size,
+                                               input_names=self.input_names, cache_root=self.cache_root,
+                                               deadline_s=sensitivity_seconds)
+        order = [s["node"] for s in self.sensitivity]
+        out, k, last_fail = [], 1, 0
+        while k <= len(order) and self.budget_left > 0:
+            t = self.run_phase([base.replace(exclude_nodes=tuple(order[:k]))], "fallback")
+            out += t
+            if t and t[0].passed:
+                # a smaller fallback set is faster: try halfway back once
+                mid = (last_fail + k) // 2
+                if last_fail < mid < k and self.budget_left > 0:
+                    out += self.run_phase([base.replace(exclude_nodes=tuple(order[:mid]))], "fallback")
+                break
+            last_fail = k
+            k = k * 2 if k * 2 <= len(order) or k == len(order) else len(order)
+        return out
+
+    def passing(self) -> list:
+        return [t for t in self.trials if t.passed and t.error is None]
+
+    def best(self) -> Trial | None:
+        """Fastest within tolerance; when none passes, the most accurate (ties: fastest)."""
+        ok = self.passing()
+        if ok:
+            return min(ok, key=lambda t: t.latency_ms if t.latency_ms is not None else float("inf"))
+        done = [t for t in self.trials if t.error is None and t.metric is not None]
+        if not done:
+            return None
+        return max(done, key=lambda t: (t.metric, -(t.latency_ms or float("inf"))))
+
+
+def elapsed(t0: float) -> float:
+    return round(time.perf_counter() - t0, 2)

@@ -1,0 +1,240 @@
+"""The quantize stage: an FP32 ONNX artifact -> INT8 (static or dynamic) or FP16, never silently worse.
+
+Pre-process with onnxruntime, pick ISA-aware defaults for the primary target, tune (INC's loop:
+grid, then per-node sensitivity and FP32 fallback) for the fastest candidate within tolerance,
+then gate on measured speed. Everything tried is recorded in manifest.quantization[parent].
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..config import QuantizeConfig
+from ..errors import CalibrationError, EdgekitError
+from ..fsutil import atomic_path
+from ..onnxutil import graph_facts
+from ..quant import fp16, isa as qisa, speed_gate, static
+from ..quant.spec import QuantSpec
+from ..quant.tuning import Tuner
+
+SUFFIX = {"int8": "int8", "int8-dynamic": "int8-dynamic", "fp16": "fp16"}
+GATE_RUNS, GATE_SECONDS = 60, 1.5
+
+
+def output_name(parent_path: str, kind: str) -> str:
+    """model.fp32.onnx -> model.int8.onnx; model.distilled.onnx -> model.distilled.int8.onnx."""
+    stem = parent_path[:-5] if parent_path.endswith(".onnx") else parent_path
+    if stem.endswith(".fp32"):
+        stem = stem[:-5]
+    return f"{stem}.{SUFFIX[kind]}.onnx"
+
+
+def base_spec(cfg: QuantizeConfig, choice: qisa.IsaChoice) -> tuple[QuantSpec, set]:
+    """The starting candidate: the user's explicit settings over the ISA-aware defaults; and what is pinned."""
+    pinned = set()
+    act, wt = choice.activation_type, choice.weight_type
+    if cfg.activation_type != "auto":
+        act, pinned = cfg.activation_type, pinned | {"types"}
+    if cfg.weight_type != "auto":
+        wt, pinned = cfg.weight_type, pinned | {"types"}
+    per_channel = choice.per_channel if cfg.per_channel is None else cfg.per_channel
+    if cfg.per_channel is not None:
+        pinned.add("per_channel")
+    method = "minmax" if cfg.calibrate_method == "auto" else cfg.calibrate_method
+    if cfg.calibrate_method != "auto":
+        pinned.add("method")
+    if cfg.format != "qdq":
+        pinned.add("format")
+    if cfg.op_types:
+        pinned.add("op_types")
+    if cfg.mode == "int8-dynamic":
+        pinned.add("mode")
+    spec = QuantSpec(mode="int8-dynamic" if cfg.mode == "int8-dynamic" else "int8", format=cfg.format,
+                     method=method, per_channel=per_channel, activation_type=act, weight_type=wt,
+                     reduce_range=choice.reduce_range,
+                     symmetric_activation=choice.symmetric_activation or (act == "s8" and "types" not in pinned),
+                     op_types=cfg.op_types, exclude_nodes=cfg.exclude_nodes)
+    return spec, pinned
+
+
+def graph_kind(path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in m.graph.node}
+    init = {i.name for i in m.graph.initializer}
+    const_matmul = sum(1 for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in init for i in n.input))
+    transformer = const_matmul >= 4 and "Softmax" in ops and not ops & {"Conv", "ConvTranspose"}
+    recurrent = bool(ops & {"LSTM", "GRU", "RNN"})
+    return {"transformer_like": transformer, "recurrent": recurrent, "ops": sorted(ops)}
+
+
+def timing_feeds(data, batch: int) -> dict:
+    s = data.take(batch)
+    return {k: np.ascontiguousarray(v) for k, v in s.inputs.items()}
+
+
+def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
+    if cfg.mode == "none":
+        return None
+    t_start = time.perf_counter()
+    src = Path(ctx.outdir) / parent.path
+    if not src.is_file():
+        raise EdgekitError(f"{src}: the FP32 artifact to quantize does not exist")
+    if cfg.mode in ("int8", "int8-dynamic") and (ctx.calib is None or len(ctx.calib) == 0):
+        if cfg.mode == "int8":
+            raise CalibrationError(f"{parent.path}: static INT8 needs calibration data (--calib)")
+    data_for_timing = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.eval
+    if data_for_timing is None or not len(data_for_timing):
+        raise CalibrationError(f"{parent.path}: quantization needs sample inputs (--calib or --eval)")
+    evaluate = ctx.evaluate
+    if evaluate is None:
+        raise EdgekitError("quantize: no evaluator in the run context")
+    reference = (parent.metrics or {}).get("value")
+    if reference is None:
+        reference = float(evaluate(src)["value"])
+    facts = qisa.target_facts(ctx.primary_target)
+    choice = qisa.choose(facts["isa"], arch=facts["arch"], providers=facts["providers"])
+    record = {"isa": {**choice.to_dict(), "target": facts["name"]}, "trials": [], "sensitivity": [],
+              "speed_gate": {}, "tolerance": str(ctx.tolerance), "reference": reference, "notes": []}
+    ctx.manifest.quantization[parent.path] = record
+
+    work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=ctx.outdir))
+    try:
+        prep = work / "prep.onnx"
+        record["notes"] += static.preprocess(src, prep)
+        feeds = timing_feeds(data_for_timing, static.batch_size_for(prep))
+        if cfg.mode == "fp16":
+            return _fp16(parent, ctx, src, prep, feeds, record, reference, t_start)
+        spec, pinned = base_spec(cfg, choice)
+        gk = graph_kind(prep)
+        record["graph"] = {k: v for k, v in gk.items() if k != "ops"}
+        if cfg.mode == "int8" and gk["recurrent"] and "mode" not in pinned:
+            record["notes"].append("recurrent graph: dynamic INT8 candidates added")
+        tuner = Tuner(prep_path=prep, fp32_path=src, workdir=work, calib=ctx.calib or ctx.eval,
+                      input_names=[i["name"] if isinstance(i, dict) else i.name for i in parent.inputs]
+                      or list(feeds), evaluate=evaluate, reference=reference, tolerance=ctx.tolerance,
+                      target=ctx.primary_target, feeds=feeds, calib_size=cfg.calib_size,
+                      max_trials=cfg.max_trials if cfg.tune else 1, progress=_progress(parent.path))
+        seq_like = gk["transformer_like"] or gk["recurrent"]
+        if cfg.tune:
+            specs = tuner.grid(spec, pinned=pinned, transformer_like=seq_like)
+            if not gk["transformer_like"]:
+                specs = [s for s in specs if not s.fuse_transformer]
+            tuner.run_phase(specs, "grid")
+            if not tuner.passing() and tuner.budget_left > 0 and spec.mode == "int8":
+                accurate = max((t for t in tuner.trials if t.error is None and t.spec.mode == "int8"),
+                               key=lambda t: (t.metric, t.speedup or 0), default=None)
+                if accurate is not None:
+                    sens_data = ctx.eval if ctx.eval is not None and len(ctx.eval) else ctx.calib
+                    tuner.fallback(accurate.spec, sens_data)
+        else:
+            tuner.run_phase([spec], "fixed")
+        record["trials"] = [t.record() for t in tuner.trials]
+        record["sensitivity"] = tuner.sensitivity
+        return _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _progress(name):
+    import os
+    import sys
+
+    def cb(trial):
+        if os.environ.get("EDGEKIT_QUIET") == "1":
+            return
+        m = f"error: {trial.error}" if trial.error else f"{trial.metric:.4f}"
+        sp = f", {trial.speedup:.2f}x FP32 speed" if trial.speedup else ""
+        print(f"  quantize {name} [{trial.phase}] {trial.name}: {m}{sp}{' (within tolerance)' if trial.passed else ''}",
+              file=sys.stderr)
+
+    return cb
+
+
+def _gate(src, path, ctx, feeds, cfg) -> dict:
+    if not cfg.speed_gate:
+        return {}
+    return speed_gate.gate(src, path, ctx.primary_target, feeds, min_runs=GATE_RUNS, min_seconds=GATE_SECONDS)
+
+
+def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> Artifact:
+    best = tuner.best()
+    if best is None:
+        errs = "; ".join(f"{t.name}: {t.error}" for t in tuner.trials if t.error)[:400]
+        raise EdgekitError(f"{parent.path}: every quantization candidate failed ({errs})")
+    tol_met = best.passed
+    gate = _gate(src, best.path, ctx, feeds, cfg)
+    # the short trial timings chose `best`; if the long gate disagrees, try the next-fastest passing ones
+    if tol_met and gate and not next(iter(gate.values())).get("passed"):
+        for alt in sorted((t for t in tuner.passing() if t is not best),
+                          key=lambda t: t.latency_ms or float("inf"))[:2]:
+            g2 = _gate(src, alt.path, ctx, feeds, cfg)
+            if next(iter(g2.values())).get("passed"):
+                best, gate = alt, g2
+                break
+    record["speed_gate"] = gate
+    gate_rec = next(iter(gate.values())) if gate else {"passed": True, "status": "skipped"}
+    fast = bool(gate_rec.get("passed"))
+    kind = best.spec.mode
+    if not tol_met:
+        drop = f"{best.drop_rel:.2%}" if best.drop_rel is not None else "unknown"
+        reason = (f"no INT8 candidate within tolerance {ctx.tolerance} after {len(tuner.trials)} trials; best "
+                  f"'{best.name}' drops {drop} ({best.metric:.4f} vs FP32 {reference:.4f}); FP32 stays recommended")
+    elif not fast:
+        reason = ("INT8 is not faster than FP32 on " + next(iter(gate), "the target") + ": "
+                  + (gate_rec.get("why") or gate_rec.get("reason") or "not measured"))
+    else:
+        reason = (f"'{best.name}': {best.metric:.4f} vs FP32 {reference:.4f} (drop {best.drop_rel:.2%}, within "
+                  f"{ctx.tolerance})" + (f", {1 / gate_rec['ratio']:.2f}x faster than FP32" if gate_rec.get("ratio") else ""))
+    record.update({"chosen": best.name, "tolerance_met": tol_met, "recommend": bool(tol_met and fast),
+                   "reason": reason, "seconds": round(time.perf_counter() - t_start, 2)})
+    dest_name = output_name(parent.path, kind)
+    art = _write(best.path, Path(ctx.outdir) / dest_name, parent, kind, ctx)
+    art.settings = {**best.spec.to_dict(), "isa_choice": record["isa"]["choice"], "calib_size": cfg.calib_size}
+    art.notes = [reason] + ([f"kept in FP32: {', '.join(best.spec.exclude_nodes)}"] if best.spec.exclude_nodes else [])
+    return art
+
+
+def _write(tmp_path, dest: Path, parent, kind, ctx) -> Artifact:
+    from ..evaluate import with_drop
+
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(tmp_path, tmp)
+    facts = graph_facts(dest)
+    art = Artifact(kind=kind, path=dest.name, parent=parent.path, stage="quantize", params=facts["params"],
+                   opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"])
+    art.refresh_file_facts(ctx.outdir)
+    art.metrics = with_drop(ctx.evaluate(dest), parent.metrics or None)
+    return art
+
+
+def _fp16(parent, ctx, src, prep, feeds, record, reference, t_start) -> Artifact:
+    work = prep.parent
+    out = work / "fp16.onnx"
+    fp16.convert(prep, out)
+    m = ctx.evaluate(out)
+    passed = bool(ctx.tolerance.allows(reference, m["value"]))
+    gate = speed_gate.gate(src, out, ctx.primary_target, feeds, min_runs=GATE_RUNS, min_seconds=GATE_SECONDS)
+    g = next(iter(gate.values()))
+    record["trials"] = [{"name": "fp16 (io fp32)", "config": {"mode": "fp16", "keep_io_types": True},
+                         "metric": m["value"], "drop_rel": (reference - m["value"]) / reference if reference else None,
+                         "latency_ms": g.get("int8_ms"), "speedup": (1 / g["ratio"]) if g.get("ratio") else None,
+                         "passed": passed, "fp32_nodes": []}]
+    record["speed_gate"] = gate
+    fast = bool(g.get("passed"))
+    reason = (f"FP16 {'within' if passed else 'outside'} tolerance {ctx.tolerance}; "
+              + (f"{g['ratio']:.2f}x FP32 latency on {next(iter(gate))}" if g.get("ratio") else g.get("reason", "")))
+    if not fast and g.get("status") == "ok":
+        reason += " (FP16 is meant for GPU targets; CPUs without FP16 arithmetic convert back and forth)"
+    record.update({"chosen": "fp16", "tolerance_met": passed, "recommend": bool(passed and fast), "reason": reason,
+                   "seconds": round(time.perf_counter() - t_start, 2)})
+    art = _write(out, Path(ctx.outdir) / output_name(parent.path, "fp16"), parent, "fp16", ctx)
+    art.settings = {"mode": "fp16", "keep_io_types": True}
+    art.notes = [reason]
+    return art

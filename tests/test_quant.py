@@ -1,0 +1,239 @@
+"""Quantize stage on tiny ONNX graphs built here: formats, methods, cache, fallback loop, speed gate."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.artifact import Artifact, Manifest
+from edgekit.config import QuantizeConfig, Tolerance
+from edgekit.context import RunContext
+from edgekit.dataset import Dataset
+from edgekit.evaluate import Evaluator
+from edgekit.quant import isa, static
+from edgekit.quant.spec import QuantSpec
+from edgekit.source import SourceModel
+from edgekit.stages import quantize as stage
+
+RNG = np.random.default_rng(0)
+
+
+def _save(nodes, inits, inp, out, path, opset=17):
+    g = helper.make_graph(nodes, "g", [inp], [out], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def conv_model(path):
+    r = np.random.default_rng(1)
+    inits = {"w1": (r.normal(size=(8, 1, 3, 3)) * 0.5).astype(np.float32), "b1": r.normal(size=8).astype(np.float32),
+             "w2": (r.normal(size=(16, 8, 3, 3)) * 0.2).astype(np.float32), "b2": r.normal(size=16).astype(np.float32),
+             "wf": (r.normal(size=(10, 16)) * 0.3).astype(np.float32), "bf": np.zeros(10, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], "conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["r2"], "relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], "gap"),
+             helper.make_node("Flatten", ["p"], ["f"], "flat"),
+             helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], "fc", transB=1)]
+    return _save(nodes, inits, helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16]),
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10]), path)
+
+
+def outlier_mlp(path):
+    """FP32-exact MLP whose hidden layer 'fc2' reads an activation with one channel 1000x the rest.
+
+    fc1 scales output channel 0 by 1000 and fc2 scales the matching input row by 1/1000, so the
+    FP32 function is unchanged; but quantizing fc2's input per-tensor crushes the other 31 channels.
+    """
+    r = np.random.default_rng(2)
+    w1 = (r.normal(size=(16, 32)) * 0.5).astype(np.float32)
+    w2 = (r.normal(size=(32, 32)) * 0.3).astype(np.float32)
+    w1[:, 0] *= 1000.0
+    w2[0, :] /= 1000.0
+    inits = {"w1": w1, "w2": w2, "w3": (r.normal(size=(32, 10)) * 0.3).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], "fc1"),
+             helper.make_node("Relu", ["h1"], ["a1"], "act1"),
+             helper.make_node("MatMul", ["a1", "w2"], ["h2"], "fc2"),
+             helper.make_node("Relu", ["h2"], ["a2"], "act2"),
+             helper.make_node("MatMul", ["a2", "w3"], ["y"], "fc3")]
+    return _save(nodes, inits, helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16]),
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10]), path)
+
+
+def tiny_gemm(path):
+    w = RNG.normal(size=(8, 8)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], "fc")]
+    return _save(nodes, {"w": w}, helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8]),
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8]), path)
+
+
+def _ctx(tmp_path, model_path, data, *, tol="1%"):
+    src = SourceModel(spec=str(model_path), kind="onnx", inputs=[], outputs=["y"], onnx_path=str(model_path))
+    ev = Evaluator(Dataset(dict(data.inputs), None, "test"), "classification", model_path)
+    parent = Artifact(kind="fp32", path=model_path.name)
+    parent.metrics = ev(model_path)
+    ctx = RunContext(outdir=tmp_path, source=src, manifest=Manifest(), calib=data, eval=data, evaluate=ev,
+                     tolerance=Tolerance.parse(tol))
+    return parent, ctx
+
+
+def _ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.fixture
+def conv(tmp_path):
+    p = conv_model(tmp_path / "conv.fp32.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(p, prep)
+    data = Dataset({"x": RNG.normal(size=(48, 1, 16, 16)).astype(np.float32)})
+    return p, prep, data
+
+
+# ------------------------------------------------------------------------------ formats and methods
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qdq_structure_and_per_channel_scales(conv, tmp_path, per_channel):
+    _, prep, data = conv
+    out = tmp_path / "q.onnx"
+    static.quantize(prep, out, data, QuantSpec(per_channel=per_channel), calib_size=32, input_names=["x"],
+                    cache_root=tmp_path / "cache")
+    m = onnx.load(str(out))
+    ops = [n.op_type for n in m.graph.node]
+    producers = {o: n for n in m.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "Gemm"):
+            for i in n.input[:2]:  # activation and weight both arrive dequantized
+                assert producers[i].op_type == "DequantizeLinear", (n.name, i)
+            w_scale = inits[producers[n.input[1]].input[1]]
+            w_int = inits[producers[n.input[1]].input[0]]
+            assert w_int.dtype == np.int8
+            assert w_scale.size == (w_int.shape[0] if per_channel and n.op_type == "Conv" else 1) or \
+                (n.op_type == "Gemm" and w_scale.size in (1, w_int.shape[0]))
+    # 3 weights + 3 int32 biases dequantized; activations: x, r1, f (+ the pooled / output tensors)
+    weight_dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and inits[n.input[0]].dtype == np.int8]
+    assert len(weight_dq) == 3
+    assert ops.count("QuantizeLinear") >= 3 and ops.count("QuantizeLinear") == sum(
+        1 for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits)
+    assert "QLinearConv" not in ops
+
+
+def test_qoperator_format_uses_integer_ops(conv, tmp_path):
+    _, prep, data = conv
+    out = tmp_path / "q.onnx"
+    static.quantize(prep, out, data, QuantSpec(format="qoperator"), calib_size=32, input_names=["x"],
+                    cache_root=tmp_path / "cache")
+    ops = _ops(out)
+    assert ops.count("QLinearConv") == 2 and "Conv" not in ops and "DequantizeLinear" in ops
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_each_calibration_method(conv, tmp_path, method):
+    p, prep, data = conv
+    out = tmp_path / "q.onnx"
+    info = static.quantize(prep, out, data, QuantSpec(method=method), calib_size=40, input_names=["x"],
+                           cache_root=tmp_path / "cache")  # 40 = 16 + 16 + a short batch of 8
+    assert info["calibration"] == "computed" and info["calib_samples"] == 40
+    ranges = json.loads((tmp_path / "cache" / f"{info['cache_key']}.json").read_text())
+    assert method.lower() in json.dumps(ranges).lower()
+    ev = Evaluator(data, "classification", p)
+    assert ev(out)["value"] >= 0.8  # a sane quantization of a smooth little net
+
+
+def test_calibration_cache_hit_skips_calibration(conv, tmp_path):
+    _, prep, data = conv
+    cache = tmp_path / "cache"
+    a = static.quantize(prep, tmp_path / "a.onnx", data, QuantSpec(), calib_size=32, input_names=["x"],
+                        cache_root=cache)
+    b = static.quantize(prep, tmp_path / "b.onnx", data, QuantSpec(per_channel=False), calib_size=32,
+                        input_names=["x"], cache_root=cache)
+    c = static.quantize(prep, tmp_path / "c.onnx", data, QuantSpec(), calib_size=32, input_names=["x"],
+                        cache_root=cache)
+    assert a["calibration"] == "computed" and b["calibration"] == "cached" and c["calibration"] == "cached"
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
+    # other data -> another key -> calibrates again
+    other = Dataset({"x": data.inputs["x"][::-1].copy()})
+    d = static.quantize(prep, tmp_path / "d.onnx", other, QuantSpec(), calib_size=32, input_names=["x"],
+                        cache_root=cache)
+    assert d["calibration"] == "computed" and d["cache_key"] != a["cache_key"]
+    assert not list(cache.glob(".*tmp"))
+
+
+# ----------------------------------------------------------------------------------- ISA defaults
+
+def test_isa_defaults_and_reasons():
+    v = isa.choose(["avx2", "avx512f", "avx512-vnni"], arch="x86_64")
+    assert (v.activation_type, v.weight_type, v.reduce_range) == ("u8", "s8", False) and "VNNI" in v.reason
+    a2 = isa.choose(["avx2"], arch="x86_64")
+    assert a2.reduce_range and "saturate" in a2.reason
+    arm = isa.choose(["dotprod", "neon"], arch="aarch64")
+    assert (arm.activation_type, arm.weight_type) == ("s8", "s8") and "dot-product" in arm.reason
+    gpu = isa.choose([], providers=["TensorrtExecutionProvider"])
+    assert gpu.symmetric_activation and gpu.activation_type == "s8"
+
+
+# ---------------------------------------------------------------------------- the stage end to end
+
+def test_fallback_keeps_the_sensitive_layer_in_fp32(tmp_path):
+    p = outlier_mlp(tmp_path / "mlp.fp32.onnx")
+    data = Dataset({"x": np.random.default_rng(3).normal(size=(300, 16)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data)
+    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=True, activation_type="u8", weight_type="s8",
+                         op_types=("MatMul",), max_trials=6)
+    art = stage.run(parent, ctx, cfg)
+    rec = ctx.manifest.quantization[parent.path]
+    first = rec["trials"][0]
+    assert first["phase"] == "grid" and not first["passed"], first  # all-INT8 misses the tolerance
+    assert rec["sensitivity"][0]["node"] == "fc2", rec["sensitivity"]
+    fb = [t for t in rec["trials"] if t["phase"] == "fallback"]
+    assert fb and fb[-1]["passed"] or any(t["passed"] for t in fb)
+    assert rec["tolerance_met"] is True
+    assert "fc2" in art.settings["exclude_nodes"]
+    assert Tolerance.parse("1%").allows(parent.metrics["value"], art.metrics["value"])
+    assert art.path == "mlp.int8.onnx" and (tmp_path / "mlp.int8.onnx").exists()
+
+
+def test_speed_gate_refuses_int8_that_is_not_faster(tmp_path):
+    p = tiny_gemm(tmp_path / "tiny.fp32.onnx")
+    data = Dataset({"x": np.random.default_rng(4).normal(size=(64, 8)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="50%")
+    art = stage.run(parent, ctx, QuantizeConfig(tune=False))
+    rec = ctx.manifest.quantization[parent.path]
+    gate = rec["speed_gate"]["host"]
+    assert gate["status"] == "ok" and gate["ratio"] >= speed_gate_threshold() and gate["passed"] is False
+    assert rec["recommend"] is False and "not faster" in rec["reason"]
+    assert gate["int8_ms"] > 0 and gate["fp32_ms"] > 0
+    assert art is not None and art.kind == "int8"  # still written, with its numbers
+
+
+def speed_gate_threshold():
+    from edgekit.quant.speed_gate import FASTER_THAN
+
+    return FASTER_THAN
+
+
+def test_dynamic_and_fp16_modes(tmp_path):
+    p = outlier_mlp(tmp_path / "m.onnx")
+    data = Dataset({"x": np.random.default_rng(5).normal(size=(64, 16)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="100%")
+    dyn = stage.run(parent, ctx, QuantizeConfig(mode="int8-dynamic", tune=False, speed_gate=False))
+    assert dyn.kind == "int8-dynamic" and dyn.path == "m.int8-dynamic.onnx"
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & set(_ops(tmp_path / dyn.path))
+    half = stage.run(parent, ctx, QuantizeConfig(mode="fp16"))
+    m = onnx.load(str(tmp_path / half.path))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # IO stays FP32
+    assert any(i.data_type == TensorProto.FLOAT16 for i in m.graph.initializer)
+    assert half.metrics["value"] > 0.9
+
+
+def test_output_names():
+    assert stage.output_name("model.fp32.onnx", "int8") == "model.int8.onnx"
+    assert stage.output_name("model.distilled.onnx", "int8") == "model.distilled.int8.onnx"
+    assert stage.output_name("model.pruned.onnx", "fp16") == "model.pruned.fp16.onnx"
