@@ -6,7 +6,9 @@ is recorded as skipped, one that cannot apply (e.g. pruning an ONNX file) as not
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,7 +270,9 @@ def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
         for name in ORDER:
             t0 = time.perf_counter()
             try:
-                res = STAGES[name](run)
+                # third-party libraries print progress to stdout; keep stdout for --json output
+                with contextlib.redirect_stdout(sys.stderr):
+                    res = STAGES[name](run)
             except EdgekitError:
                 run.record(name, "failed", "see the error", time.perf_counter() - t0)
                 raise

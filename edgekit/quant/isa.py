@@ -57,6 +57,8 @@ def target_facts(target) -> dict:
     if isa is None:
         isa = cpu_info()["isa"]
     providers = getattr(target, "providers", None) or [getattr(target, "provider", None) or "CPUExecutionProvider"]
+    # TargetProfile.providers holds (name, options) pairs
+    providers = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
     return {"name": getattr(target, "name", str(target)), "arch": getattr(target, "arch", "") or platform.machine(),
             "isa": list(isa), "providers": list(providers), "threads": getattr(target, "threads", None)}
 

@@ -1,0 +1,141 @@
+"""`edgekit flash`: verified, atomic deployment of a bundle to one or many devices, and rollback."""
+from __future__ import annotations
+
+import functools
+import tempfile
+
+import click
+
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option
+
+
+def device_options(f):
+    """--device/--devices-file/--target and the SSH trust options, shared with `edgekit devices`."""
+    opts = [
+        click.option("--device", "devices", multiple=True, metavar="ADDR",
+                     help="ssh://user@host[:port]/path or a mounted path (repeatable)."),
+        click.option("--devices-file", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="A file of device addresses, one per line ('#' comments)."),
+        click.option("--target", "targets", multiple=True, metavar="NAME",
+                     help="Use the address in the target profile NAME (repeatable)."),
+        click.option("--identity", type=click.Path(dir_okay=False), metavar="KEY",
+                     help="SSH private key (default: your SSH keys and agent)."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="known_hosts file used to verify host keys (default: ~/.ssh/known_hosts)."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Trust a host key seen for the first time and record it in the known-hosts file. "
+                          "A changed key is always refused."),
+        click.option("--remote-python", default="python3", show_default=True, metavar="CMD",
+                     help="Python on the device (needs numpy and onnxruntime for the self-test)."),
+        click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Devices handled at once."),
+    ]
+    return functools.reduce(lambda g, o: o(g), reversed(opts), f)
+
+
+def resolve(devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python):
+    from ..flash.devices import collect_devices
+    from ..flash.transport_ssh import SshOptions
+
+    devs = collect_devices(devices, devices_file, targets)
+    return devs, SshOptions(identity=identity, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
+                            remote_python=remote_python)
+
+
+class _Progress:
+    """Per-device progress lines on stderr; safe to call from worker threads."""
+
+    def __init__(self, devices):
+        import os
+        import sys
+
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        quiet = os.environ.get("EDGEKIT_QUIET") == "1" or not sys.stderr.isatty()
+        self.p = Progress(TextColumn("{task.description}"), TextColumn("{task.fields[step]}"), BarColumn(),
+                          DownloadColumn(), console=console(), disable=quiet)
+        self.ids = {d.label: self.p.add_task(d.label, total=None, step="waiting") for d in devices}
+
+    def __call__(self, device, step, info):
+        tid = self.ids.get(device)
+        if tid is None:
+            return
+        if step == "upload" and info:
+            self.p.update(tid, step=step, completed=info["sent"], total=info["total"])
+        else:
+            self.p.update(tid, step=step)
+
+    def __enter__(self):
+        self.p.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.stop()
+
+
+def summary_table(results, title):
+    from rich.table import Table
+
+    tab = Table(title=title)
+    for col in ("device", "result", "version", "details"):
+        tab.add_column(col, overflow="fold")
+    colour = {"flashed": "green", "up-to-date": "cyan", "rolled-back": "yellow", "failed": "red"}
+    for r in results:
+        if r.status == "failed":
+            details = f"{r.step}: {r.reason}"
+        elif r.status == "up-to-date":
+            details = "same content already active: nothing sent"
+        elif r.status == "flashed":
+            details = f"sent {r.files_sent} files ({r.bytes_sent / 1024:.1f} KiB)"
+            if r.files_resumed:
+                details += f", {r.files_resumed} resumed"
+            if r.previous:
+                details += f"; previous {r.previous}"
+            if r.removed:
+                details += f"; removed {', '.join(r.removed)}"
+        else:
+            details = f"from {r.previous}"
+        details += "".join(f"; warning: {w}" for w in r.warnings)
+        tab.add_row(r.device, f"[{colour.get(r.status, 'white')}]{r.status}[/]", r.version or "-", details)
+    return tab
+
+
+@click.command("flash", context_settings=CONTEXT_SETTINGS)
+@click.argument("source", required=False, type=click.Path(), metavar="BUNDLE|OUTDIR")
+@device_options
+@click.option("--artifact", metavar="KIND|PATH", help="With an OUTDIR: the artifact to bundle (default: recommended).")
+@click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Versions kept on each device (the active and previous ones always are).")
+@click.option("--rollback", is_flag=True, help="Switch each device back to its previous version instead.")
+@click.option("--selftest-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds allowed for the on-device self-test.")
+@json_option
+def flash(source, devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python,
+          jobs, artifact, keep, rollback, selftest_timeout, as_json):
+    """Deploy BUNDLE (.ekb) or OUTDIR to devices: upload beside the active version, verify every hash
+    there, run the self-test there, then switch PATH/current in one rename. Any failure leaves the
+    previous version active. Exit status 1 if any device failed."""
+    from ..flash import deploy, fleet
+    from ..flash.bundle import open_source
+
+    devs, ssh = resolve(devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python)
+    opts = deploy.FlashOptions(keep=keep, selftest_timeout=selftest_timeout)
+    if rollback:
+        if source:
+            raise click.UsageError("--rollback takes no BUNDLE|OUTDIR: it returns to the version before the active one")
+        with _Progress(devs) as prog:
+            results = fleet.rollback_many(devs, opts=opts, ssh=ssh, jobs=jobs, emit=prog)
+        title = "edgekit flash --rollback"
+    else:
+        if not source:
+            raise click.UsageError("missing BUNDLE|OUTDIR (or pass --rollback)")
+        with tempfile.TemporaryDirectory(prefix="edgekit-flash-") as work:
+            b = open_source(source, work, artifact=artifact)
+            with _Progress(devs) as prog:
+                results = fleet.flash_many(devs, b, opts=opts, ssh=ssh, jobs=jobs, emit=prog)
+        title = f"edgekit flash {b.version}"
+    if as_json:
+        echo_json({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
+    else:
+        console().print(summary_table(results, title))
+    return 0 if all(r.ok for r in results) else 1

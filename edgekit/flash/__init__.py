@@ -1,0 +1,18 @@
+"""edgekit flash: bundles (.ekb) and their verified, atomic deployment to devices.
+
+    build_bundle(outdir, dest, artifact=None, inputs=None, atol=None) -> dict
+    read_bundle(path, workdir) -> Bundle          (safe extraction, every hash checked)
+    open_source(bundle_or_outdir, workdir) -> Bundle
+    flash_many(devices, bundle, opts=FlashOptions(), ssh=SshOptions(), jobs=4) -> [DeviceResult]
+    rollback_many(devices, ...), status_many(devices, ...)
+    collect_devices(devices, devices_file, targets) -> [Device]
+"""
+from .bundle import Bundle, build_bundle, open_source, read_bundle
+from .deploy import DeviceResult, FlashOptions
+from .devices import Device, collect_devices, parse_device
+from .fleet import flash_many, open_transport, rollback_many, status_many
+from .transport_ssh import SshOptions
+
+__all__ = ["Bundle", "build_bundle", "open_source", "read_bundle", "DeviceResult", "FlashOptions", "Device",
+           "collect_devices", "parse_device", "flash_many", "open_transport", "rollback_many", "status_many",
+           "SshOptions"]

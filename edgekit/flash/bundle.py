@@ -1,0 +1,244 @@
+"""Build, read and verify .ekb bundles: one artifact, its self-test, the runner, pre/post code.
+
+Layout inside the archive (all paths relative, regular files only):
+
+    bundle.json          format, version, model, selftest{inputs, expected, atol},
+                         files{relpath: sha256}, artifact (its manifest entry), prepost spec
+    <model>.onnx         the chosen artifact (plus any external-data files it names)
+    edgekit_runner.py    numpy + onnxruntime only; `selftest --bundle DIR` checks the model
+    selftest.npz         one input; expected.npz: onnxruntime's output for it on the build host
+    edgekit/prepost/...  the pre/post-processing package, when edgekit has it
+
+The version is derived from bundle.json's content (which lists every file's hash), so the
+same content always gets the same version and re-flashing it sends nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifact import load_manifest
+from ..errors import FlashError, InputError, UsageError, did_you_mean
+from ..fsutil import sha256_file
+from .archive import check_member_name, safe_extract, save_npz, write_archive
+
+FORMAT = "edgekit.bundle/1"
+META = "bundle.json"
+RUNNER = "edgekit_runner.py"
+SELFTEST_INPUTS, SELFTEST_EXPECTED = "selftest.npz", "expected.npz"
+PKG = Path(__file__).resolve().parents[1]  # the edgekit package
+RUNNER_SRC = PKG / "runner" / RUNNER  # single-file, numpy + onnxruntime only
+PREPOST_SRC = PKG / "prepost"
+
+
+@dataclass
+class Bundle:
+    """An extracted, verified bundle."""
+
+    root: Path
+    meta: dict
+
+    @property
+    def version(self) -> str:
+        return self.meta["version"]
+
+    @property
+    def files(self) -> dict:
+        return self.meta["files"]
+
+    def meta_sha256(self) -> str:
+        return sha256_file(self.root / META)
+
+    def upload_order(self) -> list[str]:
+        """Small files first and bundle.json last, so an interrupted upload keeps most of what it sent."""
+        rels = sorted(self.files, key=lambda r: ((self.root / r).stat().st_size, r))
+        return rels + [META]
+
+    def total_bytes(self) -> int:
+        return sum((self.root / r).stat().st_size for r in self.upload_order())
+
+
+def content_version(meta: dict, kind: str) -> str:
+    body = {k: v for k, v in meta.items() if k != "version"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{kind}-{digest[:16]}"
+
+
+def choose_artifact(manifest, outdir: Path, which: str | None = None):
+    """--artifact KIND|PATH, else the first recommended artifact, else int8, else fp32."""
+    arts = manifest.artifacts
+    if not arts:
+        raise InputError(f"{outdir / 'manifest.json'}: lists no artifacts")
+    if which:
+        for a in arts:
+            if which in (a.kind, a.path) or (Path(which).name == Path(a.path).name and Path(which).exists()
+                                             and Path(which).resolve() == (outdir / a.path).resolve()):
+                return a
+        raise UsageError(f"--artifact {which!r}: not in {outdir / 'manifest.json'}"
+                         + did_you_mean(which, [a.kind for a in arts] + [a.path for a in arts]))
+    for rec in (manifest.recommended or {}).values():
+        if isinstance(rec, dict) and rec.get("path"):
+            for a in arts:
+                if a.path == rec["path"]:
+                    return a
+    for kind in ("int8", "fp32"):
+        for a in arts:
+            if a.kind == kind:
+                return a
+    return arts[0]
+
+
+def _external_data(model: Path) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(model), load_external_data=False)
+    out = set()
+    tensors = list(m.graph.initializer) + [a.t for n in m.graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc:
+                out.add(loc)
+    return sorted(out)
+
+
+def _copy_package(src: Path, dest: Path) -> list[Path]:
+    copied = []
+    for p in sorted(src.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"):
+            q = dest / p.relative_to(src)
+            q.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, q)
+            copied.append(q)
+    return copied
+
+
+def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol: float | None = None) -> dict:
+    """Pack OUTDIR's chosen artifact into dest (.ekb). Returns a summary (path, version, artifact, ...)."""
+    outdir = Path(outdir)
+    if not outdir.is_dir():
+        raise InputError(f"{outdir}: not a directory (expected an edgekit output directory)")
+    manifest = load_manifest(outdir)
+    art = choose_artifact(manifest, outdir, artifact)
+    model_src = outdir / art.path
+    if not model_src.is_file():
+        raise InputError(f"{model_src}: artifact listed in manifest.json is missing")
+    if art.sha256 and sha256_file(model_src) != art.sha256:
+        raise InputError(f"{model_src}: sha256 differs from manifest.json (changed after compress?); refusing to bundle")
+    runner = RUNNER_SRC
+    if not runner.is_file():
+        raise FlashError(f"bundle: the device runner {runner} is missing from this edgekit installation")
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-bundle-") as tmp:
+        root = Path(tmp)
+        model_rel = Path(art.path).name
+        shutil.copyfile(model_src, root / model_rel)
+        for loc in _external_data(model_src):
+            try:
+                rel = check_member_name(loc)
+            except ValueError as e:
+                raise InputError(f"{model_src}: external data location {loc!r} is unsafe: {e}") from None
+            if not (model_src.parent / rel).is_file():
+                raise InputError(f"{model_src}: external data file {rel} is missing")
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_src.parent / rel, root / rel)
+        shutil.copyfile(runner, root / RUNNER)
+        prepost = PREPOST_SRC
+        has_prepost = prepost.is_dir() and (prepost / "__init__.py").is_file()
+        if has_prepost:
+            _copy_package(prepost, root / "edgekit" / "prepost")
+            # the runner imports edgekit.prepost from its own directory; this stub keeps that import light
+            (root / "edgekit" / "__init__.py").write_text('"""edgekit subset shipped in a bundle: prepost only."""\n')
+        feeds, expected, facts = make_selftest(root / model_rel, outdir, manifest, art.kind,
+                                               inputs=inputs, atol=atol)
+        save_npz(root / SELFTEST_INPUTS, feeds)
+        save_npz(root / SELFTEST_EXPECTED, expected)
+        files = {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+        from .. import __version__
+
+        meta = {
+            "format": FORMAT,
+            "version": "",
+            "model": model_rel,
+            "runner": RUNNER,
+            "selftest": {"inputs": SELFTEST_INPUTS, "expected": SELFTEST_EXPECTED, "atol": facts["atol"],
+                         "input_origin": facts["input_origin"]},
+            "files": files,
+            "artifact": art.to_dict(),
+            "prepost": manifest.prepost or {},
+            "prepost_code": has_prepost,
+            "source": manifest.source or {},
+            "edgekit_version": __version__,
+        }
+        meta["version"] = content_version(meta, art.kind)
+        (root / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_archive(dest, root, list(files) + [META])
+    return {"path": str(dest), "version": meta["version"], "artifact": {"kind": art.kind, "path": art.path},
+            "files": len(files) + 1, "bytes": Path(dest).stat().st_size, "selftest": meta["selftest"]}
+
+
+def make_selftest(*a, **k):
+    from .selftest import make_selftest as _make
+
+    return _make(*a, **k)
+
+
+def check_meta(meta, where) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"{where}: not an {FORMAT} bundle (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    for key in ("version", "model", "files", "selftest"):
+        if key not in meta:
+            raise InputError(f"{where}: bundle.json lacks {key!r}")
+    files = meta["files"]
+    for rel in list(files) + [meta["model"], meta["selftest"].get("inputs", ""), meta["selftest"].get("expected", "")]:
+        try:
+            if check_member_name(rel) != rel:
+                raise ValueError("not a normalised relative path")
+        except ValueError as e:
+            raise InputError(f"{where}: bundle.json names an unsafe path {rel!r}: {e}") from None
+    for rel in (meta["model"], meta["selftest"]["inputs"], meta["selftest"]["expected"], RUNNER):
+        if rel not in files:
+            raise InputError(f"{where}: bundle.json does not list {rel!r} among its files")
+    kind = (meta.get("artifact") or {}).get("kind", meta["version"].split("-")[0])
+    if content_version(meta, kind) != meta["version"]:
+        raise InputError(f"{where}: bundle.json's version {meta['version']} does not match its content (edited?)")
+
+
+def read_bundle(path, workdir) -> Bundle:
+    """Extract an .ekb safely into workdir and verify every file against bundle.json."""
+    path = Path(path)
+    root = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
+    found = safe_extract(path, root)
+    if META not in found:
+        raise InputError(f"{path}: not an edgekit bundle (no {META})")
+    try:
+        meta = json.loads((root / META).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable {META}: {e}") from None
+    check_meta(meta, path)
+    extra = sorted(set(found) - set(meta["files"]) - {META})
+    missing = sorted(set(meta["files"]) - set(found))
+    if extra or missing:
+        raise InputError(f"{path}: contents differ from {META} (missing {missing or 'none'}, unlisted {extra or 'none'})")
+    for rel, want in sorted(meta["files"].items()):
+        if sha256_file(root / rel) != want:
+            raise InputError(f"{path}: {rel} fails its sha256 check (damaged or tampered bundle)")
+    return Bundle(root, meta)
+
+
+def open_source(src, workdir, *, artifact: str | None = None) -> Bundle:
+    """A Bundle from an .ekb file or an edgekit OUTDIR (bundled on the fly into workdir)."""
+    src = Path(src)
+    if src.is_dir():
+        ekb = Path(workdir) / "from-outdir.ekb"
+        build_bundle(src, ekb, artifact=artifact)
+        return read_bundle(ekb, workdir)
+    if artifact:
+        raise UsageError("--artifact applies to an output directory; a bundle already holds one artifact")
+    if not src.exists():
+        raise InputError(f"{src}: no such bundle or output directory")
+    return read_bundle(src, workdir)

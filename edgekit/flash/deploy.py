@@ -1,0 +1,347 @@
+"""Atomic, verified deployment of one bundle to one device, rollback and status.
+
+Device layout under PATH:
+
+    versions/<version>/...        complete, verified, self-tested bundles
+    current -> versions/<version> the active one; switched by rename(2) of a fresh symlink
+    .incoming/<version>-<nonce>/  an upload in progress; never activated, resumed next time
+    history.json                  activations in order (for rollback and retention)
+
+Every step before `activate` works beside the active version, so a failure at any of them
+leaves the device exactly as it was; the result names the step that failed.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import posixpath
+import time
+from dataclasses import asdict, dataclass, field
+
+from ..errors import EdgekitError
+from .bundle import META, RUNNER, Bundle
+
+STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup")
+
+
+@dataclass
+class FlashOptions:
+    keep: int = 3  # versions kept on the device (the active and the previous one always are)
+    selftest_timeout: float = 600.0  # emulated ARM boards are slow
+
+    def __post_init__(self):
+        if self.keep < 1:
+            raise ValueError(f"keep must be at least 1 (got {self.keep})")
+
+
+@dataclass
+class DeviceResult:
+    device: str
+    status: str = "failed"  # flashed | up-to-date | rolled-back | failed
+    version: str | None = None  # active after the operation
+    previous: str | None = None  # active before it
+    step: str = ""  # the step that failed
+    reason: str = ""
+    bytes_sent: int = 0
+    files_sent: int = 0
+    files_resumed: int = 0
+    removed: list = field(default_factory=list)
+    selftest: dict | None = None
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, reason: str):
+        super().__init__(f"{step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+def describe(e: BaseException) -> str:
+    """One line for any exception, including paramiko's terse ones."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, EOFError) or "Socket is closed" in msg or "Server connection dropped" in msg:
+        return f"connection lost ({msg or type(e).__name__})"
+    return f"{msg} ({type(e).__name__})" if msg and not isinstance(e, EdgekitError) else (msg or type(e).__name__)
+
+
+@contextlib.contextmanager
+def step(name: str, emit=None, device: str = ""):
+    if emit:
+        emit(device, name, {})
+    try:
+        yield
+    except StepFailed:
+        raise
+    except Exception as e:  # every failure becomes "<step>: <reason>"; the device is left as it was
+        raise StepFailed(name, describe(e)) from e
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Layout:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") or "/"
+
+    def __call__(self, *parts) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def version(self, v) -> str:
+        return self("versions", v)
+
+
+def active_version(t, L: Layout) -> str | None:
+    try:
+        target = t.readlink(L("current"))
+    except OSError:
+        raise EdgekitError(f"{L('current')} exists and is not a symlink; edgekit will not replace it") from None
+    if target is None:
+        return None
+    return posixpath.basename(target.rstrip("/"))
+
+
+def read_history(t, L: Layout) -> list[dict]:
+    raw = t.read_bytes(L("history.json"))
+    if not raw:
+        return []
+    try:
+        h = json.loads(raw)
+        return [e for e in h if isinstance(e, dict) and e.get("version")]
+    except ValueError:
+        return []  # a damaged history only costs rollback ordering; the links stay authoritative
+
+
+def write_history(t, L: Layout, history: list[dict]) -> None:
+    t.write_bytes_atomic(L("history.json"), (json.dumps(history, indent=2) + "\n").encode())
+
+
+def switch_current(t, L: Layout, version: str) -> None:
+    tmp = L(f"current.tmp-{os.urandom(4).hex()}")
+    t.symlink(f"versions/{version}", tmp)
+    try:
+        t.replace(tmp, L("current"))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            t.rmtree(tmp)
+        raise
+
+
+def run_selftest(t, vdir: str, timeout: float) -> dict:
+    """Run the bundled runner's self-test in vdir; return its JSON; raise with its reason if it fails."""
+    rc, out, err = t.run([t.python, posixpath.join(vdir, RUNNER), "selftest", "--bundle", vdir], timeout=timeout)
+    text = out.decode(errors="replace").strip()
+    report = None
+    for cand in (text, text.splitlines()[-1] if text else ""):
+        with contextlib.suppress(ValueError):
+            report = json.loads(cand)
+            break
+    if rc == 0:
+        return report if isinstance(report, dict) else {"ok": True, "stdout": text[-500:]}
+    if isinstance(report, dict):
+        why = report.get("reason") or report.get("error") or json.dumps(report, sort_keys=True)[:300]
+    else:
+        lines = err.decode(errors="replace").strip().splitlines() or text.splitlines() or [""]
+        why = lines[-1][:300] or f"exit status {rc}"
+    hint = " (is Python 3 with numpy and onnxruntime there? see --remote-python)" if rc in (126, 127) else ""
+    raise EdgekitError(f"self-test failed on the device (exit {rc}): {why}{hint}")
+
+
+def _mismatches(got: dict, want: dict) -> list[str]:
+    return [f"{rel} ({'missing' if got.get(rel) is None else 'sha256 ' + got[rel][:12] + ' != ' + sha[:12]})"
+            for rel, sha in want.items() if got.get(rel) != sha]
+
+
+def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> DeviceResult:
+    """Install bundle on the device behind transport t (root = its install directory)."""
+    L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
+    dev = t.label
+    want = dict(bundle.files)
+    want[META] = bundle.meta_sha256()
+    version = bundle.version
+    vdir = L.version(version)
+    try:
+        with step("inspect", emit, dev):
+            t.makedirs(L("versions"))
+            t.makedirs(L(".incoming"))
+            res.previous = active_version(t, L)
+            history = read_history(t, L)
+            existing = False
+            if t.isdir(vdir):
+                bad = _mismatches(t.hashes(vdir, want), want)
+                if not bad and res.previous == version:
+                    res.status, res.version = "up-to-date", version
+                    return res
+                if not bad:
+                    existing = True  # kept from an earlier flash: nothing to send
+                elif res.previous == version:
+                    raise EdgekitError(f"the active version {version} is damaged on the device ({'; '.join(bad[:3])}); "
+                                       "flash another version or remove it by hand")
+                else:
+                    t.rmtree(vdir)  # an inactive, damaged copy: replace it
+        stage = vdir
+        if not existing:
+            with step("upload", emit, dev):
+                stage = _upload(t, L, bundle, want, res, emit)
+            with step("verify", emit, dev):
+                bad = _mismatches(t.hashes(stage, want), want)
+                if bad:
+                    raise EdgekitError(f"{len(bad)} file(s) differ on the device after upload: {'; '.join(bad[:3])}")
+        with step("selftest", emit, dev):
+            try:
+                res.selftest = run_selftest(t, stage, opts.selftest_timeout)
+            except EdgekitError:
+                if stage != vdir:
+                    with contextlib.suppress(Exception):
+                        t.rmtree(stage)  # this content can never pass: do not keep it for a resume
+                raise
+        with step("activate", emit, dev):
+            if stage != vdir:
+                t.rename(stage, vdir)
+            switch_current(t, L, version)
+            res.status, res.version = "flashed", version
+        with step("cleanup", emit, dev):
+            history = [e for e in history if e["version"] != version]
+            history.append({"version": version, "activated": _now(), "selftest": res.selftest,
+                            "model": bundle.meta["model"], "model_sha256": bundle.files[bundle.meta["model"]]})
+            res.removed = _prune(t, L, history, opts.keep, protect={version, res.previous})
+            write_history(t, L, [e for e in history if e["version"] not in res.removed])
+    except StepFailed as e:
+        if e.step == "cleanup" and res.status == "flashed":
+            res.warnings.append(f"cleanup: {e.reason}")  # the new version is active; only housekeeping failed
+        else:
+            res.status, res.step, res.reason = "failed", e.step, e.reason
+            res.version = res.previous
+    finally:
+        res.seconds = round(time.monotonic() - t0, 3)
+    return res
+
+
+def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, area: str = ".incoming") -> str:
+    """Send the bundle into PATH/area, reusing a previous unfinished upload of the same version."""
+    version = bundle.version
+    mine, stale = [], []
+    t.makedirs(L(area))
+    for name in t.listdir(L(area)):
+        (mine if name.startswith(version + "-") else stale).append(name)
+    for name in stale + mine[1:]:
+        t.rmtree(L(area, name))
+    stage = L(area, mine[0] if mine else f"{version}-{os.urandom(4).hex()}")
+    have = t.hashes(stage, want) if mine else {}
+    t.makedirs(stage)
+    total, sent_before = bundle.total_bytes(), 0
+    made = {stage}
+    for rel in bundle.upload_order():
+        size = (bundle.root / rel).stat().st_size
+        if have.get(rel) == want[rel]:
+            res.files_resumed += 1
+            sent_before += size
+            continue
+        parent = posixpath.dirname(posixpath.join(stage, rel))
+        if parent not in made:
+            t.makedirs(parent)
+            made.add(parent)
+
+        def cb(done, _size, base=sent_before):
+            if emit:
+                emit(t.label, "upload", {"sent": base + done, "total": total})
+
+        t.put(bundle.root / rel, posixpath.join(stage, rel), cb)
+        sent_before += size
+        res.bytes_sent += size
+        res.files_sent += 1
+    return stage
+
+
+def _prune(t, L: Layout, history: list[dict], keep: int, protect=()) -> list[str]:
+    """Remove versions beyond the newest `keep` activations; never the active or the previous one."""
+    order = [e["version"] for e in history]
+    keepset = set(order[-max(keep, 1):]) | set(order[-2:]) | set(protect)
+    removed = []
+    for v in t.listdir(L("versions")):
+        if v not in keepset:
+            t.rmtree(L.version(v))
+            removed.append(v)
+    return removed
+
+
+def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
+    """Switch `current` back to the version active before it (verified and self-tested first)."""
+    L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
+    dev = t.label
+    try:
+        with step("inspect", emit, dev):
+            res.previous = active_version(t, L)
+            history = read_history(t, L)
+            present = set(t.listdir(L("versions")))
+            order = [e["version"] for e in history]
+            upto = len(order) - 1 - order[::-1].index(res.previous) if res.previous in order else len(order)
+            target = next((v for v in reversed(order[:upto]) if v in present and v != res.previous), None)
+            if target is None:
+                raise EdgekitError("no earlier version on the device to roll back to")
+            vdir = L.version(target)
+        with step("verify", emit, dev):
+            meta = json.loads(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
+            files = meta.get("files") or {}
+            if not files:
+                raise EdgekitError(f"{target}: no readable {META} on the device")
+            bad = _mismatches(t.hashes(vdir, files), files)
+            if bad:
+                raise EdgekitError(f"{target} is damaged on the device: {'; '.join(bad[:3])}")
+        with step("selftest", emit, dev):
+            res.selftest = run_selftest(t, vdir, opts.selftest_timeout)
+        with step("activate", emit, dev):
+            switch_current(t, L, target)
+            res.status, res.version = "rolled-back", target
+        with step("cleanup", emit, dev):
+            cut = len(order) - 1 - order[::-1].index(target)
+            write_history(t, L, history[: cut + 1])
+    except StepFailed as e:
+        if e.step == "cleanup" and res.status == "rolled-back":
+            res.warnings.append(f"cleanup: {e.reason}")
+        else:
+            res.status, res.step, res.reason, res.version = "failed", e.step, e.reason, res.previous
+    finally:
+        res.seconds = round(time.monotonic() - t0, 3)
+    return res
+
+
+def status(t, root: str, verify: bool = True) -> dict:
+    """Versions on the device, the active one, and whether each is intact (hashes rechecked there)."""
+    L = Layout(root)
+    try:
+        active = active_version(t, L)
+    except EdgekitError as e:
+        active, note = None, str(e)
+    else:
+        note = ""
+    history = {e["version"]: e for e in read_history(t, L)}
+    out = []
+    for v in t.listdir(L("versions")):
+        vdir = L.version(v)
+        raw = t.read_bytes(posixpath.join(vdir, META))
+        entry = {"version": v, "active": v == active, "activated": history.get(v, {}).get("activated")}
+        try:
+            meta = json.loads(raw) if raw else {}
+        except ValueError:
+            meta = {}
+        files = meta.get("files") or {}
+        entry.update(model=meta.get("model"), model_sha256=files.get(meta.get("model", "")),
+                     kind=(meta.get("artifact") or {}).get("kind"), files=len(files))
+        if verify:
+            bad = _mismatches(t.hashes(vdir, files), files) if files else [f"no readable {META}"]
+            entry.update(intact=not bad, problems=bad[:5])
+        out.append(entry)
+    out.sort(key=lambda e: (e["activated"] or "", e["version"]))
+    return {"device": t.label, "active": active, "versions": out,
+            "incoming": t.listdir(L(".incoming")), "note": note}

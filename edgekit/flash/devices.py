@@ -1,0 +1,110 @@
+"""Device addresses: `ssh://user@host[:port]/path`, a mounted path, or a file listing them."""
+from __future__ import annotations
+
+import getpass
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, InputError, UsageError
+
+# target-file addresses that name this host or the emulator rather than a device to copy to
+NOT_FLASHABLE = ("local", "emulated")
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a bundle goes. kind is "ssh" or "path"; for "path", host/user/port are unused."""
+
+    kind: str
+    path: str
+    host: str = ""
+    user: str = ""
+    port: int = 22
+    raw: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.raw or (f"ssh://{self.user}@{self.host}:{self.port}{self.path}" if self.kind == "ssh" else self.path)
+
+
+def parse_device(addr: str) -> Device:
+    """Parse one address; raise UsageError naming the address and what is wrong."""
+    raw = str(addr).strip()
+    if not raw:
+        raise UsageError("empty device address")
+    if raw in NOT_FLASHABLE:
+        raise UsageError(f"device address {raw!r} is not a device to flash (it means this host or the emulator); "
+                         "give ssh://user@host[:port]/path or a mounted path")
+    if raw.startswith("file://"):
+        raw_path = urllib.parse.unquote(urllib.parse.urlsplit(raw).path)
+        return Device("path", str(Path(raw_path).expanduser()), raw=raw)
+    if "://" in raw:
+        u = urllib.parse.urlsplit(raw)
+        if u.scheme != "ssh":
+            raise UsageError(f"device address {raw!r}: unsupported scheme {u.scheme!r} (use ssh://user@host[:port]/path "
+                             "or a mounted path)")
+        if not u.hostname:
+            raise UsageError(f"device address {raw!r}: no host")
+        try:
+            port = u.port or 22
+        except ValueError:
+            raise UsageError(f"device address {raw!r}: bad port") from None
+        path = urllib.parse.unquote(u.path)
+        if not path or path == "/":
+            raise UsageError(f"device address {raw!r}: give the install directory, e.g. ssh://{u.netloc}/opt/models")
+        if u.query or u.fragment:
+            raise UsageError(f"device address {raw!r}: unexpected '?' or '#' part")
+        user = urllib.parse.unquote(u.username) if u.username else getpass.getuser()
+        return Device("ssh", path.rstrip("/"), host=u.hostname, user=user, port=port, raw=raw)
+    return Device("path", str(Path(raw).expanduser()), raw=raw)
+
+
+def read_devices_file(path) -> list[str]:
+    """One address per line; blank lines and '#' comments are ignored."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InputError(f"{p}: cannot read the devices file: {e.strerror or e}") from None
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    if not out:
+        raise InputError(f"{p}: no device addresses in the file")
+    return out
+
+
+def target_address(name: str) -> str:
+    """The address of a target profile (targets/<name>.toml), checked to be flashable."""
+    try:
+        from ..targets import load_target
+    except ImportError:
+        raise ConfigError(f"--target {name}: target profiles are not available in this installation") from None
+    prof = load_target(name)
+    addr = getattr(prof, "address", None) or ""
+    if not addr or addr in NOT_FLASHABLE:
+        raise ConfigError(f"target {name!r} has address {addr or '(none)'!r}, not a device to flash; "
+                          "set address = \"ssh://user@host/path\" in its target file or pass --device")
+    return addr
+
+
+def collect_devices(devices=(), devices_file=None, targets=()) -> list[Device]:
+    """All addresses from --device, --devices-file and --target, parsed, duplicates removed (order kept)."""
+    addrs = list(devices or ())
+    if devices_file:
+        addrs += read_devices_file(devices_file)
+    for t in targets or ():
+        addrs.append(target_address(t))
+    if not addrs:
+        raise UsageError("no device given: use --device ADDR (repeatable), --devices-file FILE or --target NAME")
+    seen, out = set(), []
+    for a in addrs:
+        d = parse_device(a)
+        key = (d.kind, d.host, d.port, d.user, d.path)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out

@@ -1,0 +1,82 @@
+"""Run flash / rollback / status on many devices at once, with a bound on concurrency."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+from ..errors import EdgekitError
+from . import deploy
+from .devices import Device
+from .transport_ssh import SshOptions
+
+
+def open_transport(device: Device, ssh: SshOptions):
+    if device.kind == "path":
+        from .transport_path import PathTransport
+
+        t = PathTransport(device.label)
+        if ssh.remote_python != SshOptions.remote_python:  # an explicit --remote-python wins
+            t.python = ssh.remote_python
+        return t
+    from .transport_ssh import connect
+
+    return connect(device, ssh)
+
+
+def _on_device(device: Device, ssh: SshOptions, op, emit):
+    if emit:
+        emit(device.label, "connect", {})
+    try:
+        t = open_transport(device, ssh)
+    except EdgekitError as e:
+        msg = str(e)
+        reason = msg[len("connect: "):] if msg.startswith("connect: ") else msg
+        return deploy.DeviceResult(device=device.label, step="connect", reason=reason)
+    try:
+        return op(t)
+    finally:
+        try:
+            t.close()
+        except Exception:  # closing a dropped connection must not hide the result
+            pass
+
+
+def _map(devices, jobs, fn):
+    jobs = max(1, min(int(jobs), len(devices)))
+    if jobs == 1:
+        return [fn(d) for d in devices]
+    with cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="flash") as ex:
+        return list(ex.map(fn, devices))
+
+
+def flash_many(devices, bundle, *, opts=None, ssh=None, jobs=4, emit=None) -> list[deploy.DeviceResult]:
+    opts, ssh = opts or deploy.FlashOptions(), ssh or SshOptions()
+    return _map(devices, jobs, lambda d: _on_device(d, ssh, lambda t: deploy.flash(t, d.path, bundle, opts, emit), emit))
+
+
+def rollback_many(devices, *, opts=None, ssh=None, jobs=4, emit=None) -> list[deploy.DeviceResult]:
+    opts, ssh = opts or deploy.FlashOptions(), ssh or SshOptions()
+    return _map(devices, jobs, lambda d: _on_device(d, ssh, lambda t: deploy.rollback(t, d.path, opts, emit), emit))
+
+
+def status_many(devices, *, ssh=None, jobs=4, verify=True) -> list[dict]:
+    ssh = ssh or SshOptions()
+
+    def one(d):
+        try:
+            t = open_transport(d, ssh)
+        except EdgekitError as e:
+            return {"device": d.label, "error": str(e)}
+        try:
+            return deploy.status(t, d.path, verify=verify)
+        except Exception as e:
+            return {"device": d.label, "error": f"status: {deploy.describe(e)}"}
+        finally:
+            try:
+                t.close()
+            except Exception:
+                pass
+
+    return _map(devices, jobs, one)
+
+
+__all__ = ["flash_many", "rollback_many", "status_many", "open_transport"]

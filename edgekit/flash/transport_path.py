@@ -1,0 +1,111 @@
+"""A device reached through the local file system (a mounted SD card, an NFS export, a dir).
+
+The self-test runs here, with this host's Python: it proves the bytes on the medium load
+and compute correctly, though not on the device's CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+
+from ..fsutil import sha256_file
+
+
+class PathTransport:
+    python = sys.executable
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def exists(self, path) -> bool:
+        return os.path.lexists(path)
+
+    def isdir(self, path) -> bool:
+        return os.path.isdir(path) and not os.path.islink(path)
+
+    def readlink(self, path):
+        """The link's target, None if missing; raises NotADirectoryError-like OSError if not a link."""
+        if not os.path.lexists(path):
+            return None
+        return os.readlink(path)  # OSError(EINVAL) when path is not a symlink
+
+    def listdir(self, path) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def makedirs(self, path) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def put(self, local, remote, callback=None) -> None:
+        size = os.path.getsize(local)
+        with open(local, "rb") as src, open(remote, "wb") as dst:
+            done = 0
+            while True:
+                b = src.read(1 << 20)
+                if not b:
+                    break
+                dst.write(b)
+                done += len(b)
+                if callback:
+                    callback(done, size)
+            dst.flush()
+            os.fsync(dst.fileno())  # a removable medium may be pulled right after
+
+    def hashes(self, root, rels) -> dict:
+        out = {}
+        for rel in rels:
+            try:
+                out[rel] = sha256_file(os.path.join(root, rel))
+            except OSError:
+                out[rel] = None
+        return out
+
+    def read_bytes(self, path):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write_bytes_atomic(self, path, data: bytes) -> None:
+        tmp = f"{path}.tmp-{os.getpid()}-{id(data):x}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def symlink(self, target, path) -> None:
+        os.symlink(target, path)
+
+    def replace(self, src, dst) -> None:
+        os.replace(src, dst)
+
+    def rename(self, src, dst) -> None:
+        if os.path.lexists(dst):
+            raise FileExistsError(dst)
+        os.rename(src, dst)
+
+    def rmtree(self, path) -> None:
+        if os.path.islink(path) or os.path.isfile(path):
+            os.unlink(path)
+        elif os.path.isdir(path):
+            shutil.rmtree(path)
+
+    def run(self, argv, timeout=None, stdin: bytes | None = None):
+        try:
+            p = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout)
+        except FileNotFoundError as e:
+            return 127, b"", str(e).encode()
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"command did not finish within {timeout:.0f} s") from None
+        return p.returncode, p.stdout, p.stderr
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            os.sync()

@@ -1,0 +1,257 @@
+"""A device over SSH (paramiko): SFTP for files, exec for the few commands that must run there.
+
+Host keys are verified against known_hosts (RejectPolicy) unless the user explicitly trusts
+a new key on first use. Commands are argument lists joined with shlex.quote, never shell
+strings built from user input.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import os
+import shlex
+import socket
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FlashError
+
+# Runs on the device with its own Python: hashes files under argv[1] listed as JSON on stdin.
+HASH_SCRIPT = r"""
+import hashlib, json, os, sys
+root, out = sys.argv[1], {}
+for rel in json.load(sys.stdin):
+    h = hashlib.sha256()
+    try:
+        with open(os.path.join(root, rel), "rb") as f:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        out[rel] = h.hexdigest()
+    except OSError:
+        out[rel] = None
+json.dump(out, sys.stdout)
+"""
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    identity: str | None = None  # private key file; default: the user's keys and agent
+    known_hosts: str | None = None  # default ~/.ssh/known_hosts
+    accept_new_host_key: bool = False
+    remote_python: str = "python3"
+    connect_timeout: float = 15.0
+    io_timeout: float = 120.0  # longest wait for any one SFTP reply
+
+    def known_hosts_path(self) -> Path:
+        return Path(self.known_hosts or "~/.ssh/known_hosts").expanduser()
+
+
+def fingerprint(key) -> str:
+    import hashlib
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def _policies(known_hosts: Path):
+    import paramiko
+
+    class Unknown(paramiko.SSHException):
+        pass
+
+    class Reject(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            raise Unknown(f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not in {known_hosts}; "
+                          "check it and add it (ssh-keyscan) or pass --accept-new-host-key to trust it on first use")
+
+    class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client, hostname, key):
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            with _KNOWN_HOSTS_LOCK:
+                known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                with os.fdopen(fd, "a") as f:
+                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+    return Unknown, Reject(), TrustOnFirstUse()
+
+
+def connect(device, opts: SshOptions) -> "SshTransport":
+    """Open an SSH + SFTP session to device; raise FlashError (step 'connect') on any failure."""
+    import logging
+
+    import paramiko
+
+    # paramiko logs dropped connections itself; edgekit reports them once, as the failed step
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    kh = opts.known_hosts_path()
+    Unknown, reject, tofu = _policies(kh)
+    client = paramiko.SSHClient()
+    if kh.exists():
+        try:
+            client.load_host_keys(str(kh))
+        except (OSError, paramiko.SSHException, ValueError) as e:
+            raise FlashError(f"connect: cannot read known-hosts file {kh}: {e}") from None
+    client.set_missing_host_key_policy(tofu if opts.accept_new_host_key else reject)
+    where = f"{device.user}@{device.host}:{device.port}"
+    try:
+        client.connect(device.host, port=device.port, username=device.user,
+                       key_filename=opts.identity, look_for_keys=opts.identity is None, allow_agent=True,
+                       timeout=opts.connect_timeout, banner_timeout=opts.connect_timeout,
+                       auth_timeout=opts.connect_timeout, passphrase=None)
+        client.get_transport().set_keepalive(15)
+        sftp = client.open_sftp()
+        sftp.get_channel().settimeout(opts.io_timeout)  # a silent network fails the step instead of hanging
+    except Unknown as e:
+        client.close()
+        raise FlashError(f"connect: {e}") from None
+    except paramiko.BadHostKeyException as e:
+        client.close()
+        raise FlashError(f"connect: the host key of {device.host}:{device.port} does not match {kh} "
+                         f"(got {fingerprint(e.key)}): possible man-in-the-middle; refusing") from None
+    except paramiko.AuthenticationException as e:
+        client.close()
+        raise FlashError(f"connect: authentication failed for {where} (key-based only; --identity KEY): {e}") from None
+    except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
+        client.close()
+        raise FlashError(f"connect: cannot reach {where}: {e or type(e).__name__}") from None
+    return SshTransport(client, sftp, device.label, opts.remote_python)
+
+
+class SshTransport:
+    def __init__(self, client, sftp, label: str, python: str):
+        self.client, self.sftp, self.label, self.python = client, sftp, label, python
+
+    # ---- files (SFTP)
+    def _lstat(self, path):
+        try:
+            return self.sftp.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+
+    def exists(self, path) -> bool:
+        return self._lstat(path) is not None
+
+    def isdir(self, path) -> bool:
+        st = self._lstat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def readlink(self, path):
+        st = self._lstat(path)
+        if st is None:
+            return None
+        if not stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.EINVAL, f"{path} exists and is not a symlink")
+        return self.sftp.readlink(path)
+
+    def listdir(self, path) -> list[str]:
+        try:
+            return sorted(self.sftp.listdir(path))
+        except FileNotFoundError:
+            return []
+
+    def makedirs(self, path) -> None:
+        parts, cur = [p for p in path.split("/") if p], "/" if path.startswith("/") else ""
+        for p in parts:
+            cur = f"{cur}{p}" if cur in ("", "/") else f"{cur}/{p}"
+            if not self.isdir(cur):
+                try:
+                    self.sftp.mkdir(cur)
+                except OSError:
+                    if not self.isdir(cur):  # created meanwhile is fine, anything else is not
+                        raise
+
+    def put(self, local, remote, callback=None) -> None:
+        self.sftp.put(str(local), remote, callback=callback, confirm=True)
+
+    def read_bytes(self, path):
+        try:
+            with self.sftp.open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes_atomic(self, path, data: bytes) -> None:
+        tmp = f"{path}.tmp-{os.urandom(4).hex()}"
+        with self.sftp.open(tmp, "wb") as f:
+            f.write(data)
+        self.sftp.posix_rename(tmp, path)
+
+    def symlink(self, target, path) -> None:
+        self.sftp.symlink(target, path)
+
+    def replace(self, src, dst) -> None:
+        self.sftp.posix_rename(src, dst)  # rename(2) on the device: atomic, replaces dst
+
+    def rename(self, src, dst) -> None:
+        self.sftp.rename(src, dst)  # plain SFTP rename refuses an existing dst
+
+    def rmtree(self, path) -> None:
+        st = self._lstat(path)
+        if st is None:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self.sftp.remove(path)
+            return
+        for a in self.sftp.listdir_attr(path):
+            self.rmtree(f"{path}/{a.filename}")
+        self.sftp.rmdir(path)
+
+    # ---- commands
+    def run(self, argv, timeout=None, stdin: bytes | None = None):
+        """Run argv on the device; (exit code, stdout, stderr). Every argument is shell-quoted."""
+        cmd = shlex.join([str(a) for a in argv])
+        chan = self.client.get_transport().open_session(timeout=30)
+        try:
+            chan.exec_command(cmd)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = [], []
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                busy = False
+                while chan.recv_ready():
+                    out.append(chan.recv(1 << 16))
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(1 << 16))
+                    busy = True
+                if chan.exit_status_ready() and (chan.eof_received or chan.closed) \
+                        and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if chan.closed and not chan.exit_status_ready():
+                    raise EOFError("connection closed while the command ran")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"command did not finish within {timeout:.0f} s")
+                if not busy:
+                    time.sleep(0.005)
+            return chan.recv_exit_status(), b"".join(out), b"".join(err)
+        finally:
+            chan.close()
+
+    def hashes(self, root, rels) -> dict:
+        rels = list(rels)
+        rc, out, err = self.run([self.python, "-c", HASH_SCRIPT, root], timeout=600,
+                                stdin=json.dumps(rels).encode())
+        if rc != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {rc}"]
+            raise FlashError(f"hashing on the device with {self.python!r} failed: {tail[0]}"
+                             + (" (is Python 3 installed there? see --remote-python)" if rc == 127 else ""))
+        got = json.loads(out.decode())
+        return {r: got.get(r) for r in rels}
+
+    def close(self) -> None:
+        try:
+            self.sftp.close()
+        finally:
+            self.client.close()

@@ -1,0 +1,165 @@
+"""edgekit bundle: content, determinism, real self-test data, and safe, verified reading."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from edgekit.errors import InputError, UsageError
+from edgekit.flash.bundle import META, RUNNER, build_bundle, read_bundle
+from edgekit.fsutil import sha256_file
+from flash_fixtures import make_outdir, rebuild_bundle
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    return make_outdir(tmp_path / "out", int8_too=True)
+
+
+def _members(ekb):
+    with tarfile.open(ekb) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_bundle_content_hashes_and_recommended_artifact(outdir, tmp_path):
+    info = build_bundle(outdir, tmp_path / "m.ekb")
+    assert info["artifact"] == {"kind": "int8", "path": "model.int8.onnx"}  # manifest.recommended wins
+    files = _members(tmp_path / "m.ekb")
+    meta = json.loads(files[META])
+    assert meta["format"] == "edgekit.bundle/1" and meta["version"] == info["version"]
+    assert meta["model"] == "model.int8.onnx" and RUNNER in files
+    assert set(meta["selftest"]) >= {"inputs", "expected", "atol"} and meta["selftest"]["atol"] > 0
+    assert meta["artifact"]["sha256"] == sha256_file(outdir / "model.int8.onnx")
+    assert meta["prepost"] == {"preprocess": {"op": "identity"}}
+    assert set(files) == set(meta["files"]) | {META}
+    import hashlib
+
+    for rel, sha in meta["files"].items():
+        assert hashlib.sha256(files[rel]).hexdigest() == sha, rel
+    assert files["model.int8.onnx"] == (outdir / "model.int8.onnx").read_bytes()
+
+
+def test_same_content_same_bytes_and_version(outdir, tmp_path):
+    a = build_bundle(outdir, tmp_path / "a.ekb")
+    b = build_bundle(outdir, tmp_path / "b.ekb")
+    assert a["version"] == b["version"]
+    assert (tmp_path / "a.ekb").read_bytes() == (tmp_path / "b.ekb").read_bytes()
+    c = build_bundle(outdir, tmp_path / "c.ekb", artifact="fp32")
+    assert c["version"] != a["version"] and c["version"].startswith("fp32-")
+    other = make_outdir(tmp_path / "other", seed=7)
+    d = build_bundle(other, tmp_path / "d.ekb", artifact="fp32")
+    assert d["version"] != c["version"]
+
+
+def test_selftest_uses_real_input_and_true_output(outdir, tmp_path):
+    x = np.random.default_rng(3).standard_normal((5, 16)).astype(np.float32)
+    np.savez(outdir / "sample_inputs.npz", x=x, y=np.arange(5))
+    info = build_bundle(outdir, tmp_path / "m.ekb", artifact="fp32")
+    assert info["selftest"]["input_origin"] == "sample_inputs.npz"
+    b = read_bundle(tmp_path / "m.ekb", tmp_path)
+    sx = np.load(b.root / "selftest.npz")["x"]
+    np.testing.assert_array_equal(sx, x[:1])
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(outdir / "model.fp32.onnx"))
+    w, bias = (numpy_helper.to_array(i) for i in m.graph.initializer)
+    np.testing.assert_allclose(np.load(b.root / "expected.npz")["y"], sx @ w + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_and_unknown_artifact(outdir, tmp_path):
+    with pytest.raises(UsageError, match="did you mean 'int8'"):
+        build_bundle(outdir, tmp_path / "m.ekb", artifact="int9")
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((1, 3), np.float32))
+    with pytest.raises(InputError, match="wrong.npz"):
+        build_bundle(outdir, tmp_path / "m.ekb", inputs=tmp_path / "wrong.npz")
+    (outdir / "model.int8.onnx").write_bytes((outdir / "model.int8.onnx").read_bytes() + b"\0")
+    with pytest.raises(InputError, match="sha256 differs from manifest"):
+        build_bundle(outdir, tmp_path / "m.ekb")
+    assert not (tmp_path / "m.ekb").exists()  # nothing half-written
+
+
+def _evil_tar(path, name, *, kind=tarfile.REGTYPE, link=""):
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = link
+        data = b"pwned\n"
+        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+@pytest.mark.parametrize("name,kind,link,why", [
+    ("../evil.txt", tarfile.REGTYPE, "", "'..'"),
+    ("ok/../../evil.txt", tarfile.REGTYPE, "", "'..'"),
+    ("/tmp/evil.txt", tarfile.REGTYPE, "", "absolute"),
+    ("link", tarfile.SYMTYPE, "../../etc/passwd", "link"),
+    ("hard", tarfile.LNKTYPE, "/etc/passwd", "link"),
+    ("dev", tarfile.CHRTYPE, "", "not a regular file"),
+])
+def test_unsafe_archive_entries_refused(tmp_path, name, kind, link, why):
+    ekb = tmp_path / "evil.ekb"
+    _evil_tar(ekb, name, kind=kind, link=link)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError, match=why):
+        read_bundle(ekb, work)
+    assert not (tmp_path / "evil.txt").exists()
+    assert [p for p in work.rglob("*") if p.is_file()] == []
+
+
+def test_tampered_bundles_refused(outdir, tmp_path):
+    build_bundle(outdir, tmp_path / "m.ekb")
+    members = _members(tmp_path / "m.ekb")
+
+    def repack(dest, changes):
+        with tarfile.open(dest, "w:gz") as tar:
+            for name, data in {**members, **changes}.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    repack(tmp_path / "t1.ekb", {"model.int8.onnx": members["model.int8.onnx"][:-1] + b"\x01"})
+    with pytest.raises(InputError, match="model.int8.onnx fails its sha256"):
+        read_bundle(tmp_path / "t1.ekb", tmp_path)
+    repack(tmp_path / "t2.ekb", {"extra.sh": b"rm -rf /\n"})
+    with pytest.raises(InputError, match="unlisted"):
+        read_bundle(tmp_path / "t2.ekb", tmp_path)
+    meta = json.loads(members[META])
+    meta["selftest"]["atol"] = 1e9  # edited without re-versioning
+    repack(tmp_path / "t3.ekb", {META: json.dumps(meta).encode()})
+    with pytest.raises(InputError, match="does not match its content"):
+        read_bundle(tmp_path / "t3.ekb", tmp_path)
+    (tmp_path / "t4.ekb").write_bytes(b"not a tar")
+    with pytest.raises(InputError, match="not an edgekit bundle"):
+        read_bundle(tmp_path / "t4.ekb", tmp_path)
+
+
+def test_rebuilt_bundle_is_consistent(outdir, tmp_path):
+    """The fault-injection helper re-hashes honestly, so only the self-test can catch its change."""
+    build_bundle(outdir, tmp_path / "m.ekb")
+
+    def bump(d):
+        exp = dict(np.load(d / "expected.npz"))
+        from edgekit.flash.archive import save_npz
+
+        save_npz(d / "expected.npz", {k: v + 1.0 for k, v in exp.items()})
+
+    v = rebuild_bundle(tmp_path / "m.ekb", tmp_path / "bad.ekb", bump)
+    assert read_bundle(tmp_path / "bad.ekb", tmp_path).version == v
+
+
+def test_cli_bundle(outdir, tmp_path, capsys):
+    from edgekit.cli import main
+
+    assert main(["bundle", str(outdir), "--artifact", "fp32", "-o", str(tmp_path / "m.ekb"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["artifact"]["kind"] == "fp32" and (tmp_path / "m.ekb").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["bundle", str(tmp_path / "nope"), "-o", str(tmp_path / "x.ekb")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and len(err.strip().splitlines()) == 1

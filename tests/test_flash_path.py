@@ -1,0 +1,122 @@
+"""edgekit flash to a mounted path (an SD card, an NFS export): same layout, same guarantees."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from edgekit.flash import FlashOptions, collect_devices, flash_many, read_bundle, rollback_many
+from edgekit.flash.bundle import META, build_bundle
+from flash_fixtures import make_outdir, rebuild_bundle, tree_hashes
+
+
+def _active_hashes(dev):
+    return os.readlink(dev / "current"), tree_hashes(dev / "current")
+
+
+def _want(b):
+    w = dict(b.files)
+    w[META] = b.meta_sha256()
+    return w
+
+
+def test_flash_outdir_to_mounted_path_update_and_rollback(tmp_path, capsys):
+    from edgekit.cli import main
+
+    dev = tmp_path / "sdcard" / "models"
+    out0 = make_outdir(tmp_path / "out0", seed=0)
+    assert main(["flash", str(out0), "--device", str(dev), "--json"]) == 0  # OUTDIR bundled on the fly
+    r0 = json.loads(capsys.readouterr().out)["results"][0]
+    assert r0["status"] == "flashed" and r0["selftest"]["ok"] is True
+    v0 = r0["version"]
+    assert os.readlink(dev / "current") == f"versions/{v0}"
+    assert (dev / "current" / "model.fp32.onnx").read_bytes() == (out0 / "model.fp32.onnx").read_bytes()
+    # the same OUTDIR bundles to the same version: nothing is sent
+    assert main(["flash", str(out0), "--device", f"file://{dev}", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["status"] == "up-to-date"
+
+    out1 = make_outdir(tmp_path / "out1", seed=1)
+    build_bundle(out1, tmp_path / "v1.ekb")
+    v1 = read_bundle(tmp_path / "v1.ekb", tmp_path)
+    res = flash_many(collect_devices([str(dev)]), v1)[0]
+    assert (res.status, res.previous) == ("flashed", v0)
+    assert _active_hashes(dev) == (f"versions/{v1.version}", _want(v1))
+    before = tree_hashes(dev / "versions" / v0)
+    assert main(["flash", "--rollback", "--device", str(dev), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["version"] == v0
+    assert os.readlink(dev / "current") == f"versions/{v0}" and tree_hashes(dev / "current") == before
+
+
+def test_mounted_path_faults_keep_previous(tmp_path):
+    dev = tmp_path / "dev"
+    out = make_outdir(tmp_path / "out", seed=0)
+    build_bundle(out, tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    devs = collect_devices([str(dev)])
+    assert flash_many(devs, v0)[0].status == "flashed"
+    good = _active_hashes(dev)
+
+    import numpy as np
+
+    from edgekit.flash.archive import save_npz
+
+    rebuild_bundle(tmp_path / "v0.ekb", tmp_path / "bad.ekb",
+                   lambda d: save_npz(d / "expected.npz", {k: v * 3 + 1 for k, v in np.load(d / "expected.npz").items()}))
+    res = flash_many(devs, read_bundle(tmp_path / "bad.ekb", tmp_path))[0]
+    assert (res.status, res.step) == ("failed", "selftest")
+    assert _active_hashes(dev) == good
+
+    def corrupt(device, step, info):
+        if step == "verify":
+            (stage,) = (dev / ".incoming").iterdir()
+            (stage / "selftest.npz").write_bytes(b"junk")
+
+    build_bundle(make_outdir(tmp_path / "out1", seed=1), tmp_path / "v1.ekb")
+    res = flash_many(devs, read_bundle(tmp_path / "v1.ekb", tmp_path), emit=corrupt)[0]
+    assert (res.status, res.step) == ("failed", "verify") and "selftest.npz" in res.reason
+    assert _active_hashes(dev) == good
+
+
+def test_current_that_is_not_a_link_is_left_alone(tmp_path):
+    dev = tmp_path / "dev"
+    (dev / "current").mkdir(parents=True)
+    (dev / "current" / "keep.txt").write_text("user data")
+    build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v.ekb")
+    res = flash_many(collect_devices([str(dev)]), read_bundle(tmp_path / "v.ekb", tmp_path))[0]
+    assert (res.status, res.step) == ("failed", "inspect") and "not a symlink" in res.reason
+    assert (dev / "current" / "keep.txt").read_text() == "user data"
+
+
+def test_keep_never_drops_active_or_previous(tmp_path):
+    dev = tmp_path / "dev"
+    devs = collect_devices([str(dev)])
+    vs = []
+    for i in range(3):
+        build_bundle(make_outdir(tmp_path / f"o{i}", seed=i), tmp_path / f"v{i}.ekb")
+        vs.append(read_bundle(tmp_path / f"v{i}.ekb", tmp_path))
+        assert flash_many(devs, vs[-1], opts=FlashOptions(keep=1))[0].status == "flashed"
+    assert sorted(os.listdir(dev / "versions")) == sorted([vs[1].version, vs[2].version])
+    assert rollback_many(devs)[0].version == vs[1].version
+
+
+@pytest.mark.parametrize("addr,msg", [
+    ("ftp://h/x", "unsupported scheme"), ("ssh://u@h", "install directory"), ("local", "not a device"),
+    ("ssh://u@h:99999/x", "bad port"),
+])
+def test_bad_addresses(addr, msg):
+    from edgekit.errors import UsageError
+
+    with pytest.raises(UsageError, match=msg):
+        collect_devices([addr])
+
+
+def test_address_parsing_and_devices_file(tmp_path):
+    from edgekit.flash import parse_device
+
+    d = parse_device("ssh://pi@[::1]:2222/opt/edge%20models/")
+    assert (d.kind, d.user, d.host, d.port, d.path) == ("ssh", "pi", "::1", 2222, "/opt/edge models")
+    f = tmp_path / "fleet.txt"
+    f.write_text("# boards\nssh://a@10.0.0.1/m  # lab\n\n/mnt/card\nssh://a@10.0.0.1/m\n")
+    devs = collect_devices(devices_file=f)
+    assert [(x.kind, x.path) for x in devs] == [("ssh", "/m"), ("path", "/mnt/card")]  # duplicates dropped
