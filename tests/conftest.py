@@ -13,3 +13,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tier (ARM emulation, sshd, browser, zoo models); still runs in CI")
+
+
+# Fast profiling settings for tests; real measurements, just fewer of them.
+FAST_PROFILE = {"warmup": 2, "min_runs": 10, "min_seconds": 0.1, "max_seconds": 5.0}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A real `edgekit compress zoo:digits-cnn` run (fp32 + int8), shared by the report/flash/e2e tests."""
+    import edgekit
+
+    out = tmp_path_factory.mktemp("digits-run") / "out"
+    edgekit.compress("zoo:digits-cnn", output=str(out), profile=FAST_PROFILE,
+                     quantize={"max_trials": 4})
+    return out

@@ -1,0 +1,61 @@
+"""`edgekit profile ARTIFACT... --target NAME...`: latency on each target, interleaved, with a report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("artifacts", nargs=-1, required=True)
+@click.option("--target", "-t", "targets", multiple=True,
+              help="Target name or .toml path (repeatable). Default: this host's CPU (x86-laptop).")
+@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs (one array per input name).")
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch size (repeat to sweep).")
+@click.option("--threads", "threads", type=click.IntRange(min=1), multiple=True,
+              help="Intra-op threads (repeat to sweep). Default: the target's.")
+@click.option("--with-prepost", is_flag=True, help="Also time pre/post-processing and end to end.")
+@click.option("--raw", type=click.Path(dir_okay=False), help=".npy raw input for --with-prepost (e.g. an image).")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--min-runs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--max-seconds", type=click.FloatRange(min=0.01), default=30.0, show_default=True)
+@click.option("--no-op-profile", is_flag=True, help="Skip the per-operator breakdown.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the JSON report here (and the Markdown beside it, .md).")
+@json_option
+def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, warmup, min_runs, min_seconds,
+            max_seconds, no_op_profile, output, as_json):
+    """Measure ARTIFACT(s) (.onnx files or edgekit output directories) on each target.
+
+    Artifacts on the same target are timed interleaved in one process, so their ratio holds on
+    a busy machine. A target whose runtime is missing (e.g. a GPU here) is reported as
+    unavailable with the reason; the exit status is 0 when at least one measurement succeeded.
+    """
+    from ..errors import EdgekitError
+    from ..fsutil import write_json_atomic, write_text_atomic
+    from ..profile_report import ok_count, to_markdown
+    from ..profiling import run_profile
+    from ..targets import DEFAULT_TARGET
+
+    con = console()
+    report = run_profile(list(artifacts), list(targets) or [DEFAULT_TARGET], inputs=inputs,
+                         batches=tuple(batches) or (1,), threads=tuple(threads) or (None,),
+                         with_prepost=with_prepost, raw=raw, warmup=warmup, min_runs=min_runs,
+                         min_seconds=min_seconds, max_seconds=max_seconds, op_profile=not no_op_profile,
+                         progress=lambda m: con.log(f"profiling {m}"))
+    md = to_markdown(report)
+    if output:
+        out = Path(output)
+        write_json_atomic(out, report)
+        write_text_atomic(out.with_suffix(".md") if out.suffix == ".json" else Path(f"{out}.md"), md)
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(md)
+    if ok_count(report) == 0:
+        why = "; ".join(sorted({f"{run['target']}: {r.get('status')}: {r.get('reason')}"
+                                for run in report["runs"] for r in run["results"].values()}))
+        raise EdgekitError(f"no measurement succeeded: {why}")

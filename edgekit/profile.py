@@ -1,0 +1,245 @@
+"""Latency of ONNX models on a target: interleaved, with statistics, memory, providers and op times.
+
+No torch import here: `python -m edgekit.profile MODEL...` runs anywhere numpy + onnxruntime do.
+The timing loop, statistics and the ONNX Runtime profile parser live in the device runner
+(edgekit/runner/edgekit_runner.py), which this module imports in-process for local targets
+and runs under qemu for the emulated one: one implementation, three places.
+
+A measurement is {"status": "ok", ...numbers...}; anything that could not be measured is
+{"status": "unavailable"|"failed", "reason": ...} with no numbers at all.
+"""
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+
+from .runner import edgekit_runner as runner
+
+KNOWN_KINDS = ("fp32", "pruned", "distilled", "int8", "int8-dynamic", "fp16", "sparse")
+_INT8_HINTS = ("QLinear", "Integer", "QuantizeLinear", "DequantizeLinear", "DynamicQuantize", "QGemm",
+               "QAttention")
+_ARCH_ALIASES = {"amd64": "x86_64", "x86_64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64"}
+# outputs of the same model on ARM vs x86: FP32 kernels differ in summation order, INT8 ones must not
+FP32_ATOL = 1e-4
+
+
+def host_arch() -> str:
+    m = platform.machine().lower()
+    return _ARCH_ALIASES.get(m, m)
+
+
+def host_cpu() -> str:
+    from .hostinfo import cpu_info
+
+    return cpu_info()["model"]
+
+
+def _no_numbers(status: str, reason: str) -> dict:
+    return {"status": status, "reason": reason}
+
+
+def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, min_seconds=1.0,
+                   max_seconds=30.0, op_profile=True, threads=None, batch=1, prepost=None,
+                   return_outputs=False, ssh=None) -> dict:
+    """Measure models ({label: onnx path}) on one target, interleaved in one process.
+
+    inputs: list of feed dicts (real data, cycled) or None to generate them from the models.
+    threads: overrides the target's thread count. prepost: a pre/post-processing pipeline
+    (see profile_prepost) to time end to end next to the model. return_outputs: include the
+    outputs of the first input as "outputs" (numpy arrays; emulated and SSH targets always
+    compare them with this host's and record "arm_vs_host"). ssh: edgekit.flash SshOptions for
+    ssh:// targets (default: the user's keys and known_hosts).
+    """
+    from .targets import load_target
+
+    t = load_target(target)
+    threads = threads if threads is not None else t.threads
+    models = {str(k): str(v) for k, v in models.items()}
+    common = {"target": t.name, "emulated": t.emulated, "address": t.address, "arch": t.arch}
+    kw = dict(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
+              threads=threads, batch=batch)
+    if t.address == "local":
+        if t.arch != host_arch():
+            res = {k: _no_numbers("unavailable", f"target {t.name} is {t.arch}; this host is {host_arch()} "
+                                  "(use arm64-emulated for ARM correctness, or an ssh:// target for timings)")
+                   for k in models}
+        else:
+            res = runner.bench_models(models, inputs, providers=list(t.providers), required=t.required_providers,
+                                      op_runs=10 if op_profile else 1, keep_outputs=return_outputs, **kw)
+            for v in res.values():
+                if not op_profile:
+                    v.pop("op_breakdown", None)
+    elif t.address == "emulated":
+        from . import emulation
+
+        res = emulation.profile_emulated(models, t, inputs, op_runs=3 if op_profile else 0, **kw)
+    else:
+        from .profile_remote import profile_ssh
+
+        res = profile_ssh(models, t, inputs, ssh=ssh, op_runs=10 if op_profile else 1, **kw)
+    out = {}
+    for label, r in res.items():
+        if r.get("status") != "ok":
+            out[label] = {"status": r.get("status", "failed"), "reason": r.get("reason", "unknown"),
+                          "target": t.name}
+            continue
+        r.pop("machine", None)
+        nodes = r.pop("nodes", None)
+        if op_profile and nodes:
+            r["top_nodes"] = nodes[:10]
+        if "_outputs" in r:
+            r["outputs"] = r.pop("_outputs")
+        r = {**common, **r}
+        dev_cpu = r.pop("device_cpu", None)  # what ran it: the device over SSH, else this host (qemu included)
+        r["host_cpu"] = dev_cpu if t.address.startswith("ssh://") else host_cpu()
+        r["precision"] = precision_of(label, r)
+        if prepost is not None and t.address == "local":
+            r["prepost"] = profile_prepost(models[label], prepost, threads=threads,
+                                           providers=list(t.providers), **{k: kw[k] for k in
+                                                                          ("warmup", "min_runs",
+                                                                           "min_seconds", "max_seconds")})
+        elif prepost is not None:
+            r["prepost"] = _no_numbers("unavailable", f"pre/post timing runs on local targets only, not {t.address}")
+        if not return_outputs:
+            r.pop("outputs", None)
+        out[label] = r
+    return out
+
+
+def ratio(a: dict, b: dict) -> float | None:
+    """p50(a) / p50(b), or None unless both are measurements (never a ratio of a reason)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)) or a.get("status") != "ok" or b.get("status") != "ok":
+        return None
+    if a.get("emulated") != b.get("emulated") or not b.get("p50_ms"):
+        return None  # emulated and native timings are never mixed
+    return a["p50_ms"] / b["p50_ms"]
+
+
+def precision_of(label: str, r: dict) -> str | None:
+    """The label when it is an artifact kind; else what the executed ops say (int8 or fp32)."""
+    base = label.rsplit("/", 1)[-1]
+    for k in KNOWN_KINDS:
+        if base == k or f".{k}." in f".{base}." or base.startswith(f"model.{k}"):
+            return k
+    ops = r.get("op_breakdown") or {}
+    if ops:
+        return "int8" if any(h in op for op in ops for h in _INT8_HINTS) else "fp32"
+    return None
+
+
+def output_tolerance(model_path: str, precision: str | None, reference: dict) -> float:
+    """Stated tolerance for ARM vs x86 outputs: FP32 1e-4 x max(1, |ref|); INT8 one output quantum."""
+    scale = max([1.0] + [float(np.max(np.abs(v))) for v in reference.values()
+                         if v.size and v.dtype.kind == "f"])
+    atol = FP32_ATOL * scale
+    if precision in ("int8", "int8-dynamic") or precision is None:
+        q = _output_quantum(model_path)
+        if q:
+            atol = max(atol, q * 1.0001)  # one quantization step, plus float rounding of the step itself
+    return atol
+
+
+def _output_quantum(model_path: str) -> float | None:
+    """Largest scale of a DequantizeLinear that produces a graph output (needs onnx; host side only)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+
+        m = onnx.load(model_path, load_external_data=False)
+    except Exception:
+        return None
+    inits = {i.name: i for i in m.graph.initializer}
+    outs = {o.name for o in m.graph.output}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    scales = []
+    for name in outs:
+        n = producers.get(name)
+        # walk back through shape-only ops to the DequantizeLinear that made this output
+        while n is not None and n.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"):
+            n = producers.get(n.input[0])
+        if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in inits:
+            scales.append(float(np.max(numpy_helper.to_array(inits[n.input[1]]))))
+    return max(scales) if scales else None
+
+
+# ---------------------------------------------------------------- pre/post-processing
+
+
+def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, warmup=5, min_runs=30,
+                    min_seconds=1.0, max_seconds=30.0) -> dict:
+    """Pre-process, model and post-process times, and their end-to-end sum, timed per iteration.
+
+    prepost: {"pipeline": P, "raw": [raw inputs]} or a pipeline with .preprocess(raw), .postprocess(outputs)
+    and optional .warmup() / .example_input(). preprocess may return a feed dict or one array.
+    """
+    pipe, raw = (prepost.get("pipeline"), prepost.get("raw")) if isinstance(prepost, dict) else (prepost, None)
+    if raw is None:
+        for attr in ("example_input", "sample_input", "example_raw"):
+            if callable(getattr(pipe, attr, None)):
+                raw = [getattr(pipe, attr)()]
+                break
+    if not raw:
+        return _no_numbers("unavailable", "no raw input for the pre-processing (pass raw samples)")
+    try:
+        if callable(getattr(pipe, "warmup", None)):
+            pipe.warmup()  # JIT compile outside the timed runs
+        sess = runner.open_session(model_path, providers, threads)
+        names = [i.name for i in sess.get_inputs()]
+
+        def feeds_of(x):
+            if isinstance(x, dict):
+                return runner.fit_feeds(sess, x, 1)
+            return runner.fit_feeds(sess, {names[0]: x}, np.asarray(x).shape[0] if np.ndim(x) else 1)
+
+        parts = {"pre": [], "model": [], "post": []}
+
+        def once(i):
+            clock = time.perf_counter
+            t0 = clock()
+            x = feeds_of(pipe.preprocess(raw[i % len(raw)]))
+            t1 = clock()
+            outs = sess.run(None, x)
+            t2 = clock()
+            pipe.postprocess(outs)
+            t3 = clock()
+            parts["pre"].append((t1 - t0) * 1e3)
+            parts["model"].append((t2 - t1) * 1e3)
+            parts["post"].append((t3 - t2) * 1e3)
+
+        e2e = runner.timed_loop({"e2e": once}, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
+                                max_seconds=max_seconds)["e2e"]
+    except Exception as e:
+        return _no_numbers("failed", f"{type(e).__name__}: {e}")
+    n = len(e2e)
+    out = {"status": "ok", "e2e": runner.summarize(e2e)}
+    for k, v in parts.items():
+        out[k] = runner.summarize(v[-n:])  # drop the warm-up calls
+    out["spec"] = getattr(pipe, "spec", None) if not callable(getattr(pipe, "spec", None)) else None
+    return out
+
+
+def main(argv=None) -> int:
+    """`python -m edgekit.profile MODEL... [--target NAME]`: JSON on stdout, no click or torch needed."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m edgekit.profile")
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--target", default=None)
+    ap.add_argument("--min-runs", type=int, default=30)
+    ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    a = ap.parse_args(argv)
+    from .targets import DEFAULT_TARGET
+
+    res = profile_models({m: m for m in a.models}, a.target or DEFAULT_TARGET, min_runs=a.min_runs,
+                         min_seconds=a.min_seconds, threads=a.threads, batch=a.batch)
+    print(json.dumps(res, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return 0 if any(v.get("status") == "ok" for v in res.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

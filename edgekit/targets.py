@@ -1,0 +1,232 @@
+"""Device profiles: one TOML file in targets/ per device; adding a device is adding a file.
+
+A file looks like::
+
+    description = "..."
+    arch = "aarch64"                 # x86_64 | aarch64
+    address = "local"                # local | emulated | ssh://user@host[:port]/path
+    threads = 4                      # omit for the runtime's default
+    precisions = ["int8", "fp32"]    # preferred first
+    isa = ["neon"]                   # features quantization may assume; "host" = detect this CPU
+    memory_mb = 4096
+    channel_multiple = 8
+
+    [[providers]]                    # preference order; or providers = ["CPUExecutionProvider"]
+    name = "CUDAExecutionProvider"
+    options = { device_id = 0 }
+    required = true                  # false: used when present, its absence noted in the report
+
+Validated on load: unknown keys (with a "did you mean"), missing keys and bad types are a
+one-line ConfigError naming the file and the key.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, did_you_mean
+from .resources import targets_dir
+
+DEFAULT_TARGET = "x86-laptop"
+
+ARCHES = ("x86_64", "aarch64")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
+ISA_FEATURES = ("host", "sse4.2", "avx", "avx2", "avx512f", "avx512-vnni", "avx-vnni", "amx-int8",
+                "neon", "dotprod", "i8mm", "sve", "sve2", "fp16", "bf16")
+# Execution providers onnxruntime knows (onnxruntime.get_all_providers(), without importing it here).
+PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+             "NvTensorRTRTXExecutionProvider", "OpenVINOExecutionProvider", "DnnlExecutionProvider",
+             "DmlExecutionProvider", "CoreMLExecutionProvider", "XnnpackExecutionProvider",
+             "ACLExecutionProvider", "ArmNNExecutionProvider", "QNNExecutionProvider",
+             "ROCMExecutionProvider", "MIGraphXExecutionProvider", "NnapiExecutionProvider",
+             "VitisAIExecutionProvider", "WebGpuExecutionProvider", "AzureExecutionProvider")
+
+_TOP_KEYS = {"name", "description", "arch", "address", "threads", "precisions", "isa", "memory_mb",
+             "channel_multiple", "providers"}
+_REQUIRED = ("arch", "address", "providers")
+_PROVIDER_KEYS = {"name", "options", "required"}
+_SSH_RE = re.compile(r"^ssh://(?:[A-Za-z0-9._-]+@)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\d{1,5})?(?:/.*)?$")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    arch: str  # "x86_64" | "aarch64"
+    providers: tuple  # ((name, {options}), ...) in preference order
+    threads: int | None  # None = runtime default
+    precisions: tuple  # preferred first, e.g. ("int8", "fp32")
+    isa: tuple  # assumed ISA features; "host" = detect from this CPU
+    memory_mb: int | None
+    address: str  # "local" | "emulated" | "ssh://user@host[:port]/path"
+    channel_multiple: int = 8  # pruning rounds channel counts to this
+    description: str = ""
+    source: str = ""  # file it was loaded from
+    optional_providers: tuple = ()  # provider names used when present (absence is reported, not an error)
+
+    def __hash__(self):  # provider options are dicts; a profile is identified by its name and file
+        return hash((self.name, self.source, self.address))
+
+    @property
+    def provider_names(self) -> tuple:
+        return tuple(n for n, _ in self.providers)
+
+    @property
+    def required_providers(self) -> tuple:
+        return tuple(n for n in self.provider_names if n not in self.optional_providers)
+
+    @property
+    def emulated(self) -> bool:
+        return self.address == "emulated"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "arch": self.arch, "address": self.address,
+                "providers": [{"name": n, "options": dict(o), "required": n not in self.optional_providers}
+                              for n, o in self.providers],
+                "threads": self.threads, "precisions": list(self.precisions), "isa": list(self.isa),
+                "resolved_isa": list(resolved_isa(self)), "memory_mb": self.memory_mb,
+                "channel_multiple": self.channel_multiple, "source": self.source}
+
+
+def resolved_isa(t: TargetProfile) -> tuple:
+    """The target's ISA features with "host" replaced by what this CPU reports."""
+    if "host" not in t.isa:
+        return tuple(t.isa)
+    from .hostinfo import cpu_info
+
+    out = []
+    for f in t.isa:
+        for g in (cpu_info()["isa"] if f == "host" else [f]):
+            if g not in out:
+                out.append(g)
+    return tuple(out)
+
+
+def _names() -> dict:
+    d = targets_dir()
+    return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
+
+
+def load_target(name_or_path) -> TargetProfile:
+    """A shipped target by name, or a user's target file by path."""
+    if isinstance(name_or_path, TargetProfile):
+        return name_or_path
+    s = str(name_or_path)
+    p = Path(s)
+    if s.endswith(".toml") or "/" in s or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"{s}: target file not found")
+        return _load_file(p)
+    names = _names()
+    if s not in names:
+        raise ConfigError(f"unknown target {s!r}{did_you_mean(s, names)}; or pass a target file path")
+    return _load_file(names[s])
+
+
+def list_targets() -> list[TargetProfile]:
+    return [_load_file(p) for p in _names().values()]
+
+
+def _load_file(path: Path) -> TargetProfile:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read target file: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_target(data, path)
+
+
+def parse_target(data: dict, path) -> TargetProfile:
+    """Validate a parsed TOML dict; every problem is one ConfigError naming the file and the key."""
+    where = str(path)
+
+    def bad(key, msg):
+        raise ConfigError(f"{where}: {key}: {msg}")
+
+    for k in data:
+        if k not in _TOP_KEYS:
+            raise ConfigError(f"{where}: unknown key {k!r}{did_you_mean(k, _TOP_KEYS)}")
+    for k in _REQUIRED:
+        if k not in data:
+            raise ConfigError(f"{where}: missing required key {k!r}")
+    stem = Path(path).stem
+    name = data.get("name", stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        bad("name", f"must be a simple name (letters, digits, . _ -), got {name!r}")
+    arch = data["arch"]
+    if arch not in ARCHES:
+        bad("arch", f"{arch!r} is not one of {', '.join(ARCHES)}{did_you_mean(str(arch), ARCHES)}")
+    address = data["address"]
+    if not isinstance(address, str) or not (address in ("local", "emulated") or _SSH_RE.match(address)):
+        bad("address", f"{address!r} must be 'local', 'emulated' or 'ssh://user@host[:port]/path'")
+    if address == "emulated" and arch != "aarch64":
+        bad("address", "'emulated' is only supported for arch = 'aarch64'")
+    providers, optional = _parse_providers(data["providers"], bad)
+    threads = data.get("threads")
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        bad("threads", f"must be a positive integer (omit it for the runtime default), got {threads!r}")
+    precisions = _str_list(data.get("precisions", ["fp32"]), "precisions", PRECISIONS, bad)
+    if not precisions:
+        bad("precisions", "must list at least one precision")
+    isa = _str_list(data.get("isa", []), "isa", ISA_FEATURES, bad)
+    memory_mb = data.get("memory_mb")
+    if memory_mb is not None and (not _is_int(memory_mb) or memory_mb < 1):
+        bad("memory_mb", f"must be a positive integer, got {memory_mb!r}")
+    cm = data.get("channel_multiple", 8)
+    if not _is_int(cm) or cm < 1:
+        bad("channel_multiple", f"must be a positive integer, got {cm!r}")
+    desc = data.get("description", "")
+    if not isinstance(desc, str):
+        bad("description", "must be a string")
+    return TargetProfile(name=name, arch=arch, providers=providers, threads=threads, precisions=precisions,
+                         isa=isa, memory_mb=memory_mb, address=address, channel_multiple=cm, description=desc,
+                         source=str(path), optional_providers=optional)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _str_list(v, key, valid, bad) -> tuple:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        bad(key, f"must be a list of strings, got {v!r}")
+    for x in v:
+        if x not in valid:
+            bad(key, f"unknown value {x!r}{did_you_mean(x, valid)}")
+    return tuple(v)
+
+
+def _parse_providers(v, bad) -> tuple:
+    if not isinstance(v, list) or not v:
+        bad("providers", "must be a non-empty list of provider names or [[providers]] tables")
+    out, optional = [], []
+    for i, p in enumerate(v):
+        key = f"providers[{i}]"
+        if isinstance(p, str):
+            p = {"name": p}
+        if not isinstance(p, dict):
+            bad(key, f"must be a provider name or a table, got {p!r}")
+        for k in p:
+            if k not in _PROVIDER_KEYS:
+                bad(f"{key}.{k}", f"unknown key{did_you_mean(k, _PROVIDER_KEYS)}")
+        name = p.get("name")
+        if not isinstance(name, str):
+            bad(f"{key}.name", "missing or not a string")
+        if name not in PROVIDERS:
+            bad(f"{key}.name", f"unknown execution provider {name!r}{did_you_mean(name, PROVIDERS)}")
+        opts = p.get("options", {})
+        if not isinstance(opts, dict) or not all(isinstance(x, (str, int, float, bool)) for x in opts.values()):
+            bad(f"{key}.options", "must be a table of scalar values")
+        req = p.get("required", True)
+        if not isinstance(req, bool):
+            bad(f"{key}.required", f"must be true or false, got {req!r}")
+        if name in (n for n, _ in out):
+            bad(f"{key}.name", f"{name} listed twice")
+        out.append((name, dict(opts)))
+        if not req:
+            optional.append(name)
+    if len(optional) == len(out):
+        bad("providers", "at least one provider must be required")
+    return tuple(out), tuple(optional)

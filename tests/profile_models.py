@@ -1,0 +1,67 @@
+"""Tiny seeded ONNX models for the profiling tests: MatMul chains (work proportional to depth)
+and a small CNN with an INT8 QDQ twin made by onnxruntime's quantizer."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(nodes, inits, inputs, outputs, path, opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return str(path)
+
+
+def matmul_chain(path, depth, k=256, seed=0):
+    """depth MatMuls of k x k then a Relu: run time is dominated by depth * batch * k^2 multiply-adds."""
+    r = np.random.default_rng(seed)
+    inits, nodes, prev = {}, [], "x"
+    for i in range(depth):
+        inits[f"w{i}"] = (r.standard_normal((k, k)) / np.sqrt(k)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], f"mm{i}"))
+        prev = f"h{i}"
+    nodes.append(helper.make_node("Relu", [prev], ["y"], "relu"))
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", k])], path)
+
+
+def small_cnn(path, seed=1):
+    r = np.random.default_rng(seed)
+    inits = {"w1": (r.normal(size=(8, 1, 3, 3)) * 0.5).astype(np.float32), "b1": r.normal(size=8).astype(np.float32),
+             "w2": (r.normal(size=(16, 8, 3, 3)) * 0.2).astype(np.float32), "b2": r.normal(size=16).astype(np.float32),
+             "wf": (r.normal(size=(16, 10)) * 0.3).astype(np.float32), "bf": np.zeros(10, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], "conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c2"], ["r2"], "relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], "gap"),
+             helper.make_node("Flatten", ["p"], ["f"], "flat"),
+             helper.make_node("MatMul", ["f", "wf"], ["m"], "fc"),
+             helper.make_node("Add", ["m", "bf"], ["logits"], "bias")]
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+                 [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], path)
+
+
+def digits_batches(n=32):
+    """Real data: scikit-learn's 8x8 digits, upsampled to 16x16, as (n, 1, 16, 16) float32."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().images[:n].astype(np.float32) / 16.0
+    return np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)[:, None]
+
+
+def quantize_qdq(fp32_path, out_path, calib):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
+    return str(out_path)

@@ -1,0 +1,206 @@
+"""Profiler: statistics, the ONNX Runtime profile parser, interleaved ratios, honest unavailability."""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgekit.opprofile import load_profile, parse_ort_profile
+from edgekit.profile import profile_models, ratio
+from edgekit.runner import edgekit_runner as runner
+
+from profile_models import matmul_chain, small_cnn
+
+FAST = {"warmup": 2, "min_runs": 15, "min_seconds": 0.2, "max_seconds": 10.0}
+NUMBER_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "runs", "samples_ms",
+               "cold_start_ms", "peak_rss_mb"}
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chains")
+    return {"x1": matmul_chain(d / "x1.onnx", 3), "x2": matmul_chain(d / "x2.onnx", 6)}
+
+
+def test_summarize_matches_numpy():
+    s = np.random.default_rng(0).gamma(2.0, 1.5, size=501)
+    st = runner.summarize(s, batch=4)
+    assert st["p50_ms"] == pytest.approx(np.median(s))
+    assert st["p99_ms"] == pytest.approx(np.percentile(s, 99))
+    assert st["std_ms"] == pytest.approx(np.std(s, ddof=1))
+    assert st["throughput"] == pytest.approx(4 * 1000 / s.mean())
+    assert st["runs"] == 501 and st["min_ms"] == s.min()
+    with pytest.raises(ValueError):
+        runner.summarize([])
+
+
+def test_statistics_on_real_runs_agree_with_an_independent_clock(chains):
+    """The reported p50 is what a plain timing loop around session.run measures (within a loose band)."""
+    import time
+
+    res = profile_models({"x2": chains["x2"]}, "x86-laptop", batch=32, threads=1, **FAST)["x2"]
+    assert res["status"] == "ok" and res["provider"] == "CPUExecutionProvider"
+    s = np.asarray(res["samples_ms"])
+    assert res["runs"] == len(s) >= FAST["min_runs"]
+    assert res["p50_ms"] == pytest.approx(np.percentile(s, 50), rel=1e-3)
+    assert res["p90_ms"] == pytest.approx(np.percentile(s, 90), rel=1e-3)
+    assert res["min_ms"] <= res["p50_ms"] <= res["p90_ms"] <= res["p99_ms"]
+    assert res["throughput"] == pytest.approx(32 * 1000 / res["mean_ms"], rel=1e-6)
+    assert res["cold_start_ms"] > res["min_ms"] and res["peak_rss_mb"] > 10
+    assert (res["threads"], res["batch"], res["emulated"], res["target"]) == (1, 32, False, "x86-laptop")
+    assert res["precision"] == "fp32" and res["host_cpu"]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(chains["x2"], so, providers=["CPUExecutionProvider"])
+    x = {"x": np.random.default_rng(0).standard_normal((32, 256)).astype(np.float32)}
+    for _ in range(3):
+        sess.run(None, x)
+    own = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        sess.run(None, x)
+        own.append((time.perf_counter() - t0) * 1e3)
+    assert 0.33 < res["p50_ms"] / np.median(own) < 3.0, (res["p50_ms"], np.median(own))
+
+
+def test_interleaved_ratio_tracks_the_work(chains):
+    """x2 does twice the multiply-adds of x1: the interleaved p50 ratio must say so on a busy machine."""
+    res = profile_models(chains, "x86-laptop", batch=64, threads=1, warmup=3, min_runs=40, min_seconds=0.5)
+    assert {r["status"] for r in res.values()} == {"ok"}
+    assert res["x1"]["runs"] == res["x2"]["runs"]  # round-robin: same number of turns
+    r = ratio(res["x2"], res["x1"])
+    assert 1.4 < r < 3.0, r
+    # the op breakdown sees the same thing: MatMul time roughly doubles
+    mm = res["x2"]["op_breakdown"]["MatMul"] / res["x1"]["op_breakdown"]["MatMul"]
+    assert 1.2 < mm < 4.0, mm
+    assert res["x1"]["providers_by_node"] == {"CPUExecutionProvider": 4} and res["x1"]["fallback_nodes"] == 0
+    assert ratio(res["x2"], {"status": "unavailable", "reason": "x"}) is None
+
+
+def test_real_inputs_and_batch(tmp_path):
+    from profile_models import digits_batches
+
+    cnn = small_cnn(tmp_path / "cnn.onnx")
+    x = digits_batches(8)
+    res = profile_models({"cnn": cnn}, "x86-laptop", inputs=[{"x": x[i:i + 1]} for i in range(8)], batch=4,
+                         **FAST)["cnn"]
+    assert res["status"] == "ok" and res["batch"] == 4
+    assert set(res["op_breakdown"]) >= {"Conv", "GlobalAveragePool"}  # Relu fuses into Conv
+    bad = profile_models({"cnn": cnn}, "x86-laptop", inputs=[{"x": x[0, 0]}], **FAST)["cnn"]
+    assert bad["status"] == "failed" and "rank" in bad["reason"] and not NUMBER_KEYS & set(bad)
+
+
+def test_generated_inputs_for_sequence_models(tmp_path):
+    from onnx import TensorProto, helper
+
+    from profile_models import _save
+
+    emb = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "input_ids"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["mf", "ax"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["y"])]
+    p = _save(nodes, {"emb": emb, "ax": np.array([2], np.int64)},
+              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 8])], tmp_path / "t.onnx")
+    feeds = runner.make_feeds(ort.InferenceSession(p, providers=["CPUExecutionProvider"]), batch=2)
+    assert feeds["input_ids"].shape == (2, 128) and feeds["input_ids"].max() < 100
+    assert (feeds["attention_mask"] == 1).all()
+    assert profile_models({"t": p}, "x86-laptop", **FAST)["t"]["status"] == "ok"
+
+
+def test_parser_on_a_real_onnxruntime_profile(tmp_path, chains):
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "prof")
+    sess = ort.InferenceSession(chains["x1"], so, providers=["CPUExecutionProvider"])
+    x = {"x": np.ones((8, 256), np.float32)}
+    for _ in range(6):
+        sess.run(None, x)
+    path = sess.end_profiling()
+    p = load_profile(path)
+    assert p["runs"] == 5  # the first run is left out
+    assert {n["name"] for n in p["nodes"]} == {"mm0", "mm1", "mm2", "relu"}
+    assert set(p["op_breakdown"]) == {"MatMul", "Relu"} and p["op_breakdown"]["MatMul"] > 0
+    assert p["providers_by_node"] == {"CPUExecutionProvider": 4}
+    events = json.loads(open(path).read())
+    assert sum(1 for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")) == 24
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    from edgekit.errors import InputError
+
+    with pytest.raises(InputError, match="bad.json"):
+        load_profile(bad)
+
+
+def test_parser_takes_the_median_per_node_and_skips_the_first_run():
+    ev = []
+    for r, durs in enumerate([(900, 50), (10, 50), (12, 50), (5000, 50), (11, 50)]):  # run 3 preempted
+        ts = r * 10000
+        ev.append({"cat": "Session", "name": "model_run", "ts": ts, "dur": 6000})
+        for name, op, d in (("a", "Conv", durs[0]), ("b", "Relu", durs[1])):
+            ev.append({"cat": "Node", "name": f"{name}_kernel_time", "ts": ts + 1, "dur": d,
+                       "args": {"op_name": op, "provider": "CUDAExecutionProvider" if name == "a" else
+                                "CPUExecutionProvider"}})
+    p = parse_ort_profile(ev)
+    assert p["runs"] == 4
+    assert p["op_breakdown"]["Conv"] == pytest.approx(0.0115)  # median of 10, 12, 5000, 11 us
+    assert p["providers_by_node"] == {"CUDAExecutionProvider": 1, "CPUExecutionProvider": 1}
+
+
+def test_gpu_target_without_a_gpu_is_unavailable_not_a_number(chains):
+    res = profile_models({"x1": chains["x1"]}, "nvidia-gpu", **FAST)["x1"]
+    if "CUDAExecutionProvider" in ort.get_available_providers() and res["status"] == "ok":
+        assert res["provider"] in ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # a GPU machine
+        return
+    assert res["status"] == "unavailable" and not NUMBER_KEYS & set(res)
+    assert "onnxruntime-gpu" in res["reason"] or "CUDA" in res["reason"]
+
+
+def test_wrong_architecture_and_ssh_targets_are_unavailable(chains, tmp_path):
+    res = profile_models({"x1": chains["x1"]}, "raspberry-pi-4", **FAST)["x1"]
+    assert res["status"] == "unavailable" and "ssh" in res["reason"].lower()
+    p = tmp_path / "arm-local.toml"
+    p.write_text('arch = "aarch64"\naddress = "local"\nproviders = ["CPUExecutionProvider"]\n')
+    res = profile_models({"x1": chains["x1"]}, str(p), **FAST)["x1"]
+    assert res["status"] == "unavailable" and "aarch64" in res["reason"]
+
+
+def test_a_broken_model_fails_alone(chains, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    res = profile_models({"good": chains["x1"], "bad": str(bad)}, "x86-laptop", **FAST)
+    assert res["good"]["status"] == "ok"
+    assert res["bad"]["status"] == "failed" and not NUMBER_KEYS & set(res["bad"])
+
+
+def test_prepost_end_to_end_timing(chains):
+    class Pipe:  # stands in for an edgekit.prepost pipeline: real work on both sides
+        def preprocess(self, raw):
+            return {"x": (raw.astype(np.float32) / 255.0).reshape(1, 256)}
+
+        def postprocess(self, outs):
+            return np.argsort(outs[0], axis=1)[:, -5:]
+
+    raw = np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8)
+    res = profile_models({"x1": chains["x1"]}, "x86-laptop", prepost={"pipeline": Pipe(), "raw": [raw]}, **FAST)
+    pp = res["x1"]["prepost"]
+    assert pp["status"] == "ok"
+    assert pp["e2e"]["runs"] == pp["pre"]["runs"] == pp["model"]["runs"]
+    assert pp["e2e"]["p50_ms"] >= pp["model"]["p50_ms"] > 0 and pp["pre"]["p50_ms"] > 0
+
+
+def test_optional_provider_missing_is_reported_required_one_is_not_replaced(chains, tmp_path):
+    p = tmp_path / "opt.toml"
+    p.write_text('arch = "x86_64"\naddress = "local"\n[[providers]]\nname = "XnnpackExecutionProvider"\n'
+                 'required = false\n[[providers]]\nname = "CPUExecutionProvider"\n')
+    if "XnnpackExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has XNNPACK")
+    r = profile_models({"x1": chains["x1"]}, str(p), **FAST)["x1"]
+    assert r["status"] == "ok" and r["provider"] == "CPUExecutionProvider"
+    assert r["providers_missing"] == ["XnnpackExecutionProvider"]
+    p.write_text(p.read_text().replace("required = false\n", ""))
+    r = profile_models({"x1": chains["x1"]}, str(p), **FAST)["x1"]
+    assert r["status"] == "unavailable" and "XnnpackExecutionProvider" in r["reason"]

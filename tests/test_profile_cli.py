@@ -1,0 +1,119 @@
+"""`edgekit profile` end to end on artifacts built here: report files, schema, exit codes."""
+import json
+
+import numpy as np
+import pytest
+
+from edgekit.artifact import Artifact, Manifest
+from edgekit.cli import main
+
+from profile_models import digits_batches, matmul_chain, quantize_qdq, small_cnn
+
+FAST = ["--warmup", "1", "--min-runs", "5", "--min-seconds", "0.05"]
+
+
+def _exit(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    """A minimal edgekit output directory: fp32 + int8 artifacts and a manifest."""
+    d = tmp_path_factory.mktemp("run")
+    small_cnn(d / "model.fp32.onnx")
+    quantize_qdq(d / "model.fp32.onnx", d / "model.int8.onnx", digits_batches(16))
+    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx"), Artifact("int8", "model.int8.onnx")])
+    for a in m.artifacts:
+        a.refresh_file_facts(d)
+    m.write(d)
+    return d
+
+
+def test_profile_outdir_on_cpu_and_missing_gpu(outdir, tmp_path, capsys):
+    out = tmp_path / "rep" / "profile.json"
+    np.savez(tmp_path / "in.npz", x=digits_batches(4), y=np.arange(4))
+    rc = _exit(["profile", str(outdir), "--target", "x86-laptop", "--target", "nvidia-gpu", "--batch", "1",
+                "--batch", "2", "--threads", "1", "--inputs", str(tmp_path / "in.npz"), "-o", str(out), *FAST])
+    assert rc == 0  # the GPU is unavailable here, the CPU measurements succeeded
+    rep = json.loads(out.read_text())
+    assert rep["schema"] == "edgekit.profile/1" and set(rep["artifacts"]) == {"fp32", "int8"}
+    runs = {(r["target"], r["batch"]): r for r in rep["runs"]}
+    assert set(runs) == {("x86-laptop", 1), ("x86-laptop", 2), ("nvidia-gpu", 1), ("nvidia-gpu", 2)}
+    cpu = runs[("x86-laptop", 2)]["results"]
+    for kind in ("fp32", "int8"):
+        r = cpu[kind]
+        assert r["status"] == "ok" and r["batch"] == 2 and r["threads"] == 1 and r["precision"] == kind
+        assert r["emulated"] is False and r["host_cpu"] and r["runs"] >= 5
+    assert any(op.startswith("QLinear") or "Integer" in op for op in cpu["int8"]["op_breakdown"])
+    assert runs[("x86-laptop", 1)]["ratios"]["fp32"] == 1.0
+    gpu = runs[("nvidia-gpu", 1)]["results"]["fp32"]
+    if gpu["status"] != "ok":
+        assert gpu["status"] == "unavailable" and "p50_ms" not in gpu
+    md = out.with_suffix(".md").read_text()
+    assert "| fp32 | fp32 | CPU |" in md and "unavailable:" in md and "Time per operator type" in md
+
+
+def test_profile_onnx_files_json_and_errors(tmp_path, capsys):
+    a, b = matmul_chain(tmp_path / "a.onnx", 2), matmul_chain(tmp_path / "b.onnx", 4)
+    assert _exit(["profile", a, b, "--json", "--no-op-profile", *FAST]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    res = rep["runs"][0]["results"]
+    assert rep["runs"][0]["target"] == "x86-laptop" and set(res) == {"a", "b"}
+    assert "op_breakdown" not in res["a"] and res["a"]["providers_by_node"] == {"CPUExecutionProvider": 3}
+    # only an unavailable target: a clear error and exit 1, the report still written
+    out = tmp_path / "gpu.json"
+    if _exit(["profile", a, "--target", "nvidia-gpu", "-o", str(out), *FAST]) == 1:
+        assert "no measurement succeeded" in capsys.readouterr().err
+        assert json.loads(out.read_text())["runs"][0]["results"]["a"]["status"] == "unavailable"
+    # bad inputs: exit 2 with the file named
+    bad = tmp_path / "x.txt"
+    bad.write_text("hello")
+    assert _exit(["profile", str(bad)]) == 2
+    assert "x.txt" in capsys.readouterr().err
+    assert _exit(["profile", a, "--inputs", str(bad)]) == 2
+    assert _exit(["profile", a, "--target", "nvidia-gpuu"]) == 2
+    assert "did you mean 'nvidia-gpu'" in capsys.readouterr().err
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    assert _exit(["profile", str(junk)]) == 2
+    assert "junk.onnx" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_profile_over_ssh_runs_the_runner_on_the_device(tmp_path):
+    """A loopback sshd is the 'device': the runner is staged there, run, and removed; outputs come back."""
+    import sys
+
+    from edgekit.flash import SshOptions
+    from edgekit.profile import profile_models
+    from sshd import start_sshd
+
+    cache = tmp_path / "device-cache"
+    srv = start_sshd(tmp_path / "server", env={"XDG_CACHE_HOME": str(cache)})
+    try:
+        dev = tmp_path / "device"
+        dev.mkdir()
+        t = tmp_path / "loopback.toml"
+        t.write_text(f'arch = "x86_64"\naddress = "{srv.address(str(dev))}"\nthreads = 1\n'
+                     'providers = ["CPUExecutionProvider"]\n')
+        a, b = matmul_chain(tmp_path / "a.onnx", 2), matmul_chain(tmp_path / "b.onnx", 4)
+        opts = SshOptions(identity=str(srv.user_key), known_hosts=str(srv.known_hosts), remote_python=sys.executable)
+        res = profile_models({"a": a, "b": b}, str(t), ssh=opts, return_outputs=True,
+                             warmup=1, min_runs=5, min_seconds=0.0)
+        for r in res.values():
+            assert r["status"] == "ok" and r["emulated"] is False and r["threads"] == 1, r
+            assert r["arm_vs_host"]["ok"] is True and r["arm_vs_host"]["max_abs_diff"]["y"] == 0.0
+            assert r["outputs"]["y"].shape == (1, 256) and r["host_cpu"]
+        assert list((dev / ".bench").iterdir()) == []  # the stage is gone, nothing deployed was touched
+        # a host key that does not match is refused, and reported as unavailable (never a number)
+        other = tmp_path / "other_known_hosts"
+        other.write_text(srv.known_hosts.read_text().replace(srv.host_pub.split()[1],
+                                                             "AAAAC3NzaC1lZDI1NTE5AAAAIGJhZGtleWJhZGtleWJhZGtleWJhZGtleWJhZGs="))
+        bad = profile_models({"a": a}, str(t), ssh=SshOptions(identity=str(srv.user_key), known_hosts=str(other)),
+                             warmup=1, min_runs=3, min_seconds=0.0)["a"]
+        assert bad["status"] == "unavailable" and "p50_ms" not in bad
+    finally:
+        srv.stop()

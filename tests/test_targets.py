@@ -1,0 +1,108 @@
+"""Target profiles: every shipped file loads; bad files fail with one line naming the file and key."""
+import json
+
+import pytest
+
+from edgekit import targets as T
+from edgekit.errors import ConfigError
+from edgekit.hostinfo import cpu_info
+from edgekit.resources import targets_dir
+
+SHIPPED = {"x86-laptop", "nvidia-gpu", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5", "arm64-emulated"}
+
+GOOD = """
+description = "test board"
+arch = "aarch64"
+address = "ssh://me@127.0.0.1:2222/opt/edgekit"
+threads = 4
+precisions = ["int8", "fp32"]
+isa = ["neon", "dotprod"]
+memory_mb = 2048
+
+[[providers]]
+name = "CPUExecutionProvider"
+"""
+
+
+def test_every_target_file_is_registered_and_loads():
+    files = {p.stem for p in targets_dir().glob("*.toml")}
+    assert SHIPPED <= files
+    loaded = {t.name: t for t in T.list_targets()}
+    assert set(loaded) == files
+    assert T.DEFAULT_TARGET in loaded
+    for name, t in loaded.items():
+        assert t.arch in T.ARCHES and t.providers and t.precisions
+        assert t.source.endswith(f"{name}.toml")
+        assert T.load_target(name) == t
+
+
+def test_shipped_profiles_say_what_the_devices_are():
+    pi4, pi5 = T.load_target("raspberry-pi-4"), T.load_target("raspberry-pi-5")
+    assert (pi4.arch, pi4.threads, pi5.threads) == ("aarch64", 4, 4)
+    assert "dotprod" not in pi4.isa and "dotprod" in pi5.isa  # A72 has no dot-product, A76 does
+    emu = T.load_target("arm64-emulated")
+    assert emu.emulated and emu.isa == pi4.isa  # must match the Cortex-A72 qemu emulates
+    gpu = T.load_target("nvidia-gpu")
+    assert "CUDAExecutionProvider" in gpu.required_providers
+    assert gpu.optional_providers == ("TensorrtExecutionProvider",)
+    assert T.resolved_isa(T.load_target("x86-laptop")) == tuple(cpu_info()["isa"])
+
+
+def test_user_file_by_path(tmp_path):
+    p = tmp_path / "my-board.toml"
+    p.write_text(GOOD)
+    t = T.load_target(str(p))
+    assert (t.name, t.threads, t.memory_mb, t.address) == ("my-board", 4, 2048, "ssh://me@127.0.0.1:2222/opt/edgekit")
+    assert t.providers == (("CPUExecutionProvider", {}),)
+    assert T.resolved_isa(t) == ("neon", "dotprod")
+
+
+@pytest.mark.parametrize("edit, key, hint", [
+    (lambda s: s.replace("threads = 4", "thread = 4"), "'thread'", "did you mean 'threads'"),
+    (lambda s: s.replace('arch = "aarch64"\n', ""), "'arch'", "missing"),
+    (lambda s: s.replace("threads = 4", 'threads = "four"'), "threads", "positive integer"),
+    (lambda s: s.replace('arch = "aarch64"', 'arch = "arm64"'), "arch", "not one of"),
+    (lambda s: s.replace('name = "CPUExecutionProvider"', 'name = "CPUExecutionProvide"'),
+     "providers[0].name", "did you mean 'CPUExecutionProvider'"),
+    (lambda s: s.replace('name = "CPUExecutionProvider"', 'name = "CPUExecutionProvider"\nopts = {}'),
+     "providers[0].opts", "did you mean 'options'"),
+    (lambda s: s.replace('"ssh://me@127.0.0.1:2222/opt/edgekit"', '"ftp://x"'), "address", "ssh://"),
+    (lambda s: s.replace('["int8", "fp32"]', '["int4"]'), "precisions", "unknown value 'int4'"),
+    (lambda s: s.replace('["neon", "dotprod"]', '["neon", "dotprd"]'), "isa", "did you mean 'dotprod'"),
+    (lambda s: s.replace("memory_mb = 2048", "memory_mb = -1"), "memory_mb", "positive"),
+    (lambda s: s + "\n[[providers]]\nname = \"CPUExecutionProvider\"\n", "providers[1].name", "twice"),
+    (lambda s: s.replace("threads = 4", "threads = [4"), "not valid TOML", ""),
+])
+def test_bad_target_files_name_the_file_and_key(tmp_path, edit, key, hint):
+    p = tmp_path / "board.toml"
+    p.write_text(edit(GOOD))
+    with pytest.raises(ConfigError) as e:
+        T.load_target(str(p))
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg and key in msg and hint in msg, msg
+
+
+def test_unknown_target_name_suggests_one():
+    with pytest.raises(ConfigError, match="did you mean 'raspberry-pi-4'"):
+        T.load_target("raspbery-pi-4")
+    with pytest.raises(ConfigError, match="not found"):
+        T.load_target("/nonexistent/board.toml")
+
+
+def test_targets_cli(tmp_path, capsys):
+    from edgekit.cli import main
+
+    assert main(["targets", "list", "--json"]) == 0
+    names = {d["name"] for d in json.loads(capsys.readouterr().out)}
+    assert SHIPPED <= names
+    assert main(["targets", "show", "raspberry-pi-5", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["threads"] == 4 and d["providers"][0]["name"] == "CPUExecutionProvider"
+    p = tmp_path / "b.toml"
+    p.write_text(GOOD.replace("threads = 4", "thread = 4"))
+    with pytest.raises(SystemExit) as e:
+        main(["targets", "show", str(p)])
+    assert e.value.code == 2
+    assert "did you mean 'threads'" in capsys.readouterr().err
+    assert main(["targets", "setup", "x86-laptop"]) == 0
+    assert "ready" in capsys.readouterr().out
