@@ -29,6 +29,10 @@ def atomic_path(dest):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; artifacts and reports are meant to be shared, so honour the umask
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

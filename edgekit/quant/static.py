@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,13 +40,16 @@ def preprocess(src, dest) -> list:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes = []
+    src, dest = Path(src).resolve(), Path(dest).resolve()
     try:
-        with quiet():
+        # symbolic shape inference dumps "sym_shape_infer_temp.onnx" (+ external data) into the
+        # working directory when it gives up; keep that out of the user's folder
+        with quiet(), _scratch_cwd():
             quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
     except Exception as e:  # symbolic shape inference rejects some exported graphs
         notes.append(f"symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference only")
         try:
-            with quiet():
+            with quiet(), _scratch_cwd():
                 quant_pre_process(str(src), str(dest), skip_symbolic_shape=True)
         except Exception as e2:
             raise EdgekitError(f"{Path(src).name}: onnxruntime quantization pre-processing failed: "
@@ -54,6 +58,17 @@ def preprocess(src, dest) -> list:
     if ensure_node_names(m):
         onnx.save(m, str(dest))
     return notes
+
+
+@contextlib.contextmanager
+def _scratch_cwd():
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="edgekit-prep-") as d:
+        os.chdir(d)
+        try:
+            yield
+        finally:
+            os.chdir(old)
 
 
 class DatasetReader:

@@ -1,0 +1,47 @@
+"""`edgekit report OUTDIR [OUTDIR...] -o report.html`: HTML, Markdown and JSON reports of one or more runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option
+
+
+@click.command("report", context_settings=CONTEXT_SETTINGS)
+@click.argument("outdirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="HTML report to write (self-contained). Default: OUTDIR/report.html for one run, "
+                   "./report.html for several.")
+@click.option("--markdown", type=click.Path(path_type=Path),
+              help="Also write Markdown here; its plots go as PNGs into '<name>_files/' beside it.")
+@click.option("--json-out", type=click.Path(path_type=Path),
+              help="Also write the JSON report (schema edgekit.report/1) here.")
+@click.option("--title", help="Report title (default: from the model spec).")
+@json_option
+def report(outdirs, output, markdown, json_out, title, as_json):
+    """Render the report of one or more edgekit output directories.
+
+    Several OUTDIRs (two machines, or before/after a change) give one report with a
+    table per run and a comparison table against the first run.
+    """
+    from ..errors import UsageError
+    from ..report import write_reports
+
+    if output is None:
+        output = outdirs[0] / "report.html" if len(outdirs) == 1 else Path("report.html")
+    for p, flag in ((output, "-o/--output"), (markdown, "--markdown"), (json_out, "--json-out")):
+        if p is not None and p.is_dir():
+            raise UsageError(f"{flag} {p}: is a directory; give a file name")
+    data = write_reports(list(outdirs), html=output, markdown=markdown, json_path=json_out, title=title)
+    if as_json:
+        echo_json(data)
+        return
+    con = console()
+    for p in (output, markdown, json_out):
+        if p is not None:
+            con.print(f"wrote {p}")
+    for r in data["runs"]:
+        for t, rec in r["recommended"].items():
+            pick = f"{rec['kind']} ({rec['path']})" if rec["status"] == "ok" else f"none: {rec.get('reason')}"
+            con.print(f"{r['label']} · {t}: recommended {pick}")

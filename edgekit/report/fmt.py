@@ -1,0 +1,77 @@
+"""Number and status formatting shared by the HTML and Markdown renderers (one wording, two outputs)."""
+from __future__ import annotations
+
+
+def size(n) -> str:
+    if not n:
+        return "—"
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}" if n < 100 else f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def count(n) -> str:
+    if n is None:
+        return "—"
+    n = float(n)
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def ms(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f}" if v < 10 else f"{v:.2f}" if v < 100 else f"{v:.1f}"
+
+
+def ratio(v) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def pct(v, signed=False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.2%}" if signed else f"{v:.2%}"
+
+
+def metric_value(m) -> str:
+    return "—" if not m else f"{m['value']:.4f}"
+
+
+def metric_drop(m) -> str:
+    """The cost vs FP32, as a relative drop (positive = worse); FP32 itself shows the reference."""
+    if not m or m.get("drop_rel") is None:
+        return ""
+    d = m["drop_rel"]
+    if abs(d) < 5e-5:
+        return "no drop"
+    return f"−{d:.2%}" if d > 0 else f"+{-d:.2%}"
+
+
+STATUS_WORDS = {"emulated": "emulated", "unavailable": "unavailable", "failed": "failed", "missing": "not measured"}
+
+
+def status_text(lat) -> str:
+    """A non-'ok' measurement as words (never a number): e.g. 'unavailable: no CUDA device'."""
+    word = STATUS_WORDS.get(lat.get("status"), lat.get("status", "?"))
+    reason = lat.get("reason") or ""
+    return f"{word}: {reason}" if reason else word
+
+
+def short_status(lat) -> str:
+    return STATUS_WORDS.get(lat.get("status"), lat.get("status", "?"))
+
+
+def bool_text(v) -> str:
+    return "yes" if v else "no"
+
+
+def seconds(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"

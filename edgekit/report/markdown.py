@@ -1,0 +1,90 @@
+"""The report as GitHub-flavoured Markdown, with its plots as PNG files in a folder beside it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import fmt, plots as plotmod, tables
+
+
+def _esc(s) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(t: tables.Table) -> str:
+    heads = [f"{c.group} {c.name}".strip() for c in t.columns]
+    lines = ["| " + " | ".join(_esc(h) for h in heads) + " |",
+             "|" + "|".join("---:" if c.num else "---" for c in t.columns) + "|"]
+    for row in t.rows:
+        cells = []
+        for cell in row:
+            text = cell.text + (f" ({cell.sub})" if cell.sub else "")
+            if "status" in cell.cls and cell.cls != "status status-ok":
+                text = f"*{text}*"  # a measurement that is not a number reads as words, in italics
+            elif cell.cls == "strong" or cell.cls == "kind":
+                text = f"**{text}**"
+            cells.append(_esc(text))
+            cells += [""] * (cell.span - 1)
+        lines.append("| " + " | ".join(cells) + " |")
+    out = "\n".join(lines) + "\n"
+    if t.note:
+        out += f"\n_{_esc(t.note)}_\n"
+    return out
+
+
+def _recommended(report) -> str:
+    out = []
+    for r in report["runs"]:
+        prefix = f"{r['label']} · " if len(report["runs"]) > 1 else ""
+        for t, rec in r["recommended"].items():
+            if rec["status"] != "ok":
+                out.append(f"- **{prefix}{t}**: no recommendation ({fmt.status_text(rec)})")
+                continue
+            out.append(f"- **{prefix}{t}**: **{rec.get('kind')}** `{rec['path']}` — {rec.get('reason') or ''}")
+    return "\n".join(out) + "\n"
+
+
+def render(report, dest, plots=None) -> str:
+    """Markdown text for dest; writes the PNG plots into '<stem>_files/' beside dest."""
+    dest = Path(dest)
+    files = dest.parent / f"{dest.stem}_files"
+    plots = plotmod.all_plots(report) if plots is None else plots
+    images = {}
+    for p in plots:
+        png = files / f"{p.key}.png"
+        plotmod.to_png(p, png)
+        images.setdefault(p.key.split("-")[0], []).append((p, f"{files.name}/{png.name}"))
+    multi = len(report["runs"]) > 1
+
+    def per_run(fn):
+        parts = []
+        for r in report["runs"]:
+            got = fn(r)
+            for t in (got if isinstance(got, list) else [got] if got else []):
+                parts.append((f"#### {r['label']}\n\n" if multi else "") + _table(t))
+        return "\n".join(parts)
+
+    def figs(*keys):
+        return "".join(f"**{p.title}**\n\n![{p.title}]({src})\n\n_{p.caption}_\n\n"
+                       for k in keys for p, src in images.get(k, []))
+
+    out = [f"# {report['title']}\n",
+           f"_Generated {report['generated']} by edgekit {report['edgekit_version']} · schema {report['schema']}_\n",
+           "## Recommended artifact per target\n", _recommended(report),
+           "## Summary\n", per_run(tables.summary)]
+    comp = tables.comparison(report)
+    if comp:
+        out += ["## Comparison between runs\n", _table(comp)]
+    out += ["## Latency\n", figs("pareto", "dist", "ops") or
+            "_No native latency measurement to plot: every target was emulated, unavailable or failed._\n"]
+    pp = per_run(tables.prepost)
+    if pp or images.get("prepost"):
+        out += ["## Pre/post-processing\n", figs("prepost"), pp]
+    if images.get("prune"):
+        out += ["## Pruning\n", figs("prune")]
+    qt = per_run(tables.quant_trials)
+    if qt or images.get("quant"):
+        out += ["## Quantization\n", figs("quant"), qt]
+    out += ["## Measurement conditions\n", per_run(tables.conditions),
+            "## Pipeline stages\n", per_run(tables.stages),
+            "## Provenance\n", per_run(tables.provenance)]
+    return "\n".join(x.rstrip("\n") + "\n" for x in out if x)
