@@ -11,8 +11,12 @@ def recommend(manifest, tolerance, targets) -> dict:
     fp32 = next((a for a in manifest.artifacts if a.kind == "fp32"), None)
     ref = (fp32.metrics or {}).get("value") if fp32 else None
     out = {}
-    for t in targets:
+    native = [t for t in targets if not getattr(t, "emulated", False)]
+    for t in native + [t for t in targets if t not in native]:
         name = t.name if hasattr(t, "name") else str(t)
+        if getattr(t, "emulated", False):
+            out[name] = _emulated(name, out)
+            continue
         cands, rejected = [], []
         for a in manifest.artifacts:
             lat = a.latency.get(name, {})
@@ -47,3 +51,14 @@ def recommend(manifest, tolerance, targets) -> dict:
         out[name] = {"status": "ok", "path": best.path, "kind": best.kind, "speedup_vs_fp32": speed,
                      "reason": "; ".join(parts), "rejected": rejected}
     return out
+
+
+def _emulated(name: str, picks: dict) -> dict:
+    """Emulated timings (qemu) are 40-600x off and distort INT8/FP32 ratios: never rank by them."""
+    native = next((v for v in picks.values() if v.get("status") == "ok"), None)
+    rec = {"status": "emulated", "reason": f"{name} runs under user-mode emulation: its timings check correctness "
+                                           "only and are not device latency"}
+    if native:
+        rec.update(path=native["path"], kind=native["kind"],
+                   reason=rec["reason"] + f"; the native pick {native['path']} is shown for reference")
+    return rec

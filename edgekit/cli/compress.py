@@ -83,6 +83,8 @@ def _summary(manifest, output):
     from rich.table import Table
 
     con = Console(stderr=True)
+    if not con.is_terminal:
+        con.width = 160  # logs and CI: do not wrap the table into unreadable slivers
     targets = list(dict.fromkeys(t for a in manifest.artifacts for t in a.latency))
     tab = Table(title=f"edgekit compress -> {output}")
     for col in ("artifact", "kind", "size", "params", "metric"):

@@ -1,0 +1,44 @@
+from types import SimpleNamespace
+
+from edgekit.artifact import Artifact, Manifest
+from edgekit.config import Tolerance
+from edgekit.recommend import recommend
+
+T = SimpleNamespace(name="cpu", emulated=False)
+ARM = SimpleNamespace(name="arm", emulated=True)
+
+
+def _art(kind, path, value, p50, parent=None, stage="export"):
+    a = Artifact(kind=kind, path=path, parent=parent, stage=stage, metrics={"name": "accuracy", "value": value})
+    a.latency = {"cpu": {"status": "ok", "p50_ms": p50}, "arm": {"status": "ok", "p50_ms": p50 * 50, "emulated": True}}
+    return a
+
+
+def test_fastest_within_tolerance_wins():
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 1.0), _art("int8", "q.onnx", 0.985, 0.5, "f.onnx", "quantize"),
+                            _art("pruned", "p.onnx", 0.90, 0.3, "f.onnx")])
+    r = recommend(m, Tolerance.parse("1%"), [T])["cpu"]
+    assert r["path"] == "q.onnx" and r["speedup_vs_fp32"] == 2.0
+    assert any("p.onnx" in x for x in r["rejected"])
+
+
+def test_int8_slower_than_fp32_is_not_recommended():
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 1.0), _art("int8", "q.onnx", 0.99, 1.2, "f.onnx", "quantize")])
+    r = recommend(m, Tolerance.parse("1%"), [T])["cpu"]
+    assert r["path"] == "f.onnx" and "no compressed variant" in r["reason"]
+
+
+def test_quantization_veto_is_respected():
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 1.0), _art("int8", "q.onnx", 0.99, 0.4, "f.onnx", "quantize")],
+                 quantization={"f.onnx": {"recommend": False, "reason": "tolerance missed on the tuning set"}})
+    r = recommend(m, Tolerance.parse("1%"), [T])["cpu"]
+    assert r["path"] == "f.onnx" and "tolerance missed" in r["rejected"][0]
+
+
+def test_unavailable_and_emulated_targets_are_labelled():
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 1.0)])
+    m.artifacts[0].latency["gpu"] = {"status": "unavailable", "reason": "onnxruntime-gpu not installed"}
+    r = recommend(m, Tolerance.parse("1%"), [ARM, T, SimpleNamespace(name="gpu", emulated=False)])
+    assert r["gpu"] == {"status": "unavailable", "reason": "onnxruntime-gpu not installed"}
+    assert r["arm"]["status"] == "emulated" and "not device latency" in r["arm"]["reason"]
+    assert r["arm"]["path"] == r["cpu"]["path"] == "f.onnx"
