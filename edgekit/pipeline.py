@@ -19,6 +19,7 @@ from . import config as cfgmod
 from .artifact import Artifact, Manifest, StageRecord, host_info, versions
 from .context import RunContext
 from .errors import EdgekitError, UsageError
+from .fsutil import atomic_path
 from .outdir import check_output, discard, publish, staging_dir
 from .progress import task
 
@@ -181,13 +182,18 @@ def stage_report(run: Run):
     from .recommend import recommend
 
     run.manifest.recommended = recommend(run.manifest, run.cfg.tolerance, run.ctx.targets)
+    # a few real inputs travel with the artifacts: bundles self-test on them, `edgekit profile` times them
+    sample = run.ctx.eval.take(8)
+    with atomic_path(run.staging / "sample_inputs.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in sample.inputs.items()})
     run.manifest.write(run.staging)
     (run.staging / "compress.toml").write_text(cfgmod.to_toml(run.cfg))
     from .report import write_reports
 
     write_reports([run.staging], html=run.staging / "report.html", markdown=run.staging / "report.md",
                   json_path=run.staging / "report.json")
-    return {"files": ["manifest.json", "report.md", "report.html", "report.json", "compress.toml"]}
+    return {"files": ["manifest.json", "report.md", "report.html", "report.json", "compress.toml", "sample_inputs.npz"]}
 
 
 STAGES = {
