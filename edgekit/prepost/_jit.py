@@ -1,0 +1,186 @@
+"""Optional Numba: lazy, cached kernels with one fixed signature each, and backend resolution.
+
+Kernels are registered as plain Python functions with a signature factory and compiled on first
+use (`get`), so importing edgekit.prepost stays cheap and a device without Numba still imports it.
+One explicit signature per kernel means warm-up compiles exactly what real calls use, and a
+non-contiguous input never triggers a surprise second compilation.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import types
+import warnings
+
+from .errors import PrepostError, PrepostFallbackWarning
+
+BACKENDS = ("auto", "numba", "numpy")
+
+try:
+    if os.environ.get("EDGEKIT_PREPOST_NUMBA", "1") == "0":
+        raise ImportError("disabled by EDGEKIT_PREPOST_NUMBA=0")
+    import numba
+    from numba import types as nt  # noqa: F401  (signature factories use it)
+
+    NUMBA_VERSION = numba.__version__
+    NUMBA_ERROR = None
+except Exception as _e:  # ImportError, or a broken llvmlite on an odd device
+    numba = nt = None
+    NUMBA_VERSION = None
+    NUMBA_ERROR = f"{type(_e).__name__}: {_e}"
+
+HAVE_NUMBA = numba is not None
+prange = numba.prange if HAVE_NUMBA else range  # kernels use it as a global
+
+_SPECS: dict = {}  # name -> (py_func, signature factory(nt) -> signature, njit options)
+_COMPILED: dict = {}  # name -> numba dispatcher
+_TIMES: dict = {}  # name -> seconds spent compiling or loading from the cache
+_LOCK = threading.Lock()
+_warned = False
+
+
+def kernel(name: str, signature, **options):
+    """Register `py_func` as kernel `name`; `signature(nt)` builds its Numba signature lazily."""
+
+    def deco(py_func):
+        _SPECS[name] = (py_func, signature, {"cache": True, "nogil": True, **options})
+        return py_func
+
+    return deco
+
+
+def get(name: str, serial: bool = False):
+    """The compiled dispatcher for kernel `name` (compiled, or loaded from Numba's cache, on first use).
+
+    serial=True gives a parallel kernel's one-thread build: the same source without prange
+    scheduling, which saves a thread launch on small inputs or when only one thread is wanted.
+    """
+    key = f"{name}:serial" if serial else name
+    disp = _COMPILED.get(key)
+    if disp is not None:
+        return disp
+    if not HAVE_NUMBA:
+        raise PrepostError(f"backend: numba is unavailable ({NUMBA_ERROR})")
+    with _LOCK:
+        disp = _COMPILED.get(key)
+        if disp is None:
+            py_func, sig, opts = _SPECS[name]
+            if serial:
+                # a distinct function object and qualname so Numba's cache keeps the builds apart
+                py_func = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
+                                             py_func.__defaults__, py_func.__closure__)
+                py_func.__qualname__ = py_func.__name__
+                opts = {**opts, "parallel": False}
+            t0 = time.perf_counter()
+            disp = numba.njit(sig(nt), **opts)(py_func)
+            _TIMES[key] = time.perf_counter() - t0
+            _COMPILED[key] = disp
+    return disp
+
+
+def is_parallel(name: str) -> bool:
+    return bool(_SPECS[name][2].get("parallel"))
+
+
+# Below this many output elements a kernel runs on one thread: waking Numba's workers costs more
+# than it saves, and on a busy host a parallel region can wait milliseconds for a free core.
+PARALLEL_MIN_WORK = int(os.environ.get("EDGEKIT_PREPOST_PARALLEL_MIN", "32768"))
+
+
+def call(name: str, work: int, *args):
+    """Run kernel `name`; a parallel kernel runs its serial build when `work` (elements) is small
+    or Numba is set to one thread."""
+    if is_parallel(name) and (work < PARALLEL_MIN_WORK or numba.get_num_threads() == 1):
+        return get(name, serial=True)(*args)
+    return get(name)(*args)
+
+
+def set_threads(n: int) -> int:
+    """Threads for parallel kernels in this thread (1 = serial builds only); returns the previous value.
+
+    On a device, pre/post runs next to ONNX Runtime's own (spinning) thread pool; two pools on few
+    cores can stall each other for milliseconds, so one thread is often the steadier choice there.
+    Also settable before import with EDGEKIT_PREPOST_THREADS.
+    """
+    if not HAVE_NUMBA:
+        return 1
+    prev = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    return prev
+
+
+if HAVE_NUMBA and os.environ.get("EDGEKIT_PREPOST_THREADS"):
+    set_threads(int(os.environ["EDGEKIT_PREPOST_THREADS"]))
+
+
+def variants(name: str) -> list:
+    """The builds of `name` that calls may use here: [False] (the kernel) and/or [True] (serial)."""
+    if not is_parallel(name):
+        return [False]
+    return [True] if numba.get_num_threads() == 1 else [False, True]
+
+
+def freeze(obj):
+    """A hashable key for JSON-like parameters (lists -> tuples); None when not cacheable (arrays)."""
+    if obj is None:
+        return ("<None>",)
+    if isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = tuple(freeze(o) for o in obj)
+        return None if None in items else items
+    return None
+
+
+def kernel_names() -> list:
+    return sorted(_SPECS)
+
+
+def compile_info(name: str) -> dict:
+    """Seconds spent getting `name` (all its builds) ready and whether Numba's on-disk cache supplied it."""
+    builds = [k for k in (name, f"{name}:serial") if k in _COMPILED]
+    if not builds:
+        return {"compiled": False}
+    hits = [bool(sum(_COMPILED[k].stats.cache_hits.values())) for k in builds]
+    return {"compiled": True, "builds": ["serial" if k.endswith(":serial") else "parallel" if is_parallel(name)
+                                         else "serial" for k in builds],
+            "seconds": sum(_TIMES.get(k, 0.0) for k in builds),
+            "cache": "hit" if all(hits) else "miss" if not any(hits) else "partial",
+            "cache_path": _COMPILED[builds[0]].stats.cache_path}
+
+
+def resolve_backend(backend: str = "auto", strict: bool = False) -> str:
+    """The backend that will actually run: "numba" or "numpy".
+
+    "auto" takes Numba when it is importable. "numba" without Numba falls back to NumPy with a
+    PrepostFallbackWarning, or raises PrepostError when `strict` (the caller insists).
+    """
+    global _warned
+    if backend not in BACKENDS:
+        raise PrepostError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "numpy":
+        return "numpy"
+    if HAVE_NUMBA:
+        return "numba"
+    if backend == "numba":
+        if strict:
+            raise PrepostError(f"backend: numba was required but is unavailable ({NUMBA_ERROR})")
+        if not _warned:
+            _warned = True
+            warnings.warn(f"edgekit.prepost: numba unavailable ({NUMBA_ERROR}); using the NumPy twins",
+                          PrepostFallbackWarning, stacklevel=3)
+    return "numpy"
+
+
+def backend_info() -> dict:
+    """What this process can run; JSON-serialisable, for reports and the device runner."""
+    info = {"numba": NUMBA_VERSION, "default": resolve_backend("auto")}
+    if not HAVE_NUMBA:
+        info["reason"] = NUMBA_ERROR
+    else:
+        from numba.core import config
+
+        info["threads"] = numba.get_num_threads()
+        info["cache_dir"] = config.CACHE_DIR or None
+    return info

@@ -1,0 +1,181 @@
+"""The op registry: every pre/post-processing step a manifest's `prepost` section may name.
+
+Each entry says where the op may run (pre/post), its parameters (checked without data, so a bad
+spec fails at `edgekit compress` time rather than on the device), which values it reads by default,
+the kernels it uses, and a small example input for warm-up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import _check
+from .boxes import BOX_FORMATS, decode_boxes, nms
+from .errors import PrepostError
+from .image import LAYOUTS, MODES, ResizeNormalize
+from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, softmax_topk
+from .text import PADDING, TRUNCATION, mean_pool_l2, pad_truncate
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class OpDef:
+    stages: tuple  # "pre" and/or "post"
+    params: dict  # name -> (default or REQUIRED, checker(value, name))
+    build: Callable  # (params: dict, backend: str) -> callable(*inputs) -> array or dict of arrays
+    inputs: tuple = ("prev",)  # values read by default; "prev" is the previous step's result
+    kernels: tuple = ()
+    example: Callable = None  # params -> tuple of inputs for warm-up
+    n_inputs: tuple = (1, 1)  # how many inputs a step may name (min, max)
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _size(v, name):
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise PrepostError(f"{name}: expected [height, width], got {v!r}")
+    for i, x in enumerate(v):
+        _check.number(x, f"{name}[{i}]", lo=1, integer=True)
+
+
+def _vec(v, name):
+    _check.vector(v, name)
+
+
+def _std(v, name):
+    if (_check.vector(v, name) == 0).any():
+        raise PrepostError(f"{name}: must be non-zero, got {v!r}")
+
+
+def _one_of(choices):
+    return lambda v, name: _check.choice(v, name, choices)
+
+
+def _int(lo=None, optional=False):
+    def chk(v, name):
+        if v is None and optional:
+            return
+        _check.number(v, name, lo=lo, integer=True)
+    return chk
+
+
+def _num(lo=None, hi=None, optional=False):
+    def chk(v, name):
+        if v is None and optional:
+            return
+        _check.number(v, name, lo=lo, hi=hi)
+    return chk
+
+
+def _bool(v, name):
+    if not isinstance(v, bool):
+        raise PrepostError(f"{name}: expected true or false, got {v!r}")
+
+
+def _opt_axis(v, name):
+    if v is not None:
+        _check.number(v, name, integer=True)
+
+
+def _build_resize(p, backend):
+    return ResizeNormalize(p["size"], p["mean"], p["std"], p["layout"], mode=p["mode"],
+                           crop_fraction=p["crop_fraction"], pad_value=p["pad_value"], swap_rb=p["swap_rb"],
+                           backend=backend)
+
+
+def _build_pad(p, backend):
+    def run(token_ids):
+        ids, mask = pad_truncate(token_ids, p["max_length"], p["pad_id"], padding=p["padding"],
+                                 truncation=p["truncation"], backend=backend)
+        return {"input_ids": ids, "attention_mask": mask}
+    return run
+
+
+def _build_softmax(p, backend):
+    def run(logits):
+        probs, idx = softmax_topk(logits, p["k"], backend=backend)
+        return {"probs": probs, "indices": idx}
+    return run
+
+
+def _build_nms(p, backend):
+    def run(boxes, scores, classes=None):
+        boxes, scores = np.asarray(boxes), np.asarray(scores)
+        if boxes.ndim == 3 and boxes.shape[0] == 1:  # a batch of one, as most detectors emit
+            boxes, scores = boxes[0], scores[0]
+            classes = None if classes is None else np.asarray(classes)[0]
+        keep = nms(boxes, scores, p["iou_threshold"], p["max_detections"], classes,
+                   score_threshold=p["score_threshold"], backend=backend)
+        out = {"indices": keep, "boxes": boxes[keep], "scores": scores[keep]}
+        if classes is not None:
+            out["classes"] = np.asarray(classes)[keep]
+        return out
+    return run
+
+
+def _example_nms(p):
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 600, (500, 2))
+    wh = rng.uniform(10, 80, (500, 2))
+    return (np.concatenate([xy, xy + wh], 1).astype(np.float32), rng.random(500).astype(np.float32))
+
+
+def _example_dequantize(p):
+    if p["axis"] is None:
+        return (np.zeros((1, 1000), np.int8),)
+    ch = max(np.size(p["scale"]), np.size(p["zero_point"]))
+    ax = int(p["axis"])
+    shape = [1, 1, 1, 1]
+    shape[ax if ax >= 0 else 4 + ax] = ch
+    return (np.zeros(shape, np.int8),)
+
+
+OPS: dict = {
+    "resize_normalize": OpDef(
+        ("pre",), {"size": (REQUIRED, _size), "mean": (0.0, _vec), "std": (255.0, _std),
+                   "layout": ("NCHW", _one_of(LAYOUTS)), "mode": ("stretch", _one_of(MODES)),
+                   "crop_fraction": (1.0, _num(0.0, 1.0)), "pad_value": (114.0, _vec), "swap_rb": (False, _bool)},
+        _build_resize, kernels=("resize_normalize",),
+        example=lambda p: (np.full((480, 640, max(np.size(p[k]) for k in ("mean", "std", "pad_value"))), 127,
+                                   np.uint8),),
+        doc="uint8 image(s) -> float32 NCHW/NHWC: bilinear resize, crop/letterbox, (x - mean) / std"),
+    "pad_truncate": OpDef(
+        ("pre",), {"max_length": (None, _int(1, optional=True)), "pad_id": (0, _int()),
+                   "padding": ("longest", _one_of(PADDING)), "truncation": ("right", _one_of(TRUNCATION))},
+        _build_pad, kernels=("pad_truncate",),
+        example=lambda p: ([[101, 2023, 2003, 102], [101, 102]],),
+        doc="token id lists -> {input_ids, attention_mask}"),
+    "softmax_topk": OpDef(
+        ("post",), {"k": (5, _int(1))}, _build_softmax, kernels=("softmax_topk",),
+        example=lambda p: (np.zeros((8, max(1000, p["k"])), np.float32),),
+        doc="logits -> {probs, indices} of the k best classes"),
+    "argmax_segmentation": OpDef(
+        ("post",), {"layout": ("NCHW", _one_of(SEG_LAYOUTS))},
+        lambda p, backend: (lambda x: argmax_segmentation(x, p["layout"], backend=backend)),
+        kernels=("argmax_nchw",),
+        example=lambda p: (np.zeros((1, 21, 64, 64) if p["layout"] == "NCHW" else (1, 64, 64, 21), np.float32),),
+        doc="per-pixel class scores -> class map"),
+    "decode_boxes": OpDef(
+        ("post",), {"fmt": ("cxcywh", _one_of(BOX_FORMATS))},
+        lambda p, backend: (lambda x: decode_boxes(x, p["fmt"], backend=backend)), kernels=("decode_boxes",),
+        example=lambda p: (np.ones((100, 4), np.float32),), doc="centre/size boxes -> x1, y1, x2, y2"),
+    "nms": OpDef(
+        ("post",), {"iou_threshold": (0.5, _num(0.0, 1.0)), "max_detections": (None, _int(0, optional=True)),
+                    "score_threshold": (None, _num(optional=True))},
+        _build_nms, inputs=("boxes", "scores"), n_inputs=(2, 3), kernels=("nms",), example=_example_nms,
+        doc="(boxes, scores[, classes]) -> {indices, boxes, scores[, classes]} kept by greedy NMS"),
+    "dequantize": OpDef(
+        ("post", "pre"), {"scale": (REQUIRED, _vec), "zero_point": (0, _vec), "axis": (None, _opt_axis)},
+        lambda p, backend: (lambda q: dequantize(q, p["scale"], p["zero_point"], p["axis"], backend=backend)),
+        kernels=("dequantize",), example=_example_dequantize,
+        doc="int8/uint8 -> float32 (q - zero_point) * scale"),
+    "mean_pool_l2": OpDef(
+        ("post",), {"normalize": (True, _bool)},
+        lambda p, backend: (lambda h, m=None: mean_pool_l2(h, m, normalize=p["normalize"], backend=backend)),
+        inputs=("prev", "attention_mask"), n_inputs=(1, 2), kernels=("mean_pool_l2",),
+        example=lambda p: (np.ones((2, 16, 384), np.float32), np.ones((2, 16), np.int64)),
+        doc="token embeddings + mask -> L2-normalised sentence embeddings"),
+}

@@ -1,0 +1,198 @@
+"""A declarative pre/post-processing pipeline, rebuilt on the device from the manifest's spec:
+
+    {"pre":  [{"op": "resize_normalize", "size": [224, 224], "mean": [...], "std": [...], "layout": "NCHW"}],
+     "post": [{"op": "softmax_topk", "k": 5}]}
+
+Steps run in order. A step reads the previous step's result ("prev") unless its "inputs" names
+other values: a key of the previous result (when that was a dict), a model output (by name, or
+by position as an integer), or a feed produced by pre-processing (e.g. "attention_mask").
+"""
+from __future__ import annotations
+
+import json
+import time
+
+
+from . import _jit
+from .errors import PrepostError
+from .ops import OPS, REQUIRED
+
+STAGES = ("pre", "post")
+_STEP_KEYS = ("op", "inputs")
+
+
+def _where(stage, i, op=None):
+    return f"prepost.{stage}[{i}]" + (f" ({op})" if op else "")
+
+
+def _resolve_params(stage, i, step) -> tuple:
+    """(op name, full parameters with defaults) after checking every key and value."""
+    if not isinstance(step, dict):
+        raise PrepostError(f"{_where(stage, i)}: expected an object with an 'op' key, got {step!r}")
+    op = step.get("op")
+    if op not in OPS:
+        raise PrepostError(f"{_where(stage, i)}: unknown op {op!r}; valid ops: {', '.join(sorted(OPS))}")
+    d = OPS[op]
+    w = _where(stage, i, op)
+    if stage not in d.stages:
+        raise PrepostError(f"{w}: is a {'/'.join(d.stages)}-processing op, not allowed in '{stage}'")
+    valid = sorted(d.params) + list(_STEP_KEYS)
+    for key in step:
+        if key not in valid:
+            raise PrepostError(f"{w}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+    params = {}
+    for key, (default, chk) in d.params.items():
+        if key not in step:
+            if default is REQUIRED:
+                raise PrepostError(f"{w}: missing required key {key!r}")
+            params[key] = default
+            continue
+        try:
+            chk(step[key], key)
+        except PrepostError as e:
+            raise PrepostError(f"{w}: {e}") from None
+        params[key] = step[key]
+    inputs = step.get("inputs", list(d.inputs))
+    if not isinstance(inputs, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in inputs):
+        raise PrepostError(f"{w}: 'inputs' must be a list of names or output positions, got {inputs!r}")
+    lo, hi = d.n_inputs
+    if not lo <= len(inputs) <= hi:
+        want = str(lo) if lo == hi else f"{lo} to {hi}"
+        raise PrepostError(f"{w}: 'inputs' has {len(inputs)} entries; {op} reads {want} (default {list(d.inputs)})")
+    return op, params, inputs
+
+
+def validate_spec(spec) -> dict:
+    """Check a prepost spec (any JSON-like object); raise PrepostError naming the bad step and key."""
+    if not isinstance(spec, dict):
+        raise PrepostError(f"prepost: expected an object with 'pre' and/or 'post' lists, got {type(spec).__name__}")
+    for key in spec:
+        if key not in STAGES:
+            raise PrepostError(f"prepost: unknown key {key!r}; valid keys: {', '.join(STAGES)}")
+    for stage in STAGES:
+        steps = spec.get(stage, [])
+        if not isinstance(steps, list):
+            raise PrepostError(f"prepost.{stage}: expected a list of steps, got {type(steps).__name__}")
+        for i, step in enumerate(steps):
+            _resolve_params(stage, i, step)
+    try:
+        json.dumps(spec)
+    except (TypeError, ValueError) as e:
+        raise PrepostError(f"prepost: not JSON-serialisable ({e})") from None
+    return spec
+
+
+class _Step:
+    def __init__(self, stage, i, step, backend):
+        self.where = _where(stage, i, step.get("op"))
+        self.op, self.params, self.inputs = _resolve_params(stage, i, step)
+        self.fn = OPS[self.op].build(self.params, backend)
+
+    def run(self, env):
+        args = []
+        for name in self.inputs:
+            key = str(name)
+            if key not in env:
+                have = ", ".join(sorted(k for k in env if not k.isdigit())) or "none"
+                raise PrepostError(f"{self.where}: input {name!r} not found; available: {have}")
+            args.append(env[key])
+        try:
+            return self.fn(*args)
+        except PrepostError as e:
+            raise PrepostError(f"{self.where}: {e}") from None
+
+    def describe(self) -> dict:
+        return {"op": self.op, **self.params, "inputs": self.inputs}
+
+
+class Pipeline:
+    """Pre/post-processing steps built from a spec; `backend` records what actually runs."""
+
+    def __init__(self, spec: dict, backend: str = "auto", strict: bool = False):
+        validate_spec(spec)
+        self.spec = spec
+        self.requested = backend
+        self.backend = _jit.resolve_backend(backend, strict=strict)
+        self.pre = [_Step("pre", i, s, self.backend) for i, s in enumerate(spec.get("pre", []))]
+        self.post = [_Step("post", i, s, self.backend) for i, s in enumerate(spec.get("post", []))]
+
+    @classmethod
+    def from_spec(cls, spec, backend: str = "auto", strict: bool = False) -> "Pipeline":
+        if isinstance(spec, (str, bytes)):
+            try:
+                spec = json.loads(spec)
+            except ValueError as e:
+                raise PrepostError(f"prepost: not valid JSON ({e})") from None
+        return cls(spec or {}, backend, strict)
+
+    @staticmethod
+    def _run(steps, env, prev):
+        env["prev"] = prev
+        for s in steps:
+            prev = s.run(env)
+            env["prev"] = prev
+            if isinstance(prev, dict):
+                env.update(prev)
+        return prev
+
+    def preprocess(self, raw):
+        """Raw input (image array, or token id lists) -> the model's feed (an array or a dict of arrays)."""
+        return self._run(self.pre, {}, raw)
+
+    def postprocess(self, outputs, feeds=None, names=None):
+        """Model outputs (one array, a list in output order, or a dict by name) -> the answer.
+
+        feeds: what preprocess returned (a mask for mean pooling); names: output names for a list.
+        """
+        env = {}
+        if isinstance(feeds, dict):
+            env.update(feeds)
+        if isinstance(outputs, dict):
+            env.update(outputs)
+            first = next(iter(outputs.values()), None)
+        elif isinstance(outputs, (list, tuple)):
+            env.update({str(i): o for i, o in enumerate(outputs)})
+            env.update(dict(zip(names or [], outputs)))
+            first = outputs[0] if outputs else None
+        else:
+            env["0"] = first = outputs
+        return self._run(self.post, env, first)
+
+    def example_input(self):
+        """A representative raw input for the first pre step (e.g. a 480x640 RGB frame), for timing."""
+        if not self.pre:
+            return None
+        first = self.pre[0]
+        return OPS[first.op].example(first.params)[0]
+
+    def describe(self) -> dict:
+        info = _jit.backend_info()
+        return {"backend": self.backend, "requested": self.requested, "numba": info["numba"],
+                **({"fallback_reason": info["reason"]} if self.backend != "numba" and "reason" in info else {}),
+                "pre": [s.describe() for s in self.pre], "post": [s.describe() for s in self.post],
+                "kernels": sorted({k for s in self.pre + self.post for k in OPS[s.op].kernels})}
+
+    def warmup(self) -> dict:
+        """Get every kernel the steps use ready, then run each step once on a small example.
+
+        compile_s: compiling them, or loading them from Numba's on-disk cache (per-kernel "cache"
+        says which); first_call_s: the first run of all steps after that (thread start-up included).
+        """
+        kernels = sorted({k for s in self.pre + self.post for k in OPS[s.op].kernels})
+        t0 = time.perf_counter()
+        if self.backend == "numba":
+            for k in kernels:
+                for serial in _jit.variants(k):
+                    _jit.get(k, serial)
+        compile_s = time.perf_counter() - t0
+        examples = [(s, OPS[s.op].example(s.params)) for s in self.pre + self.post]
+        t0 = time.perf_counter()
+        for s, args in examples:
+            s.fn(*args)
+        first_call_s = time.perf_counter() - t0
+        return {"backend": self.backend, "compile_s": compile_s, "first_call_s": first_call_s,
+                "kernels": {k: _jit.compile_info(k) for k in kernels} if self.backend == "numba" else {}}
+
+    def __repr__(self):
+        ops = lambda steps: ", ".join(s.op for s in steps)  # noqa: E731
+        return f"Pipeline(pre=[{ops(self.pre)}], post=[{ops(self.post)}], backend={self.backend!r})"

@@ -1,0 +1,115 @@
+"""Warm-up and compile-time measurement for every kernel.
+
+    python -m edgekit.prepost [--json] [--cold]
+
+In-process, `warmup_all()` compiles each kernel (or loads it from Numba's on-disk cache) and times
+its first call. `cold_and_warm()` runs that in two fresh processes sharing an empty cache
+directory: the first pays the full compile ("cold"), the second only loads ("warm"), so the two
+costs a device sees are reported separately. Self-contained (numpy + optional numba): it runs in
+a bundle on the device as well.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import _jit
+from .errors import PrepostError
+from .ops import OPS, REQUIRED
+
+# values for the required parameters when warming an op up without a spec
+EXAMPLE_PARAMS = {"resize_normalize": {"size": [224, 224]}, "dequantize": {"scale": 0.05}}
+
+
+def _params(name):
+    p = {k: v for k, (v, _) in OPS[name].params.items() if v is not REQUIRED}
+    p.update(EXAMPLE_PARAMS.get(name, {}))
+    return p
+
+
+def _names(ops):
+    names = list(OPS) if not ops else list(ops)
+    for n in names:
+        if n not in OPS:
+            raise PrepostError(f"op: unknown op {n!r}; valid ops: {', '.join(sorted(OPS))}")
+    return names
+
+
+def warmup_all(backend: str = "auto", ops=None) -> dict:
+    """Compile or load the kernels of `ops` (default: every registered op) and time each op's first call."""
+    be = _jit.resolve_backend(backend)
+    names = _names(ops)
+    ops = {}
+    total_compile = total_first = 0.0
+    for name in names:
+        d = OPS[name]
+        params = _params(name)
+        fn = d.build(params, be)
+        args = d.example(params)
+        t0 = time.perf_counter()
+        if be == "numba":
+            for k in d.kernels:
+                for serial in _jit.variants(k):
+                    _jit.get(k, serial)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn(*args)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn(*args)
+        again = time.perf_counter() - t0
+        ops[name] = {"compile_s": compile_s, "first_call_s": first, "second_call_s": again,
+                     "kernels": {k: _jit.compile_info(k) for k in d.kernels} if be == "numba" else {}}
+        total_compile += compile_s
+        total_first += first
+    return {"backend": be, **_jit.backend_info(), "compile_s": total_compile, "first_call_s": total_first,
+            "ops": ops}
+
+
+def cold_and_warm(cache_dir: str | None = None, backend: str = "auto", ops=None, timeout: float = 600.0) -> dict:
+    """Two fresh processes on one cache dir (a new temporary one by default): {"cold": ..., "warm": ...}."""
+    extra = [a for n in _names(ops) for a in ("--op", n)] if ops else []
+    root = str(Path(__file__).resolve().parents[2])  # the directory holding the edgekit package
+    tmp = None
+    if cache_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="edgekit-numba-cache-")
+        cache_dir = tmp.name
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir,
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    out = {}
+    try:
+        for label in ("cold", "warm"):
+            cmd = [sys.executable, "-m", "edgekit.prepost", "--json", "--backend", backend, *extra]
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            if r.returncode != 0:
+                tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(f"warm-up subprocess ({label}) failed: {tail[0]}")
+            out[label] = json.loads(r.stdout)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m edgekit.prepost", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    ap.add_argument("--cold", action="store_true", help="measure a cold and a warm cache in two subprocesses")
+    ap.add_argument("--backend", default="auto", choices=_jit.BACKENDS)
+    ap.add_argument("--op", action="append", choices=sorted(OPS), help="only this op (repeatable)")
+    a = ap.parse_args(argv)
+    res = cold_and_warm(backend=a.backend, ops=a.op) if a.cold else warmup_all(a.backend, a.op)
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for label, r in (res.items() if a.cold else [("this process", res)]):
+            print(f"{label}: backend {r['backend']}, compile {r['compile_s']:.3f} s, "
+                  f"first calls {r['first_call_s'] * 1e3:.1f} ms")
+    return 0
