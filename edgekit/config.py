@@ -15,6 +15,7 @@ from .errors import ConfigError, did_you_mean
 QUANT_MODES = ("int8", "int8-dynamic", "fp16", "none")
 PRUNE_METHODS = ("l1", "l2", "bn", "taylor")
 SPARSITY_MODES = ("none", "unstructured", "2:4")
+LR_SCHEDULES = ("cosine", "onecycle")
 CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
 QUANT_FORMATS = ("qdq", "qoperator")
 INT8_TYPES = ("auto", "u8", "s8")
@@ -64,8 +65,12 @@ class PruneConfig:
     sensitivity: bool = False
     target_latency: str | None = None  # "0.6x" of the unpruned model or "2.5ms"
     sparsity: str = "none"
+    head_ratio: float = 0.0  # fraction of attention heads removed (transformers); ratio applies to FFN width
+    keep_first: bool = True  # never prune the first conv's output channels
 
     def __post_init__(self):
+        if not 0.0 <= self.head_ratio < 1.0:
+            raise ConfigError(f"prune.head_ratio {self.head_ratio}: must be in [0, 1)")
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"prune.ratio {self.ratio}: must be in [0, 1)")
         if self.method not in PRUNE_METHODS:
@@ -80,7 +85,8 @@ class PruneConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.ratio > 0 or self.target_latency is not None or self.sparsity != "none"
+        return (self.ratio > 0 or self.head_ratio > 0 or self.target_latency is not None
+                or self.sparsity != "none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,8 +102,14 @@ class DistillConfig:
     patience: int = 5
     student: str | None = None  # file.py:factory for a different architecture
     teacher: str | None = None  # default: the source model
+    schedule: str = "cosine"  # learning-rate schedule: cosine | onecycle
+    weight_decay: float = 1e-4
 
     def __post_init__(self):
+        if self.schedule not in LR_SCHEDULES:
+            raise ConfigError(f"distill.schedule {self.schedule!r}{did_you_mean(self.schedule, LR_SCHEDULES)}")
+        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.patience < 0:
+            raise ConfigError("distill: lr > 0, batch_size >= 1, weight_decay >= 0 and patience >= 0 are required")
         if self.epochs < 0:
             raise ConfigError(f"distill.epochs {self.epochs}: must be >= 0")
         if not 0.0 <= self.alpha <= 1.0:

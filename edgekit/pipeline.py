@@ -163,11 +163,18 @@ def stage_profile(run: Run):
     p = run.cfg.profile
     feeds = [run.ctx.eval.sample(i) for i in range(min(8, len(run.ctx.eval)))]
     models = {a.path: run.staging / a.path for a in run.manifest.artifacts}
+    pipe = None
+    if run.manifest.prepost:
+        from .prepost import Pipeline
+
+        # end-to-end time next to model time: the declared pre/post steps run as on the device
+        pipe = Pipeline.from_spec(run.manifest.prepost)
     summary = {}
     for t in run.ctx.targets:
         with task(f"profiling {len(models)} artifacts on {t.name} (interleaved)"):
             res = profile_models(models, t, inputs=feeds, warmup=p.warmup, min_runs=p.min_runs,
-                                 min_seconds=p.min_seconds, max_seconds=p.max_seconds, op_profile=p.op_profile)
+                                 min_seconds=p.min_seconds, max_seconds=p.max_seconds, op_profile=p.op_profile,
+                                 prepost=pipe)
         for a in run.manifest.artifacts:
             a.latency[t.name] = res.get(a.path, {"status": "failed", "reason": "not measured"})
         summary[t.name] = {k: v.get("status") for k, v in res.items()}

@@ -45,7 +45,7 @@ def make_outdir(root: Path, *, n_in: int = 16, n_out: int = 4, seed: int = 0, in
         arts.append(a)
     rec = {"host": {"status": "ok", "path": arts[-1].path, "kind": arts[-1].kind, "reason": "test"}}
     Manifest(source={"spec": "tests:linear"}, artifacts=arts, recommended=rec,
-             prepost={"preprocess": {"op": "identity"}}).write(root)
+             prepost={"pre": [], "post": [{"op": "softmax_topk", "k": 2}]}).write(root)
     return root
 
 

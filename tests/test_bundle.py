@@ -33,7 +33,7 @@ def test_bundle_content_hashes_and_recommended_artifact(outdir, tmp_path):
     assert meta["model"] == "model.int8.onnx" and RUNNER in files
     assert set(meta["selftest"]) >= {"inputs", "expected", "atol"} and meta["selftest"]["atol"] > 0
     assert meta["artifact"]["sha256"] == sha256_file(outdir / "model.int8.onnx")
-    assert meta["prepost"] == {"preprocess": {"op": "identity"}}
+    assert meta["prepost"] == {"pre": [], "post": [{"op": "softmax_topk", "k": 2}]}
     assert set(files) == set(meta["files"]) | {META}
     import hashlib
 
