@@ -1,0 +1,81 @@
+"""`edgekit distill --teacher MODEL --student file.py:factory|pruned.pt -o OUT`: distillation on its own."""
+from __future__ import annotations
+
+import click
+
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
+
+
+@click.command("distill", context_settings=CONTEXT_SETTINGS)
+@click.option("--teacher", required=True, help="Teacher model: zoo:NAME or file.py:factory (with --weights).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict for a file.py:factory teacher.")
+@click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model.")
+@click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights) or a "
+              "pruned.pt written by `edgekit prune` for the same teacher.")
+@click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt).")
+@click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy; "
+              "without labels, agreement with the teacher).")
+@click.option("--train", type=click.Path(), help="Training data (labels optional; unlabelled uses the teacher alone).")
+@click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
+@click.option("--epochs", type=click.IntRange(0), default=30, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="Soft-target temperature T.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True,
+              help="Weight of the soft-target loss; 1 - alpha goes to the labels when present.")
+@click.option("--schedule", type=click.Choice(["cosine", "onecycle"]), default="cosine", show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
+              help="Stop after N epochs without a better eval metric (0: never); the best weights are kept.")
+@click.option("--feature-layer", "feature_layers", multiple=True, help="Match this layer's features too "
+              "('name', or 'student_name=teacher_name'; repeatable).")
+@click.option("--feature-weight", type=float, default=0.0, show_default=True, help="Weight of feature matching.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTDIR (only after this run succeeds).")
+@output_option()
+@json_option
+def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, input_shape, epochs, lr, batch_size,
+            temperature, alpha, schedule, patience, feature_layers, feature_weight, seed, overwrite, output, as_json):
+    """Distill TEACHER into STUDENT and write OUTDIR: model.fp32.onnx (teacher), model.distilled.onnx,
+    pruned.pt (student weights + structure), distill.json (history per epoch) and manifest.json.
+
+    \b
+    Examples:
+      edgekit distill --teacher zoo:digits-cnn --student small.py:build -o out/kd
+      edgekit distill --teacher zoo:digits-cnn --student out/pruned/pruned.pt -o out/kd2
+    """
+    from ..config import DistillConfig
+    from ..pipeline import _seed
+    from ..pruning import graph, outputs
+    from ..stages import distill as stage
+    from .compress import _shape
+
+    if feature_layers and feature_weight <= 0:
+        feature_weight = 1.0
+    cfg = DistillConfig(enabled=True, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
+                        alpha=alpha, schedule=schedule, patience=patience, feature_layers=tuple(feature_layers),
+                        feature_weight=feature_weight, student=student)
+    _seed(seed)
+    src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
+                                eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
+                                seed=seed)
+    settings = {"teacher": teacher, "student": student, "distill": vars(cfg), "seed": seed}
+
+    def work(ctx):
+        example = graph.example_inputs(src, c or e)
+        module = stage.load_student(student, src, example)
+        params = graph.count(module, example)[1]
+        module, info = stage.run(src.module, module, ctx, cfg)
+        info.update({"student": student, "params_student": params, "params_teacher": graph.count(src.module, example)[1]})
+        spec = src.spec if student.endswith((".pt", ".pth")) else student
+        return module, "distilled", "distill", info, outputs.save_weights(module, spec, {"kind": "distilled"})
+
+    man, files = outputs.run_in_dir(output, overwrite, src, c, e, t, outputs.targets(()), seed, work,
+                                    settings=settings)
+    if as_json:
+        echo_json({"output": output, "files": files, "artifacts": [a.to_dict() for a in man.artifacts]})
+        return
+    con = console()
+    for a in man.artifacts:
+        m = a.metrics or {}
+        con.print(f"{a.path}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', 0):.4f}")
+    con.print(f"files: {', '.join(files)}")

@@ -1,0 +1,48 @@
+"""Run a torch model over a Dataset and score it the way the evaluate stage scores ONNX files."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..evaluate import metric_name, score
+from .graph import first_tensor
+
+
+def predict(model, data, names, *, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for feeds in data.batches(batch_size):
+            out = first_tensor(model(*[torch.from_numpy(np.array(feeds[n])) for n in names]))
+            outs.append(out.float().numpy())
+    model.train(was_training)
+    return np.concatenate(outs, axis=0)
+
+
+class TorchMetric:
+    """Callable model -> metric value on the eval set: accuracy with labels, else fidelity to a reference model."""
+
+    def __init__(self, data, names, task: str, reference_model=None):
+        self.data, self.names, self.task = data, list(names), task
+        self.labelled = data.labels is not None and task == "classification"
+        self.name = metric_name(task, self.labelled)
+        self.reference = predict(reference_model, data, names) if reference_model is not None else None
+        if not self.labelled and self.reference is None:
+            raise ValueError("unlabelled evaluation needs a reference model")
+
+    def outputs(self, model) -> np.ndarray:
+        return predict(model, self.data, self.names)
+
+    def __call__(self, model, out: np.ndarray | None = None) -> float:
+        out = self.outputs(model) if out is None else out
+        if self.labelled:
+            return score([out], self.task, self.data.labels)
+        return score([out], self.task, None, [self.reference])
+
+    def agreement(self, out: np.ndarray) -> float | None:
+        """Top-1 agreement (classifiers) or mean cosine (others) with the reference outputs."""
+        if self.reference is None:
+            return None
+        return score([out], self.task, None, [self.reference])

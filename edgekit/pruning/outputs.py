@@ -1,0 +1,88 @@
+"""What `edgekit prune` and `edgekit distill` do outside the pipeline: load the model and data,
+run the stage, and write OUTDIR (ONNX files, the pruned weights, JSON, manifest) atomically."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..artifact import Manifest, StageRecord, host_info, versions
+from ..context import RunContext
+from ..fsutil import write_json_atomic
+from ..outdir import check_output, discard, publish, staging_dir
+from ..progress import task
+
+
+def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None, train=None, input_shape=None,
+         seed=0):
+    """(SourceModel, calib, eval, train) as the compress pipeline reads them."""
+    from ..calibration import read_dataset
+    from ..loader import load_source
+    from ..pipeline import _peek_arrays
+
+    sample = _peek_arrays(calib or eval_path) if not model.startswith("zoo:") else None
+    src = load_source(model, weights=weights, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed,
+                      sample_inputs=sample)
+
+    def data(path, labels):
+        return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
+
+    c = data(calib, False) if calib else src.calib
+    e = data(eval_path, True) if eval_path else src.eval
+    t = data(train, True) if train else src.train
+    return src, c, e or c, t or c
+
+
+def targets(names) -> list:
+    from ..targets import DEFAULT_TARGET, load_target
+
+    return [load_target(t) for t in (names or (DEFAULT_TARGET,))]
+
+
+def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_list, seed, work, *, settings: dict):
+    """work(ctx) -> (module, kind, section_name, section_dict, extra_files(staging)->list).
+
+    Exports the source (fp32) and the result, evaluates both on the eval set, writes the manifest."""
+    from ..evaluate import Evaluator, with_drop
+    from ..pipeline import _seed
+    from ..stages.export import export_module
+
+    out = check_output(output, overwrite)
+    staging = staging_dir(out)
+    man = Manifest(source=source.provenance(), settings=settings, versions=versions(), host=host_info())
+    try:
+        _seed(seed)
+        ctx = RunContext(outdir=staging, source=source, manifest=man, calib=calib, eval=evalset, train=train,
+                         targets=target_list, seed=seed)
+        t0 = time.perf_counter()
+        module, kind, section, info, extra = work(ctx)
+        man.stages.append(StageRecord(section, "done", seconds=round(time.perf_counter() - t0, 2)))
+        with task("exporting to ONNX"):
+            data = calib or evalset
+            fp32 = export_module(source.module, source, staging / "model.fp32.onnx", kind="fp32", data=data)
+            var = export_module(module, source, staging / f"model.{kind}.onnx", kind=kind, data=data, stage=section,
+                                parent=fp32.path)
+        ev = Evaluator(evalset, source.task, staging / fp32.path)
+        fp32.metrics = ev(staging / fp32.path)
+        var.metrics = with_drop(ev(staging / var.path), fp32.metrics)
+        man.artifacts += [fp32, var]
+        if section == "pruning":
+            man.pruning = info
+        write_json_atomic(staging / f"{section}.json", info)
+        files = [fp32.path, var.path, f"{section}.json", "manifest.json"] + list(extra(staging, module) or [])
+        man.write(staging)
+        publish(staging, out)
+    except BaseException:
+        discard(staging)
+        raise
+    return man, files
+
+
+def save_weights(module, spec: str, meta: dict):
+    """extra-files callback writing the pruned/distilled weights as plain tensors + structure."""
+    from . import serialize
+
+    def write(staging: Path, _module=None):
+        serialize.save(module, staging / "pruned.pt", spec=spec, meta=meta)
+        return ["pruned.pt"]
+
+    return write

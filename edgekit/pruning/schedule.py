@@ -1,0 +1,70 @@
+"""Iterative prune -> distill: reach the final ratio in several steps, recovering after each,
+because one cut at a high ratio removes channels the network could have learned to do without."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from . import graph, importance
+
+
+def epochs_per_step(total: int, steps: int) -> list:
+    """Intermediate steps get total // steps epochs (at least 1); the final step gets the rest."""
+    if steps == 1:
+        return [total]
+    each = max(1, total // steps)
+    return [each] * (steps - 1) + [max(each, total - each * (steps - 1))]
+
+
+def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: bool, ratio: float,
+        ratio_dict=None, round_to: int, example, metric, names, export=None, feeds=None) -> dict:
+    """Prune `model` in place in prune_cfg.steps steps (distilling after each when enabled).
+
+    Returns {"steps": [...], "distill": [histories], "notes": [...]}; step 0 is the unpruned model.
+    When export/feeds are given every step's model is exported and all are timed interleaved.
+    """
+    from ..stages import distill as distill_stage
+
+    imp, notes = importance.make(prune_cfg.method, model)
+    # with per-layer ratios (from sensitivity) a layer left out of the dict is not pruned
+    pruner = graph.make_pruner(model, example, plan, imp, ratio=0.0 if ratio_dict else ratio, ratio_dict=ratio_dict,
+                               global_pruning=prune_cfg.global_pruning, round_to=round_to,
+                               head_ratio=prune_cfg.head_ratio, steps=prune_cfg.steps)
+    macs, params = graph.count(model, example)
+    steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
+    histories = []
+    td = tempfile.TemporaryDirectory(prefix="edgekit-steps-") if export is not None else None
+    paths = {}
+    try:
+        if td is not None:
+            paths["step0"] = Path(td.name) / "step0.onnx"
+            export(teacher, paths["step0"])
+        for s, ep in enumerate(epochs_per_step(distill_cfg.epochs, prune_cfg.steps), start=1):
+            if prune_cfg.method == "taylor":
+                used = importance.accumulate_gradients(model, ctx.train or ctx.calib, names, ctx.source.task)
+                if s == 1:
+                    notes.append(f"taylor importance from {used}")
+            graph.step(pruner, plan)
+            model.zero_grad(set_to_none=True)
+            if distill_enabled and ep > 0:
+                model, hist = distill_stage.run(teacher, model, ctx, replace(distill_cfg, epochs=ep))
+                hist["step"] = s
+                histories.append(hist)
+            model.eval()
+            macs, params = graph.count(model, example)
+            steps.append({"step": s, "ratio": round(ratio * s / prune_cfg.steps, 4), "params": params, "macs": macs,
+                          "latency_ms": None, "metric": metric(model)})
+            if td is not None:
+                paths[f"step{s}"] = Path(td.name) / f"step{s}.onnx"
+                export(model, paths[f"step{s}"])
+        if td is not None:
+            from .latency_search import measure
+
+            lat = measure(paths, feeds, getattr(ctx, "primary_target", None))
+            for rec in steps:
+                rec["latency_ms"] = lat.get(f"step{rec['step']}")
+    finally:
+        if td is not None:
+            td.cleanup()
+    return {"steps": steps, "distill": histories, "notes": notes, "module": model}

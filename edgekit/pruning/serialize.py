@@ -1,0 +1,83 @@
+"""Save and load pruned models as plain tensors plus the pruned structure (no pickled code).
+
+A pruned model no longer matches its factory's shapes, so the file also records every
+module's parameter shapes and simple attributes (channel counts, heads). Loading rebuilds
+the original architecture, resizes it to those shapes and loads the weights with
+torch.load(weights_only=True). Saving the whole module would need pickle and --trust-pickle.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from ..fsutil import atomic_path
+
+FORMAT = "edgekit.pruned/1"
+_SIMPLE = (int, float, bool, str)
+
+
+def _simple(v):
+    if isinstance(v, _SIMPLE) or v is None:
+        return True
+    return isinstance(v, (tuple, list)) and all(isinstance(x, _SIMPLE) for x in v)
+
+
+def structure(model) -> dict:
+    out = {}
+    for name, m in model.named_modules():
+        attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(m).items()
+                 if not k.startswith("_") and k != "training" and _simple(v)}
+        shapes = {k: list(p.shape) for k, p in list(m._parameters.items()) + list(m._buffers.items()) if p is not None}
+        out[name] = {"attrs": attrs, "shapes": shapes, "tuples": [k for k, v in vars(m).items() if isinstance(v, tuple)]}
+    return out
+
+
+def save(model, dest, *, spec: str, meta: dict | None = None) -> Path:
+    import torch
+
+    dest = Path(dest)
+    obj = {"format": FORMAT, "spec": spec, "structure": structure(model),
+           "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}, "meta": meta or {}}
+    with atomic_path(dest) as tmp:
+        torch.save(obj, tmp)
+    return dest
+
+
+def read(path) -> dict:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{p}: not an edgekit pruned-model file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise InputError(f"{p}: not an edgekit pruned-model file (written by `edgekit prune`)")
+    return obj
+
+
+def apply(base, obj: dict, *, where: str = "pruned model"):
+    """Resize `base` (a fresh instance of the original architecture, changed in place) and load the weights."""
+    import torch
+    import torch.nn as nn
+
+    mods = dict(base.named_modules())
+    for name, rec in obj["structure"].items():
+        m = mods.get(name)
+        if m is None:
+            raise InputError(f"{where}: module {name!r} not in the base architecture (different factory?)")
+        for k, v in rec["attrs"].items():
+            setattr(m, k, tuple(v) if k in rec.get("tuples", ()) else v)
+        for k, shape in rec["shapes"].items():
+            if k in m._parameters and m._parameters[k] is not None:
+                old = m._parameters[k]
+                m._parameters[k] = nn.Parameter(torch.empty(shape, dtype=old.dtype), requires_grad=old.requires_grad)
+            elif k in m._buffers and m._buffers[k] is not None:
+                m._buffers[k] = torch.empty(shape, dtype=m._buffers[k].dtype)
+    try:
+        base.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise InputError(f"{where}: weights do not fit the architecture: {str(e).splitlines()[0]}") from None
+    return base.eval()

@@ -1,0 +1,252 @@
+"""The distill stage: a teacher model teaches a (pruned or smaller) student.
+
+Loss: soft-target KL at temperature T (scaled by T^2 so its gradients keep their size as T
+changes) plus hard-label cross-entropy when labels exist; embedding and other models match
+the teacher's outputs (cosine + MSE). Optional feature matching through forward hooks with a
+1x1 conv / linear adapter. AdamW with a cosine or one-cycle schedule, evaluation every epoch,
+early stopping on the eval metric with the best weights restored, seeded.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+
+from ..config import DistillConfig
+from ..errors import InputError
+from ..pruning.graph import first_tensor
+from ..pruning.metrics import TorchMetric
+
+
+def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
+    """Train `student` (in place) to mimic `teacher`; returns (student in eval mode, history dict)."""
+    import torch
+
+    t0 = time.perf_counter()
+    names = [s.name for s in ctx.source.inputs]
+    task = ctx.source.task
+    train = ctx.train if ctx.train is not None and len(ctx.train) else ctx.calib
+    if train is None or not len(train):
+        raise InputError("distillation needs training data: pass --train (labelled or not) or --calib")
+    evalset = ctx.eval if ctx.eval is not None and len(ctx.eval) else train
+    teacher.eval()
+    torch.manual_seed(ctx.seed)
+    metric = TorchMetric(evalset, names, task, reference_model=teacher)
+    use_labels = task == "classification" and train.labels is not None and cfg.alpha < 1.0
+    features = _Features(teacher, student, cfg.feature_layers) if cfg.feature_weight > 0 and cfg.feature_layers else None
+    if features is not None:
+        features.build(_inputs(train.take(2).inputs, names))
+    params = list(student.parameters()) + (features.parameters() if features else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    sched = _scheduler(opt, cfg, max(1, cfg.epochs * per_epoch))
+    # The teacher is frozen and sees the same inputs every epoch: compute its outputs once.
+    t_out = None if features else _teacher_outputs(teacher, train, names, cfg.batch_size)
+    g = torch.Generator().manual_seed(ctx.seed)
+
+    def evaluate(ep, loss):
+        out = metric.outputs(student)
+        return {"epoch": ep, "loss": loss, "metric": metric(student, out), "agreement": metric.agreement(out)}
+
+    history = [evaluate(0, None)]
+    best, best_state, bad = history[0], copy.deepcopy(student.state_dict()), 0
+    from ..progress import task as progress_task
+
+    with progress_task(f"distilling ({len(train)} samples, up to {cfg.epochs} epochs)", total=cfg.epochs) as bar:
+        for ep in range(1, cfg.epochs + 1):
+            student.train()
+            losses = []
+            for idx in torch.randperm(len(train), generator=g).split(cfg.batch_size):
+                idx_np = np.sort(idx.numpy())
+                xb = [torch.from_numpy(np.ascontiguousarray(train.inputs[n][idx_np])) for n in names]
+                if features is not None:
+                    with torch.no_grad():
+                        tb = first_tensor(features.teacher_forward(xb))
+                else:
+                    tb = t_out[idx_np]
+                sb = first_tensor(student(*xb))
+                y = torch.from_numpy(np.asarray(train.labels[idx_np])).long() if use_labels else None
+                loss = _loss(sb, tb, y, task, cfg)
+                if features is not None:
+                    loss = loss + cfg.feature_weight * features.loss()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(loss.item())
+            rec = evaluate(ep, float(np.mean(losses)))
+            history.append(rec)
+            bar.update(ep, f"loss {rec['loss']:.4f} {metric.name} {rec['metric']:.4f}")
+            if rec["metric"] > best["metric"] + 1e-6:
+                best, best_state, bad = rec, copy.deepcopy(student.state_dict()), 0
+            else:
+                bad += 1
+                if cfg.patience and bad >= cfg.patience:
+                    break
+    if features is not None:
+        features.remove()
+    student.load_state_dict(best_state)
+    student.eval()
+    info = {"history": history, "metric": metric.name, "best_epoch": best["epoch"], "best_metric": best["metric"],
+            "epochs_run": history[-1]["epoch"], "teacher_metric": _teacher_metric(metric, teacher),
+            "train": {"n": len(train), "labelled": bool(use_labels), "source": train.source},
+            "eval": {"n": len(evalset), "source": evalset.source},
+            "loss": _loss_name(task, use_labels) + (" + feature matching" if features else ""),
+            "settings": {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "temperature": cfg.temperature,
+                         "alpha": cfg.alpha, "schedule": cfg.schedule, "weight_decay": cfg.weight_decay,
+                         "patience": cfg.patience, "seed": ctx.seed},
+            "seconds": round(time.perf_counter() - t0, 2)}
+    return student, info
+
+
+# ---------------------------------------------------------------- pieces
+
+def _inputs(feeds: dict, names) -> list:
+    import torch
+
+    return [torch.from_numpy(np.array(feeds[n])) for n in names]
+
+
+def _teacher_outputs(teacher, data, names, batch_size):
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for feeds in data.batches(batch_size):
+            outs.append(first_tensor(teacher(*_inputs(feeds, names))).float())
+    return torch.cat(outs, 0)
+
+
+def _teacher_metric(metric: TorchMetric, teacher) -> float | None:
+    return metric(teacher, metric.reference) if metric.labelled else None
+
+
+def _loss_name(task, use_labels) -> str:
+    if task == "classification":
+        return "KL(T) * T^2" + (" + cross-entropy with labels" if use_labels else " (no labels: teacher only)")
+    return "1 - cosine + MSE to the teacher's outputs" if task == "embedding" else "MSE to the teacher's outputs"
+
+
+def _loss(s, t, y, task: str, cfg: DistillConfig):
+    import torch.nn.functional as F
+
+    if task == "classification":
+        T = cfg.temperature
+        kd = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1), reduction="batchmean") * T * T
+        if y is None:
+            return kd
+        return cfg.alpha * kd + (1.0 - cfg.alpha) * F.cross_entropy(s, y)
+    s2, t2 = s.reshape(len(s), -1).float(), t.reshape(len(t), -1).float()
+    mse = F.mse_loss(s2, t2)
+    if task == "embedding":
+        return (1.0 - F.cosine_similarity(s2, t2, dim=1)).mean() + mse
+    return mse
+
+
+def _scheduler(opt, cfg: DistillConfig, total_steps: int):
+    import torch
+
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg.lr * 0.01)
+
+
+class _Features:
+    """Forward hooks on matching layers ('name' or 'student_name=teacher_name') + learned adapters."""
+
+    def __init__(self, teacher, student, layers):
+        self.teacher, self.student = teacher, student
+        self.pairs = [tuple(x.split("=", 1)) if "=" in x else (x, x) for x in layers]
+        smods, tmods = dict(student.named_modules()), dict(teacher.named_modules())
+        for s, t in self.pairs:
+            if s not in smods:
+                raise InputError(f"distill.feature_layers: student has no module {s!r}")
+            if t not in tmods:
+                raise InputError(f"distill.feature_layers: teacher has no module {t!r}")
+        self.s_feat, self.t_feat, self.adapters, self.hooks = {}, {}, [], []
+        for i, (s, t) in enumerate(self.pairs):
+            self.hooks.append(smods[s].register_forward_hook(self._store(self.s_feat, i)))
+            self.hooks.append(tmods[t].register_forward_hook(self._store(self.t_feat, i)))
+
+    @staticmethod
+    def _store(where, i):
+        def hook(mod, inp, out):
+            where[i] = first_tensor(out)
+        return hook
+
+    def build(self, example):
+        import torch
+        import torch.nn as nn
+
+        with torch.no_grad():
+            self.teacher(*example)
+            self.student(*example)
+        for i in range(len(self.pairs)):
+            s, t = self.s_feat[i], self.t_feat[i]
+            if s.dim() == 4:
+                self.adapters.append(nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False))
+            else:
+                self.adapters.append(nn.Linear(s.shape[-1], t.shape[-1], bias=False))
+
+    def parameters(self):
+        return [p for a in self.adapters for p in a.parameters()]
+
+    def teacher_forward(self, xb):
+        return self.teacher(*xb)
+
+    def loss(self):
+        import torch.nn.functional as F
+
+        total = 0.0
+        for i, ad in enumerate(self.adapters):
+            s, t = ad(self.s_feat[i]), self.t_feat[i].detach()
+            if s.dim() == 4 and s.shape[-2:] != t.shape[-2:]:
+                s = F.adaptive_avg_pool2d(s, t.shape[-2:])
+            total = total + F.mse_loss(s, t)
+        return total / max(1, len(self.adapters))
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+def load_student(spec: str, source, example=None, *, trust_pickle: bool = False):
+    """A student from `file.py:factory` (fresh weights) or from a pruned-model file written by `edgekit prune`."""
+    import torch
+
+    from ..pruning import serialize
+
+    if spec.endswith((".pt", ".pth")):
+        obj = serialize.read(spec)
+        base_spec = str(obj.get("spec", ""))
+        if base_spec != source.spec and ".py:" in base_spec:  # a distilled student of another architecture
+            from ..loader import _import_factory
+
+            path, _, factory = base_spec.rpartition(":")
+            base = _import_factory(path, factory)()
+        else:
+            base = copy.deepcopy(source.module)
+        student = serialize.apply(base, obj, where=spec)
+    else:
+        from ..loader import _import_factory
+
+        path, _, factory = spec.rpartition(":")
+        if not path.endswith(".py"):
+            raise InputError(f"--student {spec!r}: expected file.py:factory or a pruned .pt file from `edgekit prune`")
+        student = _import_factory(path, factory)()
+        if not isinstance(student, torch.nn.Module):
+            raise InputError(f"--student {spec}: the factory returned {type(student).__name__}, not a torch.nn.Module")
+    student.eval()
+    if example is not None:
+        with torch.no_grad():
+            try:
+                s_out = first_tensor(student(*example))
+            except Exception as e:
+                raise InputError(f"--student {spec}: forward() failed on the teacher's inputs: "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+            t_out = first_tensor(source.module(*example))
+        if s_out.shape != t_out.shape:
+            raise InputError(f"--student {spec}: output shape {list(s_out.shape)} differs from the teacher's "
+                             f"{list(t_out.shape)}")
+    return student

@@ -1,0 +1,190 @@
+"""The prune stage: a copy of the source model with channels physically removed (and, by
+default, distilled from the original), or with sparse weights; the original stays untouched.
+
+Order of work: plan (which layers are kept) -> optional per-layer sensitivity (per-layer
+ratios for the same parameter budget) -> optional latency-targeted search of the ratio ->
+iterative prune -> distill schedule -> facts for manifest.pruning.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from functools import partial
+
+from ..config import DistillConfig, PruneConfig
+from ..errors import EdgekitError, UsageError
+from ..progress import task
+from ..pruning import graph, importance, latency_search, schedule, sensitivity, sparsity
+from ..pruning.metrics import TorchMetric
+
+
+@dataclass
+class PruneResult:
+    module: "object"  # torch.nn.Module in eval mode
+    kind: str  # "pruned" | "distilled" | "sparse"
+    info: dict = field(default_factory=dict)
+
+
+def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
+    if source.kind != "torch" or source.module is None:
+        raise UsageError(f"{source.spec}: pruning needs a PyTorch model (this source is {source.kind})")
+    t0 = time.perf_counter()
+    teacher = source.module.eval()
+    names = [s.name for s in source.inputs]
+    evalset = ctx.eval if ctx.eval is not None else ctx.calib
+    if evalset is None:
+        raise UsageError(f"{source.spec}: pruning needs evaluation data (--eval or --calib) to measure its cost")
+    example = graph.example_inputs(source, ctx.calib or evalset)
+    metric = TorchMetric(evalset, names, source.task, reference_model=teacher)
+    macs0, params0 = graph.count(teacher, example)
+    base = {"params_before": params0, "macs_before": macs0, "metric_name": metric.name,
+            "metric_before": metric(teacher), "notes": []}
+
+    if distill.student and not prune.enabled:
+        return _student_only(source, ctx, distill, teacher, example, base, t0)
+    if prune.sparsity != "none":
+        return _sparse(source, ctx, prune, teacher, example, metric, base, t0)
+
+    model = copy.deepcopy(teacher)  # never the user's module: the pipeline still exports it as FP32
+    round_to = graph.round_multiple(prune, ctx)
+    plan_kw = {"ignore_names": prune.ignore, "keep_first": prune.keep_first}
+    plan = graph.make_plan(model, example, **plan_kw)
+    info = {**base, "method": prune.method, "ratio": prune.ratio, "head_ratio": prune.head_ratio,
+            "global": prune.global_pruning, "round_to": round_to, "steps_requested": prune.steps,
+            "ignored": plan.ignored_names, "sensitivity": [], "notes": list(plan.notes)}
+    ratio, ratio_dict = prune.ratio, None
+    feeds = {k: v for k, v in evalset.sample(0).items()}
+    export = partial(_export, source=source, data=ctx.calib or evalset)
+
+    if prune.target_latency:
+        target = latency_search.LatencyTarget.parse(prune.target_latency)
+        ratio = _search_ratio(teacher, source, ctx, prune, plan_kw, round_to, example, export, feeds, target, info)
+    if prune.sensitivity:
+        ratio_dict = _sensitivity(teacher, model, ctx, prune, plan_kw, round_to, example, metric, ratio, info)
+    if ratio <= 0 and prune.head_ratio <= 0:
+        raise UsageError("prune: nothing to do (ratio 0); pass --ratio R, --head-ratio R or --target-latency")
+
+    res = schedule.run(model, teacher=teacher, ctx=ctx, plan=plan, prune_cfg=prune, distill_cfg=distill,
+                       distill_enabled=distill_enabled and distill.epochs > 0, ratio=ratio, ratio_dict=ratio_dict,
+                       round_to=round_to, example=example, metric=metric, names=names, export=export, feeds=feeds)
+    model = res["module"].eval()
+    macs1, params1 = graph.count(model, example)
+    info.update({"ratio": ratio, "params_after": params1, "macs_after": macs1, "metric_after": res["steps"][-1]["metric"],
+                 "channels": graph.channel_table(graph.channel_counts(teacher), graph.channel_counts(model)),
+                 "steps": res["steps"], "seconds": round(time.perf_counter() - t0, 2)})
+    info["notes"] += res["notes"]
+    if res["distill"]:
+        info["distill"] = res["distill"][-1] if len(res["distill"]) == 1 else {
+            "per_step": res["distill"], "best_epoch": res["distill"][-1]["best_epoch"],
+            "best_metric": res["distill"][-1]["best_metric"]}
+    kind = "distilled" if res["distill"] else "pruned"
+    _check_runs(model, example, where=f"{source.spec} ({kind})")
+    return PruneResult(model, kind, info)
+
+
+# ---------------------------------------------------------------- parts
+
+def _export(module, dest, *, source, data):
+    import torch
+
+    from .export import export_module
+
+    # torch's fused encoder-layer fast path (eval + no_grad) has no ONNX export; the plain path does
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        export_module(module, source, dest, kind="pruned", data=data, stage="prune")
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+def _search_ratio(teacher, source, ctx, prune, plan_kw, round_to, example, export, feeds, target, info) -> float:
+    def candidate(r):
+        m = copy.deepcopy(teacher)
+        plan = graph.make_plan(m, example, **plan_kw)
+        imp, _ = importance.make("l2" if prune.method == "taylor" else prune.method, m)
+        graph.step(graph.make_pruner(m, example, plan, imp, ratio=r, global_pruning=prune.global_pruning,
+                                     round_to=round_to, head_ratio=prune.head_ratio), plan)
+        return m.eval()
+
+    with task(f"searching the pruning ratio for latency {target}", total=6) as bar:
+        ratio, recs = latency_search.search(candidate, export, feeds, target, base_module=teacher,
+                                            primary=ctx.primary_target, progress=lambda n, s: bar.update(n, s))
+    info["latency_search"] = {"target": str(target), "candidates": recs, "ratio": ratio,
+                              "measured_with": "edgekit.profile" if _has_profiler() else "onnxruntime, interleaved"}
+    if ratio is None:
+        raise EdgekitError(f"--target-latency {target}: not reached even at ratio {latency_search.HI} "
+                           f"(measured {recs[-1]['latency_x']:.2f}x of the unpruned model)")
+    if prune.method == "taylor":
+        info["notes"].append("latency search ranked channels by l2 magnitude (taylor needs gradients per candidate)")
+    return ratio
+
+
+def _has_profiler() -> bool:
+    try:
+        from ..profile import profile_models  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _sensitivity(teacher, model, ctx, prune, plan_kw, round_to, example, metric, ratio, info) -> dict:
+    make_imp = lambda m: importance.make("l2" if prune.method == "taylor" else prune.method, m)  # noqa: E731
+    n = len(sensitivity.prunable_groups(teacher, example, graph.make_plan(copy.deepcopy(teacher), example, **plan_kw)))
+    with task("per-layer sensitivity", total=n * len(sensitivity.RATIOS)) as bar:
+        rows = sensitivity.analyse(teacher, example, metric, make_imp, plan_kw=plan_kw, round_to=round_to,
+                                   progress=lambda k, s: bar.update(k, s))
+    # the budget: parameters a uniform cut at `ratio` removes, spent where the drop is smallest
+    uni = copy.deepcopy(teacher)
+    plan = graph.make_plan(uni, example, **plan_kw)
+    graph.step(graph.make_pruner(uni, example, plan, make_imp(uni)[0], ratio=ratio, round_to=round_to), plan)
+    budget = info["params_before"] - graph.count(uni, example)[1]
+    alloc = sensitivity.allocate(rows, budget) if ratio > 0 else {}
+    files = sensitivity.write(rows, ctx.outdir, metric_name=metric.name, allocation=alloc) if ctx.outdir else {}
+    info["sensitivity"] = [{k: r[k] for k in ("layer", "ratio", "metric", "drop", "params_removed")} for r in rows]
+    info["allocation"] = alloc
+    info["sensitivity_files"] = {k: str(v).rsplit("/", 1)[-1] for k, v in files.items()}
+    mods = dict(model.named_modules())
+    return {mods[k]: alloc.get(k, 0.0) for k in dict.fromkeys(r["layer"] for r in rows)} if alloc else None
+
+
+def _sparse(source, ctx, prune, teacher, example, metric, base, t0) -> PruneResult:
+    model = copy.deepcopy(teacher)
+    plan = graph.make_plan(model, example, ignore_names=prune.ignore, keep_first=prune.keep_first)
+    bytes_before = sparsity.compressed_bytes(model)
+    if prune.sparsity == "2:4":
+        facts = sparsity.two_four(model, skip=plan.ignored)
+        ratio = 0.5
+    else:
+        ratio = prune.ratio or 0.5
+        facts = sparsity.magnitude(model, ratio, skip=plan.ignored)
+    model.eval()
+    info = {**base, "method": f"sparse-{prune.sparsity}", "ratio": ratio, "params_after": base["params_before"],
+            "macs_after": base["macs_before"], "metric_after": metric(model), "channels": {},
+            "sparsity": {k: v for k, v in facts.items() if k != "layers"}, "sparse_layers": facts.get("layers", []),
+            "compressed_bytes_before": bytes_before, "compressed_bytes_after": sparsity.compressed_bytes(model),
+            "sensitivity": [], "steps": [], "ignored": plan.ignored_names,
+            "notes": base["notes"] + [sparsity.NOTE], "seconds": round(time.perf_counter() - t0, 2)}
+    return PruneResult(model, "sparse", info)
+
+
+def _student_only(source, ctx, distill, teacher, example, base, t0) -> PruneResult:
+    from . import distill as distill_stage
+
+    student = distill_stage.load_student(distill.student, source, example)
+    macs_s, params_s = graph.count(student, example)
+    student, hist = distill_stage.run(teacher, student, ctx, distill)
+    info = {**base, "method": "student", "ratio": 0.0, "params_after": params_s, "macs_after": macs_s,
+            "metric_after": hist["best_metric"], "channels": {}, "sensitivity": [], "steps": [], "distill": hist,
+            "student": distill.student, "seconds": round(time.perf_counter() - t0, 2)}
+    return PruneResult(student, "distilled", info)
+
+
+def _check_runs(model, example, *, where):
+    import torch
+
+    with torch.no_grad():
+        out = graph.first_tensor(model(*example))
+    if not torch.isfinite(out).all():
+        raise EdgekitError(f"{where}: the pruned model gives non-finite outputs")
