@@ -97,7 +97,10 @@ def profile_ssh(models: dict, target, inputs, *, ssh=None, op_runs=10, warmup=5,
     res = rep["results"]
     for r in res.values():
         if r.get("status") == "ok":
-            r.update(emulated=False, device=dev.label, device_machine=r.pop("machine", None))
+            r.update(emulated=target.emulated, device=dev.label, device_machine=r.pop("machine", None))
+            if target.emulated:  # declared in the target: reached over SSH, yet not a device's latency
+                r["note"] = "the device is emulated (target says emulated = true): correctness only, not device latency"
             if r["device_machine"] and r["device_machine"] != target.arch:
-                r["note"] = f"target says {target.arch}, the device reports {r['device_machine']}"
+                r["note"] = "; ".join(filter(None, [r.get("note"), f"target says {target.arch}, "
+                                                    f"the device reports {r['device_machine']}"]))
     return attach_comparison(res, host, models, feeds, remote_out)

@@ -5,6 +5,7 @@ A file looks like::
     description = "..."
     arch = "aarch64"                 # x86_64 | aarch64
     address = "local"                # local | emulated | ssh://user@host[:port]/path
+    emulated = false                 # true: this ssh:// device is itself emulated (timings are not device latency)
     threads = 4                      # omit for the runtime's default
     precisions = ["int8", "fp32"]    # preferred first
     isa = ["neon"]                   # features quantization may assume; "host" = detect this CPU
@@ -43,8 +44,8 @@ PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecution
              "ROCMExecutionProvider", "MIGraphXExecutionProvider", "NnapiExecutionProvider",
              "VitisAIExecutionProvider", "WebGpuExecutionProvider", "AzureExecutionProvider")
 
-_TOP_KEYS = {"name", "description", "arch", "address", "threads", "precisions", "isa", "memory_mb",
-             "channel_multiple", "providers"}
+_TOP_KEYS = {"name", "description", "arch", "address", "emulated", "threads", "precisions", "isa",
+             "memory_mb", "channel_multiple", "providers"}
 _REQUIRED = ("arch", "address", "providers")
 _PROVIDER_KEYS = {"name", "options", "required"}
 _SSH_RE = re.compile(r"^ssh://(?:[A-Za-z0-9._-]+@)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\d{1,5})?(?:/.*)?$")
@@ -64,6 +65,7 @@ class TargetProfile:
     description: str = ""
     source: str = ""  # file it was loaded from
     optional_providers: tuple = ()  # provider names used when present (absence is reported, not an error)
+    declared_emulated: bool = False  # `emulated = true`: an ssh:// device that is itself an emulator (qemu)
 
     def __hash__(self):  # provider options are dicts; a profile is identified by its name and file
         return hash((self.name, self.source, self.address))
@@ -78,10 +80,12 @@ class TargetProfile:
 
     @property
     def emulated(self) -> bool:
-        return self.address == "emulated"
+        """Timings are not device latency: qemu on this host, or a device declared emulated."""
+        return self.address == "emulated" or self.declared_emulated
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "arch": self.arch, "address": self.address,
+                "emulated": self.emulated,
                 "providers": [{"name": n, "options": dict(o), "required": n not in self.optional_providers}
                               for n, o in self.providers],
                 "threads": self.threads, "precisions": list(self.precisions), "isa": list(self.isa),
@@ -163,6 +167,13 @@ def parse_target(data: dict, path) -> TargetProfile:
         bad("address", f"{address!r} must be 'local', 'emulated' or 'ssh://user@host[:port]/path'")
     if address == "emulated" and arch != "aarch64":
         bad("address", "'emulated' is only supported for arch = 'aarch64'")
+    emulated = data.get("emulated", address == "emulated")
+    if not isinstance(emulated, bool):
+        bad("emulated", f"must be true or false, got {emulated!r}")
+    if address == "emulated" and not emulated:
+        bad("emulated", "address 'emulated' always runs under emulation; remove emulated = false")
+    if address == "local" and emulated:
+        bad("emulated", "a local target runs natively on this host (use address = 'emulated' for qemu)")
     providers, optional = _parse_providers(data["providers"], bad)
     threads = data.get("threads")
     if threads is not None and (not _is_int(threads) or threads < 1):
@@ -182,7 +193,8 @@ def parse_target(data: dict, path) -> TargetProfile:
         bad("description", "must be a string")
     return TargetProfile(name=name, arch=arch, providers=providers, threads=threads, precisions=precisions,
                          isa=isa, memory_mb=memory_mb, address=address, channel_multiple=cm, description=desc,
-                         source=str(path), optional_providers=optional)
+                         source=str(path), optional_providers=optional,
+                         declared_emulated=emulated and address != "emulated")
 
 
 def _is_int(v) -> bool:

@@ -84,8 +84,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_sshd(root: Path, env: dict | None = None) -> SshServer:
-    """Start sshd under root (keys, config, log there); wait until it accepts connections."""
+def start_sshd(root: Path, env: dict | None = None, extra_config=()) -> SshServer:
+    """Start sshd under root (keys, config, log there); wait until it accepts connections.
+
+    extra_config: more sshd_config lines (e.g. a ForceCommand), appended last."""
     if not os.access(SSHD, os.X_OK) or not shutil.which("ssh-keygen"):
         raise RuntimeError(f"{SSHD} or ssh-keygen missing: install Debian's openssh-server "
                            "(scripts/test.sh does it)")
@@ -125,6 +127,7 @@ def start_sshd(root: Path, env: dict | None = None) -> SshServer:
             "Subsystem sftp internal-sftp",
             f"SetEnv {setenv}" if setenv else "",
             "LogLevel VERBOSE",
+            *extra_config,
         ])) + "\n")
         log = open(root / "sshd.log", "ab")
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT,

@@ -72,3 +72,14 @@ def test_evaluator_fidelity_without_labels(tmp_path):
     ev = Evaluator(data, "classification", tmp_path / "a.onnx", batch_size=7)
     r = ev(tmp_path / "a.onnx")
     assert r == {"name": "top1_agreement", "value": 1.0, "n": 30, "data": ""}
+
+
+def test_transformer_encoder_layer_exports(tmp_path):
+    torch.manual_seed(0)
+    net = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1).eval()
+    src = SourceModel(spec="enc", kind="torch", module=net, task="generic",
+                      inputs=[TensorSpec("x", ["batch", 5, 16], "float32")], outputs=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    data = Dataset({"x": np.random.default_rng(0).normal(size=(4, 5, 16)).astype(np.float32)})
+    art = export_module(net, src, tmp_path / "enc.onnx", data=data)
+    assert art.verify["max_abs_diff"] < 1e-4

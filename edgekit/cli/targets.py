@@ -45,7 +45,7 @@ def show_cmd(name, as_json):
 
     t = load_target(name)
     d = t.to_dict()
-    if t.emulated:
+    if t.address == "emulated":  # qemu on this host (an ssh:// device declared emulated has nothing here)
         from .. import emulation
 
         d["emulation"] = emulation.status()
@@ -83,7 +83,7 @@ def setup_cmd(name, force, as_json):
         (echo_json(st) if as_json else click.echo(
             f"{t.name}: runs locally; " + ("ready" if reason is None else f"unavailable: {reason}")))
         return
-    if not t.emulated:
+    if t.address != "emulated":
         raise UsageError(f"target {t.name} is reached at {t.address}; nothing to set up here "
                          "(use `edgekit flash` to deploy to it)")
     from .. import emulation

@@ -1,6 +1,7 @@
 """The export stage: a torch module -> a checked, numerically verified ONNX file."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     args = _example_args(source, data)
     module = module.eval()
     with atomic_path(dest) as tmp:
-        with warnings.catch_warnings(), torch.no_grad():
+        # torch's fused MHA fast path (nn.TransformerEncoderLayer in eval mode) has no ONNX export
+        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
             warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(module, args, str(tmp), input_names=[s.name for s in source.inputs],
@@ -62,6 +64,22 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify)
     art.refresh_file_facts(dest.parent)
     return art
+
+
+@contextlib.contextmanager
+def _mha_fastpath(enabled: bool):
+    import torch
+
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    old = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(enabled)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(old)
 
 
 def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset | None, *, where: str) -> dict:
