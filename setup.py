@@ -38,7 +38,8 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.20",
         "onnxscript>=0.2",
-        "neural-compressor>=3.8",
+        # [pt] brings py-cpuinfo and pydantic, which the tuning framework imports
+        "neural-compressor[pt]>=3.8",
         "numba>=0.60",
         "numpy>=1.26",
         "click>=8.1",
