@@ -110,3 +110,114 @@ def test_feature_matching_and_student_from_file(digits, tmp_path):
         stage.load_student(f"{f}:wrong", src, ex)
     with pytest.raises(InputError, match="no module"):
         stage.run(src.module, student, make_ctx(src, tmp_path), replace(cfg, feature_layers=("nope",)))
+
+
+# ---------------------------------------------------------------- transformers: padding, blocks, importance
+
+def _tiny_bert_source(n=48, seq=16, seed=0):
+    """TinyBert on token rows of varied real lengths, right-padded (as zoo:minilm's tokenizer pads)."""
+    from test_prune_models import TinyBert, make_source
+
+    torch.manual_seed(seed)
+    src = make_source(TinyBert().eval(), {"input_ids": ((seq,), "int64", 64), "attention_mask": ((seq,), "int64", 2)},
+                      task="embedding", n=n, seed=seed)
+    rng = np.random.default_rng(seed)
+    for ds in {id(d): d for d in (src.calib, src.eval, src.train)}.values():
+        lengths = rng.integers(3, seq // 2, len(ds))
+        mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+        ds.inputs["attention_mask"][:] = mask
+        ds.inputs["input_ids"][:] *= mask  # pad id 0
+    return src
+
+
+def test_padding_trim_same_outputs_and_length_batches():
+    from edgekit.pruning import batching
+    from edgekit.pruning.metrics import predict
+
+    src = _tiny_bert_source()
+    names = ["input_ids", "attention_mask"]
+    tr = batching.Trimmer(src.eval, names)
+    assert tr.active and tr.verify(src.module, src.eval)
+    feeds = tr.trim(batching.rows(src.eval, np.arange(8)))
+    assert feeds["input_ids"].shape[1] == feeds["attention_mask"].shape[1] < 16
+    assert feeds["input_ids"].shape[1] == tr.lengths[:8].max()
+    full, cut = predict(src.module, src.eval, names), predict(src.module, src.eval, names, trimmer=tr)
+    np.testing.assert_allclose(cut, full, atol=1e-5)  # same rows, same order
+    # length-grouped shuffled batches cover every row once and are shorter than random ones
+    g = torch.Generator().manual_seed(0)
+    batches = batching.train_batches(len(src.eval), 4, g, tr.lengths)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(src.eval)))
+    grouped = np.mean([tr.lengths[b].max() for b in batches])
+    rand = np.mean([tr.lengths[b].max() for b in batching.train_batches(len(src.eval), 4, g)])
+    assert grouped < rand
+
+    class FixedLength(nn.Module):  # a model that needs all 16 columns: trimming must switch itself off
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(64, 4), nn.Linear(16 * 4, 3)
+
+        def forward(self, input_ids, attention_mask):
+            return self.head((self.emb(input_ids) * attention_mask.unsqueeze(-1)).flatten(1))
+
+    tr2 = batching.Trimmer(src.eval, names)
+    assert not tr2.verify(FixedLength(), src.eval) and not tr2.active
+    assert tr2.trim(feeds) is feeds
+
+
+def test_pruned_transformer_distils_block_by_block(tmp_path):
+    from edgekit.config import PruneConfig
+    from edgekit.stages import prune as prune_stage
+
+    src = _tiny_bert_source(n=96)
+    ctx = make_ctx(src, tmp_path)
+    res = prune_stage.run(src, ctx, PruneConfig(ratio=0.5, head_ratio=0.5, method="taylor", channel_multiple=8),
+                          DistillConfig(epochs=0), distill_enabled=False)
+    assert any("output sensitivity" in n for n in res.info["notes"])  # unlabelled embeddings: not a constant loss
+    student = res.module
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random tiny BERTs barely change under pruning: move the student off the teacher
+        for m in student.bert.encoder.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.add_(torch.randn(m.weight.shape, generator=g) * 0.3)
+    assert stage.auto_feature_layers(src.module, student) == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert stage.auto_feature_layers(src.module, nn.Sequential(nn.Linear(2, 2))) == []
+    cfg = DistillConfig(epochs=6, lr=3e-3, batch_size=16, patience=0, weight_decay=0.0)
+    _, info = stage.run(src.module, copy_of(student), ctx, cfg)
+    assert info["feature_layers"] == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert "auto: matching blocks" in info["loss"] and info["padding_trimmed"] is True
+    cos = [h["metric"] for h in info["history"]]
+    assert cos[0] < 0.97 and info["best_metric"] > cos[0] + 0.02
+    _, off = stage.run(src.module, copy_of(student), ctx, replace(cfg, epochs=1, feature_layers=("none",)))
+    assert off["feature_layers"] == [] and "feature" not in off["loss"]
+
+
+def copy_of(m):
+    import copy
+
+    return copy.deepcopy(m)
+
+
+def test_taylor_sensitivity_grads_for_unlabelled_embeddings():
+    from edgekit.pruning import importance
+
+    src = _tiny_bert_source()
+    model = src.module
+    used = importance.accumulate_gradients(model, src.train, ["input_ids", "attention_mask"], "embedding", samples=32)
+    assert "output sensitivity" in used
+    q = model.bert.encoder.layer[0].attention.self.query.weight.grad
+    assert q is not None and torch.isfinite(q).all() and (q >= 0).all() and q.abs().sum() > 0
+    assert not model.training
+
+
+def test_dropout_off_while_imitating_then_restored(digits, tmp_path):
+    src = _source(digits, labelled_train=False)
+    torch.manual_seed(1)
+    student = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    seen = []
+    student[2].register_forward_hook(lambda m, i, o: seen.append((m.training, m.p)))
+    _, info = stage.run(src.module, student, make_ctx(src, tmp_path), DistillConfig(epochs=1, batch_size=256))
+    assert info["dropout_off"] is True and student[2].p == 0.5
+    assert any(t and p == 0.0 for t, p in seen)  # trained without dropout noise
+    labelled = _source(digits, labelled_train=True)  # with labels dropout stays as the model has it
+    _, lab = stage.run(labelled.module, student, make_ctx(labelled, tmp_path), DistillConfig(epochs=1, batch_size=256))
+    assert lab["dropout_off"] is False and any(t and p == 0.5 for t, p in seen)

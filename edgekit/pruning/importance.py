@@ -35,24 +35,49 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
     """Fill .grad for Taylor importance with a loss on real data; returns what loss was used.
 
     Labels give cross-entropy; without them a classifier uses its own predictions as targets
-    (the loss of moving away from what it does now) and other models the output energy.
+    (the loss of moving away from what it does now). Other unlabelled models (embeddings,
+    regressors) have no loss whose gradient means anything at the current weights (the output
+    energy of an L2-normalised embedding is constant), so they get output sensitivity instead:
+    per batch, the gradient of <output, r> for a fresh Gaussian r, and .grad is the root mean
+    square over batches. E[(r.J w)^2] = |J w|^2, so |w * grad| ranks a channel by how far removing
+    it moves the outputs (a Fisher / second-order Taylor estimate, as in post-training transformer
+    pruning).
     """
     import torch
     import torch.nn.functional as F
+
+    from .batching import Trimmer
 
     model.zero_grad(set_to_none=True)
     was_training = model.training
     model.eval()  # BatchNorm statistics must not move while we only measure
     part = data.take(samples)
-    used = "output energy (no labels)"
-    for feeds, y in part.labelled_batches(batch_size):
+    trimmer = Trimmer(part, names)
+    trimmer.verify(model, part)
+    sensitivity = task != "classification"
+    small = max(4, batch_size // 4) if sensitivity else batch_size  # more batches: a better RMS estimate
+    used = "output sensitivity |J w| (random projections, no labels)" if sensitivity else ""
+    g = torch.Generator().manual_seed(0)
+    sq, nb = {}, 0
+    for feeds, y in part.labelled_batches(small):
+        feeds = trimmer.trim(feeds)
         out = first_tensor(model(*[torch.from_numpy(np.array(feeds[n])) for n in names]))
         if task == "classification" and y is not None:
             loss, used = F.cross_entropy(out, torch.from_numpy(np.asarray(y)).long()), "cross-entropy with labels"
         elif task == "classification":
             loss, used = F.cross_entropy(out, out.detach().argmax(1)), "cross-entropy with own predictions"
         else:
-            loss = out.float().pow(2).mean()
+            r = torch.randn(out.shape, generator=g, dtype=out.dtype)
+            loss = (out * r).sum()
         loss.backward()
+        if sensitivity:
+            nb += 1
+            for p in model.parameters():
+                if p.grad is not None:
+                    sq[p] = sq.get(p, 0) + p.grad.detach().pow(2)
+            model.zero_grad(set_to_none=True)
+    if sensitivity:
+        for p, v in sq.items():
+            p.grad = (v / max(nb, 1)).sqrt()
     model.train(was_training)
     return used

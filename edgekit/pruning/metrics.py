@@ -7,18 +7,30 @@ from ..evaluate import metric_name, score
 from .graph import first_tensor
 
 
-def predict(model, data, names, *, batch_size: int = 64) -> np.ndarray:
+def predict(model, data, names, *, batch_size: int = 64, trimmer=None) -> np.ndarray:
+    """Outputs in row order; with an (already verified) batching.Trimmer rows go length-sorted and trimmed."""
     import torch
+
+    from .batching import eval_batches, rows
 
     was_training = model.training
     model.eval()
+    lengths = trimmer.lengths if trimmer is not None and trimmer.active else None
+    batches = eval_batches(len(data), batch_size, lengths)
     outs = []
     with torch.no_grad():
-        for feeds in data.batches(batch_size):
+        for idx in batches:
+            feeds = rows(data, idx)
+            if lengths is not None:
+                feeds = trimmer.trim(feeds)
             out = first_tensor(model(*[torch.from_numpy(np.array(feeds[n])) for n in names]))
             outs.append(out.float().numpy())
     model.train(was_training)
-    return np.concatenate(outs, axis=0)
+    out = np.concatenate(outs, axis=0)
+    order = np.concatenate(batches)
+    res = np.empty_like(out)
+    res[order] = out
+    return res
 
 
 class TorchMetric:
@@ -28,12 +40,19 @@ class TorchMetric:
         self.data, self.names, self.task = data, list(names), task
         self.labelled = data.labels is not None and task == "classification"
         self.name = metric_name(task, self.labelled)
-        self.reference = predict(reference_model, data, names) if reference_model is not None else None
+        self.trimmer = None
+        if reference_model is not None:
+            from .batching import Trimmer
+
+            self.trimmer = Trimmer(data, names)
+            if not self.trimmer.verify(reference_model, data):
+                self.trimmer = None
+        self.reference = predict(reference_model, data, names, trimmer=self.trimmer) if reference_model is not None else None
         if not self.labelled and self.reference is None:
             raise ValueError("unlabelled evaluation needs a reference model")
 
     def outputs(self, model) -> np.ndarray:
-        return predict(model, self.data, self.names)
+        return predict(model, self.data, self.names, trimmer=self.trimmer)
 
     def __call__(self, model, out: np.ndarray | None = None) -> float:
         out = self.outputs(model) if out is None else out
