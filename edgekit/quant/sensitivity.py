@@ -23,6 +23,40 @@ MAX_NODES = 96
 PRIORITY = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention")
 
 
+# activations onnxruntime folds into the preceding op's quantized output range (QDQ "removable activations")
+FUSABLE_ACTIVATIONS = ("Relu", "Clip")
+
+
+def fused_activations(model_path) -> dict:
+    """{node name: [names of Relu/Clip nodes that are its output's only consumers]}."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    users = {}
+    for n in m.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    out = {}
+    for n in m.graph.node:
+        if not n.output:
+            continue
+        us = users.get(n.output[0], [])
+        if len(us) == 1 and us[0].op_type in FUSABLE_ACTIVATIONS:
+            out[n.name] = [us[0].name]
+    return out
+
+
+def with_activations(nodes, fused: dict) -> list:
+    """nodes plus their fused activations, in order, without duplicates."""
+    seen, out = set(), []
+    for n in nodes:
+        for x in [n] + fused.get(n, []):
+            if x not in seen:
+                seen.add(x)
+                out.append(x)
+    return out
+
+
 def quantized_nodes(qdq_path, float_node_names) -> list:
     """Names of original nodes that the QDQ model feeds with dequantized tensors."""
     import onnx
@@ -50,8 +84,10 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
     fm = onnx.load(str(prep_path), load_external_data=False)
     op_of = {n.name: n.op_type for n in fm.graph.node}
     nodes = quantized_nodes(base_qdq_path, set(op_of))
+    fused = fused_activations(prep_path)
+    fused_by = {a for acts in fused.values() for a in acts}  # measured together with their producer
     nodes.sort(key=lambda n: (PRIORITY.index(op_of[n]) if op_of[n] in PRIORITY else len(PRIORITY)))
-    nodes = nodes[:MAX_NODES]
+    nodes = [n for n in nodes if op_of[n] not in FUSABLE_ACTIVATIONS or n not in fused_by][:MAX_NODES]
     sample = data.take(SAMPLES)
     ref = run_batches(prep_path, sample, batch_size=static.batch_size_for(prep_path))
     t0 = time.perf_counter()
@@ -61,7 +97,8 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
             break
         dest = Path(workdir) / f"sens_{i}.onnx"
         static.quantize(prep_path, dest, calib, spec.replace(exclude_nodes=()), calib_size=calib_size,
-                        input_names=input_names, cache_root=cache_root, only_nodes=[name])
+                        input_names=input_names, cache_root=cache_root,
+                        only_nodes=with_activations([name], fused))
         got = run_batches(dest, sample, batch_size=static.batch_size_for(prep_path), sess=session(dest))
         score = min(sqnr_db(r, g) for r, g in zip(ref, got))
         out.append({"node": name, "op_type": op_of[name], "sqnr_db": round(score, 2)})

@@ -55,9 +55,49 @@ def preprocess(src, dest) -> list:
             raise EdgekitError(f"{Path(src).name}: onnxruntime quantization pre-processing failed: "
                                f"{type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}") from None
     m = onnx.load(str(dest))
-    if ensure_node_names(m):
+    dead = zero_dead_channels(m)
+    if dead:
+        notes.append(f"{dead} dead output channels (weights < {DEAD_REL:g} of their layer's largest) set to "
+                     "exactly 0 so their per-channel scale cannot overflow the int32 bias")
+    if ensure_node_names(m) or dead:
         onnx.save(m, str(dest))
     return notes
+
+
+# A channel whose weights are this small next to its layer's largest contributes nothing in FP32, but its
+# per-channel scale (max|w|/127) makes bias_scale = input_scale * weight_scale tiny, and the int32 bias
+# then clamps at 2**31: the channel outputs garbage. BatchNorm folding leaves such channels (gamma ~ 0).
+DEAD_REL = 1e-5
+
+
+def zero_dead_channels(model, rel: float = DEAD_REL) -> int:
+    """Set near-zero output channels of Conv/ConvTranspose/Gemm weights to exactly 0; returns how many."""
+    from onnx import numpy_helper
+
+    init = {i.name: i for i in model.graph.initializer}
+    users = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    total = 0
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in init or users[n.input[1]] != 1:
+            continue
+        w = numpy_helper.to_array(init[n.input[1]])
+        if w.ndim < 2 or w.dtype != np.float32:
+            continue
+        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        axis = 0 if n.op_type == "Conv" or trans_b else 1
+        wa = np.moveaxis(w, axis, 0)
+        amax = np.abs(wa.reshape(wa.shape[0], -1)).max(axis=1)
+        dead = (amax > 0) & (amax < rel * amax.max())
+        if not dead.any():
+            continue
+        wa = wa.copy()
+        wa[dead] = 0
+        init[n.input[1]].CopyFrom(numpy_helper.from_array(np.moveaxis(wa, 0, axis).astype(np.float32), n.input[1]))
+        total += int(dead.sum())
+    return total
 
 
 @contextlib.contextmanager

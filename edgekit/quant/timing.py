@@ -28,11 +28,15 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identi
               "MaxPool"}
 
 
-def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_prefix=None):
+def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_prefix=None, spinning=True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not spinning:
+        # on a host shared with other jobs, worker threads that spin-wait between ops fight the
+        # scheduler and the timing measures the neighbours; blocking waits keep ratios stable
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = int(threads)
     if profile_prefix:
@@ -42,9 +46,10 @@ def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_pr
 
 
 def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 3,
-                max_seconds: float = 30.0, threads=None, providers=("CPUExecutionProvider",)) -> dict:
+                max_seconds: float = 30.0, threads=None, providers=("CPUExecutionProvider",),
+                spinning: bool = True) -> dict:
     """{label: {"status": "ok", "p50_ms", "p90_ms", "mean_ms", "runs"}}; labels run alternately."""
-    sess = {k: _session(p, threads, providers) for k, p in paths.items()}
+    sess = {k: _session(p, threads, providers, spinning=spinning) for k, p in paths.items()}
     fd = {k: {i.name: feeds[i.name] for i in s.get_inputs()} for k, s in sess.items()}
     for _ in range(warmup):
         for k, s in sess.items():
@@ -88,7 +93,10 @@ def measure(paths: dict, target, feeds: dict, *, min_runs: int = 20, min_seconds
         reason = (f"target {facts['name']} ({facts['arch'] or '?'}, {', '.join(facts['providers'])}) cannot be "
                   "timed on this host")
         return {k: {"status": "unavailable", "reason": reason} for k in paths}
-    return interleaved(paths, feeds, min_runs=min_runs, min_seconds=min_seconds, threads=facts["threads"])
+    # spinning off: trial timings and the gate compare models, and spin-waiting workers on a shared host
+    # turn a 30 ms model into a 1.5 s one, at random (measured on MiniLM while other jobs ran)
+    return interleaved(paths, feeds, min_runs=min_runs, min_seconds=min_seconds, threads=facts["threads"],
+                       spinning=False)
 
 
 def _host_arch() -> str:

@@ -22,6 +22,9 @@ from . import dynamic, static
 from .spec import QuantSpec
 from .timing import measure
 
+# the per-node sensitivity pass stops ranking after this long (compute ops are measured first)
+SENSITIVITY_SECONDS = 180.0
+
 
 @contextlib.contextmanager
 def _quiet_inc():
@@ -179,6 +182,11 @@ class Tuner:
     def grid(self, base: QuantSpec, *, pinned: set, transformer_like: bool) -> list:
         specs = [base]
         if base.mode == "int8":
+            if transformer_like and "mode" not in pinned:
+                # transformer on CPU: static QDQ wraps every LayerNorm/Softmax/GELU in Q/DQ and measures
+                # slower than FP32, so dynamic INT8 goes first and static keeps only its default as a check
+                dyn = QuantSpec(mode="int8-dynamic", per_channel=True, reduce_range=base.reduce_range)
+                return [dyn, dyn.replace(fuse_transformer=True), dyn.replace(per_channel=False), base]
             if "method" not in pinned:
                 specs += [base.replace(method="percentile"), base.replace(method="entropy")]
             if "format" not in pinned:
@@ -198,8 +206,13 @@ class Tuner:
             specs += [s.replace(fuse_transformer=not s.fuse_transformer) for s in list(specs)]
         return specs
 
-    def fallback(self, base: QuantSpec, eval_data, *, sensitivity_seconds: float | None = None) -> list:
-        """Sensitivity on `base`, then worst-first FP32 fallback in steps 1, 2, 4, ... until within tolerance."""
+    def fallback(self, base: QuantSpec, eval_data, *, sensitivity_seconds: float | None = SENSITIVITY_SECONDS) -> list:
+        """Sensitivity on `base` once, then bisection over how many of the worst nodes stay FP32.
+
+        A node goes to FP32 together with the activation onnxruntime fuses into it (Conv+Clip/Relu):
+        quantizing one without the other puts a Q/DQ on the pre-activation tensor, whose range is far
+        wider than the activation's, and costs accuracy instead of saving it.
+        """
         from . import sensitivity
 
         if base.mode != "int8" or self.budget_left <= 0:
@@ -214,18 +227,40 @@ class Tuner:
                                                input_names=self.input_names, cache_root=self.cache_root,
                                                deadline_s=sensitivity_seconds)
         order = [s["node"] for s in self.sensitivity]
-        out, k, last_fail = [], 1, 0
-        while k <= len(order) and self.budget_left > 0:
-            t = self.run_phase([base.replace(exclude_nodes=tuple(order[:k]))], "fallback")
-            out += t
-            if t and t[0].passed:
-                # a smaller fallback set is faster: try halfway back once
-                mid = (last_fail + k) // 2
-                if last_fail < mid < k and self.budget_left > 0:
-                    out += self.run_phase([base.replace(exclude_nodes=tuple(order[:mid]))], "fallback")
+        if not order:
+            return []
+        fused = sensitivity.fused_activations(self.prep_path)
+
+        def spec_for(k):
+            return base.replace(exclude_nodes=tuple(sensitivity.with_activations(order[:k], fused)))
+
+        out, results = [], {}
+
+        def attempt(k):
+            t = self.run_phase([spec_for(k)], "fallback")
+            out.extend(t)
+            results[k] = bool(t and t[0].passed)
+            return results[k]
+
+        # exponential search for a passing count, then bisection between the last failure and it:
+        # O(log n) trials, and the fewest FP32 nodes (the fastest candidate) that meets the tolerance
+        lo, k = 0, 1
+        while self.budget_left > 0:
+            if attempt(k):
                 break
-            last_fail = k
-            k = k * 2 if k * 2 <= len(order) or k == len(order) else len(order)
+            lo = k
+            if k == len(order):
+                return out
+            k = min(2 * k, len(order))
+        else:
+            return out
+        hi = k
+        while hi - lo > 1 and self.budget_left > 0:
+            mid = (lo + hi) // 2
+            if attempt(mid):
+                hi = mid
+            else:
+                lo = mid
         return out
 
     def passing(self) -> list:
