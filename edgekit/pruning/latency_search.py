@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import ConfigError
 
@@ -56,26 +54,12 @@ def measure(paths: dict, feeds: dict, target=None, *, min_runs: int = 30, min_se
     return _interleaved(paths, feeds, min_runs=min_runs, min_seconds=min_seconds)
 
 
-def _interleaved(paths, feeds, *, min_runs, min_seconds, warmup: int = 5, max_seconds: float = 20.0) -> dict:
-    from ..onnxutil import session
+def _interleaved(paths, feeds, *, min_runs, min_seconds) -> dict:
+    """p50 per model when no target profile is given: the quantization stage's interleaved loop."""
+    from ..quant.timing import interleaved
 
-    sess = {k: session(p) for k, p in paths.items()}
-    fd = {k: {i.name: feeds[i.name] for i in s.get_inputs()} for k, s in sess.items()}
-    for _ in range(warmup):
-        for k, s in sess.items():
-            s.run(None, fd[k])
-    times = {k: [] for k in sess}
-    labels, r, start = list(sess), 0, time.perf_counter()
-    while True:
-        for k in (labels if r % 2 == 0 else labels[::-1]):
-            t0 = time.perf_counter()
-            sess[k].run(None, fd[k])
-            times[k].append((time.perf_counter() - t0) * 1e3)
-        r += 1
-        el = time.perf_counter() - start
-        if (r >= min_runs and el >= min_seconds) or el >= max_seconds:
-            break
-    return {k: float(np.median(v)) for k, v in times.items()}
+    res = interleaved(paths, feeds, min_runs=min_runs, min_seconds=min_seconds, warmup=5, max_seconds=20.0)
+    return {k: v["p50_ms"] for k, v in res.items()}
 
 
 def search(candidate, export, feeds: dict, target: LatencyTarget, *, base_module, primary=None,
