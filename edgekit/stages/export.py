@@ -24,7 +24,7 @@ def _example_args(source: SourceModel, data: Dataset | None):
 
     if data is not None and len(data):
         feeds = data.take(2).inputs
-        return tuple(torch.from_numpy(np.ascontiguousarray(feeds[s.name])) for s in source.inputs)
+        return tuple(torch.from_numpy(np.array(feeds[s.name])) for s in source.inputs)  # memmaps are read-only
     args = []
     for s in source.inputs:
         shape = [2 if isinstance(d, str) else d for d in s.shape]
