@@ -17,6 +17,7 @@ PRUNE_METHODS = ("l1", "l2", "bn", "taylor")
 SPARSITY_MODES = ("none", "unstructured", "2:4")
 LR_SCHEDULES = ("cosine", "onecycle")
 CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
+WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq")
 QUANT_FORMATS = ("qdq", "qoperator")
 INT8_TYPES = ("auto", "u8", "s8")
 
@@ -133,8 +134,12 @@ class QuantizeConfig:
     exclude_nodes: tuple = ()
     calib_size: int = 256
     speed_gate: bool = True
+    weight_rounding: str = "auto"  # auto | nearest | gptq
 
     def __post_init__(self):
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ConfigError(f"quantize.weight_rounding {self.weight_rounding!r}"
+                              f"{did_you_mean(self.weight_rounding, WEIGHT_ROUNDINGS)}")
         if self.mode not in QUANT_MODES:
             raise ConfigError(f"quantize.mode {self.mode!r}{did_you_mean(self.mode, QUANT_MODES)}")
         if self.format not in QUANT_FORMATS:

@@ -40,7 +40,8 @@ def session(path, *, threads: int | None = None, providers=("CPUExecutionProvide
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(Path(path)), so, providers=list(providers))
+    src = path if isinstance(path, bytes) else str(Path(path))  # bytes: an in-memory model
+    return ort.InferenceSession(src, so, providers=list(providers))
 
 
 def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None, sess=None) -> list:

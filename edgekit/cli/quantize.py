@@ -21,7 +21,7 @@ def _load_target(name):
 
 def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="auto", fmt="qdq",
                   per_channel=None, tolerance="1%", target=None, max_trials=12, tune=True, calib_size=256,
-                  overwrite=False):
+                  overwrite=False, weight_rounding="auto"):
     """The library call behind the command; returns the Manifest."""
     import shutil
     import time
@@ -44,7 +44,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     if (out / "manifest.json").exists() and not overwrite:
         raise UsageError(f"{out}: already holds an edgekit run (manifest.json); pass --overwrite to replace it")
     cfg = QuantizeConfig(mode=mode, calibrate_method=method, format=fmt, per_channel=per_channel,
-                         max_trials=max_trials, tune=tune, calib_size=calib_size)
+                         max_trials=max_trials, tune=tune, calib_size=calib_size, weight_rounding=weight_rounding)
     tol = Tolerance.parse(tolerance)
     calib_ds = read_dataset(calib, src_model.inputs) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True) if eval_path else None
@@ -97,6 +97,9 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
 @click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "fp16"]), default="int8", show_default=True)
 @click.option("--method", type=click.Choice(["auto", "minmax", "entropy", "percentile"]), default="auto",
               show_default=True, help="Calibration method (auto: tuning tries all three).")
+@click.option("--weight-rounding", type=click.Choice(["auto", "nearest", "gptq"]), default="auto", show_default=True,
+              help="INT8 weight rounding: nearest, or gptq (error-compensated on the calibration inputs; "
+                   "auto tries both and keeps the more accurate).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: ISA-aware, tuned).")
 @click.option("--tolerance", default="1%", show_default=True, help="Largest accepted metric drop: '1%' "
@@ -108,13 +111,14 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output directory.")
 @output_option()
 @json_option
-def quantize(model, calib, eval_path, mode, method, fmt, per_channel, tolerance, target, max_trials, no_tune,
-             calib_size, overwrite, output, as_json):
+def quantize(model, calib, eval_path, mode, method, weight_rounding, fmt, per_channel, tolerance, target, max_trials,
+             no_tune, calib_size, overwrite, output, as_json):
     """Quantize an ONNX MODEL (INT8 static/dynamic or FP16), tuned to stay within --tolerance and
     recommended only if it measures faster than FP32."""
     man = quantize_file(model, calib=calib, eval_path=eval_path, output=output, mode=mode, method=method, fmt=fmt,
                         per_channel=per_channel, tolerance=tolerance, target=target, max_trials=max_trials,
-                        tune=not no_tune, calib_size=calib_size, overwrite=overwrite)
+                        tune=not no_tune, calib_size=calib_size, overwrite=overwrite,
+                        weight_rounding=weight_rounding)
     if as_json:
         echo_json(man.to_dict())
         return

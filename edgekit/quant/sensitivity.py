@@ -77,7 +77,7 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, calib_size, input_names,
-            cache_root=None, deadline_s: float | None = None, progress=None) -> list:
+            cache_root=None, deadline_s: float | None = None, progress=None, overrides=None) -> list:
     """[{node, op_type, sqnr_db}] worst first."""
     import onnx
 
@@ -98,7 +98,7 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
         dest = Path(workdir) / f"sens_{i}.onnx"
         static.quantize(prep_path, dest, calib, spec.replace(exclude_nodes=()), calib_size=calib_size,
                         input_names=input_names, cache_root=cache_root,
-                        only_nodes=with_activations([name], fused))
+                        only_nodes=with_activations([name], fused), overrides=overrides)
         got = run_batches(dest, sample, batch_size=static.batch_size_for(prep_path), sess=session(dest))
         score = min(sqnr_db(r, g) for r, g in zip(ref, got))
         out.append({"node": name, "op_type": op_of[name], "sqnr_db": round(score, 2)})

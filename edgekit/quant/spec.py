@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 METHODS = ("minmax", "entropy", "percentile")
 TYPES = ("u8", "s8")
+ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -20,12 +21,15 @@ class QuantSpec:
     symmetric_activation: bool = False
     op_types: tuple = ()  # empty = every op type onnxruntime can quantize
     exclude_nodes: tuple = ()  # left in FP32
+    weight_rounding: str = "nearest"  # nearest | gptq (static only: error-compensated, see quant/gptq.py)
     fuse_transformer: bool = False  # dynamic: fuse attention/layernorm with onnxruntime.transformers first
     label: str = ""
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"calibration method {self.method!r} not one of {METHODS}")
+        if self.weight_rounding not in ROUNDINGS:
+            raise ValueError(f"weight rounding {self.weight_rounding!r} not one of {ROUNDINGS}")
         if self.activation_type not in TYPES or self.weight_type not in TYPES:
             raise ValueError(f"int8 types must be one of {TYPES}")
         object.__setattr__(self, "op_types", tuple(self.op_types))
@@ -53,6 +57,8 @@ class QuantSpec:
                 parts.append("reduce-range")
             if self.symmetric_activation:
                 parts.append("sym-act")
+            if self.weight_rounding != "nearest":
+                parts.append(self.weight_rounding)
         if self.op_types:
             parts.append("ops=" + "+".join(self.op_types))
         if self.exclude_nodes:

@@ -149,6 +149,11 @@ class DatasetReader:
 
 def batch_size_for(model_path) -> int:
     """Static graphs with a fixed leading dim get that batch size; dynamic ones get CALIB_BATCH."""
+    return fixed_batch(model_path) or CALIB_BATCH
+
+
+def fixed_batch(model_path) -> int | None:
+    """The first graph input's fixed leading dimension, or None when it is dynamic."""
     import onnx
 
     m = onnx.load(str(model_path), load_external_data=False)
@@ -159,7 +164,7 @@ def batch_size_for(model_path) -> int:
         dims = v.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
             return int(dims[0].dim_value)
-    return CALIB_BATCH
+    return None
 
 
 _MEMO: dict = {}
@@ -201,8 +206,12 @@ def calibration_options(spec: QuantSpec) -> dict:
 
 
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
-             use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None) -> dict:
-    """Quantize the pre-processed model at prep_path into dest. Returns {"calibration": "cached"|"computed", ...}."""
+             use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
+             overrides: dict | None = None) -> dict:
+    """Quantize the pre-processed model at prep_path into dest. Returns {"calibration": "cached"|"computed", ...}.
+
+    overrides: onnxruntime TensorQuantOverrides (the weight ranges GPTQ rounding pinned), if any.
+    """
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     calib_opts = calibration_options(spec)
@@ -216,6 +225,8 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
         tmp_cache = cpath.with_name(f".{cpath.name}.{os.getpid()}.tmp")
     extra = {**calib_opts, "ActivationSymmetric": bool(spec.symmetric_activation),
              "WeightSymmetric": True, "QDQKeepRemovableActivations": keep_removable_activations}
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
     reader = None if hit else DatasetReader(calib, input_names, n, batch_size_for(prep_path))
     if reader is not None and spec.method != "minmax":
         # one collect per batch (the option applies to every method, despite its name): histograms merge

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dynamic, static
+from . import dynamic, gptq, static
 from .spec import QuantSpec
 from .timing import measure
 
@@ -107,6 +107,8 @@ class Tuner:
         self.trials: list[Trial] = []
         self.sensitivity: list = []
         self._fused_path = None
+        self._rounded: dict = {}  # (per_channel, reduce_range) -> (path, overrides)
+        self.notes: list = []
 
     @property
     def budget_left(self) -> int:
@@ -121,8 +123,24 @@ class Tuner:
                 if src is None:
                     raise ValueError("graph has no BERT-like attention to fuse")
             return dynamic.quantize(src, dest, spec)
-        return static.quantize(self.prep_path, dest, self.calib, spec, calib_size=self.calib_size,
-                               input_names=self.input_names, cache_root=self.cache_root)
+        src, overrides = self.static_source(spec)
+        return static.quantize(src, dest, self.calib, spec, calib_size=self.calib_size,
+                               input_names=self.input_names, cache_root=self.cache_root, overrides=overrides)
+
+    def static_source(self, spec: QuantSpec):
+        """(model to quantize, TensorQuantOverrides): the pre-processed model, or its GPTQ-rounded copy."""
+        if spec.weight_rounding != "gptq":
+            return self.prep_path, None
+        if spec.weight_type != "s8":
+            raise ValueError("GPTQ weight rounding needs signed INT8 weights")
+        key = (spec.per_channel, spec.reduce_range)
+        if key not in self._rounded:
+            dest = self.workdir / f"gptq_{'pc' if spec.per_channel else 'pt'}{'_rr' if spec.reduce_range else ''}.onnx"
+            info = gptq.apply(self.prep_path, dest, self.calib, self.input_names, per_channel=spec.per_channel,
+                              reduce_range=spec.reduce_range, limit=self.calib_size)
+            self.notes.append(gptq.write_overrides_note(info))
+            self._rounded[key] = (dest, info["overrides"])
+        return self._rounded[key]
 
     def fused_path(self):
         if self._fused_path is None:
@@ -187,6 +205,8 @@ class Tuner:
                 # slower than FP32, so dynamic INT8 goes first and static keeps only its default as a check
                 dyn = QuantSpec(mode="int8-dynamic", per_channel=True, reduce_range=base.reduce_range)
                 return [dyn, dyn.replace(fuse_transformer=True), dyn.replace(per_channel=False), base]
+            if "weight_rounding" not in pinned and base.weight_type == "s8" and base.weight_rounding == "nearest":
+                specs.append(base.replace(weight_rounding="gptq"))
             if "method" not in pinned:
                 specs += [base.replace(method="percentile"), base.replace(method="entropy")]
             if "format" not in pinned:
@@ -220,12 +240,15 @@ class Tuner:
         # measured in QDQ form (nodes stay addressable by name); the fallback trials keep base's format
         sbase = base.replace(format="qdq", exclude_nodes=())
         base_path = self.workdir / "sens_base.onnx"
-        static.quantize(self.prep_path, base_path, self.calib, sbase, calib_size=self.calib_size,
-                        input_names=self.input_names, cache_root=self.cache_root)
-        self.sensitivity = sensitivity.measure(self.prep_path, base_path, sbase, self.calib, eval_data,
+        # with GPTQ rounding, the reference is the rounded FP32 model: what is ranked is then each
+        # node's activation quantization, the part that falling back to FP32 can still remove
+        src, overrides = self.static_source(sbase)
+        static.quantize(src, base_path, self.calib, sbase, calib_size=self.calib_size,
+                        input_names=self.input_names, cache_root=self.cache_root, overrides=overrides)
+        self.sensitivity = sensitivity.measure(src, base_path, sbase, self.calib, eval_data,
                                                workdir=self.workdir, calib_size=self.calib_size,
                                                input_names=self.input_names, cache_root=self.cache_root,
-                                               deadline_s=sensitivity_seconds)
+                                               deadline_s=sensitivity_seconds, overrides=overrides)
         order = [s["node"] for s in self.sensitivity]
         if not order:
             return []

@@ -54,11 +54,15 @@ def base_spec(cfg: QuantizeConfig, choice: qisa.IsaChoice) -> tuple[QuantSpec, s
         pinned.add("op_types")
     if cfg.mode == "int8-dynamic":
         pinned.add("mode")
+    rounding = "nearest" if cfg.weight_rounding == "auto" else cfg.weight_rounding
+    if cfg.weight_rounding != "auto":
+        pinned.add("weight_rounding")
     spec = QuantSpec(mode="int8-dynamic" if cfg.mode == "int8-dynamic" else "int8", format=cfg.format,
                      method=method, per_channel=per_channel, activation_type=act, weight_type=wt,
                      reduce_range=choice.reduce_range,
                      symmetric_activation=choice.symmetric_activation or (act == "s8" and "types" not in pinned),
-                     op_types=cfg.op_types, exclude_nodes=cfg.exclude_nodes)
+                     op_types=cfg.op_types, exclude_nodes=cfg.exclude_nodes,
+                     weight_rounding=rounding if cfg.mode == "int8" else "nearest")
     return spec, pinned
 
 
@@ -126,6 +130,14 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
             specs = tuner.grid(spec, pinned=pinned, transformer_like=seq_like)
             if not gk["transformer_like"]:
                 specs = [s for s in specs if not s.fuse_transformer]
+            gq = [s for s in specs if s.weight_rounding == "gptq"]
+            if gq and specs[0].weight_rounding == "nearest":
+                # rounding first (base vs GPTQ), then the rest of the grid on whichever was more accurate
+                pair = tuner.run_phase([specs[0], gq[0]], "grid")
+                ok = [t for t in pair if t.error is None and t.metric is not None]
+                better = max(ok, key=lambda t: t.metric).spec.weight_rounding if ok else "nearest"
+                rest = [s for s in specs if s not in (specs[0], gq[0])]
+                specs = [s.replace(weight_rounding=better) if s.mode == "int8" else s for s in rest]
             tuner.run_phase(specs, "grid")
             if not tuner.passing() and tuner.budget_left > 0 and spec.mode == "int8":
                 accurate = max((t for t in tuner.trials if t.error is None and t.spec.mode == "int8"),
@@ -137,6 +149,7 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
             tuner.run_phase([spec], "fixed")
         record["trials"] = [t.record() for t in tuner.trials]
         record["sensitivity"] = tuner.sensitivity
+        record["notes"] += tuner.notes
         return _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,161 @@
+"""GPTQ weight rounding: im2col matches onnxruntime's convolutions, the rounded weights survive
+onnxruntime's quantizer bit for bit, and the rounding lowers the output error it is meant to."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.config import QuantizeConfig
+from edgekit.dataset import Dataset
+from edgekit.errors import ConfigError
+from edgekit.onnxutil import run_batches, session
+from edgekit.quant import gptq, static
+from edgekit.quant.spec import QuantSpec
+from edgekit.stages import quantize as stage
+
+from test_quant import _ctx, conv_model
+
+
+def _layers_model(path):
+    """One of each layer kind GPTQ covers, every node output exposed so a test can read it."""
+    r = np.random.default_rng(7)
+    w = {
+        "wg": r.normal(size=(6, 2, 3, 3)).astype(np.float32),     # grouped, dilated, asymmetric pads
+        "ws": r.normal(size=(5, 6, 3, 3)).astype(np.float32),     # SAME_UPPER, stride 2
+        "w1d": r.normal(size=(4, 5, 3)).astype(np.float32),       # Conv1d on a reshaped tensor
+        "wm": r.normal(size=(4, 3)).astype(np.float32),           # MatMul (K, N)
+        "wt": r.normal(size=(4, 3)).astype(np.float32),           # Gemm transB=0
+        "wb": r.normal(size=(2, 3)).astype(np.float32),           # Gemm transB=1
+        "shape1d": np.array([0, 5, -1], np.int64), "shape2d": np.array([-1, 4], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wg"], ["cg"], "conv_g", group=3, dilations=[2, 2], pads=[0, 1, 2, 1]),
+        helper.make_node("Conv", ["cg", "ws"], ["cs"], "conv_s", auto_pad="SAME_UPPER", strides=[2, 2]),
+        helper.make_node("Reshape", ["cs", "shape1d"], ["r1"], "to1d"),
+        helper.make_node("Conv", ["r1", "w1d"], ["c1"], "conv_1d", pads=[1, 1]),
+        helper.make_node("Transpose", ["c1"], ["t1"], "tr", perm=[0, 2, 1]),
+        helper.make_node("Reshape", ["t1", "shape2d"], ["f"], "flat"),
+        helper.make_node("MatMul", ["f", "wm"], ["mm"], "matmul"),
+        helper.make_node("Gemm", ["f", "wt"], ["gt"], "gemm_t"),
+        helper.make_node("Gemm", ["gt", "wb"], ["y"], "gemm_b", transB=1),
+    ]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("cg", "cs", "r1", "c1", "f", "mm", "gt")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, 11, 9])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)] + outs,
+                          [numpy_helper.from_array(v, k) for k, v in w.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_columns_reproduce_each_layer_output(tmp_path):
+    """rows(W) @ columns(x) must equal the layer's output as onnxruntime computes it."""
+    p = _layers_model(tmp_path / "layers.onnx")
+    m = onnx.load(str(p))
+    layers = {l.node: l for l in gptq.find_layers(m)}
+    assert set(layers) == {"conv_g", "conv_s", "conv_1d", "matmul", "gemm_t", "gemm_b"}
+    x = np.random.default_rng(0).normal(size=(2, 6, 11, 9)).astype(np.float32)
+    sess = session(p)
+    res = {"x": x, **dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))}
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    out_of = {"conv_g": "cg", "conv_s": "cs", "conv_1d": "c1", "matmul": "mm", "gemm_t": "gt", "gemm_b": "y"}
+    rng = np.random.default_rng(0)
+    for name, layer in layers.items():
+        w = init[layer.weight]
+        cols = gptq._columns(layer, res[layer.x], w.shape, rng).numpy()
+        rows = gptq._rows(w, layer)
+        y = res[out_of[name]]
+        if layer.op_type == "Conv":
+            groups, og = cols.shape[0], rows.shape[0] // cols.shape[0]
+            b = y.shape[0]
+            for g in range(groups):
+                want = y[:, g * og:(g + 1) * og].reshape(b, og, -1).transpose(1, 0, 2).reshape(og, -1)
+                np.testing.assert_allclose(rows[g * og:(g + 1) * og] @ cols[g], want, rtol=1e-4, atol=1e-4,
+                                           err_msg=name)
+        else:
+            np.testing.assert_allclose(rows @ cols[0], y.T, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def _int8_weights(qdq_path) -> dict:
+    """{float weight name: dequantized INT8 weight} read from a QDQ model."""
+    m = onnx.load(str(qdq_path))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    out = {}
+    for n in m.graph.node:
+        if n.op_type == "DequantizeLinear" and init.get(n.input[0]) is not None and init[n.input[0]].dtype == np.int8:
+            q, s = init[n.input[0]].astype(np.float64), init[n.input[1]].astype(np.float64)
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if s.ndim:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                s = s.reshape(shape)
+            out[n.output[0]] = q * s
+    return out
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_rounded_weights_survive_onnxruntime_exactly(tmp_path, per_channel):
+    p = conv_model(tmp_path / "conv.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(p, prep)
+    data = Dataset({"x": np.random.default_rng(1).normal(size=(64, 1, 16, 16)).astype(np.float32)})
+    info = gptq.apply(prep, tmp_path / "g.onnx", data, ["x"], per_channel=per_channel, limit=64)
+    assert info["layers"] == 3
+    rounded = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "g.onnx")).graph.initializer}
+    spec = QuantSpec(per_channel=per_channel)
+    static.quantize(tmp_path / "g.onnx", tmp_path / "q.onnx", data, spec, calib_size=64, input_names=["x"],
+                    use_cache=False, overrides=info["overrides"])
+    deq = _int8_weights(tmp_path / "q.onnx")
+    matched = 0
+    for name, w in deq.items():
+        src = name.replace("_DequantizeLinear_Output", "")
+        if src in rounded and rounded[src].ndim >= 2:
+            np.testing.assert_allclose(w, rounded[src], rtol=0, atol=1e-6 * np.abs(rounded[src]).max(), err_msg=src)
+            matched += 1
+    assert matched == 3, sorted(deq)
+    scales = {len(o) for o in info["overrides"].values()}
+    assert scales == ({1} if not per_channel else {8, 16, 10})
+
+
+def test_gptq_lowers_the_output_error_of_rounding(tmp_path):
+    """On the calibration inputs, GPTQ-rounded weights move the outputs less than rounding to nearest."""
+    p = conv_model(tmp_path / "conv.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(p, prep)
+    data = Dataset({"x": np.random.default_rng(2).normal(size=(96, 1, 16, 16)).astype(np.float32)})
+    info = gptq.apply(prep, tmp_path / "g.onnx", data, ["x"], per_channel=True, limit=96)
+    assert info["sqnr_gain_db_median"] > 0.5
+    m = onnx.load(str(prep))
+    for i in m.graph.initializer:  # the same grid, rounded to nearest
+        w = numpy_helper.to_array(i)
+        if w.ndim >= 2:
+            s = np.abs(w.reshape(w.shape[0], -1)).max(1) / 127 if i.name != "wf" else np.abs(w).max(1) / 127
+            s = s.reshape([-1] + [1] * (w.ndim - 1))
+            i.CopyFrom(numpy_helper.from_array((np.round(w / s) * s).astype(np.float32), i.name))
+    onnx.save(m, str(tmp_path / "rtn.onnx"))
+    ref = run_batches(prep, data)[0]
+    err_g = np.linalg.norm(run_batches(tmp_path / "g.onnx", data)[0] - ref)
+    err_r = np.linalg.norm(run_batches(tmp_path / "rtn.onnx", data)[0] - ref)
+    assert err_g < 0.8 * err_r, (err_g, err_r)
+
+
+def test_tuning_tries_gptq_and_records_it(tmp_path):
+    p = conv_model(tmp_path / "conv.fp32.onnx")
+    data = Dataset({"x": np.random.default_rng(3).normal(size=(64, 1, 16, 16)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="5%")
+    stage.run(parent, ctx, QuantizeConfig(max_trials=3, speed_gate=False))
+    rec = ctx.manifest.quantization[parent.path]
+    names = [t["name"] for t in rec["trials"]]
+    assert names[0].endswith("per-channel") and names[1].endswith("gptq"), names
+    assert rec["trials"][1]["config"]["weight_rounding"] == "gptq"
+    assert any("GPTQ weight rounding on 3 layers" in n for n in rec["notes"]), rec["notes"]
+    # pinned to nearest: no GPTQ trial at all
+    parent, ctx = _ctx(tmp_path, p, data, tol="5%")
+    stage.run(parent, ctx, QuantizeConfig(max_trials=3, speed_gate=False, weight_rounding="nearest"))
+    assert not any("gptq" in t["name"] for t in ctx.manifest.quantization[parent.path]["trials"])
+
+
+def test_bad_weight_rounding_is_a_config_error():
+    with pytest.raises(ConfigError, match="weight_rounding 'gptqq'.*gptq"):
+        QuantizeConfig(weight_rounding="gptqq")
