@@ -159,3 +159,47 @@ def test_tuning_tries_gptq_and_records_it(tmp_path):
 def test_bad_weight_rounding_is_a_config_error():
     with pytest.raises(ConfigError, match="weight_rounding 'gptqq'.*gptq"):
         QuantizeConfig(weight_rounding="gptqq")
+
+
+def _tuner(tmp_path, prep, data):
+    from edgekit.config import Tolerance
+    from edgekit.quant.tuning import Tuner
+
+    return Tuner(prep_path=prep, fp32_path=prep, workdir=tmp_path, calib=data, input_names=["x"], evaluate=None,
+                 reference=1.0, tolerance=Tolerance.parse("1%"), target=None, feeds={}, calib_size=64, max_trials=4)
+
+
+def test_layers_left_in_fp32_get_their_original_weights_back(tmp_path):
+    p = conv_model(tmp_path / "conv.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(p, prep)
+    data = Dataset({"x": np.random.default_rng(4).normal(size=(64, 1, 16, 16)).astype(np.float32)})
+    tuner = _tuner(tmp_path, prep, data)
+    orig = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
+    weight = gptq.weights_of(prep)
+    src, overrides, ranges_of = tuner.static_source(QuantSpec(weight_rounding="gptq", exclude_nodes=("conv2",)))
+    got = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(src)).graph.initializer}
+    assert np.array_equal(got[weight["conv2"]], orig[weight["conv2"]])  # restored bit for bit
+    assert not np.array_equal(got[weight["conv1"]], orig[weight["conv1"]])  # still rounded
+    assert set(overrides) == {weight["conv1"], weight["fc"]} and ranges_of is not None
+    # sensitivity's view: only the measured node rounded
+    src, overrides, _ = tuner.static_source(QuantSpec(weight_rounding="gptq"), only_nodes=["fc"])
+    got = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(src)).graph.initializer}
+    assert np.array_equal(got[weight["conv1"]], orig[weight["conv1"]]) and set(overrides) == {weight["fc"]}
+    assert tuner.static_source(QuantSpec())[0] == prep  # round-to-nearest: the model as it is
+
+
+def test_without_a_passing_candidate_the_best_is_the_most_accurate_faster_one(tmp_path):
+    from edgekit.quant.tuning import Trial
+
+    tuner = _tuner(tmp_path, tmp_path / "unused.onnx", None)
+
+    def trial(metric, speedup):
+        return Trial("t", QuantSpec(), tmp_path / "t.onnx", metric=metric, speedup=speedup,
+                     latency_ms=10 / speedup, passed=False)
+
+    slow_accurate, fast, faster_worse = trial(0.95, 0.9), trial(0.93, 1.6), trial(0.90, 2.0)
+    tuner.trials = [slow_accurate, fast, faster_worse]
+    assert tuner.best() is fast
+    tuner.trials = [slow_accurate, trial(0.90, 1.0)]  # none faster than FP32: the most accurate
+    assert tuner.best() is slow_accurate

@@ -75,6 +75,9 @@ def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: s
             "trials": len(rec["trials"]), "fp32_nodes": len(q.settings.get("exclude_nodes", [])),
             "speed_gate": {k: {kk: v.get(kk) for kk in ("fp32_ms", "int8_ms", "ratio", "passed")}
                            for k, v in rec["speed_gate"].items()},
+            "trial_log": [{"name": t["name"], "phase": t["phase"], "metric": t["metric"], "speedup": t["speedup"],
+                           "fp32_nodes": len(t["fp32_nodes"]), "error": t["error"]} for t in rec["trials"]],
+            "sensitivity_worst": rec.get("sensitivity", [])[:10],
             "variants": rows, "seconds": round(time.perf_counter() - t0, 1), "cpu": cpu_info()["model"],
             "eval_data": src.eval.source}
 

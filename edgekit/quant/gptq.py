@@ -267,6 +267,28 @@ def _gain_db(rows, new_rows, scale, h, qmin, qmax, per_group) -> float:
     return 10 * np.log10(e_rtn / e_new)
 
 
+def weights_of(model_path) -> dict:
+    """{node name: weight initializer name} for the layers GPTQ rounds."""
+    import onnx
+
+    return {l.node: l.weight for l in find_layers(onnx.load(str(model_path), load_external_data=False))}
+
+
+def mix(rounded_path, original_path, dest, *, keep: set, overrides: dict) -> dict:
+    """A model with GPTQ-rounded weights only for the weight names in `keep`, the original FP32 weights
+    elsewhere; returns the overrides for those kept. A layer left in FP32 thus gets back its exact weights,
+    so falling back can undo the weight rounding too, not only the activation quantization."""
+    import onnx
+
+    m = onnx.load(str(rounded_path))
+    orig = {i.name: i for i in onnx.load(str(original_path)).graph.initializer}
+    for init in m.graph.initializer:
+        if init.name in overrides and init.name not in keep and init.name in orig:
+            init.CopyFrom(orig[init.name])
+    onnx.save(m, str(dest))
+    return {k: v for k, v in overrides.items() if k in keep}
+
+
 def write_overrides_note(info: dict) -> str:
     return (f"GPTQ weight rounding on {info['layers']} layers ({info['seconds']} s; median layer-output "
             f"error {info['sqnr_gain_db_median']} dB below round-to-nearest)")

@@ -77,8 +77,12 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, calib_size, input_names,
-            cache_root=None, deadline_s: float | None = None, progress=None, overrides=None) -> list:
-    """[{node, op_type, sqnr_db}] worst first."""
+            cache_root=None, deadline_s: float | None = None, progress=None, source_for=None) -> list:
+    """[{node, op_type, sqnr_db}] worst first.
+
+    source_for(nodes) -> (model path, TensorQuantOverrides, model whose ranges it shares) gives the model to quantize those nodes of
+    (e.g. with their GPTQ-rounded weights); default: prep_path as it is.
+    """
     import onnx
 
     fm = onnx.load(str(prep_path), load_external_data=False)
@@ -96,9 +100,11 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
         if deadline_s is not None and time.perf_counter() - t0 > deadline_s:
             break
         dest = Path(workdir) / f"sens_{i}.onnx"
-        static.quantize(prep_path, dest, calib, spec.replace(exclude_nodes=()), calib_size=calib_size,
-                        input_names=input_names, cache_root=cache_root,
-                        only_nodes=with_activations([name], fused), overrides=overrides)
+        only = with_activations([name], fused)
+        src, overrides, ranges_of = source_for(only) if source_for else (prep_path, None, None)
+        static.quantize(src, dest, calib, spec.replace(exclude_nodes=()), calib_size=calib_size,
+                        input_names=input_names, cache_root=cache_root, only_nodes=only, overrides=overrides,
+                        calib_model=ranges_of)
         got = run_batches(dest, sample, batch_size=static.batch_size_for(prep_path), sess=session(dest))
         score = min(sqnr_db(r, g) for r, g in zip(ref, got))
         out.append({"node": name, "op_type": op_of[name], "sqnr_db": round(score, 2)})

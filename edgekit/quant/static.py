@@ -207,16 +207,18 @@ def calibration_options(spec: QuantSpec) -> dict:
 
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
              use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
-             overrides: dict | None = None) -> dict:
+             overrides: dict | None = None, calib_model=None) -> dict:
     """Quantize the pre-processed model at prep_path into dest. Returns {"calibration": "cached"|"computed", ...}.
 
     overrides: onnxruntime TensorQuantOverrides (the weight ranges GPTQ rounding pinned), if any.
+    calib_model: the model whose activation ranges may stand in for this one's (the same graph with only
+    some weights rounded differently): the calibration cache is keyed on it, so they are computed once.
     """
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     calib_opts = calibration_options(spec)
     n = min(calib_size, len(calib))
-    key = qcache.cache_key(_model_sha(prep_path), _data_sha(calib, n), spec.method,
+    key = qcache.cache_key(_model_sha(calib_model or prep_path), _data_sha(calib, n), spec.method,
                            {**calib_opts, "op_types": sorted(spec.op_types)})
     cpath = qcache.cache_path(key, cache_root) if use_cache else None
     hit = cpath is not None and cpath.is_file()

@@ -108,6 +108,8 @@ class Tuner:
         self.sensitivity: list = []
         self._fused_path = None
         self._rounded: dict = {}  # (per_channel, reduce_range) -> (path, overrides)
+        self._weights = None  # node -> weight name, for the layers GPTQ rounds
+        self._mixed = 0
         self.notes: list = []
 
     @property
@@ -123,14 +125,19 @@ class Tuner:
                 if src is None:
                     raise ValueError("graph has no BERT-like attention to fuse")
             return dynamic.quantize(src, dest, spec)
-        src, overrides = self.static_source(spec)
-        return static.quantize(src, dest, self.calib, spec, calib_size=self.calib_size,
-                               input_names=self.input_names, cache_root=self.cache_root, overrides=overrides)
+        src, overrides, ranges_of = self.static_source(spec)
+        return static.quantize(src, dest, self.calib, spec, calib_size=self.calib_size, input_names=self.input_names,
+                               cache_root=self.cache_root, overrides=overrides, calib_model=ranges_of)
 
-    def static_source(self, spec: QuantSpec):
-        """(model to quantize, TensorQuantOverrides): the pre-processed model, or its GPTQ-rounded copy."""
+    def static_source(self, spec: QuantSpec, *, only_nodes=None):
+        """(model to quantize, TensorQuantOverrides, model whose calibration ranges it shares): the
+        pre-processed model, or its GPTQ-rounded copy.
+
+        With GPTQ, layers that will not be quantized (exclude_nodes, or all but only_nodes) keep their
+        original FP32 weights; such a mix shares the activation ranges of the fully rounded model.
+        """
         if spec.weight_rounding != "gptq":
-            return self.prep_path, None
+            return self.prep_path, None, None
         if spec.weight_type != "s8":
             raise ValueError("GPTQ weight rounding needs signed INT8 weights")
         key = (spec.per_channel, spec.reduce_range)
@@ -140,7 +147,18 @@ class Tuner:
                               reduce_range=spec.reduce_range, limit=self.calib_size)
             self.notes.append(gptq.write_overrides_note(info))
             self._rounded[key] = (dest, info["overrides"])
-        return self._rounded[key]
+        path, overrides = self._rounded[key]
+        if not spec.exclude_nodes and only_nodes is None:
+            return path, overrides, None
+        if self._weights is None:
+            self._weights = gptq.weights_of(self.prep_path)
+        if only_nodes is not None:
+            keep = {self._weights[n] for n in only_nodes if n in self._weights}
+        else:
+            keep = set(overrides) - {self._weights[n] for n in spec.exclude_nodes if n in self._weights}
+        self._mixed += 1
+        dest = self.workdir / f"gptq_mixed{self._mixed % 2}.onnx"  # a trial's source is used, then replaced
+        return dest, gptq.mix(path, self.prep_path, dest, keep=keep, overrides=overrides), path
 
     def fused_path(self):
         if self._fused_path is None:
@@ -240,15 +258,16 @@ class Tuner:
         # measured in QDQ form (nodes stay addressable by name); the fallback trials keep base's format
         sbase = base.replace(format="qdq", exclude_nodes=())
         base_path = self.workdir / "sens_base.onnx"
-        # with GPTQ rounding, the reference is the rounded FP32 model: what is ranked is then each
-        # node's activation quantization, the part that falling back to FP32 can still remove
-        src, overrides = self.static_source(sbase)
+        src, overrides, _ = self.static_source(sbase)
         static.quantize(src, base_path, self.calib, sbase, calib_size=self.calib_size,
                         input_names=self.input_names, cache_root=self.cache_root, overrides=overrides)
-        self.sensitivity = sensitivity.measure(src, base_path, sbase, self.calib, eval_data,
+        # each node is measured with its own weights rounded as the candidate would round them (GPTQ or
+        # nearest) against the true FP32 model, since falling back restores both its weights and its inputs
+        self.sensitivity = sensitivity.measure(self.prep_path, base_path, sbase, self.calib, eval_data,
                                                workdir=self.workdir, calib_size=self.calib_size,
                                                input_names=self.input_names, cache_root=self.cache_root,
-                                               deadline_s=sensitivity_seconds, overrides=overrides)
+                                               deadline_s=sensitivity_seconds,
+                                               source_for=lambda nodes: self.static_source(sbase, only_nodes=nodes))
         order = [s["node"] for s in self.sensitivity]
         if not order:
             return []
@@ -266,13 +285,16 @@ class Tuner:
             return results[k]
 
         # exponential search for a passing count, then bisection between the last failure and it:
-        # O(log n) trials, and the fewest FP32 nodes (the fastest candidate) that meets the tolerance
+        # O(log n) trials, and the fewest FP32 nodes (the fastest candidate) that meets the tolerance.
+        # Where INT8 can beat FP32 here at all, the search stops growing once a candidate no longer does:
+        # more FP32 nodes only make it slower, and a model that is FP32 throughout is no INT8 candidate.
         lo, k = 0, 1
         while self.budget_left > 0:
             if attempt(k):
                 break
             lo = k
-            if k == len(order):
+            last = out[-1] if out else None
+            if k == len(order) or (last is not None and not _faster(last) and any(map(_faster, self.trials))):
                 return out
             k = min(2 * k, len(order))
         else:
@@ -290,14 +312,23 @@ class Tuner:
         return [t for t in self.trials if t.passed and t.error is None]
 
     def best(self) -> Trial | None:
-        """Fastest within tolerance; when none passes, the most accurate (ties: fastest)."""
+        """Fastest within tolerance; when none passes, the most accurate of those faster than FP32
+        (else of all; ties: fastest), so the INT8 artifact written beside FP32 is still worth having."""
         ok = self.passing()
         if ok:
             return min(ok, key=lambda t: t.latency_ms if t.latency_ms is not None else float("inf"))
         done = [t for t in self.trials if t.error is None and t.metric is not None]
         if not done:
             return None
-        return max(done, key=lambda t: (t.metric, -(t.latency_ms or float("inf"))))
+        pool = [t for t in done if _faster(t)] or done
+        return max(pool, key=lambda t: (t.metric, -(t.latency_ms or float("inf"))))
+
+
+def _faster(t: Trial) -> bool:
+    """Measured faster than FP32 by the speed gate's margin (unmeasured counts as not faster)."""
+    from .speed_gate import FASTER_THAN
+
+    return t.speedup is not None and t.speedup > 0 and 1.0 / t.speedup < FASTER_THAN
 
 
 def elapsed(t0: float) -> float:
