@@ -184,7 +184,8 @@ def test_isa_defaults_and_reasons():
 def test_fallback_keeps_the_sensitive_layer_in_fp32(tmp_path):
     p = outlier_mlp(tmp_path / "mlp.fp32.onnx")
     data = Dataset({"x": np.random.default_rng(3).normal(size=(300, 16)).astype(np.float32)})
-    parent, ctx = _ctx(tmp_path, p, data)
+    # 3%: with fc1/fc2 in FP32, the INT8 fc3 of this random MLP alone flips ~2% of its low-margin argmaxes
+    parent, ctx = _ctx(tmp_path, p, data, tol="3%")
     cfg = QuantizeConfig(calibrate_method="minmax", per_channel=True, activation_type="u8", weight_type="s8",
                          op_types=("MatMul",), max_trials=6)
     art = stage.run(parent, ctx, cfg)
@@ -196,7 +197,8 @@ def test_fallback_keeps_the_sensitive_layer_in_fp32(tmp_path):
     assert fb and fb[-1]["passed"] or any(t["passed"] for t in fb)
     assert rec["tolerance_met"] is True
     assert "fc2" in art.settings["exclude_nodes"]
-    assert Tolerance.parse("1%").allows(parent.metrics["value"], art.metrics["value"])
+    assert "fc3" not in art.settings["exclude_nodes"]  # still an INT8 model, not FP32 with extra steps
+    assert Tolerance.parse("3%").allows(parent.metrics["value"], art.metrics["value"])
     assert art.path == "mlp.int8.onnx" and (tmp_path / "mlp.int8.onnx").exists()
 
 

@@ -203,3 +203,19 @@ def test_without_a_passing_candidate_the_best_is_the_most_accurate_faster_one(tm
     assert tuner.best() is fast
     tuner.trials = [slow_accurate, trial(0.90, 1.0)]  # none faster than FP32: the most accurate
     assert tuner.best() is slow_accurate
+
+
+def test_a_passing_candidate_as_slow_as_fp32_does_not_win_where_int8_can_be_faster(tmp_path):
+    from edgekit.quant.tuning import Trial
+
+    tuner = _tuner(tmp_path, tmp_path / "unused.onnx", None)
+
+    def trial(metric, speedup, passed):
+        return Trial("t", QuantSpec(), tmp_path / "t.onnx", metric=metric, speedup=speedup,
+                     latency_ms=10 / speedup, passed=passed)
+
+    all_fp32, partial = trial(1.0, 1.0, True), trial(0.96, 1.3, False)
+    tuner.trials = [trial(0.90, 2.0, False), partial, all_fp32]
+    assert tuner.best() is partial
+    tuner.trials = [trial(0.90, 0.7, False), all_fp32]  # INT8 never faster here: tolerance decides
+    assert tuner.best() is all_fp32

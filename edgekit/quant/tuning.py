@@ -288,15 +288,17 @@ class Tuner:
         # O(log n) trials, and the fewest FP32 nodes (the fastest candidate) that meets the tolerance.
         # Where INT8 can beat FP32 here at all, the search stops growing once a candidate no longer does:
         # more FP32 nodes only make it slower, and a model that is FP32 throughout is no INT8 candidate.
+        # at most all but one node: every node in FP32 is FP32 with extra steps, not an INT8 candidate
+        top = max(1, len(order) - 1)
         lo, k = 0, 1
         while self.budget_left > 0:
             if attempt(k):
                 break
             lo = k
             last = out[-1] if out else None
-            if k == len(order) or (last is not None and not _faster(last) and any(map(_faster, self.trials))):
+            if k == top or (last is not None and not _faster(last) and any(map(_faster, self.trials))):
                 return out
-            k = min(2 * k, len(order))
+            k = min(2 * k, top)
         else:
             return out
         hi = k
@@ -312,9 +314,14 @@ class Tuner:
         return [t for t in self.trials if t.passed and t.error is None]
 
     def best(self) -> Trial | None:
-        """Fastest within tolerance; when none passes, the most accurate of those faster than FP32
-        (else of all; ties: fastest), so the INT8 artifact written beside FP32 is still worth having."""
+        """Fastest within tolerance (and faster than FP32, where any candidate is); when none passes, the
+        most accurate of those faster than FP32 (else of all; ties: fastest), so the INT8 artifact written
+        beside FP32 is still worth having."""
         ok = self.passing()
+        if any(map(_faster, self.trials)):
+            # INT8 can beat FP32 on this model and host, so a candidate within tolerance must too: one that
+            # falls back so much that it is as slow as FP32 (in the limit, FP32 with extra steps) is no answer
+            ok = [t for t in ok if _faster(t)]
         if ok:
             return min(ok, key=lambda t: t.latency_ms if t.latency_ms is not None else float("inf"))
         done = [t for t in self.trials if t.error is None and t.metric is not None]

@@ -197,8 +197,12 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     kind = best.spec.mode
     if not tol_met:
         drop = f"{best.drop_rel:.2%}" if best.drop_rel is not None else "unknown"
-        reason = (f"no INT8 candidate within tolerance {ctx.tolerance} after {len(tuner.trials)} trials; best "
-                  f"'{best.name}' drops {drop} ({best.metric:.4f} vs FP32 {reference:.4f}); FP32 stays recommended")
+        slow = [t for t in tuner.passing() if t is not best]
+        within = (f"no INT8 candidate within tolerance {ctx.tolerance} and faster than FP32 ({len(slow)} within "
+                  f"tolerance kept so many nodes in FP32 that they measured no faster)" if slow else
+                  f"no INT8 candidate within tolerance {ctx.tolerance}")
+        reason = (f"{within} after {len(tuner.trials)} trials; best '{best.name}' drops {drop} "
+                  f"({best.metric:.4f} vs FP32 {reference:.4f}); FP32 stays recommended")
     elif not fast:
         reason = ("INT8 is not faster than FP32 on " + next(iter(gate), "the target") + ": "
                   + (gate_rec.get("why") or gate_rec.get("reason") or "not measured"))
