@@ -92,7 +92,7 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
     else:
         feeds = {s.name: a.numpy() for s, a in zip(source.inputs, _example_args(source, None))}
         n, origin = 2, "generated zeros"
-    feeds = {s.name: np.ascontiguousarray(feeds[s.name]) for s in source.inputs}
+    feeds = {s.name: np.array(feeds[s.name], order="C") for s in source.inputs}  # a writable copy: memmaps are read-only
     with torch.no_grad():
         ref = module(*[torch.from_numpy(feeds[s.name]) for s in source.inputs])
     ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
