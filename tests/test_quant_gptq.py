@@ -219,3 +219,34 @@ def test_a_passing_candidate_as_slow_as_fp32_does_not_win_where_int8_can_be_fast
     assert tuner.best() is partial
     tuner.trials = [trial(0.90, 0.7, False), all_fp32]  # INT8 never faster here: tolerance decides
     assert tuner.best() is all_fp32
+
+
+def test_a_node_left_in_fp32_keeps_float_weights_inside_onnxruntime(tmp_path):
+    """onnxruntime's WeightBiasQuantization would give an FP32 Conv fed by a DequantizeLinear per-tensor
+    INT8 weights at session creation; the per-channel input DQ edgekit writes must keep it float."""
+    import onnxruntime as ort
+
+    p = conv_model(tmp_path / "conv.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(p, prep)
+    data = Dataset({"x": np.random.default_rng(5).normal(size=(64, 1, 16, 16)).astype(np.float32)})
+    info = static.quantize(prep, tmp_path / "q.onnx", data, QuantSpec(exclude_nodes=("conv2", "relu2")),
+                           calib_size=64, input_names=["x"], use_cache=False)
+    assert info["fp32_nodes_protected"] == 1
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # where the transformer runs
+    so.optimized_model_filepath = str(tmp_path / "q.optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "q.onnx"), so, providers=["CPUExecutionProvider"])
+    fast = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "q.optimized.onnx"))
+    conv2 = [n for n in opt.graph.node if n.op_type in ("Conv", "FusedConv") and "conv2" in n.name]
+    assert conv2, [n.name for n in opt.graph.node]
+    weight_of = {n.output[0]: n for n in opt.graph.node}
+    assert all(weight_of.get(n.input[1]) is None or weight_of[n.input[1]].op_type != "DequantizeLinear"
+               for n in conv2), "conv2 got quantized weights"
+    # and numerically: the optimised session equals the unoptimised float simulation of the same file
+    so2 = ort.SessionOptions()
+    so2.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(tmp_path / "q.onnx"), so2, providers=["CPUExecutionProvider"])
+    x = np.asarray(data.inputs["x"][:16])
+    np.testing.assert_allclose(fast.run(None, {"x": x})[0], plain.run(None, {"x": x})[0], rtol=1e-3, atol=1e-3)
