@@ -288,8 +288,9 @@ class Tuner:
         # O(log n) trials, and the fewest FP32 nodes (the fastest candidate) that meets the tolerance.
         # Where INT8 can beat FP32 here at all, the search stops growing once a candidate no longer does:
         # more FP32 nodes only make it slower, and a model that is FP32 throughout is no INT8 candidate.
-        # at most all but one node: every node in FP32 is FP32 with extra steps, not an INT8 candidate
-        top = max(1, len(order) - 1)
+        # at most half the ranked nodes: beyond that the candidate is FP32 with extra steps, not an INT8
+        # answer, and short trial timings cannot tell it from FP32 reliably
+        top = max(1, (len(order) + 1) // 2)
         lo, k = 0, 1
         while self.budget_left > 0:
             if attempt(k):
