@@ -33,6 +33,13 @@ def graph_facts(path) -> dict:
             "nodes": len(m.graph.node)}
 
 
+def node_attrs(node) -> dict:
+    """An ONNX node's attributes as {name: python value}."""
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
     import onnxruntime as ort
 

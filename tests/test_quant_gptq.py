@@ -176,7 +176,7 @@ def test_layers_left_in_fp32_get_their_original_weights_back(tmp_path):
     data = Dataset({"x": np.random.default_rng(4).normal(size=(64, 1, 16, 16)).astype(np.float32)})
     tuner = _tuner(tmp_path, prep, data)
     orig = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
-    weight = gptq.weights_of(prep)
+    weight = {layer.node: layer.weight for layer in gptq.find_layers(onnx.load(str(prep)))}
     src, overrides, ranges_of = tuner.static_source(QuantSpec(weight_rounding="gptq", exclude_nodes=("conv2",)))
     got = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(src)).graph.initializer}
     assert np.array_equal(got[weight["conv2"]], orig[weight["conv2"]])  # restored bit for bit

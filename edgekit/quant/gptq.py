@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..onnxutil import node_attrs, session
+
 DAMP = 0.01  # Hessian dampening, as a fraction of its mean diagonal (the GPTQ paper's default)
 HESSIAN_BATCH = 8
 MAX_ROWS_PER_SAMPLE = 4096  # positions of one conv input per sample fed to H (random subset beyond)
@@ -35,12 +37,6 @@ class Layer:
     x: str  # input activation name
     axis: int  # onnxruntime's per-channel axis for this weight
     attrs: dict
-
-
-def _attrs(node) -> dict:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def find_layers(model) -> list:
@@ -57,7 +53,7 @@ def find_layers(model) -> list:
         t = init[n.input[1]]
         if t.data_type != 1:  # FLOAT
             continue
-        a = _attrs(n)
+        a = node_attrs(n)
         if n.op_type == "Conv" and len(t.dims) in (3, 4):
             out.append(Layer(n.name, "Conv", n.input[1], n.input[0], 0, a))
         elif n.op_type == "Gemm" and len(t.dims) == 2 and not a.get("transA", 0):
@@ -118,14 +114,15 @@ def _columns(layer: Layer, x, w_shape, rng):
     return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
 
 
-def hessians(model_path, layers: list, calib, input_names, *, limit: int, seed: int = 0, progress=None) -> dict:
+def hessians(model, layers: list, calib, input_names, *, limit: int, seed: int = 0, progress=None) -> dict:
     """{weight name: H (groups, K, K) float64} from the FP32 model's real inputs to each layer."""
     import onnx
     import torch
 
-    from ..onnxutil import session
+    from .static import fixed_batch
 
-    m = onnx.load(str(model_path))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)  # the probe outputs must not leak into the caller's model
     existing = {o.name for o in m.graph.output}
     for layer in layers:
         if layer.x not in existing:
@@ -137,9 +134,7 @@ def hessians(model_path, layers: list, calib, input_names, *, limit: int, seed: 
     rng = np.random.default_rng(seed)
     H: dict = {}
     n = min(limit, len(calib))
-    from .static import fixed_batch
-
-    bs = fixed_batch(model_path) or HESSIAN_BATCH
+    bs = fixed_batch(model) or HESSIAN_BATCH
     names = [k for k in calib.inputs if k in set(input_names)]
     done = 0
     for a in range(0, n, bs):
@@ -194,12 +189,12 @@ def gptq_round(W, scale, H, qmin: int, qmax: int, damp: float = DAMP):
     return Q[:, torch.argsort(perm)].numpy()
 
 
-def weight_range(qtype_s8: bool, reduce_range: bool) -> tuple:
+def weight_range(reduce_range: bool) -> tuple:
+    """onnxruntime's own integer range for symmetric signed INT8 weights."""
     from onnx import TensorProto
     from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
 
-    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8 if qtype_s8 else TensorProto.UINT8,
-                                         reduce_range=reduce_range, symmetric=True)
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, reduce_range=reduce_range, symmetric=True)
     return int(qmin), int(qmax)
 
 
@@ -216,8 +211,8 @@ def apply(model_path, dest, calib, input_names, *, per_channel: bool, reduce_ran
     t0 = time.perf_counter()
     m = onnx.load(str(model_path))
     layers = find_layers(m)
-    H = hessians(model_path, layers, calib, input_names, limit=limit, progress=progress) if layers else {}
-    qmin, qmax = weight_range(True, reduce_range)
+    H = hessians(m, layers, calib, input_names, limit=limit, progress=progress) if layers else {}
+    qmin, qmax = weight_range(reduce_range)
     half = (qmax - qmin) / 2.0
     init = {i.name: i for i in m.graph.initializer}
     overrides, gains = {}, []
@@ -267,32 +262,23 @@ def _gain_db(rows, new_rows, scale, h, qmin, qmax, per_group) -> float:
     return 10 * np.log10(e_rtn / e_new)
 
 
-def weights_of(model_path) -> dict:
-    """{node name: weight initializer name} for the layers GPTQ rounds."""
+def mix(rounded, originals: dict, dest, *, keep: set, overrides: dict) -> dict:
+    """Write `rounded` (a loaded GPTQ-rounded model) with its rounded weights only for the weight names in
+    `keep` and the original FP32 initializers (`originals`, name -> TensorProto) elsewhere; returns the
+    overrides for those kept. A layer left in FP32 thus gets back its exact weights, so falling back can
+    undo the weight rounding too, not only the activation quantization."""
     import onnx
 
-    return {l.node: l.weight for l in find_layers(onnx.load(str(model_path), load_external_data=False))}
-
-
-def mix(rounded_path, original_path, dest, *, keep: set, overrides: dict) -> dict:
-    """A model with GPTQ-rounded weights only for the weight names in `keep`, the original FP32 weights
-    elsewhere; returns the overrides for those kept. A layer left in FP32 thus gets back its exact weights,
-    so falling back can undo the weight rounding too, not only the activation quantization."""
-    import onnx
-
-    m = onnx.load(str(rounded_path))
-    orig = {i.name: i for i in onnx.load(str(original_path)).graph.initializer}
+    m = onnx.ModelProto()
+    m.CopyFrom(rounded)
     for init in m.graph.initializer:
-        if init.name in overrides and init.name not in keep and init.name in orig:
-            init.CopyFrom(orig[init.name])
+        if init.name in overrides and init.name not in keep and init.name in originals:
+            init.CopyFrom(originals[init.name])
     onnx.save(m, str(dest))
     return {k: v for k, v in overrides.items() if k in keep}
 
 
-def write_overrides_note(info: dict) -> str:
+def summary(info: dict) -> str:
     return (f"GPTQ weight rounding on {info['layers']} layers ({info['seconds']} s; median layer-output "
             f"error {info['sqnr_gain_db_median']} dB below round-to-nearest)")
 
-
-def source_path(workdir, key: str) -> Path:
-    return Path(workdir) / f"gptq_{key}.onnx"

@@ -80,8 +80,8 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
             cache_root=None, deadline_s: float | None = None, progress=None, source_for=None) -> list:
     """[{node, op_type, sqnr_db}] worst first.
 
-    source_for(nodes) -> (model path, TensorQuantOverrides, model whose ranges it shares) gives the model to quantize those nodes of
-    (e.g. with their GPTQ-rounded weights); default: prep_path as it is.
+    source_for(nodes) -> (model path, TensorQuantOverrides, model whose ranges it shares) gives the
+    model to quantize those nodes of (e.g. with their GPTQ-rounded weights); default: prep_path as it is.
     """
     import onnx
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from ..fsutil import sha256_file
+from ..onnxutil import node_attrs
 from . import cache as qcache
 from .spec import QuantSpec
 
@@ -86,7 +87,7 @@ def zero_dead_channels(model, rel: float = DEAD_REL) -> int:
         w = numpy_helper.to_array(init[n.input[1]])
         if w.ndim < 2 or w.dtype != np.float32:
             continue
-        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        trans_b = node_attrs(n).get("transB", 0)
         axis = 0 if n.op_type == "Conv" or trans_b else 1
         wa = np.moveaxis(w, axis, 0)
         amax = np.abs(wa.reshape(wa.shape[0], -1)).max(axis=1)
@@ -104,14 +105,14 @@ FLOAT_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 
 def _input_channels(node, w) -> int | None:
+    a = node_attrs(node)
     if node.op_type == "Conv":
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        return int(w.dims[1]) * int(group)
+        return int(w.dims[1]) * int(a.get("group", 1))
     if node.op_type == "ConvTranspose":
         return int(w.dims[0])
-    if next((a.i for a in node.attribute if a.name == "transA"), 0) or len(w.dims) != 2:
+    if a.get("transA", 0) or len(w.dims) != 2:
         return None
-    return int(w.dims[1] if next((a.i for a in node.attribute if a.name == "transB"), 0) else w.dims[0])
+    return int(w.dims[1] if a.get("transB", 0) else w.dims[0])
 
 
 def keep_fp32_nodes_float(model) -> int:
@@ -212,11 +213,11 @@ def batch_size_for(model_path) -> int:
     return fixed_batch(model_path) or CALIB_BATCH
 
 
-def fixed_batch(model_path) -> int | None:
-    """The first graph input's fixed leading dimension, or None when it is dynamic."""
+def fixed_batch(model) -> int | None:
+    """The first graph input's fixed leading dimension, or None when it is dynamic (a path or a ModelProto)."""
     import onnx
 
-    m = onnx.load(str(model_path), load_external_data=False)
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
     init = {i.name for i in m.graph.initializer}
     for v in m.graph.input:
         if v.name in init:
@@ -274,6 +275,7 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
     calib_model: the model whose activation ranges may stand in for this one's (the same graph with only
     some weights rounded differently): the calibration cache is keyed on it, so they are computed once.
     """
+    import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     calib_opts = calibration_options(spec)
@@ -307,8 +309,6 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
                             calibration_cache_path=str(cpath if hit else tmp_cache) if cpath else None)
         if tmp_cache is not None and tmp_cache.exists():
             os.replace(tmp_cache, cpath)  # publish the ranges only once complete
-        import onnx
-
         qm = onnx.load(str(dest))
         protected = keep_fp32_nodes_float(qm)
         if protected:

@@ -107,9 +107,8 @@ class Tuner:
         self.trials: list[Trial] = []
         self.sensitivity: list = []
         self._fused_path = None
-        self._rounded: dict = {}  # (per_channel, reduce_range) -> (path, overrides)
-        self._weights = None  # node -> weight name, for the layers GPTQ rounds
-        self._mixed = 0
+        self._rounded: dict = {}  # (per_channel, reduce_range) -> (path, overrides, loaded model)
+        self._originals = None  # (node -> weight name, weight name -> original initializer), for mixes
         self.notes: list = []
 
     @property
@@ -142,23 +141,30 @@ class Tuner:
             raise ValueError("GPTQ weight rounding needs signed INT8 weights")
         key = (spec.per_channel, spec.reduce_range)
         if key not in self._rounded:
+            import onnx
+
             dest = self.workdir / f"gptq_{'pc' if spec.per_channel else 'pt'}{'_rr' if spec.reduce_range else ''}.onnx"
             info = gptq.apply(self.prep_path, dest, self.calib, self.input_names, per_channel=spec.per_channel,
                               reduce_range=spec.reduce_range, limit=self.calib_size)
-            self.notes.append(gptq.write_overrides_note(info))
-            self._rounded[key] = (dest, info["overrides"])
-        path, overrides = self._rounded[key]
+            self.notes.append(gptq.summary(info))
+            self._rounded[key] = (dest, info["overrides"], onnx.load(str(dest)))
+        path, overrides, rounded = self._rounded[key]
         if not spec.exclude_nodes and only_nodes is None:
             return path, overrides, None
-        if self._weights is None:
-            self._weights = gptq.weights_of(self.prep_path)
+        if self._originals is None:
+            import onnx
+
+            prep = onnx.load(str(self.prep_path))
+            self._originals = ({l.node: l.weight for l in gptq.find_layers(prep)},
+                               {i.name: i for i in prep.graph.initializer})
+        weight, originals = self._originals
         if only_nodes is not None:
-            keep = {self._weights[n] for n in only_nodes if n in self._weights}
+            keep = {weight[n] for n in only_nodes if n in weight}
         else:
-            keep = set(overrides) - {self._weights[n] for n in spec.exclude_nodes if n in self._weights}
-        self._mixed += 1
-        dest = self.workdir / f"gptq_mixed{self._mixed % 2}.onnx"  # a trial's source is used, then replaced
-        return dest, gptq.mix(path, self.prep_path, dest, keep=keep, overrides=overrides), path
+            keep = set(overrides) - {weight[n] for n in spec.exclude_nodes if n in weight}
+        # one file serves each mix: it is quantized right away, and its calibration ranges are keyed on `path`
+        dest = self.workdir / "gptq_mixed.onnx"
+        return dest, gptq.mix(rounded, originals, dest, keep=keep, overrides=overrides), path
 
     def fused_path(self):
         if self._fused_path is None:
@@ -258,9 +264,7 @@ class Tuner:
         # measured in QDQ form (nodes stay addressable by name); the fallback trials keep base's format
         sbase = base.replace(format="qdq", exclude_nodes=())
         base_path = self.workdir / "sens_base.onnx"
-        src, overrides, _ = self.static_source(sbase)
-        static.quantize(src, base_path, self.calib, sbase, calib_size=self.calib_size,
-                        input_names=self.input_names, cache_root=self.cache_root, overrides=overrides)
+        self.build(sbase, base_path)
         # each node is measured with its own weights rounded as the candidate would round them (GPTQ or
         # nearest) against the true FP32 model, since falling back restores both its weights and its inputs
         self.sensitivity = sensitivity.measure(self.prep_path, base_path, sbase, self.calib, eval_data,
