@@ -43,12 +43,11 @@ def node_attrs(node) -> dict:
 def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
+    from .runner.edgekit_runner import keep_fp_env, session_options
+
+    so = session_options(threads)
     src = path if isinstance(path, bytes) else str(Path(path))  # bytes: an in-memory model
-    return ort.InferenceSession(src, so, providers=list(providers))
+    return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=list(providers)))
 
 
 def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None, sess=None) -> list:

@@ -33,7 +33,7 @@ def test_runner_imports_only_numpy_and_onnxruntime():
     imported = {line.split()[1].split(".")[0] for line in src.splitlines()
                 if line.strip().startswith(("import ", "from ")) and not line.startswith("from __future__")}
     assert imported <= {"argparse", "json", "os", "platform", "re", "sys", "tempfile", "time", "numpy",
-                        "onnxruntime", "resource", "bisect"}, imported
+                        "onnxruntime", "resource", "bisect", "ctypes"}, imported
 
 
 def test_bench_run_and_selftest(tmp_path, lone_runner):

@@ -167,3 +167,31 @@ def test_minilm_onnx_export_matches_pytorch(minilm, tmp_path):
     short = {k: np.ascontiguousarray(v[:, :96]) for k, v in feeds.items()}
     assert int(feeds["attention_mask"][:, 96:].sum()) == 0
     assert np.abs(sess.run(None, short)[0] - want).max() < ONNX_ATOL
+
+
+def test_minilm_fuses_attention_only_and_stays_accurate_in_dynamic_int8(minilm, tmp_path):
+    import onnx
+    import torch
+
+    from edgekit.quant import dynamic, static
+    from edgekit.quant.spec import QuantSpec
+
+    feeds = {k: v[:8] for k, v in minilm.eval.take(8).inputs.items()}
+    path = tmp_path / "minilm.onnx"
+    names = [s.name for s in minilm.inputs]
+    _export(minilm.module, tuple(torch.from_numpy(feeds[n][:1]) for n in names), path, names,
+            minilm.outputs, minilm.dynamic_axes)
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(path, prep)
+    assert dynamic.fuse_transformer(prep, tmp_path / "fused.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node]
+    # six layers, one Attention each; layer norm + residual and GELU stay for onnxruntime's own fusions
+    assert ops.count("Attention") == 6
+    assert not {"SkipLayerNormalization", "BiasGelu"} & set(ops)
+    dynamic.quantize(tmp_path / "fused.onnx", tmp_path / "int8.onnx", QuantSpec(mode="int8-dynamic", per_channel=True))
+    qops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert "QAttention" in qops
+    want = _session(path).run(None, feeds)[0]
+    got = _session(tmp_path / "int8.onnx").run(None, feeds)[0]
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.97 and cos.mean() > 0.985

@@ -127,7 +127,12 @@ def main(argv=None):
         except Exception as e:  # a zoo model whose optional package is missing: say so, keep going
             print(f"{m}: skipped: {type(e).__name__}: {e}", file=sys.stderr)
     out = Path(a.out)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # results.json holds the latest run of every model: a run of some models keeps the others' entries
+    try:
+        kept = [r for r in json.loads((out / "results.json").read_text()) if r.get("model") not in a.models]
+    except (OSError, ValueError):
+        kept = []
+    (out / "results.json").write_text(json.dumps(kept + results, indent=2) + "\n")
     cmd = "python benchmarks/quantize/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(out / "RESULTS.md", "a") as f:
         f.write(to_markdown(results, cmd.strip()))

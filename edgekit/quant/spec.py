@@ -22,7 +22,7 @@ class QuantSpec:
     op_types: tuple = ()  # empty = every op type onnxruntime can quantize
     exclude_nodes: tuple = ()  # left in FP32
     weight_rounding: str = "nearest"  # nearest | gptq (static only: error-compensated, see quant/gptq.py)
-    fuse_transformer: bool = False  # dynamic: fuse attention/layernorm with onnxruntime.transformers first
+    fuse_transformer: bool = False  # dynamic: fuse attention with onnxruntime.transformers first
     label: str = ""
 
     def __post_init__(self):

@@ -6,6 +6,7 @@ a provider other than the target's (a silent fallback elsewhere is reported here
 """
 from __future__ import annotations
 
+from ..runner.edgekit_runner import SESSION_CONFIG
 from .isa import target_facts
 from .timing import classify, measure, op_profile
 
@@ -23,7 +24,8 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     ratio = b["p50_ms"] / a["p50_ms"]
     rec = {"status": "ok", "fp32_ms": round(a["p50_ms"], 4), "int8_ms": round(b["p50_ms"], 4),
            "ratio": round(ratio, 4), "passed": bool(ratio < FASTER_THAN), "threshold": FASTER_THAN,
-           "runs": min(a.get("runs", 0), b.get("runs", 0))}
+           "runs": min(a.get("runs", 0), b.get("runs", 0)),
+           "session_config": a.get("session_config") or dict(SESSION_CONFIG)}
     try:
         prof = op_profile(q_path, feeds, threads=facts["threads"])
     except Exception as e:  # profiling is diagnostic: a failure must not hide the timing verdict

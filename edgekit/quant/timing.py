@@ -31,8 +31,9 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identi
 def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_prefix=None, spinning=True):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    from ..runner.edgekit_runner import keep_fp_env, session_options
+
+    so = session_options()
     if not spinning:
         # on a host shared with other jobs, worker threads that spin-wait between ops fight the
         # scheduler and the timing measures the neighbours; blocking waits keep ratios stable
@@ -42,7 +43,7 @@ def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_pr
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)
-    return ort.InferenceSession(str(path), so, providers=list(providers))
+    return keep_fp_env(lambda: ort.InferenceSession(str(path), so, providers=list(providers)))
 
 
 def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 3,

@@ -1,0 +1,52 @@
+"""Every onnxruntime session edgekit opens (runner, evaluation, quantization timing) uses one config."""
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit import onnxutil
+from edgekit.quant.timing import _session
+from edgekit.runner.edgekit_runner import SESSION_CONFIG, open_session
+
+N = 1 << 20
+
+
+def scale_model(path, factor):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
+    c = numpy_helper.from_array(np.array([factor], np.float32), "c")
+    g = helper.make_graph([helper.make_node("Mul", ["x", "c"], ["y"])], "g", [x], [y], [c])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_all_session_constructors_share_the_config(tmp_path):
+    p = scale_model(tmp_path / "m.onnx", 2.0)
+    assert SESSION_CONFIG["session.set_denormal_as_zero"] == "1"
+    for s in (open_session(p, threads=2), onnxutil.session(p, threads=2), _session(p, 2, spinning=False)):
+        opts = s.get_session_options()
+        for k, v in SESSION_CONFIG.items():
+            assert opts.get_session_config_entry(k) == v
+
+
+def test_denormals_are_flushed_in_the_worker_threads(tmp_path):
+    import onnxruntime as ort
+
+    # 1e-10 * 1e-30 = 1e-40 is a denormal float32
+    p = scale_model(tmp_path / "den.onnx", 1e-30)
+    x = np.full(N, 1e-10, np.float32)
+    plain = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert (plain != 0).all()
+    flushed = open_session(p, threads=2).run(None, {"x": x})[0]
+    # onnxruntime sets the flag in its pool threads, not in the calling thread: the worker's share is 0
+    assert 0.2 < (flushed == 0).mean() < 1.0
+    assert np.all((flushed == 0) | (flushed == plain))
+
+
+def test_opening_a_session_leaves_the_callers_arithmetic_alone(tmp_path):
+    p = scale_model(tmp_path / "m.onnx", 2.0)
+    sessions = [open_session(p, threads=2), onnxutil.session(p, threads=2), _session(p, 2, spinning=False)]
+    assert len(sessions) == 3
+    # a denormal result in the calling thread is still a denormal, not flushed to zero
+    assert float(np.float32(1e-10) * np.float32(1e-30)) > 0.0
