@@ -71,8 +71,8 @@ def fusion_options():
     Attention is the one that pays: it becomes QAttention (one INT8 QKV GEMM, no Transpose/Softmax
     chain). SkipLayerNormalization and BiasGelu are left to onnxruntime's own session-time fusions:
     the optimizer's versions absorb the MatMul biases, and on MiniLM (2-core Xeon, seq 128, interleaved)
-    the dynamic INT8 model ran 0.51x FP32 with all fusions vs 0.45x with only these two, unfused 0.56x;
-    onnxruntime's quantize_dynamic default 0.50x (benchmarks/quantize/fusion_grid.py).
+    the dynamic INT8 model ran 0.59-0.61x FP32 with all four fusions, 0.53-0.56x with Attention and the
+    embedding layer norm only, 0.64-0.65x unfused (benchmarks/quantize/fusion_grid.py, RESULTS.md).
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
 
