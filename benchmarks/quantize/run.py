@@ -34,7 +34,7 @@ def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: s
     from edgekit.context import RunContext
     from edgekit.evaluate import Evaluator
     from edgekit.hostinfo import cpu_info
-    from edgekit.quant import static
+    from edgekit.quant import dynamic, static
     from edgekit.quant.timing import interleaved
     from edgekit.stages import quantize as stage
     from edgekit.stages.export import export_module
@@ -61,6 +61,10 @@ def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: s
         quantize_dynamic(str(prep), str(out / "ort_dynamic.onnx"))
     paths = {"fp32": fp32, "edgekit": out / q.path, "ort_static": out / "ort_static.onnx",
              "ort_dynamic": out / "ort_dynamic.onnx"}
+    # a reference, not a contender: FP32 with the same attention fusion edgekit runs before dynamic INT8,
+    # so the table shows how much of the INT8 speed-up is the fusion and how much is INT8
+    if q.settings.get("fuse_transformer") and dynamic.fuse_transformer(prep, out / "fp32_fused.onnx"):
+        paths["fp32_fused (reference)"] = out / "fp32_fused.onnx"
     feeds = {k: v[:1] for k, v in src.calib.take(1).inputs.items()}
     lat = interleaved(paths, feeds, min_runs=runs, min_seconds=seconds, warmup=10, max_seconds=max(60.0, 4 * seconds),
                       spinning=False)

@@ -268,12 +268,13 @@ def calibration_options(spec: QuantSpec) -> dict:
 
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
              use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
-             overrides: dict | None = None, calib_model=None) -> dict:
+             overrides: dict | None = None, calib_model=None, extra_options: dict | None = None) -> dict:
     """Quantize the pre-processed model at prep_path into dest. Returns {"calibration": "cached"|"computed", ...}.
 
     overrides: onnxruntime TensorQuantOverrides (the weight ranges GPTQ rounding pinned), if any.
     calib_model: the model whose activation ranges may stand in for this one's (the same graph with only
     some weights rounded differently): the calibration cache is keyed on it, so they are computed once.
+    extra_options: further onnxruntime quantize_static extra_options (they win over edgekit's).
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
@@ -291,6 +292,7 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
              "WeightSymmetric": True, "QDQKeepRemovableActivations": keep_removable_activations}
     if overrides:
         extra["TensorQuantOverrides"] = overrides
+    extra.update(extra_options or {})
     reader = None if hit else DatasetReader(calib, input_names, n, batch_size_for(prep_path))
     if reader is not None and spec.method != "minmax":
         # one collect per batch (the option applies to every method, despite its name): histograms merge
