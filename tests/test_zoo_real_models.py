@@ -151,7 +151,8 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm):
     assert (sim.argmax(1) == np.arange(16)).all() and np.median(sim[~np.eye(16, dtype=bool)]) < 0.5
 
 
-def test_minilm_onnx_export_matches_pytorch(minilm, tmp_path):
+def _export_minilm(minilm, tmp_path):
+    """(8 eval feeds, path of the batch-1 export with dynamic batch and sequence)."""
     import torch
 
     feeds = {k: v[:8] for k, v in minilm.eval.take(8).inputs.items()}
@@ -159,6 +160,11 @@ def test_minilm_onnx_export_matches_pytorch(minilm, tmp_path):
     names = [s.name for s in minilm.inputs]
     _export(minilm.module, tuple(torch.from_numpy(feeds[n][:1]) for n in names), path, names,
             minilm.outputs, minilm.dynamic_axes)
+    return feeds, path
+
+
+def test_minilm_onnx_export_matches_pytorch(minilm, tmp_path):
+    feeds, path = _export_minilm(minilm, tmp_path)
     sess = _session(path)
     got = sess.run(None, feeds)[0]
     want = _embed(minilm.module, feeds)
@@ -171,16 +177,11 @@ def test_minilm_onnx_export_matches_pytorch(minilm, tmp_path):
 
 def test_minilm_fuses_attention_only_and_stays_accurate_in_dynamic_int8(minilm, tmp_path):
     import onnx
-    import torch
 
     from edgekit.quant import dynamic, static
     from edgekit.quant.spec import QuantSpec
 
-    feeds = {k: v[:8] for k, v in minilm.eval.take(8).inputs.items()}
-    path = tmp_path / "minilm.onnx"
-    names = [s.name for s in minilm.inputs]
-    _export(minilm.module, tuple(torch.from_numpy(feeds[n][:1]) for n in names), path, names,
-            minilm.outputs, minilm.dynamic_axes)
+    feeds, path = _export_minilm(minilm, tmp_path)
     prep = tmp_path / "prep.onnx"
     static.preprocess(path, prep)
     assert dynamic.fuse_transformer(prep, tmp_path / "fused.onnx")
