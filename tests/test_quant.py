@@ -212,6 +212,7 @@ def test_speed_gate_refuses_int8_that_is_not_faster(tmp_path):
     assert gate["status"] == "ok" and gate["ratio"] >= speed_gate_threshold() and gate["passed"] is False
     assert rec["recommend"] is False and "not faster" in rec["reason"]
     assert gate["int8_ms"] > 0 and gate["fp32_ms"] > 0
+    assert gate["batch"] == 1  # timed as deployed and profiled, not at the calibration batch
     assert art is not None and art.kind == "int8"  # still written, with its numbers
 
 

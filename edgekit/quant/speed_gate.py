@@ -25,6 +25,7 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     rec = {"status": "ok", "fp32_ms": round(a["p50_ms"], 4), "int8_ms": round(b["p50_ms"], 4),
            "ratio": round(ratio, 4), "passed": bool(ratio < FASTER_THAN), "threshold": FASTER_THAN,
            "runs": min(a.get("runs", 0), b.get("runs", 0)),
+           "batch": int(next(iter(feeds.values())).shape[0]) if feeds else None,
            "session_config": a.get("session_config") or dict(SESSION_CONFIG)}
     try:
         prof = op_profile(q_path, feeds, threads=facts["threads"])
