@@ -1,8 +1,6 @@
 """Small facts about ONNX files and onnxruntime sessions used by several stages."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from .artifact import TensorSpec
@@ -41,13 +39,10 @@ def node_attrs(node) -> dict:
 
 
 def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
-    import onnxruntime as ort
+    from .runner.edgekit_runner import open_session
 
-    from .runner.edgekit_runner import keep_fp_env, session_options
-
-    so = session_options(threads)
-    src = path if isinstance(path, bytes) else str(Path(path))  # bytes: an in-memory model
-    return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=list(providers)))
+    # bytes: an in-memory model
+    return open_session(path, [(p, {}) for p in providers], threads)
 
 
 def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None, sess=None) -> list:

@@ -281,8 +281,10 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
 
     calib_opts = calibration_options(spec)
     n = min(calib_size, len(calib))
-    key = qcache.cache_key(_model_sha(calib_model or prep_path), _data_sha(calib, n), spec.method,
-                           {**calib_opts, "op_types": sorted(spec.op_types)})
+    key_opts = {**calib_opts, "op_types": sorted(spec.op_types)}
+    if extra_options:  # they can change what is calibrated, so they key the cache too
+        key_opts["extra"] = {k: repr(v) for k, v in extra_options.items()}
+    key = qcache.cache_key(_model_sha(calib_model or prep_path), _data_sha(calib, n), spec.method, key_opts)
     cpath = qcache.cache_path(key, cache_root) if use_cache else None
     hit = cpath is not None and cpath.is_file()
     tmp_cache = None

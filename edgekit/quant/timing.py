@@ -29,21 +29,12 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identi
 
 
 def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_prefix=None, spinning=True):
-    import onnxruntime as ort
+    from ..runner.edgekit_runner import open_session
 
-    from ..runner.edgekit_runner import keep_fp_env, session_options
-
-    so = session_options()
-    if not spinning:
-        # on a host shared with other jobs, worker threads that spin-wait between ops fight the
-        # scheduler and the timing measures the neighbours; blocking waits keep ratios stable
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        so.intra_op_num_threads = int(threads)
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(profile_prefix)
-    return keep_fp_env(lambda: ort.InferenceSession(str(path), so, providers=list(providers)))
+    # on a host shared with other jobs, worker threads that spin-wait between ops fight the scheduler
+    # and the timing measures the neighbours; blocking waits keep ratios stable
+    config = None if spinning else {"session.intra_op.allow_spinning": "0"}
+    return open_session(path, [(p, {}) for p in providers], threads, profile_prefix, config=config)
 
 
 def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 3,

@@ -122,29 +122,47 @@ def _missing_reason(name: str, avail) -> str:
     return f"{name} is not available in onnxruntime {ver} on {platform.machine()} (has {', '.join(sorted(avail))})"
 
 
-def session_options(threads=None):
-    """onnxruntime SessionOptions as edgekit runs every model: quiet, SESSION_CONFIG, threads."""
+def session_options(threads=None, config=None):
+    """onnxruntime SessionOptions as edgekit runs every model: quiet, SESSION_CONFIG (+ config), threads."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    for k, v in SESSION_CONFIG.items():
+    for k, v in {**SESSION_CONFIG, **(config or {})}.items():
         so.add_session_config_entry(k, v)
     if threads:
         so.intra_op_num_threads = int(threads)
     return so
 
 
-def open_session(path, providers=None, threads=None, profile_prefix=None):
+def open_session(path, providers=None, threads=None, profile_prefix=None, config=None):
+    """An onnxruntime session for a model file (or its bytes); config: extra session config entries."""
     import onnxruntime as ort
 
-    so = session_options(threads)
+    so = session_options(threads, config)
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)
     providers = providers or [("CPUExecutionProvider", {})]
-    return keep_fp_env(lambda: ort.InferenceSession(str(path), so, providers=[n for n, _ in providers],
+    src = path if isinstance(path, bytes) else str(path)
+    return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=[n for n, _ in providers],
                                                     provider_options=[dict(o) for _, o in providers]))
+
+
+_LIBM = []  # [the C maths library] once looked up, or [None] where there is none
+
+
+def _libm():
+    # find_library runs ldconfig in a subprocess: once per process, not once per session
+    if not _LIBM:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBM.append(ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6"))
+        except OSError:
+            _LIBM.append(None)
+    return _LIBM[0]
 
 
 def keep_fp_env(create):
@@ -155,14 +173,13 @@ def keep_fp_env(create):
     for the rest of the process. The pool threads keep it, and they are where the time goes.
     """
     import ctypes
-    import ctypes.util
 
+    libm = _libm()
+    env = ctypes.create_string_buffer(512)  # larger than any fenv_t
     try:
-        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-        env = ctypes.create_string_buffer(512)  # larger than any fenv_t
-        if libm.fegetenv(env) != 0:
+        if libm is None or libm.fegetenv(env) != 0:
             return create()
-    except (OSError, AttributeError):  # no C99 fenv here: nothing to restore with
+    except AttributeError:  # no C99 fenv here: nothing to restore with
         return create()
     try:
         return create()
