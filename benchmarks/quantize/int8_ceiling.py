@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CPU = [("CPUExecutionProvider", {})]
 STEM_DW0 = ["/_conv_stem/Conv", "/_swish/Clip", "/_blocks.0/_depthwise_conv/Conv", "/_blocks.0/_swish/Clip"]
@@ -41,9 +42,11 @@ def _kind(node: str) -> str:
     return "other"
 
 
+from effnet_onnx import export_preprocessed  # noqa: E402
+
+
 def main(argv=None) -> int:
     import onnxruntime as ort
-    import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from edgekit.hostinfo import cpu_info
@@ -60,11 +63,7 @@ def main(argv=None) -> int:
     cal = np.asarray(ds["calib"].inputs["input"][:64])
     x = np.asarray(ds["eval"].inputs["input"][:1])
     work = Path(tempfile.mkdtemp(prefix="int8-ceiling-"))
-    fp32, prep = work / "fp32.onnx", work / "prep.onnx"
-    torch.onnx.export(E.build_model(), torch.zeros(1, 3, E.SIZE, E.SIZE), str(fp32), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
-    static.preprocess(fp32, prep)
+    prep = export_preprocessed(work)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -26,8 +26,10 @@ import numpy as np
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edgekit.onnxutil import node_attrs  # noqa: E402
+from effnet_onnx import export_preprocessed  # noqa: E402
 
 SUPPORTED = {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
              "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "GlobalAveragePool",
@@ -474,13 +476,9 @@ def main(argv=None) -> int:
     train = _Rows(np.concatenate([np.asarray(ds["calib"].inputs["input"][:]), np.asarray(ds["train"].inputs["input"][:])]))
     ev = np.asarray(ds["eval"].inputs["input"][:])
     work = Path(tempfile.mkdtemp(prefix="learned-rounding-"))
-    fp32, prep = work / "fp32.onnx", work / "prep.onnx"
     import torch
 
-    torch.onnx.export(E.build_model(), torch.zeros(1, 3, E.SIZE, E.SIZE), str(fp32), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
-    static.preprocess(fp32, prep)
+    prep = export_preprocessed(work)
 
     def top1(path):
         s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

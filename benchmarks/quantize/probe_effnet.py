@@ -28,13 +28,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DW0 = "/_blocks.0/_depthwise_conv/Conv"
 
 
+from effnet_onnx import export_preprocessed  # noqa: E402
+
+
 def main() -> int:
     import onnxruntime as ort
-    import torch
 
     from edgekit.hostinfo import cpu_info
     from edgekit.quant import gptq, sensitivity, static
@@ -50,11 +53,7 @@ def main() -> int:
     cal, ev = ds["calib"], ds["eval"]
     x = np.asarray(ev.inputs["input"][:])
     work = Path(tempfile.mkdtemp(prefix="probe-effnet-"))
-    fp32, prep = work / "fp32.onnx", work / "prep.onnx"
-    torch.onnx.export(E.build_model(), torch.zeros(1, 3, E.SIZE, E.SIZE), str(fp32), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
-    static.preprocess(fp32, prep)
+    prep = export_preprocessed(work)
 
     def logits(path, disabled=()):
         so = ort.SessionOptions()
