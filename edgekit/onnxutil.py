@@ -9,7 +9,7 @@ from .artifact import TensorSpec
 def graph_facts(path) -> dict:
     """inputs/outputs TensorSpecs (as dicts), opset and parameter count of an ONNX file."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     m = onnx.load(str(path), load_external_data=False)
     init_names = {i.name for i in m.graph.initializer}
@@ -41,8 +41,7 @@ def node_attrs(node) -> dict:
 def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
     from .runner.edgekit_runner import open_session
 
-    # bytes: an in-memory model
-    return open_session(path, [(p, {}) for p in providers], threads)
+    return open_session(path, list(providers), threads)  # path may be bytes: an in-memory model
 
 
 def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None, sess=None) -> list:

@@ -30,7 +30,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-CPU = [("CPUExecutionProvider", {})]
 STEM_DW0 = ["/_conv_stem/Conv", "/_swish/Clip", "/_blocks.0/_depthwise_conv/Conv", "/_blocks.0/_swish/Clip"]
 
 
@@ -90,7 +89,7 @@ def main(argv=None) -> int:
     for threads in (1, 2):
         for spinning in (False, True):
             spin = {"session.intra_op.allow_spinning": "1" if spinning else "0"}
-            sess = {k: open_session(str(p), CPU, threads, config=spin) for k, p in variants.items()}
+            sess = {k: open_session(str(p), threads=threads, config=spin) for k, p in variants.items()}
             times = defaultdict(list)
             for s in sess.values():
                 for _ in range(5):
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
 
     # where the time goes, per layer kind: FP32 (NCHWc convs) vs U8S8 QDQ (QLinearConv), same order
     def conv_times(path) -> list:
-        s = open_session(str(path), CPU, 2, profile_prefix=str(work / "prof"),
+        s = open_session(str(path), threads=2, profile_prefix=str(work / "prof"),
                          config={"session.intra_op.allow_spinning": "0"})
         runs = 30
         for _ in range(runs):

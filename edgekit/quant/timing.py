@@ -34,7 +34,7 @@ def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_pr
     # on a host shared with other jobs, worker threads that spin-wait between ops fight the scheduler
     # and the timing measures the neighbours; blocking waits keep ratios stable
     config = None if spinning else {"session.intra_op.allow_spinning": "0"}
-    return open_session(path, [(p, {}) for p in providers], threads, profile_prefix, config=config)
+    return open_session(path, list(providers), threads, profile_prefix, config=config)
 
 
 def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 3,

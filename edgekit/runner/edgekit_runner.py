@@ -137,14 +137,15 @@ def session_options(threads=None, config=None):
 
 
 def open_session(path, providers=None, threads=None, profile_prefix=None, config=None):
-    """An onnxruntime session for a model file (or its bytes); config: extra session config entries."""
+    """An onnxruntime session for a model file (or its bytes); providers: names or (name, options) pairs
+    (default CPU); config: extra session config entries."""
     import onnxruntime as ort
 
     so = session_options(threads, config)
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)
-    providers = providers or [("CPUExecutionProvider", {})]
+    providers = [(p, {}) if isinstance(p, str) else p for p in providers or ["CPUExecutionProvider"]]
     src = path if isinstance(path, bytes) else str(path)
     return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=[n for n, _ in providers],
                                                     provider_options=[dict(o) for _, o in providers]))
