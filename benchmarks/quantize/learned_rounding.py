@@ -31,10 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from edgekit.onnxutil import node_attrs  # noqa: E402
 from effnet_onnx import export_preprocessed  # noqa: E402
 
-SUPPORTED = {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div",
-             "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "GlobalAveragePool",
-             "AveragePool", "MaxPool", "Flatten", "Reshape", "Transpose", "Concat", "Softmax", "Identity",
-             "Squeeze", "Unsqueeze", "ReduceMean"}
+# what onnxruntime's static QDQ graph of EfficientNet-Lite0 is made of (ReLU6 may stay as Clip)
+SUPPORTED = {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm", "Add", "Clip", "GlobalAveragePool", "Flatten",
+             "Reshape"}
 
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's stretch of the sigmoid, so 0 and 1 are reachable
@@ -49,7 +48,6 @@ class Unsupported(ValueError):
 class FinetuneResult:
     applied: bool
     reason: str
-    epochs: int = 0
     steps: int = 0
     seconds: float = 0.0
     weights: int = 0  # integer tensors trained
@@ -99,15 +97,10 @@ class QDQModule:
         if bad:
             raise Unsupported("operators " + ", ".join(bad))
         self.init = {i.name: _np(i) for i in g.initializer}
-        self.consts = {}
-        self.nodes = []
-        for n in g.node:
-            a = node_attrs(n)
-            self.nodes.append((n, a))
-        self.inputs = [i.name for i in g.input if i.name not in self.init]
+        self.nodes = [(n, node_attrs(n)) for n in g.node]
         self.outputs = [o.name for o in g.output]
-        # trainable weights: DequantizeLinear of an integer initializer (weights, biases)
-        self.params: dict = {}  # initializer name -> (torch Parameter in steps, scale, zp, lo, hi, axis)
+        # trainable: the 8-bit weights behind a DequantizeLinear whose FP32 original is known
+        self.params: dict = {}  # initializer name -> (soft variable v, lower integer, scale, zero point, lo, hi)
         for n, a in self.nodes:
             if n.op_type != "DequantizeLinear" or n.input[0] not in self.init:
                 continue
@@ -242,81 +235,23 @@ class QDQModule:
             if a.get("transB", 0):
                 w = w.t()
             y = a.get("alpha", 1.0) * (x @ w)
-            if len(ins) > 2 and ins[2] is not None:
-                y = y + a.get("beta", 1.0) * ins[2]
-            return y
-        if op == "MatMul":
-            return torch.matmul(ins[0], ins[1])
-        if op in ("Add", "Sub", "Mul", "Div"):
-            x, y = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in ins[:2])
-            return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](x, y)
-        if op == "Relu":
-            return F.relu(ins[0])
+            return y + a.get("beta", 1.0) * ins[2] if len(ins) > 2 and ins[2] is not None else y
+        if op == "Add":
+            return ins[0] + ins[1]
         if op == "Clip":
-            lo = float(ins[1]) if len(ins) > 1 and ins[1] is not None else a.get("min", None)
-            hi = float(ins[2]) if len(ins) > 2 and ins[2] is not None else a.get("max", None)
+            lo = float(ins[1]) if len(ins) > 1 and ins[1] is not None else None
+            hi = float(ins[2]) if len(ins) > 2 and ins[2] is not None else None
             return torch.clamp(ins[0], lo, hi)
-        if op == "Sigmoid":
-            return torch.sigmoid(ins[0])
-        if op == "HardSigmoid":
-            return torch.clamp(a.get("alpha", 0.2) * ins[0] + a.get("beta", 0.5), 0, 1)
-        if op == "HardSwish":
-            return F.hardswish(ins[0])
-        if op == "Tanh":
-            return torch.tanh(ins[0])
-        if op == "LeakyRelu":
-            return F.leaky_relu(ins[0], a.get("alpha", 0.01))
         if op == "GlobalAveragePool":
-            x = ins[0]
-            return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
-        if op in ("AveragePool", "MaxPool"):
-            x = ins[0]
-            k = list(a["kernel_shape"])
-            nd = len(k)
-            if nd != 2 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or a.get("dilations", [1] * nd) != [1] * nd:
-                raise Unsupported(f"{op} {n.name}: only 2-D with explicit pads")
-            pads = list(a.get("pads", [0] * 2 * nd))
-            strides = list(a.get("strides", [1] * nd))
-            if pads[:nd] != pads[nd:]:
-                fill = float("-inf") if op == "MaxPool" else 0.0
-                x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]], value=fill)
-                pads = [0] * 4
-            if op == "MaxPool":
-                return F.max_pool2d(x, k, strides, pads[:nd], ceil_mode=bool(a.get("ceil_mode", 0)))
-            return F.avg_pool2d(x, k, strides, pads[:nd], ceil_mode=bool(a.get("ceil_mode", 0)),
-                                count_include_pad=bool(a.get("count_include_pad", 0)))
+            return ins[0].mean(dim=tuple(range(2, ins[0].dim())), keepdim=True)
         if op == "Flatten":
-            x = ins[0]
-            ax = a.get("axis", 1) % max(x.dim(), 1)
-            lead = int(np.prod(x.shape[:ax])) if ax else 1
-            return x.reshape(lead, -1)
+            ax = a.get("axis", 1)
+            return ins[0].reshape(int(np.prod(ins[0].shape[:ax])), -1)
         if op == "Reshape":
             shape = [int(v) for v in np.asarray(ins[1]).tolist()]
-            x = ins[0]
             if not a.get("allowzero", 0):
-                shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
-            return x.reshape(shape)
-        if op == "Transpose":
-            perm = a.get("perm", list(reversed(range(ins[0].dim()))))
-            return ins[0].permute(*perm)
-        if op == "Concat":
-            return torch.cat([t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in ins], dim=a["axis"])
-        if op == "Softmax":
-            return torch.softmax(ins[0], dim=a.get("axis", -1))
-        if op == "Identity":
-            return ins[0]
-        if op in ("Squeeze", "Unsqueeze"):
-            axes = a.get("axes") or ([int(v) for v in np.asarray(ins[1]).tolist()] if len(ins) > 1 else None)
-            x = ins[0]
-            if op == "Squeeze":
-                return x.squeeze() if axes is None else x.squeeze(tuple(ax % x.dim() for ax in axes))
-            for ax in sorted(ax % (x.dim() + len(axes)) for ax in axes):
-                x = x.unsqueeze(ax)
-            return x
-        if op == "ReduceMean":
-            axes = a.get("axes") or ([int(v) for v in np.asarray(ins[1]).tolist()] if len(ins) > 1 and ins[1] is not None
-                                     else list(range(ins[0].dim())))
-            return ins[0].mean(dim=tuple(axes), keepdim=bool(a.get("keepdims", 1)))
+                shape = [ins[0].shape[i] if v == 0 else v for i, v in enumerate(shape)]
+            return ins[0].reshape(shape)
         raise Unsupported(op)
 
     # ------------------------------------------------------------------ writing back
@@ -498,8 +433,8 @@ def main(argv=None) -> int:
     import onnx
 
     checks = {}
+    fp = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
     for name, path in (("round-to-nearest", rtn), ("gptq", gq)):
-        fp = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
         mod = QDQModule(onnx.load(str(path)), fp)
         mod.soft = False
         with torch.no_grad():
