@@ -99,6 +99,7 @@ def _evil_tar(path, name, *, kind=tarfile.REGTYPE, link=""):
     ("link", tarfile.SYMTYPE, "../../etc/passwd", "link"),
     ("hard", tarfile.LNKTYPE, "/etc/passwd", "link"),
     ("dev", tarfile.CHRTYPE, "", "not a regular file"),
+    ("a\x1b[2Jb.txt", tarfile.REGTYPE, "", "control character"),
 ])
 def test_unsafe_archive_entries_refused(tmp_path, name, kind, link, why):
     ekb = tmp_path / "evil.ekb"
@@ -134,8 +135,9 @@ def test_tampered_bundles_refused(outdir, tmp_path):
     with pytest.raises(InputError, match="does not match its content"):
         read_bundle(tmp_path / "t3.ekb", tmp_path)
     (tmp_path / "t4.ekb").write_bytes(b"not a tar")
-    with pytest.raises(InputError, match="not an edgekit bundle"):
+    with pytest.raises(InputError, match="not an edgekit bundle") as e:
         read_bundle(tmp_path / "t4.ekb", tmp_path)
+    assert str(e.value) == f"{tmp_path / 't4.ekb'}: not an edgekit bundle (not a tar.gz archive)"  # one line
 
 
 def test_rebuilt_bundle_is_consistent(outdir, tmp_path):
@@ -163,3 +165,52 @@ def test_cli_bundle(outdir, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def _set_meta(change):
+    def mutate(d):
+        meta = json.loads((d / META).read_text())
+        change(meta)
+        (d / META).write_text(json.dumps(meta))
+    return mutate
+
+
+@pytest.mark.parametrize("kind", ["../../../evil_kind", "x/../../y", "..", "a..b", ".hidden", "a/b", "a b",
+                                  "int8\n", "-rf", ""])
+def test_unsafe_artifact_kind_refused(outdir, tmp_path, kind):
+    """The version is `<kind>-<hash>` and names a directory on the device: an honestly re-versioned
+    bundle with a path in its kind must still be refused."""
+    build_bundle(outdir, tmp_path / "m.ekb", artifact="fp32")
+    rebuild_bundle(tmp_path / "m.ekb", tmp_path / "evil.ekb", _set_meta(lambda m: m["artifact"].update(kind=kind)))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError) as e:
+        read_bundle(tmp_path / "evil.ekb", work)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'evil.ekb'}: ") and "unsafe artifact kind" in msg
+    assert len(msg.splitlines()) == 1
+    assert list(work.iterdir()) == []  # the refused bundle's extracted files are gone too
+
+
+@pytest.mark.parametrize("change,why", [
+    (lambda m: m.update(version="../../../evil_ver"), "unsafe version '../../../evil_ver'"),
+    (lambda m: m.update(artifact=["fp32"]), "'artifact' is not an object"),
+    (lambda m: m.update(selftest="selftest.npz"), "'selftest' is not an object"),
+    (lambda m: m.update(files=sorted(m["files"])), "'files' is not an object"),
+    (lambda m: m.update(version=7), "'version' is not a string"),
+    (lambda m: m["selftest"].update(inputs=None), "selftest.inputs is missing or not a string"),
+    (lambda m: m["files"].update({RUNNER: 1}), f"lists '{RUNNER}' without a sha256 string"),
+], ids=["version-path", "artifact-list", "selftest-str", "files-list", "version-int", "inputs-none", "sha-int"])
+def test_malformed_bundle_json_refused_in_one_line(outdir, tmp_path, change, why):
+    build_bundle(outdir, tmp_path / "m.ekb", artifact="fp32")
+    members = _members(tmp_path / "m.ekb")
+    meta = json.loads(members[META])
+    change(meta)
+    with tarfile.open(tmp_path / "bad.ekb", "w:gz") as tar:  # not re-versioned: the shape checks come first
+        for name, data in {**members, META: json.dumps(meta).encode()}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(InputError) as e:
+        read_bundle(tmp_path / "bad.ekb", tmp_path)
+    assert why in str(e.value) and "bad.ekb" in str(e.value) and len(str(e.value).splitlines()) == 1

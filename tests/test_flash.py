@@ -271,3 +271,27 @@ def test_bench_on_device_leaves_deployment_alone(server, bundles, tmp_path):
     assert_active(dev, v0)  # the benchmarked bundle was staged apart, never activated
     (staged,) = (dev / ".bench").iterdir()
     assert tree_hashes(staged) == {**v1.files, META: v1.meta_sha256()}
+
+
+def test_unsafe_version_refused_over_ssh(server, bundles, tmp_path):
+    """read_bundle refuses these; the deploy layer refuses them too before any SFTP path is built from them."""
+    from edgekit.errors import TargetError
+    from edgekit.flash import Bundle
+    from edgekit.flash.remote import run_runner
+
+    def tree():
+        return sorted(os.path.join(d, n) for d, ds, fs in os.walk(tmp_path) for n in ds + fs)
+
+    v0 = bundles["v"][0]
+    dev = tmp_path / "a" / "b" / "dev"
+    assert flash(server, dev, v0).status == "flashed"
+    before = tree()
+    for version in ("../../evil-0123", "x/../../y-0123"):
+        evil = Bundle(v0.root, {**v0.meta, "version": version})
+        res = flash(server, dev, evil)
+        assert (res.status, res.step, res.version) == ("failed", "inspect", v0.version)
+        assert "unsafe version name" in res.reason
+        with pytest.raises(TargetError, match="upload: unsafe version name"):
+            run_runner(server.address(str(dev)), evil, ["selftest", "--bundle", "{dir}"], ssh=ssh_opts(server))
+    assert tree() == before
+    assert_active(dev, v0)

@@ -15,6 +15,24 @@ def _active_hashes(dev):
     return os.readlink(dev / "current"), tree_hashes(dev / "current")
 
 
+def _tree(root):
+    """Every path under root (links not followed) with its link target: what a flash may have created."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, root)] = os.readlink(p) if os.path.islink(p) else None
+    return out
+
+
+def _with_kind(kind):
+    def mutate(d):
+        meta = json.loads((d / META).read_text())
+        meta["artifact"]["kind"] = kind
+        (d / META).write_text(json.dumps(meta))
+    return mutate
+
+
 def _want(b):
     w = dict(b.files)
     w[META] = b.meta_sha256()
@@ -120,3 +138,89 @@ def test_address_parsing_and_devices_file(tmp_path):
     f.write_text("# boards\nssh://a@10.0.0.1/m  # lab\n\n/mnt/card\nssh://a@10.0.0.1/m\n")
     devs = collect_devices(devices_file=f)
     assert [(x.kind, x.path) for x in devs] == [("ssh", "/m"), ("path", "/mnt/card")]  # duplicates dropped
+
+
+@pytest.mark.parametrize("kind", ["../../../evil_kind", "x/../../y"])
+def test_bundle_with_path_in_kind_refused_previous_stays(tmp_path, capsys, kind):
+    from edgekit.cli import main
+
+    dev = tmp_path / "a" / "b" / "c" / "dev"  # deep, so '../../../' would still land inside tmp_path
+    build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v0.ekb")
+    assert main(["flash", str(tmp_path / "v0.ekb"), "--device", str(dev), "--json"]) == 0
+    capsys.readouterr()
+    good = _active_hashes(dev)
+    rebuild_bundle(tmp_path / "v0.ekb", tmp_path / "evil.ekb", _with_kind(kind))
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["flash", str(tmp_path / "evil.ekb"), "--device", str(dev)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path / 'evil.ekb'}: " in err and f"unsafe artifact kind {kind!r}" in err
+    assert _tree(tmp_path) == before  # no version dir, nothing in .incoming, nothing outside the device
+    assert _active_hashes(dev) == good
+
+
+@pytest.mark.parametrize("version", ["../../../evil-0123", "x/../../y-0123", "..", "a/b", "v\n", "/abs"])
+def test_deploy_layer_refuses_unsafe_version_names(tmp_path, version):
+    """read_bundle refuses these; flash, the bench upload and the link switch must too, for a Bundle
+    that did not come through it."""
+    from edgekit.errors import EdgekitError, TargetError
+    from edgekit.flash import Bundle
+    from edgekit.flash.deploy import Layout, switch_current
+    from edgekit.flash.remote import run_runner
+    from edgekit.flash.transport_path import PathTransport
+
+    dev = tmp_path / "a" / "b" / "c" / "dev"
+    build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    devs = collect_devices([str(dev)])
+    assert flash_many(devs, v0)[0].status == "flashed"
+    good, before = _active_hashes(dev), _tree(tmp_path)
+    evil = Bundle(v0.root, {**v0.meta, "version": version})
+    res = flash_many(devs, evil)[0]
+    assert (res.status, res.step, res.version) == ("failed", "inspect", v0.version)
+    assert "unsafe version name" in res.reason and len(res.reason.splitlines()) == 1
+    res = flash_many(collect_devices([str(tmp_path / "fresh")]), evil)[0]
+    assert (res.status, res.step) == ("failed", "inspect")
+    with pytest.raises(TargetError, match="upload: unsafe version name"):
+        run_runner(str(dev), evil, ["selftest", "--bundle", "{dir}"])
+    with pytest.raises(EdgekitError, match="unsafe version name"):
+        switch_current(PathTransport("dev"), Layout(str(dev)), version)
+    assert _tree(tmp_path) == before  # not even an empty dir for the fresh device
+    assert _active_hashes(dev) == good
+
+
+def test_rollbacks_then_flash_keeps_keep_versions(tmp_path):
+    dev = tmp_path / "dev"
+    devs = collect_devices([str(dev)])
+    vs = []
+    for i in range(5):
+        build_bundle(make_outdir(tmp_path / f"o{i}", seed=i), tmp_path / f"v{i}.ekb")
+        vs.append(read_bundle(tmp_path / f"v{i}.ekb", tmp_path))
+    keep3 = FlashOptions(keep=3)
+    for b in vs[:3]:
+        assert flash_many(devs, b, opts=keep3)[0].status == "flashed"
+    assert rollback_many(devs)[0].version == vs[1].version
+    assert rollback_many(devs)[0].version == vs[0].version
+    assert rollback_many(devs)[0].reason == "no earlier version on the device to roll back to"  # never forth again
+    res = flash_many(devs, vs[3], opts=keep3)[0]
+    assert (res.status, res.previous) == ("flashed", vs[0].version)
+    # v3 just installed, v0 active before it, then v2: the newest install of the rest, though rolled back from
+    assert res.removed == [vs[1].version]
+    assert sorted(os.listdir(dev / "versions")) == sorted([vs[0].version, vs[2].version, vs[3].version])
+    assert rollback_many(devs)[0].version == vs[0].version  # back to what v3 replaced, not to a rolled-back one
+    # one rollback (to v0, still active) then a flash: v4, v0 and v3 (installed after v2) stay
+    res = flash_many(devs, vs[4], opts=keep3)[0]
+    assert (res.status, sorted(res.removed)) == ("flashed", [vs[2].version])
+    assert sorted(os.listdir(dev / "versions")) == sorted([vs[0].version, vs[3].version, vs[4].version])
+
+
+def test_prune_leaves_entries_it_did_not_make(tmp_path):
+    dev = tmp_path / "dev"
+    (dev / "versions" / "lost+found").mkdir(parents=True)
+    devs = collect_devices([str(dev)])
+    for i in range(3):
+        build_bundle(make_outdir(tmp_path / f"o{i}", seed=i), tmp_path / f"v{i}.ekb")
+        res = flash_many(devs, read_bundle(tmp_path / f"v{i}.ekb", tmp_path), opts=FlashOptions(keep=1))[0]
+        assert res.status == "flashed" and res.warnings == []
+    assert "lost+found" in os.listdir(dev / "versions") and len(os.listdir(dev / "versions")) == 3

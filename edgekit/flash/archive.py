@@ -38,6 +38,9 @@ def check_member_name(name: str) -> str:
     """The normalised relative path of an archive entry, or a one-line reason it is unsafe."""
     if not name or "\x00" in name or "\\" in name:
         raise ValueError("empty name or a NUL/backslash in it")
+    # control characters would reach terminals and one-line error messages verbatim via the name
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise ValueError("a control character in the name")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise ValueError("absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -48,6 +51,10 @@ def check_member_name(name: str) -> str:
     return posixpath.join(*parts)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def safe_extract(archive, dest) -> list[str]:
     """Extract a bundle archive into dest (created); return the regular files' relative paths."""
     archive, dest = Path(archive), Path(dest)
@@ -55,14 +62,17 @@ def safe_extract(archive, dest) -> list[str]:
         tar = tarfile.open(archive, mode="r:*")
     except FileNotFoundError:
         raise InputError(f"{archive}: no such bundle") from None
+    except tarfile.ReadError:
+        # tarfile's own message lists every decompressor it tried, one per line
+        raise InputError(f"{archive}: not an edgekit bundle (not a tar.gz archive)") from None
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise InputError(f"{archive}: not an edgekit bundle (unreadable archive: {e})") from None
+        raise InputError(f"{archive}: not an edgekit bundle (unreadable archive: {_first_line(e)})") from None
     files, seen = [], set()
     with tar:
         try:
             members = tar.getmembers()
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise InputError(f"{archive}: damaged bundle archive: {e}") from None
+            raise InputError(f"{archive}: damaged bundle archive: {_first_line(e)}") from None
         for m in members:
             try:
                 rel = check_member_name(m.name)
@@ -82,7 +92,7 @@ def safe_extract(archive, dest) -> list[str]:
         try:
             tar.extractall(dest, members=members, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise InputError(f"{archive}: cannot extract the bundle: {e}") from None
+            raise InputError(f"{archive}: cannot extract the bundle: {_first_line(e)}") from None
     # defence in depth: nothing may have landed outside dest
     root = dest.resolve()
     for rel in files:

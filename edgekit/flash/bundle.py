@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,16 @@ SELFTEST_INPUTS, SELFTEST_EXPECTED = "selftest.npz", "expected.npz"
 PKG = Path(__file__).resolve().parents[1]  # the edgekit package
 RUNNER_SRC = PKG / "runner" / RUNNER  # single-file, numpy + onnxruntime only
 PREPOST_SRC = PKG / "prepost"
+# The version (`<kind>-<hash>`) becomes a directory name on the device and the target of its
+# `current` link, so it and the kind it is made from must each be one plain path component.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SAFE_NAME_RULE = "letters, digits, '.', '_', '-', starting with a letter or digit, no '..', at most 128 characters"
+
+
+def is_safe_name(name) -> bool:
+    """True if name can be used as a single file name on any device without escaping its directory."""
+    # fullmatch, not match: '$' would let a trailing newline through
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None and ".." not in name
 
 
 @dataclass
@@ -188,22 +199,41 @@ def make_selftest(*a, **k):
 
 
 def check_meta(meta, where) -> None:
+    """Refuse a bundle.json whose fields are of the wrong type or could name a path outside the bundle."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{where}: not an {FORMAT} bundle (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     for key in ("version", "model", "files", "selftest"):
         if key not in meta:
             raise InputError(f"{where}: bundle.json lacks {key!r}")
-    files = meta["files"]
-    for rel in list(files) + [meta["model"], meta["selftest"].get("inputs", ""), meta["selftest"].get("expected", "")]:
+    # a wrong type would otherwise surface later as a traceback instead of a refusal
+    for key, typ, what in (("version", str, "a string"), ("model", str, "a string"), ("files", dict, "an object"),
+                           ("selftest", dict, "an object")):
+        if not isinstance(meta[key], typ):
+            raise InputError(f"{where}: bundle.json's {key!r} is not {what}")
+    if "artifact" in meta and not isinstance(meta["artifact"], dict):
+        raise InputError(f"{where}: bundle.json's 'artifact' is not an object")
+    files, st = meta["files"], meta["selftest"]
+    for rel, sha in files.items():
+        if not isinstance(sha, str):
+            raise InputError(f"{where}: bundle.json lists {rel!r} without a sha256 string")
+    for key in ("inputs", "expected"):
+        if not isinstance(st.get(key), str):
+            raise InputError(f"{where}: bundle.json's selftest.{key} is missing or not a string")
+    for rel in list(files) + [meta["model"], st["inputs"], st["expected"]]:
         try:
             if check_member_name(rel) != rel:
                 raise ValueError("not a normalised relative path")
         except ValueError as e:
             raise InputError(f"{where}: bundle.json names an unsafe path {rel!r}: {e}") from None
-    for rel in (meta["model"], meta["selftest"]["inputs"], meta["selftest"]["expected"], RUNNER):
+    for rel in (meta["model"], st["inputs"], st["expected"], RUNNER):
         if rel not in files:
             raise InputError(f"{where}: bundle.json does not list {rel!r} among its files")
+    # the kind is checked on its own as well: a consistent `<kind>-<hash>` version carries it into device paths
     kind = (meta.get("artifact") or {}).get("kind", meta["version"].split("-")[0])
+    if not is_safe_name(kind):
+        raise InputError(f"{where}: bundle.json has an unsafe artifact kind {kind!r} (allowed: {SAFE_NAME_RULE})")
+    if not is_safe_name(meta["version"]):
+        raise InputError(f"{where}: bundle.json has an unsafe version {meta['version']!r} (allowed: {SAFE_NAME_RULE})")
     if content_version(meta, kind) != meta["version"]:
         raise InputError(f"{where}: bundle.json's version {meta['version']} does not match its content (edited?)")
 
@@ -212,6 +242,14 @@ def read_bundle(path, workdir) -> Bundle:
     """Extract an .ekb safely into workdir and verify every file against bundle.json."""
     path = Path(path)
     root = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
+    try:
+        return _read_into(path, root)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # a refused bundle leaves nothing behind in workdir
+        raise
+
+
+def _read_into(path: Path, root: Path) -> Bundle:
     found = safe_extract(path, root)
     if META not in found:
         raise InputError(f"{path}: not an edgekit bundle (no {META})")

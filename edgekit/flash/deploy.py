@@ -5,7 +5,8 @@ Device layout under PATH:
     versions/<version>/...        complete, verified, self-tested bundles
     current -> versions/<version> the active one; switched by rename(2) of a fresh symlink
     .incoming/<version>-<nonce>/  an upload in progress; never activated, resumed next time
-    history.json                  activations in order (for rollback and retention)
+    history.json                  activations in order (for rollback and retention); entries a
+                                  rollback went back past stay, marked "rolled_back"
 
 Every step before `activate` works beside the active version, so a failure at any of them
 leaves the device exactly as it was; the result names the step that failed.
@@ -20,8 +21,8 @@ import posixpath
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..errors import EdgekitError
-from .bundle import META, RUNNER, Bundle
+from ..errors import EdgekitError, FlashError
+from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
 
 STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup")
 
@@ -86,6 +87,15 @@ def step(name: str, emit=None, device: str = ""):
         raise StepFailed(name, describe(e)) from e
 
 
+def check_version_name(version) -> str:
+    """version, if it is one plain path component; every device path built from a version goes through here."""
+    # read_bundle already refuses such bundles; this also covers Bundles made any other way
+    # and names read back from a device (history.json)
+    if not is_safe_name(version):
+        raise FlashError(f"unsafe version name {version!r} (allowed: {SAFE_NAME_RULE}); refusing to use it in a path")
+    return version
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -98,7 +108,12 @@ class Layout:
         return posixpath.join(self.root, *parts)
 
     def version(self, v) -> str:
-        return self("versions", v)
+        return self("versions", check_version_name(v))
+
+
+def version_dirs(t, L: Layout) -> list[str]:
+    """The entries of PATH/versions that edgekit could have made; anything else there is not ours to touch."""
+    return [v for v in t.listdir(L("versions")) if is_safe_name(v)]
 
 
 def active_version(t, L: Layout) -> str | None:
@@ -117,8 +132,8 @@ def read_history(t, L: Layout) -> list[dict]:
         return []
     try:
         h = json.loads(raw)
-        return [e for e in h if isinstance(e, dict) and e.get("version")]
-    except ValueError:
+        return [e for e in h if isinstance(e, dict) and isinstance(e.get("version"), str) and e["version"]]
+    except (ValueError, TypeError):
         return []  # a damaged history only costs rollback ordering; the links stay authoritative
 
 
@@ -128,7 +143,7 @@ def write_history(t, L: Layout, history: list[dict]) -> None:
 
 def switch_current(t, L: Layout, version: str) -> None:
     tmp = L(f"current.tmp-{os.urandom(4).hex()}")
-    t.symlink(f"versions/{version}", tmp)
+    t.symlink(f"versions/{check_version_name(version)}", tmp)
     try:
         t.replace(tmp, L("current"))
     except BaseException:
@@ -169,12 +184,12 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
     want = dict(bundle.files)
     want[META] = bundle.meta_sha256()
     version = bundle.version
-    vdir = L.version(version)
     try:
         with step("inspect", emit, dev):
+            res.previous = active_version(t, L)
+            vdir = L.version(version)  # before any makedirs: a refused name must not leave even empty dirs
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
-            res.previous = active_version(t, L)
             history = read_history(t, L)
             existing = False
             if t.isdir(vdir):
@@ -229,7 +244,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
 
 def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, area: str = ".incoming") -> str:
     """Send the bundle into PATH/area, reusing a previous unfinished upload of the same version."""
-    version = bundle.version
+    version = check_version_name(bundle.version)
     mine, stale = [], []
     t.makedirs(L(area))
     for name in t.listdir(L(area)):
@@ -264,14 +279,22 @@ def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, a
 
 
 def _prune(t, L: Layout, history: list[dict], keep: int, protect=()) -> list[str]:
-    """Remove versions beyond the newest `keep` activations; never the active or the previous one."""
-    order = [e["version"] for e in history]
-    keepset = set(order[-max(keep, 1):]) | set(order[-2:]) | set(protect)
-    removed = []
-    for v in t.listdir(L("versions")):
-        if v not in keepset:
-            t.rmtree(L.version(v))
-            removed.append(v)
+    """Keep the `keep` most recently installed versions present, always including `protect` (the
+    active and the previous one, even beyond `keep`); remove the others."""
+    present = version_dirs(t, L)
+    newest_first = list(dict.fromkeys(e["version"] for e in reversed(history)))
+    # history holds rolled-back-from versions too, so they keep their place by install order;
+    # versions it does not name (a damaged history.json) rank as the oldest
+    ranked = [v for v in newest_first if v in present] + sorted((v for v in present if v not in newest_first),
+                                                                reverse=True)
+    keepset = {v for v in protect if v in present}
+    for v in ranked:
+        if len(keepset) >= keep:
+            break
+        keepset.add(v)
+    removed = [v for v in present if v not in keepset]
+    for v in removed:
+        t.rmtree(L.version(v))
     return removed
 
 
@@ -283,18 +306,24 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             history = read_history(t, L)
-            present = set(t.listdir(L("versions")))
+            present = set(version_dirs(t, L))
             order = [e["version"] for e in history]
             upto = len(order) - 1 - order[::-1].index(res.previous) if res.previous in order else len(order)
-            target = next((v for v in reversed(order[:upto]) if v in present and v != res.previous), None)
+            # a version already rolled back from is not a rollback target: rollback walks back, never forth
+            target = next((e["version"] for e in reversed(history[:upto])
+                           if not e.get("rolled_back") and e["version"] in present and e["version"] != res.previous),
+                          None)
             if target is None:
                 raise EdgekitError("no earlier version on the device to roll back to")
             vdir = L.version(target)
         with step("verify", emit, dev):
             meta = json.loads(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
-            files = meta.get("files") or {}
-            if not files:
+            if not isinstance(meta, dict) or not meta.get("files"):
                 raise EdgekitError(f"{target}: no readable {META} on the device")
+            check_meta(meta, f"{target}/{META} on the device")  # the paths it lists are hashed there next
+            if meta["version"] != target:
+                raise EdgekitError(f"{target}: its {META} names version {meta['version']}")
+            files = meta["files"]
             bad = _mismatches(t.hashes(vdir, files), files)
             if bad:
                 raise EdgekitError(f"{target} is damaged on the device: {'; '.join(bad[:3])}")
@@ -304,8 +333,13 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
             switch_current(t, L, target)
             res.status, res.version = "rolled-back", target
         with step("cleanup", emit, dev):
+            # the versions rolled back from stay in history (marked), so retention still counts them
+            # by install order; dropping them made the next flash prune more than --keep allows
             cut = len(order) - 1 - order[::-1].index(target)
-            write_history(t, L, history[: cut + 1])
+            when = _now()
+            for e in history[cut + 1:]:
+                e.setdefault("rolled_back", when)
+            write_history(t, L, history)
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "rolled-back":
             res.warnings.append(f"cleanup: {e.reason}")
@@ -327,7 +361,7 @@ def status(t, root: str, verify: bool = True) -> dict:
         note = ""
     history = {e["version"]: e for e in read_history(t, L)}
     out = []
-    for v in t.listdir(L("versions")):
+    for v in version_dirs(t, L):
         vdir = L.version(v)
         raw = t.read_bytes(posixpath.join(vdir, META))
         entry = {"version": v, "active": v == active, "activated": history.get(v, {}).get("activated")}
@@ -335,7 +369,9 @@ def status(t, root: str, verify: bool = True) -> dict:
             meta = json.loads(raw) if raw else {}
         except ValueError:
             meta = {}
-        files = meta.get("files") or {}
+        if not isinstance(meta, dict):
+            meta = {}
+        files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
         entry.update(model=meta.get("model"), model_sha256=files.get(meta.get("model", "")),
                      kind=(meta.get("artifact") or {}).get("kind"), files=len(files))
         if verify:
