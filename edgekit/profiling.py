@@ -64,23 +64,125 @@ def _check_onnx(p: Path) -> None:
         raise InputError(f"{p}: onnxruntime cannot load this model: {msg}") from None
 
 
-def load_inputs(path) -> list[dict]:
-    """An .npz with one array per input name, leading axis = samples; up to 8 one-sample feed dicts."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: inputs file not found")
+def declared_inputs(path):
+    """The model's inputs as onnxruntime declares them (name, shape, type), or None if it cannot load
+    (the measurement then reports why, next to the artifacts that work)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the signature is read
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_inputs()
+    except Exception:
+        return None
+
+
+def _read_arrays(p: Path) -> dict:
+    """name -> array; a .npy is one unnamed array (key None) for a single-input model."""
+    if p.suffix.lower() == ".npy":
+        try:
+            return {None: np.load(p, allow_pickle=False)}
+        except Exception as e:
+            raise InputError(f"{p}: not a readable .npy of inputs: {_first_line(e)}") from None
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k not in ("y", "labels")}
     except Exception as e:
-        raise InputError(f"{p}: not a readable .npz of inputs: {e}") from None
+        raise InputError(f"{p}: not a readable .npz of inputs: {_first_line(e)}") from None
     if not arrays:
         raise InputError(f"{p}: no input arrays in the file")
+    return arrays
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _match_inputs(p: Path, arrays: dict, model: str, ins) -> dict:
+    """arrays keyed by this model's input names, checked like --calib data (edgekit.calibration):
+    names, rank, the fixed dims after the sample axis, and no lossy dtype cast."""
+    from .calibration import _castable
+    from .runner.edgekit_runner import ORT_DTYPES
+
+    names = [i.name for i in ins]
+    if None in arrays and len(ins) != 1:
+        raise InputError(f"{p}: a .npy holds one array, but {model} has {len(ins)} inputs ({', '.join(names)}); "
+                         "pass an .npz with one array per input name")
+    out = {}
+    for inp in ins:
+        arr = arrays.get(inp.name)
+        if arr is None and len(ins) == 1 and len(arrays) == 1:
+            arr = next(iter(arrays.values()))
+        if arr is None:
+            raise InputError(f"{p}: no array for input {inp.name!r} of {model} "
+                             f"(the file has {', '.join(sorted(k for k in arrays if k))})")
+        if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
+            raise InputError(f"{p}: input {inp.name!r} has dtype {arr.dtype}, not a numeric array")
+        want = list(inp.shape)
+        shown = "[" + ", ".join(str(d) if d else "?" for d in want) + "]"
+        if arr.ndim != len(want):
+            raise InputError(f"{p}: input {inp.name!r} has shape {tuple(arr.shape)}; {model} expects rank "
+                             f"{len(want)} {shown} with samples on axis 0")
+        for ax, (got, exp) in enumerate(zip(arr.shape[1:], want[1:]), start=1):
+            if isinstance(exp, int) and exp > 0 and got != exp:
+                raise InputError(f"{p}: input {inp.name!r} has shape {tuple(arr.shape)}; {model} expects "
+                                 f"{shown} (axis {ax}: {got} != {exp})")
+        dst = ORT_DTYPES.get(inp.type)
+        if dst and not _castable(arr.dtype, np.dtype(dst)):
+            raise InputError(f"{p}: input {inp.name!r} has dtype {arr.dtype}; {model} expects {dst} "
+                             "and that cast would lose information")
+        out[inp.name] = arr
+    return out
+
+
+def load_inputs(path, models: dict | None = None) -> list[dict]:
+    """An .npz with one array per input name (or a .npy for a single-input model), leading axis =
+    samples; up to 8 one-sample feed dicts. models: {model path: declared inputs} to check them against."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: inputs file not found")
+    arrays = _read_arrays(p)
+    for model, ins in (models or {}).items():
+        if ins is not None:
+            matched = _match_inputs(p, arrays, model, ins)
+            if None in arrays:  # name the lone .npy array after the input it feeds
+                arrays = matched
+    if None in arrays:
+        arrays = {"input": arrays.pop(None)}
     n = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
     if len(n) != 1 or 0 in n:
         raise InputError(f"{p}: input arrays must share a leading sample axis (got {sorted(n)})")
     count = min(MAX_INPUT_SAMPLES, n.pop())
     return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(count)]
+
+
+def _plan_batches(paths: dict, ins: dict, batches, explicit: bool) -> list:
+    """[(requested batch, {batch that runs: [labels]}, {label: unavailable result})] for the sweep.
+
+    A fixed-batch model runs its own batch, and the report must say that batch (throughput is
+    batch / latency). Without --batch each model runs its own, grouped so that a run's batch is true
+    of every result in it (and the ratios compare like with like). A --batch that a model cannot run
+    is an error; in a sweep of several, that point is unavailable with the reason.
+    """
+    from .runner import edgekit_runner as runner
+
+    plan, conflicts = [], []
+    for b in batches:
+        groups, skipped = {}, {}
+        for label, path in paths.items():
+            fixed = runner.fixed_batch(ins[label]) if ins[label] is not None else None
+            if explicit and fixed is not None and fixed != b:
+                why = runner.batch_conflict(ins[label], b)
+                skipped[label] = {"status": "unavailable", "reason": why}
+                conflicts.append(f"{path}: {why} (leave out --batch to measure it at batch {fixed})")
+                continue
+            groups.setdefault(fixed if fixed is not None else b, []).append(label)
+        plan.append((b, groups, skipped))
+    if conflicts and (len(batches) == 1 or not any(groups for _, groups, _ in plan)):
+        raise UsageError(conflicts[0])
+    return plan
 
 
 def make_prepost(spec, raw_path=None):
@@ -100,18 +202,34 @@ def make_prepost(spec, raw_path=None):
     return {"pipeline": pipe, "raw": raw}
 
 
-def run_profile(artifacts, targets, *, inputs=None, batches=(1,), threads=(None,), with_prepost=False,
+def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,), with_prepost=False,
                 raw=None, warmup=5, min_runs=30, min_seconds=1.0, max_seconds=30.0, op_profile=True,
                 progress=None) -> dict:
-    """Profile every artifact on every target for each batch x threads; returns the edgekit.profile/1 report."""
+    """Profile every artifact on every target for each batch x threads; returns the edgekit.profile/1 report.
+
+    batches: the batches asked for; empty means each model's own (its fixed batch, else 1).
+    """
     from .profile import profile_models
     from .profile_report import build_report
+    from .runner.edgekit_runner import InputsNeeded, feed_shapes
     from .targets import load_target
 
     say = progress or (lambda msg: None)
     paths, facts, prepost_specs = resolve_artifacts(artifacts)
     tprofiles = [load_target(t) for t in targets]
-    feeds = load_inputs(inputs) if inputs else None
+    ins = {label: declared_inputs(path) for label, path in paths.items()}
+    if inputs:
+        feeds = load_inputs(inputs, {paths[k]: v for k, v in ins.items()})
+    else:
+        feeds = None
+        for label, decl in ins.items():
+            try:
+                if decl is not None:
+                    feed_shapes(decl)
+            except InputsNeeded as e:
+                raise UsageError(f"{paths[label]}: {e}") from None
+    explicit = bool(batches)
+    plan = _plan_batches(paths, ins, tuple(batches) or (1,), explicit)
     pipes = {}
     if with_prepost:
         if not prepost_specs:
@@ -120,26 +238,33 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(1,), threads=(None,
             pipes[label] = make_prepost(spec, raw)
     runs = []
     for t in tprofiles:
-        for b in batches:
+        for b, groups, skipped in plan:
             for th in threads:
                 eff_threads = th if th is not None else t.threads
-                say(f"{t.name}: {len(paths)} artifact(s), batch {b}, threads {eff_threads or 'default'}")
-                res = profile_models(paths, t, inputs=feeds, warmup=warmup, min_runs=min_runs,
-                                     min_seconds=min_seconds, max_seconds=max_seconds, op_profile=op_profile,
-                                     threads=eff_threads, batch=b)
-                for label, pipe in pipes.items():
-                    r = res.get(label)
-                    if r and r.get("status") == "ok":
-                        r["prepost"] = _prepost(paths[label], pipe, t, eff_threads, warmup, min_runs,
-                                                min_seconds, max_seconds)
-                runs.append({"target": t.name, "batch": b, "threads": eff_threads,
-                             "target_info": {"arch": t.arch, "address": t.address, "emulated": t.emulated,
-                                             "providers": [{"name": n, "options": o} for n, o in t.providers],
-                                             "source": t.source},
-                             "results": res})
+                for gb, labels in sorted(groups.items()) or [(b, [])]:
+                    res = {}
+                    if labels:
+                        say(f"{t.name}: {len(labels)} artifact(s), batch {gb}, threads {eff_threads or 'default'}")
+                        res = profile_models({k: paths[k] for k in labels}, t, inputs=feeds, warmup=warmup,
+                                             min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
+                                             op_profile=op_profile, threads=eff_threads, batch=gb)
+                    if gb == b:
+                        res.update(skipped)
+                    for label, pipe in pipes.items():
+                        r = res.get(label)
+                        if r and r.get("status") == "ok":
+                            r["prepost"] = _prepost(paths[label], pipe, t, eff_threads, warmup, min_runs,
+                                                    min_seconds, max_seconds)
+                    runs.append({"target": t.name, "batch": gb, "threads": eff_threads,
+                                 "target_info": {"arch": t.arch, "address": t.address, "emulated": t.emulated,
+                                                 "providers": [{"name": n, "options": o} for n, o in t.providers],
+                                                 "source": t.source},
+                                 "results": res})
     settings = {"warmup": warmup, "min_runs": min_runs, "min_seconds": min_seconds, "max_seconds": max_seconds,
                 "op_profile": op_profile, "inputs": str(inputs) if inputs else "generated (seeded, right shape)",
-                "batches": list(batches), "threads": list(threads), "with_prepost": with_prepost}
+                # without --batch: the batches the models ran (their fixed batch, else 1)
+                "batches": list(batches) if explicit else sorted({gb for _, groups, _ in plan for gb in groups}),
+                "threads": list(threads), "with_prepost": with_prepost}
     return build_report(runs, facts, settings)
 
 

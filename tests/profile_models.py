@@ -14,8 +14,9 @@ def _save(nodes, inits, inputs, outputs, path, opset=17):
     return str(path)
 
 
-def matmul_chain(path, depth, k=256, seed=0):
-    """depth MatMuls of k x k then a Relu: run time is dominated by depth * batch * k^2 multiply-adds."""
+def matmul_chain(path, depth, k=256, seed=0, batch="batch"):
+    """depth MatMuls of k x k then a Relu: run time is dominated by depth * batch * k^2 multiply-adds.
+    batch: an int exports a fixed-batch model, as torch.onnx.export does without dynamic_axes."""
     r = np.random.default_rng(seed)
     inits, nodes, prev = {}, [], "x"
     for i in range(depth):
@@ -23,11 +24,12 @@ def matmul_chain(path, depth, k=256, seed=0):
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"], f"mm{i}"))
         prev = f"h{i}"
     nodes.append(helper.make_node("Relu", [prev], ["y"], "relu"))
-    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", k])], path)
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, k])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, k])], path)
 
 
-def small_cnn(path, seed=1):
+def small_cnn(path, seed=1, hw=(16, 16)):
+    """hw: ("height", "width") declares the spatial dims symbolic, as a fully convolutional export does."""
     r = np.random.default_rng(seed)
     inits = {"w1": (r.normal(size=(8, 1, 3, 3)) * 0.5).astype(np.float32), "b1": r.normal(size=8).astype(np.float32),
              "w2": (r.normal(size=(16, 8, 3, 3)) * 0.2).astype(np.float32), "b2": r.normal(size=16).astype(np.float32),
@@ -40,8 +42,23 @@ def small_cnn(path, seed=1):
              helper.make_node("Flatten", ["p"], ["f"], "flat"),
              helper.make_node("MatMul", ["f", "wf"], ["m"], "fc"),
              helper.make_node("Add", ["m", "bf"], ["logits"], "bias")]
-    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 16, 16])],
+    return _save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, *hw])],
                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], path)
+
+
+def embedding_bag(path, rows=50, dim=8, seed=2):
+    """ids [batch, seq] (int64) and mask [batch, seq] (float) -> mean of the embedded tokens: a Gather
+    into a table of `rows` rows, which rejects any id >= rows."""
+    r = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], "embed"),
+             helper.make_node("Unsqueeze", ["mask", "ax"], ["m3"], "unsq"),
+             helper.make_node("Mul", ["e", "m3"], ["em"], "apply_mask"),
+             helper.make_node("ReduceMean", ["em", "one"], ["y"], "pool", keepdims=0)]
+    return _save(nodes, {"emb": r.standard_normal((rows, dim)).astype(np.float32), "ax": np.array([2], np.int64),
+                         "one": np.array([1], np.int64)},
+                 [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"]),
+                  helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "seq"])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])], path, opset=18)
 
 
 def digits_batches(n=32):

@@ -10,7 +10,7 @@ from edgekit.opprofile import load_profile, parse_ort_profile
 from edgekit.profile import profile_models, ratio
 from edgekit.runner import edgekit_runner as runner
 
-from profile_models import matmul_chain, small_cnn
+from profile_models import embedding_bag, matmul_chain, small_cnn
 
 FAST = {"warmup": 2, "min_runs": 15, "min_seconds": 0.2, "max_seconds": 10.0}
 NUMBER_KEYS = {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "throughput", "runs", "samples_ms",
@@ -204,3 +204,55 @@ def test_optional_provider_missing_is_reported_required_one_is_not_replaced(chai
     p.write_text(p.read_text().replace("required = false\n", ""))
     r = profile_models({"x1": chains["x1"]}, str(p), **FAST)["x1"]
     assert r["status"] == "unavailable" and "XnnpackExecutionProvider" in r["reason"]
+
+
+def test_fixed_batch_models_report_the_batch_that_ran(tmp_path):
+    """A model exported at batch 4 runs batch 4: batch and throughput must say 4, and a batch it cannot
+    run is unavailable, never timed at one batch and reported (and divided into inf/s) as another."""
+    fixed4 = matmul_chain(tmp_path / "f4.onnx", 2, k=64, batch=4)
+    fixed1 = matmul_chain(tmp_path / "f1.onnx", 2, k=64, batch=1)
+    r = profile_models({"f4": fixed4}, "x86-laptop", **FAST)["f4"]
+    assert r["status"] == "ok" and r["batch"] == 4
+    assert r["throughput"] == pytest.approx(4 * 1000 / r["mean_ms"], rel=1e-6)
+    for path, b in ((fixed4, 2), (fixed1, 3)):
+        r = profile_models({"m": path}, "x86-laptop", batch=b, **FAST)["m"]
+        assert r["status"] == "unavailable" and not NUMBER_KEYS & set(r)
+        assert "fixed batch" in r["reason"] and f"cannot run batch {b}" in r["reason"]
+    sess = ort.InferenceSession(fixed4, providers=["CPUExecutionProvider"])
+    assert runner.make_feeds(sess)["x"].shape == (4, 64)
+    assert runner.fit_feeds(sess, {"x": np.ones((1, 64), np.float32)})["x"].shape == (4, 64)
+    with pytest.raises(runner.BatchConflict, match="fixed batch of 4"):
+        runner.make_feeds(sess, batch=2)
+
+
+def test_generated_inputs_never_guess_a_spatial_size(tmp_path):
+    sess = ort.InferenceSession(small_cnn(tmp_path / "hw.onnx", hw=("height", "width")),
+                                providers=["CPUExecutionProvider"])
+    with pytest.raises(runner.InputsNeeded, match=r"input 'x' \[batch, 1, height, width\].* height, width .*--inputs"):
+        runner.make_feeds(sess)
+
+
+def test_generated_ids_fit_a_small_embedding_table(tmp_path):
+    feeds = runner.make_feeds(ort.InferenceSession(embedding_bag(tmp_path / "e.onnx", rows=50),
+                                                   providers=["CPUExecutionProvider"]))
+    assert feeds["ids"].shape == (1, 128) and feeds["ids"].max() < 50
+    r = profile_models({"e": str(tmp_path / "e.onnx")}, "x86-laptop", **FAST)["e"]
+    assert r["status"] == "ok", r
+
+
+def test_real_inputs_refuse_a_lossy_cast(tmp_path):
+    from edgekit.calibration import _castable
+
+    sess = ort.InferenceSession(embedding_bag(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="'ids' has dtype float64.*lose information"):
+        runner.fit_feeds(sess, {"ids": np.full((1, 7), 3.7), "mask": np.ones((1, 7))})
+    ok = runner.fit_feeds(sess, {"ids": np.full((1, 7), 3, np.int32), "mask": np.ones((1, 7))})
+    assert ok["ids"].dtype == np.int64 and ok["mask"].dtype == np.float32
+    with pytest.raises(ValueError, match=r"axis 1: 9 != 256"):
+        runner.fit_feeds(ort.InferenceSession(matmul_chain(tmp_path / "m.onnx", 1), providers=["CPUExecutionProvider"]),
+                         {"x": np.ones((1, 9), np.float32)})
+    # the runner cannot import edgekit: its copy of the rule must stay the calibration reader's
+    kinds = [np.bool_, np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64, np.complex64]
+    for a in kinds:
+        for b in kinds:
+            assert runner.castable(a, b) == _castable(np.dtype(a), np.dtype(b)), (a, b)

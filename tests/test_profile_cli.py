@@ -7,7 +7,7 @@ import pytest
 from edgekit.artifact import Artifact, Manifest
 from edgekit.cli import main
 
-from profile_models import digits_batches, matmul_chain, quantize_qdq, small_cnn
+from profile_models import digits_batches, embedding_bag, matmul_chain, quantize_qdq, small_cnn
 
 FAST = ["--warmup", "1", "--min-runs", "5", "--min-seconds", "0.05"]
 
@@ -80,6 +80,65 @@ def test_profile_onnx_files_json_and_errors(tmp_path, capsys):
     junk.write_bytes(b"\x00garbage")
     assert _exit(["profile", str(junk)]) == 2
     assert "junk.onnx" in capsys.readouterr().err
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_profile_fixed_batch_model_reports_the_batch_it_ran(tmp_path, capsys):
+    f4, dyn = matmul_chain(tmp_path / "f4.onnx", 2, k=64, batch=4), matmul_chain(tmp_path / "dyn.onnx", 2, k=64)
+    assert _exit(["profile", f4, dyn, "--json", "--no-op-profile", *FAST]) == 0
+    by_batch = {r["batch"]: r["results"] for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert set(by_batch) == {1, 4} and set(by_batch[4]) == {"f4"} and set(by_batch[1]) == {"dyn"}
+    r = by_batch[4]["f4"]
+    assert r["batch"] == 4 and r["throughput"] == pytest.approx(4000 / r["mean_ms"], rel=1e-6)
+    for b in ("2", "1"):  # asked for explicitly: a batch the model cannot run is an error
+        assert _exit(["profile", f4, "--batch", b, *FAST]) == 2
+        err = _one_line_error(capsys)
+        assert "f4.onnx" in err and "fixed batch of 4" in err and f"cannot run batch {b}" in err
+    # in a sweep, that point is unavailable with the reason; the others are measured
+    assert _exit(["profile", f4, "--batch", "2", "--batch", "4", "--json", "--no-op-profile", *FAST]) == 0
+    runs = {r["batch"]: r["results"]["f4"] for r in json.loads(capsys.readouterr().out)["runs"]}
+    assert runs[2]["status"] == "unavailable" and "fixed batch of 4" in runs[2]["reason"] and "p50_ms" not in runs[2]
+    assert runs[4]["status"] == "ok" and runs[4]["batch"] == 4
+
+
+def test_profile_symbolic_spatial_dims_need_real_inputs(tmp_path, capsys):
+    cnn = small_cnn(tmp_path / "hw.onnx", hw=("height", "width"))
+    assert _exit(["profile", cnn, *FAST]) == 2
+    err = _one_line_error(capsys)
+    assert "hw.onnx" in err and "'x'" in err and "height, width" in err and "--inputs" in err
+    # a .npy is accepted for a single-input model
+    np.save(tmp_path / "x.npy", digits_batches(4))
+    assert _exit(["profile", cnn, "--inputs", str(tmp_path / "x.npy"), "--json", "--no-op-profile", *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["results"]["hw"]["status"] == "ok"
+
+
+def test_profile_generated_ids_fit_a_small_embedding(tmp_path, capsys):
+    bag = embedding_bag(tmp_path / "bag.onnx", rows=50)
+    assert _exit(["profile", bag, "--json", "--no-op-profile", *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["results"]["bag"]["status"] == "ok"
+
+
+def test_profile_inputs_file_errors_name_the_file(tmp_path, capsys):
+    bag = embedding_bag(tmp_path / "bag.onnx", rows=50)
+    mm = matmul_chain(tmp_path / "mm.onnx", 1, k=16)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "float_ids.npz", ids=rng.standard_normal((3, 7)) * 10, mask=np.ones((3, 7)))
+    np.save(tmp_path / "one.npy", np.zeros((3, 7), np.int64))
+    np.savez(tmp_path / "wide.npz", x=np.ones((3, 17), np.float32))
+    for model, data, says in ((bag, "float_ids.npz", "input 'ids' has dtype float64; "),
+                              (bag, "one.npy", "a .npy holds one array, but "),
+                              (mm, "wide.npz", "(axis 1: 17 != 16)")):
+        assert _exit(["profile", model, "--inputs", str(tmp_path / data), *FAST]) == 2, data
+        err = _one_line_error(capsys)
+        assert data in err and says in err, err
+    # integral ids in int32 and float64 masks are cast without loss: accepted
+    np.savez(tmp_path / "ok.npz", ids=np.ones((3, 7), np.int32), mask=np.ones((3, 7)))
+    assert _exit(["profile", bag, "--inputs", str(tmp_path / "ok.npz"), "--no-op-profile", *FAST]) == 0
 
 
 @pytest.mark.slow

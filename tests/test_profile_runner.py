@@ -79,3 +79,11 @@ def test_bench_reports_a_missing_provider(tmp_path, lone_runner):
         pytest.skip("onnxruntime-gpu is installed here")
     assert rc == 1 and rep["status"] == "unavailable" and "onnxruntime-gpu" in rep["reason"]
     assert "p50_ms" not in rep
+
+
+def test_bench_runs_a_fixed_batch_model_at_its_own_batch(tmp_path, lone_runner):
+    f4 = matmul_chain(tmp_path / "f4.onnx", 1, k=32, batch=4)
+    rc, rep, _ = _run(lone_runner, "bench", "--model", f4, "--runs", 5, cwd=tmp_path)
+    assert rc == 0 and rep["batch"] == 4 and rep["throughput"] == pytest.approx(4000 / rep["mean_ms"], rel=1e-6)
+    rc, rep, _ = _run(lone_runner, "bench", "--model", f4, "--runs", 5, "--batch", 2, cwd=tmp_path)
+    assert rc == 1 and rep["status"] == "unavailable" and "fixed batch of 4" in rep["reason"] and "p50_ms" not in rep

@@ -12,8 +12,10 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--target", "-t", "targets", multiple=True,
               help="Target name or .toml path (repeatable). Default: this host's CPU (x86-laptop).")
-@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs (one array per input name).")
-@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch size (repeat to sweep).")
+@click.option("--inputs", type=click.Path(dir_okay=False),
+              help=".npz of real inputs (one array per input name; a .npy for a single-input model).")
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True,
+              help="Batch size (repeat to sweep). Default: the model's own (its fixed batch, else 1).")
 @click.option("--threads", "threads", type=click.IntRange(min=1), multiple=True,
               help="Intra-op threads (repeat to sweep). Default: the target's.")
 @click.option("--with-prepost", is_flag=True, help="Also time pre/post-processing and end to end.")
@@ -42,7 +44,7 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
 
     con = console()
     report = run_profile(list(artifacts), list(targets) or [DEFAULT_TARGET], inputs=inputs,
-                         batches=tuple(batches) or (1,), threads=tuple(threads) or (None,),
+                         batches=tuple(batches), threads=tuple(threads) or (None,),
                          with_prepost=with_prepost, raw=raw, warmup=warmup, min_runs=min_runs,
                          min_seconds=min_seconds, max_seconds=max_seconds, op_profile=not no_op_profile,
                          progress=lambda m: con.log(f"profiling {m}"))

@@ -201,24 +201,97 @@ def check_active(sess, providers, required) -> str | None:
     return None
 
 
-def _dim(d, i: int, name: str, batch: int) -> int:
-    if isinstance(d, int) and d > 0:
-        return d
-    if i == 0:
+class BatchConflict(ValueError):
+    """The batch asked for is not the one a fixed-batch model was exported with."""
+
+
+class InputsNeeded(ValueError):
+    """Generated inputs would need a size nobody can know (a symbolic H or W): real inputs are required."""
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join("?" if d is None or d == "" else str(d) for d in shape) + "]"
+
+
+def _fixed(d) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+def fixed_batch(ins) -> int | None:
+    """The batch a fixed-batch model always runs (axis 0 of its inputs, as exported), or None if dynamic.
+
+    One input with a dynamic axis 0 makes the model dynamic (an [N, ...] input next to a [1, ...] state);
+    rank-1 inputs count only when there is nothing else, as a fixed [1] there is usually a scalar knob.
+    """
+    firsts = [inp.shape[0] for inp in ins if len(inp.shape) >= 1]
+    if not firsts or not all(_fixed(d) for d in firsts):
+        return None
+    return max([inp.shape[0] for inp in ins if len(inp.shape) >= 2] or firsts)
+
+
+def batch_conflict(ins, batch: int) -> str | None:
+    """Why `batch` cannot run on this model (its batch is fixed at another value), or None."""
+    fixed = fixed_batch(ins)
+    if fixed is None or batch == fixed:
+        return None
+    inp = next(i for i in ins if len(i.shape) >= 1 and i.shape[0] == fixed)
+    return (f"the model has a fixed batch of {fixed} (input {inp.name!r} is {_fmt_shape(inp.shape)}); "
+            f"cannot run batch {batch}")
+
+
+def run_batch(ins, batch: int = 1) -> int:
+    """The batch a run actually processes, which is what throughput must be computed from.
+
+    A fixed-batch model always runs its own batch. batch 1 is the default everywhere (--batch, single
+    samples in fit_feeds, cmd_run, selftest), so it stands for "the model's own"; any other batch that
+    differs is refused rather than timed at one batch and reported as another.
+    """
+    fixed = fixed_batch(ins)
+    if fixed is None:
         return batch
-    seq_like = _SEQ_DIM.search(str(d or "")) or (i == 1 and re.search(r"ids|mask|seq|token", name, re.I))
-    return SEQ_DEFAULT if seq_like else 1
+    if batch not in (1, fixed):
+        raise BatchConflict(batch_conflict(ins, batch))
+    return fixed
+
+
+def feed_shapes(ins, batch: int = 1) -> dict:
+    """{input name: shape} for generated inputs: axis 0 the run's batch, sequence-like dims SEQ_DEFAULT.
+
+    Any other symbolic dim (an image's height and width) has no size that works for every model, and a
+    guess of 1 breaks every convolution: InputsNeeded names the input and its dims instead.
+    """
+    b = run_batch(ins, batch)
+    shapes = {}
+    for inp in ins:
+        shape, unknown = [], []
+        for i, d in enumerate(inp.shape):
+            if _fixed(d):
+                shape.append(d)
+            elif i == 0:
+                shape.append(b)
+            elif _SEQ_DIM.search(str(d or "")) or (i == 1 and re.search(r"ids|mask|seq|token", inp.name, re.I)):
+                shape.append(SEQ_DEFAULT)
+            else:
+                unknown.append(str(d) if d else f"axis {i}")
+        if unknown:
+            raise InputsNeeded(f"input {inp.name!r} {_fmt_shape(inp.shape)} has symbolic dims "
+                               f"{', '.join(unknown)} whose size cannot be guessed; pass real inputs "
+                               "(--inputs FILE.npz)")
+        shapes[inp.name] = shape
+    return shapes
 
 
 def make_feeds(sess, batch: int = 1, seed: int = 0) -> dict:
-    """Seeded inputs of the right shape and dtype; dynamic dims: batch first, 128 for sequence-like, else 1."""
+    """Seeded inputs of the right shape and dtype (see feed_shapes)."""
     rng = np.random.default_rng(seed)
+    ins = sess.get_inputs()
+    shapes = feed_shapes(ins, batch)
     feeds = {}
-    for inp in sess.get_inputs():
+    for inp in ins:
         dtype = ORT_DTYPES.get(inp.type)
         if dtype is None:
             raise ValueError(f"input {inp.name!r} has type {inp.type}, which cannot be generated; pass inputs")
-        shape = [_dim(d, i, inp.name, batch) for i, d in enumerate(inp.shape)]
+        shape = shapes[inp.name]
         lname = inp.name.lower()
         if dtype.startswith("float"):
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
@@ -226,15 +299,27 @@ def make_feeds(sess, batch: int = 1, seed: int = 0) -> dict:
             feeds[inp.name] = np.ones(shape, dtype=dtype)
         elif "type" in lname or "segment" in lname or "position" in lname:
             feeds[inp.name] = np.zeros(shape, dtype=dtype)
-        else:  # token ids and other integer inputs: small values every embedding table covers
-            feeds[inp.name] = rng.integers(0, 100, size=shape).astype(dtype)
+        else:
+            # token ids and other integers: 0 and 1 are inside every embedding table (a 50-row one
+            # rejects id 85) and every Gather axis; a kernel's speed does not depend on which row it reads
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
+
+
+def castable(src, dst) -> bool:
+    """Safe casts plus float -> narrower float and integer/bool -> any number; never float -> integer,
+    which truncates ids silently. The rule of edgekit.calibration._castable (this file cannot import it)."""
+    src, dst = np.dtype(src), np.dtype(dst)
+    if np.can_cast(src, dst, casting="safe"):
+        return True
+    return (src.kind == "f" and dst.kind == "f") or (src.kind in "iub" and dst.kind in "iuf")
 
 
 def fit_feeds(sess, feeds: dict, batch: int = 1) -> dict:
     """Real data shaped for this session: pick its inputs by name (or the only one), cast, set the batch."""
     out = {}
     ins = sess.get_inputs()
+    b = run_batch(ins, batch)
     for inp in ins:
         arr = feeds.get(inp.name)
         if arr is None and len(ins) == 1 and len(feeds) == 1:
@@ -243,17 +328,24 @@ def fit_feeds(sess, feeds: dict, batch: int = 1) -> dict:
             raise ValueError(f"inputs lack {inp.name!r} (have {', '.join(sorted(feeds))})")
         arr = np.asarray(arr)
         dtype = ORT_DTYPES.get(inp.type)
-        if dtype:
-            arr = arr.astype(dtype, copy=False)
+        if dtype and arr.dtype != dtype:
+            if not castable(arr.dtype, dtype):
+                raise ValueError(f"input {inp.name!r} has dtype {arr.dtype}; the model wants {dtype} "
+                                 "and that cast would lose information")
+            arr = arr.astype(dtype)
         if arr.ndim != len(inp.shape):
             raise ValueError(f"input {inp.name!r}: got rank {arr.ndim}, model wants {list(inp.shape)}")
+        for ax, (got, want) in enumerate(zip(arr.shape[1:], inp.shape[1:]), start=1):
+            if _fixed(want) and got != want:
+                raise ValueError(f"input {inp.name!r}: got shape {list(arr.shape)}, model wants "
+                                 f"{_fmt_shape(inp.shape)} (axis {ax}: {got} != {want})")
         d0 = inp.shape[0] if inp.shape else None
-        want = d0 if isinstance(d0, int) and d0 > 0 else batch
+        want = d0 if _fixed(d0) else b
         if arr.ndim and arr.shape[0] != want:
             reps = -(-want // arr.shape[0])
             arr = np.concatenate([arr] * reps, axis=0)[:want]
-        if isinstance(d0, int) and d0 > 0 and batch != d0 and batch != 1:
-            raise ValueError(f"input {inp.name!r} has a fixed batch of {d0}; cannot run batch {batch}")
+        if _fixed(d0) and b != d0 and b != 1:
+            raise ValueError(f"input {inp.name!r} has a fixed batch of {d0}; cannot run batch {b}")
         out[inp.name] = np.ascontiguousarray(arr)
     return out
 
@@ -346,7 +438,7 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
     if reason:
         return {k: {"status": "unavailable", "reason": reason} for k in models}
     required = [n for n, _ in providers] if required is None else list(required)
-    res, sess, feeds = {}, {}, {}
+    res, sess, feeds, batches = {}, {}, {}, {}
     notes = {}
     usable = _drop_failing_optional(models, usable, required, threads, missing, notes)
     _warm_runtime(models, usable, threads)
@@ -358,6 +450,11 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
             why = check_active(s, usable, required)
             if why:
                 res[label] = {"status": "unavailable", "reason": why}
+                continue
+            try:
+                batches[label] = run_batch(s.get_inputs(), batch)
+            except BatchConflict as e:  # not a broken model: this batch does not exist for it
+                res[label] = {"status": "unavailable", "reason": str(e)}
                 continue
             fl = [fit_feeds(s, f, batch) for f in inputs] if inputs else [make_feeds(s, batch)]
             first = s.run(None, fl[0])
@@ -378,7 +475,7 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
                            max_seconds=max_seconds)
         peak = peak_rss_mb()
         for k, t in times.items():
-            res[k].update(summarize(t, batch))
+            res[k].update(summarize(t, batches[k]))
             res[k]["samples_ms"] = [round(x, 5) for x in t]
             res[k]["peak_rss_mb"] = peak  # this process's peak, all models loaded; rss_delta_mb is per model
     for k in list(sess):
@@ -396,7 +493,7 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
             res[k]["nodes"] = prof["nodes"]
     for k in sess:  # facts about a measurement; an unavailable/failed entry keeps only its reason
         res[k]["threads"] = threads
-        res[k]["batch"] = batch
+        res[k]["batch"] = batches[k]  # what ran, not what was asked: a fixed-batch model runs its own
         res[k]["onnxruntime"] = ort.__version__
         res[k]["session_config"] = dict(SESSION_CONFIG)
         res[k]["machine"] = platform.machine()
@@ -547,7 +644,8 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="time one or more models (interleaved)")
     b.add_argument("--model", action="append", required=True, help="[LABEL=]PATH; repeat to interleave")
     b.add_argument("--inputs", help=".npz with one array per input name")
-    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--batch", type=int, default=1, help="a fixed-batch model runs its own batch; any other "
+                   "value than 1 or that batch is refused")
     b.add_argument("--threads", type=int, default=None)
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--min-runs", type=int, default=30)
