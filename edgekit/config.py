@@ -18,6 +18,7 @@ SPARSITY_MODES = ("none", "unstructured", "2:4")
 LR_SCHEDULES = ("cosine", "onecycle")
 CALIB_METHODS = ("auto", "minmax", "entropy", "percentile")
 WEIGHT_ROUNDINGS = ("auto", "nearest", "gptq")
+BIAS_CORRECTIONS = ("auto", "on", "off")
 QUANT_FORMATS = ("qdq", "qoperator")
 INT8_TYPES = ("auto", "u8", "s8")
 
@@ -135,8 +136,12 @@ class QuantizeConfig:
     calib_size: int = 256
     speed_gate: bool = True
     weight_rounding: str = "auto"  # auto | nearest | gptq
+    bias_correction: str = "auto"  # auto (tried while tuning static QDQ) | on | off
 
     def __post_init__(self):
+        if self.bias_correction not in BIAS_CORRECTIONS:
+            raise ConfigError(f"quantize.bias_correction {self.bias_correction!r}"
+                              f"{did_you_mean(self.bias_correction, BIAS_CORRECTIONS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise ConfigError(f"quantize.weight_rounding {self.weight_rounding!r}"
                               f"{did_you_mean(self.weight_rounding, WEIGHT_ROUNDINGS)}")

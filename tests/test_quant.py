@@ -240,3 +240,31 @@ def test_output_names():
     assert stage.output_name("model.fp32.onnx", "int8") == "model.int8.onnx"
     assert stage.output_name("model.distilled.onnx", "int8") == "model.distilled.int8.onnx"
     assert stage.output_name("model.pruned.onnx", "fp16") == "model.pruned.fp16.onnx"
+
+
+@pytest.mark.parametrize("fill", [-np.inf, np.finfo(np.float32).min])
+def test_tensor_without_a_finite_range_stays_float(tmp_path, fill):
+    """An additive attention mask of -inf gives its tensor an infinite range: onnxruntime would write
+    scale=inf (the tensor becomes all zeros after DequantizeLinear); the nodes on it stay float instead."""
+    r = np.random.default_rng(4)
+    mask = np.zeros((1, 8), np.float32)
+    mask[0, 5:] = fill
+    inits = {"w1": r.normal(size=(8, 8)).astype(np.float32), "mask": mask, "w2": r.normal(size=(8, 4)).astype(np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["s"], "scores"),
+             helper.make_node("Add", ["s", "mask"], ["masked"], "add_mask"),
+             helper.make_node("Softmax", ["masked"], ["p"], "softmax", axis=-1),
+             helper.make_node("MatMul", ["p", "w2"], ["y"], "out")]
+    src = _save(nodes, inits, helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8]),
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4]), tmp_path / "m.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(src, prep)
+    data = Dataset({"x": r.normal(size=(64, 8)).astype(np.float32)})
+    dest = tmp_path / "q.onnx"
+    info = static.quantize(prep, dest, data, QuantSpec(), calib_size=64, input_names=["x"], use_cache=False)
+    assert info["float_for_nonfinite_range"]["tensors"] == ["masked"], info
+    assert not static.nonfinite_tensors(onnx.load(str(dest)))
+    x = np.asarray(data.inputs["x"][:8])
+    import onnxruntime as ort
+
+    ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for p in (prep, dest))
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max(), np.abs(got - ref).max()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -119,7 +118,7 @@ def hessians(model, layers: list, calib, input_names, *, limit: int, seed: int =
     import onnx
     import torch
 
-    from .static import fixed_batch
+    from .static import fixed_batch, whole_batches
 
     m = onnx.ModelProto()
     m.CopyFrom(model)  # the probe outputs must not leak into the caller's model
@@ -133,7 +132,7 @@ def hessians(model, layers: list, calib, input_names, *, limit: int, seed: int =
     shapes = {i.name: tuple(i.dims) for i in m.graph.initializer}
     rng = np.random.default_rng(seed)
     H: dict = {}
-    n = min(limit, len(calib))
+    n = whole_batches(model, min(limit, len(calib)))
     bs = fixed_batch(model) or HESSIAN_BATCH
     names = [k for k in calib.inputs if k in set(input_names)]
     done = 0

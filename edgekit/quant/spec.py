@@ -23,6 +23,7 @@ class QuantSpec:
     exclude_nodes: tuple = ()  # left in FP32
     weight_rounding: str = "nearest"  # nearest | gptq (static only: error-compensated, see quant/gptq.py)
     fuse_transformer: bool = False  # dynamic: fuse attention with onnxruntime.transformers first
+    bias_correction: bool = False  # static QDQ: INT32 biases moved to FP32's output means (quant/bias_correction.py)
     label: str = ""
 
     def __post_init__(self):
@@ -59,6 +60,8 @@ class QuantSpec:
                 parts.append("sym-act")
             if self.weight_rounding != "nearest":
                 parts.append(self.weight_rounding)
+            if self.bias_correction:
+                parts.append("bias-corrected")
         if self.op_types:
             parts.append("ops=" + "+".join(self.op_types))
         if self.exclude_nodes:

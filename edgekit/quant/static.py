@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgekitError
+from ..errors import CalibrationError, EdgekitError
 from ..fsutil import sha256_file
 from ..onnxutil import node_attrs
 from . import cache as qcache
@@ -208,6 +209,16 @@ class DatasetReader:
         return r
 
 
+def whole_batches(model, n: int) -> int:
+    """n rounded down to whole batches where the graph fixes its batch: it cannot take a short last one."""
+    fixed = fixed_batch(model)
+    if not fixed:
+        return n
+    if n < fixed:
+        raise CalibrationError(f"the model's batch is fixed at {fixed}, but only {n} calibration samples were given")
+    return n - n % fixed
+
+
 def batch_size_for(model_path) -> int:
     """Static graphs with a fixed leading dim get that batch size; dynamic ones get CALIB_BATCH."""
     return fixed_batch(model_path) or CALIB_BATCH
@@ -268,7 +279,8 @@ def calibration_options(spec: QuantSpec) -> dict:
 
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
              use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
-             overrides: dict | None = None, calib_model=None, extra_options: dict | None = None) -> dict:
+             overrides: dict | None = None, calib_model=None, extra_options: dict | None = None,
+             _nonfinite_retry: bool = False) -> dict:
     """Quantize the pre-processed model at prep_path into dest. Returns {"calibration": "cached"|"computed", ...}.
 
     overrides: onnxruntime TensorQuantOverrides (the weight ranges GPTQ rounding pinned), if any.
@@ -280,16 +292,20 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     calib_opts = calibration_options(spec)
-    n = min(calib_size, len(calib))
+    n = whole_batches(prep_path, min(calib_size, len(calib)))
     key_opts = {**calib_opts, "op_types": sorted(spec.op_types)}
     if extra_options:  # they can change what is calibrated, so they key the cache too
         key_opts["extra"] = {k: repr(v) for k, v in extra_options.items()}
     key = qcache.cache_key(_model_sha(calib_model or prep_path), _data_sha(calib, n), spec.method, key_opts)
     cpath = qcache.cache_path(key, cache_root) if use_cache else None
     hit = cpath is not None and cpath.is_file()
-    tmp_cache = None
+    tmp_cache, scratch = None, None
     if cpath is not None and not hit:
         tmp_cache = cpath.with_name(f".{cpath.name}.{os.getpid()}.tmp")
+    elif cpath is None:
+        # the ranges are still written (to a scratch file) so they can be checked for unusable ones
+        scratch = tempfile.mkdtemp(prefix="edgekit-ranges-")
+        tmp_cache = Path(scratch) / "ranges.json"
     extra = {**calib_opts, "ActivationSymmetric": bool(spec.symmetric_activation),
              "WeightSymmetric": True, "QDQKeepRemovableActivations": keep_removable_activations}
     if overrides:
@@ -310,10 +326,41 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
                             weight_type=_qtype(spec.weight_type), nodes_to_exclude=list(spec.exclude_nodes) or None,
                             nodes_to_quantize=list(only_nodes) if only_nodes else None,
                             calibrate_method=_method(spec.method), extra_options=extra,
-                            calibration_cache_path=str(cpath if hit else tmp_cache) if cpath else None)
-        if tmp_cache is not None and tmp_cache.exists():
+                            calibration_cache_path=str(cpath if hit else tmp_cache))
+        if cpath is not None and tmp_cache is not None and tmp_cache.exists():
             os.replace(tmp_cache, cpath)  # publish the ranges only once complete
         qm = onnx.load(str(dest))
+        ranges = cpath if cpath is not None else tmp_cache
+        wide = set(unusable_ranges(ranges)) & quantized_tensors(qm) if ranges.is_file() else set()
+        bad = sorted(set(nonfinite_tensors(qm)) | wide)
+    except Exception as e:
+        # onnxruntime's quantizer can fail outright on an infinite range (numpy truth-value errors)
+        ranges = cpath if hit else tmp_cache
+        bad = unusable_ranges(ranges) if ranges is not None and ranges.is_file() else []
+        if not bad or _nonfinite_retry:
+            _cleanup(tmp_cache, scratch)
+            if isinstance(e, EdgekitError):
+                raise
+            raise EdgekitError(f"{Path(prep_path).name}: static quantization ({spec.name()}) failed: "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        qm = None
+    try:
+        if bad and not _nonfinite_retry:
+            _cleanup(tmp_cache, scratch)
+            # e.g. an attention mask filled with -inf or float32's minimum: its range has no INT8 scale, and
+            # onnxruntime writes scale=inf, which zeroes the tensor. The nodes on it stay float instead.
+            touching = nodes_touching(prep_path, bad)
+            info = quantize(prep_path, dest, calib, spec.replace(exclude_nodes=tuple(dict.fromkeys(
+                                list(spec.exclude_nodes) + touching))),
+                            calib_size=calib_size, input_names=input_names, cache_root=cache_root,
+                            use_cache=use_cache, keep_removable_activations=keep_removable_activations,
+                            only_nodes=only_nodes, overrides=overrides, calib_model=calib_model,
+                            extra_options=extra_options, _nonfinite_retry=True)
+            info["float_for_nonfinite_range"] = {"tensors": bad, "nodes": touching}
+            return info
+        if bad:
+            raise EdgekitError(f"{Path(prep_path).name}: tensors {', '.join(bad[:5])} have no finite INT8 range "
+                               f"even with the nodes on them left in float")
         protected = keep_fp32_nodes_float(qm)
         if protected:
             onnx.save(qm, str(dest))
@@ -323,11 +370,70 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
         raise EdgekitError(f"{Path(prep_path).name}: static quantization ({spec.name()}) failed: "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     finally:
-        if tmp_cache is not None and tmp_cache.exists():
-            tmp_cache.unlink()
+        _cleanup(tmp_cache, scratch)
     return {"calibration": "cached" if hit else "computed", "calib_samples": n, "cache_key": key,
             "fp32_nodes_protected": protected,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+# a range beyond this is a sentinel (a mask's -inf or float32's lowest), not data: INT8 over it is all zero point
+SENTINEL = 1e30
+
+
+def unusable_ranges(path) -> list:
+    """Tensors whose calibrated range (onnxruntime's range file) is non-finite or sentinel-wide."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    try:
+        data = load_tensors_data(path)
+    except Exception:
+        return []
+    bad = []
+    for name, td in data.items():
+        try:
+            lo, hi = (np.asarray(v, dtype=np.float64) for v in td.range_value)
+        except AttributeError:
+            continue
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))) or max(np.abs(lo).max(initial=0),
+                                                                          np.abs(hi).max(initial=0)) >= SENTINEL:
+            bad.append(name)
+    return sorted(bad)
+
+
+def _cleanup(tmp_cache, scratch):
+    if tmp_cache is not None and tmp_cache.exists():
+        tmp_cache.unlink()
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def quantized_tensors(qm) -> set:
+    """Tensors the quantized graph converts to INT8 (QDQ: QuantizeLinear inputs; QOperator: `<tensor>_scale`)."""
+    names = {n.input[0] for n in qm.graph.node if n.op_type == "QuantizeLinear"}
+    return names | {i.name[: -len("_scale")] for i in qm.graph.initializer if i.name.endswith("_scale")}
+
+
+def nonfinite_tensors(qm) -> list:
+    """Tensors a quantized graph gives a non-finite scale (QDQ: QuantizeLinear's scale input; QOperator:
+    the `<tensor>_scale` initializers onnxruntime names)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in qm.graph.initializer}
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+    bad = [n.input[0] for n in qm.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 1
+           and n.input[1] in inits and not np.all(np.isfinite(numpy_helper.to_array(inits[n.input[1]])))]
+    bad += [k[: -len("_scale")] for k, i in inits.items()
+            if k.endswith("_scale") and i.data_type in floats and not np.all(np.isfinite(numpy_helper.to_array(i)))]
+    return sorted(set(bad))
+
+
+def nodes_touching(model_path, tensors) -> list:
+    """Names of the nodes of the (pre-processed) model that produce or read any of the tensors."""
+    import onnx
+
+    want = set(tensors)
+    m = onnx.load(str(model_path), load_external_data=False)
+    return [n.name for n in m.graph.node if n.name and (want & set(n.input) or want & set(n.output))]
 
 
 @contextlib.contextmanager

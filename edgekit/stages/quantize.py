@@ -58,12 +58,15 @@ def base_spec(cfg: QuantizeConfig, choice: qisa.IsaChoice) -> tuple[QuantSpec, s
     rounding = "nearest" if cfg.weight_rounding == "auto" else cfg.weight_rounding
     if cfg.weight_rounding != "auto":
         pinned.add("weight_rounding")
+    if cfg.bias_correction != "auto":
+        pinned.add("bias_correction")
     spec = QuantSpec(mode="int8-dynamic" if cfg.mode == "int8-dynamic" else "int8", format=cfg.format,
                      method=method, per_channel=per_channel, activation_type=act, weight_type=wt,
                      reduce_range=choice.reduce_range,
                      symmetric_activation=choice.symmetric_activation or (act == "s8" and "types" not in pinned),
                      op_types=cfg.op_types, exclude_nodes=cfg.exclude_nodes,
-                     weight_rounding=rounding if cfg.mode == "int8" else "nearest")
+                     weight_rounding=rounding if cfg.mode == "int8" else "nearest",
+                     bias_correction=cfg.bias_correction == "on" and cfg.mode == "int8" and cfg.format == "qdq")
     return spec, pinned
 
 
@@ -142,6 +145,7 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
                 better = max(ok, key=lambda t: t.metric).spec.weight_rounding if ok else "nearest"
                 rest = [s for s in specs if s not in (specs[0], gq[0])]
                 specs = [s.replace(weight_rounding=better) if s.mode == "int8" else s for s in rest]
+            specs = _bias_correction_first(tuner, specs, pinned)
             tuner.run_phase(specs, "grid")
             if not tuner.passing() and tuner.budget_left > 0 and spec.mode == "int8":
                 accurate = max((t for t in tuner.trials if t.error is None and t.spec.mode == "int8"),
@@ -157,6 +161,27 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         return _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _bias_correction_first(tuner, specs: list, pinned: set) -> list:
+    """Where the grid's leading static QDQ candidate has not passed, try it bias-corrected; the rest of the
+    grid keeps whichever of the two was more accurate (as with weight rounding: one decision, then the grid)."""
+    from ..quant import bias_correction
+
+    if "bias_correction" in pinned or not bias_correction.has_candidates(tuner.prep_path):
+        return specs
+    if not tuner.trials and specs and specs[0].mode == "int8" and specs[0].format == "qdq":
+        tuner.run_phase(specs[:1], "grid")
+        specs = specs[1:]
+    done = [t for t in tuner.trials if t.error is None and t.metric is not None and t.spec.mode == "int8"
+            and t.spec.format == "qdq" and not t.spec.bias_correction]
+    if not done or any(t.passed for t in tuner.trials) or tuner.budget_left <= 0:
+        return specs
+    lead = max(done, key=lambda t: t.metric)
+    (bc,) = tuner.run_phase([lead.spec.replace(bias_correction=True)], "grid") or (None,)
+    if bc is None or bc.error is not None or bc.metric is None or bc.metric <= lead.metric:
+        return specs
+    return [s.replace(bias_correction=True) if s.mode == "int8" and s.format == "qdq" else s for s in specs]
 
 
 def _progress(name):
@@ -207,11 +232,16 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
                   f"no INT8 candidate within tolerance {ctx.tolerance}")
         reason = (f"{within} after {len(tuner.trials)} trials; best '{best.name}' drops {drop} "
                   f"({best.metric:.4f} vs FP32 {reference:.4f}); FP32 stays recommended")
+    elif not fast and gate_rec.get("status") != "ok":
+        # nothing was timed: saying "not faster" would pass off a missing measurement as a result
+        reason = ("INT8 speed on " + next(iter(gate), "the target") + " unavailable ("
+                  + (gate_rec.get("reason") or "not measured") + "): not recommended without a measured speed-up")
     elif not fast:
         reason = ("INT8 is not faster than FP32 on " + next(iter(gate), "the target") + ": "
-                  + (gate_rec.get("why") or gate_rec.get("reason") or "not measured"))
+                  + (gate_rec.get("why") or "not measured"))
     else:
-        reason = (f"'{best.name}': {best.metric:.4f} vs FP32 {reference:.4f} (drop {best.drop_rel:.2%}, within "
+        drop = f"{best.drop_rel:.2%}" if best.drop_rel is not None else f"{reference - best.metric:+.4f} absolute"
+        reason = (f"'{best.name}': {best.metric:.4f} vs FP32 {reference:.4f} (drop {drop}, within "
                   f"{ctx.tolerance})" + (f", {1 / gate_rec['ratio']:.2f}x faster than FP32" if gate_rec.get("ratio") else ""))
     record.update({"chosen": best.name, "tolerance_met": tol_met, "recommend": bool(tol_met and fast),
                    "reason": reason, "seconds": round(time.perf_counter() - t_start, 2)})
