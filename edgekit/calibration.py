@@ -100,6 +100,17 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
     return arr
 
 
+def _check_finite(where: str, name: str, arr, chunk: int = 4096):
+    """NaN or inf in the data would surface far from here (a failed export check, a silently wrong score)."""
+    if isinstance(arr, LazyArray) or np.dtype(arr.dtype).kind != "f":
+        return  # decoded images and integer ids cannot hold either
+    for a in range(0, len(arr), chunk):
+        bad = ~np.isfinite(np.asarray(arr[a:a + chunk]))
+        if bad.any():
+            i = a + int(np.argwhere(bad.reshape(len(bad), -1).any(1))[0][0])
+            raise CalibrationError(f"{where}: input {name!r} has NaN or infinite values (first in sample {i})")
+
+
 def _fmt_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
@@ -134,6 +145,8 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
             raise CalibrationError(f"{where}: input names do not match the model ({'; '.join(parts)}); "
                                    f"the model's inputs are {', '.join(by_name)}")
     checked = {n: _check_array(where, n, a, by_name.get(n)) for n, a in arrays.items()}
+    for n, a in checked.items():
+        _check_finite(where, n, a)
     if not checked:
         raise CalibrationError(f"{where}: no input arrays found")
     lens = {n: len(a) for n, a in checked.items()}

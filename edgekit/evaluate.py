@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dataset import Dataset
-from .onnxutil import run_batches
+from .errors import CalibrationError
 
 
 def metric_name(task: str, labelled: bool) -> str:
@@ -20,6 +20,20 @@ def metric_name(task: str, labelled: bool) -> str:
     if task == "embedding":
         return "cosine"
     return "fidelity"
+
+
+def check_labels(labels, n_classes: int, where: str) -> None:
+    """Labels must index the model's output columns; anything else would score as silently wrong."""
+    y = np.asarray(labels)
+    if n_classes < 2:
+        raise CalibrationError(f"{where}: labels 'y' need a classifier output [N, C] with C >= 2 columns; "
+                               f"the model's output has {n_classes}")
+    bad = (y < 0) | (y >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CalibrationError(f"{where}: label {int(y[i])} (sample {i}) is not a class index in [0, {n_classes}) "
+                               f"for the model's {n_classes}-class output; {int(bad.sum())} of {len(y)} labels are "
+                               "out of range")
 
 
 def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
@@ -33,6 +47,10 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == ref.reshape(len(ref), -1).argmax(1)))
     a = out.reshape(len(out), -1).astype(np.float64)
     b = ref.reshape(len(ref), -1).astype(np.float64)
+    if a.shape[1] == 1:
+        # one value per sample (a regression): a per-sample cosine is only the sign agreement, so
+        # compare the column of all samples as one vector instead
+        a, b = a.T, b.T
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), 1.0)
     return float(np.mean(cos))
@@ -45,6 +63,7 @@ class Evaluator:
         self.ds, self.task, self.reference_path, self.batch_size = eval_ds, task, reference_path, batch_size
         self.labelled = eval_ds.labels is not None and task == "classification"
         self._ref = None
+        self._labels_checked = False
 
     @property
     def name(self) -> str:
@@ -52,17 +71,56 @@ class Evaluator:
 
     def reference_outputs(self):
         if self._ref is None:
-            self._ref = run_batches(self.reference_path, self.ds, batch_size=self.batch_size)
+            self._ref = run_dataset(self.reference_path, self.ds, batch_size=self.batch_size)
         return self._ref
 
     def outputs(self, path):
-        return run_batches(path, self.ds, batch_size=self.batch_size)
+        return run_dataset(path, self.ds, batch_size=self.batch_size)
 
     def __call__(self, path) -> dict:
         out = self.outputs(path)
+        if self.labelled and not self._labels_checked:
+            first = np.asarray(out[0])
+            check_labels(self.ds.labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1,
+                         self.ds.source or "eval data")
+            self._labels_checked = True
         ref = None if self.labelled else self.reference_outputs()
         value = score(out, self.task, self.ds.labels if self.labelled else None, ref)
         return {"name": self.name, "value": value, "n": len(self.ds), "data": self.ds.source}
+
+
+def fixed_batch(sess) -> int | None:
+    """The batch size a session's graph fixes on its inputs' leading axis, or None when it is dynamic."""
+    for i in sess.get_inputs():
+        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return int(i.shape[0])
+    return None
+
+
+def run_dataset(path, dataset: Dataset, *, batch_size: int = 64) -> list:
+    """Outputs (one array per model output) for every sample of dataset, in order.
+
+    A graph with a fixed batch B (what torch.onnx.export gives without dynamic_axes) only accepts
+    batches of exactly B: the data then goes in chunks of B, and a last partial chunk is padded with
+    copies of its last sample whose outputs are cut off again, so every sample is scored exactly once.
+    """
+    from .onnxutil import session
+
+    sess = session(path)
+    names = {i.name for i in sess.get_inputs()}
+    fixed = fixed_batch(sess)
+    bs = fixed or batch_size
+    outs = None
+    for feeds in dataset.batches(bs):
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        real = len(next(iter(feeds.values())))
+        if fixed and real < fixed:
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], fixed - real, axis=0)]) for k, v in feeds.items()}
+        res = sess.run(None, feeds)
+        if fixed and real < fixed:
+            res = [r[:real] if np.ndim(r) and len(r) == fixed else r for r in res]
+        outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
+    return [] if outs is None else [np.concatenate(o, axis=0) for o in outs]
 
 
 def with_drop(metrics: dict, reference: dict | None) -> dict:

@@ -45,17 +45,103 @@ def load_onnx(path: str) -> SourceModel:
         raise InputError(f"{p}: file not found")
     try:
         model = onnx.load(str(p), load_external_data=False)
-        onnx.checker.check_model(model)
+        # by path: the checker then resolves external data next to the file (and allows models over 2 GB)
+        onnx.checker.check_model(str(p))
     except Exception as e:  # protobuf decode errors have no common base class
         raise InputError(f"{p}: not a valid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     init = {i.name for i in model.graph.initializer}
     inputs = [_value_info_spec(v) for v in model.graph.input if v.name not in init]
     outputs = [v.name for v in model.graph.output]
-    out_rank = len(model.graph.output[0].type.tensor_type.shape.dim) if model.graph.output else 0
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     return SourceModel(spec=str(path), kind="onnx", onnx_path=str(p), inputs=inputs, outputs=outputs,
-                       task="classification" if out_rank == 2 else "generic", weights=str(p),
+                       task="classification" if classifier_output(model) else "generic", weights=str(p),
                        weights_sha256=sha256_file(p), description=f"ONNX model {p.name}", opset=opset)
+
+
+PROTOBUF_LIMIT = 2 ** 31 - 1
+
+
+def uses_external_data(model) -> bool:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data as ext
+
+    return any(ext(t) for t in _get_all_tensors(model))
+
+
+def copy_model(src, dest) -> list:
+    """Copy an ONNX file so the copy stands on its own; returns the files written (dest first).
+
+    External data lives next to the source (relative paths), so a bare file copy would point at data
+    that is not there. Such a model is loaded with its data and saved as one file, or, when that
+    cannot fit protobuf's 2 GB, with a single data file of its own next to dest.
+    """
+    import shutil
+
+    import onnx
+
+    src, dest = Path(src), Path(dest)
+    if not uses_external_data(onnx.load(str(src), load_external_data=False)):
+        shutil.copyfile(src, dest)
+        return [dest]
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{src}: cannot read its external data: {why}") from None
+    try:
+        size = model.ByteSize()
+    except Exception:  # some protobuf builds refuse to size a message past the limit
+        size = PROTOBUF_LIMIT
+    if size < PROTOBUF_LIMIT:
+        onnx.save_model(model, str(dest))
+        return [dest]
+    data = dest.with_name(dest.name + ".data")
+    onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+    return [dest, data]
+
+
+def classifier_output(model) -> bool:
+    """True when the first output is [N, C] class scores with a fixed C >= 2.
+
+    A [N, 1] output is a regression or a single logit: argmax over one column is always 0, so
+    scoring it as top-1 accuracy would report the share of labels that happen to be 0.
+    """
+    if not model.graph.output:
+        return False
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value >= 2
+
+
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                 "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+def quantized_ops(model) -> list:
+    """Op types that show a graph was already quantized (QDQ, QOperator or dynamic), sorted."""
+    found = set()
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear"):
+                found.add(n.op_type)
+            graphs += [a.g for a in n.attribute if a.HasField("g")] + [x for a in n.attribute for x in a.graphs]
+    return sorted(found)
+
+
+def float_dtype(model) -> str | None:
+    """'float16' or 'float32': the element type of the graph's float inputs, else of its float weights."""
+    from onnx import TensorProto
+
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
+             TensorProto.DOUBLE: "float64"}
+    for v in model.graph.input:
+        t = v.type.tensor_type.elem_type
+        if t in names:
+            return names[t]
+    for i in model.graph.initializer:
+        if i.data_type in names:
+            return names[i.data_type]
+    return None
 
 
 def _value_info_spec(v) -> TensorSpec:
@@ -149,17 +235,39 @@ def _forward_names(module) -> list:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
+def _param_float_dtype(module) -> str:
+    import torch
+
+    for p in module.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def _input_dtype(module, arr) -> str:
+    """The dtype the model takes for a data array: float data in the model's own float type (scikit-learn
+    hands out float64), integer data as int64 (token ids); _probe_outputs turns the latter into float when
+    forward() refuses integers."""
+    import numpy as np
+
+    if np.issubdtype(arr.dtype, np.floating):
+        return _param_float_dtype(module)
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        return "int64"
+    return str(arr.dtype)
+
+
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     names = _forward_names(module) or ["input"]
     if sample_inputs:
         given = list(sample_inputs)
         if len(given) == 1 and len(names) >= 1:
             arr = next(iter(sample_inputs.values()))
-            return [TensorSpec(names[0], ["batch", *arr.shape[1:]], str(arr.dtype))]
+            return [TensorSpec(names[0], ["batch", *arr.shape[1:]], _input_dtype(module, arr))]
         missing = [n for n in given if n not in names]
         if missing:
             raise InputError(f"{where}: data has inputs {missing} that forward() does not take (it takes {names})")
-        return [TensorSpec(n, ["batch", *sample_inputs[n].shape[1:]], str(sample_inputs[n].dtype))
+        return [TensorSpec(n, ["batch", *sample_inputs[n].shape[1:]], _input_dtype(module, sample_inputs[n]))
                 for n in names if n in sample_inputs]
     if input_shape:
         return [TensorSpec(names[0], ["batch", *input_shape[1:]], "float32")]
@@ -170,13 +278,22 @@ def _probe_outputs(module, inputs, *, where):
     import numpy as np
     import torch
 
-    feeds = []
-    for spec in inputs:
-        shape = [2 if isinstance(d, str) else d for d in spec.shape]
-        feeds.append(torch.from_numpy(np.zeros(shape, dtype=spec.dtype)))
+    def feeds_for(specs):
+        return [torch.from_numpy(np.zeros([2 if isinstance(d, str) else d for d in s.shape], dtype=s.dtype))
+                for s in specs]
+
     try:
         with torch.no_grad():
-            out = module(*feeds)
+            try:
+                out = module(*feeds_for(inputs))
+            except RuntimeError:
+                # integer data for a model that computes in float (e.g. pixel values 0..255 saved as uint8)
+                if not any(s.dtype == "int64" for s in inputs):
+                    raise
+                as_float = [TensorSpec(s.name, s.shape, _param_float_dtype(module)) if s.dtype == "int64" else s
+                            for s in inputs]
+                out = module(*feeds_for(as_float))
+                inputs[:] = as_float
     except Exception as e:
         shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
         raise InputError(f"{where}: forward() failed on inputs {shapes}: {type(e).__name__}: "

@@ -13,19 +13,35 @@ from pathlib import Path
 from .errors import UsageError
 
 
+MANIFEST = "manifest.json"
+
+
 def check_output(outdir, overwrite: bool) -> Path:
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"{out}: already holds a previous run; pass --overwrite to replace it (it is kept if the new run fails)")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{out}: {parent} is a file, not a directory")
+            break
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"{out}: already holds a previous run; pass --overwrite to replace it (it is kept if the new run fails)")
+        if not (out / MANIFEST).is_file():
+            # --overwrite replaces the whole directory: only ever do that to an earlier edgekit run
+            raise UsageError(f"{out}: not empty and not an edgekit output directory (no {MANIFEST}); "
+                             "--overwrite only replaces an earlier run, so choose another -o")
     return out
 
 
 def staging_dir(outdir) -> Path:
     out = Path(outdir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    except OSError as e:
+        raise UsageError(f"{outdir}: cannot create the output directory there: {e.strerror or e}") from None
 
 
 def publish(staging: Path, outdir) -> Path:

@@ -45,7 +45,13 @@ def stage_load(run: Run):
 
     cfg = run.cfg
     targets = [load_target(t) for t in (cfg.targets or (DEFAULT_TARGET,))]
-    sample = _peek_arrays(cfg.calib or cfg.eval) if not cfg.model.startswith("zoo:") else None
+    from_data = cfg.calib or cfg.eval
+    sample = _peek_arrays(from_data) if _is_torch_file(cfg.model) else None
+    if _is_torch_file(cfg.model) and sample is None and from_data and not cfg.input_shape:
+        # images and sentences do not say what tensor the model takes, and the error would otherwise
+        # blame missing data that was given
+        raise UsageError(f"{from_data}: this data format does not give {cfg.model}'s input shape; "
+                         "pass --input-shape (e.g. 1,3,224,224)")
     src = load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle,
                       input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
     if cfg.preprocess:
@@ -234,20 +240,18 @@ def _ds_facts(ds):
     return None if ds is None else {"n": len(ds), "source": ds.source, "labelled": ds.labels is not None}
 
 
+def _is_torch_file(model: str) -> bool:
+    return not model.startswith("zoo:") and not model.lower().endswith(".onnx")
+
+
 def _peek_arrays(path):
-    """Names and shapes of .npy/.npz data, to infer a user model's inputs before full validation."""
-    if not path:
+    """Names, shapes and dtypes of .npy/.npz data, to infer a user model's inputs; the file is read (and
+    refused, naming it) by the same reader as later, only without the model's input checks."""
+    from .calibration import read_dataset
+
+    if not path or Path(path).suffix.lower() not in (".npy", ".npz"):
         return None
-    p = Path(path)
-    try:
-        if p.suffix == ".npy":
-            return {"input": np.load(p, mmap_mode="r")}
-        if p.suffix == ".npz":
-            z = np.load(p)
-            return {k: z[k] for k in z.files if k != "y"}
-    except (OSError, ValueError):
-        return None  # read_dataset reports the problem with the file name
-    return None
+    return dict(read_dataset(path, [], labels=False).inputs)
 
 
 def _read_prepost(text):

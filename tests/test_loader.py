@@ -96,3 +96,45 @@ def test_onnx_errors(tmp_path):
         load_source(str(bad))
     with pytest.raises(InputError, match="nothere.onnx: file not found"):
         load_source(str(tmp_path / "nothere.onnx"))
+
+
+def _tiny_onnx(path, out_cols, **save_kw):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((16, out_cols), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", out_cols])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save_model(m, str(path), **save_kw)
+    return path
+
+
+def test_onnx_with_external_data_loads_from_any_directory(tmp_path, monkeypatch):
+    (tmp_path / "m").mkdir()
+    _tiny_onnx(tmp_path / "m" / "ext.onnx", 4, save_as_external_data=True, location="ext.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)
+    src = load_source("m/ext.onnx")
+    assert src.inputs[0].shape == ["n", 16]
+    (tmp_path / "m" / "ext.data").unlink()
+    with pytest.raises(InputError, match="ext.onnx: not a valid ONNX model"):
+        load_source("m/ext.onnx")
+
+
+@pytest.mark.parametrize("cols,task", [(1, "generic"), (2, "classification"), (10, "classification")])
+def test_onnx_task_needs_two_or_more_output_columns(tmp_path, cols, task):
+    assert load_source(str(_tiny_onnx(tmp_path / "m.onnx", cols))).task == task
+
+
+def test_quantized_ops_are_recognised(tmp_path):
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    from edgekit.loader import quantized_ops
+
+    fp32 = _tiny_onnx(tmp_path / "m.onnx", 4)
+    assert quantized_ops(onnx.load(str(fp32))) == []
+    quantize_dynamic(str(fp32), str(tmp_path / "q.onnx"))
+    assert "MatMulInteger" in quantized_ops(onnx.load(str(tmp_path / "q.onnx")))

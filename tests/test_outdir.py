@@ -39,3 +39,28 @@ def test_output_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
         check_output(f, overwrite=True)
+
+
+@pytest.mark.parametrize("sub", ["f/out", "f/a/b"])
+def test_output_below_a_file(tmp_path, sub):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match=r"f is a file, not a directory"):
+        check_output(tmp_path / sub, overwrite=True)
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_overwrite_only_replaces_an_earlier_run(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UsageError, match="not an edgekit output directory"):
+        check_output(mine, overwrite=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    assert check_output(tmp_path / "run", overwrite=True) == tmp_path / "run"
+
+
+def test_staging_dir_that_cannot_be_made_is_a_usage_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="cannot create the output directory"):
+        staging_dir(tmp_path / "f" / "out")

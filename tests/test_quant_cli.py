@@ -48,3 +48,250 @@ def test_quantize_command_bad_calibration_is_one_line_exit_2(tmp_path):
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and "bad.npy" in err[0] and "axis 1: 3 != 1" in err[0], r.stderr
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------ defects found by the sweep
+import onnx  # noqa: E402
+import pytest  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def _mlp(path, *, batch="n", out_cols=10, dtype=TensorProto.FLOAT, out_shape=None, ext_data=None):
+    """x[batch, 16] -> MatMul -> Relu -> MatMul -> y[batch, out_cols] (or out_shape, via Reshape)."""
+    r = np.random.default_rng(3)
+    npt = helper.tensor_dtype_to_np_dtype(dtype)
+    inits = [numpy_helper.from_array((r.normal(size=(16, 32)) * 0.5).astype(npt), "w1"),
+             numpy_helper.from_array((r.normal(size=(32, out_cols)) * 0.3).astype(npt), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], "fc1"), helper.make_node("Relu", ["h"], ["a"], "act"),
+             helper.make_node("MatMul", ["a", "w2"], ["y" if out_shape is None else "z"], "fc2")]
+    if out_shape is not None:
+        inits.append(numpy_helper.from_array(np.array([0, *out_shape[1:]], np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["z", "shape"], ["y"], "reshape"))
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", dtype, [batch, 16])],
+                          [helper.make_tensor_value_info("y", dtype, out_shape or [batch, out_cols])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    if ext_data:
+        onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=ext_data, size_threshold=0)
+    else:
+        onnx.save(m, str(path))
+    return path
+
+
+def _one_line_error(r, *needles):
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def _x(n, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).normal(size=(n, 16)).astype(dtype)
+
+
+@pytest.fixture
+def fast_gate(monkeypatch):
+    """Shorter speed-gate timing, and quantize_file in-process: real runs, just fewer timed ones."""
+    from edgekit.stages import quantize as stage
+
+    monkeypatch.setattr(stage, "GATE_RUNS", 5)
+    monkeypatch.setattr(stage, "GATE_SECONDS", 0.05)
+    monkeypatch.setenv("EDGEKIT_QUIET", "1")
+    from edgekit.cli.quantize import quantize_file
+
+    return quantize_file
+
+
+@pytest.mark.parametrize("batch,n", [(1, 6), (4, 10)])
+def test_fixed_batch_model_is_evaluated_in_its_own_batch_with_a_partial_last_batch(tmp_path, fast_gate, batch, n):
+    model = _mlp(tmp_path / "fix.onnx", batch=batch)
+    np.save(tmp_path / "c.npy", _x(n))
+    np.savez(tmp_path / "e.npz", x=_x(n, seed=1))
+    man = fast_gate(str(model), calib=str(tmp_path / "c.npy"), eval_path=str(tmp_path / "e.npz"),
+                    output=str(tmp_path / "out"), tune=False)
+    fp32, q = man.artifacts
+    # every sample scored exactly once: N not a multiple of B is padded, and the padding is cut off again
+    assert fp32.metrics["n"] == n and q.metrics["n"] == n and fp32.metrics["value"] == 1.0
+    # calibration takes whole batches only, and says so
+    cut = [x for x in man.quantization["fix.onnx"]["notes"] if x.startswith("calibrated on the first")]
+    assert cut == ([] if n % batch == 0 else [f"calibrated on the first {n // batch * batch} of {n} samples: "
+                                              f"the model's fixed batch of {batch} takes whole batches only"])
+
+
+def test_fixed_batch_outputs_match_a_dynamic_batch_model(tmp_path):
+    from edgekit.dataset import Dataset
+    from edgekit.evaluate import run_dataset
+
+    data = Dataset({"x": _x(10)})
+    fixed = run_dataset(_mlp(tmp_path / "f.onnx", batch=4), data)[0]
+    dyn = run_dataset(_mlp(tmp_path / "d.onnx"), data)[0]
+    assert fixed.shape == (10, 10) and np.allclose(fixed, dyn, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["int8-dynamic", "fp16"])
+def test_modes_without_calibration_data_work_and_say_accuracy_was_not_measured(tmp_path, fast_gate, mode):
+    model = _mlp(tmp_path / "m.onnx")
+    man = fast_gate(str(model), calib=None, mode=mode, output=str(tmp_path / "out"), tune=False)
+    fp32, q = man.artifacts
+    assert q.kind == mode
+    assert any(n.startswith("accuracy not measured: no --eval or --calib data") for n in fp32.notes)
+    assert any(n.startswith("accuracy not measured") for n in q.notes)
+    assert all("accuracy" not in a.metrics["name"] and a.metrics["name"].endswith("_on_random_inputs")
+               for a in man.artifacts)
+    d = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert any("accuracy not measured" in n for n in d["quantization"]["m.onnx"]["notes"])
+
+
+def test_dynamic_without_calib_is_scored_on_eval(tmp_path, fast_gate):
+    model = _mlp(tmp_path / "m.onnx")
+    np.savez(tmp_path / "e.npz", x=_x(12), y=np.arange(12) % 10)
+    man = fast_gate(str(model), calib=None, eval_path=str(tmp_path / "e.npz"), mode="int8-dynamic",
+                    output=str(tmp_path / "out"), tune=False)
+    assert [a.metrics["name"] for a in man.artifacts] == ["accuracy", "accuracy"]
+    assert man.artifacts[0].metrics["n"] == 12
+
+
+@pytest.mark.parametrize("from_model_dir", [False, True])
+def test_model_with_external_data_is_copied_self_contained(tmp_path, fast_gate, monkeypatch, from_model_dir):
+    (tmp_path / "m").mkdir()
+    _mlp(tmp_path / "m" / "ext.onnx", ext_data="ext.data")
+    np.save(tmp_path / "c.npy", _x(20))
+    if from_model_dir:
+        monkeypatch.chdir(tmp_path / "m")
+        model, calib = "ext.onnx", "../c.npy"
+    else:
+        monkeypatch.chdir(tmp_path)
+        model, calib = "m/ext.onnx", "c.npy"
+    fast_gate(model, calib=calib, output=str(tmp_path / "out"), tune=False)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["ext.int8.onnx", "ext.onnx", "manifest.json"]
+    copy = onnx.load(str(out / "ext.onnx"), load_external_data=False)
+    assert all(i.data_location == TensorProto.DEFAULT for i in copy.graph.initializer)
+    import onnxruntime as ort
+
+    (tmp_path / "m" / "ext.data").unlink()  # the copy must not lean on the source's data file
+    ort.InferenceSession(str(out / "ext.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_failed_run_leaves_no_output_and_keeps_the_previous_run(tmp_path):
+    model = _mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", _x(20))
+    np.savez(tmp_path / "bad.npz", x=_x(8), y=np.full(8, 12))  # labels beyond the 10 classes: fails mid-run
+    fresh = _cli("quantize", str(model), "--calib", "c.npy", "--eval", "bad.npz", "-o", "new", cwd=tmp_path)
+    assert fresh.returncode == 2
+    _one_line_error(fresh, "bad.npz", "[0, 10)")
+    assert not (tmp_path / "new").exists()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    (old / "m.int8.onnx").write_bytes(b"previous")
+    again = _cli("quantize", str(model), "--calib", "c.npy", "--eval", "bad.npz", "-o", "old", "--overwrite",
+                 cwd=tmp_path)
+    assert again.returncode == 2
+    assert sorted(p.name for p in old.iterdir()) == ["m.int8.onnx", "manifest.json"]
+    assert (old / "m.int8.onnx").read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "c.npy", "m.onnx", "old"]  # no staging left
+
+
+def test_successful_overwrite_replaces_the_whole_previous_run(tmp_path, fast_gate):
+    model = _mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", _x(20))
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    (old / "stale.fp16.onnx").write_bytes(b"from an earlier run")
+    fast_gate(str(model), calib=str(tmp_path / "c.npy"), output=str(old), tune=False, overwrite=True)
+    assert sorted(p.name for p in old.iterdir()) == ["m.int8.onnx", "m.onnx", "manifest.json"]
+
+
+def test_bad_target_fails_before_any_output(tmp_path):
+    model = _mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", _x(20))
+    r = _cli("quantize", str(model), "--calib", "c.npy", "--target", "no-such-board", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "no-such-board")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx"]
+
+
+def test_nan_calibration_data_is_one_line(tmp_path):
+    model = _mlp(tmp_path / "m.onnx")
+    x = _x(20)
+    x[3, 5] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    r = _cli("quantize", str(model), "--calib", "nan.npy", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "nan.npy", "NaN", "sample 3")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dest", ["afile", "afile/sub"])
+def test_output_under_an_existing_file_is_one_line(tmp_path, dest):
+    model = _mlp(tmp_path / "m.onnx")
+    (tmp_path / "afile").write_text("keep")
+    r = _cli("quantize", str(model), "--mode", "int8-dynamic", "-o", dest, cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "afile", "not a directory")
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_float16_model_with_fp16_mode_is_one_line(tmp_path):
+    model = _mlp(tmp_path / "h.onnx", dtype=TensorProto.FLOAT16)
+    r = _cli("quantize", str(model), "--mode", "fp16", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "h.onnx", "already float16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_float16_source_is_labelled_fp16(tmp_path, fast_gate):
+    model = _mlp(tmp_path / "h.onnx", dtype=TensorProto.FLOAT16)
+    np.save(tmp_path / "c.npy", _x(20, dtype=np.float16))
+    man = fast_gate(str(model), calib=str(tmp_path / "c.npy"), mode="int8-dynamic", output=str(tmp_path / "out"),
+                    tune=False)
+    assert man.artifacts[0].kind == "fp16"
+
+
+def test_already_quantized_model_is_refused_before_any_work(tmp_path):
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(_mlp(tmp_path / "m.onnx")), str(tmp_path / "q.onnx"))
+    np.save(tmp_path / "c.npy", _x(20))
+    r = _cli("quantize", "q.onnx", "--calib", "c.npy", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "q.onnx", "already quantized", "MatMulInteger", "pass the FP32 model")
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_column_output_with_labels_is_not_scored_as_accuracy(tmp_path, fast_gate):
+    model = _mlp(tmp_path / "reg.onnx", out_cols=1)
+    np.save(tmp_path / "c.npy", _x(20))
+    np.savez(tmp_path / "e.npz", x=_x(12, seed=1), y=np.zeros(12, np.int64))
+    man = fast_gate(str(model), calib=str(tmp_path / "c.npy"), eval_path=str(tmp_path / "e.npz"),
+                    output=str(tmp_path / "out"), tune=False)
+    fp32 = man.artifacts[0]
+    # argmax over one column is always 0: all-zero labels would have read as "accuracy 1.0"
+    assert fp32.metrics["name"] == "fidelity"
+    assert any("labels ignored" in n and "[N, 1]" in n for n in fp32.notes), fp32.notes
+
+
+def test_rank3_output_with_labels_says_why_labels_are_ignored(tmp_path, fast_gate):
+    model = _mlp(tmp_path / "r3.onnx", out_cols=10, out_shape=["n", 2, 5])
+    np.save(tmp_path / "c.npy", _x(20))
+    np.savez(tmp_path / "e.npz", x=_x(12, seed=1), y=np.arange(12) % 10)
+    man = fast_gate(str(model), calib=str(tmp_path / "c.npy"), eval_path=str(tmp_path / "e.npz"),
+                    output=str(tmp_path / "out"), tune=False)
+    notes = man.artifacts[0].notes
+    assert any("labels ignored" in n and "[N, 2, 5]" in n for n in notes), notes
+    assert not any("has no labels" in n for n in notes)
+
+
+def test_regression_fidelity_is_not_just_sign_agreement():
+    from edgekit.evaluate import score
+
+    ref = np.array([[1.0], [2.0], [3.0]])
+    # same signs, wrong values: a per-sample cosine of one number would call this a perfect 1.0
+    assert score([ref[::-1]], "generic", reference=[ref]) < 0.8
+    assert score([ref], "generic", reference=[ref]) == pytest.approx(1.0)

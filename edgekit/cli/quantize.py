@@ -22,58 +22,160 @@ def _load_target(name):
 def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="auto", fmt="qdq",
                   per_channel=None, tolerance="1%", target=None, max_trials=12, tune=True, calib_size=256,
                   overwrite=False, weight_rounding="auto"):
-    """The library call behind the command; returns the Manifest."""
-    import shutil
-    import time
-    from pathlib import Path
+    """The library call behind the command; returns the Manifest.
 
-    from ..artifact import Manifest, StageRecord, host_info, versions
+    Everything that can be checked cheaply (model, OUTDIR, target, data) is checked before any
+    work; the run is then built in a staging folder beside OUTDIR and swapped in only once it is
+    complete, so a failure never leaves a partial OUTDIR or touches an earlier run.
+    """
+    import contextlib
+    import dataclasses
+    import sys
+
+    import onnx
+
     from ..calibration import read_dataset
     from ..config import QuantizeConfig, Tolerance
-    from ..context import RunContext
-    from ..errors import UsageError
-    from ..evaluate import Evaluator
-    from ..fsutil import atomic_path
-    from ..loader import load_onnx
-    from ..onnxutil import graph_facts
-    from ..quant.fidelity import fidelity_evaluator
-    from ..stages import quantize as stage
+    from ..errors import CalibrationError, InputError, UsageError
+    from ..loader import float_dtype, load_onnx, quantized_ops
+    from ..outdir import check_output, discard, publish, staging_dir
+    from ..quant.fidelity import MAX_EVAL
+    from ..quant.static import fixed_batch
 
     src_model = load_onnx(model)
-    out = Path(output)
-    if (out / "manifest.json").exists() and not overwrite:
-        raise UsageError(f"{out}: already holds an edgekit run (manifest.json); pass --overwrite to replace it")
+    proto = onnx.load(str(model), load_external_data=False)
+    qops = quantized_ops(proto)
+    if qops:
+        raise InputError(f"{model}: already quantized (has {', '.join(qops)} ops); pass the FP32 model")
+    dtype = float_dtype(proto)
+    if mode == "fp16" and dtype == "float16":
+        raise InputError(f"{model}: already float16; --mode fp16 needs an FP32 model")
+    del proto
+    out = check_output(output, overwrite)
     cfg = QuantizeConfig(mode=mode, calibrate_method=method, format=fmt, per_channel=per_channel,
                          max_trials=max_trials, tune=tune, calib_size=calib_size, weight_rounding=weight_rounding)
     tol = Tolerance.parse(tolerance)
+    tgt = _load_target(target)
     calib_ds = read_dataset(calib, src_model.inputs) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True) if eval_path else None
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
-    out.mkdir(parents=True, exist_ok=True)
+    record_notes = []
+    batch = fixed_batch(model)
+    timing_ds = calib_ds if calib_ds is not None else eval_ds
+    if batch and timing_ds is not None and len(timing_ds) < batch:
+        raise CalibrationError(f"{timing_ds.source}: {len(timing_ds)} samples, fewer than the model's fixed batch "
+                               f"of {batch}")
+    if batch and calib_ds is not None and mode == "int8":
+        # calibration feeds whole batches only: a partial last one is rejected by the graph's fixed batch
+        want = min(calib_size, len(calib_ds))
+        calib_size = want // batch * batch
+        if calib_size == 0:
+            raise UsageError(f"--calib-size {want} is smaller than the model's fixed batch of {batch}")
+        if calib_size < want:
+            record_notes.append(f"calibrated on the first {calib_size} of {want} samples: the model's fixed "
+                                f"batch of {batch} takes whole batches only")
+    if calib_ds is not None:
+        _check_finite(calib_ds, calib_size + MAX_EVAL)
+    if eval_ds is not None:
+        _check_finite(eval_ds, len(eval_ds))
+    cfg = dataclasses.replace(cfg, calib_size=calib_size)
+    staging = staging_dir(out)
+    try:
+        # onnxruntime's calibrators print progress to stdout, which --json keeps for the manifest
+        with contextlib.redirect_stdout(sys.stderr):
+            man = _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes,
+                               settings={"mode": mode, "method": method, "format": fmt, "tolerance": str(tol),
+                                         "target": target, "calib": calib, "eval": eval_path,
+                                         "max_trials": max_trials})
+        man.write(staging)
+        publish(staging, out)
+    except BaseException:
+        discard(staging)
+        raise
+    return man
+
+
+def _check_finite(ds, limit: int) -> None:
+    """NaN or inf inputs make every candidate fail with onnxruntime's cryptic 'scale issue'; name the file instead."""
+    import numpy as np
+
+    from ..errors import CalibrationError
+
+    seen = 0
+    for feeds in ds.batches(256):
+        if seen >= limit:
+            break
+        for name, arr in feeds.items():
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                i = seen + int(np.argmax(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)))
+                raise CalibrationError(f"{ds.source}: input {name!r} has NaN or infinite values (first in sample {i})")
+        seen += len(next(iter(feeds.values())))
+
+
+def _shape_text(spec: dict) -> str:
+    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d)
+                           for i, d in enumerate(spec.get("shape", []))) + "]"
+
+
+def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes, *, settings):
+    import math
+    import time
+    from pathlib import Path
+
+    from ..artifact import Manifest, StageRecord, host_info, versions
+    from ..context import RunContext
+    from ..errors import CalibrationError, EdgekitError
+    from ..evaluate import Evaluator
+    from ..loader import copy_model
+    from ..onnxutil import graph_facts
+    from ..quant.fidelity import fidelity_evaluator, sanity_evaluator
+    from ..stages import quantize as stage
+
     name = Path(model).name
-    fp32_path = out / name
-    if Path(model).resolve() != fp32_path.resolve():
-        with atomic_path(fp32_path) as tmp:
-            shutil.copyfile(model, tmp)
-    notes = []
-    if eval_ds is not None and eval_ds.labels is not None and src_model.task == "classification":
-        evaluator = Evaluator(eval_ds, "classification", fp32_path)
-    else:
-        evaluator, note = fidelity_evaluator(fp32_path, eval_ds if eval_ds is not None else calib_ds,
-                                             calib_size=None if eval_ds is not None else cfg.calib_size)
-        notes.append(note if eval_ds is None else f"--eval has no labels: fidelity to FP32 on {len(eval_ds)} samples")
+    fp32_path = staging / name
+    copy_model(model, fp32_path)
     facts = graph_facts(fp32_path)
-    parent = stage.Artifact(kind="fp32", path=name, parent="source", stage="input", params=facts["params"],
-                            opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], notes=notes)
-    parent.refresh_file_facts(out)
+    labelled = eval_ds is not None and eval_ds.labels is not None
+    notes = []
+    if labelled and src_model.task == "classification":
+        evaluator = Evaluator(eval_ds, "classification", fp32_path)
+    elif eval_ds is not None:
+        evaluator, _ = fidelity_evaluator(fp32_path, eval_ds)
+        n = len(evaluator.ds)
+        if labelled:
+            out0 = facts["outputs"][0]
+            notes.append(f"--eval labels ignored: output {out0['name']!r} is {_shape_text(out0)}, not [N, C] class "
+                         f"scores with C >= 2; fidelity to FP32 on {n} --eval samples")
+        else:
+            notes.append(f"--eval has no labels: fidelity to FP32 on {n} samples")
+    elif calib_ds is not None:
+        # dynamic INT8 and FP16 calibrate nothing, so every calibration sample is fair to score on
+        evaluator, note = fidelity_evaluator(fp32_path, calib_ds,
+                                             calib_size=cfg.calib_size if cfg.mode == "int8" else None)
+        notes.append(note)
+    else:
+        evaluator, note = sanity_evaluator(fp32_path, src_model.inputs)
+        eval_ds = evaluator.ds  # the quantize stage times its candidates on these
+        notes.append(note)
+        # the trial metrics and the reason quote the random-input fidelity: say so wherever they appear
+        record_notes = [*record_notes, note]
+    parent = stage.Artifact(kind="fp16" if dtype == "float16" else "fp32", path=name, parent="source",
+                            stage="input", params=facts["params"], opset=facts["opset"], inputs=facts["inputs"],
+                            outputs=facts["outputs"], notes=notes)
+    parent.refresh_file_facts(staging)
     parent.metrics = evaluator(fp32_path)
-    man = Manifest(source=src_model.provenance(), versions=versions(), host=host_info(),
-                   settings={"mode": mode, "method": method, "format": fmt, "tolerance": str(tol),
-                             "target": target, "calib": calib, "eval": eval_path, "max_trials": max_trials})
+    ref = parent.metrics.get("value")
+    if ref is None or not math.isfinite(ref):
+        raise EdgekitError(f"{name}: the model gives NaN or infinite outputs on {evaluator.ds.source}, so nothing "
+                           "can be compared with it")
+    if evaluator.labelled and ref == 0:
+        # tolerances are relative to this value: at 0 every candidate would "pass" or divide by zero
+        raise CalibrationError(f"{eval_ds.source}: the model gets none of the {len(eval_ds)} labels right "
+                               "(accuracy 0); check that 'y' holds this model's class indices")
+    man = Manifest(source=src_model.provenance(), versions=versions(), host=host_info(), settings=settings)
     man.artifacts.append(parent)
-    tgt = _load_target(target)
-    ctx = RunContext(outdir=out, source=src_model, manifest=man, calib=calib_ds, eval=eval_ds,
+    ctx = RunContext(outdir=staging, source=src_model, manifest=man, calib=calib_ds, eval=eval_ds,
                      targets=[tgt] if tgt is not None else [], tolerance=tol, evaluate=evaluator)
     t0 = time.perf_counter()
     art = stage.run(parent, ctx, cfg)
@@ -81,10 +183,11 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     if art is not None:
         man.artifacts.append(art)
         q = man.quantization.get(parent.path, {})
+        q.setdefault("notes", []).extend(record_notes)
+        art.notes.extend(record_notes)
         pick = art if q.get("recommend") else parent
         man.recommended[q.get("isa", {}).get("target", "host")] = {"path": pick.path, "kind": pick.kind,
                                                                    "reason": q.get("reason", "")}
-    man.write(out)
     return man
 
 

@@ -21,7 +21,12 @@ def output_task(onnx_path) -> str:
 
 
 def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: int | None = None):
-    """(evaluator, note). Without an eval set, score on calibration samples not used for calibrating."""
+    """(evaluator, note). Without an eval set, score on calibration samples not used for calibrating.
+
+    calib_size=None: nothing is calibrated on `data` (an eval set, or dynamic/FP16 modes), so all of it is scored.
+    """
+    if data is None or len(data) == 0:
+        raise ValueError("fidelity_evaluator needs sample inputs; see random_inputs() when there are none")
     task = task or output_task(fp32_path)
     if calib_size is not None and len(data) > calib_size:
         from ..dataset import Dataset
@@ -33,6 +38,50 @@ def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: 
         data = held
     else:
         data = data.take(MAX_EVAL)
-        note = f"no --eval: fidelity to FP32 on {len(data)} calibration samples (the same ones used to calibrate)"
+        note = (f"no --eval: fidelity to FP32 on {len(data)} calibration samples (the same ones used to calibrate)"
+                if calib_size is not None else f"no --eval: fidelity to FP32 on {len(data)} samples of {data.source}")
     nolabels = type(data)(dict(data.inputs), None, data.source, dict(data.extra))
     return Evaluator(nolabels, task, fp32_path), note
+
+
+RANDOM_SAMPLES = 16
+RANDOM_DIM = 32  # stands in for symbolic non-batch dims (sequence length, image side)
+
+
+def random_inputs(inputs: list, *, seed: int = 0):
+    """A Dataset of random samples shaped like the model's inputs, for timing and a sanity check only.
+
+    Floats are standard normal; integer inputs (token ids, masks, indices) are zeros, the one value
+    every such input accepts. Their outputs say whether a quantized graph still computes about the
+    same function, nothing about accuracy on real data.
+    """
+    import numpy as np
+
+    from ..dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    fixed = next((s.shape[0] for s in inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0), None)
+    n = 2 * fixed if fixed else RANDOM_SAMPLES
+    arrays = {}
+    for s in inputs:
+        dims = [d if isinstance(d, int) and d > 0 else RANDOM_DIM for d in list(s.shape)[1:]]
+        dt = np.dtype(s.dtype)
+        arrays[s.name] = (rng.standard_normal((n, *dims)).astype(dt) if dt.kind == "f"
+                          else np.zeros((n, *dims), dt))
+    return Dataset(arrays, None, f"{n} random inputs")
+
+
+class SanityEvaluator(Evaluator):
+    """Fidelity to FP32 on random inputs, under a name that cannot be mistaken for an accuracy."""
+
+    @property
+    def name(self) -> str:
+        return super().name + "_on_random_inputs"
+
+
+def sanity_evaluator(fp32_path, inputs: list):
+    """(evaluator, note) when there is no --calib or --eval data at all (dynamic INT8, FP16)."""
+    data = random_inputs(inputs)
+    note = (f"accuracy not measured: no --eval or --calib data; the metric is fidelity to FP32 on {len(data)} "
+            "random inputs, a sanity check of the conversion only")
+    return SanityEvaluator(data, output_task(fp32_path), fp32_path), note

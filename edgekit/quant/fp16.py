@@ -10,8 +10,15 @@ def convert(src, dest, *, keep_io_types: bool = True) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from ..errors import UsageError
+    from ..loader import float_dtype
+
+    model = onnx.load(str(src))
+    if float_dtype(model) == "float16":
+        # the converter would insert float32 casts on float16 inputs and build a graph onnxruntime rejects
+        raise UsageError(f"{Path(src).name}: already float16; FP16 conversion needs an FP32 model")
     try:
-        m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_io_types)
+        m = convert_float_to_float16(model, keep_io_types=keep_io_types)
         onnx.save(m, str(dest))
     except Exception as e:
         raise EdgekitError(f"{Path(src).name}: FP16 conversion failed: {type(e).__name__}: "

@@ -1,0 +1,58 @@
+"""`edgekit compress file.py:factory` with bad or unusual data files: one line naming the file, exit 2,
+no output directory; and data types scikit-learn really hands out are accepted."""
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.test_quant_cli import _cli
+
+MODEL = textwrap.dedent("""
+    import torch.nn as nn
+
+    def build():
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+""")
+
+
+@pytest.fixture
+def mlp(tmp_path):
+    (tmp_path / "mlp.py").write_text(MODEL)
+    return "mlp.py:build"
+
+
+def _bad_files(d):
+    rng = np.random.default_rng(0)
+    (d / "empty.npy").write_bytes(b"")
+    (d / "empty.npz").write_bytes(b"")
+    good = rng.normal(size=(40, 6))
+    np.savez(d / "ok.npz", input=good)
+    (d / "trunc.npz").write_bytes((d / "ok.npz").read_bytes()[:100])
+    np.save(d / "obj.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
+    nan = good.copy()
+    nan[7, 2] = np.nan
+    np.save(d / "nan.npy", nan)
+    (d / "imgs").mkdir()
+
+
+@pytest.mark.parametrize("name,expect", [("empty.npy", "not a valid .npy"), ("empty.npz", "not a valid .npz"),
+                                         ("trunc.npz", "not a valid .npz"), ("obj.npy", "not a valid .npy"),
+                                         ("nan.npy", "NaN or infinite values (first in sample 7)"),
+                                         ("imgs", "does not give mlp.py:build's input shape")])
+def test_bad_calibration_file_is_one_line_naming_it(tmp_path, mlp, name, expect):
+    _bad_files(tmp_path)
+    r = _cli("compress", mlp, "--calib", name, "--no-profile", "-o", "out", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and name in lines[0] and expect in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_float64_data_from_scikit_learn_is_accepted(tmp_path, mlp):
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)))  # float64, as sklearn's loaders return
+    np.savez(tmp_path / "eval.npz", input=rng.normal(size=(32, 6)), y=rng.integers(0, 3, 32))
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile", "--no-tune",
+             "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "model.int8.onnx").is_file()
