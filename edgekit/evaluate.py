@@ -1,8 +1,8 @@
 """The evaluate stage: one metric per artifact on the eval set, higher is better, in [0, 1].
 
 With labels: top-1 accuracy. Without: fidelity to the FP32 model's outputs on the
-same inputs — top-1 agreement for classifiers, mean cosine similarity for
-embeddings and anything else (flattened per sample).
+same inputs — top-1 agreement for classifiers, R^2 (clipped to [0, 1]) for one value per
+sample, mean cosine similarity for embeddings and anything else (flattened per sample).
 """
 from __future__ import annotations
 
@@ -48,12 +48,23 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
     a = out.reshape(len(out), -1).astype(np.float64)
     b = ref.reshape(len(ref), -1).astype(np.float64)
     if a.shape[1] == 1:
-        # one value per sample (a regression): a per-sample cosine is only the sign agreement, so
-        # compare the column of all samples as one vector instead
-        a, b = a.T, b.T
+        return r2_fidelity(a[:, 0], b[:, 0])
     denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), 1.0)
     return float(np.mean(cos))
+
+
+def r2_fidelity(got: np.ndarray, ref: np.ndarray) -> float:
+    """One value per sample (a regression): the coefficient of determination of the reference by the
+    variant, clipped to [0, 1]. A per-sample cosine would only see the sign, a cosine over the column
+    not the scale (half the output would score 1.0); this sees both, and offsets too."""
+    sse = float(np.sum((got - ref) ** 2))
+    sst = float(np.sum((ref - ref.mean()) ** 2))
+    if sst == 0.0:  # a constant reference: exact, or judged against its own magnitude
+        sst = float(np.sum(ref ** 2))
+        if sst == 0.0:
+            return 1.0 if sse == 0.0 else 0.0
+    return float(min(1.0, max(0.0, 1.0 - sse / sst)))
 
 
 class Evaluator:

@@ -40,6 +40,7 @@ class Run:
 
 def stage_load(run: Run):
     from .calibration import read_dataset
+    from .dataset import Dataset
     from .loader import load_source
     from .targets import DEFAULT_TARGET, load_target
 
@@ -65,8 +66,19 @@ def stage_load(run: Run):
     train = data(cfg.train, True) if cfg.train else src.train
     notes = []
     if evalset is None and calib is not None:
-        evalset = calib
-        notes.append("no --eval data: metrics are fidelity to FP32 on the calibration inputs")
+        from .quant.fidelity import MAX_EVAL
+
+        k = cfg.quantize.calib_size
+        if len(calib) > k:
+            # INT8 calibrates on the first calib_size samples: score on the ones it never saw
+            n = min(len(calib), k + MAX_EVAL)
+            evalset = Dataset({name: a[k:n] for name, a in calib.inputs.items()}, None, f"{calib.source} [{k}:{n}]")
+            notes.append(f"no --eval data: metrics are fidelity to FP32 on {n - k} calibration samples "
+                         "not used for calibrating")
+        else:
+            evalset = calib
+            notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "
+                         f"the same ones INT8 calibrates on (give more than {k}, or --eval, to hold some out)")
     if evalset is None:
         raise UsageError(f"{cfg.model}: no evaluation data; pass --eval (or --calib) so the accuracy cost can be measured")
     if cfg.quantize.mode == "int8" and calib is None:

@@ -56,3 +56,17 @@ def test_float64_data_from_scikit_learn_is_accepted(tmp_path, mlp):
              "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "model.int8.onnx").is_file()
+
+
+@pytest.mark.parametrize("n,scored", [(300, 44), (100, 100)])
+def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, mlp, n, scored):
+    import json
+
+    np.save(tmp_path / "calib.npy", np.random.default_rng(2).normal(size=(n, 6)).astype(np.float32))
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {a["metrics"]["n"] for a in man["artifacts"]} == {scored}
+    load = next(s for s in man["stages"] if s["name"] == "load")
+    note = " ".join(load["details"]["notes"])
+    assert ("not used for calibrating" in note) == (n > 256), note

@@ -295,3 +295,13 @@ def test_regression_fidelity_is_not_just_sign_agreement():
     # same signs, wrong values: a per-sample cosine of one number would call this a perfect 1.0
     assert score([ref[::-1]], "generic", reference=[ref]) < 0.8
     assert score([ref], "generic", reference=[ref]) == pytest.approx(1.0)
+
+
+def test_regression_fidelity_sees_scale_and_offset():
+    from edgekit.evaluate import score
+
+    ref = np.linspace(-2.0, 3.0, 50)[:, None]
+    assert score([ref * 0.5], "generic", reference=[ref]) < 0.9  # a column cosine scored this 1.0
+    assert score([ref + 1.0], "generic", reference=[ref]) < 0.9
+    assert score([ref + 1e-3], "generic", reference=[ref]) > 0.99
+    assert 0.0 <= score([-ref], "generic", reference=[ref]) <= 1.0
