@@ -266,14 +266,62 @@ def load_recipe(path) -> dict:
         d = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    d = map_paths(d, lambda v: _rebase(v, p.parent))
     # validate now so the error names the file
     from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
     return d
 
 
+_PATH_KEYS = ("weights", "calib", "eval", "train", "preprocess")
+
+
+def _file_part(spec: str) -> tuple:
+    """('net.py', ':build') for a file.py:factory spec, (spec, '') for a plain path."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        return head, ":" + tail
+    return spec, ""
+
+
+def map_paths(d: dict, fn) -> dict:
+    """d with fn applied to every setting that names a file (model/student file.py parts, data, weights,
+    a --preprocess file, target TOML files); zoo names, target names and JSON text pass through."""
+    def one(v):
+        if not isinstance(v, str) or v.startswith("zoo:"):
+            return v
+        path, rest = _file_part(v)
+        return fn(path) + rest
+
+    out = dict(d)
+    for k in ("model", *_PATH_KEYS):
+        if out.get(k):
+            out[k] = one(out[k])
+    if out.get("targets"):
+        out["targets"] = [one(t) if str(t).endswith(".toml") else t for t in out["targets"]]
+    if isinstance(out.get("distill"), dict) and out["distill"].get("student"):
+        out["distill"] = {**out["distill"], "student": one(out["distill"]["student"])}
+    return out
+
+
+def _absolute(path: str) -> str:
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else path
+
+
+def _rebase(path: str, base: Path) -> str:
+    """A relative path in a recipe: as given if it exists from here (recipes written before paths were
+    made absolute), else relative to the recipe's own folder."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (base / p).exists():
+        return path
+    return str(base / p)
+
+
 def to_toml(cfg: CompressConfig) -> str:
-    """The exact recipe of a run, so it can be repeated with --config."""
-    d = cfg.to_dict()
+    """The exact recipe of a run, so it can be repeated with --config (from any folder: files are named by
+    absolute path)."""
+    d = map_paths(cfg.to_dict(), _absolute)
+    d["output"] = str(Path(d["output"]).resolve())
     lines = []
 
     def fmt(v):

@@ -70,3 +70,23 @@ def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, 
     load = next(s for s in man["stages"] if s["name"] == "load")
     note = " ".join(load["details"]["notes"])
     assert ("not used for calibrating" in note) == (n > 256), note
+
+
+def test_recipe_repeats_the_run_from_another_folder(tmp_path, mlp):
+    """README: `edgekit compress --config OUTDIR/compress.toml` repeats the run; paths typed relative to
+    the first run's folder must still resolve, and MODEL comes from the recipe."""
+    import json
+
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", input=rng.normal(size=(32, 6)).astype(np.float32), y=rng.integers(0, 3, 32))
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile", "--no-tune",
+             "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r2 = _cli("compress", "--config", str(tmp_path / "out" / "compress.toml"), "-o", "again", cwd=elsewhere)
+    assert r2.returncode == 0, r2.stderr
+    first, second = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "out", elsewhere / "again"))
+    assert [a["kind"] for a in first["artifacts"]] == [a["kind"] for a in second["artifacts"]]
+    assert first["artifacts"][0]["metrics"]["n"] == second["artifacts"][0]["metrics"]["n"] == 32

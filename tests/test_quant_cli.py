@@ -305,3 +305,15 @@ def test_regression_fidelity_sees_scale_and_offset():
     assert score([ref + 1.0], "generic", reference=[ref]) < 0.9
     assert score([ref + 1e-3], "generic", reference=[ref]) > 0.99
     assert 0.0 <= score([-ref], "generic", reference=[ref]) <= 1.0
+
+
+def test_manifest_names_data_files_by_absolute_path(tmp_path):
+    """The bundle's self-test input comes from the manifest's data paths: relative ones only resolved from
+    the folder quantize ran in, so bundling from elsewhere silently changed the bundle's version."""
+    model = conv_model(tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(40, 1, 16, 16)).astype(np.float32))
+    r = _cli("quantize", "net.onnx", "--calib", "calib.npy", "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
+    assert settings["calib"] == str(tmp_path / "calib.npy"), settings
+    assert model.exists()

@@ -19,7 +19,7 @@ def _shape(ctx, param, value):
 
 
 @click.command("compress", context_settings=CONTEXT_SETTINGS)
-@click.argument("model")
+@click.argument("model", required=False)
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory for artifacts, manifest and reports.")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="compress.toml recipe; flags override it.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
@@ -47,11 +47,14 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
              overwrite, as_json):
     """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
 
+    With --config OUTDIR/compress.toml, MODEL (and -o) default to the recipe's.
+
     \b
     Examples:
       edgekit compress zoo:digits-cnn -o out/digits
       edgekit compress zoo:digits-cnn --prune 0.5 -o out/digits-pruned
       edgekit compress net.py:build --weights net.pt --calib calib.npy --eval eval.npz -o out/net
+      edgekit compress --config out/net/compress.toml -o out/net-again
     """
     from ..pipeline import compress as run_compress
 
@@ -69,6 +72,14 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
     for name, sec in (("prune", prune), ("distill", dist), ("quantize", quant), ("profile", prof)):
         if sec:
             settings[name] = sec
+    if config and not (model and output):
+        from ..config import load_recipe
+
+        recipe = load_recipe(config)
+        model = model or recipe.get("model")
+        output = output or recipe.get("output")
+    if not model:
+        raise click.UsageError("missing MODEL (zoo:NAME, file.py:factory or model.onnx), or --config with a recipe")
     if not output:
         raise click.UsageError("missing -o/--output OUTDIR")
     manifest = run_compress(model, output=output, config=config, **settings)

@@ -86,7 +86,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         with contextlib.redirect_stdout(sys.stderr):
             man = _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes,
                                settings={"mode": mode, "method": method, "format": fmt, "tolerance": str(tol),
-                                         "target": target, "calib": calib, "eval": eval_path,
+                                         "target": target, "calib": _abs(calib), "eval": _abs(eval_path),
                                          "max_trials": max_trials})
         man.write(staging)
         publish(staging, out)
@@ -231,3 +231,10 @@ def quantize(model, calib, eval_path, mode, method, weight_rounding, fmt, per_ch
         c.print(f"{a.path}: {a.kind}, {a.bytes / 1e6:.2f} MB, {m.get('name')} {m.get('value', float('nan')):.4f}")
     for q in man.quantization.values():
         c.print(("recommended: " if q.get("recommend") else "not recommended: ") + q.get("reason", ""))
+
+
+def _abs(path):
+    """Data paths as absolute: the manifest is read later from other folders (bundle's self-test input)."""
+    from pathlib import Path
+
+    return str(Path(path).resolve()) if path else path
