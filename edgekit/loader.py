@@ -220,11 +220,21 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         weights_sha = sha256_file(weights)
     module.eval()
     inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
-    outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}")
+    fixed = None
+    try:
+        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}")
+    except InputError:
+        # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the batch-2 probe; an explicit
+        # --input-shape with that batch says so, and the model is then exported with it fixed
+        if not input_shape or input_shape[0] <= 1 or len(inputs) != 1:
+            raise
+        fixed = int(input_shape[0])
+        inputs = [TensorSpec(inputs[0].name, [fixed, *inputs[0].shape[1:]], inputs[0].dtype)]
+        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}")
     out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
-    dyn = {i.name: {0: "batch"} for i in inputs}
-    dyn.update({n: {0: "batch"} for n in out_names})
+    dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
+    dyn.update({} if fixed else {n: {0: "batch"} for n in out_names})
     return SourceModel(spec=f"{path}:{factory}", kind="torch", module=module, inputs=inputs, outputs=out_names,
                        task=task, dynamic_axes=dyn, weights=weights, weights_sha256=weights_sha,
                        description=f"user model {factory}() from {Path(path).name}")

@@ -90,3 +90,28 @@ def test_recipe_repeats_the_run_from_another_folder(tmp_path, mlp):
     first, second = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "out", elsewhere / "again"))
     assert [a["kind"] for a in first["artifacts"]] == [a["kind"] for a in second["artifacts"]]
     assert first["artifacts"][0]["metrics"]["n"] == second["artifacts"][0]["metrics"]["n"] == 32
+
+
+def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
+    (tmp_path / "fixed.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        class Fixed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(12, 3)
+
+            def forward(self, x):
+                return self.fc(x.reshape(4, -1))  # only ever runs 4 samples at a time
+
+        def build():
+            return Fixed()
+    """))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(4).normal(size=(42, 3, 4)).astype(np.float32))
+    r = _cli("compress", "fixed.py:build", "--calib", "calib.npy", "--input-shape", "4,3,4", "--no-profile",
+             "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import onnx
+
+    dims = onnx.load(str(tmp_path / "out" / "model.fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [4, 3, 4]

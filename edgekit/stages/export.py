@@ -19,11 +19,18 @@ ATOL, RTOL = 1e-4, 1e-4
 VERIFY_SAMPLES = 16
 
 
+def _fixed_batch(source: SourceModel) -> int | None:
+    """The batch a model declares fixed (forward() hard-codes it), or None when it is dynamic."""
+    dims = [s.shape[0] for s in source.inputs if s.shape]
+    return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+
+
 def _example_args(source: SourceModel, data: Dataset | None):
     import torch
 
-    if data is not None and len(data):
-        feeds = data.take(2).inputs
+    want = _fixed_batch(source) or 2
+    if data is not None and len(data) >= want:
+        feeds = data.take(want).inputs
         return tuple(torch.from_numpy(np.array(feeds[s.name])) for s in source.inputs)  # memmaps are read-only
     args = []
     for s in source.inputs:
@@ -85,13 +92,15 @@ def _mha_fastpath(enabled: bool):
 def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset | None, *, where: str) -> dict:
     import torch
 
-    if data is not None and len(data):
-        feeds = data.take(VERIFY_SAMPLES).inputs
-        n = len(data.take(VERIFY_SAMPLES))
+    fixed = _fixed_batch(source)
+    want = fixed or VERIFY_SAMPLES
+    if data is not None and len(data) >= (fixed or 1):
+        feeds = data.take(want).inputs
+        n = len(data.take(want))
         origin = data.source or "data"
     else:
         feeds = {s.name: a.numpy() for s, a in zip(source.inputs, _example_args(source, None))}
-        n, origin = 2, "generated zeros"
+        n, origin = fixed or 2, "generated zeros"
     feeds = {s.name: np.array(feeds[s.name], order="C") for s in source.inputs}  # a writable copy: memmaps are read-only
     with torch.no_grad():
         ref = module(*[torch.from_numpy(feeds[s.name]) for s in source.inputs])
