@@ -268,3 +268,21 @@ def test_tensor_without_a_finite_range_stays_float(tmp_path, fill):
 
     ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for p in (prep, dest))
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max(), np.abs(got - ref).max()
+
+
+def test_fixed_batch_model_goes_through_tuning_and_fallback(tmp_path):
+    """A graph exported without dynamic axes takes only whole batches of its own size: calibration,
+    GPTQ, sensitivity and evaluation must all feed it so, with a sample count that is not a multiple."""
+    p = outlier_mlp(tmp_path / "mlp.fp32.onnx")
+    m = onnx.load(str(p))
+    for v in (m.graph.input[0], m.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(m, str(p))
+    data = Dataset({"x": np.random.default_rng(3).normal(size=(30, 16)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="3%")
+    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=True, activation_type="u8", weight_type="s8",
+                         op_types=("MatMul",), max_trials=6, speed_gate=False)
+    stage.run(parent, ctx, cfg)
+    rec = ctx.manifest.quantization[parent.path]
+    assert [t["error"] for t in rec["trials"]] == [None] * len(rec["trials"]), rec["trials"]
+    assert rec["sensitivity"] and rec["sensitivity"][0]["node"] == "fc2", rec["sensitivity"]

@@ -92,7 +92,7 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
     fused_by = {a for acts in fused.values() for a in acts}  # measured together with their producer
     nodes.sort(key=lambda n: (PRIORITY.index(op_of[n]) if op_of[n] in PRIORITY else len(PRIORITY)))
     nodes = [n for n in nodes if op_of[n] not in FUSABLE_ACTIVATIONS or n not in fused_by][:MAX_NODES]
-    sample = data.take(SAMPLES)
+    sample = data.take(static.whole_batches(prep_path, min(SAMPLES, len(data))))  # a fixed batch takes no short one
     ref = run_batches(prep_path, sample, batch_size=static.batch_size_for(prep_path))
     t0 = time.perf_counter()
     out = []
