@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 from edgekit.config import DistillConfig, PruneConfig
-from edgekit.errors import InputError
+from edgekit.errors import InputError, UsageError
 from edgekit.onnxutil import session
-from edgekit.pruning import graph, serialize
+from edgekit.pruning import graph, importance, serialize
 from edgekit.stages import prune as stage
 from edgekit.stages.export import export_module
 from test_prune_models import (TinyBert, TorchEncoder, depthwise_cnn, init_bn, make_ctx, make_source, mlp_bn,
@@ -63,7 +63,7 @@ def test_residual_cnn_with_bn(tmp_path):
     assert m[3].conv1.out_channels == 8 and m[3].bn1.num_features == 8
     assert m[4].out_channels == 16 and m[7].out_channels == 16 and m[-1].in_features == 16
     assert m[-1].out_features == 10
-    assert res.info["channels"]["3.conv1"] == [16, 8]
+    assert res.info["channels"]["3.conv1"] == [16, 8, 0.5]
     assert res.info["params_after"] < 0.5 * res.info["params_before"]
     assert res.info["macs_after"] < res.info["macs_before"]
     assert [s["step"] for s in res.info["steps"]] == [0, 1]
@@ -76,10 +76,30 @@ def test_residual_cnn_with_bn(tmp_path):
 def test_rounding_multiple_is_respected(tmp_path):
     src = make_source(init_bn(residual_cnn()), {"input": ((3, 16, 16), "float32", None)})
     res = _prune(src, tmp_path, ratio=0.3, channel_multiple=16)
-    for name, (before, after) in res.info["channels"].items():
-        if after != before:
-            assert after % 16 == 0, (name, after)
-    assert res.info["channels"]["7"] == [32, 16]  # 32 * 0.7 = 22.4 -> rounded to 16
+    changed = {k: v for k, v in res.info["channels"].items() if v[1] != v[0]}
+    assert changed
+    for name, (before, after, removed) in changed.items():
+        assert after % 16 == 0, (name, after)  # asked for explicitly: never relaxed
+
+
+@pytest.mark.parametrize("current,asked,multiple,keep", [
+    (32, 10, 8, 24),  # the tester's case: 32 at 0.3 used to become 16
+    (64, 20, 8, 48),
+    (512, 154, 8, 360),  # big layers keep the full multiple
+    (16, 5, 8, 12),  # one step of 8 is half the layer: multiples of 4
+    (32, 16, 8, 16),
+    (6, 2, 8, 4),  # narrower than the multiple
+    (32, 0, 8, 32),
+])
+def test_rounded_keep_stays_near_the_asked_fraction(current, asked, multiple, keep):
+    assert graph.rounded_keep(current, asked, multiple) == keep
+
+
+@pytest.mark.parametrize("current,asked,keep", [(32, 10, 24), (32, 16, 16), (6, 2, 6), (40, 12, 32)])
+def test_a_multiple_the_user_asked_for_is_kept_exactly(current, asked, keep):
+    # --channel-multiple 8 is a promise about every pruned layer; only a default may be relaxed
+    assert graph.rounded_keep(current, asked, graph.StrictMultiple(8)) == keep
+    assert graph.rounded_keep(current, asked, graph.StrictMultiple(8)) % 8 == 0 or keep == current
 
 
 def test_depthwise_convs(tmp_path):
@@ -121,7 +141,7 @@ def test_bert_heads_and_ffn(tmp_path):
         assert att.num_attention_heads == 3 and att.query.out_features == 24 == att.value.out_features
         assert layer.attention.output.dense.in_features == 24 and layer.attention.output.dense.out_features == 32
         assert layer.intermediate.dense.out_features == 32 and layer.output.dense.in_features == 32
-    assert res.info["channels"]["bert.encoder.layer.0.attention.self.heads"] == [4, 3]
+    assert res.info["channels"]["bert.encoder.layer.0.attention.self.heads"] == [4, 3, 0.25]
     _export_and_run(res, src, tmp_path)
 
 
@@ -177,3 +197,195 @@ def test_head_counts_helper_and_example_inputs():
     assert [t.dtype for t in ex] == [torch.int64, torch.int64]
     counts = graph.channel_counts(src.module)
     assert counts["bert.encoder.layer.1.attention.self.heads"] == 4
+
+
+# ---------------------------------------------------------------- recurrent layers and several outputs
+
+class Recurrent(nn.Module):
+    """An optional Linear in front of an RNN/GRU/LSTM, a classifier on its last step or its final state."""
+
+    def __init__(self, cell, layers=1, pre=False, from_state=False, bidirectional=False):
+        super().__init__()
+        self.pre = nn.Linear(8, 16) if pre else None
+        self.rnn = cell(16 if pre else 8, 32, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(64 if bidirectional else 32, 4)
+        self.from_state = from_state
+
+    def forward(self, x):
+        if self.pre is not None:
+            x = torch.relu(self.pre(x))
+        out, state = self.rnn(x)
+        if self.from_state:
+            h = state[0] if isinstance(state, tuple) else state
+            return self.fc(h[-1])
+        return self.fc(out[:, -1])
+
+
+def _kill_units(model, units, inputs=()):
+    """Make hidden units (and outputs of `pre`) contribute exactly nothing: then pruning them,
+    and only them, leaves the outputs bit-for-bit the same, which checks every index mapping."""
+    rnn, h = model.rnn, model.rnn.hidden_size
+    g = {nn.LSTM: 4, nn.GRU: 3}.get(type(rnn), 1)
+    rows = [u + k * h for u in units for k in range(g)]
+    with torch.no_grad():
+        for k in range(rnn.num_layers):
+            for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}", f"bias_hh_l{k}"):
+                getattr(rnn, name)[rows] = 0
+            getattr(rnn, f"weight_hh_l{k}")[:, units] = 0
+            if k:
+                getattr(rnn, f"weight_ih_l{k}")[:, units] = 0
+        model.fc.weight[:, units] = 0
+        if inputs:
+            model.pre.weight[list(inputs)] = 0
+            model.pre.bias[list(inputs)] = 0
+    return model
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("layers,pre,from_state", [(1, False, False), (2, True, False), (1, True, True)])
+def test_recurrent_hidden_units_pruned_exactly(cell, layers, pre, from_state):
+    torch.manual_seed(0)
+    model = Recurrent(cell, layers, pre, from_state).eval()
+    dead = [1, 5, 9, 12, 18, 22, 27, 30]  # 8 of 32: what ratio 0.25 removes
+    _kill_units(model, dead, inputs=[0, 3, 7, 11] if pre else ())
+    x = torch.randn(3, 7, 8)
+    with torch.no_grad():
+        ref = model(x)
+    plan = graph.make_plan(model, (x,))
+    pruner = graph.make_pruner(model, (x,), plan, importance.make("l2", model)[0], ratio=0.25, round_to=8)
+    graph.step(pruner, plan)
+    assert model.rnn.hidden_size == 24 and model.fc.in_features == 24
+    assert model.rnn.weight_hh_l0.shape == ({nn.LSTM: 4, nn.GRU: 3}.get(cell, 1) * 24, 24)
+    if pre:
+        assert model.pre.out_features == model.rnn.input_size == 12
+    with torch.no_grad():
+        got = model(x)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_recurrent_classifier_through_the_stage(cell, tmp_path):
+    # the tester's models: Torch-Pruning's LSTM pruner raised IndexError; a GRU was left as it was
+    torch.manual_seed(0)
+    src = make_source(Recurrent(cell), {"input": ((20, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.3, channel_multiple=8)
+    assert res.info["channels"]["rnn"] == [32, 24, 0.25]
+    assert res.info["params_after"] < res.info["params_before"]
+    _export_and_run(res, src, tmp_path)
+    # the saved structure reloads: an RNN reads its weights through _flat_weights, not its parameters
+    serialize.save(res.module, tmp_path / "pruned.pt", spec="test:model")
+    again = serialize.apply(Recurrent(cell), torch.load(tmp_path / "pruned.pt", weights_only=True))
+    x = torch.from_numpy(src.eval.take(4).inputs["input"])
+    with torch.no_grad():
+        assert torch.allclose(again(x), res.module(x), atol=1e-6)
+
+
+def test_bidirectional_rnn_kept_with_what_feeds_it(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre = nn.Linear(8, 16)
+            self.rnn = nn.GRU(16, 32, batch_first=True, bidirectional=True)
+            self.mid = nn.Linear(64, 32)
+            self.fc = nn.Linear(32, 4)
+
+        def forward(self, x):
+            out, _ = self.rnn(torch.relu(self.pre(x)))
+            return self.fc(torch.relu(self.mid(out[:, -1])))
+
+    torch.manual_seed(0)
+    src = make_source(Net(), {"input": ((10, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.5, channel_multiple=8)
+    m = res.module
+    assert (m.pre.out_features, m.rnn.input_size, m.rnn.hidden_size, m.mid.in_features) == (16, 16, 32, 64)
+    assert m.mid.out_features == 16 and m.fc.in_features == 16  # what is not coupled to the GRU is cut
+    assert any("bidirectional" in n for n in res.info["ignored"])
+    _export_and_run(res, src, tmp_path)
+
+
+def test_nothing_prunable_is_said_not_exported(tmp_path):
+    # a bidirectional GRU feeding the output layer: a "pruned" copy of the same model would be
+    # misleading, so the stage refuses with the reason
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(8, 32, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    src = make_source(Net(), {"input": ((10, 8), "float32", None)})
+    with pytest.raises(UsageError, match=r"nothing in this model can be pruned: kept: fc \(output layer\), "
+                                         r"rnn \(GRU, bidirectional"):
+        stage.run(src, make_ctx(src, tmp_path), PruneConfig(ratio=0.3), NO_DISTILL, distill_enabled=False)
+
+
+def test_small_removal_is_noted(tmp_path, capsys):
+    # most parameters sit in the (kept) stem: the record and stderr say how little went
+    model = nn.Sequential(nn.Conv2d(3, 64, 7, padding=3), nn.ReLU(), nn.Conv2d(64, 8, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    src = make_source(model, {"input": ((3, 8, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.5, channel_multiple=4)
+    assert res.info["channels"]["2"] == [8, 4, 0.5]
+    note = next(n for n in res.info["notes"] if n.startswith("pruning removed"))
+    assert "at ratio 0.5" in note and "0 (first conv)" in note and "6 (output layer)" in note
+    assert note in capsys.readouterr().err
+
+
+class TwoHeads(nn.Module):
+    """A shared body and two heads; `form` is how forward() returns them."""
+
+    def __init__(self, form="tuple"):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.cls = nn.Linear(32, 3)
+        self.aux = nn.Linear(32, 5)
+        self.form = form
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.form == "aux-first":  # the last layer called is not the first output
+            b = self.aux(h)
+            return self.cls(h), b
+        a, b = self.cls(h), self.aux(h)
+        return {"tuple": (a, b), "dict": {"cls": a, "aux": b}, "nested": (a, [b])}[self.form]
+
+
+def _shapes(out):
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    return [s for v in (out.values() if isinstance(out, dict) else out) for s in _shapes(v)]
+
+
+@pytest.mark.parametrize("form", ["tuple", "aux-first"])
+def test_every_output_traced_and_every_head_kept(form, tmp_path):
+    # the tester's case: the body was cut for the first head only, the second failed on 16 vs 32
+    torch.manual_seed(0)
+    src = make_source(TwoHeads(form), {"input": ((13,), "float32", None)})
+    x = torch.from_numpy(src.eval.take(4).inputs["input"])
+    with torch.no_grad():
+        before = _shapes(src.module(x))
+    res = _prune(src, tmp_path, ratio=0.5, channel_multiple=8)
+    m = res.module
+    assert m.body[2].out_features == 16
+    assert m.cls.in_features == m.aux.in_features == 16  # the second head follows the body
+    assert (m.cls.out_features, m.aux.out_features) == (3, 5)
+    assert {"cls (output layer)", "aux (output layer)"} <= set(res.info["ignored"])
+    with torch.no_grad():
+        assert _shapes(m(x)) == before
+
+
+@pytest.mark.parametrize("form", ["dict", "nested"])
+def test_outputs_in_dicts_and_nested_lists(form):
+    torch.manual_seed(0)
+    model = TwoHeads(form).eval()
+    x = torch.randn(4, 13)
+    with torch.no_grad():
+        before = _shapes(model(x))
+    plan = graph.make_plan(model, (x,))
+    graph.step(graph.make_pruner(model, (x,), plan, importance.make("l2", model)[0], ratio=0.5, round_to=8), plan)
+    assert model.cls.in_features == model.aux.in_features == model.body[2].out_features == 16
+    with torch.no_grad():
+        assert _shapes(model(x)) == before

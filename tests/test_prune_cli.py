@@ -72,7 +72,7 @@ def test_prune_cli_writes_outdir_and_refuses_to_clobber(user_model):
     for a in man.artifacts:
         assert sha256_file(out / a.path) == a.sha256 and a.metrics["name"] == "accuracy"
     assert kinds["distilled"].params < kinds["fp32"].params
-    assert man.pruning["channels"]["3"] == [32, 16] and man.pruning["channels"]["0"] == [16, 16]
+    assert man.pruning["channels"]["3"] == [32, 16, 0.5] and man.pruning["channels"]["0"] == [16, 16, 0.0]
     assert json.loads((out / "pruning.json").read_text())["params_after"] == man.pruning["params_after"]
     obj = torch.load(out / "pruned.pt", weights_only=True)
     assert obj["format"] == "edgekit.pruned/1"

@@ -24,6 +24,7 @@ class Plan:
     num_heads: dict = field(default_factory=dict)  # q/k/v Linear -> heads
     attention: list = field(default_factory=list)  # HF-style self-attention modules to update after pruning
     notes: list = field(default_factory=list)
+    frozen: list = field(default_factory=list)  # recurrent modules kept whole, and whatever is coupled to them
 
     @property
     def has_heads(self) -> bool:
@@ -57,8 +58,26 @@ def first_tensor(out):
     raise EdgekitError(f"model output of type {type(out).__name__} has no tensor to prune or distill against")
 
 
+def output_tensors(out) -> list:
+    """Every tensor in a model's output: tuples, lists, dicts (HF ModelOutput), nested."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in output_tensors(v)]
+    return []
+
+
 def _output_sum(out):
-    return first_tensor(out).float().sum()
+    # every output is traced: a head left out of the graph keeps its old input width while the
+    # body it reads from is pruned
+    ts = [t for t in output_tensors(out) if t.is_floating_point()]
+    if not ts:
+        raise EdgekitError(f"model output of type {type(out).__name__} has no tensor to prune or distill against")
+    return sum(t.float().sum() for t in ts)
 
 
 # ---------------------------------------------------------------- which layers
@@ -81,6 +100,58 @@ def _execution_order(model, example) -> list:
         for h in hooks:
             h.remove()
     return list(dict.fromkeys(order))
+
+
+def _layer_types() -> tuple:
+    import torch.nn as nn
+
+    from . import recurrent
+
+    return (nn.modules.conv._ConvNd, nn.Linear) + recurrent.TYPES
+
+
+def _output_layers(model, example) -> tuple[list, set]:
+    """(the layers nearest each model output, recurrent modules given an initial state).
+
+    Walks autograd back from every output tensor and stops at the first layer on each path:
+    those layers' output channels are the outputs' channels (through any activation, add,
+    reshape or LayerNorm), so they must keep their width. Recurrent modules run their
+    tracing stand-in here as they do for DepGraph."""
+    import torch
+
+    from . import recurrent
+
+    by_fn, hooks = {}, []
+
+    def record(mod, _inp, out):
+        for t in output_tensors(out):
+            if t.grad_fn is not None:
+                by_fn[t.grad_fn] = mod
+
+    for m in model.modules():
+        if isinstance(m, _layer_types()):
+            hooks.append(m.register_forward_hook(record))
+    try:
+        with torch.enable_grad(), recurrent.traceable(model) as with_state:
+            out = model(*example)
+    except Exception as e:
+        raise InputError(f"forward() failed on example inputs: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    found, seen = [], set()
+    stack = [t.grad_fn for t in output_tensors(out) if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if fn in by_fn:
+            found.append(by_fn[fn])
+            continue
+        stack += [f for f, _ in getattr(fn, "next_functions", ()) if f is not None]
+    rank = {m: i for i, m in enumerate(model.modules())}
+    return sorted(set(found), key=rank.get), set(with_state)
 
 
 def _transformer_parts(model):
@@ -113,6 +184,8 @@ def _transformer_parts(model):
 def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Plan:
     import torch.nn as nn
 
+    from . import recurrent
+
     names = {m: n for n, m in model.named_modules()}
     by_name = dict(model.named_modules())
     order = _execution_order(model, example)
@@ -122,8 +195,21 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
     if keep_first and isinstance(order[0], nn.modules.conv._ConvNd):
         ignored.append(order[0])
         why.append(f"{names[order[0]]} (first conv)")
-    ignored.append(order[-1])
-    why.append(f"{names[order[-1]]} (output layer)")
+    keep, heads, attn = _transformer_parts(model)
+    outputs, with_state = _output_layers(model, example)
+    for m in outputs or [order[-1]]:
+        ignored.append(m)
+        if m not in keep:  # residual writers reached through the stream are named as transformer parts
+            why.append(f"{names[m]} (output layer)")
+    frozen = []
+    for name, m in model.named_modules():
+        if not isinstance(m, recurrent.TYPES):
+            continue
+        reason = recurrent.unsupported(m) or ("given an initial state" if m in with_state else None)
+        if reason:
+            frozen.append(m)
+            if m not in ignored:
+                why.append(f"{name} ({type(m).__name__}, {reason}: kept whole, with the layers coupled to it)")
     for n in ignore_names:
         if n not in by_name:
             from ..errors import did_you_mean
@@ -131,8 +217,7 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
             raise InputError(f"--ignore {n!r}: no such module{did_you_mean(n, [k for k in by_name if k])}")
         ignored.append(by_name[n])
         why.append(f"{n} (user)")
-    keep, heads, attn = _transformer_parts(model)
-    plan = Plan(ignored=ignored + keep, ignored_names=why, num_heads=heads, attention=attn)
+    plan = Plan(ignored=ignored + keep + frozen, ignored_names=why, num_heads=heads, attention=attn, frozen=frozen)
     if keep:
         plan.notes.append(f"transformer: hidden size kept; pruning attention heads and feed-forward width "
                           f"({len(keep)} residual-stream layers kept)")
@@ -143,27 +228,121 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
 
 # ---------------------------------------------------------------- the pruner
 
+class StrictMultiple(int):
+    """A channel multiple the user asked for (--channel-multiple): kept exactly, never relaxed."""
+
+
+def rounded_keep(current: int, n_pruned: int, multiple: int) -> int:
+    """Channels to keep when `n_pruned` of `current` are asked off, rounded to a hardware-friendly
+    multiple. The multiple nearest the asked count is used when it lands within a quarter of the
+    asked fraction (or 5 points); otherwise the multiple is halved until it does: on a small layer
+    one step of 8 is a large share (rounding 32 channels at 0.3 down to 16 removes half)."""
+    if current <= 0 or n_pruned <= 0:
+        return current
+    target = max(current - n_pruned, 1)
+    asked = n_pruned / current
+    tol = max(0.05, asked / 4)
+    step = max(int(multiple or 1), 1)
+    while True:
+        cands = [k for k in (target // step * step, (target // step + 1) * step) if step <= k <= current]
+        if isinstance(multiple, StrictMultiple):
+            # the nearest multiple however far from the asked share; a layer with no smaller multiple stays whole
+            return min(cands, key=lambda k: (abs(k - target), -k)) if cands else current
+        if cands:
+            keep = min(cands, key=lambda k: (abs(k - target), -k))
+            if step == 1 or abs((current - keep) / current - asked) <= tol + 1e-9:
+                return keep
+        if step == 1:
+            return target
+        step = max(1, step // 2)
+
+
+def _pruner_class():
+    import torch_pruning as tp
+
+    class Pruner(tp.pruner.MetaPruner):
+        def _round_to(self, n_pruned, current_channels, round_to):
+            return current_channels - rounded_keep(int(current_channels), int(n_pruned), round_to)
+
+    return Pruner
+
+
+def root_types() -> list:
+    return list(_layer_types())
+
+
+def dependency_graph(model, example):
+    """Torch-Pruning's DepGraph with recurrent layers traced and pruned as single layers."""
+    import torch_pruning as tp
+
+    from . import recurrent
+
+    with recurrent.traceable(model):
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=_output_sum,
+                                                     customized_pruners=dict(recurrent.CUSTOMIZED))
+
+
+def _block_frozen(dg, ignored: list, frozen: list) -> list:
+    """Layers to add to `ignored` so no group touching a frozen module is pruned: a group is
+    skipped when any layer whose outputs it cuts is ignored, so all of those are added."""
+    if not frozen:
+        return []
+    frozen, add = set(frozen), []
+    for g in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types()):
+        if any(d.target.module in frozen for d, _ in g):
+            add += [d.target.module for d, _ in g if dg.is_out_channel_pruning_fn(d.handler)]
+    return list(dict.fromkeys(add))
+
+
+def prunable_groups(dg, ignored) -> list:
+    """The groups a pruner with these ignored layers may cut."""
+    return list(dg.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types()))
+
+
 def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_pruning: bool = False,
                 round_to: int | None = DEFAULT_MULTIPLE, ratio_dict: dict | None = None, head_ratio: float = 0.0,
                 steps: int = 1):
-    import torch_pruning as tp
+    import torch
+
+    from . import recurrent
 
     kw = {}
     if plan.has_heads:
         kw.update(num_heads=dict(plan.num_heads), prune_num_heads=head_ratio > 0, prune_head_dims=False,
                   head_pruning_ratio=head_ratio)
     try:
-        return tp.pruner.MetaPruner(
-            model, example, importance=importance, pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
-            global_pruning=global_pruning, ignored_layers=list(plan.ignored), round_to=round_to,
-            iterative_steps=steps, output_transform=_output_sum, max_pruning_ratio=0.95, **kw)
+        with recurrent.traceable(model):
+            pruner = _pruner_class()(
+                model, example, importance=recurrent.RecurrentAware(importance), pruning_ratio=ratio,
+                pruning_ratio_dict=ratio_dict, global_pruning=global_pruning, ignored_layers=list(plan.ignored),
+                round_to=round_to, iterative_steps=steps, output_transform=_output_sum, max_pruning_ratio=0.95,
+                customized_pruners=dict(recurrent.CUSTOMIZED), root_module_types=root_types(), **kw)
     except Exception as e:
         raise EdgekitError(f"building the pruning dependency graph failed: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    pruner.ignored_layers += _block_frozen(pruner.DG, pruner.ignored_layers, plan.frozen)
+    _ratio_dict_for_recurrent(pruner, ratio_dict, steps)
+    with torch.no_grad():
+        pruner.edgekit_check = (example, [tuple(t.shape) for t in output_tensors(model(*example))])
+    return pruner
+
+
+def _ratio_dict_for_recurrent(pruner, ratio_dict, steps) -> None:
+    """Torch-Pruning reads per-layer ratios only for its own layer types: add recurrent ones."""
+    from . import recurrent
+
+    for key, r in (ratio_dict or {}).items():
+        for m in (key if isinstance(key, tuple) else (key,)):
+            for sub in m.modules():
+                if isinstance(sub, recurrent.TYPES) and sub not in pruner.pruning_ratio_dict:
+                    pruner._layer_to_scope[sub] = (f"_edgekit_recurrent_{id(sub)}", [sub])
+                    pruner.pruning_ratio_dict[sub] = pruner.iterative_pruning_ratio_scheduler(r, steps)
 
 
 def step(pruner, plan: Plan) -> None:
     """One pruning step, then fix the attributes forward() reads (heads, head sizes)."""
+    import torch
+
     pruner.step()
     for m in plan.attention:
         n = int(pruner.num_heads.get(m.query, m.num_attention_heads))
@@ -172,17 +351,36 @@ def step(pruner, plan: Plan) -> None:
         m.attention_head_size = m.query.out_features // max(n, 1)
         if hasattr(m, "num_key_value_groups"):
             m.num_key_value_groups = 1
+    check = getattr(pruner, "edgekit_check", None)
+    if check is None:
+        return
+    # a coupling DepGraph could not see (an op it took for element-wise) shows up here, as a
+    # one-line error naming the way out, not as a shape error deep in a later stage
+    example, shapes = check
+    try:
+        with torch.no_grad():
+            got = [tuple(t.shape) for t in output_tensors(pruner.model(*example))]
+    except Exception as e:
+        raise EdgekitError(f"the pruned model no longer runs ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                           f"keep the layers involved with --ignore NAME") from None
+    if got != shapes:
+        raise EdgekitError(f"pruning changed the model's output shapes {shapes} -> {got}; "
+                           f"keep the output layers with --ignore NAME")
 
 
 # ---------------------------------------------------------------- facts
 
 def channel_counts(model) -> dict:
-    """{module name: out channels} for Conv/Linear, plus {attn name + '.heads': heads}."""
+    """{module name: out channels} for Conv/Linear, hidden units of RNN/GRU/LSTM, plus {attn name + '.heads': heads}."""
     import torch.nn as nn
+
+    from . import recurrent
 
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
+        if isinstance(m, recurrent.TYPES):
+            out[name] = int(m.hidden_size)
+        elif isinstance(m, nn.modules.conv._ConvNd):
             out[name] = int(m.out_channels)
         elif isinstance(m, nn.Linear):
             out[name] = int(m.out_features)
@@ -192,7 +390,8 @@ def channel_counts(model) -> dict:
 
 
 def channel_table(before: dict, after: dict) -> dict:
-    return {k: [v, after.get(k, v)] for k, v in before.items()}
+    """{name: [before, after, fraction removed]}: the fraction is what rounding really gave."""
+    return {k: [v, after.get(k, v), round(1 - after.get(k, v) / v, 4) if v else 0.0] for k, v in before.items()}
 
 
 def count(model, example) -> tuple[int, int]:
@@ -207,7 +406,7 @@ def count(model, example) -> tuple[int, int]:
 
 def round_multiple(prune_cfg, ctx) -> int:
     if prune_cfg.channel_multiple:
-        return int(prune_cfg.channel_multiple)
+        return StrictMultiple(prune_cfg.channel_multiple)
     t = ctx.primary_target if ctx is not None else None
     m = getattr(t, "channel_multiple", None) if t is not None else None
     return int(m) if m else DEFAULT_MULTIPLE

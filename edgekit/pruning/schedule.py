@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from ..errors import UsageError
 from . import graph, importance
 
 
@@ -31,6 +32,9 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     pruner = graph.make_pruner(model, example, plan, imp, ratio=0.0 if ratio_dict else ratio, ratio_dict=ratio_dict,
                                global_pruning=prune_cfg.global_pruning, round_to=round_to,
                                head_ratio=prune_cfg.head_ratio, steps=prune_cfg.steps)
+    if not graph.prunable_groups(pruner.DG, pruner.ignored_layers) and not (plan.has_heads and prune_cfg.head_ratio > 0):
+        # a copy of the same model would be reported as a "pruned" variant: refuse instead
+        raise UsageError(f"prune: nothing in this model can be pruned: {_kept(plan)}; run without --prune")
     macs, params = graph.count(model, example)
     steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
     histories = []
@@ -67,4 +71,34 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     finally:
         if td is not None:
             td.cleanup()
+    before, after = steps[0]["params"], steps[-1]["params"]
+    if after >= before and not (plan.has_heads and prune_cfg.head_ratio > 0):
+        raise UsageError(f"prune: ratio {ratio:g} removed 0 of {before:,} parameters (every layer rounds back to its "
+                         f"width); use a larger ratio or a smaller channel multiple")
+    note = shortfall(before, after, ratio, plan)
+    if note:
+        notes.append(note)
+        _tell(note)
     return {"steps": steps, "distill": histories, "notes": notes, "module": model}
+
+
+def _kept(plan) -> str:
+    return "kept: " + ", ".join(plan.ignored_names) if plan.ignored_names else "no Conv, Linear or RNN layer to cut"
+
+
+def shortfall(before: int, after: int, ratio: float, plan) -> str | None:
+    """A note when far fewer parameters went than the ratio suggests (the kept layers hold most)."""
+    removed = before - after
+    # `ratio` is a fraction of channels; cutting both sides of a layer removes more parameters than
+    # that, so only a removal under half of it is worth a word
+    if before <= 0 or ratio <= 0 or removed / before >= ratio / 2:
+        return None
+    return (f"pruning removed {removed:,} of {before:,} parameters ({removed / before:.1%}) at ratio {ratio:g}: "
+            f"most of the model is in layers that are not pruned ({_kept(plan)})")
+
+
+def _tell(note: str) -> None:
+    # the compress summary table shows sizes, not pruning notes: say it where the user looks
+    import sys
+
+    print(f"edgekit: note: {note}", file=sys.stderr)

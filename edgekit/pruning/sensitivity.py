@@ -15,14 +15,12 @@ RATIOS = (0.25, 0.5, 0.75)
 
 def prunable_groups(model, example, plan: graph.Plan) -> list:
     """Names of the root layers of the groups Torch-Pruning would prune (attention heads excluded)."""
-    import torch.nn as nn
-    import torch_pruning as tp
-
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=graph._output_sum)
+    dg = graph.dependency_graph(model, example)
     names = {m: n for n, m in model.named_modules()}
     ignored = [s for m in plan.ignored for s in m.modules()]
+    ignored += graph._block_frozen(dg, ignored, plan.frozen)
     out = []
-    for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
+    for g in graph.prunable_groups(dg, ignored):
         root = g[0].dep.target.module
         if root in plan.num_heads:
             continue

@@ -76,6 +76,8 @@ def apply(base, obj: dict, *, where: str = "pruned model"):
                 m._parameters[k] = nn.Parameter(torch.empty(shape, dtype=old.dtype), requires_grad=old.requires_grad)
             elif k in m._buffers and m._buffers[k] is not None:
                 m._buffers[k] = torch.empty(shape, dtype=m._buffers[k].dtype)
+        if isinstance(m, nn.RNNBase):
+            m._init_flat_weights()  # forward() reads this list of the weights, not the parameters
     try:
         base.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
