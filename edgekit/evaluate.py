@@ -89,7 +89,18 @@ class Evaluator:
         return run_dataset(path, self.ds, batch_size=self.batch_size)
 
     def __call__(self, path) -> dict:
-        out = self.outputs(path)
+        try:
+            out = self.outputs(path)
+        except Exception as e:
+            # onnxruntime refusing these inputs (a token id past the embedding table, a shape the graph
+            # cannot take) is a problem with the data for this model: say so in one line, naming both
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            from pathlib import Path
+
+            msg = " ".join(str(e).split())
+            raise CalibrationError(f"{self.ds.source or 'eval data'}: {Path(path).name} cannot run on this data: "
+                                   f"{msg[:300]}") from None
         if self.labelled and not self._labels_checked:
             first = np.asarray(out[0])
             check_labels(self.ds.labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1,

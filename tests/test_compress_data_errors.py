@@ -115,3 +115,30 @@ def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
 
     dims = onnx.load(str(tmp_path / "out" / "model.fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [4, 3, 4]
+
+
+def test_token_ids_past_the_embedding_table_are_one_line(tmp_path):
+    (tmp_path / "tok.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        class Tok(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(50, 8)
+                self.fc = nn.Linear(8, 3)
+
+            def forward(self, ids):
+                return self.fc(self.emb(ids).mean(1))
+
+        def build():
+            return Tok()
+    """))
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "calib.npz", ids=rng.integers(0, 50, (40, 6)))
+    np.savez(tmp_path / "eval.npz", ids=rng.integers(0, 80, (20, 6)), y=rng.integers(0, 3, 20))
+    r = _cli("compress", "tok.py:build", "--calib", "calib.npz", "--eval", "eval.npz", "--quantize", "int8-dynamic",
+             "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "eval.npz" in lines[0] and "cannot run on this data" in lines[0] and "Gather" in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()

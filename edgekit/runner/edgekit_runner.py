@@ -128,7 +128,9 @@ def session_options(threads=None, config=None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    # fatal only: a failing kernel also logs its error in colour on stderr before raising it, and every
+    # caller turns the exception into its own one-line message
+    so.log_severity_level = 4
     for k, v in {**SESSION_CONFIG, **(config or {})}.items():
         so.add_session_config_entry(k, v)
     if threads:
