@@ -2,7 +2,8 @@
 
 With labels: top-1 accuracy. Without: fidelity to the FP32 model's outputs on the
 same inputs — top-1 agreement for classifiers, R^2 (clipped to [0, 1]) for one value per
-sample, mean cosine similarity for embeddings and anything else (flattened per sample).
+sample, mean cosine similarity for embeddings and anything else (flattened per sample). A model
+with several outputs scores the lowest fidelity over them (each in metrics["per_output"]).
 """
 from __future__ import annotations
 
@@ -37,14 +38,33 @@ def check_labels(labels, n_classes: int, where: str) -> None:
 
 
 def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
+    """The metric over the first output (accuracy with labels); without labels, the lowest fidelity over
+    every output the variant and the reference both give in the same shape (see per_output)."""
     out = np.asarray(outputs[0])
     if labels is not None and task == "classification":
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
     if reference is None:
         raise ValueError("unlabelled evaluation needs reference outputs")
-    ref = np.asarray(reference[0])
-    if task == "classification":
-        return float(np.mean(out.reshape(len(out), -1).argmax(1) == ref.reshape(len(ref), -1).argmax(1)))
+    return min(v for v in per_output(outputs, task, reference) if v is not None)
+
+
+def per_output(outputs: list, task: str, reference: list) -> list:
+    """Fidelity of each output to the reference: the task's metric for the first, R^2 or cosine (by shape)
+    for the others, since a second head's meaning is unknown; None where the shapes differ (a
+    variable-length output such as post-NMS boxes cannot be compared element by element)."""
+    vals = []
+    for j, (o, r) in enumerate(zip(outputs, reference)):
+        o, r = np.asarray(o), np.asarray(r)
+        if o.shape != r.shape:
+            vals.append(None if j else 0.0)
+        elif j == 0 and task == "classification":
+            vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
+        else:
+            vals.append(_generic(o, r))
+    return vals
+
+
+def _generic(out: np.ndarray, ref: np.ndarray) -> float:
     a = out.reshape(len(out), -1).astype(np.float64)
     b = ref.reshape(len(ref), -1).astype(np.float64)
     if a.shape[1] == 1:
@@ -108,7 +128,10 @@ class Evaluator:
             self._labels_checked = True
         ref = None if self.labelled else self.reference_outputs()
         value = score(out, self.task, self.ds.labels if self.labelled else None, ref)
-        return {"name": self.name, "value": value, "n": len(self.ds), "data": self.ds.source}
+        res = {"name": self.name, "value": value, "n": len(self.ds), "data": self.ds.source}
+        if ref is not None and len(out) > 1:
+            res["per_output"] = per_output(out, self.task, ref)  # value is the lowest of these
+        return res
 
 
 def fixed_batch(sess) -> int | None:

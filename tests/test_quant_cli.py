@@ -317,3 +317,18 @@ def test_manifest_names_data_files_by_absolute_path(tmp_path):
     settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
     assert settings["calib"] == str(tmp_path / "calib.npy"), settings
     assert model.exists()
+
+
+def test_every_output_counts_in_fidelity():
+    from edgekit.evaluate import per_output, score
+
+    rng = np.random.default_rng(0)
+    logits, aux = rng.normal(size=(40, 5)), rng.normal(size=(40, 3))
+    # the first output agrees perfectly, the second is scaled: the metric must not stay at 1.0
+    bad = [logits, aux * 0.2 + 1.0]
+    assert score(bad, "classification", reference=[logits, aux]) < 0.99
+    vals = per_output(bad, "classification", [logits, aux])
+    assert vals[0] == 1.0 and vals[1] < 0.99
+    # an output whose length differs (post-NMS boxes) is reported as not comparable, not as a score
+    assert per_output([logits, aux[:7]], "classification", [logits, aux])[1] is None
+    assert score([logits, aux[:7]], "classification", reference=[logits, aux]) == 1.0
