@@ -332,3 +332,32 @@ def test_every_output_counts_in_fidelity():
     # an output whose length differs (post-NMS boxes) is reported as not comparable, not as a score
     assert per_output([logits, aux[:7]], "classification", [logits, aux])[1] is None
     assert score([logits, aux[:7]], "classification", reference=[logits, aux]) == 1.0
+
+
+def test_image_folder_for_an_nhwc_model_with_a_preprocess_spec(tmp_path):
+    from PIL import Image
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], "to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w"], ["c"], "conv"),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], "gap"),
+             helper.make_node("Flatten", ["p"], ["y"], "flat")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 20, 24, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "nhwc.onnx"))
+    (tmp_path / "imgs").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i:02d}.png")
+    spec = '{"pre": [{"op": "resize_normalize", "size": [20, 24], "mean": [127, 127, 127], "std": [128, 128, 128], "layout": "NHWC"}]}'
+    r = _cli("quantize", "nhwc.onnx", "--calib", "imgs", "--preprocess", spec, "--no-tune", "-o", "out", "--json",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    man = json.loads(r.stdout)
+    assert man["prepost"]["pre"][0]["layout"] == "NHWC"
+    r2 = _cli("quantize", "nhwc.onnx", "--calib", "imgs", "--no-tune", "-o", "out2", cwd=tmp_path)
+    assert r2.returncode == 2 and "channels" in r2.stderr  # without the spec the layout defaults to NCHW

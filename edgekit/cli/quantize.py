@@ -21,7 +21,7 @@ def _load_target(name):
 
 def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="auto", fmt="qdq",
                   per_channel=None, tolerance="1%", target=None, max_trials=12, tune=True, calib_size=256,
-                  overwrite=False, weight_rounding="auto"):
+                  overwrite=False, weight_rounding="auto", bias_correction="auto", preprocess=None):
     """The library call behind the command; returns the Manifest.
 
     Everything that can be checked cheaply (model, OUTDIR, target, data) is checked before any
@@ -53,11 +53,17 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     del proto
     out = check_output(output, overwrite)
     cfg = QuantizeConfig(mode=mode, calibrate_method=method, format=fmt, per_channel=per_channel,
-                         max_trials=max_trials, tune=tune, calib_size=calib_size, weight_rounding=weight_rounding)
+                         max_trials=max_trials, tune=tune, calib_size=calib_size, weight_rounding=weight_rounding,
+                         bias_correction=bias_correction)
     tol = Tolerance.parse(tolerance)
     tgt = _load_target(target)
-    calib_ds = read_dataset(calib, src_model.inputs) if calib else None
-    eval_ds = read_dataset(eval_path, src_model.inputs, labels=True) if eval_path else None
+    if preprocess:
+        from ..pipeline import _read_prepost
+
+        src_model.preprocess = _read_prepost(preprocess)  # how an image folder becomes this model's input
+    calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
+    eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
+        if eval_path else None
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
     record_notes = []
@@ -174,6 +180,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         raise CalibrationError(f"{eval_ds.source}: the model gets none of the {len(eval_ds)} labels right "
                                "(accuracy 0); check that 'y' holds this model's class indices")
     man = Manifest(source=src_model.provenance(), versions=versions(), host=host_info(), settings=settings)
+    man.prepost = src_model.preprocess or {}  # ships in the bundle, so the device pre-processes alike
     man.artifacts.append(parent)
     ctx = RunContext(outdir=staging, source=src_model, manifest=man, calib=calib_ds, eval=eval_ds,
                      targets=[tgt] if tgt is not None else [], tolerance=tol, evaluate=evaluator)
@@ -203,6 +210,11 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
 @click.option("--weight-rounding", type=click.Choice(["auto", "nearest", "gptq"]), default="auto", show_default=True,
               help="INT8 weight rounding: nearest, or gptq (error-compensated on the calibration inputs; "
                    "auto tries both and keeps the more accurate).")
+@click.option("--bias-correction", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Move each quantized layer's bias so its output means match FP32 on the calibration data "
+                   "(auto: tried when the default misses the tolerance; static QDQ only).")
+@click.option("--preprocess", help="Pre-processing spec (JSON text or file) for an image-folder --calib/--eval, "
+              "e.g. '{\"pre\": [{\"op\": \"resize_normalize\", \"layout\": \"NHWC\", ...}]}'.")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: ISA-aware, tuned).")
 @click.option("--tolerance", default="1%", show_default=True, help="Largest accepted metric drop: '1%' "
@@ -214,14 +226,14 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output directory.")
 @output_option()
 @json_option
-def quantize(model, calib, eval_path, mode, method, weight_rounding, fmt, per_channel, tolerance, target, max_trials,
-             no_tune, calib_size, overwrite, output, as_json):
+def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correction, preprocess, fmt, per_channel,
+             tolerance, target, max_trials, no_tune, calib_size, overwrite, output, as_json):
     """Quantize an ONNX MODEL (INT8 static/dynamic or FP16), tuned to stay within --tolerance and
     recommended only if it measures faster than FP32."""
     man = quantize_file(model, calib=calib, eval_path=eval_path, output=output, mode=mode, method=method, fmt=fmt,
                         per_channel=per_channel, tolerance=tolerance, target=target, max_trials=max_trials,
                         tune=not no_tune, calib_size=calib_size, overwrite=overwrite,
-                        weight_rounding=weight_rounding)
+                        weight_rounding=weight_rounding, bias_correction=bias_correction, preprocess=preprocess)
     if as_json:
         echo_json(man.to_dict())
         return
