@@ -101,9 +101,11 @@ def _first_line(e: Exception) -> str:
 
 
 def _match_inputs(p: Path, arrays: dict, model: str, ins) -> dict:
-    """arrays keyed by this model's input names, checked like --calib data (edgekit.calibration):
+    """arrays keyed by this model's input names, checked by the --calib data rules (edgekit.calibration):
     names, rank, the fixed dims after the sample axis, and no lossy dtype cast."""
-    from .calibration import _castable
+    from .artifact import TensorSpec
+    from .calibration import _check_array
+    from .errors import CalibrationError
     from .runner.edgekit_runner import ORT_DTYPES
 
     names = [i.name for i in ins]
@@ -118,21 +120,12 @@ def _match_inputs(p: Path, arrays: dict, model: str, ins) -> dict:
         if arr is None:
             raise InputError(f"{p}: no array for input {inp.name!r} of {model} "
                              f"(the file has {', '.join(sorted(k for k in arrays if k))})")
-        if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
-            raise InputError(f"{p}: input {inp.name!r} has dtype {arr.dtype}, not a numeric array")
-        want = list(inp.shape)
-        shown = "[" + ", ".join(str(d) if d else "?" for d in want) + "]"
-        if arr.ndim != len(want):
-            raise InputError(f"{p}: input {inp.name!r} has shape {tuple(arr.shape)}; {model} expects rank "
-                             f"{len(want)} {shown} with samples on axis 0")
-        for ax, (got, exp) in enumerate(zip(arr.shape[1:], want[1:]), start=1):
-            if isinstance(exp, int) and exp > 0 and got != exp:
-                raise InputError(f"{p}: input {inp.name!r} has shape {tuple(arr.shape)}; {model} expects "
-                                 f"{shown} (axis {ax}: {got} != {exp})")
-        dst = ORT_DTYPES.get(inp.type)
-        if dst and not _castable(arr.dtype, np.dtype(dst)):
-            raise InputError(f"{p}: input {inp.name!r} has dtype {arr.dtype}; {model} expects {dst} "
-                             "and that cast would lose information")
+        spec = TensorSpec(inp.name, [d if isinstance(d, int) else "?" for d in inp.shape],
+                          ORT_DTYPES.get(inp.type, str(arr.dtype)))
+        try:
+            _check_array(f"{p}", inp.name, arr, spec)
+        except CalibrationError as e:  # the same rules, worded for the model being profiled
+            raise InputError(str(e).replace("the model expects", f"{model} expects")) from None
         out[inp.name] = arr
     return out
 
