@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..report.fmt import pct
 from .common import CONTEXT_SETTINGS, echo_json
 
 
@@ -106,7 +107,7 @@ def _summary(manifest, output):
         m = a.metrics or {}
         metric = f"{m.get('name', '?')} {m['value']:.4f}" if m.get("value") is not None else "-"
         if m.get("drop_rel") is not None and a.kind != "fp32":
-            metric += f" ({-m['drop_rel']:+.2%})"
+            metric += f" ({pct(-m['drop_rel'], signed=True)})"
         row = [a.path, a.kind, f"{a.bytes / 1024:.1f} KiB", f"{a.params:,}" if a.params else "-", metric]
         for t in targets:
             lat = a.latency.get(t, {})

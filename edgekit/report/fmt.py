@@ -36,6 +36,8 @@ def ratio(v) -> str:
 def pct(v, signed=False) -> str:
     if v is None:
         return "—"
+    if signed and round(v * 100, 2) == 0:
+        return "±0.00%"  # '-0.00%' reads as a loss that did not happen
     return f"{v:+.2%}" if signed else f"{v:.2%}"
 
 
