@@ -39,6 +39,8 @@ class Tolerance:
         if not m:
             raise ConfigError(f"tolerance {text!r}: expected e.g. '1%' (relative) or '0.5pt' (absolute points)")
         v = float(m.group(1))
+        if v > 100:  # metrics are fractions in [0, 1]: more than 100% or 100pt accepts anything, by mistake
+            raise ConfigError(f"tolerance {text!r}: at most 100% (relative) or 100pt (absolute)")
         if m.group(2) == "%" or m.group(2) is None:
             return cls(v / 100.0, True)
         return cls(v / 100.0, False)  # points of accuracy, metric values are fractions

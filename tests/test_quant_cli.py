@@ -361,3 +361,45 @@ def test_image_folder_for_an_nhwc_model_with_a_preprocess_spec(tmp_path):
     assert man["prepost"]["pre"][0]["layout"] == "NHWC"
     r2 = _cli("quantize", "nhwc.onnx", "--calib", "imgs", "--no-tune", "-o", "out2", cwd=tmp_path)
     assert r2.returncode == 2 and "channels" in r2.stderr  # without the spec the layout defaults to NCHW
+
+
+def _two_output_model(path, flip_second=False):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    v = np.random.default_rng(2).normal(size=(6, 3)).astype(np.float32) * (-1 if flip_second else 1)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], "cls"), helper.make_node("MatMul", ["x", "v"], ["aux"], "aux")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4]),
+                           helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["n", 3])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_second_output_is_held_to_fp32_with_labels_and_without(tmp_path):
+    from edgekit.dataset import Dataset
+    from edgekit.evaluate import Evaluator
+
+    ref = _two_output_model(tmp_path / "ref.onnx")
+    broken = _two_output_model(tmp_path / "broken.onnx", flip_second=True)  # same logits, opposite second head
+    x = np.random.default_rng(3).normal(size=(30, 6)).astype(np.float32)
+    y = np.random.default_rng(4).integers(0, 4, 30)
+    labelled = Evaluator(Dataset({"x": x}, y, "eval.npz"), "classification", ref)(broken)
+    assert labelled["name"] == "accuracy" and labelled["other_outputs_fidelity"] == [0.0], labelled
+    unlabelled = Evaluator(Dataset({"x": x}, None, "calib.npy"), "classification", ref)(broken)
+    assert unlabelled["name"] == "fidelity_min" and unlabelled["value"] == 0.0, unlabelled  # never negative
+    assert unlabelled["per_output"] == [1.0, 0.0]
+
+
+def test_tolerance_above_100_is_refused():
+    from edgekit.config import Tolerance
+    from edgekit.errors import ConfigError
+
+    for bad in ("200%", "150pt"):
+        with pytest.raises(ConfigError, match="at most 100%"):
+            Tolerance.parse(bad)
+    assert Tolerance.parse("100%").value == 1.0

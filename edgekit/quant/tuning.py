@@ -92,6 +92,7 @@ class Trial:
                 "speedup": self.speedup, "passed": self.passed, "fp32_nodes": self.fp32_nodes,
                 "calibration": self.info.get("calibration"), "bias_correction": self.info.get("bias_correction"),
                 "float_for_nonfinite_range": self.info.get("float_for_nonfinite_range"),
+                "other_outputs_fidelity": self.info.get("other_outputs_fidelity"),
                 "error": self.error}
 
 
@@ -191,7 +192,11 @@ class Tuner:
             m = self.evaluate(dest)
             t.metric = float(m["value"])
             t.drop_rel = (self.reference - t.metric) / self.reference if self.reference else None
-            t.passed = bool(self.tolerance.allows(self.reference, t.metric))
+            others = [v for v in m.get("other_outputs_fidelity") or () if v is not None]
+            t.passed = bool(self.tolerance.allows(self.reference, t.metric)) and \
+                all(self.tolerance.allows(1.0, v) for v in others)
+            if others:
+                t.info["other_outputs_fidelity"] = others
             lat = measure({"fp32": self.fp32_path, "int8": dest}, self.target, self.feeds,
                           min_runs=self.trial_runs, min_seconds=self.trial_seconds)
             if lat["int8"].get("status") == "ok" and lat["fp32"].get("status") == "ok":
