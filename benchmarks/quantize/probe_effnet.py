@@ -15,6 +15,9 @@ expand, project/residual, head):
     onnxruntime runs in float: an accuracy probe, not a deployable variant);
   - the first depthwise conv's weights alone: round-to-nearest vs GPTQ vs per-channel asymmetric uint8.
 With --percentiles, full INT8 GPTQ with onnxruntime's CalibPercentile at 99.999 (edgekit's), 99.99, 99.95, 99.9.
+With --bias-correction, edgekit's empirical bias correction (quant/bias_correction.py) on full INT8 GPTQ
+with 48 / 64 (edgekit's, within its memory budget) / 128 / 200 calibration samples, and on the 4-node
+fallback (stem and first depthwise conv with their ReLU6 in FP32) with 64.
 Needs the efficientnet extra: pip install -e ".[efficientnet]".
 """
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "probe_effnet.json"))
     ap.add_argument("--groups", action="store_true", help="also the per-group weight/activation probes (~10 min)")
+    ap.add_argument("--bias-correction", action="store_true",
+                    help="also bias-corrected full INT8 GPTQ by calibration sample count, and the 4-node fallback (~3 min)")
     ap.add_argument("--percentiles", action="store_true",
                     help="also full INT8 GPTQ at several calibration percentiles (edgekit uses 99.999)")
     a = ap.parse_args()
@@ -88,6 +93,9 @@ def main() -> int:
                             extra_options={"CalibPercentile": pct}, **q)
             res["full_int8_gptq_by_percentile"][str(pct)] = agree(dest)
 
+    if a.bias_correction:
+        res["bias_correction"] = probe_bias_correction(prep, work, cal, spec, info["overrides"], agree)
+
     dw0 = spec.replace(exclude_nodes=tuple(sensitivity.with_activations([DW0], sensitivity.fused_activations(prep))))
     static.quantize(prep, work / "dw0_protected.onnx", cal, dw0, **q)
     res["dw0_fp32_protected"] = agree(work / "dw0_protected.onnx")
@@ -113,6 +121,33 @@ def main() -> int:
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return 0
+
+
+def probe_bias_correction(prep, work, cal, spec, overrides, agree) -> dict:
+    import shutil
+
+    from edgekit.quant import bias_correction, sensitivity, static
+
+    out = {"full_int8_gptq": {}}
+    budget = bias_correction.MEMORY_BUDGET
+    bias_correction.MEMORY_BUDGET = 8 << 30  # the sweep goes past edgekit's own cap of 64 samples here
+    try:
+        for n in (48, 64, 128, 200):
+            dest = work / f"gptq_bc{n}.onnx"
+            shutil.copyfile(work / "gptq.onnx", dest)
+            r = bias_correction.apply(dest, prep, cal, ["input"], limit=n)
+            out["full_int8_gptq"][str(n)] = {"agreement": agree(dest), "samples": r["samples"], "layers": r["layers"],
+                                             "seconds": r["seconds"]}
+    finally:
+        bias_correction.MEMORY_BUDGET = budget
+    four = sensitivity.with_activations(["/_conv_stem/Conv", DW0], sensitivity.fused_activations(prep))
+    dest = work / "fb4.onnx"
+    static.quantize(work / "gptq_fp32.onnx", dest, cal, spec.replace(exclude_nodes=tuple(four)), overrides=overrides,
+                    calib_size=200, input_names=["input"], use_cache=False)
+    out["fallback_4_nodes"] = {"nodes": four, "agreement": agree(dest)}
+    r = bias_correction.apply(dest, prep, cal, ["input"])
+    out["fallback_4_nodes"].update(bias_corrected=agree(dest), samples=r["samples"])
+    return out
 
 
 def group_of(node) -> str:
