@@ -142,3 +142,28 @@ def test_token_ids_past_the_embedding_table_are_one_line(tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "eval.npz" in lines[0] and "cannot run on this data" in lines[0] and "Gather" in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("signature,call", [("x, scale: float = 2.0, feats=False", "x"),
+                                            ("x, *, scale=2.0", "x")])
+def test_forward_with_defaulted_parameters_exports(tmp_path, signature, call):
+    (tmp_path / "kw.py").write_text(textwrap.dedent(f"""
+        import torch.nn as nn
+
+        class Kw(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(6, 3)
+
+            def forward(self, {signature}):
+                return self.fc({call}) * scale
+
+        def build():
+            return Kw()
+    """))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(6).normal(size=(40, 6)).astype(np.float32))
+    r = _cli("compress", "kw.py:build", "--calib", "calib.npy", "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import onnx
+
+    assert [i.name for i in onnx.load(str(tmp_path / "out" / "model.fp32.onnx")).graph.input] == ["x"]

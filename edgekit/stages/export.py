@@ -55,7 +55,8 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
         with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(module, args, str(tmp), input_names=[s.name for s in source.inputs],
+                torch.onnx.export(_data_inputs_only(module, len(args)), args, str(tmp),
+                                  input_names=[s.name for s in source.inputs],
                                   output_names=list(source.outputs), dynamic_axes=source.dynamic_axes or None,
                                   opset_version=opset, dynamo=False, do_constant_folding=True)
             except Exception as e:
@@ -71,6 +72,32 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify)
     art.refresh_file_facts(dest.parent)
     return art
+
+
+def _data_inputs_only(module, n_inputs: int):
+    """module, or a wrapper taking just its data inputs when forward() has further parameters with
+    defaults: the TorchScript exporter appends those defaults to the example args (a float default became
+    a graph input; a keyword-only one a positional argument forward() refused)."""
+    import inspect
+
+    import torch
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return module
+    if len(params) <= n_inputs and not any(p.kind == p.KEYWORD_ONLY for p in params):
+        return module
+
+    class DataInputsOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner  # node names gain an /inner prefix, on these models only
+
+        def forward(self, *xs):
+            return self.inner(*xs)
+
+    return DataInputsOnly(module).train(module.training)
 
 
 @contextlib.contextmanager
