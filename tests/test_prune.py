@@ -389,3 +389,15 @@ def test_outputs_in_dicts_and_nested_lists(form):
     assert model.cls.in_features == model.aux.in_features == model.body[2].out_features == 16
     with torch.no_grad():
         assert _shapes(model(x)) == before
+
+
+def test_layernorm_over_channels_and_space_is_a_one_line_refusal(tmp_path):
+    from edgekit.errors import UsageError
+
+    # the second conv's channels run through the LayerNorm: pruning them must resize a [C, H, W] norm
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.LayerNorm([16, 8, 8]), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    src = make_source(model, {"input": ((3, 8, 8), "float32", None)})
+    with pytest.raises(UsageError, match=r"LayerNorm '3' normalises over \[16, 8, 8\]") as e:
+        _prune(src, tmp_path, ratio=0.3)
+    assert "\n" not in str(e.value)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import EdgekitError, InputError
+from ..errors import EdgekitError, InputError, UsageError
 
 DEFAULT_MULTIPLE = 8
 
@@ -339,11 +339,26 @@ def _ratio_dict_for_recurrent(pruner, ratio_dict, steps) -> None:
                     pruner.pruning_ratio_dict[sub] = pruner.iterative_pruning_ratio_scheduler(r, steps)
 
 
+def _unprunable_hint(model) -> str:
+    """What in the model is known to defeat channel pruning, as the end of a one-line error."""
+    import torch.nn as nn
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) > 1:
+            return (f"; LayerNorm '{name}' normalises over {list(m.normalized_shape)}, a shape channel pruning "
+                    "cannot resize: run without --prune (or normalise with GroupNorm)")
+    return "; run without --prune"
+
+
 def step(pruner, plan: Plan) -> None:
     """One pruning step, then fix the attributes forward() reads (heads, head sizes)."""
     import torch
 
-    pruner.step()
+    try:
+        pruner.step()
+    except (RuntimeError, IndexError, ValueError) as e:
+        raise UsageError(f"prune: torch_pruning cannot prune this model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}){_unprunable_hint(pruner.model)}") from None
     for m in plan.attention:
         n = int(pruner.num_heads.get(m.query, m.num_attention_heads))
         m.num_attention_heads = n
