@@ -317,10 +317,26 @@ def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -
         raise CalibrationError(f"{where}: the model's image size is dynamic and no preprocess spec gives "
                                "'size'; declare a resize_normalize step")
     # without a declared spec, pixels are scaled to 0..1 (mean 0, std 255 in pixel units)
-    mean = np.asarray(op.get("mean", [0.0]) if op else [0.0], np.float32)
-    std = np.asarray(op.get("std", [255.0]) if op else [255.0], np.float32)
+    mean = np.asarray(op.get("mean", [0.0]) if op else [0.0], np.float32).reshape(-1)
+    std = np.asarray(op.get("std", [255.0]) if op else [255.0], np.float32).reshape(-1)
+    for name, v in (("mean", mean), ("std", std)):
+        # numpy would broadcast 3 values over a 1-channel image into 3 channels, or fail on 2
+        if len(v) not in (1, channels):
+            raise CalibrationError(f"{where}: preprocess {name} has {len(v)} values; the model's images have "
+                                   f"{channels} channel{'s' if channels > 1 else ''} (give 1 or {channels})")
     return {"op": "resize_normalize", "size": size, "mean": mean.tolist(), "std": std.tolist(),
             "layout": layout, "channels": channels}
+
+
+def implied_prepost(path, inputs: list, preprocess: dict | None) -> dict | None:
+    """For an image folder read without a declared spec: the resize_normalize edgekit applied (pixels
+    scaled to 0..1), as a prepost spec, so the device pre-processes exactly as calibration did."""
+    if not path or not Path(path).is_dir() or (preprocess or {}).get("pre") or len(inputs) != 1:
+        return None
+    spec = inputs[0] if isinstance(inputs[0], TensorSpec) else TensorSpec(**inputs[0])
+    rs = _resize_spec(None, spec, str(path))
+    return {"pre": [{"op": "resize_normalize", "size": rs["size"], "mean": rs["mean"] * rs["channels"],
+                     "std": rs["std"] * rs["channels"], "layout": rs["layout"]}]}
 
 
 def _load_image(path: Path, rs: dict) -> np.ndarray:
@@ -329,8 +345,15 @@ def _load_image(path: Path, rs: dict) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if rs["channels"] == 1 else "RGB")
-            px = np.asarray(im, dtype=np.float32)
+            if im.mode.startswith("I;16"):
+                # 16-bit grey (depth, medical): convert() would clip at 255; scale 0..65535 onto 0..255
+                px = np.asarray(im, dtype=np.float32) / 257.0
+                px = np.repeat(px[:, :, None], 3, axis=2) if rs["channels"] == 3 else px
+            elif im.mode in ("I", "F"):
+                raise InputError(f"{path}: {'32-bit integer' if im.mode == 'I' else 'float'} pixels; images must be "
+                                 "8- or 16-bit (give such data as .npy instead)")
+            else:
+                px = np.asarray(im.convert("L" if rs["channels"] == 1 else "RGB"), dtype=np.float32)
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path}: not a readable image ({e})") from None
     if px.ndim == 2:

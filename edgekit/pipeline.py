@@ -39,7 +39,7 @@ class Run:
 # ---------------------------------------------------------------- stages
 
 def stage_load(run: Run):
-    from .calibration import read_dataset
+    from .calibration import implied_prepost, read_dataset
     from .dataset import Dataset
     from .loader import load_source
     from .targets import DEFAULT_TARGET, load_target
@@ -57,6 +57,11 @@ def stage_load(run: Run):
                       input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
     if cfg.preprocess:
         src.preprocess = _read_prepost(cfg.preprocess)
+    for folder in (cfg.calib, cfg.eval, cfg.train):
+        implied = implied_prepost(folder, src.inputs, src.preprocess)
+        if implied:
+            src.preprocess = {**(src.preprocess or {}), **implied}
+            break
 
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)

@@ -34,7 +34,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
 
     import onnx
 
-    from ..calibration import read_dataset
+    from ..calibration import implied_prepost, read_dataset
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, InputError, UsageError
     from ..loader import float_dtype, load_onnx, quantized_ops
@@ -61,6 +61,11 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         from ..pipeline import _read_prepost
 
         src_model.preprocess = _read_prepost(preprocess)  # how an image folder becomes this model's input
+    for folder in (calib, eval_path):
+        implied = implied_prepost(folder, src_model.inputs, src_model.preprocess)
+        if implied:
+            src_model.preprocess = {**(src_model.preprocess or {}), **implied}
+            break
     calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
         if eval_path else None
