@@ -286,3 +286,13 @@ def test_fixed_batch_model_goes_through_tuning_and_fallback(tmp_path):
     rec = ctx.manifest.quantization[parent.path]
     assert [t["error"] for t in rec["trials"]] == [None] * len(rec["trials"]), rec["trials"]
     assert rec["sensitivity"] and rec["sensitivity"][0]["node"] == "fc2", rec["sensitivity"]
+
+
+def test_an_int8_file_larger_than_fp32_says_so(tmp_path):
+    p = tiny_gemm(tmp_path / "g.fp32.onnx")  # 64 weights: Q/DQ parameters outweigh the bytes saved
+    data = Dataset({"x": RNG.normal(size=(40, 8)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="100%")
+    parent.refresh_file_facts(tmp_path)
+    art = stage.run(parent, ctx, QuantizeConfig(tune=False, speed_gate=False))
+    assert art.bytes > parent.bytes
+    assert any("larger than its parent" in n for n in art.notes), art.notes

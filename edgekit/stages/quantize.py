@@ -249,6 +249,10 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     art = _write(best.path, Path(ctx.outdir) / dest_name, parent, kind, ctx)
     art.settings = {**best.spec.to_dict(), "isa_choice": record["isa"]["choice"], "calib_size": cfg.calib_size}
     art.notes = [reason] + ([f"kept in FP32: {', '.join(best.spec.exclude_nodes)}"] if best.spec.exclude_nodes else [])
+    if parent.bytes and art.bytes > parent.bytes:
+        # small models: scales, zero points and Q/DQ nodes can outweigh the 4x smaller weights
+        art.notes.append(f"the {kind} file is larger than its parent ({art.bytes:,} vs {parent.bytes:,} bytes): "
+                         "quantization parameters outweigh the weights saved on a model this small")
     return art
 
 
