@@ -229,8 +229,33 @@ def _check_keys(where: str, given: dict, cls) -> None:
             raise ConfigError(f"{where}: unknown key {k!r}{did_you_mean(k, valid)}")
 
 
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "tuple": (list, tuple)}
+
+
+def _check_types(where: str, given: dict, cls) -> None:
+    """Each value against its field's declared type: a TOML recipe or an API call can hand over a string
+    where a number or a table belongs, which would otherwise surface as a TypeError deep in a stage, or
+    worse, be taken as truthy ("no" for a flag)."""
+    declared = {f.name: f.type for f in dataclasses.fields(cls)}
+    for k, v in given.items():
+        t = declared.get(k)
+        if not isinstance(t, str):
+            continue
+        parts = [p.strip() for p in t.split("|")]
+        if v is None and "None" in parts:
+            continue
+        allowed = tuple(x for p in parts for x in _SIMPLE_TYPES.get(p, ()))
+        if not allowed or len(allowed) != sum(len(_SIMPLE_TYPES.get(p, ())) for p in parts if p != "None"):
+            continue  # a type this check does not describe (Tolerance, a nested config)
+        # True is an int to Python, not to a recipe's reader
+        if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+            want = " or ".join({"tuple": "a list"}.get(p, p) for p in parts if p != "None")
+            raise ConfigError(f"{where}: {k} = {v!r} must be {want}")
+
+
 def _build(cls, where, values):
     _check_keys(where, values, cls)
+    _check_types(where, values, cls)
     try:
         return cls(**values)
     except TypeError as e:
@@ -240,6 +265,7 @@ def _build(cls, where, values):
 def from_dict(d: dict, *, where: str = "settings") -> CompressConfig:
     top = {k: v for k, v in d.items() if k not in _SECTIONS}
     _check_keys(where, top, CompressConfig)
+    _check_types(where, top, CompressConfig)
     sections = {}
     for name, cls in _SECTIONS.items():
         v = d.get(name, {})

@@ -336,13 +336,33 @@ def _seed(seed: int):
         pass
 
 
+def _section_example(sec: str) -> str:
+    return {"quantize": "'mode': 'fp16'", "prune": "'ratio': 0.5", "distill": "'epochs': 10",
+            "profile": "'enabled': False"}.get(sec, "...")
+
+
 def compress(model: str, *, output: str, config: str | None = None, **settings) -> Manifest:
     """Python API mirroring `edgekit compress`: keyword settings as in CompressConfig / compress.toml."""
+    return run_config(resolve(model, output=output, config=config, **settings))
+
+
+def resolve(model: str, *, output: str, config: str | None = None, **settings):
+    """The CompressConfig a compress call stands for: recipe, then keyword settings over it."""
+    from .errors import ConfigError
+
     base = cfgmod.load_recipe(config) if config else {}
+    if isinstance(settings.get("targets"), str):
+        settings["targets"] = [settings["targets"]]  # one target by name, not its characters
     merged = {**base, **{k: v for k, v in settings.items() if k not in cfgmod._SECTIONS}}
     for sec in cfgmod._SECTIONS:
         if sec in settings or sec in base:
             v = settings.get(sec, {})
-            merged[sec] = {**base.get(sec, {}), **(v if isinstance(v, dict) else {})}
+            if not isinstance(v, dict):
+                # quantize="fp16" would otherwise be dropped and a different run made than the one asked for
+                raise ConfigError(f"{sec}={v!r}: settings for {sec} are a dict, e.g. "
+                                  f"{sec}={{{_section_example(sec)}}}")
+            merged[sec] = {**base.get(sec, {}), **v}
+    if not output:
+        raise ConfigError("output: an output directory is required")
     merged["model"], merged["output"] = model, str(output)
-    return run_config(cfgmod.from_dict(merged))
+    return cfgmod.from_dict(merged)

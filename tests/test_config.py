@@ -52,3 +52,32 @@ def test_recipe_errors_name_the_file(tmp_path):
         c.load_recipe(p)
     with pytest.raises(ConfigError, match="not found"):
         c.load_recipe(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"seed": "x"}, "seed = 'x' must be int"),
+    ({"distill": {"epochs": 2.5}}, r"\[distill\]: epochs = 2.5 must be int"),
+    ({"quantize": {"tune": "no"}}, "tune = 'no' must be bool"),  # a truthy string would keep tuning on
+    ({"input_shape": "1,1,32,32"}, "input_shape = '1,1,32,32' must be a list"),
+    ({"prune": {"ratio": "0.5"}}, "ratio = '0.5' must be float"),
+])
+def test_wrong_value_types_name_the_key(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        c.from_dict({"model": "zoo:digits-cnn", "output": "o", **settings})
+
+
+@pytest.mark.parametrize("kw,match", [({"quantize": "fp16"}, "settings for quantize are a dict"),
+                                      ({"prune": 0.5}, "settings for prune are a dict"),
+                                      ({"output": None}, "output directory is required")])
+def test_api_refuses_settings_it_would_otherwise_drop(tmp_path, kw, match):
+    import edgekit
+
+    with pytest.raises(ConfigError, match=match):
+        edgekit.compress("zoo:digits-cnn", **{"output": str(tmp_path / "o"), **kw})
+    assert not (tmp_path / "o").exists()
+
+
+def test_api_takes_one_target_by_name(tmp_path):
+    from edgekit.pipeline import resolve
+
+    assert resolve("zoo:digits-cnn", output=str(tmp_path / "o"), targets="x86-laptop").targets == ("x86-laptop",)
