@@ -221,8 +221,9 @@ def stage_report(run: Run):
     (run.staging / "compress.toml").write_text(cfgmod.to_toml(run.cfg))
     from .report import write_reports
 
+    # written in the staging folder, named as the OUTDIR it becomes
     write_reports([run.staging], html=run.staging / "report.html", markdown=run.staging / "report.md",
-                  json_path=run.staging / "report.json")
+                  json_path=run.staging / "report.json", shown_as=[Path(run.cfg.output).resolve()])
     return {"files": ["manifest.json", "report.md", "report.html", "report.json", "compress.toml", "sample_inputs.npz"]}
 
 

@@ -56,6 +56,13 @@ def test_float64_data_from_scikit_learn_is_accepted(tmp_path, mlp):
              "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "model.int8.onnx").is_file()
+    # the reports were written in a staging folder renamed into OUTDIR: they must name OUTDIR
+    import json
+
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rep["runs"][0]["outdir"] == str((tmp_path / "out").resolve()) and rep["runs"][0]["label"] == "out"
+    for f in ("report.json", "report.md", "report.html"):
+        assert "staging" not in (tmp_path / "out" / f).read_text(), f
 
 
 @pytest.mark.parametrize("n,scored", [(300, 44), (100, 100)])

@@ -162,22 +162,25 @@ def test_multi_run_comparison(runs, tmp_path):
     ma, mb = _manifest(a), _manifest(b)
     comp = rep["comparison"]
     assert comp["baseline"] == "runA" and [r["label"] for r in rep["runs"]] == ["runA", "runB"]
+    # rows are artifact files: a pruned run's model.distilled.int8.onnx is never paired with model.int8.onnx
+    name = {k: next(x["path"] for x in ma["artifacts"] if x["kind"] == k) for k in ("fp32", "pruned", "int8")}
     rows = {(r["variant"], r["target"]): r for r in comp["rows"]}
-    assert set(rows) == {("fp32", CPU), ("pruned", CPU), ("int8", CPU)}
-    assert {(x["variant"], x["target"]) for x in comp["not_compared"]} == {("fp32", GPU), ("pruned", GPU), ("int8", GPU)}
+    assert set(rows) == {(name[k], CPU) for k in ("fp32", "pruned", "int8")}
+    assert {(x["variant"], x["target"]) for x in comp["not_compared"]} == {(name[k], GPU) for k in ("fp32", "pruned", "int8")}
     for kind in ("fp32", "int8"):
         pa = next(x for x in ma["artifacts"] if x["kind"] == kind)
         pb = next(x for x in mb["artifacts"] if x["kind"] == kind)
-        c = rows[(kind, CPU)]["runs"]["runB"]
+        assert pa["path"] == pb["path"]
+        c = rows[(name[kind], CPU)]["runs"]["runB"]
         ratio = pb["latency"][CPU]["p50_ms"] / pa["latency"][CPU]["p50_ms"]
         assert c["latency_ratio"] == pytest.approx(ratio)
         assert c["latency_flag"] == ("slower" if ratio > 1.1 else "faster" if ratio < 0.9 else "same")
         assert c["metric_delta"] == pytest.approx(pb["metrics"]["value"] - pa["metrics"]["value"])
-    assert rows[("pruned", CPU)]["runs"]["runB"]["status"] == "missing"
+    assert rows[(name["pruned"], CPU)]["runs"]["runB"]["status"] == "missing"
     md = (tmp_path / "c.md").read_text()
-    int8_row = _md_rows(md, "int8")
+    int8_row = _md_rows(md, name["int8"])
     cmp_row = next(r for r in int8_row if r[1] == CPU and len(r) == 8)
-    assert cmp_row[5].startswith(fmt.ratio(rows[("int8", CPU)]["runs"]["runB"]["latency_ratio"]))
+    assert cmp_row[5].startswith(fmt.ratio(rows[(name["int8"], CPU)]["runs"]["runB"]["latency_ratio"]))
     html = (tmp_path / "c.html").read_text()
     assert 'id="comparison"' in html and html.count("<h3>runA</h3>") >= 3
     flagged = [r["runs"]["runB"].get("latency_flag") for r in comp["rows"]]
@@ -243,3 +246,4 @@ def test_cli_bad_outdir_is_a_one_line_usage_error(runs, tmp_path):
     assert not (tmp_path / "x.html").exists()
     r = _cli(a, "-o", tmp_path)
     assert r.returncode == 2 and "is a directory" in r.stderr
+

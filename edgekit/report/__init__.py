@@ -14,16 +14,17 @@ from .model import SCHEMA, build_report
 __all__ = ["SCHEMA", "build_report", "write_reports"]
 
 
-def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=None) -> dict:
+def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=None, shown_as=None) -> dict:
     """Write whichever of html / markdown / json_path are given (atomically); return the report dict.
 
-    Markdown plots go into '<markdown stem>_files/' beside the .md file.
+    Markdown plots go into '<markdown stem>_files/' beside the .md file. shown_as: the directories the
+    runs will be published as, when they are written from a staging folder that is renamed afterwards.
     """
     from ..fsutil import write_json_atomic, write_text_atomic
 
     if isinstance(outdirs, (str, Path)):
         outdirs = [outdirs]
-    report = build_report(list(outdirs), title=title)
+    report = build_report(list(outdirs), title=title, shown_as=shown_as)
     plots = None
     if html is not None or markdown is not None:
         import matplotlib

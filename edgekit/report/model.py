@@ -234,7 +234,10 @@ def _labels(outdirs) -> list:
 
 
 def comparison(runs: list) -> dict | None:
-    """Per (variant kind, target): each run's p50 and metric against the first run (the baseline)."""
+    """Per (artifact file, target): each run's p50 and metric against the first run (the baseline).
+
+    Rows are keyed by file name, not kind: a pruned run has both model.int8.onnx and
+    model.distilled.int8.onnx, and matching on kind paired one run's file with the other's."""
     if len(runs) < 2:
         return None
     base = runs[0]
@@ -242,15 +245,15 @@ def comparison(runs: list) -> dict | None:
     for r in runs:
         for v in r["variants"]:
             for t in r["targets"]:
-                if (v["kind"], t) not in keys:
-                    keys.append((v["kind"], t))
+                if (v["path"], t) not in keys:
+                    keys.append((v["path"], t))
     rows, not_compared = [], []
-    for kind, t in keys:
+    for path, t in keys:
         cells = {}
         for r in runs:
-            v = next((x for x in r["variants"] if x["kind"] == kind), None)
+            v = next((x for x in r["variants"] if x["path"] == path), None)
             if v is None:
-                cells[r["label"]] = {"status": "missing", "reason": f"no {kind} artifact in this run"}
+                cells[r["label"]] = {"status": "missing", "reason": f"no {path} in this run"}
                 continue
             lat = v["latency"].get(t) or {"status": "missing", "reason": "not measured on this target"}
             c = {"status": lat["status"], "bytes": v["bytes"], "metric": (v["metric"] or {}).get("value"),
@@ -274,15 +277,15 @@ def comparison(runs: list) -> dict | None:
             if c.get("bytes") and b.get("bytes"):
                 c["size_ratio"] = c["bytes"] / b["bytes"]
         if not any(c["status"] == "ok" for c in cells.values()):
-            not_compared.append({"variant": kind, "target": t,
+            not_compared.append({"variant": path, "target": t,
                                  "statuses": {lab: c["status"] for lab, c in cells.items()}})
             continue  # nothing measured in any run: no comparison to show, but say so
-        rows.append({"variant": kind, "target": t, "runs": cells})
+        rows.append({"variant": path, "target": t, "runs": cells})
     return {"baseline": base["label"], "ratio_band": list(RATIO_BAND), "metric_delta_threshold": METRIC_DELTA,
             "rows": rows, "not_compared": not_compared}
 
 
-def build_report(outdirs, title=None) -> dict:
+def build_report(outdirs, title=None, shown_as=None) -> dict:
     """Load each OUTDIR's manifest and build the report dict (schema edgekit.report/1)."""
     from .. import __version__
     from ..artifact import load_manifest
@@ -291,7 +294,8 @@ def build_report(outdirs, title=None) -> dict:
     outdirs = [Path(o) for o in outdirs]
     if not outdirs:
         raise UsageError("report: give at least one edgekit output directory")
-    runs = [run_model(load_manifest(o), o, lab) for o, lab in zip(outdirs, _labels(outdirs))]
+    shown = [Path(o) for o in shown_as] if shown_as else outdirs
+    runs = [run_model(load_manifest(o), where, lab) for o, where, lab in zip(outdirs, shown, _labels(shown))]
     if title is None:
         specs = []
         for r in runs:
