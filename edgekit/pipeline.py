@@ -136,9 +136,11 @@ def stage_export(run: Run):
                        notes=["copied from the source ONNX file"])
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
+        _check_post_fits(run, run.ctx.eval.take(8))
         return {"artifacts": [art.path], "note": "source is already ONNX"}
     with task("exporting to ONNX"):
         arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval)]
+        _check_post_fits(run, run.ctx.eval.take(8))  # before any more work is spent on this run
         if run.torch_variant is not None:
             module, kind = run.torch_variant
             arts.append(export_module(module, src, run.staging / f"model.{kind}.onnx", kind=kind,
@@ -246,6 +248,27 @@ def _evaluator(run: Run):
     from .evaluate import Evaluator
 
     return Evaluator(run.ctx.eval, run.ctx.source.task, run.staging / "model.fp32.onnx")
+
+
+def _check_post_fits(run: Run, sample) -> None:
+    """The declared post-processing run once on the FP32 model's real outputs: a spec that cannot work
+    on them (top-k above the class count) would otherwise ship in every bundle and fail on the device."""
+    post = (run.manifest.prepost or {}).get("post")
+    if not post:
+        return
+    from .evaluate import run_dataset
+    from .onnxutil import session
+    from .prepost.errors import PrepostError
+    from .prepost.pipeline import Pipeline
+
+    fp32 = run.staging / "model.fp32.onnx"
+    outs = run_dataset(fp32, sample)
+    names = [o.name for o in session(fp32).get_outputs()]
+    try:
+        Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(sample.inputs), names=names)
+    except PrepostError as e:
+        raise UsageError(f"--preprocess: the post-processing does not fit {run.cfg.model}'s outputs: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 def _fill_metrics(run: Run):

@@ -174,3 +174,12 @@ def test_forward_with_defaulted_parameters_exports(tmp_path, signature, call):
     import onnx
 
     assert [i.name for i in onnx.load(str(tmp_path / "out" / "model.fp32.onnx")).graph.input] == ["x"]
+
+
+def test_post_processing_that_cannot_fit_the_outputs_is_refused(tmp_path, mlp):
+    np.save(tmp_path / "calib.npy", np.random.default_rng(7).normal(size=(40, 6)).astype(np.float32))
+    spec = '{"post": [{"op": "softmax_topk", "k": 5}]}'  # the model has 3 classes
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--preprocess", spec, "--no-profile", "-o", "out", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "larger than the number of classes (3)" in lines[-1], r.stderr
+    assert not (tmp_path / "out").exists()
