@@ -183,3 +183,30 @@ def test_post_processing_that_cannot_fit_the_outputs_is_refused(tmp_path, mlp):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and "larger than the number of classes (3)" in lines[-1], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_target_still_publishes_with_latency_unavailable(tmp_path, mlp):
+    """No native number could be measured (the only target is a device that does not answer): the
+    compressed artifacts and their accuracy are still the run's result; latency says why it is missing."""
+    import json
+
+    (tmp_path / "gone.toml").write_text(textwrap.dedent("""
+        description = "a device that is switched off"
+        arch = "aarch64"
+        address = "ssh://pi@127.0.0.1:1/home/pi/edgekit"
+        threads = 4
+        precisions = ["int8", "fp32"]
+        isa = ["neon"]
+
+        [[providers]]
+        name = "CPUExecutionProvider"
+    """))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(8).normal(size=(40, 6)).astype(np.float32))
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--target", "gone.toml", "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    lat = [a["latency"]["gone"] for a in man["artifacts"]]
+    assert all(x["status"] == "unavailable" and "127.0.0.1:1" in x["reason"] for x in lat), lat
+    assert all("p50_ms" not in x for x in lat)
+    q = next(iter(man["quantization"].values()))
+    assert q["recommend"] is False and "unavailable" in q["reason"], q["reason"]
