@@ -350,3 +350,15 @@ def test_serial_and_parallel_builds_agree_on_large_inputs():
 
     if numba.config.NUMBA_NUM_THREADS >= 2:
         assert info["compiled"] and set(info["builds"]) == {"parallel", "serial"}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_mean_pool_refuses_nan_on_both_backends(backend):
+    from edgekit.prepost.errors import PrepostError
+    from edgekit.prepost.text import mean_pool_l2
+
+    h = np.ones((2, 4, 3), np.float32)
+    h[1, 3, 0] = np.nan  # at a padding position: the two backends used to disagree on it
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.float32)
+    with pytest.raises(PrepostError, match="NaN"):
+        mean_pool_l2(h, mask, backend=backend)

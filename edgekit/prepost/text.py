@@ -115,6 +115,10 @@ def mean_pool_l2(hidden, mask=None, *, normalize: bool = True, backend: str = "a
     """Sentence embeddings (float32 (N, D)) from token embeddings (N, T, D) and a (N, T) attention mask:
     the masked mean over T (sentence-transformers' pooling), then L2-normalised unless normalize=False."""
     x = _check.array(hidden, "hidden", ndim=(2, 3), kinds="f")
+    if not np.isfinite(x).all():
+        # refused like softmax_topk and nms do: even a NaN at a padding position came out differently from
+        # the numpy twin (0 * NaN) and the numba kernel (skipped)
+        raise PrepostError("hidden: contains NaN or inf")
     if x.ndim == 2:
         x = x[None]
     n, t, _ = x.shape
