@@ -36,6 +36,17 @@ ARCHES = ("x86_64", "aarch64")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
 ISA_FEATURES = ("host", "sse4.2", "avx", "avx2", "avx512f", "avx512-vnni", "avx-vnni", "amx-int8",
                 "neon", "dotprod", "i8mm", "sve", "sve2", "fp16", "bf16")
+X86_ISA = ("sse4.2", "avx", "avx2", "avx512f", "avx512-vnni", "avx-vnni", "amx-int8", "fp16", "bf16")
+ARM_ISA = ("neon", "dotprod", "i8mm", "sve", "sve2", "fp16", "bf16")
+
+
+def _host_arch() -> str:
+    import platform
+
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
 # Execution providers onnxruntime knows (onnxruntime.get_all_providers(), without importing it here).
 PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
              "NvTensorRTRTXExecutionProvider", "OpenVINOExecutionProvider", "DnnlExecutionProvider",
@@ -100,8 +111,10 @@ def resolved_isa(t: TargetProfile) -> tuple:
     from .hostinfo import cpu_info
 
     out = []
+    # "host" is this CPU's features, which say nothing about a device of another architecture
+    here = cpu_info()["isa"] if t.arch == _host_arch() else []
     for f in t.isa:
-        for g in (cpu_info()["isa"] if f == "host" else [f]):
+        for g in (here if f == "host" else [f]):
             if g not in out:
                 out.append(g)
     return tuple(out)
@@ -182,6 +195,13 @@ def parse_target(data: dict, path) -> TargetProfile:
     if not precisions:
         bad("precisions", "must list at least one precision")
     isa = _str_list(data.get("isa", []), "isa", ISA_FEATURES, bad)
+    # an aarch64 target with x86 features (or the reverse) would record an ISA the device cannot have;
+    # "host" means this CPU, so it only fits a target of this machine's architecture
+    family = {"aarch64": ARM_ISA, "arm64": ARM_ISA}.get(arch, X86_ISA if arch in ("x86_64", "amd64") else ())
+    wrong = [f for f in isa if f != "host" and family and f not in family]
+    if wrong:
+        bad("isa", f"{', '.join(wrong)} {'is not an' if len(wrong) == 1 else 'are not'} {arch} "
+                   f"feature{'' if len(wrong) == 1 else 's'}")
     memory_mb = data.get("memory_mb")
     if memory_mb is not None and (not _is_int(memory_mb) or memory_mb < 1):
         bad("memory_mb", f"must be a positive integer, got {memory_mb!r}")

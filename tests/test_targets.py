@@ -106,3 +106,31 @@ def test_targets_cli(tmp_path, capsys):
     assert "did you mean 'threads'" in capsys.readouterr().err
     assert main(["targets", "setup", "x86-laptop"]) == 0
     assert "ready" in capsys.readouterr().out
+
+
+ARM_TOML = """
+arch = "aarch64"
+address = "ssh://pi@127.0.0.1:1/home/pi/edgekit"
+isa = {isa}
+
+[[providers]]
+name = "CPUExecutionProvider"
+"""
+
+
+def test_features_of_another_architecture_are_refused(tmp_path):
+    p = tmp_path / "mixed.toml"
+    p.write_text(ARM_TOML.format(isa='["neon", "avx512-vnni"]'))
+    with pytest.raises(ConfigError, match="isa: avx512-vnni is not an aarch64 feature"):
+        T.load_target(str(p))
+
+
+def test_host_features_only_describe_a_target_of_this_architecture(tmp_path):
+    import platform
+
+    p = tmp_path / "armhost.toml"
+    p.write_text(ARM_TOML.format(isa='["host", "neon"]'))
+    t = T.load_target(str(p))
+    here = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine().lower()]
+    expected = set(cpu_info()["isa"]) | {"neon"} if here == "aarch64" else {"neon"}
+    assert set(T.resolved_isa(t)) == expected  # an x86 host's AVX-512 is no Pi's
