@@ -14,7 +14,7 @@ from pathlib import Path
 SCHEMA = "edgekit.report/1"
 LATENCY_STATUS = ("ok", "emulated", "unavailable", "failed", "missing")
 STAT_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "runs", "cold_start_ms",
-             "peak_rss_mb")
+             "peak_rss_mb", "rss_delta_mb")
 FACT_KEYS = ("provider", "providers", "providers_active", "threads", "batch", "precision", "host_cpu",
              "fallback_nodes", "onnxruntime", "session_config", "op_profile_error")
 KIND_ORDER = ("fp32", "pruned", "distilled", "sparse", "fp16", "int8", "int8-dynamic")

@@ -79,18 +79,24 @@ def summary(run) -> Table:
     return table
 
 
+def _variant(run, v) -> str:
+    """The kind, with the file where a run has two of that kind (int8 of the FP32 and of the pruned model)."""
+    same = sum(1 for x in run["variants"] if x["kind"] == v["kind"])
+    return v["kind"] if same == 1 else f"{v['kind']} ({v['path']})"
+
+
 def conditions(run) -> Table:
     cols = [Column("Variant"), Column("Target"), Column("Status"), Column("Provider"), Column("Threads", num=True),
             Column("Batch", num=True), Column("Runs", num=True), Column("Mean ± std ms", num=True),
-            Column("Throughput /s", num=True), Column("Cold start ms", num=True), Column("Peak RSS MB", num=True),
-            Column("Host CPU")]
+            Column("Throughput /s", num=True), Column("Cold start ms", num=True),
+            Column("Session RSS +MB", num=True), Column("Process peak RSS MB", num=True), Column("Host CPU")]
     table = Table(f"conditions-{run['label']}", "Measurement conditions", cols,
                   note="Every figure above was measured under these conditions; emulated timings are never "
                        "reported as device latency.")
     for t in run["targets"]:
         for v in run["variants"]:
             lat = v["latency"][t]
-            head = [Cell(v["kind"], cls="kind"), Cell(t)]
+            head = [Cell(_variant(run, v), cls="kind"), Cell(t)]
             if lat["status"] != "ok":
                 table.rows.append(head + [_status_cell(lat, len(cols) - 2)])
                 continue
@@ -101,6 +107,8 @@ def conditions(run) -> Table:
                 Cell(str(int(lat["runs"])) if lat.get("runs") else "—"), Cell(mean),
                 Cell(f"{lat['throughput']:.0f}" if lat.get("throughput") else "—"),
                 Cell(fmt.ms(lat.get("cold_start_ms"))),
+                # this artifact's own memory is what its session added; the peak is the whole process's
+                Cell(f"{lat['rss_delta_mb']:.1f}" if lat.get("rss_delta_mb") is not None else "—"),
                 Cell(f"{lat['peak_rss_mb']:.0f}" if lat.get("peak_rss_mb") else "—"),
                 Cell(str(lat.get("host_cpu") or run["host"].get("cpu") or "—"))])
     return table
@@ -117,11 +125,11 @@ def prepost(run) -> Table | None:
             if not pp:
                 continue
             if pp.get("status", "ok") != "ok":
-                table.rows.append([Cell(v["kind"], cls="kind"), Cell(t), _status_cell(pp, 5)])
+                table.rows.append([Cell(_variant(run, v), cls="kind"), Cell(t), _status_cell(pp, 5)])
                 continue
             share = pp.get("share") or {}
             outside = sum(x for x in (share.get("pre"), share.get("post")) if x is not None) if share else None
-            table.rows.append([Cell(v["kind"], cls="kind"), Cell(t), Cell(fmt.ms(pp.get("pre_ms"))),
+            table.rows.append([Cell(_variant(run, v), cls="kind"), Cell(t), Cell(fmt.ms(pp.get("pre_ms"))),
                                Cell(fmt.ms(pp.get("model_ms"))), Cell(fmt.ms(pp.get("post_ms"))),
                                Cell(fmt.ms(pp.get("e2e_p50_ms"))), Cell(fmt.pct(outside))])
     return table if table.rows else None
