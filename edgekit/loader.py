@@ -246,8 +246,6 @@ def _forward_names(module) -> list:
 
 
 def _param_float_dtype(module) -> str:
-    import torch
-
     for p in module.parameters():
         if p.is_floating_point():
             return str(p.dtype).replace("torch.", "")

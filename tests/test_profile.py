@@ -1,6 +1,5 @@
 """Profiler: statistics, the ONNX Runtime profile parser, interleaved ratios, honest unavailability."""
 import json
-import os
 
 import numpy as np
 import onnxruntime as ort
