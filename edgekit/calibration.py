@@ -328,6 +328,15 @@ def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -
             "layout": layout, "channels": channels}
 
 
+def with_implied_prepost(preprocess: dict | None, inputs: list, *paths) -> dict | None:
+    """preprocess, completed by the first image folder among paths with what implied_prepost gives."""
+    for path in paths:
+        implied = implied_prepost(path, inputs, preprocess)
+        if implied:
+            return {**(preprocess or {}), **implied}
+    return preprocess
+
+
 def implied_prepost(path, inputs: list, preprocess: dict | None) -> dict | None:
     """For an image folder read without a declared spec: the resize_normalize edgekit applied (pixels
     scaled to 0..1), as a prepost spec, so the device pre-processes exactly as calibration did."""

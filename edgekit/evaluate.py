@@ -13,6 +13,7 @@ import numpy as np
 
 from .dataset import Dataset
 from .errors import CalibrationError
+from .onnxutil import run_batches
 
 
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
@@ -108,11 +109,11 @@ class Evaluator:
 
     def reference_outputs(self):
         if self._ref is None:
-            self._ref = run_dataset(self.reference_path, self.ds, batch_size=self.batch_size)
+            self._ref = run_batches(self.reference_path, self.ds, batch_size=self.batch_size)
         return self._ref
 
     def outputs(self, path):
-        return run_dataset(path, self.ds, batch_size=self.batch_size)
+        return run_batches(path, self.ds, batch_size=self.batch_size)
 
     def __call__(self, path) -> dict:
         try:
@@ -146,40 +147,6 @@ class Evaluator:
             else:
                 res["per_output"] = fid  # value is the lowest of these
         return res
-
-
-def fixed_batch(sess) -> int | None:
-    """The batch size a session's graph fixes on its inputs' leading axis, or None when it is dynamic."""
-    for i in sess.get_inputs():
-        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
-            return int(i.shape[0])
-    return None
-
-
-def run_dataset(path, dataset: Dataset, *, batch_size: int = 64) -> list:
-    """Outputs (one array per model output) for every sample of dataset, in order.
-
-    A graph with a fixed batch B (what torch.onnx.export gives without dynamic_axes) only accepts
-    batches of exactly B: the data then goes in chunks of B, and a last partial chunk is padded with
-    copies of its last sample whose outputs are cut off again, so every sample is scored exactly once.
-    """
-    from .onnxutil import session
-
-    sess = session(path)
-    names = {i.name for i in sess.get_inputs()}
-    fixed = fixed_batch(sess)
-    bs = fixed or batch_size
-    outs = None
-    for feeds in dataset.batches(bs):
-        feeds = {k: v for k, v in feeds.items() if k in names}
-        real = len(next(iter(feeds.values())))
-        if fixed and real < fixed:
-            feeds = {k: np.concatenate([v, np.repeat(v[-1:], fixed - real, axis=0)]) for k, v in feeds.items()}
-        res = sess.run(None, feeds)
-        if fixed and real < fixed:
-            res = [r[:real] if np.ndim(r) and len(r) == fixed else r for r in res]
-        outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
-    return [] if outs is None else [np.concatenate(o, axis=0) for o in outs]
 
 
 def with_drop(metrics: dict, reference: dict | None) -> dict:

@@ -44,19 +44,38 @@ def session(path, *, threads: int | None = None, providers=("CPUExecutionProvide
     return open_session(path, list(providers), threads)  # path may be bytes: an in-memory model
 
 
+def fixed_batch(sess) -> int | None:
+    """The batch size a session's graph fixes on its inputs' leading axis, or None when it is dynamic."""
+    for i in sess.get_inputs():
+        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0:
+            return int(i.shape[0])
+    return None
+
+
 def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None, sess=None) -> list:
-    """Run an ONNX model over a Dataset; returns the concatenated outputs (one array per output)."""
+    """Run an ONNX model over a Dataset; returns the concatenated outputs (one array per output), in order.
+
+    A graph with a fixed batch B (what torch.onnx.export gives without dynamic_axes) only accepts
+    batches of exactly B: the data then goes in chunks of B, and a last partial chunk is padded with
+    copies of its last sample whose outputs are cut off again, so every sample is run exactly once.
+    """
     sess = sess or session(path)
-    names = [i.name for i in sess.get_inputs()]
+    names = {i.name for i in sess.get_inputs()}
+    fixed = fixed_batch(sess)
     outs = None
     seen = 0
-    for feeds in dataset.batches(batch_size):
+    for feeds in dataset.batches(fixed or batch_size):
         if limit is not None and seen >= limit:
             break
         feeds = {k: v for k, v in feeds.items() if k in names}
+        real = len(next(iter(feeds.values())))
+        if fixed and real < fixed:
+            feeds = {k: np.concatenate([v, np.repeat(v[-1:], fixed - real, axis=0)]) for k, v in feeds.items()}
         res = sess.run(None, feeds)
+        if fixed and real < fixed:
+            res = [r[:real] if np.ndim(r) and len(r) == fixed else r for r in res]
         outs = [[r] for r in res] if outs is None else [o + [r] for o, r in zip(outs, res)]
-        seen += len(next(iter(feeds.values())))
+        seen += real
     if outs is None:
         return []
     out = [np.concatenate(o, axis=0) for o in outs]

@@ -39,7 +39,7 @@ class Run:
 # ---------------------------------------------------------------- stages
 
 def stage_load(run: Run):
-    from .calibration import implied_prepost, read_dataset
+    from .calibration import read_dataset, with_implied_prepost
     from .dataset import Dataset
     from .loader import load_source
     from .targets import DEFAULT_TARGET, load_target
@@ -57,11 +57,7 @@ def stage_load(run: Run):
                       input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
     if cfg.preprocess:
         src.preprocess = _read_prepost(cfg.preprocess)
-    for folder in (cfg.calib, cfg.eval, cfg.train):
-        implied = implied_prepost(folder, src.inputs, src.preprocess)
-        if implied:
-            src.preprocess = {**(src.preprocess or {}), **implied}
-            break
+    src.preprocess = with_implied_prepost(src.preprocess, src.inputs, cfg.calib, cfg.eval, cfg.train)
 
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
@@ -267,13 +263,12 @@ def _check_post_fits(run: Run, sample) -> None:
     post = (run.manifest.prepost or {}).get("post")
     if not post:
         return
-    from .evaluate import run_dataset
-    from .onnxutil import session
+    from .onnxutil import run_batches, session
     from .prepost.errors import PrepostError
     from .prepost.pipeline import Pipeline
 
     fp32 = run.staging / "model.fp32.onnx"
-    outs = run_dataset(fp32, sample)
+    outs = run_batches(fp32, sample)
     names = [o.name for o in session(fp32).get_outputs()]
     try:
         Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(sample.inputs), names=names)

@@ -123,7 +123,7 @@ def test_fixed_batch_model_is_evaluated_in_its_own_batch_with_a_partial_last_bat
 
 def test_fixed_batch_outputs_match_a_dynamic_batch_model(tmp_path):
     from edgekit.dataset import Dataset
-    from edgekit.evaluate import run_dataset
+    from edgekit.onnxutil import run_batches as run_dataset
 
     data = Dataset({"x": _x(10)})
     fixed = run_dataset(_mlp(tmp_path / "f.onnx", batch=4), data)[0]

@@ -13,11 +13,10 @@ MAX_EVAL = 500
 def output_task(onnx_path) -> str:
     import onnx
 
+    from ..loader import classifier_output
+
     m = onnx.load(str(onnx_path), load_external_data=False)
-    dims = m.graph.output[0].type.tensor_type.shape.dim if m.graph.output else []
-    if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value > 1:
-        return "classification"
-    return "generic"
+    return "classification" if classifier_output(m) else "generic"
 
 
 def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: int | None = None):
