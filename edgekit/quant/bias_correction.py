@@ -139,12 +139,10 @@ def channel_means(model_bytes: bytes, batches: list) -> tuple:
         rows = len(next(iter(feeds.values())))
         for j, v in enumerate(sess.run(names, {k: a for k, a in feeds.items() if k in want})):
             per_sample = max(per_sample, v.nbytes // max(rows, 1))
-            v = np.asarray(v, dtype=np.float64)
             if v.ndim < 2:
                 raise ValueError(f"{names[j]}: output of rank {v.ndim} has no channel axis")
-            flat = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
-            sums[j] = sums[j] + flat.sum(1)
-            counts[j] += flat.shape[1]
+            total, n = _channel_sum(v)
+            sums[j], counts[j] = sums[j] + total, counts[j] + n
     return [s / c for s, c in zip(sums, counts)], per_sample
 
 
@@ -232,10 +230,16 @@ def apply(qdq_path, fp32_path, calib, input_names, *, limit: int = SAMPLES, prog
     return info
 
 
+def _channel_sum(v) -> tuple:
+    """(per-channel sum over every axis but 1, the number of values summed per channel), in float64."""
+    v = np.asarray(v, dtype=np.float64)
+    flat = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+    return flat.sum(1), flat.shape[1]
+
+
 def _channel_mean(arrays: list) -> np.ndarray:
     s, c = 0.0, 0
     for v in arrays:
-        v = np.asarray(v, dtype=np.float64)
-        flat = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
-        s, c = s + flat.sum(1), c + flat.shape[1]
+        total, n = _channel_sum(v)
+        s, c = s + total, c + n
     return s / c
