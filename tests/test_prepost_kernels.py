@@ -230,6 +230,35 @@ def test_softmax_topk_ties_extremes_and_non_contiguous():
     np.testing.assert_allclose(pa, pb, rtol=2e-6)
 
 
+def test_softmax_topk_keeps_float64_precision():
+    # 50 and 50 + 1e-12 are one float32 value (a tie, so index 2 first); float64 tells them apart
+    x = np.array([[0.0, -30.0, 50.0, 50.0 + 1e-12, 1e-9, 2e-9]], np.float64)
+    ref = np.exp(x - x.max(-1, keepdims=True))
+    ref /= ref.sum(-1, keepdims=True)
+    (pa, ia), (pb, ib) = both(pp.softmax_topk, x, 5)
+    assert pa.dtype == pb.dtype == np.float64
+    assert ia.tolist() == ib.tolist() == [[3, 2, 5, 4, 0]]
+    np.testing.assert_allclose(pa, np.take_along_axis(ref, ia, -1), rtol=1e-14)
+    np.testing.assert_allclose(pa, pb, rtol=1e-14)
+    assert pp.softmax_topk(x[0], 2)[0].dtype == np.float64
+    assert pp.softmax_topk(x.astype(np.float32), 2)[0].dtype == np.float32
+    rng = np.random.default_rng(3)
+    big = rng.normal(0, 4, (64, 1000))  # above the parallel threshold
+    big[5, 7] = -np.inf  # a masked class
+    (pa, ia), (pb, ib) = both(pp.softmax_topk, big, 5)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(pa, pb, rtol=1e-13)
+    for bad, msg in ((np.nan, "NaN"), (np.inf, r"\+inf")):
+        y = x.copy()
+        y[0, 4] = bad
+        for be in ("numba", "numpy"):
+            with pytest.raises(PrepostError, match=msg):
+                pp.softmax_topk(y, 2, backend=be)
+    for be in ("numba", "numpy"):
+        with pytest.raises(PrepostError, match="no finite value"), np.errstate(invalid="ignore"):
+            pp.softmax_topk(np.full((2, 3), -np.inf), 2, backend=be)
+
+
 @pytest.mark.parametrize("x,k,msg", [
     (np.zeros((2, 3), np.int32), 1, "logits: dtype int32"),
     (np.zeros((2, 3, 4), np.float32), 1, "logits: expected a 1-D or 2-D"),

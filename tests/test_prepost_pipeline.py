@@ -116,7 +116,7 @@ def test_registry_ops_all_build_describe_and_warm_up():
     pipe = Pipeline.from_spec(spec, backend="auto")
     w = pipe.warmup()
     assert w["backend"] == "numba" and w["compile_s"] >= 0 and w["first_call_s"] > 0
-    assert set(w["kernels"]) == {"resize_normalize", "softmax_topk"}
+    assert set(w["kernels"]) == {"resize_normalize", "softmax_topk", "softmax_topk_f64"}
     assert all(k["compiled"] and k["cache"] in ("hit", "miss") for k in w["kernels"].values())
     d = pipe.describe()
     json.dumps(d)

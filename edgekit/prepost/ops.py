@@ -149,7 +149,7 @@ OPS: dict = {
         example=lambda p: ([[101, 2023, 2003, 102], [101, 102]],),
         doc="token id lists -> {input_ids, attention_mask}"),
     "softmax_topk": OpDef(
-        ("post",), {"k": (5, _int(1))}, _build_softmax, kernels=("softmax_topk",),
+        ("post",), {"k": (5, _int(1))}, _build_softmax, kernels=("softmax_topk", "softmax_topk_f64"),
         example=lambda p: (np.zeros((8, max(1000, p["k"])), np.float32),),
         doc="logits -> {probs, indices} of the k best classes"),
     "argmax_segmentation": OpDef(

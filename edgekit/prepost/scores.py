@@ -90,15 +90,56 @@ def _softmax_topk_kernel(x, probs, idx):  # pragma: no cover - compiled
     return not bad.any()
 
 
+@kernel("softmax_topk_f64", lambda nt: nt.boolean(
+    nt.Array(nt.float64, 2, "C", readonly=True), nt.Array(nt.float64, 2, "C"), nt.Array(nt.int64, 2, "C")),
+    parallel=True, fastmath=FAST)
+def _softmax_topk_f64_kernel(x, probs, idx):  # pragma: no cover - compiled
+    # A twin rather than a second signature of the kernel above: its expf polynomial is only as exact
+    # as float32, so float64 logits take libm's exp and keep float64 to the end.
+    n, c = x.shape
+    k = idx.shape[1]
+    bad = np.zeros(n, np.bool_)
+    for r in prange(n):
+        row = x[r]
+        vals = np.empty(k, np.float64)
+        ids = np.empty(k, np.int64)
+        filled = 0
+        nan = False
+        for j in range(c):
+            v = row[j]
+            nan |= v != v
+            if filled < k or v > vals[k - 1]:  # strict: ties keep the lower index first
+                p = filled if filled < k else k - 1
+                while p > 0 and v > vals[p - 1]:
+                    vals[p] = vals[p - 1]
+                    ids[p] = ids[p - 1]
+                    p -= 1
+                vals[p] = v
+                ids[p] = j
+                filled = min(filled + 1, k)
+        m = vals[0]
+        s = 0.0
+        for j in range(c):
+            s += math.exp(row[j] - m)
+        if nan or not (s > 0.0 and s < np.inf and m == m):
+            bad[r] = True
+        for j in range(k):
+            probs[r, j] = math.exp(vals[j] - m) / s
+            idx[r, j] = ids[j]
+    return not bad.any()
+
+
 def softmax_topk(logits, k: int = 5, *, backend: str = "auto"):
     """(probabilities, indices) of the k largest classes per row, best first.
 
-    logits: (C,) or (N, C) floating; returns float32 and int64 arrays of shape (k,) or (N, k).
+    logits: (C,) or (N, C) floating; returns probabilities and int64 indices of shape (k,) or (N, k).
+    Probabilities are float64 for float64 logits (computed in float64 throughout), else float32.
     Ties go to the lower class index. NaN or +inf logits raise PrepostError.
     """
     x = _check.array(logits, "logits", ndim=(1, 2), kinds="f")
     squeeze = x.ndim == 1
-    x2 = np.ascontiguousarray(x.reshape(1, -1) if squeeze else x, np.float32)
+    f64 = x.dtype.itemsize >= 8
+    x2 = np.ascontiguousarray(x.reshape(1, -1) if squeeze else x, np.float64 if f64 else np.float32)
     n, c = x2.shape
     k = _check.number(k, "k", lo=1, integer=True)
     if k > c:
@@ -111,13 +152,13 @@ def softmax_topk(logits, k: int = 5, *, backend: str = "auto"):
         idx = np.argsort(-x2, axis=1, kind="stable")[:, :k]
         m = x2.max(axis=1, keepdims=True)
         e = np.exp(x2 - m)
-        probs = (np.take_along_axis(e, idx, 1) / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        probs = np.take_along_axis(e, idx, 1) / e.sum(axis=1, keepdims=True)
         if not np.isfinite(probs).all():
             raise PrepostError("logits: a row has no finite value")
     else:
-        probs = np.empty((n, k), np.float32)
+        probs = np.empty((n, k), x2.dtype)
         idx = np.empty((n, k), np.int64)
-        if not call("softmax_topk", n * c, x2, probs, idx):
+        if not call("softmax_topk_f64" if f64 else "softmax_topk", n * c, x2, probs, idx):
             raise PrepostError("logits: contains NaN or +inf, or a row has no finite value")
     return (probs[0], idx[0]) if squeeze else (probs, idx)
 
