@@ -200,6 +200,23 @@ def test_decode_boxes():
         pp.decode_boxes(np.zeros((3, 5)))
 
 
+@pytest.mark.parametrize("fmt", ["cxcywh", "xywh"])
+@pytest.mark.parametrize("bad,msg", [
+    (np.nan, "boxes: contains NaN or infinite values"), (np.inf, "boxes: contains NaN or infinite values"),
+    (-np.inf, "boxes: contains NaN or infinite values"), (1e39, "boxes: decoded corners do not fit float32"),
+    (3e38, "boxes: decoded corners do not fit float32"),  # finite, but x2 = x + w overflows
+])
+def test_decode_boxes_refuses_non_finite_on_both_backends(fmt, bad, msg, recwarn):
+    # as nms and mean_pool_l2 do: a NaN box used to come out as a NaN box, silently
+    x = np.full((2, 30, 4), 10.0)
+    x[1, 17, 0] = x[1, 17, 2] = bad  # x (or centre x) and width
+    for be in ("numba", "numpy"):
+        with pytest.raises(PrepostError) as e:
+            pp.decode_boxes(x, fmt, backend=be)
+        assert str(e.value).startswith(msg)
+    assert not recwarn.list  # no RuntimeWarning on the way to the error
+
+
 # ------------------------------------------------------------------------------------ softmax/top-k
 
 @pytest.mark.parametrize("shape,k", [((64, 1000), 5), ((3, 17), 17), ((1, 1), 1), ((10,), 3), ((5, 33), 1)])
