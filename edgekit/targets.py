@@ -59,7 +59,7 @@ _TOP_KEYS = {"name", "description", "arch", "address", "emulated", "threads", "p
              "memory_mb", "channel_multiple", "providers"}
 _REQUIRED = ("arch", "address", "providers")
 _PROVIDER_KEYS = {"name", "options", "required"}
-_SSH_RE = re.compile(r"^ssh://(?:[A-Za-z0-9._-]+@)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\d{1,5})?(?:/.*)?$")
+_SSH_RE = re.compile(r"^ssh://(?:[A-Za-z0-9._-]+@)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::\d{1,5})?(?P<dir>/.*)?$")
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,13 @@ def parse_target(data: dict, path) -> TargetProfile:
     if arch not in ARCHES:
         bad("arch", f"{arch!r} is not one of {', '.join(ARCHES)}{did_you_mean(str(arch), ARCHES)}")
     address = data["address"]
-    if not isinstance(address, str) or not (address in ("local", "emulated") or _SSH_RE.match(address)):
+    ssh = _SSH_RE.match(address) if isinstance(address, str) else None
+    if not isinstance(address, str) or not (address in ("local", "emulated") or ssh):
         bad("address", f"{address!r} must be 'local', 'emulated' or 'ssh://user@host[:port]/path'")
+    if ssh and not (ssh["dir"] or "").strip("/"):
+        # flash and profile install into that directory; without one the target only fails when first used
+        bad("address", f"{address!r} has no remote directory; give the install directory, "
+                       f"e.g. {address.rstrip('/')}/opt/edgekit")
     if address == "emulated" and arch != "aarch64":
         bad("address", "'emulated' is only supported for arch = 'aarch64'")
     emulated = data.get("emulated", address == "emulated")

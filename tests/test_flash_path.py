@@ -129,6 +129,37 @@ def test_bad_addresses(addr, msg):
         collect_devices([addr])
 
 
+@pytest.mark.parametrize("addr,hint", [
+    ("ssh://user@127.0.0.1:2222", "no remote directory; give the install directory, "
+                                  "e.g. ssh://user@127.0.0.1:2222/opt/models"),
+    ("ssh://user@127.0.0.1:2222/", "no remote directory"),
+    ("user@host", "no remote directory; an ssh device needs ssh://user@host[:port]/<install directory>"),
+    ("user@host:2222", "e.g. ssh://user@host:2222/opt/models"),
+    ("user@host:", "no remote directory"),
+    ("user@host:/opt/models", "not an ssh:// address; write ssh://user@host/opt/models"),
+])
+def test_ssh_address_without_remote_directory_refused(tmp_path, monkeypatch, capsys, addr, hint):
+    """user@host used to become a local folder named 'user@host', and the flash 'succeeded' there."""
+    from edgekit.cli import main
+
+    build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v0.ekb")
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["flash", str(tmp_path / "v0.ekb"), "--device", addr])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"device address {addr!r}: " in err and hint in err, err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("addr,path", [("./user@host", "user@host"), ("/mnt/a@b", "/mnt/a@b"),
+                                       ("dir/x@y", "dir/x@y")])
+def test_local_paths_with_at_sign_still_accepted(addr, path):
+    (d,) = collect_devices([addr])
+    assert (d.kind, d.path) == ("path", path)
+
+
 def test_address_parsing_and_devices_file(tmp_path):
     from edgekit.flash import parse_device
 

@@ -51,12 +51,25 @@ def parse_device(addr: str) -> Device:
         except ValueError:
             raise UsageError(f"device address {raw!r}: bad port") from None
         path = urllib.parse.unquote(u.path)
-        if not path or path == "/":
-            raise UsageError(f"device address {raw!r}: give the install directory, e.g. ssh://{u.netloc}/opt/models")
+        if not path.strip("/"):
+            raise UsageError(f"device address {raw!r}: no remote directory; give the install directory, "
+                             f"e.g. ssh://{u.netloc}/opt/models")
         if u.query or u.fragment:
             raise UsageError(f"device address {raw!r}: unexpected '?' or '#' part")
         user = urllib.parse.unquote(u.username) if u.username else getpass.getuser()
         return Device("ssh", path.rstrip("/"), host=u.hostname, user=user, port=port, raw=raw)
+    head = raw.split("/", 1)[0]
+    if "@" in head:
+        # an ssh login without ssh:// would otherwise be taken as a local folder of that name, and "flashed"
+        login = head.split(":", 1)[0]
+        rest = raw[len(login):].removeprefix(":")
+        local = f" (or ./{raw} for a local folder)"
+        if rest.strip("/") and not rest.isdigit():
+            where = f"ssh://{login}{rest}" if rest.startswith("/") else f"ssh://{login}/<absolute directory>"
+            raise UsageError(f"device address {raw!r}: not an ssh:// address; write {where}{local}")
+        port = f":{rest}" if rest.isdigit() else ""
+        raise UsageError(f"device address {raw!r}: no remote directory; an ssh device needs "
+                         f"ssh://user@host[:port]/<install directory>, e.g. ssh://{login}{port}/opt/models{local}")
     return Device("path", str(Path(raw).expanduser()), raw=raw)
 
 
