@@ -25,7 +25,11 @@ INT8_TYPES = ("auto", "u8", "s8")
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Largest accepted metric drop: relative ('1%') or absolute in points ('0.5pt')."""
+    """Largest accepted metric drop: relative ('1%') or absolute in points ('0.5pt').
+
+    A number without a unit is a percentage, as on the command line: 1 and "1" mean 1%. A bare number
+    between 0 and 1 (0.01) is refused: it reads like a fraction (1%) but would mean 0.01%.
+    """
 
     value: float = 0.01
     relative: bool = True
@@ -39,6 +43,9 @@ class Tolerance:
         if not m:
             raise ConfigError(f"tolerance {text!r}: expected e.g. '1%' (relative) or '0.5pt' (absolute points)")
         v = float(m.group(1))
+        if m.group(2) is None and 0 < v < 1:
+            raise ConfigError(f"tolerance {text!r} is ambiguous: a number without a unit is a percentage "
+                              f"({v:g}%), not a fraction ({v * 100:g}%); write '{v * 100:g}%' or '{v:g}%'")
         if v > 100:  # metrics are fractions in [0, 1]: more than 100% or 100pt accepts anything, by mistake
             raise ConfigError(f"tolerance {text!r}: at most 100% (relative) or 100pt (absolute)")
         if m.group(2) == "%" or m.group(2) is None:
@@ -276,7 +283,10 @@ def from_dict(d: dict, *, where: str = "settings") -> CompressConfig:
         else:
             raise ConfigError(f"{where}: [{name}] must be a table")
     if "tolerance" in top:
-        top["tolerance"] = Tolerance.parse(top["tolerance"])
+        try:
+            top["tolerance"] = Tolerance.parse(top["tolerance"])
+        except ConfigError as e:  # a recipe's tolerance error names its file, like every other key's
+            raise ConfigError(f"{where}: {e}") from None
     try:
         return CompressConfig(**top, **sections)
     except TypeError as e:

@@ -372,7 +372,11 @@ def _section_example(sec: str) -> str:
 
 
 def compress(model: str, *, output: str, config: str | None = None, **settings) -> Manifest:
-    """Python API mirroring `edgekit compress`: keyword settings as in CompressConfig / compress.toml."""
+    """Python API mirroring `edgekit compress`: keyword settings as in CompressConfig / compress.toml.
+
+    tolerance: "1%" (relative, the default) or "0.5pt" (absolute points), as --tolerance takes it; a bare
+    number is a percentage (1 means 1%), and one between 0 and 1 (0.01) is refused as ambiguous.
+    """
     return run_config(resolve(model, output=output, config=config, **settings))
 
 

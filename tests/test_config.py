@@ -17,6 +17,37 @@ def test_tolerance_parse_relative_and_absolute():
         c.Tolerance.parse("lots")
 
 
+@pytest.mark.parametrize("given,expected", [("1%", "1%"), ("1", "1%"), (1, "1%"), (2.5, "2.5%"), (0, "0%"),
+                                            ("0.5%", "0.5%"), ("0.5pt", "0.5pt")])
+def test_tolerance_bare_number_is_a_percentage_as_on_the_cli(given, expected):
+    assert str(c.from_dict({"model": "m", "output": "o", "tolerance": given}).tolerance) == expected
+
+
+@pytest.mark.parametrize("given,hint", [(0.01, "write '1%' or '0.01%'"), ("0.5", "write '50%' or '0.5%'")])
+def test_tolerance_bare_fraction_refused_by_api_recipe_and_cli(tmp_path, capsys, monkeypatch, given, hint):
+    """tolerance=0.01 from Python used to mean 0.01%, not the 1% it reads like."""
+    import edgekit
+    from edgekit import pipeline
+    from edgekit.cli import main
+
+    monkeypatch.setattr(pipeline, "run_config", lambda cfg: pytest.fail(f"ran with tolerance {cfg.tolerance}"))
+    out = tmp_path / "o"
+    with pytest.raises(ConfigError) as e:
+        edgekit.compress("zoo:digits-cnn", output=str(out), tolerance=given)
+    msg = str(e.value)
+    assert "\n" not in msg and f"tolerance {given!r} is ambiguous" in msg and hint in msg, msg
+    p = tmp_path / "r.toml"
+    p.write_text(f"model = 'zoo:digits-cnn'\ntolerance = {given!r}\n")
+    with pytest.raises(ConfigError, match=f"^{p}: tolerance .* is ambiguous") as e:
+        c.load_recipe(p)
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "zoo:digits-cnn", "--tolerance", str(given), "-o", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is ambiguous" in err and hint in err, err
+    assert not out.exists()
+
+
 def test_unknown_keys_suggest_the_right_one():
     with pytest.raises(ConfigError, match=r"unknown key 'ratoi' \(did you mean 'ratio'\?\)"):
         c.from_dict({"model": "m", "output": "o", "prune": {"ratoi": 0.5}})

@@ -36,7 +36,8 @@ def _shape(ctx, param, value):
 @click.option("--student", help="file.py:factory: distill into a different, smaller architecture.")
 @click.option("--quantize", "quant_mode", type=click.Choice(["int8", "int8-dynamic", "fp16", "none"]), help="Quantization mode (default int8).")
 @click.option("--no-tune", is_flag=True, default=None, help="Skip accuracy-aware tuning (use ISA-aware defaults once).")
-@click.option("--tolerance", help="Largest accepted accuracy drop: '1%' relative (default) or '0.5pt' absolute.")
+@click.option("--tolerance", help="Largest accepted accuracy drop: '1%' relative (default) or '0.5pt' absolute; "
+              "a bare number is a percentage.")
 @click.option("--target", "targets", multiple=True, help="Target name or TOML file (repeatable; default: this host's CPU).")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file) declared in the manifest for the device runner.")
 @click.option("--no-profile", is_flag=True, default=None, help="Skip latency profiling.")

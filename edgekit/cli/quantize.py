@@ -197,7 +197,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: ISA-aware, tuned).")
 @click.option("--tolerance", default="1%", show_default=True, help="Largest accepted metric drop: '1%' "
-              "relative or '0.5pt' absolute.")
+              "relative or '0.5pt' absolute; a bare number is a percentage.")
 @click.option("--target", default=None, help="Target profile NAME or PATH (default: this host's CPU).")
 @click.option("--max-trials", type=int, default=12, show_default=True, help="Tuning trial budget.")
 @click.option("--no-tune", is_flag=True, help="One candidate from the defaults; no tuning or fallback.")
