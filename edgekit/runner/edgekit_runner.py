@@ -3,12 +3,15 @@
 
 One runner, three places: edgekit's own profiler imports its functions in-process, the
 arm64-emulated target runs it under qemu, and flashed bundles run it on devices over SSH.
-Every subcommand prints one JSON object on stdout.
+Every subcommand prints one JSON object on stdout. `run` on a bundle's model also applies the
+bundle's pre/post steps, importing the edgekit/prepost package shipped beside it (numpy, and
+Numba when present) only then.
 
     bench    --model [LABEL=]M ... [--inputs X.npz] [--batch N] [--threads N] [--warmup N]
              [--min-runs N --min-seconds S --max-seconds S | --runs N] [--op-runs N]
              [--providers JSON] [--outputs OUT.npz]
-    run      --model M --inputs X.npz --out Y.npz
+    run      (--model M | --bundle DIR) [--inputs X.npz] --out Y.npz [--no-prepost]
+             every sample of X; a bundle's pre/post steps (bundle.json "prepost") applied unless --no-prepost
     selftest --bundle DIR      (DIR/bundle.json: model, selftest{inputs, expected, atol}); exit 1 on mismatch
 
 Several --model are timed interleaved (round-robin, alternating who goes first) so that a busy
@@ -317,18 +320,28 @@ def castable(src, dst) -> bool:
     return (src.kind == "f" and dst.kind == "f") or (src.kind in "iub" and dst.kind in "iuf")
 
 
+def pick_input(ins, feeds: dict, inp):
+    """The value in feeds for model input inp: by name, or the only one when both sides have one."""
+    if inp.name in feeds:
+        arr, key = feeds[inp.name], inp.name
+    elif len(ins) == 1 and len(feeds) == 1:
+        key, arr = next(iter(feeds.items()))
+    else:
+        have = ", ".join(sorted(str(k) for k in feeds)) or "none"
+        raise ValueError(f"inputs lack {inp.name!r} (have {have})")
+    if arr is None:
+        where = "" if key == inp.name else f" (given as {key!r})"
+        raise ValueError(f"input {inp.name!r}{where} is None, not an array")
+    return arr
+
+
 def fit_feeds(sess, feeds: dict, batch: int = 1) -> dict:
     """Real data shaped for this session: pick its inputs by name (or the only one), cast, set the batch."""
     out = {}
     ins = sess.get_inputs()
     b = run_batch(ins, batch)
     for inp in ins:
-        arr = feeds.get(inp.name)
-        if arr is None and len(ins) == 1 and len(feeds) == 1:
-            arr = next(iter(feeds.values()))
-        if arr is None:
-            raise ValueError(f"inputs lack {inp.name!r} (have {', '.join(sorted(feeds))})")
-        arr = np.asarray(arr)
+        arr = np.asarray(pick_input(ins, feeds, inp))
         dtype = ORT_DTYPES.get(inp.type)
         if dtype and arr.dtype != dtype:
             if not castable(arr.dtype, dtype):
@@ -350,6 +363,91 @@ def fit_feeds(sess, feeds: dict, batch: int = 1) -> dict:
             raise ValueError(f"input {inp.name!r} has a fixed batch of {d0}; cannot run batch {b}")
         out[inp.name] = np.ascontiguousarray(arr)
     return out
+
+
+RUN_CHUNK = 64  # samples per session.run for a model with a dynamic batch (bounds memory, not results)
+
+
+def split_samples(sess, feeds: dict) -> tuple[dict, set, int]:
+    """({input name: array}, names of the inputs that carry one row per sample, sample count).
+
+    Every input carries samples along axis 0, except one declared with a fixed axis 0 next to
+    dynamic ones (a state or a knob, the same for every sample). Inputs that disagree on the
+    count are refused: pairing row i of one with row i of another would be a guess.
+    """
+    ins = sess.get_inputs()
+    dynamic = fixed_batch(ins) is None
+    arrays, counts = {}, {}
+    for inp in ins:
+        arr = np.asarray(pick_input(ins, feeds, inp))
+        arrays[inp.name] = arr
+        if arr.ndim >= 1 and not (dynamic and inp.shape and _fixed(inp.shape[0])):
+            counts[inp.name] = arr.shape[0]
+    if len(set(counts.values())) > 1:
+        raise ValueError("inputs hold different numbers of samples ("
+                         + ", ".join(f"{k}: {v}" for k, v in counts.items())
+                         + "); give every input the same leading sample axis")
+    n = next(iter(counts.values()), 1)
+    if n == 0:
+        raise ValueError("inputs hold no samples (leading axis 0)")
+    return arrays, set(counts), n
+
+
+def run_samples(sess, feeds: dict) -> tuple[dict, int]:
+    """Run every sample in feeds (leading axis) and return ({output name: all rows}, sample count).
+
+    A model with a dynamic batch runs RUN_CHUNK samples at a time (one at a time if it fails on
+    more, as a model exported with a batch-1 reshape does); a fixed-batch model runs its own batch,
+    the last one padded by repeating rows, which are dropped from the outputs.
+    """
+    arrays, per_sample, n = split_samples(sess, feeds)
+    fixed = fixed_batch(sess.get_inputs())
+    step = fixed or min(n, RUN_CHUNK)
+    try:
+        return _run_chunks(sess, arrays, per_sample, n, step, fixed), n
+    except _RunFailed as e:
+        if fixed or step == 1:
+            raise e.error from None
+        first = e.error
+    try:
+        return _run_chunks(sess, arrays, per_sample, n, 1, None), n
+    except _RunFailed:
+        raise first from None  # not the batch's fault: the error as the full batch met it
+
+
+class _RunFailed(Exception):
+    """session.run raised (the inputs themselves were fine): error holds what it raised."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run_chunks(sess, arrays, per_sample, n, step, fixed) -> dict:
+    names = [o.name for o in sess.get_outputs()]
+    parts = {k: [] for k in names}
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        chunk = {k: (v[start:start + m] if k in per_sample else v) for k, v in arrays.items()}
+        ran = fixed or m
+        fed = fit_feeds(sess, chunk, 1 if fixed else m)
+        try:
+            outs = sess.run(None, fed)
+        except Exception as e:
+            raise _RunFailed(e) from None
+        for k, v in zip(names, outs):
+            v = np.asarray(v)
+            batched = v.ndim >= 1 and v.shape[0] == ran
+            parts[k].append((v[:m] if batched else v, batched))
+    result = {}
+    for k, vs in parts.items():
+        if len(vs) == 1:
+            result[k] = vs[0][0]
+        elif all(b for _, b in vs) and len({v.shape[1:] for v, _ in vs}) == 1:
+            result[k] = np.concatenate([v for v, _ in vs], axis=0)
+        else:  # an output without a batch axis: one value per run
+            result[k] = np.stack([v for v, _ in vs])
+    return result
 
 
 # ---------------------------------------------------------------- ONNX Runtime profiler output
@@ -584,13 +682,150 @@ def cmd_bench(a) -> int:
     return 0 if any(r["status"] == "ok" for r in res.values()) else 1
 
 
+def _load_arrays(path) -> dict:
+    """{name: array} from an .npz (labels "y"/"labels" left out) or {"input": array} from an .npy."""
+    data = np.load(path, allow_pickle=False)
+    if isinstance(data, np.ndarray):
+        return {"input": data}
+    with data as z:
+        arrays = {k: z[k] for k in z.files if k not in ("y", "labels")}
+    if not arrays:
+        raise ValueError(f"{path}: holds no input arrays")
+    return arrays
+
+
+def find_bundle(model=None, bundle=None) -> tuple[str, dict | None, str | None]:
+    """(model path, bundle.json or None, bundle directory or None) for `run`.
+
+    --bundle DIR names the bundle (its model unless --model says otherwise); without it, a
+    bundle.json beside the model that names that model file makes it a bundle's model.
+    """
+    root = os.path.abspath(bundle) if bundle is not None else None
+    if root is None and model is not None:
+        here = os.path.dirname(os.path.abspath(model))
+        if os.path.isfile(os.path.join(here, "bundle.json")):
+            root = here
+    meta = None
+    if root is not None:
+        with open(os.path.join(root, "bundle.json")) as f:
+            meta = json.load(f)
+        if model is None:
+            model = os.path.join(root, meta["model"])
+        elif bundle is None and os.path.basename(model) != meta.get("model"):
+            root, meta = None, None  # another model that merely sits in a bundle's directory
+    if model is None:
+        raise ValueError("run needs --model M or --bundle DIR")
+    return model, meta, root
+
+
+def load_prepost(root: str, spec: dict):
+    """A Pipeline of edgekit.prepost built from spec, the package imported from the bundle in root.
+
+    Imported only here, when a spec has steps: the runner itself needs only numpy and onnxruntime,
+    and the package falls back to NumPy kernels where Numba is missing.
+    """
+    if not os.path.isfile(os.path.join(root, "edgekit", "prepost", "__init__.py")):
+        raise ValueError(f"bundle.json declares pre/post steps, but {os.path.join(root, 'edgekit', 'prepost')} "
+                         "is missing; pass --no-prepost for the model's own outputs")
+    import importlib
+
+    sys.dont_write_bytecode = True  # leave the flashed version directory exactly as verified
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        pp = importlib.import_module("edgekit.prepost")
+    except Exception as e:
+        raise ValueError(f"cannot import the bundle's edgekit.prepost ({type(e).__name__}: {e}); "
+                         "pass --no-prepost for the model's own outputs") from None
+    return pp.Pipeline.from_spec(spec)
+
+
+def _has_steps(spec) -> bool:
+    return isinstance(spec, dict) and bool(spec.get("pre") or spec.get("post"))
+
+
+def _rows(v, n: int) -> bool:
+    return isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n
+
+
+def postprocess_samples(pipe, outputs: dict, env: dict, n: int) -> tuple[dict, list]:
+    """Run the post steps on each sample on its own (a batch of one, as a device does frame by frame).
+
+    Results with a row per sample are stacked into N rows; results whose length varies by sample
+    (detections after NMS) are concatenated, and "sample" (or KEY.sample when they differ in
+    length) gives each row's sample index. Returns ({name: array}, {ragged result: its index's name}).
+    """
+    names = list(outputs)
+    per = []
+    for i in range(n):
+        outs = [v[i:i + 1] if n > 1 and _rows(v, n) else v for v in outputs.values()]
+        feeds = {k: (v[i:i + 1] if n > 1 and _rows(v, n) else v) for k, v in env.items()}
+        r = pipe.postprocess(outs, feeds=feeds, names=names)
+        per.append({k: np.asarray(v) for k, v in (r.items() if isinstance(r, dict) else [("output", r)])})
+    result, ragged = {}, {}
+    for key in per[0]:
+        vals = [r[key] for r in per]
+        if n == 1:
+            result[key] = vals[0]
+            continue
+        if any(v.ndim == 0 for v in vals) or len({v.shape[1:] for v in vals}) != 1:
+            raise ValueError(f"post-processing result {key!r} cannot be combined across samples "
+                             f"(shapes {sorted({tuple(v.shape) for v in vals})}); run one sample at a time")
+        result[key] = np.concatenate(vals, axis=0)
+        if any(v.shape[0] != 1 for v in vals):
+            ragged[key] = tuple(v.shape[0] for v in vals)
+    if not ragged:
+        return result, {}
+    # one "sample" index when the ragged results share their rows (indices, boxes, scores of NMS)
+    shared = len(set(ragged.values())) == 1 and "sample" not in result
+    index = {key: np.repeat(np.arange(n, dtype=np.int64), counts) for key, counts in ragged.items()}
+    names = {key: "sample" if shared else f"{key}.sample" for key in ragged}
+    for key, name in names.items():
+        result[name] = index[key]
+    return result, names
+
+
 def cmd_run(a) -> int:
-    sess = open_session(a.model, threads=a.threads)
-    feeds = fit_feeds(sess, _load_npz(a.inputs)[0], 1) if a.inputs else make_feeds(sess)
-    outs = sess.run(None, feeds)
-    np.savez(a.out, **{o.name: v for o, v in zip(sess.get_outputs(), outs)})
-    print(json.dumps({"status": "ok", "out": a.out, "outputs": {o.name: list(v.shape) for o, v in
-                                                               zip(sess.get_outputs(), outs)}}))
+    model, meta, root = find_bundle(a.model, a.bundle)
+    spec = (meta or {}).get("prepost") or {}
+    pipe = load_prepost(root, spec) if _has_steps(spec) and not a.no_prepost else None
+    sess = open_session(model, threads=a.threads)
+    arrays = _load_arrays(a.inputs) if a.inputs else None
+    env = {}
+    if pipe is not None and pipe.pre:
+        if arrays is None:
+            raise ValueError("the bundle's pre-processing needs a raw input: pass --inputs RAW.npy "
+                             "(or --no-prepost with model inputs)")
+        if len(arrays) != 1:
+            raise ValueError(f"the pre-processing reads one raw input; {a.inputs} holds {len(arrays)} arrays "
+                             f"({', '.join(arrays)}): pass one (.npy or a one-array .npz), or --no-prepost "
+                             "with model inputs")
+        fed = pipe.preprocess(next(iter(arrays.values())))
+        if isinstance(fed, dict):
+            env = dict(fed)
+        else:
+            env = {sess.get_inputs()[0].name: fed}
+        feeds = env
+    else:
+        feeds = arrays if arrays is not None else make_feeds(sess)
+    outs, n = run_samples(sess, feeds)
+    rep = {"status": "ok", "model": model, "out": a.out, "samples": n}
+    if pipe is not None and pipe.post:
+        env = {**env, **split_samples(sess, feeds)[0]}
+        result, ragged = postprocess_samples(pipe, outs, env, n)
+        if ragged:
+            rep["sample_index"] = ragged  # these results hold a variable number of rows per sample
+    else:
+        result = outs
+    if pipe is not None:
+        rep["prepost"] = {"pre": [s.op for s in pipe.pre], "post": [s.op for s in pipe.post],
+                          "backend": pipe.backend,
+                          "package": os.path.dirname(os.path.abspath(sys.modules["edgekit.prepost"].__file__))}
+    elif _has_steps(spec):
+        rep["prepost"] = "off (--no-prepost): the model's own outputs"
+    np.savez(a.out, **result)
+    rep["outputs"] = {k: list(v.shape) for k, v in result.items()}
+    print(json.dumps(rep))
     return 0
 
 
@@ -660,12 +895,24 @@ def main(argv=None) -> int:
     b.add_argument("--outputs", help="save each model's outputs for the first input here (.npz, LABEL::NAME)")
     b.add_argument("--keep-nodes", action="store_true", help="include per-node times")
     b.add_argument("--always-dict", action="store_true", help="{results: {label: ...}} even for one model")
-    r = sub.add_parser("run", help="run a model once and save its outputs")
-    r.add_argument("--model", required=True)
-    r.add_argument("--inputs")
-    r.add_argument("--out", required=True)
+    r = sub.add_parser(
+        "run", help="run a model on every sample of --inputs and save the outputs",
+        description="Run every sample (leading axis) of --inputs and save one result row per sample. "
+        "A bundle's model (--bundle DIR, or --model M with a bundle.json beside it naming M) runs with the "
+        "bundle's pre/post steps: --inputs is then the raw input the first pre step reads (one array: an "
+        "image, a batch of images, token id rows), or model inputs when there are only post steps, and "
+        "--out holds the post-processed results (e.g. probs and indices of softmax_topk).")
+    r.add_argument("--model", help="the .onnx to run (default: the bundle's model with --bundle)")
+    r.add_argument("--bundle", help="a bundle directory (bundle.json): its model and its pre/post steps")
+    r.add_argument("--inputs", help=".npz with one array per input name (or a .npy), leading axis = samples; "
+                   "without it, one generated sample")
+    r.add_argument("--out", required=True, help=".npz of the outputs, one row per sample")
+    r.add_argument("--no-prepost", action="store_true",
+                   help="skip the bundle's pre/post steps: --inputs are model inputs and --out holds the model's "
+                   "own outputs (as does any model outside a bundle)")
     r.add_argument("--threads", type=int, default=None)
-    s = sub.add_parser("selftest", help="check a bundle's model against its expected outputs")
+    s = sub.add_parser("selftest", help="check a bundle's model against its expected outputs (the model alone, "
+                       "without pre/post steps)")
     s.add_argument("--bundle", required=True)
     s.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
