@@ -96,7 +96,7 @@ def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, 
         r["host_cpu"] = dev_cpu if t.address.startswith("ssh://") else host_cpu()
         r["precision"] = precision_of(label, r)
         if prepost is not None and t.address == "local":
-            r["prepost"] = profile_prepost(models[label], prepost, threads=threads,
+            r["prepost"] = profile_prepost(models[label], prepost, threads=threads, inputs=inputs,
                                            providers=list(t.providers), **{k: kw[k] for k in
                                                                           ("warmup", "min_runs",
                                                                            "min_seconds", "max_seconds")})
@@ -168,25 +168,38 @@ def _output_quantum(model_path: str) -> float | None:
 
 
 def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, warmup=5, min_runs=30,
-                    min_seconds=1.0, max_seconds=30.0) -> dict:
+                    min_seconds=1.0, max_seconds=30.0, inputs=None) -> dict:
     """Pre-process, model and post-process times, and their end-to-end sum, timed per iteration.
 
     prepost: {"pipeline": P, "raw": [raw inputs]} or a pipeline with .preprocess(raw), .postprocess(outputs)
     and optional .warmup() / .example_input(). preprocess may return a feed dict or one array.
+    inputs: model feed dicts (real samples). A pipeline without pre steps has no raw input of its
+    own (its "raw" input is the model's input): these are timed, else a generated model input.
     """
     pipe, raw = (prepost.get("pipeline"), prepost.get("raw")) if isinstance(prepost, dict) else (prepost, None)
+    origin = "given"
     if raw is None:
         for attr in ("example_input", "sample_input", "example_raw"):
             if callable(getattr(pipe, attr, None)):
-                raw = [getattr(pipe, attr)()]
+                ex = getattr(pipe, attr)()
+                raw, origin = ([ex], "pipeline example") if ex is not None else (None, origin)
                 break
-    if not raw:
+    no_pre = getattr(pipe, "pre", None) is not None and not pipe.pre
+    if raw is None and no_pre:
+        raw, origin = ([dict(f) for f in inputs], "model inputs") if inputs else (None, "generated model input")
+    raw = [r for r in raw if r is not None] if raw is not None else None
+    if not raw and origin != "generated model input":
         return _no_numbers("unavailable", "no raw input for the pre-processing (pass raw samples)")
     try:
         if callable(getattr(pipe, "warmup", None)):
             pipe.warmup()  # JIT compile outside the timed runs
         sess = runner.open_session(model_path, providers, threads)
         names = [i.name for i in sess.get_inputs()]
+        if not raw:  # post steps only and no real sample: the model's own input, generated as bench does
+            try:
+                raw = [runner.make_feeds(sess)]
+            except ValueError as e:  # a symbolic image size, say: nothing to time with
+                return _no_numbers("unavailable", f"no model input to time the post-processing with: {e}")
 
         def feeds_of(x):
             if isinstance(x, dict):
@@ -217,6 +230,7 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
     for k, v in parts.items():
         out[k] = runner.summarize(v[-n:])  # drop the warm-up calls
     out["spec"] = getattr(pipe, "spec", None) if not callable(getattr(pipe, "spec", None)) else None
+    out["raw_input"] = origin
     return out
 
 

@@ -229,6 +229,8 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
             raise UsageError("--with-prepost: none of the artifacts has a prepost spec in its manifest.json")
         for label, spec in prepost_specs.items():
             pipes[label] = make_prepost(spec, raw)
+            # a pipeline without pre steps reads the model's input: time it on real ones when there are any
+            pipes[label]["inputs"] = feeds or _sample_inputs(paths[label], ins[label])
     runs = []
     for t in tprofiles:
         for b, groups, skipped in plan:
@@ -261,10 +263,22 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
     return build_report(runs, facts, settings)
 
 
+def _sample_inputs(path, declared) -> list[dict] | None:
+    """The real inputs a compress run saved beside its artifacts (OUTDIR/sample_inputs.npz), if they fit."""
+    outdir = next((d for d in Path(path).parents if (d / "manifest.json").is_file()), None)
+    if outdir is None or declared is None or not (outdir / "sample_inputs.npz").is_file():
+        return None
+    try:
+        return load_inputs(outdir / "sample_inputs.npz", {str(path): declared})
+    except InputError:
+        return None
+
+
 def _prepost(path, pipe, t, threads, warmup, min_runs, min_seconds, max_seconds):
     from .profile import profile_prepost
 
     if t.address != "local":
         return {"status": "unavailable", "reason": f"pre/post timing runs on local targets only, not {t.address}"}
     return profile_prepost(path, pipe, threads=threads, providers=list(t.providers), warmup=warmup,
-                           min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds)
+                           min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
+                           inputs=pipe.get("inputs") if isinstance(pipe, dict) else None)

@@ -191,6 +191,32 @@ def test_prepost_end_to_end_timing(chains):
     assert pp["e2e"]["p50_ms"] >= pp["model"]["p50_ms"] > 0 and pp["pre"]["p50_ms"] > 0
 
 
+def test_post_only_prepost_is_timed_on_model_inputs(chains):
+    # no pre steps: the "raw" input is the model's own; it used to be None, fed as {'x': None}
+    from edgekit.prepost import Pipeline
+    from edgekit.profile import profile_prepost
+
+    pipe = Pipeline.from_spec({"post": [{"op": "softmax_topk", "k": 2}]}, backend="numpy")  # no JIT wait
+    assert pipe.example_input() is None
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 256)).astype(np.float32)} for i in range(3)]
+    res = profile_models({"x1": chains["x1"]}, "x86-laptop", inputs=feeds, prepost=pipe, **FAST)
+    pp = res["x1"]["prepost"]
+    assert pp["status"] == "ok" and pp["raw_input"] == "model inputs", pp
+    assert pp["post"]["p50_ms"] > 0 and pp["e2e"]["p50_ms"] >= pp["model"]["p50_ms"] > 0
+    pp = profile_prepost(chains["x1"], pipe, **FAST)  # no sample at all: a generated model input
+    assert pp["status"] == "ok" and pp["raw_input"] == "generated model input", pp
+
+
+def test_a_none_input_is_named_as_none_not_as_missing(chains):
+    sess = ort.InferenceSession(chains["x1"], providers=["CPUExecutionProvider"])
+    with pytest.raises(ValueError) as e:
+        runner.fit_feeds(sess, {"x": None})
+    assert str(e.value) == "input 'x' is None, not an array"
+    with pytest.raises(ValueError) as e:
+        runner.fit_feeds(sess, {"a": np.ones((1, 256)), "b": np.ones((1, 256))})
+    assert str(e.value) == "inputs lack 'x' (have a, b)"
+
+
 def test_optional_provider_missing_is_reported_required_one_is_not_replaced(chains, tmp_path):
     p = tmp_path / "opt.toml"
     p.write_text('arch = "x86_64"\naddress = "local"\n[[providers]]\nname = "XnnpackExecutionProvider"\n'

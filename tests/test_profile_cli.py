@@ -176,3 +176,15 @@ def test_profile_over_ssh_runs_the_runner_on_the_device(tmp_path):
         assert bad["status"] == "unavailable" and "p50_ms" not in bad
     finally:
         srv.stop()
+
+
+def test_with_prepost_times_a_post_only_spec_on_the_saved_sample_inputs(tmp_path, capsys):
+    from flash_fixtures import make_outdir
+
+    out = make_outdir(tmp_path / "out")  # prepost: post softmax_topk only
+    np.savez(out / "sample_inputs.npz", x=np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32))
+    rep_path = tmp_path / "prof.json"
+    assert _exit(["profile", str(out), "--with-prepost", "--no-op-profile", "-o", str(rep_path), *FAST]) == 0
+    pp = json.loads(rep_path.read_text())["runs"][0]["results"]["fp32"]["prepost"]
+    assert pp["status"] == "ok" and pp["raw_input"] == "model inputs", pp
+    assert pp["post"]["p50_ms"] > 0
