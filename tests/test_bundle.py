@@ -42,6 +42,20 @@ def test_bundle_content_hashes_and_recommended_artifact(outdir, tmp_path):
     assert files["model.int8.onnx"] == (outdir / "model.int8.onnx").read_bytes()
 
 
+def test_bundle_json_keeps_latency_statistics_not_the_raw_samples(outdir, tmp_path):
+    man = json.loads((outdir / "manifest.json").read_text())
+    samples = [0.5 + i * 1e-3 for i in range(3000)]
+    for a in man["artifacts"]:
+        a["latency"] = {"x86-laptop": {"status": "ok", "p50_ms": 1.5, "runs": 3000, "samples_ms": samples,
+                                       "prepost": {"status": "ok", "e2e": {"p50_ms": 2.0}, "samples_ms": samples}}}
+    (outdir / "manifest.json").write_text(json.dumps(man))
+    build_bundle(outdir, tmp_path / "m.ekb")
+    raw = _members(tmp_path / "m.ekb")[META]
+    lat = json.loads(raw)["artifact"]["latency"]["x86-laptop"]
+    assert b"samples_ms" not in raw and len(raw) < 20_000
+    assert lat["p50_ms"] == 1.5 and lat["runs"] == 3000 and lat["prepost"]["e2e"] == {"p50_ms": 2.0}
+
+
 def test_same_content_same_bytes_and_version(outdir, tmp_path):
     a = build_bundle(outdir, tmp_path / "a.ekb")
     b = build_bundle(outdir, tmp_path / "b.ekb")

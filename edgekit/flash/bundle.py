@@ -3,7 +3,8 @@
 Layout inside the archive (all paths relative, regular files only):
 
     bundle.json          format, version, model, selftest{inputs, expected, atol},
-                         files{relpath: sha256}, artifact (its manifest entry), prepost spec
+                         files{relpath: sha256}, artifact (its manifest entry, less the
+                         raw latency samples), prepost spec
     <model>.onnx         the chosen artifact (plus any external-data files it names)
     edgekit_runner.py    numpy + onnxruntime only; `selftest --bundle DIR` checks the model
     selftest.npz         one input; expected.npz: onnxruntime's output for it on the build host
@@ -162,7 +163,8 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
         has_prepost = prepost.is_dir() and (prepost / "__init__.py").is_file()
         if has_prepost:
             _copy_package(prepost, root / "edgekit" / "prepost")
-            # the runner imports edgekit.prepost from its own directory; this stub keeps that import light
+            # `edgekit_runner.py run` imports edgekit.prepost from the bundle directory when bundle.json
+            # has pre/post steps; this stub keeps that import light (no rest of edgekit on the device)
             (root / "edgekit" / "__init__.py").write_text('"""edgekit subset shipped in a bundle: prepost only."""\n')
         feeds, expected, facts = make_selftest(root / model_rel, outdir, manifest, art.kind,
                                                inputs=inputs, atol=atol)
@@ -179,7 +181,7 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
             "selftest": {"inputs": SELFTEST_INPUTS, "expected": SELFTEST_EXPECTED, "atol": facts["atol"],
                          "input_origin": facts["input_origin"]},
             "files": files,
-            "artifact": art.to_dict(),
+            "artifact": artifact_entry(art),
             "prepost": manifest.prepost or {},
             "prepost_code": has_prepost,
             "source": manifest.source or {},
@@ -190,6 +192,23 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
         write_archive(dest, root, list(files) + [META])
     return {"path": str(dest), "version": meta["version"], "artifact": {"kind": art.kind, "path": art.path},
             "files": len(files) + 1, "bytes": Path(dest).stat().st_size, "selftest": meta["selftest"]}
+
+
+def _drop_samples(obj):
+    if isinstance(obj, dict):
+        return {k: _drop_samples(v) for k, v in obj.items() if k != "samples_ms"}
+    if isinstance(obj, list):
+        return [_drop_samples(v) for v in obj]
+    return obj
+
+
+def artifact_entry(art) -> dict:
+    """The artifact's manifest entry for bundle.json, without the raw timed runs (latency.*.samples_ms):
+    thousands of numbers the device never reads; the summary statistics (p50, p90, ...) stay."""
+    d = art.to_dict()
+    if isinstance(d.get("latency"), dict):
+        d["latency"] = _drop_samples(d["latency"])
+    return d
 
 
 def make_selftest(*a, **k):
