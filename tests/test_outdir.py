@@ -1,22 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from edgekit.artifact import Artifact, Manifest
 from edgekit.errors import UsageError
 from edgekit.outdir import check_output, discard, publish, staging_dir
 
+NET = Path(__file__).parent / "models" / "tiny_net.py"
+
+
+def _run_dir(out, *artifacts):
+    """A folder as an earlier edgekit run leaves it: a real manifest listing its artifact files."""
+    out.mkdir(parents=True, exist_ok=True)
+    for a in artifacts:
+        (out / a).write_bytes(b"onnx")
+    Manifest(artifacts=[Artifact(kind="fp32", path=a) for a in artifacts]).write(out)
+    return out
+
+
+def _tree(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
 
 def test_existing_run_is_kept_without_overwrite(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "manifest.json").write_text("old")
-    with pytest.raises(UsageError, match="--overwrite"):
+    out = _run_dir(tmp_path / "out", "model.fp32.onnx")
+    before = _tree(out)
+    with pytest.raises(UsageError, match="already holds a previous run; pass --overwrite"):
         check_output(out, overwrite=False)
-    assert (out / "manifest.json").read_text() == "old"
+    assert _tree(out) == before
 
 
 def test_publish_replaces_only_after_success(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "manifest.json").write_text("old")
+    out = _run_dir(tmp_path / "out")
     st = staging_dir(out)
     (st / "manifest.json").write_text("new")
     publish(st, out)
@@ -55,8 +73,7 @@ def test_overwrite_only_replaces_an_earlier_run(tmp_path):
     (mine / "thesis.tex").write_text("years of work")
     with pytest.raises(UsageError, match="not an edgekit output directory"):
         check_output(mine, overwrite=True)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "manifest.json").write_text("{}")
+    _run_dir(tmp_path / "run", "model.fp32.onnx")
     assert check_output(tmp_path / "run", overwrite=True) == tmp_path / "run"
 
 
@@ -64,3 +81,129 @@ def test_staging_dir_that_cannot_be_made_is_a_usage_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UsageError, match="cannot create the output directory"):
         staging_dir(tmp_path / "f" / "out")
+
+
+# ------------------------------------------------- only an edgekit run, and only edgekit's own files, are replaced
+
+@pytest.mark.parametrize("manifest,why", [
+    ('{"name": "my-web-app"}', "not an edgekit manifest: schema None"),
+    ('{"schema": "webapp/2"}', "not an edgekit manifest: schema 'webapp/2'"),
+    ("old", "not a JSON object"),
+    ('["edgekit.manifest/1"]', "not a JSON object"),
+])
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_manifest_json_that_edgekit_did_not_write_is_not_a_run(tmp_path, manifest, why, overwrite):
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text(manifest)
+    (app / "index.js").write_text("important")
+    with pytest.raises(UsageError, match="not an edgekit output directory") as e:
+        check_output(app, overwrite=overwrite)
+    assert why in str(e.value) and "\n" not in str(e.value)
+    assert _tree(app) == {"manifest.json": manifest.encode(), "index.js": b"important"}
+
+
+def test_a_folder_without_manifest_says_so_without_overwrite(tmp_path):
+    mine = tmp_path / "userdir"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    with pytest.raises(UsageError, match=r"not an edgekit output directory \(no manifest.json\)") as e:
+        check_output(mine, overwrite=False)
+    assert "previous run" not in str(e.value)
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_files_added_to_an_earlier_run_are_named_and_refused(tmp_path, overwrite):
+    out = _run_dir(tmp_path / "out", "model.fp32.onnx", "model.int8.onnx")
+    (out / "NOTES.txt").write_text("mine")
+    (out / "model.ekb").write_bytes(b"bundle")
+    (out / "report_files").mkdir()
+    (out / "report_files" / "latency.png").write_bytes(b"png")
+    (out / "report_files" / "draft.docx").write_bytes(b"mine too")
+    (out / "old").mkdir()
+    before = _tree(out)
+    with pytest.raises(UsageError, match=r"files edgekit did not write \(NOTES.txt, model.ekb, old/ and 1 more\); "
+                                         r"--overwrite would delete them, so move them") as e:
+        check_output(out, overwrite=overwrite)
+    assert "\n" not in str(e.value)
+    assert _tree(out) == before
+
+
+def test_a_run_holding_only_what_edgekit_writes_is_replaced(tmp_path):
+    out = _run_dir(tmp_path / "out", "net.onnx", "net.int8.onnx")
+    for name in ("net.onnx.data", "report.md", "report.html", "report.json", "compress.toml", "sample_inputs.npz",
+                 "sensitivity.json", "sensitivity.csv", "sensitivity.png", "pruning.json", "pruned.pt",
+                 "report_files/latency-x86.png", ".report.html.abc123.tmp"):
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_bytes(b"x")
+    assert check_output(out, overwrite=True) == out
+    st = staging_dir(out)
+    (st / "manifest.json").write_text("new")
+    publish(st, out)
+    assert _tree(out) == {"manifest.json": b"new"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_publish_checks_again_for_files_added_during_the_run(tmp_path):
+    out = tmp_path / "out"
+    check_output(out, overwrite=False)  # nothing there yet
+    st = staging_dir(out)
+    (st / "manifest.json").write_text("new")
+    out.mkdir()
+    (out / "thesis.txt").write_text("saved here while the run was busy")
+    with pytest.raises(UsageError, match="not an edgekit output directory"):
+        publish(st, out)
+    assert _tree(out) == {"thesis.txt": b"saved here while the run was busy"}
+    assert _tree(st) == {"manifest.json": b"new"}  # the caller discards it
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, EDGEKIT_QUIET="1")
+    return subprocess.run([sys.executable, "-m", "edgekit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def _compress(out, *flags, cwd):
+    return _cli("compress", f"{NET}:build", "--quantize", "none", "--no-profile", *flags, "-o", out, cwd=cwd)
+
+
+@pytest.mark.parametrize("overwrite", [["--overwrite"], []])
+def test_cli_keeps_a_folder_with_someone_elses_manifest(tmp_path, overwrite):
+    app = tmp_path / "fakeman"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name":"my-web-app"}')
+    (app / "index.js").write_text("important")
+    r = _compress(app, *overwrite, cwd=tmp_path)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "fakeman: not empty and not an edgekit output directory" in err[0]
+    assert _tree(app) == {"manifest.json": b'{"name":"my-web-app"}', "index.js": b"important"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fakeman"]  # no staging folder left
+
+
+def test_cli_overwrite_refuses_a_real_run_with_a_user_file_in_it(tmp_path, monkeypatch):
+    import numpy as np
+
+    from edgekit.cli.quantize import quantize_file
+    from edgekit.stages import quantize as stage
+    from tests.test_quant_cli import _mlp, _x
+
+    monkeypatch.setattr(stage, "GATE_RUNS", 5)
+    monkeypatch.setattr(stage, "GATE_SECONDS", 0.05)
+    monkeypatch.setenv("EDGEKIT_QUIET", "1")
+    monkeypatch.chdir(tmp_path)
+    _mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", _x(8))
+    quantize_file("m.onnx", calib="c.npy", mode="int8-dynamic", tune=False, output="out")  # a real earlier run
+    out = tmp_path / "out"
+    (out / "NOTES.txt").write_text("what I found")
+    before = _tree(out)
+    r = _cli("quantize", "m.onnx", "--calib", "c.npy", "--mode", "int8-dynamic", "--no-tune", "-o", "out",
+             "--overwrite", cwd=tmp_path)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "out: holds an earlier run plus files edgekit did not write (NOTES.txt)" in err[0]
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx", "out"]
+    (out / "NOTES.txt").unlink()
+    quantize_file("m.onnx", calib="c.npy", mode="int8-dynamic", tune=False, output="out", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["m.int8-dynamic.onnx", "m.onnx", "manifest.json"]

@@ -55,6 +55,8 @@ import onnx  # noqa: E402
 import pytest  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from edgekit.artifact import Artifact, Manifest  # noqa: E402
+
 
 def _mlp(path, *, batch="n", out_cols=10, dtype=TensorProto.FLOAT, out_shape=None, ext_data=None):
     """x[batch, 16] -> MatMul -> Relu -> MatMul -> y[batch, out_cols] (or out_shape, via Reshape)."""
@@ -187,13 +189,14 @@ def test_failed_run_leaves_no_output_and_keeps_the_previous_run(tmp_path):
 
     old = tmp_path / "old"
     old.mkdir()
-    (old / "manifest.json").write_text("{}")
     (old / "m.int8.onnx").write_bytes(b"previous")
+    Manifest(artifacts=[Artifact(kind="int8", path="m.int8.onnx")]).write(old)  # an earlier edgekit run
+    man_before = (old / "manifest.json").read_text()
     again = _cli("quantize", str(model), "--calib", "c.npy", "--eval", "bad.npz", "-o", "old", "--overwrite",
                  cwd=tmp_path)
     assert again.returncode == 2
     assert sorted(p.name for p in old.iterdir()) == ["m.int8.onnx", "manifest.json"]
-    assert (old / "m.int8.onnx").read_bytes() == b"previous"
+    assert (old / "m.int8.onnx").read_bytes() == b"previous" and (old / "manifest.json").read_text() == man_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "c.npy", "m.onnx", "old"]  # no staging left
 
 
@@ -202,8 +205,8 @@ def test_successful_overwrite_replaces_the_whole_previous_run(tmp_path, fast_gat
     np.save(tmp_path / "c.npy", _x(20))
     old = tmp_path / "out"
     old.mkdir()
-    (old / "manifest.json").write_text("{}")
     (old / "stale.fp16.onnx").write_bytes(b"from an earlier run")
+    Manifest(artifacts=[Artifact(kind="fp16", path="stale.fp16.onnx")]).write(old)
     fast_gate(str(model), calib=str(tmp_path / "c.npy"), output=str(old), tune=False, overwrite=True)
     assert sorted(p.name for p in old.iterdir()) == ["m.int8.onnx", "m.onnx", "manifest.json"]
 
