@@ -34,6 +34,11 @@ def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = F
         if path.endswith(".py"):
             return load_python(path, factory, weights=weights, trust_pickle=trust_pickle,
                                input_shape=input_shape, sample_inputs=sample_inputs)
+    if spec.endswith((".pt", ".pth", ".pts", ".jit")) and Path(spec).is_file():
+        kind = "a TorchScript archive, which edgekit cannot prune, distil or re-export" if is_torchscript(spec) \
+            else "a PyTorch file, which holds weights, not the code that uses them"
+        raise InputError(f"{spec}: {kind}; pass the model as file.py:factory (with --weights for a state dict) "
+                         "or export it to ONNX and pass model.onnx")
     raise InputError(f"{spec}: not a model spec (expected zoo:NAME, file.py:factory or model.onnx)")
 
 
@@ -153,22 +158,44 @@ def _value_info_spec(v) -> TensorSpec:
 
 
 def _import_factory(path: str, factory: str):
+    fn = getattr(import_user_file(path), factory, None)
+    if fn is None or not callable(fn):
+        mod = import_user_file(path)
+        names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")]
+        raise InputError(f"{path}: no callable {factory!r} (found: {', '.join(sorted(names)) or 'none'})")
+    return fn
+
+
+def import_user_file(path: str):
+    """The user's model file as a module (imported once per process). Its folder goes on sys.path so
+    that it can import its neighbours, and a pickled model saved by a script that did `import models`
+    then finds `models` (the same module object, so classes compare equal)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: file not found")
     modname = f"edgekit_user_{abs(hash(str(p.resolve())))}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    folder = str(p.resolve().parent)
+    if folder not in sys.path:
+        sys.path.append(folder)  # appended: the user's folder never shadows an installed package
     spec = importlib.util.spec_from_file_location(modname, p)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
     try:
         spec.loader.exec_module(mod)
     except Exception as e:
+        del sys.modules[modname]
         raise InputError(f"{p}: importing it failed: {type(e).__name__}: {e}") from None
-    fn = getattr(mod, factory, None)
-    if fn is None or not callable(fn):
-        names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")]
-        raise InputError(f"{p}: no callable {factory!r} (found: {', '.join(sorted(names)) or 'none'})")
-    return fn
+    # unpickling looks classes up as `<file stem>.<class>`: alias the stem when `import <stem>` would
+    # load this very file, or nothing at all (never shadow an installed package of that name)
+    try:
+        found = importlib.util.find_spec(p.stem) if p.stem.isidentifier() else False
+    except (ImportError, ValueError):
+        found = False
+    if found is None or (found and found.origin and Path(found.origin).resolve() == p.resolve()):
+        sys.modules.setdefault(p.stem, mod)
+    return mod
 
 
 def load_state(weights: str, *, trust_pickle: bool):
@@ -180,8 +207,16 @@ def load_state(weights: str, *, trust_pickle: bool):
     p = Path(weights)
     if not p.is_file():
         raise InputError(f"{p}: weights file not found")
+    if is_torchscript(p):
+        raise InputError(f"{p}: a TorchScript archive (torch.jit.save), which edgekit cannot prune, distil or "
+                         "re-export; pass the model's Python class as file.py:factory with --weights holding "
+                         "torch.save(model.state_dict(), ...)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+    except (ModuleNotFoundError, AttributeError) as e:
+        # only a trusted full pickle gets this far: the class it names cannot be imported
+        raise InputError(f"{p}: holds a pickled model whose class cannot be imported ({e}); define or import "
+                         "that class in the model file, or save a state dict instead") from None
     except pickle.UnpicklingError as e:
         # torch's safe unpickler names an "Unsupported global" when the file holds Python objects
         if not trust_pickle and "unsupported global" in str(e).lower():
@@ -191,6 +226,17 @@ def load_state(weights: str, *, trust_pickle: bool):
     except Exception as e:
         raise InputError(f"{p}: not a PyTorch weights file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return obj
+
+
+def is_torchscript(path) -> bool:
+    """torch.jit.save writes a zip with the model's code and constants; torch.save's zip has neither."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, input_shape=None,
@@ -220,9 +266,10 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         weights_sha = sha256_file(weights)
     module.eval()
     inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
+    module = bind_inputs(module, [s.name for s in inputs])
     fixed = None
     try:
-        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}")
+        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
     except InputError:
         # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the batch-2 probe; an explicit
         # --input-shape with that batch says so, and the model is then exported with it fixed
@@ -230,7 +277,7 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
             raise
         fixed = int(input_shape[0])
         inputs = [TensorSpec(inputs[0].name, [fixed, *inputs[0].shape[1:]], inputs[0].dtype)]
-        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}")
+        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
     out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
@@ -241,8 +288,47 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
 
 
 def _forward_names(module) -> list:
+    """forward()'s named parameters, in order: the ones data can be bound to."""
     params = list(inspect.signature(module.forward).parameters.values())
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _leading_positional(module) -> list:
+    params = list(inspect.signature(module.forward).parameters.values())
+    out = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        out.append(p.name)
+    return out
+
+
+def bind_inputs(module, names: list):
+    """`module`, changed so that module(*data) passes each data input to the forward() parameter of the
+    same name. Every stage calls models positionally, in data order; with forward(x, offset=None,
+    scale=None) and data (x, scale) that fed scale to offset, and the export check compared the same
+    wrong call. The class is swapped for a subclass rather than wrapped, so module names, state dicts
+    and pruned-model files stay those of the user's model."""
+    try:
+        if len(names) <= 1 or _leading_positional(module)[:len(names)] == list(names):
+            return module
+        forward_names = _forward_names(module)
+    except (TypeError, ValueError):  # no inspectable signature: positional it is
+        return module
+    if not set(names) <= set(forward_names):
+        return module
+    base = type(module)
+    bound = tuple(names)
+
+    def forward(self, *xs, **kw):
+        if len(xs) != len(bound):
+            return base.forward(self, *xs, **kw)
+        return base.forward(self, **dict(zip(bound, xs)), **kw)
+
+    cls = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
+                                         "__qualname__": base.__qualname__, "edgekit_bound_inputs": bound})
+    module.__class__ = cls
+    return module
 
 
 def _param_float_dtype(module) -> str:
@@ -265,6 +351,23 @@ def _input_dtype(module, arr) -> str:
     return str(arr.dtype)
 
 
+def _real_sample(sample_inputs, spec, n_specs, shape):
+    """The first samples of the data for `spec`, in its dtype and probe shape, or None without data."""
+    import numpy as np
+
+    if not sample_inputs:
+        return None
+    arr = sample_inputs.get(spec.name)
+    if arr is None and n_specs == 1 and len(sample_inputs) == 1:
+        arr = next(iter(sample_inputs.values()))
+    if arr is None or len(arr) == 0 or list(arr.shape[1:]) != list(shape[1:]):
+        return None
+    take = np.asarray(arr[:shape[0]])
+    if len(take) < shape[0]:
+        take = np.concatenate([take] * shape[0])[:shape[0]]
+    return np.array(take, dtype=spec.dtype, order="C")  # a writable copy: data may be a read-only memmap
+
+
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     names = _forward_names(module) or ["input"]
     if sample_inputs:
@@ -282,25 +385,35 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     raise InputError(f"{where}: cannot infer the input shape; pass --input-shape (e.g. 1,3,224,224) or --calib data")
 
 
-def _probe_outputs(module, inputs, *, where):
+def _probe_outputs(module, inputs, *, where, sample_inputs=None):
+    """Run forward() once to learn the outputs. With data, on two real samples: zeros are not a valid
+    input to every model (an all-zero attention mask hides every token, and the nested-tensor path of
+    nn.TransformerEncoder then fails)."""
     import numpy as np
     import torch
 
     def feeds_for(specs):
-        return [torch.from_numpy(np.zeros([2 if isinstance(d, str) else d for d in s.shape], dtype=s.dtype))
-                for s in specs]
+        feeds = []
+        for s in specs:
+            shape = [2 if isinstance(d, str) else d for d in s.shape]
+            arr = _real_sample(sample_inputs, s, len(specs), shape)
+            feeds.append(torch.from_numpy(arr if arr is not None else np.zeros(shape, dtype=s.dtype)))
+        return feeds
 
     try:
         with torch.no_grad():
             try:
                 out = module(*feeds_for(inputs))
-            except RuntimeError:
+            except RuntimeError as first:
                 # integer data for a model that computes in float (e.g. pixel values 0..255 saved as uint8)
                 if not any(s.dtype == "int64" for s in inputs):
                     raise
                 as_float = [TensorSpec(s.name, s.shape, _param_float_dtype(module)) if s.dtype == "int64" else s
                             for s in inputs]
-                out = module(*feeds_for(as_float))
+                try:
+                    out = module(*feeds_for(as_float))
+                except Exception:
+                    raise first from None  # the fallback's error would hide the real one
                 inputs[:] = as_float
     except Exception as e:
         shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)

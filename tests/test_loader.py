@@ -138,3 +138,136 @@ def test_quantized_ops_are_recognised(tmp_path):
     assert quantized_ops(onnx.load(str(fp32))) == []
     quantize_dynamic(str(fp32), str(tmp_path / "q.onnx"))
     assert "MatMulInteger" in quantized_ops(onnx.load(str(tmp_path / "q.onnx")))
+
+
+KW_MODEL = '''
+import torch, torch.nn as nn
+
+class Kw(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.l1 = nn.Linear(6, 8)
+        self.l2 = nn.Linear(8, 3)
+
+    def forward(self, x, offset=None, scale=None):
+        if offset is not None:
+            x = x + offset
+        if scale is not None:
+            x = x * scale
+        return self.l2(torch.relu(self.l1(x)))
+
+def build():
+    return Kw()
+'''
+
+
+def test_data_inputs_bind_to_forward_parameters_by_name(tmp_path):
+    """forward(x, offset=None, scale=None) with data x and scale: scale must reach `scale`, in torch and in the
+    exported ONNX model (it used to be passed positionally, to `offset`, and the export check agreed)."""
+    import onnxruntime as ort
+
+    from edgekit.stages.export import export_module
+
+    f = tmp_path / "kwnet.py"
+    f.write_text(KW_MODEL)
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(8, 6)).astype(np.float32), "scale": rng.uniform(0.5, 3, size=(8, 6)).astype(np.float32)}
+    src = load_source(f"{f}:build", sample_inputs=data)
+    assert [s.name for s in src.inputs] == ["x", "scale"]
+    x, sc = torch.from_numpy(data["x"]), torch.from_numpy(data["scale"])
+    with torch.no_grad():
+        want = type(src.module).__mro__[1].forward(src.module, x, scale=sc)
+        wrong = type(src.module).__mro__[1].forward(src.module, x, offset=sc)
+        got = src.module(x, sc)
+    assert (want - wrong).abs().max() > 0.1  # the two bindings really differ on this data
+    assert torch.allclose(got, want)
+    assert set(src.module.state_dict()) == {"l1.weight", "l1.bias", "l2.weight", "l2.bias"}  # no wrapper prefix
+    art = export_module(src.module, src, tmp_path / "m.onnx")
+    onnx_out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, data)[0]
+    assert art.verify["max_abs_diff"] < 1e-4
+    np.testing.assert_allclose(onnx_out, want.numpy(), atol=1e-5)
+
+
+TOK_MODEL = '''
+import torch, torch.nn as nn
+
+class Tok(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.enc(self.emb(input_ids), src_key_padding_mask=(attention_mask == 0))
+        m = attention_mask.unsqueeze(-1).float()
+        return self.fc((h * m).sum(1) / m.sum(1).clamp(min=1))
+
+def build():
+    return Tok()
+'''
+
+
+def test_masked_transformer_is_probed_with_real_samples(tmp_path):
+    """An all-zero attention mask hides every token and nn.TransformerEncoder's nested-tensor path fails on it;
+    the probe must use the data (it used zeros, then reported the float fallback's Embedding error)."""
+    f = tmp_path / "toknet.py"
+    f.write_text(TOK_MODEL)
+    rng = np.random.default_rng(0)
+    mask = np.ones((4, 7), np.int64)
+    mask[:, 5:] = 0
+    data = {"input_ids": rng.integers(0, 20, size=(4, 7)), "attention_mask": mask}
+    src = load_source(f"{f}:build", sample_inputs=data)
+    assert [s.dtype for s in src.inputs] == ["int64", "int64"]
+    assert src.task == "classification"
+
+
+def test_probe_reports_the_first_error_not_the_float_fallbacks(tmp_path):
+    f = tmp_path / "failing.py"
+    f.write_text("import torch\nclass F(torch.nn.Module):\n    def forward(self, ids):\n"
+                 "        raise RuntimeError(f'cannot take {ids.dtype}')\ndef build():\n    return F()\n")
+    with pytest.raises(InputError) as e:
+        load_source(f"{f}:build", sample_inputs={"ids": np.zeros((3, 5), np.int64)})
+    assert "cannot take torch.int64" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_torchscript_archives_are_refused_in_one_line(tmp_path):
+    net, _ = _weights(tmp_path)
+    ts = tmp_path / "net_ts.pt"
+    torch.jit.save(torch.jit.trace(net.eval(), torch.zeros(1, 1, 28, 28)), str(ts))
+    for kwargs in ({"weights": str(ts)}, {"weights": str(ts), "trust_pickle": True}):
+        with pytest.raises(InputError) as e:
+            load_source(f"{NET}:build", input_shape=(1, 1, 28, 28), **kwargs)
+        assert str(e.value).startswith(f"{ts}: a TorchScript archive") and "\n" not in str(e.value)
+    with pytest.raises(InputError, match="TorchScript archive"):
+        load_source(str(ts))
+
+
+def test_pickled_model_whose_class_lives_in_the_model_file_loads_when_trusted(tmp_path):
+    """torch.save(model) from a script that did `import pickmodel` names the class pickmodel.Net."""
+    import importlib.util
+    import sys
+
+    f = tmp_path / "pickmodel.py"
+    f.write_text("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                 "        self.l = torch.nn.Linear(4, 3)\n    def forward(self, x):\n        return self.l(x)\n"
+                 "def build():\n    return Net()\n")
+    spec = importlib.util.spec_from_file_location("pickmodel", f)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["pickmodel"] = mod
+    try:
+        spec.loader.exec_module(mod)
+        torch.manual_seed(3)
+        saved = mod.Net().eval()
+        torch.save(saved, tmp_path / "full.pt")
+    finally:
+        del sys.modules["pickmodel"]
+    x = torch.randn(2, 4)
+    try:
+        src = load_source(f"{f}:build", weights=str(tmp_path / "full.pt"), trust_pickle=True, input_shape=(1, 4))
+        assert torch.allclose(src.module(x), saved(x))
+    finally:
+        sys.modules.pop("pickmodel", None)
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_source(f"{f}:build", weights=str(tmp_path / "full.pt"), input_shape=(1, 4))

@@ -310,7 +310,10 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
         student = _import_factory(path, factory)()
         if not isinstance(student, torch.nn.Module):
             raise InputError(f"--student {spec}: the factory returned {type(student).__name__}, not a torch.nn.Module")
-    student.eval()
+    from ..loader import bind_inputs
+
+    # the teacher's data inputs reach the student's forward() parameters of the same names
+    student = bind_inputs(student.eval(), [s.name for s in source.inputs])
     if example is not None:
         with torch.no_grad():
             try:
