@@ -113,6 +113,52 @@ def test_depthwise_convs(tmp_path):
     _export_and_run(res, src, tmp_path)
 
 
+class GroupNormCnn(nn.Module):
+    """stem -> depthwise -> pointwise -> GroupNorm -> depthwise -> pointwise -> fc."""
+
+    def __init__(self, groups=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.gn = nn.GroupNorm(groups, 32)
+        self.dw2 = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw2 = nn.Conv2d(32, 32, 1)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.gn(self.pw(self.dw(x))))
+        return self.fc(torch.relu(self.pw2(self.dw2(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_groupnorm_channels_are_cut_per_group(multiple, tmp_path):
+    # GroupNorm(4, 32) is cut the same share in each of its 4 groups, as BatchNorm would be cut;
+    # it used to keep all 32 channels (and those of pw and dw2) at any ratio
+    src = make_source(GroupNormCnn(), {"input": ((3, 8, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.9, channel_multiple=multiple)
+    m = res.module
+    assert m.pw.out_channels == m.gn.num_channels == m.dw2.out_channels == m.pw2.in_channels == 8
+    assert m.gn.num_groups == 4 and m.gn.weight.shape == (8,)
+    assert not any(n.startswith("pruning removed") for n in res.info["notes"])
+    _export_and_run(res, src, tmp_path)
+
+
+def test_groupnorm_that_cannot_shrink_is_named(tmp_path, capsys):
+    # one channel per group: nothing in the group can go, and the note says so instead of blaming
+    # the (small) stem and output layer
+    src = make_source(GroupNormCnn(groups=32), {"input": ((3, 8, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.9)
+    assert res.module.pw.out_channels == 32
+    note = next(n for n in res.info["notes"] if n.startswith("pruning removed"))
+    assert "pw (Conv2d, 544 params)" in note and "stem (Conv2d, 448 params; first conv)" in note
+    assert "gn (GroupNorm with 32 groups of one channel" in note
+    assert "most of the model" not in note
+    assert note in capsys.readouterr().err
+
+
 def test_mlp_with_batchnorm1d(tmp_path):
     src = make_source(init_bn(mlp_bn()), {"input": ((20,), "float32", None)})
     res = _prune(src, tmp_path, ratio=0.5, method="l2", channel_multiple=8)
@@ -330,7 +376,9 @@ def test_small_removal_is_noted(tmp_path, capsys):
     res = _prune(src, tmp_path, ratio=0.5, channel_multiple=4)
     assert res.info["channels"]["2"] == [8, 4, 0.5]
     note = next(n for n in res.info["notes"] if n.startswith("pruning removed"))
-    assert "at ratio 0.5" in note and "0 (first conv)" in note and "6 (output layer)" in note
+    # the stem holds them and is named with its size; the output layer lost inputs, so it is not named
+    assert "at ratio 0.5" in note and "most parameters are in layers pruning left whole: 0 (Conv2d, 9,472 params; " \
+        "first conv)" in note and "6 (" not in note
     assert note in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ channel i of a group removes it everywhere and the pruned model still runs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,10 +262,40 @@ def _pruner_class():
     import torch_pruning as tp
 
     class Pruner(tp.pruner.MetaPruner):
+        # A group with channel groups (GroupNorm, grouped conv) is ranked and cut per channel group:
+        # `n_pruned` counts channels of one group while Torch-Pruning passes the layer's full width, so
+        # every channel looked prunable and the whole layer was kept. Round per channel group here,
+        # with a multiple that keeps the layer's total width a multiple of `round_to`.
+        def _get_channel_groups(self, group) -> int:
+            n = super()._get_channel_groups(group)
+            self.__dict__.setdefault("_edgekit_ch_groups", {})[group[0].dep.target.module] = n
+            return n
+
         def _round_to(self, n_pruned, current_channels, round_to):
-            return current_channels - rounded_keep(int(current_channels), int(n_pruned), round_to)
+            module = getattr(self, "_edgekit_last_module", None)
+            g = max(int(self.__dict__.get("_edgekit_ch_groups", {}).get(module, 1)), 1)
+            current = int(current_channels)
+            if g > 1 and current % g == 0:
+                per, multiple = current // g, int(round_to or 1)
+                step = multiple // math.gcd(multiple, g)
+                step = StrictMultiple(step) if isinstance(round_to, StrictMultiple) else step
+                return per - rounded_keep(per, int(n_pruned), step)
+            return current - rounded_keep(current, int(n_pruned), round_to)
 
     return Pruner
+
+
+def _remember_channel_queries(pruner) -> None:
+    """Torch-Pruning asks a group's width just before rounding it: note which module it asked about."""
+    dg = pruner.DG
+    for name in ("get_out_channels", "get_in_channels"):
+        fn = getattr(dg, name)
+
+        def ask(module, _fn=fn):
+            pruner._edgekit_last_module = module
+            return _fn(module)
+
+        setattr(dg, name, ask)
 
 
 def root_types() -> list:
@@ -320,6 +351,7 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
     except Exception as e:
         raise EdgekitError(f"building the pruning dependency graph failed: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    _remember_channel_queries(pruner)
     pruner.ignored_layers += _block_frozen(pruner.DG, pruner.ignored_layers, plan.frozen)
     _ratio_dict_for_recurrent(pruner, ratio_dict, steps)
     with torch.no_grad():

@@ -75,7 +75,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     if after >= before and not (plan.has_heads and prune_cfg.head_ratio > 0):
         raise UsageError(f"prune: ratio {ratio:g} removed 0 of {before:,} parameters (every layer rounds back to its "
                          f"width); use a larger ratio or a smaller channel multiple")
-    note = shortfall(before, after, ratio, plan)
+    note = shortfall(before, after, ratio, plan, teacher=teacher, model=model)
     if note:
         notes.append(note)
         _tell(note)
@@ -86,15 +86,57 @@ def _kept(plan) -> str:
     return "kept: " + ", ".join(plan.ignored_names) if plan.ignored_names else "no Conv, Linear or RNN layer to cut"
 
 
-def shortfall(before: int, after: int, ratio: float, plan) -> str | None:
-    """A note when far fewer parameters went than the ratio suggests (the kept layers hold most)."""
+def shortfall(before: int, after: int, ratio: float, plan, *, teacher=None, model=None) -> str | None:
+    """A note when far fewer parameters went than the ratio suggests, naming the layers that kept
+    their parameters (largest first) and why, where that is known."""
     removed = before - after
     # `ratio` is a fraction of channels; cutting both sides of a layer removes more parameters than
     # that, so only a removal under half of it is worth a word
     if before <= 0 or ratio <= 0 or removed / before >= ratio / 2:
         return None
-    return (f"pruning removed {removed:,} of {before:,} parameters ({removed / before:.1%}) at ratio {ratio:g}: "
-            f"most of the model is in layers that are not pruned ({_kept(plan)})")
+    head = f"pruning removed {removed:,} of {before:,} parameters ({removed / before:.1%}) at ratio {ratio:g}"
+    whole = unpruned_modules(teacher, model) if teacher is not None and model is not None else None
+    if not whole:
+        return f"{head}: {_kept(plan)}"
+    kept = sum(n for _, _, n in whole)
+    share = "most" if kept * 2 > after else f"{kept:,} of the {after:,} remaining"
+    why = _reasons(plan, model)
+    shown = [f"{name} ({kind}, {n:,} params{'; ' + why[name] if name in why else ''})" for name, kind, n in whole[:4]]
+    more = f", and {len(whole) - 4} more" if len(whole) > 4 else ""
+    # a GroupNorm that holds the width is named even when its own parameters are few
+    shown += [f"{name} ({why[name]})" for name, kind, _ in whole[4:] if kind == "GroupNorm" and name in why]
+    return f"{head}: {share} parameters are in layers pruning left whole: {', '.join(shown)}{more}"
+
+
+def unpruned_modules(teacher, model) -> list:
+    """[(name, type, parameters)] of the largest modules whose parameters pruning left unchanged
+    (a module is named, not its children, when all of it was left whole), largest first."""
+    old = {n: p.shape for n, p in teacher.named_parameters()}
+    new = {n: p.shape for n, p in model.named_parameters()}
+    whole_params = {n for n, shape in new.items() if old.get(n) == shape}
+    found = []
+    for name, m in model.named_modules():
+        if not name or any(name.startswith(f + ".") for f, _, _ in found):
+            continue
+        names = [f"{name}.{k}" for k, _ in m.named_parameters()]
+        if names and all(k in whole_params for k in names):
+            found.append((name, type(m).__name__, sum(p.numel() for p in m.parameters())))
+    return sorted(found, key=lambda r: -r[2])
+
+
+def _reasons(plan, model) -> dict:
+    """{module name: why it keeps its width} from the plan, plus GroupNorms whose one-channel groups cannot shrink."""
+    import torch.nn as nn
+
+    why = {}
+    for entry in plan.ignored_names:
+        name, _, reason = entry.partition(" (")
+        why[name] = reason.rstrip(")") if reason else "kept"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels:
+            why[name] = (f"GroupNorm with {m.num_groups} groups of one channel: its channels, and those of the "
+                         f"layers feeding it, cannot be cut")
+    return why
 
 
 def _tell(note: str) -> None:
