@@ -19,10 +19,13 @@ def graph_facts(path) -> dict:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "dim") for d in t.shape.dim]
         return TensorSpec(v.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type))).to_dict()
 
+    # an int32 initializer dequantized by the graph is a quantized bias (a parameter); other int32/int64
+    # initializers are shape constants
+    dequantized = {n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input}
     params = 0
     for init in m.graph.initializer:
         # count weights, not quantization scales / zero points or shape constants
-        if init.name.endswith(("_scale", "_zero_point")) or init.data_type in (6, 7):  # int32/int64
+        if init.name.endswith(("_scale", "_zero_point")) or (init.data_type in (6, 7) and init.name not in dequantized):
             continue
         params += int(np.prod(init.dims)) if len(init.dims) else 1
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -80,6 +80,8 @@ def stage_load(run: Run):
             evalset = calib
             notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "
                          f"the same ones INT8 calibrates on (give more than {k}, or --eval, to hold some out)")
+    for note in notes:  # the metrics' meaning changes: say it where the user reads them, not only in the manifest
+        print(f"edgekit: note: {note}", file=sys.stderr)
     if evalset is None:
         raise UsageError(f"{cfg.model}: no evaluation data; pass --eval (or --calib) so the accuracy cost can be measured")
     if cfg.quantize.mode == "int8" and calib is None:

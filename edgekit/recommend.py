@@ -31,6 +31,11 @@ def recommend(manifest, tolerance, targets) -> dict:
                 rejected.append(f"{a.path}: {q.get('reason', 'vetoed by the quantization stage')}")
                 continue
             cands.append(a)
+        if not cands and not any(a.latency.get(name) for a in manifest.artifacts):
+            # nothing was even attempted (--no-profile): say so, rather than sound like a failure
+            out[name] = {"status": "skipped", "reason": "not profiled (profiling was off), so nothing is "
+                                                        "recommended for this target"}
+            continue
         if not cands:
             reasons = [a.latency.get(name, {}).get("reason") for a in manifest.artifacts]
             reason = next((r for r in reasons if r), "no artifact was measured on this target")
@@ -47,7 +52,8 @@ def recommend(manifest, tolerance, targets) -> dict:
             parts.append(f"{m.get('name')} {m['value']:.4f}" +
                          (f" (drop {m['drop_rel']:.2%})" if m.get("drop_rel") is not None else ""))
         if best.kind == "fp32" and len(cands) + len(rejected) > 1:
-            parts.append("no compressed variant was both faster and within tolerance")
+            parts.append("no compressed variant was both faster and within tolerance"
+                         + (f" ({'; '.join(rejected)})" if rejected else ""))
         out[name] = {"status": "ok", "path": best.path, "kind": best.kind, "speedup_vs_fp32": speed,
                      "reason": "; ".join(parts), "rejected": rejected}
     return out

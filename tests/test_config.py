@@ -112,3 +112,23 @@ def test_api_takes_one_target_by_name(tmp_path):
     from edgekit.pipeline import resolve
 
     assert resolve("zoo:digits-cnn", output=str(tmp_path / "o"), targets="x86-laptop").targets == ("x86-laptop",)
+
+
+def test_compress_max_trials_reaches_the_quantize_settings(tmp_path, monkeypatch, capsys):
+    """README: compress tunes 'within --max-trials'; the option used to exist on `quantize` only."""
+    from edgekit import pipeline
+    from edgekit.cli import main
+
+    seen = {}
+
+    def capture(cfg):
+        seen["max_trials"] = cfg.quantize.max_trials
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, "run_config", capture)
+    with pytest.raises(SystemExit):
+        main(["compress", "zoo:digits-cnn", "--max-trials", "3", "-o", str(tmp_path / "o")])
+    assert seen == {"max_trials": 3}
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "zoo:digits-cnn", "--max-trials", "0", "-o", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--max-trials" in capsys.readouterr().err

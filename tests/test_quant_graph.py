@@ -132,3 +132,18 @@ def test_transformer_grid_tries_dynamic_first():
     assert any(s.fuse_transformer for s in specs) and specs[-1] == base
     conv = t.grid(base, pinned=set(), transformer_like=False)
     assert conv[0] == base and all(s.mode == "int8" for s in conv)
+
+
+def test_int8_parameter_count_includes_the_int32_biases(tmp_path):
+    """The same network must report the same parameter count in FP32 and INT8: quantized biases are int32
+    initializers, which used to be skipped as shape constants."""
+    from edgekit.onnxutil import graph_facts
+
+    src = dead_channel_conv(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).uniform(-1, 1, size=(32, 4, 8, 8)).astype(np.float32)
+    dest = tmp_path / "q.onnx"
+    static.quantize(src, dest, Dataset({"x": x}), QuantSpec(), calib_size=32, input_names=["x"], cache_root=tmp_path / "c")
+    fp32 = graph_facts(src)["params"]
+    assert fp32 == 4 * 4 * 9 + 4 + 8 * 4 * 9 + 8 + 2  # two convs, their biases and the two Clip bounds
+    # the quantizer folds the ReLU6 Clips (and their two bounds) into the activations' ranges
+    assert graph_facts(dest)["params"] == fp32 - 2

@@ -42,3 +42,19 @@ def test_unavailable_and_emulated_targets_are_labelled():
     assert r["gpu"] == {"status": "unavailable", "reason": "onnxruntime-gpu not installed"}
     assert r["arm"]["status"] == "emulated" and "not device latency" in r["arm"]["reason"]
     assert r["arm"]["path"] == r["cpu"]["path"] == "f.onnx"
+
+
+def test_veto_reason_is_part_of_the_fp32_recommendation():
+    """The latency table can show INT8 ahead while the gate (its own interleaved runs) vetoed it: the
+    recommendation must say why, not only 'no compressed variant was faster'."""
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 1.0), _art("int8", "q.onnx", 0.99, 0.95, "f.onnx", "quantize")],
+                 quantization={"f.onnx": {"recommend": False, "reason": "INT8 is not faster than FP32 on cpu in the "
+                                                                        "speed gate: 1.02x FP32 latency"}})
+    r = recommend(m, Tolerance.parse("1%"), [T])["cpu"]
+    assert r["path"] == "f.onnx" and "speed gate: 1.02x" in r["reason"]
+
+
+def test_unprofiled_target_is_skipped_not_unavailable():
+    a = Artifact(kind="fp32", path="f.onnx", metrics={"name": "accuracy", "value": 0.9})
+    r = recommend(Manifest(artifacts=[a]), Tolerance.parse("1%"), [T])["cpu"]
+    assert r["status"] == "skipped" and "profiling was off" in r["reason"]

@@ -446,7 +446,9 @@ def quiet():
     old = root.level
     root.setLevel(max(old, logging.ERROR))
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        # a constant tensor (range 0) makes onnxruntime divide by a zero scale; the graph it writes is
+        # checked for non-finite scales afterwards, so numpy's RuntimeWarning is only noise
+        with contextlib.redirect_stdout(sys.stderr), np.errstate(divide="ignore", invalid="ignore"):
             yield
     finally:
         root.setLevel(old)

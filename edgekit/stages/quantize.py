@@ -237,7 +237,9 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
         reason = ("INT8 speed on " + next(iter(gate), "the target") + " unavailable ("
                   + (gate_rec.get("reason") or "not measured") + "): not recommended without a measured speed-up")
     elif not fast:
-        reason = ("INT8 is not faster than FP32 on " + next(iter(gate), "the target") + ": "
+        # the gate's interleaved runs are its own measurement, and the latency table's may disagree on a tie
+        reason = ("INT8 is not faster than FP32 on " + next(iter(gate), "the target") + " in the speed gate "
+                  "(its own interleaved runs, not the latency table's): "
                   + (gate_rec.get("why") or "not measured"))
     else:
         drop = f"{best.drop_rel:.2%}" if best.drop_rel is not None else f"{reference - best.metric:+.4f} absolute"
