@@ -27,7 +27,11 @@ def graph_facts(path) -> dict:
         # count weights, not quantization scales / zero points or shape constants
         if init.name.endswith(("_scale", "_zero_point")) or (init.data_type in (6, 7) and init.name not in dequantized):
             continue
-        params += int(np.prod(init.dims)) if len(init.dims) else 1
+        if not len(init.dims):
+            # a 0-d constant (a Clip bound, GELU's sqrt(2), a /255) is no parameter; the quantizer also turns
+            # Constant nodes into such initializers, which made INT8 count more than FP32
+            continue
+        params += int(np.prod(init.dims))
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"inputs": [spec(v) for v in m.graph.input if v.name not in init_names],
             "outputs": [spec(v) for v in m.graph.output], "opset": opset, "params": params,

@@ -345,7 +345,9 @@ def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
             if isinstance(res, tuple):
                 run.record(name, res[0], res[1], time.perf_counter() - t0)
             else:
-                run.record(name, "done", "", time.perf_counter() - t0, **(res or {}))
+                # a stage's notes are its reason: the stage table of report.md/html shows them
+                run.record(name, "done", "; ".join((res or {}).get("notes") or []), time.perf_counter() - t0,
+                           **(res or {}))
             if name == "report":  # the final manifest includes the report stage's own record
                 run.manifest.write(staging)
         publish(staging, outdir)

@@ -228,3 +228,25 @@ def test_malformed_bundle_json_refused_in_one_line(outdir, tmp_path, change, why
     with pytest.raises(InputError) as e:
         read_bundle(tmp_path / "bad.ekb", tmp_path)
     assert why in str(e.value) and "bad.ekb" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("change,shipped", [
+    ({}, "int8"),  # no recommendation, INT8 met the tolerance: INT8
+    ({"quantization": {"model.fp32.onnx": {"tolerance_met": False}}}, "fp32"),
+    ({"quantization": {"model.fp32.onnx": {"tolerance_met": True,
+                                           "speed_gate": {"host": {"status": "ok", "passed": False}}}}}, "fp32"),
+    ({"settings": {"tolerance": "1%"}, "metrics": (0.90, 0.80)}, "fp32"),  # a 11% drop, without a quant record
+])
+def test_without_a_recommendation_a_refused_int8_is_never_shipped(outdir, tmp_path, change, shipped):
+    """With profiling off nothing is recommended; the fallback used to be INT8 even when the run itself had
+    refused it for missing the tolerance."""
+    m = json.loads((outdir / "manifest.json").read_text())
+    m["recommended"] = {}
+    for a in m["artifacts"]:
+        if a["kind"] == "int8":
+            a.update(stage="quantize", parent="model.fp32.onnx")
+        if "metrics" in change:
+            a["metrics"] = {"name": "accuracy", "value": change["metrics"][a["kind"] == "int8"]}
+    m.update({k: v for k, v in change.items() if k != "metrics"})
+    (outdir / "manifest.json").write_text(json.dumps(m))
+    assert build_bundle(outdir, tmp_path / "m.ekb")["artifact"]["kind"] == shipped

@@ -77,6 +77,9 @@ def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, 
     load = next(s for s in man["stages"] if s["name"] == "load")
     note = " ".join(load["details"]["notes"])
     assert ("not used for calibrating" in note) == (n > 256), note
+    # the metrics' meaning changed: the user must see it where they read them, not only in the manifest
+    assert f"edgekit: note: {load['details']['notes'][0]}" in r.stderr
+    assert load["details"]["notes"][0] in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_recipe_repeats_the_run_from_another_folder(tmp_path, mlp):

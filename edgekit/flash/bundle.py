@@ -81,7 +81,8 @@ def content_version(meta: dict, kind: str) -> str:
 
 
 def choose_artifact(manifest, outdir: Path, which: str | None = None):
-    """--artifact KIND|PATH, else the first recommended artifact, else int8, else fp32."""
+    """--artifact KIND|PATH, else the first recommended artifact, else int8 if it met the tolerance (and was
+    not measured slower), else fp32."""
     arts = manifest.artifacts
     if not arts:
         raise InputError(f"{outdir / 'manifest.json'}: lists no artifacts")
@@ -97,11 +98,33 @@ def choose_artifact(manifest, outdir: Path, which: str | None = None):
             for a in arts:
                 if a.path == rec["path"]:
                     return a
+    # no recommendation (profiling was off): INT8 only when it met the tolerance and no measurement showed
+    # it slower; never ship a variant the run itself refused
     for kind in ("int8", "fp32"):
         for a in arts:
-            if a.kind == kind:
+            if a.kind == kind and (kind == "fp32" or _acceptable(a, manifest)):
                 return a
     return arts[0]
+
+
+def _acceptable(a, manifest) -> bool:
+    q = manifest.quantization.get(a.parent or "", {}) if a.stage == "quantize" else {}
+    if q.get("tolerance_met") is False:
+        return False
+    gate = next(iter((q.get("speed_gate") or {}).values()), {})
+    if gate.get("status") == "ok" and not gate.get("passed"):
+        return False
+    fp32 = next((x for x in manifest.artifacts if x.kind == "fp32"), None)
+    ref, val = ((fp32.metrics or {}).get("value") if fp32 else None), (a.metrics or {}).get("value")
+    tol = (manifest.settings or {}).get("tolerance")
+    if ref is None or val is None or tol is None:
+        return True
+    from ..config import Tolerance
+
+    try:
+        return Tolerance.parse(str(tol)).allows(ref, val)
+    except Exception:  # a manifest from another version: the quantization record above still applies
+        return True
 
 
 def _external_data(model: Path) -> list[str]:
