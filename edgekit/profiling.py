@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UsageError
+from .fsutil import sha256_file
 
 MAX_INPUT_SAMPLES = 8
 
@@ -39,6 +40,10 @@ def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
                 f = p / a.path
                 if not f.is_file():
                     raise InputError(f"{f}: artifact listed in {p / 'manifest.json'} is missing")
+                if a.sha256 and sha256_file(f) != a.sha256:
+                    # timings and ratios would be reported under the label of a model that is not there
+                    raise InputError(f"{f}: changed since the run (its SHA-256 differs from {p / 'manifest.json'}); "
+                                     "profile the file itself, or re-run compress")
                 label = f"{p.name}/{a.kind}" if multi_dirs else a.kind
                 add(label, f, {"path": str(f), "kind": a.kind, "sha256": a.sha256, "bytes": a.bytes},
                     m.prepost or None)

@@ -188,3 +188,17 @@ def test_with_prepost_times_a_post_only_spec_on_the_saved_sample_inputs(tmp_path
     pp = json.loads(rep_path.read_text())["runs"][0]["results"]["fp32"]["prepost"]
     assert pp["status"] == "ok" and pp["raw_input"] == "model inputs", pp
     assert pp["post"]["p50_ms"] > 0
+
+
+def test_profile_refuses_an_artifact_changed_since_the_run(outdir, tmp_path, capsys):
+    """A model swapped into a run folder was timed under the run's label, its ratio taken against an
+    unrelated FP32: the manifest's hash must match."""
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(outdir, d)
+    matmul_chain(d / "model.int8.onnx", 2)
+    out = tmp_path / "p.json"
+    assert _exit(["profile", str(d), "-o", str(out), *FAST]) == 2
+    err = _one_line_error(capsys)
+    assert "model.int8.onnx: changed since the run" in err and not out.exists()
