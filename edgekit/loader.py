@@ -346,7 +346,9 @@ def _input_dtype(module, arr) -> str:
 
     if np.issubdtype(arr.dtype, np.floating):
         return _param_float_dtype(module)
-    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+    if arr.dtype in (np.uint8, np.bool_):
+        return str(arr.dtype)  # camera frames and masks: the device feeds them as they are, not widened 8x
+    if np.issubdtype(arr.dtype, np.integer):
         return "int64"
     return str(arr.dtype)
 
@@ -405,16 +407,26 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
             try:
                 out = module(*feeds_for(inputs))
             except RuntimeError as first:
-                # integer data for a model that computes in float (e.g. pixel values 0..255 saved as uint8)
-                if not any(s.dtype == "int64" for s in inputs):
+                # integer data the model takes wider: uint8 token ids for an Embedding (int64), or pixel
+                # values for a model that computes in float without casting them itself
+                ints = ("int64", "uint8", "bool")
+                if not any(s.dtype in ints for s in inputs):
                     raise
-                as_float = [TensorSpec(s.name, s.shape, _param_float_dtype(module)) if s.dtype == "int64" else s
-                            for s in inputs]
-                try:
-                    out = module(*feeds_for(as_float))
-                except Exception:
-                    raise first from None  # the fallback's error would hide the real one
-                inputs[:] = as_float
+                fallbacks = [[TensorSpec(s.name, s.shape, "int64") if s.dtype in ("uint8", "bool") else s
+                              for s in inputs],
+                             [TensorSpec(s.name, s.shape, _param_float_dtype(module)) if s.dtype in ints else s
+                              for s in inputs]]
+                for specs in fallbacks:
+                    if [s.dtype for s in specs] == [s.dtype for s in inputs]:
+                        continue
+                    try:
+                        out = module(*feeds_for(specs))
+                    except Exception:
+                        continue
+                    inputs[:] = specs
+                    break
+                else:
+                    raise first from None  # a fallback's error would hide the real one
     except Exception as e:
         shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
         raise InputError(f"{where}: forward() failed on inputs {shapes}: {type(e).__name__}: "

@@ -44,3 +44,52 @@ def test_float_model_takes_float32_whatever_the_data(models, dtype):
 def test_token_model_keeps_integer_ids(models, dtype):
     src = load_python(models, "tokens", sample_inputs={"ids": np.ones((5, 7), dtype=dtype)})
     assert [i.dtype for i in src.inputs] == ["int64"]
+
+
+U8_MODELS = '''
+import torch, torch.nn as nn
+
+class Frames(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.l(x.float() / 255)
+
+class Ids(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = nn.Embedding(10, 4)
+
+    def forward(self, ids):
+        return self.e(ids).mean(1)
+
+def frames():
+    return Frames()
+
+def ids():
+    return Ids()
+'''
+
+
+def test_uint8_frames_stay_uint8_and_uint8_ids_widen_for_an_embedding(tmp_path):
+    """uint8 camera frames were declared int64: the device had to widen every frame 8x to feed the model."""
+    import onnxruntime as ort
+
+    from edgekit.stages.export import export_module
+
+    p = tmp_path / "u8models.py"
+    p.write_text(U8_MODELS)
+    frames = np.random.default_rng(0).integers(0, 256, size=(5, 6)).astype(np.uint8)
+    src = load_python(str(p), "frames", sample_inputs={"x": frames})
+    assert [i.dtype for i in src.inputs] == ["uint8"]
+    export_module(src.module, src, tmp_path / "f.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "f.onnx"))
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    import torch
+
+    np.testing.assert_allclose(sess.run(None, {"x": frames})[0],
+                               src.module(torch.from_numpy(frames)).detach().numpy(), atol=1e-5)
+    src = load_python(str(p), "ids", sample_inputs={"ids": np.ones((5, 7), dtype=np.uint8)})
+    assert [i.dtype for i in src.inputs] == ["int64"]
