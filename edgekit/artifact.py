@@ -65,6 +65,18 @@ class Artifact:
         self.sha256 = sha256_file(p)
         self.bytes = p.stat().st_size
 
+    def checked_file(self, outdir, *, then: str) -> Path:
+        """OUTDIR/path, refused in one line when it is missing or no longer the file the manifest hashed
+        (then: what the caller's user should do about a changed file)."""
+        from .errors import InputError
+
+        f = Path(outdir) / self.path
+        if not f.is_file():
+            raise InputError(f"{f}: artifact listed in manifest.json is missing")
+        if self.sha256 and sha256_file(f) != self.sha256:
+            raise InputError(f"{f}: changed since the run (sha256 differs from manifest.json beside it); {then}")
+        return f
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

@@ -158,9 +158,9 @@ def _value_info_spec(v) -> TensorSpec:
 
 
 def _import_factory(path: str, factory: str):
-    fn = getattr(import_user_file(path), factory, None)
+    mod = import_user_file(path)
+    fn = getattr(mod, factory, None)
     if fn is None or not callable(fn):
-        mod = import_user_file(path)
         names = [n for n, v in vars(mod).items() if callable(v) and not n.startswith("_")]
         raise InputError(f"{path}: no callable {factory!r} (found: {', '.join(sorted(names)) or 'none'})")
     return fn

@@ -159,11 +159,7 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
         raise InputError(f"{outdir}: not a directory (expected an edgekit output directory)")
     manifest = load_manifest(outdir)
     art = choose_artifact(manifest, outdir, artifact)
-    model_src = outdir / art.path
-    if not model_src.is_file():
-        raise InputError(f"{model_src}: artifact listed in manifest.json is missing")
-    if art.sha256 and sha256_file(model_src) != art.sha256:
-        raise InputError(f"{model_src}: sha256 differs from manifest.json (changed after compress?); refusing to bundle")
+    model_src = art.checked_file(outdir, then="refusing to bundle it (re-run compress)")
     runner = RUNNER_SRC
     if not runner.is_file():
         raise FlashError(f"bundle: the device runner {runner} is missing from this edgekit installation")

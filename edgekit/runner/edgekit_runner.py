@@ -640,10 +640,13 @@ def _warm_runtime(models: dict, providers, threads) -> None:
 
 # ---------------------------------------------------------------- command line
 
+LABEL_KEYS = ("y", "labels")  # arrays of an inputs .npz that are labels, not model inputs
+
+
 def _load_npz(path) -> list:
     """An .npz of inputs: keys NAME (one sample) or NAME with a leading sample axis is not guessed."""
     with np.load(path, allow_pickle=False) as z:
-        return [{k: z[k] for k in z.files if k not in ("y", "labels")}]
+        return [{k: z[k] for k in z.files if k not in LABEL_KEYS}]
 
 
 def _labelled(specs) -> dict:
@@ -688,7 +691,7 @@ def _load_arrays(path) -> dict:
     if isinstance(data, np.ndarray):
         return {"input": data}
     with data as z:
-        arrays = {k: z[k] for k in z.files if k not in ("y", "labels")}
+        arrays = {k: z[k] for k in z.files if k not in LABEL_KEYS}
     if not arrays:
         raise ValueError(f"{path}: holds no input arrays")
     return arrays
