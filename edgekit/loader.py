@@ -282,9 +282,60 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
     dyn.update({} if fixed else {n: {0: "batch"} for n in out_names})
+    if not fixed:
+        for name, axis in _sequence_axes(module, inputs, outputs, out_names, sample_inputs).items():
+            dyn[name][axis] = "seq"
+            if name in {s.name for s in inputs}:
+                inputs = [TensorSpec(s.name, [*s.shape[:axis], "seq", *s.shape[axis + 1:]], s.dtype)
+                          if s.name == name else s for s in inputs]
     return SourceModel(spec=f"{path}:{factory}", kind="torch", module=module, inputs=inputs, outputs=out_names,
                        task=task, dynamic_axes=dyn, weights=weights, weights_sha256=weights_sha,
                        description=f"user model {factory}() from {Path(path).name}")
+
+
+def _sequence_axes(module, inputs, outputs, out_names, sample_inputs) -> dict:
+    """{tensor name: axis} of a sequence length forward() accepts at any value: axis 1 of token inputs
+    (rank-2 integer) and of rank-3 inputs ([batch, time, features] for a GRU, [batch, channels, length] for a
+    1-d CNN), when forward() also runs with that axis halved. Fixing it to the calibration length (as
+    export does by default) made a GRU or transformer refuse any other length on the device. Outputs take
+    the axis where their size followed the input's. The export stage checks the graph at both lengths and
+    fixes the axis again when the graph does not follow (a traced Python loop over the length)."""
+    import numpy as np
+    import torch
+
+    def seq_like(s):
+        return len(s.shape) == 3 or (len(s.shape) == 2 and s.dtype in ("int64", "int32", "uint8", "bool"))
+
+    cands = [s for s in inputs if seq_like(s) and isinstance(s.shape[1], int) and s.shape[1] >= 2]
+    if not cands:
+        return {}
+    length = cands[0].shape[1]
+    group = [s for s in cands if s.shape[1] == length]  # input_ids and attention_mask change together
+    short = length // 2
+    feeds = []
+    for s in inputs:
+        shape = [2 if isinstance(d, str) else d for d in s.shape]
+        arr = _real_sample(sample_inputs, s, len(inputs), shape)
+        arr = arr if arr is not None else np.zeros(shape, dtype=s.dtype)
+        feeds.append(torch.from_numpy(np.ascontiguousarray(arr[:, :short] if s in group else arr)))
+    try:
+        with torch.no_grad():
+            out = module(*feeds)
+    except Exception:
+        return {}  # a fixed-length model (a positional table sized to it, a Linear over time x features)
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if len(outs) != len(outputs):
+        return {}
+    axes = {s.name: 1 for s in group}
+    for name, ref, got in zip(out_names, outputs, outs):
+        if tuple(got.shape) == tuple(ref.shape):
+            continue
+        diff = [i for i, (a, b) in enumerate(zip(ref.shape, got.shape)) if a != b]
+        if len(got.shape) != ref.ndim or len(diff) != 1 or diff[0] == 0 or \
+                (ref.shape[diff[0]], got.shape[diff[0]]) != (length, short):
+            return {}  # an output whose size moved some other way: leave every length fixed
+        axes[name] = diff[0]
+    return axes
 
 
 def _forward_names(module) -> list:

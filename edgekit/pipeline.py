@@ -146,7 +146,8 @@ def stage_export(run: Run):
             # the pruned model is checked against itself in torch; its parent is the FP32 model
             arts[-1].parent = arts[0].path
     run.manifest.artifacts.extend(arts)
-    return {"artifacts": [a.path for a in arts], "max_abs_diff": {a.path: a.verify.get("max_abs_diff") for a in arts}}
+    return {"artifacts": [a.path for a in arts], "max_abs_diff": {a.path: a.verify.get("max_abs_diff") for a in arts},
+            "notes": sorted({n for a in arts for n in a.notes})}
 
 
 def stage_quantize(run: Run):

@@ -42,8 +42,6 @@ def _example_args(source: SourceModel, data: Dataset | None):
 def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data: Dataset | None = None,
                   opset: int | None = None, parent: str | None = "source", stage: str = "export") -> Artifact:
     """Export `module` to dest (atomically), run the ONNX checker and compare with PyTorch on real inputs."""
-    import onnx
-    import torch
 
     dest = Path(dest)
     opset = opset or source.opset
@@ -51,27 +49,68 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     args = _example_args(source, data)
     module = module.eval()
     with atomic_path(dest) as tmp:
-        # torch's fused MHA fast path (nn.TransformerEncoderLayer in eval mode) has no ONNX export
-        with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(_data_inputs_only(module, len(args)), args, str(tmp),
-                                  input_names=[s.name for s in source.inputs],
-                                  output_names=list(source.outputs), dynamic_axes=source.dynamic_axes or None,
-                                  opset_version=opset, dynamo=False, do_constant_folding=True)
-            except Exception as e:
-                raise EdgekitError(f"{source.spec}: ONNX export failed: {type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
         try:
-            onnx.checker.check_model(str(tmp))
-        except onnx.checker.ValidationError as e:
-            raise EdgekitError(f"{dest.name}: exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
-        verify = verify_against_torch(module, source, tmp, data, where=dest.name)
+            _export(module, source, args, tmp, opset)
+            verify = verify_against_torch(module, source, tmp, data, where=dest.name)
+            if _length_axes(source):
+                verify["other_length"] = verify_against_torch(module, source, tmp, data, where=dest.name,
+                                                              shorten=True)
+        except Exception as e:  # onnxruntime's own errors too: a Reshape to the traced length fails to run
+            if not _length_axes(source):
+                raise
+            # the graph does not follow another length (a traced Python loop over it, a reshape to the
+            # calibration length): export it fixed, as it would have been without the loader's probe
+            source = fixed_length(source, args)
+            _export(module, source, args, tmp, opset)
+            verify = verify_against_torch(module, source, tmp, data, where=dest.name)
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            verify["fixed_length"] = (f"sequence length fixed to the data's ({', '.join(s.name for s in source.inputs)}): "
+                                      f"the graph did not run or match at another length: {why[:160]}")
     facts = graph_facts(dest)
     art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=facts["params"],
-                   opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify)
+                   opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify,
+                   notes=[verify["fixed_length"]] if "fixed_length" in verify else [])
     art.refresh_file_facts(dest.parent)
     return art
+
+
+def _export(module, source: SourceModel, args, tmp, opset: int) -> None:
+    import onnx
+    import torch
+
+    # torch's fused MHA fast path (nn.TransformerEncoderLayer in eval mode) has no ONNX export
+    with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(_data_inputs_only(module, len(args)), args, str(tmp),
+                              input_names=[s.name for s in source.inputs],
+                              output_names=list(source.outputs), dynamic_axes=source.dynamic_axes or None,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+        except Exception as e:
+            raise EdgekitError(f"{source.spec}: ONNX export failed: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    try:
+        onnx.checker.check_model(str(tmp))
+    except onnx.checker.ValidationError as e:
+        raise EdgekitError(f"{Path(tmp).name}: exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+
+
+def _length_axes(source: SourceModel) -> dict:
+    """{input name: axis} of the inputs' dynamic axes besides the batch (the loader's sequence length)."""
+    names = {s.name for s in source.inputs}
+    return {n: a for n, axes in source.dynamic_axes.items() if n in names for a in axes if a != 0}
+
+
+def fixed_length(source: SourceModel, args) -> SourceModel:
+    """source with only its batch axis dynamic, the other axes fixed to the export's example `args`."""
+    import dataclasses
+
+    dyn = {n: {a: v for a, v in axes.items() if a == 0} for n, axes in source.dynamic_axes.items()}
+    seq = _length_axes(source)
+    inputs = [s if s.name not in seq else
+              type(s)(s.name, [*s.shape[:seq[s.name]], int(a.shape[seq[s.name]]), *s.shape[seq[s.name] + 1:]], s.dtype)
+              for s, a in zip(source.inputs, args)]
+    return dataclasses.replace(source, dynamic_axes=dyn, inputs=inputs)
 
 
 def _data_inputs_only(module, n_inputs: int):
@@ -116,7 +155,9 @@ def _mha_fastpath(enabled: bool):
         mha.set_fastpath_enabled(old)
 
 
-def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset | None, *, where: str) -> dict:
+def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset | None, *, where: str,
+                         shorten: bool = False) -> dict:
+    """shorten: compare at half the data's sequence length, to check a graph exported with it dynamic."""
     import torch
 
     fixed = _fixed_batch(source)
@@ -129,6 +170,10 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
         feeds = {s.name: a.numpy() for s, a in zip(source.inputs, _example_args(source, None))}
         n, origin = fixed or 2, "generated zeros"
     feeds = {s.name: np.array(feeds[s.name], order="C") for s in source.inputs}  # a writable copy: memmaps are read-only
+    if shorten:
+        for name, axis in _length_axes(source).items():
+            feeds[name] = np.ascontiguousarray(np.take(feeds[name], range(feeds[name].shape[axis] // 2), axis=axis))
+        origin += ", half sequence length"
     with torch.no_grad():
         ref = module(*[torch.from_numpy(feeds[s.name]) for s in source.inputs])
     ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]

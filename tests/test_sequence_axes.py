@@ -1,0 +1,131 @@
+"""A sequence length forward() accepts at any value stays dynamic in the exported graph, and is fixed again
+(with a note) when the exported graph does not follow another length."""
+import textwrap
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekit.dataset import Dataset
+from edgekit.loader import load_python
+from edgekit.stages.export import export_module
+
+MODELS = textwrap.dedent("""
+    import torch, torch.nn as nn
+
+    class GRUCls(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(8, 16, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.fc(out[:, -1])
+
+    class Tagger(nn.Module):  # one label per token: the output's axis 1 follows the input's
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(30, 8)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, ids, mask):
+            return self.fc(self.emb(ids)) * mask.unsqueeze(-1)
+
+    class FlatTime(nn.Module):  # a Linear over time x features: one length only
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12 * 8, 3)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    class LoopOverTime(nn.Module):  # runs at any length in torch; tracing unrolls the loop to one length
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            acc = x[:, 0]
+            for t in range(1, x.shape[1]):
+                acc = acc + x[:, t]
+            return self.fc(acc)
+
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.c(x).mean((2, 3)))
+
+    def gru():
+        torch.manual_seed(0)
+        return GRUCls()
+
+    def tagger():
+        torch.manual_seed(0)
+        return Tagger()
+
+    def flat():
+        return FlatTime()
+
+    def loop():
+        return LoopOverTime()
+
+    def conv():
+        return Conv()
+""")
+
+rng = np.random.default_rng(0)
+SEQ = {"x": rng.standard_normal((20, 12, 8)).astype(np.float32)}
+TOKENS = {"ids": rng.integers(1, 30, (20, 10)), "mask": np.ones((20, 10), dtype=np.int64)}
+
+
+@pytest.fixture
+def models(tmp_path):
+    p = tmp_path / "models.py"
+    p.write_text(MODELS)
+    return str(p)
+
+
+def _export(models, factory, data, tmp_path):
+    src = load_python(models, factory, sample_inputs=data)
+    art = export_module(src.module, src, tmp_path / "m.onnx", data=Dataset(data))
+    return src, art, ort.InferenceSession(str(tmp_path / "m.onnx"))
+
+
+def test_gru_takes_any_length(models, tmp_path):
+    src, art, sess = _export(models, "gru", SEQ, tmp_path)
+    assert src.inputs[0].shape == ["batch", "seq", 8]
+    assert art.verify["other_length"]["max_abs_diff"] < 1e-4  # checked against torch at half the length
+    x = rng.standard_normal((3, 30, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = src.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, atol=1e-5)
+
+
+def test_token_outputs_follow_the_length(models, tmp_path):
+    src, art, sess = _export(models, "tagger", TOKENS, tmp_path)
+    assert src.dynamic_axes == {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"},
+                                "output": {0: "batch", 1: "seq"}}
+    out = sess.run(None, {"ids": np.ones((2, 17), np.int64), "mask": np.ones((2, 17), np.int64)})[0]
+    assert out.shape == (2, 17, 5)
+
+
+@pytest.mark.parametrize("factory", ["flat", "conv"])
+def test_fixed_shapes_stay_fixed(models, factory, tmp_path):
+    data = SEQ if factory == "flat" else {"x": rng.standard_normal((4, 3, 9, 9)).astype(np.float32)}
+    src, art, sess = _export(models, factory, data, tmp_path)
+    assert src.dynamic_axes["x"] == {0: "batch"}
+    assert sess.get_inputs()[0].shape[1:] == list(data["x"].shape[1:])
+
+
+def test_graph_that_does_not_follow_is_fixed_with_a_note(models, tmp_path):
+    src, art, sess = _export(models, "loop", SEQ, tmp_path)
+    assert src.dynamic_axes["x"] == {0: "batch", 1: "seq"}  # torch runs at any length...
+    assert sess.get_inputs()[0].shape == ["batch", 12, 8]  # ...the traced graph does not
+    assert "sequence length fixed" in art.notes[0] and "fixed_length" in art.verify
+    assert art.verify["max_abs_diff"] < 1e-4
