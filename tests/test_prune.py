@@ -449,3 +449,42 @@ def test_layernorm_over_channels_and_space_is_a_one_line_refusal(tmp_path):
     with pytest.raises(UsageError, match=r"LayerNorm '3' normalises over \[16, 8, 8\]") as e:
         _prune(src, tmp_path, ratio=0.3)
     assert "\n" not in str(e.value)
+
+
+class MixerBlock(nn.Module):
+    def __init__(self, tokens, dim):
+        super().__init__()
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.tok = nn.Sequential(nn.Linear(tokens, 32), nn.GELU(), nn.Linear(32, tokens))
+        self.ch = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+
+    def forward(self, x):
+        x = x + self.tok(self.n1(x).transpose(1, 2)).transpose(1, 2)  # mixes tokens, not channels
+        return x + self.ch(self.n2(x))
+
+
+class Mixer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Conv2d(1, 4, 1)
+        self.stem = nn.Conv2d(4, 32, 2, 2)
+        self.blocks = nn.Sequential(MixerBlock(16, 32), MixerBlock(16, 32))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(self.pre(x)).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(x).mean(1))
+
+
+def test_mlp_mixer_prunes_what_it_can(tmp_path):
+    # Torch-Pruning couples the residual stream's 32 channels with the token-mixing Linear over 16
+    # tokens (through the transpose) and failed with "index 16 is out of bounds": that group is kept
+    # whole and named, the channel- and token-mixing hidden layers are still cut
+    torch.manual_seed(0)
+    src = make_source(Mixer(), {"input": ((1, 8, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.5)
+    m = res.module
+    assert m.stem.out_channels == 32 and m.blocks[0].ch[2].out_features == 32
+    assert m.blocks[0].ch[0].out_features < 64 and m.blocks[1].tok[0].out_features < 32
+    assert any("a transpose or reshape pruning cannot follow" in n for n in res.info["ignored"])
+    _export_and_run(res, src, tmp_path)

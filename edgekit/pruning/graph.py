@@ -325,6 +325,27 @@ def _block_frozen(dg, ignored: list, frozen: list) -> list:
     return list(dict.fromkeys(add))
 
 
+def mismatched_groups(dg, ignored: list) -> tuple[list, list]:
+    """(layers to add to `ignored`, one reason per group) for groups that couple layers of different
+    widths. A transpose between channel and token axes (MLP-Mixer's token mixing) is not tracked by
+    Torch-Pruning: the residual stream's 32 channel indices were applied to a Linear over 16 tokens and
+    pruning failed with "index 16 is out of bounds". Such a group is kept whole, the rest still pruned."""
+    add, why = [], []
+    for g in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types()):
+        for d, idxs in g:
+            if dg.is_out_channel_pruning_fn(d.handler):
+                width = dg.get_out_channels(d.target.module)
+            elif dg.is_in_channel_pruning_fn(d.handler):
+                width = dg.get_in_channels(d.target.module)
+            else:
+                continue
+            if width is not None and len(idxs) and max(int(i) for i in idxs) >= width:
+                add += [x.target.module for x, _ in g if dg.is_out_channel_pruning_fn(x.handler)]
+                why.append((g[0].dep.target.module, d.target.module, int(width), len(g[0].idxs)))
+                break
+    return list(dict.fromkeys(add)), why
+
+
 def prunable_groups(dg, ignored) -> list:
     """The groups a pruner with these ignored layers may cut."""
     return list(dg.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types()))
@@ -353,6 +374,19 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
     _remember_channel_queries(pruner)
     pruner.ignored_layers += _block_frozen(pruner.DG, pruner.ignored_layers, plan.frozen)
+    add, why = mismatched_groups(pruner.DG, pruner.ignored_layers)
+    pruner.ignored_layers += add
+    names = {m: n for n, m in model.named_modules()}
+    for root, odd, width, n in why:
+        odd_name = names.get(odd, type(odd).__name__)
+        if isinstance(odd, torch.nn.LayerNorm) and len(odd.normalized_shape) > 1:
+            what = (f"LayerNorm '{odd_name}' normalises over {list(odd.normalized_shape)}, a shape channel "
+                    "pruning cannot resize")
+        else:
+            what = f"{odd_name} has {width} along that axis, a transpose or reshape pruning cannot follow"
+        text = f"{names.get(root, type(root).__name__)} (with the {n} channels coupled to it: {what})"
+        if text not in plan.ignored_names:
+            plan.ignored_names.append(text)
     _ratio_dict_for_recurrent(pruner, ratio_dict, steps)
     with torch.no_grad():
         pruner.edgekit_check = (example, [tuple(t.shape) for t in output_tensors(model(*example))])
@@ -379,7 +413,7 @@ def _unprunable_hint(model) -> str:
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) > 1:
             return (f"; LayerNorm '{name}' normalises over {list(m.normalized_shape)}, a shape channel pruning "
                     "cannot resize: run without --prune (or normalise with GroupNorm)")
-    return "; run without --prune"
+    return "; keep the layers involved with --ignore NAME, or run without --prune"
 
 
 def step(pruner, plan: Plan) -> None:

@@ -19,6 +19,7 @@ def prunable_groups(model, example, plan: graph.Plan) -> list:
     names = {m: n for n, m in model.named_modules()}
     ignored = [s for m in plan.ignored for s in m.modules()]
     ignored += graph._block_frozen(dg, ignored, plan.frozen)
+    ignored += graph.mismatched_groups(dg, ignored)[0]
     out = []
     for g in graph.prunable_groups(dg, ignored):
         root = g[0].dep.target.module
