@@ -4,9 +4,10 @@ JSON layout::
 
     schema, edgekit_version, created, host{cpu, flags, cores, machine, os}, versions{...},
     settings{warmup, min_runs, min_seconds, max_seconds, op_profile, inputs},
-    artifacts{label: {path, kind, sha256, bytes}},
+    artifacts{label: {path, kind, sha256, bytes, run (the edgekit output folder it belongs to, or null)}},
     runs[{target, target_info{arch, address, providers, emulated}, batch, threads,
-          results{label: measurement | {status, reason}}, ratios{label: p50 / p50(baseline)}}]
+          results{label: measurement | {status, reason}}, baselines{label: label or null},
+          baseline (the one label when all share it, else null), ratios{label: p50 / p50(its baseline)}}]
 
 Every measurement carries target, provider, threads, batch, precision, runs, host_cpu and
 emulated; an entry that could not be measured carries a status and a reason, never a number.
@@ -24,14 +25,32 @@ def build_report(runs: list, artifacts: dict, settings: dict) -> dict:
 
     for run in runs:
         res = run["results"]
-        base = next((k for k in res if res[k].get("status") == "ok"), None)
-        base = next((k for k in res if res[k].get("precision") == "fp32" and res[k].get("status") == "ok"), base)
-        run["baseline"] = base
-        run["ratios"] = ({k: _ratio(v, res[base]) for k, v in res.items()} if base else {})
+        bases = baselines(res, artifacts)
+        # one baseline for the whole run when every artifact shares it (the usual case)
+        run["baseline"] = next(iter(set(bases.values()))) if len(set(bases.values())) == 1 else None
+        run["baselines"] = bases
+        run["ratios"] = {k: _ratio(v, res[bases[k]]) if bases.get(k) else None for k, v in res.items()}
     return {"schema": SCHEMA, "edgekit_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "host": host_info(), "versions": versions(), "settings": settings, "artifacts": artifacts,
             "runs": runs}
+
+
+def baselines(res: dict, artifacts: dict) -> dict:
+    """{label: the label its ratio is taken against, or None}: the FP32 of its own edgekit run. Files
+    that belong to no run are compared with each other (their FP32, else the first measured); an
+    artifact whose run has no FP32 here gets no ratio: another run's FP32 is another model."""
+    groups = {}
+    for label in res:
+        groups.setdefault((artifacts.get(label) or {}).get("run"), []).append(label)
+    out = {}
+    for run, labels in groups.items():
+        ok = [k for k in labels if res[k].get("status") == "ok"]
+        base = next((k for k in ok if res[k].get("precision") == "fp32"), None)
+        if base is None and run is None and ok:
+            base = ok[0]
+        out.update({k: base for k in labels})
+    return out
 
 
 def _ratio(a, b):
@@ -70,7 +89,7 @@ def to_markdown(report: dict) -> str:
         lines += [title, "", f"{ti.get('arch')}, {ti.get('address')}, providers: "
                   f"{', '.join(p['name'] for p in ti.get('providers', []))}", ""]
         cols = ["artifact", "precision", "provider", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
-                f"vs {run.get('baseline') or '-'}", "inf/s", "cold start ms", "peak RSS MB", "runs",
+                f"vs {run.get('baseline') or 'FP32 of its run'}", "inf/s", "cold start ms", "peak RSS MB", "runs",
                 "fallback nodes"]
         cross = any("arm_vs_host" in r for r in run["results"].values())
         if cross:
@@ -96,8 +115,18 @@ def to_markdown(report: dict) -> str:
                     row.append(str(av.get("reason", "-")))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        lines += _baseline_note(run)
         lines += _op_section(run) + _prepost_section(run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _baseline_note(run) -> list:
+    bases = run.get("baselines") or {}
+    if run.get("baseline") or not bases:
+        return []
+    parts = [f"{k} vs {b}" if b else f"{k}: none (no FP32 of its own run was given; add it to compare)"
+             for k, b in bases.items() if k != b]
+    return [f"_Ratios are taken within each run, never across models: {'; '.join(parts)}._", ""]
 
 
 def _op_section(run) -> list:

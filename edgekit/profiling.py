@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UsageError
+from .fsutil import sha256_file
 
 MAX_INPUT_SAMPLES = 8
 
@@ -39,16 +40,38 @@ def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
                 # a changed file would be timed, and its ratios taken, under the label of a model not there
                 f = a.checked_file(p, then="profile the file itself, or re-run compress")
                 label = f"{p.name}/{a.kind}" if multi_dirs else a.kind
-                add(label, f, {"path": str(f), "kind": a.kind, "sha256": a.sha256, "bytes": a.bytes},
-                    m.prepost or None)
+                add(label, f, {"path": str(f), "kind": a.kind, "sha256": a.sha256, "bytes": a.bytes,
+                               "run": str(p.resolve())}, m.prepost or None)
         elif p.is_file():
             if p.suffix != ".onnx":
                 raise InputError(f"{p}: not an .onnx file or an edgekit output directory")
             _check_onnx(p)
-            add(p.stem, p, {"path": str(p), "kind": None, "bytes": p.stat().st_size})
+            add(p.stem, p, {"path": str(p), "kind": None, "bytes": p.stat().st_size, "sha256": sha256_file(p),
+                            "run": _run_of(p)})
         else:
             raise InputError(f"{p}: no such file or directory")
+    # a file passed alone that is an artifact of a run given here (an ONNX source's FP32 copy) joins that run
+    by_sha = {f["sha256"]: f["run"] for f in facts.values() if f["kind"] and f.get("sha256")}
+    for f in facts.values():
+        if f["run"] is None and f["sha256"] in by_sha:
+            f["run"] = by_sha[f["sha256"]]
     return paths, facts, prepost
+
+
+def _run_of(p: Path) -> str | None:
+    """The edgekit output folder a loose .onnx file belongs to (its manifest lists it with this hash), else None.
+    Ratios are taken within a run: an INT8 file from one run against another run's FP32 compares two models."""
+    from .artifact import load_manifest
+    from .errors import EdgekitError
+
+    if not (p.parent / "manifest.json").is_file():
+        return None
+    try:
+        m = load_manifest(p.parent)
+    except EdgekitError:
+        return None
+    sha = sha256_file(p)
+    return str(p.parent.resolve()) if any(a.path == p.name and a.sha256 == sha for a in m.artifacts) else None
 
 
 def _check_onnx(p: Path) -> None:

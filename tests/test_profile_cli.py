@@ -202,3 +202,30 @@ def test_profile_refuses_an_artifact_changed_since_the_run(outdir, tmp_path, cap
     assert _exit(["profile", str(d), "-o", str(out), *FAST]) == 2
     err = _one_line_error(capsys)
     assert "model.int8.onnx: changed since the run" in err and not out.exists()
+
+
+def test_ratios_stay_within_each_run(outdir, tmp_path, capsys):
+    # a second run of another model: its INT8 given alone has no FP32 of its own here, and a ratio
+    # against the first run's FP32 would compare two different models
+    other = tmp_path / "other"
+    other.mkdir()
+    matmul_chain(other / "model.fp32.onnx", 2)
+    (other / "model.int8.onnx").write_bytes((other / "model.fp32.onnx").read_bytes())
+    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx"), Artifact("int8", "model.int8.onnx")])
+    for a in m.artifacts:
+        a.refresh_file_facts(other)
+    m.write(other)
+    loose = tmp_path / "loose.onnx"  # a copy of the first run's FP32: the same model, so the same run
+    loose.write_bytes((outdir / "model.fp32.onnx").read_bytes())
+    out = tmp_path / "p.json"
+    assert _exit(["profile", str(outdir), str(other / "model.int8.onnx"), str(loose), "-o", str(out),
+                  "--no-op-profile", *FAST]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["baselines"] == {"fp32": "fp32", "int8": "fp32", "model.int8": None, "loose": "fp32"}
+    assert run["ratios"]["model.int8"] is None and run["ratios"]["int8"] > 0 and run["baseline"] is None
+    assert "model.int8: none (no FP32 of its own run" in out.with_suffix(".md").read_text()
+    # with its own FP32 beside it, the ratio is back
+    assert _exit(["profile", str(other / "model.fp32.onnx"), str(other / "model.int8.onnx"), "-o", str(out),
+                  "--no-op-profile", *FAST]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["baseline"] == "model.fp32" and run["ratios"]["model.int8"] > 0
