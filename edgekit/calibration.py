@@ -257,6 +257,9 @@ def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
             y = None  # calibration ignores labels
     if not specs and len(arrays) == 1 and "arr_0" in arrays:
         arrays = {"input": arrays.pop("arr_0")}
+    if len(specs) == 1 and len(arrays) == 1:
+        # one array for a one-input model is that input, whatever it is called (x for nn.Sequential's input)
+        arrays = {specs[0].name: next(iter(arrays.values()))}
     return _finish(str(p), arrays, specs, labels=y, limit=limit, source=str(p))
 
 
@@ -376,6 +379,30 @@ def _load_image(path: Path, rs: dict) -> np.ndarray:
     std = np.asarray(rs["std"], np.float32)
     px = (px - mean) / std
     return np.ascontiguousarray(px.transpose(2, 0, 1) if rs["layout"] == "NCHW" else px)
+
+
+def image_samples(folder, preprocess: dict | None, channels: int, n: int = 2) -> np.ndarray:
+    """The first n images of a folder as a model with `channels` channels would get them: at the declared
+    resize_normalize size, else at the first image's own size. For learning a PyTorch model's input."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    files = image_files(folder)[:n]
+    if not files:
+        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+    op = next((o for o in reversed((preprocess or {}).get("pre", [])) if o.get("op") == "resize_normalize"), {})
+    if op.get("size"):
+        size = [int(v) for v in op["size"]]
+    else:
+        try:
+            with Image.open(files[0]) as im:
+                size = [im.size[1], im.size[0]]
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(f"{files[0]}: not a readable image ({e})") from None
+    nchw = str(op.get("layout", "NCHW")).upper() == "NCHW"
+    spec = TensorSpec("input", [1, channels, *size] if nchw else [1, *size, channels], "float32")
+    rs = _resize_spec(preprocess, spec, str(folder))
+    return np.stack([_load_image(f, rs) for f in files])
 
 
 def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:

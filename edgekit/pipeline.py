@@ -40,6 +40,7 @@ class Run:
 
 def stage_load(run: Run):
     from .calibration import read_dataset, with_implied_prepost
+    from .data_size import small_data_notes
     from .dataset import Dataset
     from .loader import load_source
     from .targets import DEFAULT_TARGET, load_target
@@ -47,16 +48,20 @@ def stage_load(run: Run):
     cfg = run.cfg
     targets = [load_target(t) for t in (cfg.targets or (DEFAULT_TARGET,))]
     from_data = cfg.calib or cfg.eval
+    declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
     sample = _peek_arrays(from_data) if _is_torch_file(cfg.model) else None
     if _is_torch_file(cfg.model) and sample is None and from_data and not cfg.input_shape:
-        # images and sentences do not say what tensor the model takes, and the error would otherwise
-        # blame missing data that was given
-        raise UsageError(f"{from_data}: this data format does not give {cfg.model}'s input shape; "
-                         "pass --input-shape (e.g. 1,3,224,224)")
-    src = load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle,
-                      input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
-    if cfg.preprocess:
-        src.preprocess = _read_prepost(cfg.preprocess)
+        if not Path(from_data).is_dir():
+            # sentences do not say what tensor the model takes, and the error would otherwise blame
+            # missing data that was given
+            raise UsageError(f"{from_data}: this data format does not give {cfg.model}'s input shape; "
+                             "pass --input-shape (e.g. 1,3,224,224)")
+        src = _load_on_images(cfg, from_data, declared)
+    else:
+        src = load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle,
+                          input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
+    if declared:
+        src.preprocess = declared
     src.preprocess = with_implied_prepost(src.preprocess, src.inputs, cfg.calib, cfg.eval, cfg.train)
 
     def data(path, labels):
@@ -80,6 +85,8 @@ def stage_load(run: Run):
             evalset = calib
             notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "
                          f"the same ones INT8 calibrates on (give more than {k}, or --eval, to hold some out)")
+    notes += small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,
+                              static_int8=cfg.quantize.mode == "int8")
     for note in notes:  # the metrics' meaning changes: say it where the user reads them, not only in the manifest
         print(f"edgekit: note: {note}", file=sys.stderr)
     if evalset is None:
@@ -292,6 +299,28 @@ def _ds_facts(ds):
 
 def _is_torch_file(model: str) -> bool:
     return not model.startswith("zoo:") and not model.lower().endswith(".onnx")
+
+
+def _load_on_images(cfg, folder, declared):
+    """A PyTorch model whose data is a folder of images: its input is learned by running it on the first
+    images, as the declared preprocessing (else 0..1 pixels at the images' own size) gives them, with the
+    channel count the preprocessing's mean/std imply first, then the other of 1 and 3."""
+    from .calibration import image_samples
+    from .errors import CalibrationError, InputError
+    from .loader import load_source
+
+    op = next((o for o in (declared or {}).get("pre", []) if o.get("op") == "resize_normalize"), {})
+    implied = max(len(op.get("mean") or [0]), len(op.get("std") or [0]))
+    first = None
+    for channels in dict.fromkeys([implied if implied in (1, 3) else 3, 3, 1]):
+        try:
+            sample = {"input": image_samples(folder, declared, channels)}
+            return load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle, seed=cfg.seed,
+                               sample_inputs=sample)
+        except (InputError, CalibrationError) as e:
+            first = first or e
+    raise UsageError(f"{folder}: {cfg.model} runs on none of the images as 1- or 3-channel input ({first}); "
+                     "pass --input-shape (e.g. 1,3,224,224) or a --preprocess with the size") from None
 
 
 def _peek_arrays(path):

@@ -199,3 +199,9 @@ def test_npz_member_memmap_offsets_survive_many_members(tmp_path):
     ds = read_dataset(tmp_path / "m.npz", [])
     for i in range(5):
         np.testing.assert_array_equal(ds.inputs[f"a{i}"], arrays[f"a{i}"])
+
+
+def test_one_array_for_a_one_input_model_whatever_its_name(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 32, 32), np.float32), y=np.arange(4))
+    ds = read_dataset(tmp_path / "d.npz", IMG, labels=True)
+    assert list(ds.inputs) == ["input"] and len(ds) == 4 and list(ds.labels) == [0, 1, 2, 3]

@@ -148,7 +148,7 @@ def test_token_ids_past_the_embedding_table_are_one_line(tmp_path):
     np.savez(tmp_path / "eval.npz", ids=rng.integers(0, 80, (20, 6)), y=rng.integers(0, 3, 20))
     r = _cli("compress", "tok.py:build", "--calib", "calib.npz", "--eval", "eval.npz", "--quantize", "int8-dynamic",
              "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
-    lines = r.stderr.strip().splitlines()
+    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("edgekit: note:")]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "eval.npz" in lines[0] and "cannot run on this data" in lines[0] and "Gather" in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
@@ -213,3 +213,23 @@ def test_unreachable_target_still_publishes_with_latency_unavailable(tmp_path, m
     assert all("p50_ms" not in x for x in lat)
     q = next(iter(man["quantization"].values()))
     assert q["recommend"] is False and "unavailable" in q["reason"], q["reason"]
+
+
+def test_too_few_samples_are_warned_about(tmp_path, mlp):
+    # one labelled sample read "accuracy 1.0000"; ten cannot judge a 1% tolerance; ten calibration
+    # inputs rarely reach the ranges real data does
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(10, 6)))  # one array, named unlike forward()'s input
+    np.savez(tmp_path / "eval.npz", input=rng.normal(size=(1, 6)), y=[0])
+    r = _cli("compress", mlp, "--calib", "calib.npz", "--eval", "eval.npz", "--no-profile", "--no-tune",
+             "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "note: only 1 evaluation sample(s): one changed prediction moves accuracy by 100%" in r.stderr
+    assert "give at least 100 samples" in r.stderr
+    assert "note: only 10 calibration sample(s)" in r.stderr
+    np.savez(tmp_path / "eval.npz", input=rng.normal(size=(200, 6)), y=rng.integers(0, 3, 200))
+    np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)))
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile", "--no-tune",
+             "-o", "out2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "note: only" not in r.stderr

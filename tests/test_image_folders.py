@@ -68,3 +68,45 @@ def test_compress_records_the_pre_processing_calibration_used(tmp_path):
     assert r.returncode == 0, r.stderr
     pre = json.loads((tmp_path / "out" / "manifest.json").read_text())["prepost"]["pre"][0]
     assert pre["size"] == [10, 10] and pre["std"] == [255.0] * 3, pre
+
+
+CNNS = textwrap.dedent("""
+    import torch.nn as nn
+
+    def grey():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def rgb_fixed():  # takes 3 x 8 x 8 only
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+""")
+
+
+@pytest.mark.parametrize("factory,pre,shape", [
+    ("grey", None, [1, 12, 14]),  # the images' own size, 1 channel found by running the model
+    ("grey", {"size": [8, 8], "mean": [0.5], "std": [0.25]}, [1, 8, 8]),
+    ("rgb_fixed", {"size": [8, 8], "mean": [0.0], "std": [255.0]}, [3, 8, 8]),
+])
+def test_image_folder_gives_a_pytorch_model_its_input_without_input_shape(tmp_path, factory, pre, shape):
+    (tmp_path / "cnn.py").write_text(CNNS)
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (12, 14), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    args = ["--preprocess", json.dumps({"pre": [{"op": "resize_normalize", **pre}]})] if pre else []
+    r = _cli("compress", f"cnn.py:{factory}", "--calib", "imgs", *args, "--no-profile", "--no-tune", "-o", "out",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert man["artifacts"][0]["inputs"][0]["shape"] == ["batch", *shape]
+    assert man["prepost"]["pre"][0]["size"] == shape[1:]
+
+
+def test_image_folder_that_fits_no_channel_count_is_one_line(tmp_path):
+    (tmp_path / "cnn.py").write_text(CNNS)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((12, 14), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    r = _cli("compress", "cnn.py:rgb_fixed", "--calib", "imgs", "--no-profile", "-o", "out", cwd=tmp_path)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "imgs: cnn.py:rgb_fixed runs on none of the images" in err and "--input-shape" in err
+    assert not (tmp_path / "out").exists()

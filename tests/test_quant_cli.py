@@ -145,6 +145,12 @@ def test_modes_without_calibration_data_work_and_say_accuracy_was_not_measured(t
                for a in man.artifacts)
     d = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert any("accuracy not measured" in n for n in d["quantization"]["m.onnx"]["notes"])
+    # the recommendation's reason explains the pick: FP32 kept is not "FP16 within tolerance"
+    rec = next(iter(d["recommended"].values()))
+    if rec["kind"] == "fp32":
+        assert rec["reason"].startswith(f"FP32 kept: {mode.upper()} was not both within tolerance and faster"), rec
+    else:
+        assert d["quantization"]["m.onnx"]["recommend"] and rec["kind"] == mode
 
 
 def test_dynamic_without_calib_is_scored_on_eval(tmp_path, fast_gate):

@@ -35,6 +35,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     import onnx
 
     from ..calibration import read_dataset, with_implied_prepost
+    from ..data_size import small_data_notes
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, InputError, UsageError
     from ..loader import float_dtype, load_onnx, quantized_ops
@@ -66,7 +67,8 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         if eval_path else None
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
-    record_notes = []
+    record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8")
+    small = list(record_notes)
     batch = fixed_batch(model)
     timing_ds = calib_ds if calib_ds is not None else eval_ds
     if batch and timing_ds is not None and len(timing_ds) < batch:
@@ -95,6 +97,8 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     except BaseException:
         discard(staging)
         raise
+    for note in small:  # after the run: beside its results, and not before a one-line error
+        click.echo(f"edgekit: note: {note}", err=True)
     return man
 
 
@@ -172,8 +176,11 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         q.setdefault("notes", []).extend(record_notes)
         art.notes.extend(record_notes)
         pick = art if q.get("recommend") else parent
+        reason = q.get("reason", "")
+        if pick is parent:  # the stage's reason describes the candidate ("FP16 within tolerance ..."), not the pick
+            reason = f"{parent.kind.upper()} kept: {art.kind.upper()} was not both within tolerance and faster ({reason})"
         man.recommended[q.get("isa", {}).get("target", "host")] = {"path": pick.path, "kind": pick.kind,
-                                                                   "reason": q.get("reason", "")}
+                                                                   "reason": reason}
     return man
 
 

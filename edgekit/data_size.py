@@ -1,0 +1,24 @@
+"""Warnings for data sets too small to support what a run reports."""
+from __future__ import annotations
+
+import math
+
+SMALL_CALIB = 32  # fewer inputs than this rarely reach the activation ranges real data does
+SMALL_EVAL = 30
+
+
+def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool) -> list:
+    """One line per problem: one evaluation sample read 'accuracy 1.0000', and a 1% tolerance cannot be
+    judged on 10 labelled samples (one changed prediction is 10%)."""
+    notes = []
+    n = len(evalset) if evalset is not None else 0
+    if n and task == "classification" and tolerance.value > 0 and 1 / n > tolerance.value:
+        notes.append(f"only {n} evaluation sample(s): one changed prediction moves accuracy by {100 / n:.3g}%, "
+                     f"more than the {tolerance} tolerance, so any change fails it and no change proves little; "
+                     f"give at least {math.ceil(1 / tolerance.value)} samples")
+    elif 0 < n < SMALL_EVAL:
+        notes.append(f"only {n} evaluation sample(s): the measured accuracy cost is within noise; give a few hundred")
+    if static_int8 and calib is not None and len(calib) < SMALL_CALIB:
+        notes.append(f"only {len(calib)} calibration sample(s): INT8 ranges from so few inputs may clip real "
+                     "data; give a few hundred representative inputs")
+    return notes
