@@ -72,7 +72,7 @@ def _f(v, unit="", nd=3):
 
 def to_markdown(report: dict) -> str:
     h = report["host"]
-    lines = [f"# edgekit profile", "",
+    lines = ["# edgekit profile", "",
              f"Host: {h.get('cpu')} ({h.get('cores')} cores, {h.get('machine')}), "
              f"onnxruntime {report['versions'].get('onnxruntime')}, edgekit {report['edgekit_version']}, "
              f"{report['created']}.", ""]

@@ -7,9 +7,17 @@ artifact (tolerance missed) keeps it out.
 from __future__ import annotations
 
 
+def metric_veto(a, manifest, tolerance) -> str | None:
+    """Why `a`'s metric rules it out (a drop from the run's FP32 beyond tolerance), or None."""
+    fp32 = next((x for x in manifest.artifacts if x.kind == "fp32"), None)
+    ref, val = ((fp32.metrics or {}).get("value") if fp32 else None), (a.metrics or {}).get("value")
+    if a.kind == "fp32" or ref is None or val is None or tolerance.allows(ref, val):
+        return None
+    return f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}"
+
+
 def recommend(manifest, tolerance, targets) -> dict:
     fp32 = next((a for a in manifest.artifacts if a.kind == "fp32"), None)
-    ref = (fp32.metrics or {}).get("value") if fp32 else None
     out = {}
     native = [t for t in targets if not getattr(t, "emulated", False)]
     for t in native + [t for t in targets if t not in native]:
@@ -22,9 +30,9 @@ def recommend(manifest, tolerance, targets) -> dict:
             lat = a.latency.get(name, {})
             if lat.get("status") != "ok":
                 continue
-            val = (a.metrics or {}).get("value")
-            if a.kind != "fp32" and ref is not None and val is not None and not tolerance.allows(ref, val):
-                rejected.append(f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}")
+            why = metric_veto(a, manifest, tolerance)
+            if why:
+                rejected.append(why)
                 continue
             q = manifest.quantization.get(a.parent or "", {}) if a.stage == "quantize" else {}
             if q and q.get("recommend") is False and a.kind != "fp32":

@@ -114,16 +114,16 @@ def _acceptable(a, manifest) -> bool:
     gate = next(iter((q.get("speed_gate") or {}).values()), {})
     if gate.get("status") == "ok" and not gate.get("passed"):
         return False
-    fp32 = next((x for x in manifest.artifacts if x.kind == "fp32"), None)
-    ref, val = ((fp32.metrics or {}).get("value") if fp32 else None), (a.metrics or {}).get("value")
     tol = (manifest.settings or {}).get("tolerance")
-    if ref is None or val is None or tol is None:
+    if tol is None:
         return True
     from ..config import Tolerance
+    from ..errors import ConfigError
+    from ..recommend import metric_veto
 
     try:
-        return Tolerance.parse(str(tol)).allows(ref, val)
-    except Exception:  # a manifest from another version: the quantization record above still applies
+        return metric_veto(a, manifest, Tolerance.parse(str(tol))) is None
+    except ConfigError:  # a manifest from another version: the quantization record above still applies
         return True
 
 

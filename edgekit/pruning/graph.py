@@ -21,7 +21,7 @@ class Plan:
     """What a pruner may touch; built once per model (module references belong to that model)."""
 
     ignored: list  # nn.Module
-    ignored_names: list  # for the report
+    kept: dict  # module name -> why it keeps its width, for the report
     num_heads: dict = field(default_factory=dict)  # q/k/v Linear -> heads
     attention: list = field(default_factory=list)  # HF-style self-attention modules to update after pruning
     notes: list = field(default_factory=list)
@@ -30,6 +30,10 @@ class Plan:
     @property
     def has_heads(self) -> bool:
         return bool(self.num_heads)
+
+    @property
+    def ignored_names(self) -> list:
+        return [f"{name} ({why})" for name, why in self.kept.items()]
 
 
 # ---------------------------------------------------------------- inputs and outputs
@@ -192,16 +196,16 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
     order = _execution_order(model, example)
     if not order:
         raise InputError("the model has no Conv or Linear layers to prune")
-    ignored, why = [], []
+    ignored, why = [], {}
     if keep_first and isinstance(order[0], nn.modules.conv._ConvNd):
         ignored.append(order[0])
-        why.append(f"{names[order[0]]} (first conv)")
+        why[names[order[0]]] = "first conv"
     keep, heads, attn = _transformer_parts(model)
     outputs, with_state = _output_layers(model, example)
     for m in outputs or [order[-1]]:
         ignored.append(m)
         if m not in keep:  # residual writers reached through the stream are named as transformer parts
-            why.append(f"{names[m]} (output layer)")
+            why[names[m]] = "output layer"
     frozen = []
     for name, m in model.named_modules():
         if not isinstance(m, recurrent.TYPES):
@@ -210,15 +214,15 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
         if reason:
             frozen.append(m)
             if m not in ignored:
-                why.append(f"{name} ({type(m).__name__}, {reason}: kept whole, with the layers coupled to it)")
+                why[name] = f"{type(m).__name__}, {reason}: kept whole, with the layers coupled to it"
     for n in ignore_names:
         if n not in by_name:
             from ..errors import did_you_mean
 
             raise InputError(f"--ignore {n!r}: no such module{did_you_mean(n, [k for k in by_name if k])}")
         ignored.append(by_name[n])
-        why.append(f"{n} (user)")
-    plan = Plan(ignored=ignored + keep + frozen, ignored_names=why, num_heads=heads, attention=attn, frozen=frozen)
+        why[n] = "user"
+    plan = Plan(ignored=ignored + keep + frozen, kept=why, num_heads=heads, attention=attn, frozen=frozen)
     if keep:
         plan.notes.append(f"transformer: hidden size kept; pruning attention heads and feed-forward width "
                           f"({len(keep)} residual-stream layers kept)")
@@ -384,9 +388,7 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
                     "pruning cannot resize")
         else:
             what = f"{odd_name} has {width} along that axis, a transpose or reshape pruning cannot follow"
-        text = f"{names.get(root, type(root).__name__)} (with the {n} channels coupled to it: {what})"
-        if text not in plan.ignored_names:
-            plan.ignored_names.append(text)
+        plan.kept.setdefault(names.get(root, type(root).__name__), f"with the {n} channels coupled to it: {what}")
     _ratio_dict_for_recurrent(pruner, ratio_dict, steps)
     with torch.no_grad():
         pruner.edgekit_check = (example, [tuple(t.shape) for t in output_tensors(model(*example))])

@@ -128,10 +128,7 @@ def _reasons(plan, model) -> dict:
     """{module name: why it keeps its width} from the plan, plus GroupNorms whose one-channel groups cannot shrink."""
     import torch.nn as nn
 
-    why = {}
-    for entry in plan.ignored_names:
-        name, _, reason = entry.partition(" (")
-        why[name] = reason.rstrip(")") if reason else "kept"
+    why = dict(plan.kept)
     for name, m in model.named_modules():
         if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels:
             why[name] = (f"GroupNorm with {m.num_groups} groups of one channel: its channels, and those of the "

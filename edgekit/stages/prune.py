@@ -70,7 +70,7 @@ def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enab
                        round_to=round_to, example=example, metric=metric, names=names, export=export, feeds=feeds)
     model = res["module"].eval()
     macs1, params1 = graph.count(model, example)
-    info.update({"ratio": ratio, "params_after": params1, "macs_after": macs1, "metric_after": res["steps"][-1]["metric"],
+    info.update({"ignored": plan.ignored_names, "ratio": ratio, "params_after": params1, "macs_after": macs1, "metric_after": res["steps"][-1]["metric"],
                  "channels": graph.channel_table(graph.channel_counts(teacher), graph.channel_counts(model)),
                  "steps": res["steps"], "seconds": round(time.perf_counter() - t0, 2)})
     info["notes"] += res["notes"]
