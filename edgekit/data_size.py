@@ -13,7 +13,7 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool)
     notes = []
     n = len(evalset) if evalset is not None else 0
     if n and task == "classification" and tolerance.value > 0 and 1 / n > tolerance.value:
-        notes.append(f"only {n} evaluation sample(s): one changed prediction moves accuracy by {100 / n:.3g}%, "
+        notes.append(f"only {n} evaluation sample(s): one changed prediction moves the score by {100 / n:.3g}%, "
                      f"more than the {tolerance} tolerance, so any change fails it and no change proves little; "
                      f"give at least {math.ceil(1 / tolerance.value)} samples")
     elif 0 < n < SMALL_EVAL:

@@ -224,7 +224,7 @@ def test_too_few_samples_are_warned_about(tmp_path, mlp):
     r = _cli("compress", mlp, "--calib", "calib.npz", "--eval", "eval.npz", "--no-profile", "--no-tune",
              "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "note: only 1 evaluation sample(s): one changed prediction moves accuracy by 100%" in r.stderr
+    assert "note: only 1 evaluation sample(s): one changed prediction moves the score by 100%" in r.stderr
     assert "give at least 100 samples" in r.stderr
     assert "note: only 10 calibration sample(s)" in r.stderr
     np.savez(tmp_path / "eval.npz", input=rng.normal(size=(200, 6)), y=rng.integers(0, 3, 200))

@@ -14,7 +14,11 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 def main_entry(cli, argv=None):
-    # onnxruntime writes under ~/.cache on import; keep it tidy but respect the user's choice.
+    import warnings
+
+    # torch's notice about its prototype nested tensors (nn.TransformerEncoder with a padding mask, in
+    # eval mode) says nothing about the user's model or edgekit's results
+    warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort:
