@@ -119,10 +119,12 @@ def ratio(a: dict, b: dict) -> float | None:
 
 def precision_of(label: str, r: dict) -> str | None:
     """The label when it is an artifact kind; else what the executed ops say (int8 or fp32)."""
-    base = label.rsplit("/", 1)[-1]
-    for k in KNOWN_KINDS:
-        if base == k or f".{k}." in f".{base}." or base.startswith(f"model.{k}"):
-            return k
+    import re
+
+    base = re.sub(r"#\d+$", "", label.rsplit("/", 1)[-1])
+    for part in reversed(base.split(".")):  # the last kind names the file's precision: distilled.int8
+        if part in KNOWN_KINDS:
+            return part
     ops = r.get("op_breakdown") or {}
     if ops:
         return "int8" if any(h in op for op in ops for h in _INT8_HINTS) else "fp32"

@@ -36,10 +36,13 @@ def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
             m = load_manifest(p)
             if not m.artifacts:
                 raise InputError(f"{p}: manifest.json lists no artifacts")
+            kinds = [a.kind for a in m.artifacts]
             for a in m.artifacts:
                 # a changed file would be timed, and its ratios taken, under the label of a model not there
                 f = a.checked_file(p, then="profile the file itself, or re-run compress")
-                label = f"{p.name}/{a.kind}" if multi_dirs else a.kind
+                # two of a kind (INT8 of the FP32 and of the distilled model): named by file, not kind#2
+                name = a.kind if kinds.count(a.kind) == 1 else Path(a.path).name.removesuffix(".onnx").removeprefix("model.")
+                label = f"{p.name}/{name}" if multi_dirs else name
                 add(label, f, {"path": str(f), "kind": a.kind, "sha256": a.sha256, "bytes": a.bytes,
                                "run": str(p.resolve())}, m.prepost or None)
         elif p.is_file():

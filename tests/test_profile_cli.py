@@ -229,3 +229,23 @@ def test_ratios_stay_within_each_run(outdir, tmp_path, capsys):
                   "--no-op-profile", *FAST]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["baseline"] == "model.fp32" and run["ratios"]["model.int8"] > 0
+
+
+def test_two_artifacts_of_one_kind_are_named_by_file(outdir, tmp_path):
+    from edgekit.profile import precision_of
+    from edgekit.profiling import resolve_artifacts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("model.fp32.onnx", "model.int8.onnx"):
+        (run / f).write_bytes((outdir / f).read_bytes())
+    (run / "model.distilled.int8.onnx").write_bytes((outdir / "model.int8.onnx").read_bytes())
+    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx"), Artifact("int8", "model.int8.onnx"),
+                            Artifact("int8", "model.distilled.int8.onnx")])
+    for a in m.artifacts:
+        a.refresh_file_facts(run)
+    m.write(run)
+    paths, _, _ = resolve_artifacts([str(run)])
+    assert list(paths) == ["fp32", "int8", "distilled.int8"]  # was int8#2
+    assert [precision_of(k, {}) for k in paths] == ["fp32", "int8", "int8"]
+    assert precision_of("run/model.distilled.int8-dynamic", {}) == "int8-dynamic"
