@@ -42,6 +42,21 @@ def check_labels(labels, n_classes: int, where: str) -> None:
                                "out of range")
 
 
+def check_training_labels(source, ds) -> None:
+    """--train labels must index the PyTorch model's classes too, checked before any work as --eval's
+    are: cross-entropy failed mid-run, after pruning, with "IndexError: Target 7 is out of bounds"."""
+    if ds is None or ds.labels is None or source.kind != "torch" or source.task != "classification":
+        return
+    import torch
+
+    from .pruning.graph import first_tensor
+
+    feeds = ds.take(1).inputs
+    with torch.no_grad():
+        out = first_tensor(source.module(*[torch.from_numpy(np.array(feeds[s.name])) for s in source.inputs]))
+    check_labels(ds.labels, int(np.prod(out.shape[1:])) if out.ndim > 1 else 1, ds.source or "training data")
+
+
 def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
     """The metric over the first output (accuracy with labels); without labels, the lowest fidelity over
     every output the variant and the reference both give in the same shape (see per_output)."""

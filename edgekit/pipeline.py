@@ -41,6 +41,7 @@ class Run:
 def stage_load(run: Run):
     from .calibration import read_dataset, with_implied_prepost
     from .data_size import small_data_notes
+    from .evaluate import check_training_labels
     from .dataset import Dataset
     from .loader import load_source
     from .targets import DEFAULT_TARGET, load_target
@@ -70,6 +71,7 @@ def stage_load(run: Run):
     calib = data(cfg.calib, False) if cfg.calib else src.calib
     evalset = data(cfg.eval, True) if cfg.eval else src.eval
     train = data(cfg.train, True) if cfg.train else src.train
+    check_training_labels(src, train)
     notes = []
     if evalset is None and calib is not None:
         from .quant.fidelity import MAX_EVAL

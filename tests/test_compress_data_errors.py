@@ -233,3 +233,19 @@ def test_too_few_samples_are_warned_about(tmp_path, mlp):
              "-o", "out2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "note: only" not in r.stderr
+
+
+@pytest.mark.parametrize("bad", [7, -1])
+def test_training_labels_out_of_range_are_one_line_before_any_work(tmp_path, mlp, bad):
+    # cross-entropy failed after pruning with "internal error: IndexError: Target 7 is out of bounds"
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(40, 6)))
+    y = rng.integers(0, 3, 40)
+    y[5] = bad
+    np.savez(tmp_path / "train.npz", input=rng.normal(size=(40, 6)), y=y)
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--train", "train.npz", "--prune", "0.5", "--no-profile",
+             "--no-tune", "-o", "out", cwd=tmp_path)
+    err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("edgekit: note:")]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert f"train.npz: label {bad} (sample 5) is not a class index in [0, 3)" in err[0]
+    assert "pruning" not in r.stderr and not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
          seed=0):
     """(SourceModel, calib, eval, train) as the compress pipeline reads them."""
     from ..calibration import read_dataset
+    from ..evaluate import check_training_labels
     from ..loader import load_source
     from ..pipeline import _peek_arrays
 
@@ -29,6 +30,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     c = data(calib, False) if calib else src.calib
     e = data(eval_path, True) if eval_path else src.eval
     t = data(train, True) if train else src.train
+    check_training_labels(src, t)
     return src, c, e or c, t or c
 
 
