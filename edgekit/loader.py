@@ -295,29 +295,40 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
 
 def _sequence_axes(module, inputs, outputs, out_names, sample_inputs) -> dict:
     """{tensor name: axis} of a sequence length forward() accepts at any value: axis 1 of token inputs
-    (rank-2 integer) and of rank-3 inputs ([batch, time, features] for a GRU, [batch, channels, length] for a
-    1-d CNN), when forward() also runs with that axis halved. Fixing it to the calibration length (as
-    export does by default) made a GRU or transformer refuse any other length on the device. Outputs take
-    the axis where their size followed the input's. The export stage checks the graph at both lengths and
-    fixes the axis again when the graph does not follow (a traced Python loop over the length)."""
-    import numpy as np
-    import torch
-
+    (rank-2 integer) and axis 1, else 2, of rank-3 inputs ([batch, time, features] for a GRU, [batch,
+    channels, length] for a 1-d CNN), when forward() also runs with that axis halved. Fixing it to the
+    calibration length (as export does by default) made a GRU or transformer refuse any other length on
+    the device. Outputs take the axis where their size followed the input's. The export stage checks the
+    graph at both lengths and fixes the axis again when the graph does not follow (a traced Python loop)."""
     def seq_like(s):
         return len(s.shape) == 3 or (len(s.shape) == 2 and s.dtype in ("int64", "int32", "uint8", "bool"))
 
-    cands = [s for s in inputs if seq_like(s) and isinstance(s.shape[1], int) and s.shape[1] >= 2]
-    if not cands:
-        return {}
-    length = cands[0].shape[1]
-    group = [s for s in cands if s.shape[1] == length]  # input_ids and attention_mask change together
+    for axis in (1, 2):
+        cands = [s for s in inputs if seq_like(s) and len(s.shape) > axis and isinstance(s.shape[axis], int)
+                 and s.shape[axis] >= 2]
+        if not cands:
+            continue
+        length = cands[0].shape[axis]
+        group = [s for s in cands if s.shape[axis] == length]  # input_ids and attention_mask change together
+        found = _follows_length(module, inputs, outputs, out_names, sample_inputs, group, axis, length)
+        if found:
+            return found
+    return {}
+
+
+def _follows_length(module, inputs, outputs, out_names, sample_inputs, group, axis, length) -> dict:
+    """The axes of `group` (at `axis`) and of the outputs, when forward() runs with that length halved."""
+    import numpy as np
+    import torch
+
     short = length // 2
     feeds = []
     for s in inputs:
         shape = [2 if isinstance(d, str) else d for d in s.shape]
         arr = _real_sample(sample_inputs, s, len(inputs), shape)
         arr = arr if arr is not None else np.zeros(shape, dtype=s.dtype)
-        feeds.append(torch.from_numpy(np.ascontiguousarray(arr[:, :short] if s in group else arr)))
+        feeds.append(torch.from_numpy(np.ascontiguousarray(np.take(arr, range(short), axis=axis) if s in group
+                                                           else arr)))
     try:
         with torch.no_grad():
             out = module(*feeds)
@@ -326,13 +337,12 @@ def _sequence_axes(module, inputs, outputs, out_names, sample_inputs) -> dict:
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if len(outs) != len(outputs):
         return {}
-    axes = {s.name: 1 for s in group}
+    axes = {s.name: axis for s in group}
     for name, ref, got in zip(out_names, outputs, outs):
         if tuple(got.shape) == tuple(ref.shape):
             continue
         diff = [i for i, (a, b) in enumerate(zip(ref.shape, got.shape)) if a != b]
-        if len(got.shape) != ref.ndim or len(diff) != 1 or diff[0] == 0 or \
-                (ref.shape[diff[0]], got.shape[diff[0]]) != (length, short):
+        if len(got.shape) != ref.ndim or len(diff) != 1 or diff[0] == 0:
             return {}  # an output whose size moved some other way: leave every length fixed
         axes[name] = diff[0]
     return axes

@@ -61,6 +61,20 @@ MODELS = textwrap.dedent("""
         def forward(self, x):
             return self.fc(self.c(x).mean((2, 3)))
 
+    class Conv1d(nn.Module):  # [batch, channels, length]: the length is axis 2
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv1d(4, 8, 3, stride=2)
+            self.bn = nn.BatchNorm1d(8)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.c(x))).mean(2))
+
+    def conv1d():
+        torch.manual_seed(0)
+        return Conv1d()
+
     def gru():
         torch.manual_seed(0)
         return GRUCls()
@@ -129,3 +143,13 @@ def test_graph_that_does_not_follow_is_fixed_with_a_note(models, tmp_path):
     assert sess.get_inputs()[0].shape == ["batch", 12, 8]  # ...the traced graph does not
     assert "sequence length fixed" in art.notes[0] and "fixed_length" in art.verify
     assert art.verify["max_abs_diff"] < 1e-4
+
+
+def test_conv1d_length_is_axis_2(models, tmp_path):
+    data = {"x": rng.standard_normal((20, 4, 32)).astype(np.float32)}
+    src, art, sess = _export(models, "conv1d", data, tmp_path)
+    assert src.dynamic_axes["x"] == {0: "batch", 2: "seq"} and sess.get_inputs()[0].shape == ["batch", 4, "seq"]
+    x = rng.standard_normal((2, 4, 50)).astype(np.float32)
+    with torch.no_grad():
+        ref = src.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, atol=1e-5)
