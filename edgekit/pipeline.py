@@ -7,7 +7,6 @@ is recorded as skipped, one that cannot apply (e.g. pruning an ONNX file) as not
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -63,6 +62,11 @@ def stage_load(run: Run):
                           input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
     if declared:
         src.preprocess = declared
+    if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
+        # asked for explicitly: going on without it would hand back a model the user thinks was pruned
+        what = "--prune" if cfg.prune.enabled else "--student"
+        raise UsageError(f"{what}: {cfg.model} is an ONNX file, and pruning and distillation work on the PyTorch "
+                         f"model (pass it as file.py:factory), or drop {what} to quantize the ONNX file")
     src.preprocess = with_implied_prepost(src.preprocess, src.inputs, cfg.calib, cfg.eval, cfg.train)
 
     def data(path, labels):
@@ -136,11 +140,20 @@ def stage_export(run: Run):
     src = run.ctx.source
     dest = run.staging / "model.fp32.onnx"
     if src.kind == "onnx":
-        shutil.copyfile(src.onnx_path, dest)
+        import onnx
+
+        from .loader import copy_model, float_dtype
+
+        copy_model(src.onnx_path, dest)  # with its external data, which a bare file copy left behind
         facts = graph_facts(dest)
+        notes = ["copied from the source ONNX file"]
+        if float_dtype(onnx.load(str(dest), load_external_data=False)) == "float16":
+            # the reference keeps the name every later stage looks for; say what it holds
+            notes.append("the source computes in float16: model.fp32.onnx is that float16 model unchanged, "
+                         "the reference every variant is compared with")
+            print(f"edgekit: note: {notes[-1]}", file=sys.stderr)
         art = Artifact(kind="fp32", path=dest.name, parent="source", stage="load", params=facts["params"],
-                       opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"],
-                       notes=["copied from the source ONNX file"])
+                       opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], notes=notes)
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
         _check_post_fits(run, run.ctx.eval.take(8))

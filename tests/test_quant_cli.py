@@ -412,3 +412,27 @@ def test_tolerance_above_100_is_refused():
         with pytest.raises(ConfigError, match="at most 100%"):
             Tolerance.parse(bad)
     assert Tolerance.parse("100%").value == 1.0
+
+
+def test_compress_of_onnx_files(tmp_path):
+    # external data travels with the copy (it was left behind, and the error blamed the eval data);
+    # a float16 source is said to be one; --prune on an ONNX file is refused, not silently ignored
+    (tmp_path / "m").mkdir()
+    _mlp(tmp_path / "m" / "ext.onnx", ext_data="ext.data")
+    _mlp(tmp_path / "f16.onnx", dtype=TensorProto.FLOAT16)
+    np.save(tmp_path / "c.npy", _x(40))
+    np.save(tmp_path / "c16.npy", _x(40, dtype=np.float16))
+    r = _cli("compress", "m/ext.onnx", "--calib", "c.npy", "--no-profile", "--no-tune", "-o", "o1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import onnxruntime as ort
+
+    (tmp_path / "m" / "ext.data").unlink()  # the copy stands on its own
+    assert ort.InferenceSession(str(tmp_path / "o1" / "model.fp32.onnx")).run(None, {"x": _x(2)})[0].shape == (2, 10)
+    r = _cli("compress", "f16.onnx", "--calib", "c16.npy", "--no-profile", "--no-tune", "-o", "o2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "note: the source computes in float16" in r.stderr
+    fp32 = json.loads((tmp_path / "o2" / "manifest.json").read_text())["artifacts"][0]
+    assert any("float16" in n for n in fp32["notes"])
+    r = _cli("compress", "f16.onnx", "--calib", "c16.npy", "--prune", "0.5", "-o", "o3", cwd=tmp_path)
+    _one_line_error(r, "--prune: f16.onnx is an ONNX file")
+    assert r.returncode == 2 and not (tmp_path / "o3").exists()
