@@ -43,6 +43,7 @@ def test_flash_outdir_to_mounted_path_update_and_rollback(tmp_path, capsys):
     from edgekit.cli import main
 
     dev = tmp_path / "sdcard" / "models"
+    dev.parent.mkdir()  # the mounted card; its models folder is made on the first flash
     out0 = make_outdir(tmp_path / "out0", seed=0)
     assert main(["flash", str(out0), "--device", str(dev), "--json"]) == 0  # OUTDIR bundled on the fly
     r0 = json.loads(capsys.readouterr().out)["results"][0]
@@ -171,11 +172,50 @@ def test_address_parsing_and_devices_file(tmp_path):
     assert [(x.kind, x.path) for x in devs] == [("ssh", "/m"), ("path", "/mnt/card")]  # duplicates dropped
 
 
+def test_unmounted_card_is_refused_and_nothing_is_created(tmp_path, capsys):
+    """A missing parent means the card is not mounted: writing would fill this host's disk instead."""
+    from edgekit.cli import main
+    from edgekit.errors import UsageError
+    from edgekit.flash.deploy import flash as deploy_flash
+    from edgekit.flash.remote import run_runner
+    from edgekit.flash.transport_path import PathTransport
+
+    build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    dev = mnt / "notmounted" / "sdcard" / "models"
+    ok = mnt / "models"  # a second, healthy device: a fleet with one bad path is refused as a whole
+    for argv in (["flash", str(tmp_path / "v0.ekb"), "--device", str(ok), "--device", str(dev)],
+                 ["flash", str(tmp_path / "out"), "--device", str(dev)],
+                 ["flash", "--rollback", "--device", str(dev)]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(dev) in err and "is the device mounted?" in err, err
+        assert list(mnt.iterdir()) == []
+    with pytest.raises(UsageError, match="does not exist"):
+        flash_many(collect_devices([str(dev)]), v0)
+    res = deploy_flash(PathTransport(str(dev)), str(dev), v0, FlashOptions())  # the card pulled after the check
+    assert (res.status, res.step) == ("failed", "inspect") and "is the device mounted?" in res.reason
+    with pytest.raises(Exception, match="is the device mounted"):
+        run_runner(str(dev), v0, ["selftest", "--bundle", "{dir}"])
+    assert list(mnt.iterdir()) == []
+    # a rollback needs the folder itself; a flash creates only that last folder
+    with pytest.raises(SystemExit):
+        main(["flash", "--rollback", "--device", str(ok)])
+    assert "does not exist" in capsys.readouterr().err and not ok.exists()
+    assert flash_many(collect_devices([str(ok)]), v0)[0].status == "flashed"
+    assert sorted(p.name for p in mnt.iterdir()) == ["models"] and (ok / "current").is_symlink()
+
+
 @pytest.mark.parametrize("kind", ["../../../evil_kind", "x/../../y"])
 def test_bundle_with_path_in_kind_refused_previous_stays(tmp_path, capsys, kind):
     from edgekit.cli import main
 
     dev = tmp_path / "a" / "b" / "c" / "dev"  # deep, so '../../../' would still land inside tmp_path
+    dev.parent.mkdir(parents=True)
     build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v0.ekb")
     assert main(["flash", str(tmp_path / "v0.ekb"), "--device", str(dev), "--json"]) == 0
     capsys.readouterr()
@@ -202,6 +242,7 @@ def test_deploy_layer_refuses_unsafe_version_names(tmp_path, version):
     from edgekit.flash.transport_path import PathTransport
 
     dev = tmp_path / "a" / "b" / "c" / "dev"
+    dev.parent.mkdir(parents=True)
     build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v0.ekb")
     v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
     devs = collect_devices([str(dev)])

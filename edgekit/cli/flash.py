@@ -114,11 +114,16 @@ def flash(source, devices, devices_file, targets, identity, known_hosts, accept_
           jobs, artifact, keep, rollback, selftest_timeout, as_json):
     """Deploy BUNDLE (.ekb) or OUTDIR to devices: upload beside the active version, verify every hash
     there, run the self-test there, then switch PATH/current in one rename. Any failure leaves the
-    previous version active. Exit status 1 if any device failed."""
+    previous version active. Exit status 1 if any device failed.
+
+    A mounted-path device's folder is created if missing, but its parent must exist: on an unmounted
+    card (--device /media/sd/models with /media/sd absent) nothing is written and the command exits 2.
+    Give a folder on the card, not the mount point itself, which exists even when nothing is mounted."""
     from ..flash import deploy, fleet
     from ..flash.bundle import open_source
 
     devs, ssh = resolve(devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python)
+    fleet.check_path_devices(devs, rollback=rollback)  # before bundling an OUTDIR: fail fast, write nothing
     opts = deploy.FlashOptions(keep=keep, selftest_timeout=selftest_timeout)
     if rollback:
         if source:

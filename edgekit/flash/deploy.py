@@ -172,6 +172,14 @@ def run_selftest(t, vdir: str, timeout: float) -> dict:
     raise EdgekitError(f"self-test failed on the device (exit {rc}): {why}{hint}")
 
 
+def _check_root(t, root: str, create_last: bool) -> None:
+    """A mounted-path device must be there already (see transport_path.root_problem); an SSH device's
+    folder is created on the device as before, since it cannot land on this host's disk."""
+    check = getattr(t, "check_root", None)
+    if check is not None:
+        check(root, create_last=create_last)
+
+
 def _mismatches(got: dict, want: dict) -> list[str]:
     return [f"{rel} ({'missing' if got.get(rel) is None else 'sha256 ' + got[rel][:12] + ' != ' + sha[:12]})"
             for rel, sha in want.items() if got.get(rel) != sha]
@@ -188,6 +196,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             vdir = L.version(version)  # before any makedirs: a refused name must not leave even empty dirs
+            _check_root(t, L.root, create_last=True)  # checked again here: the card may be pulled since
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
             history = read_history(t, L)
@@ -304,6 +313,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
     dev = t.label
     try:
         with step("inspect", emit, dev):
+            _check_root(t, L.root, create_last=False)
             res.previous = active_version(t, L)
             history = read_history(t, L)
             present = set(version_dirs(t, L))

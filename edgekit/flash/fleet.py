@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 
-from ..errors import EdgekitError
+from ..errors import EdgekitError, UsageError
 from . import deploy
 from .devices import Device
 from .transport_ssh import SshOptions
@@ -20,6 +20,17 @@ def open_transport(device: Device, ssh: SshOptions):
     from .transport_ssh import connect
 
     return connect(device, ssh)
+
+
+def check_path_devices(devices, *, rollback: bool = False) -> None:
+    """Refuse the whole run, before any device is touched, if a mounted-path device is not there:
+    an unmounted card must not be written onto this host's disk, nor half a fleet flashed."""
+    from .transport_path import root_problem
+
+    for d in devices:
+        why = root_problem(d.path, create_last=not rollback) if d.kind == "path" else None
+        if why:
+            raise UsageError(f"device {why}")
 
 
 def _on_device(device: Device, ssh: SshOptions, op, emit):
@@ -50,11 +61,13 @@ def _map(devices, jobs, fn):
 
 def flash_many(devices, bundle, *, opts=None, ssh=None, jobs=4, emit=None) -> list[deploy.DeviceResult]:
     opts, ssh = opts or deploy.FlashOptions(), ssh or SshOptions()
+    check_path_devices(devices)
     return _map(devices, jobs, lambda d: _on_device(d, ssh, lambda t: deploy.flash(t, d.path, bundle, opts, emit), emit))
 
 
 def rollback_many(devices, *, opts=None, ssh=None, jobs=4, emit=None) -> list[deploy.DeviceResult]:
     opts, ssh = opts or deploy.FlashOptions(), ssh or SshOptions()
+    check_path_devices(devices, rollback=True)
     return _map(devices, jobs, lambda d: _on_device(d, ssh, lambda t: deploy.rollback(t, d.path, opts, emit), emit))
 
 
@@ -79,4 +92,4 @@ def status_many(devices, *, ssh=None, jobs=4, verify=True) -> list[dict]:
     return _map(devices, jobs, one)
 
 
-__all__ = ["flash_many", "rollback_many", "status_many", "open_transport"]
+__all__ = ["check_path_devices", "flash_many", "rollback_many", "status_many", "open_transport"]

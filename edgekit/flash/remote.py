@@ -10,7 +10,7 @@ import posixpath
 
 from ..errors import TargetError
 from .bundle import META, RUNNER, Bundle
-from .deploy import DeviceResult, Layout, _mismatches, _upload, describe
+from .deploy import DeviceResult, Layout, _check_root, _mismatches, _upload, describe
 from .devices import Device, parse_device
 from .fleet import open_transport
 from .transport_ssh import SshOptions
@@ -33,6 +33,7 @@ def run_runner(device: Device | str, bundle: Bundle, args, *, ssh: SshOptions | 
         want[META] = bundle.meta_sha256()
         step = "upload"
         try:
+            _check_root(t, L.root, create_last=True)  # benchmarking an unmounted card must not fill this disk
             stage = _upload(t, L, bundle, want, DeviceResult(device=t.label), None, area=BENCH_AREA)
             step = "verify"
             bad = _mismatches(t.hashes(stage, want), want)

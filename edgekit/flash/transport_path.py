@@ -11,7 +11,27 @@ import shutil
 import subprocess
 import sys
 
+from ..errors import FlashError
 from ..fsutil import sha256_file
+
+
+def root_problem(path: str, *, create_last: bool = True) -> str | None:
+    """Why PATH cannot be a device folder, or None.
+
+    Only the folder itself may be created (create_last), never its parents: on an unmounted card
+    the parents are missing, and making them would write the bundle onto this host's disk."""
+    path = path.rstrip("/") or "/"
+    if os.path.isdir(path):  # follows links: ~/sd -> /media/... is fine
+        return None
+    if os.path.lexists(path):
+        return f"{path}: is not a directory"
+    parent = os.path.dirname(path) or "."
+    if not create_last:
+        return f"{path}: does not exist (is the device mounted?)"
+    if not os.path.isdir(parent):
+        return (f"{path}: {parent} does not exist (is the device mounted?); "
+                "edgekit creates only the last folder of a device path")
+    return None
 
 
 class PathTransport:
@@ -19,6 +39,11 @@ class PathTransport:
 
     def __init__(self, label: str):
         self.label = label
+
+    def check_root(self, path, create_last: bool = True) -> None:
+        why = root_problem(path, create_last=create_last)
+        if why:
+            raise FlashError(why)
 
     def exists(self, path) -> bool:
         return os.path.lexists(path)
