@@ -7,6 +7,7 @@ never deleted), and even then only after the new run succeeded.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -138,9 +139,34 @@ def staging_dir(outdir) -> Path:
     out = Path(outdir).resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+        _remove_dead_staging(out)
+        # host and pid in the name: a later run can tell a killed run's leftovers from a live run's folder
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{_host()}-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise UsageError(f"{outdir}: cannot create the output directory there: {e.strerror or e}") from None
+
+
+def _host() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
+def _remove_dead_staging(out: Path) -> None:
+    """Remove staging folders for `out` left by runs of this host that were killed (SIGKILL, power loss):
+    only ones whose process is gone. Runs on other hosts (a shared disk) are never touched."""
+    prefix = f".{out.name}.staging-{_host()}-"
+    for p in out.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by someone else
 
 
 def publish(staging: Path, outdir) -> Path:

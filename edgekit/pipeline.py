@@ -372,11 +372,11 @@ def _read_prepost(text):
 def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
     outdir = check_output(cfg.output, cfg.overwrite)
     staging = staging_dir(outdir)
-    run = Run(cfg, staging)
-    run.manifest.settings = cfg.to_dict()
-    run.manifest.versions = versions()
-    run.manifest.host = host_info()
     try:
+        run = Run(cfg, staging)
+        run.manifest.settings = cfg.to_dict()
+        run.manifest.versions = versions()
+        run.manifest.host = host_info()
         _seed(cfg.seed)
         for name in ORDER:
             t0 = time.perf_counter()

@@ -207,3 +207,44 @@ def test_cli_overwrite_refuses_a_real_run_with_a_user_file_in_it(tmp_path, monke
     (out / "NOTES.txt").unlink()
     quantize_file("m.onnx", calib="c.npy", mode="int8-dynamic", tune=False, output="out", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["m.int8-dynamic.onnx", "m.onnx", "manifest.json"]
+
+
+def test_sigterm_removes_the_staging_folder_and_keeps_the_previous_run(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    Manifest(artifacts=[]).write(out)
+    before = (out / "manifest.json").read_text()
+    # a compress that runs for a while: training a pruned student on the digits model
+    p = subprocess.Popen([sys.executable, "-m", "edgekit", "compress", "zoo:digits-cnn", "--prune", "0.5",
+                          "--no-profile", "-o", str(out), "--overwrite"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "EDGEKIT_QUIET": "1"})
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.staging-*")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".out.staging-*")), "the run never started staging"
+    time.sleep(2)  # into the run's work, not only its first instructions
+    assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 128 + signal.SIGTERM, p.stderr.read()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+    assert (out / "manifest.json").read_text() == before
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    from edgekit.outdir import _host
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".out.staging-{_host()}-{dead.pid}-abc123"
+    left.mkdir()
+    (left / "model.fp32.onnx").write_bytes(b"partial")
+    alive = tmp_path / f".out.staging-{_host()}-{os.getpid()}-def456"  # a run still going: kept
+    alive.mkdir()
+    other = tmp_path / ".out.staging-otherhost-1-ghi789"  # another machine's, on a shared disk: kept
+    other.mkdir()
+    s = staging_dir(tmp_path / "out")
+    assert not left.exists() and alive.exists() and other.exists() and s.exists()

@@ -19,6 +19,7 @@ def main_entry(cli, argv=None):
     # torch's notice about its prototype nested tensors (nn.TransformerEncoder with a padding mask, in
     # eval mode) says nothing about the user's model or edgekit's results
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+    _exit_on_sigterm()
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort:
@@ -41,6 +42,20 @@ def main_entry(cli, argv=None):
     if isinstance(rv, int) and rv:
         sys.exit(rv)
     return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (kill, a CI timeout, systemd) unwinds like Ctrl-C, so staging folders are removed and a
+    previous OUTDIR is left as it was; by default Python would die on the spot and leave them."""
+    import signal
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (edgekit called from a library's worker thread)
+        pass
 
 
 def _debug_requested(argv) -> bool:

@@ -50,8 +50,8 @@ def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_li
 
     out = check_output(output, overwrite)
     staging = staging_dir(out)
-    man = Manifest(source=source.provenance(), settings=settings, versions=versions(), host=host_info())
-    try:
+    try:  # from the folder's creation on: a SIGTERM while host facts are read must not leave it behind
+        man = Manifest(source=source.provenance(), settings=settings, versions=versions(), host=host_info())
         _seed(seed)
         ctx = RunContext(outdir=staging, source=source, manifest=man, calib=calib, eval=evalset, train=train,
                          targets=target_list, seed=seed)
