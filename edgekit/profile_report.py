@@ -3,7 +3,8 @@
 JSON layout::
 
     schema, edgekit_version, created, host{cpu, flags, cores, machine, os}, versions{...},
-    settings{warmup, min_runs, min_seconds, max_seconds, op_profile, inputs},
+    settings{warmup, min_runs, min_seconds, max_seconds, op_profile, inputs (one line: --inputs, a run's own
+             OUTDIR/sample_inputs.npz, or generated and why), inputs_by_artifact{label: the same per artifact}},
     artifacts{label: {path, kind, sha256, bytes, run (the edgekit output folder it belongs to, or null)}},
     runs[{target, target_info{arch, address, providers, emulated}, batch, threads,
           results{label: measurement | {status, reason}}, baselines{label: label or null},
@@ -11,6 +12,10 @@ JSON layout::
 
 Every measurement carries target, provider, threads, batch, precision, runs, host_cpu and
 emulated; an entry that could not be measured carries a status and a reason, never a number.
+cold_start_ms is session creation + first run, after a throwaway session has paid onnxruntime's
+one-time set-up. peak_rss_mb is the measuring process's peak, the same for every artifact timed in
+it, not the artifact's own; rss_delta_mb is the RSS growth while its session was made and first run,
+which understates when the session reuses memory freed earlier in the process (so no table shows it).
 """
 from __future__ import annotations
 
@@ -79,7 +84,9 @@ def to_markdown(report: dict) -> str:
     s = report["settings"]
     lines += [f"Runs: {s.get('warmup')} warm-up, then at least {s.get('min_runs')} timed runs and "
               f"{s.get('min_seconds')} s (at most {s.get('max_seconds')} s) per artifact, interleaved "
-              f"round-robin in one process; inputs: {s.get('inputs')}.", ""]
+              f"round-robin in one process; inputs: {s.get('inputs')}. Cold start is session creation + first "
+              "run, after a throwaway session took onnxruntime's one-time set-up; peak RSS is the measuring "
+              "process's, shared by every artifact timed in it.", ""]
     for run in report["runs"]:
         ti = run["target_info"]
         emu = ti.get("emulated")
@@ -89,8 +96,8 @@ def to_markdown(report: dict) -> str:
         lines += [title, "", f"{ti.get('arch')}, {ti.get('address')}, providers: "
                   f"{', '.join(p['name'] for p in ti.get('providers', []))}", ""]
         cols = ["artifact", "precision", "provider", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
-                f"vs {run.get('baseline') or 'FP32 of its run'}", "inf/s", "cold start ms", "peak RSS MB", "runs",
-                "fallback nodes"]
+                f"vs {run.get('baseline') or 'FP32 of its run'}", "inf/s", "cold start ms", "process peak RSS MB",
+                "runs", "fallback nodes"]
         cross = any("arm_vs_host" in r for r in run["results"].values())
         if cross:
             cols.append("outputs vs this host: max abs diff (atol)")
@@ -115,18 +122,35 @@ def to_markdown(report: dict) -> str:
                     row.append(str(av.get("reason", "-")))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        lines += _baseline_note(run)
+        lines += _baseline_note(run, report["artifacts"])
         lines += _op_section(run) + _prepost_section(run)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _baseline_note(run) -> list:
+def _baseline_note(run, artifacts: dict) -> list:
+    """Which FP32 each measured artifact's ratio is against, when they differ, and why one has none."""
     bases = run.get("baselines") or {}
     if run.get("baseline") or not bases:
         return []
-    parts = [f"{k} vs {b}" if b else f"{k}: none (no FP32 of its own run was given; add it to compare)"
-             for k, b in bases.items() if k != b]
+    res = run["results"]
+    parts = [f"{k} vs {b}" if b else f"{k}: none ({_why_no_baseline(k, res, artifacts)})"
+             for k, b in bases.items() if k != b and res[k].get("status") == "ok"]
+    if not parts:  # nothing measured lacks its FP32: the rows already say why they have no numbers
+        return []
     return [f"_Ratios are taken within each run, never across models: {'; '.join(parts)}._", ""]
+
+
+def _why_no_baseline(label: str, res: dict, artifacts: dict) -> str:
+    """The FP32 of its run not given here, or given but not measured on this target (with its status)."""
+    from .profile import precision_of
+
+    run = (artifacts.get(label) or {}).get("run")
+    fp32 = [k for k in res if k != label and (artifacts.get(k) or {}).get("run") == run
+            and ((artifacts.get(k) or {}).get("kind") or precision_of(k, {})) == "fp32"]
+    if not fp32:
+        return "no FP32 of its own run was given; add it to compare"
+    r = res[fp32[0]]
+    return f"the FP32 of its run, {fp32[0]}, was not measured on this target: {r.get('status')}: {r.get('reason')}"
 
 
 def _op_section(run) -> list:

@@ -1,7 +1,9 @@
 """`edgekit profile` as a library call: resolve artifacts, load inputs, sweep targets x batch x threads.
 
-All artifacts are measured together (interleaved) for each (target, batch, threads), so their
-ratios on one target are trustworthy on a noisy machine.
+The artifacts that share inputs are measured together (interleaved) for each (target, batch, threads),
+so their ratios on one target are trustworthy on a noisy machine. Without --inputs each edgekit run is
+timed on the real inputs it saved (OUTDIR/sample_inputs.npz), in its own interleaved round: ratios are
+only ever taken within a run.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from .errors import InputError, UsageError
 from .fsutil import sha256_file
 
 MAX_INPUT_SAMPLES = 8
+GENERATED = "generated (seeded, right shape)"
 
 
 def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
@@ -229,7 +232,6 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
     """
     from .profile import profile_models
     from .profile_report import build_report
-    from .runner.edgekit_runner import InputsNeeded, feed_shapes
     from .targets import load_target
 
     say = progress or (lambda msg: None)
@@ -237,15 +239,11 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
     tprofiles = [load_target(t) for t in targets]
     ins = {label: declared_inputs(path) for label, path in paths.items()}
     if inputs:
-        feeds = load_inputs(inputs, {paths[k]: v for k, v in ins.items()})
+        given = load_inputs(inputs, {paths[k]: v for k, v in ins.items()})
+        feeds, origin = {k: given for k in paths}, {k: str(inputs) for k in paths}
     else:
-        feeds = None
-        for label, decl in ins.items():
-            try:
-                if decl is not None:
-                    feed_shapes(decl)
-            except InputsNeeded as e:
-                raise UsageError(f"{paths[label]}: {e}") from None
+        feeds, origin = run_inputs(artifacts, paths, facts, ins)
+        _check_generated(paths, ins, feeds, origin)
     explicit = bool(batches)
     plan = _plan_batches(paths, ins, tuple(batches) or (1,), explicit)
     pipes = {}
@@ -255,7 +253,7 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
         for label, spec in prepost_specs.items():
             pipes[label] = make_prepost(spec, raw)
             # a pipeline without pre steps reads the model's input: time it on real ones when there are any
-            pipes[label]["inputs"] = feeds or _sample_inputs(paths[label], ins[label])
+            pipes[label]["inputs"] = feeds[label] or _sample_inputs(paths[label], ins[label])
     runs = []
     for t in tprofiles:
         for b, groups, skipped in plan:
@@ -263,11 +261,13 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
                 eff_threads = th if th is not None else t.threads
                 for gb, labels in sorted(groups.items()) or [(b, [])]:
                     res = {}
-                    if labels:
-                        say(f"{t.name}: {len(labels)} artifact(s), batch {gb}, threads {eff_threads or 'default'}")
-                        res = profile_models({k: paths[k] for k in labels}, t, inputs=feeds, warmup=warmup,
-                                             min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
-                                             op_profile=op_profile, threads=eff_threads, batch=gb)
+                    for part, part_feeds in _by_inputs(labels, feeds):
+                        say(f"{t.name}: {len(part)} artifact(s), batch {gb}, threads {eff_threads or 'default'}")
+                        res.update(profile_models({k: paths[k] for k in part}, t, inputs=part_feeds, warmup=warmup,
+                                                  min_runs=min_runs, min_seconds=min_seconds,
+                                                  max_seconds=max_seconds, op_profile=op_profile,
+                                                  threads=eff_threads, batch=gb))
+                    res = {k: res[k] for k in labels}  # the order given, whatever round measured it
                     if gb == b:
                         res.update(skipped)
                     for label, pipe in pipes.items():
@@ -281,11 +281,78 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
                                                  "source": t.source},
                                  "results": res})
     settings = {"warmup": warmup, "min_runs": min_runs, "min_seconds": min_seconds, "max_seconds": max_seconds,
-                "op_profile": op_profile, "inputs": str(inputs) if inputs else "generated (seeded, right shape)",
+                "op_profile": op_profile, "inputs": _inputs_summary(origin), "inputs_by_artifact": origin,
                 # without --batch: the batches the models ran (their fixed batch, else 1)
                 "batches": list(batches) if explicit else sorted({gb for _, groups, _ in plan for gb in groups}),
                 "threads": list(threads), "with_prepost": with_prepost}
     return build_report(runs, facts, settings)
+
+
+def run_inputs(specs, paths: dict, facts: dict, ins: dict) -> tuple[dict, dict]:
+    """({label: feed dicts or None}, {label: where its inputs come from}) without --inputs: an artifact of
+    an edgekit run is timed on the real inputs that run saved, when they fit every artifact of that run
+    given here (one input set per run keeps its ratios like for like); anything else on generated inputs."""
+    shown = _shown_runs(specs)
+    by_run = {}
+    for label, f in facts.items():
+        by_run.setdefault(f.get("run"), []).append(label)
+    feeds, origin = {}, {}
+    for run, labels in by_run.items():
+        got, why = _run_samples(shown.get(run, run), labels, paths, ins) if run else (None, GENERATED)
+        feeds.update(dict.fromkeys(labels, got))
+        origin.update(dict.fromkeys(labels, why))
+    return feeds, origin
+
+
+def _shown_runs(specs) -> dict:
+    """{resolved run folder: the folder as the user named it}, so the report says the path they typed."""
+    shown = {}
+    for s in specs:
+        p = Path(s)
+        shown.setdefault(str((p if p.is_dir() else p.parent).resolve()), str(p if p.is_dir() else p.parent))
+    return shown
+
+
+def _run_samples(folder: str, labels: list, paths: dict, ins: dict) -> tuple[list | None, str]:
+    f = Path(folder) / "sample_inputs.npz"
+    if not f.is_file():
+        return None, f"{GENERATED} ({folder} has no sample_inputs.npz)"
+    try:
+        return load_inputs(f, {paths[k]: ins[k] for k in labels}), f"{f} (the run's own)"
+    except InputError as e:  # a run's inputs that one of its artifacts cannot take: none of them use them
+        return None, f"{GENERATED} (the run's own did not fit: {e})"
+
+
+def _check_generated(paths: dict, ins: dict, feeds: dict, origin: dict) -> None:
+    """An artifact on generated inputs whose sizes cannot be guessed is refused before any timing."""
+    from .runner.edgekit_runner import InputsNeeded, feed_shapes
+
+    for label, decl in ins.items():
+        if feeds[label] is not None or decl is None:
+            continue
+        try:
+            feed_shapes(decl)
+        except InputsNeeded as e:
+            why = origin[label].removeprefix(GENERATED)  # why the run's own inputs were not used, if it has any
+            raise UsageError(f"{paths[label]}: {e}{why}") from None
+
+
+def _by_inputs(labels: list, feeds: dict) -> list:
+    """[(labels, their feeds)]: one interleaved round per input set, in the order first met."""
+    parts = {}
+    for k in labels:
+        parts.setdefault(id(feeds[k]), ([], feeds[k]))[0].append(k)
+    return list(parts.values())
+
+
+def _inputs_summary(origin: dict) -> str:
+    """One line for the report: the inputs, and which artifacts ran on which when they differ."""
+    by = {}
+    for label, o in origin.items():
+        by.setdefault(o, []).append(label)
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{', '.join(labels)}: {o}" for o, labels in by.items())
 
 
 def _sample_inputs(path, declared) -> list[dict] | None:

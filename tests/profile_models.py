@@ -82,3 +82,11 @@ def quantize_qdq(fp32_path, out_path, calib):
     quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
     return str(out_path)
+
+
+def channel_mean(path, channels=4, length="L"):
+    """x [batch, channels, length] -> its mean over the last axis. A length named L (not seq/len/token)
+    is a symbolic size no generator can guess: only real inputs run it."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["y"], "mean", axes=[2], keepdims=0)]
+    return _save(nodes, {}, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, length])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels])], path)

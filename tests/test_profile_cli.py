@@ -7,7 +7,8 @@ import pytest
 from edgekit.artifact import Artifact, Manifest
 from edgekit.cli import main
 
-from profile_models import digits_batches, embedding_bag, matmul_chain, quantize_qdq, small_cnn
+from profile_models import (channel_mean, digits_batches, embedding_bag, matmul_chain, quantize_qdq,
+                            small_cnn)
 
 FAST = ["--warmup", "1", "--min-runs", "5", "--min-seconds", "0.05"]
 
@@ -54,6 +55,9 @@ def test_profile_outdir_on_cpu_and_missing_gpu(outdir, tmp_path, capsys):
         assert gpu["status"] == "unavailable" and "p50_ms" not in gpu
     md = out.with_suffix(".md").read_text()
     assert "| fp32 | fp32 | CPU |" in md and "unavailable:" in md and "Time per operator type" in md
+    # the peak is the process's, the same on every row: the column says so
+    assert "process peak RSS MB" in md and rep["settings"]["inputs"] == str(tmp_path / "in.npz")
+    assert "no FP32 of its own run" not in md  # an unavailable target's rows say why; no ratio note
 
 
 def test_profile_onnx_files_json_and_errors(tmp_path, capsys):
@@ -249,3 +253,61 @@ def test_two_artifacts_of_one_kind_are_named_by_file(outdir, tmp_path):
     assert list(paths) == ["fp32", "int8", "distilled.int8"]  # was int8#2
     assert [precision_of(k, {}) for k in paths] == ["fp32", "int8", "int8"]
     assert precision_of("run/model.distilled.int8-dynamic", {}) == "int8-dynamic"
+
+
+def _run_dir(d, **models):
+    """An edgekit output folder holding {kind: model file written by a profile_models builder}."""
+    d.mkdir()
+    m = Manifest(artifacts=[Artifact(kind, f"model.{kind}.onnx") for kind in models])
+    for kind, build in models.items():
+        build(d / f"model.{kind}.onnx")
+    for a in m.artifacts:
+        a.refresh_file_facts(d)
+    m.write(d)
+    return d
+
+
+def test_profile_outdir_times_the_runs_own_sample_inputs(tmp_path, capsys):
+    """A length no generator can guess (x [batch, 4, L]): the run's saved inputs make it measurable,
+    and the report says which inputs were timed."""
+    run = _run_dir(tmp_path / "run", fp32=channel_mean)
+    assert _exit(["profile", str(run), *FAST]) == 2  # no saved inputs: the one-line error says so
+    err = _one_line_error(capsys)
+    assert "symbolic dims L" in err and "has no sample_inputs.npz" in err, err
+    np.savez(run / "sample_inputs.npz", x=np.ones((3, 4, 12), np.float32))
+    out = tmp_path / "p.json"
+    assert _exit(["profile", str(run), "--no-op-profile", "-o", str(out), *FAST]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["runs"][0]["results"]["fp32"]["status"] == "ok"
+    says = f"{run / 'sample_inputs.npz'} (the run's own)"
+    assert rep["settings"]["inputs"] == says and rep["settings"]["inputs_by_artifact"] == {"fp32": says}
+    assert f"inputs: {says}." in out.with_suffix(".md").read_text()
+
+
+def test_two_runs_are_each_timed_on_their_own_inputs(tmp_path):
+    """Inputs no single file could hold for both ([batch, 4, L] and [batch, 6, L]): each run gets its own."""
+    a = _run_dir(tmp_path / "a", fp32=channel_mean)
+    b = _run_dir(tmp_path / "b", fp32=lambda p: channel_mean(p, channels=6))
+    np.savez(a / "sample_inputs.npz", x=np.ones((2, 4, 12), np.float32))
+    np.savez(b / "sample_inputs.npz", x=np.ones((2, 6, 30), np.float32))
+    out = tmp_path / "p.json"
+    assert _exit(["profile", str(a), str(b), "--no-op-profile", "-o", str(out), *FAST]) == 0
+    rep = json.loads(out.read_text())
+    assert {k: r["status"] for k, r in rep["runs"][0]["results"].items()} == {"a/fp32": "ok", "b/fp32": "ok"}
+    assert rep["settings"]["inputs_by_artifact"] == {"a/fp32": f"{a / 'sample_inputs.npz'} (the run's own)",
+                                                     "b/fp32": f"{b / 'sample_inputs.npz'} (the run's own)"}
+
+
+def test_ratio_note_tells_an_fp32_not_measured_from_one_not_given(tmp_path, capsys):
+    """The run's FP32 has a fixed batch of 4, its INT8 any batch: at batch 2 the FP32 was given but
+    could not run, and the note must say that, not 'no FP32 of its own run was given'."""
+    run = _run_dir(tmp_path / "run", fp32=lambda p: matmul_chain(p, 1, k=16, batch=4),
+                   int8=lambda p: matmul_chain(p, 1, k=16))
+    out = tmp_path / "p.json"
+    assert _exit(["profile", str(run), "--batch", "2", "--batch", "4", "--no-op-profile", "-o", str(out),
+                  *FAST]) == 0
+    at2 = next(r for r in json.loads(out.read_text())["runs"] if r["batch"] == 2)
+    assert at2["results"]["fp32"]["status"] == "unavailable" and at2["ratios"]["int8"] is None
+    md = out.with_suffix(".md").read_text()
+    assert "int8: none (the FP32 of its run, fp32, was not measured on this target: unavailable: " in md
+    assert "fixed batch of 4" in md and "no FP32 of its own run was given" not in md
