@@ -247,3 +247,82 @@ def test_cli_bad_outdir_is_a_one_line_usage_error(runs, tmp_path):
     r = _cli(a, "-o", tmp_path)
     assert r.returncode == 2 and "is a directory" in r.stderr
 
+
+
+def _relabel(src, dest, source=None, eval_facts=None, metric_data=None):
+    """A copy of a real run whose manifest claims another source model / eval data (files untouched)."""
+    shutil.copytree(src, dest)
+    m = _manifest(dest)
+    if source is not None:
+        m["source"] = {**m["source"], **source}
+    if eval_facts is not None:
+        load = next(s for s in m["stages"] if s["name"] == "load")
+        load["details"] = {**(load.get("details") or {}), "eval": eval_facts}
+    if metric_data is not None:
+        for a in m["artifacts"]:
+            a["metrics"]["data"] = metric_data
+    (Path(dest) / "manifest.json").write_text(json.dumps(m))
+    return dest
+
+
+def test_unrelated_runs_warn_and_show_no_metric_delta(runs, tmp_path):
+    a, b = runs
+    x = _relabel(a, tmp_path / "x", {"spec": "digits.onnx", "weights_sha256": "aa" * 32},
+                 {"n": 397, "source": "data/digits_eval.npz", "labelled": True})
+    y = _relabel(b, tmp_path / "y", {"spec": "speech.onnx", "weights_sha256": "bb" * 32},
+                 {"n": 120, "source": "data/speech_eval.npz", "labelled": True})
+    r = _cli(x, y, "-o", tmp_path / "c.html", "--markdown", tmp_path / "c.md", "--json-out", tmp_path / "c.json")
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("edgekit: warning: ")]
+    assert len(warned) == 2 and "different source model" in warned[0] and "aaaaaaaaaaaa vs bbbbbbbbbbbb" in warned[0]
+    assert "'data/digits_eval.npz', 397 samples vs 'data/speech_eval.npz', 120 samples" in warned[1]
+    comp = json.loads((tmp_path / "c.json").read_text())["comparison"]
+    assert comp["warnings"] == [w.removeprefix("edgekit: warning: ") for w in warned]
+    assert comp["differences"]["y"]["model"] and comp["differences"]["y"]["eval"]
+    cells = [row["runs"]["y"] for row in comp["rows"] if row["runs"]["y"]["status"] == "ok"]
+    assert cells and all("metric_delta" not in c and c["metric_note"] == "not comparable: different eval data"
+                          for c in cells)
+    assert all(c["latency_ratio"] > 0 for c in cells)  # latency is still compared, under the warning
+    md, html = (tmp_path / "c.md").read_text(), (tmp_path / "c.html").read_text()
+    assert md.count("> **Warning:** ") == 2 and "different source model" in md
+    assert md.count("not comparable (different eval data)") == len(cells)
+    assert html.count('class="warning"') == 2 and html.count(">not comparable<") == len(cells)
+    assert not re.search(r"[+-]\d\.\d{4} [▲▼]", md)  # no delta arrow anywhere in the comparison
+
+
+def test_same_model_and_data_has_no_warning(runs, tmp_path):
+    a, b = runs
+    same = {"spec": "digits.onnx", "weights_sha256": "aa" * 32}
+    # the same data spelt from two machines: a path prefix alone does not make it other data
+    x = _relabel(a, tmp_path / "x", same, {"n": 397, "source": "/home/ci/data/eval.npz", "labelled": True})
+    y = _relabel(b, tmp_path / "y", same, {"n": 397, "source": "data/eval.npz", "labelled": True})
+    r = _cli(x, y, "-o", tmp_path / "c.html", "--json-out", tmp_path / "c.json")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    comp = json.loads((tmp_path / "c.json").read_text())["comparison"]
+    assert comp["warnings"] == [] and comp["differences"] == {"y": {"model": None, "eval": None}}
+    deltas = [row["runs"]["y"]["metric_delta"] for row in comp["rows"] if "metric" in row["runs"]["y"]]
+    assert deltas and 'class="warning"' not in (tmp_path / "c.html").read_text()
+    # runs whose metrics name only their data (as quantize and prune record it) are matched on that
+    z = _relabel(b, tmp_path / "z", same, metric_data="calib.npz [256:300]")
+    w = _relabel(a, tmp_path / "w", same, metric_data="calib.npz [256:300]")
+    comp = build_report([w, z])["comparison"]
+    assert comp["warnings"] == [] and comp["rows"][0]["runs"]["z"].get("metric_delta") is not None
+    rep = build_report([x, z])
+    assert {row["runs"]["z"].get("metric_note") for row in rep["comparison"]["rows"] if "metric" in row["runs"]["z"]} \
+        == {"not comparable: different eval data"}
+
+
+def test_model_identity_rules():
+    from edgekit.report.model import model_difference
+
+    def run(spec, fp32, weights=None, torch="2.3.0", edgekit="0.9"):
+        return {"source": {"spec": spec, "weights_sha256": weights}, "versions": {"torch": torch},
+                "edgekit_version": edgekit, "variants": [{"kind": "fp32", "sha256": fp32}]}
+
+    assert model_difference(run("m.py:net", "f1"), run("other/m.py:net", "f1")) is None  # same FP32 bytes
+    assert "spec" in model_difference(run("m.py:net", "f1"), run("m.py:big", "f2"))
+    assert "FP32" in model_difference(run("m.py:net", "f1"), run("m.py:net", "f2"))  # retrained / other seed
+    assert model_difference(run("m.py:net", "f1"), run("m.py:net", "f2", torch="2.4.0")) is None  # other exporter
+    assert model_difference(run("a.onnx", "f1", "w1"), run("/abs/a.onnx", "f2", "w1")) is None  # weights decide
+    assert "weights" in model_difference(run("a.onnx", "f1", "w1"), run("a.onnx", "f2", "w2"))
+    assert model_difference(run("a.pt", "f1", "w1"), run("a.pt", "f1", "w2")) is None  # re-saved, same tensors

@@ -7,6 +7,7 @@ built from the manifests, so they always agree.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .model import SCHEMA, build_report
@@ -25,6 +26,9 @@ def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=No
     if isinstance(outdirs, (str, Path)):
         outdirs = [outdirs]
     report = build_report(list(outdirs), title=title, shown_as=shown_as)
+    for w in (report.get("comparison") or {}).get("warnings") or []:
+        # said where the user runs the command too: a report file may never be opened before numbers are quoted
+        print(f"edgekit: warning: {w}", file=sys.stderr)
     plots = None
     if html is not None or markdown is not None:
         import matplotlib

@@ -60,6 +60,8 @@ td.status-ok{font-style:normal;color:var(--good)}
 td.stage-done{color:var(--good)}td.stage-failed{color:var(--bad);font-weight:700}
 td.stage-skipped,td.stage-not-applicable{color:var(--muted)}
 .note{color:var(--muted);font-size:12.5px;margin:6px 2px 0}
+.warning{color:var(--warn);background:var(--warn-bg);border:1px solid var(--warn);border-radius:8px;
+padding:8px 12px;margin:8px 0;font-weight:600}
 figure{margin:16px 0;background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 14px}
 figure h3{margin:0 0 6px;color:var(--ink)}
 figure svg{width:100%;height:auto;display:block}
@@ -71,7 +73,8 @@ footer{margin-top:40px;color:var(--muted);font-size:12px}
 
 def _table(t: tables.Table) -> str:
     cols = t.columns
-    out = ['<div class="tablewrap"><table>']
+    out = [f'<p class="warning" role="alert">⚠ {escape(w)}</p>' for w in t.warnings]
+    out.append('<div class="tablewrap"><table>')
     first_of_group = set()
     prev = None
     for i, c in enumerate(cols):

@@ -12,6 +12,7 @@ def _esc(s) -> str:
 
 def _table(t: tables.Table) -> str:
     heads = [f"{c.group} {c.name}".strip() for c in t.columns]
+    warn = "".join(f"> **Warning:** {_esc(w)}\n>\n" for w in t.warnings).removesuffix(">\n")
     lines = ["| " + " | ".join(_esc(h) for h in heads) + " |",
              "|" + "|".join("---:" if c.num else "---" for c in t.columns) + "|"]
     for row in t.rows:
@@ -25,7 +26,7 @@ def _table(t: tables.Table) -> str:
             cells.append(_esc(text))
             cells += [""] * (cell.span - 1)
         lines.append("| " + " | ".join(cells) + " |")
-    out = "\n".join(lines) + "\n"
+    out = (warn + "\n" if warn else "") + "\n".join(lines) + "\n"
     if t.note:
         out += f"\n_{_esc(t.note)}_\n"
     return out

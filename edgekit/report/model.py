@@ -21,6 +21,7 @@ KIND_ORDER = ("fp32", "pruned", "distilled", "sparse", "fp16", "int8", "int8-dyn
 # comparison highlights: a latency ratio outside this band, or a metric change beyond this, is flagged
 RATIO_BAND = (0.9, 1.1)
 METRIC_DELTA = 0.005
+NOT_COMPARABLE_EVAL = "not comparable: different eval data"
 
 
 def _num(v):
@@ -109,6 +110,8 @@ def metric_entry(m) -> dict | None:
             out[k] = _num(m[k])
     if m.get("n") is not None:
         out["n"] = int(m["n"])
+    if m.get("data"):
+        out["data"] = str(m["data"])
     return out
 
 
@@ -176,9 +179,24 @@ def run_model(manifest, outdir, label: str) -> dict:
         "variants": variants,
         "recommended": recommended,
         "stages": stages,
+        "eval_data": eval_data(manifest, fp32),
         "quantization": quantization_records(manifest.quantization),
         "pruning": pruning_record(manifest.pruning),
     }
+
+
+def eval_data(manifest, fp32) -> dict | None:
+    """What the run's metrics were measured on: the load stage's eval facts, else the FP32 metric's
+    (the quantize/prune commands record only the latter); None when neither says."""
+    for s in manifest.stages:
+        d = s if isinstance(s, dict) else {"name": s.name, "details": s.details}
+        ev = (d.get("details") or {}).get("eval") if d.get("name") == "load" else None
+        if isinstance(ev, dict) and ev.get("source"):
+            return {"source": str(ev["source"]), "n": ev.get("n"), "labelled": ev.get("labelled")}
+    m = fp32.metrics if fp32 is not None and isinstance(fp32.metrics, dict) else {}
+    if m.get("data"):
+        return {"source": str(m["data"]), "n": m.get("n"), "labelled": None}
+    return None
 
 
 def quantization_records(q) -> list:
@@ -233,6 +251,83 @@ def _labels(outdirs) -> list:
     return out
 
 
+def _base_name(source: str) -> str:
+    # the same file is spelt differently on two machines (/home/a/eval.npz, ./eval.npz): the name and
+    # the sample count decide; the manifest has no content hash of the eval data to do better
+    return source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _eval_desc(e: dict) -> str:
+    return f"'{e['source']}'" + (f", {e['n']} samples" if e.get("n") is not None else "")
+
+
+def eval_difference(a: dict | None, b: dict | None) -> str | None:
+    """Why metrics on eval data a and b are not comparable, or None (also when either is unknown)."""
+    if not a or not b:
+        return None
+    same = _base_name(a["source"]) == _base_name(b["source"])
+    for k in ("n", "labelled"):
+        if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]:
+            same = False
+    return None if same else f"{_eval_desc(a)} vs {_eval_desc(b)}"
+
+
+def _fp32_sha(run) -> str | None:
+    return next((v["sha256"] for v in run["variants"] if v["kind"] == "fp32" and v.get("sha256")), None)
+
+
+def model_difference(base: dict, run: dict) -> str | None:
+    """Why two runs' source models differ, or None when they are (or may be) the same model.
+
+    An identical FP32 file proves the same model; else the weights hashes decide when both runs have
+    them, else the spec. A different FP32 file from the same spec proves a different model only under
+    the same torch and edgekit versions: another exporter writes other bytes for the same weights."""
+    sa, sb = base["source"], run["source"]
+    if sa.get("task") and sb.get("task") and sa["task"] != sb["task"]:
+        return f"task {sa['task']} vs {sb['task']}"
+    fa, fb = _fp32_sha(base), _fp32_sha(run)
+    if fa and fb and fa == fb:
+        return None
+    wa, wb = sa.get("weights_sha256"), sb.get("weights_sha256")
+    if wa and wb:
+        return None if wa == wb else f"weights sha256 {wa[:12]} vs {wb[:12]}"
+    if sa.get("spec") and sb.get("spec") and sa["spec"] != sb["spec"]:
+        return f"spec {sa['spec']} vs {sb['spec']}"
+    same_exporter = (base["versions"].get("torch") and base["versions"].get("torch") == run["versions"].get("torch")
+                     and base.get("edgekit_version") == run.get("edgekit_version"))
+    if fa and fb and not (wa or wb) and same_exporter:
+        return f"FP32 sha256 {fa[:12]} vs {fb[:12]} from the same spec, torch and edgekit"
+    return None
+
+
+def run_differences(base: dict, runs: list) -> tuple[dict, list]:
+    """({label: {"model": why or None, "eval": why or None}}, warnings) for each run against the baseline."""
+    diffs, warnings = {}, []
+    for r in runs:
+        d = {"model": model_difference(base, r),
+             "eval": eval_difference(base.get("eval_data"), r.get("eval_data"))}
+        diffs[r["label"]] = d
+        if d["model"]:
+            warnings.append(f"{r['label']} is a different source model from {base['label']} ({d['model']}): "
+                            "the comparison is between models, not runs of one model")
+        if d["eval"]:
+            warnings.append(f"{r['label']} was evaluated on different data from {base['label']} ({d['eval']}): "
+                            "its metrics are not comparable and no metric delta is shown")
+    return diffs, warnings
+
+
+def _metric_note(run_diff: dict, b: dict | None, c: dict | None) -> str:
+    """Why this cell's metric cannot be set against the baseline's ("" when it can)."""
+    if run_diff.get("eval"):
+        return NOT_COMPARABLE_EVAL
+    if b and c and b["name"] != c["name"]:
+        return f"not comparable: {c['name']} vs {b['name']}"
+    if b and c and b.get("data") and c.get("data") and eval_difference(
+            {"source": b["data"], "n": b.get("n")}, {"source": c["data"], "n": c.get("n")}):
+        return NOT_COMPARABLE_EVAL
+    return ""
+
+
 def comparison(runs: list) -> dict | None:
     """Per (artifact file, target): each run's p50 and metric against the first run (the baseline).
 
@@ -247,14 +342,16 @@ def comparison(runs: list) -> dict | None:
             for t in r["targets"]:
                 if (v["path"], t) not in keys:
                     keys.append((v["path"], t))
+    diffs, warnings = run_differences(base, runs[1:])
     rows, not_compared = [], []
     for path, t in keys:
-        cells = {}
+        cells, metrics = {}, {}
         for r in runs:
             v = next((x for x in r["variants"] if x["path"] == path), None)
             if v is None:
                 cells[r["label"]] = {"status": "missing", "reason": f"no {path} in this run"}
                 continue
+            metrics[r["label"]] = v["metric"]
             lat = v["latency"].get(t) or {"status": "missing", "reason": "not measured on this target"}
             c = {"status": lat["status"], "bytes": v["bytes"], "metric": (v["metric"] or {}).get("value"),
                  "host_cpu": lat.get("host_cpu") or r["host"].get("cpu")}
@@ -270,7 +367,10 @@ def comparison(runs: list) -> dict | None:
                 c["latency_ratio"] = c["p50_ms"] / b["p50_ms"]
                 c["latency_flag"] = ("slower" if c["latency_ratio"] > RATIO_BAND[1]
                                      else "faster" if c["latency_ratio"] < RATIO_BAND[0] else "same")
-            if c.get("metric") is not None and b.get("metric") is not None:
+            note = _metric_note(diffs[r["label"]], metrics.get(base["label"]), metrics.get(r["label"]))
+            if c.get("metric") is not None and b.get("metric") is not None and note:
+                c["metric_note"] = note  # a delta between different eval sets reads as a real change: none is given
+            elif c.get("metric") is not None and b.get("metric") is not None:
                 c["metric_delta"] = c["metric"] - b["metric"]
                 c["metric_flag"] = ("worse" if c["metric_delta"] < -METRIC_DELTA
                                     else "better" if c["metric_delta"] > METRIC_DELTA else "same")
@@ -282,7 +382,7 @@ def comparison(runs: list) -> dict | None:
             continue  # nothing measured in any run: no comparison to show, but say so
         rows.append({"variant": path, "target": t, "runs": cells})
     return {"baseline": base["label"], "ratio_band": list(RATIO_BAND), "metric_delta_threshold": METRIC_DELTA,
-            "rows": rows, "not_compared": not_compared}
+            "rows": rows, "not_compared": not_compared, "differences": diffs, "warnings": warnings}
 
 
 def build_report(outdirs, title=None, shown_as=None) -> dict:

@@ -35,6 +35,7 @@ class Table:
     columns: list
     rows: list = field(default_factory=list)  # lists of Cell (spans count as several columns)
     note: str = ""
+    warnings: list = field(default_factory=list)  # shown above the table, in words both renderers keep
 
 
 def _status_cell(lat, span):
@@ -214,7 +215,8 @@ def comparison(report) -> Table | None:
     t = Table("comparison", "Comparison between runs", cols,
               note=f"Baseline: {base}. Latency ratios outside {comp['ratio_band'][0]}–{comp['ratio_band'][1]}× and "
                    f"metric changes beyond ±{comp['metric_delta_threshold']} are highlighted. Runs on different "
-                   "hosts compare machines, not only artifacts." + _not_compared(comp))
+                   "hosts compare machines, not only artifacts." + _not_compared(comp),
+              warnings=list(comp.get("warnings") or []))
     for row in comp["rows"]:
         cells = [Cell(row["variant"], cls="kind"), Cell(row["target"])]
         for lab in labels:
@@ -230,7 +232,10 @@ def comparison(report) -> Table | None:
                     cells.append(Cell(fmt.ratio(r) + arrow if r is not None else "—",
                                       cls={"slower": "bad", "faster": "good"}.get(flag, "")))
             cells.append(Cell("—" if c.get("metric") is None else f"{c['metric']:.4f}"))
-            if lab != base:
+            if lab != base and c.get("metric_note"):
+                cells.append(Cell("not comparable", cls="warn", title=c["metric_note"],
+                                  sub=c["metric_note"].removeprefix("not comparable: ")))
+            elif lab != base:
                 d, mf = c.get("metric_delta"), c.get("metric_flag", "")
                 cells.append(Cell("—" if d is None else f"{d:+.4f}" + {"worse": " ▼", "better": " ▲"}.get(mf, ""),
                                   cls={"worse": "bad", "better": "good"}.get(mf, "")))
