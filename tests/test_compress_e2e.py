@@ -125,9 +125,13 @@ def test_onnx_model_runs_only_onnx_stages(digits_run, user_model, tmp_path):
      "forward() failed"),
     (["compress", "zoo:digits-cnn", "--tolerance", "much", "-o", "{tmp}/o"], "tolerance"),
     (["compress", "zoo:digits-cnn", "--target", "no-such-device", "-o", "{tmp}/o"], "no-such-device"),
+    (["compress", "zoo:digits-cnn", "-o", "{tmp}/afile"], "afile: exists and is not a directory"),
+    (["compress", f"{NET}:build", "--calib", "{tmp}/empty", "-o", "{tmp}/o"], "empty: no images"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, needle):
     (tmp_path / "bad.onnx").write_bytes(b"junk")
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
     r = edgekit(*[a.format(tmp=tmp_path) for a in args])
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]

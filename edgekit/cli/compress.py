@@ -21,7 +21,7 @@ def _shape(ctx, param, value):
 
 @click.command("compress", context_settings=CONTEXT_SETTINGS)
 @click.argument("model", required=False)
-@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output directory for artifacts, manifest and reports.")
+@click.option("-o", "--output", type=click.Path(), help="Output directory for artifacts, manifest and reports.")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="compress.toml recipe; flags override it.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
 @click.option("--trust-pickle", is_flag=True, default=None, help="Allow --weights to be a pickled full model (runs code from the file).")

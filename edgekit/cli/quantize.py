@@ -226,7 +226,7 @@ def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correc
     c = console()
     for a in man.artifacts:
         m = a.metrics or {}
-        c.print(f"{a.path}: {a.kind}, {a.bytes / 1e6:.2f} MB, {m.get('name')} {m.get('value', float('nan')):.4f}")
+        c.print(f"{a.path}: {a.kind}, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', float('nan')):.4f}")
     for q in man.quantization.values():
         c.print(("recommended: " if q.get("recommend") else "not recommended: ") + q.get("reason", ""))
 

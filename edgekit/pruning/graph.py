@@ -414,8 +414,8 @@ def _unprunable_hint(model) -> str:
     for name, m in model.named_modules():
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) > 1:
             return (f"; LayerNorm '{name}' normalises over {list(m.normalized_shape)}, a shape channel pruning "
-                    "cannot resize: run without --prune (or normalise with GroupNorm)")
-    return "; keep the layers involved with --ignore NAME, or run without --prune"
+                    "cannot resize: leave it unpruned (compress without --prune) or normalise with GroupNorm")
+    return "; keep the layers involved with --ignore NAME, or leave it unpruned (compress without --prune)"
 
 
 def step(pruner, plan: Plan) -> None:

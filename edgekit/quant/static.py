@@ -438,9 +438,10 @@ def nodes_touching(model_path, tensors) -> list:
 
 @contextlib.contextmanager
 def quiet():
-    """onnxruntime.quantization logs advice through the root logger on every call and print()s calibration
-    progress: mute the one and send the other to stderr, so `--json` stdout stays pure JSON."""
-    import sys
+    """onnxruntime.quantization logs advice through the root logger on every call and print()s
+    "Collecting tensor data and making histogram ..." per batch: mute both (edgekit shows its own
+    progress; sixteen of those lines buried the notes), so `--json` stdout stays pure JSON."""
+    import io
 
     root = logging.getLogger()
     old = root.level
@@ -448,7 +449,7 @@ def quiet():
     try:
         # a constant tensor (range 0) makes onnxruntime divide by a zero scale; the graph it writes is
         # checked for non-finite scales afterwards, so numpy's RuntimeWarning is only noise
-        with contextlib.redirect_stdout(sys.stderr), np.errstate(divide="ignore", invalid="ignore"):
+        with contextlib.redirect_stdout(io.StringIO()), np.errstate(divide="ignore", invalid="ignore"):
             yield
     finally:
         root.setLevel(old)
