@@ -157,7 +157,7 @@ def stage_export(run: Run):
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
         _check_post_fits(run, run.ctx.eval.take(8))
-        return {"artifacts": [art.path], "note": "source is already ONNX"}
+        return {"artifacts": [art.path], "note": "source is already ONNX", "notes": _label_notes(run, art)}
     with task("exporting to ONNX"):
         arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval)]
         _check_post_fits(run, run.ctx.eval.take(8))  # before any more work is spent on this run
@@ -169,7 +169,7 @@ def stage_export(run: Run):
             arts[-1].parent = arts[0].path
     run.manifest.artifacts.extend(arts)
     return {"artifacts": [a.path for a in arts], "max_abs_diff": {a.path: a.verify.get("max_abs_diff") for a in arts},
-            "notes": sorted({n for a in arts for n in a.notes})}
+            "notes": sorted({n for a in arts for n in a.notes}) + _label_notes(run, arts[0])}
 
 
 def stage_quantize(run: Run):
@@ -280,6 +280,28 @@ def _evaluator(run: Run):
     from .evaluate import Evaluator
 
     return Evaluator(run.ctx.eval, run.ctx.source.task, run.staging / "model.fp32.onnx")
+
+
+def _label_notes(run: Run, fp32: Artifact) -> list:
+    """What the --eval labels are scored against, when that is not plain: labels a one-value output
+    cannot use (a one-logit binary classifier showed 'fidelity 0.9901', its labels silently unused), or
+    the first of several outputs (a model returning (embedding, logits) was scored on the embedding)."""
+    ev = run.ctx.eval
+    if ev is None or ev.labels is None or not fp32.outputs:
+        return []
+    first = fp32.outputs[0]
+    shape = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(first.get("shape") or [])) + "]"
+    if run.ctx.source.task != "classification":
+        note = (f"--eval labels unused: the model's output {first['name']!r} is {shape}, not [N, C] class scores "
+                "with C >= 2, so metrics are fidelity to FP32 (a one-logit binary classifier: return two logits "
+                "to be scored on accuracy)")
+    elif len(fp32.outputs) > 1:
+        note = (f"accuracy is scored on the first of {len(fp32.outputs)} outputs, {first['name']!r} {shape}; "
+                "return the class scores first if that is not them")
+    else:
+        return []
+    print(f"edgekit: note: {note}", file=sys.stderr)
+    return [note]
 
 
 def _check_post_fits(run: Run, sample) -> None:

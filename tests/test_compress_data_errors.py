@@ -249,3 +249,39 @@ def test_training_labels_out_of_range_are_one_line_before_any_work(tmp_path, mlp
     assert r.returncode == 2 and len(err) == 1, r.stderr
     assert f"train.npz: label {bad} (sample 5) is not a class index in [0, 3)" in err[0]
     assert "pruning" not in r.stderr and not (tmp_path / "out").exists()
+
+
+LABEL_MODELS = textwrap.dedent("""
+    import torch, torch.nn as nn
+
+    def one_logit():
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    class FeatFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            e = torch.relu(self.a(x))
+            return e, self.b(e)
+
+    def feat_first():
+        return FeatFirst()
+""")
+
+
+@pytest.mark.parametrize("factory,needle", [
+    ("one_logit", "--eval labels unused: the model's output 'output' is [N, 1]"),
+    ("feat_first", "accuracy is scored on the first of 2 outputs, 'output_0' [N, 8]"),
+])
+def test_what_the_labels_are_scored_on_is_said(tmp_path, factory, needle):
+    (tmp_path / "m.py").write_text(LABEL_MODELS)
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)))
+    np.savez(tmp_path / "eval.npz", input=rng.normal(size=(120, 6)), y=rng.integers(0, 2, 120))
+    r = _cli("compress", f"m.py:{factory}", "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile",
+             "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"edgekit: note: {needle}" in r.stderr
+    assert needle in (tmp_path / "out" / "report.md").read_text()
