@@ -62,6 +62,7 @@ def stage_load(run: Run):
                           input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
     if declared:
         src.preprocess = declared
+        _check_pre_fits(declared, src.inputs, cfg.model)
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
         what = "--prune" if cfg.prune.enabled else "--student"
@@ -302,6 +303,35 @@ def _label_notes(run: Run, fp32: Artifact) -> list:
         return []
     print(f"edgekit: note: {note}", file=sys.stderr)
     return [note]
+
+
+def _check_pre_fits(spec: dict, inputs: list, model: str) -> None:
+    """The declared pre-processing run once on its own example input: a resize to [1, 3, 16, 16] for a
+    model taking [N, 13] was accepted, bundled and flashed, and failed on the device for every input."""
+    if not spec.get("pre"):
+        return
+    from .prepost.pipeline import Pipeline
+
+    try:
+        pipe = Pipeline.from_spec(spec)
+        raw = pipe.example_input()
+        out = pipe.preprocess(raw) if raw is not None else None
+    except Exception:  # no example for these steps: the device runner's own checks remain
+        return
+    if out is None:
+        return
+    feeds = out if isinstance(out, dict) else {inputs[0].name: out} if len(inputs) == 1 else {}
+    for s in inputs:
+        arr = feeds.get(s.name)
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        # a channel count follows the raw image (the example is grey), so 1 and 3 are not held against it
+        fixed_ok = all(isinstance(d, str) or d == a or a in (1, 3) for d, a in zip(s.shape[1:], arr.shape[1:]))
+        if arr.ndim != len(s.shape) or not fixed_ok:
+            want = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(s.shape)) + "]"
+            raise UsageError(f"--preprocess: the pre-processing gives {s.name!r} shape {list(arr.shape)}, but "
+                             f"{model} takes {want}")
 
 
 def _check_post_fits(run: Run, sample) -> None:

@@ -38,7 +38,7 @@ def _bad_files(d):
 @pytest.mark.parametrize("name,expect", [("empty.npy", "not a valid .npy"), ("empty.npz", "not a valid .npz"),
                                          ("trunc.npz", "not a valid .npz"), ("obj.npy", "not a valid .npy"),
                                          ("nan.npy", "NaN or infinite values (first in sample 7)"),
-                                         ("imgs", "does not give mlp.py:build's input shape")])
+                                         ("imgs", "imgs: no images")])
 def test_bad_calibration_file_is_one_line_naming_it(tmp_path, mlp, name, expect):
     _bad_files(tmp_path)
     r = _cli("compress", mlp, "--calib", name, "--no-profile", "-o", "out", cwd=tmp_path)
@@ -285,3 +285,14 @@ def test_what_the_labels_are_scored_on_is_said(tmp_path, factory, needle):
     assert r.returncode == 0, r.stderr
     assert f"edgekit: note: {needle}" in r.stderr
     assert needle in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_pre_processing_that_cannot_feed_the_model_is_refused(tmp_path, mlp):
+    # it was accepted, bundled and flashed, and the device runner failed on every input
+    np.save(tmp_path / "calib.npy", np.random.default_rng(7).normal(size=(40, 6)))
+    pre = '{"pre": [{"op": "resize_normalize", "size": [16, 16]}]}'
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--preprocess", pre, "--no-profile", "-o", "out", cwd=tmp_path)
+    err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("edgekit: note:")]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "--preprocess: the pre-processing gives 'input' shape [1, " in err[0] and "takes [N, 6]" in err[0]
+    assert not (tmp_path / "out").exists()
