@@ -250,3 +250,20 @@ def test_without_a_recommendation_a_refused_int8_is_never_shipped(outdir, tmp_pa
     m.update({k: v for k, v in change.items() if k != "metrics"})
     (outdir / "manifest.json").write_text(json.dumps(m))
     assert build_bundle(outdir, tmp_path / "m.ekb")["artifact"]["kind"] == shipped
+
+
+def test_artifact_kind_shared_by_two_files_must_be_named(tmp_path):
+    from edgekit.artifact import Artifact, Manifest
+    from edgekit.errors import UsageError
+    from edgekit.flash.bundle import choose_artifact
+
+    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx"), Artifact("int8", "model.int8.onnx"),
+                            Artifact("int8", "model.distilled.int8.onnx")])
+    with pytest.raises(UsageError, match=r"2 artifacts of that kind .*model.int8.onnx, model.distilled.int8.onnx"
+                                         r"\); give the file name"):
+        choose_artifact(m, tmp_path, "int8")  # it used to pick the first silently
+    assert choose_artifact(m, tmp_path, "model.distilled.int8.onnx").path == "model.distilled.int8.onnx"
+    assert choose_artifact(m, tmp_path, "fp32").path == "model.fp32.onnx"
+    with pytest.raises(UsageError) as e:
+        choose_artifact(m, tmp_path, "xyz")
+    assert "int8, int8" not in str(e.value)

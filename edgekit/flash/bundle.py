@@ -87,12 +87,16 @@ def choose_artifact(manifest, outdir: Path, which: str | None = None):
     if not arts:
         raise InputError(f"{outdir / 'manifest.json'}: lists no artifacts")
     if which:
-        for a in arts:
-            if which in (a.kind, a.path) or (Path(which).name == Path(a.path).name and Path(which).exists()
-                                             and Path(which).resolve() == (outdir / a.path).resolve()):
-                return a
-        raise UsageError(f"--artifact {which!r}: not in {outdir / 'manifest.json'}"
-                         + did_you_mean(which, [a.kind for a in arts] + [a.path for a in arts]))
+        by_path = [a for a in arts if which == a.path or (Path(which).name == Path(a.path).name and Path(which).exists()
+                                                          and Path(which).resolve() == (outdir / a.path).resolve())]
+        by_kind = [a for a in arts if which == a.kind]
+        if by_path or len(by_kind) == 1:
+            return (by_path or by_kind)[0]
+        if by_kind:  # the INT8 of the FP32 and of the distilled model: a kind names neither
+            raise UsageError(f"--artifact {which!r}: {len(by_kind)} artifacts of that kind in "
+                             f"{outdir / 'manifest.json'} ({', '.join(a.path for a in by_kind)}); give the file name")
+        names = list(dict.fromkeys([a.kind for a in arts] + [a.path for a in arts]))
+        raise UsageError(f"--artifact {which!r}: not in {outdir / 'manifest.json'}" + did_you_mean(which, names))
     for rec in (manifest.recommended or {}).values():
         if isinstance(rec, dict) and rec.get("path"):
             for a in arts:
