@@ -296,3 +296,18 @@ def test_an_int8_file_larger_than_fp32_says_so(tmp_path):
     art = stage.run(parent, ctx, QuantizeConfig(tune=False, speed_gate=False))
     assert art.bytes > parent.bytes
     assert any("larger than its parent" in n for n in art.notes), art.notes
+
+
+def test_trial_progress_names_the_model_it_is_measured_against(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from edgekit.stages.quantize import _progress
+
+    monkeypatch.delenv("EDGEKIT_QUIET", raising=False)
+    trial = SimpleNamespace(error=None, metric=0.9, speedup=1.5, passed=True, phase="grid", name="qdq")
+    _progress("model.fp32.onnx")(trial)
+    _progress("model.distilled.onnx", "distilled")(trial)
+    fp32, distilled = capsys.readouterr().err.splitlines()
+    assert fp32.endswith("1.50x FP32 speed (within tolerance)")
+    # a distilled model's INT8 passes against the distilled model, which may itself be 4% below FP32
+    assert distilled.endswith("1.50x model.distilled.onnx speed (within tolerance of model.distilled.onnx)")

@@ -131,7 +131,7 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
                       input_names=[i["name"] if isinstance(i, dict) else i.name for i in parent.inputs]
                       or list(feeds), evaluate=evaluate, reference=reference, tolerance=ctx.tolerance,
                       target=ctx.primary_target, feeds=feeds, calib_size=cfg.calib_size,
-                      max_trials=cfg.max_trials if cfg.tune else 1, progress=_progress(parent.path))
+                      max_trials=cfg.max_trials if cfg.tune else 1, progress=_progress(parent.path, parent.kind))
         seq_like = gk["transformer_like"] or gk["recurrent"]
         if cfg.tune:
             specs = tuner.grid(spec, pinned=pinned, transformer_like=seq_like)
@@ -184,16 +184,20 @@ def _bias_correction_first(tuner, specs: list, pinned: set) -> list:
     return [s.replace(bias_correction=True) if s.mode == "int8" and s.format == "qdq" else s for s in specs]
 
 
-def _progress(name):
+def _progress(name, kind="fp32"):
     import os
     import sys
+
+    # trials are measured against the model they quantize: the distilled model's INT8 against it, not FP32
+    ref = "FP32" if kind == "fp32" else name
+    within = " (within tolerance)" if kind == "fp32" else f" (within tolerance of {name})"
 
     def cb(trial):
         if os.environ.get("EDGEKIT_QUIET") == "1":
             return
         m = f"error: {trial.error}" if trial.error else f"{trial.metric:.4f}"
-        sp = f", {trial.speedup:.2f}x FP32 speed" if trial.speedup else ""
-        print(f"  quantize {name} [{trial.phase}] {trial.name}: {m}{sp}{' (within tolerance)' if trial.passed else ''}",
+        sp = f", {trial.speedup:.2f}x {ref} speed" if trial.speedup else ""
+        print(f"  quantize {name} [{trial.phase}] {trial.name}: {m}{sp}{within if trial.passed else ''}",
               file=sys.stderr)
 
     return cb
