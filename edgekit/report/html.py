@@ -214,8 +214,7 @@ def render(report, plots=None) -> str:
         sections.append(("comparison", "Comparison between runs", _table(comp)))
     lat_html = "".join(_figure(p) for k in ("pareto", "dist", "ops") for p in by.get(k, []))
     if not lat_html:
-        lat_html = ('<p class="empty">No native latency measurement to plot: every target was emulated, '
-                    "unavailable or failed (see the summary).</p>")
+        lat_html = f'<p class="empty">{escape(tables.no_latency_reason(report))} (See the summary.)</p>'
     sections.append(("latency", "Latency", lat_html))
     pp = per_run(tables.prepost)
     if pp or by.get("prepost"):

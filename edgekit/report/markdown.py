@@ -75,8 +75,7 @@ def render(report, dest, plots=None) -> str:
     comp = tables.comparison(report)
     if comp:
         out += ["## Comparison between runs\n", _table(comp)]
-    out += ["## Latency\n", figs("pareto", "dist", "ops") or
-            "_No native latency measurement to plot: every target was emulated, unavailable or failed._\n"]
+    out += ["## Latency\n", figs("pareto", "dist", "ops") or f"_{tables.no_latency_reason(report)}_\n"]
     pp = per_run(tables.prepost)
     if pp or images.get("prepost"):
         out += ["## Pre/post-processing\n", figs("prepost"), pp]

@@ -42,6 +42,14 @@ def _status_cell(lat, span):
     return Cell(fmt.status_text(lat), cls=f"status status-{lat.get('status')}", span=span)
 
 
+def no_latency_reason(report) -> str:
+    """Why the latency section has nothing to plot: profiling off everywhere is not a failure."""
+    recs = [r for run in report.get("runs", []) for r in (run.get("recommended") or {}).values()]
+    if recs and all(r.get("status") == "skipped" for r in recs):
+        return "No latency to plot: profiling was off (--no-profile), so nothing was timed."
+    return "No native latency measurement to plot: every target was emulated, unavailable or failed."
+
+
 def summary(run) -> Table:
     cols = [Column("Variant"), Column("Size", num=True), Column("Params", num=True),
             Column("Metric", num=True), Column("vs FP32", num=True)]
