@@ -235,7 +235,7 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
                   f"tolerance kept so many nodes in FP32 that they measured no faster)" if slow else
                   f"no INT8 candidate within tolerance {ctx.tolerance}")
         reason = (f"{within} after {len(tuner.trials)} trials; best '{best.name}' drops {drop} "
-                  f"({best.metric:.4f} vs FP32 {reference:.4f}); FP32 stays recommended")
+                  f"({best.metric:.4f} vs FP32 {reference:.4f}); this INT8 is not recommended")
     elif not fast and gate_rec.get("status") != "ok":
         # nothing was timed: saying "not faster" would pass off a missing measurement as a result
         reason = ("INT8 speed on " + next(iter(gate), "the target") + " unavailable ("
