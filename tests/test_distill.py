@@ -90,7 +90,11 @@ def test_labels_early_stopping_and_best_weights_restored(digits, tmp_path):
     # the returned weights are the best epoch's, not the last one's
     from edgekit.pruning.metrics import TorchMetric
 
-    assert TorchMetric(src.eval, ["input"], "classification")(out) == pytest.approx(info["best_metric"])
+    # chosen on a held-out fifth of the training data, not on --eval (which then reports it unbiased)
+    val, rest = stage.validation_split(src.train, src.eval, ctx.seed)
+    assert info["eval"]["n"] == len(val) < len(src.train) and "held out for early stopping" in info["eval"]["source"]
+    assert info["train"]["n"] == len(rest) == len(src.train) - len(val)
+    assert TorchMetric(val, ["input"], "classification")(out) == pytest.approx(info["best_metric"])
     # seeded: the same run gives the same history
     _, again = stage.run(teacher, student_factory(), ctx, cfg)
     assert [h["loss"] for h in again["history"]] == [h["loss"] for h in info["history"]]
@@ -221,3 +225,18 @@ def test_dropout_off_while_imitating_then_restored(digits, tmp_path):
     labelled = _source(digits, labelled_train=True)  # with labels dropout stays as the model has it
     _, lab = stage.run(labelled.module, student, make_ctx(labelled, tmp_path), DistillConfig(epochs=1, batch_size=256))
     assert lab["dropout_off"] is False and any(t and p == 0.5 for t, p in seen)
+
+
+def test_validation_split_only_with_enough_training_data():
+    rng = np.random.default_rng(0)
+    ev = Dataset({"input": rng.normal(size=(30, 4))}, None, "eval.npz")
+    small = Dataset({"input": rng.normal(size=(60, 4))}, rng.integers(0, 3, 60), "train.npz")
+    assert stage.validation_split(small, ev, 0) == (ev, small)  # too few to split: --eval picks, as said
+    big = Dataset({"input": rng.normal(size=(500, 4))}, rng.integers(0, 3, 500), "train.npz")
+    val, rest = stage.validation_split(big, ev, 0)
+    assert (len(val), len(rest)) == (100, 400)
+    seen = np.concatenate([val.inputs["input"], rest.inputs["input"]])
+    assert sorted(map(tuple, seen.round(6))) == sorted(map(tuple, big.inputs["input"].round(6)))  # a partition
+    v2, _ = stage.validation_split(big, ev, 0)
+    np.testing.assert_array_equal(v2.inputs["input"], val.inputs["input"])  # seeded
+    np.testing.assert_array_equal(val.labels, big.labels[np.isin(big.inputs["input"][:, 0], val.inputs["input"][:, 0])])

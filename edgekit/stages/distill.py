@@ -28,6 +28,30 @@ AUTO_FEATURE_WEIGHT = 1.0  # relative MSE per block, next to a loss of order 1
 OFF = ("none", "off")
 
 
+MIN_SPLIT = 100  # training sets smaller than this are not split: too few left to train on
+
+
+def validation_split(train, evalset, seed: int) -> tuple:
+    """(validation set, training set): a seeded fifth of the training data (20 to 1000 samples) held out
+    for early stopping and the best epoch, so --eval, which reports the result, did not also pick it.
+    Below MIN_SPLIT samples, (evalset, train) unchanged, and the manifest's eval source says so."""
+    from ..dataset import Dataset
+    from ..pruning.batching import rows
+
+    n = len(train)
+    if n < MIN_SPLIT:
+        return evalset, train
+    k = max(20, min(n // 5, 1000))
+    perm = np.random.default_rng(seed).permutation(n)
+    val, rest = np.sort(perm[:k]), np.sort(perm[k:])
+
+    def part(idx, tag):
+        labels = None if train.labels is None else np.asarray(train.labels)[idx]
+        return Dataset(rows(train, idx), labels, f"{train.source} [{tag}]")
+
+    return part(val, f"{k} held out for early stopping"), part(rest, f"{n - k} trained on")
+
+
 def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     """Train `student` (in place) to mimic `teacher`; returns (student in eval mode, history dict)."""
     import torch
@@ -42,6 +66,7 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     if train is None or not len(train):
         raise InputError("distillation needs training data: pass --train (labelled or not) or --calib")
     evalset = ctx.eval if ctx.eval is not None and len(ctx.eval) else train
+    evalset, train = validation_split(train, evalset, ctx.seed)
     teacher.eval()
     torch.manual_seed(ctx.seed)
     metric = TorchMetric(evalset, names, task, reference_model=teacher)
@@ -113,6 +138,8 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     info = {"history": history, "metric": metric.name, "best_epoch": best["epoch"], "best_metric": best["metric"],
             "epochs_run": history[-1]["epoch"], "teacher_metric": _teacher_metric(metric, teacher),
             "train": {"n": len(train), "labelled": bool(use_labels), "source": train.source},
+            # early stopping and the best epoch are chosen on this set, so it is not --eval when the
+            # training data allows a split: --eval then reports the result without having picked it
             "eval": {"n": len(evalset), "source": evalset.source},
             "loss": _loss_name(task, use_labels) + (f" + {f_weight:g} x feature matching ({f_mode}, "
                                                     f"{len(layers)} layers)" if features else ""),
