@@ -305,6 +305,11 @@ def load_recipe(path) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     d = map_paths(d, lambda v: _rebase(v, p.parent))
+    if isinstance(d.get("output"), str) and not Path(d["output"]).is_absolute():
+        d["output"] = str(p.parent / d["output"])  # like every other path in it, not the current folder
+    # replacing an existing OUTDIR is asked for on the command line only: a recipe recorded from an
+    # --overwrite run replaced another run's folder when replayed with -o elsewhere
+    d.pop("overwrite", None)
     # validate now so the error names the file
     from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
     return d
@@ -360,6 +365,7 @@ def to_toml(cfg: CompressConfig) -> str:
     absolute path)."""
     d = map_paths(cfg.to_dict(), _absolute)
     d["output"] = str(Path(d["output"]).resolve())
+    d.pop("overwrite", None)  # a command-line safety choice, not part of the recipe
     lines = []
 
     def fmt(v):

@@ -132,3 +132,18 @@ def test_compress_max_trials_reaches_the_quantize_settings(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as e:
         main(["compress", "zoo:digits-cnn", "--max-trials", "0", "-o", str(tmp_path / "o")])
     assert e.value.code == 2 and "--max-trials" in capsys.readouterr().err
+
+
+def test_recipe_never_carries_overwrite_and_its_output_is_relative_to_it(tmp_path, monkeypatch):
+    # a recipe recorded from an --overwrite run replaced another run's folder when replayed elsewhere
+    cfg = c.from_dict({"model": "zoo:digits-cnn", "output": str(tmp_path / "b"), "overwrite": True})
+    text = c.to_toml(cfg)
+    assert "overwrite" not in text
+    p = tmp_path / "rec" / "compress.toml"
+    p.parent.mkdir()
+    p.write_text("overwrite = true\n" + text)  # a hand-edited or older recipe: still not honoured
+    assert c.from_dict(c.load_recipe(p)).overwrite is False
+    # a hand-written relative output is next to the recipe, as its data paths are, not in the current folder
+    p.write_text('model = "zoo:digits-cnn"\noutput = "../out/rel"\n')
+    monkeypatch.chdir("/")
+    assert Path(c.load_recipe(p)["output"]).resolve() == (tmp_path / "out" / "rel").resolve()
