@@ -26,8 +26,6 @@ FIXED_FILES = frozenset({
     MANIFEST, "report.md", "report.html", "report.json", "compress.toml", "sample_inputs.npz",
     "sensitivity.json", "sensitivity.csv", "sensitivity.png", "pruning.json", "distill.json", "pruned.pt",
 })
-# folders edgekit writes, with the file suffix it writes inside them: report.md's plots (report/markdown.py)
-FIXED_DIRS = {"report_files": ".png"}
 SHOWN = 3  # foreign entries named in an error
 
 
@@ -97,7 +95,19 @@ def _known(out: Path) -> set:
     sens = (d.get("pruning") or {}).get("sensitivity_files") if isinstance(d.get("pruning"), dict) else None
     if isinstance(sens, dict):
         known |= {v for v in sens.values() if isinstance(v, str)}
-    return {Path(k).as_posix() for k in known}
+    return {Path(k).as_posix() for k in known} | _report_images(out)
+
+
+def _report_images(out: Path) -> set:
+    """The plots report.md links (report_files/NAME.png): those edgekit wrote there. Any .png in the folder
+    used to count as edgekit's, and --overwrite deleted a user's own picture put beside them."""
+    import re
+
+    try:
+        text = (out / "report.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    return {m for m in re.findall(r"\]\((report_files/[^)\s/]+)\)", text)}
 
 
 def _is_leftover_temp(name: str, known: set) -> bool:
@@ -113,25 +123,20 @@ def foreign_entries(out) -> list:
     known_dirs |= {"/".join(d.split("/")[:i]) for d in list(known_dirs) for i in range(1, d.count("/") + 1)}
     foreign = []
 
-    def walk(d: Path, rel: str, suffix: str | None):
+    def walk(d: Path, rel: str):
         for e in sorted(d.iterdir(), key=lambda e: e.name):
             r = f"{rel}{e.name}"
             if e.is_symlink():  # edgekit never writes links
                 foreign.append(r)
             elif e.is_dir():
-                if rel == "" and e.name in FIXED_DIRS:
-                    walk(e, r + "/", FIXED_DIRS[e.name])
-                elif suffix is None and r in known_dirs:
-                    walk(e, r + "/", None)
+                if r in known_dirs:
+                    walk(e, r + "/")
                 else:
                     foreign.append(r + "/")
-            elif suffix is not None:
-                if not e.name.endswith(suffix):
-                    foreign.append(r)
             elif r not in known and not _is_leftover_temp(e.name, {k for k in known if "/" not in k}):
                 foreign.append(r)
 
-    walk(out, "", None)
+    walk(out, "")
     return foreign
 
 

@@ -136,6 +136,7 @@ def test_a_run_holding_only_what_edgekit_writes_is_replaced(tmp_path):
                  "report_files/latency-x86.png", ".report.html.abc123.tmp"):
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_bytes(b"x")
+    (out / "report.md").write_text("# report\n\n![Latency](report_files/latency-x86.png)\n")
     assert check_output(out, overwrite=True) == out
     st = staging_dir(out)
     (st / "manifest.json").write_text("new")
@@ -248,3 +249,15 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
     other.mkdir()
     s = staging_dir(tmp_path / "out")
     assert not left.exists() and alive.exists() and other.exists() and s.exists()
+
+
+def test_a_picture_of_yours_beside_the_reports_plots_is_not_deleted(tmp_path):
+    out = _run_dir(tmp_path / "out", "model.fp32.onnx")
+    (out / "report_files").mkdir()
+    (out / "report_files" / "pareto-0.png").write_bytes(b"edgekit's")
+    (out / "report.md").write_text("![Pareto](report_files/pareto-0.png)\n")
+    assert check_output(out, overwrite=True) == out  # only what report.md links: replaceable
+    (out / "report_files" / "mine.png").write_bytes(b"the user's")  # any .png used to count as edgekit's
+    with pytest.raises(UsageError, match=r"report_files/mine.png"):
+        check_output(out, overwrite=True)
+    assert (out / "report_files" / "mine.png").read_bytes() == b"the user's"
