@@ -267,3 +267,20 @@ def test_artifact_kind_shared_by_two_files_must_be_named(tmp_path):
     with pytest.raises(UsageError) as e:
         choose_artifact(m, tmp_path, "xyz")
     assert "int8, int8" not in str(e.value)
+
+
+def test_without_a_recommendation_the_smallest_acceptable_variant_ships(tmp_path):
+    from edgekit.artifact import Artifact, Manifest
+    from edgekit.flash.bundle import choose_artifact
+
+    def art(kind, path, nbytes, value):
+        return Artifact(kind, path, bytes=nbytes, metrics={"name": "accuracy", "value": value})
+
+    # an `edgekit prune` output: it shipped the unpruned FP32
+    m = Manifest(artifacts=[art("fp32", "model.fp32.onnx", 1000, 0.95), art("distilled", "model.distilled.onnx", 400, 0.95)])
+    assert choose_artifact(m, tmp_path).path == "model.distilled.onnx"
+    # compress with --no-profile: the distilled INT8 beats the FP32's INT8 on size; one beyond tolerance never ships
+    m = Manifest(artifacts=[art("fp32", "model.fp32.onnx", 1000, 0.95), art("distilled", "model.distilled.onnx", 400, 0.95),
+                            art("int8", "model.int8.onnx", 260, 0.95), art("int8", "model.distilled.int8.onnx", 110, 0.90)],
+                 settings={"tolerance": "1%"})
+    assert choose_artifact(m, tmp_path).path == "model.int8.onnx"

@@ -81,8 +81,8 @@ def content_version(meta: dict, kind: str) -> str:
 
 
 def choose_artifact(manifest, outdir: Path, which: str | None = None):
-    """--artifact KIND|PATH, else the first recommended artifact, else int8 if it met the tolerance (and was
-    not measured slower), else fp32."""
+    """--artifact KIND|PATH, else the first recommended artifact, else the smallest compressed one that met
+    the tolerance (and was not measured slower), else fp32."""
     arts = manifest.artifacts
     if not arts:
         raise InputError(f"{outdir / 'manifest.json'}: lists no artifacts")
@@ -102,13 +102,13 @@ def choose_artifact(manifest, outdir: Path, which: str | None = None):
             for a in arts:
                 if a.path == rec["path"]:
                     return a
-    # no recommendation (profiling was off): INT8 only when it met the tolerance and no measurement showed
-    # it slower; never ship a variant the run itself refused
-    for kind in ("int8", "fp32"):
-        for a in arts:
-            if a.kind == kind and (kind == "fp32" or _acceptable(a, manifest)):
-                return a
-    return arts[0]
+    # no recommendation (profiling was off, or an `edgekit prune`/`distill` output): the smallest compressed
+    # variant that met the tolerance and that no measurement showed slower (a prune output shipped its
+    # unpruned FP32); never one the run itself refused; else FP32
+    ok = [a for a in arts if a.kind != "fp32" and _acceptable(a, manifest)]
+    if ok:
+        return min(ok, key=lambda a: (a.bytes or 0, arts.index(a)))
+    return next((a for a in arts if a.kind == "fp32"), arts[0])
 
 
 def _acceptable(a, manifest) -> bool:
