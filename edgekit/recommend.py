@@ -16,6 +16,16 @@ def metric_veto(a, manifest, tolerance) -> str | None:
     return f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}"
 
 
+def precision_veto(a, target) -> str | None:
+    """Why `a` cannot be recommended for a target whose file limits its precisions, or None."""
+    allowed = tuple(getattr(target, "precisions", ()) or ())
+    if not allowed:
+        return None
+    p = {"int8": "int8", "int8-dynamic": "int8-dynamic", "fp16": "fp16"}.get(a.kind, "fp32")
+    ok = p in allowed or (p == "int8-dynamic" and "int8" in allowed)  # dynamic INT8 runs where INT8 does
+    return None if ok else f"{a.path}: {p} is not among {target.name}'s precisions ({', '.join(allowed)})"
+
+
 def recommend(manifest, tolerance, targets) -> dict:
     fp32 = next((a for a in manifest.artifacts if a.kind == "fp32"), None)
     out = {}
@@ -29,6 +39,10 @@ def recommend(manifest, tolerance, targets) -> dict:
         for a in manifest.artifacts:
             lat = a.latency.get(name, {})
             if lat.get("status") != "ok":
+                continue
+            why = precision_veto(a, t)
+            if why:
+                rejected.append(why)
                 continue
             why = metric_veto(a, manifest, tolerance)
             if why:
@@ -46,7 +60,9 @@ def recommend(manifest, tolerance, targets) -> dict:
             continue
         if not cands:
             reasons = [a.latency.get(name, {}).get("reason") for a in manifest.artifacts]
-            reason = next((r for r in reasons if r), "no artifact was measured on this target")
+            fallback = ("no measured artifact can be recommended: " + "; ".join(rejected) if rejected
+                        else "no artifact was measured on this target")
+            reason = next((r for r in reasons if r), fallback)
             out[name] = {"status": "unavailable", "reason": reason}
             continue
         best = min(cands, key=lambda a: a.latency[name]["p50_ms"])

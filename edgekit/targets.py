@@ -7,7 +7,7 @@ A file looks like::
     address = "local"                # local | emulated | ssh://user@host[:port]/path
     emulated = false                 # true: this ssh:// device is itself emulated (timings are not device latency)
     threads = 4                      # omit for the runtime's default
-    precisions = ["int8", "fp32"]    # preferred first
+    precisions = ["int8", "fp32"]    # what the device runs (recommendations stay within it); default: all
     isa = ["neon"]                   # features quantization may assume; "host" = detect this CPU
     memory_mb = 4096
     channel_multiple = 8
@@ -196,7 +196,8 @@ def parse_target(data: dict, path) -> TargetProfile:
     threads = data.get("threads")
     if threads is not None and (not _is_int(threads) or threads < 1):
         bad("threads", f"must be a positive integer (omit it for the runtime default), got {threads!r}")
-    precisions = _str_list(data.get("precisions", ["fp32"]), "precisions", PRECISIONS, bad)
+    # the precisions the device runs: a recommendation never names another (a missing key restricts nothing)
+    precisions = _str_list(data.get("precisions", list(PRECISIONS)), "precisions", PRECISIONS, bad)
     if not precisions:
         bad("precisions", "must list at least one precision")
     isa = _str_list(data.get("isa", []), "isa", ISA_FEATURES, bad)

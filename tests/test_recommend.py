@@ -58,3 +58,18 @@ def test_unprofiled_target_is_skipped_not_unavailable():
     a = Artifact(kind="fp32", path="f.onnx", metrics={"name": "accuracy", "value": 0.9})
     r = recommend(Manifest(artifacts=[a]), Tolerance.parse("1%"), [T])["cpu"]
     assert r["status"] == "skipped" and "profiling was off" in r["reason"]
+
+
+def test_a_target_s_precisions_bound_the_recommendation():
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 1.0), _art("int8", "q.onnx", 0.99, 0.5, "f.onnx", "quantize"),
+                            _art("int8-dynamic", "d.onnx", 0.99, 0.6, "f.onnx", "quantize")])
+    fp32_only = SimpleNamespace(name="cpu", emulated=False, precisions=("fp32",))
+    r = recommend(m, Tolerance.parse("1%"), [fp32_only])["cpu"]  # it used to say q.onnx
+    assert r["path"] == "f.onnx" and "q.onnx: int8 is not among cpu's precisions (fp32)" in r["rejected"]
+    npu = SimpleNamespace(name="cpu", emulated=False, precisions=("int8",))  # runs INT8 only
+    assert recommend(m, Tolerance.parse("1%"), [npu])["cpu"]["path"] == "q.onnx"
+    m.artifacts[1].metrics["value"] = 0.5  # INT8 beyond tolerance; dynamic INT8 runs where INT8 does
+    assert recommend(m, Tolerance.parse("1%"), [npu])["cpu"]["path"] == "d.onnx"
+    m.artifacts[2].metrics["value"] = 0.5
+    r = recommend(m, Tolerance.parse("1%"), [npu])["cpu"]
+    assert r["status"] == "unavailable" and "f.onnx: fp32 is not among cpu's precisions (int8)" in r["reason"]
