@@ -284,3 +284,10 @@ def test_without_a_recommendation_the_smallest_acceptable_variant_ships(tmp_path
                             art("int8", "model.int8.onnx", 260, 0.95), art("int8", "model.distilled.int8.onnx", 110, 0.90)],
                  settings={"tolerance": "1%"})
     assert choose_artifact(m, tmp_path).path == "model.int8.onnx"
+
+
+def test_bundle_output_that_is_a_folder_is_one_line(tmp_path):
+    out = make_outdir(tmp_path / "run")
+    with pytest.raises(InputError, match=r"is a directory; -o names the bundle file to write \(e.g. run.ekb\)"):
+        build_bundle(out, out)  # was "internal error: IsADirectoryError"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -161,6 +161,8 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
     outdir = Path(outdir)
     if not outdir.is_dir():
         raise InputError(f"{outdir}: not a directory (expected an edgekit output directory)")
+    if Path(dest).is_dir():  # the rename at the end would fail with an internal error ('-o out/run', '-o .')
+        raise InputError(f"{dest}: is a directory; -o names the bundle file to write (e.g. {outdir.name}.ekb)")
     manifest = load_manifest(outdir)
     art = choose_artifact(manifest, outdir, artifact)
     model_src = art.checked_file(outdir, then="refusing to bundle it (re-run compress)")
