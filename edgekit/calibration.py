@@ -331,6 +331,11 @@ def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -
             "layout": layout, "channels": channels}
 
 
+IMPLIED_NOTE = ("images read as pixels scaled to 0..1 (mean 0, std 255) at the model's input size: no "
+                "--preprocess was given, and this guess is recorded and shipped with the model; pass --preprocess "
+                "with the mean/std the model was trained with if it differs (ImageNet models usually do)")
+
+
 def with_implied_prepost(preprocess: dict | None, inputs: list, *paths) -> dict | None:
     """preprocess, completed by the first image folder among paths with what implied_prepost gives."""
     for path in paths:

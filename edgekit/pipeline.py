@@ -38,7 +38,7 @@ class Run:
 # ---------------------------------------------------------------- stages
 
 def stage_load(run: Run):
-    from .calibration import read_dataset, with_implied_prepost
+    from .calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
     from .data_size import small_data_notes
     from .evaluate import check_training_labels
     from .dataset import Dataset
@@ -68,7 +68,9 @@ def stage_load(run: Run):
         what = "--prune" if cfg.prune.enabled else "--student"
         raise UsageError(f"{what}: {cfg.model} is an ONNX file, and pruning and distillation work on the PyTorch "
                          f"model (pass it as file.py:factory), or drop {what} to quantize the ONNX file")
+    before = src.preprocess
     src.preprocess = with_implied_prepost(src.preprocess, src.inputs, cfg.calib, cfg.eval, cfg.train)
+    implied = [IMPLIED_NOTE] if src.preprocess != before else []
 
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
@@ -92,7 +94,7 @@ def stage_load(run: Run):
             evalset = calib
             notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "
                          f"the same ones INT8 calibrates on (give more than {k}, or --eval, to hold some out)")
-    notes += small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,
+    notes += implied + small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,
                               static_int8=cfg.quantize.mode == "int8")
     for note in notes:  # the metrics' meaning changes: say it where the user reads them, not only in the manifest
         print(f"edgekit: note: {note}", file=sys.stderr)

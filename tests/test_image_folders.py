@@ -68,6 +68,8 @@ def test_compress_records_the_pre_processing_calibration_used(tmp_path):
     assert r.returncode == 0, r.stderr
     pre = json.loads((tmp_path / "out" / "manifest.json").read_text())["prepost"]["pre"][0]
     assert pre["size"] == [10, 10] and pre["std"] == [255.0] * 3, pre
+    # a guess shipped with the model: said where the user reads it
+    assert "edgekit: note: images read as pixels scaled to 0..1 (mean 0, std 255)" in r.stderr
 
 
 CNNS = textwrap.dedent("""

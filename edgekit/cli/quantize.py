@@ -34,7 +34,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
 
     import onnx
 
-    from ..calibration import read_dataset, with_implied_prepost
+    from ..calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
     from ..data_size import small_data_notes
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, InputError, UsageError
@@ -61,7 +61,10 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         from ..pipeline import _read_prepost
 
         src_model.preprocess = _read_prepost(preprocess)  # how an image folder becomes this model's input
+    before = src_model.preprocess
     src_model.preprocess = with_implied_prepost(src_model.preprocess, src_model.inputs, calib, eval_path)
+    if src_model.preprocess != before:
+        click.echo(f"edgekit: note: {IMPLIED_NOTE}", err=True)
     calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
         if eval_path else None
