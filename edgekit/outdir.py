@@ -146,7 +146,12 @@ def staging_dir(outdir) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_staging(out)
         # host and pid in the name: a later run can tell a killed run's leftovers from a live run's folder
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{_host()}-{os.getpid()}-", dir=out.parent))
+        st = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{_host()}-{os.getpid()}-", dir=out.parent))
+        # mkdtemp makes 0700, and the folder becomes OUTDIR: honour the umask like any mkdir
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(st, 0o777 & ~umask)
+        return st
     except OSError as e:
         raise UsageError(f"{outdir}: cannot create the output directory there: {e.strerror or e}") from None
 

@@ -261,3 +261,14 @@ def test_a_picture_of_yours_beside_the_reports_plots_is_not_deleted(tmp_path):
     with pytest.raises(UsageError, match=r"report_files/mine.png"):
         check_output(out, overwrite=True)
     assert (out / "report_files" / "mine.png").read_bytes() == b"the user's"
+
+
+def test_the_output_folder_follows_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        st = staging_dir(tmp_path / "out")
+        (st / "manifest.json").write_text("{}")
+        publish(st, tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # mkdtemp's 0700 kept other users out
