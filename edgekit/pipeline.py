@@ -201,7 +201,24 @@ def stage_evaluate(run: Run):
 
     for a in run.manifest.artifacts:
         a.metrics = with_drop(a.metrics, fp32.metrics if a is not fp32 else None)
-    return {a.path: a.metrics.get("value") for a in run.manifest.artifacts}
+    return {**{a.path: a.metrics.get("value") for a in run.manifest.artifacts}, "notes": _chance_notes(run, fp32)}
+
+
+def _chance_notes(run: Run, fp32: Artifact) -> list:
+    """A source model at chance accuracy is almost always a setup mistake (a forgotten --weights left the
+    factory's random initialisation, and the run reported 0.1039 on 10 classes without a word)."""
+    m = fp32.metrics or {}
+    shape = (fp32.outputs[0].get("shape") if fp32.outputs else None) or []
+    classes = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+    if m.get("name") != "accuracy" or not classes or classes < 2 or m.get("value") is None \
+            or m["value"] > 1.5 / classes:
+        return []
+    why = ("no --weights was given, so the model has its factory's initial weights (random unless the factory "
+           "loads them)" if _is_torch_file(run.cfg.model) and not run.cfg.weights
+           else "check the weights, and that 'y' holds this model's class indices")
+    note = f"the source model's accuracy {m['value']:.4f} is at chance level for {classes} classes: {why}"
+    print(f"edgekit: note: {note}", file=sys.stderr)
+    return [note]
 
 
 def stage_profile(run: Run):

@@ -299,3 +299,23 @@ def test_pre_processing_that_cannot_feed_the_model_is_refused(tmp_path, mlp):
     assert r.returncode == 2 and len(err) == 1, r.stderr
     assert "--preprocess: the pre-processing gives 'input' shape [1, " in err[0] and "takes [N, 6]" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_at_chance_accuracy_is_noted(tmp_path):
+    # a forgotten --weights: the factory's random initialisation was evaluated and reported silently
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Linear(6, 10))
+    """))
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    pred = np.argmax(x @ rng.normal(size=(6, 10)), 1)  # labels from another model: chance for this one
+    np.save(tmp_path / "calib.npy", x[:100])
+    np.savez(tmp_path / "eval.npz", input=x[100:], y=pred[100:])
+    r = _cli("compress", "m.py:build", "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile", "--no-tune",
+             "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "is at chance level for 10 classes: no --weights was given" in r.stderr
