@@ -326,7 +326,7 @@ def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -
         # numpy would broadcast 3 values over a 1-channel image into 3 channels, or fail on 2
         if len(v) not in (1, channels):
             raise CalibrationError(f"{where}: preprocess {name} has {len(v)} values; the model's images have "
-                                   f"{channels} channel{'s' if channels > 1 else ''} (give 1 or {channels})")
+                                   f"{channels} channel{'s' if channels > 1 else ''} (give {'1' if channels == 1 else f'1 or {channels}'})")
     return {"op": "resize_normalize", "size": size, "mean": mean.tolist(), "std": std.tolist(),
             "layout": layout, "channels": channels}
 

@@ -119,8 +119,10 @@ class DistillConfig:
     def __post_init__(self):
         if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"distill.schedule {self.schedule!r}{did_you_mean(self.schedule, LR_SCHEDULES)}")
-        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.patience < 0:
-            raise ConfigError("distill: lr > 0, batch_size >= 1, weight_decay >= 0 and patience >= 0 are required")
+        for key, ok, rule in (("lr", self.lr > 0, "> 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                              ("weight_decay", self.weight_decay >= 0, ">= 0"), ("patience", self.patience >= 0, ">= 0")):
+            if not ok:
+                raise ConfigError(f"distill.{key} {getattr(self, key)!r}: must be {rule}")
         if self.epochs < 0:
             raise ConfigError(f"distill.epochs {self.epochs}: must be >= 0")
         if not 0.0 <= self.alpha <= 1.0:

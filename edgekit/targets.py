@@ -174,7 +174,9 @@ def parse_target(data: dict, path) -> TargetProfile:
         bad("name", f"must be a simple name (letters, digits, . _ -), got {name!r}")
     arch = data["arch"]
     if arch not in ARCHES:
-        bad("arch", f"{arch!r} is not one of {', '.join(ARCHES)}{did_you_mean(str(arch), ARCHES)}")
+        hint = did_you_mean(str(arch), ARCHES)
+        hint = "" if hint.startswith(" (valid") else hint  # the list is already given
+        bad("arch", f"{arch!r} is not one of {', '.join(ARCHES)}{hint}")
     address = data["address"]
     ssh = _SSH_RE.match(address) if isinstance(address, str) else None
     if not isinstance(address, str) or not (address in ("local", "emulated") or ssh):

@@ -147,3 +147,9 @@ def test_recipe_never_carries_overwrite_and_its_output_is_relative_to_it(tmp_pat
     p.write_text('model = "zoo:digits-cnn"\noutput = "../out/rel"\n')
     monkeypatch.chdir("/")
     assert Path(c.load_recipe(p)["output"]).resolve() == (tmp_path / "out" / "rel").resolve()
+
+
+@pytest.mark.parametrize("key,value,rule", [("lr", 0.0, "> 0"), ("batch_size", 0, ">= 1"), ("patience", -1, ">= 0")])
+def test_distill_settings_name_the_wrong_one(key, value, rule):
+    with pytest.raises(ConfigError, match=rf"distill.{key} {value!r}: must be {rule}"):
+        c.DistillConfig(**{key: value})

@@ -246,6 +246,8 @@ def test_cli_bad_outdir_is_a_one_line_usage_error(runs, tmp_path):
     assert not (tmp_path / "x.html").exists()
     r = _cli(a, "-o", tmp_path)
     assert r.returncode == 2 and "is a directory" in r.stderr
+    r = _cli(a, "-o", tmp_path / "one.md")  # wrote HTML into one.md
+    assert r.returncode == 2 and "for .md use --markdown" in r.stderr and not (tmp_path / "one.md").exists()
 
 
 

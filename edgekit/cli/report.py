@@ -30,6 +30,10 @@ def report(outdirs, output, markdown, json_out, title, as_json):
 
     if output is None:
         output = outdirs[0] / "report.html" if len(outdirs) == 1 else Path("report.html")
+    if output.suffix.lower() in (".md", ".json"):
+        # -o one.md wrote HTML into it: a suffix that names another format picks that format
+        flag = "--markdown" if output.suffix.lower() == ".md" else "--json-out"
+        raise UsageError(f"-o/--output {output}: writes the HTML report; for {output.suffix} use {flag} {output}")
     for p, flag in ((output, "-o/--output"), (markdown, "--markdown"), (json_out, "--json-out")):
         if p is not None and p.is_dir():
             raise UsageError(f"{flag} {p}: is a directory; give a file name")
