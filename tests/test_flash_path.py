@@ -296,3 +296,14 @@ def test_prune_leaves_entries_it_did_not_make(tmp_path):
         res = flash_many(devs, read_bundle(tmp_path / f"v{i}.ekb", tmp_path), opts=FlashOptions(keep=1))[0]
         assert res.status == "flashed" and res.warnings == []
     assert "lost+found" in os.listdir(dev / "versions") and len(os.listdir(dev / "versions")) == 3
+
+
+def test_status_of_a_missing_device_folder_is_an_error(tmp_path, capsys):
+    from edgekit.cli import main
+
+    # it printed an empty table with ok: true, as for a device with nothing on it
+    with pytest.raises(SystemExit) as e:
+        main(["devices", "status", "--device", str(tmp_path / "nonexist"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert e.value.code == 1 and out["ok"] is False
+    assert "no such folder on the device" in out["devices"][0]["error"]

@@ -362,6 +362,9 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
 
 def status(t, root: str, verify: bool = True) -> dict:
     """Versions on the device, the active one, and whether each is intact (hashes rechecked there)."""
+    if not t.isdir(root):
+        # an empty table and ok: true read as "a device with nothing on it" for a mistyped or unmounted path
+        raise EdgekitError(f"{root}: no such folder on the device (a mistyped path, or the device is not mounted)")
     L = Layout(root)
     try:
         active = active_version(t, L)
