@@ -145,6 +145,10 @@ def test_modes_without_calibration_data_work_and_say_accuracy_was_not_measured(t
                for a in man.artifacts)
     d = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert any("accuracy not measured" in n for n in d["quantization"]["m.onnx"]["notes"])
+    # the ISA-aware default is the static QDQ one: this run's record says it did not use it
+    assert d["quantization"]["m.onnx"]["isa"]["applies_to"].endswith(f"this run: {mode}")
+    q_settings = next(a["settings"] for a in d["artifacts"] if a["kind"] == mode)
+    assert q_settings.get("isa_choice") is None and "method" not in q_settings and "format" not in q_settings
     # the recommendation's reason explains the pick: FP32 kept is not "FP16 within tolerance"
     rec = next(iter(d["recommended"].values()))
     if rec["kind"] == "fp32":

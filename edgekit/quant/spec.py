@@ -73,4 +73,8 @@ class QuantSpec:
         d["op_types"] = list(self.op_types)
         d["exclude_nodes"] = list(self.exclude_nodes)
         d.pop("label")
+        if self.mode == "int8-dynamic":
+            # nothing is calibrated and no QDQ graph is written: a record saying "qdq, minmax" misread the run
+            for k in ("format", "method", "symmetric_activation", "bias_correction", "activation_type"):
+                d.pop(k)
         return d

@@ -108,7 +108,12 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         reference = float(evaluate(src)["value"])
     facts = qisa.target_facts(ctx.primary_target)
     choice = qisa.choose(facts["isa"], arch=facts["arch"], providers=facts["providers"])
-    record = {"isa": {**choice.to_dict(), "target": facts["name"]}, "trials": [], "sensitivity": [],
+    isa_rec = {**choice.to_dict(), "target": facts["name"]}
+    if cfg.mode != "int8" or cfg.format != "qdq":
+        # the ISA-aware choice is the static QDQ default: a QOperator, dynamic or FP16 run read as if it used it
+        isa_rec["applies_to"] = "static QDQ INT8 (the default); this run: " + (
+            cfg.mode if cfg.mode != "int8" else f"static INT8, {cfg.format.upper()} format")
+    record = {"isa": isa_rec, "trials": [], "sensitivity": [],
               "speed_gate": {}, "tolerance": str(ctx.tolerance), "reference": reference, "notes": []}
     ctx.manifest.quantization[parent.path] = record
 
@@ -253,7 +258,9 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
                    "reason": reason, "seconds": round(time.perf_counter() - t_start, 2)})
     dest_name = output_name(parent.path, kind)
     art = _write(best.path, Path(ctx.outdir) / dest_name, parent, kind, ctx)
-    art.settings = {**best.spec.to_dict(), "isa_choice": record["isa"]["choice"], "calib_size": cfg.calib_size}
+    static_qdq = best.spec.mode == "int8" and best.spec.format == "qdq"
+    art.settings = {**best.spec.to_dict(), "isa_choice": record["isa"]["choice"] if static_qdq else None,
+                    "calib_size": cfg.calib_size}
     art.notes = [reason] + ([f"kept in FP32: {', '.join(best.spec.exclude_nodes)}"] if best.spec.exclude_nodes else [])
     if parent.bytes and art.bytes > parent.bytes:
         # small models: scales, zero points and Q/DQ nodes can outweigh the 4x smaller weights
