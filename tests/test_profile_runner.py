@@ -224,3 +224,31 @@ def test_run_with_pre_steps_reads_the_raw_input(tmp_path, lone_runner):
         np.testing.assert_allclose(z["probs"], want["probs"], rtol=1e-5)
     rc, rep, _ = _run(lone_runner, "run", "--bundle", root, "--out", tmp_path / "o.npz", cwd=tmp_path)
     assert rc == 1 and "needs a raw input" in rep["reason"]
+
+
+def test_run_reads_a_stack_of_grey_frames_as_frames(tmp_path, lone_runner):
+    from onnx import TensorProto, helper
+
+    from edgekit import prepost
+    from profile_models import _save
+
+    root = lone_runner.parent
+    shutil.copytree(Path(prepost.__file__).parent, root / "edgekit" / "prepost",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "edgekit" / "__init__.py").write_text("")
+    w = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    _save([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"])], {"w": w},
+          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], root / "m.onnx")
+    spec = {"pre": [{"op": "resize_normalize", "size": [8, 8]}]}
+    (root / "bundle.json").write_text(json.dumps({"model": "m.onnx", "prepost": spec}))
+    frames = np.random.default_rng(1).integers(0, 256, (30, 8, 8), dtype=np.uint8)  # a stack of Pillow 'L' images
+    np.save(tmp_path / "raw.npy", frames)
+    rc, rep, err = _run(lone_runner, "run", "--bundle", root, "--inputs", tmp_path / "raw.npy",
+                        "--out", tmp_path / "o.npz", cwd=tmp_path, env={"EDGEKIT_PREPOST_NUMBA": "0"})
+    # it was read as one 8 x 8 image of 8 channels: "got shape [1, 8, 8, 8]"
+    assert rc == 0 and rep["samples"] == 30, (rep, err)
+    with np.load(tmp_path / "o.npz") as z:
+        got = z[next(iter(z.files))]
+    want = (frames.reshape(30, 64).astype(np.float32) / 255) @ w
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

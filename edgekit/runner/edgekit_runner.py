@@ -793,6 +793,16 @@ def postprocess_samples(pipe, outputs: dict, env: dict, n: int) -> tuple[dict, l
     return result, names
 
 
+def _grey_stack(raw, pipe):
+    """[N, H, W] grey frames (what a stack of Pillow 'L' images is) as [N, H, W, 1] for an image resize:
+    [30, 8, 8] was read as one 8 x 8 image of 8 channels. A last axis of 1, 3 or 4 is a channel axis."""
+    raw = np.asarray(raw)
+    first = pipe.pre[0].op if pipe.pre else None
+    if first == "resize_normalize" and raw.ndim == 3 and raw.shape[-1] not in (1, 3, 4):
+        return raw[..., None]
+    return raw
+
+
 def cmd_run(a) -> int:
     model, meta, root = find_bundle(a.model, a.bundle)
     spec = (meta or {}).get("prepost") or {}
@@ -808,7 +818,7 @@ def cmd_run(a) -> int:
             raise ValueError(f"the pre-processing reads one raw input; {a.inputs} holds {len(arrays)} arrays "
                              f"({', '.join(arrays)}): pass one (.npy or a one-array .npz), or --no-prepost "
                              "with model inputs")
-        fed = pipe.preprocess(next(iter(arrays.values())))
+        fed = pipe.preprocess(_grey_stack(next(iter(arrays.values())), pipe))
         if isinstance(fed, dict):
             env = dict(fed)
         else:
