@@ -1,0 +1,99 @@
+"""Checks a compress run makes on the user's model, data and pre/post spec, where a mistake would otherwise
+be silent or surface only on the device: each returns notes to print or raises a one-line UsageError."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .artifact import Artifact
+from .errors import UsageError
+
+
+def chance_notes(run, fp32: Artifact) -> list:
+    """A source model at chance accuracy is almost always a setup mistake (a forgotten --weights left the
+    factory's random initialisation, and the run reported 0.1039 on 10 classes without a word)."""
+    m = fp32.metrics or {}
+    shape = (fp32.outputs[0].get("shape") if fp32.outputs else None) or []
+    classes = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+    if m.get("name") != "accuracy" or not classes or classes < 2 or m.get("value") is None \
+            or m["value"] > 1.5 / classes:
+        return []
+    why = ("no --weights was given, so the model has its factory's initial weights (random unless the factory "
+           "loads them)" if run.ctx.source.kind == "torch" and not run.ctx.source.spec.startswith("zoo:")
+           and not run.cfg.weights
+           else "check the weights, and that 'y' holds this model's class indices")
+    note = f"the source model's accuracy {m['value']:.4f} is at chance level for {classes} classes: {why}"
+    print(f"edgekit: note: {note}", file=sys.stderr)
+    return [note]
+
+
+def label_notes(run, fp32: Artifact) -> list:
+    """What the --eval labels are scored against, when that is not plain: labels a one-value output
+    cannot use (a one-logit binary classifier showed 'fidelity 0.9901', its labels silently unused), or
+    the first of several outputs (a model returning (embedding, logits) was scored on the embedding)."""
+    ev = run.ctx.eval
+    if ev is None or ev.labels is None or not fp32.outputs:
+        return []
+    first = fp32.outputs[0]
+    shape = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(first.get("shape") or [])) + "]"
+    if run.ctx.source.task != "classification":
+        note = (f"--eval labels unused: the model's output {first['name']!r} is {shape}, not [N, C] class scores "
+                "with C >= 2, so metrics are fidelity to FP32 (a one-logit binary classifier: return two logits "
+                "to be scored on accuracy)")
+    elif len(fp32.outputs) > 1:
+        note = (f"accuracy is scored on the first of {len(fp32.outputs)} outputs, {first['name']!r} {shape}; "
+                "return the class scores first if that is not them")
+    else:
+        return []
+    print(f"edgekit: note: {note}", file=sys.stderr)
+    return [note]
+
+
+def check_pre_fits(spec: dict, inputs: list, model: str) -> None:
+    """The declared pre-processing run once on its own example input: a resize to [1, 3, 16, 16] for a
+    model taking [N, 13] was accepted, bundled and flashed, and failed on the device for every input."""
+    if not spec.get("pre"):
+        return
+    from .prepost.pipeline import Pipeline
+
+    try:
+        pipe = Pipeline.from_spec(spec)
+        raw = pipe.example_input()
+        out = pipe.preprocess(raw) if raw is not None else None
+    except Exception:  # no example for these steps: the device runner's own checks remain
+        return
+    if out is None:
+        return
+    feeds = out if isinstance(out, dict) else {inputs[0].name: out} if len(inputs) == 1 else {}
+    for s in inputs:
+        arr = feeds.get(s.name)
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        # a channel count follows the raw image (the example is grey), so 1 and 3 are not held against it
+        fixed_ok = all(isinstance(d, str) or d == a or a in (1, 3) for d, a in zip(s.shape[1:], arr.shape[1:]))
+        if arr.ndim != len(s.shape) or not fixed_ok:
+            want = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(s.shape)) + "]"
+            raise UsageError(f"--preprocess: the pre-processing gives {s.name!r} shape {list(arr.shape)}, but "
+                             f"{model} takes {want}")
+
+
+def check_post_fits(run, sample) -> None:
+    """The declared post-processing run once on the FP32 model's real outputs: a spec that cannot work
+    on them (top-k above the class count) would otherwise ship in every bundle and fail on the device."""
+    post = (run.manifest.prepost or {}).get("post")
+    if not post:
+        return
+    from .onnxutil import run_batches, session
+    from .prepost.errors import PrepostError
+    from .prepost.pipeline import Pipeline
+
+    fp32 = run.staging / "model.fp32.onnx"
+    outs = run_batches(fp32, sample)
+    names = [o.name for o in session(fp32).get_outputs()]
+    try:
+        Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(sample.inputs), names=names)
+    except PrepostError as e:
+        raise UsageError(f"--preprocess: the post-processing does not fit {run.cfg.model}'s outputs: "
+                         f"{str(e).splitlines()[0]}") from None
