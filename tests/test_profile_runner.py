@@ -193,24 +193,31 @@ def test_run_on_a_bundle_without_prepost_steps(tmp_path):
     assert rc == 0 and rep["outputs"] == {"y": [3, 4]} and "prepost" not in rep, (rep, err)
 
 
-def test_run_with_pre_steps_reads_the_raw_input(tmp_path, lone_runner):
+def _image_bundle(lone_runner, channels: int, classes: int, spec: dict):
+    """A bundle-like directory beside the runner: x[batch, C, 8, 8] -> Flatten -> MatMul w, bundle.json with
+    `spec`, and the edgekit/prepost package. Returns (root, w)."""
     from onnx import TensorProto, helper
 
     from edgekit import prepost
-    from edgekit.prepost import Pipeline
     from profile_models import _save
 
-    # a bundle-like directory: the runner, the model, bundle.json and the edgekit/prepost package
     root = lone_runner.parent
     shutil.copytree(Path(prepost.__file__).parent, root / "edgekit" / "prepost",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (root / "edgekit" / "__init__.py").write_text("")
-    w = np.random.default_rng(0).normal(size=(192, 10)).astype(np.float32)
+    w = np.random.default_rng(0).normal(size=(channels * 64, classes)).astype(np.float32)
     _save([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"])], {"w": w},
-          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], root / "m.onnx")
-    spec = {"pre": [{"op": "resize_normalize", "size": [8, 8]}], "post": [{"op": "softmax_topk", "k": 3}]}
+          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, 8, 8])],
+          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], root / "m.onnx")
     (root / "bundle.json").write_text(json.dumps({"model": "m.onnx", "prepost": spec}))
+    return root, w
+
+
+def test_run_with_pre_steps_reads_the_raw_input(tmp_path, lone_runner):
+    from edgekit.prepost import Pipeline
+
+    spec = {"pre": [{"op": "resize_normalize", "size": [8, 8]}], "post": [{"op": "softmax_topk", "k": 3}]}
+    root, _ = _image_bundle(lone_runner, 3, 10, spec)
     imgs = np.random.default_rng(1).integers(0, 256, (5, 20, 30, 3), dtype=np.uint8)
     np.save(tmp_path / "raw.npy", imgs)
     rc, rep, err = _run(lone_runner, "run", "--bundle", root, "--inputs", tmp_path / "raw.npy",
@@ -227,21 +234,7 @@ def test_run_with_pre_steps_reads_the_raw_input(tmp_path, lone_runner):
 
 
 def test_run_reads_a_stack_of_grey_frames_as_frames(tmp_path, lone_runner):
-    from onnx import TensorProto, helper
-
-    from edgekit import prepost
-    from profile_models import _save
-
-    root = lone_runner.parent
-    shutil.copytree(Path(prepost.__file__).parent, root / "edgekit" / "prepost",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "edgekit" / "__init__.py").write_text("")
-    w = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    _save([helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["logits"])], {"w": w},
-          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], root / "m.onnx")
-    spec = {"pre": [{"op": "resize_normalize", "size": [8, 8]}]}
-    (root / "bundle.json").write_text(json.dumps({"model": "m.onnx", "prepost": spec}))
+    root, w = _image_bundle(lone_runner, 1, 4, {"pre": [{"op": "resize_normalize", "size": [8, 8]}]})
     frames = np.random.default_rng(1).integers(0, 256, (30, 8, 8), dtype=np.uint8)  # a stack of Pillow 'L' images
     np.save(tmp_path / "raw.npy", frames)
     rc, rep, err = _run(lone_runner, "run", "--bundle", root, "--inputs", tmp_path / "raw.npy",
