@@ -117,7 +117,8 @@ def test_registry_ops_all_build_describe_and_warm_up():
     w = pipe.warmup()
     assert w["backend"] == "numba" and w["compile_s"] >= 0 and w["first_call_s"] > 0
     assert set(w["kernels"]) == {"resize_normalize", "softmax_topk", "softmax_topk_f64"}
-    assert all(k["compiled"] and k["cache"] in ("hit", "miss") for k in w["kernels"].values())
+    # "partial": one of a kernel's two builds (serial, parallel) came from the cache another process filled
+    assert all(k["compiled"] and k["cache"] in ("hit", "miss", "partial") for k in w["kernels"].values())
     d = pipe.describe()
     json.dumps(d)
     assert d["backend"] == "numba" and d["pre"][0]["op"] == "resize_normalize" and d["post"][0]["k"] == 3
