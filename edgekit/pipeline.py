@@ -134,7 +134,8 @@ def stage_distill(run: Run):
         return "skipped", "distillation is off (it runs by default after pruning; --distill to force)"
     hist = (run.manifest.pruning or {}).get("distill", {})
     # the training itself ran inside the prune stage's iterative prune -> distill schedule
-    return {"ran_inside": "prune", "best_epoch": hist.get("best_epoch"), "best_metric": hist.get("best_metric")}
+    return {"ran_inside": "prune", "best_epoch": hist.get("best_epoch"), "best_metric": hist.get("best_metric"),
+            "notes": ["ran inside the prune stage (prune, then distil, per step): its time is counted there"]}
 
 
 def stage_export(run: Run):

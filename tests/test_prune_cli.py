@@ -109,3 +109,15 @@ def test_prune_cli_usage_errors(user_model):
     assert _run(base + ["--ratio", "0.5", "--method", "nope", "-o", str(d / "o2")]) == 2
     assert _run(base + ["--target-latency", "fast", "-o", str(d / "o3")]) == 2
     assert not (d / "o3").exists()
+
+
+def test_compress_with_pruning_says_where_distillation_time_went(user_model):
+    d, f, w = user_model
+    out = d / "out"
+    assert _run(["compress", f"{f}:build", "--weights", str(w), "--calib", str(d / "calib.npy"),
+                 "--eval", str(d / "eval.npz"), "--prune", "0.5", "--quantize", "none", "--no-profile",
+                 "-o", str(out)]) in (0, None)
+    st = {s.name: s for s in load_manifest(out).stages}
+    # the stage table showed "distill 0.0 s" and the training time under prune, unexplained
+    assert st["distill"].status == "done" and "ran inside the prune stage" in st["distill"].reason
+    assert "ran inside the prune stage" in (out / "report.md").read_text()

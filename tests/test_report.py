@@ -328,3 +328,10 @@ def test_model_identity_rules():
     assert model_difference(run("a.onnx", "f1", "w1"), run("/abs/a.onnx", "f2", "w1")) is None  # weights decide
     assert "weights" in model_difference(run("a.onnx", "f1", "w1"), run("a.onnx", "f2", "w2"))
     assert model_difference(run("a.pt", "f1", "w1"), run("a.pt", "f1", "w2")) is None  # re-saved, same tensors
+
+
+def test_sizes_are_named_in_powers_of_1024():
+    from edgekit.report import fmt
+
+    # 116068 bytes read "113 KB" beside the console's "113.3 KiB"
+    assert (fmt.size(116068), fmt.size(512), fmt.size(3 * 1024 ** 2)) == ("113 KiB", "512 B", "3.0 MiB")
