@@ -296,11 +296,22 @@ def image_files(folder: Path) -> list:
     return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
 
 
+def required_images(folder) -> list:
+    """image_files, refusing a folder without any in one line."""
+    files = image_files(Path(folder))
+    if not files:
+        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+    return files
+
+
+def resize_op(preprocess: dict | None) -> dict:
+    """The spec's resize_normalize step (the last, when several), or {}."""
+    return next((dict(o) for o in reversed((preprocess or {}).get("pre", [])) if o.get("op") == "resize_normalize"),
+                {})
+
+
 def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -> dict:
-    op = None
-    for o in (preprocess or {}).get("pre", []):
-        if o.get("op") == "resize_normalize":
-            op = dict(o)
+    op = resize_op(preprocess) or None
     layout = (op or {}).get("layout", "NCHW").upper()
     if layout not in ("NCHW", "NHWC"):
         raise CalibrationError(f"{where}: preprocess layout {layout!r} must be NCHW or NHWC")
@@ -392,10 +403,8 @@ def image_samples(folder, preprocess: dict | None, channels: int, n: int = 2) ->
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
-    files = image_files(folder)[:n]
-    if not files:
-        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
-    op = next((o for o in reversed((preprocess or {}).get("pre", [])) if o.get("op") == "resize_normalize"), {})
+    files = required_images(folder)[:n]
+    op = resize_op(preprocess)
     if op.get("size"):
         size = [int(v) for v in op["size"]]
     else:
@@ -413,9 +422,7 @@ def image_samples(folder, preprocess: dict | None, channels: int, n: int = 2) ->
 def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:
     if len(specs) > 1:
         raise CalibrationError(f"{folder}: a folder of images feeds one input; the model has {len(specs)}")
-    files = image_files(folder)
-    if not files:
-        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+    files = required_images(folder)
     if limit is not None:
         files = files[:limit]
     spec = specs[0] if specs else None

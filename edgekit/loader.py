@@ -322,13 +322,8 @@ def _follows_length(module, inputs, outputs, out_names, sample_inputs, group, ax
     import torch
 
     short = length // 2
-    feeds = []
-    for s in inputs:
-        shape = [2 if isinstance(d, str) else d for d in s.shape]
-        arr = _real_sample(sample_inputs, s, len(inputs), shape)
-        arr = arr if arr is not None else np.zeros(shape, dtype=s.dtype)
-        feeds.append(torch.from_numpy(np.ascontiguousarray(np.take(arr, range(short), axis=axis) if s in group
-                                                           else arr)))
+    feeds = [torch.from_numpy(np.ascontiguousarray(np.take(arr, range(short), axis=axis) if s in group else arr))
+             for s, arr in zip(inputs, _probe_arrays(inputs, sample_inputs))]
     try:
         with torch.no_grad():
             out = module(*feeds)
@@ -448,20 +443,27 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     raise InputError(f"{where}: cannot infer the input shape; pass --input-shape (e.g. 1,3,224,224) or --calib data")
 
 
+def _probe_arrays(specs, sample_inputs) -> list:
+    """One array per spec for a probe: two real samples of the data in the spec's dtype, else zeros
+    (symbolic dims as 2)."""
+    import numpy as np
+
+    out = []
+    for s in specs:
+        shape = [2 if isinstance(d, str) else d for d in s.shape]
+        arr = _real_sample(sample_inputs, s, len(specs), shape)
+        out.append(arr if arr is not None else np.zeros(shape, dtype=s.dtype))
+    return out
+
+
 def _probe_outputs(module, inputs, *, where, sample_inputs=None):
     """Run forward() once to learn the outputs. With data, on two real samples: zeros are not a valid
     input to every model (an all-zero attention mask hides every token, and the nested-tensor path of
     nn.TransformerEncoder then fails)."""
-    import numpy as np
     import torch
 
     def feeds_for(specs):
-        feeds = []
-        for s in specs:
-            shape = [2 if isinstance(d, str) else d for d in s.shape]
-            arr = _real_sample(sample_inputs, s, len(specs), shape)
-            feeds.append(torch.from_numpy(arr if arr is not None else np.zeros(shape, dtype=s.dtype)))
-        return feeds
+        return [torch.from_numpy(a) for a in _probe_arrays(specs, sample_inputs)]
 
     try:
         with torch.no_grad():

@@ -307,14 +307,12 @@ def _load_on_images(cfg, folder, declared):
     """A PyTorch model whose data is a folder of images: its input is learned by running it on the first
     images, as the declared preprocessing (else 0..1 pixels at the images' own size) gives them, with the
     channel count the preprocessing's mean/std imply first, then the other of 1 and 3."""
-    from .calibration import IMAGE_EXTS, image_files, image_samples
+    from .calibration import image_samples, required_images, resize_op
     from .errors import CalibrationError, InputError
     from .loader import load_source
 
-    if not image_files(Path(folder)):
-        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
-
-    op = next((o for o in (declared or {}).get("pre", []) if o.get("op") == "resize_normalize"), {})
+    required_images(folder)  # outside the loop: an empty folder is its own error, not "runs on none"
+    op = resize_op(declared)
     implied = max(len(op.get("mean") or [0]), len(op.get("std") or [0]))
     first = None
     for channels in dict.fromkeys([implied if implied in (1, 3) else 3, 3, 1]):
