@@ -28,6 +28,11 @@ KINDS = ("fp32", "pruned", "distilled", "int8", "int8-dynamic", "fp16", "sparse"
 STAGE_STATUS = ("done", "skipped", "not-applicable", "failed")
 
 
+def shape_text(shape) -> str:
+    """A shape as messages print it: [N, 3, 224, 224], N for a symbolic batch axis."""
+    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(shape or [])) + "]"
+
+
 @dataclass
 class TensorSpec:
     name: str

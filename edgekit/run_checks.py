@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from .artifact import Artifact
+from .artifact import Artifact, shape_text
 from .errors import UsageError
 
 
@@ -36,7 +36,7 @@ def label_notes(run, fp32: Artifact) -> list:
     if ev is None or ev.labels is None or not fp32.outputs:
         return []
     first = fp32.outputs[0]
-    shape = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(first.get("shape") or [])) + "]"
+    shape = shape_text(first.get("shape"))
     if run.ctx.source.task != "classification":
         note = (f"--eval labels unused: the model's output {first['name']!r} is {shape}, not [N, C] class scores "
                 "with C >= 2, so metrics are fidelity to FP32 (a one-logit binary classifier: return two logits "
@@ -74,7 +74,7 @@ def check_pre_fits(spec: dict, inputs: list, model: str) -> None:
         # a channel count follows the raw image (the example is grey), so 1 and 3 are not held against it
         fixed_ok = all(isinstance(d, str) or d == a or a in (1, 3) for d, a in zip(s.shape[1:], arr.shape[1:]))
         if arr.ndim != len(s.shape) or not fixed_ok:
-            want = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(s.shape)) + "]"
+            want = shape_text(s.shape)
             raise UsageError(f"--preprocess: the pre-processing gives {s.name!r} shape {list(arr.shape)}, but "
                              f"{model} takes {want}")
 

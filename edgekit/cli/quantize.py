@@ -105,17 +105,12 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     return man
 
 
-def _shape_text(spec: dict) -> str:
-    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d)
-                           for i, d in enumerate(spec.get("shape", []))) + "]"
-
-
 def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes, *, settings):
     import math
     import time
     from pathlib import Path
 
-    from ..artifact import Manifest, StageRecord, host_info, versions
+    from ..artifact import Manifest, StageRecord, host_info, shape_text, versions
     from ..context import RunContext
     from ..errors import CalibrationError, EdgekitError
     from ..evaluate import Evaluator
@@ -137,8 +132,8 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         n = len(evaluator.ds)
         if labelled:
             out0 = facts["outputs"][0]
-            notes.append(f"--eval labels ignored: output {out0['name']!r} is {_shape_text(out0)}, not [N, C] class "
-                         f"scores with C >= 2; fidelity to FP32 on {n} --eval samples")
+            notes.append(f"--eval labels ignored: output {out0['name']!r} is {shape_text(out0.get('shape'))}, "
+                         f"not [N, C] class scores with C >= 2; fidelity to FP32 on {n} --eval samples")
         else:
             notes.append(f"--eval has no labels: fidelity to FP32 on {n} samples")
     elif calib_ds is not None:
