@@ -269,7 +269,7 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     module = bind_inputs(module, [s.name for s in inputs])
     fixed = None
     try:
-        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
+        outputs, named = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
     except InputError:
         # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the batch-2 probe; an explicit
         # --input-shape with that batch says so, and the model is then exported with it fixed
@@ -277,8 +277,12 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
             raise
         fixed = int(input_shape[0])
         inputs = [TensorSpec(inputs[0].name, [fixed, *inputs[0].shape[1:]], inputs[0].dtype)]
-        outputs = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
-    out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+        outputs, named = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
+    if named is not None:
+        module = flatten_outputs(module, named)
+        out_names = unique_output_names(named, {s.name for s in inputs})
+    else:
+        out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
     dyn.update({} if fixed else {n: {0: "batch"} for n in out_names})
@@ -457,7 +461,8 @@ def _probe_arrays(specs, sample_inputs) -> list:
 
 
 def _probe_outputs(module, inputs, *, where, sample_inputs=None):
-    """Run forward() once to learn the outputs. With data, on two real samples: zeros are not a valid
+    """Run forward() once to learn the outputs: ([arrays], their names for a dict / namedtuple / nested
+    result, else None). With data, on two real samples: zeros are not a valid
     input to every model (an all-zero attention mask hides every token, and the nested-tensor path of
     nn.TransformerEncoder then fails)."""
     import torch
@@ -494,7 +499,79 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
         shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
         raise InputError(f"{where}: forward() failed on inputs {shapes}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0]}") from None
-    outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    if not outs or not all(isinstance(o, torch.Tensor) for o in outs):
-        raise InputError(f"{where}: forward() must return a tensor or a tuple of tensors")
-    return [o.numpy() for o in outs]
+    # a dict / namedtuple / nested result: its names, for flatten_outputs and the ONNX outputs
+    names = None if _is_plain(out) else [n for n, _ in output_leaves(out)]
+    return [o.numpy() for o in _flat_outputs(out, where)], names
+
+
+def output_leaves(out, prefix: str = "") -> list:
+    """[(name, tensor)] of a forward() result: a dict (a HuggingFace ModelOutput is one) by key, a
+    namedtuple by field, a tuple or list by index, nested to any depth (names joined by '.'); None entries
+    (ModelOutput's unset fields) are left out. Anything else is (name, value) for the caller to refuse."""
+    import collections.abc
+
+    def join(key):
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if out is None:
+        return []
+    if isinstance(out, collections.abc.Mapping):
+        return [leaf for k, v in out.items() for leaf in output_leaves(v, join(k))]
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return [leaf for k, v in zip(out._fields, out) for leaf in output_leaves(v, join(k))]
+    if isinstance(out, (tuple, list)):
+        return [leaf for i, v in enumerate(out) for leaf in output_leaves(v, join(i))]
+    return [(prefix or "output", out)]
+
+
+def _is_plain(out) -> bool:
+    """A tensor, or a flat tuple/list of tensors: what every stage and the export take as they are."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return True
+    return isinstance(out, (tuple, list)) and not hasattr(out, "_fields") and len(out) > 0 \
+        and all(isinstance(o, torch.Tensor) for o in out)
+
+
+def _flat_outputs(out, where) -> list:
+    import torch
+
+    leaves = output_leaves(out)
+    bad = [f"{n} ({type(v).__name__})" for n, v in leaves if not isinstance(v, torch.Tensor)]
+    if not leaves or bad:
+        raise InputError(f"{where}: forward() must return tensors (a tensor, or a tuple, list, dict or "
+                         f"namedtuple of them); got {', '.join(bad[:3]) if bad else 'no tensor'}")
+    return [v for _, v in leaves]
+
+
+def unique_output_names(names: list, taken: set) -> list:
+    """ONNX needs every tensor name once: an output named like an input (a dict key 'input') gets a suffix."""
+    out = []
+    for n in names:
+        cand, i = n, 1
+        while cand in taken or cand in out:
+            cand, i = f"{n}_{i}", i + 1
+        out.append(cand)
+    return out
+
+
+def flatten_outputs(module, names: list):
+    """`module`, changed so that forward() returns the tensors of its dict / namedtuple / nested result as
+    one flat tuple, in the order of `names`. Export, evaluation, distillation and pruning all take a tensor
+    or a tuple of tensors; the names become the ONNX output names. The class is swapped for a subclass
+    (as bind_inputs does), so state dicts and module names stay the user's."""
+    base = type(module)
+    expected = list(names)
+
+    def forward(self, *xs, **kw):
+        leaves = output_leaves(base.forward(self, *xs, **kw))
+        got = [n for n, _ in leaves]
+        if got != expected:
+            raise RuntimeError(f"forward() returned outputs {got}, not the {expected} it returned when loaded")
+        return tuple(v for _, v in leaves)
+
+    cls = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
+                                         "__qualname__": base.__qualname__, "edgekit_output_names": tuple(expected)})
+    module.__class__ = cls
+    return module

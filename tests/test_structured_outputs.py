@@ -1,0 +1,165 @@
+"""Models whose forward() returns a dict (a HuggingFace ModelOutput is one), a namedtuple or a nested
+structure: exported with those names as ONNX outputs, scored and quantized like a tuple model."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekit.errors import InputError
+from edgekit.loader import load_python, output_leaves
+
+MODELS = textwrap.dedent("""
+    import collections
+    import torch
+    import torch.nn as nn
+
+    Pair = collections.namedtuple("Pair", ["scores", "features"])
+
+    class Net(nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            self.kind = kind
+            self.body = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = self.body(x)
+            y = self.head(h)
+            if self.kind == "dict":
+                return {"logits": y, "hidden": h}
+            if self.kind == "namedtuple":
+                return Pair(y, h)
+            if self.kind == "nested":
+                return {"logits": y, "extra": (h, {"norm": h.norm(dim=1, keepdim=True)}), "unset": None}
+            if self.kind == "string":
+                return {"logits": y, "label": "cat"}
+            return {"x": y}
+
+    def as_dict():
+        return Net("dict")
+
+    def as_namedtuple():
+        return Net("namedtuple")
+
+    def nested():
+        return Net("nested")
+
+    def with_string():
+        return Net("string")
+
+    def clash():
+        return Net("clash")
+""")
+
+
+@pytest.fixture
+def models(tmp_path):
+    p = tmp_path / "outs.py"
+    p.write_text(MODELS)
+    return str(p)
+
+
+def _x(n=8):
+    return {"input": np.random.default_rng(0).normal(size=(n, 64)).astype(np.float32)}
+
+
+def test_leaves_are_named_by_key_field_and_index():
+    import collections
+
+    P = collections.namedtuple("P", "a b")
+    t = torch.zeros(1)
+    got = [n for n, _ in output_leaves({"x": t, "y": (t, P(t, {"z": t})), "n": None})]
+    assert got == ["x", "y.0", "y.1.a", "y.1.b.z"]
+
+
+@pytest.mark.parametrize("factory,names", [
+    ("as_dict", ["logits", "hidden"]),
+    ("as_namedtuple", ["scores", "features"]),
+    ("nested", ["logits", "extra.0", "extra.1.norm"]),
+    ("clash", ["x_1"]),  # a dict key equal to an input name cannot also name an output
+])
+def test_structured_outputs_are_flattened_with_their_names(models, factory, names):
+    src = load_python(models, factory, sample_inputs=_x())
+    assert src.outputs == names
+    out = src.module(torch.from_numpy(_x()["input"]))
+    assert isinstance(out, tuple) and len(out) == len(names)
+    assert src.task == "classification" if names[0] in ("logits", "scores") else True
+    # the user's module keeps its parameter names (state dicts and pruned files stay loadable)
+    assert set(src.module.state_dict()) == {"body.0.weight", "body.0.bias", "head.weight", "head.bias"}
+
+
+def test_non_tensor_output_is_one_line_error(models):
+    with pytest.raises(InputError, match=r"outs\.py:with_string: forward\(\) must return tensors .*label \(str\)"):
+        load_python(models, "with_string", sample_inputs=_x())
+
+
+def test_dict_model_compresses_to_named_onnx_outputs(models, tmp_path):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16).astype(np.float32), d.target.astype(np.int64)
+    # trained here so that accuracy means something (an untrained head sits at chance)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("outs_train", models)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.as_dict()
+    opt = torch.optim.Adam(net.parameters(), 0.01)
+    xt, yt = torch.from_numpy(x[:1200]), torch.from_numpy(y[:1200])
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt)["logits"], yt).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    np.savez(tmp_path / "calib.npz", input=x[:200])
+    np.savez(tmp_path / "eval.npz", input=x[1200:], y=y[1200:])
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "edgekit", "compress", f"{models}:as_dict", "--weights",
+                        str(tmp_path / "w.pt"), "--calib", str(tmp_path / "calib.npz"), "--eval",
+                        str(tmp_path / "eval.npz"), "--no-profile", "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fp32 = out / "model.fp32.onnx"
+    assert [o.name for o in onnx.load(str(fp32)).graph.output] == ["logits", "hidden"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    acc = next(a for a in manifest["artifacts"] if a["kind"] == "fp32")["metrics"]
+    # the reported accuracy is the logits' accuracy, recomputed here from the written file
+    s = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    mine = float((s.run(["logits"], {"x": x[1200:]})[0].argmax(1) == y[1200:]).mean())
+    assert acc["name"] == "accuracy" and abs(acc["value"] - mine) < 1e-9 and mine > 0.85
+    int8 = [a for a in manifest["artifacts"] if a["kind"] == "int8"]
+    assert int8 and [o.name for o in onnx.load(str(out / int8[0]["path"])).graph.output] == ["logits", "hidden"]
+
+
+def test_huggingface_model_output_is_a_dict_of_its_set_fields(tmp_path):
+    # transformers' ModelOutput (an OrderedDict dataclass) leaves unset fields (loss=None) out
+    p = tmp_path / "hf.py"
+    p.write_text(textwrap.dedent("""
+        import torch.nn as nn
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        class Clf(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(50, 8)
+                self.head = nn.Linear(8, 3)
+
+            def forward(self, input_ids):
+                h = self.emb(input_ids)
+                return SequenceClassifierOutput(logits=self.head(h.mean(1)), hidden_states=(h,))
+
+        def build():
+            return Clf()
+    """))
+    ids = np.random.default_rng(0).integers(0, 50, size=(6, 12))
+    src = load_python(str(p), "build", sample_inputs={"input_ids": ids})
+    assert src.outputs == ["logits", "hidden_states.0"]
+    assert src.task == "classification"
+    # the token axis stays dynamic through the flattening (the length probe calls the flattened forward)
+    assert src.dynamic_axes["input_ids"] == {0: "batch", 1: "seq"}
