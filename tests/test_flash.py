@@ -135,6 +135,13 @@ def test_file_corrupted_on_device_before_activation(server, bundles, tmp_path):
     retry = flash(server, dev, v1)  # only the damaged file goes again
     assert retry.status == "flashed" and retry.files_sent == 1, retry
     assert_active(dev, v1)
+    # the active copy damaged on the device: flashing the same bundle again over SSH repairs it
+    p = dev / "versions" / v1.version / "model.fp32.onnx"
+    p.write_bytes(p.read_bytes()[:-10])
+    repair = flash(server, dev, v1)
+    assert repair.status == "flashed" and any("was damaged" in w for w in repair.warnings), repair
+    assert_active(dev, v1)
+    assert list((dev / ".incoming").iterdir()) == []
 
 
 def test_failing_selftest_refused(server, bundles, tmp_path):

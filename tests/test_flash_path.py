@@ -307,3 +307,40 @@ def test_status_of_a_missing_device_folder_is_an_error(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert e.value.code == 1 and out["ok"] is False
     assert "no such folder on the device" in out["devices"][0]["error"]
+
+
+def test_reflashing_the_active_version_repairs_a_damaged_copy(tmp_path):
+    # a corrupted model file on the card: flashing the same bundle again must fix it, not refuse
+    dev = tmp_path / "dev"
+    build_bundle(make_outdir(tmp_path / "out", seed=0), tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    devs = collect_devices([str(dev)])
+    assert flash_many(devs, v0)[0].status == "flashed"
+    model = dev / "versions" / v0.version / "model.fp32.onnx"
+    good = model.read_bytes()
+    model.write_bytes(good[:100])
+    res = flash_many(devs, v0)[0]
+    assert (res.status, res.version) == ("flashed", v0.version), res.reason
+    assert any("was damaged" in w and "model.fp32.onnx" in w for w in res.warnings)
+    assert model.read_bytes() == good
+    assert _active_hashes(dev) == (f"versions/{v0.version}", _want(v0))
+    assert os.listdir(dev / ".incoming") == []  # neither the upload nor the damaged copy is left behind
+    assert flash_many(devs, v0)[0].status == "up-to-date"
+
+
+def test_repair_that_fails_its_selftest_keeps_the_damaged_active_copy(tmp_path):
+    # the fresh copy is tested before the swap; when it fails, the device keeps exactly what it had
+    dev = tmp_path / "dev"
+    build_bundle(make_outdir(tmp_path / "out", seed=0), tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    devs = collect_devices([str(dev)])
+    assert flash_many(devs, v0)[0].status == "flashed"
+    model = dev / "versions" / v0.version / "model.fp32.onnx"
+    model.write_bytes(model.read_bytes()[:100])
+    before = _tree(dev)
+    res = flash_many(devs, v0, opts=FlashOptions(selftest_timeout=0.001))[0]
+    assert (res.status, res.step) == ("failed", "selftest"), res
+
+    def installed(tree):  # a timed-out upload stays in .incoming for the next try to resume
+        return {k: v for k, v in tree.items() if not k.startswith(".incoming")}
+    assert installed(_tree(dev)) == installed(before) and len(model.read_bytes()) == 100

@@ -200,7 +200,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
             history = read_history(t, L)
-            existing = False
+            existing, damaged_active = False, []
             if t.isdir(vdir):
                 bad = _mismatches(t.hashes(vdir, want), want)
                 if not bad and res.previous == version:
@@ -209,8 +209,9 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                 if not bad:
                     existing = True  # kept from an earlier flash: nothing to send
                 elif res.previous == version:
-                    raise EdgekitError(f"the active version {version} is damaged on the device ({'; '.join(bad[:3])}); "
-                                       "flash another version or remove it by hand")
+                    # the running copy is damaged: a fresh one is uploaded, verified and self-tested beside
+                    # it, and only then swapped in (the damaged copy keeps serving until that point)
+                    damaged_active = bad
                 else:
                     t.rmtree(vdir)  # an inactive, damaged copy: replace it
         stage = vdir
@@ -230,7 +231,11 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                         t.rmtree(stage)  # this content can never pass: do not keep it for a resume
                 raise
         with step("activate", emit, dev):
-            if stage != vdir:
+            if damaged_active:
+                _replace_damaged(t, L, stage, vdir)
+                res.warnings.append(f"the active version {version} was damaged on the device "
+                                    f"({'; '.join(damaged_active[:3])}); replaced with the bundle's verified copy")
+            elif stage != vdir:
                 t.rename(stage, vdir)
             switch_current(t, L, version)
             res.status, res.version = "flashed", version
@@ -249,6 +254,22 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
     finally:
         res.seconds = round(time.monotonic() - t0, 3)
     return res
+
+
+def _replace_damaged(t, L: Layout, stage: str, vdir: str) -> None:
+    """Swap a verified, self-tested copy in for the damaged active one. `current` names vdir, so between
+    the two renames it points at nothing for an instant (it pointed at broken files before); if the
+    second rename fails the damaged copy goes back, so the device is never left with less than it had."""
+    # not named "<version>-...": the next upload removes it as stale instead of resuming from it
+    aside = L(".incoming", f"damaged-{posixpath.basename(vdir)}-{os.urandom(4).hex()}")
+    t.rename(vdir, aside)
+    try:
+        t.rename(stage, vdir)
+    except Exception:
+        t.rename(aside, vdir)
+        raise
+    with contextlib.suppress(Exception):
+        t.rmtree(aside)
 
 
 def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, area: str = ".incoming") -> str:
