@@ -250,3 +250,28 @@ def test_a_node_left_in_fp32_keeps_float_weights_inside_onnxruntime(tmp_path):
     plain = ort.InferenceSession(str(tmp_path / "q.onnx"), so2, providers=["CPUExecutionProvider"])
     x = np.asarray(data.inputs["x"][:16])
     np.testing.assert_allclose(fast.run(None, {"x": x})[0], plain.run(None, {"x": x})[0], rtol=1e-3, atol=1e-3)
+
+
+def test_passing_candidates_within_noise_of_the_fastest_tie_on_accuracy_then_order(tmp_path):
+    # replays re-time every trial: a 1% speed difference must not decide between candidates, so the
+    # winner stays the same from run to run; a real speed difference still wins
+    from edgekit.quant.tuning import SPEED_TIE, Trial
+
+    tuner = _tuner(tmp_path, tmp_path / "unused.onnx", None)
+
+    def trial(metric, speedup, fp32_ms=10.0):
+        return Trial("t", QuantSpec(), tmp_path / "t.onnx", metric=metric, speedup=speedup, fp32_ms=fp32_ms,
+                     latency_ms=fp32_ms / speedup, passed=True)
+
+    a, b = trial(0.990, 2.00), trial(0.995, 2.00 * (1 - SPEED_TIE / 2))
+    tuner.trials = [a, b]
+    assert tuner.best() is b  # as fast within noise, more accurate
+    tuner.trials = [trial(0.99, 2.0), trial(0.99, 2.01)]
+    assert tuner.best() is tuner.trials[0]  # same accuracy, same speed: the earlier one, every time
+    fast = trial(0.990, 3.0)
+    tuner.trials = [b, fast]
+    assert tuner.best() is fast
+    # ranked by each trial's own ratio to FP32: the later trial ran on a busier host (FP32 slower too)
+    quiet, busy = trial(0.99, 2.0, fp32_ms=10.0), trial(0.99, 2.6, fp32_ms=16.0)
+    tuner.trials = [quiet, busy]
+    assert quiet.latency_ms < busy.latency_ms and tuner.best() is busy

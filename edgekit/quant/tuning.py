@@ -344,12 +344,30 @@ class Tuner:
             # falls back so much that it is as slow as FP32 (in the limit, FP32 with extra steps) is no answer
             ok = [t for t in ok if _faster(t)]
         if ok:
-            return min(ok, key=lambda t: t.latency_ms if t.latency_ms is not None else float("inf"))
+            return _fastest(ok)
         done = [t for t in self.trials if t.error is None and t.metric is not None]
         if not done:
             return None
         pool = [t for t in done if _faster(t)] or done
         return max(pool, key=lambda t: (t.metric, -(t.latency_ms or float("inf"))))
+
+
+SPEED_TIE = 0.03  # speed-ups this close (relative) are one speed on a shared host: a replay must not flip
+
+
+def _fastest(trials: list) -> Trial:
+    """The fastest by each trial's own interleaved speed-up over FP32 (absolute times of trials run
+    minutes apart move with the host's load); candidates within SPEED_TIE of it count as equally fast, and
+    of those the most accurate wins, then the earliest, so a replay of the same recipe picks the same one
+    unless the measured speed really differs."""
+    def speed(t):
+        if t.speedup:
+            return t.speedup
+        return 1.0 / t.latency_ms if t.latency_ms else 0.0  # unmeasured ratio: rank by latency alone
+
+    top = max(speed(t) for t in trials)
+    ties = [t for t in trials if speed(t) >= top * (1 - SPEED_TIE)]
+    return max(ties, key=lambda t: (t.metric if t.metric is not None else float("-inf"), -trials.index(t)))
 
 
 def _faster(t: Trial) -> bool:
