@@ -96,7 +96,7 @@ def to_markdown(report: dict) -> str:
         lines += [title, "", f"{ti.get('arch')}, {ti.get('address')}, providers: "
                   f"{', '.join(p['name'] for p in ti.get('providers', []))}", ""]
         cols = ["artifact", "precision", "provider", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
-                f"vs {run.get('baseline') or 'FP32 of its run'}", "inf/s", "cold start ms", "process peak RSS MB",
+                f"latency vs {run.get('baseline') or 'FP32 of its run'} (< 1x: faster)", "inf/s", "cold start ms", "process peak RSS MB",
                 "runs", "fallback nodes"]
         cross = any("arm_vs_host" in r for r in run["results"].values())
         if cross:
