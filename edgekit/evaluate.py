@@ -69,8 +69,9 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
 
 
 def per_output(outputs: list, task: str, reference: list) -> list:
-    """Fidelity of each output to the reference: the task's metric for the first, R^2 or cosine (by shape)
-    for the others, since a second head's meaning is unknown; None where the shapes differ (a
+    """Fidelity of each output to the reference: the task's metric for the first, exact agreement for
+    integer and boolean outputs, R^2 or cosine (by shape) for the other float ones, since a second head's
+    meaning is unknown; None where the shapes differ (a
     variable-length output such as post-NMS boxes cannot be compared element by element)."""
     vals = []
     for j, (o, r) in enumerate(zip(outputs, reference)):
@@ -79,9 +80,19 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(None if j else 0.0)
         elif j == 0 and task == "classification":
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
+        elif r.dtype.kind in "iub":
+            # class indices, masks, counts: equal or not (R^2 over class ids scored label 3 vs 4 as close)
+            vals.append(exact_agreement(o, r))
         else:
             vals.append(_generic(o, r))
     return vals
+
+
+def exact_agreement(out: np.ndarray, ref: np.ndarray) -> float:
+    """Share of samples whose output equals the reference exactly (every element of the sample)."""
+    if len(ref) == 0:
+        return 1.0
+    return float(np.mean(np.all(out.reshape(len(out), -1) == ref.reshape(len(ref), -1), axis=1)))
 
 
 def _generic(out: np.ndarray, ref: np.ndarray) -> float:

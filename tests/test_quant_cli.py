@@ -347,6 +347,25 @@ def test_every_output_counts_in_fidelity():
     assert score([logits, aux[:7]], "classification", reference=[logits, aux]) == 1.0
 
 
+def test_integer_outputs_are_scored_by_exact_agreement():
+    # (logits, argmax) models: R^2 over class ids scored 90% of samples agreeing as 0.95 or as 0.3
+    # depending on which ids were swapped; the share of samples that agree exactly is what it means
+    from edgekit.evaluate import per_output
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(100, 5))
+    ids = logits.argmax(1).astype(np.int64)
+    got = ids.copy()
+    got[:10] = (got[:10] + 1) % 5
+    assert per_output([logits, got], "classification", [logits, ids])[1] == 0.9
+    mask = rng.random((100, 4)) > 0.5
+    flipped = mask.copy()
+    flipped[:25, 0] = ~flipped[:25, 0]
+    assert per_output([logits, flipped], "classification", [logits, mask])[1] == 0.75
+    # the only output of a generic model, too
+    assert per_output([got], "generic", [ids]) == [0.9]
+
+
 def test_image_folder_for_an_nhwc_model_with_a_preprocess_spec(tmp_path):
     from PIL import Image
     from onnx import TensorProto, helper, numpy_helper
