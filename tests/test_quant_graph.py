@@ -146,3 +146,27 @@ def test_int8_parameter_count_includes_the_int32_biases(tmp_path):
     fp32 = graph_facts(src)["params"]
     assert fp32 == 4 * 4 * 9 + 4 + 8 * 4 * 9 + 8  # two convs and their biases; the Clip bounds are no parameters
     assert graph_facts(dest)["params"] == fp32
+
+
+def test_a_float64_tail_stays_float64_and_the_rest_is_quantized(tmp_path):
+    # forward() ending in .double().softmax(-1): onnxruntime's quantizer failed on the float64 Softmax
+    # ("Only an existing tensor can be modified"), so every static candidate failed
+    r = np.random.default_rng(0)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["h"], "fc", transB=1),
+             helper.make_node("Cast", ["h"], ["hd"], "to_double", to=TensorProto.DOUBLE),
+             helper.make_node("Softmax", ["hd"], ["y"], "softmax", axis=-1)]
+    inits = {"w": r.normal(size=(10, 16)).astype(np.float32), "b": np.zeros(10, np.float32)}
+    src = _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["n", 10])], tmp_path / "m.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(src, prep)
+    assert set(static.float64_nodes(prep)) == {"to_double", "softmax"}
+    calib = Dataset({"x": r.normal(size=(32, 16)).astype(np.float32)})
+    static.quantize(prep, tmp_path / "q.onnx", calib, QuantSpec(), calib_size=32, input_names=["x"], use_cache=False)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [n.op_type for n in q.graph.node]
+    assert "DequantizeLinear" in ops and ops[-2:] == ["Cast", "Softmax"], ops
+    import onnxruntime as ort
+    out = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": calib.inputs["x"][:4]})[0]
+    assert out.dtype == np.float64 and np.allclose(out.sum(1), 1.0)

@@ -277,6 +277,21 @@ def calibration_options(spec: QuantSpec) -> dict:
     return opts
 
 
+def float64_nodes(model_path) -> list:
+    """Names of the nodes that read or write float64 tensors (a model that ends in .double()): INT8 has
+    no float64 form, and onnxruntime's quantizer, which calibrates float32 tensors only, failed outright on
+    a Softmax over one ("Only an existing tensor can be modified"). They stay as they are."""
+    import onnx
+    from onnx import TensorProto
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*m.graph.input, *m.graph.output, *m.graph.value_info] if v.type.HasField("tensor_type")}
+    types.update({i.name: i.data_type for i in m.graph.initializer})
+    return [n.name for n in m.graph.node
+            if n.name and any(types.get(t) == TensorProto.DOUBLE for t in [*n.input, *n.output] if t)]
+
+
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
              use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
              overrides: dict | None = None, calib_model=None, extra_options: dict | None = None,
@@ -323,7 +338,8 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
                             quant_format=QuantFormat.QDQ if spec.format == "qdq" else QuantFormat.QOperator,
                             op_types_to_quantize=list(spec.op_types) or None, per_channel=spec.per_channel,
                             reduce_range=spec.reduce_range, activation_type=_qtype(spec.activation_type),
-                            weight_type=_qtype(spec.weight_type), nodes_to_exclude=list(spec.exclude_nodes) or None,
+                            weight_type=_qtype(spec.weight_type),
+                            nodes_to_exclude=list(spec.exclude_nodes) + float64_nodes(prep_path) or None,
                             nodes_to_quantize=list(only_nodes) if only_nodes else None,
                             calibrate_method=_method(spec.method), extra_options=extra,
                             calibration_cache_path=str(cpath if hit else tmp_cache))
