@@ -13,7 +13,7 @@ from edgekit.onnxutil import session
 from edgekit.pruning import graph, importance, serialize
 from edgekit.stages import prune as stage
 from edgekit.stages.export import export_module
-from test_prune_models import (TinyBert, TorchEncoder, depthwise_cnn, init_bn, make_ctx, make_source, mlp_bn,
+from test_prune_models import (MaskedEncoder, TinyBert, TorchEncoder, depthwise_cnn, init_bn, make_ctx, make_source, mlp_bn,
                           residual_cnn)
 
 NO_DISTILL = DistillConfig(enabled=False, epochs=0)
@@ -174,6 +174,19 @@ def test_torch_transformer_encoder_ffn(tmp_path):
     layer = res.module.layer
     assert layer.linear1.out_features == 32 and layer.linear2.in_features == 32
     assert layer.self_attn.embed_dim == 32 and layer.linear2.out_features == 32  # residual width kept
+    _export_and_run(res, src, tmp_path)
+
+
+def test_encoder_with_padding_mask_prunes_and_leaves_the_fast_path_as_it_was(tmp_path):
+    # with a padding mask in eval mode, torch runs nn.TransformerEncoder on nested tensors, which
+    # Torch-Pruning's MAC counter could not size ("NestedTensorImpl doesn't support sizes")
+    torch.manual_seed(0)
+    src = make_source(MaskedEncoder().eval(), {"input": ((6, 8), "float32", None),
+                                               "attention_mask": ((6,), "int64", 2)}, task="embedding")
+    assert torch.backends.mha.get_fastpath_enabled()
+    res = _prune(src, tmp_path, ratio=0.5, channel_multiple=8)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored for the user's process
+    assert res.module.enc.layers[0].linear1.out_features == 32
     _export_and_run(res, src, tmp_path)
 
 

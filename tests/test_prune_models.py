@@ -61,6 +61,22 @@ class TorchEncoder(nn.Module):
         return self.head(self.layer(self.proj(x)).mean(1))
 
 
+class MaskedEncoder(nn.Module):
+    """nn.TransformerEncoder with a padding mask: in eval mode torch's fast path runs it on nested tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=True)
+        self.head = nn.Linear(32, 16)
+
+    def forward(self, input, attention_mask):
+        h = self.enc(self.proj(input), src_key_padding_mask=attention_mask == 0)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1).clamp(min=1))
+
+
 class TinyBert(nn.Module):
     """A 2-layer HuggingFace BERT (random weights) with mean pooling: the MiniLM code path in miniature."""
 

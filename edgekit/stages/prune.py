@@ -27,6 +27,20 @@ class PruneResult:
 
 
 def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
+    import torch
+
+    # nn.TransformerEncoder's inference fast path turns a padding mask into nested tensors, which
+    # Torch-Pruning's graph and MAC counting cannot follow ("NestedTensorImpl doesn't support sizes"), and
+    # runs attention as one fused op, whose heads the dependency graph cannot see; same maths either way
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        return _run(source, ctx, prune, distill, distill_enabled=distill_enabled)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
     if source.kind != "torch" or source.module is None:
         raise UsageError(f"{source.spec}: pruning needs a PyTorch model (this source is {source.kind})")
     t0 = time.perf_counter()
