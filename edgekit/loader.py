@@ -60,7 +60,30 @@ def load_onnx(path: str) -> SourceModel:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     return SourceModel(spec=str(path), kind="onnx", onnx_path=str(p), inputs=inputs, outputs=outputs,
                        task="classification" if classifier_output(model) else "generic", weights=str(p),
-                       weights_sha256=sha256_file(p), description=f"ONNX model {p.name}", opset=opset)
+                       weights_sha256=onnx_sha256(p, model), description=f"ONNX model {p.name}", opset=opset)
+
+
+def onnx_sha256(path, model=None) -> str:
+    """SHA-256 naming an ONNX model with its weights: the file's own hash, or, when its tensors live in
+    external data files (torch's dynamo exporter writes model.onnx + model.onnx.data), a hash over the
+    file's and each data file's hashes. The .onnx alone is the same for any weights of one graph, so two
+    different models read as one in `edgekit report`."""
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data as ext
+
+    p = Path(path)
+    model = model if model is not None else onnx.load(str(p), load_external_data=False)
+    locations = sorted({e.value for t in _get_all_tensors(model) if ext(t)
+                        for e in t.external_data if e.key == "location"})
+    if not locations:
+        return sha256_file(p)
+    h = hashlib.sha256(f"onnx {sha256_file(p)}\n".encode())
+    for loc in locations:
+        f = p.parent / loc
+        h.update(f"{loc} {sha256_file(f) if f.is_file() else 'missing'}\n".encode())
+    return h.hexdigest()
 
 
 PROTOBUF_LIMIT = 2 ** 31 - 1

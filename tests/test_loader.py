@@ -123,6 +123,25 @@ def test_onnx_with_external_data_loads_from_any_directory(tmp_path, monkeypatch)
         load_source("m/ext.onnx")
 
 
+def test_onnx_source_hash_covers_its_external_data(tmp_path):
+    # torch's dynamo exporter writes model.onnx + model.onnx.data: two models with one graph and other
+    # weights have the same .onnx bytes, and `edgekit report` took them for one model
+    import onnx
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        _tiny_onnx(tmp_path / name / "m.onnx", 4, save_as_external_data=True, location="m.onnx.data",
+                   size_threshold=0)
+    (tmp_path / "b" / "m.onnx.data").write_bytes(np.full((16, 4), 2.0, np.float32).tobytes())  # other weights
+    assert onnx.numpy_helper.to_array(onnx.load(str(tmp_path / "b" / "m.onnx")).graph.initializer[0]).max() == 2.0
+    assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
+    sha = {n: load_source(str(tmp_path / n / "m.onnx")).weights_sha256 for n in ("a", "b", "c")}
+    assert sha["a"] != sha["b"] and sha["a"] == sha["c"]
+    plain = _tiny_onnx(tmp_path / "plain.onnx", 4)  # one self-contained file: its own hash, as before
+    from edgekit.fsutil import sha256_file
+    assert load_source(str(plain)).weights_sha256 == sha256_file(plain)
+
+
 @pytest.mark.parametrize("cols,task", [(1, "generic"), (2, "classification"), (10, "classification")])
 def test_onnx_task_needs_two_or_more_output_columns(tmp_path, cols, task):
     assert load_source(str(_tiny_onnx(tmp_path / "m.onnx", cols))).task == task

@@ -328,6 +328,15 @@ def test_model_identity_rules():
     assert model_difference(run("a.onnx", "f1", "w1"), run("/abs/a.onnx", "f2", "w1")) is None  # weights decide
     assert "weights" in model_difference(run("a.onnx", "f1", "w1"), run("a.onnx", "f2", "w2"))
     assert model_difference(run("a.pt", "f1", "w1"), run("a.pt", "f1", "w2")) is None  # re-saved, same tensors
+    # an ONNX source is its own FP32: other FP32 bytes are another model even when an older manifest's
+    # source hash (the .onnx without its external data file) matches
+    def onnx_run(fp32, edgekit="0.9"):
+        r = run("m.onnx", fp32, "same-graph", edgekit=edgekit)
+        r["source"]["kind"] = "onnx"
+        return r
+    assert "ONNX sources" in model_difference(onnx_run("f1"), onnx_run("f2"))
+    assert model_difference(onnx_run("f1"), onnx_run("f1")) is None
+    assert model_difference(onnx_run("f1"), onnx_run("f2", edgekit="1.0")) is None  # another copier: hashes decide
 
 
 def test_sizes_are_named_in_powers_of_1024():

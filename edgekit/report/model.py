@@ -288,6 +288,11 @@ def model_difference(base: dict, run: dict) -> str | None:
     fa, fb = _fp32_sha(base), _fp32_sha(run)
     if fa and fb and fa == fb:
         return None
+    if fa and fb and sa.get("kind") == sb.get("kind") == "onnx" \
+            and base.get("edgekit_version") == run.get("edgekit_version"):
+        # an ONNX source's FP32 is the source itself (copied, external data merged): other bytes, other
+        # model, whatever the source hashes say (older manifests hashed the .onnx without its data file)
+        return f"FP32 sha256 {fa[:12]} vs {fb[:12]} (ONNX sources)"
     wa, wb = sa.get("weights_sha256"), sb.get("weights_sha256")
     if wa and wb:
         return None if wa == wb else f"weights sha256 {wa[:12]} vs {wb[:12]}"
