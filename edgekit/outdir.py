@@ -33,14 +33,20 @@ def check_output(outdir, overwrite: bool) -> Path:
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
-    for parent in out.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"{out}: {parent} is a file, not a directory")
-            break
+    check_parents(out)
     if out.is_dir() and any(out.iterdir()):
         _check_replaceable(out, overwrite)
     return out
+
+
+def check_parents(out, label=None) -> None:
+    """UsageError when the nearest existing ancestor of OUT is a file: nothing can be created below it.
+    label names OUT in the message (e.g. '-o/--output FILE'); default: the path."""
+    for parent in Path(out).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{label or out}: {parent} is a file, not a directory")
+            break
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
+from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, json_option, output_option
 
 
 @click.command("bundle", context_settings=CONTEXT_SETTINGS)
@@ -22,6 +22,7 @@ def bundle(outdir, artifact, inputs, atol, output, as_json):
     from ..flash.bundle import build_bundle
     from ..progress import task
 
+    check_output_file(output, "-o/--output")
     with task(f"bundling {outdir}"):
         info = build_bundle(outdir, output, artifact=artifact, inputs=inputs, atol=atol)
     if as_json:

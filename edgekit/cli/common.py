@@ -89,6 +89,22 @@ def output_option(required=True, help="Output directory."):
     return deco
 
 
+def check_output_file(path, flag: str) -> None:
+    """Refuse an output FILE that cannot be written, before any work is done (a profile measures for
+    minutes first): usage error (exit 2) naming the flag and the path, never an OSError from the write."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    from ..errors import UsageError
+    from ..outdir import check_parents
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {p}: is a directory; give a file name")
+    check_parents(p, f"{flag} {p}")
+
+
 def console():
     from rich.console import Console
 

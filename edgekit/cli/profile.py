@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT_SETTINGS, console, echo_json, json_option
+from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, json_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -42,6 +42,7 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
     from ..profiling import run_profile
     from ..targets import DEFAULT_TARGET
 
+    check_output_file(output, "-o/--output")
     con = console()
     report = run_profile(list(artifacts), list(targets) or [DEFAULT_TARGET], inputs=inputs,
                          batches=tuple(batches), threads=tuple(threads) or (None,),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT_SETTINGS, console, echo_json, json_option
+from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, json_option
 
 
 @click.command("report", context_settings=CONTEXT_SETTINGS)
@@ -35,8 +35,7 @@ def report(outdirs, output, markdown, json_out, title, as_json):
         flag = "--markdown" if output.suffix.lower() == ".md" else "--json-out"
         raise UsageError(f"-o/--output {output}: writes the HTML report; for {output.suffix} use {flag} {output}")
     for p, flag in ((output, "-o/--output"), (markdown, "--markdown"), (json_out, "--json-out")):
-        if p is not None and p.is_dir():
-            raise UsageError(f"{flag} {p}: is a directory; give a file name")
+        check_output_file(p, flag)
     data = write_reports(list(outdirs), html=output, markdown=markdown, json_path=json_out, title=title)
     if as_json:
         echo_json(data)
