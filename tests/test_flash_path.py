@@ -344,3 +344,27 @@ def test_repair_that_fails_its_selftest_keeps_the_damaged_active_copy(tmp_path):
     def installed(tree):  # a timed-out upload stays in .incoming for the next try to resume
         return {k: v for k, v in tree.items() if not k.startswith(".incoming")}
     assert installed(_tree(dev)) == installed(before) and len(model.read_bytes()) == 100
+
+
+def test_device_path_below_a_file_says_it_is_a_file_not_unmounted(tmp_path, capsys):
+    # a regular file where a folder of the device path should be was reported as "does not exist
+    # (is the device mounted?)": the user went looking for a mount instead of the stray file
+    from edgekit.cli import main
+    from edgekit.flash.deploy import flash as deploy_flash
+    from edgekit.flash.transport_path import PathTransport
+
+    out = make_outdir(tmp_path / "out")
+    build_bundle(out, tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    f = tmp_path / "afile"
+    f.write_text("hi\n")
+    for dev in (f / "sub", f / "sub" / "deeper"):
+        for argv in (["flash", str(out), "--device", str(dev)], ["flash", "--rollback", "--device", str(dev)]):
+            with pytest.raises(SystemExit) as e:
+                main(argv)
+            err = capsys.readouterr().err.strip()
+            assert e.value.code == 2 and len(err.splitlines()) == 1, err
+            assert f"{f} is a file, not a folder" in err and "mounted" not in err, err
+        res = deploy_flash(PathTransport(str(dev)), str(dev), v0, FlashOptions())  # deploy._check_root
+        assert (res.status, res.step) == ("failed", "inspect") and "is a file, not a folder" in res.reason, res
+    assert f.read_text() == "hi\n"

@@ -25,12 +25,26 @@ def root_problem(path: str, *, create_last: bool = True) -> str | None:
         return None
     if os.path.lexists(path):
         return f"{path}: is not a directory"
+    blocker = _non_dir_ancestor(path)
+    if blocker is not None:
+        # a file where a folder should be is not an unmounted card: "is the device mounted?" misleads
+        return f"{path}: {blocker} is {'a file, not a folder' if os.path.isfile(blocker) else 'not a folder'}"
     parent = os.path.dirname(path) or "."
     if not create_last:
         return f"{path}: does not exist (is the device mounted?)"
     if not os.path.isdir(parent):
         return (f"{path}: {parent} does not exist (is the device mounted?); "
                 "edgekit creates only the last folder of a device path")
+    return None
+
+
+def _non_dir_ancestor(path: str) -> str | None:
+    """The nearest existing ancestor of PATH when it is not a directory (a file, a dangling link), else None."""
+    cur = os.path.dirname(path)
+    while cur and cur != os.path.dirname(cur):
+        if os.path.lexists(cur):
+            return None if os.path.isdir(cur) else cur
+        cur = os.path.dirname(cur)
     return None
 
 
