@@ -65,7 +65,15 @@ def check_pre_fits(spec: dict, inputs: list, model: str) -> None:
         return
     if out is None:
         return
-    feeds = out if isinstance(out, dict) else {inputs[0].name: out} if len(inputs) == 1 else {}
+    feeds = out if isinstance(out, dict) else {inputs[0].name: out}  # as the device runner feeds it
+    missing = [s.name for s in inputs if s.name not in feeds]
+    if missing:
+        # the device runner feeds the pre-processing's result to the model as its inputs: a model input it
+        # does not give can never be fed there (it was bundled, passed its self-test, and failed every run)
+        gives = f"arrays {sorted(map(str, out))}" if isinstance(out, dict) else "one array"
+        raise UsageError(f"--preprocess: the pre-processing gives {gives}, but {model} takes {len(inputs)} inputs "
+                         f"({', '.join(s.name for s in inputs)}); it cannot feed {', '.join(map(repr, missing))}. "
+                         "Declare pre-processing for a one-input model, or feed model inputs on the device")
     for s in inputs:
         arr = feeds.get(s.name)
         if arr is None:

@@ -319,3 +319,29 @@ def test_a_source_at_chance_accuracy_is_noted(tmp_path):
              "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "is at chance level for 10 classes: no --weights was given" in r.stderr
+
+
+def test_pre_processing_for_a_two_input_model_is_refused(tmp_path):
+    # an image + vector model: the runner feeds the pre-processing's one array to the first input only,
+    # so the bundle passed its self-test and then failed every run on the device ("inputs lack 'extra'")
+    (tmp_path / "m.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.c = nn.Conv2d(1, 4, 3)\n"
+        "        self.l = nn.Linear(4 + 3, 2)\n"
+        "    def forward(self, image, extra):\n"
+        "        return self.l(torch.cat([self.c(image).mean((2, 3)), extra], 1))\n"
+        "def build():\n"
+        "    return M()\n")
+    rng = np.random.default_rng(8)
+    np.savez(tmp_path / "calib.npz", image=rng.random((40, 1, 8, 8)).astype(np.float32),
+             extra=rng.random((40, 3)).astype(np.float32))
+    pre = '{"pre": [{"op": "resize_normalize", "size": [8, 8], "mean": [0], "std": [1], "layout": "NCHW"}]}'
+    r = _cli("compress", "m.py:build", "--calib", "calib.npz", "--preprocess", pre, "--no-profile", "-o", "out",
+             cwd=tmp_path)
+    err = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("edgekit: note:")]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "gives one array, but m.py:build takes 2 inputs (image, extra); it cannot feed 'extra'" in err[0], err
+    assert not (tmp_path / "out").exists()
