@@ -308,10 +308,12 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
-    dyn.update({} if fixed else {n: {0: "batch"} for n in out_names})
+    # only outputs that followed the probe's batch of 2: a constant output (anchors, a [5, 4] buffer) was
+    # declared [batch, 4] in the FP32 file and [5, 4] in the INT8 one
+    dyn.update({} if fixed else {n: {0: "batch"} for n, o in zip(out_names, outputs) if o.ndim and o.shape[0] == 2})
     if not fixed:
         for name, axis in _sequence_axes(module, inputs, outputs, out_names, sample_inputs).items():
-            dyn[name][axis] = "seq"
+            dyn.setdefault(name, {})[axis] = "seq"
             if name in {s.name for s in inputs}:
                 inputs = [TensorSpec(s.name, [*s.shape[:axis], "seq", *s.shape[axis + 1:]], s.dtype)
                           if s.name == name else s for s in inputs]

@@ -163,3 +163,31 @@ def test_huggingface_model_output_is_a_dict_of_its_set_fields(tmp_path):
     assert src.task == "classification"
     # the token axis stays dynamic through the flattening (the length probe calls the flattened forward)
     assert src.dynamic_axes["input_ids"] == {0: "batch", 1: "seq"}
+
+
+def test_a_constant_output_keeps_its_own_leading_axis(tmp_path):
+    # (scores, a [5, 4] anchor buffer): the anchors were declared [batch, 4] in the FP32 file
+    p = tmp_path / "anchors.py"
+    p.write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(64, 10)
+                self.register_buffer("anchors", torch.arange(20, dtype=torch.float32).reshape(5, 4))
+
+            def forward(self, x):
+                return {"scores": self.fc(x), "anchors": self.anchors}
+
+        def build():
+            return Net()
+    """))
+    src = load_python(str(p), "build", sample_inputs=_x())
+    assert src.dynamic_axes["scores"] == {0: "batch"} and "anchors" not in src.dynamic_axes
+    from edgekit.stages.export import export_module
+    from edgekit.dataset import Dataset
+
+    art = export_module(src.module, src, tmp_path / "m.onnx", data=Dataset({"x": _x(16)["input"]}))
+    shapes = {o["name"]: o["shape"] for o in art.outputs}
+    assert shapes == {"scores": ["batch", 10], "anchors": [5, 4]}, shapes
