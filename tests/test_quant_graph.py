@@ -170,3 +170,34 @@ def test_a_float64_tail_stays_float64_and_the_rest_is_quantized(tmp_path):
     out = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"x": calib.inputs["x"][:4]})[0]
     assert out.dtype == np.float64 and np.allclose(out.sum(1), 1.0)
+
+
+def test_preprocessing_keeps_the_source_dimension_names(tmp_path):
+    # symbolic shape inference derived the output's batch through a Resize as 'floor(1.0*batch)': the
+    # INT8 file's output no longer shared its input's (and the FP32 file's) batch axis name
+    import torch
+    import torch.nn.functional as F
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            x = F.interpolate(torch.relu(self.c(x)), scale_factor=0.5, mode="bilinear", align_corners=False)
+            return self.fc(x.mean((2, 3)))
+
+    src = tmp_path / "m.onnx"
+    torch.onnx.export(Net().eval(), torch.zeros(2, 1, 8, 8), str(src), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(src, prep)
+
+    def dims(path):
+        g = onnx.load(str(path)).graph
+        return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*g.input, *g.output]}
+    assert dims(prep) == dims(src) == {"x": ["batch", 1, 8, 8], "y": ["batch", 3]}
+    static.quantize(prep, tmp_path / "q.onnx", Dataset({"x": np.random.default_rng(0).random((8, 1, 8, 8), np.float32)}),
+                    QuantSpec(), calib_size=8, input_names=["x"], use_cache=False)
+    assert dims(tmp_path / "q.onnx") == dims(src)

@@ -61,9 +61,31 @@ def preprocess(src, dest) -> list:
     if dead:
         notes.append(f"{dead} dead output channels (weights < {DEAD_REL:g} of their layer's largest) set to "
                      "exactly 0 so their per-channel scale cannot overflow the int32 bias")
-    if ensure_node_names(m) or dead:
+    renamed = keep_io_dims(m, onnx.load(str(src), load_external_data=False))
+    if ensure_node_names(m) or dead or renamed:
         onnx.save(m, str(dest))
     return notes
+
+
+def keep_io_dims(model, source) -> int:
+    """Give the model's inputs and outputs back the dimension names of `source`. Symbolic shape inference
+    renames a dim it derived through arithmetic (a Resize: 'floor(1.0*batch)'), so the INT8 file's output
+    was no longer 'batch' like its input and the FP32 file's; anything matching axes by name saw two. Only
+    a symbolic dim that was symbolic in the source too is renamed back. Returns how many changed."""
+    ref = {v.name: v for v in [*source.graph.input, *source.graph.output]}
+    changed = 0
+    for v in [*model.graph.input, *model.graph.output]:
+        r = ref.get(v.name)
+        if r is None or not v.type.HasField("tensor_type") or not r.type.HasField("tensor_type"):
+            continue
+        dims, rdims = v.type.tensor_type.shape.dim, r.type.tensor_type.shape.dim
+        if len(dims) != len(rdims):
+            continue
+        for d, rd in zip(dims, rdims):
+            if d.HasField("dim_param") and rd.HasField("dim_param") and d.dim_param != rd.dim_param:
+                d.dim_param = rd.dim_param
+                changed += 1
+    return changed
 
 
 # A channel whose weights are this small next to its layer's largest contributes nothing in FP32, but its
