@@ -378,6 +378,15 @@ def _forward_names(module) -> list:
     return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def _required_names(module) -> list:
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def _leading_positional(module) -> list:
     params = list(inspect.signature(module.forward).parameters.values())
     out = []
@@ -458,6 +467,13 @@ def _real_sample(sample_inputs, spec, n_specs, shape):
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     names = _forward_names(module) or ["input"]
     if sample_inputs:
+        from .calibration import LABEL_KEY
+
+        if LABEL_KEY not in sample_inputs and LABEL_KEY in _required_names(module) and len(names) > 1:
+            # the .npz format reads 'y' as labels before the model is known, so this input never arrives
+            raise InputError(f"{where}: forward() takes a parameter named {LABEL_KEY!r}, but an .npz array named "
+                             f"{LABEL_KEY!r} holds class labels in edgekit's data format; rename that parameter "
+                             "(and the array) to feed it as a model input")
         given = list(sample_inputs)
         if len(given) == 1 and len(names) >= 1:
             arr = next(iter(sample_inputs.values()))

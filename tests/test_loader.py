@@ -290,3 +290,15 @@ def test_pickled_model_whose_class_lives_in_the_model_file_loads_when_trusted(tm
         sys.modules.pop("pickmodel", None)
     with pytest.raises(InputError, match="--trust-pickle"):
         load_source(f"{f}:build", weights=str(tmp_path / "full.pt"), input_shape=(1, 4))
+
+
+def test_a_forward_parameter_named_like_the_labels_array_is_explained(tmp_path):
+    # forward(x, y) with x and y in the .npz: 'y' was read as labels and the probe said only
+    # "missing 1 required positional argument: 'y'"
+    f = tmp_path / "m.py"
+    f.write_text("import torch\nclass M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                 "        self.l = torch.nn.Linear(4, 2)\n    def forward(self, x, y):\n        return self.l(x + y)\n"
+                 "def build():\n    return M()\n")
+    with pytest.raises(InputError, match=r"m\.py:build: forward\(\) takes a parameter named 'y', but an \.npz array "
+                                         r"named 'y' holds class labels"):
+        load_source(f"{f}:build", sample_inputs={"x": np.zeros((3, 4), np.float32)})
