@@ -19,23 +19,103 @@ def graph_facts(path) -> dict:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "dim") for d in t.shape.dim]
         return TensorSpec(v.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type))).to_dict()
 
-    # an int32 initializer dequantized by the graph is a quantized bias (a parameter); other int32/int64
-    # initializers are shape constants
-    dequantized = {n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input}
-    params = 0
-    for init in m.graph.initializer:
-        # count weights, not quantization scales / zero points or shape constants
-        if init.name.endswith(("_scale", "_zero_point")) or (init.data_type in (6, 7) and init.name not in dequantized):
-            continue
-        if not len(init.dims):
-            # a 0-d constant (a Clip bound, GELU's sqrt(2), a /255) is no parameter; the quantizer also turns
-            # Constant nodes into such initializers, which made INT8 count more than FP32
-            continue
-        params += int(np.prod(init.dims))
+    params = parameter_count(m.graph)
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"inputs": [spec(v) for v in m.graph.input if v.name not in init_names],
             "outputs": [spec(v) for v in m.graph.output], "opset": opset, "params": params,
             "nodes": len(m.graph.node)}
+
+
+# The inputs of each op that hold learned weights or biases. Not counted: shapes, axes, Resize scales,
+# quantization scales / zero points, BatchNormalization's running mean and variance (statistics, not
+# parameters), an RNN's initial state. Counting every initializer instead made an INT8 or FP16 model report
+# more than its FP32 model (the quantizer and the FP16 converter turn Constant nodes into initializers) and
+# an FP32 model with an unfolded BatchNorm more than torch's sum(p.numel() for p in model.parameters()).
+_WEIGHT_SLOTS = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1), "Einsum": range(8),
+    "BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
+    "GroupNormalization": (1, 2), "RMSNormalization": (1,), "PRelu": (1,),
+    "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3),
+    "Gather": (0,),  # an embedding table; float data only (see _is_learned)
+    "ConvInteger": (1,), "MatMulInteger": (0, 1), "QLinearConv": (3, 8), "QLinearMatMul": (0, 3),
+    # com.microsoft ops that onnxruntime's quantizer and transformer fusions write
+    "DynamicQuantizeMatMul": (1, 4), "MatMulIntegerToFloat": (0, 1, 6), "QGemm": (0, 3, 6),
+    "FusedConv": (1, 2), "FusedMatMul": (0, 1), "Attention": (1, 2), "QAttention": (1, 2),
+    "SkipLayerNormalization": (2, 3, 4), "SimplifiedLayerNormalization": (1,),
+    "SkipSimplifiedLayerNormalization": (2,), "EmbedLayerNormalization": (2, 3, 4, 5, 6),
+    "BiasGelu": (1,), "FastGelu": (1,), "BiasAdd": (1,),
+}
+# ops that hand a weight on unchanged in value (quantized, cast, re-laid-out) to the op that uses it
+_CARRY = {"DequantizeLinear", "QuantizeLinear", "Cast", "Identity", "Transpose", "Reshape", "Squeeze",
+          "Unsqueeze", "Flatten"}
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def parameter_count(graph) -> int:
+    """Elements of the constants (initializers or Constant nodes) a node uses as a learned weight or bias.
+
+    A constant reaches its op through _CARRY ops (an INT8 weight through its DequantizeLinear), so FP32,
+    FP16 and INT8 builds of one network count the same. A bias that is a separate Add after a MatMul /
+    Conv (torch's Linear on 3-d input, onnxruntime's dynamic quantization) counts too."""
+    consts = {i.name: (tuple(i.dims), i.data_type) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            t = next((a.t for a in n.attribute if a.name == "value"), None)
+            if t is not None:
+                consts[n.output[0]] = (tuple(t.dims), t.data_type)
+    producer = {o: n for n in graph.node for o in n.output if o}
+
+    def source(name, depth=0):
+        """(constant name, went through a DequantizeLinear) when name is a constant carried by _CARRY ops."""
+        dq = False
+        while name not in consts:
+            n = producer.get(name)
+            if n is None or n.op_type not in _CARRY or not n.input or depth > 16:
+                return None, False
+            dq = dq or n.op_type == "DequantizeLinear"
+            name, depth = n.input[0], depth + 1
+        return name, dq
+
+    def after_weighted_op(name, depth=0):
+        """Whether name is the output of a weighted op, seen through _CARRY ops and a rescaling Mul."""
+        while depth <= 16:
+            n = producer.get(name)
+            if n is None:
+                return False
+            if n.op_type in _WEIGHT_SLOTS and n.op_type != "Gather":
+                return True
+            if n.op_type == "Mul":  # dynamic quantization rescales MatMulInteger's output before the bias Add
+                name = next((i for i in n.input if source(i)[0] is None), None)
+            elif n.op_type in _CARRY and n.input:
+                name = n.input[0]
+            else:
+                return False
+            depth += 1
+            if name is None:
+                return False
+        return False
+
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
+    learned = set()
+    for n in graph.node:
+        slots = _WEIGHT_SLOTS.get(n.op_type)
+        if n.op_type in ("Add", "Sub") and len(n.input) == 2:
+            # a bias applied as its own Add: the constant side counts when the other side is a weighted op's output
+            srcs = [source(i) for i in n.input]
+            slots = [k for k in (0, 1) if srcs[k][0] is not None and srcs[1 - k][0] is None
+                     and after_weighted_op(n.input[1 - k])]
+        if not slots:
+            continue
+        for k in slots:
+            if k < len(n.input) and n.input[k]:
+                name, dq = source(n.input[k])
+                # an integer Gather table or Add operand is an index / shape, unless it is dequantized (an INT8
+                # embedding is gathered first and its rows dequantized after)
+                deq = dq or (n.op_type == "Gather" and n.output[0] in dequantized)
+                if name is not None and (deq or consts[name][1] in _FLOAT_TYPES
+                                         or n.op_type not in ("Gather", "Add", "Sub")):
+                    learned.add(name)
+    return sum(int(np.prod(consts[c][0], dtype=np.int64)) for c in learned)
 
 
 def node_attrs(node) -> dict:
