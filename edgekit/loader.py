@@ -127,16 +127,19 @@ def copy_model(src, dest) -> list:
     return [dest, data]
 
 
-def classifier_output(model) -> bool:
-    """True when the first output is [N, C] class scores with a fixed C >= 2.
+def class_scores_shape(shape) -> bool:
+    """[N, C] class scores with a fixed C >= 2, or [N, C, 1, ..., 1] (an all-conv classifier's head, a
+    1x1 conv after global pooling). A [N, 1] output is a regression or a single logit: argmax over one
+    column is always 0, so scoring it as top-1 accuracy would report the share of labels that are 0."""
+    return len(shape) >= 2 and isinstance(shape[1], int) and shape[1] >= 2 and all(d == 1 for d in shape[2:])
 
-    A [N, 1] output is a regression or a single logit: argmax over one column is always 0, so
-    scoring it as top-1 accuracy would report the share of labels that happen to be 0.
-    """
+
+def classifier_output(model) -> bool:
+    """True when the first output is class scores (class_scores_shape)."""
     if not model.graph.output:
         return False
     dims = model.graph.output[0].type.tensor_type.shape.dim
-    return len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value >= 2
+    return class_scores_shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims])
 
 
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -306,7 +309,7 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         out_names = unique_output_names(named, {s.name for s in inputs})
     else:
         out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-    task = "classification" if outputs[0].ndim == 2 and outputs[0].shape[1] > 1 else "generic"
+    task = "classification" if class_scores_shape(list(outputs[0].shape)) else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
     # only outputs that followed the probe's batch of 2: a constant output (anchors, a [5, 4] buffer) was
     # declared [batch, 4] in the FP32 file and [5, 4] in the INT8 one

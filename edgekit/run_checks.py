@@ -38,9 +38,12 @@ def label_notes(run, fp32: Artifact) -> list:
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
     if run.ctx.source.task != "classification":
+        dims = list(first.get("shape") or [])
+        one_value = len(dims) <= 1 or all(d == 1 for d in dims[1:])
+        hint = (" (a one-logit binary classifier: return two logits to be scored on accuracy)" if one_value
+                else " (return the class scores as [N, C] to be scored on accuracy)")
         note = (f"--eval labels unused: the model's output {first['name']!r} is {shape}, not [N, C] class scores "
-                "with C >= 2, so metrics are fidelity to FP32 (a one-logit binary classifier: return two logits "
-                "to be scored on accuracy)")
+                f"with C >= 2, so metrics are fidelity to FP32{hint}")
     elif len(fp32.outputs) > 1:
         note = (f"accuracy is scored on the first of {len(fp32.outputs)} outputs, {first['name']!r} {shape}; "
                 "return the class scores first if that is not them")

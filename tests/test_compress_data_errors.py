@@ -345,3 +345,47 @@ def test_pre_processing_for_a_two_input_model_is_refused(tmp_path):
     assert r.returncode == 2 and len(err) == 1, r.stderr
     assert "gives one array, but m.py:build takes 2 inputs (image, extra); it cannot feed 'extra'" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_an_all_conv_classifier_is_scored_on_accuracy_and_prunes_with_its_labels(tmp_path):
+    # a head that ends in a 1x1 conv after global pooling gives [N, 10, 1, 1]: its labels were left
+    # unused with advice for a one-logit classifier
+    import torch
+    from sklearn.datasets import load_digits
+
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        def build():
+            return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                 nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 10, 1))
+    """))
+    d = load_digits()
+    x, y = (d.images / 16).astype(np.float32)[:, None], d.target.astype(np.int64)
+    torch.manual_seed(0)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("allconv", tmp_path / "m.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.build()
+    opt = torch.optim.Adam(net.parameters(), 0.02)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.from_numpy(x[:1200])).flatten(1), torch.from_numpy(y[:1200])).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    np.save(tmp_path / "calib.npy", x[:100])
+    np.savez(tmp_path / "train.npz", input=x[:400], y=y[:400])
+    np.savez(tmp_path / "eval.npz", input=x[1200:], y=y[1200:])
+    r = _cli("compress", "m.py:build", "--weights", "w.pt", "--calib", "calib.npy", "--eval", "eval.npz",
+             "--train", "train.npz", "--prune", "0.25", "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "labels unused" not in r.stderr
+    import json
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    fp32 = next(a for a in m["artifacts"] if a["kind"] == "fp32")
+    assert fp32["outputs"][0]["shape"] == ["batch", 10, 1, 1]
+    assert fp32["metrics"]["name"] == "accuracy" and fp32["metrics"]["value"] > 0.5
+    assert m["source"]["task"] == "classification"
+    assert any(a["kind"] == "distilled" for a in m["artifacts"])

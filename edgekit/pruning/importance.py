@@ -62,6 +62,8 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
     for feeds, y in part.labelled_batches(small):
         feeds = trimmer.trim(feeds)
         out = first_tensor(model(*[torch.from_numpy(np.array(feeds[n])) for n in names]))
+        if task == "classification":
+            out = out.reshape(len(out), -1)  # an all-conv head's [N, C, 1, 1] scores
         if task == "classification" and y is not None:
             loss, used = F.cross_entropy(out, torch.from_numpy(np.asarray(y)).long()), "cross-entropy with labels"
         elif task == "classification":

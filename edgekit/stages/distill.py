@@ -207,6 +207,7 @@ def _loss(s, t, y, task: str, cfg: DistillConfig):
     import torch.nn.functional as F
 
     if task == "classification":
+        s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)  # an all-conv head's [N, C, 1, 1] scores
         T = cfg.temperature
         kd = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1), reduction="batchmean") * T * T
         if y is None:
