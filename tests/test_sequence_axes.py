@@ -143,6 +143,21 @@ def test_graph_that_does_not_follow_is_fixed_with_a_note(models, tmp_path):
     assert sess.get_inputs()[0].shape == ["batch", 12, 8]  # ...the traced graph does not
     assert "sequence length fixed" in art.notes[0] and "fixed_length" in art.verify
     assert art.verify["max_abs_diff"] < 1e-4
+    # the reason is onnxruntime's own words, not its source path cut mid-way ("Status Message: /onnxruntime_")
+    assert "Status Message" not in art.notes[0] and "onnxruntime_src" not in art.notes[0], art.notes[0]
+
+
+def test_onnxruntime_failures_are_shortened_to_node_and_reason():
+    from edgekit.stages.export import short_reason
+
+    msg = ("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Reshape node. "
+           "Name:'/enc/Reshape_4' Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/"
+           "reshape_helper.h:47 onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, bool) "
+           "input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape.\n")
+    assert short_reason(RuntimeError(msg)) == ("Reshape node '/enc/Reshape_4': The input tensor cannot be reshaped "
+                                               "to the requested shape.")
+    long = short_reason(ValueError("word " * 100))
+    assert len(long) <= 200 and long.endswith("...")
 
 
 def test_conv1d_length_is_axis_2(models, tmp_path):

@@ -63,9 +63,8 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
             source = fixed_length(source, args)
             _export(module, source, args, tmp, opset)
             verify = verify_against_torch(module, source, tmp, data, where=dest.name)
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
             verify["fixed_length"] = (f"sequence length fixed to the data's ({', '.join(s.name for s in source.inputs)}): "
-                                      f"the graph did not run or match at another length: {why[:160]}")
+                                      f"the graph did not run or match at another length: {short_reason(e)}")
     facts = graph_facts(dest)
     art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=facts["params"],
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify,
@@ -181,3 +180,19 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
     res = check_outputs(ref, got, list(source.outputs), atol=ATOL, rtol=RTOL, where=where)
     res.update({"against": "pytorch", "n": n, "data": origin})
     return res
+
+
+def short_reason(e: Exception, limit: int = 200) -> str:
+    """One readable line from an exception; onnxruntime's status messages carry a source path and a C++
+    signature between the failing node and the actual reason, which a cut at 160 characters kept instead
+    of the reason ("... Status Message: /onnxruntime_")."""
+    import re
+
+    text = " ".join(str(e).split()) or type(e).__name__
+    m = re.search(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", text)
+    if m:
+        op, node, rest = m.groups()
+        # "<path>:<line> <signature> <check> was false. <reason>": keep what follows the check
+        reason = rest.split(" was false. ", 1)[1] if " was false. " in rest else re.sub(r"^\S+:\d+ \S+ ", "", rest)
+        text = f"{op} node {node!r}: {reason}"
+    return text if len(text) <= limit else text[:limit - 3].rsplit(" ", 1)[0] + "..."
