@@ -93,11 +93,25 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
                                    f"{_fmt_shape(want)} (axis {ax}: {got} != {exp})")
     dst = np.dtype(spec.dtype)
     if arr.dtype != dst:
+        if dst.kind == "b" and arr.dtype.kind in "iu":
+            # 0/1 integer masks (how HuggingFace tokenizers hand out attention masks) for a bool input
+            _check_zero_one(where, name, arr)
+            return _cast_view(arr, dst)
         if not _castable(arr.dtype, dst):
             raise CalibrationError(f"{where}: input {name!r} has dtype {arr.dtype}; the model expects {dst} "
                                    "and that cast would lose information")
         arr = _cast_view(arr, dst)
     return arr
+
+
+def _check_zero_one(where: str, name: str, arr, chunk: int = 1 << 16):
+    for a in range(0, len(arr), chunk):
+        part = np.asarray(arr[a:a + chunk])
+        bad = (part != 0) & (part != 1)
+        if bad.any():
+            v = part[bad].flat[0]
+            raise CalibrationError(f"{where}: input {name!r} is a bool input in the model, but holds {v} "
+                                   "(integer data for it must be 0 or 1)")
 
 
 def _check_finite(where: str, name: str, arr, chunk: int = 4096):

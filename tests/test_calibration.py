@@ -205,3 +205,18 @@ def test_one_array_for_a_one_input_model_whatever_its_name(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 32, 32), np.float32), y=np.arange(4))
     ds = read_dataset(tmp_path / "d.npz", IMG, labels=True)
     assert list(ds.inputs) == ["input"] and len(ds) == 4 and list(ds.labels) == [0, 1, 2, 3]
+
+
+def test_zero_one_integer_masks_feed_a_bool_input(tmp_path):
+    # tokenizers hand out int64 0/1 attention masks; a model taking a bool mask refused them
+    spec = [TensorSpec("ids", ["batch", 6], "int64"), TensorSpec("mask", ["batch", 6], "bool")]
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 2, (10, 6))
+    np.savez(tmp_path / "d.npz", ids=rng.integers(0, 50, (10, 6)), mask=mask)
+    ds = read_dataset(str(tmp_path / "d.npz"), spec)
+    got = np.asarray(ds.inputs["mask"][:])
+    assert got.dtype == np.bool_ and np.array_equal(got, mask.astype(bool))
+    mask[3, 2] = 2
+    np.savez(tmp_path / "bad.npz", ids=rng.integers(0, 50, (10, 6)), mask=mask)
+    with pytest.raises(CalibrationError, match=r"bad\.npz: input 'mask' is a bool input in the model, but holds 2"):
+        read_dataset(str(tmp_path / "bad.npz"), spec)
