@@ -34,7 +34,7 @@ def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = F
         if path.endswith(".py"):
             return load_python(path, factory, weights=weights, trust_pickle=trust_pickle,
                                input_shape=input_shape, sample_inputs=sample_inputs)
-    if spec.endswith((".pt", ".pth", ".pts", ".jit")) and Path(spec).is_file():
+    if spec.endswith((".pt", ".pth", ".pts", ".ts", ".jit", ".pkl", ".bin")) and Path(spec).is_file():
         kind = "a TorchScript archive, which edgekit cannot prune, distil or re-export" if is_torchscript(spec) \
             else "a PyTorch file, which holds weights, not the code that uses them"
         raise InputError(f"{spec}: {kind}; pass the model as file.py:factory (with --weights for a state dict) "

@@ -134,6 +134,31 @@ def test_compress_max_trials_reaches_the_quantize_settings(tmp_path, monkeypatch
     assert e.value.code == 2 and "--max-trials" in capsys.readouterr().err
 
 
+def test_a_recipe_with_profiling_or_tuning_off_can_be_replayed_with_them_on(tmp_path, monkeypatch):
+    # --no-profile and --no-tune were one-way flags: a recipe recorded with either off could not turn
+    # it back on from the command line
+    from edgekit import pipeline
+    from edgekit.cli import main
+
+    seen = []
+
+    def capture(cfg):
+        seen.append((cfg.profile.enabled, cfg.quantize.tune))
+        raise SystemExit(0)
+
+    rec = tmp_path / "compress.toml"
+    rec.write_text(c.to_toml(c.from_dict({"model": "zoo:digits-cnn", "output": str(tmp_path / "a"),
+                                          "profile": {"enabled": False}, "quantize": {"tune": False}})))
+    monkeypatch.setattr(pipeline, "run_config", capture)
+    for extra in ([], ["--profile", "--tune"], ["--no-profile"]):
+        with pytest.raises(SystemExit):
+            main(["compress", "--config", str(rec), "-o", str(tmp_path / "b"), *extra])
+    assert seen == [(False, False), (True, True), (False, False)]
+    with pytest.raises(SystemExit):
+        main(["compress", "zoo:digits-cnn", "-o", str(tmp_path / "c")])
+    assert seen[-1] == (True, True)  # the defaults
+
+
 def test_recipe_never_carries_overwrite_and_its_output_is_relative_to_it(tmp_path, monkeypatch):
     # a recipe recorded from an --overwrite run replaced another run's folder when replayed elsewhere
     cfg = c.from_dict({"model": "zoo:digits-cnn", "output": str(tmp_path / "b"), "overwrite": True})

@@ -261,6 +261,9 @@ def test_torchscript_archives_are_refused_in_one_line(tmp_path):
         assert str(e.value).startswith(f"{ts}: a TorchScript archive") and "\n" not in str(e.value)
     with pytest.raises(InputError, match="TorchScript archive"):
         load_source(str(ts))
+    ts.rename(tmp_path / "net.ts")  # torch's own docs name them .pt, many users .ts
+    with pytest.raises(InputError, match="TorchScript archive"):
+        load_source(str(tmp_path / "net.ts"))
 
 
 def test_pickled_model_whose_class_lives_in_the_model_file_loads_when_trusted(tmp_path):

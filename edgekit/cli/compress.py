@@ -35,18 +35,22 @@ def _shape(ctx, param, value):
 @click.option("--distill/--no-distill", default=None, help="Distill from the original model after pruning (default: on when pruning).")
 @click.option("--student", help="file.py:factory: distill into a different, smaller architecture.")
 @click.option("--quantize", "quant_mode", type=click.Choice(["int8", "int8-dynamic", "fp16", "none"]), help="Quantization mode (default int8).")
-@click.option("--no-tune", is_flag=True, default=None, help="Skip accuracy-aware tuning (use ISA-aware defaults once).")
+@click.option("--tune/--no-tune", "tune", default=None,
+              help="Accuracy-aware tuning (default), or ISA-aware defaults once; --tune turns it back on for a "
+                   "recipe that had it off.")
 @click.option("--max-trials", type=click.IntRange(min=1), help="INT8 tuning trial budget (default 12).")
 @click.option("--tolerance", help="Largest accepted accuracy drop: '1%' relative (default) or '0.5pt' absolute; "
               "a bare number is a percentage.")
 @click.option("--target", "targets", multiple=True, help="Target name or TOML file (repeatable; default: this host's CPU).")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file) declared in the manifest for the device runner.")
-@click.option("--no-profile", is_flag=True, default=None, help="Skip latency profiling.")
+@click.option("--profile/--no-profile", "profile", default=None,
+              help="Profile latency on the targets (default), or skip it; --profile turns it back on for a recipe "
+                   "that had it off.")
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing OUTDIR (only after the new run succeeds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def compress(model, output, config, weights, trust_pickle, calib, eval_, train, input_shape, prune_ratio, prune_method,
-             target_latency, distill, student, quant_mode, no_tune, max_trials, tolerance, targets, preprocess, no_profile, seed,
+             target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, profile, seed,
              overwrite, as_json):
     """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
 
@@ -70,9 +74,9 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
     prune = {k: v for k, v in {"ratio": prune_ratio, "method": prune_method, "target_latency": target_latency}.items()
              if v is not None}
     dist = {k: v for k, v in {"enabled": distill, "student": student}.items() if v is not None}
-    quant = {k: v for k, v in {"mode": quant_mode, "tune": (False if no_tune else None),
+    quant = {k: v for k, v in {"mode": quant_mode, "tune": tune,
                                "max_trials": max_trials}.items() if v is not None}
-    prof = {"enabled": False} if no_profile else {}
+    prof = {} if profile is None else {"enabled": profile}
     for name, sec in (("prune", prune), ("distill", dist), ("quantize", quant), ("profile", prof)):
         if sec:
             settings[name] = sec
