@@ -309,8 +309,9 @@ def test_status_of_a_missing_device_folder_is_an_error(tmp_path, capsys):
     assert "no such folder on the device" in out["devices"][0]["error"]
 
 
-def test_reflashing_the_active_version_repairs_a_damaged_copy(tmp_path):
-    # a corrupted model file on the card: flashing the same bundle again must fix it, not refuse
+def _flashed_then_damaged(tmp_path):
+    """A device with one version active whose model file was then cut short: (dev, bundle, devices,
+    the model's path, its good bytes)."""
     dev = tmp_path / "dev"
     build_bundle(make_outdir(tmp_path / "out", seed=0), tmp_path / "v0.ekb")
     v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
@@ -319,6 +320,12 @@ def test_reflashing_the_active_version_repairs_a_damaged_copy(tmp_path):
     model = dev / "versions" / v0.version / "model.fp32.onnx"
     good = model.read_bytes()
     model.write_bytes(good[:100])
+    return dev, v0, devs, model, good
+
+
+def test_reflashing_the_active_version_repairs_a_damaged_copy(tmp_path):
+    # a corrupted model file on the card: flashing the same bundle again must fix it, not refuse
+    dev, v0, devs, model, good = _flashed_then_damaged(tmp_path)
     res = flash_many(devs, v0)[0]
     assert (res.status, res.version) == ("flashed", v0.version), res.reason
     assert any("was damaged" in w and "model.fp32.onnx" in w for w in res.warnings)
@@ -330,13 +337,7 @@ def test_reflashing_the_active_version_repairs_a_damaged_copy(tmp_path):
 
 def test_repair_that_fails_its_selftest_keeps_the_damaged_active_copy(tmp_path):
     # the fresh copy is tested before the swap; when it fails, the device keeps exactly what it had
-    dev = tmp_path / "dev"
-    build_bundle(make_outdir(tmp_path / "out", seed=0), tmp_path / "v0.ekb")
-    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
-    devs = collect_devices([str(dev)])
-    assert flash_many(devs, v0)[0].status == "flashed"
-    model = dev / "versions" / v0.version / "model.fp32.onnx"
-    model.write_bytes(model.read_bytes()[:100])
+    dev, v0, devs, model, _ = _flashed_then_damaged(tmp_path)
     before = _tree(dev)
     res = flash_many(devs, v0, opts=FlashOptions(selftest_timeout=0.001))[0]
     assert (res.status, res.step) == ("failed", "selftest"), res
