@@ -108,3 +108,23 @@ def check_post_fits(run, sample) -> None:
     except PrepostError as e:
         raise UsageError(f"--preprocess: the post-processing does not fit {run.cfg.model}'s outputs: "
                          f"{str(e).splitlines()[0]}") from None
+
+
+def dtype_notes(inputs: list, sample: dict | None) -> list:
+    """Inputs the ONNX model takes in another integer type than the data has (int32 token ids become an
+    int64 input: what nn.Embedding and ONNX Gather take by default). edgekit's own runner casts, but an
+    application feeding the device model its int32 ids gets onnxruntime's type error: say so here."""
+    if not sample:
+        return []
+    notes = []
+    for s in inputs:
+        arr = sample.get(s.name)
+        if arr is None and len(inputs) == 1 and len(sample) == 1:
+            arr = next(iter(sample.values()))
+        if arr is None or np.dtype(arr.dtype).kind not in "iu" or np.dtype(s.dtype).kind not in "iub":
+            continue
+        if np.dtype(arr.dtype) != np.dtype(s.dtype):
+            notes.append(f"input {s.name!r} is {s.dtype} in the ONNX model (the data is {np.dtype(arr.dtype)}): "
+                         f"an application on the device must feed {s.dtype} (edgekit's runner casts)")
+    return notes
+

@@ -93,3 +93,19 @@ def test_uint8_frames_stay_uint8_and_uint8_ids_widen_for_an_embedding(tmp_path):
                                src.module(torch.from_numpy(frames)).detach().numpy(), atol=1e-5)
     src = load_python(str(p), "ids", sample_inputs={"ids": np.ones((5, 7), dtype=np.uint8)})
     assert [i.dtype for i in src.inputs] == ["int64"]
+
+
+def test_int32_token_ids_exported_as_int64_are_noted(models, tmp_path):
+    # the device model takes int64 ids; an application feeding its int32 ids got onnxruntime's type error
+    from tests.test_quant_cli import _cli
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", ids=rng.integers(0, 20, (40, 7)).astype(np.int32))
+    r = _cli("compress", f"{models}:tokens", "--calib", "calib.npz", "--no-profile", "--no-tune", "-o", "out",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "edgekit: note: input 'ids' is int64 in the ONNX model (the data is int32)" in r.stderr
+    np.savez(tmp_path / "calib64.npz", ids=rng.integers(0, 20, (40, 7)))
+    r = _cli("compress", f"{models}:tokens", "--calib", "calib64.npz", "--no-profile", "--no-tune", "-o", "out2",
+             cwd=tmp_path)
+    assert r.returncode == 0 and "in the ONNX model (the data is" not in r.stderr
