@@ -302,7 +302,10 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         if not input_shape or input_shape[0] <= 1 or len(inputs) != 1:
             raise
         fixed = int(input_shape[0])
-        inputs = [TensorSpec(inputs[0].name, [fixed, *inputs[0].shape[1:]], inputs[0].dtype)]
+        # the given shape as a whole: data may come as N x B x ... stacks of fixed batches (calibration's
+        # stack rule), whose per-sample shape already includes that batch
+        shape = list(input_shape) if len(input_shape) > 1 else [fixed, *inputs[0].shape[1:]]
+        inputs = [TensorSpec(inputs[0].name, [fixed, *shape[1:]], inputs[0].dtype)]
         outputs, named = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
     if named is not None:
         module = flatten_outputs(module, named)
