@@ -302,3 +302,21 @@ def test_cold_start_does_not_charge_the_first_artifact_for_onnxruntimes_set_up(t
         ratios.append(res[first]["cold_start_ms"] / res[second]["cold_start_ms"])
     # both orders together: noise in one process is tolerated, a systematic first-artifact penalty is not
     assert math.sqrt(ratios[0] * ratios[1]) < 3.0, ratios
+
+
+def test_runner_feeds_zero_one_integer_masks_to_a_bool_input(tmp_path):
+    # as the calibration reader does: tokenizers hand out int64 0/1 masks
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)], "g",
+                          [helper.make_tensor_value_info("m", TensorProto.BOOL, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    p = tmp_path / "b.onnx"
+    p.write_bytes(model.SerializeToString())
+    sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    got = runner.fit_feeds(sess, {"m": np.array([[1, 0, 1, 1]], np.int64)})["m"]
+    assert got.dtype == np.bool_ and got.tolist() == [[True, False, True, True]]
+    with pytest.raises(ValueError, match="'m' is bool in the model; integer data for it must be 0 or 1"):
+        runner.fit_feeds(sess, {"m": np.array([[1, 0, 2, 1]], np.int64)})

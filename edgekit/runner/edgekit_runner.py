@@ -344,7 +344,11 @@ def fit_feeds(sess, feeds: dict, batch: int = 1) -> dict:
         arr = np.asarray(pick_input(ins, feeds, inp))
         dtype = ORT_DTYPES.get(inp.type)
         if dtype and arr.dtype != dtype:
-            if not castable(arr.dtype, dtype):
+            if np.dtype(dtype).kind == "b" and arr.dtype.kind in "iu":
+                # 0/1 integer masks for a bool input, as edgekit.calibration accepts them
+                if arr.size and not np.isin(arr, (0, 1)).all():
+                    raise ValueError(f"input {inp.name!r} is bool in the model; integer data for it must be 0 or 1")
+            elif not castable(arr.dtype, dtype):
                 raise ValueError(f"input {inp.name!r} has dtype {arr.dtype}; the model wants {dtype} "
                                  "and that cast would lose information")
             arr = arr.astype(dtype)
