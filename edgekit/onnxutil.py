@@ -35,8 +35,8 @@ _WEIGHT_SLOTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1), "Einsum": range(8),
     "BatchNormalization": (1, 2), "LayerNormalization": (1, 2), "InstanceNormalization": (1, 2),
     "GroupNormalization": (1, 2), "RMSNormalization": (1,), "PRelu": (1,),
-    "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3),
-    "Gather": (0,),  # an embedding table; float data only (see _is_learned)
+    "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "DynamicQuantizeLSTM": (1, 2, 3),
+    "Gather": (0,),  # an embedding table: float, dequantized, or a >= 2-d table looked up by non-constant ids
     "ConvInteger": (1,), "MatMulInteger": (0, 1), "QLinearConv": (3, 8), "QLinearMatMul": (0, 3),
     # com.microsoft ops that onnxruntime's quantizer and transformer fusions write
     "DynamicQuantizeMatMul": (1, 4), "MatMulIntegerToFloat": (0, 1, 6), "QGemm": (0, 3, 6),
@@ -111,7 +111,12 @@ def parameter_count(graph) -> int:
                 name, dq = source(n.input[k])
                 # an integer Gather table or Add operand is an index / shape, unless it is dequantized (an INT8
                 # embedding is gathered first and its rows dequantized after)
-                deq = dq or (n.op_type == "Gather" and n.output[0] in dequantized)
+                # dynamic INT8 gathers uint8 rows straight into MatMulInteger (no DequantizeLinear after): a
+                # table of 2+ dims looked up by computed ids is an embedding whatever its type; a 1-d
+                # integer one (a shape gathered by a constant index) is not
+                table = n.op_type == "Gather" and len(consts[name][0]) >= 2 and len(n.input) > 1 \
+                    and source(n.input[1])[0] is None if name is not None else False
+                deq = dq or table or (n.op_type == "Gather" and n.output[0] in dequantized)
                 if name is not None and (deq or consts[name][1] in _FLOAT_TYPES
                                          or n.op_type not in ("Gather", "Add", "Sub")):
                     learned.add(name)

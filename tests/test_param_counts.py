@@ -46,6 +46,24 @@ class Tokens(nn.Module):  # embedding, LayerNorm, a Linear on 3-d input (MatMul 
         return self.fc(self.ln(self.emb(ids)))
 
 
+class Recurrent(nn.Module):  # dynamic INT8 turns the LSTM into com.microsoft DynamicQuantizeLSTM
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(6, 12, batch_first=True), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+class EmbLinear(nn.Module):  # dynamic INT8 gathers uint8 rows straight into MatMulInteger
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(30, 8), nn.Linear(8, 4)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids)).mean(1)
+
+
 def _export(net, name, dtype, shape, data, tmp_path):
     torch.manual_seed(0)
     for m in net.modules():
@@ -62,7 +80,7 @@ def _export(net, name, dtype, shape, data, tmp_path):
     return path
 
 
-@pytest.mark.parametrize("name", ["linear_bn", "conv_resize", "tokens"])
+@pytest.mark.parametrize("name", ["linear_bn", "conv_resize", "tokens", "lstm", "emb_linear"])
 def test_fp32_fp16_int8_count_the_same_learned_parameters(tmp_path, name):
     torch.manual_seed(0)
     r = np.random.default_rng(0)
@@ -75,8 +93,13 @@ def test_fp32_fp16_int8_count_the_same_learned_parameters(tmp_path, name):
         net, shape, x = ConvResize(), (1, 3, 6, 6), r.normal(size=(16, 3, 6, 6)).astype(np.float32)
         want = sum(p.numel() for p in net.parameters()) - 2 * 8  # export folds the BN into c1: its scale+bias go
         modes = ("int8", "int8-dynamic", "fp16")
+    elif name == "lstm":
+        net, shape, x = Recurrent(), (1, 7, 6), r.normal(size=(16, 7, 6)).astype(np.float32)
+        want = sum(p.numel() for p in net.parameters())
+        modes = ("int8-dynamic", "fp16")
     else:
-        net, shape, x = Tokens(), (1, 5), r.integers(0, 20, size=(16, 5)).astype(np.int64)
+        net = Tokens() if name == "tokens" else EmbLinear()
+        shape, x = (1, 5), r.integers(0, 20, size=(16, 5)).astype(np.int64)
         want = sum(p.numel() for p in net.parameters())
         modes = ("int8-dynamic", "fp16")
     src = _export(net, name, str(x.dtype), shape, x, tmp_path)
