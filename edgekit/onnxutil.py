@@ -43,6 +43,7 @@ _WEIGHT_SLOTS = {
     "FusedConv": (1, 2), "FusedMatMul": (0, 1), "Attention": (1, 2), "QAttention": (1, 2),
     "SkipLayerNormalization": (2, 3, 4), "SimplifiedLayerNormalization": (1,),
     "SkipSimplifiedLayerNormalization": (2,), "EmbedLayerNormalization": (2, 3, 4, 5, 6),
+    "QEmbedLayerNormalization": (2, 3, 4, 5, 6),
     "BiasGelu": (1,), "FastGelu": (1,), "BiasAdd": (1,),
 }
 # ops that hand a weight on unchanged in value (quantized, cast, re-laid-out) to the op that uses it

@@ -162,3 +162,20 @@ def graph_facts_of(model, tmp_path):
     p = tmp_path / "m.onnx"
     onnx.save(model, str(p))
     return graph_facts(p)["params"]
+
+
+def test_fused_bert_counts_the_same_after_dynamic_int8(tmp_path):
+    # zoo:minilm's path: attention and embedding fusion, then dynamic INT8 (QAttention, QEmbedLayerNormalization)
+    from test_prune_models import TinyBert
+
+    torch.manual_seed(0)
+    net = TinyBert().eval()
+    ids, mask = torch.randint(1, 64, (2, 10)), torch.ones(2, 10, dtype=torch.long)
+    src = tmp_path / "b.onnx"
+    torch.onnx.export(net, (ids, mask), str(src), input_names=["input_ids", "attention_mask"], output_names=["out"],
+                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}}, dynamo=False)
+    static.preprocess(src, tmp_path / "p.onnx")
+    assert dynamic.fuse_transformer(tmp_path / "p.onnx", tmp_path / "f.onnx")
+    dynamic.quantize(tmp_path / "f.onnx", tmp_path / "fq.onnx", QuantSpec(mode="int8-dynamic"))
+    fused = graph_facts(tmp_path / "f.onnx")["params"]
+    assert graph_facts(tmp_path / "fq.onnx")["params"] == fused > 0.9 * sum(p.numel() for p in net.parameters())
