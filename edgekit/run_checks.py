@@ -101,10 +101,12 @@ def check_post_fits(run, sample) -> None:
     from .prepost.pipeline import Pipeline
 
     fp32 = run.staging / "model.fp32.onnx"
-    outs = run_batches(fp32, sample)
+    # one sample, as the device runner post-processes frame by frame: per-image steps (NMS) take one
+    one = sample.take(1)
+    outs = run_batches(fp32, one)
     names = [o.name for o in session(fp32).get_outputs()]
     try:
-        Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(sample.inputs), names=names)
+        Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(one.inputs), names=names)
     except PrepostError as e:
         raise UsageError(f"--preprocess: the post-processing does not fit {run.cfg.model}'s outputs: "
                          f"{str(e).splitlines()[0]}") from None

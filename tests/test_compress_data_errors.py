@@ -396,3 +396,37 @@ def test_an_all_conv_classifier_is_scored_on_accuracy_and_prunes_with_its_labels
     assert fp32["metrics"]["name"] == "accuracy" and fp32["metrics"]["value"] > 0.5
     assert m["source"]["task"] == "classification"
     assert any(a["kind"] == "distilled" for a in m["artifacts"])
+
+
+def test_nms_post_processing_fits_a_batch_dynamic_detector(tmp_path):
+    # the fit check ran the post steps on 8 samples' outputs at once; NMS takes one image's boxes, as the
+    # device runner gives it, so every batch-dynamic detector was refused
+    (tmp_path / "det.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+
+        class Det(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c = nn.Conv2d(3, 8, 3, padding=1)
+                self.box, self.sc = nn.Linear(8, 32), nn.Linear(8, 8)
+
+            def forward(self, x):
+                h = torch.relu(self.c(x)).mean((2, 3))
+                b = self.box(h).view(-1, 8, 4)
+                xy, wh = torch.sigmoid(b[..., :2]) * 12, torch.sigmoid(b[..., 2:]) * 8 + 2
+                return torch.cat([xy, xy + wh], -1), torch.sigmoid(self.sc(h))
+
+        def build():
+            torch.manual_seed(1)
+            return Det()
+    """))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(9).random((40, 3, 16, 16)).astype(np.float32))
+    spec = ('{"post": [{"op": "nms", "inputs": [0, 1], "iou_threshold": 0.3, "score_threshold": 0.4}]}')
+    r = _cli("compress", "det.py:build", "--calib", "calib.npy", "--preprocess", spec, "--no-profile", "--no-tune",
+             "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    # and a spec that really does not fit is still refused: NMS over the boxes' own scores input index 2
+    bad = '{"post": [{"op": "nms", "inputs": [0, 2]}]}'
+    r = _cli("compress", "det.py:build", "--calib", "calib.npy", "--preprocess", bad, "--no-profile", "--no-tune",
+             "-o", "out2", cwd=tmp_path)
+    assert r.returncode == 2 and "the post-processing does not fit" in r.stderr, r.stderr[-800:]
