@@ -197,6 +197,11 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
     """
     pipe, raw = (prepost.get("pipeline"), prepost.get("raw")) if isinstance(prepost, dict) else (prepost, None)
     origin = "given"
+    if raw is None and inputs and callable(getattr(pipe, "raw_from_inputs", None)):
+        # the run's real samples, as the first pre step's raw input (token rows): its example ids may not
+        # even fit this model's vocabulary, and its length is not the data's
+        found = [r for r in (pipe.raw_from_inputs(dict(f)) for f in inputs) if r is not None]
+        raw, origin = (found, "model inputs, as raw input") if found else (None, origin)
     if raw is None:
         for attr in ("example_input", "sample_input", "example_raw"):
             if callable(getattr(pipe, attr, None)):

@@ -84,6 +84,19 @@ def test_text_pipeline_pools_with_the_mask_from_preprocessing():
         pipe.postprocess([hidden])
 
 
+def test_padded_token_rows_mask_their_padding():
+    # a rectangular array is how token rows reach the device runner: its trailing pad_id run was read as
+    # tokens (attention mask 1), so every sentence shorter than the array pooled padding into its embedding
+    pipe = Pipeline.from_spec({"pre": [{"op": "pad_truncate", "pad_id": 0, "padding": "max_length", "max_length": 6}]})
+    rows = np.array([[101, 5, 6, 102, 0, 0], [101, 7, 0, 8, 102, 0]])
+    f = pipe.preprocess(rows)
+    assert f["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]]  # an inner 0 is a token
+    assert f["input_ids"].tolist() == rows.tolist()
+    assert pp.pad_truncate([[101, 5, 0]], pad_id=0)[1].tolist() == [[1, 1, 1]]  # a list is taken as given
+    # the inverse the profiler uses to time the step on the run's real samples
+    assert [r.tolist() for r in pipe.raw_from_inputs(f)] == [[101, 5, 6, 102], [101, 7, 0, 8, 102]]
+
+
 @pytest.mark.parametrize("spec,msg", [
     ([], "prepost: expected an object"),
     ({"pre": [], "postprocess": []}, "prepost: unknown key 'postprocess'; valid keys: pre, post"),
@@ -103,6 +116,10 @@ def test_text_pipeline_pools_with_the_mask_from_preprocessing():
     ({"pre": [{"op": "softmax_topk"}]}, "prepost.pre[0] (softmax_topk): is a post-processing op, not allowed in 'pre'"),
     ({"post": [{"op": "dequantize"}]}, "(dequantize): missing required key 'scale'"),
     ({"pre": [{"op": "pad_truncate", "padding": "max"}]}, "padding: 'max' is not one of longest, max_length"),
+    # passed `prepost check`, compress, bundle and flash, then failed on every image on the device
+    ({"pre": [{"op": "resize_normalize", "size": [8, 8], "mean": [0, 0], "std": [255, 255, 255]}]},
+     "(resize_normalize): mean, std and pad_value must each have 1 value or one per channel, the same number: "
+     "got mean 2, std 3, pad_value 1"),
 ])
 def test_validate_spec_names_the_bad_step_and_key(spec, msg):
     with pytest.raises(PrepostError) as e:

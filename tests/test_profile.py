@@ -320,3 +320,32 @@ def test_runner_feeds_zero_one_integer_masks_to_a_bool_input(tmp_path):
     assert got.dtype == np.bool_ and got.tolist() == [[True, False, True, True]]
     with pytest.raises(ValueError, match="'m' is bool in the model; integer data for it must be 0 or 1"):
         runner.fit_feeds(sess, {"m": np.array([[1, 0, 2, 1]], np.int64)})
+
+
+def test_text_pre_processing_is_timed_on_the_runs_token_rows(tmp_path):
+    # pad_truncate's generic example holds BERT ids (101, 2023): a 50-token model failed the end-to-end
+    # timing ("idx=101 must be within [-50,49]"); the run's real samples are the raw input to time
+    import torch
+
+    from edgekit.prepost.pipeline import Pipeline
+    from edgekit.profile import profile_prepost
+
+    class Emb(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e = torch.nn.Embedding(50, 8)
+
+        def forward(self, input_ids, attention_mask):
+            return (self.e(input_ids) * attention_mask.unsqueeze(-1)).sum(1)
+
+    path = tmp_path / "emb.onnx"
+    torch.onnx.export(Emb().eval(), (torch.ones(2, 6, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=["out"],
+                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}}, dynamo=False)
+    pipe = Pipeline.from_spec({"pre": [{"op": "pad_truncate", "max_length": 12}]})
+    rng = np.random.default_rng(0)
+    samples = [{"input_ids": rng.integers(1, 50, (1, 12)), "attention_mask": np.ones((1, 12), np.int64)}
+               for _ in range(3)]
+    r = profile_prepost(str(path), pipe, inputs=samples, **FAST)
+    assert r["status"] == "ok", r
+    assert r["raw_input"] == "model inputs, as raw input"

@@ -16,7 +16,7 @@ from .boxes import BOX_FORMATS, decode_boxes, nms
 from .errors import PrepostError
 from .image import LAYOUTS, MODES, ResizeNormalize
 from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, softmax_topk
-from .text import PADDING, TRUNCATION, mean_pool_l2, pad_truncate
+from .text import PADDING, TRUNCATION, mean_pool_l2, pad_truncate, token_rows
 
 REQUIRED = object()
 
@@ -29,6 +29,10 @@ class OpDef:
     inputs: tuple = ("prev",)  # values read by default; "prev" is the previous step's result
     kernels: tuple = ()
     example: Callable = None  # params -> tuple of inputs for warm-up
+    # (params, model feed dict) -> the raw input that step turns into those feeds, or None: lets timing
+    # run a pre step on the run's real samples instead of its generic example
+    raw_from_inputs: Callable = None
+    check: Callable = None  # params -> None, raising PrepostError: rules across parameters
     n_inputs: tuple = (1, 1)  # how many inputs a step may name (min, max)
     doc: str = ""
     extra: dict = field(default_factory=dict)
@@ -78,6 +82,16 @@ def _bool(v, name):
 def _opt_axis(v, name):
     if v is not None:
         _check.number(v, name, integer=True)
+
+
+def _channels_agree(p):
+    """mean, std and pad_value give one value for all channels or one per channel, the same count: mean of
+    2 values beside std of 3 fits no image, and was only found on the device."""
+    counts = {k: np.size(p[k]) for k in ("mean", "std", "pad_value")}
+    per_channel = {n for n in counts.values() if n != 1}
+    if len(per_channel) > 1:
+        raise PrepostError("mean, std and pad_value must each have 1 value or one per channel, the same "
+                           "number: got " + ", ".join(f"{k} {n}" for k, n in counts.items()))
 
 
 def _build_resize(p, backend):
@@ -138,7 +152,7 @@ OPS: dict = {
         ("pre",), {"size": (REQUIRED, _size), "mean": (0.0, _vec), "std": (255.0, _std),
                    "layout": ("NCHW", _one_of(LAYOUTS)), "mode": ("stretch", _one_of(MODES)),
                    "crop_fraction": (1.0, _num(0.0, 1.0)), "pad_value": (114.0, _vec), "swap_rb": (False, _bool)},
-        _build_resize, kernels=("resize_normalize",),
+        _build_resize, kernels=("resize_normalize",), check=_channels_agree,
         example=lambda p: (np.full((480, 640, max(np.size(p[k]) for k in ("mean", "std", "pad_value"))), 127,
                                    np.uint8),),
         doc="uint8 image(s) -> float32 NCHW/NHWC: bilinear resize, crop/letterbox, (x - mean) / std"),
@@ -146,7 +160,8 @@ OPS: dict = {
         ("pre",), {"max_length": (None, _int(1, optional=True)), "pad_id": (0, _int()),
                    "padding": ("longest", _one_of(PADDING)), "truncation": ("right", _one_of(TRUNCATION))},
         _build_pad, kernels=("pad_truncate",),
-        example=lambda p: ([[101, 2023, 2003, 102], [101, 102]],),
+        # ids 1-4 are rows of every embedding table (BERT's [CLS]=101 is not, in a 100-token vocabulary)
+        example=lambda p: ([[1, 2, 3, 4], [1, 2]],), raw_from_inputs=lambda p, feeds: token_rows(feeds),
         doc="token id lists -> {input_ids, attention_mask}"),
     "softmax_topk": OpDef(
         ("post",), {"k": (5, _int(1))}, _build_softmax, kernels=("softmax_topk", "softmax_topk_f64"),

@@ -52,6 +52,11 @@ def _resolve_params(stage, i, step) -> tuple:
         except PrepostError as e:
             raise PrepostError(f"{w}: {e}") from None
         params[key] = step[key]
+    if d.check is not None:
+        try:
+            d.check(params)
+        except PrepostError as e:
+            raise PrepostError(f"{w}: {e}") from None
     inputs = step.get("inputs", list(d.inputs))
     if not isinstance(inputs, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in inputs):
         raise PrepostError(f"{w}: 'inputs' must be a list of names or output positions, got {inputs!r}")
@@ -157,6 +162,15 @@ class Pipeline:
         else:
             env["0"] = first = outputs
         return self._run(self.post, env, first)
+
+    def raw_from_inputs(self, feeds: dict):
+        """The raw input the first pre step turns into these model feeds, where that step can say (token
+        rows from input_ids + attention_mask), else None."""
+        if not self.pre:
+            return None
+        first = self.pre[0]
+        inv = OPS[first.op].raw_from_inputs
+        return inv(first.params, feeds) if inv is not None else None
 
     def example_input(self):
         """A representative raw input for the first pre step (e.g. a 480x640 RGB frame), for timing."""

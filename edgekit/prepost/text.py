@@ -31,9 +31,25 @@ def _pad_kernel(flat, offsets, left, pad_id, ids, mask):  # pragma: no cover - c
             mask[r, j] = 0
 
 
-def _sequences(token_ids):
+def token_rows(feeds: dict):
+    """The token id rows pad_truncate made these model feeds from (input_ids where attention_mask is set),
+    or None when the feeds have no input_ids."""
+    ids = feeds.get("input_ids") if isinstance(feeds, dict) else None
+    if ids is None:
+        return None
+    ids = np.asarray(ids)
+    mask = feeds.get("attention_mask")
+    mask = np.ones(ids.shape, bool) if mask is None else np.asarray(mask) != 0
+    return [row[m] for row, m in zip(ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, ids.shape[-1]))]
+
+
+def _sequences(token_ids, pad_id=None):
     if isinstance(token_ids, np.ndarray) and token_ids.ndim == 2:
         rows = list(token_ids)
+        if pad_id is not None:
+            # a rectangular array is how padded rows arrive (an .npy on the device): the pad_id run at
+            # the end of a row is padding, and must get attention mask 0, not 1
+            rows = [r[:_unpadded_length(r, pad_id)] for r in rows]
     elif isinstance(token_ids, (list, tuple)):
         rows = token_ids
     else:
@@ -45,9 +61,15 @@ def _sequences(token_ids):
     return seqs
 
 
+def _unpadded_length(row, pad_id) -> int:
+    keep = np.flatnonzero(np.asarray(row) != pad_id)
+    return int(keep[-1]) + 1 if keep.size else 0
+
+
 def pad_truncate(token_ids, max_length: int | None = None, pad_id: int = 0, *, padding: str = "longest",
                  truncation: str = "right", backend: str = "auto"):
-    """(input_ids, attention_mask), both int64 (N, L), from N tokenised sequences.
+    """(input_ids, attention_mask), both int64 (N, L), from N tokenised sequences: lists of ids, or a 2-D
+    array of rows already padded at the end with pad_id (those positions get attention mask 0).
 
     padding "longest": L = the longest sequence, capped at max_length; "max_length": L = max_length.
     Sequences longer than L lose tokens on the `truncation` side ("right" or "left").
@@ -55,7 +77,7 @@ def pad_truncate(token_ids, max_length: int | None = None, pad_id: int = 0, *, p
     _check.choice(padding, "padding", PADDING)
     _check.choice(truncation, "truncation", TRUNCATION)
     pad = _check.number(pad_id, "pad_id", integer=True)
-    seqs = _sequences(token_ids)
+    seqs = _sequences(token_ids, pad)
     lengths = np.array([len(s) for s in seqs], np.int64)
     if max_length is not None:
         max_length = _check.number(max_length, "max_length", lo=1, integer=True)
