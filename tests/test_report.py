@@ -344,3 +344,27 @@ def test_sizes_are_named_in_powers_of_1024():
 
     # 116068 bytes read "113 KB" beside the console's "113.3 KiB"
     assert (fmt.size(116068), fmt.size(512), fmt.size(3 * 1024 ** 2)) == ("113 KiB", "512 B", "3.0 MiB")
+
+
+def test_quantization_trials_show_the_fp32_time_their_speed_up_is_over(runs, single):
+    # trials are timed minutes apart, each interleaved with its own FP32 round: a speed-up that did not
+    # follow from the latency column beside it read as an arithmetic error
+    man = _manifest(runs[0])
+    md = (single[1] / "report.md").read_text()
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| # | Trial"))
+    cols = [c.strip() for c in lines[start].strip().strip("|").split(" | ")]
+    assert "FP32 ms, same round" in cols
+    rows = []
+    for line in lines[start + 2:]:  # the first trials table, in trial order
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(cols, [c.strip() for c in line.strip().strip("|").split(" | ")])))
+    trials = next(iter(man["quantization"].values()))["trials"]
+    assert len(rows) == len(trials) > 0
+    for t, row in zip(trials, rows):
+        if t.get("error"):
+            continue
+        assert row["FP32 ms, same round"] == fmt.ms(t["fp32_ms"])
+        assert row["Speed-up"] == fmt.ratio(t["fp32_ms"] / t["latency_ms"])
+    assert "Speed-up: the FP32 time measured in the same interleaved round" in md

@@ -213,6 +213,7 @@ def quantization_records(q) -> list:
             trials.append({"name": str(t.get("name", "")), "phase": t.get("phase"),
                            "config": t.get("config") or {}, "metric": _num(t.get("metric")),
                            "drop_rel": _num(t.get("drop_rel")), "latency_ms": _num(t.get("latency_ms")),
+                           "fp32_ms": _num(t.get("fp32_ms")),
                            "speedup": _num(t.get("speedup")), "passed": bool(t.get("passed")),
                            "fp32_nodes": list(t.get("fp32_nodes") or []), "error": t.get("error")})
         out.append({"parent": parent or None, "trials": trials, "isa": rec.get("isa") or {},
