@@ -67,6 +67,9 @@ def test_profile_onnx_files_json_and_errors(tmp_path, capsys):
     res = rep["runs"][0]["results"]
     assert rep["runs"][0]["target"] == "x86-laptop" and set(res) == {"a", "b"}
     assert "op_breakdown" not in res["a"] and res["a"]["providers_by_node"] == {"CPUExecutionProvider": 3}
+    # a target given twice is measured once (it ran the whole sweep twice)
+    assert _exit(["profile", a, "-t", "x86-laptop", "-t", "x86-laptop", "--json", "--no-op-profile", *FAST]) == 0
+    assert [r["target"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["x86-laptop"]
     # only an unavailable target: a clear error and exit 1, the report still written
     out = tmp_path / "gpu.json"
     if _exit(["profile", a, "--target", "nvidia-gpu", "-o", str(out), *FAST]) == 1:

@@ -44,7 +44,8 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
 
     check_output_file(output, "-o/--output")
     con = console()
-    report = run_profile(list(artifacts), list(targets) or [DEFAULT_TARGET], inputs=inputs,
+    # a target named twice is one target: measuring it twice only doubled the sweep (compress dedupes too)
+    report = run_profile(list(artifacts), list(dict.fromkeys(targets)) or [DEFAULT_TARGET], inputs=inputs,
                          batches=tuple(batches), threads=tuple(threads) or (None,),
                          with_prepost=with_prepost, raw=raw, warmup=warmup, min_runs=min_runs,
                          min_seconds=min_seconds, max_seconds=max_seconds, op_profile=not no_op_profile,

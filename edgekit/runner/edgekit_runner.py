@@ -927,7 +927,7 @@ def main(argv=None) -> int:
     r.add_argument("--model", help="the .onnx to run (default: the bundle's model with --bundle)")
     r.add_argument("--bundle", help="a bundle directory (bundle.json): its model and its pre/post steps")
     r.add_argument("--inputs", help=".npz with one array per input name (or a .npy), leading axis = samples; "
-                   "without it, one generated sample")
+                   "without it, one generated model input (only without pre steps: those need the raw input)")
     r.add_argument("--out", required=True, help=".npz of the outputs, one row per sample")
     r.add_argument("--no-prepost", action="store_true",
                    help="skip the bundle's pre/post steps: --inputs are model inputs and --out holds the model's "
