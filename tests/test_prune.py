@@ -501,3 +501,33 @@ def test_mlp_mixer_prunes_what_it_can(tmp_path):
     assert m.blocks[0].ch[0].out_features < 64 and m.blocks[1].tok[0].out_features < 32
     assert any("a transpose or reshape pruning cannot follow" in n for n in res.info["ignored"])
     _export_and_run(res, src, tmp_path)
+
+
+class ResidualOnStem(nn.Module):
+    """c2 adds onto the first conv's output and dw is depthwise over that sum: all tied to the kept stem."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c3 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.b1(self.c1(x)))
+        h = torch.relu(h + self.b2(self.c2(h)))
+        return self.fc(torch.relu(self.c3(torch.relu(self.dw(h)))).mean((2, 3)))
+
+
+def test_layers_held_whole_by_a_kept_layer_are_named(tmp_path, capsys):
+    # "ratio 0.5" with only c3 cut (31% of parameters, above the old threshold): no note said that c2 and
+    # dw were held at full width by the kept first conv through the residual add
+    src = make_source(init_bn(ResidualOnStem()), {"input": ((3, 8, 8), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.5, channel_multiple=4)
+    assert res.info["channels"]["c3"][:2] == [32, 16]
+    note = next(n for n in res.info["notes"] if n.startswith("pruning removed"))
+    for name in ("c2", "dw"):
+        assert f"{name} (Conv2d, " in note and "tied to a layer kept whole" in note, note
+    assert "c1 (Conv2d, 448 params; first conv)" in note
+    assert note in capsys.readouterr().err

@@ -91,22 +91,35 @@ def shortfall(before: int, after: int, ratio: float, plan, *, teacher=None, mode
     """A note when far fewer parameters went than the ratio suggests, naming the layers that kept
     their parameters (largest first) and why, where that is known."""
     removed = before - after
+    if before <= 0 or ratio <= 0:
+        return None
+    whole = unpruned_modules(teacher, model) if teacher is not None and model is not None else None
+    why = _reasons(plan, model) if whole else {}
+    # cut layers left whole for no reason of their own: their channels are tied to a kept layer's (a residual
+    # add onto the first conv's output keeps every conv writing into that sum), which the ratio hides
+    tied = [(name, n) for name, kind, n in (whole or []) if kind in _CUT_KINDS and name not in why]
     # `ratio` is a fraction of channels; cutting both sides of a layer removes more parameters than
-    # that, so only a removal under half of it is worth a word
-    if before <= 0 or ratio <= 0 or removed / before >= ratio / 2:
+    # that, so only a removal under half of it is worth a word, unless layers held whole by others keep a
+    # good share of what remains (a fifth)
+    short = removed / before < ratio / 2
+    if not short and sum(n for _, n in tied) * 5 < max(after, 1):
         return None
     head = f"pruning removed {removed:,} of {before:,} parameters ({removed / before:.1%}) at ratio {ratio:g}"
-    whole = unpruned_modules(teacher, model) if teacher is not None and model is not None else None
     if not whole:
         return f"{head}: {_kept(plan)}"
+    for name, _ in ([] if short else tied):
+        why[name] = ("its channels are tied to a layer kept whole (a residual add, a concat, a depthwise conv), or "
+                     "round back to the channel multiple")
     kept = sum(n for _, _, n in whole)
     share = "most" if kept * 2 > after else f"{kept:,} of the {after:,} remaining"
-    why = _reasons(plan, model)
     shown = [f"{name} ({kind}, {n:,} params{'; ' + why[name] if name in why else ''})" for name, kind, n in whole[:4]]
     more = f", and {len(whole) - 4} more" if len(whole) > 4 else ""
     # a GroupNorm that holds the width is named even when its own parameters are few
     shown += [f"{name} ({why[name]})" for name, kind, _ in whole[4:] if kind == "GroupNorm" and name in why]
     return f"{head}: {share} parameters are in layers pruning left whole: {', '.join(shown)}{more}"
+
+
+_CUT_KINDS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Linear")
 
 
 def unpruned_modules(teacher, model) -> list:
