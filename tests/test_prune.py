@@ -248,6 +248,22 @@ def test_sparsity_modes(tmp_path):
     res = stage.run(src, ctx, PruneConfig(sparsity="2:4"), NO_DISTILL, distill_enabled=False)
     w = res.module[3].weight.reshape(64, -1, 4)
     assert ((w == 0).sum(-1) >= 2).all()
+    with pytest.raises(UsageError, match=r"--ratio 0.3 does not apply to 2:4 sparsity"):  # it was ignored silently
+        stage.run(src, ctx, PruneConfig(sparsity="2:4", ratio=0.3), NO_DISTILL, distill_enabled=False)
+
+
+def test_two_four_groups_run_along_input_channels(tmp_path):
+    # sparse tensor cores group 4 input channels at one kernel position (NHWC GEMM); groups of the flattened
+    # in x kh x kw axis mixed kernel positions of one channel
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    src = make_source(model.eval(), {"input": ((3, 8, 8), "float32", None)})
+    res = stage.run(src, make_ctx(src, tmp_path), PruneConfig(sparsity="2:4"), NO_DISTILL, distill_enabled=False)
+    w = res.module[2].weight  # [16, 8, 3, 3]
+    groups = w.permute(0, 2, 3, 1).reshape(16, 3, 3, 2, 4)  # 4 input channels at each kernel position
+    assert ((groups == 0).sum(-1) == 2).all()
+    assert torch.equal(res.module[0].weight, src.module[0].weight)  # 3 input channels: not applicable
 
 
 def test_head_counts_helper_and_example_inputs():

@@ -121,3 +121,18 @@ def test_compress_with_pruning_says_where_distillation_time_went(user_model):
     # the stage table showed "distill 0.0 s" and the training time under prune, unexplained
     assert st["distill"].status == "done" and "ran inside the prune stage" in st["distill"].reason
     assert "ran inside the prune stage" in (out / "report.md").read_text()
+
+
+def test_sparse_prune_says_what_it_zeroed(user_model, capsys):
+    # the step table was printed empty for --sparsity, and --ratio beside 2:4 was ignored
+    d, f, w = user_model
+    base = ["prune", f"{f}:build", "--weights", str(w), "--calib", str(d / "calib.npy"), "--eval",
+            str(d / "eval.npz"), "--no-distill", "--sparsity", "2:4"]
+    assert _run(base + ["-o", str(d / "sp")]) == 0
+    man = load_manifest(d / "sp")
+    sp = man.pruning["sparsity"]
+    err = " ".join(capsys.readouterr().err.split())  # the summary goes to stderr, wrapped by rich
+    assert f"{sp['zeros']:,} of {sp['total']:,} weights zero ({sp['sparsity']:.1%})" in err, err
+    assert "latency ms" not in err  # no empty step table
+    assert _run(base + ["--ratio", "0.3", "-o", str(d / "sp2")]) == 2 and not (d / "sp2").exists()
+    assert "--ratio 0.3 does not apply to 2:4 sparsity" in capsys.readouterr().err

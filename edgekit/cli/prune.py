@@ -94,6 +94,14 @@ def _summary(man, output):
 
     p = man.pruning
     c = console()
+    if p.get("sparsity"):
+        # no prune steps to tabulate: weights were zeroed in place
+        sp = p["sparsity"]
+        c.print(f"edgekit prune -> {output}: {p.get('method')}: {sp.get('zeros', 0):,} of {sp.get('total', 0):,} "
+                f"weights zero ({sp.get('sparsity', 0):.1%}) in {len(p.get('sparse_layers', []))} layers; compressed "
+                f"size {p.get('compressed_bytes_before', 0) / 1024:.1f} -> {p.get('compressed_bytes_after', 0) / 1024:.1f} KiB")
+        _artifacts_and_notes(c, man, p)
+        return
     tab = Table(title=f"edgekit prune -> {output}")
     for col in ("step", "ratio", "params", "MACs", "latency ms", p.get("metric_name", "metric")):
         tab.add_column(col, justify="right")
@@ -101,6 +109,10 @@ def _summary(man, output):
         lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") is not None else "-"
         tab.add_row(str(s["step"]), f"{s['ratio']:.2f}", f"{s['params']:,}", f"{s['macs']:,}", lat, f"{s['metric']:.4f}")
     c.print(tab)
+    _artifacts_and_notes(c, man, p)
+
+
+def _artifacts_and_notes(c, man, p):
     for a in man.artifacts:
         m = a.metrics or {}
         c.print(f"{a.path}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', 0):.4f}")

@@ -40,21 +40,26 @@ def magnitude(model, ratio: float, *, skip=()) -> dict:
 
 
 def two_four(model, *, skip=()) -> dict:
-    """In every group of 4 consecutive input weights keep the 2 largest (NVIDIA's 2:4 pattern)."""
+    """In every group of 4 consecutive input channels keep the 2 largest weights (NVIDIA's 2:4 pattern).
+
+    Sparse tensor cores run a conv as a GEMM whose reduction axis is (kernel row, kernel column, input
+    channel) with the channel innermost (NHWC): a group is 4 input channels at one kernel position, not 4
+    neighbours of the flattened in x kh x kw axis (which mixed kernel positions of one channel)."""
     import torch
 
     layers = []
     with torch.no_grad():
         for name, m in _prunable(model, set(skip)):
             w = m.weight
-            # groups run along the input (reduction) axis: out x (in * kernel)
-            flat = w.reshape(w.shape[0], -1)
-            if flat.shape[1] % 4:
-                continue  # e.g. a 1-channel stem conv: the pattern does not apply
-            g = flat.reshape(flat.shape[0], -1, 4)
+            if w.dim() < 2 or w.shape[1] % 4:
+                continue  # a 3-channel stem or a depthwise conv (1 input channel per group): not applicable
+            order = (0, *range(2, w.dim()), 1)  # out, kernel..., in
+            wp = w.permute(order).contiguous()
+            g = wp.reshape(w.shape[0], -1, 4)
             keep = torch.zeros_like(g, dtype=torch.bool)
             keep.scatter_(2, g.abs().topk(2, dim=2).indices, True)
-            w.copy_((g * keep).reshape(w.shape))
+            back = [order.index(i) for i in range(w.dim())]
+            w.copy_((g * keep).reshape(wp.shape).permute(back))
             layers.append((name, m))
     return _zeros(layers)
 

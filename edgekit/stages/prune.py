@@ -168,6 +168,9 @@ def _sparse(source, ctx, prune, teacher, example, metric, base, t0) -> PruneResu
     plan = graph.make_plan(model, example, ignore_names=prune.ignore, keep_first=prune.keep_first)
     bytes_before = sparsity.compressed_bytes(model)
     if prune.sparsity == "2:4":
+        if prune.ratio and prune.ratio != 0.5:
+            raise UsageError(f"--ratio {prune.ratio:g} does not apply to 2:4 sparsity, which zeroes 2 of every 4 "
+                             "weights (0.5); drop --ratio, or use --sparsity unstructured for another ratio")
         facts = sparsity.two_four(model, skip=plan.ignored)
         ratio = 0.5
     else:
