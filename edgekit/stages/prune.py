@@ -128,8 +128,14 @@ def _search_ratio(teacher, source, ctx, prune, plan_kw, round_to, example, expor
     info["latency_search"] = {"target": str(target), "candidates": recs, "ratio": ratio,
                               "measured_with": "edgekit.profile" if _has_profiler() else "onnxruntime, interleaved"}
     if ratio is None:
+        # say what holds the latency up: the layers even the largest ratio leaves whole (tied to a kept layer)
+        from ..pruning.schedule import unpruned_modules
+
+        whole = unpruned_modules(teacher, candidate(latency_search.HI))[:4]
+        held = ("; layers left whole at that ratio: " + ", ".join(f"{n} ({k}, {c:,} params)" for n, k, c in whole)
+                if whole else "")
         raise EdgekitError(f"--target-latency {target}: not reached even at ratio {latency_search.HI} "
-                           f"(measured {recs[-1]['latency_x']:.2f}x of the unpruned model)")
+                           f"(measured {recs[-1]['latency_x']:.2f}x of the unpruned model){held}")
     if prune.method == "taylor":
         info["notes"].append("latency search ranked channels by l2 magnitude (taylor needs gradients per candidate)")
     return ratio
