@@ -320,6 +320,7 @@ def _flashed_then_damaged(tmp_path):
     model = dev / "versions" / v0.version / "model.fp32.onnx"
     good = model.read_bytes()
     model.write_bytes(good[:100])
+    (model.parent / "notes.txt").write_text("mine")  # the user's own file beside the model
     return dev, v0, devs, model, good
 
 
@@ -331,8 +332,32 @@ def test_reflashing_the_active_version_repairs_a_damaged_copy(tmp_path):
     assert any("was damaged" in w and "model.fp32.onnx" in w for w in res.warnings)
     assert model.read_bytes() == good
     assert _active_hashes(dev) == (f"versions/{v0.version}", _want(v0))
-    assert os.listdir(dev / ".incoming") == []  # neither the upload nor the damaged copy is left behind
+    assert os.listdir(dev / ".incoming") == []  # the upload went into place
+    # the damaged copy is kept where the warning says, with a file the user had put beside the model
+    (kept,) = os.listdir(dev / "damaged")
+    assert f"damaged/{kept}" in " ".join(res.warnings)
+    assert (dev / "damaged" / kept / "notes.txt").read_text() == "mine"
     assert flash_many(devs, v0)[0].status == "up-to-date"
+
+
+def test_repair_interrupted_between_its_renames_puts_the_damaged_copy_back(tmp_path, monkeypatch):
+    # Ctrl-C (KeyboardInterrupt, not an Exception) between moving the damaged copy aside and moving the
+    # fresh one in left `current` pointing at nothing
+    from edgekit.flash import transport_path
+
+    dev, v0, devs, model, good = _flashed_then_damaged(tmp_path)
+    real = transport_path.PathTransport.rename
+
+    def rename(self, src, dst):
+        if ".incoming" in str(src):
+            raise KeyboardInterrupt
+        return real(self, src, dst)
+
+    monkeypatch.setattr(transport_path.PathTransport, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        flash_many(devs, v0)
+    assert os.readlink(dev / "current") == f"versions/{v0.version}"
+    assert model.read_bytes() == good[:100]  # the damaged copy, back in place: no less than before
 
 
 def test_repair_that_fails_its_selftest_keeps_the_damaged_active_copy(tmp_path):

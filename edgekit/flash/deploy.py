@@ -232,9 +232,10 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                 raise
         with step("activate", emit, dev):
             if damaged_active:
-                _replace_damaged(t, L, stage, vdir)
+                aside = _replace_damaged(t, L, stage, vdir)
                 res.warnings.append(f"the active version {version} was damaged on the device "
-                                    f"({'; '.join(damaged_active[:3])}); replaced with the bundle's verified copy")
+                                    f"({'; '.join(damaged_active[:3])}); replaced with the bundle's verified copy; "
+                                    f"the damaged copy (and any file added to it) is kept at {aside}")
             elif stage != vdir:
                 t.rename(stage, vdir)
             switch_current(t, L, version)
@@ -257,19 +258,20 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
 
 
 def _replace_damaged(t, L: Layout, stage: str, vdir: str) -> None:
-    """Swap a verified, self-tested copy in for the damaged active one. `current` names vdir, so between
-    the two renames it points at nothing for an instant (it pointed at broken files before); if the
-    second rename fails the damaged copy goes back, so the device is never left with less than it had."""
-    # not named "<version>-...": the next upload removes it as stale instead of resuming from it
-    aside = L(".incoming", f"damaged-{posixpath.basename(vdir)}-{os.urandom(4).hex()}")
+    """Swap a verified, self-tested copy in for the damaged active one; returns where the damaged copy
+    went (PATH/damaged/, left for the user: it may hold files they added). `current` names vdir, so
+    between the two renames it points at nothing for an instant (it pointed at broken files before); if
+    the second rename fails or is interrupted, the damaged copy goes back."""
+    # kept, not deleted: files the user added beside the bundle's live in that folder too
+    t.makedirs(L("damaged"))
+    aside = L("damaged", f"{posixpath.basename(vdir)}-{os.urandom(4).hex()}")
     t.rename(vdir, aside)
     try:
         t.rename(stage, vdir)
-    except Exception:
+    except BaseException:  # Ctrl-C between the renames too: the device must not be left without a model
         t.rename(aside, vdir)
         raise
-    with contextlib.suppress(Exception):
-        t.rmtree(aside)
+    return aside
 
 
 def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, area: str = ".incoming") -> str:
