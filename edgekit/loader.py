@@ -138,8 +138,12 @@ def classifier_output(model) -> bool:
     """True when the first output is class scores (class_scores_shape)."""
     if not model.graph.output:
         return False
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    return class_scores_shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims])
+    from onnx import TensorProto
+
+    t = model.graph.output[0].type.tensor_type
+    if t.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16):
+        return False  # class ids or a mask, not scores
+    return class_scores_shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim])
 
 
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
@@ -312,7 +316,12 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         out_names = unique_output_names(named, {s.name for s in inputs})
     else:
         out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-    task = "classification" if class_scores_shape(list(outputs[0].shape)) else "generic"
+    # class scores follow the batch and are float: a constant [5, 4] anchor buffer or a bool [N, 4] mask
+    # first was scored as top-1 accuracy (and crashed against the labels' length)
+    first = outputs[0]
+    follows = fixed is not None or (first.ndim and first.shape[0] == 2)
+    task = "classification" if follows and first.dtype.kind == "f" and class_scores_shape(list(first.shape)) \
+        else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
     # only outputs that followed the probe's batch of 2: a constant output (anchors, a [5, 4] buffer) was
     # declared [batch, 4] in the FP32 file and [5, 4] in the INT8 one

@@ -10,6 +10,7 @@ A measurement is {"status": "ok", ...numbers...}; anything that could not be mea
 """
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 
@@ -219,6 +220,12 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
             pipe.warmup()  # JIT compile outside the timed runs
         sess = runner.open_session(model_path, providers, threads)
         names = [i.name for i in sess.get_inputs()]
+        out_names = [o.name for o in sess.get_outputs()]
+        # as the device runner calls it: post steps may read model inputs (attention_mask) or outputs by name
+        named_post = "feeds" in inspect.signature(pipe.postprocess).parameters
+
+        def post_kw(x):
+            return {"feeds": x, "names": out_names} if named_post else {}
         if not raw:  # post steps only and no real sample: the model's own input, generated as bench does
             try:
                 raw = [runner.make_feeds(sess)]
@@ -239,7 +246,7 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
             t1 = clock()
             outs = sess.run(None, x)
             t2 = clock()
-            pipe.postprocess(outs)
+            pipe.postprocess(outs, **post_kw(x))
             t3 = clock()
             parts["pre"].append((t1 - t0) * 1e3)
             parts["model"].append((t2 - t1) * 1e3)

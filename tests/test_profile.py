@@ -349,3 +349,30 @@ def test_text_pre_processing_is_timed_on_the_runs_token_rows(tmp_path):
     r = profile_prepost(str(path), pipe, inputs=samples, **FAST)
     assert r["status"] == "ok", r
     assert r["raw_input"] == "model inputs, as raw input"
+
+
+
+def test_post_steps_reading_model_inputs_are_timed(tmp_path):
+    # mean_pool_l2 reads the attention mask the pre step made, as on the device; the timing path called
+    # postprocess(outputs) alone and failed ("input 'attention_mask' not found")
+    import torch
+
+    from edgekit.prepost.pipeline import Pipeline
+    from edgekit.profile import profile_prepost
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e = torch.nn.Embedding(30, 8)
+
+        def forward(self, input_ids, attention_mask):
+            return self.e(input_ids) * attention_mask.unsqueeze(-1)
+
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(Enc().eval(), (torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)), str(path),
+                      input_names=["input_ids", "attention_mask"], output_names=["hidden"],
+                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                    "hidden": {0: "b", 1: "s"}}, dynamo=False)
+    pipe = Pipeline.from_spec({"pre": [{"op": "pad_truncate"}], "post": [{"op": "mean_pool_l2"}]})
+    r = profile_prepost(str(path), pipe, **FAST)
+    assert r["status"] == "ok", r

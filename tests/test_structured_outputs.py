@@ -191,3 +191,38 @@ def test_a_constant_output_keeps_its_own_leading_axis(tmp_path):
     art = export_module(src.module, src, tmp_path / "m.onnx", data=Dataset({"x": _x(16)["input"]}))
     shapes = {o["name"]: o["shape"] for o in art.outputs}
     assert shapes == {"scores": ["batch", 10], "anchors": [5, 4]}, shapes
+
+
+
+def test_a_constant_or_boolean_first_output_is_not_scored_as_classes(tmp_path):
+    # (anchors [5, 4], logits) with labels crashed in scoring ("operands could not be broadcast"); a bool
+    # [N, 4] mask was scored as top-1 accuracy over its columns
+    p = tmp_path / "firsts.py"
+    p.write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+
+        class Anchors(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(64, 10)
+                self.register_buffer("anchors", torch.zeros(5, 4))
+
+            def forward(self, x):
+                return self.anchors, self.fc(x)
+
+        class Mask(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(64, 4)
+
+            def forward(self, x):
+                return self.fc(x) > 0
+
+        def anchors():
+            return Anchors()
+
+        def mask():
+            return Mask()
+    """))
+    assert load_python(str(p), "anchors", sample_inputs=_x()).task == "generic"
+    assert load_python(str(p), "mask", sample_inputs=_x()).task == "generic"
