@@ -621,11 +621,10 @@ def flatten_outputs(module, names: list):
     expected = list(names)
 
     def forward(self, *xs, **kw):
-        leaves = output_leaves(base.forward(self, *xs, **kw))
-        got = [n for n, _ in leaves]
-        if got != expected:
-            raise RuntimeError(f"forward() returned outputs {got}, not the {expected} it returned when loaded")
-        return tuple(v for _, v in leaves)
+        leaves = dict(output_leaves(base.forward(self, *xs, **kw)))
+        if sorted(leaves) != sorted(expected):  # matched by name: a dict built in another order is the same
+            raise RuntimeError(f"forward() returned outputs {list(leaves)}, not the {expected} it returned when loaded")
+        return tuple(leaves[n] for n in expected)
 
     cls = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
                                          "__qualname__": base.__qualname__, "edgekit_output_names": tuple(expected)})

@@ -226,3 +226,42 @@ def test_a_constant_or_boolean_first_output_is_not_scored_as_classes(tmp_path):
     """))
     assert load_python(str(p), "anchors", sample_inputs=_x()).task == "generic"
     assert load_python(str(p), "mask", sample_inputs=_x()).task == "generic"
+
+
+def test_a_dict_student_is_matched_to_the_teacher_by_name(tmp_path):
+    # a student returning the teacher's keys in another order crashed after training ("'dict' object has no
+    # attribute 'numpy'"); one returning other outputs failed after training with the blame on the teacher
+    from edgekit.stages.distill import load_student
+
+    p = tmp_path / "kd.py"
+    p.write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        class T(nn.Module):
+            def __init__(self, order, width=32):
+                super().__init__()
+                self.body, self.head, self.order = nn.Linear(64, width), nn.Linear(width, 10), order
+
+            def forward(self, x):
+                y = self.head(self.body(x).relu())
+                d = {"logits": y, "prob": y.softmax(-1)}
+                return {k: d[k] for k in self.order} if self.order else y
+
+        def teacher():
+            return T(["logits", "prob"])
+
+        def reversed_student():
+            return T(["prob", "logits"], width=8)
+
+        def plain_student():
+            return T(None, width=8)
+    """))
+    src = load_python(str(p), "teacher", sample_inputs=_x())
+    assert src.outputs == ["logits", "prob"]
+    example = (torch.from_numpy(_x(2)["input"]),)
+    student = load_student(f"{p}:reversed_student", src, example)
+    out = student(*example)
+    assert isinstance(out, tuple) and out[0].shape == (2, 10) and torch.allclose(out[1].sum(1), torch.ones(2))
+    with pytest.raises(InputError, match=r"--student .*plain_student: returns outputs \['output'\]; the teacher "
+                                         r"returns \['logits', 'prob'\]"):
+        load_student(f"{p}:plain_student", src, example)

@@ -345,12 +345,41 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
     if example is not None:
         with torch.no_grad():
             try:
-                s_out = first_tensor(student(*example))
+                raw = student(*example)
             except Exception as e:
                 raise InputError(f"--student {spec}: forward() failed on the teacher's inputs: "
                                  f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+            student = _same_outputs(student, raw, source, spec)
+            s_out = first_tensor(student(*example))
             t_out = first_tensor(source.module(*example))
         if s_out.shape != t_out.shape:
             raise InputError(f"--student {spec}: output shape {list(s_out.shape)} differs from the teacher's "
                              f"{list(t_out.shape)}")
     return student
+
+
+def _same_outputs(student, raw, source, spec: str):
+    """The student, returning the teacher's outputs in the teacher's order (a dict / namedtuple result is
+    flattened by name), or an InputError before any training: the student is exported under the teacher's
+    output names, so a student with other outputs failed only after training, blamed on the teacher."""
+    import torch
+
+    from ..loader import flatten_outputs, output_leaves
+
+    got = [n for n, _ in output_leaves(raw)]
+    names = getattr(source.module, "edgekit_output_names", None)
+    if names is not None:
+        if getattr(student, "edgekit_output_names", None) is None:
+            if sorted(got) != sorted(names):
+                raise InputError(f"--student {spec}: returns outputs {got}; the teacher returns {list(names)}, and "
+                                 "the student must return the same ones")
+            student = flatten_outputs(student, list(names))
+        return student
+    plain = isinstance(raw, torch.Tensor) or (isinstance(raw, (tuple, list)) and not hasattr(raw, "_fields"))
+    n_teacher = len(source.outputs or [None])
+    if not plain or len(got) != n_teacher:
+        what = "a dict or namedtuple" if not plain else f"{len(got)} output(s)"
+        raise InputError(f"--student {spec}: returns {what}; the teacher returns {n_teacher} tensor output(s) "
+                         f"({', '.join(source.outputs or [])}), and the student must return the same")
+    return student
+
