@@ -291,3 +291,14 @@ def test_bundle_output_that_is_a_folder_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"is a directory; -o names the bundle file to write \(e.g. run.ekb\)"):
         build_bundle(out, out)  # was "internal error: IsADirectoryError"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bundle_replaces_an_older_bundle_but_not_another_file(tmp_path):
+    # -o naming the user's own file replaced it without a word
+    out = make_outdir(tmp_path / "run")
+    build_bundle(out, tmp_path / "m.ekb")
+    build_bundle(out, tmp_path / "m.ekb", artifact="fp32")  # re-bundling over a bundle: expected
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"notes.txt: exists and is not an edgekit bundle; not replacing it"):
+        build_bundle(out, tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

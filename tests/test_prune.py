@@ -250,6 +250,8 @@ def test_sparsity_modes(tmp_path):
     assert ((w == 0).sum(-1) >= 2).all()
     with pytest.raises(UsageError, match=r"--ratio 0.3 does not apply to 2:4 sparsity"):  # it was ignored silently
         stage.run(src, ctx, PruneConfig(sparsity="2:4", ratio=0.3), NO_DISTILL, distill_enabled=False)
+    with pytest.raises(UsageError, match=r"--head-ratio 0.3 does not apply to --sparsity"):
+        stage.run(src, ctx, PruneConfig(sparsity="2:4", head_ratio=0.3), NO_DISTILL, distill_enabled=False)
 
 
 def test_two_four_groups_run_along_input_channels(tmp_path):

@@ -156,6 +156,16 @@ def _copy_package(src: Path, dest: Path) -> list[Path]:
     return copied
 
 
+def _holds_a_bundle(path) -> bool:
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:gz") as tf:
+            return any(m.name.lstrip("./") == META for m in tf.getmembers())
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
 def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol: float | None = None) -> dict:
     """Pack OUTDIR's chosen artifact into dest (.ekb). Returns a summary (path, version, artifact, ...)."""
     outdir = Path(outdir)
@@ -163,6 +173,10 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
         raise InputError(f"{outdir}: not a directory (expected an edgekit output directory)")
     if Path(dest).is_dir():  # the rename at the end would fail with an internal error ('-o out/run', '-o .')
         raise InputError(f"{dest}: is a directory; -o names the bundle file to write (e.g. {outdir.name}.ekb)")
+    if Path(dest).exists() and not _holds_a_bundle(dest):
+        # re-bundling replaces an older bundle; any other file at that path is the user's, not ours to replace
+        raise InputError(f"{dest}: exists and is not an edgekit bundle; not replacing it (remove it or choose "
+                         "another -o)")
     manifest = load_manifest(outdir)
     art = choose_artifact(manifest, outdir, artifact)
     model_src = art.checked_file(outdir, then="refusing to bundle it (re-run compress)")

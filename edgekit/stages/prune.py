@@ -170,6 +170,9 @@ def _sensitivity(teacher, model, ctx, prune, plan_kw, round_to, example, metric,
 
 
 def _sparse(source, ctx, prune, teacher, example, metric, base, t0) -> PruneResult:
+    if prune.head_ratio:
+        raise UsageError(f"--head-ratio {prune.head_ratio:g} does not apply to --sparsity, which zeroes weights in "
+                         "place and removes no attention head")
     model = copy.deepcopy(teacher)
     plan = graph.make_plan(model, example, ignore_names=prune.ignore, keep_first=prune.keep_first)
     bytes_before = sparsity.compressed_bytes(model)
