@@ -85,6 +85,10 @@ def parameter_count(graph) -> int:
                 return False
             if n.op_type in _WEIGHT_SLOTS and n.op_type != "Gather":
                 return True
+            if n.op_type == "Gather" and n.input:
+                # an embedding lookup: a positional embedding (a learned [1, T, D] parameter) is added to it
+                table = source(n.input[0])[0]
+                return table is not None and len(consts[table][0]) >= 2
             if n.op_type == "Mul":  # dynamic quantization rescales MatMulInteger's output before the bias Add
                 name = next((i for i in n.input if source(i)[0] is None), None)
             elif n.op_type in _CARRY and n.input:

@@ -59,9 +59,10 @@ class EmbLinear(nn.Module):  # dynamic INT8 gathers uint8 rows straight into Mat
     def __init__(self):
         super().__init__()
         self.emb, self.fc = nn.Embedding(30, 8), nn.Linear(8, 4)
+        self.pos = nn.Parameter(torch.randn(1, 5, 8) * 0.02)  # a learned positional embedding, added
 
     def forward(self, ids):
-        return self.fc(self.emb(ids)).mean(1)
+        return self.fc(self.emb(ids) + self.pos).mean(1)
 
 
 def _export(net, name, dtype, shape, data, tmp_path):
