@@ -265,3 +265,30 @@ def test_a_dict_student_is_matched_to_the_teacher_by_name(tmp_path):
     with pytest.raises(InputError, match=r"--student .*plain_student: returns outputs \['output'\]; the teacher "
                                          r"returns \['logits', 'prob'\]"):
         load_student(f"{p}:plain_student", src, example)
+
+
+def test_output_dims_torch_names_on_its_own_get_their_value(tmp_path):
+    # an upsampled map: FP32 said [batch, Resizeoutput_dim_1, ...], the INT8 file [batch, 4, 16, 16]
+    p = tmp_path / "up.py"
+    p.write_text(textwrap.dedent("""
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class Up(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+            def forward(self, x):
+                return F.interpolate(self.c(x), size=(x.shape[2] * 2, x.shape[3] * 2), mode="nearest")
+
+        def build():
+            return Up()
+    """))
+    x = {"x": np.random.default_rng(0).random((8, 3, 8, 8)).astype(np.float32)}
+    src = load_python(str(p), "build", sample_inputs=x)
+    from edgekit.dataset import Dataset
+    from edgekit.stages.export import export_module
+
+    art = export_module(src.module, src, tmp_path / "m.onnx", data=Dataset(x))
+    assert art.outputs[0]["shape"] == ["batch", 4, 16, 16], art.outputs

@@ -92,6 +92,41 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> None:
         onnx.checker.check_model(str(tmp))
     except onnx.checker.ValidationError as e:
         raise EdgekitError(f"{Path(tmp).name}: exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    _pin_placeholder_dims(tmp, source)
+
+
+def _pin_placeholder_dims(path, source: SourceModel) -> None:
+    """Give output dims torch named on its own ('Resizeoutput_dim_1', 'Concatboxes_dim_1') their value
+    when onnxruntime's symbolic shape inference finds it constant. The INT8 file (whose pre-processing runs
+    that inference) declared [batch, 4, 24, 24] where the FP32 file said [batch, Resizeoutput_dim_1, ...]:
+    two shapes for one model. Dims that depend on a dynamic input stay symbolic."""
+    import onnx
+
+    declared = {v for axes in (source.dynamic_axes or {}).values() for v in axes.values()}
+    m = onnx.load(str(path), load_external_data=False)  # shapes only: large weights stay where they are
+    loose = [(i, j) for i, o in enumerate(m.graph.output) for j, d in enumerate(o.type.tensor_type.shape.dim)
+             if d.HasField("dim_param") and d.dim_param not in declared]
+    if not loose:
+        return
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        from ..quant.static import quiet
+
+        with quiet():
+            inferred = SymbolicShapeInference.infer_shapes(m, auto_merge=True)
+    except Exception:  # the inference gives up on some graphs: the names stay, as before
+        return
+    if inferred is None:
+        return
+    changed = False
+    for i, j in loose:
+        d = inferred.graph.output[i].type.tensor_type.shape.dim
+        if j < len(d) and d[j].HasField("dim_value") and d[j].dim_value > 0:
+            m.graph.output[i].type.tensor_type.shape.dim[j].dim_value = d[j].dim_value
+            changed = True
+    if changed:
+        onnx.save(m, str(path))
 
 
 def _length_axes(source: SourceModel) -> dict:
