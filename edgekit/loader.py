@@ -303,6 +303,12 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     except InputError:
         # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the batch-2 probe; an explicit
         # --input-shape with that batch says so, and the model is then exported with it fixed
+        if not input_shape and len(inputs) == 1 and sample_inputs:
+            # the probe runs 2 samples: a model that hard-codes its batch (x.reshape(4, -1)) fails there
+            exc = sys.exc_info()[1]
+            eg = ",".join(str(d) for d in ["B", *inputs[0].shape[1:]])
+            raise InputError(f"{exc}; if forward() runs only one fixed batch size B, pass --input-shape {eg} "
+                             "with that B") from None
         if not input_shape or input_shape[0] <= 1 or len(inputs) != 1:
             raise
         fixed = int(input_shape[0])

@@ -125,6 +125,9 @@ def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
 
     dims = onnx.load(str(tmp_path / "out" / "model.fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [4, 3, 4]
+    # without --input-shape the probe's batch of 2 fails: the error says what to pass
+    r = _cli("compress", "fixed.py:build", "--calib", "calib.npy", "--no-profile", "--no-tune", "-o", "o0", cwd=tmp_path)
+    assert r.returncode == 2 and "pass --input-shape B,3,4 with that B" in r.stderr, r.stderr[-600:]
     # the same data as N x 4 stacks of the fixed batch (calibration/README.md): forward() ran on [4, 4, 3, 4]
     np.save(tmp_path / "stacks.npy", np.random.default_rng(5).normal(size=(10, 4, 3, 4)).astype(np.float32))
     r = _cli("compress", "fixed.py:build", "--calib", "stacks.npy", "--input-shape", "4,3,4", "--no-profile",
