@@ -95,7 +95,8 @@ def stage_load(run: Run):
             evalset = calib
             notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "
                          f"the same ones INT8 calibrates on (give more than {k}, or --eval, to hold some out)")
-    notes += run_checks.dtype_notes(src.inputs, sample) if src.kind == "torch" else []
+    notes += run_checks.dtype_notes(src.inputs, sample) + run_checks.output_name_notes(src) if src.kind == "torch" \
+        else []
     notes += implied + small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,
                               static_int8=cfg.quantize.mode == "int8")
     for note in notes:  # the metrics' meaning changes: say it where the user reads them, not only in the manifest

@@ -130,3 +130,12 @@ def dtype_notes(inputs: list, sample: dict | None) -> list:
                          f"an application on the device must feed {s.dtype} (edgekit's runner casts)")
     return notes
 
+
+def output_name_notes(source) -> list:
+    """Outputs renamed on the way to ONNX: a dict key equal to an input's name cannot name an output too."""
+    names = getattr(source.module, "edgekit_output_names", None)
+    if not names:
+        return []
+    return [f"output {a!r} is named {b!r} in the ONNX model (an input is called {a!r})"
+            for a, b in zip(names, source.outputs) if a != b]
+

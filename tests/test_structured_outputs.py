@@ -292,3 +292,12 @@ def test_output_dims_torch_names_on_its_own_get_their_value(tmp_path):
 
     art = export_module(src.module, src, tmp_path / "m.onnx", data=Dataset(x))
     assert art.outputs[0]["shape"] == ["batch", 4, 16, 16], art.outputs
+
+
+
+def test_an_output_renamed_for_an_input_of_its_name_is_noted(models):
+    from edgekit.run_checks import output_name_notes
+
+    src = load_python(models, "clash", sample_inputs=_x())
+    assert output_name_notes(src) == ["output 'x' is named 'x_1' in the ONNX model (an input is called 'x')"]
+    assert output_name_notes(load_python(models, "as_dict", sample_inputs=_x())) == []
