@@ -40,8 +40,13 @@ def label_notes(run, fp32: Artifact) -> list:
     if run.ctx.source.task != "classification":
         dims = list(first.get("shape") or [])
         one_value = len(dims) <= 1 or all(d == 1 for d in dims[1:])
-        hint = (" (a one-logit binary classifier: return two logits to be scored on accuracy)" if one_value
-                else " (return the class scores as [N, C] to be scored on accuracy)")
+        if str(first.get("dtype", "float32")).startswith(("int", "uint", "bool")):
+            hint = (f" ({first.get('dtype')} values, e.g. class ids: return the class scores as [N, C] to be scored "
+                    "on accuracy; ids are held to exact agreement with FP32)")
+        elif one_value:
+            hint = " (a one-logit binary classifier: return two logits to be scored on accuracy)"
+        else:
+            hint = " (return the class scores as [N, C] to be scored on accuracy)"
         note = (f"--eval labels unused: the model's output {first['name']!r} is {shape}, not [N, C] class scores "
                 f"with C >= 2, so metrics are fidelity to FP32{hint}")
     elif len(fp32.outputs) > 1:

@@ -278,12 +278,26 @@ LABEL_MODELS = textwrap.dedent("""
 
     def feat_first():
         return FeatFirst()
+
+    class Ids(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.a(x).argmax(1)
+
+    def class_ids():
+        return Ids()
 """)
 
 
 @pytest.mark.parametrize("factory,needle", [
     ("one_logit", "--eval labels unused: the model's output 'output' is [N, 1]"),
     ("feat_first", "accuracy is scored on the first of 2 outputs, 'output_0' [N, 8]"),
+    # class ids got the one-logit advice
+    ("class_ids", "--eval labels unused: the model's output 'output' is [N], not [N, C] class scores with C >= 2, "
+                  "so metrics are fidelity to FP32 (int64 values, e.g. class ids: return the class scores"),
 ])
 def test_what_the_labels_are_scored_on_is_said(tmp_path, factory, needle):
     (tmp_path / "m.py").write_text(LABEL_MODELS)
