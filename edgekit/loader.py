@@ -322,16 +322,16 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         out_names = unique_output_names(named, {s.name for s in inputs})
     else:
         out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    # only outputs that followed the probe's batch have one: a constant output (anchors, a [5, 4] buffer) was
+    # declared [batch, 4] in the FP32 file and [5, 4] in the INT8 one
+    batched = [fixed is not None or bool(o.ndim and o.shape[0] == PROBE_BATCH) for o in outputs]
     # class scores follow the batch and are float: a constant [5, 4] anchor buffer or a bool [N, 4] mask
     # first was scored as top-1 accuracy (and crashed against the labels' length)
     first = outputs[0]
-    follows = fixed is not None or (first.ndim and first.shape[0] == 2)
-    task = "classification" if follows and first.dtype.kind == "f" and class_scores_shape(list(first.shape)) \
+    task = "classification" if batched[0] and first.dtype.kind == "f" and class_scores_shape(list(first.shape)) \
         else "generic"
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
-    # only outputs that followed the probe's batch of 2: a constant output (anchors, a [5, 4] buffer) was
-    # declared [batch, 4] in the FP32 file and [5, 4] in the INT8 one
-    dyn.update({} if fixed else {n: {0: "batch"} for n, o in zip(out_names, outputs) if o.ndim and o.shape[0] == 2})
+    dyn.update({} if fixed else {n: {0: "batch"} for n, b in zip(out_names, batched) if b})
     if not fixed:
         for name, axis in _sequence_axes(module, inputs, outputs, out_names, sample_inputs).items():
             dyn.setdefault(name, {})[axis] = "seq"
@@ -393,19 +393,12 @@ def _follows_length(module, inputs, outputs, out_names, sample_inputs, group, ax
     return axes
 
 
-def _forward_names(module) -> list:
-    """forward()'s named parameters, in order: the ones data can be bound to."""
+def _forward_names(module, *, required: bool = False) -> list:
+    """forward()'s named parameters, in order: the ones data can be bound to (required: those without a
+    default only)."""
     params = list(inspect.signature(module.forward).parameters.values())
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def _required_names(module) -> list:
-    try:
-        params = list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.default is p.empty
-            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and not (required and p.default is not p.empty)]
 
 
 def _leading_positional(module) -> list:
@@ -440,9 +433,15 @@ def bind_inputs(module, names: list):
             return base.forward(self, *xs, **kw)
         return base.forward(self, **dict(zip(bound, xs)), **kw)
 
-    cls = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
-                                         "__qualname__": base.__qualname__, "edgekit_bound_inputs": bound})
-    module.__class__ = cls
+    return _with_forward(module, forward, edgekit_bound_inputs=bound)
+
+
+def _with_forward(module, forward, **attrs):
+    """`module` with its class swapped for a subclass of the same name whose forward() is `forward`: not a
+    wrapper, so module names, state dicts and pruned-model files stay those of the user's model."""
+    base = type(module)
+    module.__class__ = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
+                                                     "__qualname__": base.__qualname__, **attrs})
     return module
 
 
@@ -490,7 +489,8 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     if sample_inputs:
         from .calibration import LABEL_KEY
 
-        if LABEL_KEY not in sample_inputs and LABEL_KEY in _required_names(module) and len(names) > 1:
+        if LABEL_KEY not in sample_inputs and LABEL_KEY in _forward_names(module, required=True) \
+                and len(names) > 1:
             # the .npz format reads 'y' as labels before the model is known, so this input never arrives
             raise InputError(f"{where}: forward() takes a parameter named {LABEL_KEY!r}, but an .npz array named "
                              f"{LABEL_KEY!r} holds class labels in edgekit's data format; rename that parameter "
@@ -509,6 +509,9 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     raise InputError(f"{where}: cannot infer the input shape; pass --input-shape (e.g. 1,3,224,224) or --calib data")
 
 
+PROBE_BATCH = 2  # samples forward() is probed with: an output whose axis 0 has this size follows the batch
+
+
 def _probe_arrays(specs, sample_inputs) -> list:
     """One array per spec for a probe: two real samples of the data in the spec's dtype, else zeros
     (symbolic dims as 2)."""
@@ -516,7 +519,7 @@ def _probe_arrays(specs, sample_inputs) -> list:
 
     out = []
     for s in specs:
-        shape = [2 if isinstance(d, str) else d for d in s.shape]
+        shape = [PROBE_BATCH if isinstance(d, str) else d for d in s.shape]
         arr = _real_sample(sample_inputs, s, len(specs), shape)
         out.append(arr if arr is not None else np.zeros(shape, dtype=s.dtype))
     return out
@@ -562,7 +565,7 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
         raise InputError(f"{where}: forward() failed on inputs {shapes}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0]}") from None
     # a dict / namedtuple / nested result: its names, for flatten_outputs and the ONNX outputs
-    names = None if _is_plain(out) else [n for n, _ in output_leaves(out)]
+    names = None if plain_output(out) else [n for n, _ in output_leaves(out)]
     return [o.numpy() for o in _flat_outputs(out, where)], names
 
 
@@ -586,7 +589,7 @@ def output_leaves(out, prefix: str = "") -> list:
     return [(prefix or "output", out)]
 
 
-def _is_plain(out) -> bool:
+def plain_output(out) -> bool:
     """A tensor, or a flat tuple/list of tensors: what every stage and the export take as they are."""
     import torch
 
@@ -621,8 +624,7 @@ def unique_output_names(names: list, taken: set) -> list:
 def flatten_outputs(module, names: list):
     """`module`, changed so that forward() returns the tensors of its dict / namedtuple / nested result as
     one flat tuple, in the order of `names`. Export, evaluation, distillation and pruning all take a tensor
-    or a tuple of tensors; the names become the ONNX output names. The class is swapped for a subclass
-    (as bind_inputs does), so state dicts and module names stay the user's."""
+    or a tuple of tensors; the names become the ONNX output names (see _with_forward)."""
     base = type(module)
     expected = list(names)
 
@@ -632,7 +634,4 @@ def flatten_outputs(module, names: list):
             raise RuntimeError(f"forward() returned outputs {list(leaves)}, not the {expected} it returned when loaded")
         return tuple(leaves[n] for n in expected)
 
-    cls = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__,
-                                         "__qualname__": base.__qualname__, "edgekit_output_names": tuple(expected)})
-    module.__class__ = cls
-    return module
+    return _with_forward(module, forward, edgekit_output_names=tuple(expected))

@@ -257,7 +257,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
     return res
 
 
-def _replace_damaged(t, L: Layout, stage: str, vdir: str) -> None:
+def _replace_damaged(t, L: Layout, stage: str, vdir: str) -> str:
     """Swap a verified, self-tested copy in for the damaged active one; returns where the damaged copy
     went (PATH/damaged/, left for the user: it may hold files they added). `current` names vdir, so
     between the two renames it points at nothing for an instant (it pointed at broken files before); if

@@ -362,9 +362,7 @@ def _same_outputs(student, raw, source, spec: str):
     """The student, returning the teacher's outputs in the teacher's order (a dict / namedtuple result is
     flattened by name), or an InputError before any training: the student is exported under the teacher's
     output names, so a student with other outputs failed only after training, blamed on the teacher."""
-    import torch
-
-    from ..loader import flatten_outputs, output_leaves
+    from ..loader import flatten_outputs, output_leaves, plain_output
 
     got = [n for n, _ in output_leaves(raw)]
     names = getattr(source.module, "edgekit_output_names", None)
@@ -375,10 +373,10 @@ def _same_outputs(student, raw, source, spec: str):
                                  "the student must return the same ones")
             student = flatten_outputs(student, list(names))
         return student
-    plain = isinstance(raw, torch.Tensor) or (isinstance(raw, (tuple, list)) and not hasattr(raw, "_fields"))
+    plain = plain_output(raw)
     n_teacher = len(source.outputs or [None])
     if not plain or len(got) != n_teacher:
-        what = "a dict or namedtuple" if not plain else f"{len(got)} output(s)"
+        what = "a dict, namedtuple or non-tensor values" if not plain else f"{len(got)} output(s)"
         raise InputError(f"--student {spec}: returns {what}; the teacher returns {n_teacher} tensor output(s) "
                          f"({', '.join(source.outputs or [])}), and the student must return the same")
     return student
