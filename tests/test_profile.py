@@ -323,57 +323,52 @@ def test_runner_feeds_zero_one_integer_masks_to_a_bool_input(tmp_path):
         runner.fit_feeds(sess, {"m": np.array([[1, 0, 2, 1]], np.int64)})
 
 
-def test_text_pre_processing_is_timed_on_the_runs_token_rows(tmp_path):
-    # pad_truncate's generic example holds BERT ids (101, 2023): a 50-token model failed the end-to-end
-    # timing ("idx=101 must be within [-50,49]"); the run's real samples are the raw input to time
+def _token_model(path, vocab: int, pooled: bool):
+    """A tiny embedding model on (input_ids, attention_mask), dynamic batch and length, exported to path:
+    pooled -> [N, 8] sums, else the masked [N, T, 8] hidden states (for a mean_pool_l2 post step)."""
     import torch
-
-    from edgekit.prepost.pipeline import Pipeline
-    from edgekit.profile import profile_prepost
 
     class Emb(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.e = torch.nn.Embedding(50, 8)
+            self.e = torch.nn.Embedding(vocab, 8)
 
         def forward(self, input_ids, attention_mask):
-            return (self.e(input_ids) * attention_mask.unsqueeze(-1)).sum(1)
+            h = self.e(input_ids) * attention_mask.unsqueeze(-1)
+            return h.sum(1) if pooled else h
 
-    path = tmp_path / "emb.onnx"
-    torch.onnx.export(Emb().eval(), (torch.ones(2, 6, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)), str(path),
-                      input_names=["input_ids", "attention_mask"], output_names=["out"],
-                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}}, dynamo=False)
+    axes = {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}}
+    if not pooled:
+        axes["out"] = {0: "b", 1: "s"}
+    ids = torch.ones(2, 6, dtype=torch.long)
+    torch.onnx.export(Emb().eval(), (ids, torch.ones_like(ids)), str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["out"], dynamic_axes=axes, dynamo=False)
+    return str(path)
+
+
+def test_text_pre_processing_is_timed_on_the_runs_token_rows(tmp_path):
+    # pad_truncate's generic example holds BERT ids (101, 2023): a 50-token model failed the end-to-end
+    # timing ("idx=101 must be within [-50,49]"); the run's real samples are the raw input to time
+    from edgekit.prepost.pipeline import Pipeline
+    from edgekit.profile import profile_prepost
+
+    path = _token_model(tmp_path / "emb.onnx", vocab=50, pooled=True)
     pipe = Pipeline.from_spec({"pre": [{"op": "pad_truncate", "max_length": 12}]})
     rng = np.random.default_rng(0)
     samples = [{"input_ids": rng.integers(1, 50, (1, 12)), "attention_mask": np.ones((1, 12), np.int64)}
                for _ in range(3)]
-    r = profile_prepost(str(path), pipe, inputs=samples, **FAST)
+    r = profile_prepost(path, pipe, inputs=samples, **FAST)
     assert r["status"] == "ok", r
     assert r["raw_input"] == "model inputs, as raw input"
-
 
 
 def test_post_steps_reading_model_inputs_are_timed(tmp_path):
     # mean_pool_l2 reads the attention mask the pre step made, as on the device; the timing path called
     # postprocess(outputs) alone and failed ("input 'attention_mask' not found")
-    import torch
-
     from edgekit.prepost.pipeline import Pipeline
     from edgekit.profile import profile_prepost
 
-    class Enc(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.e = torch.nn.Embedding(30, 8)
-
-        def forward(self, input_ids, attention_mask):
-            return self.e(input_ids) * attention_mask.unsqueeze(-1)
-
-    path = tmp_path / "enc.onnx"
-    torch.onnx.export(Enc().eval(), (torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)), str(path),
-                      input_names=["input_ids", "attention_mask"], output_names=["hidden"],
-                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                    "hidden": {0: "b", 1: "s"}}, dynamo=False)
+    path = _token_model(tmp_path / "enc.onnx", vocab=30, pooled=False)
     pipe = Pipeline.from_spec({"pre": [{"op": "pad_truncate"}], "post": [{"op": "mean_pool_l2"}]})
-    r = profile_prepost(str(path), pipe, **FAST)
+    r = profile_prepost(path, pipe, **FAST)
     assert r["status"] == "ok", r
