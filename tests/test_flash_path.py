@@ -394,3 +394,20 @@ def test_device_path_below_a_file_says_it_is_a_file_not_unmounted(tmp_path, caps
         res = deploy_flash(PathTransport(str(dev)), str(dev), v0, FlashOptions())  # deploy._check_root
         assert (res.status, res.step) == ("failed", "inspect") and "is a file, not a folder" in res.reason, res
     assert f.read_text() == "hi\n"
+
+
+def test_flash_over_a_deleted_active_version_does_not_name_it_previous(tmp_path):
+    # the user deleted the running version's folder: `current` dangles. Flashing again must say so, and
+    # must not offer that missing version as the one a rollback would return to
+    dev = tmp_path / "dev"
+    build_bundle(make_outdir(tmp_path / "out", seed=0), tmp_path / "v0.ekb")
+    v0 = read_bundle(tmp_path / "v0.ekb", tmp_path)
+    devs = collect_devices([str(dev)])
+    assert flash_many(devs, v0)[0].status == "flashed"
+    import shutil
+
+    shutil.rmtree(dev / "versions" / v0.version)
+    res = flash_many(devs, v0)[0]
+    assert (res.status, res.version, res.previous) == ("flashed", v0.version, None), res.reason
+    assert any(f"active version {v0.version} was missing" in w for w in res.warnings), res.warnings
+    assert _active_hashes(dev) == (f"versions/{v0.version}", _want(v0))

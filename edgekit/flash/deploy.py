@@ -196,6 +196,11 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             vdir = L.version(version)  # before any makedirs: a refused name must not leave even empty dirs
+            if res.previous is not None and is_safe_name(res.previous) and not t.isdir(L("versions", res.previous)):
+                # `current` points at a deleted directory: nothing was running, and nothing to roll back to
+                res.warnings.append(f"the active version {res.previous} was missing on the device "
+                                    f"({L('current')} pointed at a deleted directory)")
+                res.previous = None
             _check_root(t, L.root, create_last=True)  # checked again here: the card may be pulled since
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
