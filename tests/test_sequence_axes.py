@@ -168,3 +168,27 @@ def test_conv1d_length_is_axis_2(models, tmp_path):
     with torch.no_grad():
         ref = src.module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, atol=1e-5)
+
+
+def test_export_retry_keeps_json_stdout_pure(tmp_path):
+    # AdaptiveAvgPool1d(4) cannot export at a variable length: the failed attempt made torch dump its IR
+    # graph from C++ onto stdout (20 lines before the JSON), where Python's redirect cannot reach
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "pool.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+        def build():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv1d(1, 8, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(4),
+                                 nn.Flatten(), nn.Linear(32, 4))
+    """))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(40, 1, 128)).astype(np.float32))
+    r = subprocess.run([sys.executable, "-m", "edgekit", "compress", f"{tmp_path / 'pool.py'}:build",
+                        "--calib", str(tmp_path / "calib.npy"), "--quantize", "none", "--no-profile", "--json",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Torch IR graph" not in r.stdout + r.stderr
+    man = json.loads(r.stdout)
+    assert any("sequence length fixed" in n for a in man["artifacts"] for n in a.get("notes", [])), man["artifacts"]

@@ -13,6 +13,7 @@ from ..errors import EdgekitError
 from ..fsutil import atomic_path
 from ..onnxutil import graph_facts, session
 from ..source import SourceModel
+from ..stdio import native_stderr_muted
 from ..verify import check_outputs
 
 ATOL, RTOL = 1e-4, 1e-4
@@ -77,8 +78,13 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> None:
     import onnx
     import torch
 
+    # a failed attempt (edgekit then retries at a fixed length) makes torch dump its IR graph through
+    # C++'s std::cout, which Python cannot redirect: onto stdout, and into --json. Sent to std::cerr
+    # instead, it is muted with the rest of the exporter's native output
+    with contextlib.suppress(Exception):
+        torch._C._jit_set_onnx_log_output_stream("stderr")
     # torch's fused MHA fast path (nn.TransformerEncoderLayer in eval mode) has no ONNX export
-    with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False):
+    with warnings.catch_warnings(), torch.no_grad(), _mha_fastpath(False), native_stderr_muted():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(_data_inputs_only(module, len(args)), args, str(tmp),
