@@ -188,6 +188,7 @@ def _mismatches(got: dict, want: dict) -> list[str]:
 def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> DeviceResult:
     """Install bundle on the device behind transport t (root = its install directory)."""
     L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
+    res.warnings.extend(getattr(t, "warnings", ()))  # the transport's own notes (skipped known_hosts lines)
     dev = t.label
     want = dict(bundle.files)
     want[META] = bundle.meta_sha256()
@@ -338,6 +339,7 @@ def _prune(t, L: Layout, history: list[dict], keep: int, protect=()) -> list[str
 def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
     """Switch `current` back to the version active before it (verified and self-tested first)."""
     L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
+    res.warnings.extend(getattr(t, "warnings", ()))  # the transport's own notes (skipped known_hosts lines)
     dev = t.label
     try:
         with step("inspect", emit, dev):

@@ -58,19 +58,100 @@ def fingerprint(key) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-def _policies(known_hosts: Path):
+def _host_matches(patterns, name: str) -> bool:
+    """OpenSSH host-pattern matching for one known_hosts entry: plain names, hashed (|1|...)
+    names, '*'/'?' wildcards and '!' negations (paramiko itself matches only the first two)."""
+    import re
+
+    from paramiko.hostkeys import HostKeys
+
+    hit = False
+    for p in patterns:
+        neg = p.startswith("!")
+        p = p[1:] if neg else p
+        if p.startswith("|1|"):
+            ok = HostKeys.hash_host(name, p) == p
+        else:
+            # only '*' and '?' are wildcards ('[host]:port' is literal, unlike in fnmatch)
+            rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p.lower())
+            ok = re.fullmatch(rx, name.lower()) is not None
+        if ok and neg:
+            return False
+        hit = hit or ok
+    return hit
+
+
+def load_known_hosts(host_keys, path: Path) -> tuple[list, list[str]]:
+    """Add path's plain entries to host_keys (a paramiko HostKeys); return (revoked entries, notes).
+
+    paramiko's own loader dies on the first line it cannot decode (InvalidHostKey), and reads
+    marker lines (@cert-authority, @revoked) as malformed ones. OpenSSH skips what it cannot
+    use, so one stale or foreign line must not stop every flash; what it skips gets a note."""
+    from paramiko.hostkeys import HostKeyEntry
+
+    plain, revoked, notes = [], [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        marker = None
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+            if marker == "@cert-authority":
+                continue  # edgekit accepts plain host keys only, never certificates
+            if marker != "@revoked":
+                notes.append(f"{path}:{lineno}: unknown marker {marker!r}; line ignored")
+                continue
+        try:
+            entry = HostKeyEntry.from_line(line, lineno)
+        except Exception as e:  # InvalidHostKey (bad base64), SSHException, ValueError from a key parser
+            entry, why = None, type(e).__name__
+        else:
+            why = "unsupported key type or too few fields"
+        if entry is None or entry.key is None:
+            # a revoked key that cannot be read cannot be matched either: say so, it is a security list
+            notes.append(f"{path}:{lineno}: {'@revoked entry ' if marker else ''}cannot be parsed ({why}); line ignored")
+            continue
+        if marker == "@revoked":
+            revoked.append(entry)
+            continue
+        plain.append(entry)
+    for entry in plain:
+        # a revoked key must never verify, even when a plain line for the same host still lists it
+        if any(entry.key == r.key for r in revoked):
+            continue
+        for name in entry.hostnames:
+            host_keys.add(name, entry.key.get_name(), entry.key)
+    return revoked, notes
+
+
+def revoked_for(revoked, hostname: str, key) -> bool:
+    return any(r.key == key and _host_matches(r.hostnames, hostname) for r in revoked)
+
+
+def _policies(known_hosts: Path, revoked=()):
     import paramiko
 
     class Unknown(paramiko.SSHException):
         pass
 
+    def refuse_revoked(hostname, key):
+        if revoked_for(revoked, hostname, key):
+            raise Unknown(f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is marked @revoked "
+                          f"in {known_hosts}; refusing it")
+
     class Reject(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client, hostname, key):
+            refuse_revoked(hostname, key)
             raise Unknown(f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not in {known_hosts}; "
                           "check it and add it (ssh-keyscan) or pass --accept-new-host-key to trust it on first use")
 
     class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client, hostname, key):
+            refuse_revoked(hostname, key)
             client.get_host_keys().add(hostname, key.get_name(), key)
             with _KNOWN_HOSTS_LOCK:
                 known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -90,13 +171,14 @@ def connect(device, opts: SshOptions) -> "SshTransport":
     # paramiko logs dropped connections itself; edgekit reports them once, as the failed step
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     kh = opts.known_hosts_path()
-    Unknown, reject, tofu = _policies(kh)
     client = paramiko.SSHClient()
+    revoked, notes = [], []
     if kh.exists():
         try:
-            client.load_host_keys(str(kh))
-        except (OSError, paramiko.SSHException, ValueError) as e:
+            revoked, notes = load_known_hosts(client.get_host_keys(), kh)
+        except OSError as e:
             raise FlashError(f"connect: cannot read known-hosts file {kh}: {e}") from None
+    Unknown, reject, tofu = _policies(kh, revoked)
     client.set_missing_host_key_policy(tofu if opts.accept_new_host_key else reject)
     where = f"{device.user}@{device.host}:{device.port}"
     try:
@@ -112,6 +194,10 @@ def connect(device, opts: SshOptions) -> "SshTransport":
         raise FlashError(f"connect: {e}") from None
     except paramiko.BadHostKeyException as e:
         client.close()
+        name = device.host if device.port == 22 else f"[{device.host}]:{device.port}"
+        if revoked_for(revoked, name, e.key):
+            raise FlashError(f"connect: the host key of {name} ({e.key.get_name()} {fingerprint(e.key)}) is marked "
+                             f"@revoked in {kh}; refusing it") from None
         raise FlashError(f"connect: the host key of {device.host}:{device.port} does not match {kh} "
                          f"(got {fingerprint(e.key)}): possible man-in-the-middle; refusing") from None
     except paramiko.AuthenticationException as e:
@@ -120,12 +206,15 @@ def connect(device, opts: SshOptions) -> "SshTransport":
     except (OSError, socket.timeout, paramiko.SSHException, EOFError) as e:
         client.close()
         raise FlashError(f"connect: cannot reach {where}: {e or type(e).__name__}") from None
-    return SshTransport(client, sftp, device.label, opts.remote_python)
+    t = SshTransport(client, sftp, device.label, opts.remote_python)
+    t.warnings = notes
+    return t
 
 
 class SshTransport:
     def __init__(self, client, sftp, label: str, python: str):
         self.client, self.sftp, self.label, self.python = client, sftp, label, python
+        self.warnings: list[str] = []  # about the connection (skipped known_hosts lines), for each result
 
     # ---- files (SFTP)
     def _lstat(self, path):
