@@ -302,3 +302,27 @@ def test_bundle_replaces_an_older_bundle_but_not_another_file(tmp_path):
     with pytest.raises(InputError, match=r"notes.txt: exists and is not an edgekit bundle; not replacing it"):
         build_bundle(out, tmp_path / "notes.txt")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e300])  # 1e300 is finite in float64, inf as float32
+def test_non_finite_selftest_input_refused_in_one_line(outdir, tmp_path, capsys, kind, bad):
+    from edgekit.cli import main
+
+    x = np.ones((4, 16), np.float64)
+    x[0, 3] = bad  # the first sample is the one the self-test uses
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(SystemExit) as e:
+        main(["bundle", str(outdir), "--artifact", kind, "-o", str(tmp_path / "m.ekb"),
+              "--inputs", str(tmp_path / "nan.npy")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nan.npy" in err and "'x'" in err and "NaN or infinite" in err, err
+    assert not (tmp_path / "m.ekb").exists()
+
+
+def test_non_finite_sample_inputs_of_the_run_fall_back_to_a_generated_input(outdir, tmp_path):
+    x = np.full((1, 16), np.nan, np.float32)
+    np.savez(outdir / "sample_inputs.npz", x=x)
+    info = build_bundle(outdir, tmp_path / "m.ekb")
+    assert info["selftest"]["input_origin"] == "generated"

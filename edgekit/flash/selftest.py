@@ -42,7 +42,16 @@ def _fit(arr: np.ndarray, shape, dtype) -> np.ndarray | None:
     for have, want in zip(arr.shape, shape):
         if isinstance(want, int) and want > 0 and have != want:
             return None
-    return np.ascontiguousarray(arr.astype(dtype, copy=False))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf is refused by the caller, by name
+        return np.ascontiguousarray(arr.astype(dtype, copy=False))
+
+
+def _nonfinite(feeds: dict) -> str | None:
+    """The first float input holding NaN or inf, or None."""
+    for name, arr in feeds.items():
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            return name
+    return None
 
 
 def _load_real(path: Path, specs) -> dict | None:
@@ -97,6 +106,15 @@ def make_selftest(model_path: Path, outdir: Path, manifest, kind: str, *, inputs
     feeds, origin = None, "generated"
     for cand in candidate_inputs(outdir, manifest, inputs):
         feeds = _load_real(cand, specs)
+        bad = _nonfinite(feeds) if feeds is not None else None
+        if bad is not None:
+            # NaN never compares equal: an fp32 self-test could never pass on the device, and an int8
+            # one quantizes NaN to a constant and "passes" while checking nothing
+            if inputs:
+                raise InputError(f"{inputs}: input {bad!r} holds NaN or infinite values (as {feeds[bad].dtype}, in "
+                                 "the sample the self-test uses); the self-test needs finite numbers")
+            feeds = None  # a run's own eval/calib file: try the next source
+            continue
         if feeds is not None:
             origin = str(cand)
             break
