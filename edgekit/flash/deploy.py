@@ -126,15 +126,49 @@ def active_version(t, L: Layout) -> str | None:
     return posixpath.basename(target.rstrip("/"))
 
 
-def read_history(t, L: Layout) -> list[dict]:
+def read_history(t, L: Layout, warnings: list | None = None) -> list[dict]:
+    """history.json's entries; if it is missing or damaged while versions are on the device, an order
+    rebuilt from the version directories' times (a note goes to warnings): a damaged history only
+    costs rollback ordering, it must not leave the device with nothing to roll back to."""
     raw = t.read_bytes(L("history.json"))
-    if not raw:
-        return []
+    problem = None
+    if raw is None:
+        problem = "is missing"
+    else:
+        try:
+            h = json.loads(raw)
+        except ValueError:
+            problem = "is not valid JSON"
+        else:
+            if isinstance(h, list):
+                return [e for e in h if isinstance(e, dict) and isinstance(e.get("version"), str) and e["version"]]
+            problem = f"holds a JSON {type(h).__name__}, not a list"
+    present = version_dirs(t, L)
+    if not present:
+        return []  # a fresh device: nothing to order
+    history = _history_from_times(t, L, present)
+    if warnings is not None:
+        warnings.append(f"{L('history.json')} {problem}; the install order was taken from the version "
+                        f"directories' times ({', '.join(e['version'] for e in history)}, oldest first)")
+    return history
+
+
+def _history_from_times(t, L: Layout, present: list[str]) -> list[dict]:
+    def when(v):
+        try:
+            return t.mtime(L.version(v))
+        except OSError:
+            return 0.0
+
+    order = sorted(present, key=lambda v: (when(v), v))
     try:
-        h = json.loads(raw)
-        return [e for e in h if isinstance(e, dict) and isinstance(e.get("version"), str) and e["version"]]
-    except (ValueError, TypeError):
-        return []  # a damaged history only costs rollback ordering; the links stay authoritative
+        active = active_version(t, L)
+    except EdgekitError:
+        active = None
+    if active in order:  # whatever `current` names was activated last
+        order.remove(active)
+        order.append(active)
+    return [{"version": v, "reconstructed": True} for v in order]
 
 
 def write_history(t, L: Layout, history: list[dict]) -> None:
@@ -205,7 +239,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             _check_root(t, L.root, create_last=True)  # checked again here: the card may be pulled since
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
-            history = read_history(t, L)
+            history = read_history(t, L, res.warnings)
             existing, damaged_active = False, []
             if t.isdir(vdir):
                 bad = _mismatches(t.hashes(vdir, want), want)
@@ -345,7 +379,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
         with step("inspect", emit, dev):
             _check_root(t, L.root, create_last=False)
             res.previous = active_version(t, L)
-            history = read_history(t, L)
+            history = read_history(t, L, res.warnings)
             present = set(version_dirs(t, L))
             order = [e["version"] for e in history]
             upto = len(order) - 1 - order[::-1].index(res.previous) if res.previous in order else len(order)

@@ -71,6 +71,9 @@ class PathTransport:
             return None
         return os.readlink(path)  # OSError(EINVAL) when path is not a symlink
 
+    def mtime(self, path) -> float:
+        return os.lstat(path).st_mtime
+
     def listdir(self, path) -> list[str]:
         try:
             return sorted(os.listdir(path))

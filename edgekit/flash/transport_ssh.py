@@ -242,6 +242,9 @@ class SshTransport:
             raise OSError(errno.EINVAL, f"{path} exists and is not a symlink")
         return self.sftp.readlink(path)
 
+    def mtime(self, path) -> float:
+        return float(self.sftp.lstat(path).st_mtime or 0)
+
     def listdir(self, path) -> list[str]:
         try:
             return sorted(self.sftp.listdir(path))
