@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import posixpath
@@ -325,6 +326,25 @@ def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, a
         t.rmtree(L(area, name))
     stage = L(area, mine[0] if mine else f"{version}-{os.urandom(4).hex()}")
     have = t.hashes(stage, want) if mine else {}
+    try:
+        _send(t, bundle, want, res, emit, stage, have)
+    except OSError as e:
+        if not _disk_full(e):
+            raise  # an interruption: the partial upload stays, the next flash resumes it
+        # a resume would hit the same wall, and the partial upload is what keeps the disk full
+        with contextlib.suppress(Exception):
+            t.rmtree(stage)
+        raise FlashError(f"the device's disk is full ({describe(e)}; the bundle needs "
+                         f"{bundle.total_bytes() / 2**20:.1f} MiB); the partial upload {stage} was removed") from None
+    return stage
+
+
+def _disk_full(e: OSError) -> bool:
+    # a mounted path reports ENOSPC/EDQUOT; over SFTP the server may pass only its message on
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e) or "quota exceeded" in str(e).lower()
+
+
+def _send(t, bundle: Bundle, want: dict, res: DeviceResult, emit, stage: str, have: dict) -> None:
     t.makedirs(stage)
     total, sent_before = bundle.total_bytes(), 0
     made = {stage}
@@ -347,7 +367,6 @@ def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, a
         sent_before += size
         res.bytes_sent += size
         res.files_sent += 1
-    return stage
 
 
 def _prune(t, L: Layout, history: list[dict], keep: int, protect=()) -> list[str]:

@@ -1,0 +1,44 @@
+"""A flash that fills the device's disk removes its partial upload: left in .incoming it kept the
+disk 100% full, and a resume would only hit the same wall. Needs a small real file system (tmpfs)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from edgekit.flash import collect_devices, flash_many, read_bundle
+from edgekit.flash.bundle import build_bundle
+from flash_fixtures import make_outdir
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / "card"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_removes_the_partial_upload(tmp_path, small_fs):
+    dev = small_fs / "models"
+    devs = collect_devices([str(dev)])
+    build_bundle(make_outdir(tmp_path / "small", seed=0), tmp_path / "small.ekb")
+    small = read_bundle(tmp_path / "small.ekb", tmp_path)
+    assert flash_many(devs, small)[0].status == "flashed"
+    build_bundle(make_outdir(tmp_path / "big", n_in=1024, n_out=512, seed=1), tmp_path / "big.ekb")  # 2 MiB
+    res = flash_many(devs, read_bundle(tmp_path / "big.ekb", tmp_path))[0]
+    assert (res.status, res.step, res.version) == ("failed", "upload", small.version)
+    assert "disk is full" in res.reason and "was removed" in res.reason, res.reason
+    assert os.listdir(dev / ".incoming") == []
+    assert os.readlink(dev / "current") == f"versions/{small.version}"
+    free = os.statvfs(small_fs)
+    assert free.f_bavail * free.f_frsize > 512 * 1024  # the space is back for the active version to use
