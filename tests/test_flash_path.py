@@ -107,6 +107,23 @@ def test_current_that_is_not_a_link_is_left_alone(tmp_path):
     assert (dev / "current" / "keep.txt").read_text() == "user data"
 
 
+@pytest.mark.parametrize("target", ["/etc", "../elsewhere/v", "versions/../../x", "versions"])
+def test_current_linking_outside_versions_is_left_alone(tmp_path, target):
+    from edgekit.flash.fleet import status_many
+
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    os.symlink(target, dev / "current")
+    build_bundle(make_outdir(tmp_path / "out"), tmp_path / "v.ekb")
+    devs = collect_devices([str(dev)])
+    res = flash_many(devs, read_bundle(tmp_path / "v.ekb", tmp_path))[0]
+    assert (res.status, res.step) == ("failed", "inspect") and "points outside" in res.reason, res.reason
+    assert target in res.reason and "will not replace it" in res.reason
+    assert rollback_many(devs)[0].step == "inspect"
+    assert os.readlink(dev / "current") == target
+    assert "points outside" in status_many(devs)[0]["note"]
+
+
 def test_keep_never_drops_active_or_previous(tmp_path):
     dev = tmp_path / "dev"
     devs = collect_devices([str(dev)])

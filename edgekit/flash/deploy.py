@@ -124,7 +124,13 @@ def active_version(t, L: Layout) -> str | None:
         raise EdgekitError(f"{L('current')} exists and is not a symlink; edgekit will not replace it") from None
     if target is None:
         return None
-    return posixpath.basename(target.rstrip("/"))
+    # edgekit's links are versions/<version>; one pointing anywhere else (current -> /etc) is the
+    # user's, and replacing it would silently drop what it served
+    where = posixpath.normpath(posixpath.join(L.root, target))
+    if posixpath.dirname(where) != posixpath.normpath(L("versions")):
+        raise EdgekitError(f"{L('current')} points outside {L('versions')}/ (to {target}); "
+                           "edgekit will not replace it")
+    return posixpath.basename(where)
 
 
 def read_history(t, L: Layout, warnings: list | None = None) -> list[dict]:
