@@ -215,7 +215,10 @@ def test_unreachable_target_still_publishes_with_latency_unavailable(tmp_path, m
         name = "CPUExecutionProvider"
     """))
     np.save(tmp_path / "calib.npy", np.random.default_rng(8).normal(size=(40, 6)).astype(np.float32))
-    r = _cli("compress", mlp, "--calib", "calib.npy", "--target", "gone.toml", "--no-tune", "-o", "out", cwd=tmp_path)
+    # a wide tolerance: what is checked is the latency's reason, which an accuracy miss would pre-empt
+    # (one of 40 samples flips on an AVX2-only host, where INT8 uses 7-bit weights)
+    r = _cli("compress", mlp, "--calib", "calib.npy", "--target", "gone.toml", "--no-tune", "--tolerance", "50%",
+             "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     lat = [a["latency"]["gone"] for a in man["artifacts"]]
