@@ -80,12 +80,17 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(None if j else 0.0)
         elif j == 0 and task == "classification":
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
-        elif r.dtype.kind in "iub":
-            # class indices, masks, counts: equal or not (R^2 over class ids scored label 3 vs 4 as close)
-            vals.append(exact_agreement(o, r))
         else:
-            vals.append(_generic(o, r))
+            vals.append(output_fidelity(o, r))
     return vals
+
+
+def output_fidelity(out: np.ndarray, ref: np.ndarray) -> float:
+    """An output of unknown meaning against its reference (same shape)."""
+    if ref.dtype.kind in "iub":
+        # class indices, masks, counts: equal or not (R^2 over class ids scored label 3 vs 4 as close)
+        return exact_agreement(out, ref)
+    return _generic(out, ref)
 
 
 def exact_agreement(out: np.ndarray, ref: np.ndarray) -> float:

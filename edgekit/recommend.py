@@ -11,9 +11,20 @@ def metric_veto(a, manifest, tolerance) -> str | None:
     """Why `a`'s metric rules it out (a drop from the run's FP32 beyond tolerance), or None."""
     fp32 = next((x for x in manifest.artifacts if x.kind == "fp32"), None)
     ref, val = ((fp32.metrics or {}).get("value") if fp32 else None), (a.metrics or {}).get("value")
-    if a.kind == "fp32" or ref is None or val is None or tolerance.allows(ref, val):
+    if a.kind == "fp32":
         return None
-    return f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}"
+    if ref is not None and val is not None and not tolerance.allows(ref, val):
+        return f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}"
+    # with labels the metric is the first output's accuracy; every other output is held to FP32 by the
+    # same tolerance (as INT8 tuning holds it), or a pruned model with a broken second head is "lossless"
+    others = (a.metrics or {}).get("other_outputs_fidelity") or ()
+    bad = [(i, v) for i, v in enumerate(others, 1) if v is not None and not tolerance.allows(1.0, v)]
+    if bad:
+        i, v = min(bad, key=lambda b: b[1])
+        names = [o.get("name") if isinstance(o, dict) else getattr(o, "name", None) for o in a.outputs or ()]
+        which = f"output '{names[i]}'" if i < len(names) and names[i] else f"output {i}"
+        return f"{a.path}: {which} fidelity to FP32 {v:.4f} (drop {1.0 - v:.2%}) beyond {tolerance}"
+    return None
 
 
 def precision_veto(a, target) -> str | None:

@@ -17,7 +17,7 @@ def chance_notes(run, fp32: Artifact) -> list:
     shape = (fp32.outputs[0].get("shape") if fp32.outputs else None) or []
     classes = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
     if m.get("name") != "accuracy" or not classes or classes < 2 or m.get("value") is None \
-            or m["value"] > 1.5 / classes:
+            or m["value"] > chance_ceiling(run.ctx.eval.labels if run.ctx.eval is not None else None, classes):
         return []
     why = ("no --weights was given, so the model has its factory's initial weights (random unless the factory "
            "loads them)" if run.ctx.source.kind == "torch" and not run.ctx.source.spec.startswith("zoo:")
@@ -26,6 +26,20 @@ def chance_notes(run, fp32: Artifact) -> list:
     note = f"the source model's accuracy {m['value']:.4f} is at chance level for {classes} classes: {why}"
     print(f"edgekit: note: {note}", file=sys.stderr)
     return [note]
+
+
+def chance_ceiling(labels, classes: int) -> float:
+    """Highest accuracy still read as chance: always guessing the commonest label, plus two standard
+    errors of that guess on this many samples (or half of the rest of one class's share, whichever is
+    more). A flat 1.5 / C called a working two-class model at 0.67 (majority 0.51) "chance"."""
+    y = np.asarray(labels).reshape(-1) if labels is not None else np.zeros(0)
+    if y.size:
+        _, counts = np.unique(y, return_counts=True)
+        p, n = counts.max() / y.size, y.size
+    else:
+        p, n = 1.0 / classes, None
+    se = 2.0 * float(np.sqrt(p * (1.0 - p) / n)) if n else 0.0
+    return float(p + max(se, (1.0 - p) / (2.0 * classes)))
 
 
 def label_notes(run, fp32: Artifact) -> list:
