@@ -203,6 +203,13 @@ def test_without_a_passing_candidate_the_best_is_the_most_accurate_faster_one(tm
     assert tuner.best() is fast
     tuner.trials = [slow_accurate, trial(0.90, 1.0)]  # none faster than FP32: the most accurate
     assert tuner.best() is slow_accurate
+    # equally accurate, none faster, speeds within noise: the earlier one on every replay (the raw
+    # fastest flipped the written INT8 file between two runs of one recipe)
+    first, second = trial(0.95, 0.80), trial(0.95, 0.81)
+    tuner.trials = [first, second]
+    assert tuner.best() is first
+    tuner.trials = [first, trial(0.95, 0.95)]  # a real speed difference still counts
+    assert tuner.best() is tuner.trials[1]
 
 
 def test_a_passing_candidate_as_slow_as_fp32_does_not_win_where_int8_can_be_faster(tmp_path):

@@ -349,7 +349,10 @@ class Tuner:
         if not done:
             return None
         pool = [t for t in done if _faster(t)] or done
-        return max(pool, key=lambda t: (t.metric, -(t.latency_ms or float("inf"))))
+        # equal accuracy goes to the speed rule with its tie margin: the raw fastest of several equally
+        # accurate candidates, all slower than FP32, flipped between replays of one recipe
+        top = max(t.metric for t in pool)
+        return _fastest([t for t in pool if t.metric == top])
 
 
 SPEED_TIE = 0.03  # speed-ups this close (relative) are one speed on a shared host: a replay must not flip
