@@ -100,8 +100,52 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
         if not _castable(arr.dtype, dst):
             raise CalibrationError(f"{where}: input {name!r} has dtype {arr.dtype}; the model expects {dst} "
                                    "and that cast would lose information")
+        # the values are checked here, on the file's own dtype: after the cast a wrapped integer or
+        # an overflowed float looks like any other value, and the cast view hides the source
+        _check_cast_values(where, name, arr, dst)
         arr = _cast_view(arr, dst)
     return arr
+
+
+def _chunks(arr, budget: int = 64 << 20):
+    """(start, chunk) over axis 0, about `budget` bytes at a time, so a memory-mapped file is never read whole."""
+    row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * np.dtype(arr.dtype).itemsize)
+    step = max(1, budget // row)
+    for a in range(0, len(arr), step):
+        yield a, np.asarray(arr[a:a + step])
+
+
+def _first_sample(bad: np.ndarray) -> int:
+    return int(np.argwhere(bad.reshape(len(bad), -1).any(1))[0][0])
+
+
+def _check_cast_values(where: str, name: str, arr, dst: np.dtype):
+    """Refuse what the cast to the model's dtype would not carry over: NaN/inf, integers outside the
+    target's range (they wrap), finite floats beyond its range (they become inf)."""
+    src = np.dtype(arr.dtype)
+    lo = hi = None
+    if dst.kind in "iu" and src.kind in "iu":
+        info = np.iinfo(dst)
+        lo, hi = info.min, info.max
+    for a, part in _chunks(arr):
+        if src.kind == "f":
+            bad = ~np.isfinite(part)
+            if bad.any():
+                raise CalibrationError(f"{where}: input {name!r} has NaN or infinite values "
+                                       f"(first in sample {a + _first_sample(bad)})")
+        if lo is not None:
+            bad = (part < lo) | (part > hi)
+            what = f"outside the range of {dst} ({lo}..{hi}), the model's input dtype; it would wrap"
+        elif dst.kind == "f":
+            with np.errstate(over="ignore"):
+                bad = ~np.isfinite(part.astype(dst))
+            what = f"beyond the range of {dst} (largest {np.finfo(dst).max:g}), the model's input dtype; it would become inf"
+        else:
+            continue
+        if bad.any():
+            i = _first_sample(bad)
+            v = part[i][bad[i]].flat[0]
+            raise CalibrationError(f"{where}: input {name!r} holds {v}, {what} (first in sample {a + i})")
 
 
 def _check_zero_one(where: str, name: str, arr, chunk: int = 1 << 16):
@@ -114,15 +158,17 @@ def _check_zero_one(where: str, name: str, arr, chunk: int = 1 << 16):
                                    "(integer data for it must be 0 or 1)")
 
 
-def _check_finite(where: str, name: str, arr, chunk: int = 4096):
+def _check_finite(where: str, name: str, arr):
     """NaN or inf in the data would surface far from here (a failed export check, a silently wrong score)."""
     if isinstance(arr, LazyArray) or np.dtype(arr.dtype).kind != "f":
-        return  # decoded images and integer ids cannot hold either
-    for a in range(0, len(arr), chunk):
-        bad = ~np.isfinite(np.asarray(arr[a:a + chunk]))
+        # cast views were checked on their source by _check_cast_values; decoded images and
+        # integer ids cannot hold either
+        return
+    for a, part in _chunks(arr):
+        bad = ~np.isfinite(part)
         if bad.any():
-            i = a + int(np.argwhere(bad.reshape(len(bad), -1).any(1))[0][0])
-            raise CalibrationError(f"{where}: input {name!r} has NaN or infinite values (first in sample {i})")
+            raise CalibrationError(f"{where}: input {name!r} has NaN or infinite values "
+                                   f"(first in sample {a + _first_sample(bad)})")
 
 
 def _fmt_shape(shape) -> str:
