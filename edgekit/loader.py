@@ -484,8 +484,20 @@ def _real_sample(sample_inputs, spec, n_specs, shape):
     return np.array(take, dtype=spec.dtype, order="C")  # a writable copy: data may be a read-only memmap
 
 
+def _takes_varargs(module) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
-    names = _forward_names(module) or ["input"]
+    names = _forward_names(module)
+    if not names:
+        # forward(self, *xs): nothing to bind by name, so the data's arrays go in positionally, in file
+        # order (the one order an .npz has); "forward() takes ['input']" named a parameter that is not there
+        names = list(sample_inputs) if sample_inputs and _takes_varargs(module) else ["input"]
     if sample_inputs:
         from .calibration import LABEL_KEY
 

@@ -305,3 +305,30 @@ def test_a_forward_parameter_named_like_the_labels_array_is_explained(tmp_path):
     with pytest.raises(InputError, match=r"m\.py:build: forward\(\) takes a parameter named 'y', but an \.npz array "
                                          r"named 'y' holds class labels"):
         load_source(f"{f}:build", sample_inputs={"x": np.zeros((3, 4), np.float32)})
+
+
+def test_forward_with_only_varargs_takes_the_data_arrays_in_order(tmp_path):
+    # forward(self, *xs) has no parameter names to bind to: the error used to say "it takes ['input']"
+    import textwrap
+
+    from edgekit.loader import load_python
+
+    (tmp_path / "va.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+        class VarArgs(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(6, 3), nn.Linear(4, 3)
+            def forward(self, *xs):
+                return self.a(xs[0]) + self.b(xs[1])
+        def build():
+            torch.manual_seed(0)
+            return VarArgs()
+    """))
+    rng = np.random.default_rng(0)
+    data = {"p": rng.normal(size=(5, 6)).astype(np.float32), "q": rng.normal(size=(5, 4)).astype(np.float32)}
+    src = load_python(str(tmp_path / "va.py"), "build", sample_inputs=data)
+    assert [(s.name, s.shape) for s in src.inputs] == [("p", ["batch", 6]), ("q", ["batch", 4])]
+    with torch.no_grad():
+        out = src.module(*[torch.from_numpy(data[s.name]) for s in src.inputs])
+    assert out.shape == (5, 3)
