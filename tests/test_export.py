@@ -46,6 +46,31 @@ def test_numeric_mismatch_is_an_error(tmp_path):
         verify_against_torch(net, src, tmp_path / "m.onnx", data, where="m.onnx")
 
 
+class _PerCallScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x, scale):
+        return self.fc(x) / scale  # [N, 2] / [N]: broadcasts at N == 2 (the export's batch) only
+
+
+def test_a_model_that_fails_at_the_check_batch_is_a_data_error_naming_the_file(tmp_path):
+    # it exported at batch 2 and failed at the check's 16: "internal error: RuntimeError", naming nothing
+    from edgekit.errors import InputError
+
+    torch.manual_seed(0)
+    net = _PerCallScale().eval()
+    src = SourceModel(spec="test", kind="torch", module=net, task="classification", outputs=["y"],
+                      inputs=[TensorSpec("x", ["batch", 8], "float32"), TensorSpec("scale", ["batch"], "float32")],
+                      dynamic_axes={"x": {0: "batch"}, "scale": {0: "batch"}, "y": {0: "batch"}})
+    data = Dataset({"x": np.ones((20, 8), np.float32), "scale": np.full(20, 2.0, np.float32)}, None, "calib_t.npz")
+    with pytest.raises(InputError, match=r"^calib_t.npz: forward\(\) failed on 16 samples \(x\[16, 8\], "
+                                         r"scale\[16\]\): RuntimeError: .*one row per sample"):
+        export_module(net, src, tmp_path / "m.onnx", data=data)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_check_outputs_collects_every_mismatch():
     ref = [np.zeros(3), np.zeros(2)]
     with pytest.raises(NumericsError) as e:

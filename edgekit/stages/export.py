@@ -9,7 +9,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..dataset import Dataset
-from ..errors import EdgekitError
+from ..errors import EdgekitError, InputError
 from ..fsutil import atomic_path
 from ..onnxutil import graph_facts, session
 from ..source import SourceModel
@@ -215,7 +215,16 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
             feeds[name] = np.ascontiguousarray(np.take(feeds[name], range(feeds[name].shape[axis] // 2), axis=axis))
         origin += ", half sequence length"
     with torch.no_grad():
-        ref = module(*[torch.from_numpy(feeds[s.name]) for s in source.inputs])
+        try:
+            ref = module(*[torch.from_numpy(feeds[s.name]) for s in source.inputs])
+        except Exception as e:
+            # the model ran at the loader's probe batch and fails at this one: a mismatch between the
+            # model and the data (an [N] array that broadcasts against [N, C] only when N == C), not an
+            # edgekit fault, so one line naming the data rather than "internal error: RuntimeError"
+            shapes = ", ".join(f"{s.name}{list(feeds[s.name].shape)}" for s in source.inputs)
+            raise InputError(f"{origin}: forward() failed on {n} samples ({shapes}): {type(e).__name__}: "
+                             f"{short_reason(e)}; every input must hold one row per sample, and the model must "
+                             "accept any batch size") from None
     ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
     got = session(onnx_path).run(None, feeds)
     res = check_outputs(ref, got, list(source.outputs), atol=ATOL, rtol=RTOL, where=where)
