@@ -5,6 +5,7 @@ Device layout under PATH:
     versions/<version>/...        complete, verified, self-tested bundles
     current -> versions/<version> the active one; switched by rename(2) of a fresh symlink
     .incoming/<version>-<nonce>/  an upload in progress; never activated, resumed next time
+    .lock/owner.json              held while a flash or rollback runs (who, where, since when)
     history.json                  activations in order (for rollback and retention); entries a
                                   rollback went back past stay, marked "rolled_back"
 
@@ -226,6 +227,101 @@ def _mismatches(got: dict, want: dict) -> list[str]:
             for rel, sha in want.items() if got.get(rel) != sha]
 
 
+LOCK = ".lock"
+# A flash holds the lock for minutes (an upload over a slow link, a 600 s self-test); a lock this old
+# was left by a run that died without releasing it, wherever that ran.
+LOCK_MAX_AGE = 24 * 3600.0
+
+
+_HELD: set = set()  # tokens of the locks this process holds now (a lock of ours not in it was left behind)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # someone else's process, or no usable pid: assume it runs
+    return True
+
+
+def _lock_owner(t, lockdir: str) -> dict:
+    try:
+        owner = json.loads(t.read_bytes(posixpath.join(lockdir, "owner.json")) or b"{}")
+    except ValueError:
+        owner = {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _describe_owner(owner: dict, age: float | None) -> str:
+    who = (f"{owner.get('user', '?')}@{owner.get('host', '?')} pid {owner.get('pid', '?')}" if owner.get("host")
+           else "an owner not recorded yet")
+    if age is None:
+        return who
+    return who + (f", {age:.0f} s ago" if age < 120 else f", {age / 60:.0f} min ago")
+
+
+@contextlib.contextmanager
+def device_lock(t, L: Layout, res: DeviceResult):
+    """Hold PATH/.lock (an atomic mkdir on the device) for one flash or rollback: two runs at once
+    deleted each other's uploads in .incoming and raced on `current`. A lock whose owner is gone
+    (a dead process on this host, or older than LOCK_MAX_AGE) is taken over, with a warning."""
+    import getpass
+    import socket
+
+    path, me = L(LOCK), {"host": socket.gethostname(), "pid": os.getpid(), "started": _now(),
+                         "time": time.time(), "token": os.urandom(8).hex()}
+    with contextlib.suppress(Exception):
+        me["user"] = getpass.getuser()
+    for attempt in (1, 2):
+        try:
+            t.mkdir_exclusive(path)
+            break
+        except FileExistsError:
+            owner = _lock_owner(t, path)
+            since = owner.get("time")
+            if not isinstance(since, (int, float)):
+                with contextlib.suppress(Exception):
+                    since = t.mtime(path)
+            age = time.time() - since if isinstance(since, (int, float)) else None
+            # same host: a gone process, or this one when it no longer holds that lock (its connection
+            # dropped before the release, and a retry in the same process must not wait a day)
+            dead = owner.get("host") == me["host"] and (
+                not _pid_alive(owner.get("pid"))
+                or (owner.get("pid") == me["pid"] and owner.get("token") not in _HELD))
+            if attempt == 1 and (dead or (age is not None and age > LOCK_MAX_AGE)):
+                # renamed aside first: of two runs taking over the same stale lock, one rename wins
+                aside = L(f"{LOCK}.stale-{os.urandom(4).hex()}")
+                with contextlib.suppress(OSError):
+                    t.rename(path, aside)
+                    moved = _lock_owner(t, aside)
+                    if moved != owner:  # another run took it over between our read and the rename
+                        with contextlib.suppress(OSError):
+                            t.rename(aside, path)
+                        raise FileExistsError(path)  # refused below, as a lock in use
+                    with contextlib.suppress(Exception):
+                        t.rmtree(aside)
+                    res.warnings.append(f"took over a stale lock {path} ({_describe_owner(owner, age)}; "
+                                        f"{'its run is gone' if dead else 'older than 24 h'})")
+                continue
+            raise EdgekitError(f"another flash or rollback is in progress on this device: {path} is held by "
+                               f"{_describe_owner(owner, age)}; if none is running, remove {path}")
+    _HELD.add(me["token"])
+    written = False
+    try:
+        t.write_bytes_atomic(L(LOCK, "owner.json"), (json.dumps(me) + "\n").encode())
+        written = True
+        yield
+    finally:
+        _HELD.discard(me["token"])
+        # only our own lock: after a takeover the folder may be another run's (an unwritten owner
+        # file means the folder is the one our mkdir just made)
+        with contextlib.suppress(Exception):
+            if not written or _lock_owner(t, path).get("token") == me["token"]:
+                t.rmtree(path)
+
+
 def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> DeviceResult:
     """Install bundle on the device behind transport t (root = its install directory)."""
     L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
@@ -234,7 +330,14 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
     want = dict(bundle.files)
     want[META] = bundle.meta_sha256()
     version = bundle.version
+    held = contextlib.ExitStack()
     try:
+        with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
+            res.previous = active_version(t, L)  # read again under the lock; named even if refused here
+            check_version_name(version)  # a refused name must not leave even the lock folder
+            _check_root(t, L.root, create_last=True)
+            t.makedirs(L.root)
+            held.enter_context(device_lock(t, L, res))
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             vdir = L.version(version)  # before any makedirs: a refused name must not leave even empty dirs
@@ -300,6 +403,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             res.status, res.step, res.reason = "failed", e.step, e.reason
             res.version = res.previous
     finally:
+        held.close()
         res.seconds = round(time.monotonic() - t0, 3)
     return res
 
@@ -400,9 +504,13 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
     L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
     res.warnings.extend(getattr(t, "warnings", ()))  # the transport's own notes (skipped known_hosts lines)
     dev = t.label
+    held = contextlib.ExitStack()
     try:
-        with step("inspect", emit, dev):
+        with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
             _check_root(t, L.root, create_last=False)
+            if t.isdir(L.root):  # an SSH device without the folder has nothing to roll back (said next)
+                held.enter_context(device_lock(t, L, res))
+        with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             history = read_history(t, L, res.warnings)
             present = set(version_dirs(t, L))
@@ -445,6 +553,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
         else:
             res.status, res.step, res.reason, res.version = "failed", e.step, e.reason, res.previous
     finally:
+        held.close()
         res.seconds = round(time.monotonic() - t0, 3)
     return res
 

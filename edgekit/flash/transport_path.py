@@ -83,6 +83,9 @@ class PathTransport:
     def makedirs(self, path) -> None:
         os.makedirs(path, exist_ok=True)
 
+    def mkdir_exclusive(self, path) -> None:
+        os.mkdir(path)  # FileExistsError if it is there: the atomic test-and-set of the device lock
+
     def put(self, local, remote, callback=None) -> None:
         size = os.path.getsize(local)
         with open(local, "rb") as src, open(remote, "wb") as dst:

@@ -262,6 +262,14 @@ class SshTransport:
                     if not self.isdir(cur):  # created meanwhile is fine, anything else is not
                         raise
 
+    def mkdir_exclusive(self, path) -> None:
+        try:
+            self.sftp.mkdir(path)  # mkdir(2) on the device: the atomic test-and-set of the device lock
+        except OSError:
+            if self.exists(path):
+                raise FileExistsError(errno.EEXIST, "exists", path) from None
+            raise
+
     def put(self, local, remote, callback=None) -> None:
         self.sftp.put(str(local), remote, callback=callback, confirm=True)
 
