@@ -108,3 +108,25 @@ def test_transformer_encoder_layer_exports(tmp_path):
     data = Dataset({"x": np.random.default_rng(0).normal(size=(4, 5, 16)).astype(np.float32)})
     art = export_module(net, src, tmp_path / "enc.onnx", data=data)
     assert art.verify["max_abs_diff"] < 1e-4
+
+
+def test_parametrized_layers_export_baked_and_the_users_module_keeps_them(tmp_path):
+    # spectral_norm's power iteration (aten::vdot) has no ONNX export: the run failed with
+    # "UnsupportedOperatorError"; weight_norm exported its g * v / ||v|| into the graph
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(weight_norm(nn.Linear(8, 16)), nn.ReLU(), spectral_norm(nn.Linear(16, 4)))
+    with torch.no_grad():
+        net(torch.randn(32, 8))  # a training-mode call runs spectral_norm's power iteration once
+    net.eval()
+    data = Dataset({"x": np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)})
+    art = export_module(net, _source(net), tmp_path / "m.onnx", data=data)
+    assert art.verify["max_abs_diff"] < 1e-5
+    assert art.params == 8 * 16 + 16 + 16 * 4 + 4  # one weight per layer, not g and v
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    assert "ReduceL2" not in ops and "Div" not in ops, ops
+    assert parametrize.is_parametrized(net[0]) and parametrize.is_parametrized(net[2])
+    with torch.no_grad():
+        assert net(torch.from_numpy(data.inputs["x"][:3])).shape == (3, 4)  # the user's module still runs

@@ -11,6 +11,7 @@ from ..artifact import Artifact
 from ..dataset import Dataset
 from ..errors import EdgekitError, InputError
 from ..fsutil import atomic_path
+from ..loader import PROBE_BATCH
 from ..onnxutil import graph_facts, session
 from ..source import SourceModel
 from ..stdio import native_stderr_muted
@@ -74,9 +75,39 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     return art
 
 
+def _without_parametrizations(module):
+    """A copy of `module` with every torch.nn.utils.parametrize parametrization baked into its tensor.
+    spectral_norm's power iteration (aten::vdot) has no ONNX export, and the graph would recompute a
+    constant weight on every run anyway; in eval mode the baked tensor is what forward() uses, so the
+    check against the original module still holds. The user's module is left as it is."""
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in module.modules()):
+        return module
+    import copy
+
+    import torch
+
+    baked = copy.deepcopy(module).eval()
+    for m in list(baked.modules()):
+        if not parametrize.is_parametrized(m):
+            continue
+        with torch.no_grad():
+            values = {name: getattr(m, name).detach().clone() for name in m.parametrizations.keys()}
+        # by hand, not remove_parametrizations(): that deletes the property from the Parametrized class,
+        # which the deep copy shares with the user's module (whose forward then lost its weight)
+        m.__class__ = type(m).__bases__[0]
+        del m._modules["parametrizations"]
+        for name, v in values.items():
+            m._parameters[name] = torch.nn.Parameter(v, requires_grad=False)
+    return baked
+
+
 def _export(module, source: SourceModel, args, tmp, opset: int) -> None:
     import onnx
     import torch
+
+    module = _without_parametrizations(module)
 
     # a failed attempt (edgekit then retries at a fixed length) makes torch dump its IR graph through
     # C++'s std::cout, which Python cannot redirect: onto stdout, and into --json. Sent to std::cerr
@@ -223,8 +254,8 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
             # edgekit fault, so one line naming the data rather than "internal error: RuntimeError"
             shapes = ", ".join(f"{s.name}{list(feeds[s.name].shape)}" for s in source.inputs)
             raise InputError(f"{origin}: forward() failed on {n} samples ({shapes}): {type(e).__name__}: "
-                             f"{short_reason(e)}; every input must hold one row per sample, and the model must "
-                             "accept any batch size") from None
+                             f"{short_reason(e)} (it ran on the loader's {PROBE_BATCH}: does the model, or an input, depend "
+                             "on the batch size? every input must hold one row per sample)") from None
     ref = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
     got = session(onnx_path).run(None, feeds)
     res = check_outputs(ref, got, list(source.outputs), atol=ATOL, rtol=RTOL, where=where)
