@@ -326,3 +326,16 @@ def test_non_finite_sample_inputs_of_the_run_fall_back_to_a_generated_input(outd
     np.savez(outdir / "sample_inputs.npz", x=x)
     info = build_bundle(outdir, tmp_path / "m.ekb")
     assert info["selftest"]["input_origin"] == "generated"
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.7, -6])
+def test_flipped_bit_reads_as_a_damaged_archive(outdir, tmp_path, where):
+    build_bundle(outdir, tmp_path / "m.ekb")
+    b = bytearray((tmp_path / "m.ekb").read_bytes())
+    b[int(len(b) * where) if where > 0 else where] ^= 1  # -6: inside the trailing CRC/size
+    (tmp_path / "flip.ekb").write_bytes(bytes(b))
+    with pytest.raises(InputError, match=r"flip\.ekb: damaged bundle archive \(corrupt compressed data"):
+        read_bundle(tmp_path / "flip.ekb", tmp_path)
+    (tmp_path / "cut.ekb").write_bytes(bytes(b[: len(b) // 2]))
+    with pytest.raises(InputError, match=r"cut\.ekb: damaged bundle archive .*truncated"):
+        read_bundle(tmp_path / "cut.ekb", tmp_path)

@@ -55,9 +55,31 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def _check_gzip_stream(archive: Path) -> None:
+    """Decompress the whole .ekb once, for its CRC: tarfile stops quietly at the first header that a
+    damaged stream garbles, so one flipped bit read as 'files missing from bundle.json'."""
+    import zlib
+
+    try:
+        with open(archive, "rb") as raw:
+            if raw.read(2) != b"\x1f\x8b":
+                return  # not gzip: tarfile says what it is below
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw) as gz:
+                while gz.read(1 << 20):
+                    pass
+    except FileNotFoundError:
+        return  # named by tarfile.open below
+    except (gzip.BadGzipFile, zlib.error, EOFError) as e:
+        why = "truncated" if isinstance(e, EOFError) else _first_line(e)
+        raise InputError(f"{archive}: damaged bundle archive (corrupt compressed data: {why}); "
+                         "copy or rebuild the bundle again") from None
+
+
 def safe_extract(archive, dest) -> list[str]:
     """Extract a bundle archive into dest (created); return the regular files' relative paths."""
     archive, dest = Path(archive), Path(dest)
+    _check_gzip_stream(archive)
     try:
         tar = tarfile.open(archive, mode="r:*")
     except FileNotFoundError:
