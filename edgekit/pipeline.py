@@ -119,13 +119,24 @@ def stage_prune(run: Run):
     if run.ctx.source.kind == "onnx":
         return "not-applicable", "the source is an ONNX file: pruning works on PyTorch models"
     if not (cfg.prune.enabled or cfg.distill.student):
-        return "skipped", "pruning is off (--prune RATIO to enable)"
+        why = "pruning is off (ratio 0; --prune RATIO > 0 to enable)"
+        if run.ctx.train is not None:
+            # --train feeds distillation only, which runs on a pruned model or a --student
+            why += "; the --train data was not used: it trains a pruned model or a --student"
+            print(f"edgekit: note: {why}", file=sys.stderr)
+        return "skipped", why
     from .stages import prune as prune_stage
 
     res = prune_stage.run(run.ctx.source, run.ctx, cfg.prune, cfg.distill, distill_enabled=cfg.distill_enabled)
     run.torch_variant = (res.module, res.kind)
     run.manifest.pruning = res.info
-    return {"kind": res.kind, "params_before": res.info.get("params_before"), "params_after": res.info.get("params_after")}
+    notes = list(res.info.get("notes") or [])
+    if not cfg.prune.enabled:
+        notes.insert(0, "nothing pruned: the --student model was distilled from the source")
+    for note in notes:
+        print(f"edgekit: note: {note}", file=sys.stderr)
+    return {"kind": res.kind, "params_before": res.info.get("params_before"), "params_after": res.info.get("params_after"),
+            "notes": notes}
 
 
 def stage_distill(run: Run):
@@ -136,8 +147,9 @@ def stage_distill(run: Run):
         return "skipped", "distillation is off (it runs by default after pruning; --distill to force)"
     hist = (run.manifest.pruning or {}).get("distill", {})
     # the training itself ran inside the prune stage's iterative prune -> distill schedule
+    how = "prune, then distil, per step" if cfg.prune.enabled else "the --student model, nothing pruned"
     return {"ran_inside": "prune", "best_epoch": hist.get("best_epoch"), "best_metric": hist.get("best_metric"),
-            "notes": ["ran inside the prune stage (prune, then distil, per step): its time is counted there"]}
+            "notes": [f"ran inside the prune stage ({how}): its time is counted there"]}
 
 
 def stage_export(run: Run):

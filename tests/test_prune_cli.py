@@ -136,3 +136,35 @@ def test_sparse_prune_says_what_it_zeroed(user_model, capsys):
     assert "latency ms" not in err  # no empty step table
     assert _run(base + ["--ratio", "0.3", "-o", str(d / "sp2")]) == 2 and not (d / "sp2").exists()
     assert "--ratio 0.3 does not apply to 2:4 sparsity" in capsys.readouterr().err
+
+
+def test_stage_notes_say_what_pruning_really_did(user_model, capsys):
+    d, f, w = user_model
+    base = ["compress", f"{f}:build", "--weights", str(w), "--calib", str(d / "calib.npy"), "--eval",
+            str(d / "eval.npz"), "--quantize", "none", "--no-profile", "--no-distill"]
+    # 0.95 of 32 channels rounds up to 8 kept (75% removed): the manifest said "ratio 0.95", silently
+    assert _run(base + ["--prune", "0.95", "-o", str(d / "a")]) in (0, None)
+    man = load_manifest(d / "a")
+    lost = [r for _, after, r in man.pruning["channels"].values() if r > 0]
+    assert max(lost) < 0.9
+    note = next(n for n in man.pruning["notes"] if n.startswith("asked to remove 95% of channels"))
+    assert "multiples of 8" in note and note in capsys.readouterr().err
+    assert note in {s.name: s for s in man.stages}["prune"].reason
+    # --prune 0 with --train: "pruning is off (--prune RATIO to enable)" although --prune was given,
+    # and the training data went unused without a word
+    np.save(d / "train.npy", np.zeros((8, 1, 12, 12), np.float32))
+    assert _run(base + ["--prune", "0", "--train", str(d / "train.npy"), "-o", str(d / "b")]) in (0, None)
+    reason = {s.name: s for s in load_manifest(d / "b").stages}["prune"].reason
+    assert "ratio 0" in reason and "--train data was not used" in reason
+    assert "--train data was not used" in capsys.readouterr().err
+
+
+def test_student_without_pruning_says_nothing_was_pruned(user_model):
+    d, f, w = user_model
+    out = d / "s"
+    assert _run(["compress", f"{f}:build", "--weights", str(w), "--calib", str(d / "calib.npy"), "--eval",
+                 str(d / "eval.npz"), "--student", f"{f}:small", "--quantize", "none", "--no-profile",
+                 "-o", str(out)]) in (0, None)
+    st = {s.name: s for s in load_manifest(out).stages}
+    assert "nothing pruned" in st["prune"].reason
+    assert "the --student model, nothing pruned" in st["distill"].reason

@@ -87,7 +87,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     info.update({"ignored": plan.ignored_names, "ratio": ratio, "params_after": params1, "macs_after": macs1, "metric_after": res["steps"][-1]["metric"],
                  "channels": graph.channel_table(graph.channel_counts(teacher), graph.channel_counts(model)),
                  "steps": res["steps"], "seconds": round(time.perf_counter() - t0, 2)})
-    info["notes"] += res["notes"]
+    info["notes"] += res["notes"] + _shortfall_notes(info, ratio_dict)
     if res["distill"]:
         info["distill"] = res["distill"][-1] if len(res["distill"]) == 1 else {
             "per_step": res["distill"], "best_epoch": res["distill"][-1]["best_epoch"],
@@ -95,6 +95,19 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     kind = "distilled" if res["distill"] else "pruned"
     _check_runs(model, example, where=f"{source.spec} ({kind})")
     return PruneResult(model, kind, info)
+
+
+def _shortfall_notes(info, ratio_dict) -> list:
+    """Say so when the pruned layers kept more than the uniform ratio asked: channel counts stay
+    multiples of round_to (and at least one multiple), so --prune 0.95 on 32-channel layers removes 75%,
+    and the manifest read 'ratio 0.95' without a word."""
+    ratio = info.get("ratio") or 0.0
+    done = [r for _, after, r in (info.get("channels") or {}).values() if after and r > 0]
+    if ratio_dict or not done or min(done) >= ratio - 0.05:
+        return []
+    return [f"asked to remove {ratio:.0%} of channels; the pruned layers lost {min(done):.0%}-{max(done):.0%}: "
+            f"channel counts stay multiples of {info.get('round_to')} (the target's channel_multiple), and no "
+            "layer goes below one multiple"]
 
 
 # ---------------------------------------------------------------- parts
