@@ -120,7 +120,7 @@ def stage_prune(run: Run):
         return "not-applicable", "the source is an ONNX file: pruning works on PyTorch models"
     if not (cfg.prune.enabled or cfg.distill.student):
         why = "pruning is off (ratio 0; --prune RATIO > 0 to enable)"
-        if run.ctx.train is not None:
+        if cfg.train:  # the user's own --train (ctx.train falls back to the calibration data)
             # --train feeds distillation only, which runs on a pruned model or a --student
             why += "; the --train data was not used: it trains a pruned model or a --student"
             print(f"edgekit: note: {why}", file=sys.stderr)

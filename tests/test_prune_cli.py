@@ -148,7 +148,10 @@ def test_stage_notes_say_what_pruning_really_did(user_model, capsys):
     lost = [r for _, after, r in man.pruning["channels"].values() if r > 0]
     assert max(lost) < 0.9
     note = next(n for n in man.pruning["notes"] if n.startswith("asked to remove 95% of channels"))
-    assert "multiples of 8" in note and note in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "multiples of 8" in note and note in err
+    assert _run(base + ["--prune", "0", "-o", str(d / "c")]) in (0, None)
+    assert "--train" not in capsys.readouterr().err  # not given, not mentioned (the data falls back to --calib)
     assert note in {s.name: s for s in man.stages}["prune"].reason
     # --prune 0 with --train: "pruning is off (--prune RATIO to enable)" although --prune was given,
     # and the training data went unused without a word
