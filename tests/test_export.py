@@ -130,3 +130,29 @@ def test_parametrized_layers_export_baked_and_the_users_module_keeps_them(tmp_pa
     assert parametrize.is_parametrized(net[0]) and parametrize.is_parametrized(net[2])
     with torch.no_grad():
         assert net(torch.from_numpy(data.inputs["x"][:3])).shape == (3, 4)  # the user's module still runs
+
+
+class _Packed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.gru(packed)
+        return self.fc(h[-1])
+
+
+def test_an_unexportable_call_in_forward_is_named_with_the_way_out(tmp_path):
+    # the exporter's own words were a C++ "vector::_M_range_check" with nothing to act on
+    from edgekit.errors import EdgekitError
+
+    net = _Packed().eval()
+    src = SourceModel(spec="packed.py:build", kind="torch", module=net, task="classification", outputs=["y"],
+                      inputs=[TensorSpec("x", ["batch", 6, 4], "float32"), TensorSpec("lengths", ["batch"], "int64")],
+                      dynamic_axes={"x": {0: "batch"}, "lengths": {0: "batch"}, "y": {0: "batch"}})
+    data = Dataset({"x": np.ones((4, 6, 4), np.float32), "lengths": np.array([6, 3, 5, 2])})
+    with pytest.raises(EdgekitError, match=r"ONNX export failed: .*forward\(\) calls pack_padded_sequence, which "
+                                           r"torch's ONNX exporter cannot convert: run the RNN on the padded batch"):
+        export_module(net, src, tmp_path / "m.onnx", data=data)

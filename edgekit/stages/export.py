@@ -75,6 +75,27 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     return art
 
 
+# calls in forward() that torch's TorchScript exporter cannot convert, whose failure reads as an internal
+# C++ error ("vector::_M_range_check: __n (which is 0) >= this->size()"): name the cause and the way out
+_UNEXPORTABLE = {
+    "pack_padded_sequence": "run the RNN on the padded batch (and mask the padding) instead of packing it",
+    "pack_sequence": "run the RNN on the padded batch (and mask the padding) instead of packing it",
+}
+
+
+def _export_hint(module) -> str:
+    import inspect
+
+    try:
+        src = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return ""
+    for call, fix in _UNEXPORTABLE.items():
+        if call + "(" in src:
+            return f" (forward() calls {call}, which torch's ONNX exporter cannot convert: {fix})"
+    return ""
+
+
 def _without_parametrizations(module):
     """A copy of `module` with every torch.nn.utils.parametrize parametrization baked into its tensor.
     spectral_norm's power iteration (aten::vdot) has no ONNX export, and the graph would recompute a
@@ -124,7 +145,7 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> None:
                               opset_version=opset, dynamo=False, do_constant_folding=True)
         except Exception as e:
             raise EdgekitError(f"{source.spec}: ONNX export failed: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                               f"{str(e).splitlines()[0] if str(e) else ''}{_export_hint(module)}") from None
     try:
         onnx.checker.check_model(str(tmp))
     except onnx.checker.ValidationError as e:
