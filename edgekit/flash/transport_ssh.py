@@ -10,6 +10,7 @@ import base64
 import errno
 import json
 import os
+import posixpath
 import shlex
 import socket
 import stat
@@ -271,7 +272,24 @@ class SshTransport:
             raise
 
     def put(self, local, remote, callback=None) -> None:
-        self.sftp.put(str(local), remote, callback=callback, confirm=True)
+        try:
+            self.sftp.put(str(local), remote, callback=callback, confirm=True)
+        except OSError as e:
+            # SFTP reports a full disk as a bare "Failure" or, with pipelined writes, as a size
+            # mismatch; the caller must tell it from a dropped link (it removes the partial upload)
+            if self._out_of_space(local, remote):
+                raise OSError(errno.ENOSPC, "No space left on device", remote) from e
+            raise
+
+    def _out_of_space(self, local, remote) -> bool:
+        try:
+            st = self._lstat(remote)
+            need = os.path.getsize(local) - (st.st_size if st is not None else 0)
+            rc, out, _ = self.run([self.python, "-c", "import os,sys; s=os.statvfs(sys.argv[1]); "
+                                   "print(s.f_bavail * s.f_frsize)", posixpath.dirname(remote)], timeout=30)
+            return rc == 0 and int(out.decode().strip()) < need
+        except Exception:  # the link is gone too: not a disk that is known to be full
+            return False
 
     def read_bytes(self, path):
         try:
