@@ -398,8 +398,11 @@ def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -
         if len(v) not in (1, channels):
             raise CalibrationError(f"{where}: preprocess {name} has {len(v)} values; the model's images have "
                                    f"{channels} channel{'s' if channels > 1 else ''} (give {'1' if channels == 1 else f'1 or {channels}'})")
+    # the device op's other parameters, so calibration frames the image as the device will
+    extra = {k: (op or {}).get(k, d) for k, d in
+             (("mode", "stretch"), ("crop_fraction", 1.0), ("pad_value", 114.0), ("swap_rb", False))}
     return {"op": "resize_normalize", "size": size, "mean": mean.tolist(), "std": std.tolist(),
-            "layout": layout, "channels": channels}
+            "layout": layout, "channels": channels, **extra}
 
 
 IMPLIED_NOTE = ("images read as pixels scaled to 0..1 (mean 0, std 255) at the model's input size: no "
@@ -427,34 +430,56 @@ def implied_prepost(path, inputs: list, preprocess: dict | None) -> dict | None:
                      "std": rs["std"] * rs["channels"], "layout": rs["layout"]}]}
 
 
+def _device_op(rs: dict, mean, std):
+    from .prepost.image import ResizeNormalize
+
+    # the numpy backend: bit-identical to the compiled kernel, and no compile on the first batch
+    return ResizeNormalize(rs["size"], mean, std, rs["layout"], mode=rs.get("mode", "stretch"),
+                           crop_fraction=rs.get("crop_fraction", 1.0), pad_value=rs.get("pad_value", 114.0),
+                           swap_rb=rs.get("swap_rb", False), backend="numpy")
+
+
 def _load_image(path: Path, rs: dict) -> np.ndarray:
-    """One file -> normalised float32 CHW/HWC, the same maths as the device's resize_normalize."""
+    """One file -> normalised float32 CHW/HWC through the device's own resize_normalize, so accuracy
+    measured on an image folder is the accuracy the device gets (a resize of its own, e.g. Pillow's
+    antialiasing bilinear, differs by tens of pixel units whenever an image is shrunk)."""
     from PIL import Image, UnidentifiedImageError
+
+    from .prepost.errors import PrepostError
 
     try:
         with Image.open(path) as im:
             if im.mode.startswith("I;16"):
-                # 16-bit grey (depth, medical): convert() would clip at 255; scale 0..65535 onto 0..255
-                px = np.asarray(im, dtype=np.float32) / 257.0
-                px = np.repeat(px[:, :, None], 3, axis=2) if rs["channels"] == 3 else px
+                px16 = np.asarray(im, dtype=np.uint16)
+                px16 = np.repeat(px16[:, :, None], 3, axis=2) if rs["channels"] == 3 else px16
+                px = None
             elif im.mode in ("I", "F"):
                 raise InputError(f"{path}: {'32-bit integer' if im.mode == 'I' else 'float'} pixels; images must be "
                                  "8- or 16-bit (give such data as .npy instead)")
             else:
-                px = np.asarray(im.convert("L" if rs["channels"] == 1 else "RGB"), dtype=np.float32)
+                px = np.asarray(im.convert("L" if rs["channels"] == 1 else "RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path}: not a readable image ({e})") from None
-    if px.ndim == 2:
-        px = px[:, :, None]
-    h, w = rs["size"]
-    if px.shape[:2] != (h, w):
-        # resize in float ('F' mode), per channel: no 8-bit rounding between resize and normalise
-        px = np.stack([np.asarray(Image.fromarray(px[:, :, c], mode="F").resize((w, h), Image.BILINEAR))
-                       for c in range(px.shape[2])], axis=2)
-    mean = np.asarray(rs["mean"], np.float32)
-    std = np.asarray(rs["std"], np.float32)
-    px = (px - mean) / std
-    return np.ascontiguousarray(px.transpose(2, 0, 1) if rs["layout"] == "NCHW" else px)
+    try:
+        if px is not None:
+            return _device_op(rs, rs["mean"], rs["std"])(px)[0]
+        return _sixteen_bit(px16, rs)
+    except PrepostError as e:
+        raise CalibrationError(f"{path}: {e}") from None
+
+
+def _sixteen_bit(px16: np.ndarray, rs: dict) -> np.ndarray:
+    # 16-bit grey (depth, medical) scaled 0..65535 onto 0..255. The device op takes uint8 only, but its
+    # resize is linear in the pixels, so resizing the high and low bytes separately and recombining
+    # (256 * hi + lo) / 257 is the same maths; padding (pad_value for both) recombines to pad_value too.
+    unit = _device_op(rs, 0.0, 1.0)
+    hi = unit((px16 >> 8).astype(np.uint8))[0]
+    lo = unit((px16 & 0xFF).astype(np.uint8))[0]
+    out = (hi * np.float32(256.0) + lo) / np.float32(257.0)
+    shape = (-1, 1, 1) if rs["layout"] == "NCHW" else (1, 1, -1)
+    mean = np.asarray(rs["mean"], np.float32).reshape(shape)
+    std = np.asarray(rs["std"], np.float32).reshape(shape)
+    return np.ascontiguousarray((out - mean) / std, dtype=np.float32)
 
 
 def image_samples(folder, preprocess: dict | None, channels: int, n: int = 2) -> np.ndarray:
