@@ -46,7 +46,7 @@ def test_marker_and_malformed_lines_for_other_hosts_are_skipped(server, bundle, 
     other = _other_key(tmp_path)
     me = f"[127.0.0.1]:{server.port} {server.host_pub}"
     kh = tmp_path / "known_hosts"
-    kh.write_text(f"# comment\n@cert-authority *.example.com {other}\n@revoked otherhost.example {other}\n"
+    kh.write_text(f"# comment\n@cert-authority *.example.com {other}\n@revoked\totherhost.example {other}\n"
                   f"otherhost.example ssh-ed25519 AAAAbroken\nshort-line\n{me}\n")
     res = _flash(server, bundle, tmp_path / "dev", kh)
     assert res.status == "flashed", res.reason

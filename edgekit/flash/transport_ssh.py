@@ -99,8 +99,7 @@ def load_known_hosts(host_keys, path: Path) -> tuple[list, list[str]]:
             continue
         marker = None
         if line.startswith("@"):
-            marker, _, line = line.partition(" ")
-            line = line.strip()
+            marker, line = (line.split(None, 1) + [""])[:2]  # fields may be separated by tabs too
             if marker == "@cert-authority":
                 continue  # edgekit accepts plain host keys only, never certificates
             if marker != "@revoked":
@@ -114,7 +113,8 @@ def load_known_hosts(host_keys, path: Path) -> tuple[list, list[str]]:
             why = "unsupported key type or too few fields"
         if entry is None or entry.key is None:
             # a revoked key that cannot be read cannot be matched either: say so, it is a security list
-            notes.append(f"{path}:{lineno}: {'@revoked entry ' if marker else ''}cannot be parsed ({why}); line ignored")
+            what = "@revoked entry" if marker else "entry"
+            notes.append(f"{path}:{lineno}: {what} cannot be parsed ({why}); line ignored")
             continue
         if marker == "@revoked":
             revoked.append(entry)
