@@ -254,6 +254,15 @@ def _read_npy(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
         raise CalibrationError(f"{p}: the model has {len(specs)} inputs ({', '.join(s.name for s in specs)}); "
                                "a .npy holds one, use an .npz with one array per input name")
     try:
+        with open(p, "rb") as f:
+            magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+    except OSError as e:
+        raise InputError(f"{p}: not a valid .npy file ({e})") from None
+    if magic and magic != np.lib.format.MAGIC_PREFIX:
+        # np.load takes any other bytes for a pickle and says so, which misleads about a text or CSV file
+        raise InputError(f"{p}: not a valid .npy file (no NPY header; it starts with {magic!r}); "
+                         "save arrays with numpy.save")
+    try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise InputError(f"{p}: not a valid .npy file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
@@ -364,7 +373,15 @@ READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt}
 # ------------------------------------------------------------------------------------------------ images
 
 def image_files(folder: Path) -> list:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    # hidden files are skipped, as most data loaders do: macOS writes an AppleDouble '._name.png' beside
+    # each image on non-Apple disks, and those are metadata, not images
+    return sorted(f for f in folder.iterdir()
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTS)
+
+
+def hidden_images(folder) -> int:
+    """How many hidden files with an image extension image_files skipped."""
+    return sum(1 for f in Path(folder).iterdir() if f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTS)
 
 
 def required_images(folder) -> list:
@@ -535,4 +552,5 @@ def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:
     arr = LazyArray(len(files), item, dtype, fetch)
     name = spec.name if spec else "input"
     return _finish(str(folder), {name: arr}, specs, labels=None, limit=None, source=str(folder),
-                   extra={"files": [f.name for f in files], "preprocess": rs})
+                   extra={"files": [f.name for f in files], "preprocess": rs,
+                          "hidden_skipped": hidden_images(folder)})

@@ -21,4 +21,11 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool)
     if static_int8 and calib is not None and len(calib) < SMALL_CALIB:
         notes.append(f"only {len(calib)} calibration sample(s): INT8 ranges from so few inputs may clip real "
                      "data; give a few hundred representative inputs")
+    for ds in [calib] + ([evalset] if evalset is not calib else []):
+        if ds is None:
+            continue
+        hidden = getattr(ds, "extra", {}).get("hidden_skipped")
+        if hidden:
+            notes.append(f"{ds.source}: skipped {hidden} hidden file(s) (names starting with '.', e.g. macOS '._' "
+                         "metadata files) among the images")
     return notes
