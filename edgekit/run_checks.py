@@ -33,10 +33,10 @@ def chance_ceiling(labels, classes: int) -> float:
     errors of that guess on this many samples (or half of the rest of one class's share, whichever is
     more). A flat 1.5 / C called a working two-class model at 0.67 (majority 0.51) "chance"."""
     y = np.asarray(labels).reshape(-1) if labels is not None else np.zeros(0)
-    if y.size:
-        _, counts = np.unique(y, return_counts=True)
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) >= 2:
         p, n = counts.max() / y.size, y.size
-    else:
+    else:  # one class in the labels (or none): guessing it scores 1.0, which says nothing about the model
         p, n = 1.0 / classes, None
     se = 2.0 * float(np.sqrt(p * (1.0 - p) / n)) if n else 0.0
     return float(p + max(se, (1.0 - p) / (2.0 * classes)))

@@ -81,3 +81,4 @@ def test_chance_level_is_the_majority_guess_plus_its_noise():
     assert 0.12 < chance_ceiling(ten, 10) < 0.16  # random weights on digits (0.10) are still caught
     skewed = np.array([0] * 90 + list(range(1, 11)))  # 90% one class: 0.9 accuracy is the constant guess
     assert chance_ceiling(skewed, 11) > 0.9
+    assert chance_ceiling(np.full(50, 3), 10) < 0.2  # one class only: a perfect 1.0 is no "chance"
