@@ -175,5 +175,6 @@ def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None
         seen += real
     if outs is None:
         return []
-    out = [np.concatenate(o, axis=0) for o in outs]
+    # a 0-d output (a statistic over the whole batch) has no sample axis to join on: one value per batch
+    out = [np.stack(o) if o and np.ndim(o[0]) == 0 else np.concatenate(o, axis=0) for o in outs]
     return [o[:limit] for o in out] if limit is not None else out

@@ -82,3 +82,37 @@ def test_chance_level_is_the_majority_guess_plus_its_noise():
     skewed = np.array([0] * 90 + list(range(1, 11)))  # 90% one class: 0.9 accuracy is the constant guess
     assert chance_ceiling(skewed, 11) > 0.9
     assert chance_ceiling(np.full(50, 3), 10) < 0.2  # one class only: a perfect 1.0 is no "chance"
+
+
+class _WithBatchMean(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.body, self.cls, self.reg = nn.Linear(10, width), nn.Linear(width, 2), nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.body(x))
+        return self.cls(h), self.reg(h).mean()  # a 0-d statistic of the whole batch
+
+
+def test_a_zero_d_output_is_neither_distilled_nor_a_crash(tmp_path):
+    # distillation's head matching crashed ("zero-dimensional arrays cannot be concatenated"), and the
+    # ONNX evaluation after it did too
+    from edgekit.dataset import Dataset as D
+    from edgekit.onnxutil import run_batches
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 10)).astype(np.float32)
+    torch.manual_seed(0)
+    teacher = _WithBatchMean(16).eval()
+    train, ev = D({"x": x[:100]}, None, "train"), D({"x": x[100:]}, None, "held-out")
+    src = SourceModel(spec="test:mean", kind="torch", inputs=[TensorSpec("x", ["batch", 10], "float32")],
+                      outputs=["logits", "mean"], task="classification", module=teacher, calib=train, eval=ev,
+                      train=train)
+    torch.manual_seed(1)
+    _, info = stage.run(teacher, _WithBatchMean(4), make_ctx(src, tmp_path), DistillConfig(epochs=2, patience=0))
+    assert "other output" not in info["loss"]
+    torch.onnx.export(teacher, (torch.from_numpy(x[:2]),), str(tmp_path / "m.onnx"), input_names=["x"],
+                      output_names=["logits", "mean"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    logits, means = run_batches(tmp_path / "m.onnx", D({"x": x}), batch_size=50)
+    assert logits.shape == (120, 2) and means.shape == (3,)  # one value per batch of 50, 50, 20

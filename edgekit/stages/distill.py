@@ -227,7 +227,9 @@ def _other_heads(teacher, example) -> list:
 
     with torch.no_grad():
         outs = output_tensors(teacher(*example))
-    return [j for j, t in enumerate(outs) if j > 0 and t.is_floating_point()]
+    # per-sample outputs only: a 0-d statistic of the batch, or a constant buffer, has no rows to match
+    n = len(next(iter(example), []))
+    return [j for j, t in enumerate(outs) if j > 0 and t.is_floating_point() and t.ndim and t.shape[0] == n]
 
 
 def _heads_outputs(model, data, names, heads, batch: int = 256) -> list:
