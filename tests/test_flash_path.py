@@ -428,3 +428,21 @@ def test_flash_over_a_deleted_active_version_does_not_name_it_previous(tmp_path)
     assert (res.status, res.version, res.previous) == ("flashed", v0.version, None), res.reason
     assert any(f"active version {v0.version} was missing" in w for w in res.warnings), res.warnings
     assert _active_hashes(dev) == (f"versions/{v0.version}", _want(v0))
+
+
+def test_rollback_from_a_deleted_active_version_warns_and_names_no_previous(tmp_path):
+    # flash warned about a `current` pointing at a deleted directory; rollback named that version
+    # "previous" ('from fp32-...') without a word
+    import shutil
+
+    dev = tmp_path / "dev"
+    devs = collect_devices([str(dev)])
+    bundles = []
+    for seed in (0, 1):
+        build_bundle(make_outdir(tmp_path / f"out{seed}", seed=seed), tmp_path / f"v{seed}.ekb")
+        bundles.append(read_bundle(tmp_path / f"v{seed}.ekb", tmp_path))
+        assert flash_many(devs, bundles[-1])[0].status == "flashed"
+    shutil.rmtree(dev / "versions" / bundles[1].version)
+    (res,) = rollback_many(devs)
+    assert (res.status, res.version, res.previous) == ("rolled-back", bundles[0].version, None), res.reason
+    assert any(f"active version {bundles[1].version} was missing" in w for w in res.warnings), res.warnings

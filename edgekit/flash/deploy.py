@@ -118,6 +118,15 @@ def version_dirs(t, L: Layout) -> list[str]:
     return [v for v in t.listdir(L("versions")) if is_safe_name(v)]
 
 
+def _active_missing(t, L: Layout, active: str | None, warnings: list) -> bool:
+    """Whether `current` names a version whose directory is gone (deleted by hand); warns if so."""
+    if active is None or not is_safe_name(active) or t.isdir(L("versions", active)):
+        return False
+    warnings.append(f"the active version {active} was missing on the device ({L('current')} pointed at a "
+                    "deleted directory)")
+    return True
+
+
 def active_version(t, L: Layout) -> str | None:
     try:
         target = t.readlink(L("current"))
@@ -341,11 +350,8 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             vdir = L.version(version)  # before any makedirs: a refused name must not leave even empty dirs
-            if res.previous is not None and is_safe_name(res.previous) and not t.isdir(L("versions", res.previous)):
-                # `current` points at a deleted directory: nothing was running, and nothing to roll back to
-                res.warnings.append(f"the active version {res.previous} was missing on the device "
-                                    f"({L('current')} pointed at a deleted directory)")
-                res.previous = None
+            if _active_missing(t, L, res.previous, res.warnings):
+                res.previous = None  # nothing was running, and nothing to roll back to
             _check_root(t, L.root, create_last=True)  # checked again here: the card may be pulled since
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
@@ -522,6 +528,8 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                           None)
             if target is None:
                 raise EdgekitError("no earlier version on the device to roll back to")
+            if _active_missing(t, L, res.previous, res.warnings):
+                res.previous = None  # its place in the history chose the target; it is not a version to name
             vdir = L.version(target)
         with step("verify", emit, dev):
             meta = json.loads(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
