@@ -494,10 +494,12 @@ def _takes_varargs(module) -> bool:
 
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
     names = _forward_names(module)
-    if not names:
-        # forward(self, *xs): nothing to bind by name, so the data's arrays go in positionally, in file
-        # order (the one order an .npz has); "forward() takes ['input']" named a parameter that is not there
-        names = list(sample_inputs) if sample_inputs and _takes_varargs(module) else ["input"]
+    if sample_inputs and _takes_varargs(module) and set(sample_inputs) - set(names):
+        # forward(self, *xs), (self, p, *rest), (self, *xs, scale=1.0): arrays no parameter is named for go
+        # into *xs, so all go in positionally, in file order (the one order an .npz has); "forward() does
+        # not take ['p', 'q'] (it takes ['input'])" named a parameter that is not there
+        names = list(sample_inputs)
+    names = names or ["input"]
     if sample_inputs:
         from .calibration import LABEL_KEY
 

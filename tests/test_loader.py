@@ -321,14 +321,25 @@ def test_forward_with_only_varargs_takes_the_data_arrays_in_order(tmp_path):
                 self.a, self.b = nn.Linear(6, 3), nn.Linear(4, 3)
             def forward(self, *xs):
                 return self.a(xs[0]) + self.b(xs[1])
+        class Rest(VarArgs):
+            def forward(self, p, *rest):
+                return super().forward(p, *rest)
+        class KwOnly(VarArgs):
+            def forward(self, *xs, scale=1.0):
+                return super().forward(*xs) * scale
         def build():
             torch.manual_seed(0)
             return VarArgs()
+        def rest():
+            return Rest()
+        def kwonly():
+            return KwOnly()
     """))
     rng = np.random.default_rng(0)
     data = {"p": rng.normal(size=(5, 6)).astype(np.float32), "q": rng.normal(size=(5, 4)).astype(np.float32)}
-    src = load_python(str(tmp_path / "va.py"), "build", sample_inputs=data)
-    assert [(s.name, s.shape) for s in src.inputs] == [("p", ["batch", 6]), ("q", ["batch", 4])]
-    with torch.no_grad():
-        out = src.module(*[torch.from_numpy(data[s.name]) for s in src.inputs])
-    assert out.shape == (5, 3)
+    for factory in ("build", "rest", "kwonly"):  # the last two: "it takes ['p']" and "it takes ['scale']"
+        src = load_python(str(tmp_path / "va.py"), factory, sample_inputs=data)
+        assert [(s.name, s.shape) for s in src.inputs] == [("p", ["batch", 6]), ("q", ["batch", 4])], factory
+        with torch.no_grad():
+            out = src.module(*[torch.from_numpy(data[s.name]) for s in src.inputs])
+        assert out.shape == (5, 3)
