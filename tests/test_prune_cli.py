@@ -149,7 +149,7 @@ def test_stage_notes_say_what_pruning_really_did(user_model, capsys):
     assert max(lost) < 0.9
     note = next(n for n in man.pruning["notes"] if n.startswith("asked to remove 95% of channels"))
     err = capsys.readouterr().err
-    assert "multiples of 8" in note and note in err
+    assert "channel_multiple, 8" in note and note in err
     assert _run(base + ["--prune", "0", "-o", str(d / "c")]) in (0, None)
     assert "--train" not in capsys.readouterr().err  # not given, not mentioned (the data falls back to --calib)
     assert note in {s.name: s for s in man.stages}["prune"].reason

@@ -102,12 +102,21 @@ def _shortfall_notes(info, ratio_dict) -> list:
     multiples of round_to (and at least one multiple), so --prune 0.95 on 32-channel layers removes 75%,
     and the manifest read 'ratio 0.95' without a word."""
     ratio = info.get("ratio") or 0.0
-    done = [r for _, after, r in (info.get("channels") or {}).values() if after and r > 0]
-    if ratio_dict or not done or min(done) >= ratio - 0.05:
+    channels = info.get("channels") or {}
+    done = [r for _, after, r in channels.values() if after and r > 0]
+    if ratio_dict or ratio <= 0 or not channels:
         return []
-    return [f"asked to remove {ratio:.0%} of channels; the pruned layers lost {min(done):.0%}-{max(done):.0%}: "
-            f"channel counts stay multiples of {info.get('round_to')} (the target's channel_multiple), and no "
-            "layer goes below one multiple"]
+    if not done:
+        return [f"asked to remove {ratio:.0%} of channels; no layer lost any (each layer's count is rounded to "
+                f"the target's channel_multiple, {info.get('round_to')}, and keeps at least some channels)"]
+    if min(done) >= ratio - 0.05:
+        return []
+    # the rounding is Torch-Pruning's (to round_to where a layer allows it, with a floor per layer):
+    # say what came out, not a rule it does not always follow
+    span = f"{min(done):.0%}" if f"{min(done):.0%}" == f"{max(done):.0%}" else f"{min(done):.0%}-{max(done):.0%}"
+    return [f"asked to remove {ratio:.0%} of channels; the pruned layers lost {span} "
+            f"(channel counts are rounded toward multiples of the target's channel_multiple, "
+            f"{info.get('round_to')}, and each layer keeps some channels)"]
 
 
 # ---------------------------------------------------------------- parts
