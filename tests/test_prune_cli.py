@@ -171,3 +171,25 @@ def test_student_without_pruning_says_nothing_was_pruned(user_model):
     st = {s.name: s for s in load_manifest(out).stages}
     assert "nothing pruned" in st["prune"].reason
     assert "the --student model, nothing pruned" in st["distill"].reason
+
+
+def test_a_parametrized_model_prunes_and_keeps_its_parametrizations(tmp_path):
+    # Torch-Pruning on a weight_norm / spectral_norm layer: "internal error: KeyError: attribute 'weight'
+    # already exists"
+    (tmp_path / "par.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "from torch.nn.utils.parametrizations import weight_norm, spectral_norm\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(weight_norm(nn.Conv2d(1, 16, 3, padding=1)), nn.ReLU(),\n"
+        "                         spectral_norm(nn.Conv2d(16, 16, 3, padding=1)), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))\n")
+    x = np.random.default_rng(0).standard_normal((40, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    out = tmp_path / "out"
+    assert _run(["compress", f"{tmp_path / 'par.py'}:build", "--calib", str(tmp_path / "calib.npy"), "--prune", "0.5",
+                 "--no-distill", "--quantize", "none", "--no-profile", "-o", str(out)]) in (0, None)
+    man = load_manifest(out)
+    assert man.pruning["channels"]["2"][1] == 8  # the spectral_norm conv lost half its channels
+    assert any("parametrizations" in n and "baked" in n for n in man.pruning["notes"])
+    assert {a.kind for a in man.artifacts} == {"fp32", "pruned"}

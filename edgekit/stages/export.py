@@ -96,7 +96,7 @@ def _export_hint(module) -> str:
     return ""
 
 
-def _without_parametrizations(module):
+def without_parametrizations(module):
     """A copy of `module` with every torch.nn.utils.parametrize parametrization baked into its tensor.
     spectral_norm's power iteration (aten::vdot) has no ONNX export, and the graph would recompute a
     constant weight on every run anyway; in eval mode the baked tensor is what forward() uses, so the
@@ -128,7 +128,7 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> None:
     import onnx
     import torch
 
-    module = _without_parametrizations(module)
+    module = without_parametrizations(module)
 
     # a failed attempt (edgekit then retries at a fixed length) makes torch dump its IR graph through
     # C++'s std::cout, which Python cannot redirect: onto stdout, and into --json. Sent to std::cerr

@@ -17,6 +17,7 @@ from ..errors import EdgekitError, UsageError
 from ..progress import task
 from ..pruning import graph, importance, latency_search, schedule, sensitivity, sparsity
 from ..pruning.metrics import TorchMetric
+from .export import without_parametrizations
 
 
 @dataclass
@@ -44,7 +45,10 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     if source.kind != "torch" or source.module is None:
         raise UsageError(f"{source.spec}: pruning needs a PyTorch model (this source is {source.kind})")
     t0 = time.perf_counter()
-    teacher = source.module.eval()
+    # Torch-Pruning cannot remove channels from a parametrized weight (weight_norm, spectral_norm:
+    # "KeyError: attribute 'weight' already exists"): the stage works on a copy with them baked in
+    teacher = without_parametrizations(source.module.eval())
+    baked = teacher is not source.module
     names = [s.name for s in source.inputs]
     evalset = ctx.eval if ctx.eval is not None else ctx.calib
     if evalset is None:
@@ -54,6 +58,9 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     macs0, params0 = graph.count(teacher, example)
     base = {"params_before": params0, "macs_before": macs0, "metric_name": metric.name,
             "metric_before": metric(teacher), "notes": []}
+    if baked:
+        base["notes"].append("the model's parametrizations (weight_norm, spectral_norm, ...) were baked into plain "
+                             "weights for pruning: the pruned model and its training use those weights directly")
 
     if distill.student and not prune.enabled:
         return _student_only(source, ctx, distill, teacher, example, base, t0)
@@ -66,7 +73,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     plan = graph.make_plan(model, example, **plan_kw)
     info = {**base, "method": prune.method, "ratio": prune.ratio, "head_ratio": prune.head_ratio,
             "global": prune.global_pruning, "round_to": round_to, "steps_requested": prune.steps,
-            "ignored": plan.ignored_names, "sensitivity": [], "notes": list(plan.notes)}
+            "ignored": plan.ignored_names, "sensitivity": [], "notes": base["notes"] + list(plan.notes)}
     ratio, ratio_dict = prune.ratio, None
     feeds = {k: v for k, v in evalset.sample(0).items()}
     export = partial(_export, source=source, data=ctx.calib or evalset)
