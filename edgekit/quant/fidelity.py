@@ -34,6 +34,10 @@ def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: 
         held = Dataset({k: v[calib_size:n] for k, v in data.inputs.items()}, None,
                        f"{data.source} [{calib_size}:{n}]")
         note = f"no --eval: fidelity to FP32 on {len(held)} calibration samples not used for calibrating"
+        if len(data) > n:
+            # say it: a user with 20,000 samples would otherwise believe all the held-out ones were scored
+            note += (f" (samples {calib_size}:{n}; at most {MAX_EVAL} are scored, {len(data) - n} more unused: "
+                     "give --eval to score a larger set)")
         data = held
     else:
         data = data.take(MAX_EVAL)
