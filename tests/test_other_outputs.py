@@ -116,3 +116,23 @@ def test_a_zero_d_output_is_neither_distilled_nor_a_crash(tmp_path):
                       dynamo=False)
     logits, means = run_batches(tmp_path / "m.onnx", D({"x": x}), batch_size=50)
     assert logits.shape == (120, 2) and means.shape == (3,)  # one value per batch of 50, 50, 20
+
+
+def test_the_epoch_kept_counts_head_gains_past_the_accuracy():
+    from edgekit.stages.distill import better_epoch
+
+    tol = Tolerance.parse("1%")
+
+    def rec(metric, *heads):
+        return {"metric": metric, "other_outputs_fidelity": list(heads)}
+
+    # the weakest-output rule read both as 0.9917 and kept the earlier, whose head then missed 1% on --eval
+    assert better_epoch(rec(0.9917, 0.9926), rec(0.9917, 0.9918), tol)
+    assert not better_epoch(rec(0.9917, 0.9918), rec(0.9917, 0.9926), tol)
+    # a head outside tolerance loses to one inside it, even with a better metric
+    assert better_epoch(rec(0.95, 0.995), rec(0.99, 0.97), tol)
+    # both inside: the metric decides
+    assert better_epoch(rec(0.99, 0.991), rec(0.98, 0.999), tol)
+    # both outside: the weakest output decides, as before
+    assert better_epoch(rec(0.99, 0.95), rec(0.99, 0.90), tol)
+    assert better_epoch(rec(0.99), rec(0.98), tol)  # one output: the metric
