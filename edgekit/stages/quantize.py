@@ -239,8 +239,16 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
         within = (f"no INT8 candidate within tolerance {ctx.tolerance} and faster than FP32 ({len(slow)} within "
                   f"tolerance kept so many nodes in FP32 that they measured no faster)" if slow else
                   f"no INT8 candidate within tolerance {ctx.tolerance}")
-        reason = (f"{within} after {len(tuner.trials)} trials; best '{best.name}' drops {drop} "
-                  f"({best.metric:.4f} vs FP32 {reference:.4f}); this INT8 is not recommended")
+        # where the metric held and another output did not, that output is the reason to name: "drops
+        # -0.35%" under "no candidate within tolerance" explained nothing
+        others = [v for v in (best.info or {}).get("other_outputs_fidelity") or () if v is not None]
+        worst = min(others, default=None)
+        held = ctx.tolerance.allows(reference, best.metric) if best.metric is not None else False
+        what = (f"keeps its metric ({best.metric:.4f} vs FP32 {reference:.4f}), but another output's fidelity to "
+                f"FP32 is {worst:.4f}" if held and worst is not None and not ctx.tolerance.allows(1.0, worst)
+                else f"drops {drop} ({best.metric:.4f} vs FP32 {reference:.4f})")
+        reason = (f"{within} after {len(tuner.trials)} trials; best '{best.name}' {what}; "
+                  "this INT8 is not recommended")
     elif not fast and gate_rec.get("status") != "ok":
         # nothing was timed: saying "not faster" would pass off a missing measurement as a result
         reason = ("INT8 speed on " + next(iter(gate), "the target") + " unavailable ("
