@@ -89,8 +89,10 @@ def stage_load(run: Run):
             # INT8 calibrates on the first calib_size samples: score on the ones it never saw
             n = min(len(calib), k + MAX_EVAL)
             evalset = Dataset({name: a[k:n] for name, a in calib.inputs.items()}, None, f"{calib.source} [{k}:{n}]")
+            unused = len(calib) - n
             notes.append(f"no --eval data: metrics are fidelity to FP32 on {n - k} calibration samples "
-                         "not used for calibrating")
+                         "not used for calibrating" + (f" (at most {MAX_EVAL} are scored: {unused} more unused; "
+                                                       "give --eval to score more)" if unused else ""))
         else:
             evalset = calib
             notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "

@@ -65,7 +65,7 @@ def test_float64_data_from_scikit_learn_is_accepted(tmp_path, mlp):
         assert "staging" not in (tmp_path / "out" / f).read_text(), f
 
 
-@pytest.mark.parametrize("n,scored", [(300, 44), (100, 100)])
+@pytest.mark.parametrize("n,scored", [(300, 44), (100, 100), (1000, 500)])
 def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, mlp, n, scored):
     import json
 
@@ -77,6 +77,7 @@ def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, 
     load = next(s for s in man["stages"] if s["name"] == "load")
     note = " ".join(load["details"]["notes"])
     assert ("not used for calibrating" in note) == (n > 256), note
+    assert ("at most 500 are scored: 244 more unused; give --eval" in note) == (n == 1000), note
     # the metrics' meaning changed: the user must see it where they read them, not only in the manifest
     assert f"edgekit: note: {load['details']['notes'][0]}" in r.stderr
     assert load["details"]["notes"][0] in (tmp_path / "out" / "report.md").read_text()
