@@ -75,3 +75,15 @@ def tree_hashes(vdir: Path) -> dict:
     from edgekit.fsutil import sha256_file
 
     return {p.relative_to(vdir).as_posix(): sha256_file(p) for p in sorted(vdir.rglob("*")) if p.is_file()}
+
+
+def bundles_for_seeds(root: Path, seeds) -> list:
+    """One real bundle per seed (different weights, so different versions), read back as Bundles."""
+    from edgekit.flash import read_bundle
+    from edgekit.flash.bundle import build_bundle
+
+    out = []
+    for i in seeds:
+        build_bundle(make_outdir(root / f"o{i}", seed=i), root / f"v{i}.ekb")
+        out.append(read_bundle(root / f"v{i}.ekb", root))
+    return out

@@ -148,3 +148,10 @@ def start_sshd(root: Path, env: dict | None = None, extra_config=()) -> SshServe
         proc.wait()
         last = (root / "sshd.log").read_text(errors="replace")[-800:]
     raise RuntimeError(f"sshd did not start: {last}")
+
+
+def start_device_sshd(root: Path) -> SshServer:
+    """sshd for a flash device under root/server: the remote self-test imports onnxruntime and numba, whose
+    caches stay under root/device-cache, out of the real home."""
+    cache = root / "device-cache"
+    return start_sshd(root / "server", env={"XDG_CACHE_HOME": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba")})

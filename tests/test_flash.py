@@ -16,17 +16,14 @@ import pytest
 from edgekit.flash import FlashOptions, SshOptions, collect_devices, flash_many, read_bundle, rollback_many
 from edgekit.flash.bundle import META, build_bundle
 from flash_fixtures import make_outdir, rebuild_bundle, tree_hashes
-from sshd import start_sshd
+from sshd import start_device_sshd
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sshd")
-    cache = root / "device-cache"
-    # the remote self-test imports onnxruntime/numba: keep their caches out of the real home
-    srv = start_sshd(root / "server", env={"XDG_CACHE_HOME": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba")})
+    srv = start_device_sshd(tmp_path_factory.mktemp("sshd"))
     yield srv
     srv.stop()
 

@@ -7,19 +7,13 @@ import os
 
 import pytest
 
-from edgekit.flash import collect_devices, flash_many, read_bundle, rollback_many
-from edgekit.flash.bundle import build_bundle
-from flash_fixtures import make_outdir
+from edgekit.flash import collect_devices, flash_many, rollback_many
+from flash_fixtures import bundles_for_seeds
 
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hist")
-    vs = []
-    for i in range(3):
-        build_bundle(make_outdir(root / f"o{i}", seed=i), root / f"v{i}.ekb")
-        vs.append(read_bundle(root / f"v{i}.ekb", root))
-    return vs
+    return bundles_for_seeds(tmp_path_factory.mktemp("hist"), range(3))
 
 
 @pytest.mark.parametrize("damage", ['{"oops": 1}\n', '"text"\n', "42\n", "{not json", None])

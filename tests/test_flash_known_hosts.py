@@ -11,16 +11,14 @@ from edgekit.flash import FlashOptions, SshOptions, collect_devices, flash_many,
 from edgekit.flash.bundle import build_bundle
 from edgekit.flash.transport_ssh import _host_matches
 from flash_fixtures import make_outdir
-from sshd import start_sshd
+from sshd import start_device_sshd
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sshd_kh")
-    cache = root / "device-cache"
-    srv = start_sshd(root / "server", env={"XDG_CACHE_HOME": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba")})
+    srv = start_device_sshd(tmp_path_factory.mktemp("sshd_kh"))
     yield srv
     srv.stop()
 

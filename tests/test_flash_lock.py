@@ -12,20 +12,14 @@ import time
 
 import pytest
 
-from edgekit.flash import FlashOptions, SshOptions, collect_devices, flash_many, read_bundle, rollback_many
-from edgekit.flash.bundle import build_bundle
-from flash_fixtures import make_outdir
-from sshd import start_sshd
+from edgekit.flash import FlashOptions, SshOptions, collect_devices, flash_many, rollback_many
+from flash_fixtures import bundles_for_seeds
+from sshd import start_device_sshd
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lock")
-    out = []
-    for i in range(2):
-        build_bundle(make_outdir(root / f"o{i}", seed=i), root / f"v{i}.ekb")
-        out.append(read_bundle(root / f"v{i}.ekb", root))
-    return out
+    return bundles_for_seeds(tmp_path_factory.mktemp("lock"), range(2))
 
 
 def _second_run_during_upload(devs, first, second, **kw):
@@ -99,9 +93,7 @@ def test_live_lock_from_another_host_says_how_to_clear_it(tmp_path, two):
 
 @pytest.mark.slow
 def test_lock_over_ssh(tmp_path_factory, tmp_path, two):
-    root = tmp_path_factory.mktemp("sshd_lock")
-    cache = root / "device-cache"
-    srv = start_sshd(root / "server", env={"XDG_CACHE_HOME": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba")})
+    srv = start_device_sshd(tmp_path_factory.mktemp("sshd_lock"))
     try:
         dev = tmp_path / "dev"
         devs = collect_devices([srv.address(str(dev))])

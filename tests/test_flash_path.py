@@ -8,7 +8,7 @@ import pytest
 
 from edgekit.flash import FlashOptions, collect_devices, flash_many, read_bundle, rollback_many
 from edgekit.flash.bundle import META, build_bundle
-from flash_fixtures import make_outdir, rebuild_bundle, tree_hashes
+from flash_fixtures import bundles_for_seeds, make_outdir, rebuild_bundle, tree_hashes
 
 
 def _active_hashes(dev):
@@ -437,11 +437,9 @@ def test_rollback_from_a_deleted_active_version_warns_and_names_no_previous(tmp_
 
     dev = tmp_path / "dev"
     devs = collect_devices([str(dev)])
-    bundles = []
-    for seed in (0, 1):
-        build_bundle(make_outdir(tmp_path / f"out{seed}", seed=seed), tmp_path / f"v{seed}.ekb")
-        bundles.append(read_bundle(tmp_path / f"v{seed}.ekb", tmp_path))
-        assert flash_many(devs, bundles[-1])[0].status == "flashed"
+    bundles = bundles_for_seeds(tmp_path, (0, 1))
+    for b in bundles:
+        assert flash_many(devs, b)[0].status == "flashed"
     shutil.rmtree(dev / "versions" / bundles[1].version)
     (res,) = rollback_many(devs)
     assert (res.status, res.version, res.previous) == ("rolled-back", bundles[0].version, None), res.reason
