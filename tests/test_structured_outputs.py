@@ -99,26 +99,33 @@ def test_non_tensor_output_is_one_line_error(models):
         load_python(models, "with_string", sample_inputs=_x())
 
 
-def test_dict_model_compresses_to_named_onnx_outputs(models, tmp_path):
+def _trained_on_digits(model_file, factory, scores, tmp_path, *, steps: int, input_name: str):
+    """Train factory() from model_file on digits (scores(output) -> the logits), so that accuracy means
+    something (an untrained head sits at chance); writes w.pt, calib.npz and eval.npz; returns (x, y)."""
+    import importlib.util
+
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x, y = (d.data / 16).astype(np.float32), d.target.astype(np.int64)
-    # trained here so that accuracy means something (an untrained head sits at chance)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("outs_train", models)
+    spec = importlib.util.spec_from_file_location(f"train_{factory}", model_file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    net = mod.as_dict()
+    net = getattr(mod, factory)()
     opt = torch.optim.Adam(net.parameters(), 0.01)
     xt, yt = torch.from_numpy(x[:1200]), torch.from_numpy(y[:1200])
-    for _ in range(150):
+    for _ in range(steps):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(xt)["logits"], yt).backward()
+        torch.nn.functional.cross_entropy(scores(net(xt)), yt).backward()
         opt.step()
     torch.save(net.state_dict(), tmp_path / "w.pt")
-    np.savez(tmp_path / "calib.npz", input=x[:200])
-    np.savez(tmp_path / "eval.npz", input=x[1200:], y=y[1200:])
+    np.savez(tmp_path / "calib.npz", **{input_name: x[:200]})
+    np.savez(tmp_path / "eval.npz", **{input_name: x[1200:]}, y=y[1200:])
+    return x, y
+
+
+def test_dict_model_compresses_to_named_onnx_outputs(models, tmp_path):
+    x, y = _trained_on_digits(models, "as_dict", lambda out: out["logits"], tmp_path, steps=150, input_name="input")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "edgekit", "compress", f"{models}:as_dict", "--weights",
                         str(tmp_path / "w.pt"), "--calib", str(tmp_path / "calib.npz"), "--eval",
@@ -306,8 +313,6 @@ def test_an_output_renamed_for_an_input_of_its_name_is_noted(models):
 def test_int8_refused_for_another_output_says_which(tmp_path):
     # the reason read "best '...' drops -0.35% (0.9500 vs FP32 0.9467)" under "no INT8 candidate within
     # tolerance": the metric had held, and the output that failed was never named
-    from sklearn.datasets import load_digits
-
     (tmp_path / "rank.py").write_text(textwrap.dedent("""
         import torch, torch.nn as nn
         class Ranked(nn.Module):
@@ -321,21 +326,7 @@ def test_int8_refused_for_another_output_says_which(tmp_path):
             torch.manual_seed(0)
             return Ranked()
     """))
-    d = load_digits()
-    x, y = (d.data / 16).astype(np.float32), d.target.astype(np.int64)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("rank_train", tmp_path / "rank.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    net = mod.build()
-    opt = torch.optim.Adam(net.parameters(), 0.01)
-    for _ in range(100):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(torch.from_numpy(x[:1200]))[0], torch.from_numpy(y[:1200])).backward()
-        opt.step()
-    torch.save(net.state_dict(), tmp_path / "w.pt")
-    np.savez(tmp_path / "calib.npz", x=x[:200])
-    np.savez(tmp_path / "eval.npz", x=x[1200:], y=y[1200:])
+    _trained_on_digits(tmp_path / "rank.py", "build", lambda out: out[0], tmp_path, steps=100, input_name="x")
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "edgekit", "compress", f"{tmp_path / 'rank.py'}:build", "--weights",
                         str(tmp_path / "w.pt"), "--calib", str(tmp_path / "calib.npz"), "--eval",
