@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import EdgekitError, FlashError
 from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
+from .lock import LOCK, device_lock
 
 STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup")
 
@@ -236,101 +237,6 @@ def _mismatches(got: dict, want: dict) -> list[str]:
             for rel, sha in want.items() if got.get(rel) != sha]
 
 
-LOCK = ".lock"
-# A flash holds the lock for minutes (an upload over a slow link, a 600 s self-test); a lock this old
-# was left by a run that died without releasing it, wherever that ran.
-LOCK_MAX_AGE = 24 * 3600.0
-
-
-_HELD: set = set()  # tokens of the locks this process holds now (a lock of ours not in it was left behind)
-
-
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True  # someone else's process, or no usable pid: assume it runs
-    return True
-
-
-def _lock_owner(t, lockdir: str) -> dict:
-    try:
-        owner = json.loads(t.read_bytes(posixpath.join(lockdir, "owner.json")) or b"{}")
-    except ValueError:
-        owner = {}
-    return owner if isinstance(owner, dict) else {}
-
-
-def _describe_owner(owner: dict, age: float | None) -> str:
-    who = (f"{owner.get('user', '?')}@{owner.get('host', '?')} pid {owner.get('pid', '?')}" if owner.get("host")
-           else "an owner not recorded yet")
-    if age is None:
-        return who
-    return who + (f", {age:.0f} s ago" if age < 120 else f", {age / 60:.0f} min ago")
-
-
-@contextlib.contextmanager
-def device_lock(t, L: Layout, res: DeviceResult):
-    """Hold PATH/.lock (an atomic mkdir on the device) for one flash or rollback: two runs at once
-    deleted each other's uploads in .incoming and raced on `current`. A lock whose owner is gone
-    (a dead process on this host, or older than LOCK_MAX_AGE) is taken over, with a warning."""
-    import getpass
-    import socket
-
-    path, me = L(LOCK), {"host": socket.gethostname(), "pid": os.getpid(), "started": _now(),
-                         "time": time.time(), "token": os.urandom(8).hex()}
-    with contextlib.suppress(Exception):
-        me["user"] = getpass.getuser()
-    for attempt in (1, 2):
-        try:
-            t.mkdir_exclusive(path)
-            break
-        except FileExistsError:
-            owner = _lock_owner(t, path)
-            since = owner.get("time")
-            if not isinstance(since, (int, float)):
-                with contextlib.suppress(Exception):
-                    since = t.mtime(path)
-            age = time.time() - since if isinstance(since, (int, float)) else None
-            # same host: a gone process, or this one when it no longer holds that lock (its connection
-            # dropped before the release, and a retry in the same process must not wait a day)
-            dead = owner.get("host") == me["host"] and (
-                not _pid_alive(owner.get("pid"))
-                or (owner.get("pid") == me["pid"] and owner.get("token") not in _HELD))
-            if attempt == 1 and (dead or (age is not None and age > LOCK_MAX_AGE)):
-                # renamed aside first: of two runs taking over the same stale lock, one rename wins
-                aside = L(f"{LOCK}.stale-{os.urandom(4).hex()}")
-                with contextlib.suppress(OSError):
-                    t.rename(path, aside)
-                    moved = _lock_owner(t, aside)
-                    if moved != owner:  # another run took it over between our read and the rename
-                        with contextlib.suppress(OSError):
-                            t.rename(aside, path)
-                        raise FileExistsError(path)  # refused below, as a lock in use
-                    with contextlib.suppress(Exception):
-                        t.rmtree(aside)
-                    res.warnings.append(f"took over a stale lock {path} ({_describe_owner(owner, age)}; "
-                                        f"{'its run is gone' if dead else 'older than 24 h'})")
-                continue
-            raise EdgekitError(f"another flash or rollback is in progress on this device: {path} is held by "
-                               f"{_describe_owner(owner, age)}; if none is running, remove {path}")
-    _HELD.add(me["token"])
-    written = False
-    try:
-        t.write_bytes_atomic(L(LOCK, "owner.json"), (json.dumps(me) + "\n").encode())
-        written = True
-        yield
-    finally:
-        _HELD.discard(me["token"])
-        # only our own lock: after a takeover the folder may be another run's (an unwritten owner
-        # file means the folder is the one our mkdir just made)
-        with contextlib.suppress(Exception):
-            if not written or _lock_owner(t, path).get("token") == me["token"]:
-                t.rmtree(path)
-
-
 def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> DeviceResult:
     """Install bundle on the device behind transport t (root = its install directory)."""
     L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
@@ -346,7 +252,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             check_version_name(version)  # a refused name must not leave even the lock folder
             _check_root(t, L.root, create_last=True)
             t.makedirs(L.root)
-            held.enter_context(device_lock(t, L, res))
+            held.enter_context(device_lock(t, L(LOCK), res.warnings))
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             vdir = L.version(version)  # before any makedirs: a refused name must not leave even empty dirs
@@ -515,7 +421,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
         with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
             _check_root(t, L.root, create_last=False)
             if t.isdir(L.root):  # an SSH device without the folder has nothing to roll back (said next)
-                held.enter_context(device_lock(t, L, res))
+                held.enter_context(device_lock(t, L(LOCK), res.warnings))
         with step("inspect", emit, dev):
             res.previous = active_version(t, L)
             history = read_history(t, L, res.warnings)
