@@ -38,10 +38,18 @@ def test_denormals_are_flushed_in_the_worker_threads(tmp_path):
     x = np.full(N, 1e-10, np.float32)
     plain = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert (plain != 0).all()
-    flushed = open_session(p, threads=2).run(None, {"x": x})[0]
-    # onnxruntime sets the flag in its pool threads, not in the calling thread: the worker's share is 0
-    assert 0.2 < (flushed == 0).mean() < 1.0
-    assert np.all((flushed == 0) | (flushed == plain))
+    sess = open_session(p, threads=2)
+    # onnxruntime sets the flag in its pool threads, not in the calling thread: the worker's share of the
+    # output is 0, the caller's is not. How the chunks split between them is the scheduler's (one run on
+    # a fresh clone gave the worker 1/8 against a 0.2 floor), so runs repeat until one shows both kinds
+    shares = []
+    for _ in range(20):
+        flushed = sess.run(None, {"x": x})[0]
+        assert np.all((flushed == 0) | (flushed == plain))
+        shares.append(float((flushed == 0).mean()))
+        if 0.0 < shares[-1] < 1.0:
+            break
+    assert 0.0 < shares[-1] < 1.0, shares
 
 
 def test_opening_a_session_leaves_the_callers_arithmetic_alone(tmp_path):
