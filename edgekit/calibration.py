@@ -148,9 +148,8 @@ def _check_cast_values(where: str, name: str, arr, dst: np.dtype):
             raise CalibrationError(f"{where}: input {name!r} holds {v}, {what} (first in sample {a + i})")
 
 
-def _check_zero_one(where: str, name: str, arr, chunk: int = 1 << 16):
-    for a in range(0, len(arr), chunk):
-        part = np.asarray(arr[a:a + chunk])
+def _check_zero_one(where: str, name: str, arr):
+    for _, part in _chunks(arr):
         bad = (part != 0) & (part != 1)
         if bad.any():
             v = part[bad].flat[0]
