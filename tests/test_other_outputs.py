@@ -136,3 +136,35 @@ def test_the_epoch_kept_counts_head_gains_past_the_accuracy():
     # both outside: the weakest output decides, as before
     assert better_epoch(rec(0.99, 0.95), rec(0.99, 0.90), tol)
     assert better_epoch(rec(0.99), rec(0.98), tol)  # one output: the metric
+
+
+def test_the_other_heads_come_from_one_teacher_pass_like_the_first(tmp_path, monkeypatch):
+    # the teacher is frozen, so its other heads are computed once, like the first output: it used to run
+    # again on every batch of every epoch. Cached or not, the student trained is the same.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 10)).astype(np.float32)
+    torch.manual_seed(0)
+    teacher = TwoHead(16).eval()
+    calls = []
+    teacher.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    train = Dataset({"x": x[:160]}, None, "train")
+    ev = Dataset({"x": x[160:]}, None, "held-out")
+    src = SourceModel(spec="test:twohead", kind="torch", inputs=[TensorSpec("x", ["batch", 10], "float32")],
+                      outputs=["logits", "value"], task="classification", module=teacher, calib=train, eval=ev,
+                      train=train)
+
+    def trained(cache_bytes):
+        monkeypatch.setattr(stage, "HEADS_CACHE_BYTES", cache_bytes)
+        calls.clear()
+        torch.manual_seed(1)
+        out, _ = stage.run(teacher, TwoHead(8), make_ctx(src, tmp_path),
+                           DistillConfig(epochs=6, lr=1e-2, batch_size=16, patience=0))
+        return out, sum(calls)
+
+    cached, rows_cached = trained(512 << 20)
+    rerun, rows_rerun = trained(0)  # too big to keep: the teacher runs per batch, as before
+    # six epochs over the ~100 rows left after the validation split, less one pass to fill the cache
+    assert rows_rerun - rows_cached >= 5 * 100, (rows_cached, rows_rerun)
+    with torch.no_grad():
+        a, b = cached(torch.from_numpy(x[160:])), rerun(torch.from_numpy(x[160:]))
+    assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(a, b))

@@ -84,6 +84,11 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     # The teacher is frozen and sees the same inputs every epoch: compute its outputs once.
     t_out = None if features else torch.from_numpy(predict(teacher, train, names, trimmer=trimmer if trimmed else None))
     heads = _other_heads(teacher, _inputs(train.take(2).inputs, names))
+    # Likewise the other heads, unless padding is trimmed per batch (their lengths then follow the batch)
+    # or they would not fit in memory (a dense map per sample): those run the teacher again per batch.
+    t_heads = None
+    if heads and t_out is not None and not trimmed and _heads_bytes(teacher, train, names, heads) <= HEADS_CACHE_BYTES:
+        t_heads = _heads_outputs(teacher, train, names, heads)
     g = torch.Generator().manual_seed(ctx.seed)
 
     heads_ref = _heads_outputs(teacher, evalset, names, heads) if heads else None
@@ -127,7 +132,9 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
                 y = torch.from_numpy(np.asarray(train.labels[idx_np])).long() if use_labels else None
                 loss = _loss(sb, tb, y, task, cfg)
                 if heads:
-                    if t_all is None:
+                    if t_all is None and t_heads is not None:
+                        t_all = {j: torch.from_numpy(h[idx_np]) for j, h in zip(heads, t_heads)}
+                    elif t_all is None:
                         with torch.no_grad():
                             t_all = output_tensors(teacher(*xb))
                     loss = loss + _heads_loss(s_all, t_all, heads)
@@ -216,6 +223,9 @@ def _teacher_metric(metric: TorchMetric, teacher) -> float | None:
     return metric(teacher, metric.reference) if metric.labelled else None
 
 
+HEADS_CACHE_BYTES = 512 << 20
+
+
 def better_epoch(rec, than, tolerance) -> bool:
     """Whether epoch record `rec` beats `than`. The first output's metric alone kept an epoch before a
     second head was fitted at all; the weakest output alone stopped counting a head's gains once it passed
@@ -246,6 +256,16 @@ def _other_heads(teacher, example) -> list:
     return [j for j, t in enumerate(outs) if j > 0 and t.is_floating_point() and t.ndim and t.shape[0] == n]
 
 
+def _heads_bytes(teacher, data, names, heads) -> int:
+    """Bytes the `heads` outputs take over all of `data` as float32, from two samples."""
+    import torch
+
+    with torch.no_grad():
+        outs = output_tensors(teacher(*_inputs(data.take(2).inputs, names)))
+    per = sum(outs[j][0].numel() for j in heads if j < len(outs))
+    return 4 * per * len(data)
+
+
 def _heads_outputs(model, data, names, heads, batch: int = 256) -> list:
     """The `heads` outputs of `model` over `data`, as numpy arrays (one per head)."""
     import torch
@@ -267,7 +287,7 @@ def _heads_loss(s_all, t_all, heads):
 
     total = 0.0
     for j in heads:
-        if j >= len(s_all) or j >= len(t_all):
+        if j >= len(s_all) or j not in (t_all if isinstance(t_all, dict) else range(len(t_all))):
             continue
         s, t = s_all[j].float(), t_all[j].float()
         if s.shape != t.shape:
