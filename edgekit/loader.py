@@ -333,8 +333,8 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     dyn = {} if fixed else {i.name: {0: "batch"} for i in inputs}
     dyn.update({} if fixed else {n: {0: "batch"} for n, b in zip(out_names, batched) if b})
     if not fixed:
-        for name, axis in _sequence_axes(module, inputs, outputs, out_names, sample_inputs).items():
-            dyn.setdefault(name, {})[axis] = "seq"
+        for name, (axis, sym) in _sequence_axes(module, inputs, outputs, out_names, sample_inputs).items():
+            dyn.setdefault(name, {})[axis] = sym
             if name in {s.name for s in inputs}:
                 inputs = [TensorSpec(s.name, [*s.shape[:axis], "seq", *s.shape[axis + 1:]], s.dtype)
                           if s.name == name else s for s in inputs]
@@ -348,7 +348,9 @@ def _sequence_axes(module, inputs, outputs, out_names, sample_inputs) -> dict:
     (rank-2 integer) and axis 1, else 2, of rank-3 inputs ([batch, time, features] for a GRU, [batch,
     channels, length] for a 1-d CNN), when forward() also runs with that axis halved. Fixing it to the
     calibration length (as export does by default) made a GRU or transformer refuse any other length on
-    the device. Outputs take the axis where their size followed the input's. The export stage checks the
+    the device. Outputs take the axis where their size followed the input's: named 'seq' when it equals the
+    input's length at both lengths tried, else a symbol of their own (a strided encoder-decoder's 98 in gives 100
+    out: onnxruntime warns when one symbol takes two sizes). The export stage checks the
     graph at both lengths and fixes the axis again when the graph does not follow (a traced Python loop)."""
     def seq_like(s):
         return len(s.shape) == 3 or (len(s.shape) == 2 and s.dtype in ("int64", "int32", "uint8", "bool"))
@@ -367,7 +369,8 @@ def _sequence_axes(module, inputs, outputs, out_names, sample_inputs) -> dict:
 
 
 def _follows_length(module, inputs, outputs, out_names, sample_inputs, group, axis, length) -> dict:
-    """The axes of `group` (at `axis`) and of the outputs, when forward() runs with that length halved."""
+    """{name: (axis, symbol)} of `group` (at `axis`) and of the outputs whose size there followed the
+    input's when forward() ran with that length halved."""
     import numpy as np
     import torch
 
@@ -382,14 +385,16 @@ def _follows_length(module, inputs, outputs, out_names, sample_inputs, group, ax
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if len(outs) != len(outputs):
         return {}
-    axes = {s.name: axis for s in group}
+    axes = {s.name: (axis, "seq") for s in group}
     for name, ref, got in zip(out_names, outputs, outs):
         if tuple(got.shape) == tuple(ref.shape):
             continue
         diff = [i for i, (a, b) in enumerate(zip(ref.shape, got.shape)) if a != b]
         if len(got.shape) != ref.ndim or len(diff) != 1 or diff[0] == 0:
             return {}  # an output whose size moved some other way: leave every length fixed
-        axes[name] = diff[0]
+        a = diff[0]
+        same = ref.shape[a] == length and got.shape[a] == short
+        axes[name] = (a, "seq" if same else f"{name}_len")
     return axes
 
 

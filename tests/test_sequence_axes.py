@@ -71,9 +71,22 @@ MODELS = textwrap.dedent("""
         def forward(self, x):
             return self.fc(torch.relu(self.bn(self.c(x))).mean(2))
 
+    class EncDec(nn.Module):  # a strided encoder-decoder: 99 samples in give 100 out, 49 give 50
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Conv1d(4, 8, 3, stride=2)
+            self.dec = nn.ConvTranspose1d(8, 2, 4, stride=2)
+
+        def forward(self, x):
+            return self.dec(torch.relu(self.enc(x)))
+
     def conv1d():
         torch.manual_seed(0)
         return Conv1d()
+
+    def encdec():
+        torch.manual_seed(0)
+        return EncDec()
 
     def gru():
         torch.manual_seed(0)
@@ -168,6 +181,22 @@ def test_conv1d_length_is_axis_2(models, tmp_path):
     with torch.no_grad():
         ref = src.module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, atol=1e-5)
+
+
+def test_an_output_length_that_is_not_the_inputs_gets_its_own_symbol(models, tmp_path):
+    # declared 'seq' like the input, the output claimed 99 where the graph gives 100 (onnxruntime warns of it
+    # at every run, and a device reading the signature allocates the wrong size)
+    data = {"x": rng.standard_normal((20, 4, 99)).astype(np.float32)}
+    src, art, sess = _export(models, "encdec", data, tmp_path)
+    assert src.dynamic_axes["x"] == {0: "batch", 2: "seq"}
+    assert src.dynamic_axes["output"] == {0: "batch", 2: "output_len"}
+    assert sess.get_inputs()[0].shape[2] == "seq" and sess.get_outputs()[0].shape[2] == "output_len"
+    x = rng.standard_normal((2, 4, 61)).astype(np.float32)
+    with torch.no_grad():
+        ref = src.module(torch.from_numpy(x)).numpy()
+    got = sess.run(None, {"x": x})[0]
+    assert got.shape == ref.shape == (2, 2, 62)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_export_retry_keeps_json_stdout_pure(tmp_path):
