@@ -80,9 +80,26 @@ MODELS = textwrap.dedent("""
         def forward(self, x):
             return self.dec(torch.relu(self.enc(x)))
 
+    class EncDec4(nn.Module):  # stride 4: the output's length is the input's rounded down to a multiple of 4
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Conv1d(4, 8, 4, stride=4)
+            self.dec = nn.ConvTranspose1d(8, 2, 4, stride=4)
+
+        def forward(self, x):
+            return self.dec(torch.relu(self.enc(x)))
+
     def conv1d():
         torch.manual_seed(0)
         return Conv1d()
+
+    def conv1d_same():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 2, 5, padding=2))
+
+    def encdec4():
+        torch.manual_seed(0)
+        return EncDec4()
 
     def encdec():
         torch.manual_seed(0)
@@ -197,6 +214,16 @@ def test_an_output_length_that_is_not_the_inputs_gets_its_own_symbol(models, tmp
     got = sess.run(None, {"x": x})[0]
     assert got.shape == ref.shape == (2, 2, 62)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_an_output_length_equal_at_the_probe_lengths_only_gets_its_own_symbol(models, tmp_path):
+    # a stride-4 encoder-decoder gives 96 -> 96 and 48 -> 48, but 95 -> 92: only an odd length tells
+    data = {"x": rng.standard_normal((20, 4, 96)).astype(np.float32)}
+    src, art, sess = _export(models, "encdec4", data, tmp_path)
+    assert src.dynamic_axes["output"] == {0: "batch", 2: "output_len"}
+    data = {"input": rng.standard_normal((20, 4, 64)).astype(np.float32)}
+    src, _, _ = _export(models, "conv1d_same", data, tmp_path)  # a length-preserving model keeps 'seq'
+    assert src.dynamic_axes["output"] == {0: "batch", 2: "seq"}
 
 
 def test_export_retry_keeps_json_stdout_pure(tmp_path):
