@@ -20,6 +20,12 @@ _EMPTY = np.zeros(0, np.int64)
 BOX_FORMATS = ("cxcywh", "xywh")
 
 
+def _best_first(s):
+    """Indices of s in descending order, ties lower index first. Not argsort(-s): negating unsigned
+    scores wraps (-0 stays 0 and outranks 200 in uint8), as does int8's -128."""
+    return s.size - 1 - np.argsort(s[::-1], kind="stable")[::-1]
+
+
 def _prepare(boxes, scores, iou_threshold, max_detections, classes, score_threshold):
     b = _check.array(boxes, "boxes", ndim=2, kinds="fiu")
     if b.shape[1] != 4:
@@ -44,9 +50,9 @@ def _prepare(boxes, scores, iou_threshold, max_detections, classes, score_thresh
         raise PrepostError("scores: contains NaN")
     if score_threshold is not None:
         cand = np.flatnonzero(s >= _check.number(score_threshold, "score_threshold"))
-        order = cand[np.argsort(-s[cand], kind="stable")]
+        order = cand[_best_first(s[cand])]
     else:
-        order = np.argsort(-s, kind="stable")
+        order = _best_first(s)
     areas = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
     return b, areas, np.ascontiguousarray(order, np.int64), cls, thr, min(max_det, n)
 
