@@ -49,3 +49,35 @@ def test_nms_integer_scores_rank_by_value(dtype, backend):
     assert keep.tolist() == _greedy_nms(boxes.tolist(), scores.tolist(), 0.45)
     kept = pp.nms(boxes, scores, 0.45, score_threshold=0, backend=backend)
     assert kept.tolist() == [i for i in keep.tolist() if scores[i] >= 0]
+
+
+# --------------------------------------------------------------------------------- argmax_segmentation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float64", "int32", "uint32", "int64", "uint64", "float32", "float16", "uint8"])
+def test_argmax_segmentation_is_exact_for_every_dtype(dtype, backend):
+    # values closer than float32's resolution are different classes, not ties
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype).kind == "f":
+        x = (1000 + rng.normal(0, 1e-4, (2, 21, 16, 16))).astype(dtype)
+    else:
+        info = np.iinfo(dtype)
+        base = min(info.max - 64, 2 ** 24 if info.bits == 32 else 2 ** 60 if info.bits == 64 else 0)
+        x = (base + rng.integers(0, 20, (2, 21, 16, 16))).astype(dtype)
+    ref = np.array([[[max(range(21), key=lambda c: (x[n, c, i, j], -c)) for j in range(16)] for i in range(16)]
+                    for n in range(2)])
+    np.testing.assert_array_equal(pp.argmax_segmentation(x, backend=backend), ref)
+    np.testing.assert_array_equal(pp.argmax_segmentation(x.transpose(0, 2, 3, 1), "NHWC", backend=backend), ref)
+    np.testing.assert_array_equal(pp.argmax_segmentation(x[1], backend=backend), ref[1])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int32"])
+def test_argmax_segmentation_float64_build_still_refuses_nan_and_ties_go_low(dtype):
+    x = np.zeros((1, 3, 2, 2), dtype)
+    x[0, 1] = x[0, 2] = 16777217
+    assert pp.argmax_segmentation(x).tolist() == [[[1, 1], [1, 1]]]
+    if dtype == "float64":
+        x[0, 2, 1, 1] = np.nan
+        with pytest.raises(PrepostError, match="NaN"):
+            pp.argmax_segmentation(x)

@@ -170,7 +170,7 @@ OPS: dict = {
     "argmax_segmentation": OpDef(
         ("post",), {"layout": ("NCHW", _one_of(SEG_LAYOUTS))},
         lambda p, backend: (lambda x: argmax_segmentation(x, p["layout"], backend=backend)),
-        kernels=("argmax_nchw",),
+        kernels=("argmax_nchw", "argmax_nchw_f64"),
         example=lambda p: (np.zeros((1, 21, 64, 64) if p["layout"] == "NCHW" else (1, 64, 64, 21), np.float32),),
         doc="per-pixel class scores -> class map"),
     "decode_boxes": OpDef(

@@ -163,8 +163,14 @@ def softmax_topk(logits, k: int = 5, *, backend: str = "auto"):
     return (probs[0], idx[0]) if squeeze else (probs, idx)
 
 
-@kernel("argmax_nchw", lambda nt: nt.boolean(
-    nt.Array(nt.float32, 4, "C", readonly=True), nt.Array(nt.int64, 3, "C")), parallel=True)
+def _argmax_signature(dtype):
+    return lambda nt: nt.boolean(nt.Array(getattr(nt, dtype), 4, "C", readonly=True), nt.Array(nt.int64, 3, "C"))
+
+
+# float64 logits and 32-bit integer scores need a float64 build: scores that differ by less than float32's
+# resolution (1000.0 vs 1000.00003, 2**24 vs 2**24 + 1) are not ties, and np.argmax tells them apart
+@kernel("argmax_nchw_f64", _argmax_signature("float64"), parallel=True)
+@kernel("argmax_nchw", _argmax_signature("float32"), parallel=True)
 def _argmax_nchw_kernel(x, out):  # pragma: no cover - compiled
     n, c, h, w = x.shape
     bad = np.zeros(n * h, np.bool_)
@@ -206,11 +212,14 @@ def argmax_segmentation(logits, layout: str = "NCHW", *, backend: str = "auto") 
         if x4.dtype.kind == "f" and np.isnan(x4).any():
             raise PrepostError("logits: contains NaN")
         out = x4.argmax(axis=1)
+    elif x4.dtype.itemsize > 4 and x4.dtype != np.float64:  # 64-bit integers, long double: no build holds them
+        out = x4.argmax(axis=1)
     else:
-        x4 = np.ascontiguousarray(x4, np.float32)
+        f32 = x4.dtype.itemsize <= 2 or x4.dtype == np.float32  # exact in float32
+        x4 = np.ascontiguousarray(x4, np.float32 if f32 else np.float64)
         n, _, h, w = x4.shape
         out = np.empty((n, h, w), np.int64)
-        if not call("argmax_nchw", x4.size, x4, out):
+        if not call("argmax_nchw" if f32 else "argmax_nchw_f64", x4.size, x4, out):
             raise PrepostError("logits: contains NaN")
     return out[0] if squeeze else out
 
