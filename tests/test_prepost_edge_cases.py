@@ -81,3 +81,47 @@ def test_argmax_segmentation_float64_build_still_refuses_nan_and_ties_go_low(dty
         x[0, 2, 1, 1] = np.nan
         with pytest.raises(PrepostError, match="NaN"):
             pp.argmax_segmentation(x)
+
+
+# --------------------------------------------------------------------------------------- spec checks
+
+SPEC_HOLES = {
+    "k-inf": ({"post": [{"op": "softmax_topk", "k": float("inf")}]}, r"post\[0\] \(softmax_topk\): k: expected an integer, got inf"),
+    "size-inf": ({"pre": [{"op": "resize_normalize", "size": [float("inf"), 24]}]}, r"size\[0\]: expected an integer, got inf"),
+    "max_det-inf": ({"post": [{"op": "nms", "max_detections": float("inf")}]}, r"\(nms\): max_detections: expected an integer"),
+    "max_det-nan": ({"post": [{"op": "nms", "max_detections": float("nan")}]}, r"max_detections: NaN is not allowed"),
+    "max_length-inf": ({"pre": [{"op": "pad_truncate", "max_length": float("-inf")}]}, r"max_length: expected an integer"),
+    "pad_id-1e20": ({"pre": [{"op": "pad_truncate", "pad_id": 1e20}]}, r"\(pad_truncate\): pad_id: 1e\+20 is out of int64 range"),
+    "pad_id-2**63": ({"pre": [{"op": "pad_truncate", "pad_id": 2 ** 63}]}, r"pad_id: \d+ is out of int64 range"),
+    "mean-1e39": ({"pre": [{"op": "resize_normalize", "size": [24, 24], "mean": 1e39}]}, r"\(resize_normalize\): mean: values must be within float32 range"),
+    "std-tiny": ({"pre": [{"op": "resize_normalize", "size": [24, 24], "std": [1e-37, 1, 1]}]}, r"mean/std: \(value - mean\) / std overflows float32"),
+    "pad-huge": ({"pre": [{"op": "resize_normalize", "size": [24, 24], "mean": 3e38, "std": 1, "pad_value": -3e38}]}, r"overflows float32"),
+    "scale-1e39": ({"post": [{"op": "dequantize", "scale": [1e39, 1], "axis": 1}]}, r"\(dequantize\): scale: values must be within float32"),
+    "scale-zp-count": ({"post": [{"op": "dequantize", "scale": [0.1, 0.2], "zero_point": [1, 2, 3], "axis": 1}]}, r"\(dequantize\): scale and zero_point must each have 1 value or one per channel.*scale 2, zero_point 3"),
+    "per-channel-no-axis": ({"post": [{"op": "dequantize", "scale": [0.1, 0.2]}]}, r"\(dequantize\): axis: per-channel scale/zero_point \(2/1 values\) needs axis"),
+}
+
+
+@pytest.mark.parametrize("spec,msg", SPEC_HOLES.values(), ids=SPEC_HOLES.keys())
+def test_spec_values_that_would_fail_later_are_refused_at_check_time(spec, msg):
+    # a one-line PrepostError naming the op and field when the spec is checked, not on the device
+    with pytest.raises(PrepostError, match=msg) as e:
+        pp.validate_spec(spec)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PrepostError, match=msg):
+        pp.Pipeline.from_spec(spec)
+
+
+def test_spec_values_at_the_edges_of_their_ranges_still_run():
+    # the largest values that fit are accepted and give finite, exact results
+    img = np.full((8, 8, 3), 200, np.uint8)
+    p = pp.Pipeline.from_spec({"pre": [{"op": "resize_normalize", "size": [4, 4], "mean": 3e38, "std": 2.0,
+                                        "pad_value": 3e38}]})
+    out = p.preprocess(img)
+    assert np.isfinite(out).all() and np.allclose(out, -1.5e38, rtol=1e-6)
+    p = pp.Pipeline.from_spec({"pre": [{"op": "pad_truncate", "pad_id": -2 ** 63, "max_length": 3.0}]})
+    assert p.preprocess([[1, 2], [3]])["input_ids"].tolist() == [[1, 2], [3, -2 ** 63]]
+    p = pp.Pipeline.from_spec({"post": [{"op": "dequantize", "scale": [0.5, 2.0], "zero_point": 1, "axis": -1}]})
+    assert p.postprocess(np.array([[3, 3]], np.int8)).tolist() == [[1.0, 4.0]]
+    with pytest.raises(PrepostError, match="overflows float32"):  # the direct API refuses it as well
+        pp.resize_normalize(img, (4, 4), 0.0, 1e-37)

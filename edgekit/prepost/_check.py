@@ -1,10 +1,14 @@
 """Argument checks shared by the ops: one-line PrepostError messages naming the argument."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import PrepostError
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+_F32_MAX = float(np.finfo(np.float32).max)
 _KIND_WORDS = {"u": "unsigned integer", "i": "signed integer", "f": "floating", "b": "boolean"}
 
 
@@ -33,11 +37,14 @@ def array(x, name: str, *, ndim=None, dtypes=None, kinds=None) -> np.ndarray:
 def number(x, name: str, *, lo=None, hi=None, lo_open=False, integer=False):
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
         raise PrepostError(f"{name}: expected a number, got {x!r}")
-    if integer and int(x) != x:
-        raise PrepostError(f"{name}: expected an integer, got {x!r}")
-    v = int(x) if integer else float(x)
-    if v != v:
+    if x != x:
         raise PrepostError(f"{name}: NaN is not allowed")
+    if integer:
+        if not math.isfinite(x) or int(x) != x:
+            raise PrepostError(f"{name}: expected an integer, got {x!r}")
+        if not _INT64_MIN <= int(x) <= _INT64_MAX:  # kernels take int64; anything wider overflows on the device
+            raise PrepostError(f"{name}: {x!r} is out of int64 range")
+    v = int(x) if integer else float(x)
     if lo is not None and (v < lo or (lo_open and v == lo)):
         raise PrepostError(f"{name}: {x!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and v > hi:
@@ -61,6 +68,8 @@ def vector(x, name: str, n_allowed=None) -> np.ndarray:
         raise PrepostError(f"{name}: expected a number or a flat list of numbers, got {x!r}")
     if not np.isfinite(v).all():
         raise PrepostError(f"{name}: values must be finite, got {x!r}")
+    if (np.abs(v) > _F32_MAX).any():  # finite here, but inf once cast to float32
+        raise PrepostError(f"{name}: values must be within float32 range (|value| <= {_F32_MAX:.4g}), got {x!r}")
     if n_allowed is not None and v.size not in n_allowed:
         raise PrepostError(f"{name}: has {v.size} values; expected {' or '.join(map(str, sorted(set(n_allowed))))}")
     return v.astype(np.float32)

@@ -184,6 +184,23 @@ def _resize_kernel(flat, geom, out, roi, dst, a, b, pad, cmap, nchw):  # pragma:
                     out[n, y, left + xx, c] = v
 
 
+def affine(mean, std, pad_value, C):
+    """The kernels' out = acc * a + b and the padding value, per channel (float32 vectors in, C channels).
+
+    Refuses parameters whose output overflows float32 (mean 3e38, std 1e-37): the model would get inf.
+    """
+    with np.errstate(over="ignore"):
+        a = np.broadcast_to(np.float32(1.0) / std * _COEF2, (C,)).astype(np.float32)
+        b = np.broadcast_to(-mean / std, (C,)).astype(np.float32)
+        pad = np.broadcast_to((pad_value - mean) / std, (C,)).astype(np.float32)
+        top = np.float32(255 * _COEF * _COEF) * a + b  # the largest tap sum: a pixel of 255
+    if not (np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite(pad).all() and np.isfinite(top).all()):
+        show = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
+        raise PrepostError(f"mean/std: (value - mean) / std overflows float32 for pixels 0..255 or pad_value "
+                           f"(mean {show(mean)}, std {show(std)}, pad_value {show(pad_value)})")
+    return a, b, pad
+
+
 def _flat_bytes(img):
     """A 1-D byte view spanning a 4-D uint8 array's memory plus its strides: any layout, no copy
     (a negative spatial stride costs one copy; a reversed channel axis is undone for free)."""
@@ -262,10 +279,7 @@ class ResizeNormalize:
                 if C not in (3, 4):
                     raise PrepostError(f"swap_rb: needs 3 or 4 channels, the image has {C}")
                 cmap[[0, 2]] = cmap[[2, 0]]
-            m, sd = self.mean, self.std
-            a = np.broadcast_to(np.float32(1.0) / sd * _COEF2, (C,)).astype(np.float32)
-            b = np.broadcast_to(-m / sd, (C,)).astype(np.float32)
-            pad = np.broadcast_to((self.pad_value - m) / sd, (C,)).astype(np.float32)
+            a, b, pad = affine(self.mean, self.std, self.pad_value, C)
             got = self._per_c[C] = (a, b, pad, cmap)
         return got
 

@@ -14,7 +14,7 @@ import numpy as np
 from . import _check
 from .boxes import BOX_FORMATS, decode_boxes, nms
 from .errors import PrepostError
-from .image import LAYOUTS, MODES, ResizeNormalize
+from .image import LAYOUTS, MODES, ResizeNormalize, affine
 from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, softmax_topk
 from .text import PADDING, TRUNCATION, mean_pool_l2, pad_truncate, token_rows
 
@@ -92,6 +92,7 @@ def _channels_agree(p):
     if len(per_channel) > 1:
         raise PrepostError("mean, std and pad_value must each have 1 value or one per channel, the same "
                            "number: got " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    affine(*(_check.vector(p[k], k) for k in ("mean", "std", "pad_value")), max(counts.values()))
 
 
 def _build_resize(p, backend):
@@ -135,6 +136,19 @@ def _example_nms(p):
     xy = rng.uniform(0, 600, (500, 2))
     wh = rng.uniform(10, 80, (500, 2))
     return (np.concatenate([xy, xy + wh], 1).astype(np.float32), rng.random(500).astype(np.float32))
+
+
+def _scale_agree(p):
+    """scale and zero_point give one value or one per channel, the same count, and per channel needs axis:
+    no tensor fits scale of 2 beside zero_point of 3, yet that was only found on the device."""
+    counts = {k: np.size(p[k]) for k in ("scale", "zero_point")}
+    per_channel = {n for n in counts.values() if n != 1}
+    if len(per_channel) > 1:
+        raise PrepostError("scale and zero_point must each have 1 value or one per channel, the same number: got "
+                           + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    if per_channel and p["axis"] is None:
+        raise PrepostError(f"axis: per-channel scale/zero_point ({counts['scale']}/{counts['zero_point']} values) "
+                           "needs axis")
 
 
 def _example_dequantize(p):
@@ -185,7 +199,7 @@ OPS: dict = {
     "dequantize": OpDef(
         ("post", "pre"), {"scale": (REQUIRED, _vec), "zero_point": (0, _vec), "axis": (None, _opt_axis)},
         lambda p, backend: (lambda q: dequantize(q, p["scale"], p["zero_point"], p["axis"], backend=backend)),
-        kernels=("dequantize",), example=_example_dequantize,
+        kernels=("dequantize",), example=_example_dequantize, check=_scale_agree,
         doc="int8/uint8 -> float32 (q - zero_point) * scale"),
     "mean_pool_l2": OpDef(
         ("post",), {"normalize": (True, _bool)},
