@@ -125,3 +125,21 @@ def test_spec_values_at_the_edges_of_their_ranges_still_run():
     assert p.postprocess(np.array([[3, 3]], np.int8)).tolist() == [[1.0, 4.0]]
     with pytest.raises(PrepostError, match="overflows float32"):  # the direct API refuses it as well
         pp.resize_normalize(img, (4, 4), 0.0, 1e-37)
+
+
+# --------------------------------------------------------------------------------------- dequantize
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape,axis", [((0, 3, 4, 4), 1), ((0, 3), -1), ((2, 3, 0), 1), ((0, 3, 0, 2), 1),
+                                        ((0,), 0)])
+def test_dequantize_per_channel_on_an_empty_batch(shape, axis, backend):
+    q = np.zeros(shape, np.int8)
+    ch = shape[axis]
+    out = pp.dequantize(q, [0.5] * ch if ch else 0.5, 1, axis=axis, backend=backend)
+    assert out.shape == shape and out.dtype == np.float32
+    # and the same call on a non-empty batch still gives (q - zero_point) * scale per channel
+    full = np.arange(2 * 3 * 2, dtype=np.int8).reshape(2, 3, 2)
+    got = pp.dequantize(full, [0.5, 1.0, 2.0], [1, 0, -1], axis=1, backend=backend)
+    want = (full.astype(np.float64) - np.array([1, 0, -1])[None, :, None]) * np.array([0.5, 1, 2])[None, :, None]
+    np.testing.assert_array_equal(got, want.astype(np.float32))

@@ -259,7 +259,8 @@ def dequantize(q, scale, zero_point=0, axis: int | None = None, *, backend: str 
         for name, v in (("scale", s), ("zero_point", z)):
             if v.size not in (1, ch):
                 raise PrepostError(f"{name}: has {v.size} values; axis {ax} has {ch}")
-        a3 = a.reshape(int(np.prod(a.shape[:ax], dtype=np.int64)), ch, -1)
+        outer, inner = (int(np.prod(a.shape[sl], dtype=np.int64)) for sl in (slice(ax), slice(ax + 1, None)))
+        a3 = a.reshape(outer, ch, inner)  # not -1 for inner: reshape cannot infer it for an empty batch
     ch = a3.shape[1]
     s = np.ascontiguousarray(np.broadcast_to(s, (ch,)), np.float32)
     z = np.ascontiguousarray(np.broadcast_to(z, (ch,)), np.float32)
