@@ -143,3 +143,72 @@ def test_dequantize_per_channel_on_an_empty_batch(shape, axis, backend):
     got = pp.dequantize(full, [0.5, 1.0, 2.0], [1, 0, -1], axis=1, backend=backend)
     want = (full.astype(np.float64) - np.array([1, 0, -1])[None, :, None]) * np.array([0.5, 1, 2])[None, :, None]
     np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------- device runner
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _flashed_version(dev, name):
+    """A version directory as flash leaves it: the runner and edgekit/prepost, every file at mtime 0."""
+    import shutil
+
+    v = dev / "versions" / name
+    shutil.copytree(REPO / "edgekit" / "prepost", v / "edgekit" / "prepost",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (v / "edgekit" / "__init__.py").write_text('"""edgekit subset shipped in a bundle: prepost only."""\n')
+    shutil.copyfile(REPO / "edgekit" / "runner" / "edgekit_runner.py", v / "edgekit_runner.py")
+    for p in v.rglob("*"):
+        __import__("os").utime(p, (0, 0))
+    return v
+
+
+def _run_on_device(dev, env):
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys, numpy as np; sys.path.insert(0, sys.argv[1]); import edgekit_runner as r\n"
+            "pipe = r.load_prepost(sys.argv[1], {'post': [{'op': 'decode_boxes'}]})\n"
+            "out = pipe.postprocess(np.array([[10, 20, 4, 6]], np.float32))\n"
+            "from edgekit.prepost import _jit\n"
+            "print(json.dumps({'out': out.tolist(), 'pkg': sys.modules['edgekit.prepost'].__file__,\n"
+            "                  'backend': pipe.backend, 'cache': _jit.compile_info('decode_boxes')}))\n")
+    r = subprocess.run([sys.executable, "-B", "-c", code, str(dev / "current")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime) for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.skipif(not pp.HAVE_NUMBA, reason="numba is a required dependency of edgekit")
+def test_runner_keeps_numba_cache_out_of_the_flashed_version(tmp_path):
+    import os
+
+    dev = tmp_path / "dev"
+    v1 = _flashed_version(dev, "fp32-1111")
+    (dev / "current").symlink_to("versions/fp32-1111")
+    before = _snapshot(v1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEKIT_"))}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "home-cache"), PYTHONPATH="")
+    first = _run_on_device(dev, env)
+    assert first["pkg"].startswith(str(dev / "current")) and first["backend"] == "numba"
+    assert first["out"] == [[8.0, 17.0, 12.0, 23.0]]
+    assert _snapshot(v1) == before  # not a file added or touched in the verified directory
+    cache = tmp_path / "home-cache" / "edgekit" / "numba"
+    assert first["cache"]["cache"] == "miss" and first["cache"]["cache_path"].startswith(str(cache))
+    assert list(cache.rglob("*.nbi"))
+    # the cache still does its job: the next run loads the kernels instead of compiling them
+    again = _run_on_device(dev, env)
+    assert again["cache"]["cache"] == "hit" and again["out"] == first["out"]
+    # a new version behind the same `current` link never gets the previous version's kernels
+    _flashed_version(dev, "fp32-2222")
+    (dev / "current").unlink()
+    (dev / "current").symlink_to("versions/fp32-2222")
+    other = _run_on_device(dev, env)
+    assert other["cache"]["cache"] == "miss" and other["cache"]["cache_path"] != first["cache"]["cache_path"]
+    assert _snapshot(v1) == before

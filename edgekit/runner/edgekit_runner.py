@@ -20,6 +20,7 @@ machine slows them alike and their ratio stays meaningful.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -730,6 +731,24 @@ def find_bundle(model=None, bundle=None) -> tuple[str, dict | None, str | None]:
     return model, meta, root
 
 
+def _numba_cache_dir(root: str) -> str | None:
+    """A writable directory outside the bundle for Numba's kernel cache, one per bundle: its real path,
+    since `current` is a symlink that moves to each new version and flashed files all carry mtime 0, and
+    older Numba tells sources apart by path, mtime and size only. None if none can be made."""
+    real = os.path.realpath(root)
+    name = f"{os.path.basename(real)}-{hashlib.sha256(real.encode()).hexdigest()[:12]}"
+    base = os.environ.get("EDGEKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgekit")
+    for d in (os.path.join(base, "numba", name), os.path.join(tempfile.gettempdir(), "edgekit-numba", name)):
+        try:
+            os.makedirs(d, exist_ok=True)
+            tempfile.TemporaryFile(dir=d).close()
+            return d
+        except OSError:
+            continue
+    return None
+
+
 def load_prepost(root: str, spec: dict):
     """A Pipeline of edgekit.prepost built from spec, the package imported from the bundle in root.
 
@@ -742,6 +761,11 @@ def load_prepost(root: str, spec: dict):
     import importlib
 
     sys.dont_write_bytecode = True  # leave the flashed version directory exactly as verified
+    if "numba" not in sys.modules and not os.environ.get("NUMBA_CACHE_DIR"):
+        # Numba caches its kernels beside their source, in the version directory, unless told otherwise
+        cache = _numba_cache_dir(root)
+        if cache is not None:
+            os.environ["NUMBA_CACHE_DIR"] = cache
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
