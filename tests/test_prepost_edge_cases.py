@@ -212,3 +212,36 @@ def test_runner_keeps_numba_cache_out_of_the_flashed_version(tmp_path):
     other = _run_on_device(dev, env)
     assert other["cache"]["cache"] == "miss" and other["cache"]["cache_path"] != first["cache"]["cache_path"]
     assert _snapshot(v1) == before
+
+
+# ------------------------------------------------------------------------------------- environment
+
+
+@pytest.mark.parametrize("threads,par_min,want_threads,want_min,warned", [
+    ("abc", "1e3", None, 32768, ["EDGEKIT_PREPOST_THREADS='abc'", "EDGEKIT_PREPOST_PARALLEL_MIN='1e3'"]),
+    ("1", " 5 ", 1, 5, []),
+])
+def test_prepost_thread_settings_from_the_environment(threads, par_min, want_threads, want_min, warned):
+    # a value that is not an integer is ignored with a warning; it used to fail the import, so every
+    # edgekit command and the device runner ended in an internal error
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEKIT_"))}
+    env.update(EDGEKIT_PREPOST_THREADS=threads, EDGEKIT_PREPOST_PARALLEL_MIN=par_min)
+    code = ("import json, numba, numpy as np, edgekit.prepost as pp\n"
+            "from edgekit.prepost import _jit\n"
+            "probs, idx = pp.softmax_topk(np.array([1.0, 3.0, 2.0], np.float32), 2, backend='numpy')\n"
+            "print(json.dumps({'threads': numba.get_num_threads(), 'default': numba.config.NUMBA_NUM_THREADS,\n"
+            "                  'min': _jit.PARALLEL_MIN_WORK, 'idx': idx.tolist()}))\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["idx"] == [1, 2] and got["min"] == want_min
+    assert got["threads"] == (got["default"] if want_threads is None else want_threads)
+    for w in warned:
+        assert f"RuntimeWarning: edgekit.prepost: ignoring {w}, not an integer" in r.stderr
+    if not warned:
+        assert "Warning" not in r.stderr

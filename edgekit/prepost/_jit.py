@@ -83,9 +83,24 @@ def is_parallel(name: str) -> bool:
     return bool(_SPECS[name][2].get("parallel"))
 
 
+def _env_int(name: str, default):
+    """An integer setting from the environment. A value that is not an integer is ignored with a warning,
+    as the other EDGEKIT_ variables ignore values they do not know: this runs on import, and an error
+    here broke every edgekit command, and the device runner, with an internal error."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        warnings.warn(f"edgekit.prepost: ignoring {name}={raw!r}, not an integer; using "
+                      f"{default if default is not None else 'the default'}", RuntimeWarning, stacklevel=2)
+        return default
+
+
 # Below this many output elements a kernel runs on one thread: waking Numba's workers costs more
 # than it saves, and on a busy host a parallel region can wait milliseconds for a free core.
-PARALLEL_MIN_WORK = int(os.environ.get("EDGEKIT_PREPOST_PARALLEL_MIN", "32768"))
+PARALLEL_MIN_WORK = _env_int("EDGEKIT_PREPOST_PARALLEL_MIN", 32768)
 
 
 def call(name: str, work: int, *args):
@@ -110,8 +125,9 @@ def set_threads(n: int) -> int:
     return prev
 
 
-if HAVE_NUMBA and os.environ.get("EDGEKIT_PREPOST_THREADS"):
-    set_threads(int(os.environ["EDGEKIT_PREPOST_THREADS"]))
+_THREADS = _env_int("EDGEKIT_PREPOST_THREADS", None)
+if HAVE_NUMBA and _THREADS is not None:
+    set_threads(_THREADS)
 
 
 def variants(name: str) -> list:
