@@ -245,3 +245,12 @@ def test_prepost_thread_settings_from_the_environment(threads, par_min, want_thr
         assert f"RuntimeWarning: edgekit.prepost: ignoring {w}, not an integer" in r.stderr
     if not warned:
         assert "Warning" not in r.stderr
+
+
+@pytest.mark.parametrize("axis", [5, -6, 3, -1])
+def test_dequantize_spec_with_any_axis_warms_up(axis):
+    # the warm-up example was always 4-D: axis 5 passed the spec check, then warm-up raised IndexError
+    p = pp.Pipeline.from_spec({"post": [{"op": "dequantize", "scale": [0.5, 2.0], "zero_point": 1, "axis": axis}]})
+    assert p.warmup()["first_call_s"] >= 0
+    q = np.full([2 if i == (axis % 6) else 1 for i in range(6)], 3, np.int8)
+    assert sorted(p.postprocess(q).ravel().tolist()) == [1.0, 4.0]

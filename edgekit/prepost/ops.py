@@ -156,8 +156,8 @@ def _example_dequantize(p):
         return (np.zeros((1, 1000), np.int8),)
     ch = max(np.size(p["scale"]), np.size(p["zero_point"]))
     ax = int(p["axis"])
-    shape = [1, 1, 1, 1]
-    shape[ax if ax >= 0 else 4 + ax] = ch
+    shape = [1] * max(4, ax + 1, -ax)  # enough axes for any axis the spec names, not just 4-D's
+    shape[ax] = ch
     return (np.zeros(shape, np.int8),)
 
 
