@@ -1,5 +1,12 @@
 """edgekit.prepost on inputs at the edges of their types: integer scores, float64 maps, out-of-range spec
 values, empty batches, and the device runner's cache and environment."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,20 +92,30 @@ def test_argmax_segmentation_float64_build_still_refuses_nan_and_ties_go_low(dty
 
 # --------------------------------------------------------------------------------------- spec checks
 
+INF = float("inf")
+RESIZE = {"op": "resize_normalize", "size": [24, 24]}
 SPEC_HOLES = {
-    "k-inf": ({"post": [{"op": "softmax_topk", "k": float("inf")}]}, r"post\[0\] \(softmax_topk\): k: expected an integer, got inf"),
-    "size-inf": ({"pre": [{"op": "resize_normalize", "size": [float("inf"), 24]}]}, r"size\[0\]: expected an integer, got inf"),
-    "max_det-inf": ({"post": [{"op": "nms", "max_detections": float("inf")}]}, r"\(nms\): max_detections: expected an integer"),
+    "k-inf": ({"post": [{"op": "softmax_topk", "k": INF}]},
+              r"post\[0\] \(softmax_topk\): k: expected an integer, got inf"),
+    "size-inf": ({"pre": [{**RESIZE, "size": [INF, 24]}]}, r"size\[0\]: expected an integer, got inf"),
+    "max_det-inf": ({"post": [{"op": "nms", "max_detections": INF}]},
+                    r"\(nms\): max_detections: expected an integer"),
     "max_det-nan": ({"post": [{"op": "nms", "max_detections": float("nan")}]}, r"max_detections: NaN is not allowed"),
-    "max_length-inf": ({"pre": [{"op": "pad_truncate", "max_length": float("-inf")}]}, r"max_length: expected an integer"),
-    "pad_id-1e20": ({"pre": [{"op": "pad_truncate", "pad_id": 1e20}]}, r"\(pad_truncate\): pad_id: 1e\+20 is out of int64 range"),
+    "max_length-inf": ({"pre": [{"op": "pad_truncate", "max_length": -INF}]}, r"max_length: expected an integer"),
+    "pad_id-1e20": ({"pre": [{"op": "pad_truncate", "pad_id": 1e20}]},
+                    r"\(pad_truncate\): pad_id: 1e\+20 is out of int64 range"),
     "pad_id-2**63": ({"pre": [{"op": "pad_truncate", "pad_id": 2 ** 63}]}, r"pad_id: \d+ is out of int64 range"),
-    "mean-1e39": ({"pre": [{"op": "resize_normalize", "size": [24, 24], "mean": 1e39}]}, r"\(resize_normalize\): mean: values must be within float32 range"),
-    "std-tiny": ({"pre": [{"op": "resize_normalize", "size": [24, 24], "std": [1e-37, 1, 1]}]}, r"mean/std: \(value - mean\) / std overflows float32"),
-    "pad-huge": ({"pre": [{"op": "resize_normalize", "size": [24, 24], "mean": 3e38, "std": 1, "pad_value": -3e38}]}, r"overflows float32"),
-    "scale-1e39": ({"post": [{"op": "dequantize", "scale": [1e39, 1], "axis": 1}]}, r"\(dequantize\): scale: values must be within float32"),
-    "scale-zp-count": ({"post": [{"op": "dequantize", "scale": [0.1, 0.2], "zero_point": [1, 2, 3], "axis": 1}]}, r"\(dequantize\): scale and zero_point must each have 1 value or one per channel.*scale 2, zero_point 3"),
-    "per-channel-no-axis": ({"post": [{"op": "dequantize", "scale": [0.1, 0.2]}]}, r"\(dequantize\): axis: per-channel scale/zero_point \(2/1 values\) needs axis"),
+    "mean-1e39": ({"pre": [{**RESIZE, "mean": 1e39}]},
+                  r"\(resize_normalize\): mean: values must be within float32 range"),
+    "std-tiny": ({"pre": [{**RESIZE, "std": [1e-37, 1, 1]}]}, r"mean/std: \(value - mean\) / std overflows float32"),
+    "pad-huge": ({"pre": [{**RESIZE, "mean": 3e38, "std": 1, "pad_value": -3e38}]}, r"overflows float32"),
+    "scale-1e39": ({"post": [{"op": "dequantize", "scale": [1e39, 1], "axis": 1}]},
+                   r"\(dequantize\): scale: values must be within float32"),
+    "scale-zp-count": ({"post": [{"op": "dequantize", "scale": [0.1, 0.2], "zero_point": [1, 2, 3], "axis": 1}]},
+                       r"\(dequantize\): scale and zero_point must each have 1 value or one per channel.*"
+                       r"scale 2, zero_point 3"),
+    "per-channel-no-axis": ({"post": [{"op": "dequantize", "scale": [0.1, 0.2]}]},
+                            r"\(dequantize\): axis: per-channel scale/zero_point \(2/1 values\) needs axis"),
 }
 
 
@@ -147,28 +164,22 @@ def test_dequantize_per_channel_on_an_empty_batch(shape, axis, backend):
 
 # ------------------------------------------------------------------------------------- device runner
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _flashed_version(dev, name):
     """A version directory as flash leaves it: the runner and edgekit/prepost, every file at mtime 0."""
-    import shutil
-
     v = dev / "versions" / name
     shutil.copytree(REPO / "edgekit" / "prepost", v / "edgekit" / "prepost",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (v / "edgekit" / "__init__.py").write_text('"""edgekit subset shipped in a bundle: prepost only."""\n')
     shutil.copyfile(REPO / "edgekit" / "runner" / "edgekit_runner.py", v / "edgekit_runner.py")
     for p in v.rglob("*"):
-        __import__("os").utime(p, (0, 0))
+        os.utime(p, (0, 0))
     return v
 
 
 def _run_on_device(dev, env):
-    import json
-    import subprocess
-    import sys
-
     code = ("import json, sys, numpy as np; sys.path.insert(0, sys.argv[1]); import edgekit_runner as r\n"
             "pipe = r.load_prepost(sys.argv[1], {'post': [{'op': 'decode_boxes'}]})\n"
             "out = pipe.postprocess(np.array([[10, 20, 4, 6]], np.float32))\n"
@@ -187,8 +198,6 @@ def _snapshot(d):
 
 @pytest.mark.skipif(not pp.HAVE_NUMBA, reason="numba is a required dependency of edgekit")
 def test_runner_keeps_numba_cache_out_of_the_flashed_version(tmp_path):
-    import os
-
     dev = tmp_path / "dev"
     v1 = _flashed_version(dev, "fp32-1111")
     (dev / "current").symlink_to("versions/fp32-1111")
@@ -224,11 +233,6 @@ def test_runner_keeps_numba_cache_out_of_the_flashed_version(tmp_path):
 def test_prepost_thread_settings_from_the_environment(threads, par_min, want_threads, want_min, warned):
     # a value that is not an integer is ignored with a warning; it used to fail the import, so every
     # edgekit command and the device runner ended in an internal error
-    import json
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEKIT_"))}
     env.update(EDGEKIT_PREPOST_THREADS=threads, EDGEKIT_PREPOST_PARALLEL_MIN=par_min)
     code = ("import json, numba, numpy as np, edgekit.prepost as pp\n"
