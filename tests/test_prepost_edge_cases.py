@@ -105,6 +105,7 @@ SPEC_HOLES = {
     "pad_id-1e20": ({"pre": [{"op": "pad_truncate", "pad_id": 1e20}]},
                     r"\(pad_truncate\): pad_id: 1e\+20 is out of int64 range"),
     "pad_id-2**63": ({"pre": [{"op": "pad_truncate", "pad_id": 2 ** 63}]}, r"pad_id: \d+ is out of int64 range"),
+    "pad_id-10**400": ({"pre": [{"op": "pad_truncate", "pad_id": 10 ** 400}]}, r"pad_id: \d+ is out of int64 range"),
     "mean-1e39": ({"pre": [{**RESIZE, "mean": 1e39}]},
                   r"\(resize_normalize\): mean: values must be within float32 range"),
     "std-tiny": ({"pre": [{**RESIZE, "std": [1e-37, 1, 1]}]}, r"mean/std: \(value - mean\) / std overflows float32"),

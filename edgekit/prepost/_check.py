@@ -40,7 +40,7 @@ def number(x, name: str, *, lo=None, hi=None, lo_open=False, integer=False):
     if x != x:
         raise PrepostError(f"{name}: NaN is not allowed")
     if integer:
-        if not math.isfinite(x) or int(x) != x:
+        if (isinstance(x, (float, np.floating)) and not math.isfinite(x)) or int(x) != x:
             raise PrepostError(f"{name}: expected an integer, got {x!r}")
         if not _INT64_MIN <= int(x) <= _INT64_MAX:  # kernels take int64; anything wider overflows on the device
             raise PrepostError(f"{name}: {x!r} is out of int64 range")
