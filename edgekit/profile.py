@@ -96,7 +96,7 @@ def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, 
         r = {**common, **r}
         dev_cpu = r.pop("device_cpu", None)  # what ran it: the device over SSH, else this host (qemu included)
         r["host_cpu"] = dev_cpu if t.address.startswith("ssh://") else host_cpu()
-        r["precision"] = precision_of(label, r)
+        r["precision"] = precision_of(label, r, models[label])
         if prepost is not None and t.address == "local":
             r["prepost"] = profile_prepost(models[label], prepost, threads=threads, inputs=inputs,
                                            providers=list(t.providers), **{k: kw[k] for k in
@@ -135,18 +135,50 @@ def ratio(a: dict, b: dict) -> float | None:
     return a["p50_ms"] / b["p50_ms"]
 
 
-def precision_of(label: str, r: dict) -> str | None:
-    """The label when it is an artifact kind; else what the executed ops say (int8 or fp32)."""
+def precision_of(label: str, r: dict, path=None) -> str | None:
+    """The label when it is an artifact kind; else what the graph at path holds (int8, fp16 or fp32);
+    else what the executed ops say (int8 or fp32)."""
     import re
 
     base = re.sub(r"#\d+$", "", label.rsplit("/", 1)[-1])
     for part in reversed(base.split(".")):  # the last kind names the file's precision: distilled.int8
         if part in KNOWN_KINDS:
             return part
+    # the graph, not the op profile: --no-op-profile must not change the precision (and so the ratio
+    # baseline), and onnxruntime's CPU kernels run an FP16 model as Cast + FP32 ops
+    found = graph_precision(path) if path else None
+    if found:
+        return found
     ops = r.get("op_breakdown") or {}
     if ops:
         return "int8" if any(h in op for op in ops for h in _INT8_HINTS) else "fp32"
     return None
+
+
+def graph_precision(path) -> str | None:
+    """int8 when the graph has quantized ops, fp16 when most of its float weights (or, without weights, its
+    float inputs) are float16, else fp32; None when onnx cannot read it (host side only)."""
+    try:
+        import onnx
+
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return None
+    g = m.graph
+    if any(h in n.op_type for n in g.node for h in _INT8_HINTS):
+        return "int8"
+    half, full = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    count = {half: 0, full: 0}
+    tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant" for a in n.attribute
+                                     if a.name == "value"]
+    for t in tensors:
+        if t.data_type in count:
+            count[t.data_type] += int(np.prod(t.dims)) if len(t.dims) else 1
+    if not any(count.values()):
+        for i in g.input:
+            if i.type.tensor_type.elem_type in count:
+                count[i.type.tensor_type.elem_type] += 1
+    return "fp16" if count[half] > count[full] else "fp32"
 
 
 def output_tolerance(model_path: str, precision: str | None, reference: dict) -> float:

@@ -43,8 +43,9 @@ def build_report(runs: list, artifacts: dict, settings: dict) -> dict:
 
 def baselines(res: dict, artifacts: dict) -> dict:
     """{label: the label its ratio is taken against, or None}: the FP32 of its own edgekit run. Files
-    that belong to no run are compared with each other (their FP32, else the first measured); an
-    artifact whose run has no FP32 here gets no ratio: another run's FP32 is another model."""
+    that belong to no run are compared with the first FP32 among them; an artifact whose run has no FP32
+    here gets no ratio: another run's FP32 is another model, and a column headed "vs FP32" must not be
+    taken against an FP16 or INT8 model that happened to come first."""
     groups = {}
     for label in res:
         groups.setdefault((artifacts.get(label) or {}).get("run"), []).append(label)
@@ -52,8 +53,6 @@ def baselines(res: dict, artifacts: dict) -> dict:
     for run, labels in groups.items():
         ok = [k for k in labels if res[k].get("status") == "ok"]
         base = next((k for k in ok if res[k].get("precision") == "fp32"), None)
-        if base is None and run is None and ok:
-            base = ok[0]
         out.update({k: base for k in labels})
     return out
 
@@ -146,9 +145,11 @@ def _why_no_baseline(label: str, res: dict, artifacts: dict) -> str:
 
     run = (artifacts.get(label) or {}).get("run")
     fp32 = [k for k in res if k != label and (artifacts.get(k) or {}).get("run") == run
-            and ((artifacts.get(k) or {}).get("kind") or precision_of(k, {})) == "fp32"]
+            and ((artifacts.get(k) or {}).get("kind") or precision_of(k, {}, (artifacts.get(k) or {}).get("path")))
+            == "fp32"]
     if not fp32:
-        return "no FP32 of its own run was given; add it to compare"
+        return ("no FP32 model was given among these files; add one to compare" if run is None
+                else "no FP32 of its own run was given; add it to compare")
     r = res[fp32[0]]
     return f"the FP32 of its run, {fp32[0]}, was not measured on this target: {r.get('status')}: {r.get('reason')}"
 
