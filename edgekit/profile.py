@@ -99,7 +99,8 @@ def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, 
         r["precision"] = precision_of(label, r, models[label])
         if prepost is not None and t.address == "local":
             r["prepost"] = profile_prepost(models[label], prepost, threads=threads, inputs=inputs,
-                                           providers=list(t.providers), **{k: kw[k] for k in
+                                           providers=list(t.providers), batch=r.get("batch", batch),
+                                           **{k: kw[k] for k in
                                                                           ("warmup", "min_runs",
                                                                            "min_seconds", "max_seconds")})
         elif prepost is not None:
@@ -220,8 +221,11 @@ def _output_quantum(model_path: str) -> float | None:
 
 
 def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, warmup=5, min_runs=30,
-                    min_seconds=1.0, max_seconds=30.0, inputs=None) -> dict:
+                    min_seconds=1.0, max_seconds=30.0, inputs=None, batch=1) -> dict:
     """Pre-process, model and post-process times, and their end-to-end sum, timed per iteration.
+
+    batch: samples per iteration, as the model-only timing beside it ran: each is pre-processed, the
+    model runs them as one batch, and each is post-processed on its own (as the device runner does).
 
     prepost: {"pipeline": P, "raw": [raw inputs]} or a pipeline with .preprocess(raw), .postprocess(outputs)
     and optional .warmup() / .example_input(). preprocess may return a feed dict or one array.
@@ -269,16 +273,32 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
                 return runner.fit_feeds(sess, x, 1)
             return runner.fit_feeds(sess, {names[0]: x}, np.asarray(x).shape[0] if np.ndim(x) else 1)
 
+        def batch_of(xs):
+            x = _stack([x if isinstance(x, dict) else {names[0]: x} for x in xs])
+            return runner.fit_feeds(sess, x, batch)
+
+        def post_each(outs, x):
+            n = len(outs[0]) if outs and np.ndim(outs[0]) else 1
+            if batch == 1 or n != batch:
+                return pipe.postprocess(outs, **post_kw(x))
+            for j in range(n):
+                rows = [v[j:j + 1] if np.ndim(v) and len(v) == n else v for v in outs]
+                pipe.postprocess(rows, **post_kw({k: v[j:j + 1] if np.ndim(v) and len(v) == n else v
+                                                  for k, v in x.items()}))
+
         parts = {"pre": [], "model": [], "post": []}
 
         def once(i):
             clock = time.perf_counter
             t0 = clock()
-            x = feeds_of(pipe.preprocess(raw[i % len(raw)]))
+            if batch == 1:
+                x = feeds_of(pipe.preprocess(raw[i % len(raw)]))
+            else:
+                x = batch_of([pipe.preprocess(raw[(i * batch + j) % len(raw)]) for j in range(batch)])
             t1 = clock()
             outs = sess.run(None, x)
             t2 = clock()
-            pipe.postprocess(outs, **post_kw(x))
+            post_each(outs, x)
             t3 = clock()
             parts["pre"].append((t1 - t0) * 1e3)
             parts["model"].append((t2 - t1) * 1e3)
@@ -294,6 +314,18 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
         out[k] = runner.summarize(v[-n:])  # drop the warm-up calls
     out["spec"] = getattr(pipe, "spec", None) if not callable(getattr(pipe, "spec", None)) else None
     out["raw_input"] = origin
+    out["batch"] = batch
+    return out
+
+
+def _stack(feeds: list) -> dict:
+    """One feed dict from per-sample ones, along axis 0; an input whose samples differ in shape (token
+    rows of other lengths) takes the first sample's, which fit_feeds repeats to the batch."""
+    out = {}
+    for k in feeds[0]:
+        vals = [np.asarray(f[k]) for f in feeds]
+        same = all(v.ndim and v.shape[1:] == vals[0].shape[1:] for v in vals)
+        out[k] = np.concatenate(vals, axis=0) if same else vals[0]
     return out
 
 

@@ -167,7 +167,7 @@ def _op_section(run) -> list:
 
 
 def _prepost_section(run) -> list:
-    rows = []
+    rows, batches = [], set()
     for label, r in run["results"].items():
         pp = r.get("prepost")
         if not pp:
@@ -175,10 +175,16 @@ def _prepost_section(run) -> list:
         if pp.get("status") != "ok":
             rows.append(f"| {label} | {pp.get('status')}: {pp.get('reason')} | | | | |")
             continue
+        # a report from before pre/post was timed at the run's batch timed one sample
+        batches.add(pp.get("batch", 1))
         rows.append(f"| {label} | {_f(r['p50_ms'])} | {_f(pp['pre']['p50_ms'])} | {_f(pp['model']['p50_ms'])} | "
                     f"{_f(pp['post']['p50_ms'])} | {_f(pp['e2e']['p50_ms'])} |")
     if not rows:
         return []
-    return (["End to end with pre/post-processing (p50 ms):", "",
+    per = ", ".join(str(b) for b in sorted(batches))
+    head = ("End to end with pre/post-processing (p50 ms):" if batches <= {1} else
+            f"End to end with pre/post-processing (p50 ms per batch of {per}: each sample pre-processed, "
+            "the model run on the batch, each sample post-processed):")
+    return ([head, "",
              "| artifact | model only | pre | model | post | end to end |", "|---|---|---|---|---|---|"]
             + rows + [""])

@@ -274,7 +274,7 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
                         r = res.get(label)
                         if r and r.get("status") == "ok":
                             r["prepost"] = _prepost(paths[label], pipe, t, eff_threads, warmup, min_runs,
-                                                    min_seconds, max_seconds)
+                                                    min_seconds, max_seconds, r.get("batch", gb))
                     runs.append({"target": t.name, "batch": gb, "threads": eff_threads,
                                  "target_info": {"arch": t.arch, "address": t.address, "emulated": t.emulated,
                                                  "providers": [{"name": n, "options": o} for n, o in t.providers],
@@ -366,11 +366,11 @@ def _sample_inputs(path, declared) -> list[dict] | None:
         return None
 
 
-def _prepost(path, pipe, t, threads, warmup, min_runs, min_seconds, max_seconds):
+def _prepost(path, pipe, t, threads, warmup, min_runs, min_seconds, max_seconds, batch=1):
     from .profile import profile_prepost
 
     if t.address != "local":
         return {"status": "unavailable", "reason": f"pre/post timing runs on local targets only, not {t.address}"}
     return profile_prepost(path, pipe, threads=threads, providers=list(t.providers), warmup=warmup,
                            min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
-                           inputs=pipe.get("inputs") if isinstance(pipe, dict) else None)
+                           inputs=pipe.get("inputs") if isinstance(pipe, dict) else None, batch=batch)
