@@ -92,8 +92,11 @@ def to_markdown(report: dict) -> str:
         title = f"## {run['target']} — batch {run['batch']}, threads {run['threads'] or 'default'}"
         if emu:
             title += " (EMULATED: qemu-user, correctness only, not device latency)"
-        lines += [title, "", f"{ti.get('arch')}, {ti.get('address')}, providers: "
-                  f"{', '.join(p['name'] for p in ti.get('providers', []))}", ""]
+        missing = {m for r in run["results"].values() if r.get("status") == "ok"
+                   for m in r.get("providers_missing") or []}
+        provs = [p["name"] + (" (not available: not used)" if p["name"] in missing else "")
+                 for p in ti.get("providers", [])]
+        lines += [title, "", f"{ti.get('arch')}, {ti.get('address')}, providers: {', '.join(provs)}", ""]
         cols = ["artifact", "precision", "provider", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
                 f"latency vs {run.get('baseline') or 'FP32 of its run'} (< 1x: faster)", "inf/s", "cold start ms", "process peak RSS MB",
                 "runs", "fallback nodes"]
@@ -121,9 +124,26 @@ def to_markdown(report: dict) -> str:
                     row.append(str(av.get("reason", "-")))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        lines += _notes(run)
         lines += _baseline_note(run, report["artifacts"])
         lines += _op_section(run) + _prepost_section(run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _notes(run) -> list:
+    """The caveats the JSON results carry (a device that reports another architecture, an optional
+    provider that failed to start), once each, so the Markdown people paste says them too."""
+    seen = {}
+    for label, r in run["results"].items():
+        if r.get("status") != "ok":
+            continue
+        for note in (r.get("note"), r.get("providers_note")):
+            if note:
+                seen.setdefault(note, []).append(label)
+    if not seen:
+        return []
+    return [f"_Note: {note}" + ("" if len(labels) == len(run["results"]) else f" ({', '.join(labels)})") + "._"
+            for note, labels in seen.items()] + [""]
 
 
 def _baseline_note(run, artifacts: dict) -> list:

@@ -92,3 +92,50 @@ def test_prepost_is_timed_at_the_batch_of_the_model_timing_beside_it(tmp_path):
                                     "target_info": {"arch": "x86_64", "address": "local", "providers": []},
                                     "results": {"c": res}}], {"c": {"run": None}}, {}))
     assert "p50 ms per batch of 4" in md
+
+
+def test_optional_provider_absence_is_in_the_markdown(tmp_path):
+    """F11b: providers_missing was in the JSON only; the Markdown listed the absent provider as if it ran."""
+    t = tmp_path / "opt.toml"
+    t.write_text('arch = "x86_64"\naddress = "local"\n[[providers]]\nname = "OpenVINOExecutionProvider"\n'
+                 'required = false\n[[providers]]\nname = "CPUExecutionProvider"\n')
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
+    out = tmp_path / "p.json"
+    assert _exit(["profile", chain, "-t", str(t), "--no-op-profile", "-o", str(out), *FAST]) == 0
+    r = json.loads(out.read_text())["runs"][0]["results"]["c"]
+    assert r["providers_missing"] == ["OpenVINOExecutionProvider"]
+    md = out.with_suffix(".md").read_text()
+    assert "OpenVINOExecutionProvider (not available: not used), CPUExecutionProvider" in md
+
+
+ARCH_NOTE = "target says aarch64, the device reports x86_64"
+
+
+def test_a_device_architecture_note_is_in_the_profile_markdown(mixed):
+    """F11a: the note an ssh:// device of another architecture gets was in the JSON, not the Markdown."""
+    from edgekit.profile_report import to_markdown
+
+    rep = run_profile([mixed["chain"]], ["x86-laptop"], op_profile=False, **QUICK)
+    rep["runs"][0]["results"]["chain"]["note"] = ARCH_NOTE  # as profile_remote records it
+    assert f"_Note: {ARCH_NOTE}._" in to_markdown(rep)
+
+
+def test_a_device_architecture_note_is_in_the_compress_reports(tmp_path):
+    """F11a: compress's manifest held the note; report.md/html/json said 'ok (native)' without it."""
+    from edgekit.artifact import Artifact, Manifest
+    from edgekit.report import write_reports
+
+    d = tmp_path / "run"
+    d.mkdir()
+    matmul_chain(d / "model.fp32.onnx", 1, k=32)
+    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx")])
+    m.artifacts[0].refresh_file_facts(d)
+    m.artifacts[0].latency["ssh-arm"] = {"status": "ok", "p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2,
+                                         "mean_ms": 1.0, "std_ms": 0.1, "runs": 30, "provider": "CPUExecutionProvider",
+                                         "threads": 1, "batch": 1, "emulated": False, "note": ARCH_NOTE}
+    m.write(d)
+    rep = write_reports([d], html=tmp_path / "r.html", markdown=tmp_path / "r.md", json_path=tmp_path / "r.json")
+    assert rep["runs"][0]["variants"][0]["latency"]["ssh-arm"]["note"] == ARCH_NOTE
+    for f in ("r.html", "r.md", "r.json"):
+        assert ARCH_NOTE in (tmp_path / f).read_text(), f
+    assert f"ok ({ARCH_NOTE})" in (tmp_path / "r.md").read_text()

@@ -16,7 +16,9 @@ LATENCY_STATUS = ("ok", "emulated", "unavailable", "failed", "missing")
 STAT_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "runs", "cold_start_ms",
              "peak_rss_mb", "rss_delta_mb")
 FACT_KEYS = ("provider", "providers", "providers_active", "threads", "batch", "precision", "host_cpu",
-             "fallback_nodes", "onnxruntime", "session_config", "op_profile_error")
+             "fallback_nodes", "onnxruntime", "session_config", "op_profile_error",
+             # caveats of the measurement (a device of another architecture, a provider that did not run)
+             "note", "providers_note", "providers_missing")
 KIND_ORDER = ("fp32", "pruned", "distilled", "sparse", "fp16", "int8", "int8-dynamic")
 # comparison highlights: a latency ratio outside this band, or a metric change beyond this, is flagged
 RATIO_BAND = (0.9, 1.1)
@@ -40,7 +42,7 @@ def latency_entry(raw, fp32_raw=None) -> dict:
     if not isinstance(raw, dict) or not raw:
         return {"status": "missing", "reason": "not measured on this target"}
     status = str(raw.get("status", "ok" if "p50_ms" in raw else "missing"))
-    facts = {k: raw[k] for k in FACT_KEYS if raw.get(k) is not None}
+    facts = {k: raw[k] for k in FACT_KEYS if raw.get(k) not in (None, [], "")}
     if status == "ok" and raw.get("emulated"):
         status = "emulated"
     if status == "emulated-only":

@@ -42,6 +42,28 @@ def _status_cell(lat, span):
     return Cell(fmt.status_text(lat), cls=f"status status-{lat.get('status')}", span=span)
 
 
+def caveat(lat) -> str | None:
+    """What a native measurement's figures do not say: the device is not the target's architecture, an
+    optional provider did not run. The profiler records these; a table that shows the numbers says them."""
+    parts = [lat.get("note"), lat.get("providers_note")]
+    missing = lat.get("providers_missing") or []
+    if missing and not lat.get("providers_note"):
+        parts.append(f"{', '.join(missing)} not available; measured without it")
+    return "; ".join(p for p in parts if p) or None
+
+
+def caveats(run) -> list:
+    """One line per target and caveat of its native measurements, for above the tables."""
+    out = []
+    for t in run["targets"]:
+        for v in run["variants"]:
+            lat = v["latency"][t]
+            why = caveat(lat) if lat["status"] == "ok" else None
+            if why and f"{t}: {why}" not in out:
+                out.append(f"{t}: {why}")
+    return out
+
+
 def no_latency_reason(report) -> str:
     """Why the latency section has nothing to plot: profiling off everywhere is not a failure."""
     recs = [r for run in report.get("runs", []) for r in (run.get("recommended") or {}).values()]
@@ -60,7 +82,7 @@ def summary(run) -> Table:
                   Column("Speed-up", t, True)] if measured[t] else [Column("latency", t)])
     table = Table(f"summary-{run['label']}", "Summary", cols,
                   note="Latency per inference at batch 1 unless stated; speed-up is FP32 p50 ÷ variant p50 on the "
-                       "same target (measured interleaved in one process).")
+                       "same target (measured interleaved in one process).", warnings=caveats(run))
     for v in run["variants"]:
         m = v["metric"]
         size_sub = f"{v['size_ratio']:.0%} of FP32" if v.get("size_ratio") is not None and v["kind"] != "fp32" else ""
@@ -111,7 +133,8 @@ def conditions(run) -> Table:
                 continue
             mean = f"{fmt.ms(lat.get('mean_ms'))} ± {fmt.ms(lat.get('std_ms'))}" if lat.get("mean_ms") else "—"
             table.rows.append(head + [
-                Cell("ok (native)", cls="status status-ok"), Cell(str(lat.get("provider", "—"))),
+                Cell(f"ok ({caveat(lat)})" if caveat(lat) else "ok (native)", cls="status status-ok"),
+                Cell(str(lat.get("provider", "—"))),
                 Cell(str(lat.get("threads", "—"))), Cell(str(lat.get("batch", "—"))),
                 Cell(str(int(lat["runs"])) if lat.get("runs") else "—"), Cell(mean),
                 Cell(f"{lat['throughput']:.0f}" if lat.get("throughput") else "—"),
