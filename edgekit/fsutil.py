@@ -73,3 +73,29 @@ def cache_dir() -> Path:
     p = Path(base)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM for the block: a few steps that must not be split (rename OUTDIR aside and
+    the new one in; switch a device's `current` and record it) complete, and the signal then reaches its
+    handler as the block ends. Yields the list of held signal numbers: a caller that has finished the
+    user's work may clear it (and say so) rather than report an abort. Outside the main thread, where no
+    handler runs, nothing is held."""
+    import signal
+    import threading
+
+    held: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    before = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        before[sig] = signal.signal(sig, lambda signum, _frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])

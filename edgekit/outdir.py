@@ -7,14 +7,18 @@ never deleted), and even then only after the new run succeeded.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 from .errors import UsageError
+from .fsutil import signals_deferred
 
 
 MANIFEST = "manifest.json"
@@ -27,13 +31,24 @@ FIXED_FILES = frozenset({
     "sensitivity.json", "sensitivity.csv", "sensitivity.png", "pruning.json", "distill.json", "pruned.pt",
 })
 SHOWN = 3  # foreign entries named in an error
+# The --overwrite choice check_output() was given for each OUTDIR (by resolved path): publish() is handed
+# only the folders, and without the choice it replaced an OUTDIR that another run had filled meanwhile
+# even when the user never passed --overwrite.
+_CHECKED: dict = {}
 
 
 def check_output(outdir, overwrite: bool) -> Path:
+    out = _check_output(outdir, overwrite)
+    _CHECKED[str(out.resolve())] = overwrite
+    return out
+
+
+def _check_output(outdir, overwrite: bool) -> Path:
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
     check_parents(out)
+    _recover_swap(out)
     if out.is_dir() and any(out.iterdir()):
         _check_replaceable(out, overwrite)
     return out
@@ -169,6 +184,16 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, owned by someone else
+    return False
+
+
 def _remove_dead_staging(out: Path) -> None:
     """Remove staging folders for `out` left by runs of this host that were killed (SIGKILL, power loss):
     only ones whose process is gone. Runs on other hosts (a shared disk) are never touched."""
@@ -177,35 +202,105 @@ def _remove_dead_staging(out: Path) -> None:
         pid = p.name[len(prefix):].split("-", 1)[0]
         if not pid.isdigit() or not p.is_dir() or p.is_symlink():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if _gone(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
-        except OSError:
-            pass  # alive, owned by someone else
 
 
-def publish(staging: Path, outdir) -> Path:
+def _note(msg: str) -> None:
+    print(f"edgekit: note: {msg}", file=sys.stderr)
+
+
+def _dead_swaps(out: Path) -> list:
+    """'.NAME.old-*' folders of publish() whose run is gone: '-HOST-PID-XXXXXXXX' of this host with the
+    process ended, or the bare '-XXXXXXXX' that edgekit wrote before it named the run (a live run's
+    folder and another host's are not touched)."""
+    prefix = f".{out.name}.old-"
+    found = []
+    for p in out.parent.glob(f"{glob.escape(prefix)}*"):
+        m = re.fullmatch(r"(?:([A-Za-z0-9_]+)-(\d+)-)?[a-z0-9_]{8}", p.name[len(prefix):])
+        if not m or not p.is_dir() or p.is_symlink():
+            continue
+        if m.group(1) is None or (m.group(1) == _host() and _gone(int(m.group(2)))):
+            found.append(p)
+    return found
+
+
+def _complete_run(d: Path) -> bool:
+    arts = (_read_manifest(d) or {}).get("artifacts") if not _not_a_run(d) else None
+    return isinstance(arts, list) and all(isinstance(a, dict) and isinstance(a.get("path"), str)
+                                          and (d / a["path"]).is_file() for a in arts)
+
+
+def _recover_swap(out: Path) -> None:
+    """Undo what a run killed inside publish() left (SIGKILL, power loss; SIGINT/SIGTERM wait for the
+    swap): with OUTDIR gone, the previous run renamed aside as '.NAME.old-*' goes back; with OUTDIR in
+    place, the replaced run was meant to be deleted and is. Either way with a note: nothing silent."""
+    out = out.resolve()
+    left = _dead_swaps(out)
+    if not left:
+        return
+    if not os.path.lexists(out):
+        runs = sorted((p for p in left if _complete_run(p)), key=lambda p: p.stat().st_ctime)
+        if runs:
+            try:
+                os.rename(runs[-1], out)
+            except OSError:
+                return  # another run is recovering it at this moment
+            left.remove(runs[-1])
+            _note(f"{out}: put back the previous run from {runs[-1].name}, where a run killed while "
+                  "replacing it had left it")
+    for p in left:
+        shutil.rmtree(p, ignore_errors=True)
+    if left:
+        _note(f"removed {', '.join(p.name for p in left)} beside {out}: a run replaced by --overwrite, "
+              "left by a run killed before it had deleted it")
+
+
+def publish(staging: Path, outdir, overwrite: bool | None = None) -> Path:
     """Move staging into place; an old OUTDIR is renamed aside first and removed only after the swap.
 
     The old OUTDIR is checked again first (files may have appeared while the run was being built):
     only an earlier edgekit run holding nothing else is ever removed; otherwise UsageError, nothing moved.
+    overwrite is the user's --overwrite (default: what check_output() was given for this OUTDIR, else
+    True): without it, an OUTDIR that another run filled while this one was busy is kept, and this run
+    refused. SIGINT/SIGTERM wait for the two renames; once the new run is in place they only cut the
+    removal of the old one short (the next run finishes it), and the run still succeeds.
     """
-    check_output(outdir, overwrite=True)
+    if overwrite is None:
+        overwrite = _CHECKED.get(str(Path(outdir).resolve()), True)
+    _check_output(outdir, overwrite=True)
     out = Path(outdir).resolve()
+    taken = UsageError(f"{outdir}: another run wrote its results there while this one ran; they are kept and "
+                       "this run's are discarded" + ("" if overwrite else " (pass --overwrite to replace them)"))
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise taken
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rmdir(old)
-        os.rename(out, old)
-    try:
-        os.rename(staging, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        raise
+    with signals_deferred() as held:
+        if overwrite and out.exists():
+            # host and pid in the name: a later run can tell a killed run's leftover from a live swap
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{_host()}-{os.getpid()}-", dir=out.parent))
+            os.rmdir(old)
+            os.rename(out, old)
+        try:
+            # without --overwrite nothing is renamed aside: rename(2) replaces only an empty folder, so an
+            # OUTDIR filled since the check above is refused here, atomically
+            os.rename(staging, out)
+        except OSError as e:
+            if old is not None:
+                os.rename(old, out)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise taken from None
+            raise
+        if held:
+            _note(f"{outdir}: the interrupt came while the new run was being put in place; that was "
+                  "completed, and the run succeeded")
+            held.clear()
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        except (KeyboardInterrupt, SystemExit):  # SystemExit: edgekit's SIGTERM handler
+            _note(f"{outdir}: interrupted while deleting the run it replaced; the new run is in place, and "
+                  f"the next run there removes the rest ({old.name})")
     return out
 
 

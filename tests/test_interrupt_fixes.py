@@ -1,0 +1,192 @@
+"""Interruptions, concurrent runs and misuse (sweep18): OUTDIR swaps that a signal or a second run used to
+break, flash bookkeeping cut by Ctrl-C, a full disk, one device named twice. Real processes and signals; the
+few places where a window is only a syscall wide get a hook that sends the signal exactly there."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgekit.artifact import Artifact, Manifest
+from edgekit.errors import UsageError
+from edgekit.outdir import check_output, discard, publish, staging_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_dir(out, tag, *artifacts):
+    out.mkdir(parents=True, exist_ok=True)
+    for a in artifacts:
+        (out / a).write_bytes(b"onnx")
+    Manifest(artifacts=[Artifact(kind="fp32", path=a) for a in artifacts], settings={"tag": tag}).write(out)
+    return out
+
+
+def _tag(out):
+    return json.loads((out / "manifest.json").read_text())["settings"]["tag"]
+
+
+def _py(script, *args, cwd):
+    env = dict(os.environ, EDGEKIT_QUIET="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+# ------------------------------------------------------------------ F1: a second run into the same new -o
+
+def test_publish_without_overwrite_keeps_an_outdir_another_run_filled_meanwhile(tmp_path):
+    out = tmp_path / "out"
+    check_output(out, overwrite=False)  # absent when this run starts
+    st = staging_dir(out)
+    _run_dir(st, "second", "model.fp32.onnx")
+    _run_dir(out, "first", "model.fp32.onnx")  # the other run finished first
+    with pytest.raises(UsageError, match="another run wrote its results there while this one ran; they are kept"):
+        publish(st, out)
+    discard(st)
+    assert _tag(out) == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_publish_with_overwrite_still_replaces_it(tmp_path):
+    out = tmp_path / "out"
+    check_output(out, overwrite=True)
+    st = staging_dir(out)
+    _run_dir(st, "second", "model.fp32.onnx")
+    _run_dir(out, "first", "model.fp32.onnx")
+    publish(st, out)
+    assert _tag(out) == "second" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_cli_second_quantize_into_the_same_new_output_fails_and_keeps_the_first(tmp_path):
+    """Run B checks -o (absent) and starts; run A, started meanwhile, finishes first; B must not replace it."""
+    import numpy as np
+
+    from tests.test_quant_cli import _mlp, _x
+
+    _mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", _x(8))
+    common = ["quantize", "m.onnx", "--calib", "c.npy", "--mode", "int8-dynamic", "--no-tune", "-o", "q"]
+    r = _py("""
+        import subprocess, sys
+        from edgekit import outdir
+        from edgekit.cli import main
+        common = sys.argv[1:]
+        real = outdir.staging_dir
+
+        def staging_dir(out):  # run A from start to finish while B is busy in its staging folder
+            st = real(out)
+            a = subprocess.run([sys.executable, "-m", "edgekit", *common, "--tolerance", "1%"])
+            print(f"A rc={a.returncode}", file=sys.stderr)
+            return st
+
+        outdir.staging_dir = staging_dir
+        sys.argv = ["edgekit", *common, "--tolerance", "2%"]
+        sys.exit(main())
+    """, *common, cwd=tmp_path)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("edgekit: note")]
+    assert "A rc=0" in err, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert err[-1] == ("edgekit: error: q: another run wrote its results there while this one ran; they are kept "
+                       "and this run's are discarded (pass --overwrite to replace them)"), r.stderr
+    man = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert man["settings"]["tolerance"] == "1%"  # A's output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx", "q"]  # B's staging removed
+
+
+# ------------------------------------------------------------------ F2: signals inside the --overwrite swap
+
+_SWAP = """
+    import os, shutil, signal, sys
+    from edgekit import outdir
+    from edgekit.artifact import Manifest
+    from edgekit.cli.common import _exit_on_sigterm
+
+    where, sig, out = sys.argv[1], getattr(signal, sys.argv[2]), sys.argv[3]
+    _exit_on_sigterm()
+    rename, rmtree = os.rename, shutil.rmtree
+
+    def hooked_rename(a, b):  # the signal arrives right between the two renames
+        rename(a, b)
+        if where == "between" and ".old-" in str(b):
+            os.kill(os.getpid(), sig)
+
+    def hooked_rmtree(p, *a, **k):  # ... or as the replaced run is being deleted
+        if where == "rmtree" and ".old-" in str(p):
+            os.kill(os.getpid(), sig)
+        return rmtree(p, *a, **k)
+
+    os.rename, shutil.rmtree = hooked_rename, hooked_rmtree
+    outdir.check_output(out, overwrite=True)
+    st = outdir.staging_dir(out)
+    Manifest(settings={"tag": "new"}).write(st)
+    try:
+        outdir.publish(st, out)
+    except BaseException:
+        outdir.discard(st)
+        raise
+    print("published")
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_between_the_swap_renames_waits_for_the_swap(tmp_path, sig):
+    out = _run_dir(tmp_path / "out", "old", "model.fp32.onnx")
+    r = _py(_SWAP, "between", sig, out, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "published", r.stderr
+    assert "the interrupt came while the new run was being put in place; that was completed" in r.stderr
+    assert _tag(out) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old run was removed after the swap
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_old_run_is_deleted_is_no_abort_and_the_next_run_cleans_up(tmp_path, sig, capsys):
+    out = _run_dir(tmp_path / "out", "old", "model.fp32.onnx")
+    r = _py(_SWAP, "rmtree", sig, out, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "published", r.stderr
+    assert "interrupted while deleting the run it replaced; the new run is in place" in r.stderr
+    assert _tag(out) == "new"
+    left = [p.name for p in tmp_path.iterdir() if p.name != "out"]
+    assert len(left) == 1 and left[0].startswith(".out.old-"), left
+    with pytest.raises(UsageError, match="already holds a previous run"):
+        check_output(out, overwrite=False)  # the next run: the leftover goes, the new run stays
+    assert f"removed {left[0]} beside" in capsys.readouterr().err
+    assert _tag(out) == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_run_killed_between_the_renames_gets_its_previous_run_put_back(tmp_path, capsys):
+    """SIGKILL or power loss cannot be deferred: the next run restores the renamed-aside OUTDIR."""
+    from edgekit.outdir import _host
+
+    older = _run_dir(tmp_path / ".out.old-_ytoeku8", "older", "model.fp32.onnx")  # edgekit's former name
+    aside = _run_dir(tmp_path / f".out.old-{_host()}-{_dead_pid()}-abc_1234", "previous", "model.fp32.onnx")
+    live = _run_dir(tmp_path / f".out.old-{_host()}-{os.getpid()}-live1234", "live", "model.fp32.onnx")
+    other = _run_dir(tmp_path / ".out.old-otherhost-1-abcd1234", "other", "model.fp32.onnx")
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="already holds a previous run; pass --overwrite"):
+        check_output(out, overwrite=False)
+    err = capsys.readouterr().err
+    assert f"put back the previous run from {aside.name}" in err and ".out.old-_ytoeku8" in err
+    assert _tag(out) == "previous" and not aside.exists() and not older.exists()  # the latest one back
+    assert live.exists() and other.exists()  # a live swap and another host's are never touched
+
+
+def test_a_partly_deleted_leftover_is_not_put_back(tmp_path, capsys):
+    from edgekit.outdir import _host
+
+    aside = _run_dir(tmp_path / f".out.old-{_host()}-{_dead_pid()}-abc_1234", "half", "model.fp32.onnx")
+    (aside / "model.fp32.onnx").unlink()
+    assert check_output(tmp_path / "out", overwrite=False) == tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert "removed" in capsys.readouterr().err
