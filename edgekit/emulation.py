@@ -249,20 +249,20 @@ def run_python(args, *, timeout: float = 600, cwd=None) -> subprocess.CompletedP
 def profile_emulated(models: dict, target, inputs, *, op_runs=3, warmup=5, min_runs=30, min_seconds=1.0,
                      max_seconds=30.0, threads=None, batch=1) -> dict:
     """Run the device runner under qemu on all models (interleaved), and compare outputs with this host."""
-    import numpy as np
-
-    from .crosscheck import attach_comparison, host_feeds
+    from .crosscheck import attach_comparison, feeds_npz, host_feeds, read_outputs, runner_labels
     from .runner import RUNNER_PATH
 
     try:
         ensure_ready()
     except TargetError as e:
         return {k: {"status": "unavailable", "reason": str(e)} for k in models}
-    host, feeds, err = host_feeds(models, inputs, batch, threads)
-    if feeds is None:
-        return err
+    host, feeds, failed = host_feeds(models, inputs, batch, threads)
+    todo = {k: v for k, v in models.items() if k not in failed}
+    if not todo:
+        return failed
+    alias = runner_labels(todo)
     with tempfile.TemporaryDirectory(prefix="edgekit-emu-") as d:
-        np.savez(os.path.join(d, "inputs.npz"), **feeds)
+        feeds_npz(os.path.join(d, "inputs.npz"), {k: v for k, v in feeds.items() if k in todo}, alias)
         outp = os.path.join(d, "outputs.npz")
         args = [str(RUNNER_PATH), "bench", "--always-dict", "--inputs", os.path.join(d, "inputs.npz"),
                 "--outputs", outp, "--warmup", str(warmup), "--min-runs", str(min_runs),
@@ -271,27 +271,27 @@ def profile_emulated(models: dict, target, inputs, *, op_runs=3, warmup=5, min_r
                 "--providers", json.dumps([{"name": n, "options": o} for n, o in target.providers])]
         if threads:
             args += ["--threads", str(threads)]
-        for label, path in models.items():
-            args += ["--model", f"{label}={os.path.abspath(path)}"]
+        for m, label in alias.items():
+            args += ["--model", f"{m}={os.path.abspath(todo[label])}"]
         t0 = time.monotonic()
-        p = run_python(args, timeout=600 + 3 * max_seconds * max(1, len(models)))
+        p = run_python(args, timeout=600 + 3 * max_seconds * max(1, len(todo)))
         wall = time.monotonic() - t0
         try:
             rep = json.loads(p.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             tail = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
-            return {k: {"status": "failed", "reason": f"runner under qemu: {tail[:300]}"} for k in models}
+            return {**{k: {"status": "failed", "reason": f"runner under qemu: {tail[:300]}"} for k in todo}, **failed}
         if "results" not in rep:
-            return {k: {"status": "failed", "reason": f"runner under qemu: {rep.get('reason', rep)}"} for k in models}
-        arm_out = {}
-        if os.path.exists(outp):
-            with np.load(outp, allow_pickle=False) as z:
-                for key in z.files:
-                    label, _, name = key.partition("::")
-                    arm_out.setdefault(label, {})[name] = z[key]
-    res = rep["results"]
+            return {**{k: {"status": "failed", "reason": f"runner under qemu: {rep.get('reason', rep)}"}
+                       for k in todo}, **failed}
+        try:
+            arm_out = read_outputs(outp, alias) if os.path.exists(outp) else {}
+        except Exception:  # an unreadable file: the timings stand, each result says no outputs came back
+            arm_out = {}
+    res = {alias.get(k, k): v for k, v in rep["results"].items()}
     for r in res.values():
         if r.get("status") == "ok":
             r.update(emulated=True, emulated_cpu=QEMU_CPU, runner_wall_s=round(wall, 1),
                      note="emulated with qemu-user: correctness only, not device latency")
+    res.update(failed)
     return attach_comparison(res, host, models, feeds, arm_out)

@@ -9,7 +9,8 @@ Numba when present) only then.
 
     bench    --model [LABEL=]M ... [--inputs X.npz] [--batch N] [--threads N] [--warmup N]
              [--min-runs N --min-seconds S --max-seconds S | --runs N] [--op-runs N]
-             [--providers JSON] [--outputs OUT.npz]
+             [--providers JSON] [--outputs OUT.npz] [--pid-file F]
+             X.npz keys NAME feed every model; keys LABEL::NAME feed model LABEL (others generate theirs)
     run      (--model M | --bundle DIR) [--inputs X.npz] --out Y.npz [--no-prepost]
              every sample of X; a bundle's pre/post steps (bundle.json "prepost") applied unless --no-prepost
     selftest --bundle DIR      (DIR/bundle.json: model, selftest{inputs, expected, atol}); exit 1 on mismatch
@@ -533,7 +534,8 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
                  keep_outputs=False) -> dict:
     """Measure several ONNX models interleaved in this process: {label: measurement or status}.
 
-    inputs: list of feed dicts (cycled through), or None to generate them per model.
+    inputs: list of feed dicts (cycled through), or {label: list of feed dicts} when the models take
+    different inputs, or None to generate them per model (as for a label missing from the dict).
     providers: [(name, options)] in preference order; required: names that must be active.
     """
     import onnxruntime as ort
@@ -561,7 +563,8 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
             except BatchConflict as e:  # not a broken model: this batch does not exist for it
                 res[label] = {"status": "unavailable", "reason": str(e)}
                 continue
-            fl = [fit_feeds(s, f, batch) for f in inputs] if inputs else [make_feeds(s, batch)]
+            mine = inputs.get(label) if isinstance(inputs, dict) else inputs
+            fl = [fit_feeds(s, f, batch) for f in mine] if mine else [make_feeds(s, batch)]
             first = s.run(None, fl[0])
             cold = (time.perf_counter() - t0) * 1000.0
             rss1 = current_rss_mb()
@@ -653,10 +656,18 @@ def _warm_runtime(models: dict, providers, threads) -> None:
 LABEL_KEYS = ("y", "labels")  # arrays of an inputs .npz that are labels, not model inputs
 
 
-def _load_npz(path) -> list:
-    """An .npz of inputs: keys NAME (one sample) or NAME with a leading sample axis is not guessed."""
+def _load_npz(path):
+    """An .npz of inputs: keys NAME, one feed dict for every model ([dict]); or keys LABEL::NAME, each
+    model its own ({label: [dict]}), as models with different inputs need."""
     with np.load(path, allow_pickle=False) as z:
-        return [{k: z[k] for k in z.files if k not in LABEL_KEYS}]
+        arrays = {k: z[k] for k in z.files if k not in LABEL_KEYS}
+    if not any("::" in k for k in arrays):
+        return [arrays]
+    per = {}
+    for key, v in arrays.items():
+        label, _, name = key.partition("::")
+        per.setdefault(label, {})[name] = v
+    return {label: [f] for label, f in per.items()}
 
 
 def _labelled(specs) -> dict:
@@ -670,6 +681,9 @@ def _labelled(specs) -> dict:
 
 
 def cmd_bench(a) -> int:
+    if a.pid_file:
+        with open(a.pid_file, "w") as f:
+            f.write(str(os.getpid()))
     models = _labelled(a.model)
     inputs = _load_npz(a.inputs) if a.inputs else None
     if a.runs:
@@ -682,7 +696,9 @@ def cmd_bench(a) -> int:
                        batch=a.batch, warmup=a.warmup, min_runs=a.min_runs, min_seconds=a.min_seconds,
                        max_seconds=a.max_seconds, op_runs=a.op_runs, keep_outputs=bool(a.outputs))
     if a.outputs:
-        flat = {f"{k}::{n}": v for k, r in res.items() for n, v in r.pop("_outputs", {}).items()}
+        # tensors only: a sequence of maps (ZipMap) would be pickled, which no reader loads
+        flat = {f"{k}::{n}": v for k, r in res.items() for n, v in r.pop("_outputs", {}).items()
+                if isinstance(v, np.ndarray) and v.dtype != object}
         np.savez(a.outputs, **flat)
     if not a.keep_nodes:
         for r in res.values():
@@ -876,21 +892,48 @@ def cmd_run(a) -> int:
 
 
 def compare(got: dict, expected: dict, atol: float) -> tuple[bool, dict]:
-    """Max abs difference per output; ok when every output is within atol (and shapes match)."""
-    diffs, ok = {}, True
+    """Max abs difference per output; ok when every output is within atol (and shapes match).
+
+    NaN where the other side also has NaN, and infinities of the same sign, are equal: a model with a
+    sqrt or log of a negative input is otherwise a "mismatch" against itself, and its NaN difference
+    is not valid JSON. A non-finite value facing anything else is counted in "nonfinite_mismatch".
+    Outputs that are not tensors (ZipMap's sequence of maps) are listed in "not_compared".
+    """
+    diffs, ok, skipped, nonfinite = {}, True, {}, {}
     for name, want in expected.items():
+        if not isinstance(want, np.ndarray) or want.dtype == object:
+            skipped[name] = f"not a tensor ({type(want).__name__})"
+            continue
         have = got.get(name)
         if have is None:
             return False, {"reason": f"output {name!r} missing"}
+        have = np.asarray(have)
         if have.shape != want.shape:
             return False, {"reason": f"output {name!r} has shape {list(have.shape)}, expected {list(want.shape)}"}
-        if want.dtype.kind in "fc":
-            d = float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+        if not want.size:
+            d = 0.0
+        elif want.dtype.kind in "fc":
+            wide = np.complex128 if "c" in (want.dtype.kind, have.dtype.kind) else np.float64
+            h, w = have.astype(wide), want.astype(wide)
+            with np.errstate(invalid="ignore"):
+                same = (h == w) | (np.isnan(h) & np.isnan(w))
+                bad = ~same & ~(np.isfinite(h) & np.isfinite(w))
+                d = float(np.max(np.where(same | bad, 0.0, np.abs(h - w))))
+            if bad.any():
+                nonfinite[name] = int(bad.sum())
+                ok = False
         else:
-            d = float(np.max(np.abs(have.astype(np.int64) - want.astype(np.int64)))) if want.size else 0.0
+            d = float(np.max(np.abs(have.astype(np.int64) - want.astype(np.int64))))
         diffs[name] = d
         ok = ok and d <= atol
-    return ok, {"max_abs_diff": diffs}
+    info = {"max_abs_diff": diffs}
+    if skipped:
+        info["not_compared"] = skipped
+    if nonfinite:
+        info["nonfinite_mismatch"] = nonfinite
+        info["reason"] = "; ".join(f"output {k!r}: {n} NaN/infinite value(s) where the other side differs"
+                                   for k, n in nonfinite.items())
+    return ok, info
 
 
 def cmd_selftest(a) -> int:
@@ -941,6 +984,7 @@ def main(argv=None) -> int:
     b.add_argument("--outputs", help="save each model's outputs for the first input here (.npz, LABEL::NAME)")
     b.add_argument("--keep-nodes", action="store_true", help="include per-node times")
     b.add_argument("--always-dict", action="store_true", help="{results: {label: ...}} even for one model")
+    b.add_argument("--pid-file", help="write this process's id here (so a caller can stop it from another session)")
     r = sub.add_parser(
         "run", help="run a model on every sample of --inputs and save the outputs",
         description="Run every sample (leading axis) of --inputs and save one result row per sample. "

@@ -1,0 +1,238 @@
+"""Profiling on ssh:// and arm64-emulated targets: every model on its own inputs, odd file names,
+NaN and non-tensor outputs, external data, an interrupted run; and the runner's cold start and batch."""
+import json
+import shutil
+import sys
+import threading
+import time
+import _thread
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.flash import SshOptions
+from edgekit.profile import profile_models
+from edgekit.runner import edgekit_runner as runner
+
+from sshd import start_sshd
+
+FAST = {"warmup": 1, "min_runs": 5, "min_seconds": 0.0, "max_seconds": 10.0}
+
+
+def _save(path, nodes, inputs, outputs, inits=(), ml=False, external=False):
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnx.ml", 1)] if ml else [])
+    g = helper.make_graph(nodes, path.stem, inputs, outputs, list(inits))
+    m = helper.make_model(g, opset_imports=opsets)
+    m.ir_version = 8
+    if external:
+        onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.stem + ".data", size_threshold=0)
+    else:
+        onnx.save(m, str(path))
+    return path
+
+
+def mlp(path, n=4, external=False):
+    w = numpy_helper.from_array(np.linspace(-1, 1, n * 3, dtype=np.float32).reshape(n, 3), "w")
+    return _save(path, [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w], external=external)
+
+
+def token_model(path):
+    """int64 ids [N, 3]: float inputs cannot be cast to them without loss."""
+    return _save(path, [helper.make_node("Cast", ["input_ids"], ["y"], to=TensorProto.FLOAT)],
+                 [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", 3])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+
+
+def sqrt_model(path):
+    """sqrt of standard-normal inputs: NaN in about half the places, the same on both sides."""
+    return _save(path, [helper.make_node("Sqrt", ["x"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])])
+
+
+def zipmap_model(path):
+    """A classifier as skl2onnx writes it: an int64 label and a ZipMap (a sequence of maps, not a tensor)."""
+    nodes = [helper.make_node("LinearClassifier", ["x"], ["label", "probs"], domain="ai.onnx.ml",
+                              coefficients=[0.5, -0.5, 1.0, -1.0, 0.25, 0.75], intercepts=[0.1, -0.1],
+                              classlabels_ints=[0, 1], post_transform="LOGISTIC"),
+             helper.make_node("ZipMap", ["probs"], ["output_probability"], domain="ai.onnx.ml",
+                              classlabels_int64s=[0, 1])]
+    seq = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    return _save(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                 [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                  helper.make_value_info("output_probability", seq)], ml=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = start_sshd(tmp_path_factory.mktemp("sshd-profile"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def device(server, tmp_path):
+    dev = tmp_path / "device"
+    dev.mkdir()
+    target = tmp_path / "ssh-x86.toml"
+    target.write_text("\n".join([
+        'description = "this host over sshd"', 'arch = "x86_64"', f'address = "{server.address(str(dev))}"',
+        "threads = 1", 'precisions = ["int8", "fp32"]', 'providers = ["CPUExecutionProvider"]']) + "\n")
+    opts = SshOptions(identity=str(server.user_key), known_hosts=str(server.known_hosts),
+                      remote_python=sys.executable)
+    return target, opts, dev
+
+
+def _ssh(models, device, **kw):
+    target, opts, _ = device
+    return profile_models({k: str(v) for k, v in models.items()}, str(target), ssh=opts, op_profile=False,
+                          **{**FAST, **kw})
+
+
+def _assert_checked(r):
+    assert r["status"] == "ok", r
+    assert r["arm_vs_host"]["ok"] is True, r["arm_vs_host"]
+
+
+@pytest.mark.slow
+def test_ssh_models_with_different_inputs_each_get_their_own(device, tmp_path):
+    # every model used to be sent the first one's inputs: tok failed on mlp's float32 x
+    res = _ssh({"mlp": mlp(tmp_path / "mlp.onnx"), "tok": token_model(tmp_path / "tok.onnx"),
+                "wide": mlp(tmp_path / "wide.onnx", n=6)}, device)
+    for r in res.values():
+        _assert_checked(r)
+
+
+@pytest.mark.slow
+def test_ssh_given_inputs_are_fitted_per_model_and_a_misfit_fails_alone(device, tmp_path):
+    x = {"x": np.ones((1, 4), np.float32)}
+    res = _ssh({"tok": token_model(tmp_path / "tok.onnx"), "mlp": mlp(tmp_path / "mlp.onnx")}, device, inputs=[x])
+    _assert_checked(res["mlp"])
+    assert res["tok"]["status"] == "failed" and "input_ids" in res["tok"]["reason"], res["tok"]
+
+
+def test_runner_reads_per_model_and_shared_inputs(tmp_path):
+    np.savez(tmp_path / "shared.npz", x=np.ones((1, 4), np.float32))
+    np.savez(tmp_path / "per.npz", **{"a::x": np.ones((1, 4), np.float32), "b::input_ids": np.ones((1, 3), np.int64)})
+    assert runner._load_npz(tmp_path / "shared.npz")[0]["x"].shape == (1, 4)
+    per = runner._load_npz(tmp_path / "per.npz")
+    assert set(per) == {"a", "b"} and per["b"][0]["input_ids"].dtype == np.int64
+
+
+@pytest.mark.slow
+def test_ssh_file_name_with_equals_sign(device, tmp_path):
+    # "v1=best" went to the runner as --model v1=best=PATH and came back as KeyError 'v1=best'
+    a = mlp(tmp_path / "mlp.onnx")
+    b = shutil.copy(a, tmp_path / "v1=best.onnx")
+    res = _ssh({"v1=best": b, "a::b": a}, device)
+    assert set(res) == {"v1=best", "a::b"}
+    for r in res.values():
+        _assert_checked(r)
+
+
+def test_compare_counts_nan_in_the_same_places_as_equal_and_stays_json():
+    nan, inf = np.float32("nan"), np.float32("inf")
+    ok, info = runner.compare({"y": np.array([nan, 1, inf], np.float32)},
+                              {"y": np.array([nan, 1, inf], np.float32)}, 1e-4)
+    assert ok and info["max_abs_diff"] == {"y": 0.0}
+    ok, info = runner.compare({"y": np.array([nan, 1], np.float32)}, {"y": np.array([2, 1], np.float32)}, 1e-4)
+    assert not ok and info["nonfinite_mismatch"] == {"y": 1} and "NaN" in info["reason"]
+    json.dumps(info, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_ssh_nan_outputs_match_and_the_result_is_strict_json(device, tmp_path):
+    r = _ssh({"sqrt": sqrt_model(tmp_path / "sqrt.onnx")}, device)["sqrt"]
+    _assert_checked(r)
+    json.dumps(r["arm_vs_host"], allow_nan=False)
+
+
+@pytest.mark.slow
+def test_ssh_non_tensor_output_is_skipped_with_a_reason_and_the_tensors_compared(device, tmp_path):
+    # the ZipMap output was pickled into outputs.npz, which the host could not load: no output compared at all
+    res = _ssh({"zip": zipmap_model(tmp_path / "zip.onnx"), "mlp": mlp(tmp_path / "mlp.onnx")}, device)
+    _assert_checked(res["mlp"])
+    av = res["zip"]["arm_vs_host"]
+    assert av["ok"] is True and "label" in av["max_abs_diff"], av
+    assert "output_probability" in av["not_compared"], av
+
+
+@pytest.mark.slow
+def test_ssh_model_with_external_data(device, tmp_path):
+    (tmp_path / "ext").mkdir()
+    m = mlp(tmp_path / "ext" / "big.onnx", external=True)
+    assert (tmp_path / "ext" / "big.data").is_file()
+    res = _ssh({"big": m, "other": mlp(tmp_path / "other.onnx")}, device)
+    for r in res.values():
+        _assert_checked(r)
+
+
+def _runner_pids(dev):
+    """Runner processes timing in this test's device folder (sshd's children or, once sshd let go, init's)."""
+    import os
+
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"edgekit_runner.py" in cmd and str(dev).encode() in cmd:
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.slow
+def test_interrupted_ssh_profile_stops_the_runner_on_the_device(device, tmp_path):
+    m, dev = mlp(tmp_path / "m.onnx"), device[2]
+    seen = []
+
+    def interrupt():  # Ctrl-C once the runner is timing on the device
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen:
+            seen.extend(_runner_pids(dev))
+            time.sleep(0.1)
+        time.sleep(3.0)  # past its start-up: a runner still importing dies anyway when its stage is removed
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        _ssh({"m": m}, device, min_seconds=60.0, max_seconds=60.0)
+    assert seen, "the runner never started"
+    deadline = time.monotonic() + 10
+    while _runner_pids(dev) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _runner_pids(dev), "the runner kept timing on the device after Ctrl-C"
+
+
+@pytest.mark.slow
+def test_emulated_arm_each_model_its_inputs_odd_names_and_non_tensor_outputs(tmp_path):
+    """arm64-emulated sent the first model's inputs to all, split 'v1=best' at '=', and crashed the whole
+    command on ZipMap's pickled output ('Object arrays cannot be loaded when allow_pickle=False')."""
+    from edgekit import emulation
+
+    built_here = not emulation.status()["ready"]
+    emulation.setup()
+    try:
+        a = mlp(tmp_path / "mlp.onnx")
+        models = {"mlp": a, "v1=best": shutil.copy(a, tmp_path / "v1=best.onnx"),
+                  "tok": token_model(tmp_path / "tok.onnx"), "zip": zipmap_model(tmp_path / "zip.onnx"),
+                  "sqrt": sqrt_model(tmp_path / "sqrt.onnx")}
+        res = profile_models({k: str(v) for k, v in models.items()}, "arm64-emulated", op_profile=False, **FAST)
+        assert set(res) == set(models)
+        for r in res.values():
+            _assert_checked(r)
+            json.dumps(r["arm_vs_host"], allow_nan=False)
+        assert "output_probability" in res["zip"]["arm_vs_host"]["not_compared"]
+    finally:
+        import os
+
+        if built_here and not os.environ.get("EDGEKIT_CACHE"):
+            shutil.rmtree(emulation.rootfs_path(), ignore_errors=True)
