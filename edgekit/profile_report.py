@@ -81,9 +81,10 @@ def to_markdown(report: dict) -> str:
              f"onnxruntime {report['versions'].get('onnxruntime')}, edgekit {report['edgekit_version']}, "
              f"{report['created']}.", ""]
     s = report["settings"]
-    lines += [f"Runs: {s.get('warmup')} warm-up, then at least {s.get('min_runs')} timed runs and "
-              f"{s.get('min_seconds')} s (at most {s.get('max_seconds')} s) per artifact, interleaved "
-              f"round-robin in one process; inputs: {s.get('inputs')}. Cold start is session creation + first "
+    # what the loop aims for, not what happened: the runs column and the note under a table say that
+    lines += [f"Runs: {s.get('warmup')} warm-up, then the artifacts timed in turn (round-robin in one process) "
+              f"until each has {s.get('min_runs')} runs and the loop has taken {s.get('min_seconds')} s, or "
+              f"{s.get('max_seconds')} s have passed; inputs: {s.get('inputs')}. Cold start is session creation + first "
               "run, after a throwaway session took onnxruntime's one-time set-up; peak RSS is the measuring "
               "process's, shared by every artifact timed in it.", ""]
     for run in report["runs"]:
@@ -124,16 +125,22 @@ def to_markdown(report: dict) -> str:
                     row.append(str(av.get("reason", "-")))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        lines += _notes(run)
+        lines += _notes(run, s)
         lines += _baseline_note(run, report["artifacts"])
         lines += _op_section(run) + _prepost_section(run)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _notes(run) -> list:
+def _notes(run, settings=None) -> list:
     """The caveats the JSON results carry (a device that reports another architecture, an optional
     provider that failed to start), once each, so the Markdown people paste says them too."""
     seen = {}
+    want = (settings or {}).get("min_runs")
+    short = {k: r["runs"] for k, r in run["results"].items() if r.get("status") == "ok" and want
+             and r.get("runs", want) < want}
+    if short:
+        seen[f"--max-seconds {settings.get('max_seconds')} s stopped the timing before {want} runs: "
+             + ", ".join(f"{k} got {n}" for k, n in short.items())] = list(run["results"])
     for label, r in run["results"].items():
         if r.get("status") != "ok":
             continue
@@ -208,3 +215,49 @@ def _prepost_section(run) -> list:
     return ([head, "",
              "| artifact | model only | pre | model | post | end to end |", "|---|---|---|---|---|---|"]
             + rows + [""])
+
+
+def to_html(report: dict) -> str:
+    """The Markdown report as one self-contained HTML page, in the compress report's style (inline CSS, no
+    scripts, no URLs). Converted from to_markdown so the two cannot say different things."""
+    from html import escape
+
+    from .report.html import CSS
+
+    def inline(text):
+        text = escape(text)
+        return f"<em>{text[1:-1]}</em>" if len(text) > 2 and text[0] == text[-1] == "_" else text
+
+    out, rows, items = [], [], []
+
+    def flush():
+        if rows:
+            head, body = rows[0], [r for r in rows[1:] if not all(set(c.strip()) <= set("-:") for c in r)]
+            out.append('<div class="tablewrap"><table><thead><tr>'
+                       + "".join(f"<th>{inline(c.strip())}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c.strip())}</td>" for c in r) + "</tr>"
+                                 for r in body) + "</tbody></table></div>")
+            rows.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
+
+    for line in to_markdown(report).splitlines():
+        if line.startswith("|") and line.endswith("|"):
+            rows.append(line[1:-1].split("|"))
+            continue
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{inline(line[2:])}</h1>")
+        elif line.startswith("_") and line.endswith("_"):
+            out.append(f'<p class="note">{inline(line)}</p>')
+        elif line:
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>edgekit profile</title>'
+            f"<style>{CSS}</style></head><body><main>\n" + "\n".join(out) + "\n</main></body></html>\n")

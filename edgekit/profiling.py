@@ -235,6 +235,9 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
     from .targets import load_target
 
     say = progress or (lambda msg: None)
+    if min_seconds > max_seconds:  # the loop stops at max_seconds: a minimum above it is never met
+        raise UsageError(f"--min-seconds {min_seconds:g} is more than --max-seconds {max_seconds:g}; "
+                         "timing stops at --max-seconds")
     paths, facts, prepost_specs = resolve_artifacts(artifacts)
     tprofiles = [load_target(t) for t in targets]
     ins = {label: declared_inputs(path) for label, path in paths.items()}

@@ -139,3 +139,50 @@ def test_a_device_architecture_note_is_in_the_compress_reports(tmp_path):
     for f in ("r.html", "r.md", "r.json"):
         assert ARCH_NOTE in (tmp_path / f).read_text(), f
     assert f"ok ({ARCH_NOTE})" in (tmp_path / "r.md").read_text()
+
+
+def test_output_suffix_picks_the_report_format(tmp_path):
+    """F14: -o report.html wrote JSON into report.html (and Markdown to report.html.md); -o r.md wrote JSON
+    into r.md. The suffix now picks the format; the HTML is one self-contained page of the same tables."""
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
+    html, md = tmp_path / "r.html", tmp_path / "r.md"
+    assert _exit(["profile", chain, "--no-op-profile", "-o", str(html), *FAST]) == 0
+    assert _exit(["profile", chain, "--no-op-profile", "-o", str(md), *FAST]) == 0
+    page = html.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<th>p50 ms</th>" in page and "<td>c</td>" in page
+    assert "src=" not in page and "href=" not in page and "edgekit.profile/1" not in page
+    assert md.read_text().startswith("# edgekit profile\n") and "| c | fp32 |" in md.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.onnx", "r.html", "r.md"]
+
+
+def test_contradictory_time_limits_are_a_usage_error(tmp_path, capsys):
+    """F15: --min-seconds above --max-seconds was accepted and the header promised both."""
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
+    assert _exit(["profile", chain, "--min-seconds", "2", "--max-seconds", "0.05", "--no-op-profile"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--min-seconds 2 is more than --max-seconds 0.05" in err, err
+    # --max-seconds alone caps the default --min-seconds: nothing contradictory was asked
+    assert _exit(["profile", chain, "--max-seconds", "0.05", "--min-runs", "3", "--no-op-profile"]) == 0
+
+
+def test_a_run_cut_short_by_max_seconds_says_so(tmp_path):
+    """F15: 'at least 100000 timed runs' was stated above a table of ~140 runs."""
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
+    out = tmp_path / "p.json"
+    assert _exit(["profile", chain, "--min-runs", "100000", "--min-seconds", "0", "--max-seconds", "0.05",
+                  "--warmup", "1", "--no-op-profile", "-o", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"][0]["results"]["c"]["runs"]
+    md = out.with_suffix(".md").read_text()
+    assert "at least 100000 timed runs" not in md
+    assert f"--max-seconds 0.05 s stopped the timing before 100000 runs: c got {runs}" in md
+
+
+def test_repeated_batch_and_threads_values_are_measured_once(tmp_path):
+    """F17: --batch 2 --batch 2 --threads 1 --threads 1 gave four identical sections."""
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
+    out = tmp_path / "p.json"
+    assert _exit(["profile", chain, "--batch", "2", "--batch", "2", "--batch", "3", "--threads", "1",
+                  "--threads", "1", "--no-op-profile", "-o", str(out), *FAST]) == 0
+    rep = json.loads(out.read_text())
+    assert [(r["batch"], r["threads"]) for r in rep["runs"]] == [(2, 1), (3, 1)]
+    assert rep["settings"]["batches"] == [2, 3] and rep["settings"]["threads"] == [1]

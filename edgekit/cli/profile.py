@@ -26,7 +26,8 @@ from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, jso
 @click.option("--max-seconds", type=click.FloatRange(min=0.01), default=30.0, show_default=True)
 @click.option("--no-op-profile", is_flag=True, help="Skip the per-operator breakdown.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the JSON report here (and the Markdown beside it, .md).")
+              help="Write the report here: .html as a self-contained page, .md as Markdown, else JSON "
+                   "(and the Markdown beside it, .md).")
 @json_option
 def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, warmup, min_runs, min_seconds,
             max_seconds, no_op_profile, output, as_json):
@@ -38,23 +39,31 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
     """
     from ..errors import EdgekitError
     from ..fsutil import write_json_atomic, write_text_atomic
-    from ..profile_report import ok_count, to_markdown
+    from ..profile_report import ok_count, to_html, to_markdown
     from ..profiling import run_profile
     from ..targets import DEFAULT_TARGET
 
     check_output_file(output, "-o/--output")
+    if click.get_current_context().get_parameter_source("min_seconds") == click.core.ParameterSource.DEFAULT:
+        min_seconds = min(min_seconds, max_seconds)  # --max-seconds 0.5 alone caps the default 1 s, no conflict
     con = console()
-    # a target named twice is one target: measuring it twice only doubled the sweep (compress dedupes too)
+    # a target, batch or thread count named twice is one: measuring it twice only doubled the sweep
     report = run_profile(list(artifacts), list(dict.fromkeys(targets)) or [DEFAULT_TARGET], inputs=inputs,
-                         batches=tuple(batches), threads=tuple(threads) or (None,),
+                         batches=tuple(dict.fromkeys(batches)), threads=tuple(dict.fromkeys(threads)) or (None,),
                          with_prepost=with_prepost, raw=raw, warmup=warmup, min_runs=min_runs,
                          min_seconds=min_seconds, max_seconds=max_seconds, op_profile=not no_op_profile,
                          progress=lambda m: con.log(f"profiling {m}"))
     md = to_markdown(report)
     if output:
         out = Path(output)
-        write_json_atomic(out, report)
-        write_text_atomic(out.with_suffix(".md") if out.suffix == ".json" else Path(f"{out}.md"), md)
+        # the suffix asked for a format: JSON under report.html was written silently (and report.html.md)
+        if out.suffix.lower() in (".html", ".htm"):
+            write_text_atomic(out, to_html(report))
+        elif out.suffix.lower() == ".md":
+            write_text_atomic(out, md)
+        else:
+            write_json_atomic(out, report)
+            write_text_atomic(out.with_suffix(".md") if out.suffix == ".json" else Path(f"{out}.md"), md)
     if as_json:
         echo_json(report)
     else:
