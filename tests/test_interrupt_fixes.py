@@ -33,7 +33,7 @@ def _tag(out):
 
 
 def _py(script, *args, cwd):
-    env = dict(os.environ, EDGEKIT_QUIET="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, EDGEKIT_QUIET="1", PYTHONPATH=str(ROOT), COLUMNS="1000")  # tables unwrapped
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=300)
 
@@ -190,3 +190,79 @@ def test_a_partly_deleted_leftover_is_not_put_back(tmp_path, capsys):
     assert check_output(tmp_path / "out", overwrite=False) == tmp_path / "out"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert "removed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ F3: Ctrl-C/SIGTERM after `current` was switched
+
+_FLASH = """
+    import os, signal, sys
+    import edgekit.flash.deploy as d
+
+    where, sig = sys.argv[1], getattr(signal, sys.argv[2])
+    prune, send = d._prune, d._send
+
+    def hooked_prune(*a, **k):  # cleanup: `current` has just been switched
+        os.kill(os.getpid(), sig)
+        return prune(*a, **k)
+
+    def hooked_send(t, *a, **k):  # the upload to dev2
+        if t.label.endswith("dev2"):
+            os.kill(os.getpid(), sig)
+        return send(t, *a, **k)
+
+    if where == "cleanup":
+        d._prune = hooked_prune
+    else:
+        d._send = hooked_send
+    from edgekit.cli import main
+    sys.argv = ["edgekit", *sys.argv[3:]]
+    sys.exit(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def ekbs(tmp_path_factory):
+    from flash_fixtures import bundles_for_seeds
+
+    root = tmp_path_factory.mktemp("ekbs")
+    return root, bundles_for_seeds(root, range(2))
+
+
+@pytest.mark.parametrize("sig,rc", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupt_after_the_switch_reports_the_flash_and_history_records_it(tmp_path, ekbs, sig, rc):
+    from edgekit.flash import collect_devices, flash_many
+
+    root, (b0, b1) = ekbs
+    dev = tmp_path / "dev"
+    assert flash_many(collect_devices([str(dev)]), b0)[0].status == "flashed"
+    r = _py(_FLASH, "cleanup", sig, "flash", root / "v1.ekb", "--device", dev, "--json", cwd=tmp_path)
+    assert r.returncode == rc, r.stderr
+    out = json.loads(r.stdout)
+    assert out["interrupted"] is True and out["not_done"] == []
+    (res,) = out["results"]
+    assert (res["status"], res["version"], res["previous"]) == ("flashed", b1.version, b0.version)
+    assert any("interrupted after the switch: the device runs this version" in w for w in res["warnings"])
+    assert os.readlink(dev / "current") == f"versions/{b1.version}"
+    history = json.loads((dev / "history.json").read_text())
+    assert [e["version"] for e in history] == [b0.version, b1.version]
+    assert history[-1]["activated"] and history[-1]["selftest"]
+    assert not (dev / ".lock").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_during_a_fleet_flash_reports_the_devices_that_finished(tmp_path, ekbs, jobs):
+    """--jobs 1: dev1 done, dev2 stopped in its upload. --jobs 2: both were under way, both finish."""
+    root, (b0, b1) = ekbs
+    r = _py(_FLASH, "upload", "SIGINT", "flash", root / "v1.ekb", "--device", tmp_path / "dev1",
+            "--device", tmp_path / "dev2", "--jobs", jobs, cwd=tmp_path)
+    assert r.returncode == 130 and r.stderr.rstrip().endswith("Aborted."), r.stderr
+    table = [ln for ln in r.stderr.splitlines() if "│" in ln]
+    assert "(interrupted)" in r.stderr and any("dev1 " in ln and " flashed " in ln for ln in table), r.stderr
+    assert os.readlink(tmp_path / "dev1" / "current") == f"versions/{b1.version}"
+    if jobs == "1":
+        assert "interrupted before the switch on" in r.stderr and "dev2: the previous version stays" in r.stderr
+        assert not (tmp_path / "dev2" / "current").exists()
+    else:
+        assert any("dev2 " in ln and " flashed " in ln for ln in table), r.stderr
+        assert "interrupted before the switch" not in r.stderr
+        assert os.readlink(tmp_path / "dev2" / "current") == f"versions/{b1.version}"

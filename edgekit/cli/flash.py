@@ -1,6 +1,7 @@
 """`edgekit flash`: verified, atomic deployment of a bundle to one or many devices, and rollback."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 
@@ -100,6 +101,29 @@ def summary_table(results, title):
     return tab
 
 
+@contextlib.contextmanager
+def _report_interrupt(devs, title, as_json):
+    """On Ctrl-C/SIGTERM, the results so far before the abort: a device already switched runs the new
+    version, and 'Aborted.' alone read as if none did."""
+    from ..flash.deploy import FlashInterrupted
+
+    try:
+        yield
+    except FlashInterrupted as e:
+        got = {r.device for r in e.results}
+        untouched = [d.label for d in devs if d.label not in got]
+        if as_json:
+            echo_json({"results": [r.to_dict() for r in e.results], "ok": False, "interrupted": True,
+                       "not_done": untouched})
+        else:
+            if e.results:
+                console().print(summary_table(e.results, f"{title} (interrupted)"))
+            if untouched:
+                click.echo(f"edgekit: interrupted before the switch on {', '.join(untouched)}: "
+                           "the previous version stays active there", err=True)
+        raise e.cause from None
+
+
 @click.command("flash", context_settings=CONTEXT_SETTINGS)
 @click.argument("source", required=False, type=click.Path(), metavar="BUNDLE|OUTDIR")
 @device_options
@@ -128,17 +152,17 @@ def flash(source, devices, devices_file, targets, identity, known_hosts, accept_
     if rollback:
         if source:
             raise click.UsageError("--rollback takes no BUNDLE|OUTDIR: it returns to the version before the active one")
-        with _Progress(devs) as prog:
-            results = fleet.rollback_many(devs, opts=opts, ssh=ssh, jobs=jobs, emit=prog)
         title = "edgekit flash --rollback"
+        with _report_interrupt(devs, title, as_json), _Progress(devs) as prog:
+            results = fleet.rollback_many(devs, opts=opts, ssh=ssh, jobs=jobs, emit=prog)
     else:
         if not source:
             raise click.UsageError("missing BUNDLE|OUTDIR (or pass --rollback)")
         with tempfile.TemporaryDirectory(prefix="edgekit-flash-") as work:
             b = open_source(source, work, artifact=artifact)
-            with _Progress(devs) as prog:
+            title = f"edgekit flash {b.version}"
+            with _report_interrupt(devs, title, as_json), _Progress(devs) as prog:
                 results = fleet.flash_many(devs, b, opts=opts, ssh=ssh, jobs=jobs, emit=prog)
-        title = f"edgekit flash {b.version}"
     if as_json:
         echo_json({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
     else:

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import EdgekitError, FlashError
+from ..fsutil import signals_deferred
 from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
 from .lock import LOCK, device_lock
 
@@ -62,6 +63,21 @@ class DeviceResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class FlashInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (cause) during a flash or rollback, with the results of the devices that got that
+    far: a device whose `current` was switched must be reported as such, not hidden behind 'Aborted.'."""
+
+    def __init__(self, results, cause: BaseException):
+        super().__init__(f"interrupted ({type(cause).__name__})")
+        self.results, self.cause = list(results), cause
+
+
+def _interrupted_after_switch(res: DeviceResult, e: BaseException):
+    res.warnings.append("interrupted after the switch: the device runs this version; its history.json and "
+                        "cleanup were completed first")
+    return FlashInterrupted([res], e)
 
 
 class StepFailed(Exception):
@@ -292,28 +308,35 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                     with contextlib.suppress(Exception):
                         t.rmtree(stage)  # this content can never pass: do not keep it for a resume
                 raise
-        with step("activate", emit, dev):
-            if damaged_active:
-                aside = _replace_damaged(t, L, stage, vdir)
-                res.warnings.append(f"the active version {version} was damaged on the device "
-                                    f"({'; '.join(damaged_active[:3])}); replaced with the bundle's verified copy; "
-                                    f"the damaged copy (and any file added to it) is kept at {aside}")
-            elif stage != vdir:
-                t.rename(stage, vdir)
-            switch_current(t, L, version)
-            res.status, res.version = "flashed", version
-        with step("cleanup", emit, dev):
-            history = [e for e in history if e["version"] != version]
-            history.append({"version": version, "activated": _now(), "selftest": res.selftest,
-                            "model": bundle.meta["model"], "model_sha256": bundle.files[bundle.meta["model"]]})
-            res.removed = _prune(t, L, history, opts.keep, protect={version, res.previous})
-            write_history(t, L, [e for e in history if e["version"] not in res.removed])
+        # SIGINT/SIGTERM wait from the switch to its record in history.json (activation time, self-test):
+        # an interrupt between them left the device running a version history.json did not name
+        with signals_deferred():
+            with step("activate", emit, dev):
+                if damaged_active:
+                    aside = _replace_damaged(t, L, stage, vdir)
+                    res.warnings.append(f"the active version {version} was damaged on the device "
+                                        f"({'; '.join(damaged_active[:3])}); replaced with the bundle's verified "
+                                        f"copy; the damaged copy (and any file added to it) is kept at {aside}")
+                elif stage != vdir:
+                    t.rename(stage, vdir)
+                switch_current(t, L, version)
+                res.status, res.version = "flashed", version
+            with step("cleanup", emit, dev):
+                history = [e for e in history if e["version"] != version]
+                history.append({"version": version, "activated": _now(), "selftest": res.selftest,
+                                "model": bundle.meta["model"], "model_sha256": bundle.files[bundle.meta["model"]]})
+                res.removed = _prune(t, L, history, opts.keep, protect={version, res.previous})
+                write_history(t, L, [e for e in history if e["version"] not in res.removed])
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "flashed":
             res.warnings.append(f"cleanup: {e.reason}")  # the new version is active; only housekeeping failed
         else:
             res.status, res.step, res.reason = "failed", e.step, e.reason
             res.version = res.previous
+    except (KeyboardInterrupt, SystemExit) as e:  # SystemExit: edgekit's SIGTERM handler
+        if res.status == "flashed":
+            raise _interrupted_after_switch(res, e) from e
+        raise
     finally:
         held.close()
         res.seconds = round(time.monotonic() - t0, 3)
@@ -450,22 +473,27 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                 raise EdgekitError(f"{target} is damaged on the device: {'; '.join(bad[:3])}")
         with step("selftest", emit, dev):
             res.selftest = run_selftest(t, vdir, opts.selftest_timeout)
-        with step("activate", emit, dev):
-            switch_current(t, L, target)
-            res.status, res.version = "rolled-back", target
-        with step("cleanup", emit, dev):
-            # the versions rolled back from stay in history (marked), so retention still counts them
-            # by install order; dropping them made the next flash prune more than --keep allows
-            cut = len(order) - 1 - order[::-1].index(target)
-            when = _now()
-            for e in history[cut + 1:]:
-                e.setdefault("rolled_back", when)
-            write_history(t, L, history)
+        with signals_deferred():  # the switch and its record go together, as in flash()
+            with step("activate", emit, dev):
+                switch_current(t, L, target)
+                res.status, res.version = "rolled-back", target
+            with step("cleanup", emit, dev):
+                # the versions rolled back from stay in history (marked), so retention still counts them
+                # by install order; dropping them made the next flash prune more than --keep allows
+                cut = len(order) - 1 - order[::-1].index(target)
+                when = _now()
+                for e in history[cut + 1:]:
+                    e.setdefault("rolled_back", when)
+                write_history(t, L, history)
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "rolled-back":
             res.warnings.append(f"cleanup: {e.reason}")
         else:
             res.status, res.step, res.reason, res.version = "failed", e.step, e.reason, res.previous
+    except (KeyboardInterrupt, SystemExit) as e:
+        if res.status == "rolled-back":
+            raise _interrupted_after_switch(res, e) from e
+        raise
     finally:
         held.close()
         res.seconds = round(time.monotonic() - t0, 3)

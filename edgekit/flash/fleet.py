@@ -51,24 +51,52 @@ def _on_device(device: Device, ssh: SshOptions, op, emit):
             pass
 
 
-def _map(devices, jobs, fn):
+def _map(devices, jobs, fn, done=None):
+    """fn over devices, results in order; `done` collects them as they come, for a caller interrupted midway."""
+    done = [] if done is None else done
     jobs = max(1, min(int(jobs), len(devices)))
     if jobs == 1:
-        return [fn(d) for d in devices]
+        for d in devices:
+            done.append(fn(d))
+        return done
     with cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="flash") as ex:
-        return list(ex.map(fn, devices))
+        futures = [ex.submit(fn, d) for d in devices]
+        try:
+            cf.wait(futures)
+        except BaseException:
+            # Ctrl-C reaches this thread only: devices under way finish (a switch must be reported, and
+            # each step is safe to complete), the rest are not started
+            ex.shutdown(wait=True, cancel_futures=True)
+            done.extend(f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None)
+            raise
+    done.extend(f.result() for f in futures)
+    return done
+
+
+def _reported(devices, jobs, fn):
+    """_map, turning Ctrl-C/SIGTERM into deploy.FlashInterrupted with every result obtained so far."""
+    done = []
+    try:
+        return _map(devices, jobs, fn, done)
+    except deploy.FlashInterrupted as e:  # the device in progress had switched: its result comes with it
+        raise deploy.FlashInterrupted(done + e.results, e.cause) from e.cause
+    except (KeyboardInterrupt, SystemExit) as e:
+        raise deploy.FlashInterrupted(done, e) from e
 
 
 def flash_many(devices, bundle, *, opts=None, ssh=None, jobs=4, emit=None) -> list[deploy.DeviceResult]:
+    """Raises deploy.FlashInterrupted (a KeyboardInterrupt) on Ctrl-C, holding the devices' results so far."""
     opts, ssh = opts or deploy.FlashOptions(), ssh or SshOptions()
     check_path_devices(devices)
-    return _map(devices, jobs, lambda d: _on_device(d, ssh, lambda t: deploy.flash(t, d.path, bundle, opts, emit), emit))
+    return _reported(devices, jobs,
+                     lambda d: _on_device(d, ssh, lambda t: deploy.flash(t, d.path, bundle, opts, emit), emit))
 
 
 def rollback_many(devices, *, opts=None, ssh=None, jobs=4, emit=None) -> list[deploy.DeviceResult]:
     opts, ssh = opts or deploy.FlashOptions(), ssh or SshOptions()
     check_path_devices(devices, rollback=True)
-    return _map(devices, jobs, lambda d: _on_device(d, ssh, lambda t: deploy.rollback(t, d.path, opts, emit), emit))
+    return _reported(devices, jobs,
+                     lambda d: _on_device(d, ssh, lambda t: deploy.rollback(t, d.path, opts, emit), emit))
 
 
 def status_many(devices, *, ssh=None, jobs=4, verify=True) -> list[dict]:
