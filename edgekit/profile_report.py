@@ -11,7 +11,7 @@ JSON layout::
           baseline (the one label when all share it, else null), ratios{label: p50 / p50(its baseline)}}]
 
 Every measurement carries target, provider, threads, batch, precision, runs, host_cpu and
-emulated; an entry that could not be measured carries a status and a reason, never a number.
+emulated (and, from run_profile, input_shapes{input name: the shape timed}); an entry that could not be measured carries a status and a reason, never a number.
 cold_start_ms is session creation + first run, after a throwaway session has paid onnxruntime's
 one-time set-up. peak_rss_mb is the measuring process's peak, the same for every artifact timed in
 it, not the artifact's own; rss_delta_mb is the RSS growth while its session was made and first run,
@@ -20,6 +20,7 @@ which understates when the session reuses memory freed earlier in the process (s
 from __future__ import annotations
 
 import datetime as _dt
+import json
 
 SCHEMA = "edgekit.profile/1"
 
@@ -125,10 +126,25 @@ def to_markdown(report: dict) -> str:
                     row.append(str(av.get("reason", "-")))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        lines += _notes(run, s)
+        lines += _shapes_line(run) + _notes(run, s)
         lines += _baseline_note(run, report["artifacts"])
         lines += _op_section(run) + _prepost_section(run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _shapes_line(run) -> list:
+    """The input shapes timed, once when every artifact ran the same ones (latency scales with them)."""
+    shapes = {k: r["input_shapes"] for k, r in run["results"].items()
+              if r.get("status") == "ok" and r.get("input_shapes")}
+    if not shapes:
+        return []
+
+    def fmt(sh):
+        return ", ".join(f"{n} [{', '.join(str(d) for d in v)}]" for n, v in sh.items())
+    distinct = {json.dumps(v, sort_keys=True) for v in shapes.values()}
+    if len(distinct) == 1 and len(shapes) == len(run["results"]):
+        return [f"Input shapes timed: {fmt(next(iter(shapes.values())))}.", ""]
+    return ["Input shapes timed: " + "; ".join(f"{k}: {fmt(v)}" for k, v in shapes.items()) + ".", ""]
 
 
 def _notes(run, settings=None) -> list:

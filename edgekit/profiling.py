@@ -271,6 +271,9 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
                                                   max_seconds=max_seconds, op_profile=op_profile,
                                                   threads=eff_threads, batch=gb))
                     res = {k: res[k] for k in labels}  # the order given, whatever round measured it
+                    for k, r in res.items():
+                        if r.get("status") == "ok":
+                            r["input_shapes"] = timed_shapes(ins[k], feeds[k], r.get("batch", gb))
                     if gb == b:
                         res.update(skipped)
                     for label, pipe in pipes.items():
@@ -289,6 +292,28 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
                 "batches": list(batches) if explicit else sorted({gb for _, groups, _ in plan for gb in groups}),
                 "threads": list(threads), "with_prepost": with_prepost}
     return build_report(runs, facts, settings)
+
+
+def timed_shapes(declared, feeds, batch: int) -> dict | None:
+    """{input name: shape} as timed: a symbolic axis (a sequence length generated at 128, the length of
+    the given samples) changes latency, and a p50 without it cannot be compared with another run."""
+    from .runner import edgekit_runner as runner
+
+    if declared is None:
+        return None
+    try:
+        if not feeds:
+            return {k: list(v) for k, v in runner.feed_shapes(declared, batch).items()}
+        b = runner.run_batch(declared, batch)
+        out = {}
+        for inp in declared:
+            shape = list(np.shape(runner.pick_input(declared, feeds[0], inp)))
+            if shape:  # axis 0 is set to the batch that ran, as fit_feeds does
+                shape[0] = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else b
+            out[inp.name] = shape
+        return out
+    except Exception:  # the measurement itself reports why these inputs did not fit
+        return None
 
 
 def run_inputs(specs, paths: dict, facts: dict, ins: dict) -> tuple[dict, dict]:

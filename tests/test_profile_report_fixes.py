@@ -186,3 +186,20 @@ def test_repeated_batch_and_threads_values_are_measured_once(tmp_path):
     rep = json.loads(out.read_text())
     assert [(r["batch"], r["threads"]) for r in rep["runs"]] == [(2, 1), (3, 1)]
     assert rep["settings"]["batches"] == [2, 3] and rep["settings"]["threads"] == [1]
+
+
+def test_the_input_shapes_timed_are_in_every_report(tmp_path):
+    """F12: a dynamic sequence axis was generated at 128 and no report said so (nor the length of given
+    inputs): a sequence model's p50 without its length cannot be compared."""
+    from profile_models import embedding_bag
+
+    m = embedding_bag(tmp_path / "tok.onnx")
+    out = tmp_path / "p.json"
+    assert _exit(["profile", m, "--batch", "2", "--no-op-profile", "-o", str(out), *FAST]) == 0
+    r = json.loads(out.read_text())["runs"][0]["results"]["tok"]
+    assert r["input_shapes"] == {"ids": [2, 128], "mask": [2, 128]}
+    assert "Input shapes timed: ids [2, 128], mask [2, 128]." in out.with_suffix(".md").read_text()
+    np.savez(tmp_path / "in.npz", ids=np.ones((3, 7), np.int64), mask=np.ones((3, 7), np.float32))
+    assert _exit(["profile", m, "--inputs", str(tmp_path / "in.npz"), "--no-op-profile", "-o", str(out), *FAST]) == 0
+    r = json.loads(out.read_text())["runs"][0]["results"]["tok"]
+    assert r["input_shapes"] == {"ids": [1, 7], "mask": [1, 7]}
