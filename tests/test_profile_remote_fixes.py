@@ -292,3 +292,37 @@ def test_three_copies_of_one_model_read_alike_cold(tmp_path):
         runs.append([r["cold_start_ms"] for r in res.values()])
     med = np.median(np.asarray(runs), axis=0)
     assert med.max() / med.min() < 3.0, runs
+
+
+def vector_model(path):
+    """x [16] -> y [3]: a module called on one unbatched feature vector."""
+    w = numpy_helper.from_array(np.ones((16, 3), np.float32), "w")
+    return _save(path, [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [w])
+
+
+def chw_model(path):
+    """x [3, 8, 8] -> y [8, 8, 3]: an unbatched image; no output keeps the leading 3."""
+    return _save(path, [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 2, 0])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 8, 3])])
+
+
+def test_a_model_without_a_batch_axis_is_one_sample_per_run(tmp_path):
+    # vec16 read as batch 16 (inf/s 16x too high) and --batch 1 was refused; chw as batch 3
+    from edgekit.profiling import run_profile
+
+    vec, chw = vector_model(tmp_path / "vec.onnx"), chw_model(tmp_path / "chw.onnx")
+    res = profile_models({"vec": str(vec), "chw": str(chw)}, "x86-laptop", op_profile=False, **FAST)
+    for label in ("vec", "chw"):
+        r = res[label]
+        assert r["status"] == "ok" and r["batch"] == 1, r
+        assert r["throughput"] == pytest.approx(1000.0 / r["mean_ms"]), r
+    assert "one sample per run" in res["chw"]["batch_note"]
+    ins = runner.open_session(str(vec)).get_inputs()
+    assert runner.run_batch(ins, 1) == 1
+    with pytest.raises(runner.BatchConflict, match="no batch axis"):
+        runner.run_batch(ins, 4)
+    rep = run_profile([str(vec)], ["x86-laptop"], batches=[1], op_profile=False, **FAST)  # was a usage error
+    assert rep["runs"][0]["results"]["vec"]["batch"] == 1

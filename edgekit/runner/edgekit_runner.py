@@ -231,9 +231,30 @@ def fixed_batch(ins) -> int | None:
     rank-1 inputs count only when there is nothing else, as a fixed [1] there is usually a scalar knob.
     """
     firsts = [inp.shape[0] for inp in ins if len(inp.shape) >= 1]
-    if not firsts or not all(_fixed(d) for d in firsts):
+    if not firsts or not all(_fixed(d) for d in firsts) or no_batch_axis(ins):
         return None
     return max([inp.shape[0] for inp in ins if len(inp.shape) >= 2] or firsts)
+
+
+def no_batch_axis(ins) -> bool:
+    """Only fixed vectors ([16]: a feature vector a module was called on unbatched): axis 0 is the
+    features, not a batch of 16, and each run is one sample."""
+    ranked = [inp for inp in ins if len(inp.shape) >= 1]
+    return (bool(ranked) and all(len(inp.shape) == 1 and _fixed(inp.shape[0]) for inp in ranked)
+            and max(inp.shape[0] for inp in ranked) > 1)
+
+
+def unbatched_note(ins, outputs, ran: int) -> str | None:
+    """Why a fixed axis 0 of ran > 1 is not a batch (no output keeps it: an unbatched [3, 8, 8] image
+    whose outputs have other leading sizes), or None when it may well be one."""
+    if ran <= 1 or fixed_batch(ins) != ran:
+        return None
+    tensors = [np.asarray(v) for v in outputs if isinstance(v, np.ndarray) and v.dtype != object]
+    if not tensors or any(v.ndim and v.shape[0] == ran for v in tensors):
+        return None
+    inp = next(i for i in ins if len(i.shape) >= 1 and i.shape[0] == ran)
+    return (f"input {inp.name!r} is {_fmt_shape(inp.shape)} and no output keeps its axis 0 of {ran}: "
+            "timed as one sample per run, not a batch of {ran}".replace("{ran}", str(ran)))
 
 
 def batch_conflict(ins, batch: int) -> str | None:
@@ -253,6 +274,12 @@ def run_batch(ins, batch: int = 1) -> int:
     samples in fit_feeds, cmd_run, selftest), so it stands for "the model's own"; any other batch that
     differs is refused rather than timed at one batch and reported as another.
     """
+    if no_batch_axis(ins):
+        if batch != 1:
+            inp = max((i for i in ins if len(i.shape) == 1), key=lambda i: i.shape[0])
+            raise BatchConflict(f"the model has no batch axis (input {inp.name!r} is {_fmt_shape(inp.shape)}: "
+                                f"one sample per run); cannot run batch {batch}")
+        return 1
     fixed = fixed_batch(ins)
     if fixed is None:
         return batch
@@ -581,6 +608,10 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
         res[label] = {"status": "ok", "provider": s.get_providers()[0], "providers_active": s.get_providers(),
                       "providers_missing": missing, "cold_start_ms": colds.get(label, cold), **notes,
                       "rss_delta_mb": (rss1 - rss0) if rss0 is not None and rss1 is not None else None}
+        why = unbatched_note(s.get_inputs(), first, batches[label])
+        if why:  # throughput is samples per second: a [3, 8, 8] image is one sample, not three
+            batches[label] = 1
+            res[label]["batch_note"] = why
         if keep_outputs:
             res[label]["_outputs"] = {o.name: v for o, v in zip(s.get_outputs(), first)}
     if sess:
