@@ -178,3 +178,54 @@ def run_batches(path, dataset, *, batch_size: int = 64, limit: int | None = None
     # a 0-d output (a statistic over the whole batch) has no sample axis to join on: one value per batch
     out = [np.stack(o) if o and np.ndim(o[0]) == 0 else np.concatenate(o, axis=0) for o in outs]
     return [o[:limit] for o in out] if limit is not None else out
+
+
+def _subgraph_inputs(node) -> set:
+    """Outer-scope names a node's subgraphs (If/Loop/Scan bodies) read: they order the node like inputs do."""
+    import onnx
+
+    names = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer} | {o for n in g.node for o in n.output}
+            for n in g.node:
+                names |= ({i for i in n.input if i} | _subgraph_inputs(n)) - local
+    return names
+
+
+def topological_sort(graph) -> bool:
+    """Reorder graph.node so every node follows the producers of its inputs (stable: nodes already in
+    order keep it). Returns whether anything moved.
+
+    The ONNX checker, TensorRT's parser and onnx.load-based tools need this order; onnxruntime sorts on
+    load, so a graph it runs can still violate it (onnxruntime's FP16 converter appends the input Casts last).
+    """
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{producer[t] for t in ({i for i in n.input if i} | _subgraph_inputs(n)) if t in producer} - {i}
+            for i, n in enumerate(nodes)]
+    users = [[] for _ in nodes]
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    waiting = [len(d) for d in deps]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise ValueError(f"graph {graph.name!r} has a cycle: {len(nodes) - len(order)} nodes cannot be ordered")
+    if order == list(range(len(nodes))):
+        return False
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+    return True

@@ -12,6 +12,7 @@ def convert(src, dest, *, keep_io_types: bool = True) -> dict:
 
     from ..errors import UsageError
     from ..loader import float_dtype
+    from ..onnxutil import topological_sort
 
     model = onnx.load(str(src))
     if float_dtype(model) == "float16":
@@ -19,6 +20,10 @@ def convert(src, dest, *, keep_io_types: bool = True) -> dict:
         raise UsageError(f"{Path(src).name}: already float16; FP16 conversion needs an FP32 model")
     try:
         m = convert_float_to_float16(model, keep_io_types=keep_io_types)
+        # the converter appends the Casts of the kept float32 inputs after their consumers: onnxruntime
+        # re-sorts on load, but the ONNX checker, TensorRT's parser and edgekit itself reject the file
+        topological_sort(m.graph)
+        onnx.checker.check_model(m)
         onnx.save(m, str(dest))
     except Exception as e:
         raise EdgekitError(f"{Path(src).name}: FP16 conversion failed: {type(e).__name__}: "

@@ -1,0 +1,122 @@
+"""`edgekit quantize` on ONNX files edgekit did not export (sweep17): FP16 node order, old opsets, the batch
+dynamic INT8 is scored at, GPU targets, the size of the scored set, small-data notes, NHWC image models."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.quant import fp16
+
+
+def digits(n=None):
+    """scikit-learn's digits as (N, 64) float32 in [0, 1] and int64 labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.data / 16.0).astype(np.float32)[:n], d.target.astype(np.int64)[:n]
+
+
+def digits_mlp(path, *, opset=13, hidden=64, x=None, y=None):
+    """x[N, 64] -> Gemm -> Relu -> Gemm -> [N, 10], fitted on digits: random ReLU features + least squares."""
+    if x is None:
+        x, y = digits(1200)
+    r = np.random.default_rng(0)
+    w1 = (r.normal(size=(64, hidden)) / 4).astype(np.float32)
+    b1 = (r.normal(size=hidden) / 4).astype(np.float32)
+    h = np.maximum(x @ w1 + b1, 0)
+    h1 = np.concatenate([h, np.ones((len(h), 1), np.float32)], 1)
+    sol = np.linalg.lstsq(h1.T @ h1 + 1e-2 * np.eye(hidden + 1), h1.T @ np.eye(10)[y], rcond=None)[0]
+    w2, b2 = sol[:-1].astype(np.float32), sol[-1].astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], "fc1"), helper.make_node("Relu", ["h"], ["a"], "act"),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], "fc2")]
+    inits = [numpy_helper.from_array(v, k) for k, v in {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()]
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+# ------------------------------------------------------------------ F2: FP16 artifacts are topologically sorted
+
+def test_fp16_artifact_passes_the_onnx_checker_and_runs(tmp_path):
+    src = digits_mlp(tmp_path / "mlp.onnx")
+    dest = tmp_path / "mlp.fp16.onnx"
+    fp16.convert(src, dest)
+    m = onnx.load(str(dest))
+    onnx.checker.check_model(m, full_check=True)  # raised "Nodes in a graph must be topologically sorted"
+    assert m.graph.node[0].op_type == "Cast" and m.graph.node[-1].op_type == "Cast"
+    x, _ = digits(100)
+    ref = ort.InferenceSession(str(src)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(dest)).run(None, {"x": x})[0]
+    assert got.dtype == np.float32 and np.mean(ref.argmax(1) == got.argmax(1)) > 0.98
+
+
+def test_topological_sort_is_stable_and_sees_subgraph_inputs():
+    from edgekit.onnxutil import topological_sort
+
+    then = helper.make_graph([helper.make_node("Identity", ["c"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1])])
+    nodes = [helper.make_node("If", ["cond"], ["y"], "if", then_branch=then, else_branch=other),
+             helper.make_node("Neg", ["x"], ["c"], "neg"), helper.make_node("Abs", ["x"], ["u"], "abs")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+                                       helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1]),
+                           helper.make_tensor_value_info("u", TensorProto.FLOAT, [1])])
+    assert topological_sort(g)
+    assert [n.name for n in g.node] == ["neg", "if", "abs"]
+    assert not topological_sort(g)
+
+
+# ------------------------------------------------------------------ F4: opset 11/12 and per-channel INT8
+
+def _quantize(tmp_path, model, **kw):
+    from edgekit.cli.quantize import quantize_file
+
+    return quantize_file(str(model), output=str(tmp_path / kw.pop("out", "out")), **kw)
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_opset_below_13_is_raised_so_the_per_channel_default_is_a_valid_graph(tmp_path, opset):
+    x, y = digits()
+    model = digits_mlp(tmp_path / "mlp.onnx", opset=opset)
+    np.save(tmp_path / "calib.npy", x[:256])
+    np.savez(tmp_path / "eval.npz", x=x[1200:], y=y[1200:])
+    man = _quantize(tmp_path, model, calib=str(tmp_path / "calib.npy"), eval_path=str(tmp_path / "eval.npz"),
+                    tune=False)  # failed: "every quantization candidate failed (... INVALID_GRAPH ...)"
+    q = man.quantization["mlp.onnx"]
+    (trial,) = q["trials"]
+    assert trial["error"] is None and trial["config"]["per_channel"]
+    assert any(f"opset {opset} raised to 13" in n for n in q["notes"])
+    art = man.artifacts[1]
+    assert art.opset == 13 and abs(art.metrics["value"] - man.artifacts[0].metrics["value"]) < 0.02
+    onnx.checker.check_model(onnx.load(str(tmp_path / "out" / art.path)))
+
+
+def test_a_model_onnxruntime_refuses_is_named_without_its_folder_in_one_complete_line(tmp_path):
+    from edgekit.dataset import Dataset
+    from edgekit.errors import CalibrationError
+    from edgekit.evaluate import Evaluator
+    from edgekit.quant import static
+    from edgekit.quant.spec import QuantSpec
+
+    x, _ = digits(64)
+    src = digits_mlp(tmp_path / "mlp.onnx", opset=11)
+    staging = tmp_path / ".staging-1234" / ".quantize-abcd"
+    staging.mkdir(parents=True)
+    bad = staging / "trial00.onnx"  # per-channel QDQ at opset 11: DequantizeLinear has no axis there
+    static.quantize(src, bad, Dataset({"x": x}), QuantSpec(per_channel=True), calib_size=64, input_names=["x"],
+                    use_cache=False)
+    with pytest.raises(CalibrationError) as e:
+        Evaluator(Dataset({"x": x}, None, "eval.npz"), "classification", src)(bad)
+    msg = str(e.value)
+    assert "\n" not in msg and str(staging) not in msg and ".staging" not in msg
+    assert msg.startswith("eval.npz: trial00.onnx cannot run on this data: ") and msg.endswith(" ..."), msg
+
