@@ -156,9 +156,10 @@ class Evaluator:
                 raise
             from pathlib import Path
 
-            msg = " ".join(str(e).split())
+            # onnxruntime quotes the absolute path, which for a candidate is a staging folder deleted by then
+            msg = " ".join(str(e).replace(str(path), Path(path).name).split())
             raise CalibrationError(f"{self.ds.source or 'eval data'}: {Path(path).name} cannot run on this data: "
-                                   f"{msg[:300]}") from None
+                                   f"{clip(msg, 300)}") from None
         if self.labelled and not self._labels_checked:
             first = np.asarray(out[0])
             check_labels(self.ds.labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1,
@@ -178,6 +179,15 @@ class Evaluator:
             else:
                 res["per_output"] = fid  # value is the lowest of these
         return res
+
+
+def clip(text: str, limit: int) -> str:
+    """text cut to about limit characters at a word boundary, marked as cut: a message ending mid-word
+    ("In Node, (\"0.bia") read as the whole of it."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:") + " ..."
 
 
 def with_drop(metrics: dict, reference: dict | None) -> dict:

@@ -67,6 +67,33 @@ def preprocess(src, dest) -> list:
     return notes
 
 
+# per-channel QDQ needs DequantizeLinear's axis attribute, which arrived in opset 13
+PER_CHANNEL_OPSET = 13
+
+
+def raise_opset(path, version: int = PER_CHANNEL_OPSET) -> tuple[bool, str | None]:
+    """Convert the model at path to `version` in place when its default-domain opset is lower. Returns
+    (per-channel possible, a note saying what was done or why it could not be; None when nothing was needed).
+    Below opset 13 a per-channel candidate was an invalid graph onnxruntime refused to load (INVALID_GRAPH on
+    the int32 bias's DequantizeLinear), and with the ISA-aware default per-channel, `--no-tune` failed outright."""
+    import onnx
+    from onnx import version_converter
+
+    m = onnx.load(str(path))
+    old = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    if old is None or old >= version:
+        return True, None
+    try:
+        up = version_converter.convert_version(m, version)
+        onnx.checker.check_model(up)
+    except Exception as e:
+        return False, (f"opset {old}: could not be converted to opset {version} ({type(e).__name__}); "
+                       f"per-channel INT8 needs opset {version}, so weights are quantized per tensor")
+    onnx.save(up, str(path))
+    return True, (f"opset {old} raised to {version} for INT8 (onnx version converter): per-channel QDQ "
+                  f"needs DequantizeLinear's axis, new in opset {version}; the INT8 file is opset {version}")
+
+
 def keep_io_dims(model, source) -> int:
     """Give the model's inputs and outputs back the dimension names of `source`. Symbolic shape inference
     renames a dim it derived through arithmetic (a Resize: 'floor(1.0*batch)'), so the INT8 file's output

@@ -205,7 +205,9 @@ class Tuner:
             else:
                 t.info["latency"] = lat["int8"].get("reason", "unavailable")
         except (EdgekitError, ValueError) as e:
-            t.error, t.passed = str(e).splitlines()[0] if str(e) else type(e).__name__, False
+            # the trial file is a name in a staging folder the user never sees: name the candidate of their model
+            msg = (str(e).splitlines()[0] if str(e) else type(e).__name__).replace(str(dest), dest.name)
+            t.error, t.passed = msg.replace(dest.name, f"{self.fp32_path.name}'s candidate"), False
         self.trials.append(t)
         if self.progress:
             self.progress(t)

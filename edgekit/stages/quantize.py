@@ -15,7 +15,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..config import QuantizeConfig
-from ..errors import CalibrationError, EdgekitError
+from ..errors import CalibrationError, EdgekitError, UsageError
 from ..fsutil import atomic_path
 from ..onnxutil import graph_facts
 from ..quant import fp16, isa as qisa, speed_gate, static
@@ -128,6 +128,15 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         if cfg.mode == "fp16":
             return _fp16(parent, ctx, src, prep, feeds, record, reference, t_start)
         spec, pinned = base_spec(cfg, choice)
+        if cfg.mode == "int8":
+            per_channel_ok, opset_note = static.raise_opset(prep)
+            if opset_note:
+                record["notes"].append(opset_note)
+                if not per_channel_ok:
+                    if spec.per_channel and "per_channel" in pinned:
+                        raise UsageError(f"{parent.path}: --per-channel needs opset "
+                                           f"{static.PER_CHANNEL_OPSET}; {opset_note}")
+                    spec, pinned = spec.replace(per_channel=False), pinned | {"per_channel"}
         gk = graph_kind(prep)
         record["graph"] = {k: v for k, v in gk.items() if k != "ops"}
         if cfg.mode == "int8" and gk["recurrent"] and "mode" not in pinned:
@@ -217,8 +226,12 @@ def _gate(src, path, ctx, feeds, cfg) -> dict:
 def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> Artifact:
     best = tuner.best()
     if best is None:
-        errs = "; ".join(f"{t.name}: {t.error}" for t in tuner.trials if t.error)[:400]
-        raise EdgekitError(f"{parent.path}: every quantization candidate failed ({errs})")
+        from ..evaluate import clip
+
+        errs = [f"'{t.name}': {t.error}" for t in tuner.trials if t.error]
+        more = f" ({len(errs) - 1} more failed too)" if len(errs) > 1 else ""
+        raise EdgekitError(f"{parent.path}: every quantization candidate failed{more}; "
+                           f"{clip(errs[0], 400) if errs else 'none was scored'}")
     tol_met = best.passed
     gate = _gate(src, best.path, ctx, feeds, cfg)
     # the short trial timings chose `best`; if the long gate disagrees, try the next-fastest passing ones
