@@ -225,10 +225,11 @@ def make_prepost(spec, raw_path=None):
 
 def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,), with_prepost=False,
                 raw=None, warmup=5, min_runs=30, min_seconds=1.0, max_seconds=30.0, op_profile=True,
-                progress=None) -> dict:
+                progress=None, ssh=None) -> dict:
     """Profile every artifact on every target for each batch x threads; returns the edgekit.profile/1 report.
 
     batches: the batches asked for; empty means each model's own (its fixed batch, else 1).
+    ssh: edgekit.flash SshOptions for ssh:// targets (default: the user's keys and known_hosts).
     """
     from .profile import profile_models
     from .profile_report import build_report
@@ -269,7 +270,7 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
                         res.update(profile_models({k: paths[k] for k in part}, t, inputs=part_feeds, warmup=warmup,
                                                   min_runs=min_runs, min_seconds=min_seconds,
                                                   max_seconds=max_seconds, op_profile=op_profile,
-                                                  threads=eff_threads, batch=gb))
+                                                  threads=eff_threads, batch=gb, ssh=ssh))
                     res = {k: res[k] for k in labels}  # the order given, whatever round measured it
                     for k, r in res.items():
                         if r.get("status") == "ok":

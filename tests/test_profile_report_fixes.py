@@ -203,3 +203,33 @@ def test_the_input_shapes_timed_are_in_every_report(tmp_path):
     assert _exit(["profile", m, "--inputs", str(tmp_path / "in.npz"), "--no-op-profile", "-o", str(out), *FAST]) == 0
     r = json.loads(out.read_text())["runs"][0]["results"]["tok"]
     assert r["input_shapes"] == {"ids": [1, 7], "mask": [1, 7]}
+
+
+def test_profile_takes_flashs_ssh_options(tmp_path, monkeypatch):
+    """F13: an unknown host key's error advised --accept-new-host-key, which profile did not accept, and a
+    key outside ~/.ssh could not be used. profile now takes --identity/--known-hosts/--accept-new-host-key/
+    --remote-python as flash does."""
+    import sys
+
+    from sshd import start_sshd
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no default keys, no known_hosts
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    srv = start_sshd(tmp_path / "server", env={"XDG_CACHE_HOME": str(tmp_path / "device-cache")})
+    try:
+        dev = tmp_path / "device"
+        dev.mkdir()
+        t = tmp_path / "loopback.toml"
+        t.write_text(f'arch = "x86_64"\naddress = "{srv.address(str(dev))}"\nthreads = 1\n'
+                     'providers = ["CPUExecutionProvider"]\n')
+        chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
+        kh, out = tmp_path / "kh", tmp_path / "p.json"
+        kh.write_text("")
+        argv = ["profile", chain, "-t", str(t), "--identity", str(srv.user_key), "--known-hosts", str(kh),
+                "--remote-python", sys.executable, "--no-op-profile", "-o", str(out), *FAST]
+        assert _exit(argv) == 1  # the host key is new: refused, with the advice
+        assert _exit(argv + ["--accept-new-host-key"]) == 0
+        assert json.loads(out.read_text())["runs"][0]["results"]["c"]["status"] == "ok"
+        assert kh.read_text().strip()  # the accepted key was recorded
+    finally:
+        srv.stop()

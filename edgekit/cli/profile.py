@@ -25,12 +25,23 @@ from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, jso
 @click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--max-seconds", type=click.FloatRange(min=0.01), default=30.0, show_default=True)
 @click.option("--no-op-profile", is_flag=True, help="Skip the per-operator breakdown.")
+# ssh:// targets: the options of `edgekit flash`, whose advice (--accept-new-host-key) profile repeats
+@click.option("--identity", type=click.Path(dir_okay=False), metavar="KEY",
+              help="SSH private key for ssh:// targets (default: your SSH keys and agent).")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE",
+              help="known_hosts file used to verify host keys (default: ~/.ssh/known_hosts).")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Trust a host key seen for the first time and record it in the known-hosts file. "
+                   "A changed key is always refused.")
+@click.option("--remote-python", default="python3", show_default=True, metavar="CMD",
+              help="Python on ssh:// targets (needs numpy and onnxruntime).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the report here: .html as a self-contained page, .md as Markdown, else JSON "
                    "(and the Markdown beside it, .md).")
 @json_option
 def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, warmup, min_runs, min_seconds,
-            max_seconds, no_op_profile, output, as_json):
+            max_seconds, no_op_profile, identity, known_hosts, accept_new_host_key, remote_python, output,
+            as_json):
     """Measure ARTIFACT(s) (.onnx files or edgekit output directories) on each target.
 
     Artifacts on the same target are timed interleaved in one process, so their ratio holds on
@@ -38,6 +49,7 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
     unavailable with the reason; the exit status is 0 when at least one measurement succeeded.
     """
     from ..errors import EdgekitError
+    from ..flash.transport_ssh import SshOptions
     from ..fsutil import write_json_atomic, write_text_atomic
     from ..profile_report import ok_count, to_html, to_markdown
     from ..profiling import run_profile
@@ -52,6 +64,8 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
                          batches=tuple(dict.fromkeys(batches)), threads=tuple(dict.fromkeys(threads)) or (None,),
                          with_prepost=with_prepost, raw=raw, warmup=warmup, min_runs=min_runs,
                          min_seconds=min_seconds, max_seconds=max_seconds, op_profile=not no_op_profile,
+                         ssh=SshOptions(identity=identity, known_hosts=known_hosts,
+                                        accept_new_host_key=accept_new_host_key, remote_python=remote_python),
                          progress=lambda m: con.log(f"profiling {m}"))
     md = to_markdown(report)
     if output:
