@@ -233,3 +233,25 @@ def test_profile_takes_flashs_ssh_options(tmp_path, monkeypatch):
         assert kh.read_text().strip()  # the accepted key was recorded
     finally:
         srv.stop()
+
+
+def test_the_speed_gate_never_passes_on_emulated_timings(tmp_path, monkeypatch):
+    """F19: compress --target arm64-emulated recorded speed_gate {"ratio": 0.26, "passed": true} from qemu
+    timings, which the README says are never device latency."""
+    from edgekit.quant import speed_gate
+    from edgekit.targets import load_target
+
+    fp32 = matmul_chain(tmp_path / "f.onnx", 1, k=32)
+    q = dynamic_int8(fp32, tmp_path / "q.onnx")
+    feeds = {"x": np.ones((1, 32), np.float32)}
+    g = speed_gate.gate(fp32, q, load_target("arm64-emulated"), feeds, min_runs=3, min_seconds=0.0)
+    assert list(g) == ["arm64-emulated"]
+    g = g["arm64-emulated"]
+    assert g["status"] == "emulated" and g["passed"] is False and "ratio" not in g
+    assert "correctness only, never a speed verdict" in g["reason"]
+    # a target whose measurement comes back emulated (an ssh:// board image under qemu, say)
+    fake = {"fp32": {"status": "ok", "p50_ms": 7.0, "runs": 5, "emulated": True},
+            "int8": {"status": "ok", "p50_ms": 1.0, "runs": 5, "emulated": True}}
+    monkeypatch.setattr(speed_gate, "measure", lambda *a, **k: fake)
+    g = speed_gate.gate(fp32, q, load_target("x86-laptop"), feeds)["x86-laptop"]
+    assert g["status"] == "emulated" and g["passed"] is False and "ratio" not in g

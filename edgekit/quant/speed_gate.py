@@ -14,10 +14,19 @@ from .timing import classify, measure, op_profile
 FASTER_THAN = 0.98
 
 
+EMULATED = "timings under emulation are correctness only, never a speed verdict"
+
+
 def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: float = 1.0) -> dict:
     facts = target_facts(target)
+    if getattr(target, "emulated", False):  # qemu's ratio said INT8 ran 7x faster: not the device's
+        return {facts["name"]: {"status": "emulated", "reason": f"{facts['name']} is emulated: {EMULATED}",
+                                "passed": False}}
     lat = measure({"fp32": fp32_path, "int8": q_path}, target, feeds, min_runs=min_runs, min_seconds=min_seconds)
     a, b = lat["fp32"], lat["int8"]
+    if a.get("emulated") or b.get("emulated"):
+        return {facts["name"]: {"status": "emulated", "reason": f"measured under emulation: {EMULATED}",
+                                "passed": False}}
     if a.get("status") != "ok" or b.get("status") != "ok":
         reason = b.get("reason") or a.get("reason") or "not measured"
         return {facts["name"]: {"status": "unavailable", "reason": reason, "passed": False}}
