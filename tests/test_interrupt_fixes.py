@@ -266,3 +266,50 @@ def test_ctrl_c_during_a_fleet_flash_reports_the_devices_that_finished(tmp_path,
         assert any("dev2 " in ln and " flashed " in ln for ln in table), r.stderr
         assert "interrupted before the switch" not in r.stderr
         assert os.readlink(tmp_path / "dev2" / "current") == f"versions/{b1.version}"
+
+
+# ------------------------------------------------------------------ F5: one device, two spellings
+
+def test_one_folder_named_relative_absolute_and_through_a_link_is_one_device(tmp_path, monkeypatch):
+    from edgekit.flash import collect_devices
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "link").symlink_to("dev")
+    devs = collect_devices(["dev", str(tmp_path / "dev"), "./dev/", "link", "other"])
+    assert [d.label for d in devs] == ["dev", "other"]
+    ssh = collect_devices(["ssh://pi@Board.local/opt/models", "ssh://pi@board.local:22/opt//models/",
+                           "ssh://pi@board.local:2222/opt/models", "ssh://root@board.local/opt/models"])
+    assert [d.label for d in ssh] == ["ssh://pi@Board.local/opt/models", "ssh://pi@board.local:2222/opt/models",
+                                      "ssh://root@board.local/opt/models"]
+
+
+def test_cli_same_device_twice_flashes_once_and_exits_0(tmp_path, ekbs):
+    root, (b0, _) = ekbs
+    r = _py("import sys\nfrom edgekit.cli import main\nsys.argv = ['edgekit', *sys.argv[1:]]\nsys.exit(main())",
+            "flash", root / "v0.ekb", "--device", "dev", "--device", tmp_path / "dev", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [(x["device"], x["status"]) for x in json.loads(r.stdout)["results"]] == [("dev", "flashed")]
+
+
+# ------------------------------------------------------------------ F6: rollback from a deleted active version
+
+def test_rollback_from_a_deleted_active_version_does_not_say_none(tmp_path, ekbs):
+    import shutil
+
+    from edgekit.cli.flash import summary_table
+    from edgekit.flash import collect_devices, flash_many, rollback_many
+    from rich.console import Console
+
+    _, (b0, b1) = ekbs
+    devs = collect_devices([str(tmp_path / "dev")])
+    flash_many(devs, b0)
+    flash_many(devs, b1)
+    shutil.rmtree(tmp_path / "dev" / "versions" / b1.version)
+    res = rollback_many(devs)
+    assert (res[0].status, res[0].version, res[0].previous) == ("rolled-back", b0.version, None)
+    con = Console(width=1000, record=True)
+    con.print(summary_table(res, "t"))
+    text = con.export_text()
+    assert "None" not in text and "no intact version was active before" in text
+    assert f"the active version {b1.version} was missing" in text

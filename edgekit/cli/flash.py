@@ -94,8 +94,8 @@ def summary_table(results, title):
                 details += f"; previous {r.previous}"
             if r.removed:
                 details += f"; removed {', '.join(r.removed)}"
-        else:
-            details = f"from {r.previous}"
+        else:  # no previous: `current` named a deleted folder (its warning says which) or nothing
+            details = f"from {r.previous}" if r.previous else "no intact version was active before"
         details += "".join(f"; warning: {w}" for w in r.warnings)
         tab.add_row(r.device, f"[{colour.get(r.status, 'white')}]{r.status}[/]", r.version or "-", details)
     return tab

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import getpass
+import os
+import posixpath
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,14 @@ def target_address(name: str) -> str:
     return addr
 
 
+def _same_device_key(d: Device) -> tuple:
+    """Two addresses of one device get one key: the same folder spelled relative and absolute (or through a
+    link) was flashed once and then failed against its own lock, exit 1 for a deployment that worked."""
+    if d.kind == "path":
+        return ("path", os.path.realpath(d.path))
+    return ("ssh", d.user, d.host.lower(), d.port, posixpath.normpath(d.path))
+
+
 def collect_devices(devices=(), devices_file=None, targets=()) -> list[Device]:
     """All addresses from --device, --devices-file and --target, parsed, duplicates removed (order kept)."""
     addrs = list(devices or ())
@@ -116,7 +126,7 @@ def collect_devices(devices=(), devices_file=None, targets=()) -> list[Device]:
     seen, out = set(), []
     for a in addrs:
         d = parse_device(a)
-        key = (d.kind, d.host, d.port, d.user, d.path)
+        key = _same_device_key(d)
         if key not in seen:
             seen.add(key)
             out.append(d)
