@@ -34,9 +34,11 @@ def atomic_path(dest):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(dest)  # a full disk fails write() with no name: say which file it was
         raise
 
 

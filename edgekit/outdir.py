@@ -31,7 +31,8 @@ FIXED_FILES = frozenset({
     "sensitivity.json", "sensitivity.csv", "sensitivity.png", "pruning.json", "distill.json", "pruned.pt",
 })
 SHOWN = 3  # foreign entries named in an error
-# The --overwrite choice check_output() was given for each OUTDIR (by resolved path): publish() is handed
+# The --overwrite choice check_output() was given for each OUTDIR (by resolved path), and the OUTDIR as the
+# user wrote it: publish() is handed
 # only the folders, and without the choice it replaced an OUTDIR that another run had filled meanwhile
 # even when the user never passed --overwrite.
 _CHECKED: dict = {}
@@ -39,7 +40,9 @@ _CHECKED: dict = {}
 
 def check_output(outdir, overwrite: bool) -> Path:
     out = _check_output(outdir, overwrite)
-    _CHECKED[str(out.resolve())] = overwrite
+    key = str(out.resolve())
+    _CHECKED.pop(key, None)  # the latest last: output_named() falls back on it
+    _CHECKED[key] = (overwrite, str(outdir))
     return out
 
 
@@ -267,7 +270,7 @@ def publish(staging: Path, outdir, overwrite: bool | None = None) -> Path:
     removal of the old one short (the next run finishes it), and the run still succeeds.
     """
     if overwrite is None:
-        overwrite = _CHECKED.get(str(Path(outdir).resolve()), True)
+        overwrite = _CHECKED.get(str(Path(outdir).resolve()), (True,))[0]
     _check_output(outdir, overwrite=True)
     out = Path(outdir).resolve()
     taken = UsageError(f"{outdir}: another run wrote its results there while this one ran; they are kept and "
@@ -302,6 +305,31 @@ def publish(staging: Path, outdir, overwrite: bool | None = None) -> Path:
             _note(f"{outdir}: interrupted while deleting the run it replaced; the new run is in place, and "
                   f"the next run there removes the rest ({old.name})")
     return out
+
+
+_STAGING_RE = re.compile(r"\.(.+)\.staging-[A-Za-z0-9_]+-\d+-[a-z0-9_]{8}")
+_TEMP_RE = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")  # fsutil.atomic_path's temp file
+
+
+def output_named(path) -> tuple | None:
+    """(OUTPUT, NAME) when path is part of an output being written: a file in OUTDIR's staging folder
+    gives OUTDIR as the user wrote it and the file's name in it ('' for edgekit's own temp files),
+    an atomic write's temp file its destination; None for any other path, and with no path the OUTDIR
+    checked last (a failed write does not always name its file)."""
+    if not path:
+        return (next(reversed(_CHECKED.values()))[1], "") if _CHECKED else None
+    p = Path(os.fsdecode(path))
+    temp = _TEMP_RE.fullmatch(p.name)
+    if temp:
+        p = p.with_name(temp.group(1))
+    for i, part in enumerate(p.parts):
+        st = _STAGING_RE.fullmatch(part)
+        if st:
+            out = Path(*p.parts[:i], st.group(1))
+            rel = p.parts[i + 1:]
+            spelled = _CHECKED.get(str(out.resolve()), (None, str(out)))[1]
+            return spelled, "" if any(x.startswith(".") for x in rel) else "/".join(rel)
+    return (str(p), "") if temp else None
 
 
 def discard(staging: Path) -> None:

@@ -313,3 +313,81 @@ def test_rollback_from_a_deleted_active_version_does_not_say_none(tmp_path, ekbs
     text = con.export_text()
     assert "None" not in text and "no intact version was active before" in text
     assert f"the active version {b1.version} was missing" in text
+
+
+# ------------------------------------------------------------------ F4: a full disk or read-only -o names the output
+
+_FULL = """
+    import errno, os, pathlib, sys, tempfile
+    what = sys.argv[1]
+    write_bytes, mkstemp = pathlib.Path.write_bytes, tempfile.mkstemp
+
+    def full(self, data):  # write(2) on a full disk: ENOSPC, and no file name in the error
+        if ".manifest.json." in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(self, data)
+
+    def read_only(*a, prefix=None, dir=None, **k):  # mkstemp in a read-only folder
+        if prefix == ".x.ekb.":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, prefix + "abcd1234.tmp"))
+        return mkstemp(*a, prefix=prefix, dir=dir, **k)
+
+    pathlib.Path.write_bytes = full if what == "full" else write_bytes
+    tempfile.mkstemp = read_only if what == "ro" else mkstemp
+    from edgekit.cli import main
+    sys.argv = ["edgekit", *sys.argv[2:]]
+    sys.exit(main())
+"""
+
+
+def test_a_full_disk_names_the_output_and_keeps_the_previous_run(tmp_path):
+    import numpy as np
+
+    from tests.test_quant_cli import _mlp, _x
+
+    _mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c.npy", _x(8))
+    q = _run_dir(tmp_path / "q", "earlier", "m.int8-dynamic.onnx")
+    r = _py(_FULL, "full", "quantize", "m.onnx", "--calib", "c.npy", "--mode", "int8-dynamic", "--no-tune",
+            "-o", "q", "--overwrite", cwd=tmp_path)
+    err = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("edgekit: note")]
+    assert r.returncode == 1 and err == ["edgekit: error: q: No space left on device (while writing manifest.json)"], \
+        r.stderr
+    assert _tag(q) == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["c.npy", "m.onnx", "q"]
+
+
+def test_a_read_only_bundle_destination_names_the_bundle(tmp_path):
+    from flash_fixtures import make_outdir
+
+    out = make_outdir(tmp_path / "run")
+    r = _py(_FULL, "ro", "bundle", out, "-o", tmp_path / "x.ekb", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"edgekit: error: {tmp_path / 'x.ekb'}: Read-only file system"
+
+
+def test_other_os_errors_stay_internal_errors(tmp_path):
+    r = _py("""
+        import sys
+        import edgekit.flash.bundle as b
+        def boom(*a, **k):
+            raise FileNotFoundError(2, "No such file or directory", "/somewhere/else")
+        b.build_bundle = boom
+        from edgekit.cli import main
+        sys.argv = ["edgekit", "bundle", sys.argv[1], "-o", "x.ekb"]
+        sys.exit(main())
+    """, tmp_path, cwd=tmp_path)
+    assert r.returncode == 1 and "internal error: FileNotFoundError" in r.stderr, r.stderr
+
+
+def test_output_named_maps_staging_and_temp_files_to_what_the_user_asked_for(tmp_path, monkeypatch):
+    from edgekit.outdir import _host, output_named
+
+    monkeypatch.chdir(tmp_path)
+    check_output("runs/a", overwrite=False)
+    st = tmp_path / "runs" / f".a.staging-{_host()}-123-abcd_123"
+    assert output_named(st / "report.json") == ("runs/a", "report.json")
+    assert output_named(st / ".report.json.k2j4_x9q.tmp") == ("runs/a", "report.json")
+    assert output_named(st / ".quantize-dix3q55h" / "trial00.onnx") == ("runs/a", "")  # edgekit's own temp
+    assert output_named(tmp_path / ".x.ekb.nipadjjv.tmp") == (str(tmp_path / "x.ekb"), "")
+    assert output_named(tmp_path / "calib.npy") is None
+    assert output_named(None) == ("runs/a", "")  # write(2) on a full disk names no file

@@ -37,6 +37,10 @@ def main_entry(cli, argv=None):
     except Exception as e:  # a bug: short message, traceback only with --debug
         if _debug_requested(argv):
             raise
+        msg = _output_problem(e)
+        if msg:
+            click.echo(f"edgekit: error: {msg}", err=True)
+            sys.exit(1)
         click.echo(f"edgekit: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         sys.exit(1)
     if isinstance(rv, int) and rv:
@@ -56,6 +60,26 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, stop)
     except ValueError:  # not the main thread (edgekit called from a library's worker thread)
         pass
+
+
+# what the system refuses for reasons outside edgekit (a full disk, a read-only mount, permissions)
+_OUTPUT_ERRNOS = ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "EIO")
+
+
+def _output_problem(e: Exception) -> str:
+    """One line naming the output for a write the system refused ('' for anything else): it read as
+    'internal error' naming a staging or temp file the user never asked for."""
+    import errno
+
+    from ..outdir import output_named
+
+    if not isinstance(e, OSError) or e.errno not in {getattr(errno, n, None) for n in _OUTPUT_ERRNOS}:
+        return ""
+    hit = output_named(e.filename)
+    if hit is None:
+        return ""
+    out, name = hit
+    return f"{out}: {e.strerror or e}" + (f" (while writing {name})" if name else "")
 
 
 def _debug_requested(argv) -> bool:
