@@ -63,10 +63,18 @@ def target_facts(target) -> dict:
             "isa": list(isa), "providers": list(providers), "threads": getattr(target, "threads", None)}
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def gpu_provider(providers) -> str | None:
+    """The first GPU execution provider a target prefers, or None for a CPU target."""
+    return next((p for p in providers or () if p in GPU_PROVIDERS), None)
+
+
 def choose(isa, *, arch: str = "", providers=("CPUExecutionProvider",)) -> IsaChoice:
     isa = tuple(sorted(set(isa or ())))
     arch = (arch or "").lower()
-    gpu = [p for p in providers if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider")]
+    gpu = [p for p in providers if p in GPU_PROVIDERS]
     if gpu:
         return IsaChoice("s8", "s8", False, True, "qdq", True,
                          f"{gpu[0]}: GPU INT8 kernels (TensorRT/cuDNN) take symmetric S8S8 QDQ", isa, arch)

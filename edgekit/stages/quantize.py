@@ -128,6 +128,12 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         if cfg.mode == "fp16":
             return _fp16(parent, ctx, src, prep, feeds, record, reference, t_start)
         spec, pinned = base_spec(cfg, choice)
+        gpu = qisa.gpu_provider(facts["providers"])
+        if gpu and cfg.mode == "int8":
+            _simulate_on_cpu(evaluate, facts["name"], gpu, record)
+            # TensorRT parses QDQ only: QOperator (QLinearConv, com.microsoft QGemm) and dynamic INT8 graphs
+            # cannot be built into its engine, so they are no candidates however they score
+            pinned |= {"format", "mode"}
         if cfg.mode == "int8":
             per_channel_ok, opset_note = static.raise_opset(prep)
             if opset_note:
@@ -175,6 +181,24 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         return _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _simulate_on_cpu(evaluate, target: str, provider: str, record: dict) -> None:
+    """Score a GPU target's QDQ candidates by the arithmetic the GPU runs (dequantize, float op, quantize),
+    not by this CPU's fused integer kernels: on AVX2 those saturate S8S8, and a QDQ CNN that agrees 100% with
+    FP32 unfused scored 0.8958 (-10.4%), so tuning rejected it and picked a QOperator TensorRT cannot load."""
+    import onnxruntime as ort
+
+    if hasattr(evaluate, "simulate_qdq"):
+        evaluate.simulate_qdq = True
+    present = provider in ort.get_available_providers()
+    record["accuracy_scoring"] = {"simulated": True, "device": "cpu", "graph_optimization": "disable_all",
+                                  "gpu_present": present}
+    record["notes"].append(
+        f"INT8 accuracy for {target} ({provider}) simulated on this host's CPU with onnxruntime graph "
+        "optimisations off (QDQ as dequantize -> float op -> quantize, the arithmetic GPU INT8 follows, not "
+        "the CPU's integer kernels)" + ("" if present else "; no GPU is present here, so INT8 speed on it is "
+                                              "not measured") + "; candidates are QDQ only (TensorRT parses QDQ)")
 
 
 def _bias_correction_first(tuner, specs: list, pinned: set) -> list:
