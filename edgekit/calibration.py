@@ -409,6 +409,17 @@ def _resize_spec(preprocess: dict | None, spec: TensorSpec | None, where: str) -
     c_ax, h_ax, w_ax = (1, 2, 3) if layout == "NCHW" else (3, 1, 2)
     channels = shape[c_ax] if isinstance(shape[c_ax], int) and shape[c_ax] > 0 else 3
     if channels not in (1, 3):
+        if "layout" not in (op or {}) and isinstance(shape[3], int) and shape[3] in (1, 3):
+            # axis 1 of an NHWC input is its height: "the model's input has 8 (channels)" named the wrong fault
+            import json
+
+            hw = [d if isinstance(d, int) and d > 0 else 224 for d in shape[1:3]]
+            spec = {"pre": [{"op": "resize_normalize", "size": hw, "mean": [0] * shape[3],
+                             "std": [255] * shape[3], "layout": "NHWC"}]}
+            raise CalibrationError(
+                f"{where}: the model's input {_fmt_shape(shape)} looks NHWC (channels last), but images are read "
+                f"NCHW unless told; pass --preprocess '{json.dumps(spec)}' (with the mean/std the model was "
+                "trained with)")
         raise CalibrationError(f"{where}: images give 1 or 3 channels; the model's input has {channels}")
     if op and op.get("size"):
         size = [int(v) for v in op["size"]]

@@ -120,3 +120,117 @@ def test_a_model_onnxruntime_refuses_is_named_without_its_folder_in_one_complete
     assert "\n" not in msg and str(staging) not in msg and ".staging" not in msg
     assert msg.startswith("eval.npz: trial00.onnx cannot run on this data: ") and msg.endswith(" ..."), msg
 
+
+# ------------------------------------------------------------------ F3: dynamic INT8 scored at the deploy batch
+
+def _accuracy(path, x, y, batch):
+    s = ort.InferenceSession(str(path))
+    out = np.concatenate([s.run(None, {"x": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+    return float(np.mean(out.argmax(1) == y))
+
+
+def test_dynamic_int8_is_scored_one_sample_at_a_time_as_the_device_runs_it(tmp_path):
+    x, y = digits()
+    # brightness from 0.05x to 20x per sample: a batch's one activation scale is the brightest sample's
+    x = x * np.exp(np.random.default_rng(1).uniform(np.log(0.05), np.log(20), size=(len(x), 1))).astype(np.float32)
+    model = digits_mlp(tmp_path / "bright.onnx", x=x[:1200], y=y[:1200])
+    np.savez(tmp_path / "eval.npz", x=x[1200:], y=y[1200:])
+    man = _quantize(tmp_path, model, calib=None, eval_path=str(tmp_path / "eval.npz"), mode="int8-dynamic",
+                    tune=False)
+    art = man.artifacts[1]
+    path = tmp_path / "out" / art.path
+    at1, at64 = _accuracy(path, x[1200:], y[1200:], 1), _accuracy(path, x[1200:], y[1200:], 64)
+    assert abs(at1 - at64) > 0.005  # the data makes the batch matter
+    assert art.metrics["value"] == pytest.approx(at1) and art.metrics["batch"] == 1  # was at64 (batch 64)
+    (trial,) = man.quantization["bright.onnx"]["trials"]
+    assert trial["metric"] == pytest.approx(at1)
+    # FP32 does not depend on the batch, and keeps being scored in batches
+    assert man.artifacts[0].metrics["batch"] == 64
+
+
+# ------------------------------------------------------------------ F1: GPU targets: QDQ only, scored as QDQ
+
+def test_gpu_target_gets_qdq_candidates_scored_as_exact_qdq_arithmetic(tmp_path):
+    x, y = digits()
+    model = digits_mlp(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "calib.npy", x[:256])
+    np.savez(tmp_path / "eval.npz", x=x[1200:], y=y[1200:])
+    man = _quantize(tmp_path, model, calib=str(tmp_path / "calib.npy"), eval_path=str(tmp_path / "eval.npz"),
+                    target="nvidia-gpu")
+    q = man.quantization["mlp.onnx"]
+    # QOperator (QGemm, a com.microsoft op) and dynamic INT8 graphs were tried, and could be written
+    trials = [t for t in q["trials"] if t["error"] is None]
+    assert len(trials) >= 4 and all(t["config"]["format"] == "qdq" and t["config"]["mode"] == "int8"
+                                    for t in trials)
+    assert q["accuracy_scoring"]["simulated"] and any("simulated on this host's CPU" in n for n in q["notes"])
+    art = man.artifacts[1]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(str(tmp_path / "out" / art.path), so, providers=["CPUExecutionProvider"])
+    exact = float(np.mean(s.run(None, {"x": x[1200:]})[0].argmax(1) == y[1200:]))
+    assert art.metrics["value"] == pytest.approx(exact) and art.metrics["simulated"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        (gate,) = q["speed_gate"].values()
+        assert gate["status"] == "unavailable" and "ratio" not in gate and not q["recommend"]
+
+
+# ------------------------------------------------------------------ F5-F7: what is scored, and small-data notes
+
+def test_unlabelled_eval_is_scored_whole_not_its_first_500(tmp_path):
+    x, _ = digits()
+    model = digits_mlp(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "calib.npy", x[:256])
+    np.savez(tmp_path / "eval.npz", x=x)  # 1797 samples, no labels
+    man = _quantize(tmp_path, model, calib=str(tmp_path / "calib.npy"), eval_path=str(tmp_path / "eval.npz"),
+                    tune=False)
+    assert [a.metrics["n"] for a in man.artifacts] == [1797, 1797]  # were 500
+    assert "fidelity to FP32 on 1797 samples" in man.artifacts[0].notes[0]
+
+
+def _notes(man):
+    return man.quantization["mlp.onnx"]["notes"]
+
+
+def test_calib_size_below_32_gets_the_small_calibration_note(tmp_path, capsys):
+    x, _ = digits()
+    model = digits_mlp(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "calib.npy", x[:400])
+    np.savez(tmp_path / "eval.npz", x=x[1200:])
+    man = _quantize(tmp_path, model, calib=str(tmp_path / "calib.npy"), eval_path=str(tmp_path / "eval.npz"),
+                    calib_size=1, tune=False)
+    want = "only 1 calibration sample(s) used (--calib-size 1 of 400)"
+    assert any(want in n for n in _notes(man)) and want in capsys.readouterr().err
+
+
+def test_a_small_held_out_calibration_slice_gets_the_small_evaluation_note(tmp_path, capsys):
+    x, _ = digits()
+    model = digits_mlp(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "calib.npy", x[:300])  # 256 calibrate, 44 are scored
+    man = _quantize(tmp_path, model, calib=str(tmp_path / "calib.npy"), tune=False)
+    assert man.artifacts[1].metrics["n"] == 44
+    want = "calib.npy [256:300]: only 44 evaluation sample(s): one changed prediction moves the score by 2.27%"
+    assert any(want in n for n in _notes(man)) and want in capsys.readouterr().err
+    # a large enough slice gets none
+    np.save(tmp_path / "calib.npy", x[:500])
+    man = _quantize(tmp_path, model, calib=str(tmp_path / "calib.npy"), tune=False, out="out2")
+    assert not any("evaluation sample(s)" in n for n in _notes(man))
+
+
+# ------------------------------------------------------------------ F8: NHWC image models
+
+def test_nhwc_model_with_an_image_folder_is_told_to_set_the_layout():
+    from edgekit.artifact import TensorSpec
+    from edgekit.calibration import _resize_spec
+    from edgekit.errors import CalibrationError
+
+    spec = TensorSpec(name="x", shape=["b", 8, 8, 1], dtype="float32")
+    with pytest.raises(CalibrationError) as e:
+        _resize_spec(None, spec, "imgs")  # said "images give 1 or 3 channels; the model's input has 8"
+    msg = str(e.value)
+    assert "looks NHWC" in msg and "has 8" not in msg
+    given = json.loads(msg.split("--preprocess '")[1].split("'")[0])
+    rs = _resize_spec(given, spec, "imgs")
+    assert rs["layout"] == "NHWC" and rs["channels"] == 1 and rs["size"] == [8, 8]
+    # an NCHW model with 8 channels keeps the plain message
+    with pytest.raises(CalibrationError, match="the model's input has 8"):
+        _resize_spec(None, TensorSpec(name="x", shape=["b", 8, 16, 16], dtype="float32"), "imgs")

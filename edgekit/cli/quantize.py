@@ -35,7 +35,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     import onnx
 
     from ..calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
-    from ..data_size import small_data_notes
+    from ..data_size import SMALL_CALIB, small_data_notes
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, InputError, UsageError
     from ..loader import float_dtype, load_onnx, quantized_ops
@@ -71,6 +71,11 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
     record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8")
+    if mode == "int8" and calib_ds is not None and len(calib_ds) >= SMALL_CALIB > calib_size > 0:
+        # small_data_notes sees the file; --calib-size 1 calibrated on one sample of it without a word
+        record_notes.append(f"only {calib_size} calibration sample(s) used (--calib-size {calib_size} of "
+                            f"{len(calib_ds)}): INT8 ranges from so few inputs may clip real data; give a few "
+                            "hundred representative inputs")
     small = list(record_notes)
     batch = fixed_batch(model)
     timing_ds = calib_ds if calib_ds is not None else eval_ds
@@ -92,6 +97,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         # onnxruntime's calibrators print progress to stdout, which --json keeps for the manifest
         with contextlib.redirect_stdout(sys.stderr):
             man = _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes,
+                               echo=small,
                                settings={"mode": mode, "method": method, "format": fmt, "tolerance": str(tol),
                                          "target": target, "calib": _abs(calib), "eval": _abs(eval_path),
                                          "max_trials": max_trials})
@@ -105,13 +111,15 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     return man
 
 
-def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes, *, settings):
+def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes, *, settings,
+                 echo=None):
     import math
     import time
     from pathlib import Path
 
     from ..artifact import Manifest, StageRecord, host_info, shape_text, versions
     from ..context import RunContext
+    from ..data_size import small_data_notes
     from ..errors import CalibrationError, EdgekitError
     from ..evaluate import Evaluator
     from ..loader import copy_model
@@ -128,7 +136,8 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     if labelled and src_model.task == "classification":
         evaluator = Evaluator(eval_ds, "classification", fp32_path)
     elif eval_ds is not None:
-        evaluator, _ = fidelity_evaluator(fp32_path, eval_ds)
+        # every --eval sample, as compress scores them: the 500 cap is for calibration data standing in
+        evaluator, _ = fidelity_evaluator(fp32_path, eval_ds, limit=None)
         n = len(evaluator.ds)
         if labelled:
             out0 = facts["outputs"][0]
@@ -141,6 +150,12 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         evaluator, note = fidelity_evaluator(fp32_path, calib_ds,
                                              calib_size=cfg.calib_size if cfg.mode == "int8" else None)
         notes.append(note)
+        # what is scored is this slice, not --eval: 44 held-out samples at 1% went without the small-data note
+        few = [f"{evaluator.ds.source}: {n}; or give --eval" for n in
+               small_data_notes(evaluator.task, None, evaluator.ds, tolerance=tol, static_int8=False)]
+        record_notes = [*record_notes, *few]
+        if echo is not None:
+            echo += few
     else:
         evaluator, note = sanity_evaluator(fp32_path, src_model.inputs)
         eval_ds = evaluator.ds  # the quantize stage times its candidates on these

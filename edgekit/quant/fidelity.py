@@ -19,10 +19,12 @@ def output_task(onnx_path) -> str:
     return "classification" if classifier_output(m) else "generic"
 
 
-def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: int | None = None):
+def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: int | None = None,
+                       limit: int | None = MAX_EVAL):
     """(evaluator, note). Without an eval set, score on calibration samples not used for calibrating.
 
-    calib_size=None: nothing is calibrated on `data` (an eval set, or dynamic/FP16 modes), so all of it is scored.
+    calib_size=None: nothing is calibrated on `data` (dynamic/FP16 modes), so up to `limit` of it is scored;
+    an --eval set is passed with limit=None and scored whole, as compress scores it.
     """
     if data is None or len(data) == 0:
         raise ValueError("fidelity_evaluator needs sample inputs; see random_inputs() when there are none")
@@ -40,9 +42,12 @@ def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: 
                      "give --eval to score a larger set)")
         data = held
     else:
-        data = data.take(MAX_EVAL)
+        total = len(data)
+        data = data.take(limit) if limit is not None else data
         note = (f"no --eval: fidelity to FP32 on {len(data)} calibration samples (the same ones used to calibrate)"
                 if calib_size is not None else f"no --eval: fidelity to FP32 on {len(data)} samples of {data.source}")
+        if len(data) < total:
+            note += f" (the first {len(data)} of {total}: give --eval to score them all)"
     nolabels = type(data)(dict(data.inputs), None, data.source, dict(data.extra))
     return Evaluator(nolabels, task, fp32_path), note
 
