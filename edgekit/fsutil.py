@@ -82,8 +82,8 @@ def signals_deferred():
     """Hold SIGINT and SIGTERM for the block: a few steps that must not be split (rename OUTDIR aside and
     the new one in; switch a device's `current` and record it) complete, and the signal then reaches its
     handler as the block ends. Yields the list of held signal numbers: a caller that has finished the
-    user's work may clear it (and say so) rather than report an abort. Outside the main thread, where no
-    handler runs, nothing is held."""
+    user's work may clear it (and say so) rather than report an abort. A second signal in the block is
+    not held. Outside the main thread, where no handler runs, nothing is held."""
     import signal
     import threading
 
@@ -92,8 +92,16 @@ def signals_deferred():
         yield held
         return
     before = {}
+
+    def hold(signum, frame):
+        prev = before.get(signum)
+        if held and callable(prev):  # a second one: the user insists (a hung SSH call); act on it now
+            held.clear()
+            prev(signum, frame)
+        held.append(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        before[sig] = signal.signal(sig, lambda signum, _frame: held.append(signum))
+        before[sig] = signal.signal(sig, hold)
     try:
         yield held
     finally:

@@ -391,3 +391,18 @@ def test_output_named_maps_staging_and_temp_files_to_what_the_user_asked_for(tmp
     assert output_named(tmp_path / ".x.ekb.nipadjjv.tmp") == (str(tmp_path / "x.ekb"), "")
     assert output_named(tmp_path / "calib.npy") is None
     assert output_named(None) == ("runs/a", "")  # write(2) on a full disk names no file
+
+
+def test_signals_deferred_holds_one_signal_and_yields_to_a_second():
+    from edgekit.fsutil import signals_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_deferred() as held:
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the first")  # held: the block goes on
+            assert held == [signal.SIGINT]
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the second")
+    assert steps == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -74,9 +74,11 @@ class FlashInterrupted(KeyboardInterrupt):
         self.results, self.cause = list(results), cause
 
 
-def _interrupted_after_switch(res: DeviceResult, e: BaseException):
-    res.warnings.append("interrupted after the switch: the device runs this version; its history.json and "
-                        "cleanup were completed first")
+def _interrupted_after_switch(res: DeviceResult, e: BaseException, recorded: bool):
+    # recorded is False when a second Ctrl-C, or a failed cleanup, cut the deferred bookkeeping short
+    res.warnings.append("interrupted after the switch: the device runs this version; " +
+                        ("its history.json and cleanup were completed first" if recorded else
+                         "history.json may not record it, and older versions were not pruned"))
     return FlashInterrupted([res], e)
 
 
@@ -261,7 +263,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
     want = dict(bundle.files)
     want[META] = bundle.meta_sha256()
     version = bundle.version
-    held = contextlib.ExitStack()
+    held, recorded = contextlib.ExitStack(), False
     try:
         with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
             res.previous = active_version(t, L)  # read again under the lock; named even if refused here
@@ -327,6 +329,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                                 "model": bundle.meta["model"], "model_sha256": bundle.files[bundle.meta["model"]]})
                 res.removed = _prune(t, L, history, opts.keep, protect={version, res.previous})
                 write_history(t, L, [e for e in history if e["version"] not in res.removed])
+                recorded = True
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "flashed":
             res.warnings.append(f"cleanup: {e.reason}")  # the new version is active; only housekeeping failed
@@ -335,7 +338,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             res.version = res.previous
     except (KeyboardInterrupt, SystemExit) as e:  # SystemExit: edgekit's SIGTERM handler
         if res.status == "flashed":
-            raise _interrupted_after_switch(res, e) from e
+            raise _interrupted_after_switch(res, e, recorded) from e
         raise
     finally:
         held.close()
@@ -439,7 +442,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
     L, res, t0 = Layout(root), DeviceResult(device=t.label), time.monotonic()
     res.warnings.extend(getattr(t, "warnings", ()))  # the transport's own notes (skipped known_hosts lines)
     dev = t.label
-    held = contextlib.ExitStack()
+    held, recorded = contextlib.ExitStack(), False
     try:
         with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
             _check_root(t, L.root, create_last=False)
@@ -485,6 +488,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                 for e in history[cut + 1:]:
                     e.setdefault("rolled_back", when)
                 write_history(t, L, history)
+                recorded = True
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "rolled-back":
             res.warnings.append(f"cleanup: {e.reason}")
@@ -492,7 +496,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
             res.status, res.step, res.reason, res.version = "failed", e.step, e.reason, res.previous
     except (KeyboardInterrupt, SystemExit) as e:
         if res.status == "rolled-back":
-            raise _interrupted_after_switch(res, e) from e
+            raise _interrupted_after_switch(res, e, recorded) from e
         raise
     finally:
         held.close()
