@@ -10,7 +10,9 @@ A measurement is {"status": "ok", ...numbers...}; anything that could not be mea
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import platform
 import time
 
@@ -160,9 +162,19 @@ def graph_precision(path) -> str | None:
     """int8 when the graph has quantized ops, fp16 when most of its float weights (or, without weights, its
     float inputs) are float16, else fp32; None when onnx cannot read it (host side only)."""
     try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _graph_precision(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _graph_precision(path: str, mtime_ns: int, size: int) -> str | None:
+    # cached per file version: a sweep asks once per (target, batch, threads) and a big graph loads slowly
+    try:
         import onnx
 
-        m = onnx.load(str(path), load_external_data=False)
+        m = onnx.load(path, load_external_data=False)
     except Exception:
         return None
     g = m.graph

@@ -11,7 +11,8 @@ JSON layout::
           baseline (the one label when all share it, else null), ratios{label: p50 / p50(its baseline)}}]
 
 Every measurement carries target, provider, threads, batch, precision, runs, host_cpu and
-emulated (and, from run_profile, input_shapes{input name: the shape timed}); an entry that could not be measured carries a status and a reason, never a number.
+emulated (and, from run_profile, input_shapes{input name: the shape timed}); an entry that could
+not be measured carries a status and a reason, never a number.
 cold_start_ms is session creation + first run, after a throwaway session has paid onnxruntime's
 one-time set-up. peak_rss_mb is the measuring process's peak, the same for every artifact timed in
 it, not the artifact's own; rss_delta_mb is the RSS growth while its session was made and first run,
@@ -85,8 +86,8 @@ def to_markdown(report: dict) -> str:
     # what the loop aims for, not what happened: the runs column and the note under a table say that
     lines += [f"Runs: {s.get('warmup')} warm-up, then the artifacts timed in turn (round-robin in one process) "
               f"until each has {s.get('min_runs')} runs and the loop has taken {s.get('min_seconds')} s, or "
-              f"{s.get('max_seconds')} s have passed; inputs: {s.get('inputs')}. Cold start is session creation + first "
-              "run, after a throwaway session took onnxruntime's one-time set-up; peak RSS is the measuring "
+              f"{s.get('max_seconds')} s have passed; inputs: {s.get('inputs')}. Cold start is session creation + "
+              "first run, after a throwaway session took onnxruntime's one-time set-up; peak RSS is the measuring "
               "process's, shared by every artifact timed in it.", ""]
     for run in report["runs"]:
         ti = run["target_info"]
