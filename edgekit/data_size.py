@@ -7,9 +7,10 @@ SMALL_CALIB = 32  # fewer inputs than this rarely reach the activation ranges re
 SMALL_EVAL = 30
 
 
-def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool) -> list:
+def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool, calib_size: int | None = None) -> list:
     """One line per problem: one evaluation sample read 'accuracy 1.0000', and a 1% tolerance cannot be
-    judged on 10 labelled samples (one changed prediction is 10%)."""
+    judged on 10 labelled samples (one changed prediction is 10%). calib_size: how many of calib INT8
+    calibrates on (--calib-size 1 of a 400-sample file calibrated on one sample without a word)."""
     notes = []
     n = len(evalset) if evalset is not None else 0
     if n and task == "classification" and tolerance.value > 0 and 1 / n > tolerance.value:
@@ -21,6 +22,9 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool)
     if static_int8 and calib is not None and len(calib) < SMALL_CALIB:
         notes.append(f"only {len(calib)} calibration sample(s): INT8 ranges from so few inputs may clip real "
                      "data; give a few hundred representative inputs")
+    elif static_int8 and calib is not None and calib_size is not None and 0 < calib_size < SMALL_CALIB:
+        notes.append(f"only {calib_size} calibration sample(s) used (--calib-size {calib_size} of {len(calib)}): "
+                     "INT8 ranges from so few inputs may clip real data; give a few hundred representative inputs")
     for ds in [calib] + ([evalset] if evalset is not calib else []):
         if ds is None:
             continue

@@ -202,6 +202,23 @@ def test_calib_size_below_32_gets_the_small_calibration_note(tmp_path, capsys):
     assert any(want in n for n in _notes(man)) and want in capsys.readouterr().err
 
 
+def test_compress_says_so_too_when_calib_size_is_below_32(tmp_path, capsys):
+    # compress gave the note only for a small file, and calibrated on 1 sample of 400 without a word
+    import edgekit
+
+    x, _ = digits()
+    model = digits_mlp(tmp_path / "mlp.onnx")
+    np.save(tmp_path / "calib.npy", x[:400])
+    np.savez(tmp_path / "eval.npz", x=x[1200:])
+    man = edgekit.compress(str(model), output=str(tmp_path / "out"), calib=str(tmp_path / "calib.npy"),
+                           eval=str(tmp_path / "eval.npz"), quantize={"calib_size": 1, "tune": False},
+                           profile={"min_runs": 1, "min_seconds": 0, "op_profile": False})
+    want = "only 1 calibration sample(s) used (--calib-size 1 of 400)"
+    load = next(s for s in man.stages if (s["name"] if isinstance(s, dict) else s.name) == "load")
+    details = load["details"] if isinstance(load, dict) else load.details
+    assert want in capsys.readouterr().err and any(want in n for n in details["notes"]), details
+
+
 def test_a_small_held_out_calibration_slice_gets_the_small_evaluation_note(tmp_path, capsys):
     x, _ = digits()
     model = digits_mlp(tmp_path / "mlp.onnx")

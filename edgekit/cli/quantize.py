@@ -35,7 +35,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     import onnx
 
     from ..calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
-    from ..data_size import SMALL_CALIB, small_data_notes
+    from ..data_size import small_data_notes
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, InputError, UsageError
     from ..loader import float_dtype, load_onnx, quantized_ops
@@ -70,12 +70,8 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         if eval_path else None
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
-    record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8")
-    if mode == "int8" and calib_ds is not None and len(calib_ds) >= SMALL_CALIB > calib_size > 0:
-        # small_data_notes sees the file; --calib-size 1 calibrated on one sample of it without a word
-        record_notes.append(f"only {calib_size} calibration sample(s) used (--calib-size {calib_size} of "
-                            f"{len(calib_ds)}): INT8 ranges from so few inputs may clip real data; give a few "
-                            "hundred representative inputs")
+    record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8",
+                                    calib_size=calib_size)
     small = list(record_notes)
     batch = fixed_batch(model)
     timing_ds = calib_ds if calib_ds is not None else eval_ds
