@@ -93,6 +93,8 @@ def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, 
         nodes = r.pop("nodes", None)
         if op_profile and nodes:
             r["top_nodes"] = nodes[:10]
+        elif not op_profile:  # the device runner keeps a 1-run profile for its fallback count: not a breakdown
+            r.pop("op_breakdown", None)
         if "_outputs" in r:
             r["outputs"] = r.pop("_outputs")
         r = {**common, **r}
