@@ -6,13 +6,17 @@
     flash_many(devices, bundle, opts=FlashOptions(), ssh=SshOptions(), jobs=4) -> [DeviceResult]
     rollback_many(devices, ...), status_many(devices, ...)
     collect_devices(devices, devices_file, targets) -> [Device]
+
+flash_many and rollback_many raise FlashInterrupted (a KeyboardInterrupt carrying every device's result so
+far) on Ctrl-C/SIGTERM, after any switch of `current` under way has been recorded.
 """
 from .bundle import Bundle, build_bundle, open_source, read_bundle
-from .deploy import DeviceResult, FlashOptions
+from .deploy import DeviceResult, FlashInterrupted, FlashOptions
 from .devices import Device, collect_devices, parse_device
 from .fleet import flash_many, open_transport, rollback_many, status_many
 from .transport_ssh import SshOptions
 
-__all__ = ["Bundle", "build_bundle", "open_source", "read_bundle", "DeviceResult", "FlashOptions", "Device",
+__all__ = ["Bundle", "build_bundle", "open_source", "read_bundle", "DeviceResult", "FlashInterrupted", "FlashOptions",
+           "Device",
            "collect_devices", "parse_device", "flash_many", "open_transport", "rollback_many", "status_many",
            "SshOptions"]
