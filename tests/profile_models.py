@@ -90,3 +90,13 @@ def channel_mean(path, channels=4, length="L"):
     nodes = [helper.make_node("ReduceMean", ["x"], ["y"], "mean", axes=[2], keepdims=0)]
     return _save(nodes, {}, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, length])],
                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels])], path)
+
+
+def cli_exit(argv):
+    """edgekit's CLI in this process: its exit code (0 when main returns)."""
+    from edgekit.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code

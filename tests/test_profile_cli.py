@@ -5,19 +5,11 @@ import numpy as np
 import pytest
 
 from edgekit.artifact import Artifact, Manifest
-from edgekit.cli import main
 
-from profile_models import (channel_mean, digits_batches, embedding_bag, matmul_chain, quantize_qdq,
-                            small_cnn)
+from profile_models import (channel_mean, cli_exit as _exit, digits_batches, embedding_bag, matmul_chain,
+                            quantize_qdq, small_cnn)
 
 FAST = ["--warmup", "1", "--min-runs", "5", "--min-seconds", "0.05"]
-
-
-def _exit(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,12 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgekit.cli import main
 from edgekit.profiling import run_profile
 
-from profile_models import _save, matmul_chain
+from profile_models import _save, cli_exit as _exit, matmul_chain
 
 QUICK = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0, "max_seconds": 5.0}
 FAST = ["--warmup", "1", "--min-runs", "3", "--min-seconds", "0"]
-
-
-def _exit(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def half_mlp(path, k=16):
