@@ -97,6 +97,14 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
         _summary(manifest, output)
 
 
+def _p50_cell(lat: dict) -> str:
+    """A summary cell: the p50 of a real measurement; a timing under emulation (qemu, or a device declared
+    emulated) is correctness only, never device latency, so it shows as 'emulated', as in the report."""
+    if lat.get("status") != "ok" or lat.get("p50_ms") is None:
+        return lat.get("status", "-")  # failed, unavailable, emulated-only: what happened, not a number
+    return "emulated" if lat.get("emulated") else f"{lat['p50_ms']:.3f} ms"
+
+
 def _summary(manifest, output):
     from rich.console import Console
     from rich.table import Table
@@ -116,9 +124,7 @@ def _summary(manifest, output):
         if m.get("drop_rel") is not None and a.kind != "fp32":
             metric += f" ({pct(-m['drop_rel'], signed=True)})"
         row = [a.path, a.kind, f"{a.bytes / 1024:.1f} KiB", f"{a.params:,}" if a.params else "-", metric]
-        for t in targets:
-            lat = a.latency.get(t, {})
-            row.append(f"{lat['p50_ms']:.3f} ms" if lat.get("status") == "ok" else lat.get("status", "-"))
+        row += [_p50_cell(a.latency.get(t, {})) for t in targets]
         tab.add_row(*row)
     con.print(tab)
     for t, r in manifest.recommended.items():

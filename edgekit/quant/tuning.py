@@ -6,8 +6,9 @@ keeps the history against the FP32 baseline. The quantization itself is onnxrunt
 
 The objective differs from INC's default (stop at the first config within tolerance):
 every trial is timed against FP32, interleaved, and the winner is the *fastest* candidate
-within tolerance. Phases: (1) a grid over calibration method, format, per-channel and op
-types around the ISA-aware default; (2) if nothing passes, per-node sensitivity and FP32
+within tolerance (an emulated target is not timed, since qemu is no device latency: there the
+most accurate one wins). Phases: (1) a grid over calibration method, format, per-channel and
+op types around the ISA-aware default; (2) if nothing passes, per-node sensitivity and FP32
 fallback of the worst nodes first, in growing steps, until the drop is within tolerance.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .timing import measure
 
 # the per-node sensitivity pass stops ranking after this long (compute ops are measured first)
 SENSITIVITY_SECONDS = 180.0
+# a trial's latency note where the target (or its measurement) is emulated: no speed-up is taken from it
+EMULATED_LATENCY = "emulated: not device latency"
 
 
 @contextlib.contextmanager
@@ -87,13 +90,16 @@ class Trial:
         return list(self.spec.exclude_nodes)
 
     def record(self) -> dict:
-        return {"name": self.name, "phase": self.phase, "config": self.spec.to_dict(), "metric": self.metric,
-                "drop_rel": self.drop_rel, "latency_ms": self.latency_ms, "fp32_ms": self.fp32_ms,
-                "speedup": self.speedup, "passed": self.passed, "fp32_nodes": self.fp32_nodes,
-                "calibration": self.info.get("calibration"), "bias_correction": self.info.get("bias_correction"),
-                "float_for_nonfinite_range": self.info.get("float_for_nonfinite_range"),
-                "other_outputs_fidelity": self.info.get("other_outputs_fidelity"),
-                "error": self.error}
+        rec = {"name": self.name, "phase": self.phase, "config": self.spec.to_dict(), "metric": self.metric,
+               "drop_rel": self.drop_rel, "latency_ms": self.latency_ms, "fp32_ms": self.fp32_ms,
+               "speedup": self.speedup, "passed": self.passed, "fp32_nodes": self.fp32_nodes,
+               "calibration": self.info.get("calibration"), "bias_correction": self.info.get("bias_correction"),
+               "float_for_nonfinite_range": self.info.get("float_for_nonfinite_range"),
+               "other_outputs_fidelity": self.info.get("other_outputs_fidelity"),
+               "error": self.error}
+        if self.latency_ms is None and self.info.get("latency"):
+            rec["latency"] = self.info["latency"]  # why no latency: emulated, or not measurable here
+        return rec
 
 
 class Tuner:
@@ -197,13 +203,7 @@ class Tuner:
                 all(self.tolerance.allows(1.0, v) for v in others)
             if others:
                 t.info["other_outputs_fidelity"] = others
-            lat = measure({"fp32": self.fp32_path, "int8": dest}, self.target, self.feeds,
-                          min_runs=self.trial_runs, min_seconds=self.trial_seconds)
-            if lat["int8"].get("status") == "ok" and lat["fp32"].get("status") == "ok":
-                t.latency_ms, t.fp32_ms = lat["int8"]["p50_ms"], lat["fp32"]["p50_ms"]
-                t.speedup = t.fp32_ms / t.latency_ms if t.latency_ms else None
-            else:
-                t.info["latency"] = lat["int8"].get("reason", "unavailable")
+            self.time_trial(t, dest)
         except (EdgekitError, ValueError) as e:
             # the trial file is a name in a staging folder the user never sees: name the candidate of their model
             msg = (str(e).splitlines()[0] if str(e) else type(e).__name__).replace(str(dest), dest.name)
@@ -212,6 +212,28 @@ class Tuner:
         if self.progress:
             self.progress(t)
         return t
+
+    def time_trial(self, t: Trial, dest: Path) -> None:
+        """The trial's p50 and speed-up over FP32, interleaved, from a real measurement only.
+
+        Timings under emulation (qemu, or a device declared emulated) are correctness only, never device
+        latency: qemu put a static INT8 CNN at 7.13x FP32 and tuning ranked candidates by it. An emulated
+        target is not timed at all (as in the speed gate); a measurement that comes back emulated is
+        dropped. Either way the trial keeps no latency or speed-up, and candidates rank by accuracy.
+        """
+        if getattr(self.target, "emulated", False):
+            t.info["latency"] = EMULATED_LATENCY
+            return
+        lat = measure({"fp32": self.fp32_path, "int8": dest}, self.target, self.feeds,
+                      min_runs=self.trial_runs, min_seconds=self.trial_seconds)
+        a, b = lat.get("fp32") or {}, lat.get("int8") or {}
+        if a.get("emulated") or b.get("emulated"):
+            t.info["latency"] = EMULATED_LATENCY
+        elif b.get("status") == "ok" and a.get("status") == "ok":
+            t.latency_ms, t.fp32_ms = b["p50_ms"], a["p50_ms"]
+            t.speedup = t.fp32_ms / t.latency_ms if t.latency_ms else None
+        else:
+            t.info["latency"] = b.get("reason") or a.get("reason") or "unavailable"
 
     def run_phase(self, specs: list, phase: str) -> list:
         """Run specs through INC's tuning loop, within the remaining trial budget."""
