@@ -360,7 +360,9 @@ def main(argv=None) -> int:
 
     res = profile_models({m: m for m in a.models}, a.target or DEFAULT_TARGET, min_runs=a.min_runs,
                          min_seconds=a.min_seconds, threads=a.threads, batch=a.batch)
-    print(json.dumps(res, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    from .report.fmt import json_safe
+
+    print(json.dumps(json_safe(res), indent=2, allow_nan=False, default=str))
     return 0 if any(v.get("status") == "ok" for v in res.values()) else 1
 
 

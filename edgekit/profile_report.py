@@ -5,11 +5,14 @@ JSON layout::
     schema, edgekit_version, created, host{cpu, flags, cores, machine, os}, versions{...},
     settings{warmup, min_runs, min_seconds, max_seconds, op_profile, inputs (one line: --inputs, a run's own
              OUTDIR/sample_inputs.npz, or generated and why), inputs_by_artifact{label: the same per artifact}},
-    artifacts{label: {path, kind, sha256, bytes, run (the edgekit output folder it belongs to, or null)}},
+    artifacts{label: {path, kind, sha256, bytes, run (the edgekit output folder it belongs to, or null)}
+              (with external data: bytes and sha256 cover the data files too, listed in
+              external_data{location: {bytes, sha256}}, and onnx_bytes is the .onnx file's own)},
     runs[{target, target_info{arch, address, providers, emulated}, batch, threads,
           results{label: measurement | {status, reason}}, baselines{label: label or null},
           baseline (the one label when all share it, else null), ratios{label: p50 / p50(its baseline)}}]
 
+Non-finite numbers are written as the strings "NaN", "Infinity" and "-Infinity" (standard JSON).
 Every measurement carries target, provider, threads, batch, precision, runs, host_cpu and
 emulated (and, from run_profile, input_shapes{input name: the shape timed}); an entry that could
 not be measured carries a status and a reason, never a number.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+
+from .report.fmt import json_safe
 
 SCHEMA = "edgekit.profile/1"
 
@@ -37,10 +42,11 @@ def build_report(runs: list, artifacts: dict, settings: dict) -> dict:
         run["baseline"] = next(iter(set(bases.values()))) if len(set(bases.values())) == 1 else None
         run["baselines"] = bases
         run["ratios"] = {k: _ratio(v, res[bases[k]]) if bases.get(k) else None for k, v in res.items()}
-    return {"schema": SCHEMA, "edgekit_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": host_info(), "versions": versions(), "settings": settings, "artifacts": artifacts,
-            "runs": runs}
+    # standard JSON however it is written (json.dumps allows NaN by default): no bare NaN or Infinity
+    return json_safe({"schema": SCHEMA, "edgekit_version": __version__,
+                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      "host": host_info(), "versions": versions(), "settings": settings, "artifacts": artifacts,
+                      "runs": runs})
 
 
 def baselines(res: dict, artifacts: dict) -> dict:
@@ -73,6 +79,8 @@ def ok_count(report: dict) -> int:
 def _f(v, unit="", nd=3):
     if v is None:
         return "-"
+    if isinstance(v, str):  # a non-finite number, as json_safe wrote it
+        return v
     return f"{v:.{nd}f}{unit}"
 
 
@@ -92,7 +100,7 @@ def to_markdown(report: dict) -> str:
     for run in report["runs"]:
         ti = run["target_info"]
         emu = ti.get("emulated")
-        title = f"## {run['target']} — batch {run['batch']}, threads {run['threads'] or 'default'}"
+        title = f"## {run['target']} — {_batch_title(run)}, threads {run['threads'] or 'default'}"
         if emu:
             title += " (EMULATED: qemu-user, correctness only, not device latency)"
         missing = {m for r in run["results"].values() if r.get("status") == "ok"
@@ -118,19 +126,46 @@ def to_markdown(report: dict) -> str:
                    _f(rat, "x", 2), _f(r.get("throughput"), "", 1), _f(r.get("cold_start_ms"), "", 1),
                    _f(r.get("peak_rss_mb"), "", 0), str(r["runs"]), str(r.get("fallback_nodes", "-"))]
             if cross:
-                av = r.get("arm_vs_host") or {}
-                d = av.get("max_abs_diff") or {}
-                if d:
-                    verdict = "ok" if av.get("ok") else "MISMATCH"
-                    row.append(f"{verdict} {max(d.values()):.3g} ({av.get('atol'):.3g})")
-                else:
-                    row.append(str(av.get("reason", "-")))
+                row.append(_cross_cell(r.get("arm_vs_host") or {}))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         lines += _shapes_line(run) + _notes(run, s)
         lines += _baseline_note(run, report["artifacts"])
         lines += _op_section(run) + _prepost_section(run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _g(v) -> str:
+    """A number as %.3g; a JSON-safe stand-in for a non-finite one ("NaN", "Infinity") as it is."""
+    return f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
+
+
+def _cross_cell(av: dict) -> str:
+    """The outputs-vs-host verdict, its largest difference and tolerance, and why it failed (NaN where the
+    host has a number, a missing output) or what was left out (ZipMap's sequence of maps): "MISMATCH 0"
+    alone reads as a contradiction."""
+    d = av.get("max_abs_diff") or {}
+    if not d:
+        return str(av.get("reason", "-")).replace("|", "\\|")
+    worst = [v for v in d.values() if not isinstance(v, (int, float))] or [max(d.values())]
+    cell = f"{'ok' if av.get('ok') else 'MISMATCH'} {_g(worst[0])} ({_g(av.get('atol'))})"
+    if av.get("reason"):
+        cell += f": {av['reason']}"
+    if av.get("not_compared"):
+        cell += "; not compared: " + ", ".join(f"{k} ({v})" for k, v in av["not_compared"].items())
+    return cell.replace("|", "\\|")
+
+
+def _batch_title(run) -> str:
+    """The batch the results ran, which can differ from the one planned: a model without a batch axis (an
+    unbatched [3, 8, 8] image) is timed as one sample per run, and its inf/s are per sample."""
+    planned = run.get("batch")
+    ran = {k: r["batch"] for k, r in run["results"].items() if r.get("status") == "ok" and r.get("batch") is not None}
+    if not ran or set(ran.values()) == {planned}:
+        return f"batch {planned}"
+    if len(set(ran.values())) == 1:
+        return f"batch {next(iter(ran.values()))} (planned as batch {planned}: see the note)"
+    return f"batch {planned} (" + ", ".join(f"{k} ran batch {b}" for k, b in ran.items() if b != planned) + ")"
 
 
 def _shapes_line(run) -> list:
@@ -161,7 +196,7 @@ def _notes(run, settings=None) -> list:
     for label, r in run["results"].items():
         if r.get("status") != "ok":
             continue
-        for note in (r.get("note"), r.get("providers_note")):
+        for note in (r.get("note"), r.get("providers_note"), r.get("batch_note")):
             if note:
                 seen.setdefault(note, []).append(label)
     if not seen:

@@ -46,14 +46,13 @@ def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
                 # two of a kind (INT8 of the FP32 and of the distilled model): named by file, not kind#2
                 name = a.kind if kinds.count(a.kind) == 1 else Path(a.path).name.removesuffix(".onnx").removeprefix("model.")
                 label = f"{p.name}/{name}" if multi_dirs else name
-                add(label, f, {"path": str(f), "kind": a.kind, "sha256": a.sha256, "bytes": a.bytes,
+                add(label, f, {"path": str(f), "kind": a.kind, **_file_facts(f, a.sha256, a.bytes),
                                "run": str(p.resolve())}, m.prepost or None)
         elif p.is_file():
             if p.suffix != ".onnx":
                 raise InputError(f"{p}: not an .onnx file or an edgekit output directory")
             _check_onnx(p)
-            add(p.stem, p, {"path": str(p), "kind": None, "bytes": p.stat().st_size, "sha256": sha256_file(p),
-                            "run": _run_of(p)})
+            add(p.stem, p, {"path": str(p), "kind": None, **_file_facts(p), "run": _run_of(p)})
         else:
             raise InputError(f"{p}: no such file or directory")
     # a file passed alone that is an artifact of a run given here (an ONNX source's FP32 copy) joins that run
@@ -62,6 +61,34 @@ def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
         if f["run"] is None and f["sha256"] in by_sha:
             f["run"] = by_sha[f["sha256"]]
     return paths, facts, prepost
+
+
+def _file_facts(p: Path, sha: str | None = None, nbytes: int | None = None) -> dict:
+    """{bytes, sha256} of a model with its weights: for an ONNX file whose tensors live in external data
+    files, bytes adds theirs and sha256 hashes the file's and each data file's hashes (edgekit.loader's
+    onnx_sha256 format), with each data file in external_data{location: {bytes, sha256}}. The .onnx
+    alone is a stub of a few KB, the same for any weights of one graph."""
+    import hashlib
+
+    from .profile_remote import external_data
+
+    p = Path(p)
+    sha = sha or sha256_file(p)
+    nbytes = nbytes if nbytes is not None else p.stat().st_size
+    locations = sorted(external_data(p))
+    if not locations:
+        return {"bytes": nbytes, "sha256": sha}
+    h = hashlib.sha256(f"onnx {sha}\n".encode())
+    files = {}
+    for loc in locations:
+        f = p.parent / loc
+        if f.is_file():
+            files[loc] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            nbytes += files[loc]["bytes"]
+        else:
+            files[loc] = {"bytes": None, "sha256": None, "missing": True}
+        h.update(f"{loc} {files[loc]['sha256'] or 'missing'}\n".encode())
+    return {"bytes": nbytes, "sha256": h.hexdigest(), "onnx_bytes": p.stat().st_size, "external_data": files}
 
 
 def _run_of(p: Path) -> str | None:
@@ -189,21 +216,53 @@ def _plan_batches(paths: dict, ins: dict, batches, explicit: bool) -> list:
     """
     from .runner import edgekit_runner as runner
 
-    plan, conflicts = [], []
+    plan, conflicts, single = [], [], {}
     for b in batches:
         groups, skipped = {}, {}
         for label, path in paths.items():
             fixed = runner.fixed_batch(ins[label]) if ins[label] is not None else None
+            if fixed is not None and fixed > 1 and b != fixed:
+                if label not in single:
+                    single[label] = _one_sample_per_run(path, fixed)
+                if single[label]:  # an unbatched [3, 8, 8] image: the runner times one sample per run
+                    fixed = 1
             if explicit and fixed is not None and fixed != b:
                 why = runner.batch_conflict(ins[label], b)
                 skipped[label] = {"status": "unavailable", "reason": why}
-                conflicts.append(f"{path}: {why} (leave out --batch to measure it at batch {fixed})")
+                own = "one sample per run" if single.get(label) else f"batch {fixed}"
+                conflicts.append(f"{path}: {why} (leave out --batch to measure it at {own})")
                 continue
             groups.setdefault(fixed if fixed is not None else b, []).append(label)
         plan.append((b, groups, skipped))
     if conflicts and (len(batches) == 1 or not any(groups for _, groups, _ in plan)):
         raise UsageError(conflicts[0])
     return plan
+
+
+def _one_sample_per_run(path, fixed: int) -> bool:
+    """Whether the runner times this fixed-axis-0 model as one sample per run: no output keeps its axis 0
+    (runner.unbatched_note, on one run of generated inputs). Then batch 1 is what runs, and --batch 1
+    (or no --batch) must neither be refused nor grouped as a batch of `fixed`."""
+    from .runner import edgekit_runner as runner
+
+    try:  # the declared output shapes settle it without a run, as torch's exports declare them
+        import onnx
+
+        outs = [[d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+                if o.type.tensor_type.HasField("shape") else None  # rank unknown
+                for o in onnx.load(str(path), load_external_data=False).graph.output
+                if o.type.HasField("tensor_type")]
+        if any(sh and sh[0] == fixed for sh in outs):
+            return False  # an output keeps axis 0: a real batch
+        if outs and all(sh is not None and (not sh or sh[0] is not None) for sh in outs):
+            return True  # every tensor output's axis 0 is declared, and none is the input's
+    except Exception:
+        pass
+    try:
+        s = runner.open_session(path, ["CPUExecutionProvider"], 1)
+        return runner.unbatched_note(s.get_inputs(), s.run(None, runner.make_feeds(s, fixed)), fixed) is not None
+    except Exception:  # cannot tell here: the measurement reports what it meets
+        return False
 
 
 def make_prepost(spec, raw_path=None):

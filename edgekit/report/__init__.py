@@ -50,5 +50,7 @@ def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=No
         for p in plots or []:
             p.fig.clear()
     if json_path is not None:
-        write_json_atomic(json_path, report)
+        from .fmt import json_safe
+
+        write_json_atomic(json_path, json_safe(report))  # standard JSON: no bare NaN or Infinity
     return report

@@ -77,3 +77,22 @@ def seconds(v) -> str:
     if v is None:
         return "—"
     return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def json_safe(obj):
+    """obj with every non-finite float as a string ("NaN", "Infinity", "-Infinity") and numpy values as
+    Python ones, so that json.dumps(..., allow_nan=False) succeeds: a bare NaN is not JSON, and strict
+    readers (JSON.parse, jq) reject the whole report over one output difference."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if type(obj).__module__ == "numpy":  # np.float32 (not a float subclass), np.int64, arrays
+        obj = obj.tolist() if hasattr(obj, "tolist") else obj
+        if isinstance(obj, list):
+            return json_safe(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else "Infinity" if obj > 0 else "-Infinity"
+    return obj
