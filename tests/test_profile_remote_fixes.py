@@ -353,6 +353,18 @@ def test_timed_loop_runs_exactly_min_runs_when_time_is_no_object():
     assert [len(t) for t in times.values()] == [7, 7]
 
 
+def test_a_time_limit_inside_a_block_still_gives_every_model_a_timed_run():
+    # the block loop returned on max_seconds at once: with a limit shorter than one block the models after
+    # the first had no timed run, and summarize raised "no timed runs" for them
+    import time
+
+    slow = lambda i: time.sleep(0.01)  # noqa: E731
+    times = runner.timed_loop({"a": slow, "b": slow, "c": slow}, warmup=0, min_runs=30, min_seconds=0.0,
+                              max_seconds=0.005)
+    assert all(len(t) >= 1 for t in times.values()), {k: len(t) for k, t in times.items()}
+    assert all(runner.summarize(t, 1)["runs"] == len(t) for t in times.values())
+
+
 def wide_model(path, n_in=2000, n_out=5000):
     """One 2000 x 5000 MatMul: 40 MB of weights, more than a laptop's last-level cache."""
     w = numpy_helper.from_array(np.full((n_in, n_out), 0.001, np.float32), "w")

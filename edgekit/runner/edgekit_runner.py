@@ -566,10 +566,10 @@ def timed_loop(fns: dict, *, warmup=5, min_runs=30, min_seconds=1.0, max_seconds
                 fns[k](j)
                 times[k].append((clock() - t0) * 1000.0)
                 if clock() - t_start >= max_seconds:
-                    return times
+                    break  # the round still ends: every model gets a timed run before the loop stops
         r += 1
         elapsed = clock() - t_start
-        if min(len(t) for t in times.values()) >= min_runs and elapsed >= min_seconds:
+        if (min(len(t) for t in times.values()) >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
             return times
 
 
