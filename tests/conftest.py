@@ -1,4 +1,5 @@
 import os
+import signal
 import tempfile
 
 import pytest
@@ -9,6 +10,12 @@ os.environ.setdefault("XDG_CACHE_HOME", _CACHE)
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_CACHE, "numba"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# A suite started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and so would every
+# process it starts: the Ctrl-C tests would then test nothing (KeyboardInterrupt never raised). Ctrl-C as a
+# terminal delivers it; a Python handler here is also reset to the default in the children on exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):
