@@ -95,6 +95,8 @@ def signals_deferred():
 
     def hold(signum, frame):
         prev = before.get(signum)
+        if prev is signal.SIG_IGN:  # ignored before the block (nohup): not an interrupt to report or act on
+            return
         if held and callable(prev):  # a second one: the user insists (a hung SSH call); act on it now
             held.clear()
             prev(signum, frame)

@@ -75,6 +75,10 @@ def _output_problem(e: Exception) -> str:
 
     if not isinstance(e, OSError) or e.errno not in {getattr(errno, n, None) for n in _OUTPUT_ERRNOS}:
         return ""
+    # without a file name only a full disk is the output's for sure: a nameless EACCES can be /dev/shm refusing
+    # a semaphore, which is no fault of OUTDIR
+    if not e.filename and e.errno not in {getattr(errno, n, None) for n in ("ENOSPC", "EDQUOT", "EFBIG")}:
+        return ""
     hit = output_named(e.filename)
     if hit is None:
         return ""

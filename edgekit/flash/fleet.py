@@ -59,16 +59,22 @@ def _map(devices, jobs, fn, done=None):
         for d in devices:
             done.append(fn(d))
         return done
-    with cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="flash") as ex:
-        futures = [ex.submit(fn, d) for d in devices]
-        try:
-            cf.wait(futures)
-        except BaseException:
-            # Ctrl-C reaches this thread only: devices under way finish (a switch must be reported, and
-            # each step is safe to complete), the rest are not started
-            ex.shutdown(wait=True, cancel_futures=True)
-            done.extend(f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None)
-            raise
+    futures = []
+    try:
+        with cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="flash") as ex:
+            futures = [ex.submit(fn, d) for d in devices]
+            try:
+                cf.wait(futures)
+            except BaseException:
+                # Ctrl-C reaches this thread only: devices under way finish (a switch must be reported, and
+                # each step is safe to complete), the rest are not started
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
+    except BaseException:
+        # here, after the pool's exit has joined every started worker: a second Ctrl-C during the shutdown
+        # above cut it short, and the devices that finished (and switched) after it were reported as not
+        done.extend(f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None)
+        raise
     done.extend(f.result() for f in futures)
     return done
 

@@ -44,7 +44,10 @@ def number(x, name: str, *, lo=None, hi=None, lo_open=False, integer=False):
             raise PrepostError(f"{name}: expected an integer, got {x!r}")
         if not _INT64_MIN <= int(x) <= _INT64_MAX:  # kernels take int64; anything wider overflows on the device
             raise PrepostError(f"{name}: {x!r} is out of int64 range")
-    v = int(x) if integer else float(x)
+    try:
+        v = int(x) if integer else float(x)
+    except OverflowError:  # an integer beyond float range (valid JSON: 1e400 written out)
+        raise PrepostError(f"{name}: {x!r} is out of range") from None
     if lo is not None and (v < lo or (lo_open and v == lo)):
         raise PrepostError(f"{name}: {x!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and v > hi:
@@ -62,6 +65,8 @@ def vector(x, name: str, n_allowed=None) -> np.ndarray:
     """A float32 1-D parameter vector (a scalar becomes length 1), finite."""
     try:
         v = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    except OverflowError:
+        raise PrepostError(f"{name}: values must be within float32 range, got an integer beyond it") from None
     except (TypeError, ValueError):
         raise PrepostError(f"{name}: expected a number or a list of numbers, got {x!r}") from None
     if v.ndim != 1 or v.size == 0:

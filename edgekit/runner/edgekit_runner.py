@@ -735,6 +735,8 @@ def _load_npz(path):
     model its own ({label: [dict]}), as models with different inputs need."""
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files if k not in LABEL_KEYS}
+    if not arrays:
+        return None  # nothing given: each model generates its own (an empty feed dict fitted none)
     if not any("::" in k for k in arrays):
         return [arrays]
     per = {}
