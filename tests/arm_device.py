@@ -139,12 +139,12 @@ def train_digits_cnn(outdir: Path, *, epochs: int = 6, seed: int = 0) -> dict:
 
 
 def rootfs_fixture():
-    """Generator for a module fixture: the cached arm64 rootfs, built on first use (~35 s-1 min, ~450 MB).
-    The same policy as tests/test_arm_emulated.py: CI keeps it under EDGEKIT_CACHE (built once per run);
-    without that variable a rootfs built here lives in the session's temp cache and is removed after."""
+    """Generator for a module fixture: the cached arm64 rootfs's status (emulation.setup's), built on first
+    use (~35 s-1 min, ~450 MB). CI keeps it under EDGEKIT_CACHE (built once per run); without that variable
+    a rootfs built here lives in the session's temp cache and is removed after."""
     built_here = not emulation.status()["ready"]
     st = emulation.setup(progress=lambda m: print(f"[arm64-emulated] {m}", flush=True))
     assert st["ready"] and st["machine"] == "aarch64", st
-    yield Path(st["rootfs"])
+    yield st
     if built_here and not os.environ.get("EDGEKIT_CACHE"):
         shutil.rmtree(emulation.rootfs_path(), ignore_errors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -34,7 +35,8 @@ FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0, "max_seconds": 20.0}
 
 @pytest.fixture(scope="module")
 def rootfs():
-    yield from rootfs_fixture()
+    for st in rootfs_fixture():
+        yield Path(st["rootfs"])
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ Stated tolerance, ARM vs x86 on the same inputs: FP32 max abs diff <= 1e-4 x max
 (kernels sum in a different order); INT8 within one output quantization step (in practice equal).
 """
 import json
-import os
 import shutil
 import time
 
@@ -17,6 +16,7 @@ from edgekit.errors import TargetError
 from edgekit.profile import _output_quantum, profile_models, ratio
 from edgekit.runner import RUNNER_PATH
 
+from arm_device import rootfs_fixture
 from profile_models import digits_batches, quantize_qdq, small_cnn
 
 FAST = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0, "max_seconds": 20.0}
@@ -42,14 +42,7 @@ def test_failed_setup_leaves_no_half_built_rootfs(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def rootfs():
-    """The cached arm64 rootfs (built on first use: ~1 min and ~450 MB). CI keeps it under EDGEKIT_CACHE;
-    without that variable the cache is the test session's temp dir, so a rootfs built here is removed after."""
-    built_here = not emulation.status()["ready"]
-    st = emulation.setup(progress=lambda m: print(f"[arm64-emulated] {m}", flush=True))
-    assert st["ready"] and st["machine"] == "aarch64", st
-    yield st
-    if built_here and not os.environ.get("EDGEKIT_CACHE"):
-        shutil.rmtree(emulation.rootfs_path(), ignore_errors=True)
+    yield from rootfs_fixture()
 
 
 @pytest.fixture(scope="module")

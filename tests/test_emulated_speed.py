@@ -3,8 +3,6 @@
 `edgekit compress --target arm64-emulated` printed "quantize ... 7.13x FP32 speed" from qemu trial timings,
 ranked INT8 candidates by them, and showed the qemu p50s in its summary as plain "2.324 ms".
 """
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from edgekit.quant.spec import QuantSpec
 from edgekit.quant.tuning import Tuner
 from edgekit.targets import load_target
 
+from arm_device import rootfs_fixture
 from tests.test_quant import conv_model
 
 
@@ -117,16 +116,7 @@ def test_the_summary_shows_an_emulated_p50_as_emulated(capsys):
 # ---------------------------------------------------------------- the real arm64-emulated target (qemu)
 @pytest.fixture(scope="module")
 def rootfs():
-    """The cached arm64 rootfs, as in tests/test_arm_emulated.py: CI keeps it under EDGEKIT_CACHE; without
-    that variable one built here lives in the session's temp cache and is removed after."""
-    from edgekit import emulation
-
-    built_here = not emulation.status()["ready"]
-    st = emulation.setup(progress=lambda m: print(f"[arm64-emulated] {m}", flush=True))
-    assert st["ready"] and st["machine"] == "aarch64", st
-    yield st
-    if built_here and not os.environ.get("EDGEKIT_CACHE"):
-        shutil.rmtree(emulation.rootfs_path(), ignore_errors=True)
+    yield from rootfs_fixture()
 
 
 @pytest.mark.slow
