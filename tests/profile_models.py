@@ -100,3 +100,15 @@ def cli_exit(argv):
         return main(argv)
     except SystemExit as e:
         return e.code
+
+
+def fp32_run(d, k: int):
+    """A minimal compress output folder d: one fp32 artifact (a 1-MatMul chain of width k) and its Manifest,
+    returned unwritten for the caller to add to."""
+    from edgekit.artifact import Artifact, Manifest
+
+    d.mkdir()
+    matmul_chain(d / "model.fp32.onnx", 1, k=k)
+    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx")])
+    m.artifacts[0].refresh_file_facts(d)
+    return m

@@ -155,3 +155,14 @@ def start_device_sshd(root: Path) -> SshServer:
     caches stay under root/device-cache, out of the real home."""
     cache = root / "device-cache"
     return start_sshd(root / "server", env={"XDG_CACHE_HOME": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba")})
+
+
+def loopback_target(srv: SshServer, root: Path) -> tuple[Path, Path]:
+    """(target TOML, device folder): root/device on this host reached through srv, as an x86_64 target with
+    one thread on the CPU provider, for profiling over SSH."""
+    dev = root / "device"
+    dev.mkdir()
+    t = root / "loopback.toml"
+    t.write_text(f'arch = "x86_64"\naddress = "{srv.address(str(dev))}"\nthreads = 1\n'
+                 'providers = ["CPUExecutionProvider"]\n')
+    return t, dev

@@ -147,16 +147,12 @@ def test_profile_over_ssh_runs_the_runner_on_the_device(tmp_path):
 
     from edgekit.flash import SshOptions
     from edgekit.profile import profile_models
-    from sshd import start_sshd
+    from sshd import loopback_target, start_sshd
 
     cache = tmp_path / "device-cache"
     srv = start_sshd(tmp_path / "server", env={"XDG_CACHE_HOME": str(cache)})
     try:
-        dev = tmp_path / "device"
-        dev.mkdir()
-        t = tmp_path / "loopback.toml"
-        t.write_text(f'arch = "x86_64"\naddress = "{srv.address(str(dev))}"\nthreads = 1\n'
-                     'providers = ["CPUExecutionProvider"]\n')
+        t, dev = loopback_target(srv, tmp_path)
         a, b = matmul_chain(tmp_path / "a.onnx", 2), matmul_chain(tmp_path / "b.onnx", 4)
         opts = SshOptions(identity=str(srv.user_key), known_hosts=str(srv.known_hosts), remote_python=sys.executable)
         res = profile_models({"a": a, "b": b}, str(t), ssh=opts, return_outputs=True,

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.profiling import resolve_artifacts, run_profile
 from edgekit.runner import edgekit_runner as runner
 
-from profile_models import _save, cli_exit as _exit, matmul_chain
+from profile_models import _save, cli_exit as _exit, fp32_run, matmul_chain
 
 QUICK = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0, "max_seconds": 5.0}
 FAST = ["--warmup", "1", "--min-runs", "3", "--min-seconds", "0"]
@@ -146,14 +146,10 @@ def test_profile_json_has_no_bare_nan(tmp_path, monkeypatch, capsys):
 
 
 def test_compress_report_json_has_no_bare_nan(tmp_path):
-    from edgekit.artifact import Artifact, Manifest
     from edgekit.report import write_reports
 
     d = tmp_path / "run"
-    d.mkdir()
-    matmul_chain(d / "model.fp32.onnx", 1, k=16)
-    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx")])
-    m.artifacts[0].refresh_file_facts(d)
+    m = fp32_run(d, 16)
     m.artifacts[0].verify = {"ok": False, "max_abs_diff": float("nan"), "atol": float("inf")}  # copied as is
     m.write(d)
     write_reports([d], json_path=tmp_path / "r.json")

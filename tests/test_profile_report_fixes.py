@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from edgekit.profiling import run_profile
 
-from profile_models import _save, cli_exit as _exit, matmul_chain
+from profile_models import _save, cli_exit as _exit, fp32_run, matmul_chain
 
 QUICK = {"warmup": 1, "min_runs": 3, "min_seconds": 0.0, "max_seconds": 5.0}
 FAST = ["--warmup", "1", "--min-runs", "3", "--min-seconds", "0"]
@@ -114,14 +114,10 @@ def test_a_device_architecture_note_is_in_the_profile_markdown(mixed):
 
 def test_a_device_architecture_note_is_in_the_compress_reports(tmp_path):
     """F11a: compress's manifest held the note; report.md/html/json said 'ok (native)' without it."""
-    from edgekit.artifact import Artifact, Manifest
     from edgekit.report import write_reports
 
     d = tmp_path / "run"
-    d.mkdir()
-    matmul_chain(d / "model.fp32.onnx", 1, k=32)
-    m = Manifest(artifacts=[Artifact("fp32", "model.fp32.onnx")])
-    m.artifacts[0].refresh_file_facts(d)
+    m = fp32_run(d, 32)
     m.artifacts[0].latency["ssh-arm"] = {"status": "ok", "p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2,
                                          "mean_ms": 1.0, "std_ms": 0.1, "runs": 30, "provider": "CPUExecutionProvider",
                                          "threads": 1, "batch": 1, "emulated": False, "note": ARCH_NOTE}
@@ -203,17 +199,13 @@ def test_profile_takes_flashs_ssh_options(tmp_path, monkeypatch):
     --remote-python as flash does."""
     import sys
 
-    from sshd import start_sshd
+    from sshd import loopback_target, start_sshd
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no default keys, no known_hosts
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     srv = start_sshd(tmp_path / "server", env={"XDG_CACHE_HOME": str(tmp_path / "device-cache")})
     try:
-        dev = tmp_path / "device"
-        dev.mkdir()
-        t = tmp_path / "loopback.toml"
-        t.write_text(f'arch = "x86_64"\naddress = "{srv.address(str(dev))}"\nthreads = 1\n'
-                     'providers = ["CPUExecutionProvider"]\n')
+        t, _ = loopback_target(srv, tmp_path)
         chain = matmul_chain(tmp_path / "c.onnx", 1, k=32)
         kh, out = tmp_path / "kh", tmp_path / "p.json"
         kh.write_text("")
