@@ -83,11 +83,14 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     sched = _scheduler(opt, cfg, max(1, cfg.epochs * per_epoch))
     # The teacher is frozen and sees the same inputs every epoch: compute its outputs once.
     t_out = None if features else torch.from_numpy(predict(teacher, train, names, trimmer=trimmer if trimmed else None))
-    heads = _other_heads(teacher, _inputs(train.take(2).inputs, names))
+    example = _inputs(train.take(2).inputs, names)
+    with torch.no_grad():
+        example_outs = output_tensors(teacher(*example))
+    heads = _other_heads(example_outs, len(example[0]) if example else 0)
     # Likewise the other heads, unless padding is trimmed per batch (their lengths then follow the batch)
     # or they would not fit in memory (a dense map per sample): those run the teacher again per batch.
     t_heads = None
-    if heads and t_out is not None and not trimmed and _heads_bytes(teacher, train, names, heads) <= HEADS_CACHE_BYTES:
+    if heads and t_out is not None and not trimmed and _heads_bytes(example_outs, heads, len(train)) <= HEADS_CACHE_BYTES:
         t_heads = _heads_outputs(teacher, train, names, heads)
     g = torch.Generator().manual_seed(ctx.seed)
 
@@ -243,27 +246,18 @@ def better_epoch(rec, than, tolerance) -> bool:
     return a[2] > b[2] + 1e-6
 
 
-def _other_heads(teacher, example) -> list:
-    """Indices of the teacher's outputs after the first that training should match: floating point ones
-    (ids and masks have no gradient). The task loss sees only the first output, and a second head (a
-    regression beside the classes) came out of pruning + distillation at R^2 0.47 to FP32, unnoticed."""
-    import torch
-
-    with torch.no_grad():
-        outs = output_tensors(teacher(*example))
+def _other_heads(outs, n: int) -> list:
+    """Indices of the teacher's outputs (`outs`, for an example of n samples) after the first that training
+    should match: floating point ones (ids and masks have no gradient). The task loss sees only the first
+    output, and a second head (a regression beside the classes) came out of pruning + distillation at R^2
+    0.47 to FP32, unnoticed."""
     # per-sample outputs only: a 0-d statistic of the batch, or a constant buffer, has no rows to match
-    n = len(next(iter(example), []))
     return [j for j, t in enumerate(outs) if j > 0 and t.is_floating_point() and t.ndim and t.shape[0] == n]
 
 
-def _heads_bytes(teacher, data, names, heads) -> int:
-    """Bytes the `heads` outputs take over all of `data` as float32, from two samples."""
-    import torch
-
-    with torch.no_grad():
-        outs = output_tensors(teacher(*_inputs(data.take(2).inputs, names)))
-    per = sum(outs[j][0].numel() for j in heads if j < len(outs))
-    return 4 * per * len(data)
+def _heads_bytes(outs, heads, n: int) -> int:
+    """Bytes the `heads` outputs take over n samples as float32, from the example's outputs `outs`."""
+    return 4 * n * sum(outs[j][0].numel() for j in heads if j < len(outs))
 
 
 def _heads_outputs(model, data, names, heads, batch: int = 256) -> list:
