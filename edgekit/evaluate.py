@@ -9,12 +9,11 @@ metrics["other_outputs_fidelity"], which tuning holds to the same tolerance.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .dataset import Dataset
 from .errors import CalibrationError
+from .fsutil import per_file_version
 from .onnxutil import run_batches
 
 
@@ -132,16 +131,8 @@ BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul
 DEPLOY_BATCH = 1  # what the device runner, the self-test and the speed gate run
 
 
-def _op_types(path) -> set:
-    import os
-
-    st = os.stat(path)
-    return _op_types_of(str(path), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _op_types_of(path: str, mtime_ns: int, size: int) -> frozenset:
-    # asked several times per scored candidate: parsing a large graph each time took seconds (and its memory)
+@per_file_version  # asked several times per scored candidate
+def _op_types(path) -> frozenset:
     import onnx
 
     return frozenset(n.op_type for n in onnx.load(path, load_external_data=False).graph.node)

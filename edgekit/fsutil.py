@@ -2,11 +2,27 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def per_file_version(fn):
+    """fn(path) computed once per version of the file (its path, mtime and size): facts read from a model
+    that callers ask for again and again, where parsing a large graph each time takes seconds. OSError
+    (a missing file) reaches the caller."""
+    @functools.lru_cache(maxsize=64)
+    def cached(path: str, mtime_ns: int, size: int):
+        return fn(path)
+
+    @functools.wraps(fn)
+    def wrapper(path):
+        st = os.stat(path)
+        return cached(str(path), st.st_mtime_ns, st.st_size)
+    return wrapper
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:

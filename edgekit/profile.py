@@ -10,14 +10,13 @@ A measurement is {"status": "ok", ...numbers...}; anything that could not be mea
 """
 from __future__ import annotations
 
-import functools
 import inspect
-import os
 import platform
 import time
 
 import numpy as np
 
+from .fsutil import per_file_version
 from .runner import edgekit_runner as runner
 
 KNOWN_KINDS = ("fp32", "pruned", "distilled", "int8", "int8-dynamic", "fp16", "sparse")
@@ -164,15 +163,13 @@ def graph_precision(path) -> str | None:
     """int8 when the graph has quantized ops, fp16 when most of its float weights (or, without weights, its
     float inputs) are float16, else fp32; None when onnx cannot read it (host side only)."""
     try:
-        st = os.stat(path)
+        return _graph_precision(path)
     except OSError:
         return None
-    return _graph_precision(str(path), st.st_mtime_ns, st.st_size)
 
 
-@functools.lru_cache(maxsize=64)
-def _graph_precision(path: str, mtime_ns: int, size: int) -> str | None:
-    # cached per file version: a sweep asks once per (target, batch, threads) and a big graph loads slowly
+@per_file_version  # a sweep asks once per (target, batch, threads) and a big graph loads slowly
+def _graph_precision(path) -> str | None:
     try:
         import onnx
 
