@@ -31,10 +31,8 @@ FIXED_FILES = frozenset({
     "sensitivity.json", "sensitivity.csv", "sensitivity.png", "pruning.json", "distill.json", "pruned.pt",
 })
 SHOWN = 3  # foreign entries named in an error
-# The --overwrite choice check_output() was given for each OUTDIR (by resolved path), and the OUTDIR as the
-# user wrote it: publish() is handed
-# only the folders, and without the choice it replaced an OUTDIR that another run had filled meanwhile
-# even when the user never passed --overwrite.
+# Each OUTDIR check_output() was given, by resolved path, as the user wrote it: an error on a staging or
+# temp file is reported against that (output_named).
 _CHECKED: dict = {}
 
 
@@ -42,7 +40,7 @@ def check_output(outdir, overwrite: bool) -> Path:
     out = _check_output(outdir, overwrite)
     key = str(out.resolve())
     _CHECKED.pop(key, None)  # the latest last: output_named() falls back on it
-    _CHECKED[key] = (overwrite, str(outdir))
+    _CHECKED[key] = str(outdir)
     return out
 
 
@@ -259,18 +257,16 @@ def _recover_swap(out: Path) -> None:
               "left by a run killed before it had deleted it")
 
 
-def publish(staging: Path, outdir, overwrite: bool | None = None) -> Path:
+def publish(staging: Path, outdir, *, overwrite: bool) -> Path:
     """Move staging into place; an old OUTDIR is renamed aside first and removed only after the swap.
 
     The old OUTDIR is checked again first (files may have appeared while the run was being built):
     only an earlier edgekit run holding nothing else is ever removed; otherwise UsageError, nothing moved.
-    overwrite is the user's --overwrite (default: what check_output() was given for this OUTDIR, else
-    True): without it, an OUTDIR that another run filled while this one was busy is kept, and this run
-    refused. SIGINT/SIGTERM wait for the two renames; once the new run is in place they only cut the
+    overwrite is the user's --overwrite, as given to check_output(): without it, an OUTDIR that another run
+    filled while this one was busy is kept, and this run refused (it was replaced: publish re-checked with
+    overwrite=True). SIGINT/SIGTERM wait for the two renames; once the new run is in place they only cut the
     removal of the old one short (the next run finishes it), and the run still succeeds.
     """
-    if overwrite is None:
-        overwrite = _CHECKED.get(str(Path(outdir).resolve()), (True,))[0]
     _check_output(outdir, overwrite=True)
     out = Path(outdir).resolve()
     taken = UsageError(f"{outdir}: another run wrote its results there while this one ran; they are kept and "
@@ -317,7 +313,7 @@ def output_named(path) -> tuple | None:
     an atomic write's temp file its destination; None for any other path, and with no path the OUTDIR
     checked last (a failed write does not always name its file)."""
     if not path:
-        return (next(reversed(_CHECKED.values()))[1], "") if _CHECKED else None
+        return (next(reversed(_CHECKED.values())), "") if _CHECKED else None
     p = Path(os.fsdecode(path))
     temp = _TEMP_RE.fullmatch(p.name)
     if temp:
@@ -327,7 +323,7 @@ def output_named(path) -> tuple | None:
         if st:
             out = Path(*p.parts[:i], st.group(1))
             rel = p.parts[i + 1:]
-            spelled = _CHECKED.get(str(out.resolve()), (None, str(out)))[1]
+            spelled = _CHECKED.get(str(out.resolve()), str(out))
             return spelled, "" if any(x.startswith(".") for x in rel) else "/".join(rel)
     return (str(p), "") if temp else None
 

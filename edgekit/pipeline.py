@@ -399,7 +399,7 @@ def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
                            **(res or {}))
             if name == "report":  # the final manifest includes the report stage's own record
                 run.manifest.write(staging)
-        publish(staging, outdir)
+        publish(staging, outdir, overwrite=cfg.overwrite)
     except BaseException:
         discard(staging)
         raise

@@ -47,7 +47,7 @@ def test_publish_without_overwrite_keeps_an_outdir_another_run_filled_meanwhile(
     _run_dir(st, "second", "model.fp32.onnx")
     _run_dir(out, "first", "model.fp32.onnx")  # the other run finished first
     with pytest.raises(UsageError, match="another run wrote its results there while this one ran; they are kept"):
-        publish(st, out)
+        publish(st, out, overwrite=False)
     discard(st)
     assert _tag(out) == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -59,7 +59,7 @@ def test_publish_with_overwrite_still_replaces_it(tmp_path):
     st = staging_dir(out)
     _run_dir(st, "second", "model.fp32.onnx")
     _run_dir(out, "first", "model.fp32.onnx")
-    publish(st, out)
+    publish(st, out, overwrite=True)
     assert _tag(out) == "second" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -126,7 +126,7 @@ _SWAP = """
     st = outdir.staging_dir(out)
     Manifest(settings={"tag": "new"}).write(st)
     try:
-        outdir.publish(st, out)
+        outdir.publish(st, out, overwrite=True)
     except BaseException:
         outdir.discard(st)
         raise

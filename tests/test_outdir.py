@@ -37,7 +37,7 @@ def test_publish_replaces_only_after_success(tmp_path):
     out = _run_dir(tmp_path / "out")
     st = staging_dir(out)
     (st / "manifest.json").write_text("new")
-    publish(st, out)
+    publish(st, out, overwrite=True)
     assert (out / "manifest.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old dirs left
 
@@ -140,7 +140,7 @@ def test_a_run_holding_only_what_edgekit_writes_is_replaced(tmp_path):
     assert check_output(out, overwrite=True) == out
     st = staging_dir(out)
     (st / "manifest.json").write_text("new")
-    publish(st, out)
+    publish(st, out, overwrite=True)
     assert _tree(out) == {"manifest.json": b"new"} and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -152,7 +152,7 @@ def test_publish_checks_again_for_files_added_during_the_run(tmp_path):
     out.mkdir()
     (out / "thesis.txt").write_text("saved here while the run was busy")
     with pytest.raises(UsageError, match="not an edgekit output directory"):
-        publish(st, out)
+        publish(st, out, overwrite=False)
     assert _tree(out) == {"thesis.txt": b"saved here while the run was busy"}
     assert _tree(st) == {"manifest.json": b"new"}  # the caller discards it
 
@@ -279,7 +279,7 @@ def test_the_output_folder_follows_the_umask(tmp_path):
     try:
         st = staging_dir(tmp_path / "out")
         (st / "manifest.json").write_text("{}")
-        publish(st, tmp_path / "out")
+        publish(st, tmp_path / "out", overwrite=True)
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755  # mkdtemp's 0700 kept other users out

@@ -98,7 +98,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
                                          "target": target, "calib": _abs(calib), "eval": _abs(eval_path),
                                          "max_trials": max_trials})
         man.write(staging)
-        publish(staging, out)
+        publish(staging, out, overwrite=overwrite)
     except BaseException:
         discard(staging)
         raise

@@ -72,7 +72,7 @@ def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_li
         write_json_atomic(staging / f"{section}.json", info)
         files = [fp32.path, var.path, f"{section}.json", "manifest.json"] + list(extra(staging, module) or [])
         man.write(staging)
-        publish(staging, out)
+        publish(staging, out, overwrite=overwrite)
     except BaseException:
         discard(staging)
         raise
