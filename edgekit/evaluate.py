@@ -14,7 +14,7 @@ import numpy as np
 from .dataset import Dataset
 from .errors import CalibrationError
 from .fsutil import per_file_version
-from .onnxutil import run_batches
+from .onnxutil import run_batches, session
 
 
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
@@ -183,11 +183,7 @@ class Evaluator:
     def _session(self, path):
         if not self.simulate_qdq or not quantized_graph(path):
             return None
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return session(path, optimize=False)
 
     def __call__(self, path) -> dict:
         try:

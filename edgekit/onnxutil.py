@@ -135,10 +135,19 @@ def node_attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",)):
-    from .runner.edgekit_runner import open_session
+def session(path, *, threads: int | None = None, providers=("CPUExecutionProvider",), optimize: bool = True):
+    """optimize=False runs a QDQ graph as written (dequantize -> float op -> quantize), the arithmetic a GPU
+    INT8 engine follows, instead of fusing it into this CPU's integer kernels (which saturate on AVX2)."""
+    from .runner.edgekit_runner import keep_fp_env, open_session, session_options
 
-    return open_session(path, list(providers), threads)  # path may be bytes: an in-memory model
+    if optimize:
+        return open_session(path, list(providers), threads)  # path may be bytes: an in-memory model
+    import onnxruntime as ort
+
+    so = session_options(threads)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = path if isinstance(path, bytes) else str(path)
+    return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=list(providers)))
 
 
 def fixed_batch(sess) -> int | None:

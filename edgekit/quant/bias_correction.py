@@ -118,14 +118,10 @@ def _with_outputs(model, tensors) -> bytes:
 
 
 def _unoptimised_session(model_bytes: bytes):
-    import onnxruntime as ort
+    from ..onnxutil import session
 
-    from ..runner.edgekit_runner import keep_fp_env, session_options
-
-    so = session_options()
     # optimisation would fuse DQ -> Conv -> Q into QLinearConv, hiding the float output measured here
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return keep_fp_env(lambda: ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"]))
+    return session(model_bytes, optimize=False)
 
 
 def channel_means(model_bytes: bytes, batches: list) -> tuple:

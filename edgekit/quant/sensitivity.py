@@ -77,8 +77,12 @@ def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, calib_size, input_names,
-            cache_root=None, deadline_s: float | None = None, progress=None, source_for=None) -> list:
+            cache_root=None, deadline_s: float | None = None, progress=None, source_for=None,
+            simulate: bool = False) -> list:
     """[{node, op_type, sqnr_db}] worst first.
+
+    simulate: run each one-node QDQ graph unoptimised (dequantize -> float op -> quantize), as a GPU target
+    is scored, so the ranking is of the error the target will see, not of this CPU's integer kernels.
 
     source_for(nodes) -> (model path, TensorQuantOverrides, model whose ranges it shares) gives the
     model to quantize those nodes of (e.g. with their GPTQ-rounded weights); default: prep_path as it is.
@@ -105,7 +109,7 @@ def measure(prep_path, base_qdq_path, spec: QuantSpec, calib, data, *, workdir, 
         static.quantize(src, dest, calib, spec.replace(exclude_nodes=()), calib_size=calib_size,
                         input_names=input_names, cache_root=cache_root, only_nodes=only, overrides=overrides,
                         calib_model=ranges_of)
-        got = run_batches(dest, sample, batch_size=static.batch_size_for(prep_path), sess=session(dest))
+        got = run_batches(dest, sample, batch_size=static.batch_size_for(prep_path), sess=session(dest, optimize=not simulate))
         score = min(sqnr_db(r, g) for r, g in zip(ref, got))
         out.append({"node": name, "op_type": op_of[name], "sqnr_db": round(score, 2)})
         dest.unlink(missing_ok=True)

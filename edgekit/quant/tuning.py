@@ -311,6 +311,7 @@ class Tuner:
                                                workdir=self.workdir, calib_size=self.calib_size,
                                                input_names=self.input_names, cache_root=self.cache_root,
                                                deadline_s=sensitivity_seconds,
+                                               simulate=bool(getattr(self.evaluate, "simulate_qdq", False)),
                                                source_for=lambda nodes: self.static_source(sbase, only_nodes=nodes))
         order = [s["node"] for s in self.sensitivity]
         if not order:
