@@ -65,8 +65,10 @@ def _stage_model(tr, path, remote_dir: str) -> str:
     return remote
 
 
-_KILL = ("import os, signal, sys\ntry:\n    os.kill(int(open(sys.argv[1]).read()), signal.SIGTERM)\n"
-         "except (OSError, ValueError):\n    pass\n")
+# The stop mark goes down before the pid file is read, and the runner looks for it after writing its pid
+# file: so a Ctrl-C in the runner's first moment (still importing, no pid file yet) stops it too.
+_KILL = ("import os, signal, sys\nopen(sys.argv[1] + '.stop', 'w').close()\ntry:\n"
+         "    os.kill(int(open(sys.argv[1]).read()), signal.SIGTERM)\nexcept (OSError, ValueError):\n    pass\n")
 
 
 def profile_ssh(models: dict, target, inputs, *, ssh=None, op_runs=10, warmup=5, min_runs=30,

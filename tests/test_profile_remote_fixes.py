@@ -384,3 +384,22 @@ def test_small_model_next_to_a_big_one_reads_about_its_own_latency(tmp_path):
         mixed = runner.bench_models({"wide": wide, "small": small}, **kw)["small"]["p50_ms"]
         ratios.append(mixed / alone)
     assert min(ratios) < 2.0, ratios
+
+
+def test_a_stop_before_the_runner_wrote_its_pid_file_still_stops_it(tmp_path):
+    """Ctrl-C in the runner's first moment (still importing): the kill found no pid file, and the runner then
+    timed on for --max-seconds. The kill now leaves a stop mark the runner reads after writing its pid file."""
+    import subprocess
+
+    from edgekit.profile_remote import _KILL
+    from edgekit.runner import RUNNER_PATH
+
+    pid_file = tmp_path / "runner.pid"
+    subprocess.run([sys.executable, "-c", _KILL, str(pid_file)], check=True, timeout=30)  # no runner yet
+    assert (tmp_path / "runner.pid.stop").exists()
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(RUNNER_PATH), "bench", "--model", str(mlp(tmp_path / "m.onnx")),
+                        "--min-seconds", "30", "--max-seconds", "30", "--pid-file", str(pid_file)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130 and json.loads(p.stdout.splitlines()[-1])["status"] == "stopped", p
+    assert time.monotonic() - t0 < 25  # it did not time for its 30 s

@@ -760,6 +760,9 @@ def cmd_bench(a) -> int:
     if a.pid_file:
         with open(a.pid_file, "w") as f:
             f.write(str(os.getpid()))
+        if os.path.exists(a.pid_file + ".stop"):  # the caller gave up before it could read the pid file
+            print(json.dumps({"status": "stopped", "reason": "stopped by the caller before it started"}))
+            return 130
     models = _labelled(a.model)
     inputs = _load_npz(a.inputs) if a.inputs else None
     if a.runs:
