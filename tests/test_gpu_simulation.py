@@ -1,6 +1,5 @@
 """GPU targets: per-node sensitivity ranks the error the GPU's QDQ arithmetic makes, not this CPU's fused
 integer kernels (the last tuning step that still ran on them)."""
-import numpy as np
 import onnxruntime as ort
 import pytest
 

@@ -259,3 +259,28 @@ def test_dequantize_spec_with_any_axis_warms_up(axis):
     assert p.warmup()["first_call_s"] >= 0
     q = np.full([2 if i == (axis % 6) else 1 for i in range(6)], 3, np.int8)
     assert sorted(p.postprocess(q).ravel().tolist()) == [1.0, 4.0]
+
+
+@pytest.mark.skipif(not pp.HAVE_NUMBA, reason="numba is a required dependency of edgekit")
+def test_numba_caches_of_versions_removed_from_the_device_are_dropped(tmp_path):
+    """Retention removes old versions from the device; their compiled kernels stayed in the cache for ever."""
+    dev = tmp_path / "dev"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEKIT_"))}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "home-cache"), PYTHONPATH="")
+    caches = {}
+    for v in ("fp32-1111", "fp32-2222"):
+        _flashed_version(dev, v)
+        if (dev / "current").is_symlink():
+            (dev / "current").unlink()
+        (dev / "current").symlink_to(f"versions/{v}")
+        caches[v] = Path(_run_on_device(dev, env)["cache"]["cache_path"])
+    root = tmp_path / "home-cache" / "edgekit" / "numba"
+    mine = {c.relative_to(root).parts[0] for c in caches.values()}
+    assert len(mine) == 2 and all((root / m).is_dir() for m in mine)
+    foreign = root / "not-ours"  # no mark: not a cache this runner made, never touched
+    foreign.mkdir()
+    shutil.rmtree(dev / "versions" / "fp32-1111")  # what flash retention does to an old version
+    _run_on_device(dev, env)
+    gone = caches["fp32-1111"].relative_to(root).parts[0]
+    kept = caches["fp32-2222"].relative_to(root).parts[0]
+    assert not (root / gone).exists() and (root / kept).is_dir() and foreign.is_dir()

@@ -34,9 +34,10 @@ def test_runner_imports_only_numpy_and_onnxruntime():
     src = RUNNER_PATH.read_text()
     imported = {line.split()[1].split(".")[0] for line in src.splitlines()
                 if line.strip().startswith(("import ", "from ")) and not line.startswith("from __future__")}
-    # the standard library (hashlib names the Numba cache of each bundle) plus numpy and onnxruntime
+    # the standard library (hashlib names the Numba cache of each bundle, shutil drops removed versions'
+    # caches) plus numpy and onnxruntime
     assert imported <= {"argparse", "json", "os", "platform", "re", "sys", "tempfile", "time", "numpy",
-                        "onnxruntime", "resource", "bisect", "ctypes", "importlib", "hashlib"}, imported
+                        "onnxruntime", "resource", "bisect", "ctypes", "importlib", "hashlib", "shutil"}, imported
 
 
 def test_bench_run_and_selftest(tmp_path, lone_runner):

@@ -838,10 +838,44 @@ def _numba_cache_dir(root: str) -> str | None:
         try:
             os.makedirs(d, exist_ok=True)
             tempfile.TemporaryFile(dir=d).close()
-            return d
         except OSError:
             continue
+        _drop_orphan_caches(os.path.dirname(d), keep=name)
+        try:  # whole or not at all: another runner reading half a path would take the version for gone
+            tmp = os.path.join(d, f".{SOURCE_MARK}-{os.getpid()}")
+            with open(tmp, "w") as f:
+                f.write(real)
+            os.replace(tmp, os.path.join(d, SOURCE_MARK))
+        except OSError:
+            pass
+        return d
     return None
+
+
+SOURCE_MARK = "edgekit-source"  # in each bundle's Numba cache: the real path of the version it serves
+
+
+def _drop_orphan_caches(parent: str, keep: str) -> None:
+    """Remove the Numba caches of versions no longer on the device: flash retention removes old
+    versions, and each one's compiled kernels would otherwise stay here forever. A cache without its
+    mark (another runner is just making it, or something not ours) is left alone."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for n in names:
+        d = os.path.join(parent, n)
+        if n == keep or os.path.islink(d):
+            continue
+        try:
+            with open(os.path.join(d, SOURCE_MARK)) as f:
+                src = f.read()
+        except OSError:
+            continue
+        if src and not os.path.exists(src):
+            import shutil
+
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def load_prepost(root: str, spec: dict):
