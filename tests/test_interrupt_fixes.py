@@ -406,3 +406,37 @@ def test_signals_deferred_holds_one_signal_and_yields_to_a_second():
             steps.append("after the second")
     assert steps == ["after the first"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------------------------ signals during an extension's import
+
+_IMPORT = """
+    import sys, time
+    from edgekit.cli.common import _exit_on_sigterm
+
+    _exit_on_sigterm()
+    print("ready", flush=True)
+    import torch  # pybind11 calls back into Python while it loads: the handler ran inside that
+    time.sleep(0.5)  # time for the held signal to come back
+    print("finished", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_at_any_moment_of_torch_import_ends_the_run(tmp_path):
+    """A SIGTERM 1.1 s into `import torch` was lost (SystemExit swallowed inside the import): the run went
+    on and exited 0. Now a signal during an import is held until the import ends, then acts."""
+    import time
+
+    (tmp_path / "s.py").write_text(textwrap.dedent(_IMPORT))
+    delays = [0.3 * i for i in range(1, 11)]  # 0.3 .. 3.0 s: the whole import, on a slow or a fast host
+    procs = []
+    for d in delays:
+        p = subprocess.Popen([sys.executable, str(tmp_path / "s.py")], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        procs.append((d, time.monotonic(), p))
+    for d, t0, p in procs:
+        time.sleep(max(0.0, t0 + d - time.monotonic()))
+        p.send_signal(signal.SIGTERM)
+    got = {round(d, 1): (p.wait(timeout=120), p.stdout.read()) for d, _, p in procs}
+    assert all(rc == 128 + signal.SIGTERM and "finished" not in out for rc, out in got.values()), got

@@ -49,17 +49,9 @@ def main_entry(cli, argv=None):
 
 
 def _exit_on_sigterm() -> None:
-    """SIGTERM (kill, a CI timeout, systemd) unwinds like Ctrl-C, so staging folders are removed and a
-    previous OUTDIR is left as it was; by default Python would die on the spot and leave them."""
-    import signal
+    from ..interrupts import install
 
-    def stop(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    try:
-        signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread (edgekit called from a library's worker thread)
-        pass
+    install()
 
 
 # what the system refuses for reasons outside edgekit (a full disk, a read-only mount, permissions)
