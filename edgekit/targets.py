@@ -131,6 +131,11 @@ def load_target(name_or_path) -> TargetProfile:
         return name_or_path
     s = str(name_or_path)
     p = Path(s)
+    if s.startswith("ssh://") and not p.is_file():
+        # flash takes a device address; a target also needs the device's arch, ISA and providers, which
+        # decide what is quantized and how: read "target file not found", the address was taken for a path
+        raise ConfigError(f"{s}: a device address, not a target; write a target file with address = \"{s}\" "
+                          "and the device's arch (see targets/raspberry-pi-5.toml) and pass its path")
     if s.endswith(".toml") or "/" in s or p.is_file():
         if not p.is_file():
             raise ConfigError(f"{s}: target file not found")

@@ -92,6 +92,15 @@ def test_unknown_target_name_suggests_one():
         T.load_target("/nonexistent/board.toml")
 
 
+def test_a_device_address_given_as_target_is_told_what_a_target_needs():
+    # flash takes --device ssh://...; as --target it read "target file not found", taken for a path
+    with pytest.raises(ConfigError) as e:
+        T.load_target("ssh://pi@127.0.0.1/opt/models")
+    msg = str(e.value)
+    assert msg.startswith("ssh://pi@127.0.0.1/opt/models: a device address, not a target") and "not found" not in msg
+    assert 'address = "ssh://pi@127.0.0.1/opt/models"' in msg and "arch" in msg and "\n" not in msg
+
+
 def test_targets_cli(tmp_path, capsys):
     from edgekit.cli import main
 
