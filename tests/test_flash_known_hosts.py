@@ -92,3 +92,19 @@ def test_host_patterns():
     assert not _host_matches(["*.example.com", "!a.example.com"], "a.example.com")
     assert _host_matches(["[127.0.0.1]:2222"], "[127.0.0.1]:2222")
     assert not _host_matches(["127.0.0.1"], "[127.0.0.1]:2222")
+
+
+@pytest.mark.parametrize("cmd", [["flash", "b.ekb", "--device", "ssh://me@127.0.0.1/opt/m"],
+                                 ["profile", "m.onnx", "--target", "t.toml"]])
+def test_a_missing_identity_file_is_refused_before_any_connection(tmp_path, monkeypatch, capsys, cmd):
+    # it was only found by paramiko, mid-connect, and read "connect: cannot reach me@127.0.0.1:22: [Errno 2] ..."
+    from edgekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for f in ("b.ekb", "m.onnx", "t.toml"):
+        (tmp_path / f).write_text("")
+    with pytest.raises(SystemExit) as e:
+        main(cmd + ["--identity", str(tmp_path / "no-such-key")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--identity" in err and "no-such-key" in err and "does not exist" in err, err
+    assert "cannot reach" not in err

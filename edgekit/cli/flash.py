@@ -19,7 +19,7 @@ def device_options(f):
                      help="A file of device addresses, one per line ('#' comments)."),
         click.option("--target", "targets", multiple=True, metavar="NAME",
                      help="Use the address in the target profile NAME (repeatable)."),
-        click.option("--identity", type=click.Path(dir_okay=False), metavar="KEY",
+        click.option("--identity", type=click.Path(exists=True, dir_okay=False), metavar="KEY",
                      help="SSH private key (default: your SSH keys and agent)."),
         click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE",
                      help="known_hosts file used to verify host keys (default: ~/.ssh/known_hosts)."),

@@ -26,7 +26,7 @@ from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, jso
 @click.option("--max-seconds", type=click.FloatRange(min=0.01), default=30.0, show_default=True)
 @click.option("--no-op-profile", is_flag=True, help="Skip the per-operator breakdown.")
 # ssh:// targets: the options of `edgekit flash`, whose advice (--accept-new-host-key) profile repeats
-@click.option("--identity", type=click.Path(dir_okay=False), metavar="KEY",
+@click.option("--identity", type=click.Path(exists=True, dir_okay=False), metavar="KEY",
               help="SSH private key for ssh:// targets (default: your SSH keys and agent).")
 @click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE",
               help="known_hosts file used to verify host keys (default: ~/.ssh/known_hosts).")
