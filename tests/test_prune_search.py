@@ -91,3 +91,36 @@ def test_iterative_schedule_steps_and_epochs(tmp_path):
     assert all(s["latency_ms"] > 0 for s in steps)
     assert len(res.info["distill"]["per_step"]) == 2
     assert res.module[3].conv1.out_channels == 8
+
+
+def _split_source(n_train):
+    """Eval with labels, --train/--calib without: which set ranked the layers shows in the metric's name."""
+    from edgekit.dataset import Dataset
+
+    src = make_source(init_bn(residual_cnn()), {"input": ((3, 16, 16), "float32", None)}, n=24)
+    rng = np.random.default_rng(5)
+    src.eval = Dataset({"input": rng.standard_normal((24, 3, 16, 16)).astype(np.float32)},
+                       rng.integers(0, 10, 24), "eval.npz")
+    src.train = Dataset({"input": rng.standard_normal((n_train, 3, 16, 16)).astype(np.float32)}, None, "train.npy")
+    src.calib = Dataset({"input": rng.standard_normal((40, 3, 16, 16)).astype(np.float32)}, None, "calib.npy")
+    return src
+
+
+@pytest.mark.parametrize("n_train,source", [(120, "train.npy [24 held out for early stopping]"), (30, "calib.npy")])
+def test_sensitivity_ranks_layers_on_data_apart_from_eval(tmp_path, n_train, source):
+    # --eval both chose the per-layer ratios and reported the pruned model's accuracy: optimistic
+    src = _split_source(n_train)
+    res = stage.run(src, make_ctx(src, tmp_path), PruneConfig(ratio=0.5, sensitivity=True),
+                    DistillConfig(enabled=False, epochs=0), distill_enabled=False)
+    assert res.info["metric_name"] == "accuracy"  # the result, on --eval's labels
+    assert res.info["sensitivity_data"]["source"] == source and res.info["sensitivity_data"]["metric"] == \
+        "top1_agreement"
+    assert json.loads((tmp_path / "sensitivity.json").read_text())["metric"] == "top1_agreement"
+    assert not any("sensitivity was measured on the eval data" in n for n in res.info["notes"])
+
+
+def test_sensitivity_on_eval_alone_says_so(tmp_path):
+    src = _src()  # one data set serves as calib, eval and train
+    res = stage.run(src, make_ctx(src, tmp_path), PruneConfig(ratio=0.5, sensitivity=True),
+                    DistillConfig(enabled=False, epochs=0), distill_enabled=False)
+    assert any("sensitivity was measured on the eval data" in n for n in res.info["notes"]), res.info["notes"]

@@ -178,8 +178,38 @@ def _has_profiler() -> bool:
     return True
 
 
+RANKING_MAX = 1000  # samples the per-layer sensitivity is measured on (3 ratios x every layer)
+
+
+def _ranking_metric(ctx, teacher, names, task, metric):
+    """(metric, data source, note) that per-layer sensitivity ranks layers by: not --eval, which reports the
+    pruned model's cost, when other data allows, or that figure would come from the set that chose the
+    layers. The fifth of --train that distillation holds out for early stopping, else --calib (fidelity
+    to the unpruned model where it has no labels); --eval only when it is the only data."""
+    from .distill import MIN_SPLIT, validation_split
+
+    if ctx.eval is None or not len(ctx.eval):
+        return metric, metric.data.source, None  # the calibration set is all there is, and reports too
+    data = None
+    if ctx.train is not None and len(ctx.train) >= MIN_SPLIT and ctx.train is not ctx.eval:
+        data = validation_split(ctx.train, ctx.eval, ctx.seed)[0]
+    elif ctx.calib is not None and len(ctx.calib) and ctx.calib is not ctx.eval:
+        data = ctx.calib
+    if data is None:
+        return metric, metric.data.source, ("per-layer sensitivity was measured on the eval data, which also "
+                                            "reports the pruned model's metric (pass --calib or --train data "
+                                            "apart from --eval to keep the two apart)")
+    if len(data) > RANKING_MAX:
+        data = data.take(RANKING_MAX)
+    return TorchMetric(data, names, task, reference_model=teacher), data.source, None
+
+
 def _sensitivity(teacher, model, ctx, prune, plan_kw, round_to, example, metric, ratio, info) -> dict:
     make_imp = lambda m: importance.make("l2" if prune.method == "taylor" else prune.method, m)  # noqa: E731
+    metric, source, note = _ranking_metric(ctx, teacher, metric.names, metric.task, metric)
+    info["sensitivity_data"] = {"source": source, "n": len(metric.data), "metric": metric.name}
+    if note:
+        info["notes"].append(note)
     n = len(sensitivity.prunable_groups(teacher, example, graph.make_plan(copy.deepcopy(teacher), example, **plan_kw)))
     with task("per-layer sensitivity", total=n * len(sensitivity.RATIOS)) as bar:
         rows = sensitivity.analyse(teacher, example, metric, make_imp, plan_kw=plan_kw, round_to=round_to,
