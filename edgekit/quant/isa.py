@@ -97,5 +97,35 @@ def choose(isa, *, arch: str = "", providers=("CPUExecutionProvider",)) -> IsaCh
         return IsaChoice("u8", "s8", True, True, "qdq", False,
                          "x86 AVX2/AVX-512 without VNNI: VPMADDUBSW's 16-bit intermediate can saturate "
                          "with 8-bit weights, so U8S8 with 7-bit weights (reduce_range)", isa, arch)
+    said = "the target declares none of AVX2, AVX-512, VNNI or dot-product" if not isa else \
+        f"none of AVX2, AVX-512, VNNI or dot-product among {', '.join(isa)}"
     return IsaChoice("u8", "s8", True, True, "qdq", False,
-                     "no AVX2/VNNI/dot-product detected: conservative U8S8 with reduce_range", isa, arch)
+                     f"{said}: conservative U8S8 with reduce_range", isa, arch)
+
+
+VNNI_LIKE = ("avx512-vnni", "avx-vnni", "amx-int8")
+
+
+def _is_arm(arch: str, isa) -> bool:
+    return (arch or "").lower() in ("aarch64", "arm64", "armv8", "arm") or "neon" in isa or "dotprod" in isa
+
+
+def exact_int8(arch: str, isa, providers=("CPUExecutionProvider",)) -> bool:
+    """Whether a device's INT8 kernels sum u8/s8 x s8 products exactly (32-bit), as QDQ arithmetic does:
+    GPUs, ARM (SDOT, or NEON widening to 16 bit without overflow) and x86 VNNI/AMX. x86 without VNNI
+    goes through VPMADDUBSW, whose 16-bit pair sums saturate with full 8-bit weights."""
+    isa = tuple(isa or ())
+    return bool(gpu_provider(providers)) or _is_arm(arch, isa) or any(f in isa for f in VNNI_LIKE)
+
+
+def host_kernels_differ(facts: dict, target) -> str | None:
+    """Why this host's integer kernels cannot stand in for the target's INT8 accuracy (None when they can):
+    the target sums exactly where this CPU saturates. A local target is this CPU, whatever it declares."""
+    if target is None or getattr(target, "address", "local") == "local":
+        return None
+    host = target_facts(None)
+    if exact_int8(host["arch"], host["isa"]) or not exact_int8(facts["arch"], facts["isa"], facts["providers"]):
+        return None
+    return (f"{facts['name']} sums INT8 products exactly ({facts['arch'] or 'its CPU'}"
+            f"{', ' + ', '.join(facts['isa']) if facts['isa'] else ''}), where this host's CPU (no VNNI) "
+            "saturates VPMADDUBSW's 16-bit sums with full 8-bit weights")
