@@ -308,21 +308,27 @@ def read_bundle(path, workdir) -> Bundle:
 
 
 def _read_into(path: Path, root: Path) -> Bundle:
-    found = safe_extract(path, root)
-    if META not in found:
-        raise InputError(f"{path}: not an edgekit bundle (no {META})")
-    try:
-        meta = json.loads((root / META).read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable {META}: {e}") from None
-    check_meta(meta, path)
-    extra = sorted(set(found) - set(meta["files"]) - {META})
-    missing = sorted(set(meta["files"]) - set(found))
-    if extra or missing:
-        raise InputError(f"{path}: contents differ from {META} (missing {missing or 'none'}, unlisted {extra or 'none'})")
-    for rel, want in sorted(meta["files"].items()):
-        if sha256_file(root / rel) != want:
-            raise InputError(f"{path}: {rel} fails its sha256 check (damaged or tampered bundle)")
+    meta = {}
+
+    def index(found, read):
+        # bundle.json is read and checked before anything is written: an unlisted member (a 2 GiB
+        # file of zeros in 2 MiB of gzip) is refused here, a listed one as soon as its hash differs
+        if META not in found:
+            raise InputError(f"{path}: not an edgekit bundle (no {META})")
+        try:
+            parsed = json.loads(read(META))
+        except ValueError as e:
+            raise InputError(f"{path}: unreadable {META}: {e}") from None
+        check_meta(parsed, path)
+        meta.update(parsed)
+        extra = sorted(set(found) - set(meta["files"]) - {META})
+        missing = sorted(set(meta["files"]) - set(found))
+        if extra or missing:
+            raise InputError(f"{path}: contents differ from {META} (missing {missing or 'none'}, "
+                             f"unlisted {extra or 'none'})")
+        return meta["files"]
+
+    safe_extract(path, root, index)
     return Bundle(root, meta)
 
 

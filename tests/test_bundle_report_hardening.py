@@ -1,0 +1,98 @@
+"""Bundles, reports and output folders hold only what edgekit can vouch for (sweep19 F6, F9, F10, F12,
+F15, F16, F18; sweep22 F12): bounded bundle extraction, artifact hashes that cover external data,
+outputs that never replace a user's file, and leftovers that are only removed when they are edgekit's."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edgekit.errors import InputError
+from edgekit.flash.bundle import META, build_bundle, read_bundle
+from flash_fixtures import make_outdir
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    return make_outdir(tmp_path / "out", int8_too=True)
+
+
+def _repack(src: Path, dest: Path, extra: dict) -> None:
+    """src's members plus extra {name: bytes}, gzip level 9 (so zeros shrink about 1000x)."""
+    with tarfile.open(src) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers() if m.isfile()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for m, data in members:
+            out.addfile(m, io.BytesIO(data))
+        for name, data in extra.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            out.addfile(ti, io.BytesIO(data))
+    dest.write_bytes(gzip.compress(buf.getvalue(), 9))
+
+
+# --- F6: a small bundle that expands to gigabytes ---------------------------------------------------
+
+def test_bundle_that_expands_far_beyond_its_size_is_refused_before_extraction(outdir, tmp_path, monkeypatch):
+    import edgekit.flash.archive as archive
+
+    monkeypatch.setattr(archive, "MIN_LIMIT", 4 << 20, raising=False)  # the floor, scaled down for a test
+    build_bundle(outdir, tmp_path / "good.ekb")
+    _repack(tmp_path / "good.ekb", tmp_path / "bomb.ekb", {"zeros.bin": bytes(24 << 20)})
+    assert (tmp_path / "bomb.ekb").stat().st_size < 200_000
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError, match=r"bomb\.ekb: expands to more than 4 MiB .*decompression bomb"):
+        read_bundle(tmp_path / "bomb.ekb", work)
+    assert list(work.iterdir()) == []
+    assert read_bundle(tmp_path / "good.ekb", work).meta["model"] == "model.int8.onnx"
+
+
+def test_unlisted_member_is_refused_before_anything_is_written(outdir, tmp_path):
+    from edgekit.flash.archive import safe_extract
+
+    build_bundle(outdir, tmp_path / "good.ekb")
+    _repack(tmp_path / "good.ekb", tmp_path / "extra.ekb", {"zeros.bin": bytes(1 << 20)})
+    seen = []
+
+    def index(found, read):
+        seen.append((sorted(p.name for p in (tmp_path / "x").rglob("*")) if (tmp_path / "x").exists() else [],
+                     json.loads(read(META))["model"]))
+        raise InputError("refused")
+
+    with pytest.raises(InputError, match="refused"):
+        safe_extract(tmp_path / "extra.ekb", tmp_path / "x", index)
+    assert seen == [([], "model.int8.onnx")]  # bundle.json read, nothing extracted yet
+    with pytest.raises(InputError, match=r"contents differ from bundle\.json \(missing none, unlisted \['zeros\.bin'\]\)"):
+        read_bundle(tmp_path / "extra.ekb", tmp_path)
+
+
+def test_a_listed_file_whose_bytes_differ_stops_extraction(outdir, tmp_path):
+    build_bundle(outdir, tmp_path / "good.ekb")
+    with tarfile.open(tmp_path / "good.ekb") as t:
+        members = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+    model = bytearray(members["model.int8.onnx"])
+    model[-1] ^= 1
+    _repack_replacing(tmp_path / "good.ekb", tmp_path / "bad.ekb", {"model.int8.onnx": bytes(model)})
+    work = tmp_path / "w"
+    work.mkdir()
+    with pytest.raises(InputError, match=r"bad\.ekb: model\.int8\.onnx fails its sha256 check"):
+        read_bundle(tmp_path / "bad.ekb", work)
+    assert list(work.iterdir()) == []
+
+
+def _repack_replacing(src: Path, dest: Path, repl: dict) -> None:
+    with tarfile.open(src) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers() if m.isfile()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for m, data in members:
+            data = repl.get(m.name, data)
+            m.size = len(data)
+            out.addfile(m, io.BytesIO(data))
+    dest.write_bytes(gzip.compress(buf.getvalue()))
