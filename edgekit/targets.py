@@ -136,14 +136,17 @@ def load_target(name_or_path) -> TargetProfile:
         # decide what is quantized and how: read "target file not found", the address was taken for a path
         raise ConfigError(f"{s}: a device address, not a target; write a target file with address = \"{s}\" "
                           "and the device's arch (see targets/raspberry-pi-5.toml) and pass its path")
-    if s.endswith(".toml") or "/" in s or p.is_file():
+    names = _names()
+    bare = "/" not in s and not s.endswith(".toml")
+    # a bare shipped name means the shipped profile: a file of that name in the working directory (notes, a
+    # download) would otherwise take its place; ./NAME loads such a file
+    if bare and s in names:
+        return _load_file(names[s])
+    if not bare or p.is_file():
         if not p.is_file():
             raise ConfigError(f"{s}: target file not found")
         return _load_file(p)
-    names = _names()
-    if s not in names:
-        raise ConfigError(f"unknown target {s!r}{did_you_mean(s, names)}; or pass a target file path")
-    return _load_file(names[s])
+    raise ConfigError(f"unknown target {s!r}{did_you_mean(s, names)}; or pass a target file path")
 
 
 def list_targets() -> list[TargetProfile]:
