@@ -67,7 +67,7 @@ class Artifact:
 
     def refresh_file_facts(self, outdir) -> None:
         p = Path(outdir) / self.path
-        self.sha256 = sha256_file(p)
+        self.sha256 = model_sha256(p)
         self.bytes = p.stat().st_size
 
     def checked_file(self, outdir, *, then: str) -> Path:
@@ -78,9 +78,27 @@ class Artifact:
         f = Path(outdir) / self.path
         if not f.is_file():
             raise InputError(f"{f}: artifact listed in manifest.json is missing")
-        if self.sha256 and sha256_file(f) != self.sha256:
-            raise InputError(f"{f}: changed since the run (sha256 differs from manifest.json beside it); {then}")
+        if self.sha256 and model_sha256(f) != self.sha256:
+            raise InputError(f"{f}: {self.change(outdir)}; {then}")
         return f
+
+    def change(self, outdir) -> str | None:
+        """Why OUTDIR/path is no longer the model the manifest hashed (missing, changed, or one of its
+        external data files missing), or None when it still is (or the manifest records no hash)."""
+        f = Path(outdir) / self.path
+        if not f.is_file():
+            return "artifact listed in manifest.json is missing"
+        if not self.sha256 or model_sha256(f) == self.sha256:
+            return None
+        data = _external_data_files(f)
+        gone = [loc for loc in data if not (f.parent / loc).is_file()]
+        if gone:
+            return f"its external data file {gone[0]} is missing"
+        if data and sha256_file(f) == self.sha256:
+            # written before the hash covered the weights: the weights cannot be told unchanged
+            return ("manifest.json's sha256 covers the .onnx alone, not its external data "
+                    f"({', '.join(data)}; an older edgekit wrote it)")
+        return "changed since the run (sha256 differs from manifest.json beside it)"
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -89,6 +107,31 @@ class Artifact:
     def from_dict(cls, d):
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _external_data_files(p: Path) -> list[str]:
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        m = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX (a replaced file): it has no data files of its own
+        return []
+    return sorted({e.value for t in _get_all_tensors(m) if uses_external_data(t)
+                   for e in t.external_data if e.key == "location"})
+
+
+def model_sha256(p) -> str:
+    """The sha256 naming a model with its weights: the file's own, or, when its tensors live in external
+    data files (model.onnx.data), loader.onnx_sha256's hash over the file's and each data file's hashes.
+    The .onnx alone is the same for any weights of one graph; files without external data keep the
+    plain hash, so earlier manifests still verify."""
+    from .loader import onnx_sha256
+
+    try:
+        return onnx_sha256(p)
+    except Exception:  # noqa: BLE001 - not ONNX (a replaced file): its bytes are all there is to hash
+        return sha256_file(p)
 
 
 @dataclass

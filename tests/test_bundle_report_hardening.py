@@ -96,3 +96,50 @@ def _repack_replacing(src: Path, dest: Path, repl: dict) -> None:
             m.size = len(data)
             out.addfile(m, io.BytesIO(data))
     dest.write_bytes(gzip.compress(buf.getvalue()))
+
+
+# --- F15: an artifact whose weights live in an external data file ----------------------------------
+
+def _external_data_outdir(root: Path) -> Path:
+    """A run whose FP32 is stored as model.fp32.onnx + model.fp32.onnx.data (copy_model's layout for a
+    model over 2 GB), its manifest entry hashed the way a run records it."""
+    import onnx
+
+    from edgekit.artifact import load_manifest
+
+    out = make_outdir(root)
+    f = out / "model.fp32.onnx"
+    onnx.save_model(onnx.load(str(f)), str(f), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.fp32.onnx.data", size_threshold=0)
+    man = load_manifest(out)
+    man.artifacts[0].refresh_file_facts(out)
+    man.write(out)
+    return out
+
+
+def test_changed_external_data_is_refused_like_a_changed_onnx(tmp_path):
+    import numpy as np
+
+    out = _external_data_outdir(tmp_path / "out")
+    info = build_bundle(out, tmp_path / "a.ekb")
+    assert info["artifact"]["kind"] == "fp32"
+    assert read_bundle(tmp_path / "a.ekb", tmp_path).files.keys() >= {"model.fp32.onnx", "model.fp32.onnx.data"}
+    data = out / "model.fp32.onnx.data"
+    w = np.fromfile(data, dtype=np.float32)
+    w[:] = 0.5  # every weight replaced; the .onnx is byte for byte the same
+    w.tofile(data)
+    with pytest.raises(InputError, match=r"model\.fp32\.onnx: changed since the run .*refusing to bundle it"):
+        build_bundle(out, tmp_path / "b.ekb")
+    data.unlink()
+    with pytest.raises(InputError, match=r"model\.fp32\.onnx: its external data file model\.fp32\.onnx\.data is missing"):
+        build_bundle(out, tmp_path / "b.ekb")
+    assert not (tmp_path / "b.ekb").exists()
+
+
+def test_manifest_hashes_of_single_file_models_are_unchanged(outdir):
+    from edgekit.artifact import load_manifest
+    from edgekit.fsutil import sha256_file
+
+    for a in load_manifest(outdir).artifacts:  # an earlier run's manifest still verifies
+        assert a.sha256 == sha256_file(outdir / a.path)
+        assert a.checked_file(outdir, then="x") == outdir / a.path
