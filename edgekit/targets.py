@@ -193,6 +193,8 @@ def parse_target(data: dict, path) -> TargetProfile:
         # flash and profile install into that directory; without one the target only fails when first used
         bad("address", f"{address!r} has no remote directory; give the install directory, "
                        f"e.g. {address.rstrip('/')}/opt/edgekit")
+    if ssh:
+        _check_device_address(address, bad)
     if address == "emulated" and arch != "aarch64":
         bad("address", "'emulated' is only supported for arch = 'aarch64'")
     emulated = data.get("emulated", address == "emulated")
@@ -231,6 +233,18 @@ def parse_target(data: dict, path) -> TargetProfile:
                          isa=isa, memory_mb=memory_mb, address=address, channel_multiple=cm, description=desc,
                          source=str(path), optional_providers=optional,
                          declared_emulated=emulated and address != "emulated")
+
+
+def _check_device_address(address, bad) -> None:
+    """flash and profile parse the address with parse_device: its problems (a port over 65535, a '?' part)
+    are found here, naming the file and the key, rather than later without either."""
+    from .errors import UsageError
+    from .flash.devices import parse_device
+
+    try:
+        parse_device(address)
+    except UsageError as e:
+        bad("address", str(e).removeprefix("device address "))
 
 
 def _is_int(v) -> bool:

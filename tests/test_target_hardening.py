@@ -1,5 +1,7 @@
 """Target profiles that would mislead a run are refused on load, naming the file and the key (sweep22 F4, F5,
 F10, F16), and a target whose precisions exclude every measured artifact is not called "unavailable" (F17)."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,35 @@ def test_a_bare_shipped_name_is_the_shipped_profile_even_beside_a_file_of_that_n
     assert T.load_target("my-board").source == "my-board"
     with pytest.raises(ConfigError, match="unknown target 'nvidia-gpux'"):
         T.load_target("nvidia-gpux")
+
+
+# --- F16: addresses flash and profile would refuse later -----------------------------------------------------
+
+
+@pytest.mark.parametrize("address,problem", [
+    ("ssh://pi@127.0.0.1:99999/opt/x", "bad port"),
+    ("ssh://pi@127.0.0.1/opt/x?y=1", "unexpected '?' or '#' part"),
+    ("ssh://pi@127.0.0.1/opt/x#here", "unexpected '?' or '#' part"),
+])
+def test_a_device_address_flash_would_refuse_fails_on_load(tmp_path, address, problem):
+    f = _write(tmp_path / "dev.toml", arch="aarch64", address=address)
+    with pytest.raises(ConfigError) as e:
+        T.load_target(str(f))
+    msg = _one_line(e)
+    assert msg.startswith(f"{f}: address: ") and address in msg and msg.endswith(problem), msg
+
+
+def test_targets_show_exits_2_naming_the_file_and_address(tmp_path):
+    f = _write(tmp_path / "port.toml", arch="aarch64", address="ssh://pi@127.0.0.1:99999/opt/x")
+    r = subprocess.run([sys.executable, "-m", "edgekit", "targets", "show", str(f)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"edgekit: error: {f}: address: 'ssh://pi@127.0.0.1:99999/opt/x': bad port"), r.stderr
+
+
+@pytest.mark.parametrize("first", ["edgekit.targets", "edgekit.flash.devices"])
+def test_address_check_imports_cleanly_in_either_order(tmp_path, first):
+    # targets imports flash.devices to check an address, and flash.devices imports targets for --target
+    f = _write(tmp_path / "ok.toml", arch="aarch64", address="ssh://pi@127.0.0.1:2222/opt/x")
+    code = f"import {first}; from edgekit.targets import load_target; print(load_target({str(f)!r}).address)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ssh://pi@127.0.0.1:2222/opt/x", r.stderr
