@@ -26,6 +26,12 @@ class RunContext:
     # evaluate(onnx_path) -> metrics dict {"name", "value", "n", ...}; compares with FP32 outputs when unlabelled
     evaluate: Callable | None = None
 
+    def __post_init__(self):
+        from .targets import unique_targets
+
+        # results are keyed by target name: two profiles of one name would share (and overwrite) one entry
+        self.targets = unique_targets(self.targets)
+
     @property
     def primary_target(self):
         return self.targets[0] if self.targets else None

@@ -149,6 +149,55 @@ def load_target(name_or_path) -> TargetProfile:
     raise ConfigError(f"unknown target {s!r}{did_you_mean(s, names)}; or pass a target file path")
 
 
+def load_targets(names) -> list[TargetProfile]:
+    """load_target of each name, checked by unique_targets."""
+    return unique_targets([load_target(n) for n in names])
+
+
+def unique_targets(targets) -> list:
+    """targets with repeats of one file dropped; two different files with one name are a ConfigError.
+
+    Measurements and recommendations are kept per target name: a second profile of that name would silently
+    replace the first one's results (or fill its report section with the other device's numbers).
+    """
+    out, first = [], {}
+    for t in targets:
+        name = getattr(t, "name", str(t))
+        if name not in first:
+            first[name] = t
+            out.append(t)
+        elif _file_key(first[name]) != _file_key(t):
+            raise ConfigError(f"two targets are named {name!r}: {_origin(first[name])} and {_origin(t)}; "
+                              "results are kept per target name, so rename one (name = \"...\" in its file)")
+    return out
+
+
+def _file_key(t):
+    """One file spelled relative or absolute is the same profile; a profile made in code is itself."""
+    src = getattr(t, "source", "") or ""
+    if not src:
+        return t
+    try:
+        return str(Path(src).resolve())
+    except OSError:
+        return src
+
+
+def _origin(t) -> str:
+    """Where a profile came from, for messages: "built-in", its file, or "(no file)"."""
+    src = getattr(t, "source", "") or ""
+    if not src:
+        return "(no file)"
+    return "built-in" if _shipped(src) else src
+
+
+def _shipped(path) -> bool:
+    try:
+        return Path(path).resolve().parent == targets_dir().resolve()
+    except OSError:
+        return False
+
+
 def list_targets() -> list[TargetProfile]:
     return [_load_file(p) for p in _names().values()]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekit import targets as T
+from edgekit.artifact import Manifest
 from edgekit.errors import ConfigError
 from edgekit.resources import targets_dir
 
@@ -75,3 +76,60 @@ def test_address_check_imports_cleanly_in_either_order(tmp_path, first):
     code = f"import {first}; from edgekit.targets import load_target; print(load_target({str(f)!r}).address)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ssh://pi@127.0.0.1:2222/opt/x", r.stderr
+
+
+# --- F4: two targets with one name in one run --------------------------------------------------------------
+
+
+def test_a_user_file_named_like_a_built_in_is_refused_next_to_it(tmp_path):
+    mine = _write(tmp_path / "x86-laptop.toml", extra="threads = 1")
+    with pytest.raises(ConfigError) as e:
+        T.load_targets(["x86-laptop", str(mine)])
+    msg = _one_line(e)
+    assert "'x86-laptop'" in msg and "built-in" in msg and str(mine) in msg, msg
+
+
+def test_a_name_key_equal_to_another_target_is_refused(tmp_path):
+    a = _write(tmp_path / "fakepi.toml", extra='name = "raspberry-pi-4"')
+    with pytest.raises(ConfigError) as e:
+        T.load_targets(["raspberry-pi-4", str(a)])
+    assert "'raspberry-pi-4'" in _one_line(e) and "built-in" in str(e.value) and "fakepi.toml" in str(e.value)
+    (tmp_path / "sub").mkdir()
+    c = _write(tmp_path / "sub" / "board.toml")
+    b = _write(tmp_path / "other.toml", extra='name = "board"')
+    with pytest.raises(ConfigError, match=r"two targets are named 'board': \S*sub/board\.toml and \S*other\.toml"):
+        T.load_targets([str(c), str(b)])
+
+
+def test_one_file_named_twice_is_one_target(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "board.toml")
+    got = T.load_targets(["board.toml", str(tmp_path / "board.toml"), "x86-laptop",
+                          str(targets_dir() / "x86-laptop.toml")])
+    assert [t.name for t in got] == ["board", "x86-laptop"]
+
+
+def test_compress_context_refuses_two_targets_with_one_name(tmp_path):
+    # every compress stage (and quantize, prune) reads targets from the RunContext: it is where results are keyed
+    from edgekit.context import RunContext
+
+    mine = T.load_target(str(_write(tmp_path / "x86-laptop.toml", extra='precisions = ["fp32"]')))
+    with pytest.raises(ConfigError, match="two targets are named 'x86-laptop': built-in and "):
+        RunContext(outdir=tmp_path, source=None, manifest=Manifest(), targets=[T.load_target("x86-laptop"), mine])
+
+
+@pytest.mark.slow
+def test_compress_with_a_built_in_and_its_namesake_exits_2_naming_both(tmp_path):
+    from tests.test_compress_data_errors import MODEL
+    from tests.test_quant_cli import _cli
+    import numpy as np
+
+    (tmp_path / "mlp.py").write_text(MODEL)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32))
+    _write(tmp_path / "x86-laptop.toml", extra='precisions = ["fp32"]')
+    r = _cli("compress", "mlp.py:build", "--calib", "calib.npy", "--target", "x86-laptop", "--target",
+             "x86-laptop.toml", "-o", "out", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert "two targets are named 'x86-laptop': built-in and x86-laptop.toml" in lines[-1], r.stderr
+    assert not (tmp_path / "out").exists()
