@@ -269,6 +269,8 @@ def parse_target(data: dict, path) -> TargetProfile:
     if wrong:
         bad("isa", f"{', '.join(wrong)} {'is not an' if len(wrong) == 1 else 'are not'} {arch} "
                    f"feature{'' if len(wrong) == 1 else 's'}")
+    if address == "local":
+        _check_local(arch, isa, path, bad)
     memory_mb = data.get("memory_mb")
     if memory_mb is not None and (not _is_int(memory_mb) or memory_mb < 1):
         bad("memory_mb", f"must be a positive integer, got {memory_mb!r}")
@@ -294,6 +296,40 @@ def _check_device_address(address, bad) -> None:
         parse_device(address)
     except UsageError as e:
         bad("address", str(e).removeprefix("device address "))
+
+
+def _check_local(arch, isa, path, bad) -> None:
+    """A local target is this machine: every number recorded for it comes from this CPU, so it cannot be
+    another architecture or claim ISA features this CPU lacks (quantization would choose for, and the
+    manifest would describe, hardware that was never measured)."""
+    here = _host_arch()
+    if arch != here:
+        if _shipped(path):
+            # the shipped local profiles (the default among them) must load on any host; profiling reports
+            # them unavailable on another architecture
+            return
+        other = "address = \"emulated\" (qemu) or " if arch == "aarch64" else ""
+        bad("arch", f"{arch}, but a local target runs on this machine, which is {here}; "
+                    f"use {other}address = \"ssh://user@host/path\" for an {arch} device")
+    have = _host_isa()
+    if have is None:
+        return
+    from .hostinfo import _ISA_FLAGS
+
+    # only what cpu_info detects can be checked; other declared features (avx, sse4.2, ...) are taken on trust
+    missing = [f for f in isa if f in _ISA_FLAGS.values() and f not in have]
+    if missing:
+        bad("isa", f"this CPU lacks {', '.join(missing)}, and a local target is measured on this CPU; "
+                   "declare isa = [\"host\"] (what this CPU has), or use an ssh:// address for that device")
+
+
+def _host_isa() -> set | None:
+    """This CPU's detected features, or None where /proc/cpuinfo cannot say (cpu_info then reports none)."""
+    import os
+
+    from .hostinfo import cpu_info
+
+    return set(cpu_info()["isa"]) if os.path.exists("/proc/cpuinfo") else None
 
 
 def _is_int(v) -> bool:

@@ -9,6 +9,7 @@ import pytest
 from edgekit import targets as T
 from edgekit.artifact import Manifest
 from edgekit.errors import ConfigError
+from edgekit.hostinfo import cpu_info
 from edgekit.resources import targets_dir
 
 LOCAL = 'arch = "{arch}"\naddress = "local"\n{extra}\nproviders = ["CPUExecutionProvider"]\n'
@@ -133,3 +134,52 @@ def test_compress_with_a_built_in_and_its_namesake_exits_2_naming_both(tmp_path)
     assert r.returncode == 2, r.stderr
     assert "two targets are named 'x86-laptop': built-in and x86-laptop.toml" in lines[-1], r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- F5: a local target is this machine ------------------------------------------------------------------------
+
+
+def test_a_local_target_of_another_architecture_is_refused(tmp_path):
+    f = _write(tmp_path / "armlocal.toml", arch=OTHER)
+    with pytest.raises(ConfigError) as e:
+        T.load_target(str(f))
+    msg = _one_line(e)
+    assert msg.startswith(f"{f}: arch: {OTHER}, but a local target runs on this machine, which is {HERE}"), msg
+    assert "ssh://" in msg
+
+
+def test_a_local_target_claiming_features_this_cpu_lacks_is_refused(tmp_path):
+    from edgekit.hostinfo import _ISA_FLAGS
+
+    family = T.X86_ISA if HERE == "x86_64" else T.ARM_ISA
+    lacking = [f for f in dict.fromkeys(_ISA_FLAGS.values()) if f in family and f not in cpu_info()["isa"]]
+    if not lacking:
+        pytest.skip("this CPU has every feature edgekit detects")
+    f = _write(tmp_path / "claims.toml", extra=f'isa = ["host", "{lacking[-1]}"]')
+    with pytest.raises(ConfigError) as e:
+        T.load_target(str(f))
+    msg = _one_line(e)
+    assert msg.startswith(f"{f}: isa: this CPU lacks {lacking[-1]}"), msg
+    # what the CPU has, "host", and features edgekit cannot detect (taken on trust) stay valid
+    ok = list(cpu_info()["isa"]) + ["host"] + (["avx", "sse4.2"] if HERE == "x86_64" else ["sve"])
+    _write(f, extra=f"isa = {ok!r}".replace("'", '"'))
+    assert set(T.load_target(str(f)).isa) == set(ok)
+
+
+AVX2_ONLY = "flags\t\t: fpu sse sse4_2 avx avx2 fma\n"
+AVX512 = "flags\t\t: fpu sse sse4_2 avx avx2 fma avx512f avx512_vnni amx_int8\n"
+
+
+@pytest.mark.parametrize("cpuinfo", [AVX2_ONLY, AVX512, ""])
+def test_shipped_targets_load_whatever_this_cpu_has(monkeypatch, cpuinfo):
+    monkeypatch.setattr("edgekit.hostinfo.cpu_info", lambda text=None: cpu_info(cpuinfo))
+    assert {t.name for t in T.list_targets()} == {p.stem for p in targets_dir().glob("*.toml")}
+
+
+def test_shipped_local_targets_load_on_a_host_of_another_architecture(tmp_path, monkeypatch):
+    # x86-laptop is the default target: an ARM host must still list and load it (profiling reports it
+    # unavailable there); a user's local file of another architecture is refused
+    monkeypatch.setattr(T, "_host_arch", lambda: OTHER)
+    assert T.load_target("x86-laptop").arch == "x86_64" and len(T.list_targets()) >= 6
+    with pytest.raises(ConfigError, match=f"arch: {HERE}, but a local target runs on this machine"):
+        T.load_target(str(_write(tmp_path / "mine.toml")))
