@@ -69,11 +69,14 @@ def recommend(manifest, tolerance, targets) -> dict:
             out[name] = {"status": "skipped", "reason": "not profiled (profiling was off), so nothing is "
                                                         "recommended for this target"}
             continue
+        if not cands and rejected:
+            # the target ran: what it measured is outside its precisions (or vetoed), which is not "unavailable",
+            # the word for a runtime or device that is not there
+            out[name] = {"status": "none", "reason": "no measured artifact can be recommended: " + "; ".join(rejected)}
+            continue
         if not cands:
             reasons = [a.latency.get(name, {}).get("reason") for a in manifest.artifacts]
-            fallback = ("no measured artifact can be recommended: " + "; ".join(rejected) if rejected
-                        else "no artifact was measured on this target")
-            reason = next((r for r in reasons if r), fallback)
+            reason = next((r for r in reasons if r), "no artifact was measured on this target")
             out[name] = {"status": "unavailable", "reason": reason}
             continue
         best = min(cands, key=lambda a: a.latency[name]["p50_ms"])

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from edgekit import targets as T
-from edgekit.artifact import Manifest
+from edgekit.artifact import Artifact, Manifest
+from edgekit.config import Tolerance
 from edgekit.errors import ConfigError
 from edgekit.hostinfo import cpu_info
+from edgekit.recommend import recommend
 from edgekit.resources import targets_dir
 
 LOCAL = 'arch = "{arch}"\naddress = "local"\n{extra}\nproviders = ["CPUExecutionProvider"]\n'
@@ -183,3 +185,43 @@ def test_shipped_local_targets_load_on_a_host_of_another_architecture(tmp_path, 
     assert T.load_target("x86-laptop").arch == "x86_64" and len(T.list_targets()) >= 6
     with pytest.raises(ConfigError, match=f"arch: {HERE}, but a local target runs on this machine"):
         T.load_target(str(_write(tmp_path / "mine.toml")))
+
+
+# --- F17: a target whose precisions exclude everything that was measured ---------------------------------------
+
+
+def _art(kind, path, p50, parent=None, stage="export"):
+    a = Artifact(kind=kind, path=path, parent=parent, stage=stage, metrics={"name": "accuracy", "value": 0.99})
+    a.latency = {"fp16only": {"status": "ok", "p50_ms": p50}}
+    return a
+
+
+def _fp16only(tmp_path):
+    return T.load_target(str(_write(tmp_path / "fp16only.toml", extra='precisions = ["fp16"]')))
+
+
+def test_precisions_excluding_every_measured_artifact_is_none_not_unavailable(tmp_path):
+    m = Manifest(artifacts=[_art("fp32", "model.fp32.onnx", 1.0),
+                            _art("int8", "model.int8.onnx", 0.5, "model.fp32.onnx", "quantize")])
+    r = recommend(m, Tolerance.parse("1%"), [_fp16only(tmp_path)])["fp16only"]
+    assert r["status"] == "none", r
+    assert r["reason"] == ("no measured artifact can be recommended: model.fp32.onnx: fp32 is not among fp16only's "
+                           "precisions (fp16); model.int8.onnx: int8 is not among fp16only's precisions (fp16)")
+    # a runtime that is not there is still "unavailable", with its own reason
+    for a in m.artifacts:
+        a.latency["fp16only"] = {"status": "unavailable", "reason": "onnxruntime-gpu not installed"}
+    assert recommend(m, Tolerance.parse("1%"), [_fp16only(tmp_path)])["fp16only"] == {
+        "status": "unavailable", "reason": "onnxruntime-gpu not installed"}
+
+
+def test_the_report_shows_the_none_status_with_its_reason(tmp_path):
+    from edgekit.report import write_reports
+
+    m = Manifest(artifacts=[_art("fp32", "model.fp32.onnx", 1.0)])
+    m.recommended = recommend(m, Tolerance.parse("1%"), [_fp16only(tmp_path)])
+    m.write(tmp_path / "out")
+    write_reports([tmp_path / "out"], markdown=tmp_path / "r.md", html=tmp_path / "r.html")
+    md = (tmp_path / "r.md").read_text()
+    assert ("- **fp16only**: no recommendation (none: no measured artifact can be recommended: model.fp32.onnx: "
+            "fp32 is not among fp16only's precisions (fp16))") in md, md
+    assert "no recommendation" in (tmp_path / "r.html").read_text()
