@@ -1,8 +1,8 @@
 """A device over SSH (paramiko): SFTP for files, exec for the few commands that must run there.
 
-Host keys are verified against known_hosts (RejectPolicy) unless the user explicitly trusts
-a new key on first use. Commands are argument lists joined with shlex.quote, never shell
-strings built from user input.
+Host keys are verified against known_hosts, matched as OpenSSH does, unless the user explicitly
+trusts a new key on first use (a changed key never). Commands are argument lists joined with
+shlex.quote, never shell strings built from user input.
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def _host_matches(patterns, name: str) -> bool:
 
     from paramiko.hostkeys import HostKeys
 
+    name = name.lower()  # OpenSSH looks hosts up in lower case, hashed names included
     hit = False
     for p in patterns:
         neg = p.startswith("!")
@@ -75,15 +76,15 @@ def _host_matches(patterns, name: str) -> bool:
         else:
             # only '*' and '?' are wildcards ('[host]:port' is literal, unlike in fnmatch)
             rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p.lower())
-            ok = re.fullmatch(rx, name.lower()) is not None
+            ok = re.fullmatch(rx, name) is not None
         if ok and neg:
             return False
         hit = hit or ok
     return hit
 
 
-def load_known_hosts(host_keys, path: Path) -> tuple[list, list[str]]:
-    """Add path's plain entries to host_keys (a paramiko HostKeys); return (revoked entries, notes).
+def load_known_hosts(path: Path) -> tuple[list, list, list[str]]:
+    """path's plain entries as (line number, HostKeyEntry), its @revoked entries, and notes.
 
     paramiko's own loader dies on the first line it cannot decode (InvalidHostKey), and reads
     marker lines (@cert-authority, @revoked) as malformed ones. OpenSSH skips what it cannot
@@ -116,51 +117,101 @@ def load_known_hosts(host_keys, path: Path) -> tuple[list, list[str]]:
             what = "@revoked entry" if marker else "entry"
             notes.append(f"{path}:{lineno}: {what} cannot be parsed ({why}); line ignored")
             continue
-        if marker == "@revoked":
+        if marker:
             revoked.append(entry)
-            continue
-        plain.append(entry)
-    for entry in plain:
-        # a revoked key must never verify, even when a plain line for the same host still lists it
-        if any(entry.key == r.key for r in revoked):
-            continue
-        for name in entry.hostnames:
-            host_keys.add(name, entry.key.get_name(), entry.key)
-    return revoked, notes
+        else:
+            plain.append((lineno, entry))
+    return plain, revoked, notes
+
+
+def known_keys(plain, revoked, name: str) -> list:
+    """The (line number, entry) pairs OpenSSH consults for name: every plain line whose patterns
+    match it (paramiko's lookup compares names exactly, so a wildcard or upper-case line that pins
+    another key read as no line at all, and --accept-new-host-key trusted the other key)."""
+    # a revoked key must never verify, even when a plain line for the same host still lists it
+    return [(n, e) for n, e in plain
+            if _host_matches(e.hostnames, name) and not any(e.key == r.key for r in revoked)]
 
 
 def revoked_for(revoked, hostname: str, key) -> bool:
     return any(r.key == key and _host_matches(r.hostnames, hostname) for r in revoked)
 
 
-def _policies(known_hosts: Path, revoked=()):
+def host_key_problem(kh: Path, known, revoked, hostname: str, key) -> str | None:
+    """Why key may not be trusted for hostname, as OpenSSH decides; "" for a key known_hosts does not
+    pin for this host (new: refused unless trusted on first use); None when it is known and good."""
+    what = f"the host key of {hostname} ({key.get_name()} {fingerprint(key)})"
+    if revoked_for(revoked, hostname, key):
+        return f"{what} is marked @revoked in {kh}; refusing it"
+    if any(e.key == key for _, e in known):
+        return None
+    pinned = [n for n, e in known if e.key.get_name() == key.get_name()]
+    if pinned:  # a changed key, never a new one: trusting it on first use would defeat the pin
+        return (f"{what} does not match {kh}:{pinned[0]}: the key changed or this is a man-in-the-middle; "
+                "refusing it, also with --accept-new-host-key")
+    return ""
+
+
+def record_host_key(kh: Path, hostname: str, key) -> None:
+    """Append hostname's key to kh (trust on first use) on a line of its own, in one write."""
+    line = f"{hostname.lower()} {key.get_name()} {key.get_base64()}\n"
+    with _KNOWN_HOSTS_LOCK:
+        kh.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(kh, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            # a last line without its newline (edited by hand) would swallow the entry, corrupting both
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = "\n" + line
+            data = line.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write (disk full?)")
+        finally:
+            os.close(fd)
+
+
+def _policy(kh: Path, known, revoked, accept_new: bool):
+    """(exception class for a refused key, the policy that checks every host key).
+
+    paramiko is given no keys, so every server key comes to the policy, matched by OpenSSH's rules."""
     import paramiko
 
-    class Unknown(paramiko.SSHException):
+    class Refused(paramiko.SSHException):
         pass
 
-    def refuse_revoked(hostname, key):
-        if revoked_for(revoked, hostname, key):
-            raise Unknown(f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is marked @revoked "
-                          f"in {known_hosts}; refusing it")
-
-    class Reject(paramiko.MissingHostKeyPolicy):
+    class Verify(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client, hostname, key):
-            refuse_revoked(hostname, key)
-            raise Unknown(f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not in {known_hosts}; "
-                          "check it and add it (ssh-keyscan) or pass --accept-new-host-key to trust it on first use")
+            problem = host_key_problem(kh, known, revoked, hostname, key)
+            if problem is None:
+                return
+            if problem or not accept_new:
+                raise Refused(problem or f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not "
+                              f"in {kh}; check it and add it (ssh-keyscan) or pass --accept-new-host-key to trust "
+                              "it on first use")
+            record_host_key(kh, hostname, key)
 
-    class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(self, client, hostname, key):
-            refuse_revoked(hostname, key)
-            client.get_host_keys().add(hostname, key.get_name(), key)
-            with _KNOWN_HOSTS_LOCK:
-                known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "a") as f:
-                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+    return Refused, Verify()
 
-    return Unknown, Reject(), TrustOnFirstUse()
+
+def _preferring(known):
+    """A Transport factory that asks the server for a host key of a type known_hosts holds for it
+    (what paramiko does itself only for keys found by its exact-name lookup), else None."""
+    import paramiko
+
+    types = {e.key.get_name() for _, e in known}
+    if "ssh-rsa" in types:
+        types |= {"rsa-sha2-512", "rsa-sha2-256"}  # an RSA key is offered under these algorithm names
+    if not types:
+        return None
+
+    def factory(sock, **kw):
+        t = paramiko.Transport(sock, **kw)
+        opts = t.get_security_options()
+        order = list(opts.key_types)
+        opts.key_types = [a for a in order if a in types] + [a for a in order if a not in types]
+        return t
+
+    return factory
 
 
 def connect(device, opts: SshOptions) -> "SshTransport":
@@ -172,35 +223,30 @@ def connect(device, opts: SshOptions) -> "SshTransport":
     # paramiko logs dropped connections itself; edgekit reports them once, as the failed step
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     kh = opts.known_hosts_path()
-    client = paramiko.SSHClient()
-    revoked, notes = [], []
+    plain, revoked, notes = [], [], []
     if kh.exists():
         try:
-            revoked, notes = load_known_hosts(client.get_host_keys(), kh)
+            plain, revoked, notes = load_known_hosts(kh)
         except OSError as e:
             raise FlashError(f"connect: cannot read known-hosts file {kh}: {e}") from None
-    Unknown, reject, tofu = _policies(kh, revoked)
-    client.set_missing_host_key_policy(tofu if opts.accept_new_host_key else reject)
+    # the name OpenSSH (and paramiko) look up: host, or [host]:port off port 22
+    name = device.host if device.port == 22 else f"[{device.host}]:{device.port}"
+    known = known_keys(plain, revoked, name)
+    Refused, policy = _policy(kh, known, revoked, opts.accept_new_host_key)
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(policy)
     where = f"{device.user}@{device.host}:{device.port}"
     try:
         client.connect(device.host, port=device.port, username=device.user,
                        key_filename=opts.identity, look_for_keys=opts.identity is None, allow_agent=True,
                        timeout=opts.connect_timeout, banner_timeout=opts.connect_timeout,
-                       auth_timeout=opts.connect_timeout, passphrase=None)
+                       auth_timeout=opts.connect_timeout, passphrase=None, transport_factory=_preferring(known))
         client.get_transport().set_keepalive(15)
         sftp = client.open_sftp()
         sftp.get_channel().settimeout(opts.io_timeout)  # a silent network fails the step instead of hanging
-    except Unknown as e:
+    except Refused as e:
         client.close()
         raise FlashError(f"connect: {e}") from None
-    except paramiko.BadHostKeyException as e:
-        client.close()
-        name = device.host if device.port == 22 else f"[{device.host}]:{device.port}"
-        if revoked_for(revoked, name, e.key):
-            raise FlashError(f"connect: the host key of {name} ({e.key.get_name()} {fingerprint(e.key)}) is marked "
-                             f"@revoked in {kh}; refusing it") from None
-        raise FlashError(f"connect: the host key of {device.host}:{device.port} does not match {kh} "
-                         f"(got {fingerprint(e.key)}): possible man-in-the-middle; refusing") from None
     except paramiko.AuthenticationException as e:
         client.close()
         raise FlashError(f"connect: authentication failed for {where} (key-based only; --identity KEY): {e}") from None
