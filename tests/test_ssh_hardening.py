@@ -114,3 +114,23 @@ def test_trust_on_first_use_keeps_a_last_line_without_newline_intact(server, oth
     assert lines == [f"otherhost {other_key}", f"[127.0.0.1]:{server.port} {server.host_pub}"], lines
     assert kh.read_text().endswith("\n")
     _connect(server, kh)  # recorded: no flag needed any more
+
+
+# ---- local file problems are not "cannot reach"
+
+def test_a_missing_identity_file_is_named_as_a_local_problem(server, tmp_path):
+    with pytest.raises(FlashError) as e:
+        _connect(server, server.known_hosts, identity=str(tmp_path / "nokey"))
+    msg = str(e.value)
+    assert f"cannot read the identity file {tmp_path / 'nokey'}: No such file or directory" in msg, msg
+    assert "cannot reach" not in msg and "Errno" not in msg
+
+
+def test_a_known_hosts_file_that_cannot_be_written_is_named(server, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    kh = tmp_path / "afile" / "known_hosts"
+    with pytest.raises(FlashError) as e:
+        _connect(server, kh, accept_new_host_key=True)
+    msg = str(e.value)
+    assert f"in the known-hosts file {kh}: {tmp_path / 'afile'} is not a folder" in msg, msg
+    assert "cannot reach" not in msg and "Errno" not in msg

@@ -152,6 +152,17 @@ def host_key_problem(kh: Path, known, revoked, hostname: str, key) -> str | None
     return ""
 
 
+def _local_problem(path: Path, e: OSError) -> str:
+    """What is wrong with a local file: strerror alone reads 'File exists' for a parent that is a file."""
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                return f"{parent} is not a folder"
+            break
+    other = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+    return f"{e.strerror or e}{other}"
+
+
 def record_host_key(kh: Path, hostname: str, key) -> None:
     """Append hostname's key to kh (trust on first use) on a line of its own, in one write."""
     line = f"{hostname.lower()} {key.get_name()} {key.get_base64()}\n"
@@ -188,7 +199,11 @@ def _policy(kh: Path, known, revoked, accept_new: bool):
                 raise Refused(problem or f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not "
                               f"in {kh}; check it and add it (ssh-keyscan) or pass --accept-new-host-key to trust "
                               "it on first use")
-            record_host_key(kh, hostname, key)
+            try:
+                record_host_key(kh, hostname, key)
+            except OSError as e:  # the host was reached: the local file is the problem, not the network
+                raise Refused(f"cannot record the host key of {hostname} in the known-hosts file {kh}: "
+                              f"{_local_problem(kh, e)}") from None
 
     return Refused, Verify()
 
@@ -214,6 +229,16 @@ def _preferring(known):
     return factory
 
 
+def _identity_problem(identity: str) -> str | None:
+    # paramiko opens the key only after the host answered, and its error read "cannot reach HOST"
+    key = identity[:-len("-cert.pub")] if identity.endswith("-cert.pub") else identity
+    try:
+        with open(key, "rb"):
+            return None
+    except OSError as e:
+        return f"cannot read the identity file {key}: {_local_problem(Path(key), e)}"
+
+
 def connect(device, opts: SshOptions) -> "SshTransport":
     """Open an SSH + SFTP session to device; raise FlashError (step 'connect') on any failure."""
     import logging
@@ -222,13 +247,16 @@ def connect(device, opts: SshOptions) -> "SshTransport":
 
     # paramiko logs dropped connections itself; edgekit reports them once, as the failed step
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    why = _identity_problem(opts.identity) if opts.identity else None
+    if why:
+        raise FlashError(f"connect: {why}")
     kh = opts.known_hosts_path()
     plain, revoked, notes = [], [], []
     if kh.exists():
         try:
             plain, revoked, notes = load_known_hosts(kh)
         except OSError as e:
-            raise FlashError(f"connect: cannot read known-hosts file {kh}: {e}") from None
+            raise FlashError(f"connect: cannot read the known-hosts file {kh}: {_local_problem(kh, e)}") from None
     # the name OpenSSH (and paramiko) look up: host, or [host]:port off port 22
     name = device.host if device.port == 22 else f"[{device.host}]:{device.port}"
     known = known_keys(plain, revoked, name)
