@@ -11,9 +11,11 @@ import sys
 import pytest
 
 from edgekit.errors import FlashError
-from edgekit.flash import SshOptions
+from edgekit.flash import FlashOptions, SshOptions, collect_devices, flash_many, read_bundle
+from edgekit.flash.bundle import build_bundle
 from edgekit.flash.devices import parse_device
-from edgekit.flash.transport_ssh import connect
+from edgekit.flash.transport_ssh import DeviceFileError, connect
+from flash_fixtures import make_outdir
 from sshd import start_device_sshd
 
 
@@ -134,3 +136,54 @@ def test_a_known_hosts_file_that_cannot_be_written_is_named(server, tmp_path):
     msg = str(e.value)
     assert f"in the known-hosts file {kh}: {tmp_path / 'afile'} is not a folder" in msg, msg
     assert "cannot reach" not in msg and "Errno" not in msg
+
+
+# ---- SFTP failures name the device path
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hard_bundle")
+    build_bundle(make_outdir(root / "out"), root / "v.ekb")
+    return read_bundle(root / "v.ekb", root)
+
+
+def _flash(server, bundle, dev):
+    opts = _opts(server, server.known_hosts)
+    return flash_many(collect_devices([server.address(str(dev))]), bundle, ssh=opts, opts=FlashOptions())[0]
+
+
+@pytest.mark.parametrize("blocked", ["", "versions"])
+def test_a_device_path_blocked_by_a_file_is_named(server, bundle, tmp_path, blocked):
+    # was "inspect: Failure (OSError)", paramiko's bare SFTP status
+    dev = tmp_path / "dev"
+    if blocked:
+        dev.mkdir()
+    (dev / blocked if blocked else dev).write_text("x")
+    res = _flash(server, bundle, dev)
+    where = dev / blocked if blocked else dev
+    assert (res.status, res.step, res.reason) == ("failed", "inspect", f"{where} exists and is not a folder (a file)")
+
+
+def test_transport_errors_name_the_path_and_what_is_in_the_way(server, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "f").write_text("x")
+    t = connect(parse_device(server.address(str(tmp_path))), _opts(server, server.known_hosts))
+    try:
+        cases = [
+            (lambda: t.makedirs(str(tmp_path / "link")), f"{tmp_path / 'link'} exists and is not a folder "
+                                                         f"(a symlink to {tmp_path / 'real'})"),
+            (lambda: t.makedirs(str(tmp_path / "f" / "sub")), f"{tmp_path / 'f'} exists and is not a folder (a file)"),
+            (lambda: t.read_bytes(str(tmp_path / "folder")), f"{tmp_path / 'folder'} is a folder, not a file"),
+            (lambda: t.rename(str(tmp_path / "real"), str(tmp_path / "folder")), f"{tmp_path / 'folder'} already exists"),
+            (lambda: t.write_bytes_atomic(str(tmp_path / "folder"), b"x"), f"{tmp_path / 'folder'} is a folder, not a file"),
+        ]
+        for call, msg in cases:
+            with pytest.raises(DeviceFileError) as e:
+                call()
+            assert str(e.value) == msg
+            assert isinstance(e.value, OSError)  # callers still tell a full disk or a lost link by it
+    finally:
+        t.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "folder", "link", "real"]  # no temp file left

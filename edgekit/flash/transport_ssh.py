@@ -7,6 +7,7 @@ shlex.quote, never shell strings built from user input.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import json
 import os
@@ -286,6 +287,20 @@ def connect(device, opts: SshOptions) -> "SshTransport":
     return t
 
 
+class DeviceFileError(FlashError, OSError):
+    """An SFTP failure that names the device path and what is wrong with it. Still an OSError, with
+    the errno paramiko gave (callers tell a full disk or a lost link by it)."""
+
+    def __init__(self, code, message: str):
+        OSError.__init__(self, message)  # str() is the message alone, without "[Errno N]"
+        self.errno = code
+
+
+# what paramiko raises for an SFTP status reply ('Failure', 'No such file', 'Permission denied');
+# a timeout or a closed socket is not one: describe() reports those as the link failing
+_SFTP_STATUS = (OSError, FileNotFoundError, PermissionError)
+
+
 class SshTransport:
     def __init__(self, client, sftp, label: str, python: str):
         self.client, self.sftp, self.label, self.python = client, sftp, label, python
@@ -301,6 +316,52 @@ class SshTransport:
             if e.errno == errno.ENOENT:
                 return None
             raise
+
+    def _kind(self, path, st) -> str:
+        if stat.S_ISLNK(st.st_mode):
+            return f"a symlink to {self.sftp.readlink(path)}"
+        return "a file" if stat.S_ISREG(st.st_mode) else "a special file"
+
+    def _obstacle(self, path, want) -> str | None:
+        """What on the device is in the way of path being a `want` ("folder", "file", "absent"; None:
+        only its parents matter): the path itself, or its nearest existing parent when that is no folder."""
+        st = self._lstat(path)
+        if st is not None:
+            if want == "absent":
+                return f"{path} already exists"
+            if want == "folder" and not stat.S_ISDIR(st.st_mode):
+                return f"{path} exists and is not a folder ({self._kind(path, st)})"
+            if want == "file" and stat.S_ISDIR(st.st_mode):
+                return f"{path} is a folder, not a file"
+            return None
+        parent = posixpath.dirname(path)
+        while parent not in ("", path):
+            st = self._lstat(parent)
+            if st is not None:
+                # a link to a folder among the parents is followed by the server, as by the path transport
+                if stat.S_ISDIR(st.st_mode) or (stat.S_ISLNK(st.st_mode) and self._is_dir_via_link(parent)):
+                    return None
+                return f"{parent} exists and is not a folder ({self._kind(parent, st)})"
+            path, parent = parent, posixpath.dirname(parent)
+        return None
+
+    def _is_dir_via_link(self, path) -> bool:
+        try:
+            return stat.S_ISDIR(self.sftp.stat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def _explain(self, e: BaseException, doing: str, path, want=None) -> BaseException:
+        """e as one line naming the device path and, where the device shows it, the cause: an SFTP
+        server answers a file where a folder should be, an existing name or a symlink with a bare
+        'Failure', which read "inspect: Failure (OSError)"."""
+        if type(e) not in _SFTP_STATUS or isinstance(e, DeviceFileError):
+            return e
+        try:
+            why = self._obstacle(path, want)
+        except Exception:  # the link is gone too: the original error says so
+            return e
+        return DeviceFileError(e.errno, why or f"cannot {doing} {path}: {e.strerror or e or type(e).__name__}")
 
     def exists(self, path) -> bool:
         return self._lstat(path) is not None
@@ -325,6 +386,8 @@ class SshTransport:
             return sorted(self.sftp.listdir(path))
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise self._explain(e, "list", path) from None
 
     def makedirs(self, path) -> None:
         parts, cur = [p for p in path.split("/") if p], "/" if path.startswith("/") else ""
@@ -333,17 +396,17 @@ class SshTransport:
             if not self.isdir(cur):
                 try:
                     self.sftp.mkdir(cur)
-                except OSError:
+                except OSError as e:
                     if not self.isdir(cur):  # created meanwhile is fine, anything else is not
-                        raise
+                        raise self._explain(e, "create the folder", cur, "folder") from None
 
     def mkdir_exclusive(self, path) -> None:
         try:
             self.sftp.mkdir(path)  # mkdir(2) on the device: the atomic test-and-set of the device lock
-        except OSError:
+        except OSError as e:
             if self.exists(path):
                 raise FileExistsError(errno.EEXIST, "exists", path) from None
-            raise
+            raise self._explain(e, "create the folder", path, "folder") from None
 
     def put(self, local, remote, callback=None) -> None:
         try:
@@ -353,7 +416,7 @@ class SshTransport:
             # mismatch; the caller must tell it from a dropped link (it removes the partial upload)
             if self._out_of_space(local, remote):
                 raise OSError(errno.ENOSPC, "No space left on device", remote) from e
-            raise
+            raise self._explain(e, "write", remote, "file") from e
 
     def _out_of_space(self, local, remote) -> bool:
         try:
@@ -371,32 +434,51 @@ class SshTransport:
                 return f.read()
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise self._explain(e, "read", path, "file") from None
 
     def write_bytes_atomic(self, path, data: bytes) -> None:
         tmp = f"{path}.tmp-{os.urandom(4).hex()}"
-        with self.sftp.open(tmp, "wb") as f:
-            f.write(data)
-        self.sftp.posix_rename(tmp, path)
+        try:
+            with self.sftp.open(tmp, "wb") as f:
+                f.write(data)
+            self.sftp.posix_rename(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(Exception):  # no half-written file left beside path
+                self.sftp.remove(tmp)
+            raise self._explain(e, "write", path, "file") from None
 
     def symlink(self, target, path) -> None:
-        self.sftp.symlink(target, path)
+        try:
+            self.sftp.symlink(target, path)
+        except OSError as e:
+            raise self._explain(e, "create the symlink", path, "absent") from None
 
     def replace(self, src, dst) -> None:
-        self.sftp.posix_rename(src, dst)  # rename(2) on the device: atomic, replaces dst
+        try:
+            self.sftp.posix_rename(src, dst)  # rename(2) on the device: atomic, replaces dst
+        except OSError as e:
+            raise self._explain(e, f"rename {src} to", dst, "file") from None
 
     def rename(self, src, dst) -> None:
-        self.sftp.rename(src, dst)  # plain SFTP rename refuses an existing dst
+        try:
+            self.sftp.rename(src, dst)  # plain SFTP rename refuses an existing dst
+        except OSError as e:
+            raise self._explain(e, f"rename {src} to", dst, "absent") from None
 
     def rmtree(self, path) -> None:
         st = self._lstat(path)
         if st is None:
             return
-        if not stat.S_ISDIR(st.st_mode):
-            self.sftp.remove(path)
-            return
-        for a in self.sftp.listdir_attr(path):
-            self.rmtree(f"{path}/{a.filename}")
-        self.sftp.rmdir(path)
+        try:
+            if not stat.S_ISDIR(st.st_mode):
+                self.sftp.remove(path)
+                return
+            for a in self.sftp.listdir_attr(path):
+                self.rmtree(f"{path}/{a.filename}")
+            self.sftp.rmdir(path)
+        except OSError as e:
+            raise self._explain(e, "remove", path) from None
 
     # ---- commands
     def run(self, argv, timeout=None, stdin: bytes | None = None):
