@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from edgekit.errors import FlashError
+from edgekit.errors import FlashError, UsageError
 from edgekit.flash import FlashOptions, SshOptions, collect_devices, flash_many, read_bundle
 from edgekit.flash.bundle import build_bundle
 from edgekit.flash.devices import parse_device
@@ -187,3 +187,26 @@ def test_transport_errors_name_the_path_and_what_is_in_the_way(server, tmp_path)
     finally:
         t.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "folder", "link", "real"]  # no temp file left
+
+
+# ---- device addresses
+
+def test_a_password_in_an_ssh_address_is_refused_without_echoing_it():
+    with pytest.raises(UsageError) as e:
+        parse_device("ssh://root:hunter2@127.0.0.1:2222/opt/models")
+    msg = str(e.value)
+    assert "passwords are not supported; key-based authentication only" in msg
+    assert "hunter2" not in msg and "ssh://root:***@127.0.0.1:2222/opt/models" in msg
+
+
+@pytest.mark.parametrize("addr", ["file://pi@192.168.1.20/tmp/models", "file://otherhost/tmp/models"])
+def test_a_file_address_naming_a_host_is_refused(addr):
+    # the host was dropped and this machine's /tmp/models flashed
+    with pytest.raises(UsageError, match="names the host"):
+        parse_device(addr)
+
+
+@pytest.mark.parametrize("addr", ["file:///tmp/models", "file://localhost/tmp/models"])
+def test_a_local_file_address_is_a_path(addr):
+    d = parse_device(addr)
+    assert (d.kind, d.path) == ("path", "/tmp/models")

@@ -38,11 +38,19 @@ def parse_device(addr: str) -> Device:
     if raw in NOT_FLASHABLE:
         raise UsageError(f"device address {raw!r} is not a device to flash (it means this host or the emulator); "
                          "give ssh://user@host[:port]/path or a mounted path")
+    u = urllib.parse.urlsplit(raw) if "://" in raw else None
+    if u is not None and u.password is not None:
+        # authentication is by key only, and the address is the device's label in every line and --json
+        raise UsageError(f"device address {_without_password(u)!r}: passwords are not supported; key-based "
+                         "authentication only (--identity KEY, or your ssh agent)")
     if raw.startswith("file://"):
-        raw_path = urllib.parse.unquote(urllib.parse.urlsplit(raw).path)
-        return Device("path", str(Path(raw_path).expanduser()), raw=raw)
-    if "://" in raw:
-        u = urllib.parse.urlsplit(raw)
+        if u.netloc.lower() not in ("", "localhost"):
+            # file://HOST/dir is another machine's folder: reading it as this one's flashed the wrong disk
+            raise UsageError(f"device address {raw!r}: a file:// address is a folder on this machine, but it names "
+                             f"the host {u.netloc!r}; write ssh://{u.netloc}{u.path} for a device over ssh, or "
+                             f"file://{u.path} for a local folder")
+        return Device("path", str(Path(urllib.parse.unquote(u.path)).expanduser()), raw=raw)
+    if u is not None:
         if u.scheme != "ssh":
             raise UsageError(f"device address {raw!r}: unsupported scheme {u.scheme!r} (use ssh://user@host[:port]/path "
                              "or a mounted path)")
@@ -73,6 +81,11 @@ def parse_device(addr: str) -> Device:
         raise UsageError(f"device address {raw!r}: no remote directory; an ssh device needs "
                          f"ssh://user@host[:port]/<install directory>, e.g. ssh://{login}{port}/opt/models{local}")
     return Device("path", str(Path(raw).expanduser()), raw=raw)
+
+
+def _without_password(u: urllib.parse.SplitResult) -> str:
+    login, _, host = u.netloc.rpartition("@")
+    return u._replace(netloc=f"{login.split(':', 1)[0]}:***@{host}").geturl()
 
 
 def read_devices_file(path) -> list[str]:
