@@ -214,7 +214,8 @@ def _note(msg: str) -> None:
 def _dead_swaps(out: Path) -> list:
     """'.NAME.old-*' folders of publish() whose run is gone: '-HOST-PID-XXXXXXXX' of this host with the
     process ended, or the bare '-XXXXXXXX' that edgekit wrote before it named the run (a live run's
-    folder and another host's are not touched)."""
+    folder and another host's are not touched). Only a folder that holds an edgekit run and nothing else
+    counts: publish() renames aside only such a run, and '.mymodel.old-original' may be the user's own."""
     prefix = f".{out.name}.old-"
     found = []
     for p in out.parent.glob(f"{glob.escape(prefix)}*"):
@@ -222,8 +223,20 @@ def _dead_swaps(out: Path) -> list:
         if not m or not p.is_dir() or p.is_symlink():
             continue
         if m.group(1) is None or (m.group(1) == _host() and _gone(int(m.group(2)))):
-            found.append(p)
+            why = _not_a_run(p) or ("it also holds files edgekit did not write" if foreign_entries(p) else "")
+            if not why or _empty(p):  # an empty one: what remove_run() cut short at its very end leaves
+                found.append(p)
+            elif m.group(1) is not None:  # edgekit's own name, yet not a run of its own: say so, keep it
+                _note(f"left {p.name} beside {out} in place: named like a run a killed --overwrite set aside, "
+                      f"but {why}")
     return found
+
+
+def _empty(d: Path) -> bool:
+    try:
+        return not any(d.iterdir())
+    except OSError:
+        return False
 
 
 def _complete_run(d: Path) -> bool:
@@ -251,10 +264,30 @@ def _recover_swap(out: Path) -> None:
             _note(f"{out}: put back the previous run from {runs[-1].name}, where a run killed while "
                   "replacing it had left it")
     for p in left:
-        shutil.rmtree(p, ignore_errors=True)
+        remove_run(p)
     if left:
         _note(f"removed {', '.join(p.name for p in left)} beside {out}: a run replaced by --overwrite, "
               "left by a run killed before it had deleted it")
+
+
+def remove_run(d: Path) -> None:
+    """Delete a run's folder with manifest.json last and report.md (which names the plots) just before it:
+    one cut short (Ctrl-C, SIGKILL) still reads as an edgekit run holding nothing else, which is all the
+    next run removes."""
+    last = [d / "report.md", d / MANIFEST]
+    try:
+        for e in sorted(d.iterdir(), key=lambda e: (not e.is_dir() or e.is_symlink(), e.name)):
+            if e in last:
+                continue
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e, ignore_errors=True)
+            else:
+                e.unlink(missing_ok=True)
+        for f in last:
+            f.unlink(missing_ok=True)
+    except OSError:
+        pass  # what is left goes with the rmtree below, or stays for the next run, as rmtree's errors did
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def publish(staging: Path, outdir, *, overwrite: bool) -> Path:
@@ -296,7 +329,7 @@ def publish(staging: Path, outdir, *, overwrite: bool) -> Path:
             held.clear()
     if old is not None:
         try:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_run(old)
         except (KeyboardInterrupt, SystemExit):  # SystemExit: edgekit's SIGTERM handler
             _note(f"{outdir}: interrupted while deleting the run it replaced; the new run is in place, and "
                   f"the next run there removes the rest ({old.name})")

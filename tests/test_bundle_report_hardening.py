@@ -143,3 +143,67 @@ def test_manifest_hashes_of_single_file_models_are_unchanged(outdir):
     for a in load_manifest(outdir).artifacts:  # an earlier run's manifest still verifies
         assert a.sha256 == sha256_file(outdir / a.path)
         assert a.checked_file(outdir, then="x") == outdir / a.path
+
+
+# --- F18: a folder beside OUTDIR named like a run an --overwrite set aside -------------------------
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_users_folder_named_like_a_set_aside_run_is_left_alone(tmp_path, capsys):
+    from edgekit.artifact import Manifest
+    from edgekit.outdir import _host, check_output
+
+    mine = tmp_path / ".out.old-original"  # the legacy bare form, the user's own backup
+    mine.mkdir()
+    (mine / "results.txt").write_text("my previous results\n")
+    copy = tmp_path / ".out.old-20261130"  # a copy of a run, plus the user's notes
+    Manifest(settings={"tag": "copy"}).write(copy)
+    (copy / "notes.txt").write_text("why I kept it\n")
+    named = tmp_path / f".out.old-{_host()}-{_dead_pid()}-abcd1234"  # edgekit's name, no run inside
+    named.mkdir()
+    (named / "data.csv").write_text("1,2\n")
+    gone = tmp_path / f".out.old-{_host()}-{_dead_pid()}-efgh5678"  # a real leftover: still removed
+    Manifest(settings={"tag": "old"}).write(gone)
+    (tmp_path / "out").mkdir()  # OUTDIR in place: a leftover beside it is deleted, not put back
+    for overwrite in (False, True):
+        assert check_output(tmp_path / "out", overwrite=overwrite) == tmp_path / "out"
+    assert (mine / "results.txt").read_text() == "my previous results\n"
+    assert (copy / "notes.txt").exists() and (copy / "manifest.json").exists()
+    assert (named / "data.csv").exists() and not gone.exists()
+    err = capsys.readouterr().err
+    assert f"left {named.name} beside" in err and "no manifest.json" in err
+    assert mine.name not in err and copy.name not in err
+
+
+def test_a_replaced_run_is_deleted_with_its_manifest_last(tmp_path):
+    from edgekit.artifact import Manifest
+    from edgekit.outdir import remove_run
+
+    run = tmp_path / "run"
+    Manifest().write(run)
+    for name in ("model.fp32.onnx", "report.md", "zzz.json"):
+        (run / name).write_text("x")
+    (run / "report_files").mkdir()
+    (run / "report_files" / "a.png").write_text("x")
+    order = []
+    import os
+
+    unlink = os.unlink
+
+    def record(path, *a, **k):  # which file goes when: a deletion cut short keeps the manifest
+        order.append(os.path.basename(path))
+        return unlink(path, *a, **k)
+
+    os.unlink = record
+    try:
+        remove_run(run)
+    finally:
+        os.unlink = unlink
+    assert not run.exists() and order[-2:] == ["report.md", "manifest.json"]
