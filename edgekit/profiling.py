@@ -292,14 +292,14 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
     """
     from .profile import profile_models
     from .profile_report import build_report
-    from .targets import load_target
+    from .targets import load_targets
 
     say = progress or (lambda msg: None)
     if min_seconds > max_seconds:  # the loop stops at max_seconds: a minimum above it is never met
         raise UsageError(f"--min-seconds {min_seconds:g} is more than --max-seconds {max_seconds:g}; "
                          "timing stops at --max-seconds")
+    tprofiles = load_targets(targets)  # two of one name would share one report section
     paths, facts, prepost_specs = resolve_artifacts(artifacts)
-    tprofiles = [load_target(t) for t in targets]
     ins = {label: declared_inputs(path) for label, path in paths.items()}
     if inputs:
         given = load_inputs(inputs, {paths[k]: v for k, v in ins.items()})

@@ -146,3 +146,13 @@ def test_host_features_only_describe_a_target_of_this_architecture(tmp_path):
     here = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}[platform.machine().lower()]
     expected = set(cpu_info()["isa"]) | {"neon"} if here == "aarch64" else {"neon"}
     assert set(T.resolved_isa(t)) == expected  # an x86 host's AVX-512 is no Pi's
+
+
+def test_profile_refuses_two_targets_of_one_name(tmp_path):
+    # both were profiled and printed under one '## x86-laptop' heading, one section holding the other's numbers
+    from edgekit.profiling import run_profile
+
+    (tmp_path / "x86-laptop.toml").write_text('arch = "x86_64"\naddress = "local"\nthreads = 1\n'
+                                              '[[providers]]\nname = "CPUExecutionProvider"\n')
+    with pytest.raises(ConfigError, match="two targets are named 'x86-laptop'"):
+        run_profile([str(tmp_path / "m.onnx")], ["x86-laptop", str(tmp_path / "x86-laptop.toml")])
