@@ -30,6 +30,12 @@ FIXED_FILES = frozenset({
     MANIFEST, "report.md", "report.html", "report.json", "compress.toml", "sample_inputs.npz",
     "sensitivity.json", "sensitivity.csv", "sensitivity.png", "pruning.json", "distill.json", "pruned.pt",
 })
+# ... of those, what any run may hold (`edgekit report OUTDIR` writes reports into any of them), and what
+# each kind of run writes, told by the stages its manifest records: compress records 'export' and
+# 'report'; `edgekit prune`/`distill` only their section ('pruning'/'distill'). Sensitivity files are
+# those pruning.sensitivity_files names.
+ANY_RUN_FILES = frozenset({MANIFEST, "report.md", "report.html", "report.json"})
+COMPRESS_FILES = frozenset({"compress.toml", "sample_inputs.npz"})
 SHOWN = 3  # foreign entries named in an error
 # Each OUTDIR check_output() was given, by resolved path, as the user wrote it: an error on a staging or
 # temp file is reported against that (output_named).
@@ -108,7 +114,7 @@ def _not_a_run(out: Path) -> str:
 def _known(out: Path) -> set:
     """Relative paths (posix) of the files an edgekit run in OUTDIR wrote there."""
     d = _read_manifest(out) or {}
-    known = set(FIXED_FILES)
+    known = _files_of_kind(d)
     arts = d.get("artifacts")
     for a in arts if isinstance(arts, list) else []:
         p = a.get("path") if isinstance(a, dict) else None
@@ -118,6 +124,23 @@ def _known(out: Path) -> set:
     if isinstance(sens, dict):
         known |= {v for v in sens.values() if isinstance(v, str)}
     return {Path(k).as_posix() for k in known} | _report_images(out)
+
+
+def _files_of_kind(d: dict) -> set:
+    """The fixed-name files the kind of run manifest d records writes. A name on FIXED_FILES is not
+    edgekit's in every OUTDIR: --overwrite deleted a user's pruned.pt from a compress run's folder."""
+    stages = d.get("stages")
+    names = {s.get("name") for s in stages if isinstance(s, dict)} if isinstance(stages, list) else set()
+    if not names:  # a manifest that records no stages (an older or hand-made one): any edgekit file
+        return set(FIXED_FILES)
+    known = set(ANY_RUN_FILES)
+    if names & {"export", "report"}:
+        known |= COMPRESS_FILES
+    else:
+        known |= {f"{sec}.json" for sec in ("pruning", "distill") if sec in names}
+        if names & {"pruning", "distill"}:
+            known.add("pruned.pt")  # pruning/outputs.save_weights
+    return known
 
 
 def _report_images(out: Path) -> set:

@@ -207,3 +207,49 @@ def test_a_replaced_run_is_deleted_with_its_manifest_last(tmp_path):
     finally:
         os.unlink = unlink
     assert not run.exists() and order[-2:] == ["report.md", "manifest.json"]
+
+
+# --- F12: --overwrite and files named like ones another kind of run writes -------------------------
+
+def _run_of_kind(out: Path, stages: list, **manifest) -> Path:
+    from edgekit.artifact import Artifact, Manifest, StageRecord
+
+    Manifest(artifacts=[Artifact(kind="fp32", path="model.fp32.onnx")],
+             stages=[StageRecord(s, "done") for s in stages], **manifest).write(out)
+    (out / "model.fp32.onnx").write_bytes(b"x")
+    return out
+
+
+@pytest.mark.parametrize("user_file", ["pruned.pt", "distill.json", "sensitivity.png", "pruning.json"])
+def test_overwrite_keeps_a_file_that_this_kind_of_run_never_writes(tmp_path, user_file):
+    from edgekit.errors import UsageError
+    from edgekit.outdir import check_output
+
+    out = _run_of_kind(tmp_path / "out", ["load", "export", "quantize", "report"])
+    for name in ("report.md", "report.html", "report.json", "compress.toml", "sample_inputs.npz"):
+        (out / name).write_text("x")
+    assert check_output(out, overwrite=True) == out  # all of those are a compress run's own
+    (out / user_file).write_text("mine\n")
+    with pytest.raises(UsageError, match=rf"holds an earlier run plus files edgekit did not write \({user_file}\)"):
+        check_output(out, overwrite=True)
+    assert (out / user_file).read_text() == "mine\n"
+
+
+def test_overwrite_knows_what_prune_and_distill_runs_write(tmp_path):
+    from edgekit.errors import UsageError
+    from edgekit.outdir import check_output
+
+    out = _run_of_kind(tmp_path / "p", ["pruning"], pruning={"sensitivity_files": {"png": "sensitivity.png"}})
+    for name in ("pruning.json", "pruned.pt", "sensitivity.png", "report.html"):
+        (out / name).write_text("x")
+    assert check_output(out, overwrite=True) == out
+    (out / "compress.toml").write_text("mine\n")
+    with pytest.raises(UsageError, match=r"files edgekit did not write \(compress\.toml\)"):
+        check_output(out, overwrite=True)
+    out = _run_of_kind(tmp_path / "d", ["distill"])
+    (out / "distill.json").write_text("x")
+    (out / "pruned.pt").write_text("x")
+    assert check_output(out, overwrite=True) == out
+    (out / "pruning.json").write_text("mine\n")
+    with pytest.raises(UsageError, match=r"files edgekit did not write \(pruning\.json\)"):
+        check_output(out, overwrite=True)
