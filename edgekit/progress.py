@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from .stdio import printable
+
 
 class _Task:
     def __init__(self, progress, tid):
@@ -20,7 +22,7 @@ class _Task:
         if advance is not None:
             kw["advance"] = advance
         if note:
-            kw["note"] = note
+            kw["note"] = printable(note)
         self._p.update(self._tid, **kw)
 
 
@@ -34,8 +36,10 @@ def task(description: str, total: float | None = None):
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, force_terminal=None if sys.stderr.isatty() else False)
-    cols = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn()]
+    # descriptions and notes carry paths and target names: plain text, never markup ('[/x]' raised MarkupError)
+    description = printable(description)
+    cols = [SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+            TextColumn("{task.fields[note]}", markup=False), TimeElapsedColumn()]
     t0 = time.perf_counter()
     with Progress(*cols, console=console, transient=False, disable=not console.is_terminal) as p:
         tid = p.add_task(description, total=total, note="")
@@ -43,4 +47,4 @@ def task(description: str, total: float | None = None):
         if total is not None:
             p.update(tid, completed=total)
     if not console.is_terminal:
-        console.print(f"{description}: done in {time.perf_counter() - t0:.1f}s")
+        console.print(f"{description}: done in {time.perf_counter() - t0:.1f}s", markup=False, highlight=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..report.fmt import pct
+from ..stdio import markup_safe
 from .common import CONTEXT_SETTINGS, echo_json
 
 
@@ -113,11 +114,13 @@ def _summary(manifest, output):
     if not con.is_terminal:
         con.width = 160  # logs and CI: do not wrap the table into unreadable slivers
     targets = list(dict.fromkeys(t for a in manifest.artifacts for t in a.latency))
-    tab = Table(title=f"edgekit compress -> {output}")
+    # paths, target names and reasons are text, not markup: 'runs[/net]' raised MarkupError after the run
+    # had been published, exit 1
+    tab = Table(title=f"edgekit compress -> {markup_safe(output)}")
     for col in ("artifact", "kind", "size", "params", "metric"):
         tab.add_column(col)
     for t in targets:
-        tab.add_column(f"p50 {t}", justify="right")
+        tab.add_column(f"p50 {markup_safe(t)}", justify="right")
     for a in manifest.artifacts:
         m = a.metrics or {}
         metric = f"{m.get('name', '?')} {m['value']:.4f}" if m.get("value") is not None else "-"
@@ -125,10 +128,11 @@ def _summary(manifest, output):
             metric += f" ({pct(-m['drop_rel'], signed=True)})"
         row = [a.path, a.kind, f"{a.bytes / 1024:.1f} KiB", f"{a.params:,}" if a.params else "-", metric]
         row += [_p50_cell(a.latency.get(t, {})) for t in targets]
-        tab.add_row(*row)
+        tab.add_row(*map(markup_safe, row))
     con.print(tab)
     for t, r in manifest.recommended.items():
         if r.get("status") == "ok":
-            con.print(f"[bold]recommended for {t}:[/bold] {r['path']} — {r['reason']}")
+            con.print(f"[bold]recommended for {markup_safe(t)}:[/bold] {markup_safe(r['path'])} — "
+                      f"{markup_safe(r['reason'])}")
         else:
-            con.print(f"[bold]{t}:[/bold] {r.get('status')}: {r.get('reason')}")
+            con.print(f"[bold]{markup_safe(t)}:[/bold] {markup_safe(r.get('status'))}: {markup_safe(r.get('reason'))}")

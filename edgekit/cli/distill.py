@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..stdio import markup_safe
 from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
 
 
@@ -77,5 +78,6 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     con = console()
     for a in man.artifacts:
         m = a.metrics or {}
-        con.print(f"{a.path}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', 0):.4f}")
-    con.print(f"files: {', '.join(files)}")
+        con.print(f"{markup_safe(a.path)}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, "
+                  f"{markup_safe(m.get('name'))} {m.get('value', 0):.4f}")
+    con.print(f"files: {markup_safe(', '.join(files))}")

@@ -7,6 +7,7 @@ import tempfile
 
 import click
 
+from ..stdio import markup_safe, printable
 from .common import CONTEXT_SETTINGS, console, echo_json, json_option
 
 
@@ -53,9 +54,11 @@ class _Progress:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
         quiet = os.environ.get("EDGEKIT_QUIET") == "1" or not sys.stderr.isatty()
-        self.p = Progress(TextColumn("{task.description}"), TextColumn("{task.fields[step]}"), BarColumn(),
-                          DownloadColumn(), console=console(), disable=quiet)
-        self.ids = {d.label: self.p.add_task(d.label, total=None, step="waiting") for d in devices}
+        # labels are paths: plain text, never markup ('card[/models]' is a closing tag to Rich)
+        self.p = Progress(TextColumn("{task.description}", markup=False),
+                          TextColumn("{task.fields[step]}", markup=False), BarColumn(), DownloadColumn(),
+                          console=console(), disable=quiet)
+        self.ids = {d.label: self.p.add_task(printable(d.label), total=None, step="waiting") for d in devices}
 
     def __call__(self, device, step, info):
         tid = self.ids.get(device)
@@ -75,9 +78,12 @@ class _Progress:
 
 
 def summary_table(results, title):
+    """Every string in it is escaped and stripped of control characters: labels are user paths, and reasons,
+    warnings and version names come from the device (a self-test's output), so '[/...]' in one raised
+    MarkupError after the flash had succeeded, and escape sequences reached the terminal."""
     from rich.table import Table
 
-    tab = Table(title=title)
+    tab = Table(title=markup_safe(title))
     for col in ("device", "result", "version", "details"):
         tab.add_column(col, overflow="fold")
     colour = {"flashed": "green", "up-to-date": "cyan", "rolled-back": "yellow", "failed": "red"}
@@ -97,7 +103,8 @@ def summary_table(results, title):
         else:  # no previous: `current` named a deleted folder (its warning says which) or nothing
             details = f"from {r.previous}" if r.previous else "no intact version was active before"
         details += "".join(f"; warning: {w}" for w in r.warnings)
-        tab.add_row(r.device, f"[{colour.get(r.status, 'white')}]{r.status}[/]", r.version or "-", details)
+        tab.add_row(markup_safe(r.device), f"[{colour.get(r.status, 'white')}]{markup_safe(r.status)}[/]",
+                    markup_safe(r.version or "-"), markup_safe(details))
     return tab
 
 
@@ -119,7 +126,7 @@ def _report_interrupt(devs, title, as_json):
             if e.results:
                 console().print(summary_table(e.results, f"{title} (interrupted)"))
             if untouched:
-                click.echo(f"edgekit: interrupted before the switch on {', '.join(untouched)}: "
+                click.echo(f"edgekit: interrupted before the switch on {printable(', '.join(untouched))}: "
                            "the previous version stays active there", err=True)
         raise e.cause from None
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..stdio import markup_safe
 from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
 
 
@@ -97,14 +98,14 @@ def _summary(man, output):
     if p.get("sparsity"):
         # no prune steps to tabulate: weights were zeroed in place
         sp = p["sparsity"]
-        c.print(f"edgekit prune -> {output}: {p.get('method')}: {sp.get('zeros', 0):,} of {sp.get('total', 0):,} "
+        c.print(f"edgekit prune -> {markup_safe(output)}: {markup_safe(p.get('method'))}: {sp.get('zeros', 0):,} of {sp.get('total', 0):,} "
                 f"weights zero ({sp.get('sparsity', 0):.1%}) in {len(p.get('sparse_layers', []))} layers; compressed "
                 f"size {p.get('compressed_bytes_before', 0) / 1024:.1f} -> {p.get('compressed_bytes_after', 0) / 1024:.1f} KiB")
         _artifacts_and_notes(c, man, p)
         return
-    tab = Table(title=f"edgekit prune -> {output}")
+    tab = Table(title=f"edgekit prune -> {markup_safe(output)}")
     for col in ("step", "ratio", "params", "MACs", "latency ms", p.get("metric_name", "metric")):
-        tab.add_column(col, justify="right")
+        tab.add_column(markup_safe(col), justify="right")
     for s in p.get("steps", []):
         lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") is not None else "-"
         tab.add_row(str(s["step"]), f"{s['ratio']:.2f}", f"{s['params']:,}", f"{s['macs']:,}", lat, f"{s['metric']:.4f}")
@@ -115,6 +116,7 @@ def _summary(man, output):
 def _artifacts_and_notes(c, man, p):
     for a in man.artifacts:
         m = a.metrics or {}
-        c.print(f"{a.path}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', 0):.4f}")
-    for n in p.get("notes", []):
-        c.print(f"note: {n}")
+        c.print(f"{markup_safe(a.path)}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, {markup_safe(m.get('name'))} "
+                f"{m.get('value', 0):.4f}")
+    for n in p.get("notes", []):  # notes name data files and layers: text, not markup
+        c.print(f"note: {markup_safe(n)}")

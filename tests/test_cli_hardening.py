@@ -1,0 +1,105 @@
+"""CLI output and inputs that come from outside: names that read as Rich markup, text a device prints,
+recipes that ask for pickle loading, weights files that are not checkpoints."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from edgekit.cli import main
+from flash_fixtures import make_outdir, rebuild_bundle
+
+MLP = textwrap.dedent("""
+    import torch.nn as nn
+
+    def build():
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+""")
+
+
+def _main(argv):
+    """main()'s exit status, whether it returns or exits."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture
+def mlp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGEKIT_QUIET", "1")
+    (tmp_path / "mlp.py").write_text(MLP)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.normal(size=(40, 6)).astype(np.float32))
+    return "mlp.py:build"
+
+
+# --- F17: markup and terminal escapes -------------------------------------------------------------------
+
+
+def test_flash_to_a_device_path_that_reads_as_markup_succeeds(tmp_path, capsys):
+    (tmp_path / "card[").mkdir()
+    dev = tmp_path / "card[/models]"  # a legal folder name; to Rich a closing tag with nothing to close
+    out = make_outdir(tmp_path / "out")
+    assert _main(["flash", str(out), "--device", str(dev)]) == 0
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "flashed" in err and "card[/models]" in err, err
+    assert (dev / "current").is_symlink()
+
+
+def test_selftest_reason_with_markup_and_escapes_is_printed_as_plain_text(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # the reason on one table line
+    out = make_outdir(tmp_path / "out")
+    assert _main(["bundle", str(out), "-o", str(tmp_path / "good.ekb")]) == 0
+
+    def evil_runner(d):  # what a device runner may print: a bracketed path, escape sequences
+        (d / "edgekit_runner.py").write_text(
+            "import json, sys\n"
+            "print(json.dumps({'ok': False, 'reason': 'bad [/] \\x1b]0;TITLE\\x07\\x1b[2J\\x9b [bold]x[/bold] \\r'}))\n"
+            "sys.exit(1)\n")
+
+    rebuild_bundle(tmp_path / "good.ekb", tmp_path / "evil.ekb", evil_runner)
+    capsys.readouterr()
+    assert _main(["flash", str(tmp_path / "evil.ekb"), "--device", str(tmp_path / "dev")]) == 1  # failed, reported
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "failed" in err, err
+    assert "bad [/]" in err and "[bold]x[/bold]" in err, err  # shown as written, not interpreted
+    assert not any(c in err for c in "\x1b\x07\x9b\r"), repr(err)
+    assert "TITLE" not in err and "[2J" not in err, repr(err)
+
+
+def test_compress_to_an_outdir_that_reads_as_markup_exits_0(tmp_path, capsys, mlp):
+    (tmp_path / "runs[").mkdir()
+    rc = _main(["compress", mlp, "--calib", "calib.npy", "--no-profile", "--quantize", "none", "-o", "runs[/net]"])
+    err = capsys.readouterr().err
+    assert rc in (0, None) and "internal error" not in err, err
+    assert "edgekit compress -> runs[/net]" in err and (tmp_path / "runs[/net]" / "manifest.json").is_file()
+
+
+def test_prune_to_an_outdir_that_reads_as_markup_exits_0(tmp_path, capsys, mlp):
+    (tmp_path / "p[").mkdir()
+    rc = _main(["prune", mlp, "--calib", "calib.npy", "--ratio", "0.5", "--no-distill", "-o", "p[/x]"])
+    err = capsys.readouterr().err
+    assert rc in (0, None) and "internal error" not in err, err
+    assert "edgekit prune -> p[/x]" in err and (tmp_path / "p[/x]" / "manifest.json").is_file()
+
+
+def test_progress_prints_descriptions_and_notes_as_text(capsys, monkeypatch):
+    from edgekit import progress
+
+    monkeypatch.delenv("EDGEKIT_QUIET", raising=False)
+    with progress.task("bundling runs[/net] \x1b[2J", total=2) as bar:
+        bar.update(completed=1, note="[/x] \x1b]0;T\x07")
+    err = capsys.readouterr().err
+    assert "bundling runs[/net] : done in" in err and "\x1b" not in err, repr(err)
+
+
+def test_printable_drops_whole_escape_sequences_keeps_text():
+    from edgekit.stdio import markup_safe, printable
+
+    assert printable("a\tb\nc\x1b[31mred\x1b[0m\x1b]0;title\x07d\x00\x7f\x85\re") == "a\tb\ncredde"
+    assert printable("ü 日本 [/x]") == "ü 日本 [/x]"
+    assert markup_safe("runs[/net]") == "runs\\[/net]"
+
