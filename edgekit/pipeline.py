@@ -44,10 +44,10 @@ def stage_load(run: Run):
     from .evaluate import check_training_labels
     from .dataset import Dataset
     from .loader import load_source
-    from .targets import DEFAULT_TARGET, load_target
+    from .targets import DEFAULT_TARGET, load_targets
 
     cfg = run.cfg
-    targets = [load_target(t) for t in (cfg.targets or (DEFAULT_TARGET,))]
+    targets = load_targets(cfg.targets or (DEFAULT_TARGET,))  # two of one name: refused before the model loads
     from_data = cfg.calib or cfg.eval
     declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
     sample = _peek_arrays(from_data) if _is_torch_file(cfg.model) else None

@@ -35,9 +35,9 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
 
 
 def targets(names) -> list:
-    from ..targets import DEFAULT_TARGET, load_target
+    from ..targets import DEFAULT_TARGET, load_targets
 
-    return [load_target(t) for t in (names or (DEFAULT_TARGET,))]
+    return load_targets(names or (DEFAULT_TARGET,))
 
 
 def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_list, seed, work, *, settings: dict):
