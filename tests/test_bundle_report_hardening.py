@@ -253,3 +253,32 @@ def test_overwrite_knows_what_prune_and_distill_runs_write(tmp_path):
     (out / "pruning.json").write_text("mine\n")
     with pytest.raises(UsageError, match=r"files edgekit did not write \(pruning\.json\)"):
         check_output(out, overwrite=True)
+
+
+# --- F9: a report of a run whose artifact changed or is gone since ---------------------------------
+
+def test_report_warns_about_each_artifact_changed_or_missing_since_the_run(outdir, tmp_path, capsys):
+    import shutil
+
+    from edgekit.report import write_reports
+
+    shutil.copyfile(outdir / "model.fp32.onnx", outdir / "model.int8.onnx")  # the int8 replaced
+    paths = {"html": tmp_path / "r.html", "markdown": tmp_path / "r.md", "json_path": tmp_path / "r.json"}
+    data = write_reports([outdir], **paths)
+    err = capsys.readouterr().err
+    want = "model.int8.onnx (int8): changed since the run"
+    assert f"edgekit: warning: out: {want}" in err
+    assert [v["file"] for v in data["runs"][0]["variants"]] == ["ok", "changed"]
+    assert want in json.loads(paths["json_path"].read_text())["runs"][0]["warnings"][0]
+    assert want in paths["markdown"].read_text() and want in paths["html"].read_text()
+    (outdir / "model.fp32.onnx").unlink()
+    data = write_reports([outdir], json_path=tmp_path / "r.json")
+    assert "model.fp32.onnx (fp32): artifact listed in manifest.json is missing" in capsys.readouterr().err
+    assert [v["file"] for v in data["runs"][0]["variants"]] == ["missing", "changed"]
+
+
+def test_report_of_an_intact_run_has_no_file_warnings(outdir, tmp_path, capsys):
+    from edgekit.report import write_reports
+
+    data = write_reports([outdir], json_path=tmp_path / "r.json")
+    assert data["runs"][0]["warnings"] == [] and "warning" not in capsys.readouterr().err

@@ -26,7 +26,8 @@ def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=No
     if isinstance(outdirs, (str, Path)):
         outdirs = [outdirs]
     report = build_report(list(outdirs), title=title, shown_as=shown_as)
-    for w in (report.get("comparison") or {}).get("warnings") or []:
+    run_warnings = [f"{r['label']}: {w}" for r in report["runs"] for w in r.get("warnings") or []]
+    for w in run_warnings + list((report.get("comparison") or {}).get("warnings") or []):
         # said where the user runs the command too: a report file may never be opened before numbers are quoted
         print(f"edgekit: warning: {w}", file=sys.stderr)
     plots = None

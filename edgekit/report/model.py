@@ -122,9 +122,26 @@ def _kind_key(v):
     return (KIND_ORDER.index(k) if k in KIND_ORDER else len(KIND_ORDER), v["path"])
 
 
-def run_model(manifest, outdir, label: str) -> dict:
-    """One manifest (edgekit.artifact.Manifest) -> the report's run record."""
+def file_warnings(manifest, files_in) -> tuple[dict, list]:
+    """({artifact path: "missing"|"changed"}, one warning per such artifact): the figures the manifest
+    holds describe the files the run made; `bundle` and `profile` refuse a changed one, and a report
+    must not present them silently as the file that is there now."""
+    state, warnings = {}, []
+    for a in manifest.artifacts:
+        why = a.change(files_in)
+        if why:
+            state[a.path] = "missing" if not (Path(files_in) / a.path).is_file() else "changed"
+            warnings.append(f"{a.path} ({a.kind}): {why}; the figures shown for it are the run's, "
+                            "not of the file there now")
+    return state, warnings
+
+
+def run_model(manifest, outdir, label: str, files_in=None) -> dict:
+    """One manifest (edgekit.artifact.Manifest) -> the report's run record. files_in: the folder whose
+    artifact files are checked against the manifest (None: a run's own staging, whose files it has just
+    written and hashed)."""
     arts = list(manifest.artifacts)
+    file_state, warnings = file_warnings(manifest, files_in) if files_in is not None else ({}, [])
     fp32 = next((a for a in arts if a.kind == "fp32"), None)
     targets = []
     for a in arts:
@@ -138,7 +155,8 @@ def run_model(manifest, outdir, label: str) -> dict:
     for a in arts:
         v = {"kind": a.kind, "path": a.path, "parent": a.parent, "stage": a.stage, "sha256": a.sha256,
              "bytes": int(a.bytes or 0), "params": a.params, "opset": a.opset,
-             "metric": metric_entry(a.metrics), "verify": dict(a.verify or {}), "notes": list(a.notes or [])}
+             "metric": metric_entry(a.metrics), "verify": dict(a.verify or {}), "notes": list(a.notes or []),
+             "file": file_state.get(a.path, "ok")}
         if fp32 is not None and fp32.bytes and a.bytes:
             v["size_ratio"] = a.bytes / fp32.bytes
         v["latency"] = {t: latency_entry((a.latency or {}).get(t),
@@ -184,6 +202,7 @@ def run_model(manifest, outdir, label: str) -> dict:
         "eval_data": eval_data(manifest, fp32),
         "quantization": quantization_records(manifest.quantization),
         "pruning": pruning_record(manifest.pruning),
+        "warnings": warnings,
     }
 
 
@@ -403,7 +422,9 @@ def build_report(outdirs, title=None, shown_as=None) -> dict:
     if not outdirs:
         raise UsageError("report: give at least one edgekit output directory")
     shown = [Path(o) for o in shown_as] if shown_as else outdirs
-    runs = [run_model(load_manifest(o), where, lab) for o, where, lab in zip(outdirs, shown, _labels(shown))]
+    # a run's own report (shown_as: written from its staging folder) describes the files it has just written
+    runs = [run_model(load_manifest(o), where, lab, files_in=None if shown_as else o)
+            for o, where, lab in zip(outdirs, shown, _labels(shown))]
     if title is None:
         specs = []
         for r in runs:

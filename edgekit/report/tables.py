@@ -82,7 +82,8 @@ def summary(run) -> Table:
                   Column("Speed-up", t, True)] if measured[t] else [Column("latency", t)])
     table = Table(f"summary-{run['label']}", "Summary", cols,
                   note="Latency per inference at batch 1 unless stated; speed-up is FP32 p50 ÷ variant p50 on the "
-                       "same target (measured interleaved in one process).", warnings=caveats(run))
+                       "same target (measured interleaved in one process).",
+                  warnings=list(run.get("warnings") or []) + caveats(run))
     for v in run["variants"]:
         m = v["metric"]
         size_sub = f"{v['size_ratio']:.0%} of FP32" if v.get("size_ratio") is not None and v["kind"] != "fp32" else ""
