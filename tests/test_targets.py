@@ -156,3 +156,17 @@ def test_profile_refuses_two_targets_of_one_name(tmp_path):
                                               '[[providers]]\nname = "CPUExecutionProvider"\n')
     with pytest.raises(ConfigError, match="two targets are named 'x86-laptop'"):
         run_profile([str(tmp_path / "m.onnx")], ["x86-laptop", str(tmp_path / "x86-laptop.toml")])
+
+
+def test_targets_setup_exits_1_when_the_target_cannot_run_here(capsys):
+    # 'unavailable: onnxruntime-gpu not installed' came with exit 0, read by a script as set up
+    import onnxruntime as ort
+
+    from edgekit.cli import main
+
+    rc = main(["targets", "setup", "nvidia-gpu"])
+    out = capsys.readouterr().out
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert rc == 0 and "ready" in out
+    else:
+        assert rc == 1 and "unavailable" in out, out

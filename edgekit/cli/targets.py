@@ -70,7 +70,9 @@ def show_cmd(name, as_json):
 @click.option("--force", is_flag=True, help="Rebuild even if it is already set up.")
 @json_option
 def setup_cmd(name, force, as_json):
-    """Prepare a target's runtime on this host (arm64-emulated: an arm64 rootfs run with qemu)."""
+    """Prepare a target's runtime on this host (arm64-emulated: an arm64 rootfs run with qemu).
+
+    Exit 1 when the target cannot run here (a local target whose execution providers are missing)."""
     from ..errors import UsageError
     from ..targets import load_target
 
@@ -82,7 +84,7 @@ def setup_cmd(name, force, as_json):
         st = {"target": t.name, "ready": reason is None, "reason": reason, "providers_missing": missing}
         (echo_json(st) if as_json else click.echo(
             f"{t.name}: runs locally; " + ("ready" if reason is None else f"unavailable: {reason}")))
-        return
+        return 0 if reason is None else 1  # a script checking setup must not read "unavailable" as success
     if t.address != "emulated":
         raise UsageError(f"target {t.name} is reached at {t.address}; nothing to set up here "
                          "(use `edgekit flash` to deploy to it)")
