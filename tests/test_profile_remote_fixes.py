@@ -403,3 +403,20 @@ def test_a_stop_before_the_runner_wrote_its_pid_file_still_stops_it(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 130 and json.loads(p.stdout.splitlines()[-1])["status"] == "stopped", p
     assert time.monotonic() - t0 < 25  # it did not time for its 30 s
+
+
+
+def test_a_selftest_stopped_before_it_started_does_not_run(tmp_path):
+    """The self-test takes the same pid file and stop mark: a flash whose self-test timed out over SSH left the
+    runner going on the device (sweep22 F19)."""
+    import subprocess
+
+    from edgekit.profile_remote import _KILL
+    from edgekit.runner import RUNNER_PATH
+
+    pid_file = tmp_path / "selftest.pid"
+    subprocess.run([sys.executable, "-c", _KILL, str(pid_file)], check=True, timeout=30)
+    p = subprocess.run([sys.executable, str(RUNNER_PATH), "selftest", "--bundle", str(tmp_path / "no-bundle"),
+                        "--pid-file", str(pid_file)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130 and json.loads(p.stdout.splitlines()[-1])["status"] == "stopped", p
+    assert pid_file.read_text().strip().isdigit()

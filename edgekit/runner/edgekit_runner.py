@@ -13,7 +13,7 @@ Numba when present) only then.
              X.npz keys NAME feed every model; keys LABEL::NAME feed model LABEL (others generate theirs)
     run      (--model M | --bundle DIR) [--inputs X.npz] --out Y.npz [--no-prepost]
              every sample of X; a bundle's pre/post steps (bundle.json "prepost") applied unless --no-prepost
-    selftest --bundle DIR      (DIR/bundle.json: model, selftest{inputs, expected, atol}); exit 1 on mismatch
+    selftest --bundle DIR [--pid-file F]   (DIR/bundle.json: model, selftest{inputs, expected, atol}); exit 1 on mismatch
 
 Several --model are timed interleaved (round-robin in short blocks, alternating who goes first) so
 that a busy machine slows them alike and their ratio stays meaningful.
@@ -756,13 +756,22 @@ def _labelled(specs) -> dict:
     return out
 
 
+def stopped_before_start(pid_file) -> bool:
+    """Write this process's id to pid_file (if given), so a caller in another session can stop it; True when
+    the caller already gave up (its stop mark, PID_FILE.stop, is there), having found no pid to signal."""
+    if not pid_file:
+        return False
+    with open(pid_file, "w") as f:
+        f.write(str(os.getpid()))
+    if os.path.exists(pid_file + ".stop"):
+        print(json.dumps({"status": "stopped", "ok": False, "reason": "stopped by the caller before it started"}))
+        return True
+    return False
+
+
 def cmd_bench(a) -> int:
-    if a.pid_file:
-        with open(a.pid_file, "w") as f:
-            f.write(str(os.getpid()))
-        if os.path.exists(a.pid_file + ".stop"):  # the caller gave up before it could read the pid file
-            print(json.dumps({"status": "stopped", "reason": "stopped by the caller before it started"}))
-            return 130
+    if stopped_before_start(a.pid_file):
+        return 130
     models = _labelled(a.model)
     inputs = _load_npz(a.inputs) if a.inputs else None
     if a.runs:
@@ -1050,6 +1059,8 @@ def compare(got: dict, expected: dict, atol: float) -> tuple[bool, dict]:
 
 
 def cmd_selftest(a) -> int:
+    if stopped_before_start(a.pid_file):
+        return 130
     root = a.bundle
     try:
         with open(os.path.join(root, "bundle.json")) as f:
@@ -1118,6 +1129,7 @@ def main(argv=None) -> int:
                        "without pre/post steps)")
     s.add_argument("--bundle", required=True)
     s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--pid-file", help="write this process's id here (so a caller can stop it from another session)")
     a = ap.parse_args(argv)
     try:
         return {"bench": cmd_bench, "run": cmd_run, "selftest": cmd_selftest}[a.cmd](a)
