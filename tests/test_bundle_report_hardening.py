@@ -282,3 +282,53 @@ def test_report_of_an_intact_run_has_no_file_warnings(outdir, tmp_path, capsys):
 
     data = write_reports([outdir], json_path=tmp_path / "r.json")
     assert data["runs"][0]["warnings"] == [] and "warning" not in capsys.readouterr().err
+
+
+# --- F10: report and profile outputs never replace a file that is not their own report -------------
+
+def _main_exit(args, capsys) -> tuple[int, str]:
+    from edgekit.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_report_refuses_to_replace_a_users_file_or_a_runs_own(outdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynotes.py").write_text("print('mine')\n")
+    before = (outdir / "model.fp32.onnx").read_bytes()
+    for args, named in ((["-o", "mynotes.py"], "-o/--output mynotes.py: exists and is not an edgekit HTML report"),
+                        (["--markdown", "mynotes.py"], "--markdown mynotes.py: exists and is not an edgekit Markdown"),
+                        (["--json-out", str(outdir / "model.fp32.onnx"), "-o", "x.html"],
+                         f"--json-out {outdir / 'model.fp32.onnx'}: is listed in {outdir / 'manifest.json'}"),
+                        (["--json-out", str(outdir / "manifest.json"), "-o", "x.html"], "is listed in")):
+        code, err = _main_exit(["report", str(outdir), *args], capsys)
+        assert code == 2 and named in err and "choose another name, e.g." in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "mynotes.py").read_text() == "print('mine')\n"
+    assert (outdir / "model.fp32.onnx").read_bytes() == before and not (tmp_path / "x.html").exists()
+    # its own earlier reports are replaced, as before
+    args = ["report", str(outdir), "-o", "r.html", "--markdown", "r.md", "--json-out", "r.json"]
+    for _ in range(2):
+        assert _main_exit(args, capsys)[0] == 0
+    assert _main_exit(["report", str(outdir)], capsys)[0] == 0
+    assert _main_exit(["report", str(outdir)], capsys)[0] == 0  # OUTDIR/report.html, again
+    code, err = _main_exit(["report", str(outdir), "--json-out", "r.html", "-o", "s.html"], capsys)
+    assert code == 2 and "r.html: exists and is not an edgekit JSON report" in err  # another format
+
+
+def test_profile_output_refuses_a_users_file_and_its_markdown_twin(outdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "victim.py").write_text("print('mine')\n")
+    code, err = _main_exit(["profile", str(outdir), "-o", "victim.py"], capsys)
+    assert code == 2 and "-o/--output victim.py: exists and is not an edgekit profile JSON report" in err
+    (tmp_path / "p.md").write_text("my notes\n")  # the Markdown a JSON -o writes beside it
+    code, err = _main_exit(["profile", str(outdir), "-o", "p.json"], capsys)
+    assert code == 2 and "p.md: exists and is not an edgekit profile Markdown report" in err
+    code, err = _main_exit(["profile", str(outdir), "-o", str(outdir / "model.int8.onnx")], capsys)
+    assert code == 2 and "is listed in" in err
+    assert (tmp_path / "victim.py").read_text() == "print('mine')\n" and (tmp_path / "p.md").read_text() == "my notes\n"
+    assert not (tmp_path / "p.json").exists()

@@ -53,9 +53,12 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
     from ..fsutil import write_json_atomic, write_text_atomic
     from ..profile_report import ok_count, to_html, to_markdown
     from ..profiling import run_profile
+    from ..report.outputs import check_report_path
     from ..targets import DEFAULT_TARGET
 
-    check_output_file(output, "-o/--output")
+    for path, fmt in _report_files(output):  # the Markdown beside a JSON report is written too
+        check_output_file(path, "-o/--output")
+        check_report_path(path, "-o/--output", fmt)
     if click.get_current_context().get_parameter_source("min_seconds") == click.core.ParameterSource.DEFAULT:
         min_seconds = min(min_seconds, max_seconds)  # --max-seconds 0.5 alone caps the default 1 s, no conflict
     con = console()
@@ -68,16 +71,14 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
                                         accept_new_host_key=accept_new_host_key, remote_python=remote_python),
                          progress=lambda m: con.log(f"profiling {m}"))
     md = to_markdown(report)
-    if output:
-        out = Path(output)
+    for path, fmt in _report_files(output):
         # the suffix asked for a format: JSON under report.html was written silently (and report.html.md)
-        if out.suffix.lower() in (".html", ".htm"):
-            write_text_atomic(out, to_html(report))
-        elif out.suffix.lower() == ".md":
-            write_text_atomic(out, md)
+        if fmt == "profile-html":
+            write_text_atomic(path, to_html(report))
+        elif fmt == "profile-md":
+            write_text_atomic(path, md)
         else:
-            write_json_atomic(out, report)
-            write_text_atomic(out.with_suffix(".md") if out.suffix == ".json" else Path(f"{out}.md"), md)
+            write_json_atomic(path, report)
     if as_json:
         echo_json(report)
     else:
@@ -86,3 +87,15 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
         why = "; ".join(sorted({f"{run['target']}: {r.get('status')}: {r.get('reason')}"
                                 for run in report["runs"] for r in run["results"].values()}))
         raise EdgekitError(f"no measurement succeeded: {why}")
+
+
+def _report_files(output) -> list:
+    """[(path, format)] that -o writes: .html/.htm a page, .md Markdown, else JSON plus its Markdown beside it."""
+    if not output:
+        return []
+    out = Path(output)
+    if out.suffix.lower() in (".html", ".htm"):
+        return [(out, "profile-html")]
+    if out.suffix.lower() == ".md":
+        return [(out, "profile-md")]
+    return [(out, "profile-json"), (out.with_suffix(".md") if out.suffix == ".json" else Path(f"{out}.md"), "profile-md")]

@@ -34,8 +34,12 @@ def report(outdirs, output, markdown, json_out, title, as_json):
         # -o one.md wrote HTML into it: a suffix that names another format picks that format
         flag = "--markdown" if output.suffix.lower() == ".md" else "--json-out"
         raise UsageError(f"-o/--output {output}: writes the HTML report; for {output.suffix} use {flag} {output}")
-    for p, flag in ((output, "-o/--output"), (markdown, "--markdown"), (json_out, "--json-out")):
+    from ..report.outputs import check_report_path
+
+    for p, flag, fmt in ((output, "-o/--output", "report-html"), (markdown, "--markdown", "report-md"),
+                         (json_out, "--json-out", "report-json")):
         check_output_file(p, flag)
+        check_report_path(p, flag, fmt)
     data = write_reports(list(outdirs), html=output, markdown=markdown, json_path=json_out, title=title)
     if as_json:
         echo_json(data)
