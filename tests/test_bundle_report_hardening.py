@@ -332,3 +332,26 @@ def test_profile_output_refuses_a_users_file_and_its_markdown_twin(outdir, tmp_p
     assert code == 2 and "is listed in" in err
     assert (tmp_path / "victim.py").read_text() == "print('mine')\n" and (tmp_path / "p.md").read_text() == "my notes\n"
     assert not (tmp_path / "p.json").exists()
+
+
+# --- F16: --inputs that numpy cannot read without pickle, or that is no .npz at all ----------------
+
+def test_bundle_inputs_with_object_arrays_or_not_an_npz_is_one_line(outdir, tmp_path, capsys):
+    import numpy as np
+
+    a = np.empty(2, dtype=object)
+    a[0], a[1] = {"x": 1}, [2]
+    np.savez(tmp_path / "evil.npz", x=a, y=np.zeros(2, dtype=np.int64))
+    (tmp_path / "junk.npz").write_text("hi\n")
+    np.savez(tmp_path / "good.npz", x=np.ones((1, 16), dtype=np.float32))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:60])
+    for name, why in (("evil.npz", "holds object arrays (pickled Python objects), which edgekit never loads"),
+                      ("junk.npz", "not a .npz or .npy file (no zip or .npy header)"),
+                      ("cut.npz", "not a readable .npz or .npy file"),
+                      ("none.npz", "no such inputs file")):
+        code, err = _main_exit(["bundle", str(outdir), "--inputs", str(tmp_path / name), "-o",
+                                str(tmp_path / "b.ekb")], capsys)
+        assert code == 2 and err.startswith(f"edgekit: error: {tmp_path / name}: {why}"), err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b.ekb").exists()
+    assert build_bundle(outdir, tmp_path / "b.ekb", inputs=tmp_path / "good.npz")["selftest"]["input_origin"] \
+        == "good.npz"

@@ -166,6 +166,38 @@ def _holds_a_bundle(path) -> bool:
         return False
 
 
+def check_inputs_file(path) -> None:
+    """Refuse --inputs in one line when numpy cannot read every array in it without pickle: an object
+    array surfaced as 'internal error: ValueError', and a file that is no .npz/.npy at all read as
+    'does not hold arrays matching the model's inputs'."""
+    import numpy as np
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such inputs file") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot read the inputs file: {e.strerror or e}") from None
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        raise InputError(f"{p}: not a .npz or .npy file (no zip or .npy header); save the inputs with np.savez")
+    try:
+        data = np.load(p, allow_pickle=False)
+        if hasattr(data, "files"):  # an .npz: its arrays are read (and refused) one by one
+            with data:
+                for k in data.files:
+                    data[k]
+    except ValueError as e:
+        if "bject arrays" in str(e):
+            raise InputError(f"{p}: holds object arrays (pickled Python objects), which edgekit never loads; "
+                             "save plain numeric arrays") from None
+        raise InputError(f"{p}: not a readable .npz or .npy file: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib and numpy's format errors: all a damaged file
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{p}: not a readable .npz or .npy file: {why}") from None
+
+
 def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol: float | None = None) -> dict:
     """Pack OUTDIR's chosen artifact into dest (.ekb). Returns a summary (path, version, artifact, ...)."""
     outdir = Path(outdir)
@@ -177,6 +209,8 @@ def build_bundle(outdir, dest, *, artifact: str | None = None, inputs=None, atol
         # re-bundling replaces an older bundle; any other file at that path is the user's, not ours to replace
         raise InputError(f"{dest}: exists and is not an edgekit bundle; not replacing it (remove it or choose "
                          "another -o)")
+    if inputs is not None:
+        check_inputs_file(inputs)
     manifest = load_manifest(outdir)
     art = choose_artifact(manifest, outdir, artifact)
     model_src = art.checked_file(outdir, then="refusing to bundle it (re-run compress)")
