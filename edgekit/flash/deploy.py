@@ -20,15 +20,22 @@ import errno
 import json
 import os
 import posixpath
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..errors import EdgekitError, FlashError
+from ..errors import EdgekitError, FlashError, InputError
 from ..fsutil import signals_deferred
 from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
 from .lock import LOCK, device_lock
 
 STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup")
+# the folders edgekit deletes in or writes into: one that is a link would point that at whatever it names
+# (on a mounted card, this host's files)
+DEVICE_DIRS = (".incoming", "versions", "damaged", LOCK)
+# bundle.content_version's form: the only names in PATH/versions that edgekit made (and so may remove)
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{16}")
+FS_OWN = ("lost+found",)  # made by the file system (fsck), neither edgekit's nor worth a warning
 
 
 @dataclass
@@ -132,9 +139,64 @@ class Layout:
         return self("versions", check_version_name(v))
 
 
+def is_version_name(name) -> bool:
+    return is_safe_name(name) and VERSION_NAME.fullmatch(name) is not None
+
+
 def version_dirs(t, L: Layout) -> list[str]:
-    """The entries of PATH/versions that edgekit could have made; anything else there is not ours to touch."""
-    return [v for v in t.listdir(L("versions")) if is_safe_name(v)]
+    """The entries of PATH/versions that edgekit could have made (folders named `<kind>-<16 hex>`); anything
+    else there (a user's backup/ or README) is not ours to touch: retention removed those too."""
+    return [v for v in t.listdir(L("versions")) if is_version_name(v) and t.isdir(L("versions", v))]
+
+
+def foreign_entries(t, L: Layout) -> list[str]:
+    """The entries of PATH/versions that are not edgekit versions (left alone, named in warnings)."""
+    ours = set(version_dirs(t, L))
+    return [n for n in t.listdir(L("versions")) if n not in ours and n not in FS_OWN]
+
+
+def is_link(t, path) -> bool:
+    try:
+        return t.readlink(path) is not None
+    except OSError:  # there and not a link
+        return False
+
+
+def refuse_links(t, L: Layout) -> None:
+    for name in DEVICE_DIRS:
+        if is_link(t, L(name)):
+            raise EdgekitError(f"{L(name)} is a symbolic link; edgekit will not write or delete through it "
+                               "(remove the link, or give the folder it points to as the device)")
+
+
+def unexpected_entries(t, root: str, listed) -> list[str]:
+    """Paths under root that its bundle.json does not account for: unlisted files (a numpy.py beside the
+    runner would be imported by it), folders no listed file is in, and links even where a listed file's
+    name is (a write would go through them). Folders are walked without following links."""
+    listed = set(listed)
+    needed = {posixpath.dirname(r) for r in listed}
+    for d in list(needed):
+        while d:
+            needed.add(d)
+            d = posixpath.dirname(d)
+    out = []
+
+    def walk(rel):
+        for name in t.listdir(posixpath.join(root, rel) if rel else root):
+            r = posixpath.join(rel, name) if rel else name
+            p = posixpath.join(root, r)
+            folder = t.isdir(p)  # lstat: a link to a folder is not one
+            if folder and r in needed:
+                walk(r)
+            elif folder or r not in listed or is_link(t, p):
+                out.append(r)
+
+    walk("")
+    return out
+
+
+def _unlisted_problems(extra: list[str]) -> list[str]:
+    return [f"{r} (not in {META})" for r in extra]
 
 
 def _active_missing(t, L: Layout, active: str | None, warnings: list) -> bool:
@@ -144,6 +206,14 @@ def _active_missing(t, L: Layout, active: str | None, warnings: list) -> bool:
     warnings.append(f"the active version {active} was missing on the device ({L('current')} pointed at a "
                     "deleted directory)")
     return True
+
+
+def _load_json(raw):
+    """json.loads, with the ways a damaged file fails it (a nesting deeper than the parser goes too) as ValueError."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def active_version(t, L: Layout) -> str | None:
@@ -163,30 +233,45 @@ def active_version(t, L: Layout) -> str | None:
 
 
 def read_history(t, L: Layout, warnings: list | None = None) -> list[dict]:
-    """history.json's entries; if it is missing or damaged while versions are on the device, an order
-    rebuilt from the version directories' times (a note goes to warnings): a damaged history only
-    costs rollback ordering, it must not leave the device with nothing to roll back to."""
+    """history.json's entries; for the versions on the device it does not name (the file is missing,
+    damaged, or a valid `[]`), an order rebuilt from the version directories' times (a note goes to
+    warnings): a damaged history only costs rollback ordering, it must not leave the device with
+    nothing to roll back to, nor make retention remove the newest inactive version."""
     raw = t.read_bytes(L("history.json"))
-    problem = None
+    history, problem = [], None
     if raw is None:
         problem = "is missing"
     else:
         try:
-            h = json.loads(raw)
+            h = _load_json(raw)
         except ValueError:
             problem = "is not valid JSON"
         else:
             if isinstance(h, list):
-                return [e for e in h if isinstance(e, dict) and isinstance(e.get("version"), str) and e["version"]]
-            problem = f"holds a JSON {type(h).__name__}, not a list"
-    present = version_dirs(t, L)
-    if not present:
-        return []  # a fresh device: nothing to order
-    history = _history_from_times(t, L, present)
+                history = [e for e in h if isinstance(e, dict) and isinstance(e.get("version"), str) and e["version"]]
+            else:
+                problem = f"holds a JSON {type(h).__name__}, not a list"
+    named = {e["version"] for e in history}
+    missing = [v for v in version_dirs(t, L) if v not in named]
+    if not missing:
+        return history  # a fresh device has nothing to order
+    rebuilt = _history_from_times(t, L, missing)
+    # those it does not name rank before those it does, except the active one: it was activated last
+    active = _active_or_none(t, L)
+    history = ([e for e in rebuilt if e["version"] != active] + history
+               + [e for e in rebuilt if e["version"] == active])
     if warnings is not None:
-        warnings.append(f"{L('history.json')} {problem}; the install order was taken from the version "
-                        f"directories' times ({', '.join(e['version'] for e in history)}, oldest first)")
+        what = problem or f"does not name {', '.join(missing)}"
+        warnings.append(f"{L('history.json')} {what}; the install order was taken from the version "
+                        f"directories' times ({', '.join(e['version'] for e in rebuilt)}, oldest first)")
     return history
+
+
+def _active_or_none(t, L: Layout):
+    try:
+        return active_version(t, L)
+    except EdgekitError:
+        return None
 
 
 def _history_from_times(t, L: Layout, present: list[str]) -> list[dict]:
@@ -197,18 +282,21 @@ def _history_from_times(t, L: Layout, present: list[str]) -> list[dict]:
             return 0.0
 
     order = sorted(present, key=lambda v: (when(v), v))
-    try:
-        active = active_version(t, L)
-    except EdgekitError:
-        active = None
+    active = _active_or_none(t, L)
     if active in order:  # whatever `current` names was activated last
         order.remove(active)
         order.append(active)
     return [{"version": v, "reconstructed": True} for v in order]
 
 
-def write_history(t, L: Layout, history: list[dict]) -> None:
-    t.write_bytes_atomic(L("history.json"), (json.dumps(history, indent=2) + "\n").encode())
+def write_history(t, L: Layout, history: list[dict], what: str) -> None:
+    """Write history.json; on failure, one line saying it does not record `what` (rollback and retention
+    depend on it: they fall back to the version directories' times)."""
+    try:
+        t.write_bytes_atomic(L("history.json"), (json.dumps(history, indent=2) + "\n").encode())
+    except Exception as e:
+        raise EdgekitError(f"{L('history.json')} was not updated: it does not record {what} ({describe(e)}); "
+                           "rollback and retention will order versions by their directories' times") from e
 
 
 def switch_current(t, L: Layout, version: str) -> None:
@@ -222,9 +310,30 @@ def switch_current(t, L: Layout, version: str) -> None:
         raise
 
 
+# Runs the runner in isolated mode (-I): a plain `python DIR/edgekit_runner.py` puts DIR first on sys.path,
+# so a numpy.py on the medium ran with this host's Python, and PYTHON* variables are ignored. The user's
+# own site-packages (`pip install --user` on a device) stays usable outside a venv, as in a plain run;
+# the runner adds its bundle folder itself for edgekit.prepost (load_prepost) when it needs it.
+SELFTEST_BOOT = ("import os, runpy, site, sys\n"
+                 "sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
+                 "u = site.getusersitepackages() if sys.prefix == sys.base_prefix else ''\n"
+                 "if u and os.path.isdir(u):\n"
+                 "    site.addsitedir(u)\n"
+                 "sys.argv = sys.argv[1:]\n"
+                 "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def selftest_argv(t, vdir: str) -> list[str]:
+    absolute = getattr(t, "absolute", None)  # a mounted path may be relative; an ssh one is absolute
+    vdir = absolute(vdir) if absolute else vdir
+    if vdir.startswith("-"):
+        vdir = "./" + vdir  # never an option, whatever the transport
+    return [t.python, "-I", "-c", SELFTEST_BOOT, posixpath.join(vdir, RUNNER), "selftest", "--bundle", vdir]
+
+
 def run_selftest(t, vdir: str, timeout: float) -> dict:
     """Run the bundled runner's self-test in vdir; return its JSON; raise with its reason if it fails."""
-    rc, out, err = t.run([t.python, posixpath.join(vdir, RUNNER), "selftest", "--bundle", vdir], timeout=timeout)
+    rc, out, err = t.run(selftest_argv(t, vdir), timeout=timeout)
     text = out.decode(errors="replace").strip()
     report = None
     for cand in (text, text.splitlines()[-1] if text else ""):
@@ -269,6 +378,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             res.previous = active_version(t, L)  # read again under the lock; named even if refused here
             check_version_name(version)  # a refused name must not leave even the lock folder
             _check_root(t, L.root, create_last=True)
+            refuse_links(t, L)
             t.makedirs(L.root)
             held.enter_context(device_lock(t, L(LOCK), res.warnings))
         with step("inspect", emit, dev):
@@ -277,12 +387,14 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
             if _active_missing(t, L, res.previous, res.warnings):
                 res.previous = None  # nothing was running, and nothing to roll back to
             _check_root(t, L.root, create_last=True)  # checked again here: the card may be pulled since
+            refuse_links(t, L)
             t.makedirs(L("versions"))
             t.makedirs(L(".incoming"))
             history = read_history(t, L, res.warnings)
             existing, damaged_active = False, []
             if t.isdir(vdir):
-                bad = _mismatches(t.hashes(vdir, want), want)
+                # files it does not list count as damage: the self-test and the device's runner would import them
+                bad = _mismatches(t.hashes(vdir, want), want) + _unlisted_problems(unexpected_entries(t, vdir, want))
                 if not bad and res.previous == version:
                     res.status, res.version = "up-to-date", version
                     return res
@@ -293,13 +405,18 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                     # it, and only then swapped in (the damaged copy keeps serving until that point)
                     damaged_active = bad
                 else:
-                    t.rmtree(vdir)  # an inactive, damaged copy: replace it
+                    # an inactive, damaged copy is replaced; kept aside like the active one, since files the
+                    # user added live in it too (it was deleted without a word)
+                    aside = _move_aside(t, L, vdir)
+                    res.warnings.append(f"the inactive copy of {version} was damaged on the device "
+                                        f"({'; '.join(bad[:3])}); a fresh copy is uploaded; the damaged one "
+                                        f"(and any file added to it) is kept at {aside}")
         stage = vdir
         if not existing:
             with step("upload", emit, dev):
                 stage = _upload(t, L, bundle, want, res, emit)
             with step("verify", emit, dev):
-                bad = _mismatches(t.hashes(stage, want), want)
+                bad = _mismatches(t.hashes(stage, want), want) + _unlisted_problems(unexpected_entries(t, stage, want))
                 if bad:
                     raise EdgekitError(f"{len(bad)} file(s) differ on the device after upload: {'; '.join(bad[:3])}")
         with step("selftest", emit, dev):
@@ -327,9 +444,17 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                 history = [e for e in history if e["version"] != version]
                 history.append({"version": version, "activated": _now(), "selftest": res.selftest,
                                 "model": bundle.meta["model"], "model_sha256": bundle.files[bundle.meta["model"]]})
-                res.removed = _prune(t, L, history, opts.keep, protect={version, res.previous})
-                write_history(t, L, [e for e in history if e["version"] not in res.removed])
+                pruning = None
+                try:
+                    _prune(t, L, history, opts.keep, protect={version, res.previous}, removed=res.removed,
+                           warnings=res.warnings)
+                except Exception as e:  # history.json still records the activation (and what went)
+                    pruning = e
+                write_history(t, L, [e for e in history if e["version"] not in res.removed],
+                              f"the activation of {version}")
                 recorded = True
+                if pruning is not None:
+                    raise pruning
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "flashed":
             res.warnings.append(f"cleanup: {e.reason}")  # the new version is active; only housekeeping failed
@@ -346,15 +471,21 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
     return res
 
 
+def _move_aside(t, L: Layout, vdir: str) -> str:
+    """Move a version folder to PATH/damaged/ (kept for the user, never deleted); returns where it went."""
+    t.makedirs(L("damaged"))
+    aside = L("damaged", f"{posixpath.basename(vdir)}-{os.urandom(4).hex()}")
+    t.rename(vdir, aside)
+    return aside
+
+
 def _replace_damaged(t, L: Layout, stage: str, vdir: str) -> str:
     """Swap a verified, self-tested copy in for the damaged active one; returns where the damaged copy
     went (PATH/damaged/, left for the user: it may hold files they added). `current` names vdir, so
     between the two renames it points at nothing for an instant (it pointed at broken files before); if
     the second rename fails or is interrupted, the damaged copy goes back."""
     # kept, not deleted: files the user added beside the bundle's live in that folder too
-    t.makedirs(L("damaged"))
-    aside = L("damaged", f"{posixpath.basename(vdir)}-{os.urandom(4).hex()}")
-    t.rename(vdir, aside)
+    aside = _move_aside(t, L, vdir)
     try:
         t.rename(stage, vdir)
     except BaseException:  # Ctrl-C between the renames too: the device must not be left without a model
@@ -369,10 +500,13 @@ def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, a
     mine, stale = [], []
     t.makedirs(L(area))
     for name in t.listdir(L(area)):
-        (mine if name.startswith(version + "-") else stale).append(name)
+        # only a real folder is resumed: a link there would send the upload wherever it points
+        (mine if name.startswith(version + "-") and t.isdir(L(area, name)) else stale).append(name)
     for name in stale + mine[1:]:
-        t.rmtree(L(area, name))
+        t.rmtree(L(area, name))  # a link is unlinked, never followed
     stage = L(area, mine[0] if mine else f"{version}-{os.urandom(4).hex()}")
+    if mine:
+        _clean_resumed(t, stage, want, res)
     have = t.hashes(stage, want) if mine else {}
     try:
         _send(t, bundle, want, res, emit, stage, have)
@@ -382,9 +516,31 @@ def _upload(t, L: Layout, bundle: Bundle, want: dict, res: DeviceResult, emit, a
         # a resume would hit the same wall, and the partial upload is what keeps the disk full
         with contextlib.suppress(Exception):
             t.rmtree(stage)
-        raise FlashError(f"the device's disk is full ({describe(e)}; the bundle needs "
-                         f"{bundle.total_bytes() / 2**20:.1f} MiB); the partial upload {stage} was removed") from None
+        raise FlashError(f"the device's disk is full ({describe(e)}; the bundle needs {_size(bundle.total_bytes())}, "
+                         f"about {_size(_on_disk(bundle))} on disk); the partial upload {stage} was removed") from None
     return stage
+
+
+def _clean_resumed(t, stage: str, want: dict, res: DeviceResult) -> None:
+    """Remove what an unfinished upload holds beyond the bundle's files before it is resumed: anything
+    there came from the medium, not from this bundle (a planted numpy.py, a link to a host file)."""
+    extra = unexpected_entries(t, stage, want)
+    for rel in extra:
+        t.rmtree(posixpath.join(stage, rel))
+    if extra:
+        res.warnings.append(f"removed {len(extra)} file(s) that are not in the bundle from the unfinished upload "
+                            f"{stage}: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def _on_disk(bundle: Bundle, block: int = 4096) -> int:
+    """An estimate of what the install takes on the device: whole blocks per file and per folder."""
+    rels = bundle.upload_order()
+    dirs = {posixpath.dirname(r) for r in rels}
+    return sum(-(-(bundle.root / r).stat().st_size // block) * block for r in rels) + (len(dirs) + 1) * block
 
 
 def _disk_full(e: OSError) -> bool:
@@ -417,10 +573,17 @@ def _send(t, bundle: Bundle, want: dict, res: DeviceResult, emit, stage: str, ha
         res.files_sent += 1
 
 
-def _prune(t, L: Layout, history: list[dict], keep: int, protect=()) -> list[str]:
+def _prune(t, L: Layout, history: list[dict], keep: int, protect=(), removed=None, warnings=None) -> list[str]:
     """Keep the `keep` most recently installed versions present, always including `protect` (the
-    active and the previous one, even beyond `keep`); remove the others."""
+    active and the previous one, even beyond `keep`); remove the others (appended to `removed` one by
+    one, so a failure midway still tells what went). Entries of PATH/versions that are not edgekit
+    versions are left alone and named in `warnings`."""
+    removed = [] if removed is None else removed
     present = version_dirs(t, L)
+    foreign = foreign_entries(t, L)
+    if foreign and warnings is not None:
+        warnings.append(f"{L('versions')} holds entries that are not edgekit versions, left alone: "
+                        f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
     newest_first = list(dict.fromkeys(e["version"] for e in reversed(history)))
     # history holds rolled-back-from versions too, so they keep their place by install order;
     # versions it does not name (a damaged history.json) rank as the oldest
@@ -431,9 +594,10 @@ def _prune(t, L: Layout, history: list[dict], keep: int, protect=()) -> list[str
         if len(keepset) >= keep:
             break
         keepset.add(v)
-    removed = [v for v in present if v not in keepset]
-    for v in removed:
-        t.rmtree(L.version(v))
+    for v in present:
+        if v not in keepset:
+            t.rmtree(L.version(v))
+            removed.append(v)
     return removed
 
 
@@ -446,6 +610,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
     try:
         with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
             _check_root(t, L.root, create_last=False)
+            refuse_links(t, L)
             if t.isdir(L.root):  # an SSH device without the folder has nothing to roll back (said next)
                 held.enter_context(device_lock(t, L(LOCK), res.warnings))
         with step("inspect", emit, dev):
@@ -464,7 +629,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                 res.previous = None  # its place in the history chose the target; it is not a version to name
             vdir = L.version(target)
         with step("verify", emit, dev):
-            meta = json.loads(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
+            meta = _load_json(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
             if not isinstance(meta, dict) or not meta.get("files"):
                 raise EdgekitError(f"{target}: no readable {META} on the device")
             check_meta(meta, f"{target}/{META} on the device")  # the paths it lists are hashed there next
@@ -474,6 +639,11 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
             bad = _mismatches(t.hashes(vdir, files), files)
             if bad:
                 raise EdgekitError(f"{target} is damaged on the device: {'; '.join(bad[:3])}")
+            extra = unexpected_entries(t, vdir, list(files) + [META])
+            if extra:  # the self-test would run beside them, on this host for a mounted path
+                raise EdgekitError(f"{target} on the device holds files its {META} does not list "
+                                   f"({', '.join(extra[:5])}); refusing to run it: remove them, or flash its "
+                                   ".ekb again (the copy is then kept under damaged/)")
         with step("selftest", emit, dev):
             res.selftest = run_selftest(t, vdir, opts.selftest_timeout)
         with signals_deferred():  # the switch and its record go together, as in flash()
@@ -487,7 +657,8 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                 when = _now()
                 for e in history[cut + 1:]:
                     e.setdefault("rolled_back", when)
-                write_history(t, L, history)
+                history[cut]["reactivated"] = when  # status shows the last activation, not the first
+                write_history(t, L, history, f"the rollback to {target}")
                 recorded = True
     except StepFailed as e:
         if e.step == "cleanup" and res.status == "rolled-back":
@@ -505,36 +676,70 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
 
 
 def status(t, root: str, verify: bool = True) -> dict:
-    """Versions on the device, the active one, and whether each is intact (hashes rechecked there)."""
+    """Versions on the device, the active one, and whether each is intact (hashes rechecked there, and
+    no file its bundle.json does not list). `healthy` is False when the active version is not intact or
+    `current` names a version that is gone."""
     if not t.isdir(root):
         # an empty table and ok: true read as "a device with nothing on it" for a mistyped or unmounted path
         raise EdgekitError(f"{root}: no such folder on the device (a mistyped path, or the device is not mounted)")
     L = Layout(root)
+    refuse_links(t, L)
+    notes = []
     try:
         active = active_version(t, L)
     except EdgekitError as e:
-        active, note = None, str(e)
-    else:
-        note = ""
+        active = None
+        notes.append(str(e))
+    healthy = True
+    if active is not None and (not is_safe_name(active) or not t.isdir(L("versions", active))):
+        notes.append(f"{L('current')} points at {active}, which is not on the device (deleted?); "
+                     "no version is active")
+        active, healthy = None, False
     history = {e["version"]: e for e in read_history(t, L)}
     out = []
     for v in version_dirs(t, L):
-        vdir = L.version(v)
-        raw = t.read_bytes(posixpath.join(vdir, META))
-        entry = {"version": v, "active": v == active, "activated": history.get(v, {}).get("activated")}
-        try:
-            meta = json.loads(raw) if raw else {}
-        except ValueError:
-            meta = {}
-        if not isinstance(meta, dict):
-            meta = {}
-        files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
-        entry.update(model=meta.get("model"), model_sha256=files.get(meta.get("model", "")),
-                     kind=(meta.get("artifact") or {}).get("kind"), files=len(files))
-        if verify:
-            bad = _mismatches(t.hashes(vdir, files), files) if files else [f"no readable {META}"]
-            entry.update(intact=not bad, problems=bad[:5])
+        e = history.get(v, {})
+        entry = {"version": v, "active": v == active, "activated": e.get("reactivated") or e.get("activated"),
+                 "rolled_back": e.get("rolled_back")}
+        entry.update(_version_facts(t, L.version(v), v, verify))
+        if v == active and entry.get("intact") is False:
+            healthy = False
         out.append(entry)
     out.sort(key=lambda e: (e["activated"] or "", e["version"]))
-    return {"device": t.label, "active": active, "versions": out,
-            "incoming": t.listdir(L(".incoming")), "note": note}
+    foreign = foreign_entries(t, L)
+    if foreign:
+        notes.append(f"{L('versions')} also holds entries that are not edgekit versions (left alone): "
+                     f"{', '.join(foreign)}")
+    return {"device": t.label, "active": active, "healthy": healthy, "versions": out, "foreign": foreign,
+            "incoming": t.listdir(L(".incoming")), "note": "; ".join(notes)}
+
+
+def _version_facts(t, vdir: str, v: str, verify: bool) -> dict:
+    """model, kind, file count and (verify) whether vdir holds exactly what its bundle.json lists."""
+    try:
+        meta = _load_json(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
+    except ValueError:
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    model = meta.get("model") if isinstance(meta.get("model"), str) else None
+    artifact = meta.get("artifact") if isinstance(meta.get("artifact"), dict) else {}
+    kind = artifact.get("kind") if isinstance(artifact.get("kind"), str) else None
+    facts = {"model": model, "model_sha256": files.get(model) if model else None, "kind": kind, "files": len(files)}
+    if not verify:
+        return facts
+    if not files:
+        bad = [f"no readable {META}"]
+    else:
+        try:
+            # the paths it names are hashed next: none may leave the folder (../../etc/hostname was read)
+            check_meta(meta, f"{v}/{META}")
+            if meta["version"] != v:
+                raise InputError(f"{v}/{META} names version {meta['version']}")
+        except InputError as e:
+            bad = [str(e)]
+        else:
+            bad = _mismatches(t.hashes(vdir, files), files) + _unlisted_problems(
+                unexpected_entries(t, vdir, list(files) + [META]))
+    facts.update(intact=not bad, problems=bad[:5])
+    return facts

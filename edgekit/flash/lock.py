@@ -31,7 +31,7 @@ def _pid_alive(pid) -> bool:
 def _lock_owner(t, lockdir: str) -> dict:
     try:
         owner = json.loads(t.read_bytes(posixpath.join(lockdir, "owner.json")) or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # a damaged owner file (RecursionError: nested too deeply)
         owner = {}
     return owner if isinstance(owner, dict) else {}
 

@@ -6,13 +6,14 @@ and compute correctly, though not on the device's CPU.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
 from ..errors import FlashError
-from ..fsutil import sha256_file
 
 
 def root_problem(path: str, *, create_last: bool = True) -> str | None:
@@ -48,11 +49,42 @@ def _non_dir_ancestor(path: str) -> str | None:
     return None
 
 
+def _hash_regular(root: str, rel: str) -> str | None:
+    """sha256 of root/rel if every component below root is a real folder and rel a regular file, else None."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    cur = root
+    try:
+        for p in parts[:-1]:
+            cur = os.path.join(cur, p)
+            if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                return None
+        fd = os.open(os.path.join(cur, parts[-1]),
+                     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        h = hashlib.sha256()
+        try:
+            for b in iter(lambda: f.read(1 << 20), b""):
+                h.update(b)
+        except OSError:
+            return None
+    return h.hexdigest()
+
+
 class PathTransport:
     python = sys.executable
 
     def __init__(self, label: str):
         self.label = label
+
+    def absolute(self, path) -> str:
+        """path as an argument for a command: a relative device path such as '-c...' would be read as an option."""
+        return os.path.abspath(path)
 
     def check_root(self, path, create_last: bool = True) -> None:
         why = root_problem(path, create_last=create_last)
@@ -88,7 +120,11 @@ class PathTransport:
 
     def put(self, local, remote, callback=None) -> None:
         size = os.path.getsize(local)
-        with open(local, "rb") as src, open(remote, "wb") as dst:
+        # a fresh file, never through what is there: a link left on the card would point the write at this host
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(remote)
+        fd = os.open(remote, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with open(local, "rb") as src, os.fdopen(fd, "wb") as dst:
             done = 0
             while True:
                 b = src.read(1 << 20)
@@ -102,13 +138,9 @@ class PathTransport:
             os.fsync(dst.fileno())  # a removable medium may be pulled right after
 
     def hashes(self, root, rels) -> dict:
-        out = {}
-        for rel in rels:
-            try:
-                out[rel] = sha256_file(os.path.join(root, rel))
-            except OSError:
-                out[rel] = None
-        return out
+        """sha256 of each regular file under root, None for anything else: a link (to a host file), a device
+        or a FIFO named by a device's bundle.json is not read (/dev/zero never ended)."""
+        return {rel: _hash_regular(root, rel) for rel in rels}
 
     def read_bytes(self, path):
         try:
@@ -118,12 +150,17 @@ class PathTransport:
             return None
 
     def write_bytes_atomic(self, path, data: bytes) -> None:
-        tmp = f"{path}.tmp-{os.getpid()}-{id(data):x}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk left history.json.tmp-* behind on the card
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def symlink(self, target, path) -> None:
         os.symlink(target, path)
@@ -137,10 +174,14 @@ class PathTransport:
         os.rename(src, dst)
 
     def rmtree(self, path) -> None:
-        if os.path.islink(path) or os.path.isfile(path):
-            os.unlink(path)
-        elif os.path.isdir(path):
-            shutil.rmtree(path)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)  # does not follow links inside
+        else:
+            os.unlink(path)  # a file, a link (never its target), a FIFO or a device node
 
     def run(self, argv, timeout=None, stdin: bytes | None = None):
         try:
