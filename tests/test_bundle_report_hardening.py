@@ -355,3 +355,33 @@ def test_bundle_inputs_with_object_arrays_or_not_an_npz_is_one_line(outdir, tmp_
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b.ekb").exists()
     assert build_bundle(outdir, tmp_path / "b.ekb", inputs=tmp_path / "good.npz")["selftest"]["input_origin"] \
         == "good.npz"
+
+
+# --- sweep22 F12: bundle --help says which artifact it packs by default -----------------------------
+
+def test_bundle_help_describes_the_default_artifact_as_chosen(capsys):
+    from edgekit.cli import main
+
+    try:
+        code = main(["bundle", "--help"])
+    except SystemExit as e:
+        code = e.code
+    text = " ".join(capsys.readouterr().out.split())
+    assert code in (0, None)
+    assert ("default: the first recommended one, else the smallest variant within tolerance that no measurement "
+            "showed slower, else fp32") in text and "else int8" not in text
+
+
+def test_bundle_default_is_the_smallest_variant_within_tolerance_not_int8(tmp_path):
+    from edgekit.artifact import load_manifest
+
+    out = make_outdir(tmp_path / "out", int8_too=True)
+    man = load_manifest(out)
+    man.recommended = {}
+    man.write(out)
+    small = build_bundle(out, tmp_path / "a.ekb")["artifact"]["kind"]
+    assert small == "int8"  # the only compressed variant; a manifest that refuses it falls back to fp32
+    man.quantization = {"model.fp32.onnx": {"tolerance_met": False}}
+    man.artifacts[1].stage, man.artifacts[1].parent = "quantize", "model.fp32.onnx"
+    man.write(out)
+    assert build_bundle(out, tmp_path / "b.ekb")["artifact"]["kind"] == "fp32"
