@@ -368,8 +368,8 @@ def test_bundle_help_describes_the_default_artifact_as_chosen(capsys):
         code = e.code
     text = " ".join(capsys.readouterr().out.split())
     assert code in (0, None)
-    assert ("default: the first recommended one, else the smallest variant within tolerance that no measurement "
-            "showed slower, else fp32") in text and "else int8" not in text
+    assert ("default: the first recommended one, else the smallest compressed variant within tolerance that no "
+            "measurement showed slower, else fp32") in text and "else int8" not in text
 
 
 def test_bundle_default_is_the_smallest_variant_within_tolerance_not_int8(tmp_path):

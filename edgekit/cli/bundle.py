@@ -9,8 +9,8 @@ from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, jso
 @click.command("bundle", context_settings=CONTEXT_SETTINGS)
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--artifact", metavar="KIND|PATH",
-              help="Artifact to pack (default: the first recommended one, else the smallest variant within "
-                   "tolerance that no measurement showed slower, else fp32).")
+              help="Artifact to pack (default: the first recommended one, else the smallest compressed variant "
+                   "within tolerance that no measurement showed slower, else fp32).")
 @click.option("--inputs", type=click.Path(dir_okay=False), metavar="FILE",
               help="A .npz (one array per input name) or .npy holding a real input for the on-device self-test "
                    "(default: OUTDIR/sample_inputs.npz or the run's eval/calib data, else a generated input).")
