@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -356,3 +357,31 @@ def test_status_escapes_markup_and_drops_terminal_escapes(tmp_path, vs, capsys, 
     out = capsys.readouterr().err  # the table goes to stderr
     assert rc == 1 and "internal error" not in out and vs[0].version[:8] in out, out
     assert "\x1b]0;" not in out and "\x07" not in out and "\x1b[2J" not in out and "[bold]x[/bold][/y]" in out
+
+
+# ---- over ssh: the same refusal, and the isolated self-test on the device
+
+def test_over_ssh_a_linked_incoming_is_refused_and_planted_files_removed(tmp_path, vs):
+    from edgekit.flash import SshOptions
+    from sshd import start_sshd
+
+    srv = start_sshd(tmp_path / "sshd")
+    try:
+        ssh = SshOptions(identity=str(srv.user_key), known_hosts=str(srv.known_hosts),
+                         remote_python=sys.executable)
+        dev, victim = tmp_path / "dev", tmp_path / "victim"
+        victim.mkdir()
+        (victim / "n.txt").write_text("mine")
+        dev.mkdir()
+        (dev / ".incoming").symlink_to(victim)
+        res = flash_many(collect_devices([srv.address(str(dev))]), vs[0], ssh=ssh)[0]
+        assert (res.status, res.step) == ("failed", "inspect") and ".incoming is a symbolic link" in res.reason
+        assert os.listdir(victim) == ["n.txt"]
+        (dev / ".incoming").unlink()
+        marker = tmp_path / "PWNED"
+        _plant(dev / ".incoming" / f"{vs[0].version}-deadbeef", marker)
+        res = flash_many(collect_devices([srv.address(str(dev))]), vs[0], ssh=ssh)[0]
+        assert res.status == "flashed" and not marker.exists(), res.reason
+        assert not (dev / "versions" / vs[0].version / "numpy.py").exists()
+    finally:
+        srv.stop()
