@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,8 +296,14 @@ def from_dict(d: dict, *, where: str = "settings") -> CompressConfig:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def load_recipe(path) -> dict:
-    """Read compress.toml into a plain dict (merged under CLI flags by the caller)."""
+# what only the command line may ask for: a recipe someone sent, replayed with --config, must not replace a
+# folder (--overwrite) or unpickle its weights file, which runs code from it (--trust-pickle)
+_COMMAND_LINE_ONLY = ("overwrite", "trust_pickle")
+
+
+def load_recipe(path, *, notes: bool = True) -> dict:
+    """Read compress.toml into a plain dict (merged under CLI flags by the caller). notes=False: no note
+    for a setting the recipe had and that was dropped (a caller reading the recipe a second time)."""
     import tomllib
 
     p = Path(path)
@@ -309,9 +316,11 @@ def load_recipe(path) -> dict:
     d = map_paths(d, lambda v: _rebase(v, p.parent))
     if isinstance(d.get("output"), str) and not Path(d["output"]).is_absolute():
         d["output"] = str(p.parent / d["output"])  # like every other path in it, not the current folder
-    # replacing an existing OUTDIR is asked for on the command line only: a recipe recorded from an
-    # --overwrite run replaced another run's folder when replayed with -o elsewhere
+    # a recipe recorded from an --overwrite run replaced another run's folder when replayed with -o elsewhere
     d.pop("overwrite", None)
+    if d.pop("trust_pickle", False) and notes:
+        print(f"edgekit: note: {p}: recipe's trust_pickle ignored: pass --trust-pickle to load pickled weights",
+              file=sys.stderr)
     # validate now so the error names the file
     from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
     return d
@@ -367,7 +376,8 @@ def to_toml(cfg: CompressConfig) -> str:
     absolute path)."""
     d = map_paths(cfg.to_dict(), _absolute)
     d["output"] = str(Path(d["output"]).resolve())
-    d.pop("overwrite", None)  # a command-line safety choice, not part of the recipe
+    for k in _COMMAND_LINE_ONLY:  # safety choices made on the command line, not part of the recipe
+        d.pop(k, None)
     lines = []
 
     def fmt(v):

@@ -103,3 +103,62 @@ def test_printable_drops_whole_escape_sequences_keeps_text():
     assert printable("ü 日本 [/x]") == "ü 日本 [/x]"
     assert markup_safe("runs[/net]") == "runs\\[/net]"
 
+
+# --- F11: a recipe cannot ask for pickle loading ---------------------------------------------------------
+
+
+class _Planted:
+    """Unpickling calls open(path, 'w'): proof that code from the weights file ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _recipe(tmp_path, weights):
+    p = tmp_path / "sent" / "compress.toml"
+    p.parent.mkdir()
+    p.write_text(f'model = "{tmp_path / "mlp.py"}:build"\nweights = "{weights}"\ntrust_pickle = true\n'
+                 f'calib = "{tmp_path / "calib.npy"}"\n[quantize]\nmode = "none"\n[profile]\nenabled = false\n')
+    return p
+
+
+def test_recipe_trust_pickle_is_ignored_with_a_note(tmp_path, capsys, mlp):
+    import torch
+
+    marker = tmp_path / "PICKLE_RAN"
+    torch.save({"0.weight": _Planted(str(marker))}, tmp_path / "evil.pt")
+    rec = _recipe(tmp_path, tmp_path / "evil.pt")
+    assert _main(["compress", "--config", str(rec), "-o", "replay"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not marker.exists()  # nothing from the file ran
+    assert err[-2] == f"edgekit: note: {rec}: recipe's trust_pickle ignored: pass --trust-pickle to load pickled weights"
+    assert "evil.pt" in err[-1] and "--trust-pickle" in err[-1] and len(err) == 2, err
+    assert not (tmp_path / "replay").exists()
+
+
+def test_trust_pickle_on_the_command_line_still_loads_a_recipes_pickled_model(tmp_path, capsys, mlp):
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("mlp", tmp_path / "mlp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.save(mod.build(), tmp_path / "full.pt")  # a whole pickled model: needs --trust-pickle
+    rec = _recipe(tmp_path, tmp_path / "full.pt")
+    assert _main(["compress", "--config", str(rec), "--trust-pickle", "-o", "replay"]) in (0, None)
+    assert (tmp_path / "replay" / "manifest.json").is_file()
+    capsys.readouterr()
+
+
+def test_recorded_recipe_never_carries_trust_pickle(tmp_path):
+    from edgekit import config as c
+
+    cfg = c.from_dict({"model": "zoo:digits-cnn", "output": str(tmp_path / "o"), "trust_pickle": True})
+    assert "trust_pickle" not in c.to_toml(cfg)
+    p = tmp_path / "compress.toml"
+    p.write_text("trust_pickle = true\n" + c.to_toml(cfg))  # hand-edited or sent by someone
+    assert c.from_dict(c.load_recipe(p, notes=False)).trust_pickle is False

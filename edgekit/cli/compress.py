@@ -84,7 +84,7 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
     if config and not (model and output):
         from ..config import load_recipe
 
-        recipe = load_recipe(config)
+        recipe = load_recipe(config, notes=False)  # read again, with its notes, when the run starts
         model = model or recipe.get("model")
         output = output or recipe.get("output")
     if not model:
