@@ -231,6 +231,7 @@ def import_user_file(path: str):
 def load_state(weights: str, *, trust_pickle: bool):
     """Read a weights file safely: a state dict with weights_only=True, a full module only when trusted."""
     import pickle
+    import warnings
 
     import torch
 
@@ -241,8 +242,12 @@ def load_state(weights: str, *, trust_pickle: bool):
         raise InputError(f"{p}: a TorchScript archive (torch.jit.save), which edgekit cannot prune, distil or "
                          "re-export; pass the model's Python class as file.py:factory with --weights holding "
                          "torch.save(model.state_dict(), ...)")
+    _check_checkpoint_format(p)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+        with warnings.catch_warnings():
+            # a legacy checkpoint with pickle protocol 4 drew a UserWarning with torch's source line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
     except (ModuleNotFoundError, AttributeError) as e:
         # only a trusted full pickle gets this far: the class it names cannot be imported
         raise InputError(f"{p}: holds a pickled model whose class cannot be imported ({e}); define or import "
@@ -252,10 +257,114 @@ def load_state(weights: str, *, trust_pickle: bool):
         if not trust_pickle and "unsupported global" in str(e).lower():
             raise InputError(f"{p}: contains pickled Python objects, not just tensors; if you trust this file, "
                              "pass --trust-pickle") from None
+        if not trust_pickle and "weights only load failed" in str(e).lower():
+            # torch's first line advises re-running torch.load with weights_only=False, an API the user
+            # never called; its own reason is further down (a legacy file with pickle protocol 4, say)
+            raise InputError(f"{p}: the safe (weights-only) loader cannot read it ({_unpickler_reason(e)}); if you "
+                             "trust this file, pass --trust-pickle") from None
         raise InputError(f"{p}: not a PyTorch weights file: {str(e).splitlines()[0]}") from None
     except Exception as e:
         raise InputError(f"{p}: not a PyTorch weights file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return obj
+
+
+_SAVE_HINT = "save weights with torch.save(model.state_dict(), PATH)"
+# pickle opcodes that import a name or call one: what makes unpickling run code
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _check_checkpoint_format(p: Path) -> None:
+    """Refuse what torch.save never writes, before torch.load sees it: torch's message for a text file or a
+    plain pickle advised re-running with weights_only=False, claiming it 'will likely succeed', and with
+    --trust-pickle a plain pickle ran its code and then failed anyway ('Invalid magic number')."""
+    import tarfile
+    import zipfile
+
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: not a PyTorch weights file (the file is empty)")
+    if zipfile.is_zipfile(p):
+        if not _zip_has_data_pkl(p):  # an .npz or any other zip: torch said 'failed locating file data.pkl'
+            raise InputError(f"{p}: not a PyTorch weights file (a zip archive without torch.save's data.pkl); "
+                             f"{_SAVE_HINT}")
+        return
+    if tarfile.is_tarfile(p):  # torch.save before torch 0.4
+        return
+    with open(p, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise InputError(f"{p}: not a readable PyTorch weights file (a truncated or damaged zip archive, "
+                             "the format torch.save writes)")
+    first, code = _scan_pickle(p)
+    if first is _NOT_PICKLE:
+        raise InputError(f"{p}: not a PyTorch weights file (neither a torch.save archive nor a pickle); {_SAVE_HINT}")
+    if first == _TORCH_MAGIC:  # torch.save's legacy (non-zip) format: a pickle of this number comes first
+        return
+    what = "a plain Python pickle" + (" holding Python objects, which run code when it is loaded" if code else "")
+    raise InputError(f"{p}: not a PyTorch weights file ({what}; torch.save does not write this); {_SAVE_HINT}")
+
+
+def _zip_has_data_pkl(p: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return True  # damaged: torch.load's own message says so
+
+
+_NOT_PICKLE = object()
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+
+
+def _scan_pickle(p: Path):
+    """(value of the first pickle if it is a bare int, else None; whether it imports or calls anything), or
+    (_NOT_PICKLE, False): read with pickletools, which decodes opcodes and never executes them."""
+    import pickletools
+
+    values, code, stop = [], False, False
+    try:
+        with open(p, "rb") as f:
+            # to the first STOP: a text file also starts with bytes that decode as opcodes ('h', 'l', 'o')
+            for op, arg, _pos in pickletools.genops(_Bounded(f, p.stat().st_size)):
+                code = code or op.name in _CODE_OPCODES
+                stop = op.name == "STOP"
+                if isinstance(arg, int) and op.name not in _BOOKKEEPING_OPCODES:
+                    values.append(arg)
+    except Exception:  # pickletools raises ValueError for a malformed stream, others on odd bytes
+        return _NOT_PICKLE, False
+    if not stop:
+        return _NOT_PICKLE, False
+    return (values[0] if len(values) == 1 and not code else None), code
+
+
+_BOOKKEEPING_OPCODES = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+class _Bounded:
+    """A file whose reads never ask for more than what is left: a length field in garbage bytes (BINBYTES8)
+    made pickletools request an allocation of exabytes."""
+
+    def __init__(self, f, size):
+        self._f, self._size = f, size
+
+    def read(self, n=-1):
+        left = max(self._size - self._f.tell(), 0)
+        return self._f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self):
+        return self._f.readline()
+
+    def tell(self):
+        return self._f.tell()
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The 'WeightsUnpickler error: ...' reason in torch's long message, else its last non-empty line."""
+    import re
+
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return m.group(1).strip() if m else (lines[-1] if lines else type(e).__name__)
 
 
 def is_torchscript(path) -> bool:

@@ -134,7 +134,8 @@ def test_recipe_trust_pickle_is_ignored_with_a_note(tmp_path, capsys, mlp):
     assert _main(["compress", "--config", str(rec), "-o", "replay"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert not marker.exists()  # nothing from the file ran
-    assert err[-2] == f"edgekit: note: {rec}: recipe's trust_pickle ignored: pass --trust-pickle to load pickled weights"
+    assert err[-2] == (f"edgekit: note: {rec}: recipe's trust_pickle ignored: "
+                       "pass --trust-pickle to load pickled weights")
     assert "evil.pt" in err[-1] and "--trust-pickle" in err[-1] and len(err) == 2, err
     assert not (tmp_path / "replay").exists()
 
@@ -162,3 +163,70 @@ def test_recorded_recipe_never_carries_trust_pickle(tmp_path):
     p = tmp_path / "compress.toml"
     p.write_text("trust_pickle = true\n" + c.to_toml(cfg))  # hand-edited or sent by someone
     assert c.from_dict(c.load_recipe(p, notes=False)).trust_pickle is False
+
+
+# --- F13: weights files that are not checkpoints --------------------------------------------------------
+
+
+def _load_error(path, trust_pickle=False):
+    import warnings
+
+    from edgekit.errors import InputError
+    from edgekit.loader import load_state
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError) as e:
+            load_state(str(path), trust_pickle=trust_pickle)
+    assert [str(w.message) for w in seen] == []  # torch's UserWarning came with a source line
+    msg = str(e.value)
+    assert "\n" not in msg and "weights_only" not in msg and "will likely succeed" not in msg, msg
+    return msg
+
+
+def test_files_torch_save_never_writes_are_named_as_such(tmp_path):
+    import pickle
+
+    (tmp_path / "notes.pt").write_text("hello world\nthese are not weights\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    np.savez(tmp_path / "arrays.npz", w=np.zeros(3))
+    for name, what in [("notes.pt", "neither a torch.save archive nor a pickle"), ("empty.pt", "the file is empty"),
+                       ("raw.pt", "a plain Python pickle;"), ("arrays.npz", "a zip archive without torch.save's")]:
+        assert _load_error(tmp_path / name).startswith(f"{tmp_path / name}: not a PyTorch weights file ({what}")
+
+
+def test_plain_pickle_with_code_is_refused_unrun_even_when_trusted(tmp_path):
+    import pickle
+
+    marker = tmp_path / "PICKLE_RAN"
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps(_Planted(str(marker))))
+    for trust in (False, True):  # torch.load would run it, then fail: 'Invalid magic number'
+        msg = _load_error(tmp_path / "raw.pt", trust_pickle=trust)
+        assert "not a PyTorch weights file (a plain Python pickle holding Python objects" in msg, msg
+    assert not marker.exists()
+
+
+def test_legacy_checkpoints_keep_loading_or_ask_for_trust_pickle(tmp_path):
+    import torch
+
+    from edgekit.loader import load_state
+
+    sd = {"w": torch.arange(3.0)}
+    torch.save(sd, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_state(str(tmp_path / "old.pt"), trust_pickle=False)["w"], sd["w"])
+    torch.save(sd, tmp_path / "p4.pt", _use_new_zipfile_serialization=False, pickle_protocol=4)
+    msg = _load_error(tmp_path / "p4.pt")
+    assert "safe (weights-only) loader cannot read it" in msg and msg.endswith("pass --trust-pickle"), msg
+    assert torch.equal(load_state(str(tmp_path / "p4.pt"), trust_pickle=True)["w"], sd["w"])
+    torch.save(sd, tmp_path / "new.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "new.pt").read_bytes()[:200])  # a copy cut short
+    assert "truncated or damaged zip archive" in _load_error(tmp_path / "cut.pt")
+
+
+def test_compress_with_a_text_file_as_weights_says_so_in_one_line(tmp_path, capsys, mlp):
+    (tmp_path / "w.pt").write_text("not a torch file")
+    assert _main(["compress", mlp, "--weights", "w.pt", "--calib", "calib.npy", "--no-profile", "-o", "o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("edgekit: error: w.pt: not a PyTorch weights file (neither a torch.save archive nor a pickle); "
+                   "save weights with torch.save(model.state_dict(), PATH)"), err
