@@ -46,7 +46,8 @@ def resolve_artifacts(specs) -> tuple[dict, dict, dict]:
                 # two of a kind (INT8 of the FP32 and of the distilled model): named by file, not kind#2
                 name = a.kind if kinds.count(a.kind) == 1 else Path(a.path).name.removesuffix(".onnx").removeprefix("model.")
                 label = f"{p.name}/{name}" if multi_dirs else name
-                add(label, f, {"path": str(f), "kind": a.kind, **_file_facts(f, a.sha256, a.bytes),
+                # hashed here: a.sha256 of an external-data model already covers its .data (artifact.model_sha256)
+                add(label, f, {"path": str(f), "kind": a.kind, **_file_facts(f),
                                "run": str(p.resolve())}, m.prepost or None)
         elif p.is_file():
             if p.suffix != ".onnx":
@@ -103,7 +104,9 @@ def _run_of(p: Path) -> str | None:
         m = load_manifest(p.parent)
     except EdgekitError:
         return None
-    sha = sha256_file(p)
+    from .artifact import model_sha256
+
+    sha = model_sha256(p)  # the manifest's hash of a model with external data covers its .data files too
     return str(p.parent.resolve()) if any(a.path == p.name and a.sha256 == sha for a in m.artifacts) else None
 
 
