@@ -30,6 +30,9 @@ def bundle(outdir, artifact, inputs, atol, output, as_json):
         echo_json(info)
         return
     st = info["selftest"]
-    console().print(f"[bold]{info['path']}[/bold]: version {info['version']}, {info['artifact']['kind']} "
-                    f"({info['artifact']['path']}), {info['files']} files, {info['bytes'] / 1024:.1f} KiB; "
-                    f"self-test input: {st['input_origin']}, atol {st['atol']:.3g}")
+    from ..stdio import markup_safe as ms
+
+    # names are the user's: '[/v].ekb' is a closing tag to Rich, and a written bundle ended as an internal error
+    console().print(f"[bold]{ms(info['path'])}[/bold]: version {ms(info['version'])}, {ms(info['artifact']['kind'])} "
+                    f"({ms(info['artifact']['path'])}), {info['files']} files, {info['bytes'] / 1024:.1f} KiB; "
+                    f"self-test input: {ms(st['input_origin'])}, atol {st['atol']:.3g}")

@@ -44,11 +44,13 @@ def report(outdirs, output, markdown, json_out, title, as_json):
     if as_json:
         echo_json(data)
         return
+    from ..stdio import markup_safe as ms
+
     con = console()
     for p in (output, markdown, json_out):
         if p is not None:
-            con.print(f"wrote {p}")
+            con.print(f"wrote {ms(p)}")
     for r in data["runs"]:
         for t, rec in r["recommended"].items():
             pick = f"{rec['kind']} ({rec['path']})" if rec["status"] == "ok" else f"none: {rec.get('reason')}"
-            con.print(f"{r['label']} · {t}: recommended {pick}")
+            con.print(f"{ms(r['label'])} · {ms(t)}: recommended {ms(pick)}")

@@ -26,8 +26,10 @@ def list_cmd(as_json):
     table = Table(title="edgekit targets")
     for c in ("name", "arch", "address", "providers", "threads", "precisions"):
         table.add_column(c, overflow="fold")
-    for t in ts:
-        table.add_row(t.name + (" (default)" if t.name == DEFAULT_TARGET else ""), t.arch, t.address,
+    from ..stdio import markup_safe as ms
+
+    for t in ts:  # names and addresses come from the user's TOML files
+        table.add_row(ms(t.name) + (" (default)" if t.name == DEFAULT_TARGET else ""), t.arch, ms(t.address),
                       ", ".join(n.replace("ExecutionProvider", "") + ("?" if n in t.optional_providers else "")
                                 for n in t.provider_names),
                       str(t.threads or "default"), ", ".join(t.precisions))
