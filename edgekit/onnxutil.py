@@ -47,8 +47,10 @@ _WEIGHT_SLOTS = {
     "BiasGelu": (1,), "FastGelu": (1,), "BiasAdd": (1,),
 }
 # ops that hand a weight on unchanged in value (quantized, cast, re-laid-out) to the op that uses it
+# (Slice: a learned table read in part, as a positional embedding cut to the sequence length `pos[:, :T]`, is
+# all learned: torch counts the whole Parameter)
 _CARRY = {"DequantizeLinear", "QuantizeLinear", "Cast", "Identity", "Transpose", "Reshape", "Squeeze",
-          "Unsqueeze", "Flatten"}
+          "Unsqueeze", "Flatten", "Slice"}
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
@@ -78,7 +80,7 @@ def parameter_count(graph) -> int:
         return name, dq
 
     def after_weighted_op(name, depth=0):
-        """Whether name is the output of a weighted op, seen through _CARRY ops and a rescaling Mul."""
+        """Whether name is the output of a weighted op, seen through _CARRY ops, a rescaling Mul and bias Adds."""
         while depth <= 16:
             n = producer.get(name)
             if n is None:
@@ -89,7 +91,9 @@ def parameter_count(graph) -> int:
                 # an embedding lookup: a positional embedding (a learned [1, T, D] parameter) is added to it
                 table = source(n.input[0])[0]
                 return table is not None and len(consts[table][0]) >= 2
-            if n.op_type == "Mul":  # dynamic quantization rescales MatMulInteger's output before the bias Add
+            if n.op_type in ("Mul", "Add", "Sub"):
+                # dynamic quantization rescales MatMulInteger's output before the bias Add; a GroupNorm's beta or
+                # an earlier bias sits between a layer and a learned table added to its output
                 name = next((i for i in n.input if source(i)[0] is None), None)
             elif n.op_type in _CARRY and n.input:
                 name = n.input[0]
@@ -100,10 +104,38 @@ def parameter_count(graph) -> int:
                 return False
         return False
 
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def scaled_after(name, depth=0):
+        """Whether name, through _CARRY ops, is multiplied by a constant: GroupNorm's gamma."""
+        for c in consumers.get(name, ()):
+            if c.op_type == "Mul" and any(i != name and source(i)[0] is not None for i in c.input):
+                return True
+            if c.op_type in _CARRY and c.output and depth < 8 and scaled_after(c.output[0], depth + 1):
+                return True
+        return False
+
+    def from_instance_norm(name, depth=0):
+        n = producer.get(name)
+        while n is not None and n.op_type in _CARRY and n.input and depth < 8:
+            n, depth = producer.get(n.input[0]), depth + 1
+        return n is not None and n.op_type == "InstanceNormalization"
+
     dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
     learned = set()
     for n in graph.node:
         slots = _WEIGHT_SLOTS.get(n.op_type)
+        if n.op_type == "InstanceNormalization" and n.output and scaled_after(n.output[0]):
+            # torch's GroupNorm: InstanceNormalization over the groups with constant ones / zeros (not
+            # parameters), then its per-channel gamma (a Mul) and beta (an Add) on the channels
+            slots = ()
+        if n.op_type == "Mul" and len(n.input) == 2:
+            srcs = [source(i) for i in n.input]
+            slots = [k for k in (0, 1) if srcs[k][0] is not None and srcs[1 - k][0] is None
+                     and from_instance_norm(n.input[1 - k])]
         if n.op_type in ("Add", "Sub") and len(n.input) == 2:
             # a bias applied as its own Add: the constant side counts when the other side is a weighted op's output
             srcs = [source(i) for i in n.input]
@@ -123,7 +155,7 @@ def parameter_count(graph) -> int:
                     and source(n.input[1])[0] is None if name is not None else False
                 deq = dq or table or (n.op_type == "Gather" and n.output[0] in dequantized)
                 if name is not None and (deq or consts[name][1] in _FLOAT_TYPES
-                                         or n.op_type not in ("Gather", "Add", "Sub")):
+                                         or n.op_type not in ("Gather", "Add", "Sub", "Mul")):
                     learned.add(name)
     return sum(int(np.prod(consts[c][0], dtype=np.int64)) for c in learned)
 
