@@ -1,9 +1,24 @@
-"""Pruning hardening (sweep20): learned parameters applied with Mul or read through Slice are counted (F2)."""
+"""Pruning hardening (sweep20): --prune with --student is refused (F6); learned parameters applied with Mul or read
+through Slice are counted (F2)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
+
+from edgekit.config import DistillConfig, PruneConfig
+from edgekit.errors import UsageError
+
+
+def test_prune_with_a_student_is_refused_before_any_work():
+    from edgekit.stages import prune as prune_stage
+
+    # before: the student was ignored and the pruned teacher shipped (1,108 params, not the 260 of the student)
+    with pytest.raises(UsageError, match=r"--prune/--sparsity with --student models.py:student: .* drop --student") as e:
+        prune_stage.run(None, None, PruneConfig(ratio=0.5), DistillConfig(student="models.py:student"),
+                        distill_enabled=True)
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
 
 
 class NormPos(nn.Module):  # GroupNorm (exported as InstanceNormalization + Mul + Add) and a sliced positional table

@@ -30,6 +30,7 @@ class PruneResult:
 def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
     import torch
 
+    check_settings(prune, distill)
     # nn.TransformerEncoder's inference fast path turns a padding mask into nested tensors, which
     # Torch-Pruning's graph and MAC counting cannot follow ("NestedTensorImpl doesn't support sizes"), and
     # runs attention as one fused op, whose heads the dependency graph cannot see; same maths either way
@@ -39,6 +40,19 @@ def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enab
         return _run(source, ctx, prune, distill, distill_enabled=distill_enabled)
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
+
+
+def check_settings(prune: PruneConfig, distill: DistillConfig) -> None:
+    """Refuse settings the stage cannot honour, before any work.
+
+    Pruning cuts the source model; --student trains another model in its place. Which of the two a run
+    with both should prune (the teacher before it teaches, the student after it learned) is a guess, and
+    guessing wrong ships a model the manifest does not describe, so the combination is refused."""
+    if distill.student and prune.enabled:
+        raise UsageError(f"--prune/--sparsity with --student {distill.student}: pruning cuts the source model and "
+                         "--student trains another model in its place; edgekit does not do both in one run: drop "
+                         "--student to prune (and distil) the source model, or drop --prune to distil into the "
+                         "student (to prune the student, run edgekit prune on it afterwards)")
 
 
 def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
@@ -62,7 +76,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
         base["notes"].append("the model's parametrizations (weight_norm, spectral_norm, ...) were baked into plain "
                              "weights for pruning: the pruned model and its training use those weights directly")
 
-    if distill.student and not prune.enabled:
+    if distill.student:  # check_settings refused it together with pruning
         return _student_only(source, ctx, distill, teacher, example, base, t0)
     if prune.sparsity != "none":
         return _sparse(source, ctx, prune, teacher, example, metric, base, t0)
