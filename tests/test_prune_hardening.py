@@ -1,5 +1,5 @@
 """Pruning hardening (sweep20): --prune with --student is refused (F6); learned parameters applied with Mul or read
-through Slice are counted (F2)."""
+through Slice are counted (F2); --epochs below --steps is said (F5)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from edgekit.config import DistillConfig, PruneConfig
 from edgekit.errors import UsageError
+from edgekit.pruning import schedule
 
 
 def test_prune_with_a_student_is_refused_before_any_work():
@@ -54,3 +55,12 @@ def test_groupnorm_scale_and_a_sliced_learned_table_are_counted(tmp_path):
     # before: 8 gamma missing, 2 + 2 InstanceNormalization placeholders counted, the 128 of pos missing
     assert graph_facts(path)["params"] == want
     assert graph_facts(tmp_path / "np.fp16.onnx")["params"] == want
+
+
+def test_fewer_epochs_than_steps_is_said():
+    # before: --steps 3 --epochs 2 ran 3 epochs with no word
+    assert schedule.epochs_per_step(2, 3) == [1, 1, 1]
+    assert schedule.epochs_note(2, 3).startswith("--epochs 2 is fewer than --steps 3: distilled one epoch after "
+                                                 "each step, 3 epochs in all")
+    assert schedule.epochs_note(6, 3) is None and schedule.epochs_note(10, 3) is None
+    assert schedule.epochs_note(0, 3) is None

@@ -11,11 +11,22 @@ from . import graph, importance
 
 
 def epochs_per_step(total: int, steps: int) -> list:
-    """Intermediate steps get total // steps epochs (at least 1); the final step gets the rest."""
+    """Intermediate steps get total // steps epochs (at least 1); the final step gets the rest. A step is never
+    left untrained: the next cut would then remove channels from a network that has not recovered, which is one
+    larger cut with extra work, so fewer epochs than steps is raised to one per step (epochs_note says so)."""
     if steps == 1:
         return [total]
     each = max(1, total // steps)
     return [each] * (steps - 1) + [max(each, total - each * (steps - 1))]
+
+
+def epochs_note(total: int, steps: int) -> str | None:
+    """Say so when --epochs (the total) was raised to one epoch per step."""
+    ran = sum(epochs_per_step(total, steps))
+    if total <= 0 or ran == total:
+        return None
+    return (f"--epochs {total} is fewer than --steps {steps}: distilled one epoch after each step, {ran} epochs "
+            f"in all (a step left untrained would only make the next cut larger)")
 
 
 def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: bool, ratio: float,
@@ -45,6 +56,10 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
         if td is not None:
             paths["step0"] = Path(td.name) / "step0.onnx"
             export(teacher, paths["step0"])
+        raised = epochs_note(distill_cfg.epochs, prune_cfg.steps) if distill_enabled else None
+        if raised:
+            notes.append(raised)
+            _tell(raised)
         for s, ep in enumerate(epochs_per_step(distill_cfg.epochs, prune_cfg.steps), start=1):
             if prune_cfg.method == "taylor":
                 used = importance.accumulate_gradients(model, ctx.train or ctx.calib, names, ctx.source.task)
