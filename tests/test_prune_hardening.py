@@ -1,15 +1,78 @@
-"""Pruning hardening (sweep20): --prune with --student is refused (F6); learned parameters applied with Mul or read
-through Slice are counted (F2); --epochs below --steps is said (F5)."""
+"""Pruning hardening (sweep20): a pruned model computes what the original computes with the removed channels
+zeroed, or the layers that would break that stay whole (F1); --prune with --student is refused (F6); learned
+parameters applied with Mul or read through Slice are counted (F2); prune errors name the layers and exit 2 (F4);
+--epochs below --steps is said (F5)."""
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from edgekit.config import DistillConfig, PruneConfig
 from edgekit.errors import UsageError
-from edgekit.pruning import schedule
+from edgekit.pruning import graph, importance, schedule
+
+
+def _prune(model, x, *, ratio=0.5):
+    model.eval()
+    plan = graph.make_plan(model, (x,))
+    imp, _ = importance.make("l1", model)
+    pruner = graph.make_pruner(model, (x,), plan, imp, ratio=ratio, round_to=graph.DEFAULT_MULTIPLE)
+    return plan, graph.step(pruner, plan)
+
+
+class Shuffle(nn.Module):  # ShuffleNet-style: grouped 1x1 -> channel shuffle -> grouped 1x1
+    def __init__(self, shuffle=True):
+        super().__init__()
+        self.shuffle = shuffle
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.g1 = nn.Conv2d(32, 32, 1, groups=4)
+        self.g2 = nn.Conv2d(32, 32, 1, groups=4)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = F.relu(self.g1(F.relu(self.stem(x))))
+        if self.shuffle:
+            n, c, h, w = x.shape
+            x = x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(F.relu(self.g2(x)).mean((2, 3)))
+
+
+def _zero_removed(orig, pruned, names):
+    """The original with the output channels the pruned model lost zeroed (found by their distinct biases)."""
+    ref = copy.deepcopy(orig)
+    mo, mp = dict(ref.named_modules()), dict(pruned.named_modules())
+    with torch.no_grad():
+        for n in names:
+            kept = [int((mo[n].bias == v).nonzero()[0]) for v in mp[n].bias]
+            gone = sorted(set(range(len(mo[n].bias))) - set(kept))
+            mo[n].weight[gone] = 0
+            mo[n].bias[gone] = 0
+    return ref
+
+
+@pytest.mark.parametrize("shuffled", [True, False])
+def test_a_channel_shuffle_keeps_its_layer_whole_and_the_function_of_the_masked_original(shuffled):
+    torch.manual_seed(0)
+    orig = Shuffle(shuffled).eval()
+    x = torch.randn(4, 3, 8, 8)
+    model = copy.deepcopy(orig)
+    plan, notes = _prune(model, x)
+    if shuffled:
+        # before: g1 was cut to 16 channels as if channel i still fed g2's slot i (outputs off by 7.2 on 6.3)
+        assert model.g1.out_channels == 32 and "rearranged" in plan.kept["g1"]
+        assert len(notes) == 1 and notes[0].startswith("kept whole: g1: its channels are rearranged")
+    else:
+        assert model.g1.out_channels == 16 and "g1" not in plan.kept and notes == []
+    assert model.g2.out_channels == 16
+    with torch.no_grad():
+        want = _zero_removed(orig, model, ["g1", "g2"])(x)
+        got = model(x)
+    assert float((want - got).abs().max()) <= 1e-4 * float(want.abs().max())
 
 
 def test_prune_with_a_student_is_refused_before_any_work():
@@ -55,6 +118,38 @@ def test_groupnorm_scale_and_a_sliced_learned_table_are_counted(tmp_path):
     # before: 8 gamma missing, 2 + 2 InstanceNormalization placeholders counted, the 128 of pos missing
     assert graph_facts(path)["params"] == want
     assert graph_facts(tmp_path / "np.fp16.onnx")["params"] == want
+
+
+class FreeParams(nn.Module):  # a bare per-channel Parameter next to an unpruned buffer
+    def __init__(self):
+        super().__init__()
+        self.stem, self.c = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(32))
+        self.register_buffer("shift", torch.zeros(32))
+        self.c2, self.fc = nn.Conv2d(32, 32, 3, padding=1), nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = self.c(F.relu(self.stem(x))) * self.scale[None, :, None, None] + self.shift[None, :, None, None]
+        return self.fc(F.relu(self.c2(F.relu(x))).mean((2, 3)))
+
+
+class GroupedUp(nn.Module):  # a grouped ConvTranspose2d Torch-Pruning cannot cut
+    def __init__(self):
+        super().__init__()
+        self.e, self.m = nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.up, self.out = nn.ConvTranspose2d(32, 16, 2, stride=2, groups=4), nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.up(F.relu(self.m(F.relu(self.e(x)))))))
+
+
+@pytest.mark.parametrize("net, layer", [(FreeParams, "c"), (GroupedUp, "up")])
+def test_prune_errors_name_the_layer_and_exit_2(net, layer):
+    torch.manual_seed(0)
+    # before: "keep the layers involved with --ignore NAME", exit 1 for the first and 2 for the second
+    with pytest.raises(graph.PruneFailure) as e:
+        _prune(net(), torch.randn(2, 3, 16, 16))
+    assert e.value.exit_code == 2 and f"--ignore {layer}" in str(e.value) and "NAME" not in str(e.value)
 
 
 def test_fewer_epochs_than_steps_is_said():

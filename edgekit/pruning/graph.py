@@ -6,6 +6,7 @@ channel i of a group removes it everywhere and the pruned model still runs.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -407,7 +408,11 @@ def _ratio_dict_for_recurrent(pruner, ratio_dict, steps) -> None:
                     pruner.pruning_ratio_dict[sub] = pruner.iterative_pruning_ratio_scheduler(r, steps)
 
 
-def _unprunable_hint(model) -> str:
+class PruneFailure(UsageError):
+    """A pruning step this model does not allow (exit 2); the prune stage adds the model's file."""
+
+
+def _unprunable_hint(model, layers=()) -> str:
     """What in the model is known to defeat channel pruning, as the end of a one-line error."""
     import torch.nn as nn
 
@@ -415,18 +420,231 @@ def _unprunable_hint(model) -> str:
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) > 1:
             return (f"; LayerNorm '{name}' normalises over {list(m.normalized_shape)}, a shape channel pruning "
                     "cannot resize: leave it unpruned (compress without --prune) or normalise with GroupNorm")
+    if layers:
+        flags = " ".join(f"--ignore {n}" for n in layers)
+        return f"; keep the layers involved whole with {flags}, or leave it unpruned (compress without --prune)"
     return "; keep the layers involved with --ignore NAME, or leave it unpruned (compress without --prune)"
 
 
-def step(pruner, plan: Plan) -> None:
-    """One pruning step, then fix the attributes forward() reads (heads, head sizes)."""
+# ---------------------------------------------------------------- one step, checked
+
+@dataclass
+class _Cut:
+    """One Torch-Pruning group as pruned: enough to redo it on, or mask it in, a copy of the model."""
+
+    root: str  # the layer the group was ranked by
+    items: list  # (handler, pruning_dim, "in" | "out", module or parameter name, is_parameter, idxs)
+    outs: list  # names of the layers whose outputs it cuts
+    maskable: bool  # every layer in it is per-channel, so zeroing the channels is what removing them computes
+
+
+def _mask_dim(m):
+    """The channel axis of a layer whose channels can be zeroed in place of being removed, or None."""
+    import torch.nn as nn
+
+    per_channel = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                   nn.PReLU)
+    if isinstance(m, per_channel):
+        return 1
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        return -1
+    return None  # LayerNorm, GroupNorm, RNNs, ...: statistics or state span the channels
+
+
+def _record(group, dg, mod_names, param_names) -> _Cut:
+    import torch
+    import torch_pruning as tp
+
+    items, outs, maskable = [], [], True
+    for dep, idxs in group:
+        target = dep.target.module
+        is_param = isinstance(target, torch.nn.Parameter)
+        name = param_names.get(target) if is_param else mod_names.get(target)
+        if name is None:
+            continue  # an op node (add, concat, reshape): nothing of its own to cut
+        out = bool(dg.is_out_channel_pruning_fn(dep.handler))
+        plain = tp._helpers.to_plain_idxs(idxs) if len(idxs) and isinstance(idxs[0], tp._helpers._HybridIndex) \
+            else list(idxs)
+        items.append((dep.handler, dep.target.pruning_dim, "out" if out else "in", name, is_param,
+                      [int(i) for i in plain]))
+        if out and not is_param:
+            outs.append(name)
+        if not is_param and _mask_dim(target) is None:
+            maskable = False
+    root = mod_names.get(group[0].dep.target.module) or (outs[0] if outs else "?")
+    return _Cut(root, items, list(dict.fromkeys(outs)), maskable)
+
+
+def _replay(model, cut: _Cut) -> None:
+    """Cut `cut`'s channels out of `model` (a copy of the model the group was taken from)."""
+    mods = dict(model.named_modules())
+    for handler, dim, _side, name, is_param, idxs in cut.items:
+        handler.__self__.pruning_dim = dim
+        if is_param:
+            parent, _, leaf = name.rpartition(".")
+            owner = mods[parent]
+            setattr(owner, leaf, handler(getattr(owner, leaf), idxs))
+        else:
+            handler(mods[name], idxs)
+
+
+def _masked(model, cuts: list) -> list:
+    """Hooks that zero, in `model`, the channels `cuts` remove (inputs of the layers reading them, outputs of
+    the layers writing them); the other cuts are done for real. Returns the hooks to remove."""
     import torch
 
+    mods = dict(model.named_modules())
+    zero = {}
+    for cut in cuts:
+        if not cut.maskable:
+            _replay(model, cut)
+            continue
+        for _h, _d, side, name, is_param, idxs in cut.items:
+            if not is_param:
+                zero.setdefault((name, side), set()).update(idxs)
+
+    def fill(t, dim, idx):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return t
+        return t.index_fill(dim % t.dim(), torch.tensor(sorted(idx), dtype=torch.long), 0.0)
+
+    hooks = []
+    for (name, side), idx in zero.items():
+        m = mods[name]
+        dim = _mask_dim(m)
+        if side == "in":
+            hooks.append(m.register_forward_pre_hook(
+                lambda _m, args, dim=dim, idx=idx: (fill(args[0], dim, idx),) + tuple(args[1:]) if args else args))
+        else:
+            hooks.append(m.register_forward_hook(lambda _m, _a, out, dim=dim, idx=idx: fill(out, dim, idx)))
+    return hooks
+
+
+def _outputs(model, example) -> list:
+    import torch
+
+    was = model.training
+    model.eval()
     try:
-        pruner.step()
+        with torch.no_grad():
+            return [t.detach().float() for t in output_tensors(model(*example)) if t.is_floating_point()]
+    finally:
+        model.train(was)
+
+
+RTOL = 1e-4  # of the outputs' scale: float rounding of a few layers stays far below it
+
+
+def _difference(a: list, b: list) -> tuple[float, float] | None:
+    """(max |a - b|, scale of a) when the two differ beyond rounding, else None."""
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf"), 0.0
+    if not a:
+        return None
+    scale = max(float(x.abs().max()) if x.numel() else 0.0 for x in a)
+    diff = max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in zip(a, b))
+    return (diff, scale) if not diff <= RTOL * scale + 1e-6 else None
+
+
+def _unfaithful(ref, model, cuts, example):
+    """(max difference, scale) when the pruned `model` does not compute what `ref` (the model before the step)
+    computes with the removed channels zeroed, else None."""
+    masked = copy.deepcopy(ref)
+    hooks = _masked(masked, cuts)
+    try:
+        want = _outputs(masked, example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return _difference(want, _outputs(model, example))
+
+
+def _culprits(ref, cuts, example, *, runs_only=False) -> list:
+    """The cuts that, done alone on a copy of `ref`, break the model (it fails to run or, unless runs_only,
+    computes something other than `ref` with those channels zeroed)."""
+    bad = []
+    for cut in cuts:
+        if not runs_only and not cut.maskable:
+            continue  # nothing to compare it with
+        trial = copy.deepcopy(ref)
+        try:
+            _replay(trial, cut)
+            _outputs(trial, example)
+        except Exception:
+            bad.append(cut)
+            continue
+        if not runs_only and _unfaithful(ref, trial, [cut], example) is not None:
+            bad.append(cut)
+    return bad
+
+
+def _restore(model, ref) -> None:
+    """Put `ref`'s weights and sizes back into `model`'s modules, keeping the module objects (the pruner's
+    dependency graph refers to them) and their hooks."""
+    saved = dict(ref.named_modules())
+    for name, m in model.named_modules():
+        r = saved.get(name)
+        if r is None:
+            continue
+        for k, v in r.__dict__.items():
+            if k != "_modules" and "hook" not in k:
+                m.__dict__[k] = v
+
+
+def _names(model) -> tuple[dict, dict]:
+    return ({m: n for n, m in model.named_modules()},
+            {p: n for n, p in model.named_parameters(remove_duplicate=False)})
+
+
+REARRANGED = ("its channels are rearranged (view/transpose/reshape) on the way to the layers it feeds in a way "
+              "the dependency graph cannot follow: pruning it changed what the model computes")
+
+
+def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
+    """One pruning step, then fix the attributes forward() reads (heads, head sizes), and check the pruned model
+    computes what the model before the step computes with the removed channels zeroed. Groups that break that
+    (a channel shuffle the dependency graph took for an identity) are undone and their layers kept whole.
+    Returns notes for the manifest."""
+    model = pruner.model
+    check = getattr(pruner, "edgekit_check", None)
+    ref = copy.deepcopy(model) if check is not None else None
+    heads = dict(getattr(pruner, "num_heads", None) or {})
+    mod_names, param_names = _names(model)
+    cuts, current, ranked = [], None, []
+    # Torch-Pruning can fail while ranking a group (before it is handed out): remember which one
+    rank, own = pruner.estimate_importance, pruner.__dict__.get("estimate_importance")
+    pruner.estimate_importance = lambda group, **kw: (ranked.append(group), rank(group, **kw))[1]
+    try:
+        for group in pruner.step(interactive=True):
+            current = _record(group, pruner.DG, mod_names, param_names)
+            group.prune()
+            cuts.append(current)
+            current = None
     except (RuntimeError, IndexError, ValueError) as e:
-        raise UsageError(f"prune: torch_pruning cannot prune this model ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}){_unprunable_hint(pruner.model)}") from None
+        if current is None and ranked:
+            current = _record(ranked[-1], pruner.DG, mod_names, param_names)
+        layers = current.outs if current is not None else []
+        raise PruneFailure(f"prune: torch_pruning cannot prune this model ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}"
+                           f"{'; while cutting ' + ', '.join(layers) if layers else ''})"
+                           f"{_unprunable_hint(model, layers)}") from None
+    finally:
+        if own is None:
+            pruner.__dict__.pop("estimate_importance", None)  # back to the class's method
+        else:
+            pruner.estimate_importance = own
+    _fix_attention(pruner, plan)
+    if check is None:
+        return []
+    example, shapes = check
+    _check_runs(model, ref, cuts, example, shapes)
+    diff = _unfaithful(ref, model, cuts, example)
+    if diff is None:
+        return []
+    return _undo_and_redo(pruner, plan, ref, heads, cuts, diff, _retry)
+
+
+def _fix_attention(pruner, plan) -> None:
     for m in plan.attention:
         n = int(pruner.num_heads.get(m.query, m.num_attention_heads))
         m.num_attention_heads = n
@@ -434,21 +652,51 @@ def step(pruner, plan: Plan) -> None:
         m.attention_head_size = m.query.out_features // max(n, 1)
         if hasattr(m, "num_key_value_groups"):
             m.num_key_value_groups = 1
-    check = getattr(pruner, "edgekit_check", None)
-    if check is None:
-        return
+
+
+def _check_runs(model, ref, cuts, example, shapes) -> None:
     # a coupling DepGraph could not see (an op it took for element-wise) shows up here, as a
-    # one-line error naming the way out, not as a shape error deep in a later stage
-    example, shapes = check
+    # one-line error naming the layers to keep, not as a shape error deep in a later stage
+    import torch
+
     try:
         with torch.no_grad():
-            got = [tuple(t.shape) for t in output_tensors(pruner.model(*example))]
+            got = [tuple(t.shape) for t in output_tensors(model(*example))]
     except Exception as e:
-        raise EdgekitError(f"the pruned model no longer runs ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                           f"keep the layers involved with --ignore NAME") from None
+        layers = [n for c in _culprits(ref, cuts, example, runs_only=True) for n in c.outs]
+        where = f" after cutting {', '.join(layers)}" if layers else ""
+        raise PruneFailure(f"the pruned model no longer runs{where} ({type(e).__name__}: {str(e).splitlines()[0]})"
+                           f"{_unprunable_hint(model, layers)}") from None
     if got != shapes:
-        raise EdgekitError(f"pruning changed the model's output shapes {shapes} -> {got}; "
+        raise PruneFailure(f"pruning changed the model's output shapes {shapes} -> {got}; "
                            f"keep the output layers with --ignore NAME")
+
+
+def _undo_and_redo(pruner, plan, ref, heads, cuts, diff, retry) -> list:
+    """Undo a step that changed the model's function, keep the groups responsible whole, and step again."""
+    example = pruner.edgekit_check[0]
+    bad = _culprits(ref, cuts, example)
+    layers = list(dict.fromkeys(n for c in bad for n in c.outs))
+    params = any(it[4] for c in cuts for it in c.items)  # the graph tracks pruned bare Parameters by object
+    if not layers or params or retry >= 3:
+        named = layers or list(dict.fromkeys(n for c in cuts for n in c.outs))
+        raise PruneFailure(f"prune: the pruned model computes something else than the model with those channels "
+                           f"removed (max difference {diff[0]:.3g} on outputs of scale {diff[1]:.3g}): a reshape, "
+                           f"view or transpose the dependency graph cannot follow"
+                           f"{_unprunable_hint(pruner.model, named)}")
+    _restore(pruner.model, ref)
+    if heads:
+        pruner.num_heads.clear()
+        pruner.num_heads.update(heads)
+    pruner.current_step -= 1
+    mods = dict(pruner.model.named_modules())
+    pruner.ignored_layers += [mods[n] for n in layers]
+    for c in bad:
+        others = [n for n in c.outs if n != c.root]
+        plan.kept.setdefault(c.root, f"with {', '.join(others)}: {REARRANGED}" if others else REARRANGED)
+    note = (f"kept whole: {', '.join(layers)}: {REARRANGED} (max difference {diff[0]:.3g} on outputs of scale "
+            f"{diff[1]:.3g} against the model with those channels zeroed)")
+    return [note] + step(pruner, plan, _retry=retry + 1)
 
 
 # ---------------------------------------------------------------- facts

@@ -65,7 +65,9 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
                 used = importance.accumulate_gradients(model, ctx.train or ctx.calib, names, ctx.source.task)
                 if s == 1:
                     notes.append(f"taylor importance from {used}")
-            graph.step(pruner, plan)
+            for note in graph.step(pruner, plan):
+                notes.append(note)
+                _tell(note)
             model.zero_grad(set_to_none=True)
             if distill_enabled and ep > 0:
                 model, hist = distill_stage.run(teacher, model, ctx, replace(distill_cfg, epochs=ep))

@@ -38,6 +38,9 @@ def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enab
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         return _run(source, ctx, prune, distill, distill_enabled=distill_enabled)
+    except graph.PruneFailure as e:
+        # the README promises errors name the file: the graph only knows the layers
+        raise graph.PruneFailure(f"{source.spec}: {e}") from None
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
 
