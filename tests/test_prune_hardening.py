@@ -1,7 +1,7 @@
 """Pruning hardening (sweep20): a pruned model computes what the original computes with the removed channels
-zeroed, or the layers that would break that stay whole (F1); --prune with --student is refused (F6); learned
-parameters applied with Mul or read through Slice are counted (F2); prune errors name the layers and exit 2 (F4);
---epochs below --steps is said (F5)."""
+zeroed, or the layers that would break that stay whole (F1); --prune with --student is refused (F6); tied weights
+stay tied (F3); learned parameters applied with Mul or read through Slice are counted (F2); prune errors name the
+layers and exit 2 (F4); --epochs below --steps is said (F5)."""
 from __future__ import annotations
 
 import copy
@@ -79,10 +79,34 @@ def test_prune_with_a_student_is_refused_before_any_work():
     from edgekit.stages import prune as prune_stage
 
     # before: the student was ignored and the pruned teacher shipped (1,108 params, not the 260 of the student)
-    with pytest.raises(UsageError, match=r"--prune/--sparsity with --student models.py:student: .* drop --student") as e:
+    refused = r"--prune/--sparsity with --student models.py:student: .* drop --student"
+    with pytest.raises(UsageError, match=refused) as e:
         prune_stage.run(None, None, PruneConfig(ratio=0.5), DistillConfig(student="models.py:student"),
                         distill_enabled=True)
     assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+class TiedLM(nn.Module):  # output layer tied to the embedding
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.h1, self.h2 = nn.Linear(32, 64), nn.Linear(64, 32)
+        self.out = nn.Linear(32, 50, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.out(self.h2(F.relu(self.h1(self.emb(ids).mean(1)))))
+
+
+def test_tied_weights_stay_tied_and_the_count_is_explained():
+    torch.manual_seed(0)
+    model = TiedLM()
+    plan, _ = _prune(model, torch.randint(0, 50, (4, 6)))
+    # before: out.weight became 50x16 while emb.weight stayed 50x32, tie broken, no note
+    assert model.out.weight is model.emb.weight and tuple(model.emb.weight.shape) == (50, 32)
+    assert model.h2.out_features == 32 and model.h1.out_features < 64  # the rest is still pruned
+    assert "tied weights" in plan.kept["emb"]
+    assert any(n.startswith("tied weights: emb and out share one parameter (1,600 elements)") for n in plan.notes)
 
 
 class NormPos(nn.Module):  # GroupNorm (exported as InstanceNormalization + Mul + Add) and a sliced positional table

@@ -216,6 +216,19 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
             frozen.append(m)
             if m not in ignored:
                 why[name] = f"{type(m).__name__}, {reason}: kept whole, with the layers coupled to it"
+    tied_notes = []
+    for owners, numel in _tied(model):
+        # pruning one side would give it a new, smaller Parameter and leave the other whole: kept whole, with
+        # every layer whose channels are coupled to them, so the pruned model still shares the weight
+        for name in owners:
+            frozen.append(by_name[name])
+            why.setdefault(name, f"shares its weight with {', '.join(o for o in owners if o != name)} (tied "
+                                 "weights): kept whole, with the layers coupled to it, so the tie holds")
+        extra = numel * (len(owners) - 1)
+        tied_notes.append(f"tied weights: {' and '.join(owners)} share one parameter ({numel:,} elements), kept "
+                          f"whole with the layers coupled to them; params_before/params_after count it once, as "
+                          f"torch does, while an exported ONNX file may store it once per use ({extra:,} more "
+                          "elements in the artifacts' params)")
     for n in ignore_names:
         if n not in by_name:
             from ..errors import did_you_mean
@@ -229,7 +242,20 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
                           f"({len(keep)} residual-stream layers kept)")
     if any(isinstance(m, nn.MultiheadAttention) for m in keep):
         plan.notes.append("nn.MultiheadAttention heads are not pruned (its heads share the embedding width)")
+    plan.notes += tied_notes
     return plan
+
+
+def _tied(model) -> list:
+    """[(names of the modules holding one Parameter, its elements)] for Parameters held by more than one
+    module (an output layer tied to the embedding), found by identity."""
+    owners, sizes = {}, {}
+    for name, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            if name not in owners.setdefault(id(p), []):
+                owners[id(p)].append(name)
+            sizes[id(p)] = p.numel()
+    return [(names, sizes[k]) for k, names in owners.items() if len(names) > 1]
 
 
 # ---------------------------------------------------------------- the pruner
