@@ -42,6 +42,20 @@ class Shuffle(nn.Module):  # ShuffleNet-style: grouped 1x1 -> channel shuffle ->
         return self.fc(F.relu(self.g2(x)).mean((2, 3)))
 
 
+class ConcatShuffle(Shuffle):  # a concat after the shuffle: redoing the step needs its sizes as they were
+    def __init__(self):
+        super().__init__()
+        self.l1, self.c3 = nn.Conv2d(32, 16, 3, padding=1), nn.Conv2d(48, 32, 3, padding=1)
+
+    def forward(self, x):
+        s = F.relu(self.stem(x))
+        x = F.relu(self.g1(s))
+        n, c, h, w = x.shape
+        x = F.relu(self.g2(x.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)))
+        x = F.relu(self.c3(torch.cat([x, F.relu(self.l1(s))], 1)))
+        return self.fc(x.mean((2, 3)))
+
+
 def _zero_removed(orig, pruned, names):
     """The original with the output channels the pruned model lost zeroed (found by their distinct biases)."""
     ref = copy.deepcopy(orig)
@@ -73,6 +87,20 @@ def test_a_channel_shuffle_keeps_its_layer_whole_and_the_function_of_the_masked_
         want = _zero_removed(orig, model, ["g1", "g2"])(x)
         got = model(x)
     assert float((want - got).abs().max()) <= 1e-4 * float(want.abs().max())
+
+
+def test_a_concat_ahead_of_a_shuffle_is_restored_when_the_step_is_redone():
+    torch.manual_seed(0)
+    orig = ConcatShuffle().eval()
+    x = torch.randn(4, 3, 8, 8)
+    model = copy.deepcopy(orig)
+    plan, notes = _prune(model, x)
+    assert (model.g1.out_channels, model.g2.out_channels, model.l1.out_channels, model.c3.out_channels) == \
+        (32, 16, 8, 16)
+    with torch.no_grad():
+        want = _zero_removed(orig, model, ["g2", "l1", "c3"])(x)
+        assert float((want - model(x)).abs().max()) <= 1e-4 * float(want.abs().max())
+    assert len(notes) == 1 and "g1" in notes[0]
 
 
 def test_prune_with_a_student_is_refused_before_any_work():

@@ -575,7 +575,8 @@ def _difference(a: list, b: list) -> tuple[float, float] | None:
 def _unfaithful(ref, model, cuts, example):
     """(max difference, scale) when the pruned `model` does not compute what `ref` (the model before the step)
     computes with the removed channels zeroed, else None."""
-    masked = copy.deepcopy(ref)
+    # hooks leave `ref` as it was (the undo needs it); cutting a group for real needs a copy
+    masked = copy.deepcopy(ref) if any(not c.maskable for c in cuts) else ref
     hooks = _masked(masked, cuts)
     try:
         want = _outputs(masked, example)
@@ -635,6 +636,7 @@ def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
     check = getattr(pruner, "edgekit_check", None)
     ref = copy.deepcopy(model) if check is not None else None
     heads = dict(getattr(pruner, "num_heads", None) or {})
+    ops = _op_states(pruner.DG) if check is not None else {}
     mod_names, param_names = _names(model)
     cuts, current, ranked = [], None, []
     # Torch-Pruning can fail while ranking a group (before it is handed out): remember which one
@@ -667,7 +669,7 @@ def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
     diff = _unfaithful(ref, model, cuts, example)
     if diff is None:
         return []
-    return _undo_and_redo(pruner, plan, ref, heads, cuts, diff, _retry)
+    return _undo_and_redo(pruner, plan, ref, (heads, ops), cuts, diff, _retry)
 
 
 def _fix_attention(pruner, plan) -> None:
@@ -698,8 +700,17 @@ def _check_runs(model, ref, cuts, example, shapes) -> None:
                            f"keep the output layers with --ignore NAME")
 
 
-def _undo_and_redo(pruner, plan, ref, heads, cuts, diff, retry) -> list:
+def _op_states(dg) -> dict:
+    """{op node: its attributes} for the graph's concat/split/reshape nodes, whose sizes pruning updates in place
+    (Torch-Pruning's stand-ins for torch.cat & co., not modules of the model)."""
+    own = {id(m) for m in dg.model.modules()} | {id(p) for p in dg.model.parameters()}
+    return {node.module: {k: list(v) if isinstance(v, list) else v for k, v in vars(node.module).items()}
+            for node in dg.module2node.values() if id(node.module) not in own and hasattr(node.module, "__dict__")}
+
+
+def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry) -> list:
     """Undo a step that changed the model's function, keep the groups responsible whole, and step again."""
+    heads, ops = saved
     example = pruner.edgekit_check[0]
     bad = _culprits(ref, cuts, example)
     layers = list(dict.fromkeys(n for c in bad for n in c.outs))
@@ -711,6 +722,8 @@ def _undo_and_redo(pruner, plan, ref, heads, cuts, diff, retry) -> list:
                            f"view or transpose the dependency graph cannot follow"
                            f"{_unprunable_hint(pruner.model, named)}")
     _restore(pruner.model, ref)
+    for op, state in ops.items():
+        op.__dict__.update(state)
     if heads:
         pruner.num_heads.clear()
         pruner.num_heads.update(heads)
