@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import EdgekitError, FlashError, InputError
 from ..fsutil import signals_deferred
+from ..profile_remote import _KILL
 from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
 from .lock import LOCK, device_lock
 
@@ -314,7 +315,23 @@ def switch_current(t, L: Layout, version: str) -> None:
 # so a numpy.py on the medium ran with this host's Python, and PYTHON* variables are ignored. The user's
 # own site-packages (`pip install --user` on a device) stays usable outside a venv, as in a plain run;
 # the runner adds its bundle folder itself for edgekit.prepost (load_prepost) when it needs it.
+# With `--pid-file F` first, it writes its pid to F and stops if F.stop is there (the runner's own
+# --pid-file, done here since runners in bundles built before it refuse the option): the process that
+# reads the model is this one, whatever wrapper script --remote-python names. A pid file that cannot be
+# written (a full disk) only makes a timed-out self-test unstoppable; it must not fail a good one.
 SELFTEST_BOOT = ("import os, runpy, site, sys\n"
+                 "if sys.argv[1:2] == ['--pid-file']:\n"
+                 "    pid_file = sys.argv[2]\n"
+                 "    del sys.argv[1:3]\n"
+                 "    try:\n"
+                 "        with os.fdopen(os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), 'w') as f:\n"
+                 "            f.write(str(os.getpid()))\n"
+                 "    except OSError:\n"
+                 "        pass\n"
+                 "    if os.path.exists(pid_file + '.stop'):\n"
+                 "        print('{\"status\": \"stopped\", \"ok\": false, "
+                 "\"reason\": \"stopped by the caller before it started\"}')\n"
+                 "        sys.exit(130)\n"
                  "sys.path[:] = [p for p in sys.path if p not in ('', '.')]\n"
                  "u = site.getusersitepackages() if sys.prefix == sys.base_prefix else ''\n"
                  "if u and os.path.isdir(u):\n"
@@ -322,18 +339,99 @@ SELFTEST_BOOT = ("import os, runpy, site, sys\n"
                  "sys.argv = sys.argv[1:]\n"
                  "runpy.run_path(sys.argv[0], run_name='__main__')\n")
 
+# Run after a self-test timed out or was interrupted: profile_remote's kill (stop mark, then SIGTERM to the pid
+# in the file), then a wait for that process to end (SIGKILL after 5 s). Prints what happened as JSON; removes
+# the pid file and its stop mark once the process is gone, and keeps the mark when no pid was there yet (a
+# wrapper still starting it), so that it stops as soon as it starts.
+STOP_SELFTEST = _KILL + """import json, time
+def alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+try:
+    pid = int(open(sys.argv[1]).read())
+except (OSError, ValueError):
+    print(json.dumps({"stopped": "not started"}))
+    sys.exit(0)
+end = time.monotonic() + 10
+while alive(pid) and time.monotonic() < end:
+    if time.monotonic() > end - 5:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.05)
+if alive(pid):
+    print(json.dumps({"stopped": "running", "pid": pid}))
+    sys.exit(0)
+for p in (sys.argv[1], sys.argv[1] + '.stop'):
+    try:
+        os.remove(p)
+    except OSError:
+        pass
+print(json.dumps({"stopped": "yes", "pid": pid}))
+"""
 
-def selftest_argv(t, vdir: str) -> list[str]:
+
+def selftest_argv(t, vdir: str, pid_file: str | None = None) -> list[str]:
     absolute = getattr(t, "absolute", None)  # a mounted path may be relative; an ssh one is absolute
     vdir = absolute(vdir) if absolute else vdir
     if vdir.startswith("-"):
         vdir = "./" + vdir  # never an option, whatever the transport
-    return [t.python, "-I", "-c", SELFTEST_BOOT, posixpath.join(vdir, RUNNER), "selftest", "--bundle", vdir]
+    pid = ["--pid-file", absolute(pid_file) if absolute else pid_file] if pid_file else []
+    return [t.python, "-I", "-c", SELFTEST_BOOT, *pid, posixpath.join(vdir, RUNNER), "selftest", "--bundle", vdir]
 
 
-def run_selftest(t, vdir: str, timeout: float) -> dict:
-    """Run the bundled runner's self-test in vdir; return its JSON; raise with its reason if it fails."""
-    rc, out, err = t.run(selftest_argv(t, vdir), timeout=timeout)
+def selftest_pid_file(t, L: Layout) -> str:
+    """A fresh pid-file path for one self-test: in PATH/.incoming, outside every version folder (whose
+    files are verified) and cleared of leftovers by the next flash."""
+    t.makedirs(L(".incoming"))
+    return L(".incoming", f"selftest-{os.urandom(4).hex()}.pid")
+
+
+def _stop_selftest(t, pid_file: str) -> str:
+    """Stop the self-test whose pid is in pid_file (over SSH a timeout closes only this side's channel: the
+    runner went on, in .incoming, under the next flash's lock); what happened, as a clause."""
+    try:
+        rc, out, err = t.run([t.python, "-c", STOP_SELFTEST, pid_file], timeout=30)
+        got = json.loads(out.decode().strip().splitlines()[-1])
+    except Exception as e:  # the link is gone too: nothing more can be done from here
+        return f"stopping it on the device failed ({describe(e)}); it may still be running there"
+    if got.get("stopped") == "yes":
+        return "it was stopped on the device"
+    if got.get("stopped") == "not started":
+        return f"it had not started yet; {pid_file}.stop makes it stop as soon as it does"
+    return f"it is still running on the device (pid {got.get('pid')}) after SIGTERM and SIGKILL"
+
+
+def run_selftest(t, vdir: str, timeout: float, pid_file: str | None = None) -> dict:
+    """Run the bundled runner's self-test in vdir; return its JSON; raise with its reason if it fails.
+    With pid_file, a self-test that times out or is interrupted is stopped on the device as well."""
+    try:
+        rc, out, err = t.run(selftest_argv(t, vdir, pid_file), timeout=timeout)
+    except TimeoutError:
+        if pid_file is None:
+            raise
+        # a TimeoutError still: the staged upload is kept for a resume, as a busy device may pass next time
+        raise TimeoutError(f"the self-test did not finish within {timeout:g} s; "
+                           f"{_stop_selftest(t, pid_file)}") from None
+    except BaseException:  # Ctrl-C, SIGTERM (SystemExit), a lost link
+        if pid_file is not None:
+            _stop_selftest(t, pid_file)
+        raise
+    if pid_file is not None:
+        with contextlib.suppress(Exception):
+            t.rmtree(pid_file)
     text = out.decode(errors="replace").strip()
     report = None
     for cand in (text, text.splitlines()[-1] if text else ""):
@@ -421,7 +519,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                     raise EdgekitError(f"{len(bad)} file(s) differ on the device after upload: {'; '.join(bad[:3])}")
         with step("selftest", emit, dev):
             try:
-                res.selftest = run_selftest(t, stage, opts.selftest_timeout)
+                res.selftest = run_selftest(t, stage, opts.selftest_timeout, selftest_pid_file(t, L))
             except EdgekitError:
                 if stage != vdir:
                     with contextlib.suppress(Exception):
@@ -645,7 +743,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                                    f"({', '.join(extra[:5])}); refusing to run it: remove them, or flash its "
                                    ".ekb again (the copy is then kept under damaged/)")
         with step("selftest", emit, dev):
-            res.selftest = run_selftest(t, vdir, opts.selftest_timeout)
+            res.selftest = run_selftest(t, vdir, opts.selftest_timeout, selftest_pid_file(t, L))
         with signals_deferred():  # the switch and its record go together, as in flash()
             with step("activate", emit, dev):
                 switch_current(t, L, target)
