@@ -4,7 +4,9 @@ the lock names the active version, and the SSH transport hashes regular files on
 Real files, a real OpenSSH server on 127.0.0.1 (tests/sshd.py), real runs of the device runner."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -141,3 +143,47 @@ def test_a_selftest_that_passes_leaves_no_pid_file(tmp_path, vs, server):
         assert res.status == "rolled-back", res.reason
     for d in (dev, tmp_path / "sdev"):
         assert os.listdir(d / ".incoming") == []
+
+
+# ---- F21: rollback with history.json lost walks back by time, never forth
+
+def test_rollback_without_history_goes_to_the_version_installed_before_the_active_one(tmp_path, vs):
+    dev = tmp_path / "dev"
+    devs = collect_devices([str(dev)])
+    for i, b in enumerate(vs):
+        assert flash_many(devs, b)[0].status == "flashed"
+        os.utime(dev / "versions" / b.version, (1_000_000 + i, 1_000_000 + i))
+    assert rollback_many(devs)[0].version == vs[1].version  # vs[2] rolled back from
+    (dev / "history.json").unlink()
+    res = rollback_many(devs)[0]
+    # it went to vs[2], installed after the active one: the active was moved to the end of the time order
+    assert (res.status, res.previous, res.version) == ("rolled-back", vs[1].version, vs[0].version), res.reason
+    order = ", ".join(b.version for b in vs)
+    assert res.warnings == [f"{dev}/history.json is missing; the install order was taken from the version "
+                            f"directories' times ({order}, oldest first)"]
+    (dev / "history.json").unlink()
+    res = rollback_many(devs)[0]
+    assert (res.status, res.step, res.version) == ("failed", "inspect", vs[0].version)
+    assert res.reason == ("no earlier version on the device to roll back to (the install order was rebuilt from "
+                          f"the directories' times, and no version's is older than the active {vs[0].version}'s; "
+                          "to restore another version, flash its .ekb again)")
+
+
+# ---- F18: a rollback refused by the lock names the active version
+
+def test_a_rollback_refused_by_the_lock_reports_the_active_version(tmp_path, vs):
+    dev = tmp_path / "dev"
+    devs = collect_devices([str(dev)])
+    for b in vs[:2]:
+        assert flash_many(devs, b)[0].status == "flashed"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (dev / ".lock").mkdir()
+        (dev / ".lock" / "owner.json").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid,
+                                                              "time": time.time(), "user": "me"}))
+        res = rollback_many(devs)[0]
+        assert (res.status, res.step) == ("failed", "inspect") and "in progress" in res.reason, res.reason
+        assert (res.version, res.previous) == (vs[1].version, vs[1].version)  # was None, None
+    finally:
+        holder.kill()
+        holder.wait()

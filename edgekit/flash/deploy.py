@@ -256,15 +256,24 @@ def read_history(t, L: Layout, warnings: list | None = None) -> list[dict]:
     missing = [v for v in version_dirs(t, L) if v not in named]
     if not missing:
         return history  # a fresh device has nothing to order
-    rebuilt = _history_from_times(t, L, missing)
-    # those it does not name rank before those it does, except the active one: it was activated last
+    rebuilt = _history_from_times(t, L, missing)  # oldest first, by time alone
+    order = ", ".join(e["version"] for e in rebuilt)
     active = _active_or_none(t, L)
-    history = ([e for e in rebuilt if e["version"] != active] + history
-               + [e for e in rebuilt if e["version"] == active])
+    if not history:
+        # nothing recorded: the times are the only evidence, for the active version too (moved to the end, it
+        # made rollback go forth, to a version installed after it that it may have been rolled back from)
+        history, what = rebuilt, problem or f"does not name {', '.join(missing)}"
+        note = f"the install order was taken from the version directories' times ({order}, oldest first)"
+    else:
+        # those it does not name rank before those it does, except the active one: history.json records
+        # every activation it could, so one it lacks came after its last write
+        history = ([e for e in rebuilt if e["version"] != active] + history
+                   + [e for e in rebuilt if e["version"] == active])
+        what = f"does not name {', '.join(missing)}"
+        note = (f"they rank before the versions it names, by their directories' times ({order}, oldest first)"
+                + (f", except the active {active}, taken as the last activation" if active in missing else ""))
     if warnings is not None:
-        what = problem or f"does not name {', '.join(missing)}"
-        warnings.append(f"{L('history.json')} {what}; the install order was taken from the version "
-                        f"directories' times ({', '.join(e['version'] for e in rebuilt)}, oldest first)")
+        warnings.append(f"{L('history.json')} {what}; {note}")
     return history
 
 
@@ -282,12 +291,7 @@ def _history_from_times(t, L: Layout, present: list[str]) -> list[dict]:
         except OSError:
             return 0.0
 
-    order = sorted(present, key=lambda v: (when(v), v))
-    active = _active_or_none(t, L)
-    if active in order:  # whatever `current` names was activated last
-        order.remove(active)
-        order.append(active)
-    return [{"version": v, "reconstructed": True} for v in order]
+    return [{"version": v, "reconstructed": True} for v in sorted(present, key=lambda v: (when(v), v))]
 
 
 def write_history(t, L: Layout, history: list[dict], what: str) -> None:
@@ -709,6 +713,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
         with step("inspect", emit, dev):  # the lock first: inspecting while another run changes things misleads
             _check_root(t, L.root, create_last=False)
             refuse_links(t, L)
+            res.previous = active_version(t, L)  # read again under the lock; named even if refused here
             if t.isdir(L.root):  # an SSH device without the folder has nothing to roll back (said next)
                 held.enter_context(device_lock(t, L(LOCK), res.warnings))
         with step("inspect", emit, dev):
@@ -722,7 +727,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                            if not e.get("rolled_back") and e["version"] in present and e["version"] != res.previous),
                           None)
             if target is None:
-                raise EdgekitError("no earlier version on the device to roll back to")
+                raise EdgekitError(_nothing_earlier(history, res.previous))
             if _active_missing(t, L, res.previous, res.warnings):
                 res.previous = None  # its place in the history chose the target; it is not a version to name
             vdir = L.version(target)
@@ -771,6 +776,15 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
         held.close()
         res.seconds = round(time.monotonic() - t0, 3)
     return res
+
+
+def _nothing_earlier(history: list[dict], active) -> str:
+    why = "no earlier version on the device to roll back to"
+    if any(e["version"] == active and e.get("reconstructed") for e in history):
+        # the order came from the directories' times: say so, the user may know better
+        why += (f" (the install order was rebuilt from the directories' times, and no version's is older than the "
+                f"active {active}'s; to restore another version, flash its .ekb again)")
+    return why
 
 
 def status(t, root: str, verify: bool = True) -> dict:
