@@ -4,10 +4,12 @@ the lock names the active version, and the SSH transport hashes regular files on
 Real files, a real OpenSSH server on 127.0.0.1 (tests/sshd.py), real runs of the device runner."""
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import pytest
 
 from edgekit.flash import SshOptions, collect_devices, flash_many, rollback_many
 from edgekit.flash.deploy import FlashOptions, flash
+from edgekit.flash.devices import parse_device
 from edgekit.flash.transport_path import PathTransport
+from edgekit.flash.transport_ssh import connect
 from flash_fixtures import bundles_for_seeds
 from sshd import start_device_sshd
 
@@ -187,3 +191,54 @@ def test_a_rollback_refused_by_the_lock_reports_the_active_version(tmp_path, vs)
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---- the SSH transport: hashing reads regular files only; history writes leave no temp file
+
+def test_ssh_hashing_skips_fifos_links_and_paths_out_of_the_folder(tmp_path, server):
+    root = tmp_path / "v"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.bin").write_bytes(b"data")
+    os.mkfifo(root / "fifo")  # opening it to read blocked the hash until its 600 s timeout
+    (tmp_path / "outside").write_bytes(b"host file")
+    (root / "link").symlink_to(tmp_path / "outside")
+    (root / "dirlink").symlink_to(tmp_path)
+    t = connect(parse_device(server.address(str(root))), _ssh(server))
+    got = {}
+    worker = threading.Thread(target=lambda: got.update(
+        t.hashes(str(root), ["ok.bin", "fifo", "link", "dirlink/outside", "../outside", "sub", "none"])), daemon=True)
+    worker.start()
+    worker.join(60)
+    try:
+        assert not worker.is_alive(), "hashing hung on the FIFO"
+        import hashlib
+
+        assert got == {"ok.bin": hashlib.sha256(b"data").hexdigest(), "fifo": None, "link": None,
+                       "dirlink/outside": None, "../outside": None, "sub": None, "none": None}
+    finally:
+        if worker.is_alive():
+            server.kill_sessions()  # ends the remote hash the old code left blocked
+        t.close()
+
+
+def test_ssh_history_write_cut_short_leaves_no_temp_file(tmp_path, server):
+    # only an OSError removed the temp file; a Ctrl-C (or any other failure) during the write left it
+    d = tmp_path / "dev"
+    d.mkdir()
+    data = b"x" * (256 << 20)  # takes seconds over SFTP
+
+    def interrupt_once_the_temp_file_is_there():
+        end = time.monotonic() + 30
+        while not os.listdir(d) and time.monotonic() < end:
+            time.sleep(0.01)
+        _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the write
+
+    t = connect(parse_device(server.address(str(d))), _ssh(server))
+    try:
+        threading.Thread(target=interrupt_once_the_temp_file_is_there, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            t.write_bytes_atomic(str(d / "history.json"), data)
+            time.sleep(30)
+    finally:
+        t.close()
+    assert os.listdir(d) == []

@@ -22,17 +22,37 @@ from pathlib import Path
 
 from ..errors import FlashError
 
-# Runs on the device with its own Python: hashes files under argv[1] listed as JSON on stdin.
+# Runs on the device with its own Python: hashes files under argv[1] listed as JSON on stdin. Only regular
+# files are read, and no link is followed (to a folder on the way either): anything else is reported as None,
+# "missing". A FIFO named by a version's bundle.json hung the hash until the 600 s timeout; /dev/zero never ends.
 HASH_SCRIPT = r"""
-import hashlib, json, os, sys
+import hashlib, json, os, stat, sys
 root, out = sys.argv[1], {}
+FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+def digest(rel):
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    cur = root
+    for p in parts[:-1]:
+        cur = os.path.join(cur, p)
+        if not stat.S_ISDIR(os.lstat(cur).st_mode):
+            return None
+    path = os.path.join(cur, parts[-1])
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        return None
+    with os.fdopen(os.open(path, FLAGS), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped in since the lstat
+            return None
+        h = hashlib.sha256()
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
 for rel in json.load(sys.stdin):
-    h = hashlib.sha256()
     try:
-        with open(os.path.join(root, rel), "rb") as f:
-            for b in iter(lambda: f.read(1 << 20), b""):
-                h.update(b)
-        out[rel] = h.hexdigest()
+        out[rel] = digest(rel)
     except OSError:
         out[rel] = None
 json.dump(out, sys.stdout)
@@ -443,10 +463,13 @@ class SshTransport:
             with self.sftp.open(tmp, "wb") as f:
                 f.write(data)
             self.sftp.posix_rename(tmp, path)
-        except OSError as e:
-            with contextlib.suppress(Exception):  # no half-written file left beside path
+        except BaseException as e:
+            # any failure, the write's too (a full disk, Ctrl-C): no half-written file left beside path
+            with contextlib.suppress(Exception):
                 self.sftp.remove(tmp)
-            raise self._explain(e, "write", path, "file") from None
+            if isinstance(e, OSError):
+                raise self._explain(e, "write", path, "file") from None
+            raise
 
     def symlink(self, target, path) -> None:
         try:
