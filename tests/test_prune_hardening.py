@@ -89,7 +89,7 @@ def test_a_channel_shuffle_keeps_its_layer_whole_and_the_function_of_the_masked_
     assert float((want - got).abs().max()) <= 1e-4 * float(want.abs().max())
 
 
-def test_a_concat_ahead_of_a_shuffle_is_restored_when_the_step_is_redone():
+def test_a_concat_after_a_shuffle_is_restored_when_the_step_is_redone():
     torch.manual_seed(0)
     orig = ConcatShuffle().eval()
     x = torch.randn(4, 3, 8, 8)
@@ -211,3 +211,19 @@ def test_fewer_epochs_than_steps_is_said():
                                                  "each step, 3 epochs in all")
     assert schedule.epochs_note(6, 3) is None and schedule.epochs_note(10, 3) is None
     assert schedule.epochs_note(0, 3) is None
+
+
+def test_a_cut_that_changes_the_output_shapes_is_named():
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    ref = Shuffle(False).eval()
+    x = torch.randn(2, 3, 8, 8)
+    dg = graph.dependency_graph(ref, (x,))
+    names = graph._names(ref)
+    cut = graph._record(dg.get_pruning_group(ref.fc, tp.prune_linear_out_channels, [0, 1]), dg, *names)
+    pruned = copy.deepcopy(ref)
+    graph._replay(pruned, cut)
+    # before: "pruning changed the model's output shapes ...; keep the output layers with --ignore NAME"
+    with pytest.raises(graph.PruneFailure, match=r"\[\(2, 4\)\] -> \[\(2, 2\)\] after cutting fc; .* --ignore fc$"):
+        graph._check_runs(pruned, ref, [cut], (x,), [(2, 4)])

@@ -586,21 +586,26 @@ def _unfaithful(ref, model, cuts, example):
     return _difference(want, _outputs(model, example))
 
 
-def _culprits(ref, cuts, example, *, runs_only=False) -> list:
-    """The cuts that, done alone on a copy of `ref`, break the model (it fails to run or, unless runs_only,
-    computes something other than `ref` with those channels zeroed)."""
+def _culprits(ref, cuts, example, *, runs_only=False, shapes=None) -> list:
+    """The cuts that, done alone on a copy of `ref`, break the model: it fails to run, changes the output shapes
+    (when `shapes` is given) or, unless runs_only, computes something other than `ref` with those channels zeroed."""
+    import torch
+
     bad = []
     for cut in cuts:
         if not runs_only and not cut.maskable:
             continue  # nothing to compare it with
-        trial = copy.deepcopy(ref)
+        trial = copy.deepcopy(ref).eval()
         try:
             _replay(trial, cut)
-            _outputs(trial, example)
+            with torch.no_grad():
+                got = [tuple(t.shape) for t in output_tensors(trial(*example))]
         except Exception:
             bad.append(cut)
             continue
-        if not runs_only and _unfaithful(ref, trial, [cut], example) is not None:
+        if shapes is not None and got != shapes:
+            bad.append(cut)
+        elif not runs_only and _unfaithful(ref, trial, [cut], example) is not None:
             bad.append(cut)
     return bad
 
@@ -696,8 +701,11 @@ def _check_runs(model, ref, cuts, example, shapes) -> None:
         raise PruneFailure(f"the pruned model no longer runs{where} ({type(e).__name__}: {str(e).splitlines()[0]})"
                            f"{_unprunable_hint(model, layers)}") from None
     if got != shapes:
-        raise PruneFailure(f"pruning changed the model's output shapes {shapes} -> {got}; "
-                           f"keep the output layers with --ignore NAME")
+        layers = [n for c in _culprits(ref, cuts, example, runs_only=True, shapes=shapes) for n in c.outs]
+        where = f" after cutting {', '.join(layers)}" if layers else ""
+        flags = " ".join(f"--ignore {n}" for n in layers) or "--ignore NAME"
+        raise PruneFailure(f"pruning changed the model's output shapes {shapes} -> {got}{where}; keep the layers "
+                           f"that write the outputs whole with {flags}")
 
 
 def _op_states(dg) -> dict:
