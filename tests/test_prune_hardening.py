@@ -227,3 +227,13 @@ def test_a_cut_that_changes_the_output_shapes_is_named():
     # before: "pruning changed the model's output shapes ...; keep the output layers with --ignore NAME"
     with pytest.raises(graph.PruneFailure, match=r"\[\(2, 4\)\] -> \[\(2, 2\)\] after cutting fc; .* --ignore fc$"):
         graph._check_runs(pruned, ref, [cut], (x,), [(2, 4)])
+
+
+def test_a_cut_the_unpruned_model_cannot_take_is_no_crash_of_the_check():
+    torch.manual_seed(0)
+    ref = Shuffle(False).eval()
+    x = torch.randn(2, 3, 8, 8)
+    # indices past g2's 32 input channels: masking them cannot be done, and must not end the run
+    cut = graph._Cut("g1", [(None, 1, "in", "g2", False, [40, 41])], ["g1"], True)
+    assert graph._unfaithful(ref, copy.deepcopy(ref), [cut], (x,)) is None
+    assert not ref.g2._forward_pre_hooks
