@@ -34,7 +34,7 @@ def _shape(ctx, param, value):
 @click.option("--prune-method", type=click.Choice(["l1", "l2", "bn", "taylor"]), help="Channel importance criterion.")
 @click.option("--target-latency", help="Search the pruning ratio for a measured latency, e.g. 0.6x or 2.5ms.")
 @click.option("--distill/--no-distill", default=None, help="Distill from the original model after pruning (default: on when pruning).")
-@click.option("--student", help="file.py:factory: distill into a different, smaller architecture.")
+@click.option("--student", help="file.py:factory: distill into a different, smaller architecture (not with --prune).")
 @click.option("--quantize", "quant_mode", type=click.Choice(["int8", "int8-dynamic", "fp16", "none"]), help="Quantization mode (default int8).")
 @click.option("--tune/--no-tune", "tune", default=None,
               help="Accuracy-aware tuning (default), or ISA-aware defaults once; --tune turns it back on for a "

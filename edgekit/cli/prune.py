@@ -33,7 +33,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--sparsity", type=click.Choice(["unstructured", "2:4"]), help="Zero weights instead of removing "
               "channels (smaller compressed size only; not faster on ONNX Runtime CPU).")
 @click.option("--distill/--no-distill", default=True, show_default=True, help="Distill from the original afterwards.")
-@click.option("--epochs", type=click.IntRange(0), default=30, show_default=True, help="Distillation epochs (total).")
+@click.option("--epochs", type=click.IntRange(0), default=30, show_default=True, help="Distillation epochs in total (at least one per --steps step; raised with a note).")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Distillation learning rate (AdamW).")
 @click.option("--target", "targets", multiple=True, help="Target name or TOML file (latency and channel multiple).")
 @click.option("--seed", type=int, default=0, show_default=True)
