@@ -71,10 +71,13 @@ def apply(base, obj: dict, *, where: str = "pruned model"):
         for k, v in rec["attrs"].items():
             setattr(m, k, tuple(v) if k in rec.get("tuples", ()) else v)
         for k, shape in rec["shapes"].items():
+            # only what pruning resized is replaced: a Parameter the factory shares between modules (tied
+            # embedding and output weights; pruning keeps such layers whole) stays one object
             if k in m._parameters and m._parameters[k] is not None:
                 old = m._parameters[k]
-                m._parameters[k] = nn.Parameter(torch.empty(shape, dtype=old.dtype), requires_grad=old.requires_grad)
-            elif k in m._buffers and m._buffers[k] is not None:
+                if list(old.shape) != list(shape):
+                    m._parameters[k] = nn.Parameter(torch.empty(shape, dtype=old.dtype), requires_grad=old.requires_grad)
+            elif k in m._buffers and m._buffers[k] is not None and list(m._buffers[k].shape) != list(shape):
                 m._buffers[k] = torch.empty(shape, dtype=m._buffers[k].dtype)
         if isinstance(m, nn.RNNBase):
             m._init_flat_weights()  # forward() reads this list of the weights, not the parameters
