@@ -21,10 +21,11 @@ LABEL_KEY = "y"
 
 
 class LazyArray:
-    """The slice of the ndarray protocol Dataset uses (len, shape, dtype, [a:b]), computed on demand."""
+    """The slice of the ndarray protocol Dataset uses (len, shape, dtype, [a:b], [row indices]), computed on
+    demand: fetch(a, b) gives rows a..b-1; take(rows), if given, any rows (else consecutive runs are fetched)."""
 
-    def __init__(self, n: int, item_shape: tuple, dtype, fetch):
-        self._n, self._item, self.dtype, self._fetch = n, tuple(item_shape), np.dtype(dtype), fetch
+    def __init__(self, n: int, item_shape: tuple, dtype, fetch, take=None):
+        self._n, self._item, self.dtype, self._fetch, self._take = n, tuple(item_shape), np.dtype(dtype), fetch, take
 
     @property
     def shape(self) -> tuple:
@@ -41,19 +42,70 @@ class LazyArray:
         if isinstance(idx, (int, np.integer)):
             i = range(self._n)[idx]
             return self._fetch(i, i + 1)[0]
-        if not isinstance(idx, slice) or idx.step not in (None, 1):
+        if isinstance(idx, slice) and idx.step in (None, 1):
+            a, b, _ = idx.indices(self._n)
+            if b <= a:
+                return np.empty((0, *self._item), self.dtype)
+            return self._fetch(a, b)
+        rows = _row_index(idx, self._n)
+        if rows is None:  # indexes more than the sample axis: rare enough to read everything
             return np.asarray(self)[idx]
-        a, b, _ = idx.indices(self._n)
-        if b <= a:
+        return self.take(rows)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (valid, non-negative ints), each read once however often it is asked for: a batch
+        must not read (decode, cast) the whole set."""
+        if not len(rows):
             return np.empty((0, *self._item), self.dtype)
-        return self._fetch(a, b)
+        if self._take is not None:
+            return self._take(rows)
+        uniq, back = np.unique(rows, return_inverse=True)
+        cuts = np.flatnonzero(np.diff(uniq) != 1) + 1
+        runs = [self._fetch(int(r[0]), int(r[-1]) + 1) for r in np.split(uniq, cuts)]
+        out = runs[0] if len(runs) == 1 else np.concatenate(runs)
+        return out if len(uniq) == len(rows) and (back == np.arange(len(rows))).all() else out[back]
 
     def __array__(self, dtype=None, copy=None):
         out = self._fetch(0, self._n) if self._n else np.empty(self.shape, self.dtype)
         return out if dtype is None else out.astype(dtype)
 
     def head(self, n: int) -> "LazyArray":
-        return LazyArray(min(n, self._n), self._item, self.dtype, self._fetch)
+        return LazyArray(min(n, self._n), self._item, self.dtype, self._fetch, self._take)
+
+
+def _row_index(idx, n: int):
+    """idx (a slice, int sequence or boolean mask over the sample axis) as row numbers in 0..n-1; None for
+    anything else (a tuple reaching into other axes)."""
+    if isinstance(idx, slice):
+        return np.arange(n)[idx]
+    if isinstance(idx, tuple):
+        return None
+    rows = np.asarray(idx)
+    if rows.ndim != 1:
+        return None
+    if rows.dtype == np.bool_:
+        if len(rows) != n:
+            raise IndexError(f"boolean index of length {len(rows)} for {n} rows")
+        return np.flatnonzero(rows)
+    if not len(rows):
+        return rows.astype(np.intp)
+    if rows.dtype.kind not in "iu":
+        return None
+    if rows.min() < -n or rows.max() >= n:
+        raise IndexError(f"row index out of range for {n} rows")
+    return np.where(rows < 0, rows + n, rows).astype(np.intp)
+
+
+def row_view(arr, rows: np.ndarray) -> LazyArray:
+    """arr's rows `rows`, read only when asked for: a subset of memory-mapped or lazily read data that
+    copies nothing up front (a held-out split of a training set larger than RAM)."""
+    rows = np.asarray(rows, np.intp)
+
+    def pick(r):
+        got = arr.take(r) if isinstance(arr, LazyArray) else arr[r]
+        return np.asarray(got)
+
+    return LazyArray(len(rows), arr.shape[1:], arr.dtype, lambda a, b: pick(rows[a:b]), lambda r: pick(rows[r]))
 
 
 def _cast_view(arr, dtype) -> LazyArray:
@@ -188,6 +240,7 @@ def _check_labels(where: str, y, n: int):
     elif y.dtype.kind not in "iu":
         raise CalibrationError(f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers")
     return y.astype(np.int64)
+
 
 
 def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str, extra=None) -> Dataset:

@@ -53,5 +53,14 @@ class Dataset:
         return Dataset({k: np.asarray(v[:n]) for k, v in self.inputs.items()},
                        None if self.labels is None else np.asarray(self.labels[:n]), self.source, dict(self.extra))
 
+    def subset(self, idx, source: str) -> "Dataset":
+        """The rows idx as a view: nothing is copied until a batch asks for its rows, so a memory-mapped
+        or lazily read set stays out of memory (labels, small, are copied)."""
+        from .calibration import row_view
+
+        idx = np.asarray(idx, np.intp)
+        return Dataset({k: row_view(v, idx) for k, v in self.inputs.items()},
+                       None if self.labels is None else np.asarray(self.labels)[idx], source, dict(self.extra))
+
     def sample(self, index: int) -> dict:
         return {k: np.asarray(v[index:index + 1]) for k, v in self.inputs.items()}

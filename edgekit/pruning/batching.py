@@ -32,7 +32,7 @@ class Trimmer:
         if (np.diff(m.astype(np.int8), axis=1) > 0).any():
             return
         self.mask_name = mask_name
-        self.seq_inputs = [n for n in self.names if np.asarray(data.inputs[n]).shape[:2] == mask.shape]
+        self.seq_inputs = [n for n in self.names if tuple(data.inputs[n].shape[:2]) == mask.shape]
         self.lengths = np.maximum(m.sum(1), 1)
 
     @property
@@ -104,4 +104,5 @@ def eval_batches(n: int, batch_size: int, lengths=None) -> list:
 
 
 def rows(data, idx) -> dict:
-    return {k: np.ascontiguousarray(np.asarray(v)[idx]) for k, v in data.inputs.items()}
+    # v[idx], not np.asarray(v)[idx]: a lazily read array (image folder, cast .npy) reads only these rows
+    return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}

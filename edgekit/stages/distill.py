@@ -35,9 +35,6 @@ def validation_split(train, evalset, seed: int) -> tuple:
     """(validation set, training set): a seeded fifth of the training data (20 to 1000 samples) held out
     for early stopping and the best epoch, so --eval, which reports the result, did not also pick it.
     Below MIN_SPLIT samples, (evalset, train) unchanged, and the manifest's eval source says so."""
-    from ..dataset import Dataset
-    from ..pruning.batching import rows
-
     n = len(train)
     if n < MIN_SPLIT:
         return evalset, train
@@ -45,11 +42,9 @@ def validation_split(train, evalset, seed: int) -> tuple:
     perm = np.random.default_rng(seed).permutation(n)
     val, rest = np.sort(perm[:k]), np.sort(perm[k:])
 
-    def part(idx, tag):
-        labels = None if train.labels is None else np.asarray(train.labels)[idx]
-        return Dataset(rows(train, idx), labels, f"{train.source} [{tag}]")
-
-    return part(val, f"{k} held out for early stopping"), part(rest, f"{n - k} trained on")
+    # views, not copies: a memory-mapped training set larger than RAM must stay on disk
+    return (train.subset(val, f"{train.source} [{k} held out for early stopping]"),
+            train.subset(rest, f"{train.source} [{n - k} trained on]"))
 
 
 def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
