@@ -39,28 +39,17 @@ class Run:
 # ---------------------------------------------------------------- stages
 
 def stage_load(run: Run):
-    from .calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
+    from .calibration import read_dataset
     from .data_size import small_data_notes
     from .evaluate import check_training_labels
     from .dataset import Dataset
-    from .loader import load_source
     from .targets import DEFAULT_TARGET, load_targets
 
     cfg = run.cfg
     targets = load_targets(cfg.targets or (DEFAULT_TARGET,))  # two of one name: refused before the model loads
-    from_data = cfg.calib or cfg.eval
     declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
-    sample = _peek_arrays(from_data) if _is_torch_file(cfg.model) else None
-    if _is_torch_file(cfg.model) and sample is None and from_data and not cfg.input_shape:
-        if not Path(from_data).is_dir():
-            # sentences do not say what tensor the model takes, and the error would otherwise blame
-            # missing data that was given
-            raise UsageError(f"{from_data}: this data format does not give {cfg.model}'s input shape; "
-                             "pass --input-shape (e.g. 1,3,224,224)")
-        src = _load_on_images(cfg, from_data, declared)
-    else:
-        src = load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle,
-                          input_shape=cfg.input_shape, seed=cfg.seed, sample_inputs=sample)
+    src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
+                             trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
     if declared:
         src.preprocess = declared
         run_checks.check_pre_fits(declared, src.inputs, cfg.model)
@@ -69,9 +58,7 @@ def stage_load(run: Run):
         what = "--prune" if cfg.prune.enabled else "--student"
         raise UsageError(f"{what}: {cfg.model} is an ONNX file, and pruning and distillation work on the PyTorch "
                          f"model (pass it as file.py:factory), or drop {what} to quantize the ONNX file")
-    before = src.preprocess
-    src.preprocess = with_implied_prepost(src.preprocess, src.inputs, cfg.calib, cfg.eval, cfg.train)
-    implied = [IMPLIED_NOTE] if src.preprocess != before else []
+    implied = imply_prepost(src, cfg.calib, cfg.eval, cfg.train)
 
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
@@ -319,7 +306,36 @@ def _is_torch_file(model: str) -> bool:
     return not model.startswith("zoo:") and not model.lower().endswith(".onnx")
 
 
-def _load_on_images(cfg, folder, declared):
+def load_model(model: str, data_paths, *, declared=None, input_shape=None, **load_kw):
+    """(SourceModel, peeked arrays or None). A PyTorch file's input is learned from the first data given
+    (--calib, --eval, --train in that order) unless --input-shape says it: an .npy/.npz's arrays, or a
+    run on an image folder's first images. Shared by compress, prune and distill (load_kw: weights,
+    trust_pickle, seed)."""
+    from .loader import load_source
+
+    from_data = next((p for p in data_paths if p), None)
+    sample = _peek_arrays(from_data) if _is_torch_file(model) else None
+    if _is_torch_file(model) and sample is None and from_data and not input_shape:
+        if not Path(from_data).is_dir():
+            # sentences do not say what tensor the model takes, and the error would otherwise blame
+            # missing data that was given
+            raise UsageError(f"{from_data}: this data format does not give {model}'s input shape; "
+                             "pass --input-shape (e.g. 1,3,224,224)")
+        return _load_on_images(model, from_data, declared, **load_kw), None
+    return load_source(model, input_shape=input_shape, sample_inputs=sample, **load_kw), sample
+
+
+def imply_prepost(src, *paths) -> list:
+    """Completes src.preprocess with the pixel scaling an image folder among paths is read with, so the
+    manifest (and a bundle) records what calibration and scoring used; the note to print, if so."""
+    from .calibration import IMPLIED_NOTE, with_implied_prepost
+
+    before = src.preprocess
+    src.preprocess = with_implied_prepost(src.preprocess, src.inputs, *paths)
+    return [IMPLIED_NOTE] if src.preprocess != before else []
+
+
+def _load_on_images(model, folder, declared, **load_kw):
     """A PyTorch model whose data is a folder of images: its input is learned by running it on the first
     images, as the declared preprocessing (else 0..1 pixels at the images' own size) gives them, with the
     channel count the preprocessing's mean/std imply first, then the other of 1 and 3."""
@@ -334,11 +350,10 @@ def _load_on_images(cfg, folder, declared):
     for channels in dict.fromkeys([implied if implied in (1, 3) else 3, 3, 1]):
         try:
             sample = {"input": image_samples(folder, declared, channels)}
-            return load_source(cfg.model, weights=cfg.weights, trust_pickle=cfg.trust_pickle, seed=cfg.seed,
-                               sample_inputs=sample)
+            return load_source(model, sample_inputs=sample, **load_kw)
         except (InputError, CalibrationError) as e:
             first = first or e
-    raise UsageError(f"{folder}: {cfg.model} runs on none of the images as 1- or 3-channel input ({first}); "
+    raise UsageError(f"{folder}: {model} runs on none of the images as 1- or 3-channel input ({first}); "
                      "pass --input-shape (e.g. 1,3,224,224) or a --preprocess with the size") from None
 
 

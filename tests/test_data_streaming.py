@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import edgekit.calibration as cal
+from edgekit.artifact import load_manifest
 from edgekit.calibration import LazyArray, read_dataset
+from edgekit.cli import main
 from edgekit.dataset import Dataset
 from edgekit.pruning.batching import rows
 from edgekit.pruning.metrics import predict
@@ -108,3 +110,40 @@ def test_validation_split_is_a_view_that_copies_nothing(tmp_path):
     assert isinstance(v.inputs["input"], LazyArray) and isinstance(r.inputs["input"], LazyArray)
     np.testing.assert_array_equal(np.asarray(v.inputs["input"][:5]), x[np.sort(
         np.random.default_rng(0).permutation(300)[:60])][:5])
+
+
+def _run(argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("cmd", [pytest.param("prune", marks=pytest.mark.slow), "distill"])
+def test_prune_and_distill_learn_the_input_from_an_image_folder(tmp_path, cmd):
+    (tmp_path / "net.py").write_text(MODEL)
+    folder = _images(tmp_path / "img", 12)
+    out = tmp_path / "out"
+    args = ["--ratio", "0.5"] if cmd == "prune" else ["--student", f"{tmp_path / 'net.py'}:small"]
+    model = ["prune", f"{tmp_path / 'net.py'}:build"] if cmd == "prune" else \
+        ["distill", "--teacher", f"{tmp_path / 'net.py'}:build"]
+    # was: "cannot infer the input shape; pass --input-shape ... or --calib data", rc 2
+    assert _run(model + args + ["--epochs", "1", "--calib", str(folder), "-o", str(out)]) == 0
+    man = load_manifest(out)
+    # the 0..1 pixel scaling it calibrated and scored with is shipped, as compress does (was: prepost {})
+    assert man.prepost["pre"] == [{"op": "resize_normalize", "size": [8, 8], "mean": [0.0] * 3, "std": [255.0] * 3,
+                                   "layout": "NCHW"}]
+
+
+def test_distill_learns_the_input_from_a_train_npy(tmp_path, capsys):
+    (tmp_path / "net.py").write_text(MODEL)
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    distill = ["distill", "--teacher", f"{tmp_path / 'net.py'}:build", "--student", f"{tmp_path / 'net.py'}:small",
+               "--epochs", "1", "--train", str(tmp_path / "t.npy"), "-o", str(out)]
+    # --train alone: the input shape is learned, then the missing eval data is what is refused
+    # (was "cannot infer the input shape; pass --input-shape ... or --calib data")
+    assert _run(distill) == 2 and "no evaluation data; pass --eval" in capsys.readouterr().err
+    assert not out.exists()
+    assert _run(distill + ["--calib", str(tmp_path / "t.npy")]) == 0
+    assert load_manifest(out).prepost == {}

@@ -2,11 +2,13 @@
 run the stage, and write OUTDIR (ONNX files, the pruned weights, JSON, manifest) atomically."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from ..artifact import Manifest, StageRecord, host_info, versions
 from ..context import RunContext
+from ..errors import UsageError
 from ..fsutil import write_json_atomic
 from ..outdir import check_output, discard, publish, staging_dir
 from ..progress import task
@@ -14,15 +16,17 @@ from ..progress import task
 
 def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None, train=None, input_shape=None,
          seed=0):
-    """(SourceModel, calib, eval, train) as the compress pipeline reads them."""
+    """(SourceModel, calib, eval, train) as the compress pipeline reads them: the input shape learned from
+    the data (image folders included), the pixel scaling an image folder implies recorded in
+    source.preprocess (run_in_dir writes it to the manifest) and noted on stderr."""
     from ..calibration import read_dataset
     from ..evaluate import check_training_labels
-    from ..loader import load_source
-    from ..pipeline import _peek_arrays
+    from ..pipeline import imply_prepost, load_model
 
-    sample = _peek_arrays(calib or eval_path) if not model.startswith("zoo:") else None
-    src = load_source(model, weights=weights, trust_pickle=trust_pickle, input_shape=input_shape, seed=seed,
-                      sample_inputs=sample)
+    src, _ = load_model(model, (calib, eval_path, train), weights=weights, trust_pickle=trust_pickle,
+                        input_shape=input_shape, seed=seed)
+    for note in imply_prepost(src, calib, eval_path, train):
+        print(f"edgekit: note: {note}", file=sys.stderr)
 
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
@@ -31,6 +35,9 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     e = data(eval_path, True) if eval_path else src.eval
     t = data(train, True) if train else src.train
     check_training_labels(src, t)
+    if e is None and c is None:
+        # --train alone: the result's accuracy cost would have nothing to be measured on
+        raise UsageError(f"{model}: no evaluation data; pass --eval (or --calib) so the accuracy cost can be measured")
     return src, c, e or c, t or c
 
 
@@ -51,7 +58,8 @@ def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_li
     out = check_output(output, overwrite)
     staging = staging_dir(out)
     try:  # from the folder's creation on: a SIGTERM while host facts are read must not leave it behind
-        man = Manifest(source=source.provenance(), settings=settings, versions=versions(), host=host_info())
+        man = Manifest(source=source.provenance(), settings=settings, versions=versions(), host=host_info(),
+                       prepost=source.preprocess or {})
         _seed(seed)
         ctx = RunContext(outdir=staging, source=source, manifest=man, calib=calib, eval=evalset, train=train,
                          targets=target_list, seed=seed)
