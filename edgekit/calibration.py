@@ -239,8 +239,24 @@ def _check_labels(where: str, y, n: int):
             raise CalibrationError(f"{where}: labels '{LABEL_KEY}' must be integer class indices")
     elif y.dtype.kind not in "iu":
         raise CalibrationError(f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers")
+    _check_int64(where, y)
     return y.astype(np.int64)
 
+
+def _check_int64(where: str, y: np.ndarray):
+    """Checked on the file's own values: cast first, 2**64 - 16 as uint64 would be reported as label -16."""
+    info = np.iinfo(np.int64)
+    if y.dtype.kind == "u":
+        big = y > np.uint64(info.max)
+    elif y.dtype.kind == "f":
+        big = (y < -2.0 ** 63) | (y >= 2.0 ** 63)
+    else:
+        return
+    if big.any():
+        i = int(np.argmax(big))
+        v = int(y[i]) if y.dtype.kind == "u" else y[i].item()
+        raise CalibrationError(f"{where}: label {v} (sample {i}) is not a class index; {int(big.sum())} of {len(y)} "
+                               f"labels in '{LABEL_KEY}' are beyond the int64 range")
 
 
 def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str, extra=None) -> Dataset:

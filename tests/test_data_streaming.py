@@ -3,6 +3,8 @@ learn a user model's input from an image folder or an .npy --train and record th
 labels beyond int64 are quoted as the file holds them (F4)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from edgekit.artifact import load_manifest
 from edgekit.calibration import LazyArray, read_dataset
 from edgekit.cli import main
 from edgekit.dataset import Dataset
+from edgekit.errors import CalibrationError
 from edgekit.pruning.batching import rows
 from edgekit.pruning.metrics import predict
 from edgekit.stages.distill import validation_split
@@ -147,3 +150,13 @@ def test_distill_learns_the_input_from_a_train_npy(tmp_path, capsys):
     assert not out.exists()
     assert _run(distill + ["--calib", str(tmp_path / "t.npy")]) == 0
     assert load_manifest(out).prepost == {}
+
+
+@pytest.mark.parametrize("y, shown", [(np.uint64(2 ** 64 - 16), "18446744073709551600"), (1e20, "1e+20")])
+def test_labels_beyond_int64_are_quoted_as_the_file_holds_them(tmp_path, y, shown):
+    labels = np.zeros(8, np.asarray(y).dtype)
+    labels[3] = y
+    np.savez(tmp_path / "e.npz", input=np.zeros((8, 4), np.float32), y=labels)
+    # was "label -16 (sample 3)": the check ran after the cast to int64
+    with pytest.raises(CalibrationError, match=rf"label {re.escape(shown)} \(sample 3\) is not a class index; 1 of 8"):
+        read_dataset(tmp_path / "e.npz", [cal.TensorSpec("input", [-1, 4], "float32")], labels=True)
