@@ -452,7 +452,8 @@ def resolve(model: str, *, output: str, config: str | None = None, **settings):
     """The CompressConfig a compress call stands for: recipe, then keyword settings over it."""
     from .errors import ConfigError
 
-    base = cfgmod.load_recipe(config) if config else {}
+    # the recipe's trust_pickle is dropped either way; the note is only for a run where it is not given here
+    base = cfgmod.load_recipe(config, notes=not settings.get("trust_pickle")) if config else {}
     if isinstance(settings.get("targets"), str):
         settings["targets"] = [settings["targets"]]  # one target by name, not its characters
     merged = {**base, **{k: v for k, v in settings.items() if k not in cfgmod._SECTIONS}}
