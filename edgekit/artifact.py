@@ -19,7 +19,6 @@ import datetime as _dt
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .fsutil import sha256_file, write_json_atomic
 
