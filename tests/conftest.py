@@ -35,3 +35,22 @@ def digits_run(tmp_path_factory):
     edgekit.compress("zoo:digits-cnn", output=str(out), profile=FAST_PROFILE,
                      quantize={"max_trials": 4})
     return out
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs mounted for the test: a real full disk (mounting needs root, which CI has)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "card"
+    mnt.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

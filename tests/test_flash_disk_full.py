@@ -3,9 +3,6 @@ disk 100% full, and a resume would only hit the same wall. Needs a small real fi
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-
 import sys
 
 import pytest
@@ -15,20 +12,6 @@ from edgekit.flash.bundle import build_bundle
 from flash_fixtures import make_outdir
 from sshd import start_sshd
 
-
-@pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / "card"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_disk_full_removes_the_partial_upload(tmp_path, small_fs):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -293,20 +292,6 @@ def test_reflash_over_a_damaged_inactive_copy_keeps_it(tmp_path, vs):
 
 
 # ---- F9, F10: a full disk (small real tmpfs)
-
-@pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / "card"
-    mnt.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def _fill(fs, leave: int = 0):

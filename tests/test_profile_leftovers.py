@@ -209,19 +209,13 @@ def test_external_data_counts_in_bytes_and_sha256(tmp_path):
 def test_an_external_data_artifact_keeps_one_hash_and_a_loose_copy_joins_its_run(tmp_path):
     """The manifest's sha256 of an external-data model covers its .data (artifact.model_sha256): profile wrapped
     that combined hash a second time, and a loose .onnx of the run no longer matched it (no ratio within the run)."""
-    import onnx
-
     from edgekit.artifact import load_manifest
     from edgekit.profiling import resolve_artifacts
-    from flash_fixtures import make_outdir
+    from test_bundle_report_hardening import _external_data_outdir
 
-    out = make_outdir(tmp_path / "out")
+    out = _external_data_outdir(tmp_path / "out")
     f = out / "model.fp32.onnx"
-    onnx.save_model(onnx.load(str(f)), str(f), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.fp32.onnx.data", size_threshold=0)
     man = load_manifest(out)
-    man.artifacts[0].refresh_file_facts(out)
-    man.write(out)
     paths, facts, _ = resolve_artifacts([str(out), str(f)])
     by_path = {v["path"]: v for v in facts.values()}
     in_dir, loose = [v for v in facts.values() if v["kind"] == "fp32"][0], by_path[str(f)]
