@@ -210,3 +210,12 @@ def test_a_file_address_naming_a_host_is_refused(addr):
 def test_a_local_file_address_is_a_path(addr):
     d = parse_device(addr)
     assert (d.kind, d.path) == ("path", "/tmp/models")
+
+
+@pytest.mark.parametrize("addr", ["root:hunter2@127.0.0.1:/opt/models", "root:hunter2@127.0.0.1"])
+def test_a_password_in_an_scp_style_address_is_refused_without_echoing_it(addr):
+    # it was repeated in full, and the advice read 'write ssh://root/<absolute directory>'
+    with pytest.raises(UsageError) as e:
+        parse_device(addr)
+    msg = str(e.value)
+    assert "passwords are not supported" in msg and "hunter2" not in msg and "root:***@127.0.0.1" in msg

@@ -71,6 +71,10 @@ def parse_device(addr: str) -> Device:
     head = raw.split("/", 1)[0]
     if "@" in head:
         # an ssh login without ssh:// would otherwise be taken as a local folder of that name, and "flashed"
+        userinfo, _, after = raw.partition("@")
+        if ":" in userinfo:  # user:password@host...: never repeated, as for ssh:// (it ends up in CI logs)
+            raise UsageError(f"device address '{userinfo.split(':', 1)[0]}:***@{after}': passwords are not "
+                             "supported; key-based authentication only (--identity KEY, or your ssh agent)")
         login = head.split(":", 1)[0]
         rest = raw[len(login):].removeprefix(":")
         local = f" (or ./{raw} for a local folder)"
