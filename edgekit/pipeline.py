@@ -389,6 +389,10 @@ def _read_prepost(text):
 # ---------------------------------------------------------------- entry points
 
 def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
+    if cfg.distill.student and cfg.prune.enabled:  # refused before the model loads (the stage imports torch)
+        from .stages.prune import check_settings
+
+        check_settings(cfg.prune, cfg.distill)
     outdir = check_output(cfg.output, cfg.overwrite)
     staging = staging_dir(outdir)
     try:

@@ -237,3 +237,13 @@ def test_a_cut_the_unpruned_model_cannot_take_is_no_crash_of_the_check():
     cut = graph._Cut("g1", [(None, 1, "in", "g2", False, [40, 41])], ["g1"], True)
     assert graph._unfaithful(ref, copy.deepcopy(ref), [cut], (x,)) is None
     assert not ref.g2._forward_pre_hooks
+
+
+def test_compress_refuses_prune_with_a_student_before_loading_the_model(tmp_path):
+    # the refusal came from the prune stage, after the model (here: a file that does not exist) was loaded
+    import edgekit
+
+    with pytest.raises(UsageError, match=r"--prune/--sparsity with --student s\.py:student"):
+        edgekit.compress(str(tmp_path / "nosuch.py") + ":build", output=str(tmp_path / "out"),
+                         prune={"ratio": 0.5}, distill={"student": "s.py:student"})
+    assert not (tmp_path / "out").exists()
