@@ -465,11 +465,26 @@ class SshTransport:
             self.sftp.posix_rename(tmp, path)
         except BaseException as e:
             # any failure, the write's too (a full disk, Ctrl-C): no half-written file left beside path
-            with contextlib.suppress(Exception):
-                self.sftp.remove(tmp)
+            self._remove_quietly(tmp, fresh=not isinstance(e, Exception))
             if isinstance(e, OSError):
                 raise self._explain(e, "write", path, "file") from None
             raise
+
+    def _remove_quietly(self, path, *, fresh: bool = False) -> None:
+        """Remove path, on a fresh SFTP session if need be. A write cut short by Ctrl-C (fresh=True) can stop
+        mid-request: this session then waits out its I/O timeout (120 s measured) and gets no answer."""
+        if not fresh:
+            try:
+                self.sftp.remove(path)
+                return
+            except Exception:
+                pass
+        with contextlib.suppress(Exception):
+            fresh = self.client.open_sftp()
+            try:
+                fresh.remove(path)
+            finally:
+                fresh.close()
 
     def symlink(self, target, path) -> None:
         try:
