@@ -188,35 +188,38 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _score_as_qdq(evaluate, record: dict, note: str, **facts) -> None:
+    """Score the candidates by QDQ arithmetic (dequantize, float op, quantize; graph optimisations off) and
+    record it: the target's INT8 kernels compute that, where this host's fused integer kernels would not."""
+    if hasattr(evaluate, "simulate_qdq"):
+        evaluate.simulate_qdq = True
+    record["accuracy_scoring"] = {"simulated": True, "device": "cpu", "graph_optimization": "disable_all", **facts}
+    record["notes"].append(note)
+
+
 def _simulate_on_cpu(evaluate, target: str, provider: str, record: dict) -> None:
     """Score a GPU target's QDQ candidates by the arithmetic the GPU runs (dequantize, float op, quantize),
     not by this CPU's fused integer kernels: on AVX2 those saturate S8S8, and a QDQ CNN that agrees 100% with
     FP32 unfused scored 0.8958 (-10.4%), so tuning rejected it and picked a QOperator TensorRT cannot load."""
     import onnxruntime as ort
 
-    if hasattr(evaluate, "simulate_qdq"):
-        evaluate.simulate_qdq = True
     present = provider in ort.get_available_providers()
-    record["accuracy_scoring"] = {"simulated": True, "device": "cpu", "graph_optimization": "disable_all",
-                                  "gpu_present": present}
-    record["notes"].append(
-        f"INT8 accuracy for {target} ({provider}) simulated on this host's CPU with onnxruntime graph "
-        "optimisations off (QDQ as dequantize -> float op -> quantize, the arithmetic GPU INT8 follows, not "
-        "the CPU's integer kernels)" + ("" if present else "; no GPU is present here, so INT8 speed on it is "
-                                              "not measured") + "; candidates are QDQ only (TensorRT parses QDQ)")
+    absent = "" if present else "; no GPU is present here, so INT8 speed on it is not measured"
+    _score_as_qdq(evaluate, record,
+                  f"INT8 accuracy for {target} ({provider}) simulated on this host's CPU with onnxruntime graph "
+                  "optimisations off (QDQ as dequantize -> float op -> quantize, the arithmetic GPU INT8 follows, not "
+                  f"the CPU's integer kernels){absent}; candidates are QDQ only (TensorRT parses QDQ)",
+                  gpu_present=present)
 
 
 def _simulate_exact(evaluate, why: str, record: dict) -> None:
     """Score a CPU target whose INT8 kernels sum exactly (ARM, VNNI) by QDQ arithmetic when this host's
     kernels saturate: an MLP for a Raspberry Pi 5 read 0.8828 on AVX2 kernels where exact QDQ gives 0.9922,
     and tuning then kept every Gemm in FP32 to win back a drop the device never has."""
-    if hasattr(evaluate, "simulate_qdq"):
-        evaluate.simulate_qdq = True
-    record["accuracy_scoring"] = {"simulated": True, "device": "cpu", "graph_optimization": "disable_all",
-                                  "why": why}
-    record["notes"].append(
-        f"INT8 accuracy simulated as exact QDQ arithmetic (onnxruntime graph optimisations off), not on this "
-        f"host's integer kernels: {why}; candidates are QDQ only (a QOperator graph has no exact form to run)")
+    _score_as_qdq(evaluate, record,
+                  "INT8 accuracy simulated as exact QDQ arithmetic (onnxruntime graph optimisations off), not on "
+                  f"this host's integer kernels: {why}; candidates are QDQ only (a QOperator graph has no exact form "
+                  "to run)", why=why)
 
 
 def _bias_correction_first(tuner, specs: list, pinned: set) -> list:
