@@ -21,15 +21,19 @@ def outdir(tmp_path):
     return make_outdir(tmp_path / "out", int8_too=True)
 
 
-def _repack(src: Path, dest: Path, extra: dict) -> None:
-    """src's members plus extra {name: bytes}, gzip level 9 (so zeros shrink about 1000x)."""
+def _repack(src: Path, dest: Path, extra: dict | None = None, replace: dict | None = None) -> None:
+    """src's members, those named in replace {name: bytes} with new contents, plus extra {name: bytes};
+    gzip level 9 (so zeros shrink about 1000x)."""
+    replace = replace or {}
     with tarfile.open(src) as t:
         members = [(m, t.extractfile(m).read()) for m in t.getmembers() if m.isfile()]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
         for m, data in members:
+            data = replace.get(m.name, data)
+            m.size = len(data)
             out.addfile(m, io.BytesIO(data))
-        for name, data in extra.items():
+        for name, data in (extra or {}).items():
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             out.addfile(ti, io.BytesIO(data))
@@ -78,24 +82,12 @@ def test_a_listed_file_whose_bytes_differ_stops_extraction(outdir, tmp_path):
         members = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
     model = bytearray(members["model.int8.onnx"])
     model[-1] ^= 1
-    _repack_replacing(tmp_path / "good.ekb", tmp_path / "bad.ekb", {"model.int8.onnx": bytes(model)})
+    _repack(tmp_path / "good.ekb", tmp_path / "bad.ekb", replace={"model.int8.onnx": bytes(model)})
     work = tmp_path / "w"
     work.mkdir()
     with pytest.raises(InputError, match=r"bad\.ekb: model\.int8\.onnx fails its sha256 check"):
         read_bundle(tmp_path / "bad.ekb", work)
     assert list(work.iterdir()) == []
-
-
-def _repack_replacing(src: Path, dest: Path, repl: dict) -> None:
-    with tarfile.open(src) as t:
-        members = [(m, t.extractfile(m).read()) for m in t.getmembers() if m.isfile()]
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
-        for m, data in members:
-            data = repl.get(m.name, data)
-            m.size = len(data)
-            out.addfile(m, io.BytesIO(data))
-    dest.write_bytes(gzip.compress(buf.getvalue()))
 
 
 # --- F15: an artifact whose weights live in an external data file ----------------------------------
