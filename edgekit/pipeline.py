@@ -50,9 +50,7 @@ def stage_load(run: Run):
     declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
-    if declared:
-        src.preprocess = declared
-        run_checks.check_pre_fits(declared, src.inputs, cfg.model)
+    declare_prepost(src, declared, cfg.model)
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
         what = "--prune" if cfg.prune.enabled else "--student"
@@ -323,6 +321,14 @@ def load_model(model: str, data_paths, *, declared=None, input_shape=None, **loa
                              "pass --input-shape (e.g. 1,3,224,224)")
         return _load_on_images(model, from_data, declared, **load_kw), None
     return load_source(model, input_shape=input_shape, sample_inputs=sample, **load_kw), sample
+
+
+def declare_prepost(src, declared, model: str) -> None:
+    """The user's --preprocess replaces what the model brings, once its pre-processing is known to give
+    the model's input (a wrong resize would otherwise be bundled and fail on the device for every input)."""
+    if declared:
+        src.preprocess = declared
+        run_checks.check_pre_fits(declared, src.inputs, model)
 
 
 def imply_prepost(src, *paths) -> list:

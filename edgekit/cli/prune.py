@@ -15,6 +15,8 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy).")
 @click.option("--train", type=click.Path(), help="Training data for distillation (labels optional).")
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
+@click.option("--preprocess", help="Pre/post-processing spec (JSON text or file): how --calib/--eval/--train "
+              "images become the model's input, recorded in the manifest for the device runner.")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fraction of channels removed (FFN width for transformers).")
 @click.option("--head-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
@@ -40,7 +42,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTDIR (only after this run succeeds).")
 @output_option()
 @json_option
-def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, ratio, head_ratio, method,
+def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, preprocess, ratio, head_ratio, method,
           global_pruning, ignore, channel_multiple, steps, sensitivity, target_latency, sparsity, distill, epochs,
           lr, targets, seed, overwrite, output, as_json):
     """Prune MODEL (zoo:NAME or file.py:factory) and write OUTDIR: model.fp32.onnx, model.pruned.onnx
@@ -68,11 +70,14 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, ra
     dcfg = DistillConfig(enabled=distill, epochs=epochs, lr=lr)
     _seed(seed)
     src, c, e, t = outputs.load(model, weights=weights, trust_pickle=trust_pickle, calib=calib, eval_path=eval_path,
-                                train=train, input_shape=shape, seed=seed)
-    settings = {"model": model, "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed}
+                                train=train, input_shape=shape, seed=seed, preprocess=preprocess)
+    settings = {"model": model, "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed, "preprocess": preprocess}
+
+    told = []
 
     def work(ctx):
         res = stage.run(src, ctx, pcfg, dcfg, distill_enabled=distill)
+        told.extend(res.told)
         extra = outputs.save_weights(res.module, src.spec, {"kind": res.kind, "ratio": res.info.get("ratio")})
 
         def files(staging, module):
@@ -87,10 +92,10 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, ra
         echo_json({"output": output, "files": files, "pruning": man.pruning,
                    "artifacts": [a.to_dict() for a in man.artifacts]})
         return
-    _summary(man, output)
+    _summary(man, output, told)
 
 
-def _summary(man, output):
+def _summary(man, output, told=()):
     from rich.table import Table
 
     p = man.pruning
@@ -101,7 +106,7 @@ def _summary(man, output):
         c.print(f"edgekit prune -> {markup_safe(output)}: {markup_safe(p.get('method'))}: {sp.get('zeros', 0):,} of {sp.get('total', 0):,} "
                 f"weights zero ({sp.get('sparsity', 0):.1%}) in {len(p.get('sparse_layers', []))} layers; compressed "
                 f"size {p.get('compressed_bytes_before', 0) / 1024:.1f} -> {p.get('compressed_bytes_after', 0) / 1024:.1f} KiB")
-        _artifacts_and_notes(c, man, p)
+        _artifacts_and_notes(c, man, p, told)
         return
     tab = Table(title=f"edgekit prune -> {markup_safe(output)}")
     for col in ("step", "ratio", "params", "MACs", "latency ms", p.get("metric_name", "metric")):
@@ -110,13 +115,15 @@ def _summary(man, output):
         lat = f"{s['latency_ms']:.3f}" if s.get("latency_ms") is not None else "-"
         tab.add_row(str(s["step"]), f"{s['ratio']:.2f}", f"{s['params']:,}", f"{s['macs']:,}", lat, f"{s['metric']:.4f}")
     c.print(tab)
-    _artifacts_and_notes(c, man, p)
+    _artifacts_and_notes(c, man, p, told)
 
 
-def _artifacts_and_notes(c, man, p):
+def _artifacts_and_notes(c, man, p, told=()):
     for a in man.artifacts:
         m = a.metrics or {}
         c.print(f"{markup_safe(a.path)}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, {markup_safe(m.get('name'))} "
                 f"{m.get('value', 0):.4f}")
     for n in p.get("notes", []):  # notes name data files and layers: text, not markup
+        if n in told:  # printed on stderr as it arose
+            continue
         c.print(f"note: {markup_safe(n)}")

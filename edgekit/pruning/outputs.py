@@ -15,16 +15,19 @@ from ..progress import task
 
 
 def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None, train=None, input_shape=None,
-         seed=0):
+         seed=0, preprocess=None):
     """(SourceModel, calib, eval, train) as the compress pipeline reads them: the input shape learned from
-    the data (image folders included), the pixel scaling an image folder implies recorded in
+    the data (image folders included), --preprocess (a JSON spec or file) as compress takes it, else the
+    pixel scaling an image folder implies, recorded in
     source.preprocess (run_in_dir writes it to the manifest) and noted on stderr."""
     from ..calibration import read_dataset
     from ..evaluate import check_training_labels
-    from ..pipeline import imply_prepost, load_model
+    from ..pipeline import _read_prepost, declare_prepost, imply_prepost, load_model
 
-    src, _ = load_model(model, (calib, eval_path, train), weights=weights, trust_pickle=trust_pickle,
-                        input_shape=input_shape, seed=seed)
+    declared = _read_prepost(preprocess) if preprocess else None  # a bad spec is refused before the model loads
+    src, _ = load_model(model, (calib, eval_path, train), declared=declared, weights=weights,
+                        trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+    declare_prepost(src, declared, model)
     for note in imply_prepost(src, calib, eval_path, train):
         print(f"edgekit: note: {note}", file=sys.stderr)
 

@@ -50,6 +50,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     macs, params = graph.count(model, example)
     steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
     histories = []
+    told = []  # notes already on stderr: the prune command's summary does not repeat them
     td = tempfile.TemporaryDirectory(prefix="edgekit-steps-") if export is not None else None
     paths = {}
     try:
@@ -59,7 +60,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
         raised = epochs_note(distill_cfg.epochs, prune_cfg.steps) if distill_enabled else None
         if raised:
             notes.append(raised)
-            _tell(raised)
+            told.append(_tell(raised))
         for s, ep in enumerate(epochs_per_step(distill_cfg.epochs, prune_cfg.steps), start=1):
             if prune_cfg.method == "taylor":
                 used = importance.accumulate_gradients(model, ctx.train or ctx.calib, names, ctx.source.task)
@@ -67,7 +68,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
                     notes.append(f"taylor importance from {used}")
             for note in graph.step(pruner, plan):
                 notes.append(note)
-                _tell(note)
+                told.append(_tell(note))
             model.zero_grad(set_to_none=True)
             if distill_enabled and ep > 0:
                 model, hist = distill_stage.run(teacher, model, ctx, replace(distill_cfg, epochs=ep))
@@ -96,8 +97,8 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     note = shortfall(before, after, ratio, plan, teacher=teacher, model=model)
     if note:
         notes.append(note)
-        _tell(note)
-    return {"steps": steps, "distill": histories, "notes": notes, "module": model}
+        told.append(_tell(note))
+    return {"steps": steps, "distill": histories, "notes": notes, "told": told, "module": model}
 
 
 def _kept(plan) -> str:
@@ -167,8 +168,9 @@ def _reasons(plan, model) -> dict:
     return why
 
 
-def _tell(note: str) -> None:
+def _tell(note: str) -> str:
     # the compress summary table shows sizes, not pruning notes: say it where the user looks
     import sys
 
     print(f"edgekit: note: {note}", file=sys.stderr)
+    return note

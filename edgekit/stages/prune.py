@@ -25,6 +25,7 @@ class PruneResult:
     module: "object"  # torch.nn.Module in eval mode
     kind: str  # "pruned" | "distilled" | "sparse"
     info: dict = field(default_factory=dict)
+    told: list = field(default_factory=list)  # notes printed as they arose (stderr), of info["notes"]
 
 
 def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
@@ -118,7 +119,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
             "best_metric": res["distill"][-1]["best_metric"]}
     kind = "distilled" if res["distill"] else "pruned"
     _check_runs(model, example, where=f"{source.spec} ({kind})")
-    return PruneResult(model, kind, info)
+    return PruneResult(model, kind, info, told=res["told"])
 
 
 def _shortfall_notes(info, ratio_dict) -> list:
