@@ -239,6 +239,7 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
 
     batch: samples per iteration, as the model-only timing beside it ran: each is pre-processed, the
     model runs them as one batch, and each is post-processed on its own (as the device runner does).
+    Times are per iteration (per batch); every part's throughput is samples per second.
 
     prepost: {"pipeline": P, "raw": [raw inputs]} or a pipeline with .preprocess(raw), .postprocess(outputs)
     and optional .warmup() / .example_input(). preprocess may return a feed dict or one array.
@@ -322,9 +323,11 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
     except Exception as e:
         return _no_numbers("failed", f"{type(e).__name__}: {e}")
     n = len(e2e)
-    out = {"status": "ok", "e2e": runner.summarize(e2e)}
+    # every iteration carries `batch` samples: throughput is samples per second, as the model-only timing's,
+    # so a reader can set e2e against the model's own figure
+    out = {"status": "ok", "e2e": runner.summarize(e2e, batch)}
     for k, v in parts.items():
-        out[k] = runner.summarize(v[-n:])  # drop the warm-up calls
+        out[k] = runner.summarize(v[-n:], batch)  # drop the warm-up calls
     out["spec"] = getattr(pipe, "spec", None) if not callable(getattr(pipe, "spec", None)) else None
     out["raw_input"] = origin
     out["batch"] = batch

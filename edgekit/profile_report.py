@@ -15,7 +15,9 @@ JSON layout::
 Non-finite numbers are written as the strings "NaN", "Infinity" and "-Infinity" (standard JSON).
 Every measurement carries target, provider, threads, batch, precision, runs, host_cpu and
 emulated (and, from run_profile, input_shapes{input name: the shape timed}); an entry that could
-not be measured carries a status and a reason, never a number.
+not be measured carries a status and a reason, never a number. With --with-prepost a measurement
+also has prepost{status, batch, pre, model, post, e2e}: each part's times are per iteration (one
+batch), and every throughput here, the model's and each part's, is inferences (samples) per second.
 cold_start_ms is session creation + first run, after a throwaway session has paid onnxruntime's
 one-time set-up. peak_rss_mb is the measuring process's peak, the same for every artifact timed in
 it, not the artifact's own; rss_delta_mb is the RSS growth while its session was made and first run,
