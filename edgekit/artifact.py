@@ -2,8 +2,10 @@
 
 Manifest schema (``edgekit.manifest/1``), JSON, documented in docs/manifest.md:
 
-    schema, edgekit_version, created, source{spec,kind,weights,weights_sha256},
-    settings{...}, versions{edgekit,torch,onnx,onnxruntime,numpy,python},
+    schema, edgekit_version, created,
+    source{spec,kind,task,weights,weights_sha256,source_file,source_sha256,description},
+    settings{...}, data{calib,eval,train: {path,format,samples,sha256,hash_of}},
+    versions{edgekit,torch,onnx,onnxruntime,numpy,python},
     host{cpu,flags,cores,machine,os}, stages[{name,status,reason,seconds,details}],
     artifacts[Artifact], recommended{target: {path, reason}}, prepost{...},
     quantization{...}, pruning{...}
@@ -20,7 +22,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fsutil import sha256_file, write_json_atomic
+from .fsutil import per_file_version, sha256_file, write_json_atomic
 
 SCHEMA = "edgekit.manifest/1"
 KINDS = ("fp32", "pruned", "distilled", "int8", "int8-dynamic", "fp16", "sparse")
@@ -157,6 +159,7 @@ class Manifest:
     quantization: dict = field(default_factory=dict)
     pruning: dict = field(default_factory=dict)
     profile: dict = field(default_factory=dict)  # per-target facts: provider, threads, emulated, host
+    data: dict = field(default_factory=dict)  # role (calib/eval/train) -> data_record(); {} in older manifests
     versions: dict = field(default_factory=dict)
     host: dict = field(default_factory=dict)
     created: str = ""
@@ -178,6 +181,7 @@ class Manifest:
             "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": self.source,
             "settings": self.settings,
+            "data": self.data,
             "versions": self.versions,
             "host": self.host,
             "stages": [dataclasses.asdict(s) if not isinstance(s, dict) else s for s in self.stages],
@@ -193,7 +197,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         m = cls(**{k: d.get(k) for k in ("source", "settings", "recommended", "prepost", "quantization",
-                                          "pruning", "profile", "versions", "host") if d.get(k) is not None})
+                                          "pruning", "profile", "versions", "host", "data") if d.get(k) is not None})
         m.created = d.get("created", "")
         m.schema = d.get("schema", SCHEMA)
         m.edgekit_version = d.get("edgekit_version", "")
@@ -224,6 +228,59 @@ def load_manifest(outdir) -> Manifest:
     if not str(d.get("schema", "")).startswith("edgekit.manifest/"):
         raise InputError(f"{p}: not an edgekit manifest (schema {d.get('schema')!r})")
     return Manifest.from_dict(d)
+
+
+def data_records(**roles) -> dict:
+    """{role: data_record(path, dataset)} for each role=(path, dataset) with data; (None, None) is left out."""
+    return {role: data_record(path, ds) for role, (path, ds) in roles.items() if path or ds is not None}
+
+
+def data_record(path, ds) -> dict:
+    """Which data one input (--calib, --eval, --train) was, so a manifest shows what produced its numbers.
+
+    sha256 (hash_of says of what): a file's as sha256sum prints it; a folder of images, of the lines
+    `sha256sum` prints for the images read, in name order (`sha256sum $(ls) | sha256sum` with LC_ALL=C);
+    data a zoo model brings (no file), of its samples and labels. Files are streamed, never read whole."""
+    samples = len(ds) if ds is not None else None
+    if not path:
+        return {"path": None, "format": "arrays", "samples": samples, "sha256": _samples_sha256(ds),
+                "hash_of": "samples", "source": ds.source}
+    p = Path(path).resolve()
+    if p.is_dir():
+        return {"path": str(p), "format": "images", "samples": samples, "sha256": _folder_sha256(p),
+                "hash_of": "folder"}
+    return {"path": str(p), "format": p.suffix.lower().lstrip(".") or "file", "samples": samples,
+            "sha256": _file_sha256(p), "hash_of": "file"}
+
+
+# calib and eval are often one file: hash each version of a file once per process
+_file_sha256 = per_file_version(sha256_file)
+
+
+def _folder_sha256(folder: Path) -> str:
+    import hashlib
+
+    from .calibration import image_files
+
+    # the files the image reader takes (hidden ones and other extensions are never read)
+    lines = "".join(f"{_file_sha256(f)}  {f.name}\n" for f in image_files(folder))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _samples_sha256(ds) -> str:
+    import hashlib
+
+    import numpy as np
+
+    from .quant.cache import data_hash
+
+    # the calibration cache's hash of the inputs (names, dtypes, shapes, bytes), with the labels after it
+    h = hashlib.sha256(data_hash(ds, len(ds)).encode())
+    if ds.labels is not None:
+        y = np.ascontiguousarray(ds.labels)
+        h.update(f"labels|{y.dtype}|{y.shape}".encode())
+        h.update(y.tobytes())
+    return h.hexdigest()
 
 
 def versions() -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as cfgmod
-from .artifact import Artifact, Manifest, StageRecord, host_info, versions
+from .artifact import Artifact, Manifest, StageRecord, data_records, host_info, versions
 from .context import RunContext
 from .errors import EdgekitError, UsageError
 from .fsutil import atomic_path
@@ -65,6 +65,7 @@ def stage_load(run: Run):
     evalset = data(cfg.eval, True) if cfg.eval else src.eval
     train = data(cfg.train, True) if cfg.train else src.train
     check_training_labels(src, train)
+    given_eval = evalset  # before a slice of the calibration data stands in for it
     notes = []
     if evalset is None and calib is not None:
         from .quant.fidelity import MAX_EVAL
@@ -95,8 +96,12 @@ def stage_load(run: Run):
     run.ctx = RunContext(outdir=run.staging, source=src, manifest=run.manifest, calib=calib, eval=evalset,
                          train=train or calib, targets=targets, tolerance=cfg.tolerance, profile=cfg.profile,
                          seed=cfg.seed)
-    run.manifest.source = src.provenance()
+    run.manifest.source = {**src.provenance(), **_student(cfg.distill.student)}
     run.manifest.prepost = src.preprocess or {}
+    run.manifest.data = data_records(calib=(cfg.calib, calib), eval=(cfg.eval, given_eval),
+                                     train=(cfg.train, train))
+    if calib is not None:  # at most the samples there are: the value a replay runs with
+        run.manifest.settings["quantize"]["calib_size"] = min(cfg.quantize.calib_size, len(calib))
     return {"task": src.task, "inputs": [i.to_dict() for i in src.inputs], "notes": notes,
             "calib": _ds_facts(calib), "eval": _ds_facts(evalset), "train": _ds_facts(train)}
 
@@ -300,6 +305,23 @@ def _ds_facts(ds):
     return None if ds is None else {"n": len(ds), "source": ds.source, "labelled": ds.labels is not None}
 
 
+def _student(spec) -> dict:
+    from .source import student_provenance
+
+    rec = student_provenance(spec)
+    return {"student": rec} if rec else {}
+
+
+def effective_settings(cfg: cfgmod.CompressConfig) -> dict:
+    """cfg as the manifest's settings, each value as the run used it: --no-tune runs one candidate
+    whatever max_trials says, and distillation's default (enabled: null) is decided here."""
+    d = cfg.to_dict()
+    if not cfg.quantize.tune:
+        d["quantize"]["max_trials"] = 1
+    d["distill"]["enabled"] = cfg.distill_enabled
+    return d
+
+
 def _is_torch_file(model: str) -> bool:
     return not model.startswith("zoo:") and not model.lower().endswith(".onnx")
 
@@ -403,7 +425,7 @@ def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
     staging = staging_dir(outdir)
     try:
         run = Run(cfg, staging)
-        run.manifest.settings = cfg.to_dict()
+        run.manifest.settings = effective_settings(cfg)
         run.manifest.versions = versions()
         run.manifest.host = host_info()
         _seed(cfg.seed)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from .artifact import TensorSpec
@@ -31,6 +32,10 @@ class SourceModel:
     weights_sha256: str | None = None
     description: str = ""
     opset: int = 17
+    # what `edgekit prune`/`distill` loaded it with, for their manifest: the load options (weights,
+    # trust_pickle, input_shape, data paths) that join settings, and data_records() of the data read
+    load_settings: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in ("torch", "onnx"):
@@ -40,5 +45,31 @@ class SourceModel:
         self.inputs = [i if isinstance(i, TensorSpec) else TensorSpec(**i) for i in self.inputs]
 
     def provenance(self) -> dict:
-        return {"spec": self.spec, "kind": self.kind, "task": self.task, "weights": self.weights,
-                "weights_sha256": self.weights_sha256, "description": self.description}
+        """What the model was made from: its weights and, for file.py:factory, the code's file (both hashed)."""
+        weights = str(Path(self.weights).resolve()) if self.weights else self.weights
+        return {"spec": self.spec, "kind": self.kind, "task": self.task, "weights": weights,
+                "weights_sha256": self.weights_sha256, **code_provenance(self.spec), "description": self.description}
+
+
+def code_provenance(spec: str | None) -> dict:
+    """{source_file, source_sha256} of a file.py:factory spec (the code that builds the model: other code
+    gives other weights from one state dict), else {}."""
+    from .fsutil import sha256_file
+
+    path, _, factory = (spec or "").rpartition(":")
+    if not (factory and path.endswith(".py") and Path(path).is_file()):
+        return {}
+    return {"source_file": str(Path(path).resolve()), "source_sha256": sha256_file(path)}
+
+
+def student_provenance(spec: str | None) -> dict:
+    """{spec, and the hashes of what it names} of a --student: file.py:factory's code, or the pruned.pt
+    that `edgekit distill` takes; {} without a student."""
+    from .fsutil import sha256_file
+
+    if not spec:
+        return {}
+    rec = {"spec": spec, **code_provenance(spec)}
+    if len(rec) == 1 and Path(spec).is_file():
+        rec.update(weights=str(Path(spec).resolve()), weights_sha256=sha256_file(spec))
+    return rec

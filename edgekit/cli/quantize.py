@@ -34,6 +34,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
 
     import onnx
 
+    from ..artifact import data_records
     from ..calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
     from ..data_size import small_data_notes
     from ..config import QuantizeConfig, Tolerance
@@ -88,15 +89,15 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
             record_notes.append(f"calibrated on the first {calib_size} of {want} samples: the model's fixed "
                                 f"batch of {batch} takes whole batches only")
     cfg = dataclasses.replace(cfg, calib_size=calib_size)
+    settings = _settings(cfg, tolerance=str(tol), target=target, calib=calib, eval_path=eval_path,
+                         preprocess=preprocess, calib_ds=calib_ds)
+    data = data_records(calib=(calib, calib_ds), eval=(eval_path, eval_ds))
     staging = staging_dir(out)
     try:
         # onnxruntime's calibrators print progress to stdout, which --json keeps for the manifest
         with contextlib.redirect_stdout(sys.stderr):
             man = _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes,
-                               echo=small,
-                               settings={"mode": mode, "method": method, "format": fmt, "tolerance": str(tol),
-                                         "target": target, "calib": _abs(calib), "eval": _abs(eval_path),
-                                         "max_trials": max_trials})
+                               echo=small, settings=settings, data=data)
         man.write(staging)
         publish(staging, out, overwrite=overwrite)
     except BaseException:
@@ -107,8 +108,20 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     return man
 
 
+def _settings(cfg, *, tolerance, target, calib, eval_path, preprocess, calib_ds) -> dict:
+    """Every option that shapes the result, at the value the run used: a replay with these gives the same
+    file (--no-tune runs one candidate whatever --max-trials says; only static INT8 calibrates, on at most
+    the samples there are, in whole batches of a fixed-batch model)."""
+    calibrated = cfg.mode == "int8" and calib_ds is not None
+    return {"mode": cfg.mode, "method": cfg.calibrate_method, "format": cfg.format, "per_channel": cfg.per_channel,
+            "weight_rounding": cfg.weight_rounding, "bias_correction": cfg.bias_correction, "tolerance": tolerance,
+            "target": target, "calib": _abs(calib), "eval": _abs(eval_path), "preprocess": preprocess,
+            "tune": cfg.tune, "max_trials": cfg.max_trials if cfg.tune else 1,
+            "calib_size": min(cfg.calib_size, len(calib_ds)) if calibrated else None}
+
+
 def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dtype, record_notes, *, settings,
-                 echo=None):
+                 data=None, echo=None):
     import math
     import time
     from pathlib import Path
@@ -171,7 +184,8 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         # tolerances are relative to this value: at 0 every candidate would "pass" or divide by zero
         raise CalibrationError(f"{eval_ds.source}: the model gets none of the {len(eval_ds)} labels right "
                                "(accuracy 0); check that 'y' holds this model's class indices")
-    man = Manifest(source=src_model.provenance(), versions=versions(), host=host_info(), settings=settings)
+    man = Manifest(source=src_model.provenance(), versions=versions(), host=host_info(), settings=settings,
+                   data=data or {})
     man.prepost = src_model.preprocess or {}  # ships in the bundle, so the device pre-processes alike
     man.artifacts.append(parent)
     ctx = RunContext(outdir=staging, source=src_model, manifest=man, calib=calib_ds, eval=eval_ds,

@@ -12,6 +12,7 @@ from ..errors import UsageError
 from ..fsutil import write_json_atomic
 from ..outdir import check_output, discard, publish, staging_dir
 from ..progress import task
+from ..source import student_provenance
 
 
 def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None, train=None, input_shape=None,
@@ -20,6 +21,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     the data (image folders included), --preprocess (a JSON spec or file) as compress takes it, else the
     pixel scaling an image folder implies, recorded in
     source.preprocess (run_in_dir writes it to the manifest) and noted on stderr."""
+    from ..artifact import data_records
     from ..calibration import read_dataset
     from ..evaluate import check_training_labels
     from ..pipeline import _read_prepost, declare_prepost, imply_prepost, load_model
@@ -38,10 +40,18 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     e = data(eval_path, True) if eval_path else src.eval
     t = data(train, True) if train else src.train
     check_training_labels(src, t)
+    src.load_settings = {"weights": weights, "trust_pickle": trust_pickle, "calib": _abs(calib),
+                         "eval": _abs(eval_path), "train": _abs(train), "input_shape": input_shape}
+    src.data = data_records(calib=(calib, c), eval=(eval_path, e), train=(train, t))
     if e is None and c is None:
         # --train alone: the result's accuracy cost would have nothing to be measured on
         raise UsageError(f"{model}: no evaluation data; pass --eval (or --calib) so the accuracy cost can be measured")
     return src, c, e or c, t or c
+
+
+def _abs(path):
+    """Data paths as absolute, as `edgekit quantize` records them: the manifest is read from other folders."""
+    return str(Path(path).resolve()) if path else path
 
 
 def targets(names) -> list:
@@ -61,8 +71,11 @@ def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_li
     out = check_output(output, overwrite)
     staging = staging_dir(out)
     try:  # from the folder's creation on: a SIGTERM while host facts are read must not leave it behind
-        man = Manifest(source=source.provenance(), settings=settings, versions=versions(), host=host_info(),
-                       prepost=source.preprocess or {})
+        man = Manifest(source=source.provenance(), versions=versions(), host=host_info(),
+                       prepost=source.preprocess or {}, data=dict(source.data),
+                       settings={**source.load_settings, **settings, "targets": [t.name for t in target_list]})
+        if (settings.get("distill") or {}).get("student"):
+            man.source["student"] = student_provenance(settings["distill"]["student"])
         _seed(seed)
         ctx = RunContext(outdir=staging, source=source, manifest=man, calib=calib, eval=evalset, train=train,
                          targets=target_list, seed=seed)
