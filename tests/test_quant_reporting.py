@@ -1,0 +1,80 @@
+"""What the quantize stage reports: FP16 values beyond float16's range, a numeric record of each final
+artifact against FP32, like-for-like batches for outputs reduced over the batch, tolerance wording."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.artifact import Artifact, Manifest
+from edgekit.config import QuantizeConfig, Tolerance
+from edgekit.context import RunContext
+from edgekit.dataset import Dataset
+from edgekit.evaluate import Evaluator
+from edgekit.source import SourceModel
+from edgekit.stages import quantize as stage
+
+
+def _save(nodes, inits, out_shape, path):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def boxes_model(path):
+    """Four box values 1e6 * sigmoid(.) beside a score, as a detection head in pixels of a huge canvas."""
+    r = np.random.default_rng(0)
+    inits = {"wa": r.normal(size=(16, 4)).astype(np.float32), "ws": r.normal(size=(16, 1)).astype(np.float32),
+             "scale": np.array(1e6, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "wa"], ["a"], "fa"), helper.make_node("Sigmoid", ["a"], ["sa"], "sa"),
+             helper.make_node("Mul", ["sa", "scale"], ["boxes"], "mul"),
+             helper.make_node("MatMul", ["x", "ws"], ["s"], "fs"), helper.make_node("Sigmoid", ["s"], ["ss"], "ss"),
+             helper.make_node("Concat", ["boxes", "ss"], ["y"], "cat", axis=1)]
+    return _save(nodes, inits, ["n", 5], path)
+
+
+def linear_model(path, *, reduce=False, cols=8, weight_scale=1.0):
+    r = np.random.default_rng(1)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h" if reduce else "y"], "fc")]
+    if reduce:  # a statistic over the whole batch: a 0-d output with no sample axis
+        nodes.append(helper.make_node("ReduceMean", ["h"], ["y"], "mean", keepdims=0))
+    return _save(nodes, {"w": (r.normal(size=(16, cols)) * weight_scale).astype(np.float32)}, [] if reduce else ["n", cols], path)
+
+
+def _x(n, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).normal(size=(n, 16)) * scale).astype(np.float32)
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    monkeypatch.setattr(stage, "GATE_RUNS", 5)
+    monkeypatch.setattr(stage, "GATE_SECONDS", 0.05)
+    monkeypatch.setenv("EDGEKIT_QUIET", "1")
+
+
+def _run(tmp_path, model, calib, ev, *, mode, task="generic", tol="1%"):
+    src = SourceModel(spec=str(model), kind="onnx", inputs=[], outputs=["y"], onnx_path=str(model))
+    evaluate = Evaluator(Dataset({"x": ev}, None, "eval"), task, model)
+    parent = Artifact(kind="fp32", path=model.name)
+    parent.metrics = evaluate(model)
+    ctx = RunContext(outdir=tmp_path, source=src, manifest=Manifest(), calib=Dataset({"x": calib}, None, "calib"),
+                     eval=Dataset({"x": ev}, None, "eval"), evaluate=evaluate, tolerance=Tolerance.parse(tol))
+    art = stage.run(parent, ctx, QuantizeConfig(mode=mode, max_trials=1))
+    return art, ctx.manifest.quantization[parent.path]
+
+
+def test_batch_reduced_output_is_compared_at_the_candidates_batch(tmp_path):
+    # FP32 at batch 64 gave one mean for 44 samples, dynamic INT8 at batch 1 gave 44: scored as a 100% drop
+    from onnxruntime.quantization import quantize_dynamic
+
+    model = linear_model(tmp_path / "mean.fp32.onnx", reduce=True)
+    q = tmp_path / "mean.int8-dynamic.onnx"
+    quantize_dynamic(str(model), str(q))
+    ev = Evaluator(Dataset({"x": _x(44)}, None, "eval"), "generic", model)
+    assert ev(model)["value"] == 1.0
+    m = ev(q)
+    assert m["batch"] == 1 and m["value"] > 0.9
