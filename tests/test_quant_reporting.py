@@ -78,3 +78,20 @@ def test_batch_reduced_output_is_compared_at_the_candidates_batch(tmp_path):
     assert ev(model)["value"] == 1.0
     m = ev(q)
     assert m["batch"] == 1 and m["value"] > 0.9
+
+
+@pytest.mark.parametrize("tol,ref,val,want", [
+    ("0.18%", 0.9280, 0.926325, "0.1805%"),   # rounded to 0.18% it read as equal to the tolerance
+    ("0.16pt", 0.9280, 0.926325, "0.17pt"),   # the drop in points beside a tolerance in points
+    ("1%", 0.9280, 0.9280, "0.00%"),
+])
+def test_drop_is_printed_in_the_tolerance_unit_with_the_digits_that_decide(tol, ref, val, want):
+    assert Tolerance.parse(tol).format_drop(ref, val) == want
+
+
+def test_rejection_message_uses_the_tolerance_unit(tmp_path, fast):
+    model = linear_model(tmp_path / "lin.fp32.onnx")
+    x = _x(40)
+    art, rec = _run(tmp_path, model, x, x, mode="int8-dynamic", tol="0pt")
+    assert rec["tolerance_met"] is False
+    assert "pt (" in rec["reason"] and "%" not in rec["reason"].split("drops ")[1].split(" (")[0]

@@ -292,7 +292,7 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     fast = bool(gate_rec.get("passed"))
     kind = best.spec.mode
     if not tol_met:
-        drop = f"{best.drop_rel:.2%}" if best.drop_rel is not None else "unknown"
+        drop = ctx.tolerance.format_drop(reference, best.metric) if best.metric is not None else "unknown"
         slow = [t for t in tuner.passing() if t is not best]
         within = (f"no INT8 candidate within tolerance {ctx.tolerance} and faster than FP32 ({len(slow)} within "
                   f"tolerance kept so many nodes in FP32 that they measured no faster)" if slow else
@@ -317,7 +317,7 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
                   "(its own interleaved runs, not the latency table's): "
                   + (gate_rec.get("why") or "not measured"))
     else:
-        drop = f"{best.drop_rel:.2%}" if best.drop_rel is not None else f"{reference - best.metric:+.4f} absolute"
+        drop = ctx.tolerance.format_drop(reference, best.metric)
         reason = (f"'{best.name}': {best.metric:.4f} vs FP32 {reference:.4f} (drop {drop}, within "
                   f"{ctx.tolerance})" + (f", {1 / gate_rec['ratio']:.2f}x faster than FP32" if gate_rec.get("ratio") else ""))
     record.update({"chosen": best.name, "tolerance_met": tol_met, "recommend": bool(tol_met and fast),
@@ -362,7 +362,8 @@ def _fp16(parent, ctx, src, prep, feeds, record, reference, t_start) -> Artifact
                          "passed": passed, "fp32_nodes": []}]
     record["speed_gate"] = gate
     fast = bool(g.get("passed"))
-    reason = (f"FP16 {'within' if passed else 'outside'} tolerance {ctx.tolerance}; "
+    reason = (f"FP16 drops {ctx.tolerance.format_drop(reference, m['value'])} ({m['value']:.4f} vs FP32 "
+              f"{reference:.4f}), {'within' if passed else 'outside'} tolerance {ctx.tolerance}; "
               + (f"{g['ratio']:.2f}x FP32 latency on {next(iter(gate))}" if g.get("ratio") else g.get("reason", "")))
     if not fast and g.get("status") == "ok":
         reason += " (FP16 is meant for GPU targets; CPUs without FP16 arithmetic convert back and forth)"
