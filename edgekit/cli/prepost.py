@@ -1,9 +1,6 @@
 """`edgekit prepost ...`: warm up the pre/post-processing kernels and check prepost specs."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
 from ..errors import UsageError
@@ -57,15 +54,16 @@ def warmup(as_json, cold, backend, ops):
 def check(spec, as_json):
     """Validate a prepost SPEC (a JSON file, or JSON text) and show the pipeline it builds."""
     from ..prepost import Pipeline, PrepostError
+    from ..prepost.pipeline import read_spec
 
-    p = Path(spec)
-    where = str(p) if p.is_file() else "SPEC"
     try:
-        text = p.read_text() if p.is_file() else spec
-        pipe = Pipeline.from_spec(json.loads(text))
-    except ValueError as e:  # PrepostError and JSONDecodeError are both ValueErrors
-        if not isinstance(e, PrepostError):
-            e = f"not valid JSON ({e})"
+        value, where = read_spec(spec)  # its errors name the file, or SPEC for JSON text
+    except PrepostError as e:
+        raise UsageError(str(e)) from None
+    where = where or "SPEC"
+    try:
+        pipe = Pipeline(value or {})  # as from_spec, but JSON text holding a string is not parsed twice
+    except PrepostError as e:
         raise UsageError(f"{where}: {e}") from None
     info = pipe.describe()
     if as_json:

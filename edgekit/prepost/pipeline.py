@@ -87,6 +87,47 @@ def validate_spec(spec) -> dict:
     return spec
 
 
+def read_spec(arg: str, what: str = "SPEC") -> tuple:
+    """A spec given on a command line as a JSON file or as JSON text -> (spec, the file as given, or None).
+
+    Not validated (callers word their own errors). A path to a file that is not there must not be
+    parsed as JSON text and reported as bad JSON: text that is not a file and does not parse is a
+    missing file, unless it starts as JSON does ('{', '['). what names the argument in errors about text.
+    """
+    from pathlib import Path
+
+    if not arg.strip():  # Path("") is the current folder
+        raise PrepostError(f"{what}: empty (a JSON file or JSON text)")
+    p = Path(arg)
+    if _stat_ok(p.is_file):
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PrepostError(f"{arg}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+        try:
+            return json.loads(text), arg
+        except ValueError as e:
+            raise PrepostError(f"{arg}: not valid JSON ({e})") from None
+    try:
+        return json.loads(arg), None
+    except ValueError as e:
+        if arg.lstrip()[:1] in ("{", "["):
+            raise PrepostError(f"{what}: not valid JSON ({e})") from None
+    name = arg if arg.isprintable() else repr(arg)  # the error stays one line
+    if _stat_ok(p.exists):
+        raise PrepostError(f"{name}: not a file ({what} is a JSON file or JSON text)")
+    raise PrepostError(f"{name}: no such file ({what} is a JSON file or JSON text)")
+
+
+def _stat_ok(test) -> bool:
+    """test() of a path that may be JSON text: a line of JSON over 255 characters is a file name too long
+    for the OS, which pathlib raises as OSError rather than answering False."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
 class _Step:
     def __init__(self, stage, i, step, backend):
         self.where = _where(stage, i, step.get("op"))
