@@ -100,8 +100,9 @@ def stage_load(run: Run):
     run.manifest.prepost = src.preprocess or {}
     run.manifest.data = data_records(calib=(cfg.calib, calib), eval=(cfg.eval, given_eval),
                                      train=(cfg.train, train))
-    if calib is not None:  # at most the samples there are: the value a replay runs with
-        run.manifest.settings["quantize"]["calib_size"] = min(cfg.quantize.calib_size, len(calib))
+    quant = run.manifest.settings.get("quantize")
+    if calib is not None and quant is not None:  # at most the samples there are: the value a replay runs with
+        quant["calib_size"] = min(cfg.quantize.calib_size, len(calib))
     return {"task": src.task, "inputs": [i.to_dict() for i in src.inputs], "notes": notes,
             "calib": _ds_facts(calib), "eval": _ds_facts(evalset), "train": _ds_facts(train)}
 
