@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import EdgekitError
+
 
 def per_file_version(fn):
     """fn(path) computed once per version of the file (its path, mtime and size): facts read from a model
@@ -83,13 +85,25 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+class CacheDirError(EdgekitError):
+    """edgekit's cache directory cannot be made (the setting points at a file, a read-only place)."""
+
+
 def cache_dir() -> Path:
-    """The user's cache directory for edgekit (XDG_CACHE_HOME respected)."""
+    """The user's cache directory for edgekit (XDG_CACHE_HOME respected). CacheDirError, one line naming
+    the path and the variable that chose it, when it cannot be made: a setting that points at a file read
+    as an internal NotADirectoryError. Callers that can work without a cache catch it."""
+    var = "EDGEKIT_CACHE" if os.environ.get("EDGEKIT_CACHE") else \
+        "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "HOME"
     base = os.environ.get("EDGEKIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgekit"
     )
     p = Path(base)
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = "a file, not a directory" if isinstance(e, FileExistsError) else e.strerror or str(e)
+        raise CacheDirError(f"{p}: cannot be edgekit's cache directory ({why}; set by {var})") from None
     return p
 
 

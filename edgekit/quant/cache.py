@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +40,90 @@ def cache_key(model_sha: str, data_sha: str, method: str, options: dict) -> str:
 
 
 def cache_path(key: str, root=None) -> Path:
-    from ..fsutil import cache_dir
+    """Where the ranges for `key` live: a file there is a hit. An entry that does not load as ranges (a
+    crash or a full disk mid-write of another tool, a sync conflict) is removed, so the ranges are computed
+    again and rewritten; it failed every later run with the same inputs. Where no cache directory can be
+    used, a private one for this process stands in: the cache only saves time."""
+    d = _calib_dir(root)
+    p = d / f"{key}.json"
+    if not (p.exists() or p.is_symlink()):
+        return p
+    why = damage(p)
+    if why is None:
+        return p
+    if _drop(p):
+        _note(f"{p}: ignoring a damaged calibration cache entry ({why}); calibrating again")
+        return p
+    _note(f"{p}: ignoring a damaged calibration cache entry ({why}) that cannot be removed; "
+          "calibrating without the cache")
+    return _private_dir() / p.name
 
-    d = Path(root) if root else cache_dir() / "quant-calib"
-    d.mkdir(parents=True, exist_ok=True)
-    return d / f"{key}.json"
+
+def damage(path) -> str | None:
+    """Why the range file at `path` cannot be used (one line), or None when it loads as ranges."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, load_tensors_data
+
+    try:
+        ranges = load_tensors_data(path)
+        if not isinstance(ranges.calibration_method, CalibrationMethod):
+            return f"unknown calibration method {ranges.calibration_method!r}"
+        if not ranges.data:
+            return "no tensor ranges"
+        lacking = [k for k, t in ranges.items() if not (hasattr(t, "lowest") and hasattr(t, "highest"))]
+        if lacking:
+            return f"tensor {lacking[0]!r} has no range"
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return f"{type(e).__name__}: {msg}"[:200]
+    return None
+
+
+def _drop(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
+def _calib_dir(root) -> Path:
+    from ..fsutil import CacheDirError, cache_dir
+
+    try:
+        d = Path(root) if root else cache_dir() / "quant-calib"
+        d.mkdir(parents=True, exist_ok=True)
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(f"{d}: not writable")
+        return d
+    except (OSError, CacheDirError) as e:
+        global _dir_noted
+        if not _dir_noted:
+            _dir_noted = True
+            _note(f"calibrating without the cache: {e}")
+        return _private_dir()
+
+
+_private = None
+_dir_noted = False
+
+
+def _private_dir() -> Path:
+    """A cache directory for this process alone (tuning trials still share their ranges), removed at exit."""
+    global _private
+    if _private is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _private = Path(tempfile.mkdtemp(prefix="edgekit-calib-"))
+        atexit.register(shutil.rmtree, _private, True)
+    return _private
+
+
+def _note(msg: str) -> None:
+    import sys
+
+    print(f"edgekit: note: {msg}", file=sys.stderr)
