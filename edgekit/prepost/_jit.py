@@ -73,10 +73,55 @@ def get(name: str, serial: bool = False):
                 py_func.__qualname__ = py_func.__name__
                 opts = {**opts, "parallel": False}
             t0 = time.perf_counter()
-            disp = numba.njit(sig(nt), **opts)(py_func)
+            disp = _compile(key, py_func, sig(nt), opts)
             _TIMES[key] = time.perf_counter() - t0
             _COMPILED[key] = disp
     return disp
+
+
+def _compile(key: str, py_func, signature, opts: dict):
+    """numba.njit(signature) of py_func. A damaged entry in Numba's on-disk cache (an index or data file
+    cut short or overwritten) makes Numba raise whatever unpickling it met, on every later run, as an
+    internal error of every command using the kernel: the entry is dropped and the kernel compiled again."""
+    try:
+        return numba.njit(signature, **opts)(py_func)
+    except Exception as e:
+        files = _cache_files(py_func, opts)
+        if not files:
+            raise  # nothing cached: a real compile error
+        kept = [f for f in files if not _unlink(f)]
+        # an entry that cannot be removed would fail again: compile without the cache then. A real compile
+        # error raises here again, before any word about the cache
+        disp = numba.njit(signature, **{**opts, "cache": not kept})(py_func)
+        msg = str(e).splitlines()[0] if str(e) else ""
+        warnings.warn(f"edgekit.prepost: dropped the damaged Numba cache entry {files[0]} ({type(e).__name__}: "
+                      f"{msg[:160]}); compiled {key} again", RuntimeWarning, stacklevel=3)
+        return disp
+
+
+def _cache_files(py_func, opts: dict) -> list:
+    """The on-disk cache files of py_func's kernel, index first ([] when unknown or none). Numba's
+    cache layout is private, so any surprise here just means no files."""
+    import glob
+
+    try:
+        cache_file = numba.njit(**opts)(py_func)._cache._cache_file  # lazy: compiles and reads nothing
+        index = cache_file._index_path
+        data = glob.glob(os.path.join(glob.escape(os.path.dirname(index)),
+                                      glob.escape(os.path.basename(index)[:-len(".nbi")]) + ".*.nbc"))
+    except Exception:
+        return []
+    return [f for f in [index, *sorted(data)] if os.path.lexists(f)]
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 def is_parallel(name: str) -> bool:
