@@ -189,7 +189,10 @@ class Evaluator:
             return None
         return session(path, optimize=False)
 
-    def __call__(self, path) -> dict:
+    def __call__(self, path, *, numeric: bool = False) -> dict:
+        """numeric=True adds "numeric": each output's relative error to FP32 (see numeric_fidelity), what a
+        final artifact records besides the metric, which is blind to a scale error (top-1 agreement 1.0 on
+        boxes 15x too small)."""
         try:
             out = self.outputs(path)
         except Exception as e:
@@ -209,11 +212,13 @@ class Evaluator:
                          self.ds.source or "eval data")
             self._labels_checked = True
         batch = self.batch_for(path)
-        ref = None if self.labelled and len(out) == 1 else self.reference_outputs(batch)
+        ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)
         value = score(out, self.task, self.ds.labels if self.labelled else None, ref)
         self._outputs = len(out)
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
+        if numeric:
+            res["numeric"] = numeric_fidelity(out, ref, self.output_names())
         if self.simulate_qdq and quantized_graph(path):
             res["simulated"] = "cpu, graph optimisations off (QDQ arithmetic)"
         if len(out) > 1:
@@ -225,6 +230,66 @@ class Evaluator:
             else:
                 res["per_output"] = fid  # value is the lowest of these
         return res
+
+
+    def output_names(self) -> list:
+        import onnx
+
+        return [o.name for o in onnx.load(str(self.reference_path), load_external_data=False).graph.output]
+
+
+NUMERIC_BLOCK = 0.25  # median relative error per sample above which an artifact is not recommended
+
+
+def numeric_fidelity(outputs: list, reference: list, names: list | None = None) -> dict:
+    """{output name: {"median_rel_err", "max_rel_err", "max_abs_diff"}} of each float output against FP32.
+
+    Relative error per sample (||got - ref|| / ||ref|| over the sample's values), so a sample of small
+    values is judged against its own size and a uniform scale error reads as itself (15x too small: 0.93).
+    An output whose shape differs, or that is not float, is recorded as such, not scored.
+    """
+    res = {}
+    for j, (o, r) in enumerate(zip(outputs, reference)):
+        name = names[j] if names and j < len(names) else str(j)
+        o, r = np.asarray(o), np.asarray(r)
+        if o.shape != r.shape:
+            res[name] = {"skipped": f"shape {list(o.shape)} vs FP32 {list(r.shape)}"}
+        elif r.dtype.kind != "f":
+            res[name] = {"exact_agreement": exact_agreement(o, r)}
+        else:
+            res[name] = _rel_err(o, r)
+    return res
+
+
+def _rel_err(out: np.ndarray, ref: np.ndarray) -> dict:
+    a = out.reshape(len(out), -1).astype(np.float64) if out.ndim else out.reshape(1, 1).astype(np.float64)
+    b = ref.reshape(len(ref), -1).astype(np.float64) if ref.ndim else ref.reshape(1, 1).astype(np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))  # -inf where FP32 has -inf (a mask) is no error
+    with np.errstate(invalid="ignore"):  # inf - inf: handled on the next line, not worth a warning
+        d = np.where(same, 0.0, np.abs(a - b))
+    d = np.where(np.isnan(d), np.inf, d)  # a NaN or inf FP32 does not have is the largest error there is
+    bf = np.where(np.isfinite(b), b, 0.0)
+    norm = np.linalg.norm(bf, axis=1)
+    # a sample whose reference is ~0 is judged against the output's typical size, not divided by ~0
+    floor = max(float(np.median(norm)) * 1e-3, 1e-12)
+    rel = np.linalg.norm(d, axis=1) / np.maximum(norm, floor)
+    return {"median_rel_err": float(np.median(rel)) if len(rel) else 0.0,
+            "max_rel_err": float(np.max(rel)) if len(rel) else 0.0,
+            "max_abs_diff": float(np.max(d)) if d.size else 0.0}
+
+
+def numeric_problem(numeric: dict | None, limit: float = NUMERIC_BLOCK) -> str:
+    """A one-line reason when an output's median relative error to FP32 exceeds limit, else ''."""
+    def far(e):  # "Infinity"/"NaN" as the manifest spells a non-finite error
+        return isinstance(e, str) or not e <= limit
+
+    bad = [(k, v["median_rel_err"]) for k, v in (numeric or {}).items()
+           if v.get("median_rel_err") is not None and far(v["median_rel_err"])]
+    if not bad:
+        return ""
+    return ("outputs far from FP32's values: "
+            + ", ".join(f"'{k}' median relative error {e if isinstance(e, str) else f'{e:.1%}'}" for k, e in bad)
+            + f" (above {limit:.0%}; the metric does not see a scale error)")
 
 
 def clip(text: str, limit: int) -> str:

@@ -10,6 +10,7 @@ from edgekit.config import QuantizeConfig, Tolerance
 from edgekit.context import RunContext
 from edgekit.dataset import Dataset
 from edgekit.evaluate import Evaluator
+from edgekit.onnxutil import run_batches
 from edgekit.source import SourceModel
 from edgekit.stages import quantize as stage
 
@@ -67,6 +68,54 @@ def _run(tmp_path, model, calib, ev, *, mode, task="generic", tol="1%"):
     return art, ctx.manifest.quantization[parent.path]
 
 
+def test_fp16_keeps_values_beyond_float16_range_in_fp32_and_records_fidelity(tmp_path, fast):
+    # the converter clamped 1e6 to 65504: boxes 15x too small, median relative error 0.93, "within tolerance"
+    model = boxes_model(tmp_path / "boxes.fp32.onnx")
+    x = _x(40)
+    art, rec = _run(tmp_path, model, x, x, mode="fp16", task="classification")
+    ref = run_batches(model, Dataset({"x": x}, None, "x"))[0]
+    got = run_batches(tmp_path / art.path, Dataset({"x": x}, None, "x"))[0]
+    assert np.max(np.abs(got - ref)) < 1e-3 * np.max(np.abs(ref))
+    assert any("exceed float16's range" in n for n in rec["notes"])
+    assert "mul" in rec["trials"][0]["fp32_nodes"]
+    num = art.verify["per_output"]["y"]
+    assert num["median_rel_err"] < 1e-3 and art.verify["batch"] == art.metrics["batch"]
+
+
+def test_fp16_damage_the_range_check_cannot_see_is_caught_by_the_numeric_record(tmp_path, fast):
+    # weights of ~1e-10 are raised to float16's smallest value 5.96e-8 by the converter: the outputs grow
+    # ~600x while top-1 agreement of [N, 8] logits can hold; the numeric record against FP32 cannot miss it
+    model = linear_model(tmp_path / "lin.fp32.onnx", weight_scale=1e-10)
+    x = _x(40)
+    art, rec = _run(tmp_path, model, x, x, mode="fp16", task="classification")
+    assert not art.verify["per_output"]["y"]["median_rel_err"] <= 0.25
+    assert rec["recommend"] is False and "far from FP32's values" in rec["reason"]
+    assert art.notes[0] == rec["reason"]
+
+
+def test_numeric_veto_withdraws_a_recommendation():
+    art = Artifact(kind="fp16", path="m.fp16.onnx", notes=["FP16 within tolerance 1%"],
+                   verify={"per_output": {"boxes": {"median_rel_err": 0.934, "max_rel_err": 0.95}}})
+    rec = {"recommend": True, "reason": "FP16 within tolerance 1%"}
+    stage._numeric_veto(art, rec)
+    assert rec["recommend"] is False and "'boxes' median relative error 93.4%" in rec["reason"]
+
+
+def test_non_finite_error_is_recorded_as_json_and_blocks():
+    from edgekit.evaluate import numeric_fidelity, numeric_problem
+    from edgekit.report.fmt import json_safe
+
+    ref = np.ones((4, 3), np.float32)
+    got = ref.copy()
+    got[:, 0] = np.inf  # float16 overflow where FP32 is finite
+    num = json_safe(numeric_fidelity([got], [ref], ["y"]))
+    assert num["y"]["median_rel_err"] == "Infinity"
+    assert "'y' median relative error Infinity" in numeric_problem(num)
+    masked = ref.copy()
+    masked[:, 0] = -np.inf  # a mask FP32 has too is no error
+    assert numeric_fidelity([masked], [masked])["0"]["max_rel_err"] == 0.0
+
+
 def test_batch_reduced_output_is_compared_at_the_candidates_batch(tmp_path):
     # FP32 at batch 64 gave one mean for 44 samples, dynamic INT8 at batch 1 gave 44: scored as a 100% drop
     from onnxruntime.quantization import quantize_dynamic
@@ -78,6 +127,7 @@ def test_batch_reduced_output_is_compared_at_the_candidates_batch(tmp_path):
     assert ev(model)["value"] == 1.0
     m = ev(q)
     assert m["batch"] == 1 and m["value"] > 0.9
+    assert ev(q, numeric=True)["numeric"]["y"]["median_rel_err"] < 0.25
 
 
 @pytest.mark.parametrize("tol,ref,val,want", [

@@ -126,7 +126,9 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
         # where batch 1 does not (digits-cnn 0.43x at 16 vs 0.64x at 1; EfficientNet 0.90x vs 0.96x).
         feeds = timing_feeds(data_for_timing, static.fixed_batch(prep) or TIMING_BATCH)
         if cfg.mode == "fp16":
-            return _fp16(parent, ctx, src, prep, feeds, record, reference, t_start)
+            # a few samples find activations beyond float16's range, which the converter would clamp
+            probe = timing_feeds(data_for_timing, fp16.PROBE_SAMPLES) if not static.fixed_batch(prep) else feeds
+            return _fp16(parent, ctx, src, prep, feeds, record, reference, t_start, probe)
         spec, pinned = base_spec(cfg, choice)
         gpu = qisa.gpu_provider(facts["providers"])
         if gpu and cfg.mode == "int8":
@@ -328,6 +330,7 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     art.settings = {**best.spec.to_dict(), "isa_choice": record["isa"]["choice"] if static_qdq else None,
                     "calib_size": cfg.calib_size}
     art.notes = [reason] + ([f"kept in FP32: {', '.join(best.spec.exclude_nodes)}"] if best.spec.exclude_nodes else [])
+    _numeric_veto(art, record)
     if parent.bytes and art.bytes > parent.bytes:
         # small models: scales, zero points and Q/DQ nodes can outweigh the 4x smaller weights
         art.notes.append(f"the {kind} file is larger than its parent ({art.bytes:,} vs {parent.bytes:,} bytes): "
@@ -337,6 +340,7 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
 
 def _write(tmp_path, dest: Path, parent, kind, ctx) -> Artifact:
     from ..evaluate import with_drop
+    from ..report.fmt import json_safe
 
     with atomic_path(dest) as tmp:
         shutil.copyfile(tmp_path, tmp)
@@ -344,22 +348,51 @@ def _write(tmp_path, dest: Path, parent, kind, ctx) -> Artifact:
     art = Artifact(kind=kind, path=dest.name, parent=parent.path, stage="quantize", params=facts["params"],
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"])
     art.refresh_file_facts(ctx.outdir)
-    art.metrics = with_drop(ctx.evaluate(dest), parent.metrics or None)
+    metrics = ctx.evaluate(dest, numeric=True)
+    numeric = metrics.pop("numeric", None)
+    art.metrics = with_drop(metrics, parent.metrics or None)
+    if numeric is not None:
+        # the metric alone is blind to a scale error (boxes 15x too small kept top-1 agreement 1.0)
+        ref = getattr(ctx.evaluate, "reference_path", None)
+        art.verify = {"against": f"{Path(ref).name if ref else 'FP32'} outputs", "data": metrics.get("data"),
+                      "n": metrics.get("n"), "batch": metrics.get("batch"),
+                      "rule": "per sample ||got - fp32|| / ||fp32||; median and max over samples",
+                      "per_output": json_safe(numeric)}
     return art
 
 
-def _fp16(parent, ctx, src, prep, feeds, record, reference, t_start) -> Artifact:
+def _numeric_veto(art: Artifact, record: dict) -> None:
+    """Withdraw a recommendation whose outputs are far from FP32's however the task metric scored them."""
+    from ..evaluate import NUMERIC_BLOCK, numeric_problem
+
+    why = numeric_problem((art.verify or {}).get("per_output"))
+    if not why:
+        return
+    art.verify["blocks_recommendation_above"] = NUMERIC_BLOCK
+    if record.get("recommend"):
+        record["recommend"] = False
+        record["reason"] += f"; not recommended: {why}"
+    else:
+        record["reason"] += f"; {why}"
+    art.notes[0] = record["reason"]
+
+
+def _fp16(parent, ctx, src, prep, feeds, record, reference, t_start, probe_feeds=None) -> Artifact:
     work = prep.parent
     out = work / "fp16.onnx"
-    fp16.convert(prep, out)
+    conv = fp16.convert(prep, out, feeds=probe_feeds)
     m = ctx.evaluate(out)
     passed = bool(ctx.tolerance.allows(reference, m["value"]))
+    kept = fp16.describe(conv)
+    if kept:
+        record["notes"].append(kept)
     gate = speed_gate.gate(src, out, ctx.primary_target, feeds, min_runs=GATE_RUNS, min_seconds=GATE_SECONDS)
     g = next(iter(gate.values()))
-    record["trials"] = [{"name": "fp16 (io fp32)", "config": {"mode": "fp16", "keep_io_types": True},
+    record["trials"] = [{"name": "fp16 (io fp32)", "config": {"mode": "fp16", "keep_io_types": True,
+                                                                "fp32_nodes": conv.get("fp32_nodes") or []},
                          "metric": m["value"], "drop_rel": (reference - m["value"]) / reference if reference else None,
                          "latency_ms": g.get("int8_ms"), "speedup": (1 / g["ratio"]) if g.get("ratio") else None,
-                         "passed": passed, "fp32_nodes": []}]
+                         "passed": passed, "fp32_nodes": conv.get("fp32_nodes") or []}]
     record["speed_gate"] = gate
     fast = bool(g.get("passed"))
     reason = (f"FP16 drops {ctx.tolerance.format_drop(reference, m['value'])} ({m['value']:.4f} vs FP32 "
@@ -370,6 +403,7 @@ def _fp16(parent, ctx, src, prep, feeds, record, reference, t_start) -> Artifact
     record.update({"chosen": "fp16", "tolerance_met": passed, "recommend": bool(passed and fast), "reason": reason,
                    "seconds": round(time.perf_counter() - t_start, 2)})
     art = _write(out, Path(ctx.outdir) / output_name(parent.path, "fp16"), parent, "fp16", ctx)
-    art.settings = {"mode": "fp16", "keep_io_types": True}
-    art.notes = [reason]
+    art.settings = {"mode": "fp16", "keep_io_types": True, "fp32_nodes": conv.get("fp32_nodes") or []}
+    art.notes = [reason] + ([kept] if kept else [])
+    _numeric_veto(art, record)
     return art
