@@ -48,6 +48,7 @@ def stage_load(run: Run):
     cfg = run.cfg
     targets = load_targets(cfg.targets or (DEFAULT_TARGET,))  # two of one name: refused before the model loads
     declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
+    check_data_paths((cfg.calib, cfg.eval, cfg.train))
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
     declare_prepost(src, declared, cfg.model)
@@ -397,22 +398,36 @@ def _peek_arrays(path):
 
 
 def _read_prepost(text):
-    import json
+    """--preprocess as JSON text or a JSON file: a missing file is named as missing (it was 'not JSON'), and
+    JSON text longer than a file name may be is read as text (it was an internal OSError)."""
+    try:
+        from .prepost import PrepostError, validate_spec
+        from .prepost.pipeline import read_spec
+    except ImportError:  # without the prepost extras: parsed, not validated
+        import json
 
-    p = Path(text)
+        p = Path(text)
+        try:
+            return json.loads(p.read_text()) if len(text) < 256 and p.is_file() else json.loads(text)
+        except ValueError as e:
+            raise UsageError(f"--preprocess {text!r}: not JSON or a JSON file: {e}") from None
     try:
-        spec = json.loads(p.read_text()) if p.is_file() else json.loads(text)
-    except ValueError as e:
-        raise UsageError(f"--preprocess {text!r}: not JSON or a JSON file: {e}") from None
-    try:
-        from .prepost import validate_spec
-    except ImportError:
-        return spec
+        spec, where = read_spec(text, what="--preprocess")
+    except PrepostError as e:
+        raise UsageError(str(e)) from None
     try:
         validate_spec(spec)
     except ValueError as e:
-        raise UsageError(f"--preprocess: {e}") from None
+        raise UsageError(f"{where or '--preprocess'}: {e}") from None
     return spec
+
+
+def check_data_paths(paths) -> None:
+    """A mistyped --calib/--eval/--train is refused before the model loads: a zoo model trained first on
+    its first use, for minutes, before the one-line error came."""
+    for p in paths:
+        if p and not Path(p).exists():
+            raise UsageError(f"{p}: calibration/eval data not found")
 
 
 # ---------------------------------------------------------------- entry points

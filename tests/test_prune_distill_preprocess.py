@@ -85,7 +85,7 @@ def test_bad_preprocessing_is_refused_before_anything_is_written(tmp_path, cmd, 
     out = tmp_path / "out"
     rc = _run(_args(cmd, tmp_path) + ["--calib", str(folder), "--preprocess", "{not json", "-o", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "--preprocess '{not json': not JSON" in err, err
+    assert rc == 2 and "--preprocess: not valid JSON" in err, err
     assert not out.exists()
 
 
@@ -114,3 +114,29 @@ def test_prune_summary_does_not_repeat_notes_printed_as_they_arose(tmp_path, cap
         assert flat.count(" ".join(n.split())[:60]) == 1
     for n in set(notes) - set(told):  # notes not printed on the way still close the summary
         assert flat.count(" ".join(n.split())[:60]) == 1
+
+
+@pytest.mark.parametrize("cmd", ["compress", "prune"])
+def test_missing_data_is_refused_before_a_zoo_model_trains(tmp_path, cmd, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEKIT_CACHE", str(cache))  # empty: zoo:digits-cnn would train first (minutes)
+    extra = ["--ratio", "0.5"] if cmd == "prune" else []
+    rc = _run([cmd, "zoo:digits-cnn", *extra, "--calib", str(tmp_path / "typo.npy"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{tmp_path / 'typo.npy'}: calibration/eval data not found" in err, err
+    assert not list(cache.rglob("*.pt"))  # was: trained and cached before the error
+    assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_names_a_missing_spec_file_and_reads_long_json_text(tmp_path, capsys):
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    base = _args("prune", tmp_path) + ["--calib", str(tmp_path / "c.npy"), "-o", str(tmp_path / "out")]
+    # was: "--preprocess './missing.json': not JSON or a JSON file: Expecting value ..."
+    assert _run(base + ["--preprocess", "./missing.json"]) == 2
+    assert "./missing.json: no such file (--preprocess is a JSON file or JSON text)" in capsys.readouterr().err
+    # an indented spec longer than a file name: was "internal error: OSError: File name too long", rc 1
+    long = json.dumps({"pre": [{**PRE, "size": [9, 9]}]}, indent=8)
+    assert len(long) > 255
+    assert _run(base + ["--preprocess", long]) == 2
+    err = capsys.readouterr().err
+    assert "--preprocess: the pre-processing gives 'x' shape [1, 3, 9, 9]" in err, err

@@ -24,9 +24,10 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     from ..artifact import data_records
     from ..calibration import read_dataset
     from ..evaluate import check_training_labels
-    from ..pipeline import _read_prepost, declare_prepost, imply_prepost, load_model
+    from ..pipeline import _read_prepost, check_data_paths, declare_prepost, imply_prepost, load_model
 
     declared = _read_prepost(preprocess) if preprocess else None  # a bad spec is refused before the model loads
+    check_data_paths((calib, eval_path, train))
     src, _ = load_model(model, (calib, eval_path, train), declared=declared, weights=weights,
                         trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     declare_prepost(src, declared, model)
