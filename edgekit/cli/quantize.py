@@ -202,9 +202,26 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         reason = q.get("reason", "")
         if pick is parent:  # the stage's reason describes the candidate ("FP16 within tolerance ..."), not the pick
             reason = f"{parent.kind.upper()} kept: {art.kind.upper()} was not both within tolerance and faster ({reason})"
-        man.recommended[q.get("isa", {}).get("target", "host")] = {"path": pick.path, "kind": pick.kind,
-                                                                   "reason": reason}
+        tname = q.get("isa", {}).get("target", "host")
+        gate = (q.get("speed_gate") or {}).get(tname) or {}
+        speed = 1.0 if pick is parent else (1 / gate["ratio"] if gate.get("ratio") else None)
+        # the keys compress's recommendations have, so report and readers of the schema take both alike
+        man.recommended[_recommended_for(tname)] = {
+            "status": "ok", "path": pick.path, "kind": pick.kind, "reason": reason, "speedup_vs_fp32": speed,
+            "rejected": [] if pick is art else [f"{art.path}: {q.get('reason', '')}"]}
     return man
+
+
+def _recommended_for(name: str) -> str:
+    """No --target means this CPU with the runtime's default threads, which is what the default target of
+    compress (x86-laptop) is on an x86-64 host: named so, a quantize run and a compress run on one machine
+    are compared by edgekit report (a 'host' target matched nothing, and no target of that name exists)."""
+    import platform
+
+    from ..targets import DEFAULT_TARGET
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return DEFAULT_TARGET if name == "host" and x86 and DEFAULT_TARGET == "x86-laptop" else name
 
 
 @click.command("quantize", context_settings=CONTEXT_SETTINGS)
