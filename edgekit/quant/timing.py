@@ -68,14 +68,16 @@ def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: fl
     return out
 
 
-def measure(paths: dict, target, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3) -> dict:
+def measure(paths: dict, target, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3,
+            op_profile: bool = True) -> dict:
     """Latency of several models on the target, interleaved. Prefers the shared profiler when it exists."""
     try:
         from ..profile import profile_models
     except ImportError:
         profile_models = None
     if profile_models is not None and target is not None:
-        res = profile_models(dict(paths), target, inputs=[feeds], min_runs=min_runs, min_seconds=min_seconds)
+        res = profile_models(dict(paths), target, inputs=[feeds], min_runs=min_runs, min_seconds=min_seconds,
+                             op_profile=op_profile)
         return {k: dict(v) for k, v in res.items()}
     from .isa import target_facts
 
@@ -89,6 +91,62 @@ def measure(paths: dict, target, feeds: dict, *, min_runs: int = 20, min_seconds
     # turn a 30 ms model into a 1.5 s one, at random (measured on MiniLM while other jobs ran)
     return interleaved(paths, feeds, min_runs=min_runs, min_seconds=min_seconds, threads=facts["threads"],
                        spinning=False)
+
+
+def balanced(paths: dict, target, feeds: dict, *, pairs: int, min_runs: int, min_seconds: float,
+             using=None) -> list:
+    """2 * pairs measurements of the same models, each in fresh sessions, the order in which the sessions
+    are created reversed every other time; stops early at one that is not a usable timing.
+
+    Which session is created second matters: a transformer timed against a copy of itself measured 3%
+    faster as the second-created session (median of 16 fresh pairs, both ways round), which is as large
+    as the speed gate's margin, and the gate always created INT8 second. Sessions of one pair also
+    differ from those of the next by several percent (the same pair re-timed 0.95-1.07), so a ratio is
+    only as good as the number of independent session pairs behind it. using: the measuring function
+    (default measure).
+    """
+    labels = list(paths)
+    out = []
+    for i in range(2 * pairs):
+        order = labels if i % 2 == 0 else labels[::-1]
+        res = (using or measure)({k: paths[k] for k in order}, target, feeds, min_runs=min_runs,
+                                 min_seconds=min_seconds, op_profile=False)
+        out.append(res)
+        if not usable(res):
+            break
+    return out
+
+
+def usable(res: dict) -> bool:
+    """A measurement every model of which is a real timing (not unavailable, failed or emulated)."""
+    return all(v.get("status") == "ok" and not v.get("emulated") and v.get("p50_ms") for v in res.values())
+
+
+def order_balanced_ratios(chunks: list, num: str, den: str) -> list:
+    """p50(num) / p50(den) per pair of measurements that created the sessions both ways round (their
+    geometric mean), so the creation-order effect cancels within each value."""
+    r = [c[num]["p50_ms"] / c[den]["p50_ms"] if usable(c) else None for c in chunks]
+    return [float(np.sqrt(r[i] * r[i + 1])) for i in range(0, len(r) - 1, 2) if r[i] and r[i + 1]]
+
+
+def median_interval(xs, confidence: float = 0.95) -> tuple:
+    """(low, median, high, coverage): the distribution-free interval for the median from order statistics
+    (the sign test's); with too few values for `confidence`, the full range and its true coverage."""
+    from math import comb
+
+    a = sorted(float(x) for x in xs)
+    n = len(a)
+    if n == 0:
+        raise ValueError("no values")
+    med = float(np.median(a))
+
+    def coverage(k):  # P(x_(k) <= median <= x_(n-k+1)) for k >= 1
+        return 1.0 - 2.0 * sum(comb(n, i) for i in range(k)) / 2.0 ** n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return a[k - 1], med, a[n - k], coverage(k)
 
 
 def _host_arch() -> str:

@@ -1,0 +1,135 @@
+"""The speed gate's verdict against timing noise, and the tuning pick between candidates of equal speed.
+
+Real onnxruntime timings on tiny MatMul chains; nothing asserts an absolute speed. A model timed
+against itself must never pass (the old gate, one interleaved p50 ratio below 0.98, passed a 4 x
+512 MatMul chain against its own file in 5 of 6 runs, at 0.94: the second-created session ran
+faster); a model doing a tenth of the work must.
+"""
+import shutil
+
+import numpy as np
+import pytest
+
+from edgekit.quant import speed_gate, timing
+from edgekit.quant.spec import QuantSpec
+from edgekit.quant.tuning import Trial, Tuner, structure_key
+
+from profile_models import matmul_chain
+
+FEEDS = {"x": np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)}
+RUNS, SECONDS = 24, 0.6  # the first measurement's (quantize uses 60 / 1.5 s)
+
+
+@pytest.mark.slow  # three gates that cannot decide: each runs its whole budget (about 5 s here)
+def test_the_same_file_as_int8_never_passes(tmp_path):
+    p = matmul_chain(tmp_path / "same.onnx", 4, k=512)
+    for _ in range(3):
+        rec = speed_gate.gate(p, p, None, FEEDS, min_runs=RUNS, min_seconds=SECONDS)["host"]
+        assert rec["status"] == "ok" and rec["passed"] is False, rec
+        lo, hi = rec["ratio_interval"]
+        assert lo <= rec["ratio"] <= hi and hi >= speed_gate.FASTER_THAN
+        assert rec["verdict"] in ("not faster", "not faster (within noise)")
+        assert rec["session_pairs"] >= speed_gate.PAIRS and rec["runs"] >= RUNS and rec["confidence"] >= 0.95
+        noise = rec["verdict"] == "not faster (within noise)"
+        assert "interval" in rec["why"] and ("within timing noise" in rec["why"]) == noise, rec["why"]
+
+
+def test_a_model_doing_a_tenth_of_the_work_passes(tmp_path):
+    fp32 = matmul_chain(tmp_path / "ten.onnx", 10, k=512)
+    fast = matmul_chain(tmp_path / "one.onnx", 1, k=512)
+    rec = speed_gate.gate(fp32, fast, None, FEEDS, min_runs=RUNS, min_seconds=SECONDS)["host"]
+    assert rec["passed"] is True and rec["verdict"] == "faster", rec
+    assert rec["ratio_interval"][1] < speed_gate.FASTER_THAN and "why" not in rec
+
+
+def test_creation_order_is_balanced_and_the_interval_is_the_sign_tests(tmp_path):
+    p = matmul_chain(tmp_path / "m.onnx", 1, k=64)
+    chunks = timing.balanced({"fp32": p, "int8": p}, None, FEEDS_64, pairs=2, min_runs=3, min_seconds=0.0)
+    assert [list(c) for c in chunks] == [["fp32", "int8"], ["int8", "fp32"]] * 2
+    assert len(timing.order_balanced_ratios(chunks, "int8", "fp32")) == 2
+    # with a value on each side of 1 in a pair, the creation-order effect cancels in the geometric mean
+    fake = [{"a": {"status": "ok", "p50_ms": 1.0}, "b": {"status": "ok", "p50_ms": r}} for r in (0.97, 1 / 0.97)]
+    assert timing.order_balanced_ratios(fake, "b", "a") == [pytest.approx(1.0)]
+    lo, mid, hi, cov = timing.median_interval(range(1, 13))
+    assert (lo, mid, hi) == (3, 6.5, 10) and cov == pytest.approx(1 - 2 * (1 + 12 + 66) / 4096)
+    lo, mid, hi, cov = timing.median_interval([1.0, 2.0, 3.0])  # too few for 95%: the range, and its coverage
+    assert (lo, hi) == (1.0, 3.0) and cov == pytest.approx(0.75)
+
+
+FEEDS_64 = {"x": np.ones((1, 64), np.float32)}
+
+
+def _tuner(tmp_path, fp32, feeds=None):
+    from edgekit.config import Tolerance
+
+    return Tuner(prep_path=fp32, fp32_path=fp32, workdir=tmp_path, calib=None, input_names=["x"], evaluate=None,
+                 reference=1.0, tolerance=Tolerance.parse("1%"), target=None, feeds=feeds or {}, calib_size=8,
+                 max_trials=8)
+
+
+def _trial(path, name, metric, speedup, exclude=()):
+    t = Trial(name, QuantSpec(exclude_nodes=tuple(exclude)), path, metric=metric, speedup=speedup, fp32_ms=1.0,
+              latency_ms=1.0 / speedup, passed=True)
+    t.info["structure"] = structure_key(path)
+    return t
+
+
+def test_candidates_of_one_graph_structure_share_one_speed_and_pick_by_accuracy(tmp_path):
+    # same graph, different weights (as minmax vs entropy scales, or nearest vs GPTQ rounding)
+    a = matmul_chain(tmp_path / "a.onnx", 2, k=32, seed=1)
+    b = matmul_chain(tmp_path / "b.onnx", 2, k=32, seed=2)
+    other = matmul_chain(tmp_path / "c.onnx", 3, k=32, seed=1)
+    assert structure_key(a) == structure_key(b) != structure_key(other)
+    tuner = _tuner(tmp_path, a)
+    picks = set()
+    # the speed-ups one run measured for the same-structure pair, both ways round (0.77x / 1.56x, F5)
+    for sa, sb in ((0.77, 1.56), (1.56, 0.77)):
+        ta, tb = _trial(a, "entropy", 0.995, sa), _trial(b, "minmax", 0.990, sb)
+        tuner.trials = [tb, ta]
+        picks.add(tuner.best().name)
+    assert picks == {"entropy"}  # the more accurate, whichever timing came out faster
+
+
+def test_within_measured_noise_ties_order_by_accuracy_then_fp32_nodes_then_name(tmp_path):
+    a = matmul_chain(tmp_path / "a.onnx", 2, k=32, seed=1)
+    b = matmul_chain(tmp_path / "b.onnx", 2, k=32, seed=2)
+    other = matmul_chain(tmp_path / "c.onnx", 3, k=32, seed=1)
+    tuner = _tuner(tmp_path, a)
+    # same-structure spread 1.0x-1.4x: a 1.3x of another structure is no faster than that noise
+    base = [_trial(a, "qdq", 0.99, 1.0), _trial(b, "qdq gptq", 0.99, 1.4)]
+    tuner.trials = base + [_trial(other, "qoperator", 0.98, 1.3)]
+    assert tuner.best().name == "qdq"  # most accurate; then fewer FP32 nodes; then name
+    tuner.trials = base + [_trial(other, "qoperator", 0.99, 1.3, exclude=("mm0",))]
+    assert tuner.best().name == "qdq"
+    tuner.trials = [_trial(b, "zz", 0.99, 1.0), _trial(a, "aa", 0.99, 1.4)]
+    assert tuner.best().name == "aa"
+    # a real difference beyond the noise still wins
+    tuner.trials = base + [_trial(other, "qoperator", 0.98, 3.0)]
+    assert tuner.best().name == "qoperator"
+
+
+def test_a_trials_own_spread_between_its_session_pairs_is_noise_too(tmp_path):
+    # dynamic per-channel vs per-tensor vs static QDQ of one transformer: three structures, and the
+    # trial timings of three replays ranked them three ways (0.907/0.45/0.862, 0.497/0.456/0.965, ...)
+    a = matmul_chain(tmp_path / "a.onnx", 2, k=32, seed=1)
+    other = matmul_chain(tmp_path / "c.onnx", 3, k=32, seed=1)
+    tuner = _tuner(tmp_path, a)
+    picks = set()
+    for sa, sb in ((0.9, 0.5), (0.5, 0.9)):
+        ta, tb = _trial(a, "accurate", 0.99, sa), _trial(other, "fast", 0.98, sb)
+        ta.info["speedup_range"] = [0.45, 0.95]  # its two session pairs disagreed by 2x
+        tuner.trials = [tb, ta]
+        picks.add(tuner.best().name)
+        assert tuner.trials[1].record()["speedup_range"] == [0.45, 0.95]
+    assert picks == {"accurate"}
+
+
+def test_a_trial_is_timed_both_ways_round_and_records_its_structure(tmp_path):
+    fp32 = matmul_chain(tmp_path / "fp32.onnx", 2, k=64)
+    cand = tmp_path / "cand.onnx"
+    shutil.copyfile(fp32, cand)
+    tuner = _tuner(tmp_path, fp32, FEEDS_64)
+    t = Trial("copy", QuantSpec(), cand)
+    tuner.time_trial(t, cand)
+    assert t.speedup and t.fp32_ms and t.latency_ms == pytest.approx(t.fp32_ms / t.speedup)
+    assert t.info["structure"] == structure_key(fp32)
