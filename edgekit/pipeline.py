@@ -173,12 +173,14 @@ def stage_export(run: Run):
         return {"artifacts": [art.path], "note": "source is already ONNX",
                 "notes": run_checks.label_notes(run, art)}
     with task("exporting to ONNX"):
-        arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval)]
+        # eval samples too: a branch the trace froze on the calibration data shows on other data
+        arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval,
+                              eval_data=run.ctx.eval)]
         run_checks.check_post_fits(run, run.ctx.eval.take(8))  # before any more work is spent on this run
         if run.torch_variant is not None:
             module, kind = run.torch_variant
             arts.append(export_module(module, src, run.staging / f"model.{kind}.onnx", kind=kind,
-                                      data=run.ctx.calib or run.ctx.eval, stage=kind))
+                                      data=run.ctx.calib or run.ctx.eval, stage=kind, eval_data=run.ctx.eval))
             # the pruned model is checked against itself in torch; its parent is the FP32 model
             arts[-1].parent = arts[0].path
     run.manifest.artifacts.extend(arts)

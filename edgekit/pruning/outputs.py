@@ -85,9 +85,10 @@ def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_li
         man.stages.append(StageRecord(section, "done", seconds=round(time.perf_counter() - t0, 2)))
         with task("exporting to ONNX"):
             data = calib or evalset
-            fp32 = export_module(source.module, source, staging / "model.fp32.onnx", kind="fp32", data=data)
+            fp32 = export_module(source.module, source, staging / "model.fp32.onnx", kind="fp32", data=data,
+                                 eval_data=evalset)
             var = export_module(module, source, staging / f"model.{kind}.onnx", kind=kind, data=data, stage=section,
-                                parent=fp32.path)
+                                parent=fp32.path, eval_data=evalset)
         ev = Evaluator(evalset, source.task, staging / fp32.path)
         fp32.metrics = ev(staging / fp32.path)
         var.metrics = with_drop(ev(staging / var.path), fp32.metrics)
