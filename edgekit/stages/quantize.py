@@ -283,7 +283,10 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     gate = _gate(src, best.path, ctx, feeds, cfg)
     # the short trial timings chose `best`; if the long gate disagrees, try the next-fastest passing ones
     if tol_met and gate and not next(iter(gate.values())).get("passed"):
-        for alt in sorted((t for t in tuner.passing() if t is not best),
+        # an alternate of the same graph structure runs the same kernels: the gate would only time noise again
+        same = best.info.get("structure")
+        for alt in sorted((t for t in tuner.passing() if t is not best
+                           and (same is None or t.info.get("structure") != same)),
                           key=lambda t: t.latency_ms or float("inf"))[:2]:
             g2 = _gate(src, alt.path, ctx, feeds, cfg)
             if next(iter(g2.values())).get("passed"):
@@ -321,7 +324,8 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     else:
         drop = ctx.tolerance.format_drop(reference, best.metric)
         reason = (f"'{best.name}': {best.metric:.4f} vs FP32 {reference:.4f} (drop {drop}, within "
-                  f"{ctx.tolerance})" + (f", {1 / gate_rec['ratio']:.2f}x faster than FP32" if gate_rec.get("ratio") else ""))
+                  f"{ctx.tolerance})" + (f", {1 / gate_rec['ratio']:.2f}x faster than FP32" if gate_rec.get("ratio") else "")
+                  + (f" ({speed_gate.interval_text(gate_rec)})" if gate_rec.get("ratio_interval") else ""))
     record.update({"chosen": best.name, "tolerance_met": tol_met, "recommend": bool(tol_met and fast),
                    "reason": reason, "seconds": round(time.perf_counter() - t_start, 2)})
     dest_name = output_name(parent.path, kind)
