@@ -712,11 +712,15 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
 def output_leaves(out, prefix: str = "") -> list:
     """[(name, tensor)] of a forward() result: a dict (a HuggingFace ModelOutput is one) by key, a
     namedtuple by field, a tuple or list by index, nested to any depth (names joined by '.'); None entries
-    (ModelOutput's unset fields) are left out. Anything else is (name, value) for the caller to refuse."""
+    (ModelOutput's unset fields) are left out. Anything else is (name, value) for the caller to refuse.
+    A top-level index is output_0, output_1, as for a flat tuple: torch's exporter refuses an output
+    named '0' (a tuple nesting a list failed with "Invalid name: '0'")."""
     import collections.abc
 
     def join(key):
-        return f"{prefix}.{key}" if prefix else str(key)
+        if prefix:
+            return f"{prefix}.{key}"
+        return f"output_{key}" if str(key).isdigit() else str(key)
 
     if out is None:
         return []

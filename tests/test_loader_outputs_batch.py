@@ -1,0 +1,99 @@
+"""The loader on models whose outputs nest a list or dict in a tuple, whose forward() hard-codes its
+batch, and that compute in float64: each exports to a float32 ONNX file that onnxruntime runs and that
+matches PyTorch, or is refused in one line naming the model."""
+import textwrap
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekit.dataset import Dataset
+from edgekit.loader import load_python, output_leaves
+from edgekit.stages.export import export_module
+
+MODELS = textwrap.dedent("""
+    import torch
+    import torch.nn as nn
+
+    class Heads(nn.Module):
+        def __init__(self, kind):
+            super().__init__()
+            torch.manual_seed(0)
+            self.kind = kind
+            self.a, self.b = nn.Linear(16, 4), nn.Linear(16, 2)
+            self.register_buffer("anchors", torch.rand(2, 4))
+
+        def forward(self, x):
+            if self.kind == "tuple_list":
+                return self.a(x), [self.b(x), self.b(x) + 1]
+            if self.kind == "tuple_dict":
+                return self.a(x), {"aux": self.b(x)}
+            if self.kind == "view2":
+                return self.a(x).view(2, -1)  # hard-codes a batch of 2
+            if self.kind == "pairs":
+                return self.a(x.view(-1, 2, 16)).sum(1)  # runs on an even batch only
+            return self.a(x), self.anchors  # "anchors": a constant [2, 4] output
+
+    def tuple_list():
+        return Heads("tuple_list")
+
+    def tuple_dict():
+        return Heads("tuple_dict")
+
+    def view2():
+        return Heads("view2")
+
+    def pairs():
+        return Heads("pairs")
+
+    def anchors():
+        return Heads("anchors")
+
+    def f64_conv():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 3)).double()
+""")
+
+
+@pytest.fixture
+def models(tmp_path):
+    p = tmp_path / "heads.py"
+    p.write_text(MODELS)
+    return str(p)
+
+
+def _x(n=16, shape=(16,), dtype=np.float32, name="x"):
+    return {name: np.random.default_rng(0).normal(size=(n, *shape)).astype(dtype)}
+
+
+def _export_and_run(src, tmp_path, data):
+    """Export through the export stage (checked against PyTorch there) and run the file in onnxruntime;
+    the data in the inputs' dtypes, as the data stage reads it."""
+    data = {s.name: data[s.name].astype(s.dtype) for s in src.inputs}
+    art = export_module(src.module, src, tmp_path / "m.onnx", data=Dataset(data, None, "data"))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    return art, sess, sess.run(None, data)
+
+
+@pytest.mark.parametrize("factory,names", [
+    ("tuple_list", ["output_0", "output_1.0", "output_1.1"]),
+    ("tuple_dict", ["output_0", "output_1.aux"]),
+])
+def test_tuple_nesting_a_list_or_dict_exports_with_indexed_names(models, tmp_path, factory, names):
+    # was: ONNX export failed: RuntimeError: Invalid name: '0' (torch refuses an all-digit output name)
+    data = _x()
+    src = load_python(models, factory, sample_inputs=data)
+    assert src.outputs == names
+    art, sess, got = _export_and_run(src, tmp_path, data)
+    assert [o.name for o in sess.get_outputs()] == names
+    ref = src.module(torch.from_numpy(data["x"]))
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r.detach().numpy(), atol=1e-5)
+
+
+def test_leaves_of_a_top_level_tuple_are_named_like_a_flat_tuples_outputs():
+    t = torch.zeros(1)
+    assert [n for n, _ in output_leaves((t, [t, {"k": t}]))] == ["output_0", "output_1.0", "output_1.1.k"]
+    assert [n for n, _ in output_leaves({0: t, "y": (t,)})] == ["output_0", "y.0"]
