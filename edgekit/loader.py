@@ -406,34 +406,36 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     module.eval()
     inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
     module = bind_inputs(module, [s.name for s in inputs])
+    where = f"{path}:{factory}"
     fixed = None
     try:
-        outputs, named = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
-    except InputError:
-        # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the batch-2 probe; an explicit
-        # --input-shape with that batch says so, and the model is then exported with it fixed
-        if not input_shape and len(inputs) == 1 and sample_inputs:
-            # the probe runs 2 samples: a model that hard-codes its batch (x.reshape(4, -1)) fails there
-            exc = sys.exc_info()[1]
-            eg = ",".join(str(d) for d in ["B", *inputs[0].shape[1:]])
-            raise InputError(f"{exc}; if forward() runs only one fixed batch size B, pass --input-shape {eg} "
-                             "with that B") from None
+        outputs, named = _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
+    except InputError as e:
+        # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the probe's 2 samples
+        outputs, why, hint = None, str(e), not input_shape
+    else:
+        # .view(2, -1) runs there and looks batched: only a second batch size tells
+        batched, why = _follows_batch(module, inputs, outputs, named, sample_inputs)
+        why, hint = (f"{where}: {why}" if why else None), True
+    if why:
+        # an explicit --input-shape with that batch says so, and the model is then exported with it fixed
         if not input_shape or input_shape[0] <= 1 or len(inputs) != 1:
-            raise
+            eg = ",".join(str(d) for d in ["B", *inputs[0].shape[1:]])
+            tail = f"; if forward() runs only one fixed batch size B, pass --input-shape {eg} with that B" \
+                if hint and len(inputs) == 1 else ""
+            raise InputError(why + tail) from None
         fixed = int(input_shape[0])
         # the given shape as a whole: data may come as N x B x ... stacks of fixed batches (calibration's
         # stack rule), whose per-sample shape already includes that batch
         shape = list(input_shape) if len(input_shape) > 1 else [fixed, *inputs[0].shape[1:]]
         inputs = [TensorSpec(inputs[0].name, [fixed, *shape[1:]], inputs[0].dtype)]
-        outputs, named = _probe_outputs(module, inputs, where=f"{path}:{factory}", sample_inputs=sample_inputs)
+        outputs, named = _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
+        batched = [True] * len(outputs)
     if named is not None:
         module = flatten_outputs(module, named)
         out_names = unique_output_names(named, {s.name for s in inputs})
     else:
-        out_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
-    # only outputs that followed the probe's batch have one: a constant output (anchors, a [5, 4] buffer) was
-    # declared [batch, 4] in the FP32 file and [5, 4] in the INT8 one
-    batched = [fixed is not None or bool(o.ndim and o.shape[0] == PROBE_BATCH) for o in outputs]
+        out_names = plain_output_names(len(outputs))
     # class scores follow the batch and are float: a constant [5, 4] anchor buffer or a bool [N, 4] mask
     # first was scored as top-1 accuracy (and crashed against the labels' length)
     first = outputs[0]
@@ -652,14 +654,17 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
 PROBE_BATCH = 2  # samples forward() is probed with: an output whose axis 0 has this size follows the batch
 
 
-def _probe_arrays(specs, sample_inputs) -> list:
-    """One array per spec for a probe: two real samples of the data in the spec's dtype, else zeros
-    (symbolic dims as 2)."""
+CHECK_BATCH = 3  # a second batch size: an output that follows the batch has 3 rows there
+
+
+def _probe_arrays(specs, sample_inputs, batch: int = PROBE_BATCH) -> list:
+    """One array per spec for a probe: `batch` real samples of the data in the spec's dtype, else zeros
+    (symbolic dims as `batch`)."""
     import numpy as np
 
     out = []
     for s in specs:
-        shape = [PROBE_BATCH if isinstance(d, str) else d for d in s.shape]
+        shape = [batch if isinstance(d, str) else d for d in s.shape]
         arr = _real_sample(sample_inputs, s, len(specs), shape)
         out.append(arr if arr is not None else np.zeros(shape, dtype=s.dtype))
     return out
@@ -709,6 +714,37 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
     return [o.numpy() for o in _flat_outputs(out, where)], names
 
 
+def _follows_batch(module, inputs, outputs, named, sample_inputs):
+    """([whether each output has the batch as axis 0], None), or (None, why forward() does not run at
+    any batch size). Probed at PROBE_BATCH alone, .view(2, -1) gave [2, 4] there and was declared
+    [batch, 4]; evaluation then failed joining the [2, 64] and [2, 56] of two batches (a numpy
+    ValueError as "internal error"). A constant output (a [2, 4] anchor buffer) keeps its shape at
+    both batch sizes and is no batch either."""
+    import torch
+
+    names = named or plain_output_names(len(outputs))
+    arrays = _probe_arrays(inputs, sample_inputs, CHECK_BATCH)
+    try:
+        with torch.no_grad():
+            got = _flat_outputs(module(*[torch.from_numpy(a) for a in arrays]), "")
+    except Exception as e:
+        shapes = ", ".join(f"{s.name}{list(a.shape)}" for s, a in zip(inputs, arrays))
+        return None, (f"forward() runs on {PROBE_BATCH} samples but fails on {CHECK_BATCH} ({shapes}): "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if len(got) != len(outputs):
+        return None, (f"forward() returns {len(outputs)} outputs for {PROBE_BATCH} samples and {len(got)} "
+                      f"for {CHECK_BATCH}")
+    batched = []
+    for name, ref, o in zip(names, outputs, got):
+        a, b = list(ref.shape), list(o.shape)
+        follows = len(a) == len(b) >= 1 and a[0] == PROBE_BATCH and b[0] == CHECK_BATCH
+        if a != b and not follows:
+            return None, (f"output {name!r} is {a} for {PROBE_BATCH} samples and {b} for {CHECK_BATCH}: "
+                          "its first axis does not follow the batch size")
+        batched.append(follows)
+    return batched, None
+
+
 def output_leaves(out, prefix: str = "") -> list:
     """[(name, tensor)] of a forward() result: a dict (a HuggingFace ModelOutput is one) by key, a
     namedtuple by field, a tuple or list by index, nested to any depth (names joined by '.'); None entries
@@ -731,6 +767,11 @@ def output_leaves(out, prefix: str = "") -> list:
     if isinstance(out, (tuple, list)):
         return [leaf for i, v in enumerate(out) for leaf in output_leaves(v, join(i))]
     return [(prefix or "output", out)]
+
+
+def plain_output_names(n: int) -> list:
+    """The ONNX output names of a tensor or a flat tuple of n tensors."""
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
 def plain_output(out) -> bool:

@@ -1,6 +1,7 @@
 """The loader on models whose outputs nest a list or dict in a tuple, whose forward() hard-codes its
 batch, and that compute in float64: each exports to a float32 ONNX file that onnxruntime runs and that
 matches PyTorch, or is refused in one line naming the model."""
+import json
 import textwrap
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 import torch
 
 from edgekit.dataset import Dataset
+from edgekit.errors import InputError
 from edgekit.loader import load_python, output_leaves
 from edgekit.stages.export import export_module
+from tests.test_quant_cli import _cli
 
 MODELS = textwrap.dedent("""
     import torch
@@ -97,3 +100,52 @@ def test_leaves_of_a_top_level_tuple_are_named_like_a_flat_tuples_outputs():
     t = torch.zeros(1)
     assert [n for n, _ in output_leaves((t, [t, {"k": t}]))] == ["output_0", "output_1.0", "output_1.1.k"]
     assert [n for n, _ in output_leaves({0: t, "y": (t,)})] == ["output_0", "y.0"]
+
+
+def test_output_that_hard_codes_the_batch_is_refused_with_the_fixed_batch_hint(models):
+    # was: declared [batch, 4] (its 2 rows at the probe's 2 samples), then evaluation died joining
+    # batches ("internal error: ValueError: all the input array dimensions ...")
+    with pytest.raises(InputError, match=r"heads\.py:view2: output 'output' is \[2, 4\] for 2 samples and "
+                                         r"\[2, 6\] for 3: .*pass --input-shape B,16 with that B$"):
+        load_python(models, "view2", sample_inputs=_x())
+
+
+def test_forward_that_fails_at_another_batch_is_refused_in_one_line(models):
+    with pytest.raises(InputError, match=r"heads\.py:pairs: forward\(\) runs on 2 samples but fails on 3 "
+                                         r"\(x\[3, 16\]\): RuntimeError: .*pass --input-shape B,16 with that B$"):
+        load_python(models, "pairs", sample_inputs=_x())
+
+
+def test_input_shape_with_a_fixed_batch_is_honoured(models, tmp_path):
+    # was: ignored (the probe at 2 ran), the model declared batch-dynamic as without it
+    data = _x()
+    src = load_python(models, "view2", sample_inputs=data, input_shape=(2, 16))
+    assert src.inputs[0].shape == [2, 16] and src.dynamic_axes == {}
+    art, sess, got = _export_and_run(src, tmp_path, {"x": data["x"][:2]})
+    assert sess.get_inputs()[0].shape == [2, 16] and got[0].shape == (2, 4)
+
+
+def test_constant_output_is_not_declared_batched(models, tmp_path):
+    # its [2, 4] matched the probe's batch of 2: it was declared [batch, 4]
+    data = _x()
+    src = load_python(models, "anchors", sample_inputs=data)
+    assert src.dynamic_axes == {"x": {0: "batch"}, "output_0": {0: "batch"}}
+    art, sess, got = _export_and_run(src, tmp_path, data)
+    assert [o.shape for o in sess.get_outputs()] == [["batch", 4], [2, 4]]
+
+
+@pytest.mark.slow
+def test_compress_of_a_fixed_batch_model(tmp_path):
+    """The CLI end to end: refused in one line (exit 2) without --input-shape, exported and evaluated
+    at the fixed batch with it."""
+    (tmp_path / "heads.py").write_text(MODELS)
+    np.save(tmp_path / "calib.npy", _x(40)["x"])
+    r = _cli("compress", "heads.py:view2", "--calib", "calib.npy", "--quantize", "none", "--no-profile",
+             "-o", "o0", cwd=tmp_path)
+    assert r.returncode == 2 and "heads.py:view2: output 'output' is [2, 4]" in r.stderr, r.stderr[-600:]
+    assert "internal error" not in r.stderr and not (tmp_path / "o0").exists()
+    r = _cli("compress", "heads.py:view2", "--calib", "calib.npy", "--input-shape", "2,16", "--quantize", "none",
+             "--no-profile", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-600:]
+    fp32 = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]
+    assert fp32["inputs"][0]["shape"] == [2, 16] and fp32["outputs"][0]["shape"] == [2, 4]
