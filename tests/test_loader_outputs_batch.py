@@ -134,6 +134,22 @@ def test_constant_output_is_not_declared_batched(models, tmp_path):
     assert [o.shape for o in sess.get_outputs()] == [["batch", 4], [2, 4]]
 
 
+def test_float64_model_is_cast_to_float32_with_a_note(models, tmp_path, capsys):
+    # was: a float64 ONNX file named model.fp32.onnx, and with a Conv "internal error: NotImplemented:
+    # ... Could not find an implementation for Conv(11)"
+    data = _x(shape=(1, 6, 6), dtype=np.float64, name="input")  # nn.Sequential's forward(input)
+    src = load_python(models, "f64_conv", sample_inputs=data)
+    assert src.inputs[0].dtype == "float32"
+    assert {p.dtype for p in src.module.parameters()} == {torch.float32}
+    err = capsys.readouterr().err
+    assert "heads.py:f64_conv computes in float64" in err and "cast to float32" in err
+    assert "outputs moved by at most" in err and "(float64 cast to float32)" in src.description
+    art, sess, got = _export_and_run(src, tmp_path, data)
+    assert sess.get_inputs()[0].type == "tensor(float)" and got[0].dtype == np.float32
+    ref = src.module(torch.from_numpy(data["input"].astype(np.float32))).detach().numpy()
+    np.testing.assert_allclose(got[0], ref, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_compress_of_a_fixed_batch_model(tmp_path):
     """The CLI end to end: refused in one line (exit 2) without --input-shape, exported and evaluated
