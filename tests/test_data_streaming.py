@@ -12,7 +12,7 @@ import torch
 import edgekit.calibration as cal
 from edgekit.artifact import load_manifest
 from edgekit.calibration import LazyArray, read_dataset
-from edgekit.cli import main
+from tests.cliutil import run_cli as _run
 from edgekit.dataset import Dataset
 from edgekit.errors import CalibrationError
 from edgekit.pruning.batching import rows
@@ -113,13 +113,6 @@ def test_validation_split_is_a_view_that_copies_nothing(tmp_path):
     assert isinstance(v.inputs["input"], LazyArray) and isinstance(r.inputs["input"], LazyArray)
     np.testing.assert_array_equal(np.asarray(v.inputs["input"][:5]), x[np.sort(
         np.random.default_rng(0).permutation(300)[:60])][:5])
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.mark.parametrize("cmd", [pytest.param("prune", marks=pytest.mark.slow), "distill"])

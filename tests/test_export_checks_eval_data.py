@@ -4,7 +4,7 @@ differed from PyTorch on every eval sample (sweep26 F1)."""
 import numpy as np
 import pytest
 
-from edgekit.cli import main
+from tests.cliutil import run_cli as _run
 
 MODEL = '''
 import torch, torch.nn as nn
@@ -28,13 +28,6 @@ def build():
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch):
     monkeypatch.setenv("EDGEKIT_QUIET", "1")
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.mark.parametrize("cmd", ["compress", "distill"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgekit.artifact import Manifest, load_manifest
-from edgekit.cli import main
+from tests.cliutil import run_cli as _run
 from edgekit.dataset import Dataset
 from edgekit.fsutil import sha256_file
 from tests.test_quant import conv_model
@@ -29,13 +29,6 @@ def build():
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch):
     monkeypatch.setenv("EDGEKIT_QUIET", "1")
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def _data(tmp_path, n=40, size=16):

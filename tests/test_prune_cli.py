@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgekit.artifact import load_manifest
-from edgekit.cli import main
+from tests.cliutil import run_cli as _run
 from edgekit.fsutil import sha256_file
 
 MODEL = '''
@@ -51,13 +51,6 @@ def user_model(tmp_path):
     np.save(tmp_path / "calib.npy", x[:16])
     np.savez(tmp_path / "eval.npz", input=x[16:], y=rng.integers(0, 4, 32))
     return tmp_path, f, w
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def test_prune_cli_writes_outdir_and_refuses_to_clobber(user_model):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgekit.artifact import load_manifest
-from edgekit.cli import main
+from tests.cliutil import run_cli as _run
 
 MODEL = '''
 import torch, torch.nn as nn
@@ -47,13 +47,6 @@ def _images(folder, n: int, size: int = 12):
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
     return folder
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def _args(cmd, tmp_path):

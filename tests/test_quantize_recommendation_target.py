@@ -7,7 +7,7 @@ import platform
 import numpy as np
 import pytest
 
-from edgekit.cli import main
+from tests.cliutil import run_cli as _run
 from edgekit.report.model import build_report
 from tests.test_quant import conv_model
 
@@ -15,13 +15,6 @@ from tests.test_quant import conv_model
 @pytest.fixture(autouse=True)
 def quiet(monkeypatch):
     monkeypatch.setenv("EDGEKIT_QUIET", "1")
-
-
-def _run(argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 # x86-laptop is this CPU with the runtime's threads on an x86-64 host; elsewhere no built-in target is
