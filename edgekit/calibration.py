@@ -294,6 +294,13 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
 
 # --------------------------------------------------------------------------------------------- readers
 
+def require_data(path) -> None:
+    """The one check that a --calib/--eval/--train path exists, and its message: read_dataset makes it, and
+    compress, prune and distill make it before loading the model (a zoo model trains on first use)."""
+    if not Path(path).exists():
+        raise InputError(f"{Path(path)}: calibration/eval data not found")
+
+
 def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, preprocess: dict | None = None,
                  limit: int | None = None) -> Dataset:
     """Read --calib/--eval data for a model with the given input specs (TensorSpec or dicts).
@@ -305,8 +312,7 @@ def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, pr
     specs = [s if isinstance(s, TensorSpec) else TensorSpec(**s) for s in (inputs or [])]
     if limit is not None and limit < 1:
         raise CalibrationError(f"{p}: limit must be >= 1, got {limit}")
-    if not p.exists():
-        raise InputError(f"{p}: calibration/eval data not found")
+    require_data(p)
     if p.is_dir():
         return _read_images(p, specs, preprocess, limit)
     ext = p.suffix.lower()

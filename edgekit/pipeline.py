@@ -402,17 +402,9 @@ def _peek_arrays(path):
 def _read_prepost(text):
     """--preprocess as JSON text or a JSON file: a missing file is named as missing (it was 'not JSON'), and
     JSON text longer than a file name may be is read as text (it was an internal OSError)."""
-    try:
-        from .prepost import PrepostError, validate_spec
-        from .prepost.pipeline import read_spec
-    except ImportError:  # without the prepost extras: parsed, not validated
-        import json
+    from .prepost import PrepostError, validate_spec
+    from .prepost.pipeline import read_spec
 
-        p = Path(text)
-        try:
-            return json.loads(p.read_text()) if len(text) < 256 and p.is_file() else json.loads(text)
-        except ValueError as e:
-            raise UsageError(f"--preprocess {text!r}: not JSON or a JSON file: {e}") from None
     try:
         spec, where = read_spec(text, what="--preprocess")
     except PrepostError as e:
@@ -427,9 +419,11 @@ def _read_prepost(text):
 def check_data_paths(paths) -> None:
     """A mistyped --calib/--eval/--train is refused before the model loads: a zoo model trained first on
     its first use, for minutes, before the one-line error came."""
+    from .calibration import require_data
+
     for p in paths:
-        if p and not Path(p).exists():
-            raise UsageError(f"{p}: calibration/eval data not found")
+        if p:
+            require_data(p)
 
 
 # ---------------------------------------------------------------- entry points
