@@ -16,6 +16,7 @@ from ..loader import PROBE_BATCH
 from ..onnxutil import graph_facts, session
 from ..source import SourceModel
 from ..stdio import native_stderr_muted
+from ..tied_weights import store_once
 from ..verify import check_outputs, rule
 
 # element-wise |onnx - torch| <= ATOL * (the output's median |value|) + RTOL * |torch| (verify.rule)
@@ -189,14 +190,17 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> list:
         # recorded, not shown: the exporter's deprecation chatter goes, a TracerWarning (a Python branch
         # or int() on a tensor, frozen into the graph) is the one signal that the trace may not generalise
         warnings.simplefilter("always")
+        exported = _data_inputs_only(module, len(args))
         try:
-            torch.onnx.export(_data_inputs_only(module, len(args)), args, str(tmp),
+            torch.onnx.export(exported, args, str(tmp),
                               input_names=[s.name for s in source.inputs],
                               output_names=list(source.outputs), dynamic_axes=source.dynamic_axes or None,
                               opset_version=opset, dynamo=False, do_constant_folding=True)
         except Exception as e:
             raise EdgekitError(f"{source.spec}: ONNX export failed: {type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}{_export_hint(module)}") from None
+    # constant folding wrote a tied weight (and a weight read through .t()) once more, transposed
+    store_once(tmp, exported)
     try:
         onnx.checker.check_model(str(tmp))
     except onnx.checker.ValidationError as e:
