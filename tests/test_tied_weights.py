@@ -183,3 +183,35 @@ def test_a_file_with_external_data_is_left_as_it_is(tmp_path):
     size = path.stat().st_size
     assert store_once(path, net) == {"initializers": 0, "bytes": 0}
     assert path.stat().st_size == size and (tmp_path / "m.data").is_file()
+
+
+def test_int8_and_fp16_builds_report_the_networks_parameters(tmp_path):
+    """The quantizer's pre-processing folds the tied Transpose back into a copy (INT8 1,568, FP16 1,552 counted
+    from their files); the network is the same, so every build reports PyTorch's 912."""
+    import json
+
+    from tests.cliutil import run_cli
+
+    (tmp_path / "m.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "class M(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.emb = nn.Embedding(40, 16)\n"
+        "        self.head = nn.Linear(16, 40, bias=False)\n"
+        "        self.head.weight = self.emb.weight\n"
+        "    def forward(self, ids):\n"
+        "        return self.head(torch.tanh(self.emb(ids).mean(1)))\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    return M()\n")
+    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, 40, size=(32, 10)).astype(np.int64))
+    counts = {}
+    for mode in ("int8", "fp16"):
+        out = tmp_path / mode
+        assert run_cli(["compress", f"{tmp_path / 'm.py'}:build", "--calib", str(tmp_path / "ids.npy"),
+                        "--quantize", mode, "--no-profile", "-o", str(out)]) == 0
+        arts = json.loads((out / "manifest.json").read_text())["artifacts"]
+        counts.update({a["kind"]: a["params"] for a in arts})
+        assert graph_facts(out / f"model.{mode}.onnx")["params"] > 640  # the file holds the copy
+    assert counts == {"fp32": 640, "int8": 640, "fp16": 640}

@@ -349,7 +349,10 @@ def _write(tmp_path, dest: Path, parent, kind, ctx) -> Artifact:
     with atomic_path(dest) as tmp:
         shutil.copyfile(tmp_path, tmp)
     facts = graph_facts(dest)
-    art = Artifact(kind=kind, path=dest.name, parent=parent.path, stage="quantize", params=facts["params"],
+    # quantization keeps the network, so its parameters are the parent's: the quantizer's pre-processing folds
+    # a tied weight's Transpose back into a second initializer, which the FP32 file stores once
+    params = parent.params if parent.params is not None else facts["params"]
+    art = Artifact(kind=kind, path=dest.name, parent=parent.path, stage="quantize", params=params,
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"])
     art.refresh_file_facts(ctx.outdir)
     metrics = ctx.evaluate(dest, numeric=True)
