@@ -31,8 +31,9 @@ def status(devices, devices_file, targets, identity, known_hosts, accept_new_hos
     (every listed file matches its SHA-256 and no other file is in the version's folder).
 
     Exit status: 0 when every device was read and its active version is intact; 1 when a device could
-    not be read, its active version is not intact, or `current` points at a version that is gone
-    (--no-verify rechecks no hashes, so a damaged active version does not count then)."""
+    not be read, its active version is not intact, `current` points at a version that is gone, or
+    `current` is not an edgekit link into versions/ (a folder, a link elsewhere) (--no-verify rechecks
+    no hashes, so a damaged active version does not count then)."""
     from rich.table import Table
 
     from ..flash import fleet

@@ -789,20 +789,22 @@ def _nothing_earlier(history: list[dict], active) -> str:
 
 def status(t, root: str, verify: bool = True) -> dict:
     """Versions on the device, the active one, and whether each is intact (hashes rechecked there, and
-    no file its bundle.json does not list). `healthy` is False when the active version is not intact or
-    `current` names a version that is gone."""
+    no file its bundle.json does not list). `healthy` is False when the active version is not intact,
+    `current` names a version that is gone, or `current` exists but is no link into versions/."""
     if not t.isdir(root):
         # an empty table and ok: true read as "a device with nothing on it" for a mistyped or unmounted path
         raise EdgekitError(f"{root}: no such folder on the device (a mistyped path, or the device is not mounted)")
     L = Layout(root)
     refuse_links(t, L)
     notes = []
+    healthy = True
     try:
         active = active_version(t, L)
     except EdgekitError as e:
-        active = None
+        # `current` is there but names no edgekit version (a folder, a link out of versions/): the device
+        # runs nothing verified and no flash can switch it, so it is not healthy
+        active, healthy = None, False
         notes.append(str(e))
-    healthy = True
     if active is not None and (not is_safe_name(active) or not t.isdir(L("versions", active))):
         notes.append(f"{L('current')} points at {active}, which is not on the device (deleted?); "
                      "no version is active")
