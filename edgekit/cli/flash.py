@@ -17,7 +17,7 @@ def device_options(f):
         click.option("--device", "devices", multiple=True, metavar="ADDR",
                      help="ssh://user@host[:port]/path or a mounted path (repeatable)."),
         click.option("--devices-file", type=click.Path(dir_okay=False), metavar="FILE",
-                     help="A file of device addresses, one per line ('#' comments)."),
+                     help="A file of device addresses, one per line ('#' starts a comment at a line's start or after a space)."),
         click.option("--target", "targets", multiple=True, metavar="NAME",
                      help="Use the address in the target profile NAME (repeatable)."),
         click.option("--identity", type=click.Path(exists=True, dir_okay=False), metavar="KEY",

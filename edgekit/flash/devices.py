@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import os
 import posixpath
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,24 @@ def _without_password(u: urllib.parse.SplitResult) -> str:
     return u._replace(netloc=f"{login.split(':', 1)[0]}:***@{host}").geturl()
 
 
+# a comment starts at a '#' that begins the line or follows whitespace: one inside an address is part of it
+# (cutting at any '#' flashed /x/unit#2/models to /x/unit)
+_COMMENT = re.compile(r"(?:^|\s)#.*")
+
+
 def read_devices_file(path) -> list[str]:
-    """One address per line; blank lines and '#' comments are ignored."""
+    """One address per line; blank lines and '#' comments (at the start of a line or after a space) are ignored."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8-sig")  # Notepad saves UTF-8 with a BOM
     except OSError as e:
         raise InputError(f"{p}: cannot read the devices file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: cannot read the devices file: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                         f"offset {e.start}; save it as UTF-8)") from None
     out = []
     for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
+        line = _COMMENT.sub("", line).strip()
         if line:
             out.append(line)
     if not out:
