@@ -17,7 +17,7 @@ import socket
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FlashError
@@ -59,6 +59,9 @@ json.dump(out, sys.stdout)
 """
 
 _KNOWN_HOSTS_LOCK = threading.Lock()
+# known_hosts files are kilobytes, a big fleet's a few MB: anything larger is not one (/dev/zero was read
+# whole until the kernel killed edgekit at 22 GB)
+KNOWN_HOSTS_MAX_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,25 @@ class SshOptions:
     remote_python: str = "python3"
     connect_timeout: float = 15.0
     io_timeout: float = 120.0  # longest wait for any one SFTP reply
+    # the known_hosts file as read once for every device of a run: a pipe (--known-hosts <(ssh-keyscan ...))
+    # can be read only once, and re-reading it per device refused all but the first as unknown hosts
+    _loaded: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def known_hosts_path(self) -> Path:
         return Path(self.known_hosts or "~/.ssh/known_hosts").expanduser()
+
+    def host_keys(self) -> "KnownHosts":
+        """The known_hosts file, read on first use; raise FlashError (step 'connect') if it cannot be."""
+        with _KNOWN_HOSTS_LOCK:
+            if "keys" not in self._loaded:
+                try:
+                    self._loaded["keys"] = KnownHosts.read(self.known_hosts_path())
+                except FlashError as e:
+                    self._loaded["keys"] = e
+            got = self._loaded["keys"]
+        if isinstance(got, FlashError):
+            raise FlashError(str(got))
+        return got
 
 
 def fingerprint(key) -> str:
@@ -104,7 +123,20 @@ def _host_matches(patterns, name: str) -> bool:
     return hit
 
 
-def load_known_hosts(path: Path) -> tuple[list, list, list[str]]:
+def read_known_hosts_text(path: Path) -> str:
+    """path's text, read once and at most KNOWN_HOSTS_MAX_BYTES; FlashError naming it otherwise."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(KNOWN_HOSTS_MAX_BYTES + 1)
+    except OSError as e:
+        raise FlashError(f"connect: cannot read the known-hosts file {path}: {_local_problem(path, e)}") from None
+    if len(data) > KNOWN_HOSTS_MAX_BYTES:
+        raise FlashError(f"connect: the known-hosts file {path} is larger than {KNOWN_HOSTS_MAX_BYTES >> 20} MiB; "
+                         "not a known_hosts file")
+    return data.decode("utf-8", errors="replace")
+
+
+def load_known_hosts(path: Path, text: str | None = None) -> tuple[list, list, list[str]]:
     """path's plain entries as (line number, HostKeyEntry), its @revoked entries, and notes.
 
     paramiko's own loader dies on the first line it cannot decode (InvalidHostKey), and reads
@@ -113,8 +145,7 @@ def load_known_hosts(path: Path) -> tuple[list, list, list[str]]:
     from paramiko.hostkeys import HostKeyEntry
 
     plain, revoked, notes = [], [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
+    lines = (read_known_hosts_text(path) if text is None else text).splitlines()
     for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -166,10 +197,15 @@ def host_key_problem(kh: Path, known, revoked, hostname: str, key) -> str | None
         return f"{what} is marked @revoked in {kh}; refusing it"
     if any(e.key == key for _, e in known):
         return None
-    pinned = [n for n, e in known if e.key.get_name() == key.get_name()]
-    if pinned:  # a changed key, never a new one: trusting it on first use would defeat the pin
-        return (f"{what} does not match {kh}:{pinned[0]}: the key changed or this is a man-in-the-middle; "
-                "refusing it, also with --accept-new-host-key")
+    if known:
+        # a changed key, never a new one: trusting it on first use would defeat the pin. A pin of another
+        # type counts too, as for OpenSSH: else a man-in-the-middle that cannot forge the pinned RSA key
+        # offered an ed25519 one, and --accept-new-host-key recorded it beside the pin
+        same = [(n, e) for n, e in known if e.key.get_name() == key.get_name()]
+        n, e = (same or known)[0]
+        pin = "" if same else f", which pins a key of another type ({e.key.get_name()}) for it"
+        return (f"REMOTE HOST IDENTIFICATION HAS CHANGED: {what} does not match {kh}:{n}{pin}: the key changed "
+                "or this is a man-in-the-middle; refusing it, also with --accept-new-host-key")
     return ""
 
 
@@ -202,7 +238,45 @@ def record_host_key(kh: Path, hostname: str, key) -> None:
             os.close(fd)
 
 
-def _policy(kh: Path, known, revoked, accept_new: bool):
+class KnownHosts:
+    """One known_hosts file as read once for a run, and the keys this run recorded in it since."""
+
+    def __init__(self, path: Path, text: str = ""):
+        self.path = path
+        self.plain, self.revoked, self.notes = load_known_hosts(path, text) if text else ([], [], [])
+        self.lines = len(text.splitlines())
+        self.lock = threading.Lock()  # check and record as one step: two devices on one new host add one line
+
+    @classmethod
+    def read(cls, path: Path) -> "KnownHosts":
+        return cls(path, read_known_hosts_text(path) if path.exists() else "")
+
+    def known(self, name: str) -> list:
+        return known_keys(self.plain, self.revoked, name)
+
+    def check(self, hostname: str, key, accept_new: bool) -> str | None:
+        """Why key may not be used for hostname (None: it may); a new key is recorded when accept_new."""
+        from paramiko.hostkeys import HostKeyEntry
+
+        with self.lock:
+            problem = host_key_problem(self.path, self.known(hostname), self.revoked, hostname, key)
+            if problem is None:
+                return None
+            if problem or not accept_new:
+                return problem or (f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not "
+                                   f"in {self.path}; check it and add it (ssh-keyscan) or pass "
+                                   "--accept-new-host-key to trust it on first use")
+            try:
+                record_host_key(self.path, hostname, key)
+            except OSError as e:  # the host was reached: the local file is the problem, not the network
+                return (f"cannot record the host key of {hostname} in the known-hosts file {self.path}: "
+                        f"{_local_problem(self.path, e)}")
+            self.lines += 1
+            self.plain.append((self.lines, HostKeyEntry([hostname.lower()], key)))
+            return None
+
+
+def _policy(keys: KnownHosts, accept_new: bool):
     """(exception class for a refused key, the policy that checks every host key).
 
     paramiko is given no keys, so every server key comes to the policy, matched by OpenSSH's rules."""
@@ -213,18 +287,9 @@ def _policy(kh: Path, known, revoked, accept_new: bool):
 
     class Verify(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client, hostname, key):
-            problem = host_key_problem(kh, known, revoked, hostname, key)
-            if problem is None:
-                return
-            if problem or not accept_new:
-                raise Refused(problem or f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) is not "
-                              f"in {kh}; check it and add it (ssh-keyscan) or pass --accept-new-host-key to trust "
-                              "it on first use")
-            try:
-                record_host_key(kh, hostname, key)
-            except OSError as e:  # the host was reached: the local file is the problem, not the network
-                raise Refused(f"cannot record the host key of {hostname} in the known-hosts file {kh}: "
-                              f"{_local_problem(kh, e)}") from None
+            problem = keys.check(hostname, key, accept_new)
+            if problem is not None:
+                raise Refused(problem)
 
     return Refused, Verify()
 
@@ -250,14 +315,28 @@ def _preferring(known):
     return factory
 
 
-def _identity_problem(identity: str) -> str | None:
-    # paramiko opens the key only after the host answered, and its error read "cannot reach HOST"
+def identity_problem(identity: str) -> str | None:
+    """Why the --identity file cannot be used, naming it; None when it can (or needs a passphrase).
+
+    paramiko opens the key only after the host answered, and its errors read "cannot reach HOST"."""
+    import paramiko
+
     key = identity[:-len("-cert.pub")] if identity.endswith("-cert.pub") else identity
     try:
-        with open(key, "rb"):
-            return None
+        with open(key, "rb") as f:
+            head = f.read(64).lstrip()
     except OSError as e:
         return f"cannot read the identity file {key}: {_local_problem(Path(key), e)}"
+    try:
+        paramiko.PKey.from_path(key)
+    except (paramiko.PasswordRequiredException, TypeError):
+        # encrypted (cryptography says so with a TypeError): the agent may hold it; connecting says what is missing
+        return None
+    except Exception as e:  # ValueError/SSHException from the key parsers: every one means "not a key"
+        if head.startswith((b"ssh-", b"ecdsa-", b"sk-")) or key.endswith(".pub"):
+            return f"the identity file {key} is a public key (a .pub file?); give the private key file"
+        return f"the identity file {key} is not a private key edgekit can read ({type(e).__name__})"
+    return None
 
 
 def connect(device, opts: SshOptions) -> "SshTransport":
@@ -268,20 +347,14 @@ def connect(device, opts: SshOptions) -> "SshTransport":
 
     # paramiko logs dropped connections itself; edgekit reports them once, as the failed step
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
-    why = _identity_problem(opts.identity) if opts.identity else None
+    why = identity_problem(opts.identity) if opts.identity else None
     if why:
         raise FlashError(f"connect: {why}")
-    kh = opts.known_hosts_path()
-    plain, revoked, notes = [], [], []
-    if kh.exists():
-        try:
-            plain, revoked, notes = load_known_hosts(kh)
-        except OSError as e:
-            raise FlashError(f"connect: cannot read the known-hosts file {kh}: {_local_problem(kh, e)}") from None
+    keys = opts.host_keys()
     # the name OpenSSH (and paramiko) look up: host, or [host]:port off port 22
     name = device.host if device.port == 22 else f"[{device.host}]:{device.port}"
-    known = known_keys(plain, revoked, name)
-    Refused, policy = _policy(kh, known, revoked, opts.accept_new_host_key)
+    known = keys.known(name)
+    Refused, policy = _policy(keys, opts.accept_new_host_key)
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(policy)
     where = f"{device.user}@{device.host}:{device.port}"
@@ -303,7 +376,7 @@ def connect(device, opts: SshOptions) -> "SshTransport":
         client.close()
         raise FlashError(f"connect: cannot reach {where}: {e or type(e).__name__}") from None
     t = SshTransport(client, sftp, device.label, opts.remote_python)
-    t.warnings = notes
+    t.warnings = list(keys.notes)
     return t
 
 
