@@ -52,5 +52,7 @@ def report(outdirs, output, markdown, json_out, title, as_json):
             con.print(f"wrote {ms(p)}")
     for r in data["runs"]:
         for t, rec in r["recommended"].items():
-            pick = f"{rec['kind']} ({rec['path']})" if rec["status"] == "ok" else f"none: {rec.get('reason')}"
-            con.print(f"{ms(r['label'])} · {ms(t)}: recommended {ms(pick)}")
+            # a non-ok status (emulated, unavailable, none...) is said as such, never as "recommended"
+            pick = (f"recommended {rec['kind']} ({rec['path']})" if rec["status"] == "ok"
+                    else f"no recommendation ({rec['status']}: {rec.get('reason')})")
+            con.print(f"{ms(r['label'])} · {ms(t)}: {ms(pick)}")

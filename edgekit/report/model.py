@@ -14,7 +14,7 @@ from pathlib import Path
 SCHEMA = "edgekit.report/1"
 LATENCY_STATUS = ("ok", "emulated", "unavailable", "failed", "missing")
 STAT_KEYS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput", "runs", "cold_start_ms",
-             "peak_rss_mb", "rss_delta_mb")
+             "peak_rss_mb", "base_rss_mb", "rss_delta_mb")
 FACT_KEYS = ("provider", "providers", "providers_active", "threads", "batch", "precision", "host_cpu",
              "fallback_nodes", "onnxruntime", "session_config", "op_profile_error",
              # caveats of the measurement (a device of another architecture, a provider that did not run)
@@ -37,6 +37,14 @@ def _num(v):
     return f if math.isfinite(f) else None
 
 
+def _stats(raw) -> dict:
+    """The STAT_KEYS raw has as numbers; runs stays an int (a count, as in the manifest)."""
+    out = {k: _num(raw.get(k)) for k in STAT_KEYS if _num(raw.get(k)) is not None}
+    if "runs" in out:
+        out["runs"] = int(out["runs"])
+    return out
+
+
 def latency_entry(raw, fp32_raw=None) -> dict:
     """Normalise one manifest latency entry (see the manifest schema) for the report."""
     if not isinstance(raw, dict) or not raw:
@@ -53,14 +61,11 @@ def latency_entry(raw, fp32_raw=None) -> dict:
         return {"status": "failed", "reason": "measurement has no p50 latency", **facts}
     if status != "ok":
         out = {"status": status, "reason": str(raw.get("reason") or _default_reason(status)), **facts}
-        timing = {k: _num(raw.get(k)) for k in STAT_KEYS if _num(raw.get(k)) is not None}
+        timing = _stats(raw)
         if status == "emulated" and timing:
             out["emulated_timing"] = timing
         return out
-    out = {"status": "ok", **facts, "emulated": False}
-    for k in STAT_KEYS:
-        if _num(raw.get(k)) is not None:
-            out[k] = _num(raw[k])
+    out = {"status": "ok", **facts, "emulated": False, **_stats(raw)}
     samples = [s for s in (_num(x) for x in raw.get("samples_ms") or []) if s is not None]
     if samples:
         out["samples_ms"] = samples
@@ -173,6 +178,10 @@ def run_model(manifest, outdir, label: str, files_in=None) -> dict:
         r = (manifest.recommended or {}).get(t)
         if not isinstance(r, dict):
             recommended[t] = {"status": "missing", "reason": "no recommendation recorded for this target"}
+        elif r.get("path") and r.get("status", "ok") != "ok":
+            # an emulated target's native reference pick: a reader that checks status must not ship it
+            recommended[t] = {"status": str(r["status"]), "reason": str(r.get("reason") or ""),
+                              "path": r["path"], "kind": r.get("kind")}
         elif r.get("path"):
             recommended[t] = {"status": "ok", "path": r["path"], "kind": r.get("kind"),
                               "reason": str(r.get("reason") or ""),
