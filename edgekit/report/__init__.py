@@ -40,6 +40,11 @@ def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=No
         plots = all_plots(report)
     try:
         if markdown is not None:
+            from .markdown import png_name
+            from .outputs import check_plot_folder
+
+            check_plot_folder(markdown, [png_name(p) for p in plots])  # before anything is written
+        if markdown is not None:
             from .markdown import render as render_md
 
             write_text_atomic(markdown, render_md(report, markdown, plots=plots))

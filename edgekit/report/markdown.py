@@ -44,14 +44,22 @@ def _recommended(report) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot_folder(dest) -> Path:
+    dest = Path(dest)
+    return dest.parent / f"{dest.stem}_files"
+
+
+def png_name(plot) -> str:
+    return f"{plot.key}.png"
+
+
 def render(report, dest, plots=None) -> str:
     """Markdown text for dest; writes the PNG plots into '<stem>_files/' beside dest."""
-    dest = Path(dest)
-    files = dest.parent / f"{dest.stem}_files"
+    files = plot_folder(dest)
     plots = plotmod.all_plots(report) if plots is None else plots
     images = {}
     for p in plots:
-        png = files / f"{p.key}.png"
+        png = files / png_name(p)
         plotmod.to_png(p, png)
         images.setdefault(p.key.split("-")[0], []).append((p, f"{files.name}/{png.name}"))
     multi = len(report["runs"]) > 1

@@ -91,3 +91,40 @@ def check_report_path(path, flag: str, fmt: str) -> None:
     if not ours:
         raise UsageError(f"{flag} {p}: exists and is not an edgekit {what}; not replacing it; choose another "
                          f"name, e.g. {_suggest(p, suffix)}")
+
+
+def _our_png(p: Path, md_is_ours: bool) -> bool:
+    """A PNG edgekit's report wrote: the tEXt chunk plots.to_png adds, near the start; an untagged PNG
+    (older edgekit) only beside an edgekit Markdown report, whose folder it then is."""
+    from .plots import PNG_TAG
+
+    with open(p, "rb") as f:
+        head = f.read(_PEEK)
+    return head.startswith(b"\x89PNG") and (md_is_ours or b"tEXtSoftware\x00" + PNG_TAG.encode() in head)
+
+
+def check_plot_folder(markdown, names) -> None:
+    """UsageError (one line) unless the Markdown's plots (file names `names`) can go into its '<stem>_files/'
+    folder replacing nothing but PNGs an edgekit report wrote: the folder is the user's as much as the .md."""
+    from .markdown import plot_folder
+
+    md = Path(markdown)
+    folder = plot_folder(md)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--markdown {md}: its plots go into {folder}/, and {folder} is a file, not a folder; "
+                         "choose another Markdown name or move that file")
+    try:
+        md_is_ours = md.is_file() and FORMATS["report-md"][2](*_ends(md))
+    except OSError:
+        md_is_ours = False
+    for name in names:
+        p = folder / name
+        if not p.exists():
+            continue
+        try:
+            ours = p.is_file() and _our_png(p, md_is_ours)
+        except OSError as e:
+            raise UsageError(f"--markdown {md}: cannot read {p} to check what it is: {e.strerror or e}") from None
+        if not ours:
+            raise UsageError(f"--markdown {md}: {p} exists and is not a plot an edgekit report wrote; not "
+                             "replacing it; choose another Markdown name or move that file")

@@ -378,10 +378,14 @@ def to_svg(plot: Plot) -> str:
     return s.replace("<svg ", f'<svg role="img" aria-label="{plot.title}" class="plot" ', 1)
 
 
+PNG_TAG = "edgekit report"
+
+
 def to_png(plot: Plot, dest) -> None:
     import matplotlib
 
     from ..fsutil import atomic_path
 
     with matplotlib.rc_context({"font.sans-serif": FONT}), atomic_path(dest) as tmp:
-        plot.fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+        # the tag lets a later report tell its own PNG from a user's file of that name (outputs.check_plot_folder)
+        plot.fig.savefig(tmp, format="png", dpi=110, metadata={"Software": PNG_TAG})
