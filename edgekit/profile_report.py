@@ -19,9 +19,10 @@ not be measured carries a status and a reason, never a number. With --with-prepo
 also has prepost{status, batch, pre, model, post, e2e}: each part's times are per iteration (one
 batch), and every throughput here, the model's and each part's, is inferences (samples) per second.
 cold_start_ms is session creation + first run, after a throwaway session has paid onnxruntime's
-one-time set-up. peak_rss_mb is the measuring process's peak, the same for every artifact timed in
-it, not the artifact's own; rss_delta_mb is the RSS growth while its session was made and first run,
-which understates when the session reuses memory freed earlier in the process (so no table shows it).
+one-time set-up. peak_rss_mb is the measuring process's peak while it timed (base_rss_mb: its RSS
+before), the same for every artifact timed in it, not the artifact's own; rss_delta_mb is what the
+artifact's session keeps once created and run once (RSS after it less RSS before it, the heap's free
+memory handed back to the system on both sides; left out where the C library cannot do that).
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def to_markdown(report: dict) -> str:
               f"until each has {s.get('min_runs')} runs and the loop has taken {s.get('min_seconds')} s, or "
               f"{s.get('max_seconds')} s have passed; inputs: {s.get('inputs')}. Cold start is session creation + "
               "first run, after a throwaway session took onnxruntime's one-time set-up; peak RSS is the measuring "
-              "process's, shared by every artifact timed in it.", ""]
+              "process's while it timed (under emulation the emulator's), shared by every artifact timed in it.", ""]
     for run in report["runs"]:
         ti = run["target_info"]
         emu = ti.get("emulated")

@@ -124,7 +124,9 @@ def conditions(run) -> Table:
             Column("Session RSS +MB", num=True), Column("Process peak RSS MB", num=True), Column("Host CPU")]
     table = Table(f"conditions-{run['label']}", "Measurement conditions", cols,
                   note="Every figure above was measured under these conditions; emulated timings are never "
-                       "reported as device latency.")
+                       "reported as device latency. Session RSS +MB: the memory the artifact's session keeps "
+                       "once created and run; process peak RSS: the measuring process's peak while timing, "
+                       "every artifact and whatever the process already held (its RSS before timing) included.")
     for t in run["targets"]:
         for v in run["variants"]:
             lat = v["latency"][t]
@@ -140,11 +142,20 @@ def conditions(run) -> Table:
                 Cell(str(int(lat["runs"])) if lat.get("runs") else "—"), Cell(mean),
                 Cell(f"{lat['throughput']:.0f}" if lat.get("throughput") else "—"),
                 Cell(fmt.ms(lat.get("cold_start_ms"))),
-                # this artifact's own memory is what its session added; the peak is the whole process's
+                # this artifact's own memory is what its session keeps; the peak is the whole process's
                 Cell(f"{lat['rss_delta_mb']:.1f}" if lat.get("rss_delta_mb") is not None else "—"),
-                Cell(f"{lat['peak_rss_mb']:.0f}" if lat.get("peak_rss_mb") else "—"),
+                _peak_cell(lat),
                 Cell(str(lat.get("host_cpu") or run["host"].get("cpu") or "—"))])
     return table
+
+
+def _peak_cell(lat) -> Cell:
+    """The measuring process's peak, with its RSS before timing: in compress most of it is the run's own
+    (data, torch), not inference memory."""
+    peak, base = lat.get("peak_rss_mb"), lat.get("base_rss_mb")
+    if not peak:
+        return Cell("—")
+    return Cell(f"{peak:.0f}", sub=f"{base:.0f} before timing" if base is not None else "")
 
 
 def prepost(run) -> Table | None:
