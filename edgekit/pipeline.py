@@ -43,6 +43,7 @@ def stage_load(run: Run):
     from .data_size import small_data_notes
     from .evaluate import check_training_labels
     from .dataset import Dataset
+    from .loader import apply_task, guessed_task_note
     from .targets import DEFAULT_TARGET, load_targets
 
     cfg = run.cfg
@@ -51,7 +52,8 @@ def stage_load(run: Run):
     check_data_paths((cfg.calib, cfg.eval, cfg.train))
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
-    declare_prepost(src, declared, cfg.model)
+    declare_prepost(src, declared, cfg.model, where=_prepost_where(cfg.preprocess))
+    apply_task(src, cfg.task)
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
         what = "--prune" if cfg.prune.enabled else "--student"
@@ -67,7 +69,7 @@ def stage_load(run: Run):
     train = data(cfg.train, True) if cfg.train else src.train
     check_training_labels(src, train)
     given_eval = evalset  # before a slice of the calibration data stands in for it
-    notes = []
+    notes = [n for n in [guessed_task_note(src, given_eval, train)] if n]
     if evalset is None and calib is not None:
         from .quant.fidelity import MAX_EVAL
 
@@ -349,12 +351,26 @@ def load_model(model: str, data_paths, *, declared=None, input_shape=None, **loa
     return load_source(model, input_shape=input_shape, sample_inputs=sample, **load_kw), sample
 
 
-def declare_prepost(src, declared, model: str) -> None:
-    """The user's --preprocess replaces what the model brings, once its pre-processing is known to give
-    the model's input (a wrong resize would otherwise be bundled and fail on the device for every input)."""
+def declare_prepost(src, declared, model: str, where: str = "--preprocess") -> None:
+    """The user's --preprocess replaces what the model brings, once its steps are known to run and give the
+    model's input (a wrong resize, or a step that cannot run, would otherwise be bundled and fail on the
+    device for every input). where: the spec file, or the flag for JSON text, as errors name it."""
+    from .prepost import PrepostError
+    from .prepost.fit import check_pre_fits
+
     if declared:
         src.preprocess = declared
-        run_checks.check_pre_fits(declared, src.inputs, model)
+        try:
+            check_pre_fits(declared, src.inputs, model, where)
+        except PrepostError as e:
+            raise UsageError(str(e)) from None
+
+
+def _prepost_where(text) -> str:
+    """The spec's file as given, for errors; '--preprocess' for JSON text."""
+    from .prepost.pipeline import _stat_ok
+
+    return text if text and _stat_ok(Path(text).is_file) else "--preprocess"
 
 
 def imply_prepost(src, *paths) -> list:

@@ -48,7 +48,7 @@ def geometry(src_hw, size, mode: str = "stretch", crop_fraction: float = 1.0) ->
     sh, sw = (int(v) for v in src_hw)
     H, W = _size(size)
     _check.choice(mode, "mode", MODES)
-    frac = _check.number(crop_fraction, "crop_fraction", lo=0.0, hi=1.0, lo_open=True)
+    frac = check_crop_fraction(crop_fraction)
     if sh < 1 or sw < 1:
         raise PrepostError(f"image: empty image of size {sh}x{sw}")
     rh, rw = float(sh), float(sw)
@@ -69,14 +69,26 @@ def geometry(src_hw, size, mode: str = "stretch", crop_fraction: float = 1.0) ->
     return Geometry((sh, sw), (H, W), roi, dst)
 
 
-def _size(size):
+# the largest output side a spec may ask for: far above any model's input, and a float32 output of it stays
+# under a gigabyte, where a mistyped [100000, 100000] asked for 559 GiB and died of MemoryError on the device
+MAX_SIDE = 8192
+
+
+def check_size(size, name: str = "size"):
+    """(h, w) of a resize output: the one rule for the spec checker and the op."""
     try:
         h, w = size
     except (TypeError, ValueError):
-        raise PrepostError(f"size: expected (height, width), got {size!r}") from None
-    h = _check.number(h, "size[0]", lo=1, integer=True)
-    w = _check.number(w, "size[1]", lo=1, integer=True)
-    return h, w
+        raise PrepostError(f"{name}: expected (height, width), got {size!r}") from None
+    return tuple(_check.number(x, f"{name}[{i}]", lo=1, hi=MAX_SIDE, integer=True) for i, x in enumerate((h, w)))
+
+
+def check_crop_fraction(v, name: str = "crop_fraction") -> float:
+    """0 keeps no pixels: refused by the spec checker and the op alike (it once passed one and failed the other)."""
+    return _check.number(v, name, lo=0.0, hi=1.0, lo_open=True)
+
+
+_size = check_size
 
 
 _COEF = 2048  # 11-bit fixed-point tap weights, as OpenCV's INTER_LINEAR uses for uint8
@@ -257,7 +269,7 @@ class ResizeNormalize:
         self.size = _size(size)
         self.layout = _check.choice(layout, "layout", LAYOUTS)
         self.mode = _check.choice(mode, "mode", MODES)
-        self.crop_fraction = _check.number(crop_fraction, "crop_fraction", lo=0.0, hi=1.0, lo_open=True)
+        self.crop_fraction = check_crop_fraction(crop_fraction)
         self.mean = _check.vector(mean, "mean")
         self.std = _check.vector(std, "std")
         if (self.std == 0).any():

@@ -14,9 +14,9 @@ import numpy as np
 from . import _check
 from .boxes import BOX_FORMATS, decode_boxes, nms
 from .errors import PrepostError
-from .image import LAYOUTS, MODES, ResizeNormalize, affine
+from .image import LAYOUTS, MODES, ResizeNormalize, affine, check_crop_fraction, check_size
 from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, softmax_topk
-from .text import PADDING, TRUNCATION, mean_pool_l2, pad_truncate, token_rows
+from .text import PADDING, TRUNCATION, check_padding, mean_pool_l2, pad_truncate, token_rows
 
 REQUIRED = object()
 
@@ -26,7 +26,9 @@ class OpDef:
     stages: tuple  # "pre" and/or "post"
     params: dict  # name -> (default or REQUIRED, checker(value, name))
     build: Callable  # (params: dict, backend: str) -> callable(*inputs) -> array or dict of arrays
-    inputs: tuple = ("prev",)  # values read by default; "prev" is the previous step's result
+    # values read by default; "prev" is the previous step's result, and the first one is "prev" for any step
+    # after the first of its stage (pipeline._default_inputs)
+    inputs: tuple = ("prev",)
     kernels: tuple = ()
     example: Callable = None  # params -> tuple of inputs for warm-up
     # (params, model feed dict) -> the raw input that step turns into those feeds, or None: lets timing
@@ -39,10 +41,13 @@ class OpDef:
 
 
 def _size(v, name):
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:  # JSON's words; the ranges are the op's own
         raise PrepostError(f"{name}: expected [height, width], got {v!r}")
-    for i, x in enumerate(v):
-        _check.number(x, f"{name}[{i}]", lo=1, integer=True)
+    check_size(v, name)
+
+
+def _crop_fraction(v, name):
+    check_crop_fraction(v, name)
 
 
 def _vec(v, name):
@@ -165,7 +170,7 @@ OPS: dict = {
     "resize_normalize": OpDef(
         ("pre",), {"size": (REQUIRED, _size), "mean": (0.0, _vec), "std": (255.0, _std),
                    "layout": ("NCHW", _one_of(LAYOUTS)), "mode": ("stretch", _one_of(MODES)),
-                   "crop_fraction": (1.0, _num(0.0, 1.0)), "pad_value": (114.0, _vec), "swap_rb": (False, _bool)},
+                   "crop_fraction": (1.0, _crop_fraction), "pad_value": (114.0, _vec), "swap_rb": (False, _bool)},
         _build_resize, kernels=("resize_normalize",), check=_channels_agree,
         example=lambda p: (np.full((480, 640, max(np.size(p[k]) for k in ("mean", "std", "pad_value"))), 127,
                                    np.uint8),),
@@ -173,7 +178,7 @@ OPS: dict = {
     "pad_truncate": OpDef(
         ("pre",), {"max_length": (None, _int(1, optional=True)), "pad_id": (0, _int()),
                    "padding": ("longest", _one_of(PADDING)), "truncation": ("right", _one_of(TRUNCATION))},
-        _build_pad, kernels=("pad_truncate",),
+        _build_pad, kernels=("pad_truncate",), check=lambda p: check_padding(p["padding"], p["max_length"]),
         # ids 1-4 are rows of every embedding table (BERT's [CLS]=101 is not, in a 100-token vocabulary)
         example=lambda p: ([[1, 2, 3, 4], [1, 2]],), raw_from_inputs=lambda p, feeds: token_rows(feeds),
         doc="token id lists -> {input_ids, attention_mask}"),
@@ -195,7 +200,8 @@ OPS: dict = {
         ("post",), {"iou_threshold": (0.5, _num(0.0, 1.0)), "max_detections": (None, _int(0, optional=True)),
                     "score_threshold": (None, _num(optional=True))},
         _build_nms, inputs=("boxes", "scores"), n_inputs=(2, 3), kernels=("nms",), example=_example_nms,
-        doc="(boxes, scores[, classes]) -> {indices, boxes, scores[, classes]} kept by greedy NMS"),
+        doc="(boxes, scores[, classes]) -> {indices, boxes, scores[, classes]} kept by greedy NMS; as the first "
+            "post step it reads the outputs 'boxes' and 'scores', after another step that step's result and 'scores'"),
     "dequantize": OpDef(
         ("post", "pre"), {"scale": (REQUIRED, _vec), "zero_point": (0, _vec), "axis": (None, _opt_axis)},
         lambda p, backend: (lambda q: dequantize(q, p["scale"], p["zero_point"], p["axis"], backend=backend)),

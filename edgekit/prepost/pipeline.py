@@ -6,6 +6,9 @@
 Steps run in order. A step reads the previous step's result ("prev") unless its "inputs" names
 other values: a key of the previous result (when that was a dict), a model output (by name, or
 by position as an integer), or a feed produced by pre-processing (e.g. "attention_mask").
+Without "inputs", a step reads its op's default values, and the first of them is the previous step's
+result whenever there is a previous step: only the first step of a stage reads by name what its op names
+first (nms: the model outputs "boxes" and "scores"), so [decode_boxes, nms] runs NMS on the decoded boxes.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def _where(stage, i, op=None):
 
 
 def _resolve_params(stage, i, step) -> tuple:
-    """(op name, full parameters with defaults) after checking every key and value."""
+    """(op name, full parameters with defaults, inputs) after checking every key and value."""
     if not isinstance(step, dict):
         raise PrepostError(f"{_where(stage, i)}: expected an object with an 'op' key, got {step!r}")
     op = step.get("op")
@@ -57,14 +60,24 @@ def _resolve_params(stage, i, step) -> tuple:
             d.check(params)
         except PrepostError as e:
             raise PrepostError(f"{w}: {e}") from None
-    inputs = step.get("inputs", list(d.inputs))
+    inputs = step.get("inputs", _default_inputs(d, i))
     if not isinstance(inputs, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in inputs):
         raise PrepostError(f"{w}: 'inputs' must be a list of names or output positions, got {inputs!r}")
     lo, hi = d.n_inputs
     if not lo <= len(inputs) <= hi:
         want = str(lo) if lo == hi else f"{lo} to {hi}"
-        raise PrepostError(f"{w}: 'inputs' has {len(inputs)} entries; {op} reads {want} (default {list(d.inputs)})")
+        raise PrepostError(f"{w}: 'inputs' has {len(inputs)} entries; {op} reads {want} "
+                           f"(default {_default_inputs(d, i)})")
     return op, params, inputs
+
+
+def _default_inputs(d, i) -> list:
+    """An op's default inputs, the first being the previous step's result after step 0: nms read the model's
+    'boxes' after decode_boxes, dropping the decoded boxes without a word."""
+    inputs = list(d.inputs)
+    if i > 0 and inputs:
+        inputs[0] = "prev"
+    return inputs
 
 
 def validate_spec(spec) -> dict:

@@ -66,6 +66,12 @@ def _unpadded_length(row, pad_id) -> int:
     return int(keep[-1]) + 1 if keep.size else 0
 
 
+def check_padding(padding, max_length) -> None:
+    """The rule across pad_truncate's parameters, for the spec checker and the op alike."""
+    if padding == "max_length" and max_length is None:
+        raise PrepostError("max_length: required when padding='max_length'")
+
+
 def pad_truncate(token_ids, max_length: int | None = None, pad_id: int = 0, *, padding: str = "longest",
                  truncation: str = "right", backend: str = "auto"):
     """(input_ids, attention_mask), both int64 (N, L), from N tokenised sequences: lists of ids, or a 2-D
@@ -81,9 +87,8 @@ def pad_truncate(token_ids, max_length: int | None = None, pad_id: int = 0, *, p
     lengths = np.array([len(s) for s in seqs], np.int64)
     if max_length is not None:
         max_length = _check.number(max_length, "max_length", lo=1, integer=True)
+    check_padding(padding, max_length)
     if padding == "max_length":
-        if max_length is None:
-            raise PrepostError("max_length: required when padding='max_length'")
         L = max_length
     else:
         L = int(lengths.max(initial=0))

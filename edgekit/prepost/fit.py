@@ -1,0 +1,105 @@
+"""Whether declared pre-processing can feed a model, checked at compress time by running the steps once.
+
+The check used to swallow every exception, so a spec whose steps could not be built or run (a crop_fraction
+the op refuses, a 100000x100000 resize) was bundled and failed on the device for every input. Here every
+failure is one line naming the spec and the step, and a resize whose output cannot fit the model is refused
+from its parameters, before anything is allocated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import PrepostError
+from .ops import OPS
+from .pipeline import Pipeline
+
+
+def check_pre_fits(spec: dict, inputs: list, model: str, where: str = "--preprocess") -> None:
+    """Raise PrepostError ('WHERE: ...', one line) unless the pre steps run and give the model's inputs.
+
+    inputs: the model's inputs (.name, .shape with str for free axes); model: its name, for messages.
+    """
+    if not (spec or {}).get("pre"):
+        return
+    try:
+        pipe = Pipeline(spec)
+    except PrepostError as e:
+        raise PrepostError(f"{where}: {e}") from None
+    first = pipe.pre[0]
+    channels = _channels(first)
+    if len(pipe.pre) == 1 and first.op == "resize_normalize":
+        _check_resize_shape(first.params, channels, inputs, model, where)
+    out = _run(pipe, _sample(first, channels), where)
+    _check_feeds(out, inputs, model, where, channels)
+
+
+def _channels(step):
+    """The channel count a resize_normalize step fixes (mean/std/pad_value with several values), else None:
+    with one value each, the channel count follows the raw image."""
+    if step.op != "resize_normalize":
+        return None
+    n = max(np.size(step.params[k]) for k in ("mean", "std", "pad_value"))
+    return n if n > 1 else None
+
+
+def _sample(step, channels):
+    """A small input for the first step: a 48x64 image (its shape does not matter, the output's size is
+    fixed by the spec), else the op's own example."""
+    if step.op == "resize_normalize":
+        c = channels or (3 if step.params["swap_rb"] else 1)
+        return np.random.default_rng(0).integers(0, 256, (48, 64, c), dtype=np.uint8)
+    return OPS[step.op].example(step.params)[0]
+
+
+def _run(pipe, raw, where):
+    env, prev = {"prev": raw}, raw
+    for s in pipe.pre:
+        try:
+            prev = s.run(env)
+        except PrepostError as e:
+            raise PrepostError(f"{where}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - whatever the step raises, it would raise on the device too
+            msg = (str(e).splitlines() or [""])[0]
+            raise PrepostError(f"{where}: {s.where}: fails on a sample input: {type(e).__name__}: {msg}") from None
+        env["prev"] = prev
+        if isinstance(prev, dict):
+            env.update(prev)
+    return prev
+
+
+def _check_resize_shape(params, channels, inputs, model, where):
+    """A resize's output shape is known from its parameters: refuse a mismatch before allocating it."""
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        return
+    (h, w), c = params["size"], channels or 1
+    shape = [1, c, h, w] if params["layout"] == "NCHW" else [1, h, w, c]
+    _compare(inputs[0], shape, model, where, channels)
+
+
+def _check_feeds(out, inputs, model, where, channels):
+    feeds = out if isinstance(out, dict) else {inputs[0].name: out}  # as the device runner feeds it
+    missing = [s.name for s in inputs if s.name not in feeds]
+    if missing:
+        # the device runner feeds the pre-processing's result to the model as its inputs: a model input it
+        # does not give can never be fed there (it was bundled, passed its self-test, and failed every run)
+        gives = f"arrays {sorted(map(str, out))}" if isinstance(out, dict) else "one array"
+        raise PrepostError(f"{where}: the pre-processing gives {gives}, but {model} takes {len(inputs)} inputs "
+                           f"({', '.join(s.name for s in inputs)}); it cannot feed {', '.join(map(repr, missing))}. "
+                           "Declare pre-processing for a one-input model, or feed model inputs on the device")
+    for s in inputs:
+        if feeds.get(s.name) is not None:
+            _compare(s, list(np.shape(feeds[s.name])), model, where, channels)
+
+
+def _compare(spec_input, shape, model, where, channels):
+    want = list(spec_input.shape)
+    # with one mean/std value the channel count follows the raw image (the sample is grey), so 1 and 3 are
+    # not held against the model; several values fix it, and a 3-channel step can never feed a grey model
+    fixed_ok = all(isinstance(d, str) or d is None or d == a or (channels is None and a in (1, 3))
+                   for d, a in zip(want[1:], shape[1:]))
+    if len(shape) == len(want) and fixed_ok:
+        return
+    why = f" ({channels} channels: mean, std or pad_value has {channels} values)" if channels else ""
+    dims = ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(want))
+    raise PrepostError(f"{where}: the pre-processing gives {spec_input.name!r} shape {shape}{why}, but {model} "
+                       f"takes [{dims}]")
