@@ -6,6 +6,7 @@ __post_init__ so a bad recipe fails before any work starts, naming the bad key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ class CompressConfig:
     seed: int = 0
     overwrite: bool = False
     preprocess: str | None = None  # a prepost spec as JSON text or a path to a JSON file
+    task: str = "auto"  # what the first output is (loader.TASK_CHOICES); auto: guessed from its shape
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
@@ -222,6 +224,10 @@ class CompressConfig:
     def __post_init__(self):
         if not self.model:
             raise ConfigError("model: a model spec is required (zoo:NAME, file.py:factory or model.onnx)")
+        from .loader import TASK_CHOICES
+
+        if self.task not in TASK_CHOICES:
+            raise ConfigError(f"task {self.task!r}{did_you_mean(self.task, TASK_CHOICES)}")
         object.__setattr__(self, "tolerance", Tolerance.parse(self.tolerance))
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.input_shape is not None:
@@ -333,7 +339,28 @@ def load_recipe(path, *, notes: bool = True) -> dict:
               file=sys.stderr)
     # validate now so the error names the file
     from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
+    _check_inline_prepost(d.get("preprocess"), p)
     return d
+
+
+def _check_inline_prepost(value, recipe: Path) -> None:
+    """A pre/post spec written into the recipe as JSON text is checked here, so its error names the recipe
+    (it was reported as '--preprocess: ...', a flag the user never passed). A spec file names itself later."""
+    from .prepost import PrepostError, validate_spec
+    from .prepost.pipeline import _stat_ok
+
+    if not isinstance(value, str) or _stat_ok(Path(value).is_file):
+        return
+    try:
+        spec = json.loads(value)
+    except ValueError as e:
+        if value.lstrip()[:1] in ("{", "["):
+            raise ConfigError(f"{recipe}: preprocess: not valid JSON ({e})") from None
+        return  # a file name: a missing one is named later, as for the flag
+    try:
+        validate_spec(spec)
+    except PrepostError as e:
+        raise ConfigError(f"{recipe}: preprocess: {e}") from None
 
 
 _PATH_KEYS = ("weights", "calib", "eval", "train", "preprocess")

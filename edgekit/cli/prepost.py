@@ -62,7 +62,8 @@ def check(spec, as_json):
         raise UsageError(str(e)) from None
     where = where or "SPEC"
     try:
-        pipe = Pipeline(value or {})  # as from_spec, but JSON text holding a string is not parsed twice
+        # the verdict compress gives: [], 0, false, "" and null are not specs (they were "ok", as empty ones)
+        pipe = Pipeline(value)
     except PrepostError as e:
         raise UsageError(f"{where}: {e}") from None
     info = pipe.describe()
