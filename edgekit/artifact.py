@@ -3,7 +3,7 @@
 Manifest schema (``edgekit.manifest/1``), JSON, documented in docs/manifest.md:
 
     schema, edgekit_version, created,
-    source{spec,kind,task,weights,weights_sha256,source_file,source_sha256,description},
+    source{spec,kind,task,task_from,weights,weights_sha256,source_file,source_sha256,description},
     settings{...}, data{calib,eval,train: {path,format,samples,sha256,hash_of}},
     versions{edgekit,torch,onnx,onnxruntime,numpy,python},
     host{cpu,flags,cores,machine,os}, stages[{name,status,reason,seconds,details}],

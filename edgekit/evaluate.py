@@ -2,7 +2,9 @@
 
 With labels: top-1 accuracy. Without: fidelity to the FP32 model's outputs on the
 same inputs — top-1 agreement for classifiers, R^2 (clipped to [0, 1]) for one value per
-sample, mean cosine similarity for embeddings and anything else (flattened per sample). A model
+sample, the mean over targets of each target's R^2 (each clipped to [0, 1]) for a regression of C values
+per sample (--task regression), mean cosine similarity for embeddings and anything else (flattened per
+sample). A model
 with several outputs: without labels, "fidelity_min", the lowest fidelity over them (each in
 metrics["per_output"]); with labels, accuracy on the first and each other output's fidelity to FP32 in
 metrics["other_outputs_fidelity"], which tuning holds to the same tolerance.
@@ -26,6 +28,8 @@ def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
         return "top1_agreement"
     if task == "embedding":
         return "cosine"
+    if task == "regression":
+        return "r2"  # mean over targets of each one's R^2 to FP32 (mean_r2_fidelity)
     return "fidelity"
 
 
@@ -81,6 +85,8 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(None if j else 0.0)
         elif j == 0 and task == "classification":
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
+        elif j == 0 and task == "regression":
+            vals.append(mean_r2_fidelity(o, r))
         else:
             vals.append(output_fidelity(o, r))
     return vals
@@ -110,6 +116,15 @@ def _generic(out: np.ndarray, ref: np.ndarray) -> float:
     cos = np.where(denom > 0, np.sum(a * b, axis=1) / np.maximum(denom, 1e-30), 1.0)
     # an opposite vector is as wrong as an unrelated one: keep every metric in [0, 1]
     return float(np.mean(np.clip(cos, 0.0, 1.0)))
+
+
+def mean_r2_fidelity(out: np.ndarray, ref: np.ndarray) -> float:
+    """C regression targets per sample: each target's R^2 (r2_fidelity, so clipped to [0, 1]) averaged
+    over targets, so every target counts alike whatever its scale; a cosine per sample would miss a
+    shrunken small-scale target beside a large one. One target: r2_fidelity itself."""
+    a = out.reshape(len(out), -1).astype(np.float64)
+    b = ref.reshape(len(ref), -1).astype(np.float64)
+    return float(np.mean([r2_fidelity(a[:, k], b[:, k]) for k in range(b.shape[1])])) if b.shape[1] else 1.0
 
 
 def r2_fidelity(got: np.ndarray, ref: np.ndarray) -> float:

@@ -146,6 +146,33 @@ def classifier_output(model) -> bool:
     return class_scores_shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim])
 
 
+# --task: "auto" keeps the guess from the first output's shape (class scores when float [N, C], C >= 2)
+TASK_CHOICES = ("auto", "classification", "regression", "embedding")
+
+
+def apply_task(src: SourceModel, task: str | None) -> SourceModel:
+    """--task overrides the guess: the shape alone cannot tell 4 class scores from 4 regression targets
+    (a 4-target regressor was distilled with a softmax loss and scored on argmax agreement, 1.0000 while
+    one target's R^2 to FP32 was -5.5)."""
+    if task and task != "auto":
+        if task not in TASK_CHOICES:
+            raise InputError(f"--task {task!r}: expected one of {', '.join(TASK_CHOICES)}")
+        src.task, src.task_given = task, True
+    return src
+
+
+def guessed_task_note(src: SourceModel, *datasets) -> str | None:
+    """The one-line note for a guessed classifier that no integer labels confirm (labels 'y' are class
+    indices; float ones are refused when read), else None."""
+    if src.task_given or src.task != "classification":
+        return None
+    if any(d is not None and d.labels is not None for d in datasets):
+        return None
+    return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores (top-1 agreement, "
+            "softmax distillation) since no labels confirm it; if it is C regression targets pass --task "
+            "regression (or --task embedding for a feature vector)")
+
+
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
                  "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 

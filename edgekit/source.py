@@ -8,9 +8,9 @@ from typing import Any, Callable
 from .artifact import TensorSpec
 from .dataset import Dataset
 
-TASKS = ("classification", "embedding", "generic")
+TASKS = ("classification", "embedding", "regression", "generic")
 # metric names used in manifests
-METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity")
+METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2")
 
 
 @dataclass
@@ -20,6 +20,7 @@ class SourceModel:
     inputs: list  # TensorSpec, first dim symbolic "batch" for torch models
     outputs: list  # output names
     task: str = "generic"
+    task_given: bool = False  # True: --task said so; False: guessed from the first output's shape
     module: Any = None  # torch.nn.Module in eval mode, for kind == "torch"
     onnx_path: str | None = None  # for kind == "onnx"
     dynamic_axes: dict = field(default_factory=dict)  # name -> {axis: symbol}
@@ -47,7 +48,8 @@ class SourceModel:
     def provenance(self) -> dict:
         """What the model was made from: its weights and, for file.py:factory, the code's file (both hashed)."""
         weights = str(Path(self.weights).resolve()) if self.weights else self.weights
-        return {"spec": self.spec, "kind": self.kind, "task": self.task, "weights": weights,
+        return {"spec": self.spec, "kind": self.kind, "task": self.task,
+                "task_from": "--task" if self.task_given else "output shape", "weights": weights,
                 "weights_sha256": self.weights_sha256, **code_provenance(self.spec), "description": self.description}
 
 

@@ -102,6 +102,29 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
 
 
+TASK_HELP = ("What the model's first output is: auto (default) guesses from its shape (float [N, C], C >= 2: "
+             "class scores); regression: C continuous targets, scored by mean R^2 to FP32 and distilled with MSE; "
+             "classification; embedding (cosine).")
+
+
+def task_option(f):
+    """--task for every command that scores or trains a model: the output's shape cannot tell class scores
+    from regression targets."""
+    from ..loader import TASK_CHOICES
+
+    return click.option("--task", type=click.Choice(TASK_CHOICES), default=None, help=TASK_HELP)(f)
+
+
+def settle_task(src, task, *datasets) -> None:
+    """Apply --task to the loaded model, or note once (on stderr) a classifier guess nothing confirms."""
+    from ..loader import apply_task, guessed_task_note
+
+    apply_task(src, task)
+    note = guessed_task_note(src, *datasets)
+    if note:
+        click.echo(f"edgekit: note: {note}", err=True)
+
+
 def output_option(required=True, help="Output directory."):
     def deco(f):
         return click.option("-o", "--output", type=click.Path(), required=required, help=help)(f)

@@ -5,7 +5,7 @@ import click
 
 from ..report.fmt import pct
 from ..stdio import markup_safe
-from .common import CONTEXT_SETTINGS, echo_json
+from .common import CONTEXT_SETTINGS, echo_json, task_option
 
 
 def _shape(ctx, param, value):
@@ -47,12 +47,13 @@ def _shape(ctx, param, value):
 @click.option("--profile/--no-profile", "profile", default=None,
               help="Profile latency on the targets (default), or skip it; --profile turns it back on for a recipe "
                    "that had it off.")
+@task_option
 @click.option("--seed", type=int, help="Random seed (default 0).")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing OUTDIR (only after the new run succeeds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def compress(model, output, config, weights, trust_pickle, calib, eval_, train, input_shape, prune_ratio, prune_method,
-             target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, profile, seed,
-             overwrite, as_json):
+             target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, profile,
+             task, seed, overwrite, as_json):
     """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
 
     With --config OUTDIR/compress.toml, MODEL (and -o) default to the recipe's.
@@ -68,7 +69,7 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
 
     settings = {"weights": weights, "trust_pickle": trust_pickle, "calib": calib, "eval": eval_, "train": train,
                 "input_shape": input_shape, "tolerance": tolerance, "seed": seed, "overwrite": overwrite,
-                "preprocess": preprocess}
+                "preprocess": preprocess, "task": task}
     if targets:
         settings["targets"] = list(targets)
     settings = {k: v for k, v in settings.items() if v is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..stdio import markup_safe
-from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option, settle_task, task_option
 
 
 @click.command("distill", context_settings=CONTEXT_SETTINGS)
@@ -32,12 +32,14 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--feature-layer", "feature_layers", multiple=True, help="Match this layer's features too "
               "('name', or 'student_name=teacher_name'; repeatable).")
 @click.option("--feature-weight", type=float, default=0.0, show_default=True, help="Weight of feature matching.")
+@task_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTDIR (only after this run succeeds).")
 @output_option()
 @json_option
 def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, input_shape, preprocess, epochs, lr,
-            batch_size, temperature, alpha, schedule, patience, feature_layers, feature_weight, seed, overwrite, output, as_json):
+            batch_size, temperature, alpha, schedule, patience, feature_layers, feature_weight, task, seed, overwrite,
+            output, as_json):
     """Distill TEACHER into STUDENT and write OUTDIR: model.fp32.onnx (teacher), model.distilled.onnx,
     pruned.pt (student weights + structure), distill.json (history per epoch) and manifest.json.
 
@@ -61,7 +63,9 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
                                 seed=seed, preprocess=preprocess)
-    settings = {"teacher": teacher, "student": student, "distill": vars(cfg), "seed": seed, "preprocess": preprocess}
+    settle_task(src, task, e, t)
+    settings = {"teacher": teacher, "task": task or "auto", "student": student, "distill": vars(cfg), "seed": seed,
+                "preprocess": preprocess}
 
     def work(ctx):
         example = graph.example_inputs(src, c or e)

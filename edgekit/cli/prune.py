@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..stdio import markup_safe
-from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option, settle_task, task_option
 
 
 @click.command("prune", context_settings=CONTEXT_SETTINGS)
@@ -38,13 +38,14 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--epochs", type=click.IntRange(0), default=30, show_default=True, help="Distillation epochs in total (at least one per --steps step; raised with a note).")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Distillation learning rate (AdamW).")
 @click.option("--target", "targets", multiple=True, help="Target name or TOML file (latency and channel multiple).")
+@task_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTDIR (only after this run succeeds).")
 @output_option()
 @json_option
 def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, preprocess, ratio, head_ratio, method,
           global_pruning, ignore, channel_multiple, steps, sensitivity, target_latency, sparsity, distill, epochs,
-          lr, targets, seed, overwrite, output, as_json):
+          lr, targets, task, seed, overwrite, output, as_json):
     """Prune MODEL (zoo:NAME or file.py:factory) and write OUTDIR: model.fp32.onnx, model.pruned.onnx
     (model.distilled.onnx after distillation, model.sparse.onnx with --sparsity), pruned.pt (weights +
     pruned structure, loadable with torch.load(weights_only=True)), pruning.json and manifest.json.
@@ -71,7 +72,9 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
     _seed(seed)
     src, c, e, t = outputs.load(model, weights=weights, trust_pickle=trust_pickle, calib=calib, eval_path=eval_path,
                                 train=train, input_shape=shape, seed=seed, preprocess=preprocess)
-    settings = {"model": model, "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed, "preprocess": preprocess}
+    settle_task(src, task, e, t)
+    settings = {"model": model, "task": task or "auto", "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed,
+                "preprocess": preprocess}
 
     told = []
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option
+from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_option, settle_task, task_option
 
 
 def _load_target(name):
@@ -21,7 +21,7 @@ def _load_target(name):
 
 def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="auto", fmt="qdq",
                   per_channel=None, tolerance="1%", target=None, max_trials=12, tune=True, calib_size=256,
-                  overwrite=False, weight_rounding="auto", bias_correction="auto", preprocess=None):
+                  overwrite=False, weight_rounding="auto", bias_correction="auto", preprocess=None, task=None):
     """The library call behind the command; returns the Manifest.
 
     Everything that can be checked cheaply (model, OUTDIR, target, data) is checked before any
@@ -69,6 +69,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
         if eval_path else None
+    settle_task(src_model, task, eval_ds)
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
     record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8",
@@ -91,6 +92,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     cfg = dataclasses.replace(cfg, calib_size=calib_size)
     settings = _settings(cfg, tolerance=str(tol), target=target, calib=calib, eval_path=eval_path,
                          preprocess=preprocess, calib_ds=calib_ds)
+    settings["task"] = task or "auto"
     data = data_records(calib=(calib, calib_ds), eval=(eval_path, eval_ds))
     staging = staging_dir(out)
     try:
@@ -146,17 +148,18 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
         evaluator = Evaluator(eval_ds, "classification", fp32_path)
     elif eval_ds is not None:
         # every --eval sample, as compress scores them: the 500 cap is for calibration data standing in
-        evaluator, _ = fidelity_evaluator(fp32_path, eval_ds, limit=None)
+        evaluator, _ = fidelity_evaluator(fp32_path, eval_ds, task=src_model.task, limit=None)
         n = len(evaluator.ds)
         if labelled:
             out0 = facts["outputs"][0]
-            notes.append(f"--eval labels ignored: output {out0['name']!r} is {shape_text(out0.get('shape'))}, "
-                         f"not [N, C] class scores with C >= 2; fidelity to FP32 on {n} --eval samples")
+            why = f"--task {src_model.task}" if src_model.task_given else \
+                f"output {out0['name']!r} is {shape_text(out0.get('shape'))}, not [N, C] class scores with C >= 2"
+            notes.append(f"--eval labels ignored: {why}; fidelity to FP32 on {n} --eval samples")
         else:
             notes.append(f"--eval has no labels: fidelity to FP32 on {n} samples")
     elif calib_ds is not None:
         # dynamic INT8 and FP16 calibrate nothing, so every calibration sample is fair to score on
-        evaluator, note = fidelity_evaluator(fp32_path, calib_ds,
+        evaluator, note = fidelity_evaluator(fp32_path, calib_ds, task=src_model.task,
                                              calib_size=cfg.calib_size if cfg.mode == "int8" else None)
         notes.append(note)
         # what is scored is this slice, not --eval: 44 held-out samples at 1% went without the small-data note
@@ -167,6 +170,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
             echo += few
     else:
         evaluator, note = sanity_evaluator(fp32_path, src_model.inputs)
+        evaluator.task = src_model.task  # --task, or the same guess from the output's shape
         eval_ds = evaluator.ds  # the quantize stage times its candidates on these
         notes.append(note)
         # the trial metrics and the reason quote the random-input fidelity: say so wherever they appear
@@ -249,17 +253,19 @@ def _recommended_for(name: str) -> str:
 @click.option("--max-trials", type=int, default=12, show_default=True, help="Tuning trial budget.")
 @click.option("--no-tune", is_flag=True, help="One candidate from the defaults; no tuning or fallback.")
 @click.option("--calib-size", type=int, default=256, show_default=True, help="Calibration samples used.")
+@task_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output directory.")
 @output_option()
 @json_option
 def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correction, preprocess, fmt, per_channel,
-             tolerance, target, max_trials, no_tune, calib_size, overwrite, output, as_json):
+             tolerance, target, max_trials, no_tune, calib_size, task, overwrite, output, as_json):
     """Quantize an ONNX MODEL (INT8 static/dynamic or FP16), tuned to stay within --tolerance and
     recommended only if it measures faster than FP32."""
     man = quantize_file(model, calib=calib, eval_path=eval_path, output=output, mode=mode, method=method, fmt=fmt,
                         per_channel=per_channel, tolerance=tolerance, target=target, max_trials=max_trials,
                         tune=not no_tune, calib_size=calib_size, overwrite=overwrite,
-                        weight_rounding=weight_rounding, bias_correction=bias_correction, preprocess=preprocess)
+                        weight_rounding=weight_rounding, bias_correction=bias_correction, preprocess=preprocess,
+                        task=task)
     if as_json:
         echo_json(man.to_dict())
         return

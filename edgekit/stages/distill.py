@@ -78,6 +78,9 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     sched = _scheduler(opt, cfg, max(1, cfg.epochs * per_epoch))
     # The teacher is frozen and sees the same inputs every epoch: compute its outputs once.
     t_out = None if features else torch.from_numpy(predict(teacher, train, names, trimmer=trimmer if trimmed else None))
+    scale = None
+    if task == "regression" and not trimmed:
+        scale = target_scale(t_out if t_out is not None else torch.from_numpy(predict(teacher, train, names)))
     example = _inputs(train.take(2).inputs, names)
     with torch.no_grad():
         example_outs = output_tensors(teacher(*example))
@@ -128,7 +131,7 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
                 s_all = output_tensors(student(*xb))
                 sb = s_all[0]
                 y = torch.from_numpy(np.asarray(train.labels[idx_np])).long() if use_labels else None
-                loss = _loss(sb, tb, y, task, cfg)
+                loss = _loss(sb, tb, y, task, cfg, scale)
                 if heads:
                     if t_all is None and t_heads is not None:
                         t_all = {j: torch.from_numpy(h[idx_np]) for j, h in zip(heads, t_heads)}
@@ -288,11 +291,13 @@ def _heads_loss(s_all, t_all, heads):
 def _loss_name(task, use_labels) -> str:
     if task == "classification":
         return "KL(T) * T^2" + (" + cross-entropy with labels" if use_labels else " (no labels: teacher only)")
+    if task == "regression":
+        return "MSE to the teacher's outputs, per target relative to its variance"
     return "1 - cosine + relative MSE to the teacher's embeddings" if task == "embedding" else \
         "MSE to the teacher's outputs"
 
 
-def _loss(s, t, y, task: str, cfg: DistillConfig):
+def _loss(s, t, y, task: str, cfg: DistillConfig, scale=None):
     import torch.nn.functional as F
 
     if task == "classification":
@@ -308,7 +313,20 @@ def _loss(s, t, y, task: str, cfg: DistillConfig):
         # what is scored is the cosine; MSE relative to the teacher's energy keeps the norm too
         # and has the same scale whether or not the embedding is L2-normalised
         return (1.0 - F.cosine_similarity(s2, t2, dim=1)).mean() + mse / t2.pow(2).mean().clamp(min=1e-12)
+    if task == "regression":
+        # scored as the mean of each target's R^2: each target's error relative to its own spread, so a
+        # small-scale target is not drowned by a large one
+        var = scale if scale is not None and scale.numel() == t2.shape[1] else target_scale(t2)
+        return ((s2 - t2).pow(2).mean(0) / var).mean()
     return mse
+
+
+def target_scale(t):
+    """Each target's variance over the samples of t ([N, C] or [N, ...]), floored so a constant target
+    stays finite: the regression loss's per-target weights (over all training outputs, not per batch,
+    where a last batch of one sample has no spread)."""
+    t2 = t.reshape(len(t), -1).float()
+    return t2.var(0, unbiased=False).clamp(min=1e-6 * float(t2.pow(2).mean()) + 1e-12)
 
 
 class _DropoutOff:
