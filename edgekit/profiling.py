@@ -268,13 +268,17 @@ def _one_sample_per_run(path, fixed: int) -> bool:
         return False
 
 
-def make_prepost(spec, raw_path=None):
+def make_prepost(spec, raw_path=None, where: str = "the manifest"):
     """A pre/post pipeline from a manifest's prepost spec (edgekit.prepost), with raw samples if given."""
     try:
         from .prepost import Pipeline
+        from .prepost.errors import PrepostError
     except ImportError as e:
         raise UsageError(f"--with-prepost needs edgekit.prepost, which is not available: {e}") from None
-    pipe = Pipeline.from_spec(spec)
+    try:
+        pipe = Pipeline.from_spec(spec)
+    except PrepostError as e:  # a folder written before compress checked its spec, or edited by hand
+        raise InputError(f"{where}: its prepost spec cannot run: {e}") from None
     raw = None
     if raw_path:
         rp = Path(raw_path)
@@ -317,7 +321,7 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
         if not prepost_specs:
             raise UsageError("--with-prepost: none of the artifacts has a prepost spec in its manifest.json")
         for label, spec in prepost_specs.items():
-            pipes[label] = make_prepost(spec, raw)
+            pipes[label] = make_prepost(spec, raw, str(Path(facts[label]["run"]) / "manifest.json"))
             # a pipeline without pre steps reads the model's input: time it on real ones when there are any
             pipes[label]["inputs"] = feeds[label] or _sample_inputs(paths[label], ins[label])
     runs = []

@@ -72,43 +72,6 @@ def label_notes(run, fp32: Artifact) -> list:
     return [note]
 
 
-def check_pre_fits(spec: dict, inputs: list, model: str) -> None:
-    """The declared pre-processing run once on its own example input: a resize to [1, 3, 16, 16] for a
-    model taking [N, 13] was accepted, bundled and flashed, and failed on the device for every input."""
-    if not spec.get("pre"):
-        return
-    from .prepost.pipeline import Pipeline
-
-    try:
-        pipe = Pipeline.from_spec(spec)
-        raw = pipe.example_input()
-        out = pipe.preprocess(raw) if raw is not None else None
-    except Exception:  # no example for these steps: the device runner's own checks remain
-        return
-    if out is None:
-        return
-    feeds = out if isinstance(out, dict) else {inputs[0].name: out}  # as the device runner feeds it
-    missing = [s.name for s in inputs if s.name not in feeds]
-    if missing:
-        # the device runner feeds the pre-processing's result to the model as its inputs: a model input it
-        # does not give can never be fed there (it was bundled, passed its self-test, and failed every run)
-        gives = f"arrays {sorted(map(str, out))}" if isinstance(out, dict) else "one array"
-        raise UsageError(f"--preprocess: the pre-processing gives {gives}, but {model} takes {len(inputs)} inputs "
-                         f"({', '.join(s.name for s in inputs)}); it cannot feed {', '.join(map(repr, missing))}. "
-                         "Declare pre-processing for a one-input model, or feed model inputs on the device")
-    for s in inputs:
-        arr = feeds.get(s.name)
-        if arr is None:
-            continue
-        arr = np.asarray(arr)
-        # a channel count follows the raw image (the example is grey), so 1 and 3 are not held against it
-        fixed_ok = all(isinstance(d, str) or d == a or a in (1, 3) for d, a in zip(s.shape[1:], arr.shape[1:]))
-        if arr.ndim != len(s.shape) or not fixed_ok:
-            want = shape_text(s.shape)
-            raise UsageError(f"--preprocess: the pre-processing gives {s.name!r} shape {list(arr.shape)}, but "
-                             f"{model} takes {want}")
-
-
 def check_post_fits(run, sample) -> None:
     """The declared post-processing run once on the FP32 model's real outputs: a spec that cannot work
     on them (top-k above the class count) would otherwise ship in every bundle and fail on the device."""
