@@ -51,7 +51,10 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
-    if run.ctx.source.task != "classification":
+    if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
+        note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "
+                f"{shape} by fidelity to FP32")
+    elif run.ctx.source.task != "classification":
         dims = list(first.get("shape") or [])
         one_value = len(dims) <= 1 or all(d == 1 for d in dims[1:])
         if str(first.get("dtype", "float32")).startswith(("int", "uint", "bool")):

@@ -144,3 +144,31 @@ def test_unknown_task_in_recipe_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="task 'regresion'"):
         from_dict({"model": "zoo:x", "output": str(tmp_path), "task": "regresion"})
+
+
+def test_labels_unused_note_names_the_task(mreg, tmp_path, capsys):
+    """With --task regression, labelled --eval is unused because of the task, not because the output
+    is 'not [N, C] class scores' (it is [N, 4])."""
+    rc = run_cli(["compress", str(mreg / "m.onnx"), "--calib", str(mreg / "train.npy"), "--eval",
+                  str(mreg / "eval_labelled.npz"), "--task", "regression", "--quantize", "none", "--no-profile",
+                  "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "--eval labels unused: --task regression" in err, err
+    assert "not [N, C] class scores" not in err
+
+
+def test_task_classification_checks_train_labels_before_pruning(tmp_path, capsys):
+    """prune applies --task before it checks --train's labels: a one-value output told to be a classifier
+    with labels 0/1 is refused up front, not in the middle of training."""
+    (tmp_path / "one.py").write_text("import torch.nn as nn\n\n\ndef build():\n"
+                                     "    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 1))\n")
+    x, _ = _data(120)
+    np.savez(tmp_path / "train.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    rc = run_cli(["prune", f"{tmp_path / 'one.py'}:build", "--calib", str(tmp_path / "train.npz"), "--train",
+                  str(tmp_path / "train.npz"), "--task", "classification", "--ratio", "0.3", "-o",
+                  str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "train.npz" in err and "internal error" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -62,7 +62,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     _seed(seed)
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
-                                seed=seed, preprocess=preprocess)
+                                seed=seed, preprocess=preprocess, task=task)
     settle_task(src, task, e, t)
     settings = {"teacher": teacher, "task": task or "auto", "student": student, "distill": vars(cfg), "seed": seed,
                 "preprocess": preprocess}

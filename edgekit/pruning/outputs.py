@@ -16,7 +16,7 @@ from ..source import student_provenance
 
 
 def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None, train=None, input_shape=None,
-         seed=0, preprocess=None):
+         seed=0, preprocess=None, task=None):
     """(SourceModel, calib, eval, train) as the compress pipeline reads them: the input shape learned from
     the data (image folders included), --preprocess (a JSON spec or file) as compress takes it, else the
     pixel scaling an image folder implies, recorded in
@@ -24,6 +24,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     from ..artifact import data_records
     from ..calibration import read_dataset
     from ..evaluate import check_training_labels
+    from ..loader import apply_task
     from ..pipeline import _read_prepost, check_data_paths, declare_prepost, imply_prepost, load_model
 
     declared = _read_prepost(preprocess) if preprocess else None  # a bad spec is refused before the model loads
@@ -31,6 +32,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     src, _ = load_model(model, (calib, eval_path, train), declared=declared, weights=weights,
                         trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
     declare_prepost(src, declared, model)
+    apply_task(src, task)  # before the --train labels are checked against the task
     for note in imply_prepost(src, calib, eval_path, train):
         print(f"edgekit: note: {note}", file=sys.stderr)
 
