@@ -59,9 +59,11 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     tol = Tolerance.parse(tolerance)
     tgt = _load_target(target)
     if preprocess:
-        from ..pipeline import _read_prepost
+        from ..pipeline import _prepost_where, _read_prepost, declare_prepost
 
-        src_model.preprocess = _read_prepost(preprocess)  # how an image folder becomes this model's input
+        # how an image folder becomes this model's input; run once on a sample, as compress does, since it
+        # ships in the manifest and a step that cannot run would fail on the device for every input
+        declare_prepost(src_model, _read_prepost(preprocess), model, where=_prepost_where(preprocess))
     before = src_model.preprocess
     src_model.preprocess = with_implied_prepost(src_model.preprocess, src_model.inputs, calib, eval_path)
     if src_model.preprocess != before:
