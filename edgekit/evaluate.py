@@ -127,17 +127,30 @@ def mean_r2_fidelity(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean([r2_fidelity(a[:, k], b[:, k]) for k in range(b.shape[1])])) if b.shape[1] else 1.0
 
 
+def r2_progress(out: np.ndarray, ref: np.ndarray) -> float:
+    """The mean over targets of each target's R^2 to the reference, NOT clipped: what training monitors
+    beside an R^2-scored metric, which sits at its floor 0.0 while a fresh student is still worse than the
+    mean on every target (the loss fell 10.43 -> 9.59 while 'r2' read 0.0, and early stopping kept epoch 0)."""
+    a = out.reshape(len(out), -1).astype(np.float64)
+    b = ref.reshape(len(ref), -1).astype(np.float64)
+    return float(np.mean([_r2(a[:, k], b[:, k]) for k in range(b.shape[1])])) if b.shape[1] else 1.0
+
+
 def r2_fidelity(got: np.ndarray, ref: np.ndarray) -> float:
     """One value per sample (a regression): the coefficient of determination of the reference by the
     variant, clipped to [0, 1]. A per-sample cosine would only see the sign, a cosine over the column
     not the scale (half the output would score 1.0); this sees both, and offsets too."""
+    return float(min(1.0, max(0.0, _r2(got, ref))))
+
+
+def _r2(got: np.ndarray, ref: np.ndarray) -> float:
     sse = float(np.sum((got - ref) ** 2))
     sst = float(np.sum((ref - ref.mean()) ** 2))
     if sst == 0.0:  # a constant reference: exact, or judged against its own magnitude
         sst = float(np.sum(ref ** 2))
         if sst == 0.0:
             return 1.0 if sse == 0.0 else 0.0
-    return float(min(1.0, max(0.0, 1.0 - sse / sst)))
+    return 1.0 - sse / sst
 
 
 # ops whose result for one sample depends on the others in its batch: dynamic quantization takes one

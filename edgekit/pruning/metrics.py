@@ -60,6 +60,19 @@ class TorchMetric:
             return score([out], self.task, self.data.labels)
         return score([out], self.task, None, [self.reference])
 
+    def progress(self, out: np.ndarray) -> float | None:
+        """For an R^2-scored output (task regression, or one value per sample), the unclipped mean R^2 to
+        the reference: the metric is clipped to [0, 1] and reads 0.0 for every epoch that is still worse
+        than the mean, so early stopping needs this to see training move. None otherwise."""
+        if self.labelled or self.reference is None or self.task in ("classification", "embedding"):
+            return None
+        ref = np.asarray(self.reference)
+        if ref.dtype.kind != "f" or (self.task != "regression" and int(np.prod(ref.shape[1:])) != 1):
+            return None
+        from ..evaluate import r2_progress
+
+        return r2_progress(np.asarray(out), ref)
+
     def agreement(self, out: np.ndarray) -> float | None:
         """Top-1 agreement (classifiers) or mean cosine (others) with the reference outputs."""
         if self.reference is None:

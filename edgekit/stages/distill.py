@@ -14,6 +14,7 @@ restored, seeded.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import numpy as np
@@ -97,6 +98,9 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     def evaluate(ep, loss):
         out = metric.outputs(student)
         rec = {"epoch": ep, "loss": loss, "metric": metric(student, out), "agreement": metric.agreement(out)}
+        progress = metric.progress(out)
+        if progress is not None:
+            rec["r2_unclipped"] = progress
         if heads:
             from ..evaluate import output_fidelity
 
@@ -162,7 +166,11 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
         dropout.restore()
     student.load_state_dict(best_state)
     student.eval()
-    info = {"history": history, "metric": metric.name, "best_epoch": best["epoch"], "best_metric": best["metric"],
+    notes = _untrained_notes(best, history, metric.name, cfg.epochs, evalset.source)
+    for note in notes:  # the student may ship as it was: said where it happens, for every command
+        print(f"edgekit: note: {note}", file=sys.stderr)
+    info = {"notes": notes, "history": history, "metric": metric.name, "best_epoch": best["epoch"],
+            "best_metric": best["metric"],
             "epochs_run": history[-1]["epoch"], "teacher_metric": _teacher_metric(metric, teacher),
             "train": {"n": len(train), "labelled": bool(use_labels), "source": train.source},
             # early stopping and the best epoch are chosen on this set, so it is not --eval when the
@@ -241,7 +249,27 @@ def better_epoch(rec, than, tolerance) -> bool:
         return a[0]
     if abs(a[1] - b[1]) > 1e-6:
         return a[1] > b[1]
-    return a[2] > b[2] + 1e-6
+    # an R^2 metric clipped at 0 is flat while the student is still worse than the mean: the unclipped
+    # R^2 sees it improve (a fresh student stopped after `patience` epochs and shipped untrained)
+    if abs(a[2] - b[2]) > 1e-6:
+        return a[2] > b[2]
+    p, q = rec.get("r2_unclipped"), than.get("r2_unclipped")
+    return p is not None and q is not None and p > q + 1e-6
+
+
+def _untrained_notes(best, history, metric_name, epochs, where) -> list:
+    """Say so when the model handed back is the student before any training, or scores at the floor of
+    a clipped metric (r2 0.0000 reads like a result, and is only 'no better than the mean')."""
+    notes = []
+    ran = history[-1]["epoch"]
+    if ran and best["epoch"] == 0 and best["metric"] < 1.0 - 1e-6:  # at 1.0 nothing could beat it
+        notes.append(f"distillation: no trained epoch beat the student before training ({metric_name} "
+                     f"{best['metric']:.4f} on {where}), so it is kept as it was; {ran} of {epochs} epochs ran")
+    if metric_name in ("r2", "fidelity") and best.get("r2_unclipped") is not None and best["metric"] <= 0.0:
+        notes.append(f"distillation: the kept epoch's {metric_name} on {where} is {best['metric']:.4f}, the floor "
+                     "of the clipped R^2: the student is no better than predicting the mean (unclipped mean R^2 "
+                     f"{best['r2_unclipped']:.4g}); try more --epochs or a higher --lr")
+    return notes
 
 
 def _other_heads(outs, n: int) -> list:
