@@ -337,8 +337,14 @@ def load_recipe(path, *, notes: bool = True) -> dict:
     if d.pop("trust_pickle", False) and notes:
         print(f"edgekit: note: {p}: recipe's trust_pickle ignored: pass --trust-pickle to load pickled weights",
               file=sys.stderr)
-    # validate now so the error names the file
-    from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
+    # validate now so the error names the file: a value's own check (task, quantize.mode, prune.method...)
+    # runs in the config class, which does not know the file
+    try:
+        from_dict({"model": d.get("model", "?"), "output": d.get("output", "?"), **d}, where=str(p))
+    except ConfigError as e:
+        if str(e).startswith(f"{p}:") or str(e).startswith(f"{p} ["):
+            raise
+        raise ConfigError(f"{p}: {e}") from None
     _check_inline_prepost(d.get("preprocess"), p)
     return d
 
