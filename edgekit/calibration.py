@@ -227,20 +227,23 @@ def _fmt_shape(shape) -> str:
 
 
 def _check_labels(where: str, y, n: int):
+    """(class indices as int64, None) or, for a 'y' that holds no class indices (float targets, several
+    columns), (None, the one-line reason): whether that is an error depends on the task, applied after the
+    data is read (loader.check_label_kind), since a regression's labels are unused."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise CalibrationError(f"{where}: labels '{LABEL_KEY}' must be 1-D class indices, got shape {y.shape}")
     if len(y) != n:
         raise CalibrationError(f"{where}: {len(y)} labels in '{LABEL_KEY}' for {n} samples")
+    if y.ndim != 1:
+        return None, f"{where}: labels '{LABEL_KEY}' must be 1-D class indices, got shape {y.shape}"
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise CalibrationError(f"{where}: labels '{LABEL_KEY}' must be integer class indices")
+            return None, f"{where}: labels '{LABEL_KEY}' must be integer class indices"
     elif y.dtype.kind not in "iu":
-        raise CalibrationError(f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers")
+        return None, f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers"
     _check_int64(where, y)
-    return y.astype(np.int64)
+    return y.astype(np.int64), None
 
 
 def _check_int64(where: str, y: np.ndarray):
@@ -283,13 +286,13 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
     n = next(iter(lens.values()))
     if n == 0:
         raise CalibrationError(f"{where}: contains no samples")
-    y = _check_labels(where, labels, n) if labels is not None else None
+    y, problem = _check_labels(where, labels, n) if labels is not None else (None, None)
     if limit is not None and limit < n:
         checked = {k: (a.head(limit) if isinstance(a, LazyArray) else a[:limit]) for k, a in checked.items()}
         y = None if y is None else y[:limit]
     # keep the model's input order, so positional feeds line up
     order = [s.name for s in specs] if specs else list(checked)
-    return Dataset({k: checked[k] for k in order}, y, source, dict(extra or {}))
+    return Dataset({k: checked[k] for k in order}, y, source, dict(extra or {}), label_problem=problem)
 
 
 # --------------------------------------------------------------------------------------------- readers

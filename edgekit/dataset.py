@@ -18,6 +18,9 @@ class Dataset:
     labels: np.ndarray | None = None
     source: str = ""
     extra: dict = field(default_factory=dict)  # e.g. raw sentences, for reports
+    # why the file's labels 'y' are not class indices (float targets, several columns), labels then None:
+    # refused for a classifier once the task is known, unused otherwise
+    label_problem: str | None = None
 
     def __post_init__(self):
         lens = {k: len(v) for k, v in self.inputs.items()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import sys
 from pathlib import Path
 
@@ -163,7 +164,13 @@ def apply_task(src: SourceModel, task: str | None) -> SourceModel:
 
 def guessed_task_note(src: SourceModel, *datasets) -> str | None:
     """The one-line note for a guessed classifier that no integer labels confirm (labels 'y' are class
-    indices; float ones are refused when read), else None."""
+    indices; float ones are refused when read), else None. Every command calls it once its data is read
+    (after the labels' own checks, which name their file), so it also refuses a --task classification
+    that the first output cannot carry."""
+    check_class_columns(src, *datasets)
+    unused = check_label_kind(src, *datasets)
+    if unused:
+        return unused
     if src.task_given or src.task != "classification":
         return None
     if any(d is not None and d.labels is not None for d in datasets):
@@ -171,6 +178,61 @@ def guessed_task_note(src: SourceModel, *datasets) -> str | None:
     return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores (top-1 agreement, "
             "softmax distillation) since no labels confirm it; if it is C regression targets pass --task "
             "regression (or --task embedding for a feature vector)")
+
+
+def check_label_kind(src: SourceModel, *datasets) -> str | None:
+    """Labels 'y' that are not class indices (float regression targets, several columns per sample) are
+    refused for a classifier, with the reason read_dataset found; for any other task they are unused, as
+    integer labels are: the note saying so, else None."""
+    bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
+    if not bad:
+        return None
+    if src.task == "classification":
+        from .errors import CalibrationError
+
+        raise CalibrationError(bad[0].label_problem)
+    files = ", ".join(d.source or "the data" for d in bad)
+    how = f"--task {src.task} scores" if src.task_given else "its first output is not class scores, so edgekit scores"
+    return (f"{files}: labels 'y' unused: {how} the model's output {src.outputs[0]!r} by fidelity to FP32 (the "
+            "labels hold no class indices)")
+
+
+def check_class_columns(src: SourceModel, *datasets) -> None:
+    """--task classification on a first output of one value per sample ([N], [N, 1]) is refused: argmax
+    over one column never moves, so every variant scored top-1 agreement 1.0000 and the softmax
+    distillation had no gradient (a pruned model reported 1.0000 with an R^2 to FP32 of 0.416)."""
+    if not src.task_given or src.task != "classification":
+        return
+    shape = first_output_shape(src, next((d for d in datasets if d is not None and len(d)), None))
+    if shape is None or not all(isinstance(d, int) for d in shape[1:]):
+        return  # unknown or symbolic: the labels' own check still holds it to C >= 2
+    columns = math.prod(shape[1:]) if len(shape) > 1 else 1
+    if columns < 2:
+        raise InputError(f"--task classification: {src.spec}'s first output {src.outputs[0]!r} is "
+                         f"[{', '.join(['N', *map(str, shape[1:])])}], one value per sample; class scores need "
+                         "[N, C] with C >= 2 (argmax over one column never moves); pass --task regression")
+
+
+def first_output_shape(src: SourceModel, data=None) -> list | None:
+    """The first output's shape (leading dim as given): from the graph for ONNX, from one forward pass on
+    two samples (zeros of the input specs without data) for PyTorch; None when it cannot be told."""
+    if src.kind == "onnx":
+        import onnx
+
+        graph = onnx.load(src.onnx_path, load_external_data=False).graph
+        if not graph.output or not graph.output[0].type.tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                for d in graph.output[0].type.tensor_type.shape.dim]
+    try:
+        import torch
+
+        from .pruning.graph import example_inputs, first_tensor
+
+        with torch.no_grad():
+            return list(first_tensor(src.module(*example_inputs(src, data))).shape)
+    except Exception:  # a model zeros cannot run: nothing learned, the labels' check still applies
+        return None
 
 
 QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
