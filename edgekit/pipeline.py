@@ -445,7 +445,7 @@ def check_data_paths(paths) -> None:
 # ---------------------------------------------------------------- entry points
 
 def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
-    if cfg.distill.student and cfg.prune.enabled:  # refused before the model loads (the stage imports torch)
+    if cfg.distill.student:  # its refusals come before the model loads (the stage imports torch)
         from .stages.prune import check_settings
 
         check_settings(cfg.prune, cfg.distill)

@@ -57,6 +57,12 @@ def check_settings(prune: PruneConfig, distill: DistillConfig) -> None:
                          "--student trains another model in its place; edgekit does not do both in one run: drop "
                          "--student to prune (and distil) the source model, or drop --prune to distil into the "
                          "student (to prune the student, run edgekit prune on it afterwards)")
+    # a --student starts untrained and distillation is its only training: running it anyway would ship a
+    # distilled model under records saying distillation was off, skipping it would ship random weights
+    if distill.student and distill.enabled is False:
+        raise UsageError(f"--student {distill.student} with --no-distill (distill.enabled = false): a --student "
+                         "model is trained only by distillation; drop --no-distill to distil into it, or drop "
+                         "--student to compress the source model")
 
 
 def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:

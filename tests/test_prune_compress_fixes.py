@@ -1,0 +1,68 @@
+"""Pruning / compress fixes (sweep32): --student with --no-distill is refused instead of distilling under
+records saying it did not (F6); every step of --steps N keeps channel counts rounded to the channel multiple,
+as one step does (F8); artifacts report PyTorch's parameter count, BatchNorm included (F7)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from edgekit.errors import UsageError
+from edgekit.pruning import graph, importance
+from tests.cliutil import run_cli
+
+
+class CNN(nn.Module):  # the tester's digits CNN: conv -> BN twice, then a Linear
+    def __init__(self, c1=16, c2=32):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(c1)
+        self.c2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(c2)
+        self.fc = nn.Linear(c2 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = nn.functional.max_pool2d(torch.relu(self.b2(self.c2(x))), 2)
+        x = nn.functional.adaptive_avg_pool2d(x, 2)
+        return self.fc(x.flatten(1))
+
+
+def test_compress_refuses_a_student_with_no_distill_before_loading_the_model(tmp_path, capsys):
+    # before: the student was distilled for up to 30 epochs and shipped (accuracy 0.9179) while the manifest,
+    # report.md and compress.toml said distillation was off; the model file here does not even exist
+    out = tmp_path / "out"
+    rc = run_cli(["compress", str(tmp_path / "nosuch.py") + ":build", "--student", "s.py:student", "--no-distill",
+                  "--quantize", "none", "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    msg = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(msg) == 1 and "--student s.py:student with --no-distill" in msg[0], err
+    assert not out.exists()
+
+
+def test_the_api_refuses_a_student_with_distill_disabled(tmp_path):
+    import edgekit
+
+    with pytest.raises(UsageError, match=r"--student s\.py:student with --no-distill .*drop --no-distill"):
+        edgekit.compress(str(tmp_path / "nosuch.py") + ":build", output=str(tmp_path / "out"),
+                         distill={"student": "s.py:student", "enabled": False})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_every_step_keeps_a_multiple_of_round_to(steps):
+    # before: ratio 0.6 in 2 or 3 steps kept 12 of c2's 32 channels (20 after step 2 of 3) with round_to 8,
+    # while one step kept 16; now each step rounds against the original width as one step does
+    torch.manual_seed(0)
+    model = CNN().eval()
+    x = torch.randn(2, 1, 8, 8)
+    plan = graph.make_plan(model, (x,))
+    imp, _ = importance.make("l1", model)
+    pruner = graph.make_pruner(model, (x,), plan, imp, ratio=0.6, round_to=graph.DEFAULT_MULTIPLE, steps=steps)
+    widths = []
+    for _ in range(steps):
+        graph.step(pruner, plan)
+        widths.append(model.c2.out_channels)
+    assert all(w % 8 == 0 for w in widths), widths
+    assert widths[-1] == 16 and widths == sorted(widths, reverse=True), widths
