@@ -289,6 +289,12 @@ def rounded_keep(current: int, n_pruned: int, multiple: int) -> int:
         step = max(1, step // 2)
 
 
+def _keep_of_first(first: int, current: int, n_pruned: int, multiple: int) -> int:
+    """rounded_keep for a layer `first` channels wide before any step and `current` now: the kept count
+    is rounded as a cut from `first`, and never above `current` (a step does not grow a layer)."""
+    return min(rounded_keep(first, first - (current - n_pruned), multiple), current)
+
+
 def _pruner_class():
     import torch_pruning as tp
 
@@ -302,18 +308,37 @@ def _pruner_class():
             self.__dict__.setdefault("_edgekit_ch_groups", {})[group[0].dep.target.module] = n
             return n
 
+        # With --steps N a later step cuts an already narrower layer: rounding its share of that width
+        # lets the multiple be halved (12 of 32 channels with round_to 8), so every step rounds the
+        # count it keeps against the layer's original width, as one step at that ratio would.
         def _round_to(self, n_pruned, current_channels, round_to):
             module = getattr(self, "_edgekit_last_module", None)
             g = max(int(self.__dict__.get("_edgekit_ch_groups", {}).get(module, 1)), 1)
             current = int(current_channels)
-            if g > 1 and current % g == 0:
-                per, multiple = current // g, int(round_to or 1)
+            first = max(int(self.__dict__.get("_edgekit_widths", {}).get(getattr(self, "_edgekit_last_query", None))
+                            or current), current)
+            if g > 1 and current % g == 0 and first % g == 0:
+                per, first, multiple = current // g, first // g, int(round_to or 1)
                 step = multiple // math.gcd(multiple, g)
                 step = StrictMultiple(step) if isinstance(round_to, StrictMultiple) else step
-                return per - rounded_keep(per, int(n_pruned), step)
-            return current - rounded_keep(current, int(n_pruned), round_to)
+                return per - _keep_of_first(first, per, int(n_pruned), step)
+            return current - _keep_of_first(first, current, int(n_pruned), round_to)
 
     return Pruner
+
+
+def _remember_widths(pruner) -> None:
+    """Every layer's widths before any step, keyed as _remember_channel_queries notes a query."""
+    dg, widths = pruner.DG, {}
+    for module in list(getattr(dg, "module2node", {})):
+        for name in ("get_out_channels", "get_in_channels"):
+            try:
+                w = getattr(dg, name)(module)
+            except Exception:  # a node Torch-Pruning cannot size (a functional op): never rounded either
+                continue
+            if isinstance(w, int):
+                widths[(name, module)] = w
+    pruner._edgekit_widths = widths
 
 
 def _remember_channel_queries(pruner) -> None:
@@ -322,8 +347,9 @@ def _remember_channel_queries(pruner) -> None:
     for name in ("get_out_channels", "get_in_channels"):
         fn = getattr(dg, name)
 
-        def ask(module, _fn=fn):
+        def ask(module, _fn=fn, _name=name):
             pruner._edgekit_last_module = module
+            pruner._edgekit_last_query = (_name, module)
             return _fn(module)
 
         setattr(dg, name, ask)
@@ -403,6 +429,7 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
     except Exception as e:
         raise EdgekitError(f"building the pruning dependency graph failed: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    _remember_widths(pruner)
     _remember_channel_queries(pruner)
     pruner.ignored_layers += _block_frozen(pruner.DG, pruner.ignored_layers, plan.frozen)
     add, why = mismatched_groups(pruner.DG, pruner.ignored_layers)
