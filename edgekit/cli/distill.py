@@ -12,7 +12,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict for a file.py:factory teacher.")
 @click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model.")
 @click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights) or a "
-              "pruned.pt written by `edgekit prune` for the same teacher.")
+              "pruned.pt written by `edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
 @click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy; "
               "without labels, agreement with the teacher).")
@@ -54,11 +54,18 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     from ..stages import distill as stage
     from .compress import _shape
 
+    if epochs == 0 and not student.endswith((".pt", ".pth")):
+        # a fresh factory's random weights would ship as model.distilled.onnx
+        from ..errors import UsageError
+
+        raise UsageError(f"--epochs 0 with --student {student}: a fresh student would ship its random initial "
+                         "weights; give --epochs 1 or more (or a pruned.pt student)")
     if feature_layers and feature_weight <= 0:
         feature_weight = 1.0
     cfg = DistillConfig(enabled=True, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                         alpha=alpha, schedule=schedule, patience=patience, feature_layers=tuple(feature_layers),
                         feature_weight=feature_weight, student=student)
+    stage.check_finite_settings(cfg)  # before the teacher loads; the manifest must not hold a bare NaN
     _seed(seed)
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
@@ -73,7 +80,8 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
         params = graph.count(module, example)[1]
         module, info = stage.run(src.module, module, ctx, cfg)
         info.update({"student": student, "params_student": params, "params_teacher": graph.count(src.module, example)[1]})
-        spec = src.spec if student.endswith((".pt", ".pth")) else student
+        # the architecture the result holds: a pruned.pt's own base, which may not be the teacher's
+        spec = stage.student_base_spec(student, src) if student.endswith((".pt", ".pth")) else student
         return module, "distilled", "distill", info, outputs.save_weights(module, spec, {"kind": "distilled"})
 
     man, files = outputs.run_in_dir(output, overwrite, src, c, e, t, outputs.targets(()), seed, work,

@@ -112,7 +112,16 @@ def save_weights(module, spec: str, meta: dict):
     from . import serialize
 
     def write(staging: Path, _module=None):
-        serialize.save(module, staging / "pruned.pt", spec=spec, meta=meta)
+        serialize.save(module, staging / "pruned.pt", spec=absolute_spec(spec), meta=meta)
         return ["pruned.pt"]
 
     return write
+
+
+def absolute_spec(spec: str) -> str:
+    """file.py:factory with the file's absolute path: pruned.pt is used from other folders (`--student
+    out/p1/pruned.pt`), where the path as typed named no file. Other specs (zoo:NAME) unchanged."""
+    path, _, factory = (spec or "").rpartition(":")
+    if factory and path.endswith(".py") and Path(path).is_file():
+        return f"{Path(path).resolve()}:{factory}"
+    return spec

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -56,6 +57,7 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     from ..pruning.metrics import predict
 
     t0 = time.perf_counter()
+    check_finite_settings(cfg)
     names = [s.name for s in ctx.source.inputs]
     task = ctx.source.task
     train = ctx.train if ctx.train is not None and len(ctx.train) else ctx.calib
@@ -151,6 +153,11 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
                 opt.step()
                 sched.step()
                 losses.append(loss.item())
+            diverged = _divergence(losses, student, ep)
+            if diverged:
+                # NaN weights answer one class and could still beat a fresh student's eval score
+                history.append({"epoch": ep, "loss": None, "diverged": diverged})
+                break
             rec = evaluate(ep, float(np.mean(losses)))
             history.append(rec)
             bar.update(ep, f"loss {rec['loss']:.4f} {metric.name} {rec['metric']:.4f}")
@@ -257,11 +264,39 @@ def better_epoch(rec, than, tolerance) -> bool:
     return p is not None and q is not None and p > q + 1e-6
 
 
+def check_finite_settings(cfg: DistillConfig):
+    """Refuse NaN/inf numbers: 'nan > 0' is False, so the config's range checks let a NaN temperature
+    through, every weight became NaN, and the manifest held a bare NaN (not JSON)."""
+    for key in ("lr", "temperature", "alpha", "feature_weight", "weight_decay"):
+        v = getattr(cfg, key)
+        if v is not None and not np.isfinite(v):
+            raise InputError(f"distill.{key} {v}: must be a finite number")
+
+
+def _divergence(losses, student, ep: int) -> str | None:
+    """Why epoch `ep` diverged (a non-finite loss or weight), else None."""
+    import torch
+
+    if not np.all(np.isfinite(losses)):
+        return f"epoch {ep}'s training loss is not finite"
+    bad = [n for n, p in student.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        return f"after epoch {ep} the student's {bad[0]} holds non-finite values"
+    return None
+
+
 def _untrained_notes(best, history, metric_name, epochs, where) -> list:
     """Say so when the model handed back is the student before any training, or scores at the floor of
     a clipped metric (r2 0.0000 reads like a result, and is only 'no better than the mean')."""
     notes = []
     ran = history[-1]["epoch"]
+    if history[-1].get("diverged"):
+        kept = "the student before training" if best["epoch"] == 0 else f"epoch {best['epoch']}"
+        notes.append(f"distillation diverged: {history[-1]['diverged']}; training stopped there and {kept} is "
+                     "kept (its weights are finite); try a lower --lr")
+    if not ran:
+        notes.append(f"distillation: 0 epochs ran (--epochs {epochs}), so the student is kept as it was loaded, "
+                     "untrained by this run")
     if ran and best["epoch"] == 0 and best["metric"] < 1.0 - 1e-6:  # at 1.0 nothing could beat it
         notes.append(f"distillation: no trained epoch beat the student before training ({metric_name} "
                      f"{best['metric']:.4f} on {where}), so it is kept as it was; {ran} of {epochs} epochs ran")
@@ -448,31 +483,22 @@ class _Features:
 
 
 def load_student(spec: str, source, example=None, *, trust_pickle: bool = False):
-    """A student from `file.py:factory` (fresh weights) or from a pruned-model file written by `edgekit prune`."""
+    """A student from `file.py:factory` (fresh weights) or from a pruned-model file written by `edgekit prune`
+    or `edgekit distill`, rebuilt on the architecture that file records."""
     import torch
 
     from ..pruning import serialize
 
     if spec.endswith((".pt", ".pth")):
         obj = serialize.read(spec)
-        base_spec = str(obj.get("spec", ""))
-        if base_spec != source.spec and ".py:" in base_spec:  # a distilled student of another architecture
-            from ..loader import _import_factory
-
-            path, _, factory = base_spec.rpartition(":")
-            base = _import_factory(path, factory)()
-        else:
-            base = copy.deepcopy(source.module)
+        base_spec = student_base_spec(spec, source, obj)
+        base = copy.deepcopy(source.module) if base_spec == source.spec else _call_factory(base_spec, f"--student {spec}")
         student = serialize.apply(base, obj, where=spec)
     else:
-        from ..loader import _import_factory
-
         path, _, factory = spec.rpartition(":")
         if not path.endswith(".py"):
             raise InputError(f"--student {spec!r}: expected file.py:factory or a pruned .pt file from `edgekit prune`")
-        student = _import_factory(path, factory)()
-        if not isinstance(student, torch.nn.Module):
-            raise InputError(f"--student {spec}: the factory returned {type(student).__name__}, not a torch.nn.Module")
+        student = _call_factory(spec, f"--student {spec}")
     from ..loader import bind_inputs
 
     # the teacher's data inputs reach the student's forward() parameters of the same names
@@ -491,6 +517,69 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
             raise InputError(f"--student {spec}: output shape {list(s_out.shape)} differs from the teacher's "
                              f"{list(t_out.shape)}")
     return student
+
+
+def _call_factory(spec: str, where: str):
+    """The module `file.py:factory` builds; a factory that raises or returns something else is one line
+    naming `where` (it was an internal error for a student, a one-line error for the same teacher)."""
+    import torch
+
+    from ..loader import _import_factory
+
+    path, _, factory = spec.rpartition(":")
+    fn = _import_factory(path, factory)
+    try:
+        module = fn()
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise InputError(f"{where}: calling the factory {spec} failed: {type(e).__name__}: {first}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(f"{where}: the factory returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def student_base_spec(pt: str, source, obj=None) -> str:
+    """The architecture a pruned.pt student is rebuilt on: source.spec when it records the teacher, else
+    its own file.py:factory, absolute. Another zoo/ONNX base cannot be rebuilt here: refused in one line."""
+    from ..pruning import serialize
+
+    obj = serialize.read(pt) if obj is None else obj
+    base = str(obj.get("spec", ""))
+    if not base or base == source.spec:
+        return source.spec
+    path, _, factory = base.rpartition(":")
+    if not (factory and path.endswith(".py")):
+        raise InputError(f"--student {pt}: it was made from {base}, not the teacher {source.spec}; only a "
+                         "file.py:factory base of another architecture can be rebuilt")
+    found = _base_file(pt, base)
+    tpath, _, tfactory = source.spec.rpartition(":")
+    if tfactory == factory and tpath.endswith(".py") and Path(tpath).resolve() == found:
+        return source.spec
+    return f"{found}:{factory}"
+
+
+def _base_file(pt: str, base: str) -> Path:
+    """The absolute file of a pruned.pt's recorded file.py:factory. Files written before the path was
+    recorded absolute hold it as typed: tried from the working folder, beside the pruned.pt, and as the
+    source_file its OUTDIR's manifest recorded for that spec."""
+    import json
+
+    path = base.rpartition(":")[0]
+    here = [Path(path)]
+    if not Path(path).is_absolute():
+        folder = Path(pt).resolve().parent
+        here.append(folder / path)
+        try:
+            src = json.loads((folder / "manifest.json").read_text()).get("source") or {}
+            here += [Path(r["source_file"]) for r in (src, src.get("student") or {})
+                     if r.get("spec") == base and r.get("source_file")]
+        except (OSError, ValueError, AttributeError):
+            pass  # no readable manifest beside it: the other places only
+    found = next((p for p in here if p.is_file()), None)
+    if found is None:
+        raise InputError(f"--student {pt}: its base model {base}: file not found (looked for "
+                         f"{', '.join(dict.fromkeys(str(p.resolve()) for p in here))})")
+    return found.resolve()
 
 
 def _same_outputs(student, raw, source, spec: str):
