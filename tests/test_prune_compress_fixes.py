@@ -66,3 +66,27 @@ def test_every_step_keeps_a_multiple_of_round_to(steps):
         widths.append(model.c2.out_channels)
     assert all(w % 8 == 0 for w in widths), widths
     assert widths[-1] == 16 and widths == sorted(widths, reverse=True), widths
+
+
+def test_an_exported_artifact_reports_pytorchs_parameter_count(tmp_path):
+    # before: model.fp32.onnx of this CNN said 6,090 params (BatchNorm folded into the convs) while the
+    # prune table, pruning.params_before and distill.json said 6,186, PyTorch's count
+    import numpy as np
+
+    from edgekit.dataset import Dataset
+    from edgekit.onnxutil import graph_facts
+    from edgekit.artifact import TensorSpec
+    from edgekit.source import SourceModel
+    from edgekit.stages.export import export_module
+
+    torch.manual_seed(0)
+    model = CNN().eval()
+    want = sum(p.numel() for p in model.parameters())
+    assert want == graph.count(model, (torch.randn(2, 1, 8, 8),))[1] == 6186
+    x = np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    src = SourceModel(spec="cnn.py:build", kind="torch", module=model, task="classification", outputs=["y"],
+                      inputs=[TensorSpec("x", ["batch", 1, 8, 8], "float32")],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    art = export_module(model, src, tmp_path / "model.fp32.onnx", data=Dataset({"x": x}), eval_data=Dataset({"x": x}))
+    assert graph_facts(tmp_path / "model.fp32.onnx")["params"] < want  # the folded file holds fewer elements
+    assert art.params == want

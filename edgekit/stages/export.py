@@ -95,11 +95,24 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
             _NOTED.add(notes[-1])
             print(f"edgekit: note: {notes[-1]}", file=sys.stderr)
     facts = graph_facts(dest)
-    art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=facts["params"],
+    # PyTorch's count, as every pruning table and distill.json give it: the file's own count differs where
+    # the exporter folds a BatchNorm into the conv before it (6,186 parameters -> 6,090 initializer elements)
+    art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=torch_parameter_count(module),
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify,
                    notes=notes)
     art.refresh_file_facts(dest.parent)
     return art
+
+
+def torch_parameter_count(module) -> int:
+    """Elements of the module's parameters as exported (a parametrization baked into one weight, not its
+    g and v), a tensor shared by several modules (a head tied to its embedding) counted once, as
+    tied_weights finds shared storage."""
+    sizes = {}
+    for _, p in without_parametrizations(module).named_parameters(remove_duplicate=False):
+        key = (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), tuple(p.stride()), p.dtype)
+        sizes[key] = p.numel()
+    return sum(sizes.values())
 
 
 def _raise_with_warnings(e: Exception, warned: list):
