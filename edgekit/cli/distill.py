@@ -70,7 +70,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
                                 seed=seed, preprocess=preprocess, task=task)
-    settle_task(src, task, e, t)
+    task_notes = settle_task(src, task, e, t)
     settings = {"teacher": teacher, "task": task or "auto", "student": student, "distill": vars(cfg), "seed": seed,
                 "preprocess": preprocess}
 
@@ -79,6 +79,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
         module = stage.load_student(student, src, example)
         params = graph.count(module, example)[1]
         module, info = stage.run(src.module, module, ctx, cfg)
+        info["notes"] = task_notes + list(info.get("notes") or [])  # printed already, kept in the record
         info.update({"student": student, "params_student": params, "params_teacher": graph.count(src.module, example)[1]})
         # the architecture the result holds: a pruned.pt's own base, which may not be the teacher's
         spec = stage.student_base_spec(student, src) if student.endswith((".pt", ".pth")) else student

@@ -72,14 +72,15 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
     _seed(seed)
     src, c, e, t = outputs.load(model, weights=weights, trust_pickle=trust_pickle, calib=calib, eval_path=eval_path,
                                 train=train, input_shape=shape, seed=seed, preprocess=preprocess, task=task)
-    settle_task(src, task, e, t)
+    task_notes = settle_task(src, task, e, t)
     settings = {"model": model, "task": task or "auto", "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed,
                 "preprocess": preprocess}
 
-    told = []
+    told = list(task_notes)
 
     def work(ctx):
         res = stage.run(src, ctx, pcfg, dcfg, distill_enabled=distill)
+        res.info["notes"] = task_notes + list(res.info.get("notes") or [])  # printed already, kept in the record
         told.extend(res.told)
         extra = outputs.save_weights(res.module, src.spec, {"kind": res.kind, "ratio": res.info.get("ratio")})
 

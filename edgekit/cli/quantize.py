@@ -71,12 +71,13 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
         if eval_path else None
-    settle_task(src_model, task, eval_ds)
+    task_notes = settle_task(src_model, task, eval_ds)  # printed already: recorded, not echoed again
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
     record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8",
                                     calib_size=calib_size)
     small = list(record_notes)
+    record_notes = task_notes + record_notes
     batch = fixed_batch(model)
     timing_ds = calib_ds if calib_ds is not None else eval_ds
     if batch and timing_ds is not None and len(timing_ds) < batch:
