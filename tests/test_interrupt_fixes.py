@@ -418,6 +418,7 @@ _IMPORT = """
 
     _exit_on_sigterm()
     print("ready", flush=True)
+    sys.stdin.readline()  # "go": every process starts its import at once, however slowly the others started
     import torch  # pybind11 calls back into Python while it loads: the handler ran inside that
     time.sleep(0.5)  # time for the held signal to come back
     print("finished", flush=True)
@@ -432,10 +433,18 @@ def test_sigterm_at_any_moment_of_torch_import_ends_the_run(tmp_path):
 
     (tmp_path / "s.py").write_text(textwrap.dedent(_IMPORT))
     delays = [0.3 * i for i in range(1, 11)]  # 0.3 .. 3.0 s: the whole import, on a slow or a fast host
-    procs = []
+    started = []
     for d in delays:
-        p = subprocess.Popen([sys.executable, str(tmp_path / "s.py")], stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen([sys.executable, str(tmp_path / "s.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
         assert p.stdout.readline().strip() == "ready"
+        started.append((d, p))
+    procs = []
+    # timed from each one's go, not from its start: on a loaded host the first had finished its import
+    # before the tenth had started, and its 0.3 s signal came after 'finished' (rc -15, 'finished')
+    for d, p in started:
+        p.stdin.write("go\n")
+        p.stdin.flush()
         procs.append((d, time.monotonic(), p))
     for d, t0, p in procs:
         time.sleep(max(0.0, t0 + d - time.monotonic()))
