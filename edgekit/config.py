@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -131,6 +132,12 @@ class DistillConfig:
     def __post_init__(self):
         if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"distill.schedule {self.schedule!r}{did_you_mean(self.schedule, LR_SCHEDULES)}")
+        # first: 'nan > 0' is False, so the range checks below let a NaN through (every weight became NaN,
+        # and the manifest held a bare NaN, not JSON)
+        for key in ("lr", "temperature", "alpha", "feature_weight", "weight_decay"):
+            v = getattr(self, key)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"distill.{key} {v}: must be a finite number")
         for key, ok, rule in (("lr", self.lr > 0, "> 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
                               ("weight_decay", self.weight_decay >= 0, ">= 0"), ("patience", self.patience >= 0, ">= 0")):
             if not ok:

@@ -122,18 +122,20 @@ def mean_r2_fidelity(out: np.ndarray, ref: np.ndarray) -> float:
     """C regression targets per sample: each target's R^2 (r2_fidelity, so clipped to [0, 1]) averaged
     over targets, so every target counts alike whatever its scale; a cosine per sample would miss a
     shrunken small-scale target beside a large one. One target: r2_fidelity itself."""
-    a = out.reshape(len(out), -1).astype(np.float64)
-    b = ref.reshape(len(ref), -1).astype(np.float64)
-    return float(np.mean([r2_fidelity(a[:, k], b[:, k]) for k in range(b.shape[1])])) if b.shape[1] else 1.0
+    return _mean_per_target(r2_fidelity, out, ref)
 
 
 def r2_progress(out: np.ndarray, ref: np.ndarray) -> float:
     """The mean over targets of each target's R^2 to the reference, NOT clipped: what training monitors
     beside an R^2-scored metric, which sits at its floor 0.0 while a fresh student is still worse than the
     mean on every target (the loss fell 10.43 -> 9.59 while 'r2' read 0.0, and early stopping kept epoch 0)."""
+    return _mean_per_target(_r2, out, ref)
+
+
+def _mean_per_target(r2, out: np.ndarray, ref: np.ndarray) -> float:
     a = out.reshape(len(out), -1).astype(np.float64)
     b = ref.reshape(len(ref), -1).astype(np.float64)
-    return float(np.mean([_r2(a[:, k], b[:, k]) for k in range(b.shape[1])])) if b.shape[1] else 1.0
+    return float(np.mean([r2(a[:, k], b[:, k]) for k in range(b.shape[1])])) if b.shape[1] else 1.0
 
 
 def r2_fidelity(got: np.ndarray, ref: np.ndarray) -> float:

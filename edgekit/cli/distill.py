@@ -65,7 +65,6 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     cfg = DistillConfig(enabled=True, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                         alpha=alpha, schedule=schedule, patience=patience, feature_layers=tuple(feature_layers),
                         feature_weight=feature_weight, student=student)
-    stage.check_finite_settings(cfg)  # before the teacher loads; the manifest must not hold a bare NaN
     _seed(seed)
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
