@@ -162,11 +162,12 @@ def apply_task(src: SourceModel, task: str | None) -> SourceModel:
     return src
 
 
-def guessed_task_note(src: SourceModel, *datasets) -> str | None:
+def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str | None:
     """The one-line note for a guessed classifier that no integer labels confirm (labels 'y' are class
     indices; float ones are refused when read), else None. Every command calls it once its data is read
     (after the labels' own checks, which name their file), so it also refuses a --task classification
-    that the first output cannot carry."""
+    that the first output cannot carry. distills: whether this command distils, so the note names only
+    what the guess changes here (quantize scores; it trains nothing)."""
     check_class_columns(src, *datasets)
     unused = check_label_kind(src, *datasets)
     if unused:
@@ -175,8 +176,9 @@ def guessed_task_note(src: SourceModel, *datasets) -> str | None:
         return None
     if any(d is not None and d.labels is not None for d in datasets):
         return None
-    return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores (top-1 agreement, "
-            "softmax distillation) since no labels confirm it; if it is C regression targets pass --task "
+    uses = "top-1 agreement, softmax distillation" if distills else "scored by top-1 agreement"
+    return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores ({uses}) since no "
+            "labels confirm it; if it is C regression targets pass --task "
             "regression (or --task embedding for a feature vector)")
 
 

@@ -69,7 +69,7 @@ def stage_load(run: Run):
     train = data(cfg.train, True) if cfg.train else src.train
     check_training_labels(src, train)
     given_eval = evalset  # before a slice of the calibration data stands in for it
-    notes = [n for n in [guessed_task_note(src, given_eval, train)] if n]
+    notes = [n for n in [guessed_task_note(src, given_eval, train, distills=cfg.distill_enabled)] if n]
     if evalset is None and calib is not None:
         from .quant.fidelity import MAX_EVAL
 

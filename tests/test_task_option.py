@@ -108,6 +108,7 @@ def test_quantize_auto_notes_guess_and_task_overrides(mreg, tmp_path, capsys):
     assert run_cli(["quantize", model, "--eval", ev, "--mode", "fp16", "-o", str(tmp_path / "auto")]) in (0, None)
     err = capsys.readouterr().err
     assert err.count("--task regression") == 1, err  # once per run, with the way out
+    assert "distillation" not in err, err  # quantize trains nothing: the note names only what the guess changes
     man = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert (man["source"]["task"], man["source"]["task_from"]) == ("classification", "output shape")
 

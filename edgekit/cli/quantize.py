@@ -71,7 +71,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
         if eval_path else None
-    task_notes = settle_task(src_model, task, eval_ds)  # printed already: recorded, not echoed again
+    task_notes = settle_task(src_model, task, eval_ds, distills=False)  # printed already: recorded, not echoed again
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
     record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8",
