@@ -50,6 +50,17 @@ def test_the_api_refuses_a_student_with_distill_disabled(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_compress_refuses_a_fresh_student_with_zero_distill_epochs(tmp_path):
+    # before: distill.epochs 0 with a --student factory was noted ('0 epochs ran') and the student's random
+    # initial weights shipped as model.distilled.onnx, while edgekit distill --epochs 0 refused it
+    import edgekit
+
+    with pytest.raises(UsageError, match=r"distill\.epochs 0 with --student s\.py:student: a fresh student"):
+        edgekit.compress(str(tmp_path / "nosuch.py") + ":build", output=str(tmp_path / "out"),
+                         distill={"student": "s.py:student", "epochs": 0})
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3])
 def test_every_step_keeps_a_multiple_of_round_to(steps):
     # before: ratio 0.6 in 2 or 3 steps kept 12 of c2's 32 channels (20 after step 2 of 3) with round_to 8,

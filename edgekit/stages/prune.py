@@ -63,6 +63,9 @@ def check_settings(prune: PruneConfig, distill: DistillConfig) -> None:
         raise UsageError(f"--student {distill.student} with --no-distill (distill.enabled = false): a --student "
                          "model is trained only by distillation; drop --no-distill to distil into it, or drop "
                          "--student to compress the source model")
+    if distill.student and distill.epochs == 0 and not str(distill.student).endswith((".pt", ".pth")):
+        raise UsageError(f"distill.epochs 0 with --student {distill.student}: a fresh student would ship its random "
+                         "initial weights; give distill.epochs 1 or more (or a pruned.pt student)")
 
 
 def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
