@@ -31,6 +31,7 @@ class Run:
     manifest: Manifest = field(default_factory=Manifest)
     ctx: RunContext | None = None
     torch_variant: tuple | None = None  # (module, kind) from the prune/distill stage
+    preprocess_where: str | None = None  # how errors name an inline spec a recipe holds (else _prepost_where)
 
     def record(self, name, status, reason="", seconds=0.0, **details):
         self.manifest.stages.append(StageRecord(name, status, reason, round(seconds, 3), details))
@@ -52,7 +53,7 @@ def stage_load(run: Run):
     check_data_paths((cfg.calib, cfg.eval, cfg.train))
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
-    declare_prepost(src, declared, cfg.model, where=_prepost_where(cfg.preprocess))
+    declare_prepost(src, declared, cfg.model, where=run.preprocess_where or _prepost_where(cfg.preprocess))
     apply_task(src, cfg.task)
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
@@ -444,7 +445,7 @@ def check_data_paths(paths) -> None:
 
 # ---------------------------------------------------------------- entry points
 
-def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
+def run_config(cfg: cfgmod.CompressConfig, *, preprocess_where: str | None = None) -> Manifest:
     if cfg.distill.student:  # its refusals come before the model loads (the stage imports torch)
         from .stages.prune import check_settings
 
@@ -452,7 +453,7 @@ def run_config(cfg: cfgmod.CompressConfig) -> Manifest:
     outdir = check_output(cfg.output, cfg.overwrite)
     staging = staging_dir(outdir)
     try:
-        run = Run(cfg, staging)
+        run = Run(cfg, staging, preprocess_where=preprocess_where)
         run.manifest.settings = effective_settings(cfg)
         run.manifest.versions = versions()
         run.manifest.host = host_info()
@@ -505,7 +506,16 @@ def compress(model: str, *, output: str, config: str | None = None, **settings) 
     tolerance: "1%" (relative, the default) or "0.5pt" (absolute points), as --tolerance takes it; a bare
     number is a percentage (1 means 1%), and one between 0 and 1 (0.01) is refused as ambiguous.
     """
-    return run_config(resolve(model, output=output, config=config, **settings))
+    cfg = resolve(model, output=output, config=config, **settings)
+    return run_config(cfg, preprocess_where=_recipe_prepost_where(cfg, config, settings))
+
+
+def _recipe_prepost_where(cfg, config, settings) -> str | None:
+    """A spec written into the recipe as JSON text is named by the recipe in errors found once the model is
+    loaded (they said '--preprocess', a flag the user never passed); None for any other spec."""
+    if not config or "preprocess" in settings or not cfg.preprocess:
+        return None
+    return None if _prepost_where(cfg.preprocess) != "--preprocess" else f"{config}: preprocess"
 
 
 def resolve(model: str, *, output: str, config: str | None = None, **settings):

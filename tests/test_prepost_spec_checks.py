@@ -176,3 +176,20 @@ def test_bad_inline_spec_in_recipe_names_the_recipe(cls, capsys):
     assert rc == 2 and err == [f"edgekit: error: {recipe}: preprocess: prepost.post[0] (softmax_topk): k: 0 must be "
                                ">= 1"], err
     assert not (cls / "out").exists()
+
+
+def test_inline_spec_in_recipe_that_does_not_fit_the_model_names_the_recipe(cls, capsys):
+    # valid on its own, found wrong only once the model is loaded: it said '--preprocess: ...', a flag the
+    # user never passed
+    recipe = cls / "fit.toml"
+    spec = json.dumps({"pre": [{"op": "resize_normalize", "size": [5, 5]}]})
+    recipe.write_text(f'model = "{cls / "cls.onnx"}"\noutput = "{cls / "out"}"\ncalib = "{cls / "calib.npy"}"\n'
+                      f'preprocess = {json.dumps(spec)}\n\n[quantize]\nmode = "none"\n\n[profile]\nenabled = false\n')
+    rc = run_cli(["compress", "--config", str(recipe)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"edgekit: error: {recipe}: preprocess: "), err
+    assert "[5, 5]" in err[0] or "5, 5" in err[0], err
+    assert not (cls / "out").exists()
+    # the same spec on the command line still names the flag
+    rc, err, _ = _compress(cls, "cls.onnx", "calib.npy", spec, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("edgekit: error: --preprocess: "), err
