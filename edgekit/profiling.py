@@ -306,6 +306,8 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
         raise UsageError(f"--min-seconds {min_seconds:g} is more than --max-seconds {max_seconds:g}; "
                          "timing stops at --max-seconds")
     tprofiles = load_targets(targets)  # two of one name would share one report section
+    if ssh is not None and any(t.address.startswith("ssh://") for t in tprofiles):
+        ssh.check_local_files()  # once, as flash does: per target it read as one "unavailable" per device
     paths, facts, prepost_specs = resolve_artifacts(artifacts)
     ins = {label: declared_inputs(path) for label, path in paths.items()}
     if inputs:

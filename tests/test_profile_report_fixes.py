@@ -241,3 +241,25 @@ def test_the_speed_gate_never_passes_on_emulated_timings(tmp_path, monkeypatch):
     monkeypatch.setattr(speed_gate, "measure", lambda *a, **k: fake)
     g = speed_gate.gate(fp32, q, load_target("x86-laptop"), feeds)["x86-laptop"]
     assert g["status"] == "emulated" and g["passed"] is False and "ratio" not in g
+
+
+def test_profile_refuses_an_unusable_identity_once_before_any_device(tmp_path, capsys):
+    """A public key given as --identity was found per ssh:// target, after the local work, and came back
+    as one 'unavailable' per device in the report; flash refuses it once, up front. Nothing listens on
+    the ports: no connection is tried."""
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=8)
+    targets = []
+    for port in (1, 2):
+        t = tmp_path / f"dev{port}.toml"
+        t.write_text(f'arch = "x86_64"\naddress = "ssh://u@127.0.0.1:{port}/d"\nthreads = 1\n'
+                     'providers = ["CPUExecutionProvider"]\n')
+        targets += ["-t", str(t)]
+    pub = tmp_path / "id.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDg0 me@host\n")
+    out = tmp_path / "p.json"
+    capsys.readouterr()
+    rc = _exit(["profile", chain, *targets, "--identity", str(pub), "--no-op-profile", "-o", str(out), *FAST])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2, err
+    assert len(err) == 1 and f"--identity: the identity file {pub} is a public key" in err[0], err
+    assert not out.exists()

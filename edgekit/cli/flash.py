@@ -36,22 +36,14 @@ def device_options(f):
 
 
 def resolve(devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python):
-    from ..errors import FlashError, InputError, UsageError
     from ..flash.devices import collect_devices
-    from ..flash.transport_ssh import SshOptions, identity_problem
+    from ..flash.transport_ssh import SshOptions
 
     devs = collect_devices(devices, devices_file, targets)
     ssh = SshOptions(identity=identity, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
                      remote_python=remote_python)
     if any(d.kind == "ssh" for d in devs):
-        # local files, checked once before any device: per device they read as N "cannot reach HOST" lines
-        why = identity_problem(identity) if identity else None
-        if why:
-            raise UsageError(f"--identity: {why}")
-        try:
-            ssh.host_keys()
-        except FlashError as e:
-            raise InputError(str(e).removeprefix("connect: ")) from None
+        ssh.check_local_files()
     return devs, ssh
 
 

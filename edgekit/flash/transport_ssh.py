@@ -92,6 +92,19 @@ class SshOptions:
             raise FlashError(str(got))
         return got
 
+    def check_local_files(self) -> None:
+        """The key and known_hosts files, checked once before any device: per device their problems read
+        as N "cannot reach HOST" lines. UsageError for --identity, InputError for known_hosts."""
+        from ..errors import InputError, UsageError
+
+        why = identity_problem(self.identity) if self.identity else None
+        if why:
+            raise UsageError(f"--identity: {why}")
+        try:
+            self.host_keys()
+        except FlashError as e:
+            raise InputError(str(e).removeprefix("connect: ")) from None
+
 
 def fingerprint(key) -> str:
     import hashlib
