@@ -20,19 +20,23 @@ def main_entry(cli, argv=None):
     # eval mode) says nothing about the user's model or edgekit's results
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
     _exit_on_sigterm()
+    _JSON_WRITTEN.clear()
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
+        _json_error(argv, "aborted", 130)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
+        _json_error(argv, e.format_message(), e.exit_code)
         sys.exit(e.exit_code)
     except EdgekitError as e:
-        _report_error(e)
+        _json_error(argv, _report_error(e), e.exit_code)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
+        _json_error(argv, "interrupted", 130)
         sys.exit(130)
     except Exception as e:  # a bug: short message, traceback only with --debug
         if _debug_requested(argv):
@@ -40,8 +44,11 @@ def main_entry(cli, argv=None):
         msg = _output_problem(e)
         if msg:
             click.echo(f"edgekit: error: {msg}", err=True)
+            _json_error(argv, msg, 1)
             sys.exit(1)
-        click.echo(f"edgekit: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        msg = f"internal error: {type(e).__name__}: {e}"
+        click.echo(f"edgekit: {msg} (rerun with --debug for the traceback)", err=True)
+        _json_error(argv, msg, 1)
         sys.exit(1)
     if isinstance(rv, int) and rv:
         sys.exit(rv)
@@ -83,19 +90,37 @@ def _debug_requested(argv) -> bool:
     return "--debug" in args or os.environ.get("EDGEKIT_DEBUG") == "1"
 
 
-def _report_error(e: EdgekitError) -> None:
+def _report_error(e: EdgekitError) -> str:
     if _debug_requested(None):
         import traceback
 
         traceback.print_exc()
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     click.echo(f"edgekit: error: {msg}", err=True)
+    return msg
+
+
+# set once a command printed its JSON document: a failing flash or devices status prints its per-device
+# results before exiting non-zero, and a second document would make stdout unparseable
+_JSON_WRITTEN: set = set()
+
+
+def _json_error(argv, message: str, code: int) -> None:
+    """With --json, a failure is a JSON document on stdout too ({"error", "exit_code"}): a script parsing
+    stdout got nothing from most commands on error, while flash and devices status printed their results."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--" in args:
+        args = args[:args.index("--")]
+    if "--json" not in args or _JSON_WRITTEN:
+        return
+    click.echo(json.dumps({"error": message, "exit_code": code}, indent=2))
 
 
 def echo_json(obj) -> None:
     from ..fsutil import _json_default
 
     click.echo(json.dumps(obj, indent=2, default=_json_default))
+    _JSON_WRITTEN.add(True)
 
 
 def json_option(f):
