@@ -34,19 +34,24 @@ def check_pre_fits(spec: dict, inputs: list, model: str, where: str = "--preproc
 
 
 def _channels(step):
-    """The channel count a resize_normalize step fixes (mean/std/pad_value with several values), else None:
-    with one value each, the channel count follows the raw image."""
+    """(channel counts a resize_normalize step allows, why) when it fixes them, else None: several
+    mean/std/pad_value values fix one count; swap_rb needs 3 or 4 (a grey model passed the check, then
+    every raw input failed on the device). With one value each and no swap, the raw image decides."""
     if step.op != "resize_normalize":
         return None
     n = max(np.size(step.params[k]) for k in ("mean", "std", "pad_value"))
-    return n if n > 1 else None
+    if n > 1:
+        return (n,), f"{n} channels: mean, std or pad_value has {n} values"
+    if step.params["swap_rb"]:
+        return (3, 4), f"{step.where}: swap_rb needs 3 or 4 channels"
+    return None
 
 
 def _sample(step, channels):
     """A small input for the first step: a 48x64 image (its shape does not matter, the output's size is
     fixed by the spec), else the op's own example."""
     if step.op == "resize_normalize":
-        c = channels or (3 if step.params["swap_rb"] else 1)
+        c = channels[0][0] if channels else 1
         return np.random.default_rng(0).integers(0, 256, (48, 64, c), dtype=np.uint8)
     return OPS[step.op].example(step.params)[0]
 
@@ -71,7 +76,7 @@ def _check_resize_shape(params, channels, inputs, model, where):
     """A resize's output shape is known from its parameters: refuse a mismatch before allocating it."""
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         return
-    (h, w), c = params["size"], channels or 1
+    (h, w), c = params["size"], channels[0][0] if channels else 1
     shape = [1, c, h, w] if params["layout"] == "NCHW" else [1, h, w, c]
     _compare(inputs[0], shape, model, where, channels)
 
@@ -94,12 +99,14 @@ def _check_feeds(out, inputs, model, where, channels):
 def _compare(spec_input, shape, model, where, channels):
     want = list(spec_input.shape)
     # with one mean/std value the channel count follows the raw image (the sample is grey), so 1 and 3 are
-    # not held against the model; several values fix it, and a 3-channel step can never feed a grey model
-    fixed_ok = all(isinstance(d, str) or d is None or d == a or (channels is None and a in (1, 3))
+    # not held against the model; several values fix it, and a 3-channel step can never feed a grey model.
+    # swap_rb's sample has 3 channels, and a 4-channel model takes 4-channel images
+    fixed_ok = all(isinstance(d, str) or d is None or d == a or (a in (1, 3) if channels is None else
+                                                                  a in channels[0] and d in channels[0])
                    for d, a in zip(want[1:], shape[1:]))
     if len(shape) == len(want) and fixed_ok:
         return
-    why = f" ({channels} channels: mean, std or pad_value has {channels} values)" if channels else ""
+    why = f" ({channels[1]})" if channels else ""
     dims = ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(want))
     raise PrepostError(f"{where}: the pre-processing gives {spec_input.name!r} shape {shape}{why}, but {model} "
                        f"takes [{dims}]")
