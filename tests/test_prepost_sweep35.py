@@ -9,7 +9,7 @@ import pytest
 
 from edgekit import prepost as pp
 from edgekit.artifact import TensorSpec
-from edgekit.prepost import PrepostError
+from edgekit.prepost import PrepostError, nms
 from edgekit.prepost.fit import check_pre_fits
 from tests.test_prepost_spec_checks import _classifier, _compress
 
@@ -46,3 +46,23 @@ def test_swap_rb_on_a_grey_nhwc_model_is_refused():
     with pytest.raises(PrepostError, match=r"^s\.json: .*swap_rb needs 3 or 4 channels\), but m\.onnx takes "
                                            r"\[N, 8, 8, 1\]$"):
         check_pre_fits(spec, [TensorSpec("x", ["N", 8, 8, 1], "float32")], "m.onnx", "s.json")
+
+
+# ---------------------------------------------------------------------------- F4: overflowing areas
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("side", [1e160, 1e200, -1e300])
+def test_nms_refuses_boxes_whose_area_overflows(backend, side):
+    # the area overflowed to inf, IoU was inf / inf = NaN, and a box identical to a kept one was kept too
+    b = np.array([[0, 0, side, side], [0, 0, side, side], [0, 0, 1, 1]], np.float64)
+    with pytest.raises(PrepostError, match=r"^boxes: coordinates beyond \+-1e\+150 \(largest \|value\| "
+                                           r".*\); their areas would overflow float64$"):
+        nms(b, np.array([0.9, 0.8, 0.7]), 0.5, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nms_at_the_largest_coordinates_still_drops_duplicates(backend):
+    s = 1e150
+    b = np.array([[0, 0, s, s], [0, 0, s, s], [-s, -s, s, s], [0, 0, 1, 1]], np.float64)
+    assert nms(b, np.array([0.9, 0.8, 0.75, 0.7]), 0.5, backend=backend).tolist() == [0, 2, 3]

@@ -17,6 +17,9 @@ from ._jit import call, kernel, resolve_backend
 from .errors import PrepostError
 
 _EMPTY = np.zeros(0, np.int64)
+# |corners| <= L keeps every IoU term finite (area <= 4 L^2, union <= 8 L^2 < float64's 1.8e308). Beyond it
+# an identical box's IoU was inf / inf = NaN, which never exceeds the threshold, so duplicates were kept
+MAX_COORD = 1e150
 BOX_FORMATS = ("cxcywh", "xywh")
 
 
@@ -46,6 +49,9 @@ def _prepare(boxes, scores, iou_threshold, max_detections, classes, score_thresh
     b = np.ascontiguousarray(b, np.float64)
     if not np.isfinite(b).all():
         raise PrepostError("boxes: contains NaN or infinite coordinates")
+    if b.size and np.abs(b).max() > MAX_COORD:
+        raise PrepostError(f"boxes: coordinates beyond +-{MAX_COORD:g} (largest |value| {np.abs(b).max():.3g}); "
+                           "their areas would overflow float64")
     if s.dtype.kind == "f" and np.isnan(s).any():
         raise PrepostError("scores: contains NaN")
     if score_threshold is not None:
@@ -187,7 +193,8 @@ def nms(boxes_xyxy, scores, iou_threshold: float = 0.5, max_detections: int | No
 
     boxes_xyxy: (N, 4) x1, y1, x2, y2; scores: (N,); a box is dropped when IoU > iou_threshold with a
     kept box (of the same class when `classes`, an (N,) integer array, is given). max_detections
-    caps the result; score_threshold drops boxes scoring below it first.
+    caps the result; score_threshold drops boxes scoring below it first. NaN, infinite or huge coordinates
+    (beyond +-MAX_COORD, 1e150, where areas overflow) raise PrepostError.
     """
     b, areas, order, cls, thr, max_det = _prepare(boxes_xyxy, scores, iou_threshold, max_detections, classes,
                                                   score_threshold)
