@@ -2,6 +2,8 @@
 compress refuses swap_rb for a grey model, softmax_topk's kernel is O(C log k) with unchanged results, and
 nms refuses boxes whose areas overflow."""
 import json
+import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from edgekit import prepost as pp
 from edgekit.artifact import TensorSpec
-from edgekit.prepost import PrepostError, nms
+from edgekit.prepost import PrepostError, nms, scores, softmax_topk
 from edgekit.prepost.fit import check_pre_fits
 from tests.test_prepost_spec_checks import _classifier, _compress
 
@@ -46,6 +48,82 @@ def test_swap_rb_on_a_grey_nhwc_model_is_refused():
     with pytest.raises(PrepostError, match=r"^s\.json: .*swap_rb needs 3 or 4 channels\), but m\.onnx takes "
                                            r"\[N, 8, 8, 1\]$"):
         check_pre_fits(spec, [TensorSpec("x", ["N", 8, 8, 1], "float32")], "m.onnx", "s.json")
+
+
+# ----------------------------------------------------------------------------- F3: top-k complexity
+
+
+class _Counted(np.ndarray):
+    writes = 0
+
+    def __setitem__(self, key, value):
+        _Counted.writes += 1
+        super().__setitem__(key, value)
+
+
+def _counting_numpy():
+    """numpy, except that np.empty hands out arrays counting their element writes."""
+    ns = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    ns.empty = lambda *a, **k: np.empty(*a, **k).view(_Counted)
+    return ns
+
+
+@pytest.mark.parametrize("kernel, dtype", [("_softmax_topk_kernel", np.float32),
+                                           ("_softmax_topk_f64_kernel", np.float64)])
+def test_topk_kernel_does_c_log_k_work(kernel, dtype):
+    """The kernels' own source run as Python, counting writes to their scratch arrays: keeping the top k by
+    insertion shifted up to k entries per logit (k * C: a full ranking of 50000 took 2.5 s, NumPy 20 ms)."""
+    f = getattr(scores, kernel)
+    g = types.FunctionType(f.__code__, {**f.__globals__, "np": _counting_numpy(), "prange": range}, f.__name__)
+    c, k = 1000, 500
+    x = np.arange(c, dtype=dtype)[None] / 100  # ascending: every logit enters the top k
+    probs, idx = np.empty((1, k), dtype), np.empty((1, k), np.int64)
+    _Counted.writes = 0
+    assert g(x, probs, idx)
+    assert idx[0].tolist() == list(range(c - 1, c - 1 - k, -1))
+    # heap: ~2 writes per level for each of C entries and k extractions; scratch of size C besides
+    assert _Counted.writes < 8 * c * math.log2(k), _Counted.writes
+
+
+def _check_topk(x, backend):
+    c = x.shape[1]
+    for k in sorted({1, 5, c // 3, c - 1, c}):
+        probs, idx = softmax_topk(x, k, backend=backend)
+        want = np.argsort(-x, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(idx, want), (x.shape, k)
+        e = np.exp(x.astype(np.float64) - x.max(1, keepdims=True))
+        ref = np.take_along_axis(e, want, 1) / e.sum(1, keepdims=True)
+        assert np.allclose(probs, ref, rtol=1e-5 if x.dtype == np.float32 else 1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_topk_matches_a_stable_sort_for_any_k(backend, dtype):
+    """Same indices as a stable sort of -x (ties: lower index first) for small, large and full k, on random,
+    ascending and tied rows and rows with -inf. A correctness check only: timings are in
+    benchmarks/prepost/RESULTS.md."""
+    rng = np.random.default_rng(0)
+    grid = rng.integers(-3, 4, (3, 700)).astype(float)
+    grid[rng.random(grid.shape) < 0.3] = -np.inf
+    grid[:, 5] = 4
+    for x in (rng.normal(size=(1, 5000)), np.sort(rng.normal(size=(1, 3000))), rng.integers(-3, 4, (3, 700)), grid):
+        _check_topk(x.astype(dtype), backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_topk_parallel_build_matches_a_stable_sort(dtype):
+    """64 x 600 logits run the parallel build (compiling it takes ~10 s on a busy host)."""
+    _check_topk(np.random.default_rng(1).normal(size=(64, 600)).astype(dtype), BACKENDS[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_topk_still_refuses_nan_and_inf_with_a_large_k(backend):
+    for bad in (np.nan, np.inf):
+        x = np.arange(50, dtype=np.float32)[None].copy()
+        x[0, 20] = bad
+        with pytest.raises(PrepostError, match="logits: contains NaN or \\+inf"):
+            softmax_topk(x, 40, backend=backend)
 
 
 # ---------------------------------------------------------------------------- F4: overflowing areas
