@@ -3,6 +3,10 @@ compress refuses swap_rb for a grey model, softmax_topk's kernel is O(C log k) w
 nms refuses boxes whose areas overflow."""
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -17,6 +21,92 @@ from tests.test_prepost_spec_checks import _classifier, _compress
 
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = ["numba", "numpy"] if pp.HAVE_NUMBA else ["numpy"]
+
+# ------------------------------------------------------------------------------ F1: warm-up in a bundle
+
+
+def _version(dev, name, spec):
+    """A version directory as flash leaves it (runner, edgekit/prepost, bundle.json; files at mtime 0)."""
+    v = dev / "versions" / name
+    shutil.copytree(REPO / "edgekit" / "prepost", v / "edgekit" / "prepost",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (v / "edgekit" / "__init__.py").write_text('"""edgekit subset shipped in a bundle: prepost only."""\n')
+    shutil.copyfile(REPO / "edgekit" / "runner" / "edgekit_runner.py", v / "edgekit_runner.py")
+    (v / "bundle.json").write_text(json.dumps({"model": "m.onnx", "prepost": spec}))
+    for p in v.rglob("*"):
+        os.utime(p, (0, 0))
+    (dev / "current").symlink_to(f"versions/{name}")
+    return v
+
+
+def _snapshot(d):
+    return {str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime) for p in sorted(d.rglob("*"))}
+
+
+def _env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "EDGEKIT_"))}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "home-cache"), PYTHONPATH="")
+    return env
+
+
+def _runner_cache_state(dev, env):
+    """What the runner's own `run` path finds: its cache dir and whether decode_boxes loaded from it."""
+    code = ("import json, sys, numpy as np; sys.path.insert(0, sys.argv[1]); import edgekit_runner as r\n"
+            "pipe = r.load_prepost(sys.argv[1], {'post': [{'op': 'decode_boxes'}]})\n"
+            "pipe.postprocess(np.array([[10, 20, 4, 6]], np.float32))\n"
+            "from edgekit.prepost import _jit\n"
+            "print(json.dumps(_jit.compile_info('decode_boxes')))\n")
+    r = subprocess.run([sys.executable, "-B", "-c", code, str(dev / "current")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not pp.HAVE_NUMBA, reason="numba is a required dependency of edgekit")
+def test_warmup_in_a_bundle_warms_the_runner_cache_and_leaves_the_version_intact(tmp_path):
+    # `python -m edgekit.prepost` inside a flashed version cached the kernels beside their source, in the
+    # verified directory (devices status: 'intact: no: edgekit/prepost/__pycache__'), and the next run
+    # compiled again in its own cache
+    dev = tmp_path / "dev"
+    v = _version(dev, "fp32-1111", {"post": [{"op": "decode_boxes"}]})
+    before = _snapshot(v)
+    env = _env(tmp_path)
+    # bytecode is Python's own, written on import before edgekit runs; a device warms up through the
+    # runner (below), which never writes it
+    r = subprocess.run([sys.executable, "-m", "edgekit.prepost", "--op", "decode_boxes"], cwd=dev / "current",
+                       env={**env, "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the runner's cache: backend numba"), r.stdout
+    assert _snapshot(v) == before
+    state = _runner_cache_state(dev, env)
+    assert state["cache"] == "hit", state
+    assert state["cache_path"].startswith(str(tmp_path / "home-cache" / "edgekit" / "numba"))
+
+
+@pytest.mark.skipif(not pp.HAVE_NUMBA, reason="numba is a required dependency of edgekit")
+def test_runner_warmup_compiles_the_bundles_steps_into_its_cache(tmp_path):
+    dev = tmp_path / "dev"
+    v = _version(dev, "fp32-2222", {"post": [{"op": "decode_boxes"}]})
+    before = _snapshot(v)
+    env = _env(tmp_path)
+    r = subprocess.run([sys.executable, str(dev / "current" / "edgekit_runner.py"), "warmup", "--bundle",
+                        str(dev / "current")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] == "ok" and out["steps"] == ["decode_boxes"] and out["backend"] == "numba"
+    assert out["kernels"]["decode_boxes"]["cache"] == "miss"
+    assert _snapshot(v) == before  # not even bytecode: the runner imports the package without writing it
+    assert _runner_cache_state(dev, env)["cache"] == "hit"
+
+
+def test_runner_warmup_without_steps_says_so(tmp_path):
+    dev = tmp_path / "dev"
+    _version(dev, "fp32-3333", {})
+    r = subprocess.run([sys.executable, str(dev / "current" / "edgekit_runner.py"), "warmup", "--bundle",
+                        str(dev / "current")], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["steps"] == [] and "nothing to warm up" in out["note"]
+
 
 # ------------------------------------------------------------------------ F2: swap_rb and a grey model
 

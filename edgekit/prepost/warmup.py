@@ -6,7 +6,8 @@ In-process, `warmup_all()` compiles each kernel (or loads it from Numba's on-dis
 its first call. `cold_and_warm()` runs that in two fresh processes sharing an empty cache
 directory: the first pays the full compile ("cold"), the second only loads ("warm"), so the two
 costs a device sees are reported separately. Self-contained (numpy + optional numba): it runs in
-a bundle on the device as well.
+a bundle on the device as well, where it hands over to `edgekit_runner.py warmup`, which warms the
+bundle's steps into the cache the runner's `run` uses, outside the verified version directory.
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def cold_and_warm(cache_dir: str | None = None, backend: str = "auto", ops=None,
     out = {}
     try:
         for label in ("cold", "warm"):
-            cmd = [sys.executable, "-m", "edgekit.prepost", "--json", "--backend", backend, *extra]
+            # -B: measuring writes nothing beside the source (in a bundle: the verified version directory)
+            cmd = [sys.executable, "-B", "-m", "edgekit.prepost", "--json", "--backend", backend, *extra]
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
             if r.returncode != 0:
                 tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -96,6 +98,39 @@ def cold_and_warm(cache_dir: str | None = None, backend: str = "auto", ops=None,
     return out
 
 
+def _bundle_root():
+    """The flashed version directory this package was shipped in (bundle.json and the runner beside the
+    edgekit folder), else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "bundle.json").is_file() and (root / "edgekit_runner.py").is_file() else None
+
+
+def _as_run_sees_it(root: Path) -> Path:
+    """DEVICE/current when it links to this version (`run --bundle current`, as documented), else the version
+    itself: Numba files its cache under the path the package was imported from, so a warm-up through the
+    real path was never found by a run through the link."""
+    link = root.parent.parent / "current"
+    try:
+        return link if link.is_symlink() and link.resolve() == root else root
+    except OSError:
+        return root
+
+
+def _runner_warmup(root: Path, ops) -> dict:
+    """`edgekit_runner.py warmup` of this bundle, in a fresh process: Numba, imported here already, caches
+    beside the source, inside the verified version directory (flash then calls the version damaged), and
+    `run` looks for the kernels in its own cache dir, which only the runner knows how to choose."""
+    cmd = [sys.executable, "-B", str(root / "edgekit_runner.py"), "warmup", "--bundle", str(_as_run_sees_it(root))]
+    cmd += [a for n in (ops or []) for a in ("--op", n)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    res = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if r.returncode != 0 or res.get("status") != "ok":
+        tail = res.get("reason") or ((r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"])[0]
+        raise PrepostError(f"{root / 'edgekit_runner.py'} warmup failed: {tail}")
+    return res
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -105,11 +140,19 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto", choices=_jit.BACKENDS)
     ap.add_argument("--op", action="append", choices=sorted(OPS), help="only this op (repeatable)")
     a = ap.parse_args(argv)
-    res = cold_and_warm(backend=a.backend, ops=a.op) if a.cold else warmup_all(a.backend, a.op)
+    if a.cold:
+        res = cold_and_warm(backend=a.backend, ops=a.op)
+        runs = res.items()
+    else:
+        bundle = _bundle_root()
+        handed = bundle is not None and not os.environ.get("NUMBA_CACHE_DIR") and \
+            _jit.resolve_backend(a.backend) == "numba"
+        res = _runner_warmup(bundle, a.op) if handed else warmup_all(a.backend, a.op)
+        runs = [("the runner's cache" if handed else "this process", res)]
     if a.json:
         print(json.dumps(res, indent=2))
     else:
-        for label, r in (res.items() if a.cold else [("this process", res)]):
+        for label, r in runs:
             print(f"{label}: backend {r['backend']}, compile {r['compile_s']:.3f} s, "
                   f"first calls {r['first_call_s'] * 1e3:.1f} ms")
     return 0

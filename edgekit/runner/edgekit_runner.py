@@ -14,6 +14,7 @@ Numba when present) only then.
     run      (--model M | --bundle DIR) [--inputs X.npz] --out Y.npz [--no-prepost]
              every sample of X; a bundle's pre/post steps (bundle.json "prepost") applied unless --no-prepost
     selftest --bundle DIR [--pid-file F]   (DIR/bundle.json: model, selftest{inputs, expected, atol}); exit 1 on mismatch
+    warmup   --bundle DIR [--op OP ...]   compile the bundle's pre/post kernels into the cache `run --bundle DIR` uses
 
 Several --model are timed interleaved (round-robin in short blocks, alternating who goes first) so
 that a busy machine slows them alike and their ratio stays meaningful.
@@ -949,15 +950,16 @@ def _drop_orphan_caches(parent: str, keep: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def load_prepost(root: str, spec: dict):
-    """A Pipeline of edgekit.prepost built from spec, the package imported from the bundle in root.
+def import_prepost(root: str, hint: str = "; pass --no-prepost for the model's own outputs"):
+    """The bundle's edgekit.prepost (in root), imported so that nothing is written into the version directory
+    and Numba's kernels are cached where every `run` and `warmup` of this version finds them.
 
-    Imported only here, when a spec has steps: the runner itself needs only numpy and onnxruntime,
-    and the package falls back to NumPy kernels where Numba is missing.
+    Imported only when needed: the runner itself needs only numpy and onnxruntime, and the package falls
+    back to NumPy kernels where Numba is missing.
     """
     if not os.path.isfile(os.path.join(root, "edgekit", "prepost", "__init__.py")):
         raise ValueError(f"bundle.json declares pre/post steps, but {os.path.join(root, 'edgekit', 'prepost')} "
-                         "is missing; pass --no-prepost for the model's own outputs")
+                         f"is missing{hint}")
     import importlib
 
     sys.dont_write_bytecode = True  # leave the flashed version directory exactly as verified
@@ -969,11 +971,14 @@ def load_prepost(root: str, spec: dict):
     if root not in sys.path:
         sys.path.insert(0, root)
     try:
-        pp = importlib.import_module("edgekit.prepost")
+        return importlib.import_module("edgekit.prepost")
     except Exception as e:
-        raise ValueError(f"cannot import the bundle's edgekit.prepost ({type(e).__name__}: {e}); "
-                         "pass --no-prepost for the model's own outputs") from None
-    return pp.Pipeline.from_spec(spec)
+        raise ValueError(f"cannot import the bundle's edgekit.prepost ({type(e).__name__}: {e}){hint}") from None
+
+
+def load_prepost(root: str, spec: dict):
+    """A Pipeline of edgekit.prepost built from spec, the package imported from the bundle in root."""
+    return import_prepost(root).Pipeline.from_spec(spec)
 
 
 def _has_steps(spec) -> bool:
@@ -1072,6 +1077,28 @@ def cmd_run(a) -> int:
     np.savez(a.out, **result)
     rep["outputs"] = {k: list(v.shape) for k, v in result.items()}
     print(json.dumps(rep))
+    return 0
+
+
+def cmd_warmup(a) -> int:
+    """Compile (or load) the kernels of the bundle's pre/post steps into the cache `run` uses, so the first
+    real run is not charged the compile. `python -m edgekit.prepost` in a bundle comes here too: on its own
+    it cached the kernels inside the verified version directory (flash then called the version damaged),
+    where no `run` looked for them."""
+    root = os.path.abspath(a.bundle)
+    with open(os.path.join(root, "bundle.json")) as f:
+        spec = json.load(f).get("prepost") or {}
+    if not (_has_steps(spec) or a.op):
+        print(json.dumps({"status": "ok", "steps": [], "note": "bundle.json declares no pre/post steps: "
+                          "run does not use edgekit.prepost, there is nothing to warm up"}))
+        return 0
+    pp = import_prepost(root, hint="")
+    if a.op:
+        res = pp.warmup_all(ops=a.op)
+    else:
+        pipe = pp.Pipeline.from_spec(spec)
+        res = {"steps": [s.op for s in pipe.pre + pipe.post], **pipe.warmup()}
+    print(json.dumps({"status": "ok", **res, "cache_dir": os.environ.get("NUMBA_CACHE_DIR")}))
     return 0
 
 
@@ -1192,9 +1219,13 @@ def main(argv=None) -> int:
     s.add_argument("--bundle", required=True)
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--pid-file", help="write this process's id here (so a caller can stop it from another session)")
+    w = sub.add_parser("warmup", help="compile the bundle's pre/post kernels into the cache run uses")
+    w.add_argument("--bundle", required=True, help="the bundle as `run --bundle` names it (current): Numba files "
+                   "its cache under the path the package is imported from")
+    w.add_argument("--op", action="append", help="warm up this op instead of the bundle's steps (repeatable)")
     a = ap.parse_args(argv)
     try:
-        return {"bench": cmd_bench, "run": cmd_run, "selftest": cmd_selftest}[a.cmd](a)
+        return {"bench": cmd_bench, "run": cmd_run, "selftest": cmd_selftest, "warmup": cmd_warmup}[a.cmd](a)
     except Exception as e:  # one JSON line, whatever went wrong
         print(json.dumps({"status": "failed", "ok": False, "reason": f"{type(e).__name__}: {e}"}))
         return 1
