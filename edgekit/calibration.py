@@ -1,13 +1,16 @@
 """Readers for --calib / --eval data: .npy, .npz, a folder of images, a .txt of sentences.
 
 Every reader returns a Dataset whose arrays stream: .npy and uncompressed .npz members
-are memory-mapped, image folders decode only the files a batch asks for, dtype casts
-happen per batch. Everything is checked against the model's declared inputs first, so
-a mismatch is one clear line naming the file, before any work starts.
+are memory-mapped, compressed .npz members are decompressed a batch at a time, image
+folders decode only the files a batch asks for, dtype casts happen per batch. Everything
+is checked against the model's declared inputs first, so a mismatch is one clear line
+naming the file, before any work starts.
 """
 from __future__ import annotations
 
+import threading
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +138,10 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
     want = list(spec.shape)
     if len(arr.shape) == len(want) + 1 and want and isinstance(want[0], int) and want[0] > 0:
         # a stack of fixed-batch inputs, (N, B, ...) for a model declared (B, ...): merge N and B
-        arr = arr.reshape((arr.shape[0] * arr.shape[1], *arr.shape[2:])) if isinstance(arr, np.ndarray) else arr
+        if isinstance(arr, np.ndarray):
+            arr = arr.reshape((arr.shape[0] * arr.shape[1], *arr.shape[2:]))
+        elif isinstance(arr, _MemberArray):
+            arr = arr.merge_leading()
     if len(arr.shape) != len(want):
         raise CalibrationError(f"{where}: input {name!r} has shape {tuple(arr.shape)} (rank {len(arr.shape)}); "
                                f"the model expects rank {len(want)} {_fmt_shape(want)} with samples on axis 0")
@@ -211,7 +217,7 @@ def _check_zero_one(where: str, name: str, arr):
 
 def _check_finite(where: str, name: str, arr):
     """NaN or inf in the data would surface far from here (a failed export check, a silently wrong score)."""
-    if isinstance(arr, LazyArray) or np.dtype(arr.dtype).kind != "f":
+    if (isinstance(arr, LazyArray) and not isinstance(arr, _MemberArray)) or np.dtype(arr.dtype).kind != "f":
         # cast views were checked on their source by _check_cast_values; decoded images and
         # integer ids cannot hold either
         return
@@ -348,7 +354,7 @@ def _read_npy(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
 
 
 def _npz_members(p: Path) -> dict:
-    """name -> array; uncompressed members are memory-mapped, compressed ones loaded when opened."""
+    """name -> array; uncompressed members are memory-mapped, compressed ones decompressed as read."""
     out = {}
     try:
         zf = zipfile.ZipFile(p)
@@ -365,9 +371,8 @@ def _npz_members(p: Path) -> dict:
                     _verify_crc(zf, info)
                     arr = _memmap_member(p, fh, info)
                 if arr is None:
-                    with zf.open(info) as f:
-                        arr = np.lib.format.read_array(f, allow_pickle=False)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+                    arr = _stream_member(p, zf, info)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
                 raise InputError(f"{p}: member {name!r} is not a valid array ({str(e).splitlines()[0]})") from None
             out[name] = arr
     if not out:
@@ -392,16 +397,105 @@ def _memmap_member(p: Path, fh, info):
         return None
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     fh.seek(info.header_offset + 30 + name_len + extra_len)
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    shape, fortran, dtype = _read_header(fh)
     if dtype.hasobject:
         raise ValueError("object arrays (pickles) are not accepted")
     if int(np.prod(shape)) == 0:
         return np.empty(shape, dtype)
     return np.memmap(p, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order="F" if fortran else "C")
+
+
+def _read_header(f):
+    """(shape, fortran_order, dtype) of the .npy header at f's position."""
+    if np.lib.format.read_magic(f) == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
+
+
+def _stream_member(p: Path, zf: zipfile.ZipFile, info):
+    """A compressed member as a _MemberArray: inflating it whole needs its full size in memory (a 1 GiB
+    member took 1.27 GB for 256 calibration samples), so rows are decompressed as a batch asks for them."""
+    with zf.open(info) as f:
+        shape, fortran, dtype = _read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    if not shape or (fortran and len(shape) > 1):
+        # a scalar (refused later, by name), or column-major rows that are not contiguous in the stream
+        with zf.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if info.file_size != offset + nbytes:
+        raise EOFError(f"its data holds {info.file_size - offset} bytes, its header describes {nbytes} "
+                       f"({dtype} {tuple(shape)})")
+    _verify_crc(zf, info)  # read_array checked it by reading to the end; a batch read never gets there
+    if nbytes == 0:
+        return np.empty(shape, dtype)
+    return _MemberArray(_MemberStream(p, info.filename, offset), shape, dtype)
+
+
+class _MemberStream:
+    """Bytes of one compressed .npz member, from its array data's start. Reads go forward through one open
+    stream (calibration and scoring read batch after batch); a read before its position starts the member
+    again, so memory holds the asked rows, never the member."""
+
+    # one read's size: zipfile's read(n) joins its pieces (a second copy of a whole batch), its seek() skips
+    # forward in reads of 16 MiB
+    PIECE = 1 << 20
+
+    def __init__(self, path: Path, member: str, offset: int):
+        self.path, self.member, self.offset = path, member, offset
+        self._f = None
+        self._lock = threading.Lock()  # one stream position, whoever reads
+
+    def read_into(self, start: int, out: memoryview):
+        """Fill out (a byte view) with the member's bytes from start."""
+        with self._lock:
+            try:
+                if self._f is None:
+                    self._f = zipfile.ZipFile(self.path).open(self.member)
+                self._skip_to(self.offset + start)
+                at = 0
+                while at < len(out):
+                    got = self._piece(len(out) - at)
+                    out[at:at + len(got)] = got
+                    at += len(got)
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                raise InputError(f"{self.path}: member {self.member[:-4]!r} could not be read ({e})") from None
+
+    def _skip_to(self, pos: int):
+        if self._f.tell() > pos:
+            self._f.seek(0)  # zipfile starts the member again
+        while self._f.tell() < pos:
+            self._piece(pos - self._f.tell())
+
+    def _piece(self, left: int) -> bytes:
+        got = self._f.read(min(self.PIECE, left))
+        if not got:
+            raise EOFError("it ended early; was the file changed while in use?")
+        return got
+
+
+class _MemberArray(LazyArray):
+    """The rows of a compressed .npz member, read through a _MemberStream: they hold the file's own values,
+    so unlike other lazy arrays they get the NaN/inf check."""
+
+    def __init__(self, stream: _MemberStream, shape: tuple, dtype):
+        self._stream, dtype = stream, np.dtype(dtype)
+        item = tuple(shape[1:])
+        row = int(np.prod(item, dtype=np.int64)) * dtype.itemsize
+
+        def fetch(a, b):
+            out = np.empty((b - a, *item), dtype)
+            stream.read_into(a * row, memoryview(out.reshape(-1).view(np.uint8)))
+            return out
+
+        super().__init__(shape[0], item, dtype, fetch)
+
+    def merge_leading(self) -> "_MemberArray":
+        """(N, B, ...) as (N * B, ...): in C order they are the same bytes."""
+        n, b, *rest = self.shape
+        return _MemberArray(self._stream, (n * b, *rest), self.dtype)
 
 
 def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:

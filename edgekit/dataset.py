@@ -1,8 +1,8 @@
 """Dataset: named input arrays (+ optional labels) that stages iterate in batches.
 
-Arrays may be np.memmap (from .npy/.npz with mmap) or lazily produced by a
-subclass (image folders, text files), so a large calibration set never has to be
-in memory at once: stages only ever call len(), batches() and take().
+Arrays may be np.memmap (from .npy and stored .npz members) or read lazily
+(calibration.LazyArray: image folders, compressed .npz members), so a large
+calibration set never has to be in memory at once: stages only ever call len(), batches() and take().
 """
 from __future__ import annotations
 

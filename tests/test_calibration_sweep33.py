@@ -1,0 +1,81 @@
+"""sweep33 F1: a compressed .npz member streams, a batch at a time, instead of being inflated whole."""
+from __future__ import annotations
+
+import io
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+
+from edgekit.artifact import TensorSpec
+from edgekit.calibration import read_dataset
+from edgekit.errors import CalibrationError, InputError
+
+IDS = [TensorSpec("ids", ["batch", 64], "int64")]
+VEC = [TensorSpec("x", ["batch", 64], "float32")]
+
+
+# ------------------------------------------------------------------ F1: compressed .npz members stream
+
+def test_a_compressed_npz_member_is_not_inflated_whole(tmp_path):
+    # 51 MB of int64 ids, compressed to almost nothing: it was read whole (peak >= 51 MB) to use a few rows
+    x = np.zeros((100_000, 64), np.int64)
+    x[:, 0] = np.arange(len(x))
+    np.savez_compressed(tmp_path / "d.npz", ids=x)
+    del x
+    tracemalloc.start()
+    try:
+        ds = read_dataset(tmp_path / "d.npz", IDS)
+        first = [b["ids"] for _, b in zip(range(2), ds.batches(32))]
+        late = np.asarray(ds.inputs["ids"][90_000:90_500])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak / 2 ** 20:.1f} MiB"
+    assert [b[:, 0].tolist() for b in first] == [list(range(32)), list(range(32, 64))]
+    assert late[:, 0].tolist() == list(range(90_000, 90_500)) and len(ds) == 100_000
+
+
+def test_streamed_rows_equal_the_file_in_any_order_of_reading(tmp_path):
+    r = np.random.default_rng(0)
+    x = r.normal(size=(300, 64)).astype(np.float64)  # cast to float32 per batch, as a memory map is
+    np.savez_compressed(tmp_path / "d.npz", x=x, y=r.integers(0, 10, 300))
+    ds = read_dataset(tmp_path / "d.npz", VEC, labels=True)
+    a = ds.inputs["x"]
+    np.testing.assert_array_equal(np.asarray(a[200:260]), x[200:260].astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(a[5:9]), x[5:9].astype(np.float32))  # before the stream's position
+    rows = r.permutation(300)[:50]
+    np.testing.assert_array_equal(np.asarray(ds.subset(rows, "s").inputs["x"][:]), x[rows].astype(np.float32))
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in ds.batches(64)]), x.astype(np.float32))
+    assert ds.labels.shape == (300,)
+
+
+def test_a_stack_of_fixed_batches_in_a_compressed_member_is_merged(tmp_path):
+    x = np.arange(6 * 4 * 64, dtype=np.float32).reshape(6, 4, 64)
+    np.savez_compressed(tmp_path / "d.npz", x=x)
+    ds = read_dataset(tmp_path / "d.npz", [TensorSpec("x", [4, 64], "float32")])
+    assert len(ds) == 24
+    np.testing.assert_array_equal(np.asarray(ds.inputs["x"][4:12]), x.reshape(24, 64)[4:12])
+
+
+def test_checks_still_see_every_value_of_a_compressed_member(tmp_path):
+    x = np.zeros((500, 64), np.float32)
+    x[437, 3] = np.nan
+    np.savez_compressed(tmp_path / "nan.npz", x=x)
+    with pytest.raises(CalibrationError, match=r"nan\.npz: input 'x' has NaN or infinite values \(first in sample 437\)"):
+        read_dataset(tmp_path / "nan.npz", VEC)
+    np.savez_compressed(tmp_path / "f.npz", x=np.asfortranarray(np.arange(640, dtype=np.float32).reshape(10, 64)))
+    np.testing.assert_array_equal(np.asarray(read_dataset(tmp_path / "f.npz", VEC).inputs["x"][3:5]),
+                                  np.arange(640, dtype=np.float32).reshape(10, 64)[3:5])
+
+
+def test_a_compressed_member_shorter_than_its_header_is_refused(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.zeros((50, 64), np.float32))
+    with zipfile.ZipFile(tmp_path / "short.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", buf.getvalue()[:-64 * 4 * 3])  # three rows missing
+    with pytest.raises(InputError) as e:
+        read_dataset(tmp_path / "short.npz", VEC)
+    msg = str(e.value)
+    assert f"{tmp_path / 'short.npz'}: member 'x' is not a valid array" in msg and "\n" not in msg, msg
