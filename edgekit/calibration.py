@@ -649,27 +649,37 @@ def _device_op(rs: dict, mean, std):
                            swap_rb=rs.get("swap_rb", False), backend="numpy")
 
 
-def _load_image(path: Path, rs: dict) -> np.ndarray:
-    """One file -> normalised float32 CHW/HWC through the device's own resize_normalize, so accuracy
-    measured on an image folder is the accuracy the device gets (a resize of its own, e.g. Pillow's
-    antialiasing bilinear, differs by tens of pixel units whenever an image is shrunk)."""
+def _decode(path: Path, channels: int):
+    """(8-bit pixels, None) or (None, 16-bit pixels) of one file, with `channels` channels."""
     from PIL import Image, UnidentifiedImageError
-
-    from .prepost.errors import PrepostError
 
     try:
         with Image.open(path) as im:
             if im.mode.startswith("I;16"):
                 px16 = np.asarray(im, dtype=np.uint16)
-                px16 = np.repeat(px16[:, :, None], 3, axis=2) if rs["channels"] == 3 else px16
-                px = None
-            elif im.mode in ("I", "F"):
+                return None, (np.repeat(px16[:, :, None], 3, axis=2) if channels == 3 else px16)
+            if im.mode in ("I", "F"):
                 raise InputError(f"{path}: {'32-bit integer' if im.mode == 'I' else 'float'} pixels; images must be "
                                  "8- or 16-bit (give such data as .npy instead)")
-            else:
-                px = np.asarray(im.convert("L" if rs["channels"] == 1 else "RGB"), dtype=np.uint8)
+            return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8), None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path}: not a readable image ({e})") from None
+
+
+def _check_decodable(files: list, channels: int):
+    """Decode every file once, up front: a broken one is then a data error naming it before any work, as
+    in the scored slice, not a failure of every quantization candidate that calibrates on it (exit 1)."""
+    for f in files:
+        _decode(f, channels)
+
+
+def _load_image(path: Path, rs: dict) -> np.ndarray:
+    """One file -> normalised float32 CHW/HWC through the device's own resize_normalize, so accuracy
+    measured on an image folder is the accuracy the device gets (a resize of its own, e.g. Pillow's
+    antialiasing bilinear, differs by tens of pixel units whenever an image is shrunk)."""
+    from .prepost.errors import PrepostError
+
+    px, px16 = _decode(path, rs["channels"])
     try:
         if px is not None:
             return _device_op(rs, rs["mean"], rs["std"])(px)[0]
@@ -727,6 +737,7 @@ def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:
     dtype = np.dtype(spec.dtype) if spec else np.float32
     if dtype.kind != "f":
         raise CalibrationError(f"{folder}: images give float pixels; the model's input is {dtype}")
+    _check_decodable(files, rs["channels"])
 
     def fetch(a, b):
         return np.stack([_load_image(f, rs) for f in files[a:b]]).astype(dtype, copy=False)

@@ -1,16 +1,21 @@
-"""sweep33 F1: a compressed .npz member streams, a batch at a time, instead of being inflated whole."""
+"""sweep33: a compressed .npz member streams instead of being inflated whole (F1); a broken image anywhere in
+a folder is a data error before any quantization work (F2)."""
 from __future__ import annotations
 
 import io
+import json
 import tracemalloc
 import zipfile
 
 import numpy as np
+import onnx
 import pytest
 
 from edgekit.artifact import TensorSpec
 from edgekit.calibration import read_dataset
 from edgekit.errors import CalibrationError, InputError
+from tests.cliutil import run_cli
+from tests.test_quant_foreign_onnx import digits, digits_mlp
 
 IDS = [TensorSpec("ids", ["batch", 64], "int64")]
 VEC = [TensorSpec("x", ["batch", 64], "float32")]
@@ -79,3 +84,35 @@ def test_a_compressed_member_shorter_than_its_header_is_refused(tmp_path):
         read_dataset(tmp_path / "short.npz", VEC)
     msg = str(e.value)
     assert f"{tmp_path / 'short.npz'}: member 'x' is not a valid array" in msg and "\n" not in msg, msg
+
+
+# ------------------------------------------------------------------ F2: a broken image is a data error up front
+
+def _image_model(path):
+    """img[N, 1, 8, 8] -> Flatten -> the digits MLP."""
+    m = onnx.load(str(digits_mlp(path)))
+    m.graph.node.insert(0, onnx.helper.make_node("Flatten", ["img"], ["x"], "flat"))
+    del m.graph.input[:]
+    m.graph.input.append(onnx.helper.make_tensor_value_info("img", onnx.TensorProto.FLOAT, ["n", 1, 8, 8]))
+    onnx.save(m, str(path))
+    return path
+
+
+def test_a_broken_image_in_the_calibration_part_of_a_folder_is_exit_2_before_any_candidate(tmp_path, capsys):
+    from PIL import Image
+
+    model = _image_model(tmp_path / "img.onnx")
+    x, _ = digits(60)
+    folder = tmp_path / "im"
+    folder.mkdir()
+    for i, v in enumerate(x):
+        Image.fromarray(np.rint(v.reshape(8, 8) * 255).astype(np.uint8)).save(folder / f"d{i:03d}.png")
+    (folder / "d005.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # calibrated on, not scored
+    (tmp_path / "pre.json").write_text(json.dumps(
+        {"pre": [{"op": "resize_normalize", "size": [8, 8], "mean": [0], "std": [255], "layout": "NCHW"}]}))
+    rc = run_cli(["quantize", str(model), "--calib", str(folder), "--calib-size", "32", "--preprocess",
+                  str(tmp_path / "pre.json"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"edgekit: error: {folder / 'd005.png'}: not a readable image" in err, err
+    assert "candidate" not in err and not (tmp_path / "out").exists()
