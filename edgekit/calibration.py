@@ -298,7 +298,17 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
         y = None if y is None else y[:limit]
     # keep the model's input order, so positional feeds line up
     order = [s.name for s in specs] if specs else list(checked)
-    return Dataset({k: checked[k] for k in order}, y, source, dict(extra or {}), label_problem=problem)
+    extra = dict(extra or {})
+    batch = _model_batch(specs)
+    if batch:  # what the data will run in: data_size counts the samples calibration really uses
+        extra["model_batch"] = batch
+    return Dataset({k: checked[k] for k in order}, y, source, extra, label_problem=problem)
+
+
+def _model_batch(specs) -> int | None:
+    """The batch the model's declared inputs fix (onnxutil.fixed_batch's rule), or None when dynamic."""
+    return next((int(s.shape[0]) for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0),
+                None)
 
 
 # --------------------------------------------------------------------------------------------- readers

@@ -19,12 +19,11 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
                      f"give at least {math.ceil(1 / tolerance.value)} samples")
     elif 0 < n < SMALL_EVAL:
         notes.append(f"only {n} evaluation sample(s): the measured accuracy cost is within noise; give a few hundred")
-    if static_int8 and calib is not None and len(calib) < SMALL_CALIB:
-        notes.append(f"only {len(calib)} calibration sample(s): INT8 ranges from so few inputs may clip real "
-                     "data; give a few hundred representative inputs")
-    elif static_int8 and calib is not None and calib_size is not None and 0 < calib_size < SMALL_CALIB:
-        notes.append(f"only {calib_size} calibration sample(s) used (--calib-size {calib_size} of {len(calib)}): "
-                     "INT8 ranges from so few inputs may clip real data; give a few hundred representative inputs")
+    if static_int8 and calib is not None:
+        used, how = calibrated_on(calib, calib_size)
+        if used < SMALL_CALIB:
+            notes.append(f"only {used} calibration sample(s){how}: INT8 ranges from so few inputs may clip real "
+                         "data; give a few hundred representative inputs")
     for ds in [calib] + ([evalset] if evalset is not calib else []):
         if ds is None:
             continue
@@ -33,3 +32,22 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
             notes.append(f"{ds.source}: skipped {hidden} hidden file(s) (names starting with '.', e.g. macOS '._' "
                          "metadata files) among the images")
     return notes
+
+
+def calibrated_on(calib, calib_size: int | None) -> tuple:
+    """(how many samples INT8 calibrates on, ' used (why not all)' or ''): the first calib_size, in whole
+    batches of a fixed-batch model (it cannot take a short last one), so 7 samples at batch 4 are 4."""
+    n = len(calib)
+    used = min(n, calib_size) if calib_size and calib_size > 0 else n
+    batch = getattr(calib, "extra", {}).get("model_batch")
+    whole = used - used % batch if batch and used >= batch else used
+    fixed = f"the model's fixed batch of {batch}"
+    if whole < used < n:
+        how = f"--calib-size {calib_size} of {n}, rounded down to whole batches of {fixed}"
+    elif whole < used:
+        how = f"the first {whole} of {n}: {fixed} takes whole batches only"
+    elif used < n:
+        how = f"--calib-size {calib_size} of {n}"
+    else:
+        return n, ""
+    return whole, f" used ({how})"

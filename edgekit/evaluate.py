@@ -162,10 +162,19 @@ DEPLOY_BATCH = 1  # what the device runner, the self-test and the speed gate run
 
 
 @per_file_version  # asked several times per scored candidate
-def _op_types(path) -> frozenset:
+def _graph(path) -> tuple:
+    """(op types, the batch its inputs fix, as onnxutil.fixed_batch reads it, or None): one load answers both."""
     import onnx
 
-    return frozenset(n.op_type for n in onnx.load(path, load_external_data=False).graph.node)
+    g = onnx.load(path, load_external_data=False).graph
+    init = {i.name for i in g.initializer}
+    firsts = [i.type.tensor_type.shape.dim[0] for i in g.input if i.name not in init and i.type.tensor_type.shape.dim]
+    fixed = next((int(d.dim_value) for d in firsts if d.HasField("dim_value") and d.dim_value > 0), None)
+    return frozenset(n.op_type for n in g.node), fixed
+
+
+def _op_types(path) -> frozenset:
+    return _graph(path)[0]
 
 
 def batch_dependent(path) -> bool:
@@ -196,7 +205,9 @@ class Evaluator:
         self._outputs = 1  # known after the first call; names the metric (fidelity_min over several)
 
     def batch_for(self, path) -> int:
-        return self.deploy_batch if batch_dependent(path) else self.batch_size
+        """The batch path is scored at, as recorded: a graph that fixes its batch runs only that one
+        (run_batches), which a metric saying 64 hid."""
+        return _graph(path)[1] or (self.deploy_batch if batch_dependent(path) else self.batch_size)
 
     @property
     def name(self) -> str:

@@ -1,5 +1,6 @@
 """sweep33: a compressed .npz member streams instead of being inflated whole (F1); a broken image anywhere in
-a folder is a data error before any quantization work (F2)."""
+a folder is a data error before any quantization work (F2); a fixed-batch model's small-calibration note
+counts the samples it calibrates on (F4) and its metrics record the batch it ran at (F5)."""
 from __future__ import annotations
 
 import io
@@ -13,6 +14,8 @@ import pytest
 
 from edgekit.artifact import TensorSpec
 from edgekit.calibration import read_dataset
+from edgekit.config import Tolerance
+from edgekit.data_size import small_data_notes
 from edgekit.errors import CalibrationError, InputError
 from tests.cliutil import run_cli
 from tests.test_quant_foreign_onnx import digits, digits_mlp
@@ -116,3 +119,54 @@ def test_a_broken_image_in_the_calibration_part_of_a_folder_is_exit_2_before_any
     assert rc == 2, err
     assert f"edgekit: error: {folder / 'd005.png'}: not a readable image" in err, err
     assert "candidate" not in err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ F4/F5: a fixed-batch model's numbers
+
+def _fixed_batch_mlp(path, batch=4):
+    m = onnx.load(str(digits_mlp(path)))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(m, str(path))
+    return path
+
+
+def test_the_small_calibration_note_counts_whole_batches_only(tmp_path):
+    np.save(tmp_path / "c7.npy", digits(7)[0])
+    fixed = read_dataset(tmp_path / "c7.npy", [TensorSpec("x", [4, 64], "float32")])
+    tol = Tolerance.parse("1%")
+    note = small_data_notes("classification", fixed, None, tolerance=tol, static_int8=True, calib_size=256)
+    assert note and note[0].startswith("only 4 calibration sample(s) used (the first 4 of 7: the model's fixed "
+                                       "batch of 4 takes whole batches only)"), note
+    note = small_data_notes("classification", fixed, None, tolerance=tol, static_int8=True, calib_size=6)
+    assert note[0].startswith("only 4 calibration sample(s) used (--calib-size 6 of 7, rounded down to whole "
+                              "batches of the model's fixed batch of 4)"), note
+    dynamic = read_dataset(tmp_path / "c7.npy", VEC)
+    note = small_data_notes("classification", dynamic, None, tolerance=tol, static_int8=True, calib_size=256)
+    assert note[0].startswith("only 7 calibration sample(s): "), note
+
+
+def test_a_fixed_batch_model_is_scored_and_recorded_at_its_own_batch(tmp_path):
+    from edgekit.evaluate import Evaluator
+
+    np.savez(tmp_path / "e.npz", x=digits(30)[0], y=digits(30)[1])
+    fixed = _fixed_batch_mlp(tmp_path / "b4.onnx")
+    dynamic = digits_mlp(tmp_path / "dyn.onnx")
+    ev = read_dataset(tmp_path / "e.npz", VEC, labels=True)
+    res = Evaluator(ev, "classification", fixed)(fixed)
+    assert res["batch"] == 4 and res["n"] == 30  # was 64: run_batches runs such a graph in chunks of 4
+    assert Evaluator(ev, "classification", dynamic)(dynamic)["batch"] == 64
+    assert res["value"] == Evaluator(ev, "classification", dynamic)(dynamic)["value"]
+
+
+def test_a_fixed_batch_model_records_the_batch_it_ran_and_the_samples_it_calibrated_on(tmp_path, capsys):
+    from edgekit.cli.quantize import quantize_file
+
+    model = _fixed_batch_mlp(tmp_path / "b4.onnx")
+    np.save(tmp_path / "c7.npy", digits(7)[0])
+    man = quantize_file(str(model), output=str(tmp_path / "out"), calib=str(tmp_path / "c7.npy"), tune=False)
+    err = capsys.readouterr().err
+    assert "note: only 4 calibration sample(s) used (the first 4 of 7" in err, err
+    assert "only 7 calibration" not in err
+    assert [a.metrics["batch"] for a in man.artifacts] == [4, 4]
+    assert man.artifacts[1].verify["batch"] == 4
