@@ -170,3 +170,15 @@ def test_a_fixed_batch_model_records_the_batch_it_ran_and_the_samples_it_calibra
     assert "only 7 calibration" not in err
     assert [a.metrics["batch"] for a in man.artifacts] == [4, 4]
     assert man.artifacts[1].verify["batch"] == 4
+    # F3: the INT8 artifact records the samples it was calibrated on (it said the 256 asked for)
+    assert man.artifacts[1].settings["calib_size"] == 4
+
+
+def test_the_int8_artifact_records_the_samples_it_was_calibrated_on(tmp_path):
+    from edgekit.cli.quantize import quantize_file
+
+    model = digits_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "c3.npy", digits(3)[0])
+    man = quantize_file(str(model), output=str(tmp_path / "out"), calib=str(tmp_path / "c3.npy"), tune=False)
+    int8 = next(a for a in man.artifacts if a.kind == "int8")
+    assert int8.settings["calib_size"] == 3

@@ -331,8 +331,12 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     dest_name = output_name(parent.path, kind)
     art = _write(best.path, Path(ctx.outdir) / dest_name, parent, kind, ctx)
     static_qdq = best.spec.mode == "int8" and best.spec.format == "qdq"
+    # the samples it was calibrated on (the setting said 256 for a 3-sample set); dynamic and FP16 calibrate
+    # on none
+    calibrated = (static.whole_batches(tuner.prep_path, min(cfg.calib_size, len(tuner.calib)))
+                  if best.spec.mode == "int8" else None)
     art.settings = {**best.spec.to_dict(), "isa_choice": record["isa"]["choice"] if static_qdq else None,
-                    "calib_size": cfg.calib_size}
+                    "calib_size": calibrated}
     art.notes = [reason] + ([f"kept in FP32: {', '.join(best.spec.exclude_nodes)}"] if best.spec.exclude_nodes else [])
     _numeric_veto(art, record)
     if parent.bytes and art.bytes > parent.bytes:
