@@ -48,7 +48,13 @@ def test_bad_calibration_file_is_one_line_naming_it(tmp_path, mlp, name, expect)
     assert not (tmp_path / "out").exists()
 
 
-def test_float64_data_from_scikit_learn_is_accepted(tmp_path, mlp):
+def test_float64_data_from_scikit_learn_is_accepted_and_the_recipe_repeats_the_run(tmp_path, mlp):
+    """float64 calibration and eval data (as scikit-learn's loaders return) quantize to INT8; README:
+    `edgekit compress --config OUTDIR/compress.toml` repeats the run; paths typed relative to the first
+    run's folder must still resolve, and MODEL comes from the recipe. One INT8 run serves both: it was
+    two identical compress runs (its speed gate alone takes seconds)."""
+    import json
+
     rng = np.random.default_rng(1)
     np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)))  # float64, as sklearn's loaders return
     np.savez(tmp_path / "eval.npz", input=rng.normal(size=(32, 6)), y=rng.integers(0, 3, 32))
@@ -57,12 +63,18 @@ def test_float64_data_from_scikit_learn_is_accepted(tmp_path, mlp):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "model.int8.onnx").is_file()
     # the reports were written in a staging folder renamed into OUTDIR: they must name OUTDIR
-    import json
-
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert rep["runs"][0]["outdir"] == str((tmp_path / "out").resolve()) and rep["runs"][0]["label"] == "out"
     for f in ("report.json", "report.md", "report.html"):
         assert "staging" not in (tmp_path / "out" / f).read_text(), f
+    # the recipe, replayed from another folder
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r2 = _cli("compress", "--config", str(tmp_path / "out" / "compress.toml"), "-o", "again", cwd=elsewhere)
+    assert r2.returncode == 0, r2.stderr
+    first, second = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "out", elsewhere / "again"))
+    assert [a["kind"] for a in first["artifacts"]] == [a["kind"] for a in second["artifacts"]]
+    assert first["artifacts"][0]["metrics"]["n"] == second["artifacts"][0]["metrics"]["n"] == 32
 
 
 @pytest.mark.parametrize("n,scored", [(300, 44), (100, 100), (1000, 500)])
@@ -83,26 +95,6 @@ def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, 
     assert load["details"]["notes"][0] in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_recipe_repeats_the_run_from_another_folder(tmp_path, mlp):
-    """README: `edgekit compress --config OUTDIR/compress.toml` repeats the run; paths typed relative to
-    the first run's folder must still resolve, and MODEL comes from the recipe."""
-    import json
-
-    rng = np.random.default_rng(3)
-    np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)).astype(np.float32))
-    np.savez(tmp_path / "eval.npz", input=rng.normal(size=(32, 6)).astype(np.float32), y=rng.integers(0, 3, 32))
-    r = _cli("compress", mlp, "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile", "--no-tune",
-             "-o", "out", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    r2 = _cli("compress", "--config", str(tmp_path / "out" / "compress.toml"), "-o", "again", cwd=elsewhere)
-    assert r2.returncode == 0, r2.stderr
-    first, second = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "out", elsewhere / "again"))
-    assert [a["kind"] for a in first["artifacts"]] == [a["kind"] for a in second["artifacts"]]
-    assert first["artifacts"][0]["metrics"]["n"] == second["artifacts"][0]["metrics"]["n"] == 32
-
-
 def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
     (tmp_path / "fixed.py").write_text(textwrap.dedent("""
         import torch.nn as nn
@@ -119,8 +111,9 @@ def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
             return Fixed()
     """))
     np.save(tmp_path / "calib.npy", np.random.default_rng(4).normal(size=(42, 3, 4)).astype(np.float32))
+    # what is checked is the export's input shape (the loader): INT8 would only add its speed gate's seconds
     r = _cli("compress", "fixed.py:build", "--calib", "calib.npy", "--input-shape", "4,3,4", "--no-profile",
-             "--no-tune", "-o", "out", cwd=tmp_path)
+             "--quantize", "none", "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     import onnx
 
@@ -132,7 +125,7 @@ def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
     # the same data as N x 4 stacks of the fixed batch (calibration/README.md): forward() ran on [4, 4, 3, 4]
     np.save(tmp_path / "stacks.npy", np.random.default_rng(5).normal(size=(10, 4, 3, 4)).astype(np.float32))
     r = _cli("compress", "fixed.py:build", "--calib", "stacks.npy", "--input-shape", "4,3,4", "--no-profile",
-             "--no-tune", "-o", "out2", cwd=tmp_path)
+             "--quantize", "none", "-o", "out2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     dims = onnx.load(str(tmp_path / "out2" / "model.fp32.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [4, 3, 4]
@@ -183,7 +176,9 @@ def test_forward_with_defaulted_parameters_exports(tmp_path, signature, call):
             return Kw()
     """))
     np.save(tmp_path / "calib.npy", np.random.default_rng(6).normal(size=(40, 6)).astype(np.float32))
-    r = _cli("compress", "kw.py:build", "--calib", "calib.npy", "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
+    # the export's graph inputs are checked: INT8 would only add its speed gate's seconds
+    r = _cli("compress", "kw.py:build", "--calib", "calib.npy", "--no-profile", "--quantize", "none", "-o", "out",
+             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     import onnx
 
@@ -308,8 +303,9 @@ def test_what_the_labels_are_scored_on_is_said(tmp_path, factory, needle):
     rng = np.random.default_rng(6)
     np.save(tmp_path / "calib.npy", rng.normal(size=(64, 6)))
     np.savez(tmp_path / "eval.npz", input=rng.normal(size=(120, 6)), y=rng.integers(0, 2, 120))
+    # the note comes from the export stage (the FP32 model's outputs): INT8 would only add its speed gate
     r = _cli("compress", f"m.py:{factory}", "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile",
-             "--no-tune", "-o", "out", cwd=tmp_path)
+             "--quantize", "none", "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"edgekit: note: {needle}" in r.stderr
     md = (tmp_path / "out" / "report.md").read_text()
@@ -343,8 +339,9 @@ def test_a_source_at_chance_accuracy_is_noted(tmp_path):
     pred = np.argmax(x @ rng.normal(size=(6, 10)), 1)  # labels from another model: chance for this one
     np.save(tmp_path / "calib.npy", x[:100])
     np.savez(tmp_path / "eval.npz", input=x[100:], y=pred[100:])
-    r = _cli("compress", "m.py:build", "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile", "--no-tune",
-             "-o", "out", cwd=tmp_path)
+    # the note judges the source (FP32) model's accuracy: INT8 would only add its speed gate's seconds
+    r = _cli("compress", "m.py:build", "--calib", "calib.npy", "--eval", "eval.npz", "--no-profile",
+             "--quantize", "none", "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "is at chance level for 10 classes: no --weights was given" in r.stderr
 
@@ -406,8 +403,10 @@ def test_an_all_conv_classifier_is_scored_on_accuracy_and_prunes_with_its_labels
     np.save(tmp_path / "calib.npy", x[:100])
     np.savez(tmp_path / "train.npz", input=x[:400], y=y[:400])
     np.savez(tmp_path / "eval.npz", input=x[1200:], y=y[1200:])
+    # FP32 scoring, the task and pruning/distillation are checked: two INT8 runs would only add seconds
     r = _cli("compress", "m.py:build", "--weights", "w.pt", "--calib", "calib.npy", "--eval", "eval.npz",
-             "--train", "train.npz", "--prune", "0.25", "--no-profile", "--no-tune", "-o", "out", cwd=tmp_path)
+             "--train", "train.npz", "--prune", "0.25", "--no-profile", "--quantize", "none", "-o", "out",
+             cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-1500:]
     assert "labels unused" not in r.stderr
     import json
@@ -443,8 +442,9 @@ def test_nms_post_processing_fits_a_batch_dynamic_detector(tmp_path):
     """))
     np.save(tmp_path / "calib.npy", np.random.default_rng(9).random((40, 3, 16, 16)).astype(np.float32))
     spec = ('{"post": [{"op": "nms", "inputs": [0, 1], "iou_threshold": 0.3, "score_threshold": 0.4}]}')
-    r = _cli("compress", "det.py:build", "--calib", "calib.npy", "--preprocess", spec, "--no-profile", "--no-tune",
-             "-o", "out", cwd=tmp_path)
+    # the fit check runs right after export, on the FP32 model's outputs: INT8 would only add seconds
+    r = _cli("compress", "det.py:build", "--calib", "calib.npy", "--preprocess", spec, "--no-profile",
+             "--quantize", "none", "-o", "out", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-1500:]
     # and a spec that really does not fit is still refused: NMS over the boxes' own scores input index 2
     bad = '{"post": [{"op": "nms", "inputs": [0, 2]}]}'
