@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import PrepostError
-from .ops import OPS
+from .ops import OPS, resize_channels
 from .pipeline import Pipeline
 
 
@@ -26,11 +26,11 @@ def check_pre_fits(spec: dict, inputs: list, model: str, where: str = "--preproc
     except PrepostError as e:
         raise PrepostError(f"{where}: {e}") from None
     first = pipe.pre[0]
-    channels = _channels(first)
+    channels, axis = _channels(first), _channel_axis(first)
     if len(pipe.pre) == 1 and first.op == "resize_normalize":
         _check_resize_shape(first.params, channels, inputs, model, where)
     out = _run(pipe, _sample(first, channels), where)
-    _check_feeds(out, inputs, model, where, channels)
+    _check_feeds(out, inputs, model, where, channels, axis)
 
 
 def _channels(step):
@@ -39,12 +39,21 @@ def _channels(step):
     every raw input failed on the device). With one value each and no swap, the raw image decides."""
     if step.op != "resize_normalize":
         return None
-    n = max(np.size(step.params[k]) for k in ("mean", "std", "pad_value"))
-    if n > 1:
-        return (n,), f"{n} channels: mean, std or pad_value has {n} values"
-    if step.params["swap_rb"]:
-        return (3, 4), f"{step.where}: swap_rb needs 3 or 4 channels"
-    return None
+    counts = resize_channels(step.params)
+    if counts is None:
+        return None
+    if len(counts) == 1:
+        return counts, f"{counts[0]} channels: mean, std or pad_value has {counts[0]} values"
+    return counts, f"{step.where}: swap_rb needs 3 or 4 channels"
+
+
+def _channel_axis(step):
+    """The axis of a resize_normalize output that holds channels (by its layout), else None: only that
+    axis may differ from the model's by the channel leniency; height and width must match as sizes (a 3x3
+    resize passed for a model taking 4x4 images, then every raw input failed on the device)."""
+    if step.op != "resize_normalize":
+        return None
+    return 1 if step.params["layout"] == "NCHW" else 3
 
 
 def _sample(step, channels):
@@ -77,11 +86,12 @@ def _check_resize_shape(params, channels, inputs, model, where):
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
         return
     (h, w), c = params["size"], channels[0][0] if channels else 1
-    shape = [1, c, h, w] if params["layout"] == "NCHW" else [1, h, w, c]
-    _compare(inputs[0], shape, model, where, channels)
+    nchw = params["layout"] == "NCHW"
+    shape = [1, c, h, w] if nchw else [1, h, w, c]
+    _compare(inputs[0], shape, model, where, channels, 1 if nchw else 3)
 
 
-def _check_feeds(out, inputs, model, where, channels):
+def _check_feeds(out, inputs, model, where, channels, axis):
     feeds = out if isinstance(out, dict) else {inputs[0].name: out}  # as the device runner feeds it
     missing = [s.name for s in inputs if s.name not in feeds]
     if missing:
@@ -93,20 +103,28 @@ def _check_feeds(out, inputs, model, where, channels):
                            "Declare pre-processing for a one-input model, or feed model inputs on the device")
     for s in inputs:
         if feeds.get(s.name) is not None:
-            _compare(s, list(np.shape(feeds[s.name])), model, where, channels)
+            _compare(s, list(np.shape(feeds[s.name])), model, where, channels, axis)
 
 
-def _compare(spec_input, shape, model, where, channels):
+def _compare(spec_input, shape, model, where, channels, axis):
+    """axis: the channel axis of a 4-D image output, else None (every dim must match as a size)."""
     want = list(spec_input.shape)
-    # with one mean/std value the channel count follows the raw image (the sample is grey), so 1 and 3 are
-    # not held against the model; several values fix it, and a 3-channel step can never feed a grey model.
-    # swap_rb's sample has 3 channels, and a 4-channel model takes 4-channel images
-    fixed_ok = all(isinstance(d, str) or d is None or d == a or (a in (1, 3) if channels is None else
-                                                                  a in channels[0] and d in channels[0])
-                   for d, a in zip(want[1:], shape[1:]))
-    if len(shape) == len(want) and fixed_ok:
+    axis = axis if len(shape) == 4 else None
+    bad = [i for i, (d, a) in enumerate(zip(want, shape)) if i > 0 and not _dim_ok(d, a, channels, i == axis)]
+    if len(shape) == len(want) and not bad:
         return
-    why = f" ({channels[1]})" if channels else ""
+    why = f" ({channels[1]})" if channels and axis in bad else ""
     dims = ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(want))
     raise PrepostError(f"{where}: the pre-processing gives {spec_input.name!r} shape {shape}{why}, but {model} "
                        f"takes [{dims}]")
+
+
+def _dim_ok(d, a, channels, is_channel):
+    """Whether the model's dim d takes the pre-processing's a. On the channel axis only: with one mean/std
+    value the count follows the raw image (the sample is grey), so 1 and 3 are not held against the model;
+    several values fix it; swap_rb's sample has 3 channels, and a 4-channel model takes 4-channel images."""
+    if isinstance(d, str) or d is None or d == a:
+        return True
+    if not is_channel:
+        return False
+    return a in (1, 3) if channels is None else a in channels[0] and d in channels[0]

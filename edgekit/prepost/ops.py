@@ -100,6 +100,21 @@ def _channels_agree(p):
     affine(*(_check.vector(p[k], k) for k in ("mean", "std", "pad_value")), max(counts.values()))
 
 
+def resize_channels(p):
+    """The channel counts a resize_normalize step with params p accepts, or None when any does: several
+    mean/std/pad_value values fix one count, swap_rb needs 3 or 4. The first is the count to sample with,
+    so the compile-time fit check and every warm-up feed an image the step can take."""
+    n = max(np.size(p[k]) for k in ("mean", "std", "pad_value"))
+    if n > 1:
+        return (n,)
+    return (3, 4) if p["swap_rb"] else None
+
+
+def _example_resize(p):
+    counts = resize_channels(p)
+    return (np.full((480, 640, counts[0] if counts else 1), 127, np.uint8),)
+
+
 def _build_resize(p, backend):
     return ResizeNormalize(p["size"], p["mean"], p["std"], p["layout"], mode=p["mode"],
                            crop_fraction=p["crop_fraction"], pad_value=p["pad_value"], swap_rb=p["swap_rb"],
@@ -172,8 +187,7 @@ OPS: dict = {
                    "layout": ("NCHW", _one_of(LAYOUTS)), "mode": ("stretch", _one_of(MODES)),
                    "crop_fraction": (1.0, _crop_fraction), "pad_value": (114.0, _vec), "swap_rb": (False, _bool)},
         _build_resize, kernels=("resize_normalize",), check=_channels_agree,
-        example=lambda p: (np.full((480, 640, max(np.size(p[k]) for k in ("mean", "std", "pad_value"))), 127,
-                                   np.uint8),),
+        example=_example_resize,
         doc="uint8 image(s) -> float32 NCHW/NHWC: bilinear resize, crop/letterbox, (x - mean) / std"),
     "pad_truncate": OpDef(
         ("pre",), {"max_length": (None, _int(1, optional=True)), "pad_id": (0, _int()),

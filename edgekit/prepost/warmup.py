@@ -140,6 +140,14 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto", choices=_jit.BACKENDS)
     ap.add_argument("--op", action="append", choices=sorted(OPS), help="only this op (repeatable)")
     a = ap.parse_args(argv)
+    try:
+        return _main(a)
+    except PrepostError as e:  # one line, as every edgekit error: a traceback hid what failed
+        print(f"python -m edgekit.prepost: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(a) -> int:
     if a.cold:
         res = cold_and_warm(backend=a.backend, ops=a.op)
         runs = res.items()
