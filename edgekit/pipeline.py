@@ -53,7 +53,7 @@ def stage_load(run: Run):
     check_data_paths((cfg.calib, cfg.eval, cfg.train))
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
-    declare_prepost(src, declared, cfg.model, where=run.preprocess_where or _prepost_where(cfg.preprocess))
+    declare_prepost(src, declared, cfg.model, where=_spec_where(run))
     apply_task(src, cfg.task)
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
@@ -172,14 +172,14 @@ def stage_export(run: Run):
                        opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], notes=notes)
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
-        run_checks.check_post_fits(run, run.ctx.eval.take(8))
+        _check_post_fits(run, run.ctx.eval.take(8))
         return {"artifacts": [art.path], "note": "source is already ONNX",
                 "notes": run_checks.label_notes(run, art)}
     with task("exporting to ONNX"):
         # eval samples too: a branch the trace froze on the calibration data shows on other data
         arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval,
                               eval_data=run.ctx.eval)]
-        run_checks.check_post_fits(run, run.ctx.eval.take(8))  # before any more work is spent on this run
+        _check_post_fits(run, run.ctx.eval.take(8))  # before any more work is spent on this run
         if run.torch_variant is not None:
             module, kind = run.torch_variant
             arts.append(export_module(module, src, run.staging / f"model.{kind}.onnx", kind=kind,
@@ -365,6 +365,23 @@ def declare_prepost(src, declared, model: str, where: str = "--preprocess") -> N
             check_pre_fits(declared, src.inputs, model, where)
         except PrepostError as e:
             raise UsageError(str(e)) from None
+
+
+def _spec_where(run) -> str:
+    """How fit errors name the run's spec: the recipe holding it inline, its file, or the flag."""
+    return run.preprocess_where or _prepost_where(run.cfg.preprocess)
+
+
+def _check_post_fits(run, sample) -> None:
+    """run_checks.check_post_fits, its error naming the spec as the pre-processing's does: the check names
+    the flag, which a recipe's inline spec or a spec file was never given as."""
+    try:
+        run_checks.check_post_fits(run, sample)
+    except UsageError as e:
+        msg, flag = str(e), "--preprocess: "
+        if not msg.startswith(flag) or _spec_where(run) == "--preprocess":
+            raise
+        raise UsageError(f"{_spec_where(run)}: {msg[len(flag):]}") from None
 
 
 def _prepost_where(text) -> str:

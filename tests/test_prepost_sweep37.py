@@ -1,15 +1,19 @@
-"""sweep37 F2, F3: the pre-processing fit check holds height and width to the model's as sizes (only
-the channel axis is lenient), every warm-up feeds an image with a channel count the steps accept."""
+"""sweep37 F2, F3, F5: the pre-processing fit check holds height and width to the model's as sizes (only
+the channel axis is lenient), every warm-up feeds an image with a channel count the steps accept, and a
+post-processing misfit names the spec as a pre-processing misfit does (the recipe or the file)."""
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from cliutil import run_cli
 from edgekit import prepost as pp
 from edgekit.artifact import TensorSpec
 from edgekit.prepost import Pipeline, PrepostError
 from edgekit.prepost.fit import check_pre_fits
+from tests.test_prepost_spec_checks import _classifier, _compress
 from tests.test_prepost_sweep35 import _env, _version
 
 # ------------------------------------------------------------- F2: H and W are sizes, not channel counts
@@ -103,3 +107,38 @@ def test_python_m_edgekit_prepost_says_a_failed_warmup_in_one_line(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.splitlines() == [f"python -m edgekit.prepost: error: {v / 'edgekit_runner.py'} warmup failed: "
                                      "boom"], r.stderr
+
+
+# ------------------------------------------------------- F5: a post misfit names the spec's origin
+
+
+@pytest.fixture
+def cls(tmp_path):
+    _classifier(tmp_path / "cls.onnx", 3)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(1).random((16, 3, 8, 8)).astype(np.float32))
+    return tmp_path
+
+
+POST20 = json.dumps({"post": [{"op": "softmax_topk", "k": 20}]})
+WHY = "the post-processing does not fit {}'s outputs: prepost.post[0] (softmax_topk): k: 20 is larger"
+
+
+def test_a_post_misfit_in_a_recipe_names_the_recipe(cls, capsys):
+    recipe = cls / "post.toml"
+    recipe.write_text(f'model = "{cls / "cls.onnx"}"\noutput = "{cls / "out"}"\ncalib = "{cls / "calib.npy"}"\n'
+                      f'preprocess = {json.dumps(POST20)}\n\n[quantize]\nmode = "none"\n\n[profile]\nenabled = false\n')
+    rc = run_cli(["compress", "--config", str(recipe)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"edgekit: error: {recipe}: preprocess: {WHY.format(cls / 'cls.onnx')}"), err
+    assert not (cls / "out").exists()
+
+
+def test_a_post_misfit_in_a_file_names_the_file_and_json_text_the_flag(cls, capsys):
+    spec = cls / "post20.json"
+    spec.write_text(POST20)
+    rc, err, out = _compress(cls, "cls.onnx", "calib.npy", str(spec), capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"edgekit: error: {spec}: {WHY.format(cls / 'cls.onnx')}"), err
+    assert not out.exists()
+    rc, err, _ = _compress(cls, "cls.onnx", "calib.npy", POST20, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("edgekit: error: --preprocess: the post-"), err
