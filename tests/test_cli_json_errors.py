@@ -40,3 +40,43 @@ def test_a_command_that_printed_its_results_adds_no_second_document(tmp_path, ca
     assert rc == 1
     doc = json.loads(out)  # still one document: the per-device results, not an error object after them
     assert not (isinstance(doc, dict) and set(doc) == {"error", "exit_code"}), doc
+
+
+def test_a_closed_stdout_keeps_the_one_line_error_and_the_exit_code(tmp_path):
+    # the JSON error's write into a pipe whose reader had gone raised BrokenPipeError inside the handler:
+    # two chained tracebacks, exit 1 for a usage error
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "edgekit", "targets", "show", "nosuch", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # the reader is gone before edgekit writes
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 2, err
+    assert "Traceback" not in err and err.strip().startswith("edgekit: error: unknown target 'nosuch'"), err
+
+
+def test_a_value_spelled_json_is_not_the_flag(tmp_path, capsys):
+    rc = run_cli(["bundle", str(tmp_path / "nosuch"), "-o", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "", (out, err)
+
+
+def test_sigterm_ends_a_json_run_with_a_json_error(tmp_path):
+    # SIGTERM (a kill, a CI timeout) left stdout empty while Ctrl-C printed the JSON error
+    import signal
+    import subprocess
+    import sys
+
+    from profile_models import matmul_chain
+
+    chain = matmul_chain(tmp_path / "c.onnx", 1, k=16)
+    p = subprocess.Popen([sys.executable, "-m", "edgekit", "profile", chain, "--no-op-profile", "--min-seconds", "60",
+                          "--max-seconds", "60", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:  # the timing has started: the run is inside the command, not importing
+        if "profiling" in line:
+            break
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert json.loads(out) == {"error": "terminated", "exit_code": 143}

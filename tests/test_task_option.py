@@ -173,3 +173,15 @@ def test_task_classification_checks_train_labels_before_pruning(tmp_path, capsys
     assert rc == 2, err
     assert "train.npz" in err and "internal error" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_prune_without_distillation_does_not_promise_it(mreg, tmp_path, capsys):
+    # sweep37 F6: prune --no-distill noted (and recorded) '(top-1 agreement, softmax distillation)'
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{mreg}/m.py:build", "--weights", str(mreg / "m.pt"), "--eval", str(mreg / "eval.npz"),
+                  "--ratio", "0.5", "--no-distill", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc in (0, None), err
+    assert "--task regression" in err and "distillation)" not in err, err
+    notes = json.dumps(json.loads((out / "manifest.json").read_text()))
+    assert "scored by top-1 agreement" in notes and "softmax distillation" not in notes

@@ -21,6 +21,7 @@ def main_entry(cli, argv=None):
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
     _exit_on_sigterm()
     _JSON_WRITTEN.clear()
+    _JSON_FLAG.clear()
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort:
@@ -38,6 +39,10 @@ def main_entry(cli, argv=None):
         click.echo("Interrupted.", err=True)
         _json_error(argv, "interrupted", 130)
         sys.exit(130)
+    except SystemExit as e:
+        if e.code == 143:  # interrupts' SIGTERM handler: a kill or a CI timeout, the common stop in automation
+            _json_error(argv, "terminated", 143)
+        raise
     except Exception as e:  # a bug: short message, traceback only with --debug
         if _debug_requested(argv):
             raise
@@ -105,15 +110,26 @@ def _report_error(e: EdgekitError) -> str:
 _JSON_WRITTEN: set = set()
 
 
+# --json as click parsed it: 'json' -> bool once the option was processed ('-o --json' is a value of -o)
+_JSON_FLAG: dict = {}
+
+
 def _json_error(argv, message: str, code: int) -> None:
     """With --json, a failure is a JSON document on stdout too ({"error", "exit_code"}): a script parsing
     stdout got nothing from most commands on error, while flash and devices status printed their results."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    if "--" in args:
-        args = args[:args.index("--")]
-    if "--json" not in args or _JSON_WRITTEN:
+    if "json" in _JSON_FLAG:
+        wanted = _JSON_FLAG["json"]
+    else:  # click failed before it processed --json (an unknown option, say): the words given decide
+        args = sys.argv[1:] if argv is None else list(argv)
+        if "--" in args:
+            args = args[:args.index("--")]
+        wanted = "--json" in args
+    if not wanted or _JSON_WRITTEN:
         return
-    click.echo(json.dumps({"error": message, "exit_code": code}, indent=2))
+    try:
+        click.echo(json.dumps({"error": message, "exit_code": code}, indent=2))
+    except OSError:  # the reader of stdout has gone (| head): the error on stderr and the exit code remain
+        pass
 
 
 def echo_json(obj) -> None:
@@ -123,8 +139,14 @@ def echo_json(obj) -> None:
     _JSON_WRITTEN.add(True)
 
 
+def _note_json_flag(ctx, param, value):
+    _JSON_FLAG["json"] = bool(value)
+    return value
+
+
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+    return click.option("--json", "as_json", is_flag=True, callback=_note_json_flag,
+                        help="Print machine-readable JSON on stdout.")(f)
 
 
 TASK_HELP = ("What the model's first output is: auto (default) guesses from its shape (float [N, C], C >= 2: "

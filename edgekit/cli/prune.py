@@ -72,7 +72,7 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
     _seed(seed)
     src, c, e, t = outputs.load(model, weights=weights, trust_pickle=trust_pickle, calib=calib, eval_path=eval_path,
                                 train=train, input_shape=shape, seed=seed, preprocess=preprocess, task=task)
-    task_notes = settle_task(src, task, e, t)
+    task_notes = settle_task(src, task, e, t, distills=distill)
     settings = {"model": model, "task": task or "auto", "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed,
                 "preprocess": preprocess}
 
