@@ -373,15 +373,9 @@ def _spec_where(run) -> str:
 
 
 def _check_post_fits(run, sample) -> None:
-    """run_checks.check_post_fits, its error naming the spec as the pre-processing's does: the check names
-    the flag, which a recipe's inline spec or a spec file was never given as."""
-    try:
-        run_checks.check_post_fits(run, sample)
-    except UsageError as e:
-        msg, flag = str(e), "--preprocess: "
-        if not msg.startswith(flag) or _spec_where(run) == "--preprocess":
-            raise
-        raise UsageError(f"{_spec_where(run)}: {msg[len(flag):]}") from None
+    """run_checks.check_post_fits, its error naming the spec as the pre-processing's does (a recipe's inline
+    spec or a spec file was never given as the flag)."""
+    run_checks.check_post_fits(run, sample, where=_spec_where(run))
 
 
 def _prepost_where(text) -> str:

@@ -75,7 +75,7 @@ def label_notes(run, fp32: Artifact) -> list:
     return [note]
 
 
-def check_post_fits(run, sample) -> None:
+def check_post_fits(run, sample, where: str = "--preprocess") -> None:
     """The declared post-processing run once on the FP32 model's real outputs: a spec that cannot work
     on them (top-k above the class count) would otherwise ship in every bundle and fail on the device."""
     post = (run.manifest.prepost or {}).get("post")
@@ -93,7 +93,7 @@ def check_post_fits(run, sample) -> None:
     try:
         Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(one.inputs), names=names)
     except PrepostError as e:
-        raise UsageError(f"--preprocess: the post-processing does not fit {run.cfg.model}'s outputs: "
+        raise UsageError(f"{where}: the post-processing does not fit {run.cfg.model}'s outputs: "
                          f"{str(e).splitlines()[0]}") from None
 
 
