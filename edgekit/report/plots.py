@@ -6,6 +6,7 @@ failed measurements appear in the tables as words, never as points.
 """
 from __future__ import annotations
 
+import html
 import io
 import re
 from dataclasses import dataclass
@@ -375,7 +376,8 @@ def to_svg(plot: Plot) -> str:
     s = re.sub(r'\sid="([^"]+)"', lambda m: f' id="{pre}{m.group(1)}"', s)
     s = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{pre}{m.group(1)})", s)
     s = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{pre}{m.group(1)}"', s)
-    return s.replace("<svg ", f'<svg role="img" aria-label="{plot.title}" class="plot" ', 1)
+    # the title carries run labels (directory names): quote it, or a '"' in one opens the tag to new attributes
+    return s.replace("<svg ", f'<svg role="img" aria-label="{html.escape(plot.title, quote=True)}" class="plot" ', 1)
 
 
 PNG_TAG = "edgekit report"
