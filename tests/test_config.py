@@ -30,7 +30,7 @@ def test_tolerance_bare_fraction_refused_by_api_recipe_and_cli(tmp_path, capsys,
     from edgekit import pipeline
     from edgekit.cli import main
 
-    monkeypatch.setattr(pipeline, "run_config", lambda cfg: pytest.fail(f"ran with tolerance {cfg.tolerance}"))
+    monkeypatch.setattr(pipeline, "run_config", lambda cfg, **kw: pytest.fail(f"ran with tolerance {cfg.tolerance}"))
     out = tmp_path / "o"
     with pytest.raises(ConfigError) as e:
         edgekit.compress("zoo:digits-cnn", output=str(out), tolerance=given)
@@ -121,7 +121,7 @@ def test_compress_max_trials_reaches_the_quantize_settings(tmp_path, monkeypatch
 
     seen = {}
 
-    def capture(cfg):
+    def capture(cfg, **kw):  # kw: how errors name an inline spec (preprocess_where)
         seen["max_trials"] = cfg.quantize.max_trials
         raise SystemExit(0)
 
@@ -142,7 +142,7 @@ def test_a_recipe_with_profiling_or_tuning_off_can_be_replayed_with_them_on(tmp_
 
     seen = []
 
-    def capture(cfg):
+    def capture(cfg, **kw):  # kw: how errors name an inline spec (preprocess_where)
         seen.append((cfg.profile.enabled, cfg.quantize.tune))
         raise SystemExit(0)
 
