@@ -14,7 +14,8 @@ def metric_veto(a, manifest, tolerance) -> str | None:
     if a.kind == "fp32":
         return None
     if ref is not None and val is not None and not tolerance.allows(ref, val):
-        return f"{a.path}: metric drop {tolerance.drop(ref, val):.2%} beyond {tolerance}"
+        # in the tolerance's own unit: a 'pt' drop printed with '%' read as a relative one of another size
+        return f"{a.path}: metric drop {tolerance.format_drop(ref, val)} beyond {tolerance}"
     # with labels the metric is the first output's accuracy; every other output is held to FP32 by the
     # same tolerance (as INT8 tuning holds it), or a pruned model with a broken second head is "lossless"
     others = (a.metrics or {}).get("other_outputs_fidelity") or ()
@@ -23,7 +24,7 @@ def metric_veto(a, manifest, tolerance) -> str | None:
         i, v = min(bad, key=lambda b: b[1])
         names = [o.get("name") if isinstance(o, dict) else getattr(o, "name", None) for o in a.outputs or ()]
         which = f"output '{names[i]}'" if i < len(names) and names[i] else f"output {i}"
-        return f"{a.path}: {which} fidelity to FP32 {v:.4f} (drop {1.0 - v:.2%}) beyond {tolerance}"
+        return f"{a.path}: {which} fidelity to FP32 {v:.4f} (drop {tolerance.format_drop(1.0, v)}) beyond {tolerance}"
     return None
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import shutil
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import pytest
 
-from edgekit.report import write_reports
+from edgekit.artifact import Artifact, Manifest
+from edgekit.config import Tolerance
+from edgekit.recommend import recommend
+from edgekit.report import tables, write_reports
 from report_fixtures import two_runs
 
 EVIL = "q\" onload=\"alert('x')\" a='1' <xss>&amp; >"
@@ -40,3 +44,30 @@ def test_a_crafted_run_label_stays_text_in_the_html(runs, tmp_path):
     assert "xss" not in page.tags, "injected tag"
     labels = [v for _, k, v in page.attrs if k == "aria-label" and v and v.endswith(EVIL)]
     assert labels, "the label reads back whole from the plot's aria-label"
+
+
+def _art(kind, path, value, p50):
+    a = Artifact(kind=kind, path=path, parent=None if kind == "fp32" else "f.onnx", stage="export",
+                 metrics={"name": "accuracy", "value": value})
+    a.latency = {"cpu": {"status": "ok", "p50_ms": p50}}
+    return a
+
+
+@pytest.mark.parametrize("tol, said", [("3pt", "metric drop 5.04pt beyond 3pt"),
+                                       ("1%", "metric drop 5.54% beyond 1%")])
+def test_a_vetoed_drop_is_printed_in_the_tolerance_unit(tol, said):
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.9093, 1.0), _art("int8", "q.onnx", 0.8589, 0.5)])
+    r = recommend(m, Tolerance.parse(tol), [SimpleNamespace(name="cpu", emulated=False)])["cpu"]
+    assert r["path"] == "f.onnx" and [said in x for x in r["rejected"]] == [True]
+
+
+@pytest.mark.parametrize("tol, drop", [("3pt", "5.04pt"), ("1%", "5.54%")])
+def test_the_trials_table_drop_is_in_the_tolerance_unit(tol, drop):
+    tr = {"name": "t", "phase": "fixed", "metric": 0.8589, "drop_rel": (0.9093 - 0.8589) / 0.9093, "latency_ms": 1.0,
+          "fp32_ms": 1.0, "speedup": 1.0, "passed": False, "fp32_nodes": [], "error": None}
+    run = {"label": "r", "quantization": [{"parent": "f.onnx", "tolerance": tol, "reference": 0.9093,
+                                           "reason": "", "chosen": "t", "trials": [tr]}]}
+    (t,) = tables.quant_trials(run)
+    col = [c.name for c in t.columns].index("Drop")
+    assert t.rows[0][col].text == drop
+

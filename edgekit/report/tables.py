@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from ..config import Tolerance
+from ..errors import ConfigError
 from . import fmt
 
 
@@ -179,6 +181,18 @@ def prepost(run) -> Table | None:
     return table if table.rows else None
 
 
+def _trial_drop(q, tr) -> str:
+    """The trial's drop in its tolerance's unit, as the reasons and 'Within tolerance' judge it: a relative
+    drop in a 'pt' run's table disagreed with the 'drops N pt' beside it."""
+    try:
+        tol = Tolerance.parse(q["tolerance"])
+    except (ConfigError, TypeError):
+        tol = None
+    if tol is None or q.get("reference") is None or tr["metric"] is None:
+        return fmt.pct(tr["drop_rel"])
+    return tol.format_drop(q["reference"], tr["metric"])
+
+
 def quant_trials(run) -> list:
     out = []
     for q in run.get("quantization") or []:
@@ -201,7 +215,7 @@ def quant_trials(run) -> list:
             t.rows.append([Cell(str(n)), Cell(tr["name"] + (" (chosen)" if chosen else ""), cls="strong" if chosen else ""),
                            Cell(str(tr.get("phase") or "")),
                            Cell("—" if tr["metric"] is None else f"{tr['metric']:.4f}"),
-                           Cell(fmt.pct(tr["drop_rel"])), Cell(fmt.ms(tr["latency_ms"])),
+                           Cell(_trial_drop(q, tr)), Cell(fmt.ms(tr["latency_ms"])),
                            Cell(fmt.ms(tr.get("fp32_ms"))), Cell(fmt.ratio(tr["speedup"])),
                            Cell(fmt.bool_text(tr["passed"]), cls="good" if tr["passed"] else "bad"),
                            Cell(", ".join(tr["fp32_nodes"][:4]) + (" …" if len(tr["fp32_nodes"]) > 4 else "") or "—")])
