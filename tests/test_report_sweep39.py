@@ -3,6 +3,8 @@ report.json's created from the manifest, two outputs on one file refused."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
@@ -71,3 +73,15 @@ def test_the_trials_table_drop_is_in_the_tolerance_unit(tol, drop):
     col = [c.name for c in t.columns].index("Drop")
     assert t.rows[0][col].text == drop
 
+
+@pytest.mark.parametrize("args, flags", [(["-o", "same.html", "--json-out", "same.html"], "-o/--output and --json-out"),
+                                         (["--markdown", "same.md", "--json-out", "./same.md"], "--markdown and --json-out"),
+                                         (["-o", "same.html", "--markdown", "same.html"], "-o/--output and --markdown")])
+def test_two_outputs_on_one_file_are_refused_before_writing(runs, tmp_path, args, flags):
+    a, _ = runs
+    r = subprocess.run([sys.executable, "-m", "edgekit", "report", str(a), *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and flags in line and "same." in line
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,9 @@ def write_reports(outdirs, *, html=None, markdown=None, json_path=None, title=No
 
     if isinstance(outdirs, (str, Path)):
         outdirs = [outdirs]
+    from .outputs import check_distinct
+
+    check_distinct((("-o/--output", html), ("--markdown", markdown), ("--json-out", json_path)))
     report = build_report(list(outdirs), title=title, shown_as=shown_as)
     run_warnings = [f"{r['label']}: {w}" for r in report["runs"] for w in r.get("warnings") or []]
     for w in run_warnings + list((report.get("comparison") or {}).get("warnings") or []):

@@ -93,6 +93,19 @@ def check_report_path(path, flag: str, fmt: str) -> None:
                          f"name, e.g. {_suggest(p, suffix)}")
 
 
+def check_distinct(outputs) -> None:
+    """UsageError (one line) when two of the (flag, path) outputs name one file: each writer replaced the
+    one before, so the user got one report under the other's name and 'wrote' twice, exit 0."""
+    seen = {}
+    for flag, p in outputs:
+        if p is None:
+            continue
+        key = Path(p).resolve()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {flag} both name {p}: each report needs a file of its own")
+        seen[key] = flag
+
+
 def _our_png(p: Path, md_is_ours: bool) -> bool:
     """A PNG edgekit's report wrote: the tEXt chunk plots.to_png adds, near the start; an untagged PNG
     (older edgekit) only beside an edgekit Markdown report, whose folder it then is."""
