@@ -230,10 +230,12 @@ class Evaluator:
             return None
         return session(path, optimize=False)
 
-    def __call__(self, path, *, numeric: bool = False) -> dict:
+    def __call__(self, path, *, numeric: bool = False, numeric_against=None) -> dict:
         """numeric=True adds "numeric": each output's relative error to FP32 (see numeric_fidelity), what a
         final artifact records besides the metric, which is blind to a scale error (top-1 agreement 1.0 on
-        boxes 15x too small)."""
+        boxes 15x too small). numeric_against: the model to measure that error against instead (the file
+        quantized, when it is not the FP32 reference: a distilled model's own distance from FP32 is no
+        error of its INT8 version's)."""
         try:
             out = self.outputs(path)
         except Exception as e:
@@ -259,7 +261,8 @@ class Evaluator:
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
         if numeric:
-            res["numeric"] = numeric_fidelity(out, ref, self.output_names())
+            against = ref if numeric_against is None else run_batches(numeric_against, self.ds, batch_size=batch)
+            res["numeric"] = numeric_fidelity(out, against, self.output_names())
         if self.simulate_qdq and quantized_graph(path):
             res["simulated"] = "cpu, graph optimisations off (QDQ arithmetic)"
         if len(out) > 1:
