@@ -175,10 +175,14 @@ class Manifest:
     def to_dict(self) -> dict:
         from . import __version__
 
+        if not self.created:
+            # fixed at the first write: the report is built from that write, and the final write a few seconds
+            # later gave manifest.json a later time than report.json, which copies it
+            self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         d = {
             "schema": self.schema,
             "edgekit_version": self.edgekit_version or __version__,
-            "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": self.created,
             "source": self.source,
             "settings": self.settings,
             "data": self.data,
