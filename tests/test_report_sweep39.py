@@ -85,3 +85,14 @@ def test_two_outputs_on_one_file_are_refused_before_writing(runs, tmp_path, args
     line = r.stderr.strip()
     assert "\n" not in line and flags in line and "same." in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_pruning_caption_describes_only_the_panels_drawn():
+    # sweep38 F2: a run without --sensitivity has only the schedule panel, and its caption described a
+    # 'Left' sensitivity panel that was not there
+    from edgekit.report.plots import _pruning_caption
+
+    one = _pruning_caption(["steps"])
+    assert one == "Metric and size along the pruning schedule." and "Left" not in one
+    two = _pruning_caption(["sensitivity", "steps"])
+    assert two.startswith("Left: the metric drop when each layer alone") and "Right: metric and size" in two

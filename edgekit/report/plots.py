@@ -255,12 +255,25 @@ def pruning(report) -> list:
                     ax2.set_ylabel("parameters" if second == "params" else "latency, ms", color="#e07a3f")
                     ax2.spines["top"].set_visible(False)
                     ax2.tick_params(labelsize=9)
-                ax.set_xlabel("global pruning ratio")
+                ax.set_xlabel("pruning ratio")  # global or per layer, as the run's settings say
                 ax.set_title("pruning schedule", loc="left", fontsize=10, color=INK)
-        out.append(Plot(f"prune-{_slug(r['label'])}", "Pruning" + _suffix(report, r),
-                        "Left: the metric drop when each layer alone is pruned at a ratio (the most sensitive "
-                        "layers are coloured). Right: metric and size along the pruning schedule.", fig, r["label"]))
+        out.append(Plot(f"prune-{_slug(r['label'])}", "Pruning" + _suffix(report, r), _pruning_caption(panels),
+                        fig, r["label"]))
     return out
+
+
+_PANEL_TEXT = {"sensitivity": "the metric drop when each layer alone is pruned at a ratio (the most sensitive "
+                              "layers are coloured)",
+               "steps": "metric and size along the pruning schedule"}
+
+
+def _pruning_caption(panels: list) -> str:
+    """What the figure shows, panel by panel: a run without --sensitivity has only the schedule, and a caption
+    describing a left panel that is not there misled (sweep38 F2)."""
+    if len(panels) == 1:
+        text = _PANEL_TEXT[panels[0]]
+        return text[0].upper() + text[1:] + "."
+    return " ".join(f"{side}: {_PANEL_TEXT[p]}." for side, p in zip(("Left", "Right"), panels))
 
 
 def _drop(s):
