@@ -172,14 +172,14 @@ def stage_export(run: Run):
                        opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], notes=notes)
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
-        _check_post_fits(run, run.ctx.eval.take(8))
+        run_checks.check_post_fits(run, run.ctx.eval.take(8), where=_spec_where(run))
         return {"artifacts": [art.path], "note": "source is already ONNX",
                 "notes": run_checks.label_notes(run, art)}
     with task("exporting to ONNX"):
         # eval samples too: a branch the trace froze on the calibration data shows on other data
         arts = [export_module(src.module, src, dest, kind="fp32", data=run.ctx.calib or run.ctx.eval,
                               eval_data=run.ctx.eval)]
-        _check_post_fits(run, run.ctx.eval.take(8))  # before any more work is spent on this run
+        run_checks.check_post_fits(run, run.ctx.eval.take(8), where=_spec_where(run))  # before more work
         if run.torch_variant is not None:
             module, kind = run.torch_variant
             arts.append(export_module(module, src, run.staging / f"model.{kind}.onnx", kind=kind,
@@ -370,12 +370,6 @@ def declare_prepost(src, declared, model: str, where: str = "--preprocess") -> N
 def _spec_where(run) -> str:
     """How fit errors name the run's spec: the recipe holding it inline, its file, or the flag."""
     return run.preprocess_where or _prepost_where(run.cfg.preprocess)
-
-
-def _check_post_fits(run, sample) -> None:
-    """run_checks.check_post_fits, its error naming the spec as the pre-processing's does (a recipe's inline
-    spec or a spec file was never given as the flag)."""
-    run_checks.check_post_fits(run, sample, where=_spec_where(run))
 
 
 def _prepost_where(text) -> str:
