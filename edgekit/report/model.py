@@ -24,6 +24,9 @@ KIND_ORDER = ("fp32", "pruned", "distilled", "sparse", "fp16", "int8", "int8-dyn
 RATIO_BAND = (0.9, 1.1)
 METRIC_DELTA = 0.005
 NOT_COMPARABLE_EVAL = "not comparable: different eval data"
+# what a latency was timed under, kept even when unset (threads null: the runtime's default), so that two
+# runs' timings of one file are compared only under the same conditions
+CONDITION_KEYS = ("threads", "batch", "provider", "onnxruntime", "host_cpu", "arch", "emulated")
 
 
 def _num(v):
@@ -65,7 +68,8 @@ def latency_entry(raw, fp32_raw=None) -> dict:
         if status == "emulated" and timing:
             out["emulated_timing"] = timing
         return out
-    out = {"status": "ok", **facts, "emulated": False, **_stats(raw)}
+    out = {"status": "ok", **facts, "emulated": False, **_stats(raw),
+           "conditions": {k: raw[k] for k in CONDITION_KEYS if k in raw}}
     samples = [s for s in (_num(x) for x in raw.get("samples_ms") or []) if s is not None]
     if samples:
         out["samples_ms"] = samples
@@ -336,12 +340,42 @@ def model_difference(base: dict, run: dict) -> str | None:
     return None
 
 
+def _cond_value(k, v) -> str:
+    if k == "threads" and v is None:
+        return "default"
+    return str(v).removesuffix("ExecutionProvider") if k == "provider" else str(v)
+
+
+def condition_difference(a: dict | None, b: dict | None) -> list:
+    """["threads default vs 1", ...]: the conditions two timings of one file were measured under that
+    differ; a fact either entry does not record (an older manifest) is not guessed at."""
+    if not a or not b:
+        return []
+    return [f"{k.replace('host_cpu', 'cpu')} {_cond_value(k, a[k])} vs {_cond_value(k, b[k])}"
+            for k in CONDITION_KEYS if k in a and k in b and a[k] != b[k]]
+
+
+def _paired_conditions(base: dict, run: dict) -> str | None:
+    """Every condition difference between the cells of run and base that time the same file on the same
+    target, once each, or None when they were all timed alike."""
+    out = []
+    for v in run["variants"]:
+        bv = next((x for x in base["variants"] if x["path"] == v["path"]), None)
+        for t in run["targets"]:
+            la, lb = (bv or {}).get("latency", {}).get(t) or {}, v["latency"].get(t) or {}
+            if la.get("status") == lb.get("status") == "ok":
+                out += [d for d in condition_difference(la.get("conditions"), lb.get("conditions")) if d not in out]
+    return "; ".join(out) or None
+
+
 def run_differences(base: dict, runs: list) -> tuple[dict, list]:
-    """({label: {"model": why or None, "eval": why or None}}, warnings) for each run against the baseline."""
+    """({label: {"model": why or None, "eval": why or None, "conditions": why or None}}, warnings) for each
+    run against the baseline."""
     diffs, warnings = {}, []
     for r in runs:
         d = {"model": model_difference(base, r),
-             "eval": eval_difference(base.get("eval_data"), r.get("eval_data"))}
+             "eval": eval_difference(base.get("eval_data"), r.get("eval_data")),
+             "conditions": _paired_conditions(base, r)}
         diffs[r["label"]] = d
         if d["model"]:
             warnings.append(f"{r['label']} is a different source model from {base['label']} ({d['model']}): "
@@ -349,6 +383,10 @@ def run_differences(base: dict, runs: list) -> tuple[dict, list]:
         if d["eval"]:
             warnings.append(f"{r['label']} was evaluated on different data from {base['label']} ({d['eval']}): "
                             "its metrics are not comparable and no metric delta is shown")
+        if d["conditions"]:
+            warnings.append(f"{r['label']} was timed under other conditions than {base['label']} ({d['conditions']}): "
+                            "its latency ratios measure that change as well as the files', and are not flagged "
+                            "slower or faster")
     return diffs, warnings
 
 
@@ -393,6 +431,7 @@ def comparison(runs: list) -> dict | None:
                  "host_cpu": lat.get("host_cpu") or r["host"].get("cpu")}
             if lat["status"] == "ok":
                 c["p50_ms"] = lat["p50_ms"]
+                c["conditions"] = dict(lat.get("conditions") or {})
             else:
                 c["reason"] = lat.get("reason", "")
             cells[r["label"]] = c
@@ -401,8 +440,12 @@ def comparison(runs: list) -> dict | None:
             c = cells[r["label"]]
             if c.get("p50_ms") and b.get("p50_ms"):
                 c["latency_ratio"] = c["p50_ms"] / b["p50_ms"]
-                c["latency_flag"] = ("slower" if c["latency_ratio"] > RATIO_BAND[1]
-                                     else "faster" if c["latency_ratio"] < RATIO_BAND[0] else "same")
+                other = condition_difference(b.get("conditions"), c.get("conditions"))
+                if other:  # a flag would read as the file getting slower or faster: the conditions changed too
+                    c["latency_note"] = "other conditions: " + "; ".join(other)
+                else:
+                    c["latency_flag"] = ("slower" if c["latency_ratio"] > RATIO_BAND[1]
+                                         else "faster" if c["latency_ratio"] < RATIO_BAND[0] else "same")
             note = _metric_note(diffs[r["label"]], metrics.get(base["label"]), metrics.get(r["label"]))
             if c.get("metric") is not None and b.get("metric") is not None and note:
                 c["metric_note"] = note  # a delta between different eval sets reads as a real change: none is given

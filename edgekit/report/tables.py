@@ -275,8 +275,9 @@ def comparison(report) -> Table | None:
             cols.append(Column("Δ metric", lab, True))
     t = Table("comparison", "Comparison between runs", cols,
               note=f"Baseline: {base}. Latency ratios outside {comp['ratio_band'][0]}–{comp['ratio_band'][1]}× and "
-                   f"metric changes beyond ±{comp['metric_delta_threshold']} are highlighted. Runs on different "
-                   "hosts compare machines, not only artifacts." + _not_compared(comp),
+                   f"metric changes beyond ±{comp['metric_delta_threshold']} are highlighted, unless timed under other "
+                   "conditions (said in the cell). Runs on different hosts compare machines, not only artifacts."
+                   + _not_compared(comp),
               warnings=list(comp.get("warnings") or []))
     for row in comp["rows"]:
         cells = [Cell(row["variant"], cls="kind"), Cell(row["target"])]
@@ -287,11 +288,7 @@ def comparison(report) -> Table | None:
             else:
                 cells.append(Cell(fmt.ms(c["p50_ms"]), title=c.get("host_cpu") or ""))
                 if lab != base:
-                    r = c.get("latency_ratio")
-                    flag = c.get("latency_flag", "")
-                    arrow = {"slower": " ▲ slower", "faster": " ▼ faster"}.get(flag, "")
-                    cells.append(Cell(fmt.ratio(r) + arrow if r is not None else "—",
-                                      cls={"slower": "bad", "faster": "good"}.get(flag, "")))
+                    cells.append(_ratio_cell(c))
             cells.append(Cell("—" if c.get("metric") is None else f"{c['metric']:.4f}"))
             if lab != base and c.get("metric_note"):
                 cells.append(Cell("not comparable", cls="warn", title=c["metric_note"],
@@ -302,6 +299,19 @@ def comparison(report) -> Table | None:
                                   cls={"worse": "bad", "better": "good"}.get(mf, "")))
         t.rows.append(cells)
     return t
+
+
+def _ratio_cell(c) -> Cell:
+    """The latency ratio, flagged slower/faster, or, timed under other conditions (threads, batch, provider,
+    CPU...), unflagged and saying which: the ratio is then not the file's change alone."""
+    r = c.get("latency_ratio")
+    if r is None:
+        return Cell("—")
+    if c.get("latency_note"):
+        return Cell(fmt.ratio(r), cls="warn", title=c["latency_note"], sub=c["latency_note"])
+    flag = c.get("latency_flag", "")
+    arrow = {"slower": " ▲ slower", "faster": " ▼ faster"}.get(flag, "")
+    return Cell(fmt.ratio(r) + arrow, cls={"slower": "bad", "faster": "good"}.get(flag, ""))
 
 
 def _not_compared(comp) -> str:
