@@ -278,8 +278,34 @@ def test_cold_start_is_taken_with_no_other_session_alive(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "open_session", tracked_open)
     monkeypatch.setattr(runner, "cold_start", tracked_cold)
     res = runner.bench_models({"a": m, "b": m, "c": m}, warmup=1, min_runs=3, min_seconds=0.0, op_runs=0)
-    assert [n for n, _ in calls] == [0, 0, 0], calls
-    assert [r["cold_start_ms"] for r in res.values()] == [ms for _, ms in calls]
+    assert [n for n, _ in calls] == [0] * 15, calls
+    # rounds alternate the order (a b c, c b a, a b c, ...); each figure is its model's median
+    ms = [t for _, t in calls]
+    mine = {"a": (0, 5, 6, 11, 12), "b": (1, 4, 7, 10, 13), "c": (2, 3, 8, 9, 14)}
+    for label, idx in mine.items():
+        assert res[label]["cold_start_ms"] == float(np.median([ms[i] for i in idx]))
+        assert res[label]["cold_start_runs"] == 5
+
+
+def test_a_stall_in_one_cold_start_does_not_become_the_figure(tmp_path, monkeypatch):
+    """One session per model left a single stall of a busy host in whichever model it hit (three copies
+    of one model: 12-28 ms for the first, about 2 ms for the others). A stall in one of the three
+    sessions is now outvoted (two of five); a cold start too long to repeat is timed once and says so."""
+    m = big_mlp(tmp_path / "m.onnx")
+    real_cold, n = runner.cold_start, []
+
+    def stalled_first(*a, **k):
+        n.append(1)
+        return real_cold(*a, **k) + (300.0 if len(n) in (1, 2) else 0.0)  # two sessions hit a stall
+
+    monkeypatch.setattr(runner, "cold_start", stalled_first)
+    res = runner.bench_models({"a": m, "b": m}, warmup=1, min_runs=3, min_seconds=0.0, op_runs=0)
+    assert res["a"]["cold_start_ms"] < 100.0 and res["a"]["cold_start_runs"] == 5, res["a"]
+    assert res["b"]["cold_start_ms"] < 100.0, res["b"]
+    n.clear()
+    monkeypatch.setattr(runner, "COLD_BUDGET_MS", 0.0)
+    res = runner.bench_models({"a": m, "b": m}, warmup=1, min_runs=3, min_seconds=0.0, op_runs=0)
+    assert [r["cold_start_runs"] for r in res.values()] == [1, 1]
 
 
 def test_three_copies_of_one_model_read_alike_cold(tmp_path):
