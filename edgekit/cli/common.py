@@ -20,8 +20,7 @@ def main_entry(cli, argv=None):
     # eval mode) says nothing about the user's model or edgekit's results
     warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
     _exit_on_sigterm()
-    _JSON_WRITTEN.clear()
-    _JSON_FLAG.clear()
+    _JSON_STATE.clear()
     try:
         rv = cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
     except click.exceptions.Abort:
@@ -105,26 +104,23 @@ def _report_error(e: EdgekitError) -> str:
     return msg
 
 
-# set once a command printed its JSON document: a failing flash or devices status prints its per-device
-# results before exiting non-zero, and a second document would make stdout unparseable
-_JSON_WRITTEN: set = set()
-
-
-# --json as click parsed it: 'json' -> bool once the option was processed ('-o --json' is a value of -o)
-_JSON_FLAG: dict = {}
+# this run's --json: 'flag' -> bool once click processed the option ('-o --json' is a value of -o);
+# 'written' once a command printed its JSON document: a failing flash or devices status prints its
+# per-device results before exiting non-zero, and a second document would make stdout unparseable
+_JSON_STATE: dict = {}
 
 
 def _json_error(argv, message: str, code: int) -> None:
     """With --json, a failure is a JSON document on stdout too ({"error", "exit_code"}): a script parsing
     stdout got nothing from most commands on error, while flash and devices status printed their results."""
-    if "json" in _JSON_FLAG:
-        wanted = _JSON_FLAG["json"]
+    if "flag" in _JSON_STATE:
+        wanted = _JSON_STATE["flag"]
     else:  # click failed before it processed --json (an unknown option, say): the words given decide
         args = sys.argv[1:] if argv is None else list(argv)
         if "--" in args:
             args = args[:args.index("--")]
         wanted = "--json" in args
-    if not wanted or _JSON_WRITTEN:
+    if not wanted or _JSON_STATE.get("written"):
         return
     try:
         click.echo(json.dumps({"error": message, "exit_code": code}, indent=2))
@@ -136,11 +132,11 @@ def echo_json(obj) -> None:
     from ..fsutil import _json_default
 
     click.echo(json.dumps(obj, indent=2, default=_json_default))
-    _JSON_WRITTEN.add(True)
+    _JSON_STATE["written"] = True
 
 
 def _note_json_flag(ctx, param, value):
-    _JSON_FLAG["json"] = bool(value)
+    _JSON_STATE["flag"] = bool(value)
     return value
 
 
