@@ -469,17 +469,30 @@ def is_torchscript(path) -> bool:
         return False
 
 
-def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, input_shape=None,
-                sample_inputs=None) -> SourceModel:
+def call_factory(path: str, factory: str, where: str | None = None):
+    """The module `path:factory` builds; a factory that raises or returns something else is one line
+    naming `where` (the option it came from), else the spec itself."""
     import torch
 
+    spec = f"{path}:{factory}"
     fn = _import_factory(path, factory)
     try:
         module = fn()
     except Exception as e:
-        raise InputError(f"{path}:{factory}: calling the factory failed: {type(e).__name__}: {e}") from None
+        first = (str(e).splitlines() or [""])[0]
+        what = f"{where}: calling the factory {spec} failed" if where else f"{spec}: calling the factory failed"
+        raise InputError(f"{what}: {type(e).__name__}: {first}") from None
     if not isinstance(module, torch.nn.Module):
-        raise InputError(f"{path}:{factory}: returned {type(module).__name__}, not a torch.nn.Module")
+        what = f"{where}: the factory {spec}" if where else spec
+        raise InputError(f"{what}: returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, input_shape=None,
+                sample_inputs=None) -> SourceModel:
+    import torch
+
+    module = call_factory(path, factory)
     weights_sha = None
     if weights:
         obj = load_state(weights, trust_pickle=trust_pickle)

@@ -510,22 +510,10 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
 
 
 def _call_factory(spec: str, where: str):
-    """The module `file.py:factory` builds; a factory that raises or returns something else is one line
-    naming `where` (it was an internal error for a student, a one-line error for the same teacher)."""
-    import torch
-
-    from ..loader import _import_factory
+    from ..loader import call_factory
 
     path, _, factory = spec.rpartition(":")
-    fn = _import_factory(path, factory)
-    try:
-        module = fn()
-    except Exception as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise InputError(f"{where}: calling the factory {spec} failed: {type(e).__name__}: {first}") from None
-    if not isinstance(module, torch.nn.Module):
-        raise InputError(f"{where}: the factory returned {type(module).__name__}, not a torch.nn.Module")
-    return module
+    return call_factory(path, factory, where)
 
 
 def student_base_spec(pt: str, source, obj=None) -> str:
