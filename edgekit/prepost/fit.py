@@ -29,7 +29,7 @@ def check_pre_fits(spec: dict, inputs: list, model: str, where: str = "--preproc
     channels, axis = _channels(first), _channel_axis(first)
     if len(pipe.pre) == 1 and first.op == "resize_normalize":
         _check_resize_shape(first.params, channels, inputs, model, where)
-    out = _run(pipe, _sample(first, channels), where)
+    out = pipe.run_steps(pipe.pre, {}, _sample(first, channels), where)
     _check_feeds(out, inputs, model, where, channels, axis)
 
 
@@ -63,22 +63,6 @@ def _sample(step, channels):
         c = channels[0][0] if channels else 1
         return np.random.default_rng(0).integers(0, 256, (48, 64, c), dtype=np.uint8)
     return OPS[step.op].example(step.params)[0]
-
-
-def _run(pipe, raw, where):
-    env, prev = {"prev": raw}, raw
-    for s in pipe.pre:
-        try:
-            prev = s.run(env)
-        except PrepostError as e:
-            raise PrepostError(f"{where}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - whatever the step raises, it would raise on the device too
-            msg = (str(e).splitlines() or [""])[0]
-            raise PrepostError(f"{where}: {s.where}: fails on a sample input: {type(e).__name__}: {msg}") from None
-        env["prev"] = prev
-        if isinstance(prev, dict):
-            env.update(prev)
-    return prev
 
 
 def _check_resize_shape(params, channels, inputs, model, where):

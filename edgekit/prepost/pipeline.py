@@ -185,10 +185,19 @@ class Pipeline:
         return cls(spec or {}, backend, strict)
 
     @staticmethod
-    def _run(steps, env, prev):
+    def run_steps(steps, env, prev, where=None):
+        """where: a spec's place for a check run (prepost.fit), whose step failures become one line."""
         env["prev"] = prev
         for s in steps:
-            prev = s.run(env)
+            try:
+                prev = s.run(env)
+            except Exception as e:
+                if where is None:
+                    raise
+                if isinstance(e, PrepostError):
+                    raise PrepostError(f"{where}: {e}") from None
+                msg = (str(e).splitlines() or [""])[0]  # whatever the step raises, it would raise on the device too
+                raise PrepostError(f"{where}: {s.where}: fails on a sample input: {type(e).__name__}: {msg}") from None
             env["prev"] = prev
             if isinstance(prev, dict):
                 env.update(prev)
@@ -196,7 +205,7 @@ class Pipeline:
 
     def preprocess(self, raw):
         """Raw input (image array, or token id lists) -> the model's feed (an array or a dict of arrays)."""
-        return self._run(self.pre, {}, raw)
+        return self.run_steps(self.pre, {}, raw)
 
     def postprocess(self, outputs, feeds=None, names=None):
         """Model outputs (one array, a list in output order, or a dict by name) -> the answer.
@@ -215,7 +224,7 @@ class Pipeline:
             first = outputs[0] if outputs else None
         else:
             env["0"] = first = outputs
-        return self._run(self.post, env, first)
+        return self.run_steps(self.post, env, first)
 
     def raw_from_inputs(self, feeds: dict):
         """The raw input the first pre step turns into these model feeds, where that step can say (token
