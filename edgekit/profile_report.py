@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 
-from .report.fmt import json_safe
+from .report.fmt import json_safe, md_text as _md
 
 SCHEMA = "edgekit.profile/1"
 
@@ -90,29 +90,29 @@ def _f(v, unit="", nd=3):
 def to_markdown(report: dict) -> str:
     h = report["host"]
     lines = ["# edgekit profile", "",
-             f"Host: {h.get('cpu')} ({h.get('cores')} cores, {h.get('machine')}), "
+             f"Host: {_md(h.get('cpu'))} ({h.get('cores')} cores, {_md(h.get('machine'))}), "
              f"onnxruntime {report['versions'].get('onnxruntime')}, edgekit {report['edgekit_version']}, "
              f"{report['created']}.", ""]
     s = report["settings"]
     # what the loop aims for, not what happened: the runs column and the note under a table say that
     lines += [f"Runs: {s.get('warmup')} warm-up, then the artifacts timed in turn (round-robin in one process) "
               f"until each has {s.get('min_runs')} runs and the loop has taken {s.get('min_seconds')} s, or "
-              f"{s.get('max_seconds')} s have passed; inputs: {s.get('inputs')}. Cold start is session creation + "
+              f"{s.get('max_seconds')} s have passed; inputs: {_md(s.get('inputs'))}. Cold start is session creation + "
               "first run, after a throwaway session took onnxruntime's one-time set-up; peak RSS is the measuring "
               "process's while it timed (under emulation the emulator's), shared by every artifact timed in it.", ""]
     for run in report["runs"]:
         ti = run["target_info"]
         emu = ti.get("emulated")
-        title = f"## {run['target']} — {_batch_title(run)}, threads {run['threads'] or 'default'}"
+        title = f"## {_md(run['target'])} — {_md(_batch_title(run))}, threads {run['threads'] or 'default'}"
         if emu:
             title += " (EMULATED: qemu-user, correctness only, not device latency)"
         missing = {m for r in run["results"].values() if r.get("status") == "ok"
                    for m in r.get("providers_missing") or []}
-        provs = [p["name"] + (" (not available: not used)" if p["name"] in missing else "")
+        provs = [_md(p["name"]) + (" (not available: not used)" if p["name"] in missing else "")
                  for p in ti.get("providers", [])]
-        lines += [title, "", f"{ti.get('arch')}, {ti.get('address')}, providers: {', '.join(provs)}", ""]
+        lines += [title, "", f"{_md(ti.get('arch'))}, {_md(ti.get('address'))}, providers: {', '.join(provs)}", ""]
         cols = ["artifact", "precision", "provider", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms",
-                f"latency vs {run.get('baseline') or 'FP32 of its run'} (< 1x: faster)", "inf/s", "cold start ms", "process peak RSS MB",
+                f"latency vs {_md(run.get('baseline') or 'FP32 of its run')} (< 1x: faster)", "inf/s", "cold start ms", "process peak RSS MB",
                 "runs", "fallback nodes"]
         cross = any("arm_vs_host" in r for r in run["results"].values())
         if cross:
@@ -120,11 +120,11 @@ def to_markdown(report: dict) -> str:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for label, r in run["results"].items():
             if r.get("status") != "ok":
-                lines.append(f"| {label} | " + " | ".join([f"{r.get('status')}: {r.get('reason')}"]
+                lines.append(f"| {_md(label)} | " + " | ".join([_md(f"{r.get('status')}: {r.get('reason')}")]
                                                           + [""] * (len(cols) - 2)) + " |")
                 continue
             rat = run["ratios"].get(label)
-            row = [label, str(r.get("precision") or "-"), r["provider"].replace("ExecutionProvider", ""),
+            row = [_md(label), _md(r.get("precision") or "-"), _md(r["provider"].replace("ExecutionProvider", "")),
                    _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]), f"{_f(r['mean_ms'])} ± {_f(r['std_ms'])}",
                    _f(rat, "x", 2), _f(r.get("throughput"), "", 1), _f(r.get("cold_start_ms"), "", 1),
                    _f(r.get("peak_rss_mb"), "", 0), str(r["runs"]), str(r.get("fallback_nodes", "-"))]
@@ -149,14 +149,14 @@ def _cross_cell(av: dict) -> str:
     alone reads as a contradiction."""
     d = av.get("max_abs_diff") or {}
     if not d:
-        return str(av.get("reason", "-")).replace("|", "\\|")
+        return _md(av.get("reason", "-"))
     worst = [v for v in d.values() if not isinstance(v, (int, float))] or [max(d.values())]
     cell = f"{'ok' if av.get('ok') else 'MISMATCH'} {_g(worst[0])} ({_g(av.get('atol'))})"
     if av.get("reason"):
         cell += f": {av['reason']}"
     if av.get("not_compared"):
         cell += "; not compared: " + ", ".join(f"{k} ({v})" for k, v in av["not_compared"].items())
-    return cell.replace("|", "\\|")
+    return _md(cell)
 
 
 def _batch_title(run) -> str:
@@ -179,11 +179,11 @@ def _shapes_line(run) -> list:
         return []
 
     def fmt(sh):
-        return ", ".join(f"{n} [{', '.join(str(d) for d in v)}]" for n, v in sh.items())
+        return ", ".join(f"{_md(n)} [{', '.join(_md(d) for d in v)}]" for n, v in sh.items())
     distinct = {json.dumps(v, sort_keys=True) for v in shapes.values()}
     if len(distinct) == 1 and len(shapes) == len(run["results"]):
         return [f"Input shapes timed: {fmt(next(iter(shapes.values())))}.", ""]
-    return ["Input shapes timed: " + "; ".join(f"{k}: {fmt(v)}" for k, v in shapes.items()) + ".", ""]
+    return ["Input shapes timed: " + "; ".join(f"{_md(k)}: {fmt(v)}" for k, v in shapes.items()) + ".", ""]
 
 
 def _notes(run, settings=None) -> list:
@@ -204,7 +204,7 @@ def _notes(run, settings=None) -> list:
                 seen.setdefault(note, []).append(label)
     if not seen:
         return []
-    return [f"_Note: {note}" + ("" if len(labels) == len(run["results"]) else f" ({', '.join(labels)})") + "._"
+    return [f"_Note: {_md(note)}" + ("" if len(labels) == len(run["results"]) else f" ({_md(', '.join(labels))})") + "._"
             for note, labels in seen.items()] + [""]
 
 
@@ -218,7 +218,7 @@ def _baseline_note(run, artifacts: dict) -> list:
              for k, b in bases.items() if k != b and res[k].get("status") == "ok"]
     if not parts:  # nothing measured lacks its FP32: the rows already say why they have no numbers
         return []
-    return [f"_Ratios are taken within each run, never across models: {'; '.join(parts)}._", ""]
+    return [f"_Ratios are taken within each run, never across models: {_md('; '.join(parts))}._", ""]
 
 
 def _why_no_baseline(label: str, res: dict, artifacts: dict) -> str:
@@ -244,7 +244,7 @@ def _op_section(run) -> list:
         ops = r.get("op_breakdown")
         if r.get("status") == "ok" and ops:
             tops = ", ".join(f"{op} {ms:.3f} ms ({share:.0%})" for op, ms, share in top_ops(ops, 5))
-            out.append(f"- {label}: {tops}")
+            out.append(f"- {_md(label)}: {_md(tops)}")
     return (["Time per operator type (ONNX Runtime profiler, median per run):", ""] + out + [""]) if out else []
 
 
@@ -255,11 +255,11 @@ def _prepost_section(run) -> list:
         if not pp:
             continue
         if pp.get("status") != "ok":
-            rows.append(f"| {label} | {pp.get('status')}: {pp.get('reason')} | | | | |")
+            rows.append(f"| {_md(label)} | {_md(str(pp.get('status')) + ': ' + str(pp.get('reason')))} | | | | |")
             continue
         # a report from before pre/post was timed at the run's batch timed one sample
         batches.add(pp.get("batch", 1))
-        rows.append(f"| {label} | {_f(r['p50_ms'])} | {_f(pp['pre']['p50_ms'])} | {_f(pp['model']['p50_ms'])} | "
+        rows.append(f"| {_md(label)} | {_f(r['p50_ms'])} | {_f(pp['pre']['p50_ms'])} | {_f(pp['model']['p50_ms'])} | "
                     f"{_f(pp['post']['p50_ms'])} | {_f(pp['e2e']['p50_ms'])} |")
     if not rows:
         return []
@@ -275,13 +275,16 @@ def _prepost_section(run) -> list:
 def to_html(report: dict) -> str:
     """The Markdown report as one self-contained HTML page, in the compress report's style (inline CSS, no
     scripts, no URLs). Converted from to_markdown so the two cannot say different things."""
-    from html import escape
+    import re
+    from html import escape, unescape
 
     from .report.html import CSS
 
     def inline(text):
-        text = escape(text)
-        return f"<em>{text[1:-1]}</em>" if len(text) > 2 and text[0] == text[-1] == "_" else text
+        # the Markdown's escapes (\| \[ &lt; ...) back to the text they stand for, then escaped for HTML
+        em = len(text) > 2 and text[0] == text[-1] == "_"
+        text = escape(unescape(re.sub(r"\\([\\|\[\]])", r"\1", text[1:-1] if em else text)))
+        return f"<em>{text}</em>" if em else text
 
     out, rows, items = [], [], []
 
@@ -299,7 +302,7 @@ def to_html(report: dict) -> str:
 
     for line in to_markdown(report).splitlines():
         if line.startswith("|") and line.endswith("|"):
-            rows.append(line[1:-1].split("|"))
+            rows.append(re.split(r"(?<!\\)\|", line[1:-1]))  # a cell's own '|' is escaped
             continue
         if line.startswith("- "):
             items.append(line[2:])

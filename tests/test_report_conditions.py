@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,47 @@ def test_every_recorded_condition_is_compared():
     assert condition_difference(a, b) == ["threads default vs 4", "batch 1 vs 8", "provider CPU vs CUDA",
                                           "onnxruntime 1.18.0 vs 1.19.2", "cpu Intel Xeon vs AMD EPYC"]
     assert condition_difference(a, {"batch": 1}) == []  # an older manifest's unrecorded facts are not guessed at
+
+
+PAYLOAD = "<img src=x onerror=alert(1)>"
+
+
+def _named_like_html(runs, tmp_path) -> tuple:
+    """Copies of two runs, one in a folder named like an HTML tag, whose name is its label in the report."""
+    a, _, a2 = runs
+    shutil.copytree(a, tmp_path / "base")
+    shutil.copytree(a2, tmp_path / PAYLOAD)
+    return tmp_path / "base", tmp_path / PAYLOAD
+
+
+@pytest.mark.slow  # renders the Markdown report with its plots: ~10 s on a loaded 2-core host
+def test_report_markdown_shows_a_folder_named_like_html_as_text(runs, tmp_path, capsys):
+    from edgekit.cli import main
+
+    base, odd = _named_like_html(runs, tmp_path)
+    assert main(["report", str(base), str(odd), "--markdown", str(tmp_path / "r.md")]) == 0, capsys.readouterr().err
+    md = (tmp_path / "r.md").read_text()
+    assert "<img" not in md and "onerror=alert(1)&gt;" in md
+    assert f"#### {PAYLOAD}" not in md and "#### &lt;img src=x onerror=alert(1)&gt;" in md  # the run's heading
+    assert "&lt;img src=x onerror=alert(1)&gt; p50 ms" in md  # its comparison columns
+
+
+def test_profile_markdown_shows_a_folder_named_like_html_as_text(runs, tmp_path, capsys):
+    from edgekit.cli import main
+
+    base, odd = _named_like_html(runs, tmp_path)
+    loose = tmp_path / "a`b|c.onnx"  # a backtick and a table cell's end
+    loose.write_bytes((base / "model.fp32.onnx").read_bytes())
+    args = ["profile", str(base), str(odd), str(loose), "--min-runs", "5", "--min-seconds", "0", "--warmup", "1",
+            "--no-op-profile", "-o"]
+    assert main(args + [str(tmp_path / "p.md")]) == 0, capsys.readouterr().err
+    md = (tmp_path / "p.md").read_text()
+    assert "<img" not in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and " fp32 | " in ln]
+    assert [r.split(" | ")[0] for r in rows] == ["| base/fp32", "| &lt;img src=x onerror=alert(1)&gt;/fp32",
+                                                 "| a`b\\|c"]
+    assert len({len(re.split(r"(?<!\\)\|", r)) for r in rows}) == 1  # no row split by a name's '|'
+    assert main(args + [str(tmp_path / "p.html")]) == 0
+    html = (tmp_path / "p.html").read_text()  # the page made from that Markdown shows the names as written
+    assert "<img" not in html and "<td>&lt;img src=x onerror=alert(1)&gt;/fp32</td>" in html
+    assert "<td>a`b|c</td>" in html and "&amp;lt;" not in html

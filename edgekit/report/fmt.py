@@ -69,6 +69,17 @@ def short_status(lat) -> str:
     return STATUS_WORDS.get(lat.get("status"), lat.get("status", "?"))
 
 
+# what makes text in a Markdown file markup: inline HTML (many previewers render <img onerror=...>), an
+# entity, a link or image, a table cell's end, an escape; each becomes an entity or is escaped. Backticks
+# stay: edgekit's own reasons quote commands in them, and a code span neither ends a cell nor runs HTML
+_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]"}
+
+
+def md_text(s) -> str:
+    """s (a folder, label, reason: text the user chose) as Markdown that shows it as written, on one line."""
+    return "".join(_MD_ESCAPES.get(ch, ch) for ch in " ".join(str(s).splitlines()))
+
+
 def bool_text(v) -> str:
     return "yes" if v else "no"
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from . import fmt, plots as plotmod, tables
 
 
 def _esc(s) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    """Text from the runs (labels, folders, reasons) as Markdown text, never as HTML or a broken cell."""
+    return fmt.md_text(s)
 
 
 def _table(t: tables.Table) -> str:
@@ -35,13 +37,20 @@ def _table(t: tables.Table) -> str:
 def _recommended(report) -> str:
     out = []
     for r in report["runs"]:
-        prefix = f"{r['label']} · " if len(report["runs"]) > 1 else ""
+        prefix = f"{_esc(r['label'])} · " if len(report["runs"]) > 1 else ""
         for t, rec in r["recommended"].items():
             if rec["status"] != "ok":
-                out.append(f"- **{prefix}{t}**: no recommendation ({fmt.status_text(rec)})")
+                out.append(f"- **{prefix}{_esc(t)}**: no recommendation ({_esc(fmt.status_text(rec))})")
                 continue
-            out.append(f"- **{prefix}{t}**: **{rec.get('kind')}** `{rec['path']}` — {rec.get('reason') or ''}")
+            out.append(f"- **{prefix}{_esc(t)}**: **{_esc(rec.get('kind'))}** {_code(rec['path'])} — "
+                       f"{_esc(rec.get('reason') or '')}")
     return "\n".join(out) + "\n"
+
+
+def _code(s) -> str:
+    """s as a code span, or as escaped text where it holds what a code span would show raw (entities) or end at."""
+    s = str(s)
+    return f"`{s}`" if not set(s) & set("`<>&|\n") else _esc(s)
 
 
 def plot_folder(dest) -> Path:
@@ -69,15 +78,17 @@ def render(report, dest, plots=None) -> str:
         for r in report["runs"]:
             got = fn(r)
             for t in (got if isinstance(got, list) else [got] if got else []):
-                parts.append((f"#### {r['label']}\n\n" if multi else "") + _table(t))
+                parts.append((f"#### {_esc(r['label'])}\n\n" if multi else "") + _table(t))
         return "\n".join(parts)
 
     def figs(*keys):
-        return "".join(f"**{p.title}**\n\n![{p.title}]({src})\n\n_{p.caption}_\n\n"
+        # the folder is named after the .md file: a ')', space or '<' in it must not end or break the link
+        return "".join(f"**{_esc(p.title)}**\n\n![{_esc(p.title)}]({quote(src)})\n\n_{_esc(p.caption)}_\n\n"
                        for k in keys for p, src in images.get(k, []))
 
-    out = [f"# {report['title']}\n",
-           f"_Generated {report['generated']} by edgekit {report['edgekit_version']} · schema {report['schema']}_\n",
+    out = [f"# {_esc(report['title'])}\n",
+           f"_Generated {_esc(report['generated'])} by edgekit {_esc(report['edgekit_version'])} · "
+           f"schema {_esc(report['schema'])}_\n",
            "## Recommended artifact per target\n", _recommended(report),
            "## Summary\n", per_run(tables.summary)]
     comp = tables.comparison(report)
