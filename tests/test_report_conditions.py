@@ -119,9 +119,10 @@ def _named_like_html(runs, tmp_path) -> tuple:
 
 
 @pytest.mark.slow  # renders the Markdown report with its plots: ~10 s on a loaded 2-core host
-def test_report_markdown_shows_a_folder_named_like_html_as_text(runs, tmp_path, capsys):
+def test_report_markdown_shows_a_folder_named_like_html_as_text(runs, tmp_path, capsys, monkeypatch):
     from edgekit.cli import main
 
+    monkeypatch.chdir(tmp_path)  # where `edgekit report` also writes its default report.html
     base, odd = _named_like_html(runs, tmp_path)
     assert main(["report", str(base), str(odd), "--markdown", str(tmp_path / "r.md")]) == 0, capsys.readouterr().err
     md = (tmp_path / "r.md").read_text()
