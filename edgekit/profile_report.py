@@ -19,7 +19,7 @@ not be measured carries a status and a reason, never a number. With --with-prepo
 also has prepost{status, batch, pre, model, post, e2e}: each part's times are per iteration (one
 batch), and every throughput here, the model's and each part's, is inferences (samples) per second.
 cold_start_ms is session creation + first run, after a throwaway session has paid onnxruntime's
-one-time set-up. peak_rss_mb is the measuring process's peak while it timed (base_rss_mb: its RSS
+one-time set-up: the median of cold_start_runs sessions (up to five, each alone). peak_rss_mb is the measuring process's peak while it timed (base_rss_mb: its RSS
 before), the same for every artifact timed in it, not the artifact's own; rss_delta_mb is what the
 artifact's session keeps once created and run once (RSS after it less RSS before it, the heap's free
 memory handed back to the system on both sides; left out where the C library cannot do that).
