@@ -40,7 +40,7 @@ class Run:
 # ---------------------------------------------------------------- stages
 
 def stage_load(run: Run):
-    from .calibration import read_dataset
+    from .calibration import check_images, read_dataset
     from .data_size import small_data_notes
     from .evaluate import check_training_labels
     from .dataset import Dataset
@@ -66,9 +66,12 @@ def stage_load(run: Run):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
 
     calib = data(cfg.calib, False) if cfg.calib else src.calib
+    check_images(calib, cfg.quantize.calib_size)  # before any stage: the samples INT8 calibrates on
     evalset = data(cfg.eval, True) if cfg.eval else src.eval
     train = data(cfg.train, True) if cfg.train else src.train
     check_training_labels(src, train)
+    if cfg.prune.enabled or cfg.distill.student:  # pruning and distillation train on every sample of it
+        check_images(train or calib)
     given_eval = evalset  # before a slice of the calibration data stands in for it
     notes = [n for n in [guessed_task_note(src, given_eval, train, distills=cfg.distill_enabled)] if n]
     if evalset is None and calib is not None:

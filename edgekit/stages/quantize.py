@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact
+from ..calibration import check_images
 from ..config import QuantizeConfig
 from ..errors import CalibrationError, EdgekitError, UsageError
 from ..fsutil import atomic_path
@@ -100,6 +101,7 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
     data_for_timing = ctx.calib if ctx.calib is not None and len(ctx.calib) else ctx.eval
     if data_for_timing is None or not len(data_for_timing):
         raise CalibrationError(f"{parent.path}: quantization needs sample inputs (--calib or --eval)")
+    check_images(ctx.calib or ctx.eval, cfg.calib_size)  # a broken image there is exit 2, not failed candidates
     evaluate = ctx.evaluate
     if evaluate is None:
         raise EdgekitError("quantize: no evaluator in the run context")
