@@ -18,7 +18,9 @@ def data_hash(dataset, limit: int, batch_size: int = 64) -> str:
     """Hash of the first `limit` samples, streamed batch by batch (names, dtypes, shapes and bytes)."""
     h = hashlib.sha256()
     seen = 0
-    for b in dataset.batches(batch_size):
+    # no batch past the limit is fetched: an image folder decodes what it hands out, and a broken image
+    # beyond the samples used must not fail the run
+    for b in dataset.batches(max(1, min(batch_size, limit))):
         if seen >= limit:
             break
         take = min(limit - seen, len(next(iter(b.values()))))
@@ -27,6 +29,8 @@ def data_hash(dataset, limit: int, batch_size: int = 64) -> str:
             h.update(f"{k}|{a.dtype}|{a.shape[1:]}".encode())
             h.update(a.tobytes())
         seen += take
+        if seen >= limit:
+            break
     h.update(str(seen).encode())
     return h.hexdigest()
 
