@@ -105,10 +105,20 @@ def summary_table(results, title):
                 details += f"; removed {', '.join(r.removed)}"
         else:  # no previous: `current` named a deleted folder (its warning says which) or nothing
             details = f"from {r.previous}" if r.previous else "no intact version was active before"
+        details += _warm_note(r.warmup)
         details += "".join(f"; warning: {w}" for w in r.warnings)
         tab.add_row(markup_safe(r.device), f"[{colour.get(r.status, 'white')}]{markup_safe(r.status)}[/]",
                     markup_safe(r.version or "-"), markup_safe(details))
     return tab
+
+
+def _warm_note(w) -> str:
+    """The warm-up's outcome for the details column (a failure is also among the warnings)."""
+    if not w or (not w["ran"] and w["reason"].startswith("no pre/post steps")):
+        return ""  # no version was made active, or nothing to compile
+    if not w["ok"]:
+        return "; warm-up FAILED"
+    return f"; warmed up in {w['seconds']:.1f} s" if w["ran"] else f"; not warmed up: {w['reason']}"
 
 
 @contextlib.contextmanager
@@ -142,13 +152,18 @@ def _report_interrupt(devs, title, as_json):
               help="Versions kept on each device (the active and previous ones always are).")
 @click.option("--rollback", is_flag=True, help="Switch each device back to its previous version instead.")
 @click.option("--selftest-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
-              help="Seconds allowed for the on-device self-test.")
+              help="Seconds allowed for the on-device self-test (and for the warm-up).")
+@click.option("--no-warm", is_flag=True,
+              help="Do not compile the bundle's pre/post kernels on the device after the switch (the first run "
+                   "then does).")
 @json_option
 def flash(source, devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python,
-          jobs, artifact, keep, rollback, selftest_timeout, as_json):
+          jobs, artifact, keep, rollback, selftest_timeout, no_warm, as_json):
     """Deploy BUNDLE (.ekb) or OUTDIR to devices: upload beside the active version, verify every hash
     there, run the self-test there, then switch PATH/current in one rename. Any failure leaves the
-    previous version active. Exit status 1 if any device failed.
+    previous version active. Then the active version's pre/post kernels are compiled into the cache
+    `edgekit_runner.py run` uses (--no-warm skips it; it runs for an up-to-date device too). Exit status
+    1 if any device failed, or its warm-up did (its new version stays active).
 
     A mounted-path device's folder is created if missing, but its parent must exist: on an unmounted
     card (--device /media/sd/models with /media/sd absent) nothing is written and the command exits 2.
@@ -158,7 +173,7 @@ def flash(source, devices, devices_file, targets, identity, known_hosts, accept_
 
     devs, ssh = resolve(devices, devices_file, targets, identity, known_hosts, accept_new_host_key, remote_python)
     fleet.check_path_devices(devs, rollback=rollback)  # before bundling an OUTDIR: fail fast, write nothing
-    opts = deploy.FlashOptions(keep=keep, selftest_timeout=selftest_timeout)
+    opts = deploy.FlashOptions(keep=keep, selftest_timeout=selftest_timeout, warm=not no_warm)
     if rollback:
         if source:
             raise click.UsageError("--rollback takes no BUNDLE|OUTDIR: it returns to the version before the active one")
@@ -174,7 +189,7 @@ def flash(source, devices, devices_file, targets, identity, known_hosts, accept_
             with _report_interrupt(devs, title, as_json), _Progress(devs) as prog:
                 results = fleet.flash_many(devs, b, opts=opts, ssh=ssh, jobs=jobs, emit=prog)
     if as_json:
-        echo_json({"results": [r.to_dict() for r in results], "ok": all(r.ok for r in results)})
+        echo_json({"results": [r.to_dict() for r in results], "ok": all(r.ready for r in results)})
     else:
         console().print(summary_table(results, title))
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ready for r in results) else 1

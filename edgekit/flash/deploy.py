@@ -30,7 +30,7 @@ from ..profile_remote import _KILL
 from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
 from .lock import LOCK, device_lock
 
-STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup")
+STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup", "warmup")
 # the folders edgekit deletes in or writes into: one that is a link would point that at whatever it names
 # (on a mounted card, this host's files)
 DEVICE_DIRS = (".incoming", "versions", "damaged", LOCK)
@@ -42,7 +42,10 @@ FS_OWN = ("lost+found",)  # made by the file system (fsck), neither edgekit's no
 @dataclass
 class FlashOptions:
     keep: int = 3  # versions kept on the device (the active and the previous one always are)
-    selftest_timeout: float = 600.0  # emulated ARM boards are slow
+    selftest_timeout: float = 600.0  # emulated ARM boards are slow (the warm-up gets the same time)
+    # compile the active version's pre/post kernels into the cache `run` uses (edgekit flash turns it on
+    # unless --no-warm): off for other callers, since it can take a minute on a busy or small device
+    warm: bool = False
 
     def __post_init__(self):
         if self.keep < 1:
@@ -62,12 +65,18 @@ class DeviceResult:
     files_resumed: int = 0
     removed: list = field(default_factory=list)
     selftest: dict | None = None
+    warmup: dict | None = None  # {"ran", "ok", "seconds", ...}; None when no version was made active
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
         return self.status != "failed"
+
+    @property
+    def ready(self) -> bool:
+        """ok, and not left cold by a failed warm-up (the version is active either way)."""
+        return self.ok and (self.warmup or {}).get("ok", True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -388,19 +397,24 @@ print(json.dumps({"stopped": "yes", "pid": pid}))
 
 
 def selftest_argv(t, vdir: str, pid_file: str | None = None) -> list[str]:
+    return runner_argv(t, vdir, "selftest", pid_file)
+
+
+def runner_argv(t, vdir: str, command: str, pid_file: str | None = None) -> list[str]:
+    """The bundled runner's `command --bundle vdir`, started through SELFTEST_BOOT (isolated, --pid-file)."""
     absolute = getattr(t, "absolute", None)  # a mounted path may be relative; an ssh one is absolute
     vdir = absolute(vdir) if absolute else vdir
     if vdir.startswith("-"):
         vdir = "./" + vdir  # never an option, whatever the transport
     pid = ["--pid-file", absolute(pid_file) if absolute else pid_file] if pid_file else []
-    return [t.python, "-I", "-c", SELFTEST_BOOT, *pid, posixpath.join(vdir, RUNNER), "selftest", "--bundle", vdir]
+    return [t.python, "-I", "-c", SELFTEST_BOOT, *pid, posixpath.join(vdir, RUNNER), command, "--bundle", vdir]
 
 
-def selftest_pid_file(t, L: Layout) -> str:
-    """A fresh pid-file path for one self-test: in PATH/.incoming, outside every version folder (whose
-    files are verified) and cleared of leftovers by the next flash."""
+def selftest_pid_file(t, L: Layout, what: str = "selftest") -> str:
+    """A fresh pid-file path for one self-test (or warm-up): in PATH/.incoming, outside every version folder
+    (whose files are verified) and cleared of leftovers by the next flash."""
     t.makedirs(L(".incoming"))
-    return L(".incoming", f"selftest-{os.urandom(4).hex()}.pid")
+    return L(".incoming", f"{what}-{os.urandom(4).hex()}.pid")
 
 
 def _stop_selftest(t, pid_file: str) -> str:
@@ -421,13 +435,18 @@ def _stop_selftest(t, pid_file: str) -> str:
 def run_selftest(t, vdir: str, timeout: float, pid_file: str | None = None) -> dict:
     """Run the bundled runner's self-test in vdir; return its JSON; raise with its reason if it fails.
     With pid_file, a self-test that times out or is interrupted is stopped on the device as well."""
+    return _run_runner(t, runner_argv(t, vdir, "selftest", pid_file), timeout, pid_file, "self-test")
+
+
+def _run_runner(t, argv, timeout: float, pid_file: str | None, what: str) -> dict:
+    """Run a runner command on the device (argv from runner_argv); its JSON report, or an error naming `what`."""
     try:
-        rc, out, err = t.run(selftest_argv(t, vdir, pid_file), timeout=timeout)
+        rc, out, err = t.run(argv, timeout=timeout)
     except TimeoutError:
         if pid_file is None:
             raise
         # a TimeoutError still: the staged upload is kept for a resume, as a busy device may pass next time
-        raise TimeoutError(f"the self-test did not finish within {timeout:g} s; "
+        raise TimeoutError(f"the {what} did not finish within {timeout:g} s; "
                            f"{_stop_selftest(t, pid_file)}") from None
     except BaseException:  # Ctrl-C, SIGTERM (SystemExit), a lost link
         if pid_file is not None:
@@ -450,7 +469,47 @@ def run_selftest(t, vdir: str, timeout: float, pid_file: str | None = None) -> d
         lines = err.decode(errors="replace").strip().splitlines() or text.splitlines() or [""]
         why = lines[-1][:300] or f"exit status {rc}"
     hint = " (is Python 3 with numpy and onnxruntime there? see --remote-python)" if rc in (126, 127) else ""
-    raise EdgekitError(f"self-test failed on the device (exit {rc}): {why}{hint}")
+    raise EdgekitError(f"{what} failed on the device (exit {rc}): {why}{hint}")
+
+
+# how a runner from a bundle built before `warmup` existed (509b0c3) answers it: argparse's usage error
+_NO_WARMUP = "invalid choice: 'warmup'"
+
+
+def warm_up(t, L: Layout, meta: dict, timeout: float) -> dict:
+    """Compile the active version's pre/post kernels into the cache `run --bundle current` uses, through
+    `current` as run names it (Numba files its cache under the import path; the runner keeps it outside
+    the version folder, which stays as verified). Never raises an Exception: the version is active and
+    self-tested whatever happens here, so a failure is reported ({"ok": False, "reason"}), not rolled back."""
+    prepost = meta.get("prepost") if isinstance(meta.get("prepost"), dict) else {}
+    if not (prepost.get("pre") or prepost.get("post")):
+        return {"ran": False, "ok": True, "reason": "no pre/post steps: nothing to compile"}
+    t0 = time.monotonic()
+    try:
+        pid_file = selftest_pid_file(t, L, "warmup")
+        rep = _run_runner(t, runner_argv(t, L("current"), "warmup", pid_file), timeout, pid_file, "warm-up")
+    except Exception as e:
+        seconds = round(time.monotonic() - t0, 3)
+        if _NO_WARMUP in str(e):
+            return {"ran": False, "ok": True, "seconds": seconds,
+                    "reason": "the bundle's runner has no warmup command (built before it existed)"}
+        return {"ran": True, "ok": False, "seconds": seconds, "reason": describe(e)}
+    return {"ran": True, "ok": True, "seconds": round(time.monotonic() - t0, 3),
+            **{k: rep.get(k) for k in ("steps", "backend", "compile_s", "cache_dir")}}
+
+
+def _warm(t, L: Layout, bundle: Bundle, res: DeviceResult, opts: FlashOptions, emit) -> None:
+    """res.warmup for the version res made active (or found active), and a warning if it failed."""
+    if not opts.warm:
+        res.warmup = {"ran": False, "ok": True, "reason": "skipped (--no-warm)"}
+        return
+    if emit:
+        emit(t.label, "warmup", {})
+    res.warmup = warm_up(t, L, bundle.meta, opts.selftest_timeout)
+    if not res.warmup["ok"]:
+        res.warnings.append(f"warmup: {res.warmup['reason']}; {res.version} is active, but its first run will "
+                            f"compile the pre/post kernels (run `python3 current/{RUNNER} warmup --bundle current` "
+                            "on the device, or flash again)")
 
 
 def _check_root(t, root: str, create_last: bool) -> None:
@@ -499,6 +558,7 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                 bad = _mismatches(t.hashes(vdir, want), want) + _unlisted_problems(unexpected_entries(t, vdir, want))
                 if not bad and res.previous == version:
                     res.status, res.version = "up-to-date", version
+                    _warm(t, L, bundle, res, opts, emit)  # cheap when warm; a cold or failed one is retried
                     return res
                 if not bad:
                     existing = True  # kept from an earlier flash: nothing to send
@@ -542,27 +602,29 @@ def flash(t, root: str, bundle: Bundle, opts: FlashOptions, emit=None) -> Device
                     t.rename(stage, vdir)
                 switch_current(t, L, version)
                 res.status, res.version = "flashed", version
-            with step("cleanup", emit, dev):
-                history = [e for e in history if e["version"] != version]
-                history.append({"version": version, "activated": _now(), "selftest": res.selftest,
-                                "model": bundle.meta["model"], "model_sha256": bundle.files[bundle.meta["model"]]})
-                pruning = None
-                try:
-                    _prune(t, L, history, opts.keep, protect={version, res.previous}, removed=res.removed,
-                           warnings=res.warnings)
-                except Exception as e:  # history.json still records the activation (and what went)
-                    pruning = e
-                write_history(t, L, [e for e in history if e["version"] not in res.removed],
-                              f"the activation of {version}")
-                recorded = True
-                if pruning is not None:
-                    raise pruning
+            try:  # the new version is active from here; a failed cleanup is a warning, and the warm-up follows
+                with step("cleanup", emit, dev):
+                    history = [e for e in history if e["version"] != version]
+                    history.append({"version": version, "activated": _now(), "selftest": res.selftest,
+                                    "model": bundle.meta["model"],
+                                    "model_sha256": bundle.files[bundle.meta["model"]]})
+                    pruning = None
+                    try:
+                        _prune(t, L, history, opts.keep, protect={version, res.previous}, removed=res.removed,
+                               warnings=res.warnings)
+                    except Exception as e:  # history.json still records the activation (and what went)
+                        pruning = e
+                    write_history(t, L, [e for e in history if e["version"] not in res.removed],
+                                  f"the activation of {version}")
+                    recorded = True
+                    if pruning is not None:
+                        raise pruning
+            except StepFailed as e:
+                res.warnings.append(f"cleanup: {e.reason}")  # only housekeeping failed
+        _warm(t, L, bundle, res, opts, emit)  # after the record: Ctrl-C here leaves a recorded, active version
     except StepFailed as e:
-        if e.step == "cleanup" and res.status == "flashed":
-            res.warnings.append(f"cleanup: {e.reason}")  # the new version is active; only housekeeping failed
-        else:
-            res.status, res.step, res.reason = "failed", e.step, e.reason
-            res.version = res.previous
+        res.status, res.step, res.reason = "failed", e.step, e.reason
+        res.version = res.previous
     except (KeyboardInterrupt, SystemExit) as e:  # SystemExit: edgekit's SIGTERM handler
         if res.status == "flashed":
             raise _interrupted_after_switch(res, e, recorded) from e
