@@ -9,6 +9,9 @@ _CACHE = tempfile.mkdtemp(prefix="edgekit-test-cache-")
 os.environ.setdefault("XDG_CACHE_HOME", _CACHE)
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_CACHE, "numba"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# flash compiles a bundle's Numba kernels on the device after the switch (tens of seconds per flash of a
+# bundle with pre/post steps); tests/test_flash_warm.py clears this to test the warm-up itself
+os.environ.setdefault("EDGEKIT_FLASH_NO_WARM", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # A suite started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and so would every

@@ -153,7 +153,7 @@ def _report_interrupt(devs, title, as_json):
 @click.option("--rollback", is_flag=True, help="Switch each device back to its previous version instead.")
 @click.option("--selftest-timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds allowed for the on-device self-test (and for the warm-up).")
-@click.option("--no-warm", is_flag=True,
+@click.option("--no-warm", is_flag=True, envvar="EDGEKIT_FLASH_NO_WARM", show_envvar=True,
               help="Do not compile the bundle's pre/post kernels on the device after the switch (the first run "
                    "then does).")
 @json_option
