@@ -922,27 +922,81 @@ def find_bundle(model=None, bundle=None) -> tuple[str, dict | None, str | None]:
 def _numba_cache_dir(root: str) -> str | None:
     """A writable directory outside the bundle for Numba's kernel cache, one per bundle: its real path,
     since `current` is a symlink that moves to each new version and flashed files all carry mtime 0, and
-    older Numba tells sources apart by path, mtime and size only. None if none can be made."""
+    older Numba tells sources apart by path, mtime and size only. None if none can be made.
+
+    Numba loads its index files with pickle, so whoever can write into this directory runs code as this
+    user: when the user's own cache dir cannot be made (read-only home on a device), the fallback is a
+    folder of this user's alone in the temp dir, else a private one for this process only."""
     real = os.path.realpath(root)
     name = f"{os.path.basename(real)}-{hashlib.sha256(real.encode()).hexdigest()[:12]}"
     base = os.environ.get("EDGEKIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgekit")
-    for d in (os.path.join(base, "numba", name), os.path.join(tempfile.gettempdir(), "edgekit-numba", name)):
+    shared = os.path.join(tempfile.gettempdir(), f"edgekit-numba-{os.getuid()}")
+    for parent in (os.path.join(base, "numba"), shared):
+        if parent == shared and not _private_dir(shared):
+            continue
+        d = os.path.join(parent, name)
         try:
             os.makedirs(d, exist_ok=True)
             tempfile.TemporaryFile(dir=d).close()
         except OSError:
             continue
-        _drop_orphan_caches(os.path.dirname(d), keep=name)
-        try:  # whole or not at all: another runner reading half a path would take the version for gone
-            tmp = os.path.join(d, f".{SOURCE_MARK}-{os.getpid()}")
-            with open(tmp, "w") as f:
-                f.write(real)
-            os.replace(tmp, os.path.join(d, SOURCE_MARK))
+        _drop_orphan_caches(parent, keep=name)
+        _mark_source(d, real)
+        return d
+    return _process_cache_dir(shared)
+
+
+def _private_dir(path: str) -> bool:
+    """Whether path is (made if missing) a real directory of this user that no one else can write into:
+    a name in the shared temp dir can be made first by anyone, or be a symlink to their folder."""
+    import stat
+
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _process_cache_dir(shared: str) -> str | None:
+    """A fresh private cache for this process alone, removed at exit: kernels compile on every run."""
+    import atexit
+    import shutil
+
+    try:
+        d = tempfile.mkdtemp(prefix="edgekit-numba-")
+    except OSError:
+        return None
+    atexit.register(shutil.rmtree, d, True)
+    print(f"edgekit_runner: note: no private Numba cache dir ({shared} is not a folder of this user's alone, "
+          "and $EDGEKIT_CACHE or ~/.cache cannot be written): pre/post kernels compile on every run",
+          file=sys.stderr)
+    return d
+
+
+def _mark_source(d: str, real: str) -> None:
+    """Record the real path of the version d serves, whole or not at all: another runner reading half a
+    path would take the version for gone. mkstemp, as a planted name there must not be written through."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{SOURCE_MARK}-")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(real)
+        os.replace(tmp, os.path.join(d, SOURCE_MARK))
+    except OSError:
+        try:
+            os.unlink(tmp)
         except OSError:
             pass
-        return d
-    return None
 
 
 SOURCE_MARK = "edgekit-source"  # in each bundle's Numba cache: the real path of the version it serves
