@@ -77,19 +77,42 @@ class Artifact:
         from .errors import InputError
 
         f = Path(outdir) / self.path
+        outside = self._outside(outdir)
+        if outside:
+            raise InputError(f"{Path(outdir) / 'manifest.json'}: artifact {self.path} ({self.kind}) {outside}; {then}")
         if not f.is_file():
             raise InputError(f"{f}: artifact listed in manifest.json is missing")
-        if self.sha256 and model_sha256(f) != self.sha256:
+        if not self.sha256:
+            # edgekit always records one: without it any file would pass as the run's
+            raise InputError(f"{Path(outdir) / 'manifest.json'}: artifact {self.path} ({self.kind}) records no "
+                             f"sha256, so it cannot be told to be the file the run made; {then}")
+        if model_sha256(f) != self.sha256:
             raise InputError(f"{f}: {self.change(outdir)}; {then}")
         return f
 
+    def _outside(self, outdir) -> str | None:
+        """Why path does not name a file inside OUTDIR (a link out of it, an absolute or ../ path), or None:
+        a run folder from elsewhere must not make edgekit read, time or ship a file outside it."""
+        why = _path_problem(self.path)
+        if why:
+            return why
+        root = Path(outdir).resolve()
+        if not (Path(outdir) / self.path).resolve().is_relative_to(root):
+            return "leads outside the run folder (through a symlink)"
+        return None
+
     def change(self, outdir) -> str | None:
         """Why OUTDIR/path is no longer the model the manifest hashed (missing, changed, or one of its
-        external data files missing), or None when it still is (or the manifest records no hash)."""
+        external data files missing, or no hash recorded), or None when it still is."""
         f = Path(outdir) / self.path
+        outside = self._outside(outdir)
+        if outside:
+            return f"artifact listed in manifest.json {outside}"
         if not f.is_file():
             return "artifact listed in manifest.json is missing"
-        if not self.sha256 or model_sha256(f) == self.sha256:
+        if not self.sha256:
+            return "manifest.json records no sha256 for it, so it cannot be told to be the file the run made"
+        if model_sha256(f) == self.sha256:
             return None
         data = _external_data_files(f)
         gone = [loc for loc in data if not (f.parent / loc).is_file()]
@@ -229,9 +252,92 @@ def load_manifest(outdir) -> Manifest:
         d = json.loads(p.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{p}: not a readable manifest: {e}") from None
-    if not str(d.get("schema", "")).startswith("edgekit.manifest/"):
-        raise InputError(f"{p}: not an edgekit manifest (schema {d.get('schema')!r})")
-    return Manifest.from_dict(d)
+    if not isinstance(d, dict) or not str(d.get("schema", "")).startswith("edgekit.manifest/"):
+        schema = d.get("schema") if isinstance(d, dict) else None
+        raise InputError(f"{p}: not an edgekit manifest (schema {schema!r})")
+    try:
+        check_manifest(d)
+        return Manifest.from_dict(d)
+    except ManifestError as e:
+        raise InputError(f"{p}: {e}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a shape check_manifest does not cover
+        raise InputError(f"{p}: not a readable manifest: {type(e).__name__}: {e}") from None
+
+
+class ManifestError(ValueError):
+    """One field of a manifest has a wrong type or value; the message starts with the field."""
+
+
+_DICT_FIELDS = ("source", "settings", "recommended", "prepost", "quantization", "pruning", "profile",
+                "versions", "host", "data")
+_NUMBER, _INT = (int, float), int
+# field -> (types allowed, None allowed); what the dataclasses and the report take a field to be
+_STAGE_FIELDS = {"name": (str, False), "status": (str, False), "reason": (str, True),
+                 "seconds": (_NUMBER, True), "details": (dict, True)}
+_ARTIFACT_FIELDS = {"kind": (str, False), "path": (str, False), "sha256": (str, True), "bytes": (_INT, True),
+                    "params": (_INT, True), "opset": (_INT, True), "parent": (str, True), "stage": (str, True),
+                    "inputs": (list, True), "outputs": (list, True), "metrics": (dict, True),
+                    "verify": (dict, True), "latency": (dict, True), "settings": (dict, True),
+                    "notes": (list, True)}
+
+
+def check_manifest(d: dict) -> None:
+    """ManifestError naming the first field of d (a parsed manifest.json) of a wrong type or value: a
+    damaged or hand-edited run folder is bad input, not an internal error."""
+    for k in _DICT_FIELDS:
+        _check_type(d.get(k), dict, True, k)
+    for k in ("created", "schema", "edgekit_version"):
+        _check_type(d.get(k), str, True, k)
+    for key, fields, extra in (("stages", _STAGE_FIELDS, _check_stage), ("artifacts", _ARTIFACT_FIELDS, _check_artifact)):
+        items = d.get(key)
+        _check_type(items, list, True, key)
+        for i, item in enumerate(items or []):
+            where = f"{key}[{i}]"
+            _check_type(item, dict, False, where)
+            for name, (types, nullable) in fields.items():
+                if name in item or not nullable:
+                    _check_type(item.get(name), types, nullable, f"{where}.{name}")
+            extra(item, where)
+
+
+def _check_type(v, types, nullable: bool, where: str) -> None:
+    if v is None and nullable:
+        return
+    if v is None:
+        raise ManifestError(f"{where}: missing")
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, types) or isinstance(v, bool):  # True is an int to isinstance, not a byte count
+        want = " or ".join(t.__name__ for t in types)
+        raise ManifestError(f"{where}: {_shown(v)} is not {'an' if want[0] in 'aeiou' else 'a'} {want}")
+
+
+def _shown(v) -> str:
+    text = repr(v)  # a path whole; a whole object in place of a list would make the line a page
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_stage(s: dict, where: str) -> None:
+    if s["status"] not in STAGE_STATUS:
+        raise ManifestError(f"{where}.status: {_shown(s['status'])} is not one of {', '.join(STAGE_STATUS)}")
+
+
+def _check_artifact(a: dict, where: str) -> None:
+    if a["kind"] not in KINDS:
+        raise ManifestError(f"{where}.kind: {_shown(a['kind'])} is not one of {', '.join(KINDS)}")
+    why = _path_problem(a["path"])
+    if why:
+        raise ManifestError(f"{where}.path: {_shown(a['path'])} {why}")
+
+
+def _path_problem(path: str) -> str | None:
+    """Why an artifact path cannot name a file inside its run folder, or None (links are checked where read)."""
+    if not path:
+        return "is empty"
+    if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):  # a drive (C:) as well
+        return "is absolute; an artifact must be a file inside the run folder"
+    if ".." in path.replace("\\", "/").split("/"):
+        return "leaves the run folder (..); an artifact must be a file inside it"
+    return None
 
 
 def data_records(**roles) -> dict:

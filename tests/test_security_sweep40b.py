@@ -1,0 +1,118 @@
+"""sweep40 F3-F6: a device's or a run folder's files are input, never trusted whole. A device's history.json
+or bundle.json that is a link or a FIFO is not read (F3); a manifest's artifact paths stay inside the run
+folder and carry a hash (F4); a malformed manifest is a one-line input error naming the field (F5); two
+runs' plots never share a file name (F6)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flash_fixtures import make_outdir
+
+
+def _main_exit(args, capsys) -> tuple[int, str]:
+    from edgekit.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _edit_manifest(outdir: Path, edit) -> Path:
+    p = outdir / "manifest.json"
+    m = json.loads(p.read_text())
+    edit(m)
+    p.write_text(json.dumps(m))
+    return outdir
+
+
+# ---- F4: artifacts stay inside the run folder and carry a hash
+
+@pytest.fixture
+def outside_model(tmp_path):
+    """A model outside any run folder: what a hostile manifest would make edgekit pack or time."""
+    src = make_outdir(tmp_path / "elsewhere")
+    return src / "model.fp32.onnx"
+
+
+def _art(**fields):
+    return lambda m: m["artifacts"][0].update(fields)
+
+
+@pytest.mark.parametrize("command", ["bundle", "profile"])
+@pytest.mark.parametrize("case", ["absolute", "dotdot"])
+def test_an_artifact_path_outside_the_run_folder_is_refused(tmp_path, outside_model, capsys, command, case):
+    path = str(outside_model) if case == "absolute" else f"../elsewhere/{outside_model.name}"
+    out = _edit_manifest(make_outdir(tmp_path / "out"), _art(path=path, sha256=None))
+    args = [command, str(out)] + (["-o", str(tmp_path / "b.ekb")] if command == "bundle" else
+                                  ["--max-seconds", "0.05", "--min-runs", "1"])
+    code, err = _main_exit(args, capsys)
+    assert code == 2, err
+    assert f"{out / 'manifest.json'}: artifacts[0].path: {path!r}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b.ekb").exists()
+
+
+def test_an_artifact_linked_out_of_the_run_folder_is_refused(tmp_path, outside_model, capsys):
+    out = make_outdir(tmp_path / "out")
+    (out / "model.fp32.onnx").unlink()
+    (out / "model.fp32.onnx").symlink_to(outside_model)
+    _edit_manifest(out, _art(sha256=json.loads((outside_model.parent / "manifest.json").read_text())
+                             ["artifacts"][0]["sha256"]))  # the link's target hashes as recorded
+    code, err = _main_exit(["bundle", str(out), "-o", str(tmp_path / "b.ekb")], capsys)
+    assert code == 2 and "model.fp32.onnx (fp32) leads outside the run folder" in err, err
+    assert not (tmp_path / "b.ekb").exists()
+
+
+@pytest.mark.parametrize("command", ["bundle", "profile"])
+def test_an_artifact_without_a_sha256_is_refused(tmp_path, capsys, command):
+    out = _edit_manifest(make_outdir(tmp_path / "out"), _art(sha256=None))
+    args = [command, str(out)] + (["-o", str(tmp_path / "b.ekb")] if command == "bundle" else
+                                  ["--max-seconds", "0.05", "--min-runs", "1"])
+    code, err = _main_exit(args, capsys)
+    assert code == 2, err
+    assert f"{out / 'manifest.json'}: artifact model.fp32.onnx (fp32) records no sha256" in err
+
+
+# ---- F5: a malformed manifest is an input error naming the file and the field
+
+MALFORMED = {
+    "stage status": (lambda m: m["stages"].append({"name": "export", "status": "ok"}),
+                     "stages[0].status: 'ok' is not one of done, skipped, not-applicable, failed"),
+    "bytes a string": (_art(bytes="x"), "artifacts[0].bytes: 'x' is not an int"),
+    "stages an object": (lambda m: m.__setitem__("stages", {"a": 1}), "stages: {'a': 1} is not a list"),
+    "artifact not an object": (lambda m: m["artifacts"].insert(0, "model.onnx"),
+                               "artifacts[0]: 'model.onnx' is not a dict"),
+    "kind unknown": (_art(kind="int3"), "artifacts[0].kind: 'int3' is not one of"),
+    "path missing": (lambda m: m["artifacts"][0].pop("path"), "artifacts[0].path: missing"),
+    "source a list": (lambda m: m.__setitem__("source", []), "source: [] is not a dict"),
+    "latency a list": (_art(latency=[1]), "artifacts[0].latency: [1] is not a dict"),
+}
+
+
+@pytest.mark.parametrize("command", ["report", "bundle", "profile", "flash"])
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_manifest_is_an_input_error_naming_the_field(tmp_path, capsys, monkeypatch, command, case):
+    monkeypatch.chdir(tmp_path)
+    edit, field = MALFORMED[case]
+    out = _edit_manifest(make_outdir(tmp_path / "out"), edit)
+    args = {"report": ["report", str(out), "-o", str(tmp_path / "r.html")],
+            "bundle": ["bundle", str(out), "-o", str(tmp_path / "b.ekb")],
+            "profile": ["profile", str(out), "--max-seconds", "0.05", "--min-runs", "1"],
+            "flash": ["flash", str(out), "--device", str(tmp_path / "dev")]}[command]
+    code, err = _main_exit(args, capsys)
+    assert code == 2, err
+    assert f"edgekit: error: {out / 'manifest.json'}: {field}" in err
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_manifest_that_is_not_an_object_is_an_input_error(tmp_path, capsys):
+    out = make_outdir(tmp_path / "out")
+    (out / "manifest.json").write_text("[1, 2]")
+    code, err = _main_exit(["bundle", str(out), "-o", str(tmp_path / "b.ekb")], capsys)
+    assert code == 2 and "manifest.json: not an edgekit manifest" in err, err
+
