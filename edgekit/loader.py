@@ -526,7 +526,7 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         why, hint = (f"{where}: {why}" if why else None), True
     if why:
         # an explicit --input-shape with that batch says so, and the model is then exported with it fixed
-        if not input_shape or input_shape[0] <= 1 or len(inputs) != 1:
+        if not input_shape or input_shape[0] < 1 or len(inputs) != 1:
             eg = ",".join(str(d) for d in ["B", *inputs[0].shape[1:]])
             tail = f"; if forward() runs only one fixed batch size B, pass --input-shape {eg} with that B" \
                 if hint and len(inputs) == 1 else ""

@@ -34,6 +34,8 @@ MODELS = textwrap.dedent("""
                 return self.a(x), {"aux": self.b(x)}
             if self.kind == "view2":
                 return self.a(x).view(2, -1)  # hard-codes a batch of 2
+            if self.kind == "one":
+                return self.a(x.reshape(1, 16))  # runs on one sample only
             if self.kind == "pairs":
                 return self.a(x.view(-1, 2, 16)).sum(1)  # runs on an even batch only
             return self.a(x), self.anchors  # "anchors": a constant [2, 4] output
@@ -49,6 +51,9 @@ MODELS = textwrap.dedent("""
 
     def pairs():
         return Heads("pairs")
+
+    def one():
+        return Heads("one")
 
     def anchors():
         return Heads("anchors")
@@ -123,6 +128,15 @@ def test_input_shape_with_a_fixed_batch_is_honoured(models, tmp_path):
     assert src.inputs[0].shape == [2, 16] and src.dynamic_axes == {}
     art, sess, got = _export_and_run(src, tmp_path, {"x": data["x"][:2]})
     assert sess.get_inputs()[0].shape == [2, 16] and got[0].shape == (2, 4)
+
+
+def test_input_shape_with_a_fixed_batch_of_one_is_honoured(models, tmp_path):
+    # was: refused with the same error, the hint 'pass --input-shape B,16 with that B' followed (sweep41 F1)
+    data = _x()
+    src = load_python(models, "one", sample_inputs=data, input_shape=(1, 16))
+    assert src.inputs[0].shape == [1, 16] and src.dynamic_axes == {}
+    art, sess, got = _export_and_run(src, tmp_path, {"x": data["x"][:1]})
+    assert sess.get_inputs()[0].shape == [1, 16] and got[0].shape == (1, 4)
 
 
 def test_constant_output_is_not_declared_batched(models, tmp_path):
