@@ -5,6 +5,7 @@ runs' plots never share a file name (F6)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,40 @@ def test_a_manifest_that_is_not_an_object_is_an_input_error(tmp_path, capsys):
     code, err = _main_exit(["bundle", str(out), "-o", str(tmp_path / "b.ekb")], capsys)
     assert code == 2 and "manifest.json: not an edgekit manifest" in err, err
 
+
+# ---- F6: runs whose labels slug alike keep their own plots
+
+def _timed(outdir: Path) -> Path:
+    """outdir with an ok latency on this host for each artifact, as `compress` records one."""
+    samples = [0.031, 0.029, 0.035, 0.030, 0.041, 0.033]
+
+    def edit(m):
+        for i, a in enumerate(m["artifacts"]):
+            a["latency"] = {"x86-laptop": {
+                "target": "x86-laptop", "status": "ok", "emulated": False, "address": "local", "arch": "x86_64",
+                "provider": "CPUExecutionProvider", "p50_ms": 0.031 + i, "p90_ms": 0.04 + i, "p99_ms": 0.05 + i,
+                "mean_ms": 0.033 + i, "min_ms": 0.029 + i, "max_ms": 0.041 + i, "runs": len(samples),
+                "samples_ms": [s + i for s in samples], "op_breakdown": {"MatMul": 0.02, "Add": 0.01},
+                "threads": None, "batch": 1}}
+        m["profile"] = {"x86-laptop": {"address": "local", "arch": "x86_64"}}
+    return _edit_manifest(outdir, edit)
+
+
+@pytest.mark.slow  # renders HTML and Markdown with 4 plots: ~10-25 s on a loaded 2-core host
+def test_runs_whose_labels_slug_alike_keep_their_own_plots(tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    a = _timed(make_outdir(tmp_path / "r a", int8_too=True))
+    b = _timed(make_outdir(tmp_path / "r-a", int8_too=True, seed=5))
+    code, err = _main_exit(["report", a.name, b.name, "-o", "slug.html", "--markdown", "slug.md"], capsys)
+    assert code == 0, err
+    md = (tmp_path / "slug.md").read_text()
+    links = re.findall(r"\]\((slug_files/[^)]+\.png)\)", md)
+    assert len(links) >= 4 and len(set(links)) == len(links), links  # each run's dist and ops plots
+    assert sorted(os.listdir(tmp_path / "slug_files")) == sorted(Path(x).name for x in links)
+    html = (tmp_path / "slug.html").read_text()
+    ids = re.findall(r'<figure id="([^"]+)"', html)
+    assert len(ids) == len(links) and len(set(ids)) == len(ids), ids
+    svg_ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(set(svg_ids)) == len(svg_ids)  # the SVGs' own ids are salted by the plot key

@@ -369,7 +369,20 @@ def all_plots(report) -> list:
 
     with matplotlib.rc_context({"font.family": "sans-serif", "font.sans-serif": FONT, "svg.fonttype": "none",
                                 "axes.titleweight": "bold"}):
-        return [p for build in BUILDERS.values() for p in build(report)]
+        return _unique_keys([p for build in BUILDERS.values() for p in build(report)])
+
+
+def _unique_keys(plots: list) -> list:
+    """plots, a key that is taken given a '-2', '-3'... suffix: runs whose labels slug alike ('r a', 'r-a')
+    wrote one run's PNGs over the other's, and gave the HTML duplicate ids."""
+    taken = set()
+    for p in plots:
+        key, i = p.key, 2
+        while key in taken:
+            key, i = f"{p.key}-{i}", i + 1
+        p.key = key
+        taken.add(key)
+    return plots
 
 
 def to_svg(plot: Plot) -> str:
