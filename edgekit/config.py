@@ -421,6 +421,19 @@ def _rebase(path: str, base: Path) -> str:
     return str(base / p)
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(s: str) -> str:
+    """s as a TOML basic string: TOML forbids a raw control character in one, so a path holding a newline
+    made the whole recipe unreadable (and --config could not repeat the run)."""
+    def esc(c):
+        if c in _TOML_ESCAPES:
+            return _TOML_ESCAPES[c]
+        return f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7f else c
+    return '"' + "".join(esc(c) for c in s) + '"'
+
+
 def to_toml(cfg: CompressConfig) -> str:
     """The exact recipe of a run, so it can be repeated with --config (from any folder: files are named by
     absolute path)."""
@@ -437,7 +450,7 @@ def to_toml(cfg: CompressConfig) -> str:
             return repr(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return toml_string(str(v))
 
     for k, v in d.items():
         if k in _SECTIONS or v is None:

@@ -32,7 +32,7 @@ def main_entry(cli, argv=None):
         _json_error(argv, e.format_message(), e.exit_code)
         sys.exit(e.exit_code)
     except EdgekitError as e:
-        _json_error(argv, _report_error(e), e.exit_code)
+        _json_error(argv, _report_error(e, argv), e.exit_code)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -45,7 +45,9 @@ def main_entry(cli, argv=None):
     except Exception as e:  # a bug: short message, traceback only with --debug
         if _debug_requested(argv):
             raise
-        msg = _output_problem(e)
+        from ..errors import quote_paths
+
+        msg = quote_paths(_output_problem(e), _given_words(argv))
         if msg:
             click.echo(f"edgekit: error: {msg}", err=True)
             _json_error(argv, msg, 1)
@@ -94,12 +96,21 @@ def _debug_requested(argv) -> bool:
     return "--debug" in args or os.environ.get("EDGEKIT_DEBUG") == "1"
 
 
-def _report_error(e: EdgekitError) -> str:
+def _given_words(argv) -> list:
+    """The command line's words, and the values of --opt=value words."""
+    args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    return args + [a.split("=", 1)[1] for a in args if a.startswith("--") and "=" in a]
+
+
+def _report_error(e: EdgekitError, argv=None) -> str:
+    from ..errors import quote_paths
+
     if _debug_requested(None):
         import traceback
 
         traceback.print_exc()
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    text = quote_paths(str(e), _given_words(argv))
+    msg = text.splitlines()[0] if text else type(e).__name__
     click.echo(f"edgekit: error: {msg}", err=True)
     return msg
 

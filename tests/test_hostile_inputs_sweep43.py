@@ -1,0 +1,66 @@
+"""sweep43: hostile inputs (control characters in paths, out-of-range numbers, wrong recipe types,
+models onnxruntime cannot load, dtypes that cannot be cast, early Ctrl-C)."""
+from __future__ import annotations
+
+import json
+import tomllib
+
+import numpy as np
+import pytest
+
+from cliutil import run_cli
+
+
+def _gemm_onnx(path, opset=17, in_type=None):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.zeros(10, np.float32), "B")
+    g = helper.make_graph([helper.make_node("Gemm", ["input", "W", "B"], ["logits"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    model = _gemm_onnx(tmp_path / "m.onnx")
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    return model, calib
+
+
+# F1 -------------------------------------------------------------------------------------------------------
+
+def test_recipe_with_control_characters_in_paths_is_valid_toml(tmp_path):
+    from edgekit.config import CompressConfig, to_toml
+
+    odd = "a\nb\tc\rd\x01e\x1bf\x7fg\"h\\i"
+    cfg = CompressConfig(model=str(tmp_path / f"m{odd}.onnx"), output=str(tmp_path / f"out{odd}"),
+                         calib=str(tmp_path / f"c{odd}.npy"))
+    d = tomllib.loads(to_toml(cfg))
+    assert d["output"] == str(tmp_path / f"out{odd}")
+    assert d["model"] == str(tmp_path / f"m{odd}.onnx")
+    assert d["calib"] == str(tmp_path / f"c{odd}.npy")
+
+
+def test_error_about_a_path_with_a_newline_shows_the_whole_path_on_one_line(data, tmp_path, capsys):
+    model, _ = data
+    rc = run_cli(["quantize", str(model), "--calib", "missing\ncalib.npy", "-o", str(tmp_path / "q"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == "edgekit: error: 'missing\\ncalib.npy': calibration/eval data not found"
+    assert json.loads(out)["error"] == "'missing\\ncalib.npy': calibration/eval data not found"
+
+
+def test_missing_recipe_with_a_newline_in_its_path_is_named_whole(tmp_path, capsys):
+    recipe = tmp_path / "nl\nout" / "compress.toml"
+    rc = run_cli(["compress", "--config", str(recipe), "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"edgekit: error: {str(recipe)!r}: recipe file not found" in err
