@@ -1,6 +1,7 @@
 """sweep40 security findings: F1, the device runner's Numba cache fallback in the shared temp dir (Numba
 loads its index files with pickle, so a folder another user can write into is code execution), and F2,
 a --student .pt that names the Python file edgekit imports to rebuild it."""
+import json
 import os
 import stat
 import tempfile
@@ -69,3 +70,93 @@ def test_source_mark_does_not_write_through_a_planted_link(tmp_path, monkeypatch
     assert runner._numba_cache_dir(str(bundle)) == first
     assert victim.read_text() == "keep"
     assert (cache / "numba" / os.path.basename(first) / runner.SOURCE_MARK).read_text() == str(bundle.resolve())
+
+
+# F2 -------------------------------------------------------------------------------------------------------
+
+TEACHER = '''
+import torch, torch.nn as nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+
+def small():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
+'''
+
+ARCH = '''
+import torch.nn as nn
+open({mark!r}, "w").write("code from the .pt's file ran")
+
+def factory():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
+'''
+
+
+@pytest.fixture
+def kd(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("EDGEKIT_QUIET", "1")
+    (tmp_path / "teacher.py").write_text(TEACHER)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x[:16])
+    np.savez(tmp_path / "eval.npz", input=x[16:48], y=rng.integers(0, 4, 32))
+    return tmp_path
+
+
+def _student_pt(kd, how: str):
+    """dl/pruned.pt recording a model file of the .pt's choosing, as a downloaded folder would hold it."""
+    import torch.nn as nn
+
+    from edgekit.pruning import serialize
+
+    dl = kd / "dl"
+    dl.mkdir()
+    arch = ARCH.format(mark=str(kd / "MARK"))
+    spec = "arch.py:factory"
+    if how == "beside":
+        (dl / "arch.py").write_text(arch)
+    elif how == "absolute":
+        (kd / "shared_arch.py").write_text(arch)
+        spec = f"{kd / 'shared_arch.py'}:factory"
+    else:  # a manifest.json beside the .pt redirects the relative name
+        (kd / "elsewhere.py").write_text(arch)
+        (dl / "manifest.json").write_text(json.dumps({"source": {"spec": spec,
+                                                                 "source_file": str(kd / "elsewhere.py")}}))
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
+    serialize.save(m, dl / "pruned.pt", spec=spec)
+    return dl / "pruned.pt"
+
+
+def _distill(kd, student, out, *extra):
+    from tests.cliutil import run_cli
+
+    return run_cli(["distill", "--teacher", f"{kd / 'teacher.py'}:build", "--student", str(student),
+                    "--calib", str(kd / "calib.npy"), "--eval", str(kd / "eval.npz"), "--epochs", "1", *extra,
+                    "-o", str(out)])
+
+
+@pytest.mark.parametrize("how", ["beside", "absolute", "manifest"])
+def test_student_pt_runs_no_file_it_names_without_trust_pickle(kd, capsys, how):
+    pt = _student_pt(kd, how)
+    assert _distill(kd, pt, kd / "o") == 2
+    err = capsys.readouterr().err
+    assert not (kd / "MARK").exists(), "the .pt's file was imported"
+    assert str(pt) in err and "--trust-pickle" in err and ".py" in err
+    assert not (kd / "o").exists()
+    assert _distill(kd, pt, kd / "o2", "--trust-pickle") == 0  # the user trusts it: rebuilt on that file
+    assert (kd / "MARK").exists()
+
+
+def test_student_pt_of_the_teachers_own_file_needs_no_trust(kd):
+    import torch.nn as nn
+
+    from edgekit.pruning import serialize
+
+    m = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
+    serialize.save(m, kd / "small.pt", spec=f"{(kd / 'teacher.py').resolve()}:small")  # another factory
+    assert _distill(kd, kd / "small.pt", kd / "o") == 0

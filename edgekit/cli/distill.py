@@ -10,7 +10,8 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.command("distill", context_settings=CONTEXT_SETTINGS)
 @click.option("--teacher", required=True, help="Teacher model: zoo:NAME or file.py:factory (with --weights).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict for a file.py:factory teacher.")
-@click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model.")
+@click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model, and a "
+              "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
 @click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights) or a "
               "pruned.pt written by `edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
 @click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt).")
@@ -75,7 +76,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
 
     def work(ctx):
         example = graph.example_inputs(src, c or e)
-        module = stage.load_student(student, src, example)
+        module = stage.load_student(student, src, example, trust_pickle=trust_pickle)
         params = graph.count(module, example)[1]
         module, info = stage.run(src.module, module, ctx, cfg)
         info["notes"] = task_notes + list(info.get("notes") or [])  # printed already, kept in the record

@@ -482,7 +482,11 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
     if spec.endswith((".pt", ".pth")):
         obj = serialize.read(spec)
         base_spec = student_base_spec(spec, source, obj)
-        base = copy.deepcopy(source.module) if base_spec == source.spec else _call_factory(base_spec, f"--student {spec}")
+        if base_spec == source.spec:
+            base = copy.deepcopy(source.module)
+        else:
+            _check_base_trusted(spec, base_spec, source, trust_pickle)
+            base = _call_factory(base_spec, f"--student {spec}")
         student = serialize.apply(base, obj, where=spec)
     else:
         path, _, factory = spec.rpartition(":")
@@ -507,6 +511,18 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
             raise InputError(f"--student {spec}: output shape {list(s_out.shape)} differs from the teacher's "
                              f"{list(t_out.shape)}")
     return student
+
+
+def _check_base_trusted(pt: str, base_spec: str, source, trust_pickle: bool) -> None:
+    """A pruned.pt names the Python file it is rebuilt on (beside it, anywhere, or through a manifest.json
+    beside it): importing that file runs code the .pt chose, so, as for a pickled --weights, only with
+    --trust-pickle, unless it is the teacher's own model file, which the user named and edgekit ran already."""
+    path = base_spec.rpartition(":")[0]
+    tpath = source.spec.rpartition(":")[0]
+    if trust_pickle or (tpath.endswith(".py") and Path(tpath).resolve() == Path(path).resolve()):
+        return
+    raise InputError(f"--student {pt}: rebuilding it would import and run {path} (the model file it records, "
+                     f"not the teacher's {source.spec}); if you trust this file, pass --trust-pickle")
 
 
 def _call_factory(spec: str, where: str):
