@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import ConfigError, did_you_mean
 
+SEED_MAX = 2 ** 63 - 1  # torch.manual_seed's and numpy's common range
 QUANT_MODES = ("int8", "int8-dynamic", "fp16", "none")
 PRUNE_METHODS = ("l1", "l2", "bn", "taylor")
 SPARSITY_MODES = ("none", "unstructured", "2:4")
@@ -203,6 +204,12 @@ class ProfileConfig:
     op_profile: bool = True
 
     def __post_init__(self):
+        # 'nan < 0' is False: a NaN passed the range check and the report said 'the loop has taken NaN s'
+        for key in ("min_seconds", "max_seconds"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"profile.{key} {getattr(self, key)}: must be a finite number")
+        if self.max_seconds <= 0:
+            raise ConfigError(f"profile.max_seconds {self.max_seconds}: must be > 0")
         if self.min_runs < 1 or self.warmup < 0 or self.min_seconds < 0:
             raise ConfigError("profile: min_runs >= 1, warmup >= 0 and min_seconds >= 0 are required")
 
@@ -236,9 +243,29 @@ class CompressConfig:
         if self.task not in TASK_CHOICES:
             raise ConfigError(f"task {self.task!r}{did_you_mean(self.task, TASK_CHOICES)}")
         object.__setattr__(self, "tolerance", Tolerance.parse(self.tolerance))
+        if isinstance(self.targets, str):  # a string is iterable: "x86-laptop" was read as targets 'x', '8', ...
+            raise ConfigError(f"targets = {self.targets!r} must be a list (targets = [{self.targets!r}])")
         object.__setattr__(self, "targets", tuple(self.targets))
+        for t in self.targets:
+            if not isinstance(t, str):
+                raise ConfigError(f"targets: {t!r} must be a target name or a target .toml file")
+        # torch.manual_seed takes at most 64 bits and numpy's generators no negative seed: out of range was an
+        # internal error (ValueError: Overflow when unpacking long long) after the model had loaded
+        if not isinstance(self.seed, bool) and isinstance(self.seed, int) and not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed {self.seed}: must be in [0, {SEED_MAX}]")
+        self._check_no_nul()
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", tuple(int(x) for x in self.input_shape))
+
+    def _check_no_nul(self) -> None:
+        """A NUL byte can be in no file name: an output path holding one (from a recipe) ran the whole
+        pipeline and then failed as an internal error (ValueError: embedded null byte)."""
+        named = {k: getattr(self, k) for k in ("model", "output", *_PATH_KEYS)}
+        named.update({f"targets[{i}]": t for i, t in enumerate(self.targets)})
+        named.update({f"distill.{k}": getattr(self.distill, k, None) for k in ("student", "teacher")})
+        for k, v in named.items():
+            if isinstance(v, str) and "\x00" in v:
+                raise ConfigError(f"{k} = {v!r}: a NUL byte cannot be part of a file name")
 
     @property
     def distill_enabled(self) -> bool:
@@ -400,7 +427,7 @@ def map_paths(d: dict, fn) -> dict:
     for k in ("model", *_PATH_KEYS):
         if out.get(k):
             out[k] = one(out[k])
-    if out.get("targets"):
+    if isinstance(out.get("targets"), (list, tuple)):  # another type is refused by name when checked
         out["targets"] = [one(t) if str(t).endswith(".toml") else t for t in out["targets"]]
     if isinstance(out.get("distill"), dict) and out["distill"].get("student"):
         out["distill"] = {**out["distill"], "student": one(out["distill"]["student"])}

@@ -64,3 +64,52 @@ def test_missing_recipe_with_a_newline_in_its_path_is_named_whole(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2
     assert f"edgekit: error: {str(recipe)!r}: recipe file not found" in err
+
+
+# F4, F5, F6, F7: recipe values checked before any work, the error naming the recipe and the key -----------
+
+def _recipe(tmp_path, model, calib, extra: str, profile: str = "") -> str:
+    p = tmp_path / "r.toml"
+    p.write_text(f'model = "{model}"\noutput = "{tmp_path / "out"}"\ncalib = "{calib}"\n{extra}\n'
+                 f'[quantize]\nmode = "fp16"\n[profile]\nenabled = false\n{profile}\n')
+    return str(p)
+
+
+@pytest.mark.parametrize("extra, profile, expected", [
+    ("seed = 99999999999999999999", "", "seed 99999999999999999999: must be in [0, 9223372036854775807]"),
+    ("seed = -5", "", "seed -5: must be in [0, 9223372036854775807]"),
+    ('output = "/tmp/a\\u0000b"', "", "output = '/tmp/a\\x00b': a NUL byte cannot be part of a file name"),
+    ('targets = "x86-laptop"', "", "targets = 'x86-laptop' must be a list"),
+    ("targets = [1]", "", "targets: 1 must be a target name or a target .toml file"),
+    ("", "min_seconds = nan", "profile.min_seconds nan: must be a finite number"),
+    ("", "max_seconds = -1.0", "profile.max_seconds -1.0: must be > 0"),
+])
+def test_bad_recipe_value_is_a_usage_error_naming_the_recipe(data, tmp_path, capsys, extra, profile, expected):
+    model, calib = data
+    recipe = _recipe(tmp_path, model, calib, extra, profile)
+    if extra.startswith("output"):  # a second output key replaces the first
+        text = open(recipe).read().replace(f'output = "{tmp_path / "out"}"\n', "")
+        open(recipe, "w").write(text)
+    rc = run_cli(["compress", "--config", recipe])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == f"edgekit: error: {recipe}: {expected}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_range_seed_flag_is_a_usage_error(data, tmp_path, capsys):
+    model, calib = data
+    rc = run_cli(["compress", str(model), "--calib", str(calib), "--quantize", "fp16", "--no-profile",
+                  "--seed", "99999999999999999999", "-o", str(tmp_path / "out")])
+    assert rc == 2
+    assert "edgekit: error: seed 99999999999999999999: must be in [0, 9223372036854775807]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--min-seconds", "nan"), ("--max-seconds", "nan"),
+                                         ("--max-seconds", "inf")])
+def test_profile_refuses_nan_or_infinite_seconds(data, capsys, flag, value):
+    model, _ = data
+    rc = run_cli(["profile", str(model), flag, value, "--min-runs", "1", "--no-op-profile"])
+    assert rc == 2
+    assert f"Invalid value for '{flag}': '{value}': NaN or infinite values are refused" in capsys.readouterr().err

@@ -204,6 +204,19 @@ def check_output_file(path, flag: str) -> None:
     check_parents(p, f"{flag} {p}")
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that refuses NaN and infinity: range comparisons with NaN are all False, so
+    FloatRange(min=0) took 'nan' (a profile loop then ran 'until it has taken NaN s')."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r}: NaN or infinite values are refused", param, ctx)
+        return rv
+
+
 def console():
     from rich.console import Console
 

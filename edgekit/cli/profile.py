@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, json_option
+from .common import CONTEXT_SETTINGS, FiniteFloatRange, check_output_file, console, echo_json, json_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -22,8 +22,8 @@ from .common import CONTEXT_SETTINGS, check_output_file, console, echo_json, jso
 @click.option("--raw", type=click.Path(dir_okay=False), help=".npy raw input for --with-prepost (e.g. an image).")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--min-runs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--min-seconds", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--max-seconds", type=click.FloatRange(min=0.01), default=30.0, show_default=True)
+@click.option("--min-seconds", type=FiniteFloatRange(min=0), default=1.0, show_default=True)
+@click.option("--max-seconds", type=FiniteFloatRange(min=0.01), default=30.0, show_default=True)
 @click.option("--no-op-profile", is_flag=True, help="Skip the per-operator breakdown.")
 # ssh:// targets: the options of `edgekit flash`, whose advice (--accept-new-host-key) profile repeats
 @click.option("--identity", type=click.Path(exists=True, dir_okay=False), metavar="KEY",
