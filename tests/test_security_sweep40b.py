@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -154,3 +157,100 @@ def test_runs_whose_labels_slug_alike_keep_their_own_plots(tmp_path, capsys, mon
     assert len(ids) == len(links) and len(set(ids)) == len(ids), ids
     svg_ids = re.findall(r'\sid="([^"]+)"', html)
     assert len(set(svg_ids)) == len(svg_ids)  # the SVGs' own ids are salted by the plot key
+
+
+# ---- F3: a device's history.json and bundle.json are read only as bounded regular files
+
+@pytest.fixture(scope="module")
+def vs(tmp_path_factory):
+    from flash_fixtures import bundles_for_seeds
+
+    root = tmp_path_factory.mktemp("sweep40b")
+    return bundles_for_seeds(root, range(1)) + [root / "v0.ekb"]  # the bundle, and its .ekb for the CLI
+
+
+def _limited_memory():
+    # without the fix a link to /dev/zero is read until memory runs out: let it fail at 2 GB, not the host
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def _edgekit(*args, timeout=60):
+    """`edgekit ARGS` in a child with bounded memory and time: (exit status, stdout, stderr), 124 on a hang."""
+    try:
+        r = subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
+                           timeout=timeout, preexec_fn=_limited_memory)
+    except subprocess.TimeoutExpired:
+        return 124, "", "timed out"
+    return r.returncode, r.stdout, r.stderr
+
+
+def _make_special(path: Path, what: str) -> None:
+    path.unlink()
+    if what == "link to /dev/zero":
+        path.symlink_to("/dev/zero")
+    elif what == "fifo":
+        os.mkfifo(path)
+    else:  # a regular file over the 16 MiB limit (a JSON string, so it would parse)
+        with open(path, "w") as f:
+            f.write('"' + "x" * ((16 << 20) + 10) + '"')
+
+
+def _flashed(dev: Path, vs) -> Path:
+    from edgekit.flash import collect_devices, flash_many
+
+    assert flash_many(collect_devices([str(dev)]), vs[0])[0].status == "flashed"
+    return dev / "versions" / vs[0].version
+
+
+SPECIAL = ["link to /dev/zero", "fifo", "too large"]
+WHY = {"link to /dev/zero": "is not a regular file (a symlink)", "fifo": "is not a regular file (a FIFO)",
+       "too large": "is larger than 16 MiB; edgekit reads no more of it"}
+
+
+def _status_json(address: str, *extra):
+    rc, out, err = _edgekit("devices", "status", "--device", address, "--json", *extra)
+    assert rc in (0, 1) and out, (rc, err[-500:])
+    return rc, json.loads(out)["devices"][0]
+
+
+@pytest.mark.parametrize("what", SPECIAL)
+def test_status_reports_a_special_bundle_json_as_that_versions_problem(tmp_path, vs, what):
+    vdir = _flashed(tmp_path / "dev", vs)
+    _make_special(vdir / "bundle.json", what)
+    rc, dev = _status_json(str(tmp_path / "dev"))
+    (v,) = dev["versions"]
+    assert rc == 1 and v["intact"] is False and not dev["healthy"]
+    assert v["problems"] == [f"{vs[0].version}/bundle.json {WHY[what]}"]
+
+
+@pytest.mark.parametrize("what", SPECIAL)
+def test_a_special_history_json_is_a_damaged_history(tmp_path, vs, what):
+    vdir = _flashed(tmp_path / "dev", vs)
+    _make_special(tmp_path / "dev" / "history.json", what)
+    rc, dev = _status_json(str(tmp_path / "dev"))
+    assert rc == 0 and dev["healthy"] and dev["versions"][0]["intact"]
+    # flash reads it too: a warning, and the history is rebuilt from the folders' times
+    rc, out, err = _edgekit("flash", str(vs[1]), "--device", str(tmp_path / "dev"), "--json")
+    res = json.loads(out)["results"][0]
+    assert rc == 0 and res["status"] == "up-to-date", err[-500:]
+    assert res["warnings"] == [f"{tmp_path / 'dev' / 'history.json'} {WHY[what]}; the install order was taken "
+                               f"from the version directories' times ({vdir.name}, oldest first)"]
+
+
+def test_over_ssh_special_device_files_are_not_read(tmp_path, vs):
+    from sshd import start_sshd
+
+    fifo, big = tmp_path / "fifo", tmp_path / "big"
+    _make_special(_flashed(fifo, vs) / "bundle.json", "fifo")
+    _make_special(fifo / "history.json", "link to /dev/zero")  # the SFTP server follows links when it opens
+    _make_special(_flashed(big, vs) / "bundle.json", "too large")
+    srv = start_sshd(tmp_path / "sshd")
+    try:
+        login = ("--identity", str(srv.user_key), "--known-hosts", str(srv.known_hosts),
+                 "--remote-python", sys.executable)
+        got = {d: _status_json(srv.address(str(d)), *login) for d in (fifo, big)}
+    finally:
+        srv.stop()
+    for d, what in ((fifo, "fifo"), (big, "too large")):
+        rc, dev = got[d]
+        assert rc == 1 and dev["versions"][0]["problems"] == [f"{vs[0].version}/bundle.json {WHY[what]}"]

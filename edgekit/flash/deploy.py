@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass, field
 from ..errors import EdgekitError, FlashError, InputError
 from ..fsutil import signals_deferred
 from ..profile_remote import _KILL
+from .archive import INDEX_LIMIT
 from .bundle import META, RUNNER, SAFE_NAME_RULE, Bundle, check_meta, is_safe_name
 from .lock import LOCK, device_lock
+from .transport_path import UnreadableFile
 
 STEPS = ("connect", "inspect", "upload", "verify", "selftest", "activate", "cleanup", "warmup")
 # the folders edgekit deletes in or writes into: one that is a link would point that at whatever it names
@@ -247,11 +249,14 @@ def read_history(t, L: Layout, warnings: list | None = None) -> list[dict]:
     damaged, or a valid `[]`), an order rebuilt from the version directories' times (a note goes to
     warnings): a damaged history only costs rollback ordering, it must not leave the device with
     nothing to roll back to, nor make retention remove the newest inactive version."""
-    raw = t.read_bytes(L("history.json"))
-    history, problem = [], None
-    if raw is None:
-        problem = "is missing"
-    else:
+    history = []
+    try:
+        # regular files only, bounded: a history.json linked to /dev/zero grew status to 3.8 GB
+        raw = t.read_bytes(L("history.json"), limit=INDEX_LIMIT)
+        problem = None if raw is not None else "is missing"
+    except UnreadableFile as e:
+        raw, problem = None, e.why
+    if raw is not None:
         try:
             h = _load_json(raw)
         except ValueError:
@@ -794,7 +799,7 @@ def rollback(t, root: str, opts: FlashOptions, emit=None) -> DeviceResult:
                 res.previous = None  # its place in the history chose the target; it is not a version to name
             vdir = L.version(target)
         with step("verify", emit, dev):
-            meta = _load_json(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
+            meta = _load_json(t.read_bytes(posixpath.join(vdir, META), limit=INDEX_LIMIT) or b"{}")
             if not isinstance(meta, dict) or not meta.get("files"):
                 raise EdgekitError(f"{target}: no readable {META} on the device")
             check_meta(meta, f"{target}/{META} on the device")  # the paths it lists are hashed there next
@@ -892,8 +897,11 @@ def status(t, root: str, verify: bool = True) -> dict:
 
 def _version_facts(t, vdir: str, v: str, verify: bool) -> dict:
     """model, kind, file count and (verify) whether vdir holds exactly what its bundle.json lists."""
+    unreadable = None
     try:
-        meta = _load_json(t.read_bytes(posixpath.join(vdir, META)) or b"{}")
+        meta = _load_json(t.read_bytes(posixpath.join(vdir, META), limit=INDEX_LIMIT) or b"{}")
+    except UnreadableFile as e:  # a link, a FIFO or a huge file: not read, and the version's problem
+        meta, unreadable = {}, f"{v}/{META} {e.why}"
     except ValueError:
         meta = {}
     meta = meta if isinstance(meta, dict) else {}
@@ -905,7 +913,7 @@ def _version_facts(t, vdir: str, v: str, verify: bool) -> dict:
     if not verify:
         return facts
     if not files:
-        bad = [f"no readable {META}"]
+        bad = [unreadable or f"no readable {META}"]
     else:
         try:
             # the paths it names are hashed next: none may leave the folder (../../etc/hostname was read)

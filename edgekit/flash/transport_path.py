@@ -6,6 +6,7 @@ and compute correctly, though not on the device's CPU.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -47,6 +48,39 @@ def _non_dir_ancestor(path: str) -> str | None:
             return None if os.path.isdir(cur) else cur
         cur = os.path.dirname(cur)
     return None
+
+
+class UnreadableFile(FlashError, ValueError):
+    """A device file edgekit reads (history.json, a version's bundle.json) that is no regular file or too
+    large: a tampered device's link to /dev/zero filled memory, a FIFO hung the read. A ValueError too,
+    so a reader that takes a damaged file as unreadable does so for this one."""
+
+    def __init__(self, path, why: str):
+        super().__init__(f"{path} {why}")
+        self.why = why  # the message without the path: "is not a regular file (a FIFO)"
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a device or special file"
+
+
+def _read_capped(f, path, limit: int | None) -> bytes:
+    """f's bytes, reading at most limit + 1 of them: the size on record may change while it is read."""
+    data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise UnreadableFile(path, _too_large(limit))
+    return data
+
+
+def _too_large(limit: int) -> str:
+    size = f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+    return f"is larger than {size}; edgekit reads no more of it"
 
 
 def _hash_regular(root: str, rel: str) -> str | None:
@@ -142,12 +176,22 @@ class PathTransport:
         or a FIFO named by a device's bundle.json is not read (/dev/zero never ended)."""
         return {rel: _hash_regular(root, rel) for rel in rels}
 
-    def read_bytes(self, path):
+    def read_bytes(self, path, limit: int | None = None):
+        """path's bytes, None if it is missing; UnreadableFile if it is no regular file (a link is not
+        followed, a FIFO not waited on) or holds more than limit bytes."""
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+                raise UnreadableFile(path, "is not a regular file (a symlink)") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise UnreadableFile(path, f"is not a regular file ({_kind_of(mode)})")
+            return _read_capped(f, path, limit)
 
     def write_bytes_atomic(self, path, data: bytes) -> None:
         tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FlashError
+from .transport_path import UnreadableFile, _kind_of, _read_capped, _too_large
 
 # Runs on the device with its own Python: hashes files under argv[1] listed as JSON on stdin. Only regular
 # files are read, and no link is followed (to a folder on the way either): anything else is reported as None,
@@ -534,10 +535,19 @@ class SshTransport:
         except Exception:  # the link is gone too: not a disk that is known to be full
             return False
 
-    def read_bytes(self, path):
+    def read_bytes(self, path, limit: int | None = None):
+        """As PathTransport.read_bytes. The SFTP server follows links and waits on FIFOs when it opens a
+        file, so the path is looked at first (lstat) and opened only as a regular file."""
         try:
+            st = self._lstat(path)
+            if st is None:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                raise UnreadableFile(path, f"is not a regular file ({_kind_of(st.st_mode)})")
+            if limit is not None and (st.st_size or 0) > limit:
+                raise UnreadableFile(path, _too_large(limit))
             with self.sftp.open(path, "rb") as f:
-                return f.read()
+                return _read_capped(f, path, limit)
         except FileNotFoundError:
             return None
         except OSError as e:
