@@ -30,6 +30,10 @@ from pathlib import Path
 from .errors import ConfigError, did_you_mean
 from .resources import targets_dir
 
+# onnxruntime's intra-op thread count is a C int: 99999999999999999999 passed the target check and profiling
+# failed with a pybind TypeError naming neither the file nor the key; no device has more cores than this
+MAX_THREADS = 4096
+
 DEFAULT_TARGET = "x86-laptop"
 
 ARCHES = ("x86_64", "aarch64")
@@ -255,8 +259,9 @@ def parse_target(data: dict, path) -> TargetProfile:
         bad("emulated", "a local target runs natively on this host (use address = 'emulated' for qemu)")
     providers, optional = _parse_providers(data["providers"], bad)
     threads = data.get("threads")
-    if threads is not None and (not _is_int(threads) or threads < 1):
-        bad("threads", f"must be a positive integer (omit it for the runtime default), got {threads!r}")
+    if threads is not None and (not _is_int(threads) or not 1 <= threads <= MAX_THREADS):
+        bad("threads", f"must be a positive integer up to {MAX_THREADS} (omit it for the runtime default), "
+                       f"got {threads!r}")
     # the precisions the device runs: a recommendation never names another (a missing key restricts nothing)
     precisions = _str_list(data.get("precisions", list(PRECISIONS)), "precisions", PRECISIONS, bad)
     if not precisions:

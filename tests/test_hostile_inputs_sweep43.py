@@ -113,3 +113,24 @@ def test_profile_refuses_nan_or_infinite_seconds(data, capsys, flag, value):
     rc = run_cli(["profile", str(model), flag, value, "--min-runs", "1", "--no-op-profile"])
     assert rc == 2
     assert f"Invalid value for '{flag}': '{value}': NaN or infinite values are refused" in capsys.readouterr().err
+
+
+# F8 -------------------------------------------------------------------------------------------------------
+
+def test_target_with_a_huge_thread_count_is_refused_when_it_loads(tmp_path, capsys):
+    from edgekit.resources import targets_dir
+
+    tgt = tmp_path / "huge.toml"
+    text = (targets_dir() / "x86-laptop.toml").read_text()
+    tgt.write_text(text.replace("[[providers]]", "threads = 99999999999999999999\n\n[[providers]]", 1))
+    rc = run_cli(["targets", "show", str(tgt)])
+    assert rc == 2
+    assert (f"edgekit: error: {tgt}: threads: must be a positive integer up to 4096 (omit it for the runtime "
+            f"default), got 99999999999999999999") in capsys.readouterr().err
+
+
+def test_profile_refuses_a_huge_threads_option(data, capsys):
+    model, _ = data
+    rc = run_cli(["profile", str(model), "--threads", "99999999999999999999", "--no-op-profile"])
+    assert rc == 2
+    assert "Invalid value for '--threads': 99999999999999999999 is not in the range 1<=x<=4096" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..targets import MAX_THREADS
 from .common import CONTEXT_SETTINGS, FiniteFloatRange, check_output_file, console, echo_json, json_option
 
 
@@ -16,7 +17,7 @@ from .common import CONTEXT_SETTINGS, FiniteFloatRange, check_output_file, conso
               help=".npz of real inputs (one array per input name; a .npy for a single-input model).")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True,
               help="Batch size (repeat to sweep). Default: the model's own (its fixed batch, else 1).")
-@click.option("--threads", "threads", type=click.IntRange(min=1), multiple=True,
+@click.option("--threads", "threads", type=click.IntRange(1, MAX_THREADS), multiple=True,
               help="Intra-op threads (repeat to sweep). Default: the target's.")
 @click.option("--with-prepost", is_flag=True, help="Also time pre/post-processing and end to end.")
 @click.option("--raw", type=click.Path(dir_okay=False), help=".npy raw input for --with-prepost (e.g. an image).")
