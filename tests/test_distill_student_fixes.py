@@ -140,7 +140,10 @@ def test_pruned_pt_from_another_folder_and_old_relative_spec(d, tmp_path_factory
     err = capsys.readouterr().err
     assert "lone/old.pt" in err and "models.py:small_mlp: file not found" in err
     (lone / "models.py").write_text(MODELS)  # beside the pruned.pt: found there
-    assert _distill(d, lone / "old.pt", d / "f") == 0
+    capsys.readouterr()
+    assert _distill(d, lone / "old.pt", d / "g") == 2  # but it is not the teacher's file: code the .pt chose
+    assert "pass --trust-pickle" in capsys.readouterr().err and not (d / "g").exists()
+    assert _distill(d, lone / "old.pt", d / "f", "--trust-pickle") == 0
 
 
 def test_raising_student_factory_is_one_line(d, capsys):
