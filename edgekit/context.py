@@ -23,6 +23,7 @@ class RunContext:
     tolerance: Tolerance = field(default_factory=Tolerance)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     seed: int = 0
+    trust_pickle: bool = False  # --trust-pickle: also lets a --student .pt rebuild on a file other than the teacher's
     # evaluate(onnx_path) -> metrics dict {"name", "value", "n", ...}; compares with FP32 outputs when unlabelled
     evaluate: Callable | None = None
 

@@ -102,7 +102,7 @@ def stage_load(run: Run):
         raise UsageError(f"{cfg.model}: static INT8 needs calibration data; pass --calib PATH (or --quantize int8-dynamic)")
     run.ctx = RunContext(outdir=run.staging, source=src, manifest=run.manifest, calib=calib, eval=evalset,
                          train=train or calib, targets=targets, tolerance=cfg.tolerance, profile=cfg.profile,
-                         seed=cfg.seed)
+                         seed=cfg.seed, trust_pickle=cfg.trust_pickle)
     run.manifest.source = {**src.provenance(), **_student(cfg.distill.student)}
     run.manifest.prepost = src.preprocess or {}
     run.manifest.data = data_records(calib=(cfg.calib, calib), eval=(cfg.eval, given_eval),

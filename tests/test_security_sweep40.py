@@ -160,3 +160,19 @@ def test_student_pt_of_the_teachers_own_file_needs_no_trust(kd):
     m = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 4))
     serialize.save(m, kd / "small.pt", spec=f"{(kd / 'teacher.py').resolve()}:small")  # another factory
     assert _distill(kd, kd / "small.pt", kd / "o") == 0
+
+
+def test_compress_student_pt_takes_trust_pickle_as_distill_does(kd, capsys):
+    # compress refused such a .pt even with --trust-pickle, whose use its error advised
+    from tests.cliutil import run_cli
+
+    pt = _student_pt(kd, "beside")
+
+    def compress(out, *extra):
+        return run_cli(["compress", f"{kd / 'teacher.py'}:build", "--student", str(pt), "--calib",
+                        str(kd / "calib.npy"), "--eval", str(kd / "eval.npz"), "--no-profile", "--quantize", "none",
+                        *extra, "-o", str(out)])
+
+    assert compress(kd / "o") == 2 and not (kd / "MARK").exists() and not (kd / "o").exists()
+    assert "pass --trust-pickle" in capsys.readouterr().err
+    assert compress(kd / "o2", "--trust-pickle") == 0 and (kd / "MARK").exists()

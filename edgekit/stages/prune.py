@@ -284,7 +284,7 @@ def _sparse(source, ctx, prune, teacher, example, metric, base, t0) -> PruneResu
 def _student_only(source, ctx, distill, teacher, example, base, t0) -> PruneResult:
     from . import distill as distill_stage
 
-    student = distill_stage.load_student(distill.student, source, example)
+    student = distill_stage.load_student(distill.student, source, example, trust_pickle=ctx.trust_pickle)
     macs_s, params_s = graph.count(student, example)
     student, hist = distill_stage.run(teacher, student, ctx, distill)
     info = {**base, "method": "student", "ratio": 0.0, "params_after": params_s, "macs_after": macs_s,
