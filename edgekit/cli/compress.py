@@ -25,7 +25,8 @@ def _shape(ctx, param, value):
 @click.option("-o", "--output", type=click.Path(), help="Output directory for artifacts, manifest and reports.")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="compress.toml recipe; flags override it.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
-@click.option("--trust-pickle", is_flag=True, default=None, help="Allow --weights to be a pickled full model (runs code from the file).")
+@click.option("--trust-pickle", is_flag=True, default=None, help="Allow --weights to be a pickled full model, and a "
+              "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
 @click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), image folder, or .txt of sentences.")
 @click.option("--eval", "eval_", type=click.Path(), help="Eval data: .npz with inputs plus 'y' labels (accuracy); without labels, fidelity to FP32.")
 @click.option("--train", type=click.Path(), help="Training data for distillation (same formats; labels optional).")
