@@ -6,6 +6,10 @@ For each zoo model: export FP32 ONNX, run edgekit's quantize stage (tuning + fal
 gate), run onnxruntime's defaults on the same pre-processed model and calibration data, then
 time every variant interleaved in one process (batch 1) and score each on the zoo eval set.
 Writes results.json and appends a section to RESULTS.md; only ratios are meaningful on a busy host.
+A model that fails stops the run with exit 1 before anything is written, so a failure never appends an
+empty section nor drops that model's recorded entry. The working models live in a temporary folder that is
+removed at the end. --threads sets onnxruntime's intra-op threads for the latency table (default: its own
+default); the section header records what was used.
 """
 from __future__ import annotations
 
@@ -48,7 +52,15 @@ def noise_stable_eval(name: str, fp32, full):
 
 
 def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: str = "1%",
-          stable_eval: bool = True) -> dict:
+          stable_eval: bool = True, threads=None) -> dict:
+    # the exported, quantized and reference models are only needed while timing and scoring them
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as d:
+        return _bench(name, Path(d), max_trials=max_trials, runs=runs, seconds=seconds, tolerance=tolerance,
+                      stable_eval=stable_eval, threads=threads)
+
+
+def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, tolerance: str,
+           stable_eval: bool, threads) -> dict:
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
     from edgekit import zoo
@@ -64,7 +76,6 @@ def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: s
 
     t0 = time.perf_counter()
     src = zoo.load(name)
-    out = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     fp32 = out / "model.fp32.onnx"
     art = export_module(src.module, src, fp32, data=src.calib)
     full_eval, noise = src.eval, None
@@ -94,7 +105,7 @@ def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: s
         paths["fp32_fused (reference)"] = out / "fp32_fused.onnx"
     feeds = {k: v[:1] for k, v in src.calib.take(1).inputs.items()}
     lat = interleaved(paths, feeds, min_runs=runs, min_seconds=seconds, warmup=10, max_seconds=max(60.0, 4 * seconds),
-                      spinning=False)
+                      threads=threads, spinning=False)
     rows = {}
     for k, p in paths.items():
         m = ev(p)
@@ -114,24 +125,50 @@ def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: s
             "trial_log": [{"name": t["name"], "phase": t["phase"], "metric": t["metric"], "speedup": t["speedup"],
                            "fp32_nodes": len(t["fp32_nodes"]), "error": t["error"]} for t in rec["trials"]],
             "sensitivity_worst": rec.get("sensitivity", [])[:10],
-            "variants": rows, "seconds": round(time.perf_counter() - t0, 1), "cpu": cpu_info()["model"],
+            "variants": rows, "threads": threads_used(threads), "seconds": round(time.perf_counter() - t0, 1), "cpu": cpu_info()["model"],
             "eval_data": src.eval.source, "noise_floor": noise}
+
+
+def threads_used(threads) -> str:
+    """The intra-op thread count the latency table ran with, as recorded in results.json and RESULTS.md."""
+    if threads:
+        return f"{threads} thread{'' if threads == 1 else 's'}"
+    return f"onnxruntime's default intra-op threads ({os.cpu_count()} CPUs here)"
+
+
+def speedups(r: dict) -> list:
+    """Both timings of the chosen INT8 file, each named: the quantize stage's speed gate and this table."""
+    lines = []
+    for target, g in r["speed_gate"].items():
+        if g.get("ratio"):
+            quoted = f"{1 / g['ratio']:.2f}x faster than FP32" in (r.get("reason") or "")
+            lines.append(f"Speed-up, speed gate ({target}; the quantize stage's own interleaved session pairs, "
+                         f"before the table): INT8 {g['ratio']:.3f}x FP32 latency = {1 / g['ratio']:.2f}x faster"
+                         + (" (the speed-up quoted above)." if quoted else ".") + "  ")
+    v = r["variants"].get("edgekit")
+    if v and v["ratio_vs_fp32"]:
+        lines.append(f"Speed-up, this benchmark's table (all variants interleaved, p50): INT8 "
+                     f"{v['ratio_vs_fp32']:.3f}x FP32 latency = {1 / v['ratio_vs_fp32']:.2f}x faster.")
+    return lines + [""] if lines else []
 
 
 def to_markdown(results: list, cmd: str) -> str:
     from edgekit.hostinfo import cpu_info
 
     info = cpu_info()
+    threads = {r.get("threads", "") for r in results}
     lines = [f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              f"Command: `{cmd}`  ",
              f"Machine: {info['model']}, {info['cores']} cores, ISA {', '.join(info['isa'])} (shared, busy: "
-             "compare ratios only). Latency: batch 1, p50, all variants interleaved in one process, 2 threads, "
-             "thread spinning off (spin-waiting workers on a shared host measure the neighbours).", ""]
+             "compare ratios only). Latency: batch 1, p50, all variants interleaved in one process, "
+             f"{', '.join(sorted(threads))}, thread spinning off (spin-waiting workers on a shared host measure "
+             "the neighbours).", ""]
     for r in results:
         lines += [f"### {r['model']}", "",
                   f"edgekit chose **{r['chosen']}** after {r['trials']} trials (ISA default {r['isa']}; "
                   f"{r['fp32_nodes']} nodes kept FP32; tolerance {r.get('tolerance', '1%')}); recommended: "
-                  f"{r['recommend']}. {r['reason']}", "",
+                  f"{r['recommend']}. Quantize stage: {r['reason']}", "",
+                  *speedups(r),
                   f"Eval: {r['eval_data']}", ""]
         nf = r.get("noise_floor")
         if nf:
@@ -164,16 +201,21 @@ def main(argv=None):
                     help="per-model tolerance, e.g. efficientnet-lite0=2%%")
     ap.add_argument("--full-eval", action="store_true",
                     help="tune and score EfficientNet-Lite0 on all eval crops, not only the noise-stable ones")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime intra-op threads for the latency table (default: onnxruntime's own)")
     a = ap.parse_args(argv)
     os.environ.setdefault("EDGEKIT_QUIET", "1")
     tol = {**DEFAULT_TOLERANCE, **dict(t.split("=", 1) for t in a.tolerance)}
     results = []
     for m in a.models:
+        # a failed model (a missing optional package included) is not a result: recording the others
+        # would append a section without it and drop its earlier entry from results.json
         try:
             results.append(bench(m, max_trials=a.max_trials, runs=a.runs, seconds=a.seconds,
-                                 tolerance=tol.get(m, "1%"), stable_eval=not a.full_eval))
-        except Exception as e:  # a zoo model whose optional package is missing: say so, keep going
-            print(f"{m}: skipped: {type(e).__name__}: {e}", file=sys.stderr)
+                                 tolerance=tol.get(m, "1%"), stable_eval=not a.full_eval, threads=a.threads))
+        except Exception as e:
+            print(f"benchmarks/quantize/run.py: {m}: {type(e).__name__}: {e}; nothing recorded", file=sys.stderr)
+            return 1
     out = Path(a.out)
     # results.json holds the latest run of every model: a run of some models keeps the others' entries
     try:
@@ -182,10 +224,12 @@ def main(argv=None):
         kept = []
     (out / "results.json").write_text(json.dumps(kept + results, indent=2) + "\n")
     cmd = "python benchmarks/quantize/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = to_markdown(results, cmd.strip())
     with open(out / "RESULTS.md", "a") as f:
-        f.write(to_markdown(results, cmd.strip()))
-    print(to_markdown(results, cmd.strip()))
+        f.write(text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
