@@ -37,7 +37,8 @@ def _ctx(src, outdir):
 
 def _int8(fp32_path, dest, calib, names, per_channel=False):
     """Static QDQ, U8 activations / S8 weights, per-tensor: on this AVX-512 VNNI host the S8S8
-    per-channel default measured 1.4x slower than FP32 on this CNN, U8S8 per-tensor 0.42x."""
+    per-channel default measured 1.4x slower than FP32 on this CNN, U8S8 per-tensor 0.42x (a one-off
+    measurement, not reproducible from this repository: only U8S8 per-tensor is built here)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -62,7 +63,7 @@ def _time(paths, feeds, seconds):
     return measure(paths, feeds, None, min_runs=200, min_seconds=seconds)
 
 
-def digits(args, out):
+def digits(args, out, work):
     from edgekit import zoo
     from edgekit.config import DistillConfig, PruneConfig
     from edgekit.evaluate import Evaluator
@@ -71,7 +72,7 @@ def digits(args, out):
     from edgekit.stages.export import export_module
 
     src = zoo.load("digits-cnn")
-    td = Path(tempfile.mkdtemp(prefix="edgekit-bench-prune-"))
+    td = Path(work)
     ctx = _ctx(src, td)
     pcfg = PruneConfig(ratio=0.5, method="l1", channel_multiple=8)
     dcfg = DistillConfig(epochs=args.epochs, patience=5, alpha=0.7, temperature=4.0)
@@ -104,12 +105,16 @@ def digits(args, out):
                    "latency_x": lat[k] / lat["fp32"], "params": params, "params_x": params / params0,
                    "macs_x": macs / macs0, "bytes": p.stat().st_size}
     hist = {k: [(h["epoch"], round(h["metric"], 4)) for h in r.info["distill"]["history"]] for k, (r, _) in runs.items()}
+    # the set each best epoch was chosen on: a held-out part of the training data, not the eval set above
+    chosen = {k: {"best_epoch": r.info["distill"]["best_epoch"], "on": r.info["distill"]["eval"]}
+              for k, (r, _) in runs.items()}
     return {"model": "zoo:digits-cnn", "prune": vars(pcfg), "distill": vars(dcfg), "rows": rows, "history": hist,
+            "best_epoch_chosen": chosen,
             "seconds": {k: round(v[1], 1) for k, v in runs.items()},
             "channels": runs["distilled"][0].info["channels"]}
 
 
-def minilm(args, out):
+def minilm(args, out, work):
     from edgekit import zoo
     from edgekit.config import DistillConfig, PruneConfig
     from edgekit.evaluate import Evaluator
@@ -118,7 +123,7 @@ def minilm(args, out):
 
     src = zoo.load("minilm")
     src.train = src.train.take(args.minilm_train)
-    td = Path(tempfile.mkdtemp(prefix="edgekit-bench-minilm-"))
+    td = Path(work)
     ctx = _ctx(src, td)
     ctx.train = src.train
     # taylor: output-sensitivity importance on training sentences (cosine right after the cut 0.74,
@@ -150,7 +155,8 @@ def minilm(args, out):
             "cosine_after_prune": d["history"][0]["metric"], "distill_loss": d["loss"], "notes": res.info["notes"],
             "distill_seconds": d["seconds"], "padding_trimmed": d["padding_trimmed"],
             "channels": {k: v for k, v in res.info["channels"].items() if "layer.0." in k},
-            "history": [(h["epoch"], round(h["metric"], 4), h["loss"] and round(h["loss"], 4)) for h in d["history"]]}
+            "history": [(h["epoch"], round(h["metric"], 4), h["loss"] and round(h["loss"], 4)) for h in d["history"]],
+            "best_epoch_chosen": {"best_epoch": d["best_epoch"], "on": d["eval"]}}
 
 
 def main():
@@ -176,7 +182,9 @@ def main():
            "load_avg": os.getloadavg()}
     for name, fn in (("digits", digits), ("minilm", minilm)):
         if args.only in (name, "all"):
-            res[name] = fn(args, out)
+            # the ONNX files (90 MB and more for MiniLM) are only timed here: removed when done
+            with tempfile.TemporaryDirectory(prefix=f"edgekit-bench-{name}-") as work:
+                res[name] = fn(args, out, work)
     res["load_avg_after"] = os.getloadavg()
     dest = out / ("results.json" if args.only != "minilm" else "results_minilm.json")
     dest.write_text(json.dumps(res, indent=2, default=str))
