@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def main(argv=None):
+def _main(work: Path, argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
@@ -41,7 +41,6 @@ def main(argv=None):
     from edgekit.stages.export import export_module
 
     src = zoo.load("minilm")
-    work = Path(tempfile.mkdtemp(prefix="denormals-"))
     fp32 = work / "fp32.onnx"
     export_module(src.module, src, fp32, data=src.calib)
     prep, fused, int8 = work / "prep.onnx", work / "fused.onnx", work / "int8.onnx"
@@ -120,6 +119,12 @@ def main(argv=None):
     with open(Path(a.out) / "RESULTS.md", "a") as f:
         f.write(text)
     print(text)
+
+
+def main(argv=None):
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="denormals-") as d:
+        return _main(Path(d), argv)
 
 
 if __name__ == "__main__":

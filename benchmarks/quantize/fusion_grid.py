@@ -27,7 +27,7 @@ FUSIONS = ("enable_skip_layer_norm", "enable_bias_gelu", "enable_attention", "en
 SHORT = ("skipLN", "biasGelu", "attention", "embedLN")
 
 
-def main(argv=None):
+def _main(work: Path, argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--seconds", type=float, default=40.0)
@@ -48,7 +48,6 @@ def main(argv=None):
     from edgekit.stages.export import export_module
 
     src = zoo.load(a.model)
-    work = Path(tempfile.mkdtemp(prefix=f"fusion-grid-{a.model}-"))
     fp32 = work / "fp32.onnx"
     export_module(src.module, src, fp32, data=src.calib)
     prep = work / "prep.onnx"
@@ -117,6 +116,12 @@ def main(argv=None):
     with open(out / "RESULTS.md", "a") as f:
         f.write(text)
     print(text)
+
+
+def main(argv=None):
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="fusion-grid-") as d:
+        return _main(Path(d), argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -45,7 +46,7 @@ def _kind(node: str) -> str:
 from effnet_onnx import export_preprocessed  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _main(work: Path, argv=None) -> int:
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -63,7 +64,6 @@ def main(argv=None) -> int:
     ds = E.datasets()
     cal = np.asarray(ds["calib"].inputs["input"][:64])
     x = np.asarray(ds["eval"].inputs["input"][:1])
-    work = Path(tempfile.mkdtemp(prefix="int8-ceiling-"))
     prep = export_preprocessed(work)
 
     class Reader(CalibrationDataReader):
@@ -162,12 +162,14 @@ def main(argv=None) -> int:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = (f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores, ISA {', '.join(cpu.get('isa', []))}"
                f" (shared: compare ratios only); onnxruntime {ort.__version__}")
-    out = {"when": when, "command": "python benchmarks/quantize/int8_ceiling.py", "machine": machine, "batch": 1,
+    # the arguments as given, so the record names the run that produced it (--seconds, --out)
+    cmd = shlex.join(["python", "benchmarks/quantize/int8_ceiling.py", *(sys.argv[1:] if argv is None else argv)])
+    out = {"when": when, "command": cmd, "machine": machine, "batch": 1,
            "rows": rows, "per_kind": kinds, "convs_matched": matched, "seconds": round(time.perf_counter() - t0, 1)}
     outdir = Path(a.out)
     (outdir / "int8_ceiling.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = [f"## {when}: INT8 speed ceiling (efficientnet-lite0)", "",
-             "Command: `python benchmarks/quantize/int8_ceiling.py`  ",
+             f"Command: `{cmd}`  ",
              f"Machine: {machine}. Batch 1, p50, all variants interleaved in one process per row.", "",
              "| threads | spinning | " + " | ".join(k for k in variants) + " |",
              "|---|---|" + "---|" * len(variants)]
@@ -183,6 +185,12 @@ def main(argv=None) -> int:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def main(argv=None) -> int:
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="int8-ceiling-") as d:
+        return _main(Path(d), argv)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def effnet_pixel() -> float:
     return 1.0 / stds.pop()
 
 
-def main() -> int:
+def _main(work: Path) -> int:
     from edgekit.hostinfo import cpu_info
     from edgekit.zoo import efficientnet_lite0 as E
 
@@ -81,7 +81,7 @@ def main() -> int:
     t0 = time.perf_counter()
     ev = E.datasets()["eval"]
     x = np.asarray(ev.inputs["input"][:])
-    prep = export_preprocessed(Path(tempfile.mkdtemp(prefix="noise-floor-")))
+    prep = export_preprocessed(work)
     r = stability(prep, x, effnet_pixel(), draws=a.draws)
     labels = ev.extra["crops"]
     out = {"command": " ".join(["python benchmarks/quantize/noise_floor.py", *sys.argv[1:]]),
@@ -95,6 +95,12 @@ def main() -> int:
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "unstable_crops"}, indent=2))
     return 0
+
+
+def main() -> int:
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="noise-floor-") as d:
+        return _main(Path(d))
 
 
 if __name__ == "__main__":

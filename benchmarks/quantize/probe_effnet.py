@@ -40,7 +40,7 @@ DW0 = "/_blocks.0/_depthwise_conv/Conv"
 from effnet_onnx import export_preprocessed  # noqa: E402
 
 
-def main() -> int:
+def _main(work: Path) -> int:
     import onnxruntime as ort
 
     from edgekit.hostinfo import cpu_info
@@ -60,7 +60,6 @@ def main() -> int:
     ds = E.datasets()
     cal, ev = ds["calib"], ds["eval"]
     x = np.asarray(ev.inputs["input"][:])
-    work = Path(tempfile.mkdtemp(prefix="probe-effnet-"))
     prep = export_preprocessed(work)
 
     def logits(path, disabled=()):
@@ -221,6 +220,12 @@ def probe_groups(prep, work, cal, overrides, agree) -> dict:
         onnx.save(m, str(work / f"dw0_{k}.onnx"))
         out["dw0_weights_only"][k] = agree(work / f"dw0_{k}.onnx")
     return out
+
+
+def main() -> int:
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="probe-effnet-") as d:
+        return _main(Path(d))
 
 
 if __name__ == "__main__":

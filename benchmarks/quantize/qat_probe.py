@@ -90,7 +90,7 @@ class QATModule(QDQModule):
         return moved / max(total, 1)
 
 
-def main(argv=None) -> int:
+def _main(work: Path, argv=None) -> int:
     import onnx
     import onnxruntime as ort
     import torch
@@ -115,7 +115,6 @@ def main(argv=None) -> int:
     cal = ds["calib"]
     tr = np.concatenate([np.asarray(cal.inputs["input"][:]), np.asarray(ds["train"].inputs["input"][:])])
     ev = np.asarray(ds["eval"].inputs["input"][:])
-    work = Path(tempfile.mkdtemp(prefix="qat-probe-"))
     prep = export_preprocessed(work)
 
     def sess(path):
@@ -214,6 +213,12 @@ def main(argv=None) -> int:
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def main(argv=None) -> int:
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="qat-probe-") as d:
+        return _main(Path(d), argv)
 
 
 if __name__ == "__main__":
