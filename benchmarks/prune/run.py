@@ -109,7 +109,8 @@ def digits(args, out, work):
     chosen = {k: {"best_epoch": r.info["distill"]["best_epoch"], "on": r.info["distill"]["eval"]}
               for k, (r, _) in runs.items()}
     return {"model": "zoo:digits-cnn", "prune": vars(pcfg), "distill": vars(dcfg), "rows": rows, "history": hist,
-            "best_epoch_chosen": chosen,
+            "best_epoch_chosen": chosen, "weights_sha256": src.weights_sha256,  # zoo weights are retrained
+            # when their cache is missing, so the accuracies hold for these weights only
             "seconds": {k: round(v[1], 1) for k, v in runs.items()},
             "channels": runs["distilled"][0].info["channels"]}
 
@@ -156,7 +157,7 @@ def minilm(args, out, work):
             "distill_seconds": d["seconds"], "padding_trimmed": d["padding_trimmed"],
             "channels": {k: v for k, v in res.info["channels"].items() if "layer.0." in k},
             "history": [(h["epoch"], round(h["metric"], 4), h["loss"] and round(h["loss"], 4)) for h in d["history"]],
-            "best_epoch_chosen": {"best_epoch": d["best_epoch"], "on": d["eval"]}}
+            "best_epoch_chosen": {"best_epoch": d["best_epoch"], "on": d["eval"]}, "weights_sha256": src.weights_sha256}
 
 
 def main():
