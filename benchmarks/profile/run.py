@@ -9,6 +9,7 @@ are meaningful on a shared machine; the emulated figures are never device latenc
 """
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
 
-def main():
+def main(argv=None):
     from profile_models import digits_batches, matmul_chain, quantize_qdq, small_cnn
 
     from edgekit import emulation
@@ -27,8 +28,10 @@ def main():
 
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--output", default=str(HERE / "results.json"))
-    a = ap.parse_args()
-    out = {"command": "python benchmarks/profile/run.py", "host": host_info(), "versions": versions(),
+    a = ap.parse_args(argv)
+    # the arguments as given (-o included), so the record names the run that wrote it
+    cmd = shlex.join(["python", "benchmarks/profile/run.py", *(sys.argv[1:] if argv is None else argv)])
+    out = {"command": cmd, "host": host_info(), "versions": versions(),
            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cases": {}}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
