@@ -38,6 +38,15 @@ class SourceModel:
     load_settings: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
 
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size a PyTorch model's forward() runs (given by --input-shape B,...), else None."""
+        if self.kind != "torch" or self.dynamic_axes or not self.inputs or not self.inputs[0].shape:
+            return None
+        b = self.inputs[0].shape[0]
+        return b if isinstance(b, int) else None
+
     def __post_init__(self):
         if self.kind not in ("torch", "onnx"):
             raise ValueError(f"SourceModel.kind {self.kind!r}")

@@ -179,3 +179,18 @@ def test_compress_of_a_fixed_batch_model(tmp_path):
     assert r.returncode == 0, r.stderr[-600:]
     fp32 = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]
     assert fp32["inputs"][0]["shape"] == [2, 16] and fp32["outputs"][0]["shape"] == [2, 4]
+
+
+def test_a_fixed_batch_model_is_refused_for_pruning_and_distillation_in_one_line(models, tmp_path):
+    # was: 'internal error: RuntimeError: mat1 and mat2 shapes cannot be multiplied', exit 1 (sweep44 F1):
+    # pruning scores and distillation trains on batches of their own sizes
+    np.save(tmp_path / "calib.npy", _x(40)["x"])
+    np.savez(tmp_path / "eval.npz", x=_x(40)["x"], y=np.arange(40) % 4)
+    data = ["--calib", str(tmp_path / "calib.npy"), "--eval", str(tmp_path / "eval.npz")]
+    for argv in (["compress", f"{models}:one", "--input-shape", "1,16", "--prune", "0.5", *data, "--no-profile"],
+                 ["distill", "--teacher", f"{models}:one", "--input-shape", "1,16", "--student", f"{models}:pairs",
+                  *data, "--epochs", "1"]):
+        r = _cli(*argv, "-o", str(tmp_path / argv[0]), cwd=tmp_path)
+        assert r.returncode == 2, r.stderr[-600:]
+        assert "runs only batches of 1 (--input-shape 1,...)" in r.stderr and "internal error" not in r.stderr
+        assert len(r.stderr.strip().splitlines()[-1]) > 0 and not (tmp_path / argv[0]).exists()

@@ -71,6 +71,9 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
                                 seed=seed, preprocess=preprocess, task=task)
     task_notes = settle_task(src, task, e, t)
+    from ..stages.prune import refuse_fixed_batch
+
+    refuse_fixed_batch(src, "distillation")
     settings = {"teacher": teacher, "task": task or "auto", "student": student, "distill": vars(cfg), "seed": seed,
                 "preprocess": preprocess}
 

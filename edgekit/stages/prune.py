@@ -46,6 +46,17 @@ def run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enab
         torch.backends.mha.set_fastpath_enabled(fast)
 
 
+def refuse_fixed_batch(source, what: str) -> None:
+    """Pruning and distillation score and train on batches of their own sizes (64, 256, a short last one):
+    a forward() fixed to one batch failed among them with an internal error ("mat1 and mat2 shapes cannot be
+    multiplied")."""
+    b = source.fixed_batch
+    if b is not None:
+        raise UsageError(f"{source.spec}: its forward() runs only batches of {b} (--input-shape {b},...), and {what} "
+                         "trains and scores it on batches of other sizes; compress it without pruning or a student "
+                         "(export and INT8 work at its fixed batch)")
+
+
 def check_settings(prune: PruneConfig, distill: DistillConfig) -> None:
     """Refuse settings the stage cannot honour, before any work.
 
@@ -71,6 +82,7 @@ def check_settings(prune: PruneConfig, distill: DistillConfig) -> None:
 def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_enabled: bool) -> PruneResult:
     if source.kind != "torch" or source.module is None:
         raise UsageError(f"{source.spec}: pruning needs a PyTorch model (this source is {source.kind})")
+    refuse_fixed_batch(source, "--student" if distill.student else "--prune/--sparsity")
     t0 = time.perf_counter()
     # Torch-Pruning cannot remove channels from a parametrized weight (weight_norm, spectral_norm:
     # "KeyError: attribute 'weight' already exists"): the stage works on a copy with them baked in
