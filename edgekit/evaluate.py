@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from .dataset import Dataset
-from .errors import CalibrationError
+from .errors import CalibrationError, InputError
 from .fsutil import per_file_version
-from .onnxutil import run_batches, session
+from .onnxutil import ort_load_problem, run_batches, session
 
 
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
@@ -245,6 +245,12 @@ class Evaluator:
                 raise
             from pathlib import Path
 
+            # the user's model onnxruntime cannot open at all (opset 99, an op of an unknown domain) is no fault
+            # of the data: it was blamed on the calibration file, in a reason cut inside a C++ signature (a
+            # candidate edgekit made stays a problem of this data, which tuning moves past)
+            why = ort_load_problem(path) if str(path) == str(self.reference_path) else None
+            if why is not None:
+                raise InputError(f"{Path(path).name}: onnxruntime cannot load this model: {clip(why, 300)}") from None
             # onnxruntime quotes the absolute path, which for a candidate is a staging folder deleted by then
             msg = " ".join(str(e).replace(str(path), Path(path).name).split())
             raise CalibrationError(f"{self.ds.source or 'eval data'}: {Path(path).name} cannot run on this data: "

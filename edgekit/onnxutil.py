@@ -1,6 +1,8 @@
 """Small facts about ONNX files and onnxruntime sessions used by several stages."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .artifact import TensorSpec
@@ -270,3 +272,43 @@ def topological_sort(graph) -> bool:
     del graph.node[:]
     graph.node.extend(nodes[i] for i in order)
     return True
+
+
+_ORT_PREFIX = re.compile(r"^\s*\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_ORT_LOAD = re.compile(r"^(Load model from .*? failed:|Exception during initialization:)\s*")
+_CXX_SITE = re.compile(r"\S+\.(?:h|hpp|cc|cpp|c):\d+\s+")  # '/onnxruntime_src/.../model_load_utils.h:46 '
+
+
+def ort_error_text(e: Exception) -> str:
+    """onnxruntime's own words in its exception, on one line: without the '[ONNXRuntimeError] : 1 : FAIL :'
+    prefix, the 'Load model from X failed:' the caller says better, and the C++ source site and function
+    signature that came before the reason (a 300-character cut ended inside that signature)."""
+    text = " ".join(str(e).split())
+    text = _ORT_LOAD.sub("", _ORT_PREFIX.sub("", text))
+    m = _CXX_SITE.match(text)
+    if m:
+        text = _after_signature(text[m.end():])
+    return text or type(e).__name__
+
+
+def _after_signature(text: str) -> str:
+    """text past a C++ signature 'ret ns::f(args...) const' at its start (text as is if none is there)."""
+    i = text.find("(")
+    if i < 0 or " " not in text[:i] and "::" not in text[:i]:
+        return text
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[j], 0)
+        if depth == 0:
+            rest = text[j + 1:].lstrip()
+            return (rest[len("const"):].lstrip() if rest.startswith("const ") else rest) or text
+    return text
+
+
+def ort_load_problem(path) -> str | None:
+    """Why onnxruntime cannot open the model at path (its first meaningful words), or None if it can."""
+    try:
+        session(path, optimize=False)
+    except Exception as e:
+        return ort_error_text(e)
+    return None

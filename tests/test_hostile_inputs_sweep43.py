@@ -134,3 +134,96 @@ def test_profile_refuses_a_huge_threads_option(data, capsys):
     rc = run_cli(["profile", str(model), "--threads", "99999999999999999999", "--no-op-profile"])
     assert rc == 2
     assert "Invalid value for '--threads': 99999999999999999999 is not in the range 1<=x<=4096" in capsys.readouterr().err
+
+
+# F9 -------------------------------------------------------------------------------------------------------
+
+def _unknown_domain_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Foo", ["input"], ["logits"], domain="com.evil")], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 16])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: _gemm_onnx(p, opset=99), "ONNX Runtime only *guarantees* support for models stamped with official "
+                                        "released onnx opset versions. Opset 99 is under development"),
+    (_unknown_domain_onnx, "Fatal error: com.evil:Foo(-1) is not a registered function/op"),
+])
+def test_model_onnxruntime_cannot_load_is_named_with_its_reason(data, tmp_path, capsys, make, reason):
+    _, calib = data
+    model = make(tmp_path / "bad.onnx")
+    rc = run_cli(["quantize", str(model), "--calib", str(calib), "--no-tune", "-o", str(tmp_path / "q"), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    msg = json.loads(out)["error"]
+    assert msg.startswith(f"bad.onnx: onnxruntime cannot load this model: {reason}")
+    assert "onnxruntime_src" not in msg and "calib.npy" not in msg
+    assert err.strip().splitlines()[-1] == f"edgekit: error: {msg}"
+
+
+def test_ort_error_text_drops_the_cxx_site_and_signature():
+    from edgekit.onnxutil import ort_error_text
+
+    e = RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Exception during initialization: /onnxruntime_src/onnxruntime/"
+                     "core/framework/session_state_utils.cc:294 onnxruntime::common::Status onnxruntime::f(const "
+                     "std::map<int, std::vector<int>>&, g(h)) const index was false. Indexes should be populated.\n")
+    assert ort_error_text(e) == "index was false. Indexes should be populated."
+
+
+# F10 ------------------------------------------------------------------------------------------------------
+
+def test_float_data_for_a_string_input_is_refused(data, tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    _, calib = data
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["out"])], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.STRING, ["batch", 16])],
+                          [helper.make_tensor_value_info("out", TensorProto.STRING, ["batch", 16])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "string.onnx"))
+    rc = run_cli(["quantize", str(tmp_path / "string.onnx"), "--calib", str(calib), "--no-tune",
+                  "-o", str(tmp_path / "q")])
+    assert rc == 2
+    assert (f"edgekit: error: {calib}: input 'input' has dtype float32; the model expects non-numeric data "
+            "(a string tensor) and that cast would lose information") in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
+# F3 -------------------------------------------------------------------------------------------------------
+
+def test_importing_the_cli_imports_no_command_module():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgekit.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('edgekit.cli.') and m != 'edgekit.cli.common'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_ctrl_c_while_the_command_modules_import_is_handled(data, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model, calib = data
+    exe = shutil.which("edgekit") or os.path.join(os.path.dirname(sys.executable), "edgekit")
+    p = subprocess.Popen([exe, "quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "q")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # past the interpreter's start, inside the imports of the command's modules
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert "Traceback" not in err and p.returncode == 130, err
+    assert err.strip().splitlines()[-1] in ("Aborted.", "Interrupted.")
