@@ -150,6 +150,11 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
             raise CalibrationError(f"{where}: input {name!r} has shape {tuple(arr.shape)}; the model expects "
                                    f"{_fmt_shape(want)} (axis {ax}: {got} != {exp})")
     dst = np.dtype(spec.dtype)
+    if dst.kind not in "biuf":
+        # np.can_cast calls any number -> object/str 'safe': float data was stringified to feed a
+        # tensor(string) input, and the model was 'quantized' (no op changed) and shipped as int8
+        raise CalibrationError(f"{where}: input {name!r} has dtype {arr.dtype}; the model expects non-numeric "
+                               f"data ({_onnx_kind(dst)}) and that cast would lose information")
     if arr.dtype != dst:
         if dst.kind == "b" and arr.dtype.kind in "iu":
             # 0/1 integer masks (how HuggingFace tokenizers hand out attention masks) for a bool input
@@ -163,6 +168,10 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
         _check_cast_values(where, name, arr, dst)
         arr = _cast_view(arr, dst)
     return arr
+
+
+def _onnx_kind(dst: np.dtype) -> str:
+    return "a string tensor" if dst.kind in "OUS" else f"dtype {dst}"
 
 
 def _chunks(arr, budget: int = 64 << 20):
