@@ -28,7 +28,27 @@ COMMANDS = {
 }
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _LazyGroup(click.Group):
+    """Imports a command's module when click asks for the command, not when edgekit.cli is imported: the
+    console script imports this package before main() runs, and a Ctrl-C during those imports (the first
+    second of every command) came before main_entry could catch it, a KeyboardInterrupt traceback."""
+
+    def list_commands(self, ctx):
+        return sorted(n for n in COMMANDS if self.get_command(ctx, n) is not None)
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            try:
+                m = importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError as e:  # a command module not written yet must not break the others
+                if e.name != f"{__name__}.{name}":
+                    raise
+                return None
+            self.add_command(getattr(m, COMMANDS[name]), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="edgekit", prog_name="edgekit")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.pass_context
@@ -36,16 +56,6 @@ def cli(ctx, debug):
     """edgekit: compress a PyTorch model for an edge device, with its accuracy cost measured."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-for _mod, _attr in COMMANDS.items():
-    try:
-        _m = importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:  # a command module not written yet must not break the others
-        if _e.name != f"{__name__}.{_mod}":
-            raise
-        continue
-    cli.add_command(getattr(_m, _attr))
 
 
 def main(argv=None):
