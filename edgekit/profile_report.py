@@ -29,7 +29,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 
-from .report.fmt import json_safe, md_text as _md
+from .report.fmt import json_safe, md_text
+
+# set while the console copy is written: a terminal shows the text as written, not its Markdown escapes
+# ('TensorShape&amp;', '\\[ONNXRuntimeError\\]'); only '|' stays escaped, so a cell cannot split the table
+_PLAIN = []
+
+
+def _md(s) -> str:
+    return " ".join(str(s).splitlines()).replace("|", "\\|") if _PLAIN else md_text(s)
+
 
 SCHEMA = "edgekit.profile/1"
 
@@ -85,6 +94,15 @@ def _f(v, unit="", nd=3):
     if isinstance(v, str):  # a non-finite number, as json_safe wrote it
         return v
     return f"{v:.{nd}f}{unit}"
+
+
+def to_console(report: dict) -> str:
+    """The Markdown report with user text left as written, for a terminal."""
+    _PLAIN.append(True)
+    try:
+        return to_markdown(report)
+    finally:
+        _PLAIN.pop()
 
 
 def to_markdown(report: dict) -> str:

@@ -150,3 +150,9 @@ def test_profile_markdown_shows_a_folder_named_like_html_as_text(runs, tmp_path,
     html = (tmp_path / "p.html").read_text()  # the page made from that Markdown shows the names as written
     assert "<img" not in html and "<td>&lt;img src=x onerror=alert(1)&gt;/fp32</td>" in html
     assert "<td>a`b|c</td>" in html and "&amp;lt;" not in html
+    capsys.readouterr()
+    assert main(args[:-1]) == 0  # the console copy: the names as written, not their Markdown escapes (sweep44 F2)
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and " fp32 | " in ln]
+    assert [r.split(" | ")[0] for r in rows] == ["| base/fp32", "| <img src=x onerror=alert(1)>/fp32", "| a`b\\|c"]
+    assert "&lt;" not in out and "&gt;" not in out

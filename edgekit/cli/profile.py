@@ -52,7 +52,7 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
     from ..errors import EdgekitError
     from ..flash.transport_ssh import SshOptions
     from ..fsutil import write_json_atomic, write_text_atomic
-    from ..profile_report import ok_count, to_html, to_markdown
+    from ..profile_report import ok_count, to_console, to_html, to_markdown
     from ..profiling import run_profile
     from ..report.outputs import check_report_path
     from ..targets import DEFAULT_TARGET
@@ -83,7 +83,7 @@ def profile(artifacts, targets, inputs, batches, threads, with_prepost, raw, war
     if as_json:
         echo_json(report)
     else:
-        click.echo(md)
+        click.echo(to_console(report))
     if ok_count(report) == 0:
         why = "; ".join(sorted({f"{run['target']}: {r.get('status')}: {r.get('reason')}"
                                 for run in report["runs"] for r in run["results"].values()}))
