@@ -114,3 +114,27 @@ def test_a_failed_warm_up_keeps_the_flashed_version_and_exits_1(tmp_path, bundle
     rc, out, err = _edgekit(env, "flash", str(broken), "--device", str(dev))
     table = " ".join((out + err).split())  # the table folds long cells
     assert rc == 1 and "warm-up FAILED" in table and "up-to-date" in table, table
+
+
+@pytest.mark.slow
+def test_a_warm_up_cut_by_sigterm_is_reported_as_not_finished(tmp_path, bundle):
+    # was: warmup null, as for a flash that never tried, and no word that the first run will compile (sweep44 F4)
+    import signal
+    import time
+
+    env, dev = _env(tmp_path), tmp_path / "card" / "models"
+    dev.parent.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "edgekit", "flash", str(bundle), "--device", str(dev), "--json"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(dev.glob(".incoming/warmup-*.pid")):  # the device's warm-up has started
+        assert p.poll() is None and time.monotonic() < deadline, "flash ended before its warm-up started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the warm-up is compiling
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    res = json.loads(out)["results"][0]
+    assert res["status"] == "flashed" and (dev / "current").is_symlink(), res
+    assert res["warmup"] == {"ran": True, "ok": False, "reason": "interrupted before it finished"}, res
+    assert any(w.startswith("warmup: interrupted;") and "warmup --bundle current" in w for w in res["warnings"])

@@ -510,7 +510,13 @@ def _warm(t, L: Layout, bundle: Bundle, res: DeviceResult, opts: FlashOptions, e
         return
     if emit:
         emit(t.label, "warmup", {})
+    # what an interrupt (Ctrl-C, SIGTERM) during it leaves: warmup null read as never attempted
+    res.warmup = {"ran": True, "ok": False, "reason": "interrupted before it finished"}
+    cut = (f"warmup: interrupted; {res.version} is active, but its first run will compile the pre/post kernels "
+           f"(run `python3 current/{RUNNER} warmup --bundle current` on the device, or flash again)")
+    res.warnings.append(cut)
     res.warmup = warm_up(t, L, bundle.meta, opts.selftest_timeout)
+    res.warnings.remove(cut)
     if not res.warmup["ok"]:
         res.warnings.append(f"warmup: {res.warmup['reason']}; {res.version} is active, but its first run will "
                             f"compile the pre/post kernels (run `python3 current/{RUNNER} warmup --bundle current` "
