@@ -91,6 +91,19 @@ def test_live_lock_from_another_host_says_how_to_clear_it(tmp_path, two):
     assert not (dev / "versions").exists()
 
 
+def test_an_oversized_lock_owner_file_is_a_damaged_one(tmp_path, two):
+    # it was read whole whatever its size (a device's history.json and bundle.json are capped since 635ddaa)
+    from edgekit.flash import lock
+
+    dev = tmp_path / "dev"
+    (dev / ".lock").mkdir(parents=True)
+    owner = {"host": "buildbox", "pid": 4242, "user": "ci", "time": time.time() - 120}
+    (dev / ".lock" / "owner.json").write_text(json.dumps(owner) + " " * lock.OWNER_LIMIT)
+    res = flash_many(collect_devices([str(dev)]), two[0])[0]
+    assert (res.status, res.step) == ("failed", "inspect")
+    assert "ci@buildbox" not in res.reason and "an owner not recorded yet" in res.reason, res.reason
+
+
 @pytest.mark.slow
 def test_lock_over_ssh(tmp_path_factory, tmp_path, two):
     srv = start_device_sshd(tmp_path_factory.mktemp("sshd_lock"))

@@ -28,9 +28,13 @@ def _pid_alive(pid) -> bool:
     return True
 
 
+OWNER_LIMIT = 64 << 10
+
+
 def _lock_owner(t, lockdir: str) -> dict:
     try:
-        owner = json.loads(t.read_bytes(posixpath.join(lockdir, "owner.json")) or b"{}")
+        # a few hundred bytes when edgekit wrote it: a larger one is damaged, and is not read whole
+        owner = json.loads(t.read_bytes(posixpath.join(lockdir, "owner.json"), limit=OWNER_LIMIT) or b"{}")
     except (ValueError, RecursionError):  # a damaged owner file (RecursionError: nested too deeply)
         owner = {}
     return owner if isinstance(owner, dict) else {}
