@@ -227,3 +227,62 @@ def test_ctrl_c_while_the_command_modules_import_is_handled(data, tmp_path):
     _, err = p.communicate(timeout=120)
     assert "Traceback" not in err and p.returncode == 130, err
     assert err.strip().splitlines()[-1] in ("Aborted.", "Interrupted.")
+
+
+# F2 -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_fs(tmp_path, request):
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    size = getattr(request, "param", "64k")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)])
+
+
+def _fill(mnt, leave_kib: int) -> None:
+    """Fill the filesystem, then free leave_kib KiB."""
+    import subprocess
+
+    subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'fill'}", "bs=4k", "count=1000"], capture_output=True)
+    (mnt / "fill").unlink()
+    size = 64 - 8 - leave_kib  # tmpfs keeps a few blocks for the directory
+    subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'fill'}", "bs=1k", f"count={size}"], capture_output=True)
+
+
+@pytest.mark.parametrize("leave_kib", [0, 4, 8])
+def test_full_disk_names_the_output_not_a_temp_file(data, small_fs, capsys, leave_kib):
+    model, calib = data
+    _fill(small_fs, leave_kib)
+    out = small_fs / "new"
+    rc = run_cli(["quantize", str(model), "--calib", str(calib), "--no-tune", "--mode", "fp16", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    # the disk fills at a different step for each leave_kib (staging copy, FP16 save, report files)
+    assert err.strip().splitlines()[-1].startswith(f"edgekit: error: {out}: No space left on device"), err
+    assert sorted(p.name for p in small_fs.iterdir()) == ["fill"]
+
+
+@pytest.mark.parametrize("small_fs", ["256k"], indirect=True)
+def test_full_disk_while_staging_over_a_previous_run_names_the_output(data, small_fs, capsys):
+    import subprocess
+
+    model, calib = data
+    out = small_fs / "prev"
+    argv = ["quantize", str(model), "--calib", str(calib), "--no-tune", "--mode", "fp16", "-o", str(out)]
+    assert run_cli(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    subprocess.run(["dd", "if=/dev/zero", f"of={small_fs / 'fill'}", "bs=4k", "count=1000"], capture_output=True)
+    capsys.readouterr()
+    rc = run_cli(argv + ["--overwrite"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.strip().splitlines()[-1] == f"edgekit: error: {out}: No space left on device (while writing m.onnx)", err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

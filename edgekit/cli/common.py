@@ -84,7 +84,10 @@ def _output_problem(e: Exception) -> str:
     # a semaphore, which is no fault of OUTDIR
     if not e.filename and e.errno not in {getattr(errno, n, None) for n in ("ENOSPC", "EDQUOT", "EFBIG")}:
         return ""
-    hit = output_named(e.filename)
+    # a copy or rename names its source first: the destination (filename2) is the file being written
+    hit = output_named(e.filename2) if getattr(e, "filename2", None) else None
+    if hit is None:
+        hit = output_named(e.filename)
     if hit is None:
         return ""
     out, name = hit

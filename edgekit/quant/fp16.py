@@ -43,10 +43,12 @@ def convert(src, dest, *, keep_io_types: bool = True, feeds: dict | None = None)
         # re-sorts on load, but the ONNX checker, TensorRT's parser and edgekit itself reject the file
         topological_sort(m.graph)
         onnx.checker.check_model(m)
-        onnx.save(m, str(dest))
     except Exception as e:
         raise EdgekitError(f"{Path(src).name}: FP16 conversion failed: {type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    # outside the conversion's error: a full disk is the output's problem, which main_entry names, not the
+    # model's (it read 'prep.onnx: FP16 conversion failed: OSError: [Errno 28]', naming a temp file)
+    onnx.save(m, str(dest))
     return {"keep_io_types": keep_io_types, "fp32_nodes": sorted(block),
             "out_of_range": {k: float(v) for k, v in sorted(big.items(), key=lambda kv: -kv[1])}}
 
