@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -389,7 +390,7 @@ class _Rows:
         return len(self.inputs["input"])
 
 
-def main(argv=None) -> int:
+def _main(work: Path, argv=None) -> int:
     import datetime as dt
 
     import onnxruntime as ort
@@ -410,7 +411,6 @@ def main(argv=None) -> int:
     ds = E.datasets()
     train = _Rows(np.concatenate([np.asarray(ds["calib"].inputs["input"][:]), np.asarray(ds["train"].inputs["input"][:])]))
     ev = np.asarray(ds["eval"].inputs["input"][:])
-    work = Path(tempfile.mkdtemp(prefix="learned-rounding-"))
     import torch
 
     prep = export_preprocessed(work)
@@ -456,7 +456,8 @@ def main(argv=None) -> int:
               f"-> {r.holdout_after.get('score', float('nan')):.4f}; {r.reason}; {r.seconds:.0f} s)", flush=True)
     cpu = cpu_info()
     out = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": "python benchmarks/quantize/learned_rounding.py" + (f" --steps {a.steps}" if a.steps != 200 else ""),
+           "command": shlex.join(["python", "benchmarks/quantize/learned_rounding.py",
+                                  *(sys.argv[1:] if argv is None else argv)]),
            "machine": f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores",
            "train_inputs": len(train), "eval_inputs": len(ev), "steps": a.steps, "lr": a.lr, "torch_vs_ort": checks,
            "rows": rows,
@@ -464,6 +465,12 @@ def main(argv=None) -> int:
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    # the exported and quantized models matter only during the run: removed at the end, failed or not
+    with tempfile.TemporaryDirectory(prefix="learned-rounding-") as d:
+        return _main(Path(d), argv)
 
 
 if __name__ == "__main__":
