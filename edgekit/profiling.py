@@ -118,7 +118,9 @@ def _check_onnx(p: Path) -> None:
         so.log_severity_level = 4
         ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        from .onnxutil import ort_error_text
+
+        msg = ort_error_text(e)[:300] or type(e).__name__  # its reason, not the C++ site before it
         raise InputError(f"{p}: onnxruntime cannot load this model: {msg}") from None
 
 

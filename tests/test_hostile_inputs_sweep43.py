@@ -168,6 +168,15 @@ def test_model_onnxruntime_cannot_load_is_named_with_its_reason(data, tmp_path, 
     assert err.strip().splitlines()[-1] == f"edgekit: error: {msg}"
 
 
+def test_profile_of_a_model_onnxruntime_cannot_load_gives_its_reason(tmp_path, capsys):
+    # profile's check cut the message at 200 characters, inside onnxruntime's C++ site
+    model = _unknown_domain_onnx(tmp_path / "bad.onnx")
+    assert run_cli(["profile", str(model), "--no-op-profile"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"edgekit: error: {model}: onnxruntime cannot load this model: Fatal error: com.evil:Foo(-1) is "
+                   "not a registered function/op"), err
+
+
 def test_ort_error_text_drops_the_cxx_site_and_signature():
     from edgekit.onnxutil import ort_error_text
 
