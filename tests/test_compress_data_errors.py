@@ -5,6 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from edgekit.report.fmt import md_text
 from tests.test_quant_cli import _cli
 
 MODEL = textwrap.dedent("""
@@ -92,7 +93,8 @@ def test_without_eval_scores_on_calibration_samples_not_calibrated_on(tmp_path, 
     assert ("at most 500 are scored: 244 more unused; give --eval" in note) == (n == 1000), note
     # the metrics' meaning changed: the user must see it where they read them, not only in the manifest
     assert f"edgekit: note: {load['details']['notes'][0]}" in r.stderr
-    assert load["details"]["notes"][0] in (tmp_path / "out" / "report.md").read_text()
+    # as Markdown shows it as written (report.fmt.md_text escapes [ ] | < > & \\)
+    assert md_text(load["details"]["notes"][0]) in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_model_that_hard_codes_its_batch_compresses_with_input_shape(tmp_path):
@@ -309,7 +311,7 @@ def test_what_the_labels_are_scored_on_is_said(tmp_path, factory, needle):
     assert r.returncode == 0, r.stderr
     assert f"edgekit: note: {needle}" in r.stderr
     md = (tmp_path / "out" / "report.md").read_text()
-    assert needle in md
+    assert md_text(needle) in md
     # --no-profile is not a failure: the latency section says profiling was off
     assert "profiling was off (--no-profile)" in md and "every target was emulated" not in md
 
