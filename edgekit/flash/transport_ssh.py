@@ -542,6 +542,8 @@ class SshTransport:
             st = self._lstat(path)
             if st is None:
                 return None
+            if stat.S_ISDIR(st.st_mode):  # as before the lstat: in the way, not a damaged file
+                raise DeviceFileError(errno.EISDIR, f"{path} is a folder, not a file")
             if not stat.S_ISREG(st.st_mode):
                 raise UnreadableFile(path, f"is not a regular file ({_kind_of(st.st_mode)})")
             if limit is not None and (st.st_size or 0) > limit:
