@@ -279,13 +279,9 @@ def test_report_of_an_intact_run_has_no_file_warnings(outdir, tmp_path, capsys):
 # --- F10: report and profile outputs never replace a file that is not their own report -------------
 
 def _main_exit(args, capsys) -> tuple[int, str]:
-    from edgekit.cli import main
+    from tests.cliutil import run_cli
 
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    return run_cli(args), capsys.readouterr().err
 
 
 def test_report_refuses_to_replace_a_users_file_or_a_runs_own(outdir, tmp_path, capsys, monkeypatch):

@@ -17,13 +17,9 @@ from flash_fixtures import make_outdir
 
 
 def _main_exit(args, capsys) -> tuple[int, str]:
-    from edgekit.cli import main
+    from tests.cliutil import run_cli
 
-    try:
-        code = main(args)
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    return run_cli(args), capsys.readouterr().err
 
 
 def _edit_manifest(outdir: Path, edit) -> Path:
