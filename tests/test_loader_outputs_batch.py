@@ -121,22 +121,15 @@ def test_forward_that_fails_at_another_batch_is_refused_in_one_line(models):
         load_python(models, "pairs", sample_inputs=_x())
 
 
-def test_input_shape_with_a_fixed_batch_is_honoured(models, tmp_path):
-    # was: ignored (the probe at 2 ran), the model declared batch-dynamic as without it
+# view2 was ignored (the probe at 2 ran) and declared batch-dynamic as without --input-shape; one (batch 1)
+# was refused with the same error after the hint 'pass --input-shape B,16 with that B' was followed (sweep41 F1)
+@pytest.mark.parametrize("factory, batch", [("view2", 2), ("one", 1)])
+def test_input_shape_with_a_fixed_batch_is_honoured(models, tmp_path, factory, batch):
     data = _x()
-    src = load_python(models, "view2", sample_inputs=data, input_shape=(2, 16))
-    assert src.inputs[0].shape == [2, 16] and src.dynamic_axes == {}
-    art, sess, got = _export_and_run(src, tmp_path, {"x": data["x"][:2]})
-    assert sess.get_inputs()[0].shape == [2, 16] and got[0].shape == (2, 4)
-
-
-def test_input_shape_with_a_fixed_batch_of_one_is_honoured(models, tmp_path):
-    # was: refused with the same error, the hint 'pass --input-shape B,16 with that B' followed (sweep41 F1)
-    data = _x()
-    src = load_python(models, "one", sample_inputs=data, input_shape=(1, 16))
-    assert src.inputs[0].shape == [1, 16] and src.dynamic_axes == {}
-    art, sess, got = _export_and_run(src, tmp_path, {"x": data["x"][:1]})
-    assert sess.get_inputs()[0].shape == [1, 16] and got[0].shape == (1, 4)
+    src = load_python(models, factory, sample_inputs=data, input_shape=(batch, 16))
+    assert src.inputs[0].shape == [batch, 16] and src.dynamic_axes == {}
+    art, sess, got = _export_and_run(src, tmp_path, {"x": data["x"][:batch]})
+    assert sess.get_inputs()[0].shape == [batch, 16] and got[0].shape == (batch, 4)
 
 
 def test_constant_output_is_not_declared_batched(models, tmp_path):
