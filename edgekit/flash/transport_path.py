@@ -83,6 +83,10 @@ def _too_large(limit: int) -> str:
     return f"is larger than {size}; edgekit reads no more of it"
 
 
+# a device file is read without following a link or waiting on a FIFO (its type is checked once open)
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
 def _hash_regular(root: str, rel: str) -> str | None:
     """sha256 of root/rel if every component below root is a real folder and rel a regular file, else None."""
     parts = rel.split("/")
@@ -94,8 +98,7 @@ def _hash_regular(root: str, rel: str) -> str | None:
             cur = os.path.join(cur, p)
             if not stat.S_ISDIR(os.lstat(cur).st_mode):
                 return None
-        fd = os.open(os.path.join(cur, parts[-1]),
-                     os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(os.path.join(cur, parts[-1]), READ_FLAGS)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
@@ -180,7 +183,7 @@ class PathTransport:
         """path's bytes, None if it is missing; UnreadableFile if it is no regular file (a link is not
         followed, a FIFO not waited on) or holds more than limit bytes."""
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, READ_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
