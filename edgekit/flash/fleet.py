@@ -71,8 +71,17 @@ def _map(devices, jobs, fn, done=None):
                 ex.shutdown(wait=True, cancel_futures=True)
                 raise
     except BaseException:
-        # here, after the pool's exit has joined every started worker: a second Ctrl-C during the shutdown
-        # above cut it short, and the devices that finished (and switched) after it were reported as not
+        # A second Ctrl-C during the shutdown above cuts it short, and the pool's exit does not make up for it
+        # on Python 3.11: a Thread.join interrupted by KeyboardInterrupt marks the still-running thread as
+        # stopped (CPython's bpo-45274 handling), so every later join, the interpreter's exit included, returns
+        # at once. The devices that finished (and switched) after it were reported as not flashed, or cut off
+        # at exit. Waiting on the futures does not depend on that; a queued device is still not started.
+        for f in futures:
+            f.cancel()
+        try:
+            cf.wait(futures)
+        except BaseException:  # a third Ctrl-C: report what has finished by now
+            pass
         done.extend(f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None)
         raise
     done.extend(f.result() for f in futures)
