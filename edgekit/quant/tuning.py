@@ -363,7 +363,22 @@ class Tuner:
                 hi = mid
             else:
                 lo = mid
+        out.extend(self._with_stem(base, order[:hi], fused))
         return out
+
+    def _with_stem(self, base: QuantSpec, nodes: list, fused: dict) -> list:
+        """The passing fallback set plus the model's input convs, as one more candidate: fewer FP32 nodes
+        is not always faster, and an INT8 stem is often slower than FP32 (see stem.py). best() keeps it
+        only if it measures faster within tolerance."""
+        from . import sensitivity, stem
+
+        extra = [n for n in stem.input_convs(self.prep_path) if n not in nodes]
+        if not extra or self.budget_left <= 0:
+            return []
+        self.notes.append(f"fallback: also tried with the input conv(s) {', '.join(extra)} in FP32 (an INT8 stem "
+                          "is often slower than FP32)")
+        spec = base.replace(exclude_nodes=tuple(sensitivity.with_activations(list(nodes) + extra, fused)))
+        return self.run_phase([spec], "fallback")
 
     def passing(self) -> list:
         return [t for t in self.trials if t.passed and t.error is None]
