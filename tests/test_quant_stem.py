@@ -1,24 +1,32 @@
 """The fallback also tries the model's input convs in FP32 (an INT8 stem is often slower than FP32)."""
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgekit.config import QuantizeConfig
 from edgekit.dataset import Dataset
 from edgekit.quant import stem
 from edgekit.stages import quantize as stage
-from test_quant import _ctx
+from test_quant import _ctx, _save
 
 
-def _save(nodes, inits, x_shape, path, y_dim=10):
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", y_dim])],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
+def _model(nodes, inits, x_shape, path):
+    return _save(nodes, inits, helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10]), path)
+
+
+def _fallback_trials(tmp_path, monkeypatch, in_ch) -> dict:
+    from edgekit.quant import tuning
+
+    # this model is too small for INT8 to be reliably faster or slower: the search's rule "stop growing once
+    # a candidate is no longer faster" would end it at random, so no candidate counts as faster here
+    monkeypatch.setattr(tuning, "_faster", lambda t: False)
+    p = cnn(tmp_path / "cnn.fp32.onnx", in_ch=in_ch)
+    data = Dataset({"x": np.random.default_rng(3).uniform(size=(160, in_ch, 12, 12)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="3%")
+    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=False, activation_type="u8", weight_type="s8",
+                         weight_rounding="nearest", bias_correction="off", max_trials=8)
+    stage.run(parent, ctx, cfg)
+    return ctx.manifest.quantization[parent.path]
 
 
 def cnn(path, in_ch=3, outlier=True):
@@ -49,7 +57,7 @@ def cnn(path, in_ch=3, outlier=True):
              helper.make_node("GlobalAveragePool", ["rb"], ["p"], "gap"),
              helper.make_node("Flatten", ["p"], ["f"], "flat"),
              helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], "fc", transB=1)]
-    return _save(nodes, inits, ["n", in_ch, 12, 12], path)
+    return _model(nodes, inits, ["n", in_ch, 12, 12], path)
 
 
 def test_input_convs_are_the_shallow_convs_the_image_reaches(tmp_path):
@@ -65,22 +73,11 @@ def test_a_conv_after_another_conv_is_not_a_stem_whatever_its_depth(tmp_path):
              helper.make_node("Conv", ["c1", "w2"], ["c2"], "second"),
              helper.make_node("GlobalAveragePool", ["c2"], ["p"], "gap"),
              helper.make_node("Flatten", ["p"], ["y"], "flat")]
-    assert stem.input_convs(_save(nodes, inits, ["n", 3, 8, 8], tmp_path / "m.onnx")) == ["first"]
+    assert stem.input_convs(_model(nodes, inits, ["n", 3, 8, 8], tmp_path / "m.onnx")) == ["first"]
 
 
 def test_the_fallback_also_tries_its_passing_set_with_the_stem_in_fp32(tmp_path, monkeypatch):
-    from edgekit.quant import tuning
-
-    # this model is too small for INT8 to be reliably faster or slower: the search's rule "stop growing once
-    # a candidate is no longer faster" would end it at random, so no candidate counts as faster here
-    monkeypatch.setattr(tuning, "_faster", lambda t: False)
-    p = cnn(tmp_path / "cnn.fp32.onnx")
-    data = Dataset({"x": np.random.default_rng(3).uniform(size=(160, 3, 12, 12)).astype(np.float32)})
-    parent, ctx = _ctx(tmp_path, p, data, tol="3%")
-    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=False, activation_type="u8", weight_type="s8",
-                         weight_rounding="nearest", bias_correction="off", max_trials=8)
-    stage.run(parent, ctx, cfg)
-    rec = ctx.manifest.quantization[parent.path]
+    rec = _fallback_trials(tmp_path, monkeypatch, in_ch=3)
     assert not rec["trials"][0]["passed"], rec["trials"][0]  # all-INT8 misses: the fallback runs
     fb = [t for t in rec["trials"] if t["phase"] == "fallback"]
     passing = [set(t["fp32_nodes"]) for t in fb if t["passed"] and "stem" not in t["fp32_nodes"]]
@@ -90,17 +87,8 @@ def test_the_fallback_also_tries_its_passing_set_with_the_stem_in_fp32(tmp_path,
     assert any("input conv(s) stem in FP32" in n for n in rec["notes"]), rec["notes"]
 
 
-def test_no_stem_trial_when_the_stem_is_already_fp32_or_absent(tmp_path, monkeypatch):
-    from edgekit.quant import tuning
-
-    monkeypatch.setattr(tuning, "_faster", lambda t: False)
-    p = cnn(tmp_path / "deep.fp32.onnx", in_ch=16)
-    data = Dataset({"x": np.random.default_rng(3).uniform(size=(160, 16, 12, 12)).astype(np.float32)})
-    parent, ctx = _ctx(tmp_path, p, data, tol="3%")
-    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=False, activation_type="u8", weight_type="s8",
-                         weight_rounding="nearest", bias_correction="off", max_trials=8)
-    stage.run(parent, ctx, cfg)
-    rec = ctx.manifest.quantization[parent.path]
+def test_no_stem_trial_when_the_model_has_no_image_input(tmp_path, monkeypatch):
+    rec = _fallback_trials(tmp_path, monkeypatch, in_ch=16)
     assert any(t["passed"] for t in rec["trials"] if t["phase"] == "fallback"), rec["trials"]
     assert not any("stem" in t["fp32_nodes"] for t in rec["trials"]), rec["trials"]
     assert not any("input conv" in n for n in rec["notes"]), rec["notes"]
