@@ -23,6 +23,7 @@ class QuantSpec:
     exclude_nodes: tuple = ()  # left in FP32
     weight_rounding: str = "nearest"  # nearest | gptq (static only: error-compensated, see quant/gptq.py)
     fuse_transformer: bool = False  # dynamic: fuse attention with onnxruntime.transformers first
+    plain_layernorm: bool = False  # dynamic: residual Adds before LayerNormalization as Sum (quant/layernorm.py)
     bias_correction: bool = False  # static QDQ: INT32 biases moved to FP32's output means (quant/bias_correction.py)
     label: str = ""
 
@@ -52,6 +53,8 @@ class QuantSpec:
             parts = ["dynamic", "per-channel" if self.per_channel else "per-tensor"]
             if self.fuse_transformer:
                 parts.append("fused")
+            if self.plain_layernorm:
+                parts.append("plain-layernorm")
         else:
             parts = [self.format, self.types, self.method, "per-channel" if self.per_channel else "per-tensor"]
             if self.reduce_range:

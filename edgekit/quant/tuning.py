@@ -134,7 +134,14 @@ class Tuner:
                 src = self.fused_path()
                 if src is None:
                     raise ValueError("graph has no BERT-like attention to fuse")
-            return dynamic.quantize(src, dest, spec)
+            info = dynamic.quantize(src, dest, spec)
+            if spec.plain_layernorm:
+                from . import layernorm
+
+                info["plain_layernorm"] = layernorm.residual_adds_as_sum(dest)
+                if not info["plain_layernorm"]:
+                    raise ValueError("graph has no Add before a LayerNormalization")
+            return info
         if spec.bias_correction and spec.format != "qdq":
             raise ValueError("bias correction works on QDQ graphs only")
         src, overrides, ranges_of = self.static_source(spec)
@@ -277,7 +284,8 @@ class Tuner:
                 # transformer on CPU: static QDQ wraps every LayerNorm/Softmax/GELU in Q/DQ and measures
                 # slower than FP32, so dynamic INT8 goes first and static keeps only its default as a check
                 dyn = QuantSpec(mode="int8-dynamic", per_channel=True, reduce_range=base.reduce_range)
-                return [dyn, dyn.replace(fuse_transformer=True), dyn.replace(per_channel=False), base]
+                fused = dyn.replace(fuse_transformer=True)
+                return [dyn, fused, fused.replace(plain_layernorm=True), dyn.replace(per_channel=False), base]
             if "weight_rounding" not in pinned and base.weight_type == "s8" and base.weight_rounding == "nearest":
                 specs.append(base.replace(weight_rounding="gptq"))
             if "method" not in pinned:
@@ -292,11 +300,13 @@ class Tuner:
                 specs.append(base.replace(activation_type="s8", weight_type="s8", symmetric_activation=True))
             if transformer_like and "mode" not in pinned:
                 dyn = QuantSpec(mode="int8-dynamic", per_channel=True, reduce_range=base.reduce_range)
-                specs[1:1] = [dyn.replace(fuse_transformer=True), dyn]
+                fused = dyn.replace(fuse_transformer=True)
+                specs[1:1] = [fused, fused.replace(plain_layernorm=True), dyn]
         else:
             if "per_channel" not in pinned:
                 specs.append(base.replace(per_channel=not base.per_channel))
             specs += [s.replace(fuse_transformer=not s.fuse_transformer) for s in list(specs)]
+            specs += [s.replace(plain_layernorm=True) for s in list(specs) if s.fuse_transformer]
         return specs
 
     def fallback(self, base: QuantSpec, eval_data, *, sensitivity_seconds: float | None = SENSITIVITY_SECONDS) -> list:
