@@ -56,6 +56,15 @@ _CARRY = {"DequantizeLinear", "QuantizeLinear", "Cast", "Identity", "Transpose",
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
+def consumers(graph) -> dict:
+    """{tensor name: [nodes that read it]}, in graph order."""
+    out: dict = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
 def parameter_count(graph) -> int:
     """Elements of the constants (initializers or Constant nodes) a node uses as a learned weight or bias.
 
@@ -106,14 +115,11 @@ def parameter_count(graph) -> int:
                 return False
         return False
 
-    consumers = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    users = consumers(graph)
 
     def scaled_after(name, depth=0):
         """Whether name, through _CARRY ops, is multiplied by a constant: GroupNorm's gamma."""
-        for c in consumers.get(name, ()):
+        for c in users.get(name, ()):
             if c.op_type == "Mul" and any(i != name and source(i)[0] is not None for i in c.input):
                 return True
             if c.op_type in _CARRY and c.output and depth < 8 and scaled_after(c.output[0], depth + 1):

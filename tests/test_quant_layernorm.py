@@ -1,12 +1,15 @@
 """Dynamic INT8 candidates with the residual Adds before LayerNormalization written as Sum."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from edgekit.quant import layernorm
 from edgekit.quant.spec import QuantSpec
 from edgekit.quant.tuning import Tuner
+from profile_models import _save
 
 
 def residual_block(path, *, extra_user=False):
@@ -21,13 +24,7 @@ def residual_block(path, *, extra_user=False):
     if extra_user:  # the sum is also read elsewhere: not a SkipLayerNormalization pattern
         nodes.append(helper.make_node("Relu", ["s"], ["z"], "other"))
         outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])], outputs,
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
+    return Path(_save(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])], outputs, path))
 
 
 def _optimized_ops(path, tmp_path):

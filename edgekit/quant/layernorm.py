@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..onnxutil import consumers
+
 
 def residual_adds_as_sum(path) -> int:
     """Rewrite path in place; the number of Add nodes turned into Sum (0: nothing to do, file untouched)."""
@@ -18,10 +20,7 @@ def residual_adds_as_sum(path) -> int:
 
     path = Path(path)
     m = onnx.load(str(path))
-    users: dict = {}
-    for n in m.graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = consumers(m.graph)
     graph_outputs = {o.name for o in m.graph.output}
     done = 0
     for n in m.graph.node:

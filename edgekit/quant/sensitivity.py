@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..onnxutil import run_batches, session
+from ..onnxutil import consumers, run_batches, session
 from . import static
 from .spec import QuantSpec
 
@@ -32,10 +32,7 @@ def fused_activations(model_path) -> dict:
     import onnx
 
     m = onnx.load(str(model_path), load_external_data=False)
-    users = {}
-    for n in m.graph.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = consumers(m.graph)
     out = {}
     for n in m.graph.node:
         if not n.output:
