@@ -59,3 +59,32 @@ def test_opening_a_session_leaves_the_callers_arithmetic_alone(tmp_path):
         assert s.run(None, {"x": x})[0][0] == 2.0
     # a denormal result in the calling thread is still a denormal, not flushed to zero
     assert float(np.float32(1e-10) * np.float32(1e-30)) > 0.0
+
+
+def _idle_cpu_ms(sess, feeds) -> float:
+    """CPU time of this process (all threads) in the 100 ms after a run: what an idle session's pool burns."""
+    import time
+
+    sess.run(None, feeds)
+    out = []
+    for _ in range(3):
+        sess.run(None, feeds)
+        c = time.process_time()
+        time.sleep(0.1)
+        out.append((time.process_time() - c) * 1e3)
+    return min(out)
+
+
+def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow_each_other(tmp_path):
+    import onnxruntime as ort
+
+    p = scale_model(tmp_path / "m.onnx", 2.0)
+    feeds = {"x": np.ones(N, np.float32)}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    # onnxruntime's own default: the worker spins on after Run() returns (tens of ms of CPU), which is
+    # what made an interleaved model run at twice its latency alone (benchmarks/profile/spinning.py)
+    plain = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+    assert _idle_cpu_ms(plain, feeds) > 10.0
+    for s in (open_session(p, threads=2), onnxutil.session(p, threads=2)):
+        assert _idle_cpu_ms(s, feeds) < 5.0

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "profile"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -52,15 +53,15 @@ def noise_stable_eval(name: str, fp32, full):
 
 
 def bench(name: str, *, max_trials: int, runs: int, seconds: float, tolerance: str = "1%",
-          stable_eval: bool = True, threads=None) -> dict:
+          stable_eval: bool = True, threads=None, alone_processes: int = 0) -> dict:
     # the exported, quantized and reference models are only needed while timing and scoring them
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as d:
         return _bench(name, Path(d), max_trials=max_trials, runs=runs, seconds=seconds, tolerance=tolerance,
-                      stable_eval=stable_eval, threads=threads)
+                      stable_eval=stable_eval, threads=threads, alone_processes=alone_processes)
 
 
 def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, tolerance: str,
-           stable_eval: bool, threads) -> dict:
+           stable_eval: bool, threads, alone_processes: int) -> dict:
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
     from edgekit import zoo
@@ -104,8 +105,17 @@ def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, 
     if q.settings.get("fuse_transformer") and dynamic.fuse_transformer(prep, out / "fp32_fused.onnx"):
         paths["fp32_fused (reference)"] = out / "fp32_fused.onnx"
     feeds = {k: v[:1] for k, v in src.calib.take(1).inputs.items()}
-    lat = interleaved(paths, feeds, min_runs=runs, min_seconds=seconds, warmup=10, max_seconds=max(60.0, 4 * seconds),
-                      threads=threads, spinning=False)
+    span = dict(min_runs=runs, min_seconds=seconds, warmup=10, max_seconds=max(60.0, 4 * seconds), threads=threads)
+    lat = interleaved(paths, feeds, spinning=False, **span)
+    # onnxruntime's own spinning, stopped when each run returns: edgekit's session config, as the speed
+    # gate, `edgekit profile` and a deployed model run (benchmarks/profile/spinning.py)
+    lat_spin = interleaved(paths, feeds, spinning=True, **span)
+    solo = {}
+    if alone_processes:
+        from spinning import alone_p50
+
+        solo = alone_p50({k: paths[k] for k in ("fp32", "edgekit")}, feeds, processes=alone_processes,
+                         seconds=min(seconds, 4.0), threads=threads)
     rows = {}
     for k, p in paths.items():
         m = ev(p)
@@ -114,7 +124,12 @@ def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, 
             m_full = {"value_full_eval": round(full["value"], 4), "n_full_eval": full["n"]}
         else:
             m_full = {}
+        if k in solo:
+            m_full.update({"p50_ms_alone": round(solo[k][0], 4), "alone_p50s_ms": [round(t, 4) for t in solo[k][1]],
+                           "ratio_vs_fp32_alone": round(solo[k][0] / solo["fp32"][0], 3)})
         rows[k] = {**m_full, "p50_ms": round(lat[k]["p50_ms"], 4), "ratio_vs_fp32": round(lat[k]["p50_ms"] / lat["fp32"]["p50_ms"], 3),
+                   "p50_ms_spinning": round(lat_spin[k]["p50_ms"], 4),
+                   "ratio_vs_fp32_spinning": round(lat_spin[k]["p50_ms"] / lat_spin["fp32"]["p50_ms"], 3),
                    "metric": m["name"], "value": round(m["value"], 4), "n": m["n"], "bytes": p.stat().st_size,
                    "size_vs_fp32": round(p.stat().st_size / fp32.stat().st_size, 3)}
     return {"model": name, "tolerance": tolerance, "notes": rec.get("notes", []), "chosen": rec.get("chosen"), "recommend": rec.get("recommend"),
@@ -146,9 +161,12 @@ def speedups(r: dict) -> list:
                          f"before the table): INT8 {g['ratio']:.3f}x FP32 latency = {1 / g['ratio']:.2f}x faster"
                          + (" (the speed-up quoted above)." if quoted else ".") + "  ")
     v = r["variants"].get("edgekit")
-    if v and v["ratio_vs_fp32"]:
-        lines.append(f"Speed-up, this benchmark's table (all variants interleaved, p50): INT8 "
-                     f"{v['ratio_vs_fp32']:.3f}x FP32 latency = {1 / v['ratio_vs_fp32']:.2f}x faster.")
+    for key, how in (("ratio_vs_fp32", "all variants interleaved, spinning off"),
+                     ("ratio_vs_fp32_spinning", "all variants interleaved, spinning stopped after each run"),
+                     ("ratio_vs_fp32_alone", "each alone in fresh processes, onnxruntime defaults")):
+        if v and v.get(key):
+            lines.append(f"Speed-up, this benchmark's table ({how}, p50): INT8 {v[key]:.3f}x FP32 latency = "
+                         f"{1 / v[key]:.2f}x faster.  ")
     return lines + [""] if lines else []
 
 
@@ -159,10 +177,13 @@ def to_markdown(results: list, cmd: str) -> str:
     threads = {r.get("threads", "") for r in results}
     lines = [f"## {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
              f"Command: `{cmd}`  ",
-             f"Machine: {info['model']}, {info['cores']} cores, ISA {', '.join(info['isa'])} (shared, busy: "
-             "compare ratios only). Latency: batch 1, p50, all variants interleaved in one process, "
-             f"{', '.join(sorted(threads))}, thread spinning off (spin-waiting workers on a shared host measure "
-             "the neighbours).", ""]
+             f"Machine: {info['model']}, {info['cores']} cores, ISA {', '.join(info['isa'])} (shared: "
+             f"compare ratios only). Latency: batch 1, p50, {', '.join(sorted(threads))}, timed three ways: all "
+             "variants interleaved in one process with thread spinning off (spin-waiting workers on a busy host "
+             "measure the neighbours), the same with onnxruntime's spinning stopped after each run (edgekit's "
+             "session config: how the speed gate, `edgekit profile` and a deployed model run), and FP32 and "
+             "edgekit's INT8 each alone in fresh processes with onnxruntime's default session options (the "
+             "median of the processes' p50s).", ""]
     for r in results:
         lines += [f"### {r['model']}", "",
                   f"edgekit chose **{r['chosen']}** after {r['trials']} trials (ISA default {r['isa']}; "
@@ -178,11 +199,15 @@ def to_markdown(results: list, cmd: str) -> str:
                       "change top-1 and are the eval set above (tuning included); the last column scores all "
                       f"{nf['n_full']}.", ""]
         full = " all crops |" if nf else ""
-        lines += ["| variant | p50 ms | latency vs FP32 | metric | value | size vs FP32 |" + full,
-                  "|---|---|---|---|---|---|" + ("---|" if nf else "")]
+        lines += ["| variant | p50 ms, spinning off | vs FP32 | p50 ms, spinning stopped after each run | vs FP32 | "
+                  "p50 ms alone | vs FP32 | metric | value | size vs FP32 |" + full,
+                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if nf else "")]
         for k, v in r["variants"].items():
-            lines.append(f"| {k} | {v['p50_ms']:.3f} | {v['ratio_vs_fp32']:.2f}x | {v['metric']} (n={v['n']}) | "
-                         f"{v['value']:.4f} | {v['size_vs_fp32']:.2f} |"
+            spin = (f"{v['p50_ms_spinning']:.3f} | {v['ratio_vs_fp32_spinning']:.3f}x"
+                    if "p50_ms_spinning" in v else "- | -")
+            solo = f"{v['p50_ms_alone']:.3f} | {v['ratio_vs_fp32_alone']:.3f}x" if "p50_ms_alone" in v else "- | -"
+            lines.append(f"| {k} | {v['p50_ms']:.3f} | {v['ratio_vs_fp32']:.3f}x | {spin} | {solo} | "
+                         f"{v['metric']} (n={v['n']}) | {v['value']:.4f} | {v['size_vs_fp32']:.2f} |"
                          + (f" {v['value_full_eval']:.4f} |" if nf else ""))
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -203,6 +228,8 @@ def main(argv=None):
                     help="tune and score EfficientNet-Lite0 on all eval crops, not only the noise-stable ones")
     ap.add_argument("--threads", type=int, default=None,
                     help="onnxruntime intra-op threads for the latency table (default: onnxruntime's own)")
+    ap.add_argument("--alone", type=int, default=6, metavar="N",
+                    help="also time FP32 and edgekit's INT8 each alone in N fresh processes (0: skip)")
     a = ap.parse_args(argv)
     os.environ.setdefault("EDGEKIT_QUIET", "1")
     tol = {**DEFAULT_TOLERANCE, **dict(t.split("=", 1) for t in a.tolerance)}
@@ -212,7 +239,8 @@ def main(argv=None):
         # would append a section without it and drop its earlier entry from results.json
         try:
             results.append(bench(m, max_trials=a.max_trials, runs=a.runs, seconds=a.seconds,
-                                 tolerance=tol.get(m, "1%"), stable_eval=not a.full_eval, threads=a.threads))
+                                 tolerance=tol.get(m, "1%"), stable_eval=not a.full_eval, threads=a.threads,
+                                 alone_processes=a.alone))
         except Exception as e:
             print(f"benchmarks/quantize/run.py: {m}: {type(e).__name__}: {e}; nothing recorded", file=sys.stderr)
             return 1

@@ -6,6 +6,7 @@ models alike, so the ratio stays meaningful when absolute numbers drift.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -28,12 +29,30 @@ LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identi
               "MaxPool"}
 
 
+SPIN_OFF = {"session.intra_op.allow_spinning": "0"}
+
+
+@contextlib.contextmanager
+def session_config(extra: dict):
+    """Every session edgekit opens inside the block also gets these config entries (the speed gate
+    re-times a busy host with spinning off). Not thread-safe: timing is single-threaded."""
+    from ..runner.edgekit_runner import SESSION_CONFIG
+
+    keep = dict(SESSION_CONFIG)
+    SESSION_CONFIG.update(extra)
+    try:
+        yield
+    finally:
+        SESSION_CONFIG.clear()
+        SESSION_CONFIG.update(keep)
+
+
 def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_prefix=None, spinning=True):
     from ..runner.edgekit_runner import open_session
 
     # on a host shared with other jobs, worker threads that spin-wait between ops fight the scheduler
     # and the timing measures the neighbours; blocking waits keep ratios stable
-    config = None if spinning else {"session.intra_op.allow_spinning": "0"}
+    config = None if spinning else SPIN_OFF
     return open_session(path, list(providers), threads, profile_prefix, config=config)
 
 
@@ -41,7 +60,10 @@ def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: fl
                 max_seconds: float = 30.0, threads=None, providers=("CPUExecutionProvider",),
                 spinning: bool = True) -> dict:
     """{label: {"status": "ok", "p50_ms", "p90_ms", "mean_ms", "runs"}}; labels run alternately."""
+    from ..runner.edgekit_runner import SESSION_CONFIG
+
     sess = {k: _session(p, threads, providers, spinning=spinning) for k, p in paths.items()}
+    config = {**SESSION_CONFIG, **({} if spinning else SPIN_OFF)}
     fd = {k: {i.name: feeds[i.name] for i in s.get_inputs()} for k, s in sess.items()}
     for _ in range(warmup):
         for k, s in sess.items():
@@ -64,7 +86,8 @@ def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: fl
     for k, t in times.items():
         a = np.asarray(t)
         out[k] = {"status": "ok", "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-                  "mean_ms": float(a.mean()), "runs": int(len(a)), "provider": sess[k].get_providers()[0]}
+                  "mean_ms": float(a.mean()), "runs": int(len(a)), "provider": sess[k].get_providers()[0],
+                  "session_config": config}
     return out
 
 

@@ -41,7 +41,13 @@ RUNNER_VERSION = 1
 # whole INT8 model from 16.1 to 11.8 ms, FP32 unchanged, outputs identical on 400 sentences
 # (benchmarks/quantize/denormals.py). Values below 1.2e-38 carry no signal in inference; the same
 # setting is used for every model edgekit times, so comparisons stay like for like.
-SESSION_CONFIG = {"session.set_denormal_as_zero": "1"}
+#
+# Thread-pool workers still spin-wait between ops (onnxruntime's default, and how a deployed model
+# runs), but stop when Run() returns. Without that, a session's idle worker spins on for ~45 ms after
+# each run (CPU time measured over a 100 ms sleep), so models timed side by side slowed each other:
+# `edgekit profile` gave EfficientNet-Lite0 FP32 9.4-9.9 ms on 2 cores where it runs in 4.2-5.3 ms
+# alone, and INT8 vs FP32 ratios moved with it (benchmarks/profile/spinning.py).
+SESSION_CONFIG = {"session.set_denormal_as_zero": "1", "session.force_spinning_stop": "1"}
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}

@@ -296,6 +296,8 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
                 break
     record["speed_gate"] = gate
     gate_rec = next(iter(gate.values())) if gate else {"passed": True, "status": "skipped"}
+    if gate_rec.get("timing_note"):
+        record["notes"].append(f"speed gate: {gate_rec['timing_note']}")
     fast = bool(gate_rec.get("passed"))
     kind = best.spec.mode
     if not tol_met:

@@ -1,0 +1,179 @@
+"""Does timing models side by side change their latency? onnxruntime's thread spinning, measured.
+
+    python benchmarks/profile/spinning.py [--seconds 6] [--processes 8] [--out benchmarks/profile]
+
+onnxruntime's pool threads spin-wait between ops by default, and keep spinning after Run() returns.
+edgekit times models interleaved in one process, so an idle session's spinning worker competes with
+the session being timed. This measures zoo:efficientnet-lite0, FP32 and onnxruntime's U8S8 QDQ (per
+channel), batch 1, with onnxruntime's default threads:
+  - the reference: each model alone in its own process, onnxruntime's default session options,
+    `--processes` processes per model in alternating order, the median of their p50s;
+  - edgekit's profiler (profile_models, both models interleaved) with each of three session configs:
+    spinning stopped when Run() returns (edgekit's SESSION_CONFIG), spinning left on (onnxruntime's
+    default, edgekit's profiler before this benchmark) and spinning off;
+  - CPU time the process uses in the 100 ms after one run, per config (a spinning idle worker).
+Appends a section to RESULTS.md beside this file and writes spinning.json. Needs the efficientnet extra.
+On a busy host every mode that spins measures the neighbours; run it on an idle one.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parent / "quantize"))
+
+STOP = {"session.force_spinning_stop": "1"}
+MODES = {"spinning stopped after each run (edgekit)": STOP,
+         "spinning left on (onnxruntime default)": {"session.force_spinning_stop": "0"},
+         "spinning off": {"session.force_spinning_stop": "0", "session.intra_op.allow_spinning": "0"}}
+
+
+def alone(path: str, feeds_npz: str, seconds: float, threads=None) -> float:
+    """p50 ms of one model in this (fresh) process, onnxruntime's default session options (threads: its
+    intra-op thread count, else onnxruntime's default)."""
+    import onnxruntime as ort
+
+    with np.load(feeds_npz) as z:
+        feeds = {k: z[k] for k in z.files}
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    for _ in range(10):
+        s.run(None, feeds)
+    t, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        s.run(None, feeds)
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t)) * 1e3
+
+
+def alone_p50(models: dict, feeds: dict, *, processes: int, seconds: float, threads=None) -> dict:
+    """{label: (median of the per-process p50s, [each process's p50])}: every model alone in `processes`
+    fresh processes, run one after another in alternating order (a process's own layout and thread
+    placement moved EfficientNet-Lite0 FP32 between 3.8 and 5.7 ms, so one process is not a timing)."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-alone-") as d:
+        f = Path(d) / "feeds.npz"
+        np.savez(f, **feeds)
+        runs = {k: [] for k in models}
+        for i in range(processes):
+            for k in (list(models) if i % 2 == 0 else list(models)[::-1]):
+                r = subprocess.run([sys.executable, __file__, "--alone", str(models[k]), str(f), str(seconds),
+                                    str(threads or 0)], capture_output=True, text=True, check=True)
+                runs[k].append(float(r.stdout))
+    return {k: (float(np.median(v)), v) for k, v in runs.items()}
+
+
+def idle_cpu_ms(path: str, x) -> float:
+    """CPU time (all threads) the process spends in the 100 ms sleep after a run, median of 5."""
+    from edgekit.runner.edgekit_runner import open_session
+
+    s = open_session(path)
+    for _ in range(3):
+        s.run(None, {"input": x})
+    out = []
+    for _ in range(5):
+        s.run(None, {"input": x})
+        c = time.process_time()
+        time.sleep(0.1)
+        out.append((time.process_time() - c) * 1e3)
+    return float(np.median(out))
+
+
+def _main(work: Path, a) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgekit.profile import profile_models
+    from edgekit.quant import static
+    from edgekit.quant.timing import session_config
+    from edgekit.zoo import efficientnet_lite0 as E
+    from effnet_onnx import export_preprocessed
+
+    ds = E.datasets()
+    cal = np.asarray(ds["calib"].inputs["input"][:64])
+    x = np.asarray(ds["eval"].inputs["input"][:1])
+    prep = export_preprocessed(work)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(cal[i:i + 8] for i in range(0, len(cal), 8))
+
+        def get_next(self):
+            b = next(self.batches, None)
+            return None if b is None else {"input": b}
+
+    q = work / "u8s8.onnx"
+    with static.quiet():
+        quantize_static(str(prep), str(q), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+    models = {"fp32": str(prep), "int8": str(q)}
+
+    ref = alone_p50(models, {"input": x}, processes=a.processes, seconds=a.seconds)
+    runs = {k: v[1] for k, v in ref.items()}
+    ref = {k: v[0] for k, v in ref.items()}
+    rows = [{"mode": "each model alone in its own process (onnxruntime defaults)", "p50_ms": ref,
+             "int8_vs_fp32": ref["int8"] / ref["fp32"], "per_process_p50_ms": runs}]
+
+    for mode, cfg in MODES.items():
+        with session_config(cfg):  # every session profile_models opens gets this mode's entries
+            res = profile_models(models, "x86-laptop", inputs=[{"input": x}], min_seconds=a.seconds, op_profile=False)
+            idle = idle_cpu_ms(models["int8"], x)
+        p50 = {k: res[k]["p50_ms"] for k in models}
+        rows.append({"mode": f"edgekit profile, interleaved: {mode}", "p50_ms": p50,
+                     "int8_vs_fp32": p50["int8"] / p50["fp32"], "idle_cpu_ms_after_run": idle})
+    return {"rows": rows}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--alone"]:
+        print(alone(argv[1], argv[2], float(argv[3]), int(argv[4]) if len(argv) > 4 else None))
+        return 0
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=6.0, help="timing per model and mode")
+    ap.add_argument("--processes", type=int, default=8, help="processes per model for the reference")
+    ap.add_argument("--out", default=str(HERE))
+    a = ap.parse_args(argv)
+    import onnxruntime as ort
+
+    from edgekit.hostinfo import cpu_info
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgekit-spin-") as d:
+        out = _main(Path(d), a)
+    cpu = cpu_info()
+    out.update({"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": shlex.join(["python", "benchmarks/profile/spinning.py", *argv]),
+                "machine": f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores, ISA "
+                           f"{', '.join(cpu.get('isa', []))}; onnxruntime {ort.__version__}",
+                "seconds": round(time.perf_counter() - t0, 1)})
+    outdir = Path(a.out)
+    (outdir / "spinning.json").write_text(json.dumps(out, indent=1) + "\n")
+    lines = [f"## {out['when']}: thread spinning and side-by-side timing (efficientnet-lite0, batch 1)", "",
+             f"Command: `{out['command']}`  ", f"Machine: {out['machine']}. onnxruntime's default threads.", "",
+             "| how it was timed | FP32 p50 ms | U8S8 QDQ p50 ms | INT8 / FP32 | CPU ms in the 100 ms after a run |",
+             "|---|---|---|---|---|"]
+    for r in out["rows"]:
+        idle = r.get("idle_cpu_ms_after_run")
+        lines.append(f"| {r['mode']} | {r['p50_ms']['fp32']:.2f} | {r['p50_ms']['int8']:.2f} | "
+                     f"{r['int8_vs_fp32']:.3f}x | {'' if idle is None else f'{idle:.1f}'} |")
+    with open(outdir / "RESULTS.md", "a") as f:
+        f.write("\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
