@@ -11,7 +11,12 @@ channel), batch 1, with onnxruntime's default threads:
   - edgekit's profiler (profile_models, both models interleaved) with each of three session configs:
     spinning stopped when Run() returns (edgekit's SESSION_CONFIG), spinning left on (onnxruntime's
     default, edgekit's profiler before this benchmark) and spinning off;
-  - CPU time the process uses in the 100 ms after one run, per config (a spinning idle worker).
+  - CPU time the process uses in the 100 ms after one run, per config (a spinning idle worker);
+  - in fresh session pairs, each model timed in a block of its own runs against the same sessions
+    alternating run by run (the other model evicts the caches between runs), and one default session
+    alive at a time;
+  - spinning stopped after each run and spinning off again, with `--neighbours` CPU-bound processes
+    running beside them (a busy host: the speed gate then re-times with spinning off).
 Appends a section to RESULTS.md beside this file and writes spinning.json. Needs the efficientnet extra.
 On a busy host every mode that spins measures the neighbours; run it on an idle one.
 """
@@ -76,6 +81,13 @@ def alone_p50(models: dict, feeds: dict, *, processes: int, seconds: float, thre
     return {k: (float(np.median(v)), v) for k, v in runs.items()}
 
 
+def paired_ratios(num: list, den: list) -> list:
+    """num[i] / den[i]: alone_p50 runs the two models' i-th processes back to back, so each ratio is
+    taken over seconds, not across the drift of the whole run (one run's FP32 processes went from 2.7
+    to 5.6 ms as the host slowed, INT8's from 1.1 to 2.7 ms)."""
+    return [a / b for a, b in zip(num, den)]
+
+
 def idle_cpu_ms(path: str, x) -> float:
     """CPU time (all threads) the process spends in the 100 ms sleep after a run, median of 5."""
     from edgekit.runner.edgekit_runner import open_session
@@ -90,6 +102,56 @@ def idle_cpu_ms(path: str, x) -> float:
         time.sleep(0.1)
         out.append((time.process_time() - c) * 1e3)
     return float(np.median(out))
+
+
+def cache_rows(models: dict, x, pairs: int, runs: int = 150) -> list:
+    """In `pairs` fresh FP32/INT8 session pairs (edgekit's session config): each model in a block of `runs`
+    runs of its own, then the same sessions alternating run by run (what run.py's latency table does,
+    so each run starts after the other model has been through the caches); and each model alone in a
+    session with onnxruntime's default options (spinning on between runs), one session alive at a time.
+    The INT8 / FP32 ratio of each, median over the pairs."""
+    import onnxruntime as ort
+
+    from edgekit.runner.edgekit_runner import open_session
+
+    def timed(s, n):
+        t = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            s.run(None, {"input": x})
+            t.append(time.perf_counter() - t0)
+        return float(np.median(t)) * 1e3
+
+    out = {"blocks": [], "run by run": [], "default": []}
+    for _ in range(pairs):
+        s = {k: open_session(p) for k, p in models.items()}
+        for v in s.values():
+            timed(v, 10)
+        b = {k: timed(v, runs) for k, v in s.items()}
+        t = {k: [] for k in s}
+        for r in range(runs):
+            for k in (list(s) if r % 2 == 0 else list(s)[::-1]):
+                t[k].append(timed(s[k], 1))
+        i = {k: float(np.median(v)) for k, v in t.items()}
+        del s
+        d = {}
+        for k, p in models.items():
+            one = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+            timed(one, 10)
+            d[k] = timed(one, runs)
+            del one
+        for key, m in (("blocks", b), ("run by run", i), ("default", d)):
+            out[key].append((m["fp32"], m["int8"]))
+    what = {"blocks": f"one process, same sessions, each model {runs} runs in a row (edgekit's session config)",
+            "run by run": "one process, the same sessions alternating run by run",
+            "default": "one session alive at a time, onnxruntime's default session options"}
+    rows = []
+    for key, v in out.items():
+        ratios = [q / f for f, q in v]
+        rows.append({"mode": f"{what[key]}: median over {pairs} session pairs",
+                     "p50_ms": {"fp32": float(np.median([f for f, _ in v])), "int8": float(np.median([q for _, q in v]))},
+                     "int8_vs_fp32": float(np.median(ratios)), "pair_ratios": [round(r, 4) for r in ratios]})
+    return rows
 
 
 def _main(work: Path, a) -> dict:
@@ -123,8 +185,9 @@ def _main(work: Path, a) -> dict:
     ref = alone_p50(models, {"input": x}, processes=a.processes, seconds=a.seconds)
     runs = {k: v[1] for k, v in ref.items()}
     ref = {k: v[0] for k, v in ref.items()}
-    rows = [{"mode": "each model alone in its own process (onnxruntime defaults)", "p50_ms": ref,
-             "int8_vs_fp32": ref["int8"] / ref["fp32"], "per_process_p50_ms": runs}]
+    pairs = paired_ratios(runs["int8"], runs["fp32"])
+    rows = [{"mode": "each model alone in its own process (onnxruntime defaults; ratio: median over process pairs)",
+             "p50_ms": ref, "int8_vs_fp32": float(np.median(pairs)), "per_process_p50_ms": runs}]
 
     for mode, cfg in MODES.items():
         with session_config(cfg):  # every session profile_models opens gets this mode's entries
@@ -133,6 +196,24 @@ def _main(work: Path, a) -> dict:
         p50 = {k: res[k]["p50_ms"] for k in models}
         rows.append({"mode": f"edgekit profile, interleaved: {mode}", "p50_ms": p50,
                      "int8_vs_fp32": p50["int8"] / p50["fp32"], "idle_cpu_ms_after_run": idle})
+    rows += cache_rows(models, x, a.session_pairs)
+    if a.neighbours:
+        # CPU-bound neighbours, as on a laptop doing other work: what each way of waiting then measures
+        code = f"import time\nend = time.time() + {4 * a.seconds + 60}\nwhile time.time() < end: pass"
+        hogs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(a.neighbours)]
+        try:
+            for mode in (next(iter(MODES)), "spinning off"):
+                with session_config(MODES[mode]):
+                    res = profile_models(models, "x86-laptop", inputs=[{"input": x}], min_seconds=a.seconds,
+                                         op_profile=False)
+                p50 = {k: res[k]["p50_ms"] for k in models}
+                rows.append({"mode": f"edgekit profile, interleaved, {a.neighbours} CPU-bound neighbour "
+                                     f"process{'es' if a.neighbours > 1 else ''} running: {mode}",
+                             "p50_ms": p50, "int8_vs_fp32": p50["int8"] / p50["fp32"]})
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
     return {"rows": rows}
 
 
@@ -144,6 +225,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0, help="timing per model and mode")
     ap.add_argument("--processes", type=int, default=8, help="processes per model for the reference")
+    ap.add_argument("--session-pairs", type=int, default=6, help="fresh session pairs for the cache rows")
+    ap.add_argument("--neighbours", type=int, default=1,
+                    help="CPU-bound processes to run beside two more timings (0: none)")
     ap.add_argument("--out", default=str(HERE))
     a = ap.parse_args(argv)
     import onnxruntime as ort

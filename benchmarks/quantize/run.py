@@ -112,7 +112,9 @@ def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, 
     lat_spin = interleaved(paths, feeds, spinning=True, **span)
     solo = {}
     if alone_processes:
-        from spinning import alone_p50
+        from spinning import alone_p50, paired_ratios
+
+        from edgekit.quant.timing import median_interval
 
         solo = alone_p50({k: paths[k] for k in ("fp32", "edgekit")}, feeds, processes=alone_processes,
                          seconds=min(seconds, 4.0), threads=threads)
@@ -126,7 +128,10 @@ def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, 
             m_full = {}
         if k in solo:
             m_full.update({"p50_ms_alone": round(solo[k][0], 4), "alone_p50s_ms": [round(t, 4) for t in solo[k][1]],
-                           "ratio_vs_fp32_alone": round(solo[k][0] / solo["fp32"][0], 3)})
+                           "alone_pair_ratios": [round(r, 4) for r in paired_ratios(solo[k][1], solo["fp32"][1])]})
+            lo, mid, hi, cov = median_interval(m_full["alone_pair_ratios"])
+            m_full.update({"ratio_vs_fp32_alone": round(mid, 3), "ratio_vs_fp32_alone_interval": [round(lo, 3), round(hi, 3)],
+                           "ratio_vs_fp32_alone_confidence": round(cov, 4)})
         rows[k] = {**m_full, "p50_ms": round(lat[k]["p50_ms"], 4), "ratio_vs_fp32": round(lat[k]["p50_ms"] / lat["fp32"]["p50_ms"], 3),
                    "p50_ms_spinning": round(lat_spin[k]["p50_ms"], 4),
                    "ratio_vs_fp32_spinning": round(lat_spin[k]["p50_ms"] / lat_spin["fp32"]["p50_ms"], 3),
@@ -165,8 +170,13 @@ def speedups(r: dict) -> list:
                      ("ratio_vs_fp32_spinning", "all variants interleaved, spinning stopped after each run"),
                      ("ratio_vs_fp32_alone", "each alone in fresh processes, onnxruntime defaults")):
         if v and v.get(key):
+            ci = v.get(key + "_interval")
+            n = len(v.get("alone_pair_ratios") or ())
             lines.append(f"Speed-up, this benchmark's table ({how}, p50): INT8 {v[key]:.3f}x FP32 latency = "
-                         f"{1 / v[key]:.2f}x faster.  ")
+                         f"{1 / v[key]:.2f}x faster" + (
+                             f" (the median of {n} ratios of back-to-back FP32 and INT8 processes, "
+                             f"{v[key + '_confidence']:.1%} interval {ci[0]:.3f}-{ci[1]:.3f}x; largest "
+                             f"{max(v['alone_pair_ratios']):.3f}x)" if ci else "") + ".  ")
     return lines + [""] if lines else []
 
 

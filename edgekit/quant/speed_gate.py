@@ -62,9 +62,9 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     note = None
     spun = chunks[0]["fp32"].get("session_config", {}).get("session.intra_op.allow_spinning") != "0"
     if busy is not None and busy >= BUSY_CORES and spun:
-        # spin-waiting pool threads compete with the neighbours for the cores: with one core kept busy,
-        # EfficientNet-Lite0 FP32 read 12-15 ms with spinning and 6.7-7.5 ms without, INT8 ~4 ms both
-        # ways, so the ratio said 0.27x where it is 0.55x. Blocking waits measure the models, not that.
+        # spin-waiting pool threads compete with the neighbours for the cores: with one CPU-bound
+        # neighbour, EfficientNet-Lite0's FP32 slowed and INT8 did not (0.40x FP32 latency against 0.49x
+        # idle; spinning off 0.485x, benchmarks/profile/spinning.py). Blocking waits measure the models.
         note = (f"other processes used {busy:.2f} cores while timing: re-timed with thread spinning off, "
                 "which the neighbours do not distort")
         with session_config(SPIN_OFF):

@@ -1,8 +1,8 @@
 """Latency for tuning trials and the speed gate: models timed interleaved in one process.
 
 Uses edgekit.profile.profile_models when present (the shared profiler); otherwise a small
-interleaved loop here. Interleaving (A, B, A, B, ...) makes a busy machine slow both
-models alike, so the ratio stays meaningful when absolute numbers drift.
+interleaved loop here (the profiler's blocks). Interleaving (a few runs of A, of B, of A, ...) makes a
+busy machine slow both models alike, so the ratio stays meaningful when absolute numbers drift.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -59,29 +58,17 @@ def _session(path, threads=None, providers=("CPUExecutionProvider",), profile_pr
 def interleaved(paths: dict, feeds: dict, *, min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 3,
                 max_seconds: float = 30.0, threads=None, providers=("CPUExecutionProvider",),
                 spinning: bool = True) -> dict:
-    """{label: {"status": "ok", "p50_ms", "p90_ms", "mean_ms", "runs"}}; labels run alternately."""
-    from ..runner.edgekit_runner import SESSION_CONFIG
+    """{label: {"status": "ok", "p50_ms", "p90_ms", "mean_ms", "runs"}}; labels take turns in the
+    profiler's short blocks (runner.timed_loop), not run by run. Alternating every run started each run
+    on caches the other models had just flushed: EfficientNet-Lite0's INT8 read 0.558x FP32 latency that
+    way and 0.458x in blocks, same sessions (benchmarks/profile/spinning.py)."""
+    from ..runner.edgekit_runner import SESSION_CONFIG, timed_loop
 
     sess = {k: _session(p, threads, providers, spinning=spinning) for k, p in paths.items()}
     config = {**SESSION_CONFIG, **({} if spinning else SPIN_OFF)}
     fd = {k: {i.name: feeds[i.name] for i in s.get_inputs()} for k, s in sess.items()}
-    for _ in range(warmup):
-        for k, s in sess.items():
-            s.run(None, fd[k])
-    times = {k: [] for k in sess}
-    t_start = time.perf_counter()
-    labels = list(sess)
-    r = 0
-    while True:
-        order = labels if r % 2 == 0 else labels[::-1]  # alternate who goes first
-        for k in order:
-            t0 = time.perf_counter()
-            sess[k].run(None, fd[k])
-            times[k].append((time.perf_counter() - t0) * 1000.0)
-        r += 1
-        elapsed = time.perf_counter() - t_start
-        if (r >= min_runs and elapsed >= min_seconds) or elapsed >= max_seconds:
-            break
+    fns = {k: (lambda i, s=s, f=fd[k]: s.run(None, f)) for k, s in sess.items()}
+    times = timed_loop(fns, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds)
     out = {}
     for k, t in times.items():
         a = np.asarray(t)
