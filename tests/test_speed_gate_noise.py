@@ -162,3 +162,20 @@ def test_a_trial_is_timed_both_ways_round_and_records_its_structure(tmp_path):
     tuner.time_trial(t, cand)
     assert t.speedup and t.fp32_ms and t.latency_ms == pytest.approx(t.fp32_ms / t.speedup)
     assert t.info["structure"] == structure_key(fp32)
+
+
+def test_the_runoff_re_times_the_contenders_and_a_noisy_first_timing_no_longer_picks(tmp_path):
+    fp32 = matmul_chain(tmp_path / "fp32.onnx", 10, k=512)
+    slow = matmul_chain(tmp_path / "slow.onnx", 8, k=512)  # 1.25x FP32 speed
+    fast = matmul_chain(tmp_path / "fast.onnx", 1, k=512)  # ~10x
+    tuner = _tuner(tmp_path, fp32, FEEDS)
+    # the first timings the wrong way round, as one noisy session pair each can give them
+    tuner.trials = [_trial(slow, "slow", 0.99, 12.0), _trial(fast, "fast", 0.99, 1.3)]
+    assert tuner.best().name == "slow"
+    tuner.runoff()
+    s, f = tuner.trials
+    assert len(s.info["runoff_speedups"]) == len(f.info["runoff_speedups"]) == 2
+    assert f.speedup > 3.0 > s.speedup, (s.speedup, f.speedup)
+    assert tuner.best().name == "fast"
+    assert f.record()["runoff_speedups"] == f.info["runoff_speedups"]
+    assert any("re-timed" in n for n in tuner.notes)

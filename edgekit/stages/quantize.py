@@ -273,6 +273,7 @@ def _gate(src, path, ctx, feeds, cfg) -> dict:
 
 
 def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> Artifact:
+    tuner.runoff()
     best = tuner.best()
     if best is None:
         from ..evaluate import clip
