@@ -83,7 +83,7 @@ def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     # onnxruntime's own default: the worker spins on after Run() returns (tens of ms of CPU), which is
-    # what made an interleaved model run at twice its latency alone (benchmarks/profile/spinning.py)
+    # what slowed an interleaved model 1.4-2.2x (benchmarks/profile/spinning.py)
     plain = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
     assert _idle_cpu_ms(plain, feeds) > 10.0
     for s in (open_session(p, threads=2), onnxutil.session(p, threads=2)):

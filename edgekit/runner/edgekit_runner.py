@@ -45,8 +45,8 @@ RUNNER_VERSION = 1
 # Thread-pool workers still spin-wait between ops (onnxruntime's default, and how a deployed model
 # runs), but stop when Run() returns. Without that, a session's idle worker spins on for ~45 ms after
 # each run (CPU time measured over a 100 ms sleep), so models timed side by side slowed each other:
-# `edgekit profile` gave EfficientNet-Lite0 FP32 9.4-9.9 ms on 2 cores where it runs in 4.2-5.3 ms
-# alone, and INT8 vs FP32 ratios moved with it (benchmarks/profile/spinning.py).
+# `edgekit profile` gave EfficientNet-Lite0 FP32 7.2-7.7 ms on 2 cores where it ran in 3.5-5.2 ms with
+# spinning stopped, and INT8 vs FP32 ratios moved with it (benchmarks/profile/spinning.py).
 SESSION_CONFIG = {"session.set_denormal_as_zero": "1", "session.force_spinning_stop": "1"}
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
