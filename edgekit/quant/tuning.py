@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,8 +237,7 @@ class Tuner:
             t.info["latency"] = EMULATED_LATENCY
             return
         # one session pair each way round: the session created second ran ~3% faster, and it was always INT8's
-        chunks = balanced({"fp32": self.fp32_path, "int8": dest}, self.target, self.feeds, pairs=1,
-                          min_runs=max(1, self.trial_runs // 2), min_seconds=self.trial_seconds / 2, using=measure)
+        chunks = self._session_pairs(dest, 1)
         a, b = chunks[-1].get("fp32") or {}, chunks[-1].get("int8") or {}
         ratios = order_balanced_ratios(chunks, "int8", "fp32")
         if a.get("emulated") or b.get("emulated"):
@@ -252,6 +252,11 @@ class Tuner:
         else:
             t.info["latency"] = b.get("reason") or a.get("reason") or "unavailable"
         t.info["structure"] = structure_key(dest)
+
+    def _session_pairs(self, path, pairs: int) -> list:
+        """FP32 and the candidate at path timed in `pairs` session pairs, each way round (a trial's budget)."""
+        return balanced({"fp32": self.fp32_path, "int8": path}, self.target, self.feeds, pairs=pairs,
+                        min_runs=max(1, self.trial_runs // 2), min_seconds=self.trial_seconds / 2, using=measure)
 
     def run_phase(self, specs: list, phase: str) -> list:
         """Run specs through INC's tuning loop, within the remaining trial budget."""
@@ -405,9 +410,7 @@ class Tuner:
             return
         pool = [t for t in self.passing() if t.speedup]
         speed, _ = speeds(pool)
-        groups: dict = {}
-        for t in pool:
-            groups.setdefault(t.info.get("structure") or ("own", id(t)), []).append(t)
+        groups = by_structure(pool)
         if len(groups) < 2:
             return  # one structure: the pick is by accuracy
         top = sorted(groups.values(), key=lambda ms: -speed[id(ms[0])])[:RUNOFF_STRUCTURES]
@@ -415,16 +418,13 @@ class Tuner:
                           f"{RUNOFF_PAIRS} more session pairs each before the pick (speedup: the median of all)")
         for members in top:
             rep = max(members, key=lambda t: (t.metric if t.metric is not None else float("-inf")))
-            chunks = balanced({"fp32": self.fp32_path, "int8": rep.path}, self.target, self.feeds, pairs=RUNOFF_PAIRS,
-                              min_runs=max(1, self.trial_runs // 2), min_seconds=self.trial_seconds / 2, using=measure)
+            chunks = self._session_pairs(rep.path, RUNOFF_PAIRS)
             more = [1.0 / r for r in order_balanced_ratios(chunks, "int8", "fp32") if r]
             if not more:
                 continue
             for t in members:
-                both = sorted([t.speedup, *more])
-                n = len(both)
                 t.info["runoff_speedups"] = [round(v, 4) for v in more]
-                t.speedup = both[n // 2] if n % 2 else (both[n // 2 - 1] + both[n // 2]) / 2
+                t.speedup = statistics.median([t.speedup, *more])
                 t.latency_ms = t.fp32_ms / t.speedup if t.fp32_ms else t.latency_ms
 
     def best(self) -> Trial | None:
@@ -468,20 +468,25 @@ def _raw_speed(t: Trial) -> float:
     return 1.0 / t.latency_ms if t.latency_ms else 0.0  # unmeasured ratio: rank by latency alone
 
 
+def by_structure(trials: list) -> dict:
+    """{graph structure (or the trial itself, where unmeasured or unknown): its trials}."""
+    groups: dict = {}
+    for t in trials:
+        key = t.info.get("structure") if t.speedup else None
+        groups.setdefault(key or ("own", id(t)), []).append(t)
+    return groups
+
+
 def speeds(trials: list) -> tuple[dict, float]:
     """({id(trial): speed}, noise). Candidates of one graph structure (minmax vs entropy vs percentile
     scales, nearest vs GPTQ weights) run the same kernels, so they share one speed, the median of their
     speed-ups: on a loaded host their own measurements spread 0.75x-1.56x within one run, and the pick
     between them followed that noise. The noise is the widest relative spread measured in this run: within
     one structure, or between the two session pairs of one trial (at least SPEED_TIE)."""
-    groups: dict = {}
-    for t in trials:
-        key = t.info.get("structure") if t.speedup else None
-        groups.setdefault(key or ("own", id(t)), []).append(t)
     speed, noise = {}, SPEED_TIE
-    for members in groups.values():
+    for members in by_structure(trials).values():
         raw = sorted(_raw_speed(t) for t in members)
-        mid = raw[len(raw) // 2] if len(raw) % 2 else (raw[len(raw) // 2 - 1] + raw[len(raw) // 2]) / 2
+        mid = statistics.median(raw)
         for t in members:
             speed[id(t)] = mid
         if len(raw) > 1 and raw[0] > 0:
