@@ -155,30 +155,17 @@ def cache_rows(models: dict, x, pairs: int, runs: int = 150) -> list:
 
 
 def _main(work: Path, a) -> dict:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from edgekit.profile import profile_models
     from edgekit.quant import static
     from edgekit.quant.timing import session_config
-    from edgekit.zoo import efficientnet_lite0 as E
-    from effnet_onnx import export_preprocessed
+    from effnet_onnx import calibration_reader, probe_inputs
 
-    ds = E.datasets()
-    cal = np.asarray(ds["calib"].inputs["input"][:64])
-    x = np.asarray(ds["eval"].inputs["input"][:1])
-    prep = export_preprocessed(work)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(cal[i:i + 8] for i in range(0, len(cal), 8))
-
-        def get_next(self):
-            b = next(self.batches, None)
-            return None if b is None else {"input": b}
-
+    prep, cal, x = probe_inputs(work)
     q = work / "u8s8.onnx"
     with static.quiet():
-        quantize_static(str(prep), str(q), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        quantize_static(str(prep), str(q), calibration_reader(cal), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True)
     models = {"fp32": str(prep), "int8": str(q)}
 

@@ -18,3 +18,30 @@ def export_preprocessed(work) -> Path:
                       dynamo=False)
     static.preprocess(fp32, prep)
     return prep
+
+
+def probe_inputs(work):
+    """(the pre-processed model in `work`, 64 calibration crops, one eval crop): the probes' shared start."""
+    import numpy as np
+
+    from edgekit.zoo import efficientnet_lite0 as E
+
+    ds = E.datasets()
+    cal = np.asarray(ds["calib"].inputs["input"][:64])
+    x = np.asarray(ds["eval"].inputs["input"][:1])
+    return export_preprocessed(work), cal, x
+
+
+def calibration_reader(cal, batch: int = 8):
+    """A fresh onnxruntime CalibrationDataReader over `cal` in batches of `batch` (one per quantize call)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(cal[i:i + batch] for i in range(0, len(cal), batch))
+
+        def get_next(self):
+            b = next(self.batches, None)
+            return None if b is None else {"input": b}
+
+    return Reader()

@@ -43,39 +43,24 @@ def _kind(node: str) -> str:
     return "other"
 
 
-from effnet_onnx import export_preprocessed  # noqa: E402
+from effnet_onnx import calibration_reader, probe_inputs  # noqa: E402
 
 
 def _main(work: Path, argv=None) -> int:
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from edgekit.hostinfo import cpu_info
     from edgekit.quant import sensitivity, static
     from edgekit.runner.edgekit_runner import open_session
-    from edgekit.zoo import efficientnet_lite0 as E
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=12.0, help="timing per configuration")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent))
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    ds = E.datasets()
-    cal = np.asarray(ds["calib"].inputs["input"][:64])
-    x = np.asarray(ds["eval"].inputs["input"][:1])
-    prep = export_preprocessed(work)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.i = 0
-
-        def get_next(self):
-            if self.i >= len(cal):
-                return None
-            self.i += 8
-            return {"input": cal[self.i - 8:self.i]}
-
+    prep, cal, x = probe_inputs(work)
     variants = {"fp32": prep}
     # a conv goes to FP32 with its ReLU6, as edgekit's fallback does
     fused = sensitivity.fused_activations(prep)
@@ -90,7 +75,7 @@ def _main(work: Path, argv=None) -> int:
                                      stem_all_dw)):
         p = work / f"v{len(variants)}.onnx"
         with static.quiet():
-            quantize_static(str(prep), str(p), Reader(), quant_format=fmt, activation_type=act,
+            quantize_static(str(prep), str(p), calibration_reader(cal), quant_format=fmt, activation_type=act,
                             weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
         variants[name] = p
 
