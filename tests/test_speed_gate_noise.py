@@ -12,7 +12,7 @@ import pytest
 
 from edgekit.quant import speed_gate, timing
 from edgekit.quant.spec import QuantSpec
-from edgekit.quant.tuning import Trial, Tuner, structure_key
+from edgekit.quant.tuning import RUNOFF_PAIRS, SPEED_TIE, Trial, Tuner, runoff_noise, structure_key
 
 from profile_models import matmul_chain
 
@@ -174,8 +174,61 @@ def test_the_runoff_re_times_the_contenders_and_a_noisy_first_timing_no_longer_p
     assert tuner.best().name == "slow"
     tuner.runoff()
     s, f = tuner.trials
-    assert len(s.info["runoff_speedups"]) == len(f.info["runoff_speedups"]) == 2
+    assert len(s.info["runoff_speedups"]) == len(f.info["runoff_speedups"]) == RUNOFF_PAIRS
     assert f.speedup > 3.0 > s.speedup, (s.speedup, f.speedup)
     assert tuner.best().name == "fast"
     assert f.record()["runoff_speedups"] == f.info["runoff_speedups"]
     assert any("re-timed" in n for n in tuner.notes)
+
+
+def _re_timed(t, more):
+    """t as the runoff leaves it: its trial speed-up kept, the median of all its samples as its speed."""
+    t.info.update(runoff_speedups=list(more), trial_speedup=t.speedup)
+    t.speedup = float(np.median([t.speedup, *more]))
+    return t
+
+
+def test_after_the_runoff_a_steady_speed_difference_beats_a_fifth_decimal_accuracy_difference(tmp_path):
+    # MiniLM's three dynamic candidates after the runoff: 2.15x, 1.97x, 1.86x, cosines equal to 4 decimals;
+    # one trial's two session pairs had disagreed widely, and that spread made all three one speed
+    paths = [matmul_chain(tmp_path / f"{i}.onnx", i + 1, k=32, seed=i) for i in range(4)]
+    tuner = _tuner(tmp_path, paths[0])
+    plain = _re_timed(_trial(paths[0], "fused plain-layernorm", 0.993039, 2.40), (2.12, 2.15, 2.18, 2.10))
+    fused = _re_timed(_trial(paths[1], "fused", 0.993061, 1.70), (1.97, 1.99, 1.94, 2.00))
+    chan = _re_timed(_trial(paths[2], "per-channel", 0.993075, 1.86), (1.84, 1.88, 1.86, 1.90))
+    chan.info["speedup_range"] = [1.5, 2.3]
+    # passing, but timed slower than the three at its one session pair, so not re-timed
+    slow = _trial(paths[3], "per-tensor", 0.999, 1.6)
+    tuner.trials = [chan, fused, plain, slow]
+    noise = runoff_noise([chan, fused, plain])
+    assert SPEED_TIE <= noise < 2.15 / 1.97 - 1, noise
+    assert tuner.best().name == "fused plain-layernorm"
+    assert plain.record()["trial_speedup"] == 2.40
+    # the same speeds without the runoff's samples: the run's one-pair noise ties them, accuracy decides
+    for t in (chan, fused, plain):
+        t.info.pop("runoff_speedups")
+    assert tuner.best().name == "per-tensor"
+
+
+def test_after_the_runoff_contenders_whose_samples_overlap_still_pick_by_accuracy(tmp_path):
+    paths = [matmul_chain(tmp_path / f"{i}.onnx", i + 1, k=32, seed=i) for i in range(2)]
+    tuner = _tuner(tmp_path, paths[0])
+    picks = set()
+    # two replays of one recipe: the same two structures, their samples interleaved either way
+    for sa, sb in (((2.0, 2.3, 1.8, 2.2), (2.1, 1.9, 2.25, 1.85)), ((2.1, 1.9, 2.25, 1.85), (2.0, 2.3, 1.8, 2.2))):
+        a = _re_timed(_trial(paths[0], "accurate", 0.995, 2.05), sa)
+        b = _re_timed(_trial(paths[1], "fast", 0.990, 2.0), sb)
+        tuner.trials = [b, a]
+        assert runoff_noise([a, b]) > abs(a.speedup / b.speedup - 1)
+        picks.add(tuner.best().name)
+    assert picks == {"accurate"}
+
+
+def test_one_wild_session_pair_does_not_widen_the_runoff_noise(tmp_path):
+    paths = [matmul_chain(tmp_path / f"{i}.onnx", i + 1, k=32, seed=i) for i in range(2)]
+    steady = [_re_timed(_trial(paths[0], "a", 0.99, 2.0), (2.1, 1.9, 2.05, 1.95)),
+              _re_timed(_trial(paths[1], "b", 0.99, 1.5), (1.55, 1.45, 1.52, 1.48))]
+    wild = [_re_timed(_trial(paths[0], "a", 0.99, 9.0), (2.1, 1.9, 2.05, 1.95)),
+            _re_timed(_trial(paths[1], "b", 0.99, 1.5), (1.55, 1.45, 1.52, 1.48))]
+    assert SPEED_TIE < runoff_noise(steady) < 0.1
+    assert runoff_noise(wild) == pytest.approx(runoff_noise(steady), rel=0.5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class Trial:
             rec["speedup_range"] = self.info["speedup_range"]
         if self.info.get("runoff_speedups"):  # re-timed before the pick: speedup is the median of all
             rec["runoff_speedups"] = self.info["runoff_speedups"]
+            rec["trial_speedup"] = self.info.get("trial_speedup")
         if self.latency_ms is None and self.info.get("latency"):
             rec["latency"] = self.info["latency"]  # why no latency: emulated, or not measurable here
         return rec
@@ -405,7 +407,9 @@ class Tuner:
         round is a noisy speed on a shared host: MiniLM's dynamic per-channel trial read 2.19x FP32 speed
         and was picked over the fused candidates (1.79x, 1.77x); four more session pairs each gave them
         1.75x, 2.19x and 2.26x. RUNOFF_STRUCTURES structures get RUNOFF_PAIRS more pairs (for their most
-        accurate member; all members run the same kernels), and each keeps the median of all its pairs."""
+        accurate member; all members run the same kernels), and each keeps the median of all its pairs.
+        The pick then chooses among these contenders only, with the noise their own samples measure
+        (`runoff_noise`), not the run's widest one-pair spread."""
         if getattr(self.target, "emulated", False):
             return
         pool = [t for t in self.passing() if t.speedup]
@@ -424,6 +428,7 @@ class Tuner:
                 continue
             for t in members:
                 t.info["runoff_speedups"] = [round(v, 4) for v in more]
+                t.info["trial_speedup"] = t.speedup
                 t.speedup = statistics.median([t.speedup, *more])
                 t.latency_ms = t.fp32_ms / t.speedup if t.fp32_ms else t.latency_ms
 
@@ -434,7 +439,8 @@ class Tuner:
 
         Speeds are compared as `speeds` gives them: one per graph structure, and equal within this run's
         measured noise; of equally fast candidates the most accurate wins, then the one with fewer FP32
-        nodes, then by name, so a replay of the same recipe picks the same one."""
+        nodes, then by name, so a replay of the same recipe picks the same one. Where the runoff re-timed
+        contenders, the pick is among them, equal within the noise of their own repeated samples."""
         speed, noise = speeds(self.trials)
 
         def faster(t):
@@ -446,6 +452,9 @@ class Tuner:
             # falls back so much that it is as slow as FP32 (in the limit, FP32 with extra steps) is no answer
             ok = [t for t in ok if faster(t)]
         if ok:
+            contenders = [t for t in ok if t.info.get("runoff_speedups")]
+            if contenders:
+                return _fastest(contenders, speed, runoff_noise(contenders))
             return _fastest(ok, speed, noise)
         done = [t for t in self.trials if t.error is None and t.metric is not None]
         if not done:
@@ -459,7 +468,7 @@ class Tuner:
 
 SPEED_TIE = 0.03  # speed-ups this close (relative) are one speed on a shared host: a replay must not flip
 RUNOFF_STRUCTURES = 3  # the fastest graph structures within tolerance re-timed before the pick
-RUNOFF_PAIRS = 2  # more session pairs, each way round, for each of them
+RUNOFF_PAIRS = 4  # more session pairs, each way round, for each of them
 
 
 def _raw_speed(t: Trial) -> float:
@@ -496,6 +505,34 @@ def speeds(trials: list) -> tuple[dict, float]:
         if r[0] > 0:
             noise = max(noise, r[-1] / r[0] - 1.0)
     return speed, noise
+
+
+def runoff_noise(trials: list) -> float:
+    """The relative margin within which the runoff contenders' speeds are equal: twice the standard error
+    of the difference between two of their medians, from the spread of their own samples (each structure's
+    trial speed-up and its runoff speed-ups, all order-balanced session pairs). The run's widest one-pair
+    spread (`speeds`) is far looser: on MiniLM it made 2.15x, 1.97x and 1.86x one speed after the runoff,
+    and a cosine difference in the 5th decimal picked the slowest. The spread is a pooled median absolute
+    deviation of log speed-ups, so one wild pair (a noisy trial timing) does not widen it."""
+    groups = []
+    for members in by_structure(trials).values():
+        more = next((t.info["runoff_speedups"] for t in members if t.info.get("runoff_speedups")), [])
+        own = [t.info.get("trial_speedup") for t in members if t.info.get("runoff_speedups")]
+        xs = [x for x in [*own, *more] if x and x > 0]
+        if xs:
+            groups.append(xs)
+    resid = []
+    for xs in groups:
+        mid = statistics.median(xs)
+        r = sorted(abs(math.log(x / mid)) for x in xs)
+        # with an odd count one sample is the median itself: its zero residual measures no spread
+        resid += r[1:] if len(r) % 2 else r
+    if not resid:
+        return SPEED_TIE
+    sigma = 1.4826 * statistics.median(resid)  # the normal's sigma from a median absolute deviation
+    n = min(len(xs) for xs in groups)
+    se_median = 1.2533 * sigma / math.sqrt(n)  # a median's standard error, for normal samples
+    return max(SPEED_TIE, math.exp(2.0 * math.sqrt(2.0) * se_median) - 1.0)
 
 
 def _fastest(trials: list, speed: dict | None = None, noise: float = SPEED_TIE) -> Trial:
