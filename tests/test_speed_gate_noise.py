@@ -5,7 +5,10 @@ against itself must never pass (the old gate, one interleaved p50 ratio below 0.
 512 MatMul chain against its own file in 5 of 6 runs, at 0.94: the second-created session ran
 faster); a model doing a tenth of the work must.
 """
+import contextlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -42,29 +45,32 @@ def test_a_model_doing_a_tenth_of_the_work_passes(tmp_path):
     assert rec["ratio_interval"][1] < speed_gate.FASTER_THAN and "why" not in rec
 
 
-def test_on_a_busy_host_the_gate_re_times_with_spinning_off_and_says_so(tmp_path):
-    import subprocess
-    import sys
+@contextlib.contextmanager
+def _busy_neighbours(n=2):
+    """n real processes keeping cores busy (spin-waiting pool threads would then measure them); each stops
+    on its own after 60 s should the test die before killing it."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 60\nwhile time.time() < end: pass"])
+            for _ in range(n)]
+    try:
+        yield
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
 
+
+def test_on_a_busy_host_the_gate_re_times_with_spinning_off_and_says_so(tmp_path):
     from edgekit.runner.edgekit_runner import SESSION_CONFIG
     from edgekit.targets import load_target
 
     before = dict(SESSION_CONFIG)
     fp32 = matmul_chain(tmp_path / "ten.onnx", 10, k=512)
     fast = matmul_chain(tmp_path / "one.onnx", 1, k=512)
-    # two real neighbours keeping cores busy while the gate times (spin-waiting pool threads would then
-    # measure them); each stops on its own after 60 s should the test die before killing it
-    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 60\nwhile time.time() < end: pass"])
-            for _ in range(2)]
-    try:
+    with _busy_neighbours():
         # the default target, as `edgekit compress` times it (target None takes the spinning-off loop)
         rec = speed_gate.gate(fp32, fast, load_target("x86-laptop"), FEEDS, min_runs=RUNS,
                               min_seconds=SECONDS)["x86-laptop"]
-    finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
-    assert rec["host_other_cores"] >= speed_gate.BUSY_CORES, rec
+    assert rec["host_other_cores"] >= timing.BUSY_CORES, rec
     assert "re-timed with thread spinning off" in rec["timing_note"]
     assert rec["session_config"]["session.intra_op.allow_spinning"] == "0"
     assert rec["passed"] is True, rec  # a tenth of the work is still faster, measured without spinning
@@ -232,3 +238,24 @@ def test_one_wild_session_pair_does_not_widen_the_runoff_noise(tmp_path):
             _re_timed(_trial(paths[1], "b", 0.99, 1.5), (1.55, 1.45, 1.52, 1.48))]
     assert SPEED_TIE < runoff_noise(steady) < 0.1
     assert runoff_noise(wild) == pytest.approx(runoff_noise(steady), rel=0.5)
+
+
+def test_on_a_busy_host_a_trial_is_re_timed_with_spinning_off_and_says_so(tmp_path):
+    from edgekit.runner.edgekit_runner import SESSION_CONFIG
+    from edgekit.targets import load_target
+
+    before = dict(SESSION_CONFIG)
+    fp32 = matmul_chain(tmp_path / "ten.onnx", 10, k=512)
+    fast = matmul_chain(tmp_path / "one.onnx", 1, k=512)
+    tuner = _tuner(tmp_path, fp32, FEEDS)
+    tuner.target = load_target("x86-laptop")
+    idle = Trial("idle", QuantSpec(), fast)
+    tuner.time_trial(idle, fast)
+    with _busy_neighbours():
+        busy = Trial("busy", QuantSpec(), fast)
+        tuner.time_trial(busy, fast)
+    assert busy.record()["host_other_cores"] >= timing.BUSY_CORES, busy.info
+    assert "re-timed with thread spinning off" in busy.record()["timing_note"]
+    assert busy.speedup > 3.0, busy.info  # a tenth of the work, measured without spinning
+    assert "timing_note" not in idle.record() and idle.speedup > 3.0
+    assert SESSION_CONFIG == before

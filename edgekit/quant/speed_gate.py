@@ -6,16 +6,16 @@ a provider other than the target's (a silent fallback elsewhere is reported here
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
 import numpy as np
 
-from ..hostinfo import cpu_busy_seconds, other_cores
 from ..runner.edgekit_runner import SESSION_CONFIG
 from .isa import target_facts
-from .timing import (balanced, classify, measure, median_interval, op_profile, order_balanced_ratios, session_config,
-                     SPIN_OFF, usable)
+from .timing import (balanced, classify, measure, median_interval, op_profile, order_balanced_ratios,
+                     session_config, SPIN_OFF, timed_on_host, usable)
 
 # INT8 passes when the whole confidence interval of its latency ratio to FP32 lies below this
 FASTER_THAN = 0.98
@@ -29,8 +29,6 @@ MORE_PAIRS = 2  # added per step while the interval straddles the threshold
 EXTEND = 2.5
 MAX_SECONDS = 12.0
 MIN_CHUNK_RUNS = 6  # timed runs per model in one session pair, however slow the model
-# other processes' CPU use, in cores, above which the gate re-times with thread spinning off
-BUSY_CORES = 0.5
 
 
 EMULATED = "timings under emulation are correctness only, never a speed verdict"
@@ -46,12 +44,10 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     paths = {"fp32": fp32_path, "int8": q_path}
     per = {"min_runs": max(MIN_CHUNK_RUNS, math.ceil(min_runs / (2 * PAIRS))),
            "min_seconds": min_seconds / (2 * PAIRS)}
-    t0 = t_all = time.perf_counter()
+    t_all = time.perf_counter()
     per["using"] = measure  # looked up here, at call time
-    local = getattr(target, "address", "local") == "local"
-    before = cpu_busy_seconds() if local else None
-    chunks = balanced(paths, target, feeds, pairs=PAIRS, **per)
-    busy = other_cores(before, cpu_busy_seconds() if local else None, time.perf_counter() - t0)
+    timed = timed_on_host(lambda: balanced(paths, target, feeds, pairs=PAIRS, **per), target)
+    chunks, busy = timed.chunks, timed.busy
     a, b = chunks[-1]["fp32"], chunks[-1]["int8"]
     if a.get("emulated") or b.get("emulated"):
         return {facts["name"]: {"status": "emulated", "reason": f"measured under emulation: {EMULATED}",
@@ -59,21 +55,9 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     if not order_balanced_ratios(chunks, "int8", "fp32"):
         reason = b.get("reason") or a.get("reason") or "not measured"
         return {facts["name"]: {"status": "unavailable", "reason": reason, "passed": False}}
-    note = None
-    spun = chunks[0]["fp32"].get("session_config", {}).get("session.intra_op.allow_spinning") != "0"
-    if busy is not None and busy >= BUSY_CORES and spun:
-        # spin-waiting pool threads compete with the neighbours for the cores: with one CPU-bound
-        # neighbour, EfficientNet-Lite0's FP32 slowed and INT8 did not (0.40x FP32 latency against 0.49x
-        # idle; spinning off 0.485x, benchmarks/profile/spinning.py). Blocking waits measure the models.
-        note = (f"other processes used {busy:.2f} cores while timing: re-timed with thread spinning off, "
-                "which the neighbours do not distort")
-        with session_config(SPIN_OFF):
-            t0 = time.perf_counter()
-            chunks = balanced(paths, target, feeds, pairs=PAIRS, **per)
-            if order_balanced_ratios(chunks, "int8", "fp32"):
-                chunks = _extend(chunks, paths, target, feeds, per, time.perf_counter() - t0)
-    else:
-        chunks = _extend(chunks, paths, target, feeds, per, time.perf_counter() - t0)
+    # more pairs while undecided, timed as the kept ones were
+    with session_config(SPIN_OFF) if timed.note else contextlib.nullcontext():
+        chunks = _extend(chunks, paths, target, feeds, per, timed.seconds)
     if not order_balanced_ratios(chunks, "int8", "fp32"):
         c = chunks[-1]
         reason = c["int8"].get("reason") or c["fp32"].get("reason") or "not measured"
@@ -81,8 +65,8 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     rec = verdict(chunks)
     if busy is not None:
         rec["host_other_cores"] = round(busy, 3)
-    if note:
-        rec["timing_note"] = note
+    if timed.note:
+        rec["timing_note"] = timed.note
     rec.update({"seconds": round(time.perf_counter() - t_all, 2),
                 "batch": int(next(iter(feeds.values())).shape[0]) if feeds else None,
                 "session_config": chunks[0]["fp32"].get("session_config") or dict(SESSION_CONFIG)})

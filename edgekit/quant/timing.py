@@ -10,7 +10,9 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,49 @@ def balanced(paths: dict, target, feeds: dict, *, pairs: int, min_runs: int, min
         if not usable(res):
             break
     return out
+
+
+# other processes' CPU use, in cores, above which a timing is repeated with thread spinning off
+BUSY_CORES = 0.5
+
+
+@dataclass
+class HostTimed:
+    """What timed_on_host measured: the measurements kept, how busy the rest of the host was during the
+    first (cores; None where unknown or not local), the note when they were re-timed, and how long the
+    kept timing took."""
+    chunks: list
+    busy: float | None
+    note: str | None
+    seconds: float
+
+
+def timed_on_host(run, target) -> HostTimed:
+    """run() (a list of measurements, as `balanced` gives), timed again with thread spinning off when other
+    processes used BUSY_CORES or more of this process's CPUs while it ran. Spin-waiting pool threads
+    compete with the neighbours for the cores: with one CPU-bound neighbour, EfficientNet-Lite0's FP32
+    slowed and INT8 did not (0.40x FP32 latency against 0.49x idle; spinning off 0.485x,
+    benchmarks/profile/spinning.py). Blocking waits measure the models. Only a local target's timing is
+    judged (a remote device's load is not this host's), and only a real one (not emulated or failed)."""
+    from ..hostinfo import cpu_busy_seconds, other_cores
+
+    local = getattr(target, "address", "local") == "local"
+    before = cpu_busy_seconds() if local else None
+    t0 = time.perf_counter()
+    chunks = run()
+    seconds = time.perf_counter() - t0
+    busy = other_cores(before, cpu_busy_seconds() if local else None, seconds)
+    first = chunks[0] if chunks else {}
+    spun = any(v.get("session_config", {}).get("session.intra_op.allow_spinning") != "0" for v in first.values())
+    if busy is None or busy < BUSY_CORES or not spun or not all(map(usable, chunks)):
+        return HostTimed(chunks, busy, None, seconds)
+    note = (f"other processes used {busy:.2f} cores while timing: re-timed with thread spinning off, "
+            "which the neighbours do not distort")
+    with session_config(SPIN_OFF):
+        t0 = time.perf_counter()
+        chunks = run()
+        seconds = time.perf_counter() - t0
+    return HostTimed(chunks, busy, note, seconds)
 
 
 def usable(res: dict) -> bool:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import bias_correction, dynamic, gptq, static
 from .spec import QuantSpec
-from .timing import balanced, measure, order_balanced_ratios, usable
+from .timing import HostTimed, balanced, measure, order_balanced_ratios, timed_on_host, usable
 
 # the per-node sensitivity pass stops ranking after this long (compute ops are measured first)
 SENSITIVITY_SECONDS = 180.0
@@ -104,6 +104,9 @@ class Trial:
         if self.info.get("runoff_speedups"):  # re-timed before the pick: speedup is the median of all
             rec["runoff_speedups"] = self.info["runoff_speedups"]
             rec["trial_speedup"] = self.info.get("trial_speedup")
+        if self.info.get("timing_note"):  # re-timed with spinning off: the host was busy
+            rec["timing_note"] = self.info["timing_note"]
+            rec["host_other_cores"] = self.info.get("host_other_cores")
         if self.latency_ms is None and self.info.get("latency"):
             rec["latency"] = self.info["latency"]  # why no latency: emulated, or not measurable here
         return rec
@@ -239,7 +242,10 @@ class Tuner:
             t.info["latency"] = EMULATED_LATENCY
             return
         # one session pair each way round: the session created second ran ~3% faster, and it was always INT8's
-        chunks = self._session_pairs(dest, 1)
+        timed = self._session_pairs(dest, 1)
+        chunks = timed.chunks
+        if timed.note:
+            t.info.update(timing_note=timed.note, host_other_cores=round(timed.busy, 3))
         a, b = chunks[-1].get("fp32") or {}, chunks[-1].get("int8") or {}
         ratios = order_balanced_ratios(chunks, "int8", "fp32")
         if a.get("emulated") or b.get("emulated"):
@@ -255,10 +261,12 @@ class Tuner:
             t.info["latency"] = b.get("reason") or a.get("reason") or "unavailable"
         t.info["structure"] = structure_key(dest)
 
-    def _session_pairs(self, path, pairs: int) -> list:
-        """FP32 and the candidate at path timed in `pairs` session pairs, each way round (a trial's budget)."""
-        return balanced({"fp32": self.fp32_path, "int8": path}, self.target, self.feeds, pairs=pairs,
-                        min_runs=max(1, self.trial_runs // 2), min_seconds=self.trial_seconds / 2, using=measure)
+    def _session_pairs(self, path, pairs: int) -> HostTimed:
+        """FP32 and the candidate at path timed in `pairs` session pairs, each way round (a trial's budget);
+        again with thread spinning off where other processes kept the host busy (as the speed gate does)."""
+        return timed_on_host(lambda: balanced(
+            {"fp32": self.fp32_path, "int8": path}, self.target, self.feeds, pairs=pairs,
+            min_runs=max(1, self.trial_runs // 2), min_seconds=self.trial_seconds / 2, using=measure), self.target)
 
     def run_phase(self, specs: list, phase: str) -> list:
         """Run specs through INC's tuning loop, within the remaining trial budget."""
@@ -422,7 +430,7 @@ class Tuner:
                           f"{RUNOFF_PAIRS} more session pairs each before the pick (speedup: the median of all)")
         for members in top:
             rep = max(members, key=lambda t: (t.metric if t.metric is not None else float("-inf")))
-            chunks = self._session_pairs(rep.path, RUNOFF_PAIRS)
+            chunks = self._session_pairs(rep.path, RUNOFF_PAIRS).chunks
             more = [1.0 / r for r in order_balanced_ratios(chunks, "int8", "fp32") if r]
             if not more:
                 continue
