@@ -88,3 +88,18 @@ def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow
     assert _idle_cpu_ms(plain, feeds) > 10.0
     for s in (open_session(p, threads=2), onnxutil.session(p, threads=2)):
         assert _idle_cpu_ms(s, feeds) < 5.0
+
+
+def test_one_model_timed_alone_keeps_spinning_as_a_deployed_loop_does_and_several_stop(tmp_path):
+    from edgekit.runner.edgekit_runner import ALONE_CONFIG, bench_models
+
+    a, b = scale_model(tmp_path / "a.onnx", 2.0), scale_model(tmp_path / "b.onnx", 3.0)
+    kw = dict(threads=2, warmup=1, min_runs=3, min_seconds=0.0, op_runs=0)
+    alone = bench_models({"a": str(a)}, **kw)["a"]
+    both = bench_models({"a": str(a), "b": str(b)}, **kw)
+    assert alone["status"] == "ok" and alone["session_config"]["session.force_spinning_stop"] == "0"
+    assert alone["session_config"]["session.set_denormal_as_zero"] == "1"
+    assert all(r["session_config"]["session.force_spinning_stop"] == "1" for r in both.values())
+    # the entry alone has its effect: the idle worker spins on after a run, as onnxruntime's default does
+    feeds = {"x": np.ones(N, np.float32)}
+    assert _idle_cpu_ms(open_session(a, threads=2, config=ALONE_CONFIG), feeds) > 10.0

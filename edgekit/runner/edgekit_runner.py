@@ -48,6 +48,8 @@ RUNNER_VERSION = 1
 # `edgekit profile` gave EfficientNet-Lite0 FP32 7.2-7.7 ms on 2 cores where it ran in 3.5-5.2 ms with
 # spinning stopped, and INT8 vs FP32 ratios moved with it (benchmarks/profile/spinning.py).
 SESSION_CONFIG = {"session.set_denormal_as_zero": "1", "session.force_spinning_stop": "1"}
+# the config entries of a session timed with no other session alive (bench_models of one model)
+ALONE_CONFIG = {"session.force_spinning_stop": "0"}
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16",
               "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
@@ -661,11 +663,15 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
     base_rss = settled_rss_mb() or current_rss_mb()
     base_rss = base_rss if reset_peak_rss() else None
     colds = cold_starts(models, usable, threads, inputs, batch)
+    # one model timed alone keeps onnxruntime's spinning after each run, as a deployed loop with default
+    # options runs it: stopping it cost sub-millisecond models 8-16% there and a 4 ms one 0-2%
+    # (benchmarks/profile/deploy_spinning.py). With several sessions alive it must stop (SESSION_CONFIG).
+    config = ALONE_CONFIG if len(models) == 1 else None
     for label, path in models.items():
         try:
             rss0 = settled_rss_mb()
             t0 = time.perf_counter()
-            s = open_session(path, usable, threads)
+            s = open_session(path, usable, threads, config=config)
             why = check_active(s, usable, required)
             if why:
                 res[label] = {"status": "unavailable", "reason": why}
@@ -723,7 +729,7 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
         res[k]["threads"] = threads
         res[k]["batch"] = batches[k]  # what ran, not what was asked: a fixed-batch model runs its own
         res[k]["onnxruntime"] = ort.__version__
-        res[k]["session_config"] = dict(SESSION_CONFIG)
+        res[k]["session_config"] = {**SESSION_CONFIG, **(config or {})}
         res[k]["machine"] = platform.machine()
         res[k]["device_cpu"] = cpu_model()
     return res
