@@ -19,9 +19,7 @@ efficientnet extra. Run it on an idle host.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -115,9 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gap-ms", type=float, default=5.0, help="sleep between runs in the paced mode")
     ap.add_argument("--out", default=str(HERE))
     a = ap.parse_args(argv)
-    import onnxruntime as ort
-
-    from edgekit.hostinfo import cpu_info
+    from spinning import record, stamp
 
     t0 = time.perf_counter()
     rows = []
@@ -131,14 +127,8 @@ def main(argv=None) -> int:
                 rows.append({"model": label, "mode": mode, "p50_ms_stop": float(np.median(stop)),
                              "p50_ms_spin": float(np.median(spin)), "stop_vs_spin": float(np.median(ratios)),
                              "pair_ratios": [round(r, 4) for r in ratios]})
-    cpu = cpu_info()
-    out = {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "command": shlex.join(["python", "benchmarks/profile/deploy_spinning.py", *argv]),
-           "machine": f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores, ISA "
-                      f"{', '.join(cpu.get('isa', []))}; onnxruntime {ort.__version__}",
-           "processes": a.processes, "gap_ms": a.gap_ms, "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}
-    outdir = Path(a.out)
-    (outdir / "deploy_spinning.json").write_text(json.dumps(out, indent=1) + "\n")
+    out = {**stamp("deploy_spinning.py", argv), "processes": a.processes, "gap_ms": a.gap_ms, "rows": rows,
+           "seconds": round(time.perf_counter() - t0, 1)}
     lines = [f"## {out['when']}: the deployed cost of stopping thread spinning after each run (batch 1)", "",
              f"Command: `{out['command']}`  ", f"Machine: {out['machine']}. onnxruntime's default threads; "
              f"each model alone in {a.processes} fresh processes per config, the two configs' processes back to "
@@ -149,9 +139,7 @@ def main(argv=None) -> int:
         loop = r["mode"] if r["mode"] == "back to back" else f"paced ({a.gap_ms:g} ms sleep between runs)"
         lines.append(f"| {r['model']} | {loop} | {r['p50_ms_stop']:.3f} | {r['p50_ms_spin']:.3f} | "
                      f"{r['stop_vs_spin']:.3f}x | {min(r['pair_ratios']):.3f}-{max(r['pair_ratios']):.3f} |")
-    with open(outdir / "RESULTS.md", "a") as f:
-        f.write("\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record(Path(a.out), "deploy_spinning.json", out, lines)
     return 0
 
 

@@ -217,21 +217,10 @@ def main(argv=None) -> int:
                     help="CPU-bound processes to run beside two more timings (0: none)")
     ap.add_argument("--out", default=str(HERE))
     a = ap.parse_args(argv)
-    import onnxruntime as ort
-
-    from edgekit.hostinfo import cpu_info
-
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgekit-spin-") as d:
         out = _main(Path(d), a)
-    cpu = cpu_info()
-    out.update({"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": shlex.join(["python", "benchmarks/profile/spinning.py", *argv]),
-                "machine": f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores, ISA "
-                           f"{', '.join(cpu.get('isa', []))}; onnxruntime {ort.__version__}",
-                "seconds": round(time.perf_counter() - t0, 1)})
-    outdir = Path(a.out)
-    (outdir / "spinning.json").write_text(json.dumps(out, indent=1) + "\n")
+    out.update({**stamp("spinning.py", argv), "seconds": round(time.perf_counter() - t0, 1)})
     lines = [f"## {out['when']}: thread spinning and side-by-side timing (efficientnet-lite0, batch 1)", "",
              f"Command: `{out['command']}`  ", f"Machine: {out['machine']}. onnxruntime's default threads.", "",
              "| how it was timed | FP32 p50 ms | U8S8 QDQ p50 ms | INT8 / FP32 | CPU ms in the 100 ms after a run |",
@@ -240,10 +229,29 @@ def main(argv=None) -> int:
         idle = r.get("idle_cpu_ms_after_run")
         lines.append(f"| {r['mode']} | {r['p50_ms']['fp32']:.2f} | {r['p50_ms']['int8']:.2f} | "
                      f"{r['int8_vs_fp32']:.3f}x | {'' if idle is None else f'{idle:.1f}'} |")
+    record(Path(a.out), "spinning.json", out, lines)
+    return 0
+
+
+def stamp(script: str, argv) -> dict:
+    """when, command and machine of a run of benchmarks/profile/<script>."""
+    import onnxruntime as ort
+
+    from edgekit.hostinfo import cpu_info
+
+    cpu = cpu_info()
+    return {"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["python", f"benchmarks/profile/{script}", *argv]),
+            "machine": f"{cpu.get('model', 'unknown CPU')}, {cpu.get('cores', '?')} cores, ISA "
+                       f"{', '.join(cpu.get('isa', []))}; onnxruntime {ort.__version__}"}
+
+
+def record(outdir: Path, json_name: str, out: dict, lines: list) -> None:
+    """out as outdir/json_name, and the section's lines appended to outdir/RESULTS.md (and printed)."""
+    (outdir / json_name).write_text(json.dumps(out, indent=1) + "\n")
     with open(outdir / "RESULTS.md", "a") as f:
         f.write("\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
