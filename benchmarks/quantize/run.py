@@ -142,8 +142,12 @@ def _bench(name: str, out: Path, *, max_trials: int, runs: int, seconds: float, 
             "trials": len(rec["trials"]), "fp32_nodes": len(q.settings.get("exclude_nodes", [])),
             "speed_gate": {k: {kk: v.get(kk) for kk in ("fp32_ms", "int8_ms", "ratio", "passed")}
                            for k, v in rec["speed_gate"].items()},
+            # the timings behind each speed-up too (a trial's two session pairs, the runoff's), so a pick can be
+            # re-read from this file
             "trial_log": [{"name": t["name"], "phase": t["phase"], "metric": t["metric"], "speedup": t["speedup"],
-                           "fp32_nodes": len(t["fp32_nodes"]), "error": t["error"]} for t in rec["trials"]],
+                           "fp32_nodes": len(t["fp32_nodes"]), "error": t["error"],
+                           **{k: t[k] for k in ("speedup_range", "trial_speedup", "runoff_speedups", "timing_note")
+                              if t.get(k) is not None}} for t in rec["trials"]],
             "sensitivity_worst": rec.get("sensitivity", [])[:10],
             "variants": rows, "threads": threads_used(threads), "seconds": round(time.perf_counter() - t0, 1), "cpu": cpu_info()["model"],
             "eval_data": src.eval.source, "noise_floor": noise}
