@@ -13,6 +13,7 @@ from edgekit.dataset import Dataset
 from edgekit.evaluate import Evaluator
 from edgekit.quant import isa, static
 from edgekit.quant.spec import QuantSpec
+from edgekit.quant.tuning import RUNOFF_PAIRS
 from edgekit.source import SourceModel
 from edgekit.stages import quantize as stage
 
@@ -311,3 +312,21 @@ def test_trial_progress_names_the_model_it_is_measured_against(capsys, monkeypat
     assert fp32.endswith("1.50x FP32 speed (within tolerance)")
     # a distilled model's INT8 passes against the distilled model, which may itself be 4% below FP32
     assert distilled.endswith("1.50x model.distilled.onnx speed (within tolerance of model.distilled.onnx)")
+
+
+def test_the_manifest_records_the_runoff_that_chose_the_artifact(tmp_path):
+    # the trials and notes were written to the manifest before the runoff re-timed the contenders: its
+    # speed-ups and its note never reached manifest.json
+    p = outlier_mlp(tmp_path / "mlp.fp32.onnx")
+    data = Dataset({"x": np.random.default_rng(3).normal(size=(40, 16)).astype(np.float32)})
+    parent, ctx = _ctx(tmp_path, p, data, tol="100%")
+    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=True, activation_type="u8", weight_type="s8",
+                         max_trials=4, speed_gate=False)
+    stage.run(parent, ctx, cfg)
+    rec = ctx.manifest.quantization[parent.path]
+    retimed = [t for t in rec["trials"] if t.get("runoff_speedups")]
+    assert retimed, rec["trials"]
+    for t in retimed:
+        assert len(t["runoff_speedups"]) == RUNOFF_PAIRS and t["trial_speedup"] > 0
+        assert t["speedup"] == pytest.approx(np.median([t["trial_speedup"], *t["runoff_speedups"]]), rel=1e-3)
+    assert any("re-timed with" in n for n in rec["notes"]), rec["notes"]

@@ -184,9 +184,6 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
                     tuner.fallback(accurate.spec, sens_data)
         else:
             tuner.run_phase([spec], "fixed")
-        record["trials"] = [t.record() for t in tuner.trials]
-        record["sensitivity"] = tuner.sensitivity
-        record["notes"] += tuner.notes
         return _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -274,6 +271,10 @@ def _gate(src, path, ctx, feeds, cfg) -> dict:
 
 def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> Artifact:
     tuner.runoff()
+    # recorded after the runoff: its re-timed speed-ups and its note belong in the manifest
+    record["trials"] = [t.record() for t in tuner.trials]
+    record["sensitivity"] = tuner.sensitivity
+    record["notes"] += tuner.notes
     best = tuner.best()
     if best is None:
         from ..evaluate import clip
