@@ -247,7 +247,7 @@ def run_python(args, *, timeout: float = 600, cwd=None) -> subprocess.CompletedP
 
 
 def profile_emulated(models: dict, target, inputs, *, op_runs=3, warmup=5, min_runs=30, min_seconds=1.0,
-                     max_seconds=30.0, threads=None, batch=1) -> dict:
+                     max_seconds=30.0, threads=None, batch=1, settle=True) -> dict:
     """Run the device runner under qemu on all models (interleaved), and compare outputs with this host."""
     from .crosscheck import attach_comparison, feeds_npz, host_feeds, read_outputs, runner_labels
     from .runner import RUNNER_PATH
@@ -271,6 +271,8 @@ def profile_emulated(models: dict, target, inputs, *, op_runs=3, warmup=5, min_r
                 "--providers", json.dumps([{"name": n, "options": o} for n, o in target.providers])]
         if threads:
             args += ["--threads", str(threads)]
+        if not settle:
+            args.append("--no-settle")
         for m, label in alias.items():
             args += ["--model", f"{m}={os.path.abspath(todo[label])}"]
         t0 = time.monotonic()

@@ -45,7 +45,7 @@ def _no_numbers(status: str, reason: str) -> dict:
 
 def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, min_seconds=1.0,
                    max_seconds=30.0, op_profile=True, threads=None, batch=1, prepost=None,
-                   return_outputs=False, ssh=None) -> dict:
+                   return_outputs=False, ssh=None, settle=True) -> dict:
     """Measure models ({label: onnx path}) on one target, interleaved in one process.
 
     inputs: list of feed dicts (real data, cycled) or None to generate them from the models.
@@ -53,7 +53,7 @@ def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, 
     (see profile_prepost) to time end to end next to the model. return_outputs: include the
     outputs of the first input as "outputs" (numpy arrays; emulated and SSH targets always
     compare them with this host's and record "arm_vs_host"). ssh: edgekit.flash SshOptions for
-    ssh:// targets (default: the user's keys and known_hosts).
+    ssh:// targets (default: the user's keys and known_hosts). settle: see runner.bench_models.
     """
     from .targets import load_target
 
@@ -62,7 +62,7 @@ def profile_models(models: dict, target, *, inputs=None, warmup=5, min_runs=30, 
     models = {str(k): str(v) for k, v in models.items()}
     common = {"target": t.name, "emulated": t.emulated, "address": t.address, "arch": t.arch}
     kw = dict(warmup=warmup, min_runs=min_runs, min_seconds=min_seconds, max_seconds=max_seconds,
-              threads=threads, batch=batch)
+              threads=threads, batch=batch, settle=settle)
     if t.address == "local":
         if t.arch != host_arch():
             res = {k: _no_numbers("unavailable", f"target {t.name} is {t.arch}; this host is {host_arch()} "

@@ -72,7 +72,7 @@ _KILL = ("import os, signal, sys\nopen(sys.argv[1] + '.stop', 'w').close()\ntry:
 
 
 def profile_ssh(models: dict, target, inputs, *, ssh=None, op_runs=10, warmup=5, min_runs=30,
-                min_seconds=1.0, max_seconds=30.0, threads=None, batch=1) -> dict:
+                min_seconds=1.0, max_seconds=30.0, threads=None, batch=1, settle=True) -> dict:
     from .crosscheck import attach_comparison, feeds_npz, host_feeds, read_outputs, runner_labels
     from .flash.devices import parse_device
     from .flash.fleet import open_transport
@@ -108,6 +108,8 @@ def profile_ssh(models: dict, target, inputs, *, ssh=None, op_runs=10, warmup=5,
                 "--required", ",".join(target.required_providers), "--pid-file", pid_file]
         if threads:
             argv += ["--threads", str(threads)]
+        if not settle:
+            argv.append("--no-settle")
         for m, rpath in remote.items():
             argv += ["--model", f"{m}={rpath}"]
         step = "run"

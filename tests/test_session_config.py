@@ -90,16 +90,41 @@ def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow
         assert _idle_cpu_ms(s, feeds) < 5.0
 
 
-def test_one_model_timed_alone_keeps_spinning_as_a_deployed_loop_does_and_several_stop(tmp_path):
+def test_models_timed_alone_or_settled_keep_spinning_as_a_deployed_loop_does_and_the_gate_s_stop(tmp_path):
     from edgekit.runner.edgekit_runner import ALONE_CONFIG, bench_models
 
     a, b = scale_model(tmp_path / "a.onnx", 2.0), scale_model(tmp_path / "b.onnx", 3.0)
     kw = dict(threads=2, warmup=1, min_runs=3, min_seconds=0.0, op_runs=0)
     alone = bench_models({"a": str(a)}, **kw)["a"]
     both = bench_models({"a": str(a), "b": str(b)}, **kw)
+    stopped = bench_models({"a": str(a), "b": str(b)}, settle=False, **kw)
     assert alone["status"] == "ok" and alone["session_config"]["session.force_spinning_stop"] == "0"
     assert alone["session_config"]["session.set_denormal_as_zero"] == "1"
-    assert all(r["session_config"]["session.force_spinning_stop"] == "1" for r in both.values())
+    assert all(r["status"] == "ok" and r["runs"] >= 3 for r in both.values())
+    assert all(r["session_config"]["session.force_spinning_stop"] == "0" and r["settle"] for r in both.values())
+    assert all(r["session_config"]["session.set_denormal_as_zero"] == "1" for r in both.values())
+    assert all(r["session_config"]["session.force_spinning_stop"] == "1" and r["settle"] is False
+               for r in stopped.values())
     # the entry alone has its effect: the idle worker spins on after a run, as onnxruntime's default does
     feeds = {"x": np.ones(N, np.float32)}
     assert _idle_cpu_ms(open_session(a, threads=2, config=ALONE_CONFIG), feeds) > 10.0
+
+
+def test_a_settled_switch_waits_until_the_last_model_s_threads_stop_spinning(tmp_path):
+    import time
+
+    from edgekit.runner.edgekit_runner import ALONE_CONFIG, SETTLE_MAX_S, wait_idle
+
+    s = open_session(scale_model(tmp_path / "a.onnx", 2.0), threads=2, config=ALONE_CONFIG)
+    feeds = {"x": np.ones(N, np.float32)}
+    for _ in range(3):
+        s.run(None, feeds)
+    waited = wait_idle()
+    c = time.process_time()
+    time.sleep(0.05)
+    after = (time.process_time() - c) * 1e3
+    # the worker spun on after the run (tens of ms of CPU, test above): the wait saw it, and ended once it stopped
+    assert 0.01 < waited < SETTLE_MAX_S, waited
+    assert after < 5.0, after
+    # on a quiet process it returns after one window
+    assert wait_idle() < 0.01 + SETTLE_MAX_S / 10

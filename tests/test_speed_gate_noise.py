@@ -259,3 +259,25 @@ def test_on_a_busy_host_a_trial_is_re_timed_with_spinning_off_and_says_so(tmp_pa
     assert busy.speedup > 3.0, busy.info  # a tenth of the work, measured without spinning
     assert "timing_note" not in idle.record() and idle.speedup > 3.0
     assert SESSION_CONFIG == before
+
+
+def test_on_a_busy_host_the_runoff_is_re_timed_with_spinning_off_and_each_contender_says_so(tmp_path):
+    from edgekit.runner.edgekit_runner import SESSION_CONFIG
+    from edgekit.targets import load_target
+
+    before = dict(SESSION_CONFIG)
+    fp32 = matmul_chain(tmp_path / "fp32.onnx", 10, k=512)
+    slow = matmul_chain(tmp_path / "slow.onnx", 8, k=512)
+    fast = matmul_chain(tmp_path / "fast.onnx", 1, k=512)
+    tuner = _tuner(tmp_path, fp32, FEEDS)
+    tuner.target = load_target("x86-laptop")
+    tuner.trials = [_trial(slow, "slow", 0.99, 1.25), _trial(fast, "fast", 0.99, 10.0)]
+    with _busy_neighbours():
+        tuner.runoff()
+    for t in tuner.trials:
+        rec = t.record()
+        assert len(rec["runoff_speedups"]) == RUNOFF_PAIRS, rec
+        assert "re-timed with thread spinning off" in rec["runoff_timing_note"], rec
+        assert rec["runoff_host_other_cores"] >= timing.BUSY_CORES, rec
+    assert tuner.trials[1].speedup > 3.0 > tuner.trials[0].speedup, [t.speedup for t in tuner.trials]
+    assert SESSION_CONFIG == before

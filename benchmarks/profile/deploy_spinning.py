@@ -1,4 +1,5 @@
-"""What does stopping onnxruntime's thread spinning after each run cost a deployed model?
+"""What does stopping onnxruntime's thread spinning after each run cost a deployed model, and how close
+do models timed side by side (edgekit profile) come to it?
 
     python benchmarks/profile/deploy_spinning.py [--processes 6] [--seconds 2] [--gap-ms 5] [--out benchmarks/profile]
 
@@ -11,6 +12,11 @@ processes, with edgekit's config and with the same config but spinning left on a
   - back to back: Run() after Run(), the worst case for the stop (the threads had just gone to sleep);
   - paced: a `--gap-ms` sleep between runs (a frame-paced loop), where the default's threads may have
     stopped spinning on their own too.
+Then each model's FP32 and INT8 side by side in one fresh process, as `edgekit profile` times them
+(runner.bench_models), `--processes` times per setting, the settings' processes alternating:
+  - settled (edgekit's default): spinning left on, each switch waits for the idle model's threads;
+  - stopped (the speed gate's setting): every session stops its threads when a run returns;
+each p50 against the same model's deployed loop (alone, spinning left on, back to back) above.
 Models: zoo:digits-cnn (FP32 and onnxruntime's U8S8 QDQ, 0.2-0.5 ms: where a wake-up is a large share)
 and zoo:efficientnet-lite0 (FP32 and U8S8 QDQ, a few ms), batch 1, onnxruntime's default threads.
 Appends a section to RESULTS.md beside this file and writes deploy_spinning.json. Needs the
@@ -20,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,17 +65,40 @@ def timed(path: str, feeds_npz: str, seconds: float, stop: bool, gap_ms: float) 
 
 def per_model(path: str, feeds: dict, *, processes: int, seconds: float, gap_ms: float) -> dict:
     """{config: [each process's {mode: p50 ms}]}, the two configs' processes back to back, alternating."""
-    with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as d:
-        f = Path(d) / "feeds.npz"
-        np.savez(f, **feeds)
-        runs = {c: [] for c in CONFIGS}
-        for i in range(processes):
-            for c in (CONFIGS if i % 2 == 0 else CONFIGS[::-1]):
-                r = subprocess.run([sys.executable, __file__, "--timed", path, str(f), str(seconds),
-                                    "1" if c == CONFIGS[0] else "0", str(gap_ms)],
-                                   capture_output=True, text=True, check=True)
-                runs[c].append(json.loads(r.stdout))
-    return runs
+    from spinning import FEEDS, fresh_processes
+
+    return fresh_processes(__file__, {c: ["--timed", path, FEEDS, seconds, int(c == CONFIGS[0]), gap_ms]
+                                      for c in CONFIGS}, feeds, processes)
+
+
+SIDE = ("settled", "stopped")
+
+
+def side_by_side(paths: list, feeds_npz: str, seconds: float, settle: bool) -> dict:
+    """{path: p50 ms} of the models timed side by side in this (fresh) process by edgekit's profiler loop."""
+    from edgekit.runner.edgekit_runner import bench_models
+
+    with np.load(feeds_npz) as z:
+        feeds = {k: z[k] for k in z.files}
+    res = bench_models({p: p for p in paths}, [feeds], min_seconds=seconds, max_seconds=3 * seconds, op_runs=0,
+                       settle=settle)
+    return {p: r["p50_ms"] for p, r in res.items()}
+
+
+def side_rows(pair: str, fp32: str, int8: str, feeds: dict, alone: dict, *, processes: int, seconds: float) -> list:
+    """One row per setting: the pair's side-by-side p50s against their deployed loops' (alone: {path: p50})."""
+    from spinning import FEEDS, fresh_processes
+
+    runs = fresh_processes(__file__, {s: ["--side", s, fp32, int8, FEEDS, seconds] for s in SIDE}, feeds, processes)
+    rows = []
+    for s in SIDE:
+        p50 = {k: float(np.median([r[p] for r in runs[s]])) for k, p in (("fp32", fp32), ("int8", int8))}
+        ref = {"fp32": alone[fp32], "int8": alone[int8]}
+        rows.append({"model": pair, "setting": s, "p50_ms": p50, "alone_p50_ms": ref,
+                     "vs_alone": {k: p50[k] / ref[k] for k in p50}, "int8_vs_fp32": p50["int8"] / p50["fp32"],
+                     "alone_int8_vs_fp32": ref["int8"] / ref["fp32"],
+                     "per_process_ms": {k: [round(r[p], 4) for r in runs[s]] for k, p in (("fp32", fp32), ("int8", int8))}})
+    return rows
 
 
 def _models(work: Path) -> dict:
@@ -107,6 +135,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["--timed"]:
         print(json.dumps(timed(argv[1], argv[2], float(argv[3]), argv[4] == "1", float(argv[5]))))
         return 0
+    if argv[:1] == ["--side"]:
+        print(json.dumps(side_by_side(argv[2:4], argv[4], float(argv[5]), argv[1] == SIDE[0])))
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--processes", type=int, default=6, help="fresh processes per model and config")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing per process and mode")
@@ -116,9 +147,10 @@ def main(argv=None) -> int:
     from spinning import record, stamp
 
     t0 = time.perf_counter()
-    rows = []
+    rows, side, deployed = [], [], {}
     with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as d:
-        for label, (path, feeds) in _models(Path(d)).items():
+        models = _models(Path(d))
+        for label, (path, feeds) in models.items():
             runs = per_model(str(path), feeds, processes=a.processes, seconds=a.seconds, gap_ms=a.gap_ms)
             for mode in ("back to back", "paced"):
                 stop = [r[mode] for r in runs[CONFIGS[0]]]
@@ -127,8 +159,12 @@ def main(argv=None) -> int:
                 rows.append({"model": label, "mode": mode, "p50_ms_stop": float(np.median(stop)),
                              "p50_ms_spin": float(np.median(spin)), "stop_vs_spin": float(np.median(ratios)),
                              "pair_ratios": [round(r, 4) for r in ratios]})
+            deployed[str(path)] = rows[-2]["p50_ms_spin"]  # back to back, spinning left on
+        for pair in dict.fromkeys(k.split()[0] for k in models):
+            (fp32, feeds), (int8, _) = models[f"{pair} FP32"], models[f"{pair} U8S8 QDQ"]
+            side += side_rows(pair, str(fp32), str(int8), feeds, deployed, processes=a.processes, seconds=a.seconds)
     out = {**stamp("deploy_spinning.py", argv), "processes": a.processes, "gap_ms": a.gap_ms, "rows": rows,
-           "seconds": round(time.perf_counter() - t0, 1)}
+           "side_by_side": side, "seconds": round(time.perf_counter() - t0, 1)}
     lines = [f"## {out['when']}: the deployed cost of stopping thread spinning after each run (batch 1)", "",
              f"Command: `{out['command']}`  ", f"Machine: {out['machine']}. onnxruntime's default threads; "
              f"each model alone in {a.processes} fresh processes per config, the two configs' processes back to "
@@ -139,6 +175,14 @@ def main(argv=None) -> int:
         loop = r["mode"] if r["mode"] == "back to back" else f"paced ({a.gap_ms:g} ms sleep between runs)"
         lines.append(f"| {r['model']} | {loop} | {r['p50_ms_stop']:.3f} | {r['p50_ms_spin']:.3f} | "
                      f"{r['stop_vs_spin']:.3f}x | {min(r['pair_ratios']):.3f}-{max(r['pair_ratios']):.3f} |")
+    lines += ["", f"Side by side (FP32 and INT8 in one fresh process, runner.bench_models, {a.processes} processes per "
+              "setting) against the deployed loop (alone, spinning left on, back to back; the table above):", "",
+              "| model | setting | FP32 p50 ms | vs deployed | INT8 p50 ms | vs deployed | INT8 / FP32 | deployed INT8 / FP32 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in side:
+        lines.append(f"| {r['model']} | {r['setting']} | {r['p50_ms']['fp32']:.3f} | {r['vs_alone']['fp32']:.3f}x | "
+                     f"{r['p50_ms']['int8']:.3f} | {r['vs_alone']['int8']:.3f}x | {r['int8_vs_fp32']:.3f}x | "
+                     f"{r['alone_int8_vs_fp32']:.3f}x |")
     record(Path(a.out), "deploy_spinning.json", out, lines)
     return 0
 

@@ -65,19 +65,31 @@ def alone(path: str, feeds_npz: str, seconds: float, threads=None) -> float:
     return float(np.median(t)) * 1e3
 
 
-def alone_p50(models: dict, feeds: dict, *, processes: int, seconds: float, threads=None) -> dict:
-    """{label: (median of the per-process p50s, [each process's p50])}: every model alone in `processes`
-    fresh processes, run one after another in alternating order (a process's own layout and thread
-    placement moved EfficientNet-Lite0 FP32 between 3.8 and 5.7 ms, so one process is not a timing)."""
-    with tempfile.TemporaryDirectory(prefix="edgekit-alone-") as d:
+FEEDS = object()  # stands for the feeds file in fresh_processes' arguments
+
+
+def fresh_processes(script, jobs: dict, feeds: dict, processes: int) -> dict:
+    """{label: [each process's JSON output]}: `python script *jobs[label]` once per label in each of
+    `processes` rounds, one process after another, the order alternating round by round; FEEDS in the
+    arguments is a temporary .npz of feeds. A process's own layout and thread placement moved
+    EfficientNet-Lite0 FP32 between 3.8 and 5.7 ms, so one process is not a timing."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-fresh-") as d:
         f = Path(d) / "feeds.npz"
         np.savez(f, **feeds)
-        runs = {k: [] for k in models}
+        runs = {k: [] for k in jobs}
         for i in range(processes):
-            for k in (list(models) if i % 2 == 0 else list(models)[::-1]):
-                r = subprocess.run([sys.executable, __file__, "--alone", str(models[k]), str(f), str(seconds),
-                                    str(threads or 0)], capture_output=True, text=True, check=True)
-                runs[k].append(float(r.stdout))
+            for k in (list(jobs) if i % 2 == 0 else list(jobs)[::-1]):
+                args = [str(f) if x is FEEDS else str(x) for x in jobs[k]]
+                r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+                runs[k].append(json.loads(r.stdout))
+    return runs
+
+
+def alone_p50(models: dict, feeds: dict, *, processes: int, seconds: float, threads=None) -> dict:
+    """{label: (median of the per-process p50s, [each process's p50])}: every model alone in `processes`
+    fresh processes (fresh_processes)."""
+    runs = fresh_processes(__file__, {k: ["--alone", p, FEEDS, seconds, threads or 0] for k, p in models.items()},
+                           feeds, processes)
     return {k: (float(np.median(v)), v) for k, v in runs.items()}
 
 

@@ -152,6 +152,7 @@ def _main(work: Path, argv=None) -> int:
     out = {"when": when, "command": cmd, "machine": machine, "batch": 1,
            "rows": rows, "per_kind": kinds, "convs_matched": matched, "seconds": round(time.perf_counter() - t0, 1)}
     outdir = Path(a.out)
+    outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "int8_ceiling.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = [f"## {when}: INT8 speed ceiling (efficientnet-lite0)", "",
              f"Command: `{cmd}`  ",

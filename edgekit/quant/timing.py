@@ -88,8 +88,10 @@ def measure(paths: dict, target, feeds: dict, *, min_runs: int = 20, min_seconds
     except ImportError:
         profile_models = None
     if profile_models is not None and target is not None:
+        # settle=False: every session stops spinning when a run returns, the setting the gate's noise and
+        # margins were measured with (a deployed-like profile waits up to SETTLE_MAX_S at every switch)
         res = profile_models(dict(paths), target, inputs=[feeds], min_runs=min_runs, min_seconds=min_seconds,
-                             op_profile=op_profile)
+                             op_profile=op_profile, settle=False)
         return {k: dict(v) for k, v in res.items()}
     from .isa import target_facts
 

@@ -104,6 +104,9 @@ class Trial:
         if self.info.get("runoff_speedups"):  # re-timed before the pick: speedup is the median of all
             rec["runoff_speedups"] = self.info["runoff_speedups"]
             rec["trial_speedup"] = self.info.get("trial_speedup")
+            if self.info.get("runoff_timing_note"):
+                rec["runoff_timing_note"] = self.info["runoff_timing_note"]
+                rec["runoff_host_other_cores"] = self.info.get("runoff_host_other_cores")
         if self.info.get("timing_note"):  # re-timed with spinning off: the host was busy
             rec["timing_note"] = self.info["timing_note"]
             rec["host_other_cores"] = self.info.get("host_other_cores")
@@ -430,11 +433,13 @@ class Tuner:
                           f"{RUNOFF_PAIRS} more session pairs each before the pick (speedup: the median of all)")
         for members in top:
             rep = max(members, key=lambda t: (t.metric if t.metric is not None else float("-inf")))
-            chunks = self._session_pairs(rep.path, RUNOFF_PAIRS).chunks
-            more = [1.0 / r for r in order_balanced_ratios(chunks, "int8", "fp32") if r]
+            timed = self._session_pairs(rep.path, RUNOFF_PAIRS)
+            more = [1.0 / r for r in order_balanced_ratios(timed.chunks, "int8", "fp32") if r]
             if not more:
                 continue
             for t in members:
+                if timed.note:  # its runoff pairs were re-timed with spinning off: the host was busy
+                    t.info.update(runoff_timing_note=timed.note, runoff_host_other_cores=round(timed.busy, 3))
                 t.info["runoff_speedups"] = [round(v, 4) for v in more]
                 t.info["trial_speedup"] = t.speedup
                 t.speedup = statistics.median([t.speedup, *more])

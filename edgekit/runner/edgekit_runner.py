@@ -9,7 +9,7 @@ Numba when present) only then.
 
     bench    --model [LABEL=]M ... [--inputs X.npz] [--batch N] [--threads N] [--warmup N]
              [--min-runs N --min-seconds S --max-seconds S | --runs N] [--op-runs N]
-             [--providers JSON] [--outputs OUT.npz] [--pid-file F]
+             [--providers JSON] [--outputs OUT.npz] [--pid-file F] [--no-settle]
              X.npz keys NAME feed every model; keys LABEL::NAME feed model LABEL (others generate theirs)
     run      (--model M | --bundle DIR) [--inputs X.npz] --out Y.npz [--no-prepost]
              every sample of X; a bundle's pre/post steps (bundle.json "prepost") applied unless --no-prepost
@@ -17,13 +17,16 @@ Numba when present) only then.
     warmup   --bundle DIR [--op OP ...]   compile the bundle's pre/post kernels into the cache `run --bundle DIR` uses
 
 Several --model are timed interleaved (round-robin in short blocks, alternating who goes first) so
-that a busy machine slows them alike and their ratio stays meaningful.
+that a busy machine slows them alike and their ratio stays meaningful. Their threads spin after a run
+as a deployed model's do, and each switch first waits until the idle models' threads have stopped
+(--no-settle: every session stops them when a run returns instead).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -602,31 +605,60 @@ def op_profile(path, feeds: dict, *, providers=None, threads=None, runs: int = 1
 # ---------------------------------------------------------------- interleaved timing
 
 BLOCK_RUNS = 5  # timed runs of one model in a row, after one untimed run on each switch
+# With settle: the slowest model's block lasts about this long, as each switch first waits for the idle ones' threads
+SETTLE_BLOCK_S = 0.05
+SETTLE_MAX_S = 0.25  # the longest wait for them; a window with under a quarter of its time in CPU is quiet
+SETTLE_WINDOW_S = 0.005
 
 
-def timed_loop(fns: dict, *, warmup=5, min_runs=30, min_seconds=1.0, max_seconds=30.0) -> dict:
+def wait_idle(max_s: float = SETTLE_MAX_S, window: float = SETTLE_WINDOW_S) -> float:
+    """Sleep until no thread of this process used CPU for a `window` (the thread pools of the sessions
+    that just ran have stopped spin-waiting), at most max_s; returns the seconds waited."""
+    clock = time.perf_counter
+    t0 = clock()
+    while clock() - t0 < max_s:
+        c0 = time.process_time()  # every thread of the process
+        time.sleep(window)
+        if time.process_time() - c0 < window / 4:
+            break
+    return clock() - t0
+
+
+def timed_loop(fns: dict, *, warmup=5, min_runs=30, min_seconds=1.0, max_seconds=30.0, settle=False) -> dict:
     """Call fns[label](i) in blocks, round-robin, until every label has min_runs timed runs and
     min_seconds passed (or max_seconds).
 
     Each block is one untimed run and BLOCK_RUNS timed ones: run by run, a small model always ran on
     the caches a big one had just flushed (mlp_dyn next to a 40 MB Linear: p50 0.095 ms against
     0.021 ms alone). Blocks still alternate who goes first, so a busy machine slows them alike.
+    settle: the sessions keep their threads spinning after a run (as deployed); each switch then first
+    waits until the last model's threads have stopped (wait_idle), and blocks are long enough for the
+    slowest model's to last SETTLE_BLOCK_S (by its last warm-up run), the same run count for all.
     """
     labels = list(fns)
+    clock = time.perf_counter
+    slowest = 0.0
     for i in range(warmup):
         for k in labels:
+            t0 = clock()
             fns[k](i)
+            slowest = max(slowest, clock() - t0) if i == warmup - 1 else slowest
     times = {k: [] for k in labels}
-    clock = time.perf_counter
     t_start = clock()
     switch = len(labels) > 1
+    # settled blocks: one run count for every model (equal turns), so that the slowest one's lasts SETTLE_BLOCK_S
+    runs_per_block = BLOCK_RUNS
+    if settle and switch and slowest > 0:
+        runs_per_block = max(BLOCK_RUNS, min(1000, math.ceil(SETTLE_BLOCK_S / slowest)))
     r = 0
     while True:
         for k in (labels if r % 2 == 0 else labels[::-1]):  # alternate who goes first
             n = len(times[k])
             if switch:
-                fns[k](n)  # refills the caches the other models evicted
-            block = min(BLOCK_RUNS, min_runs - n) if n < min_runs else BLOCK_RUNS  # --runs N: exactly N
+                if settle:
+                    wait_idle()
+                fns[k](n)  # refills the caches the other models evicted (and wakes this model's threads)
+            block = min(runs_per_block, min_runs - n) if n < min_runs else runs_per_block  # --runs N: exactly N
             for j in range(n, n + block):
                 t0 = clock()
                 fns[k](j)
@@ -641,12 +673,15 @@ def timed_loop(fns: dict, *, warmup=5, min_runs=30, min_seconds=1.0, max_seconds
 
 def bench_models(models: dict, inputs=None, *, providers=None, required=None, threads=None, batch=1,
                  warmup=5, min_runs=30, min_seconds=1.0, max_seconds=30.0, op_runs=10,
-                 keep_outputs=False) -> dict:
+                 keep_outputs=False, settle=True) -> dict:
     """Measure several ONNX models interleaved in this process: {label: measurement or status}.
 
     inputs: list of feed dicts (cycled through), or {label: list of feed dicts} when the models take
     different inputs, or None to generate them per model (as for a label missing from the dict).
     providers: [(name, options)] in preference order; required: names that must be active.
+    settle: several models keep spinning after a run, as deployed, and each switch waits for the idle
+    ones' threads (timed_loop); False stops every session's spinning when a run returns instead (the
+    speed gate's and tuning's setting, whose statistics were measured with it).
     """
     import onnxruntime as ort
 
@@ -665,8 +700,12 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
     colds = cold_starts(models, usable, threads, inputs, batch)
     # one model timed alone keeps onnxruntime's spinning after each run, as a deployed loop with default
     # options runs it: stopping it cost sub-millisecond models 8-16% there and a 4 ms one 0-2%
-    # (benchmarks/profile/deploy_spinning.py). With several sessions alive it must stop (SESSION_CONFIG).
-    config = ALONE_CONFIG if len(models) == 1 else None
+    # (benchmarks/profile/deploy_spinning.py). Several do too when each switch waits for the last one's
+    # threads to stop (settle): left spinning without that wait, an idle model's threads slowed the one
+    # being timed 1.4-2.2x (spinning.py); stopped after every run, digits-cnn's FP32 and INT8 read 12-13%
+    # above their deployed loops side by side, settled 1.5-7% below (deploy_spinning.py, 23:52).
+    settle = bool(settle) and len(models) > 1
+    config = ALONE_CONFIG if len(models) == 1 or settle else None
     for label, path in models.items():
         try:
             rss0 = settled_rss_mb()
@@ -703,7 +742,9 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
     if sess:
         fns = {k: (lambda i, s=s, fl=feeds[k]: s.run(None, fl[i % len(fl)])) for k, s in sess.items()}
         times = timed_loop(fns, warmup=warmup, min_runs=min_runs, min_seconds=min_seconds,
-                           max_seconds=max_seconds)
+                           max_seconds=max_seconds, settle=settle)
+        if settle:
+            wait_idle()  # the last model's threads, before the per-operator profiles
         peak = peak_rss_mb()
         for k, t in times.items():
             res[k].update(summarize(t, batches[k]))
@@ -730,6 +771,8 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
         res[k]["batch"] = batches[k]  # what ran, not what was asked: a fixed-batch model runs its own
         res[k]["onnxruntime"] = ort.__version__
         res[k]["session_config"] = {**SESSION_CONFIG, **(config or {})}
+        if len(sess) > 1:
+            res[k]["settle"] = settle
         res[k]["machine"] = platform.machine()
         res[k]["device_cpu"] = cpu_model()
     return res
@@ -878,7 +921,8 @@ def cmd_bench(a) -> int:
     required = a.required.split(",") if a.required else None
     res = bench_models(models, inputs, providers=providers, required=required, threads=a.threads,
                        batch=a.batch, warmup=a.warmup, min_runs=a.min_runs, min_seconds=a.min_seconds,
-                       max_seconds=a.max_seconds, op_runs=a.op_runs, keep_outputs=bool(a.outputs))
+                       max_seconds=a.max_seconds, op_runs=a.op_runs, keep_outputs=bool(a.outputs),
+                       settle=not a.no_settle)
     if a.outputs:
         # tensors only: a sequence of maps (ZipMap) would be pickled, which no reader loads
         flat = {f"{k}::{n}": v for k, r in res.items() for n, v in r.pop("_outputs", {}).items()
@@ -1285,6 +1329,8 @@ def main(argv=None) -> int:
     b.add_argument("--keep-nodes", action="store_true", help="include per-node times")
     b.add_argument("--always-dict", action="store_true", help="{results: {label: ...}} even for one model")
     b.add_argument("--pid-file", help="write this process's id here (so a caller can stop it from another session)")
+    b.add_argument("--no-settle", action="store_true", help="several models: stop each session's threads when a "
+                   "run returns, instead of leaving them spinning and waiting for them at each switch")
     r = sub.add_parser(
         "run", help="run a model on every sample of --inputs and save the outputs",
         description="Run every sample (leading axis) of --inputs and save one result row per sample. "
