@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -649,7 +648,7 @@ def timed_loop(fns: dict, *, warmup=5, min_runs=30, min_seconds=1.0, max_seconds
     # settled blocks: one run count for every model (equal turns), so that the slowest one's lasts SETTLE_BLOCK_S
     runs_per_block = BLOCK_RUNS
     if settle and switch and slowest > 0:
-        runs_per_block = max(BLOCK_RUNS, min(1000, math.ceil(SETTLE_BLOCK_S / slowest)))
+        runs_per_block = max(BLOCK_RUNS, min(1000, int(-(-SETTLE_BLOCK_S // slowest))))
     r = 0
     while True:
         for k in (labels if r % 2 == 0 else labels[::-1]):  # alternate who goes first
