@@ -90,14 +90,16 @@ def side_rows(pair: str, fp32: str, int8: str, feeds: dict, alone: dict, *, proc
     from spinning import FEEDS, fresh_processes
 
     runs = fresh_processes(__file__, {s: ["--side", s, fp32, int8, FEEDS, seconds] for s in SIDE}, feeds, processes)
+    paths = {"fp32": fp32, "int8": int8}
+    ref = {k: alone[p] for k, p in paths.items()}
     rows = []
     for s in SIDE:
-        p50 = {k: float(np.median([r[p] for r in runs[s]])) for k, p in (("fp32", fp32), ("int8", int8))}
-        ref = {"fp32": alone[fp32], "int8": alone[int8]}
+        per_process = {k: [r[p] for r in runs[s]] for k, p in paths.items()}
+        p50 = {k: float(np.median(v)) for k, v in per_process.items()}
         rows.append({"model": pair, "setting": s, "p50_ms": p50, "alone_p50_ms": ref,
                      "vs_alone": {k: p50[k] / ref[k] for k in p50}, "int8_vs_fp32": p50["int8"] / p50["fp32"],
                      "alone_int8_vs_fp32": ref["int8"] / ref["fp32"],
-                     "per_process_ms": {k: [round(r[p], 4) for r in runs[s]] for k, p in (("fp32", fp32), ("int8", int8))}})
+                     "per_process_ms": {k: [round(t, 4) for t in v] for k, v in per_process.items()}})
     return rows
 
 
@@ -159,7 +161,8 @@ def main(argv=None) -> int:
                 rows.append({"model": label, "mode": mode, "p50_ms_stop": float(np.median(stop)),
                              "p50_ms_spin": float(np.median(spin)), "stop_vs_spin": float(np.median(ratios)),
                              "pair_ratios": [round(r, 4) for r in ratios]})
-            deployed[str(path)] = rows[-2]["p50_ms_spin"]  # back to back, spinning left on
+                if mode == "back to back":  # the deployed loop the side-by-side rows compare with
+                    deployed[str(path)] = rows[-1]["p50_ms_spin"]
         for pair in dict.fromkeys(k.split()[0] for k in models):
             (fp32, feeds), (int8, _) = models[f"{pair} FP32"], models[f"{pair} U8S8 QDQ"]
             side += side_rows(pair, str(fp32), str(int8), feeds, deployed, processes=a.processes, seconds=a.seconds)

@@ -636,12 +636,13 @@ def timed_loop(fns: dict, *, warmup=5, min_runs=30, min_seconds=1.0, max_seconds
     """
     labels = list(fns)
     clock = time.perf_counter
-    slowest = 0.0
+    slowest = 0.0  # the longest run of the last warm-up round
     for i in range(warmup):
         for k in labels:
             t0 = clock()
             fns[k](i)
-            slowest = max(slowest, clock() - t0) if i == warmup - 1 else slowest
+            if i == warmup - 1:
+                slowest = max(slowest, clock() - t0)
     times = {k: [] for k in labels}
     t_start = clock()
     switch = len(labels) > 1
