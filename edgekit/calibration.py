@@ -242,23 +242,31 @@ def _fmt_shape(shape) -> str:
 
 
 def _check_labels(where: str, y, n: int):
-    """(class indices as int64, None) or, for a 'y' that holds no class indices (float targets, several
-    columns), (None, the one-line reason): whether that is an error depends on the task, applied after the
-    data is read (loader.check_label_kind), since a regression's labels are unused."""
+    """(class indices as int64, None, None) or, for a 'y' that holds no class indices (float targets, several
+    columns), (None, the one-line reason, None): whether that is an error depends on the task, applied after
+    the data is read (loader.check_label_kind), since a regression's labels are unused. Integer labels of
+    shape [N, d1, ...] come back third, as int64: one class per position, which only --task segmentation
+    uses (loader.check_label_kind hands them over)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(y) != n:
         raise CalibrationError(f"{where}: {len(y)} labels in '{LABEL_KEY}' for {n} samples")
     if y.ndim != 1:
-        return None, f"{where}: labels '{LABEL_KEY}' must be 1-D class indices, got shape {y.shape}"
+        problem = f"{where}: labels '{LABEL_KEY}' must be 1-D class indices, got shape {y.shape}"
+        integral = y.dtype.kind in "iu" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y)))
+                                            and bool(np.all(y == np.round(y))))
+        if not integral:
+            return None, problem, None
+        _check_int64(where, y.reshape(-1))
+        return None, problem, y.astype(np.int64)
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             return None, f"{where}: labels '{LABEL_KEY}' must be integer class indices"
     elif y.dtype.kind not in "iu":
         return None, f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers"
     _check_int64(where, y)
-    return y.astype(np.int64), None
+    return y.astype(np.int64), None, None
 
 
 def _check_int64(where: str, y: np.ndarray):
@@ -301,17 +309,18 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
     n = next(iter(lens.values()))
     if n == 0:
         raise CalibrationError(f"{where}: contains no samples")
-    y, problem = _check_labels(where, labels, n) if labels is not None else (None, None)
+    y, problem, dense = _check_labels(where, labels, n) if labels is not None else (None, None, None)
     if limit is not None and limit < n:
         checked = {k: (a.head(limit) if isinstance(a, LazyArray) else a[:limit]) for k, a in checked.items()}
         y = None if y is None else y[:limit]
+        dense = None if dense is None else dense[:limit]
     # keep the model's input order, so positional feeds line up
     order = [s.name for s in specs] if specs else list(checked)
     extra = dict(extra or {})
     batch = _model_batch(specs)
     if batch:  # what the data will run in: data_size counts the samples calibration really uses
         extra["model_batch"] = batch
-    return Dataset({k: checked[k] for k in order}, y, source, extra, label_problem=problem)
+    return Dataset({k: checked[k] for k in order}, y, source, extra, label_problem=problem, dense_labels=dense)
 
 
 def _model_batch(specs) -> int | None:

@@ -21,6 +21,9 @@ class Dataset:
     # why the file's labels 'y' are not class indices (float targets, several columns), labels then None:
     # refused for a classifier once the task is known, unused otherwise
     label_problem: str | None = None
+    # integer labels of shape [N, d1, ...] (one class per position), held aside with label_problem set until
+    # --task segmentation makes them the labels (loader.check_label_kind)
+    dense_labels: np.ndarray | None = None
 
     def __post_init__(self):
         lens = {k: len(v) for k, v in self.inputs.items()}
@@ -54,7 +57,8 @@ class Dataset:
     def take(self, n: int) -> "Dataset":
         n = min(n, len(self))
         return Dataset({k: np.asarray(v[:n]) for k, v in self.inputs.items()},
-                       None if self.labels is None else np.asarray(self.labels[:n]), self.source, dict(self.extra))
+                       None if self.labels is None else np.asarray(self.labels[:n]), self.source, dict(self.extra),
+                       self.label_problem, None if self.dense_labels is None else self.dense_labels[:n])
 
     def subset(self, idx, source: str) -> "Dataset":
         """The rows idx as a view: nothing is copied until a batch asks for its rows, so a memory-mapped
@@ -63,7 +67,8 @@ class Dataset:
 
         idx = np.asarray(idx, np.intp)
         return Dataset({k: row_view(v, idx) for k, v in self.inputs.items()},
-                       None if self.labels is None else np.asarray(self.labels)[idx], source, dict(self.extra))
+                       None if self.labels is None else np.asarray(self.labels)[idx], source, dict(self.extra),
+                       self.label_problem, None if self.dense_labels is None else self.dense_labels[idx])
 
     def sample(self, index: int) -> dict:
         return {k: np.asarray(v[index:index + 1]) for k, v in self.inputs.items()}

@@ -4,7 +4,8 @@ With labels: top-1 accuracy. Without: fidelity to the FP32 model's outputs on th
 same inputs — top-1 agreement for classifiers, R^2 (clipped to [0, 1]) for one value per
 sample, the mean over targets of each target's R^2 (each clipped to [0, 1]) for a regression of C values
 per sample (--task regression), mean cosine similarity for embeddings and anything else (flattened per
-sample). A model
+sample). --task segmentation scores class scores [N, C, d1, ...] per position (argmax over axis 1): pixel
+accuracy against labels [N, d1, ...] (a negative label is not scored), else pixel agreement with FP32. A model
 with several outputs: without labels, "fidelity_min", the lowest fidelity over them (each in
 metrics["per_output"]); with labels, accuracy on the first and each other output's fidelity to FP32 in
 metrics["other_outputs_fidelity"], which tuning holds to the same tolerance.
@@ -19,13 +20,21 @@ from .fsutil import per_file_version
 from .onnxutil import ort_load_problem, run_batches, session
 
 
+# tasks whose labels 'y' are scored: class indices per sample, or per position (segmentation)
+LABELLED_TASKS = ("classification", "segmentation")
+
+
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
     if labelled and task == "classification":
         return "accuracy"
+    if labelled and task == "segmentation":
+        return "pixel_accuracy"
     if outputs > 1:
         return "fidelity_min"  # the lowest of each output's own fidelity (per_output)
     if task == "classification":
         return "top1_agreement"
+    if task == "segmentation":
+        return "pixel_agreement"
     if task == "embedding":
         return "cosine"
     if task == "regression":
@@ -47,10 +56,39 @@ def check_labels(labels, n_classes: int, where: str) -> None:
                                "out of range")
 
 
+def check_dense_labels(labels, out_shape, where: str) -> None:
+    """Segmentation labels [N, d1, ...] must match the scores [N, C, d1, ...] position for position and
+    index their C classes (a negative label marks a position that is not scored)."""
+    y = np.asarray(labels)
+    shape = tuple(out_shape)
+    if len(shape) < 3 or shape[1] < 2:
+        raise CalibrationError(f"{where}: per-position labels need class scores [N, C, d1, ...] with C >= 2; the "
+                               f"model's first output is {list(shape)}")
+    if y.shape[1:] != shape[2:]:
+        raise CalibrationError(f"{where}: labels 'y' have shape {list(y.shape)}, expected [N, "
+                               f"{', '.join(map(str, shape[2:]))}] to match the class scores {list(shape)}")
+    n_classes = int(shape[1])
+    bad = y >= n_classes
+    if bad.any():
+        i = int(np.argmax(bad.reshape(len(y), -1).any(1)))
+        raise CalibrationError(f"{where}: label {int(y.reshape(-1)[int(np.argmax(bad))])} (sample {i}) is not a class "
+                               f"index in [0, {n_classes}) for the model's {n_classes}-class scores; "
+                               f"{int(bad.sum())} of {y.size} labels are out of range (negative ones are not scored)")
+    if not (y >= 0).any():
+        raise CalibrationError(f"{where}: every label in 'y' is negative (not scored): nothing to score")
+
+
+def _check_any_labels(task: str, labels, first, where: str) -> None:
+    if task == "segmentation":
+        check_dense_labels(labels, first.shape, where)
+    else:
+        check_labels(labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1, where)
+
+
 def check_training_labels(source, ds) -> None:
     """--train labels must index the PyTorch model's classes too, checked before any work as --eval's
     are: cross-entropy failed mid-run, after pruning, with "IndexError: Target 7 is out of bounds"."""
-    if ds is None or ds.labels is None or source.kind != "torch" or source.task != "classification":
+    if ds is None or ds.labels is None or source.kind != "torch" or source.task not in LABELLED_TASKS:
         return
     import torch
 
@@ -59,7 +97,24 @@ def check_training_labels(source, ds) -> None:
     feeds = ds.take(1).inputs
     with torch.no_grad():
         out = first_tensor(source.module(*[torch.from_numpy(np.array(feeds[s.name])) for s in source.inputs]))
-    check_labels(ds.labels, int(np.prod(out.shape[1:])) if out.ndim > 1 else 1, ds.source or "training data")
+    _check_any_labels(source.task, ds.labels, out, ds.source or "training data")
+
+
+def dense_argmax(out) -> np.ndarray:
+    """The class per position of scores [N, C, d1, ...]."""
+    return np.asarray(out).argmax(1)
+
+
+def pixel_accuracy(out, labels) -> float:
+    """Share of scored positions (label >= 0) whose argmax class is the label."""
+    y = np.asarray(labels)
+    keep = y >= 0
+    return float(np.sum((dense_argmax(out) == y) & keep) / max(int(keep.sum()), 1))
+
+
+def pixel_agreement(out, ref) -> float:
+    """Share of positions whose argmax class is FP32's."""
+    return float(np.mean(dense_argmax(out) == dense_argmax(ref)))
 
 
 def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
@@ -68,6 +123,8 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
     out = np.asarray(outputs[0])
     if labels is not None and task == "classification":
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
+    if labels is not None and task == "segmentation":
+        return pixel_accuracy(out, labels)
     if reference is None:
         raise ValueError("unlabelled evaluation needs reference outputs")
     return min(v for v in per_output(outputs, task, reference) if v is not None)
@@ -85,6 +142,8 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(None if j else 0.0)
         elif j == 0 and task == "classification":
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
+        elif j == 0 and task == "segmentation" and o.ndim >= 3:
+            vals.append(pixel_agreement(o, r))
         elif j == 0 and task == "regression":
             vals.append(mean_r2_fidelity(o, r))
         else:
@@ -199,7 +258,7 @@ class Evaluator:
         self.deploy_batch = deploy_batch
         # quantized graphs run unoptimised: QDQ as exact float arithmetic, as a GPU target runs it
         self.simulate_qdq = False
-        self.labelled = eval_ds.labels is not None and task == "classification"
+        self.labelled = eval_ds.labels is not None and task in LABELLED_TASKS
         self._refs = {}  # batch size -> FP32 reference outputs
         self._labels_checked = False
         self._outputs = 1  # known after the first call; names the metric (fidelity_min over several)
@@ -256,9 +315,7 @@ class Evaluator:
             raise CalibrationError(f"{self.ds.source or 'eval data'}: {Path(path).name} cannot run on this data: "
                                    f"{clip(msg, 300)}") from None
         if self.labelled and not self._labels_checked:
-            first = np.asarray(out[0])
-            check_labels(self.ds.labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1,
-                         self.ds.source or "eval data")
+            _check_any_labels(self.task, self.ds.labels, np.asarray(out[0]), self.ds.source or "eval data")
             self._labels_checked = True
         batch = self.batch_for(path)
         ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)

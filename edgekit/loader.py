@@ -148,7 +148,7 @@ def classifier_output(model) -> bool:
 
 
 # --task: "auto" keeps the guess from the first output's shape (class scores when float [N, C], C >= 2)
-TASK_CHOICES = ("auto", "classification", "regression", "embedding")
+TASK_CHOICES = ("auto", "classification", "regression", "embedding", "segmentation")
 
 
 def apply_task(src: SourceModel, task: str | None) -> SourceModel:
@@ -186,6 +186,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     """Labels 'y' that are not class indices (float regression targets, several columns per sample) are
     refused for a classifier, with the reason read_dataset found; for any other task they are unused, as
     integer labels are: the note saying so, else None."""
+    if src.task == "segmentation":
+        take_dense_labels(*datasets)
     bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
     if not bad:
         return None
@@ -195,17 +197,46 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
         raise CalibrationError(bad[0].label_problem)
     files = ", ".join(d.source or "the data" for d in bad)
     how = f"--task {src.task} scores" if src.task_given else "its first output is not class scores, so edgekit scores"
+    dense = any(getattr(d, "dense_labels", None) is not None for d in bad)
     return (f"{files}: labels 'y' unused: {how} the model's output {src.outputs[0]!r} by fidelity to FP32 (the "
-            "labels hold no class indices)")
+            "labels hold no class indices" + ("; for one class per position, pass --task segmentation)" if dense
+                                              else ")"))
+
+
+def take_dense_labels(*datasets) -> None:
+    """--task segmentation scores one class per position: labels 'y' of shape [N, d1, ...] (integers; a
+    negative one marks a position not scored) become the labels; per-sample class indices or float targets
+    are refused, naming the file."""
+    from .errors import CalibrationError
+
+    for d in datasets:
+        if d is None:
+            continue
+        if getattr(d, "dense_labels", None) is not None:
+            d.labels, d.dense_labels, d.label_problem = d.dense_labels, None, None
+        elif d.labels is not None:
+            raise CalibrationError(f"{d.source or 'the data'}: --task segmentation needs labels 'y' with one class "
+                                   f"per position, shape [N, d1, ...]; got one class per sample, shape "
+                                   f"{list(d.labels.shape)}")
+        elif getattr(d, "label_problem", None):
+            raise CalibrationError(f"{d.source or 'the data'}: --task segmentation needs labels 'y' of integer "
+                                   "classes, shape [N, d1, ...]; these are not integers")
 
 
 def check_class_columns(src: SourceModel, *datasets) -> None:
     """--task classification on a first output of one value per sample ([N], [N, 1]) is refused: argmax
     over one column never moves, so every variant scored top-1 agreement 1.0000 and the softmax
     distillation had no gradient (a pruned model reported 1.0000 with an R^2 to FP32 of 0.416)."""
-    if not src.task_given or src.task != "classification":
+    if not src.task_given or src.task not in ("classification", "segmentation"):
         return
     shape = first_output_shape(src, next((d for d in datasets if d is not None and len(d)), None))
+    if src.task == "segmentation":
+        if shape is not None and (len(shape) < 3 or (isinstance(shape[1], int) and shape[1] < 2)):
+            raise InputError(f"--task segmentation: {src.spec}'s first output {src.outputs[0]!r} is "
+                             f"[{', '.join(['N', *map(str, shape[1:])])}]; per-position class scores need "
+                             "[N, C, d1, ...] with C >= 2 (classes on axis 1, as torch's cross_entropy takes them)"
+                             + ("; pass --task classification" if len(shape) == 2 else ""))
+        return
     if shape is None or not all(isinstance(d, int) for d in shape[1:]):
         return  # unknown or symbolic: the labels' own check still holds it to C >= 2
     columns = math.prod(shape[1:]) if len(shape) > 1 else 1

@@ -51,6 +51,8 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
+    if run.ctx.source.task == "segmentation":
+        return []  # per-position labels, scored as pixel accuracy: nothing unplain
     if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
         note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "
                 f"{shape} by fidelity to FP32")

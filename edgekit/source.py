@@ -8,9 +8,9 @@ from typing import Any, Callable
 from .artifact import TensorSpec
 from .dataset import Dataset
 
-TASKS = ("classification", "embedding", "regression", "generic")
+TASKS = ("classification", "embedding", "regression", "segmentation", "generic")
 # metric names used in manifests
-METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2")
+METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "pixel_accuracy", "pixel_agreement")
 
 
 @dataclass

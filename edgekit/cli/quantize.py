@@ -147,8 +147,8 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     facts = graph_facts(fp32_path)
     labelled = eval_ds is not None and eval_ds.labels is not None
     notes = []
-    if labelled and src_model.task == "classification":
-        evaluator = Evaluator(eval_ds, "classification", fp32_path)
+    if labelled and src_model.task in ("classification", "segmentation"):
+        evaluator = Evaluator(eval_ds, src_model.task, fp32_path)
     elif eval_ds is not None:
         # every --eval sample, as compress scores them: the 500 cap is for calibration data standing in
         evaluator, _ = fidelity_evaluator(fp32_path, eval_ds, task=src_model.task, limit=None)

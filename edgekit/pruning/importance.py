@@ -54,7 +54,8 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
     part = data.take(samples)
     trimmer = Trimmer(part, names)
     trimmer.verify(model, part)
-    sensitivity = task != "classification"
+    classes = task in ("classification", "segmentation")  # scored by argmax: a cross-entropy gradient
+    sensitivity = not classes
     small = max(4, batch_size // 4) if sensitivity else batch_size  # more batches: a better RMS estimate
     used = "output sensitivity |J w| (random projections, no labels)" if sensitivity else ""
     g = torch.Generator().manual_seed(0)
@@ -64,9 +65,12 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
         out = first_tensor(model(*[torch.from_numpy(np.array(feeds[n])) for n in names]))
         if task == "classification":
             out = out.reshape(len(out), -1)  # an all-conv head's [N, C, 1, 1] scores
-        if task == "classification" and y is not None:
-            loss, used = F.cross_entropy(out, torch.from_numpy(np.asarray(y)).long()), "cross-entropy with labels"
-        elif task == "classification":
+        # segmentation: cross_entropy takes [N, C, d1, ...] against [N, d1, ...] as it is, per position
+        if classes and y is not None and (np.asarray(y) >= 0).any():
+            yt = torch.from_numpy(np.asarray(y)).long()
+            yt[yt < 0] = -100  # not scored
+            loss, used = F.cross_entropy(out, yt, ignore_index=-100), "cross-entropy with labels"
+        elif classes:
             loss, used = F.cross_entropy(out, out.detach().argmax(1)), "cross-entropy with own predictions"
         else:
             r = torch.randn(out.shape, generator=g, dtype=out.dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluate import metric_name, score
+from ..evaluate import LABELLED_TASKS, metric_name, score
 from .graph import first_tensor
 
 
@@ -38,7 +38,7 @@ class TorchMetric:
 
     def __init__(self, data, names, task: str, reference_model=None):
         self.data, self.names, self.task = data, list(names), task
-        self.labelled = data.labels is not None and task == "classification"
+        self.labelled = data.labels is not None and task in LABELLED_TASKS
         self.name = metric_name(task, self.labelled)
         self.trimmer = None
         if reference_model is not None:
@@ -64,7 +64,7 @@ class TorchMetric:
         """For an R^2-scored output (task regression, or one value per sample), the unclipped mean R^2 to
         the reference: the metric is clipped to [0, 1] and reads 0.0 for every epoch that is still worse
         than the mean, so early stopping needs this to see training move. None otherwise."""
-        if self.labelled or self.reference is None or self.task in ("classification", "embedding"):
+        if self.labelled or self.reference is None or self.task in ("classification", "embedding", "segmentation"):
             return None
         ref = np.asarray(self.reference)
         if ref.dtype.kind != "f" or (self.task != "regression" and int(np.prod(ref.shape[1:])) != 1):

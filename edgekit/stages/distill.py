@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import DistillConfig
 from ..errors import InputError
+from ..evaluate import LABELLED_TASKS
 from ..pruning.graph import first_tensor, output_tensors
 from ..pruning.metrics import TorchMetric
 
@@ -67,9 +68,10 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     teacher.eval()
     torch.manual_seed(ctx.seed)
     metric = TorchMetric(evalset, names, task, reference_model=teacher)
-    use_labels = task == "classification" and train.labels is not None and cfg.alpha < 1.0
+    use_labels = task in LABELLED_TASKS and train.labels is not None and cfg.alpha < 1.0
     trimmer = Trimmer(train, names)
-    trimmed = trimmer.verify(teacher, train)
+    # per-position labels would have to be trimmed with the padding: segmentation trains untrimmed
+    trimmed = trimmer.verify(teacher, train) if task != "segmentation" else False
     layers, f_weight, f_mode = feature_setup(cfg, teacher, student)
     features = _Features(teacher, student, layers) if layers else None
     if features is not None:
@@ -344,6 +346,9 @@ def _heads_loss(s_all, t_all, heads):
 def _loss_name(task, use_labels) -> str:
     if task == "classification":
         return "KL(T) * T^2" + (" + cross-entropy with labels" if use_labels else " (no labels: teacher only)")
+    if task == "segmentation":
+        return "KL(T) * T^2 per position" + (" + cross-entropy with labels per position" if use_labels
+                                             else " (no labels: teacher only)")
     if task == "regression":
         return "MSE to the teacher's outputs, per target relative to its variance"
     return "1 - cosine + relative MSE to the teacher's embeddings" if task == "embedding" else \
@@ -360,6 +365,15 @@ def _loss(s, t, y, task: str, cfg: DistillConfig, scale=None):
         if y is None:
             return kd
         return cfg.alpha * kd + (1.0 - cfg.alpha) * F.cross_entropy(s, y)
+    if task == "segmentation" and s.ndim >= 3:
+        # classes on axis 1: every position is one classification, weighted alike
+        c = s.shape[1]
+        sp, tp = s.movedim(1, -1).reshape(-1, c), t.movedim(1, -1).reshape(-1, c)
+        T = cfg.temperature
+        kd = F.kl_div(F.log_softmax(sp / T, dim=1), F.softmax(tp / T, dim=1), reduction="batchmean") * T * T
+        if y is None or not bool((y >= 0).any()):
+            return kd
+        return cfg.alpha * kd + (1.0 - cfg.alpha) * F.cross_entropy(s, y.masked_fill(y < 0, -100), ignore_index=-100)
     s2, t2 = s.reshape(len(s), -1).float(), t.reshape(len(t), -1).float()
     mse = F.mse_loss(s2, t2)
     if task == "embedding":
