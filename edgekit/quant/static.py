@@ -341,6 +341,22 @@ def float64_nodes(model_path) -> list:
             if n.name and any(types.get(t) == TensorProto.DOUBLE for t in [*n.input, *n.output] if t)]
 
 
+def wide_layernorms(model_path) -> list:
+    """Names of the LayerNormalization nodes whose scale has rank >= 2 (normalised over [C, H, W], not one
+    axis). onnxruntime's QDQ quantizer (1.32) cannot quantize them per channel: it compares each channel
+    of the bias with a scalar and raises ("The truth value of an array ... is ambiguous"), and with that
+    step off it writes a bias DequantizeLinear whose scale does not fit the bias, which fails at run time.
+    Every per-channel QDQ candidate of such a model failed (--no-tune on a dot-product ARM target: "every
+    quantization candidate failed"). onnxruntime's CPU kernels run LayerNormalization in float either
+    way, so they stay float."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    rank = {i.name: len(i.dims) for i in m.graph.initializer}
+    return [n.name for n in m.graph.node if n.op_type == "LayerNormalization" and n.name and len(n.input) > 1
+            and rank.get(n.input[1], 1) >= 2]
+
+
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
              use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
              overrides: dict | None = None, calib_model=None, extra_options: dict | None = None,
@@ -380,6 +396,8 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
         # one collect per batch (the option applies to every method, despite its name): histograms merge
         # as they go, and a short last batch cannot make onnxruntime stack ragged arrays
         extra["CalibStridedMinMax"] = 1
+    float_ln = [n for n in wide_layernorms(prep_path) if n not in spec.exclude_nodes] \
+        if spec.per_channel and spec.format == "qdq" else []
     t0 = time.perf_counter()
     try:
         with quiet():
@@ -388,7 +406,7 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
                             op_types_to_quantize=list(spec.op_types) or None, per_channel=spec.per_channel,
                             reduce_range=spec.reduce_range, activation_type=_qtype(spec.activation_type),
                             weight_type=_qtype(spec.weight_type),
-                            nodes_to_exclude=list(spec.exclude_nodes) + float64_nodes(prep_path) or None,
+                            nodes_to_exclude=list(spec.exclude_nodes) + float64_nodes(prep_path) + float_ln or None,
                             nodes_to_quantize=list(only_nodes) if only_nodes else None,
                             calibrate_method=_method(spec.method), extra_options=extra,
                             calibration_cache_path=str(cpath if hit else tmp_cache))
@@ -436,9 +454,12 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     finally:
         _cleanup(tmp_cache, scratch)
-    return {"calibration": "cached" if hit else "computed", "calib_samples": n, "cache_key": key,
+    info = {"calibration": "cached" if hit else "computed", "calib_samples": n, "cache_key": key,
             "fp32_nodes_protected": protected,
             "seconds": round(time.perf_counter() - t0, 3)}
+    if float_ln:
+        info["float_layernorms"] = float_ln
+    return info
 
 
 # a range beyond this is a sentinel (a mask's -inf or float32's lowest), not data: INT8 over it is all zero point
