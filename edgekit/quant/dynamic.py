@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import EdgekitError
+from . import ort_limits
 from .spec import QuantSpec
 
 # MatMul/Gemm/Attention carry the weights of transformers; LSTM/GRU of recurrent nets. Gather /
@@ -109,16 +110,20 @@ def quantize(prep_path, dest, spec: QuantSpec) -> dict:
 
     from .static import quiet
 
+    kept = [n for n in ort_limits.unquantizable(prep_path, spec) if n not in spec.exclude_nodes]
     try:
         with quiet():
             quantize_dynamic(str(prep_path), str(dest), op_types_to_quantize=list(spec.op_types or DEFAULT_OPS),
                              per_channel=spec.per_channel, reduce_range=spec.reduce_range,
                              weight_type=QuantType.QInt8 if spec.weight_type == "s8" else QuantType.QUInt8,
-                             nodes_to_exclude=list(spec.exclude_nodes) or None,
+                             nodes_to_exclude=list(spec.exclude_nodes) + kept or None,
                              # activation x activation MatMuls (attention scores) too: measured as accurate
                              # and faster than leaving them FP32
                              extra_options={"MatMulConstBOnly": False})
     except Exception as e:
         raise EdgekitError(f"{Path(prep_path).name}: dynamic quantization ({spec.name()}) failed: "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    return {"calibration": "none (dynamic)"}
+    info = {"calibration": "none (dynamic)"}
+    if kept:
+        info["float_for_onnxruntime"] = kept
+    return info

@@ -15,6 +15,7 @@ from ..errors import CalibrationError, EdgekitError
 from ..fsutil import sha256_file
 from ..onnxutil import node_attrs
 from . import cache as qcache
+from . import ort_limits
 from .spec import QuantSpec
 
 CALIB_BATCH = 16
@@ -341,22 +342,6 @@ def float64_nodes(model_path) -> list:
             if n.name and any(types.get(t) == TensorProto.DOUBLE for t in [*n.input, *n.output] if t)]
 
 
-def wide_layernorms(model_path) -> list:
-    """Names of the LayerNormalization nodes whose scale has rank >= 2 (normalised over [C, H, W], not one
-    axis). onnxruntime's QDQ quantizer (1.32) cannot quantize them per channel: it compares each channel
-    of the bias with a scalar and raises ("The truth value of an array ... is ambiguous"), and with that
-    step off it writes a bias DequantizeLinear whose scale does not fit the bias, which fails at run time.
-    Every per-channel QDQ candidate of such a model failed (--no-tune on a dot-product ARM target: "every
-    quantization candidate failed"). onnxruntime's CPU kernels run LayerNormalization in float either
-    way, so they stay float."""
-    import onnx
-
-    m = onnx.load(str(model_path), load_external_data=False)
-    rank = {i.name: len(i.dims) for i in m.graph.initializer}
-    return [n.name for n in m.graph.node if n.op_type == "LayerNormalization" and n.name and len(n.input) > 1
-            and rank.get(n.input[1], 1) >= 2]
-
-
 def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_names, cache_root=None,
              use_cache: bool = True, keep_removable_activations: bool = False, only_nodes=None,
              overrides: dict | None = None, calib_model=None, extra_options: dict | None = None,
@@ -396,8 +381,7 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
         # one collect per batch (the option applies to every method, despite its name): histograms merge
         # as they go, and a short last batch cannot make onnxruntime stack ragged arrays
         extra["CalibStridedMinMax"] = 1
-    float_ln = [n for n in wide_layernorms(prep_path) if n not in spec.exclude_nodes] \
-        if spec.per_channel and spec.format == "qdq" else []
+    float_ln = [n for n in ort_limits.unquantizable(prep_path, spec) if n not in spec.exclude_nodes]
     t0 = time.perf_counter()
     try:
         with quiet():
@@ -458,7 +442,7 @@ def quantize(prep_path, dest, calib, spec: QuantSpec, *, calib_size: int, input_
             "fp32_nodes_protected": protected,
             "seconds": round(time.perf_counter() - t0, 3)}
     if float_ln:
-        info["float_layernorms"] = float_ln
+        info["float_for_onnxruntime"] = float_ln
     return info
 
 

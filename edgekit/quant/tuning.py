@@ -99,8 +99,8 @@ class Trial:
                "float_for_nonfinite_range": self.info.get("float_for_nonfinite_range"),
                "other_outputs_fidelity": self.info.get("other_outputs_fidelity"),
                "error": self.error}
-        if self.info.get("float_layernorms"):  # onnxruntime cannot quantize them per channel (static.wide_layernorms)
-            rec["float_layernorms"] = self.info["float_layernorms"]
+        if self.info.get("float_for_onnxruntime"):  # nodes this form cannot quantize (quant/ort_limits.py)
+            rec["float_for_onnxruntime"] = self.info["float_for_onnxruntime"]
         if self.info.get("speedup_range"):
             rec["speedup_range"] = self.info["speedup_range"]
         if self.info.get("runoff_speedups"):  # re-timed before the pick: speedup is the median of all
