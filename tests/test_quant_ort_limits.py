@@ -5,6 +5,8 @@ so the candidate is built instead of failing:
     such a target stopped with "every quantization candidate failed";
   - a MatMul by a constant of rank 3, per-channel dynamic or QOperator: the graph was written and then
     refused at run time ("b zero point is not valid").
+  - a grouped ConvTranspose, per-channel QDQ ("operands could not be broadcast together"), and an Add or
+    Mul feeding a Where, QOperator ("Invalid model with unknown initializers/tensors").
 """
 import numpy as np
 import onnx
@@ -128,3 +130,60 @@ def test_batched_constant_matmul_per_channel_quantizes_and_runs(batched, tmp_pat
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.1
     # per channel in QDQ they run as they are: nothing is kept back there
     assert ort_limits.unquantizable(prep, QuantSpec()) == []
+
+
+class GroupedUp(nn.Module):
+    """A grouped transposed conv (learned upsampling per group of channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 8, 3, padding=1)
+        self.t = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.t(torch.relu(self.c(x)))).mean((2, 3)))
+
+
+class LeakyWhere(nn.Module):
+    """A leaky ReLU written with torch.where: a Mul feeding a Where."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.c(x)
+        return self.fc(torch.where(x > 0, x, 0.1 * x).mean((2, 3)))
+
+
+def _prepared(tmp_path, model):
+    torch.manual_seed(0)
+    p, prep = tmp_path / "m.onnx", tmp_path / "prep.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(2, 1, 8, 8),), str(p), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17, dynamo=False)
+    static.preprocess(p, prep)
+    x = np.random.default_rng(2).uniform(0, 1, size=(96, 1, 8, 8)).astype(np.float32)
+    return p, prep, Dataset({"x": x})
+
+
+@pytest.mark.parametrize("model, spec, op", [
+    (GroupedUp, QuantSpec(), "ConvTranspose"),
+    (LeakyWhere, QuantSpec(format="qoperator"), "Mul"),
+    (LeakyWhere, QuantSpec(format="qoperator", per_channel=False), "Mul"),
+], ids=["grouped-convtranspose-qdq", "mul-into-where-qoperator", "mul-into-where-qoperator-per-tensor"])
+def test_other_forms_onnxruntime_cannot_quantize(tmp_path, model, spec, op):
+    torch.manual_seed(0)
+    p, prep, data = _prepared(tmp_path, model())
+    out = tmp_path / "q.onnx"
+    info = static.quantize(prep, out, data, spec, calib_size=64, input_names=["x"], cache_root=tmp_path / "c")
+    ops = {n.name: n.op_type for n in onnx.load(str(prep)).graph.node}
+    assert [ops[n] for n in info["float_for_onnxruntime"]] == [op]
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": data.inputs["x"][64:]})[0]
+    ref, got = run(p), run(out)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.1
+    # the form that can quantize them leaves them to onnxruntime
+    other = QuantSpec(per_channel=False) if op == "ConvTranspose" else QuantSpec()
+    assert ort_limits.unquantizable(prep, other) == []
