@@ -33,6 +33,7 @@ def convert(src, dest, *, keep_io_types: bool = True, feeds: dict | None = None)
     if float_dtype(model) == "float16":
         # the converter would insert float32 casts on float16 inputs and build a graph onnxruntime rejects
         raise UsageError(f"{Path(src).name}: already float16; FP16 conversion needs an FP32 model")
+    float_only_constants(model)
     big = out_of_range_constants(model)
     big.update(out_of_range_activations(model, feeds))
     block = nodes_to_keep(model.graph, big)
@@ -51,6 +52,36 @@ def convert(src, dest, *, keep_io_types: bool = True, feeds: dict | None = None)
     onnx.save(m, str(dest))
     return {"keep_io_types": keep_io_types, "fp32_nodes": sorted(block),
             "out_of_range": {k: float(v) for k, v in sorted(big.items(), key=lambda kv: -kv[1])}}
+
+
+def float_only_constants(model) -> int:
+    """Turn the Constant nodes that feed an input onnxruntime's converter keeps float32 (Resize's scales)
+    into initializers, which it leaves as they are; returns how many. As Constant nodes it rounded them to
+    float16 and cast them back: F.interpolate(scale_factor=0.8) read 0.7998, and a 20-pixel map came out
+    15 pixels wide instead of 16 (onnxruntime then refused the next LayerNorm's shape)."""
+    from onnx import TensorProto
+    from onnxruntime.transformers.float16 import ALWAYS_FLOAT_INPUTS
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=11)
+    positions = {op: list(ix) for op, ix in ALWAYS_FLOAT_INPUTS.items()}
+    if opset <= 10:
+        positions["Resize"] = [1]
+    wanted = {n.input[i] for n in model.graph.node for i in positions.get(n.op_type, ()) if i < len(n.input)}
+    wanted.discard("")
+    moved = 0
+    for n in list(model.graph.node):
+        if n.op_type != "Constant" or n.output[0] not in wanted:
+            continue
+        attr = next((a for a in n.attribute if a.name == "value"), None)
+        if attr is None or attr.t.data_type != TensorProto.FLOAT:
+            continue
+        t = TensorProto()
+        t.CopyFrom(attr.t)
+        t.name = n.output[0]
+        model.graph.initializer.append(t)
+        model.graph.node.remove(n)
+        moved += 1
+    return moved
 
 
 def _abs_max(a) -> float:
