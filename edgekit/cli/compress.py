@@ -33,6 +33,9 @@ def _shape(ctx, param, value):
 @click.option("--input-shape", callback=_shape, help="Input shape when it cannot be inferred from the data, e.g. 1,3,224,224.")
 @click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, max_open=True), help="Fraction of channels to remove (structured).")
 @click.option("--prune-method", type=click.Choice(["l1", "l2", "bn", "taylor"]), help="Channel importance criterion.")
+@click.option("--ignore", "prune_ignore", multiple=True,
+              help="Module name never pruned (repeatable; replaces a recipe's list); the first conv and the output layer "
+                   "are always kept.")
 @click.option("--target-latency", help="Search the pruning ratio for a measured latency, e.g. 0.6x or 2.5ms.")
 @click.option("--distill/--no-distill", default=None, help="Distill from the original model after pruning (default: on when pruning).")
 @click.option("--student", help="file.py:factory: distill into a different, smaller architecture (not with --prune).")
@@ -53,7 +56,7 @@ def _shape(ctx, param, value):
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing OUTDIR (only after the new run succeeds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def compress(model, output, config, weights, trust_pickle, calib, eval_, train, input_shape, prune_ratio, prune_method,
-             target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, profile,
+             prune_ignore, target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, profile,
              task, seed, overwrite, as_json):
     """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
 
@@ -76,6 +79,8 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
     settings = {k: v for k, v in settings.items() if v is not None}
     prune = {k: v for k, v in {"ratio": prune_ratio, "method": prune_method, "target_latency": target_latency}.items()
              if v is not None}
+    if prune_ignore:
+        prune["ignore"] = list(prune_ignore)
     dist = {k: v for k, v in {"enabled": distill, "student": student}.items() if v is not None}
     quant = {k: v for k, v in {"mode": quant_mode, "tune": tune,
                                "max_trials": max_trials}.items() if v is not None}
