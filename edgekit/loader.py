@@ -229,13 +229,20 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
     distillation had no gradient (a pruned model reported 1.0000 with an R^2 to FP32 of 0.416)."""
     if not src.task_given or src.task not in ("classification", "segmentation"):
         return
-    shape = first_output_shape(src, next((d for d in datasets if d is not None and len(d)), None))
+    data = next((d for d in datasets if d is not None and len(d)), None)
+    shape = first_output_shape(src, data)
     if src.task == "segmentation":
         if shape is not None and (len(shape) < 3 or (isinstance(shape[1], int) and shape[1] < 2)):
             raise InputError(f"--task segmentation: {src.spec}'s first output {src.outputs[0]!r} is "
                              f"[{', '.join(['N', *map(str, shape[1:])])}]; per-position class scores need "
                              "[N, C, d1, ...] with C >= 2 (classes on axis 1, as torch's cross_entropy takes them)"
                              + ("; pass --task classification" if len(shape) == 2 else ""))
+        tokens = _token_axis(src, shape, data) if shape is not None else None
+        if tokens:
+            raise InputError(f"--task segmentation: {src.spec}'s first output {src.outputs[0]!r} is "
+                             f"[{', '.join(['N', *map(str, shape[1:])])}], its axis 1 the length of {tokens!r} "
+                             f"({shape[1]}): that is [N, L, C], per-token scores with the classes last; "
+                             "--task segmentation takes them on axis 1, [N, C, L] (return logits.transpose(1, 2))")
         return
     if shape is None or not all(isinstance(d, int) for d in shape[1:]):
         return  # unknown or symbolic: the labels' own check still holds it to C >= 2
@@ -244,6 +251,27 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
         raise InputError(f"--task classification: {src.spec}'s first output {src.outputs[0]!r} is "
                          f"[{', '.join(['N', *map(str, shape[1:])])}], one value per sample; class scores need "
                          "[N, C] with C >= 2 (argmax over one column never moves); pass --task regression")
+
+
+def _token_axis(src: SourceModel, shape, data) -> str | None:
+    """The integer [N, L] input whose length L is the output's axis 1 but not its axis 2, when the first
+    output is rank 3: per-token scores [N, L, C], whose argmax over axis 1 would pick a position, not a
+    class (shapes as first_output_shape measured them: the data's, else the declared, symbols as 2)."""
+    if len(shape) != 3:
+        return None
+    data = data if data is not None and len(data) else (src.calib or src.eval)  # as example_inputs picks
+    for s in src.inputs:
+        if not str(s.dtype).startswith(("int", "uint")) or len(s.shape) != 2:
+            continue
+        if data is not None and len(data) and s.name in data.inputs and src.kind != "onnx":
+            length = data.inputs[s.name].shape[1]
+        elif src.kind == "onnx" or isinstance(s.shape[1], int):
+            length = s.shape[1]
+        else:
+            length = 2  # first_output_shape ran zeros with every symbolic dim at 2
+        if shape[1] == length and shape[2] != length:
+            return s.name
+    return None
 
 
 def first_output_shape(src: SourceModel, data=None) -> list | None:

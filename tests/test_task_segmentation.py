@@ -188,3 +188,52 @@ def test_dense_labels_without_the_task_are_named(seg, tmp_path, capsys):
                   "-o", str(tmp_path / "out")])
     assert rc == 0
     assert "pass --task segmentation" in capsys.readouterr().err
+
+
+TAGGER_PY = '''
+import torch.nn as nn
+
+
+class Tagger(nn.Module):
+    def __init__(self, classes_first):
+        super().__init__()
+        self.e, self.h, self.first = nn.Embedding(20, 16), nn.Linear(16, 5), classes_first
+
+    def forward(self, input_ids):
+        out = self.h(self.e(input_ids))  # [N, L, 5]
+        return out.transpose(1, 2) if self.first else out
+
+
+def last():
+    return Tagger(False)
+
+
+def first():
+    return Tagger(True)
+'''
+
+
+def test_per_token_scores_need_classes_on_axis_1(tmp_path, capsys):
+    """[N, L, C] from token ids: argmax over axis 1 would pick a position, not a class. Refused, naming the
+    transpose; [N, C, L] is scored per token against labels [N, L]."""
+    (tmp_path / "t.py").write_text(TAGGER_PY)
+    ids = np.random.default_rng(0).integers(0, 20, (120, 12))
+    np.save(tmp_path / "calib.npy", ids)
+    np.savez(tmp_path / "eval.npz", input_ids=ids[:60], y=ids[:60] % 5)
+    common = ["--calib", str(tmp_path / "calib.npy"), "--eval", str(tmp_path / "eval.npz"), "--task", "segmentation",
+              "--quantize", "none", "--no-profile"]
+    rc = run_cli(["compress", f"{tmp_path / 't.py'}:last", *common, "-o", str(tmp_path / "last")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is [N, 12, 5], its axis 1 the length of 'input_ids'" in err and "transpose(1, 2)" in err, err
+    # without labels nothing else would catch it: pixel agreement over positions scores anything
+    np.savez(tmp_path / "eval_nolabels.npz", input_ids=ids[:60])
+    rc = run_cli(["compress", f"{tmp_path / 't.py'}:last", *common[:2], "--eval", str(tmp_path / "eval_nolabels.npz"),
+                  *common[4:], "-o", str(tmp_path / "last2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "per-token scores with the classes last" in err, err
+    rc = run_cli(["compress", f"{tmp_path / 't.py'}:first", *common, "-o", str(tmp_path / "first")])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    met = m["artifacts"][0]["metrics"]
+    pred = _outputs(tmp_path / "first" / m["artifacts"][0]["path"], ids[:60]).argmax(1)
+    assert met["name"] == "pixel_accuracy" and met["value"] == pytest.approx(float(np.mean(pred == ids[:60] % 5)))
