@@ -172,6 +172,8 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str
     unused = check_label_kind(src, *datasets)
     if unused:
         return unused
+    if not src.task_given and src.task == "generic":
+        return dense_scores_note(src, next((d for d in datasets if d is not None and len(d)), None))
     if src.task_given or src.task != "classification":
         return None
     if any(d is not None and d.labels is not None for d in datasets):
@@ -180,6 +182,19 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str
     return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores ({uses}) since no "
             "labels confirm it; if it is C regression targets pass --task "
             "regression (or --task embedding for a feature vector)")
+
+
+def dense_scores_note(src: SourceModel, data=None) -> str | None:
+    """A first output [N, C, H, W, ...] (C >= 2, positions beyond 1x1) is scored by the cosine of its flattened
+    values unless --task says what it is: a note naming --task segmentation, which scores class scores per
+    position (a U-Net's INT8 read cosine 0.99998 while 0.10% of its pixels changed class). None otherwise."""
+    shape = first_output_shape(src, data)
+    if not shape or len(shape) < 4 or not isinstance(shape[1], int) or shape[1] < 2 \
+            or all(d == 1 for d in shape[2:]):
+        return None
+    dims = ", ".join(["N", *map(str, shape[1:])])
+    return (f"{src.spec}: its first output [{dims}] is scored by the cosine of its flattened values; if it holds "
+            "class scores per position (a segmentation map), pass --task segmentation to score them per pixel")
 
 
 def check_label_kind(src: SourceModel, *datasets) -> str | None:

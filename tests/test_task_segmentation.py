@@ -237,3 +237,19 @@ def test_per_token_scores_need_classes_on_axis_1(tmp_path, capsys):
     met = m["artifacts"][0]["metrics"]
     pred = _outputs(tmp_path / "first" / m["artifacts"][0]["path"], ids[:60]).argmax(1)
     assert met["name"] == "pixel_accuracy" and met["value"] == pytest.approx(float(np.mean(pred == ids[:60] % 5)))
+
+
+def test_a_map_output_without_a_task_gets_a_note_naming_it(seg, tmp_path, capsys):
+    """Without --task, scores [N, C, H, W] are scored by cosine: a note says so and names the task."""
+    rc = run_cli(["compress", f"{seg / 'm.py'}:build", "--weights", str(seg / "m.pt"), "--calib",
+                  str(seg / "calib.npy"), "--quantize", "none", "--no-profile", "-o", str(tmp_path / "out")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "first output [N, 3, 8, 8] is scored by the cosine" in err and "pass --task segmentation" in err, err
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert any("pass --task segmentation" in n for n in json.dumps(m).split('"')), "recorded in the manifest"
+    # told, it is quiet
+    rc = run_cli(["compress", f"{seg / 'm.py'}:build", "--weights", str(seg / "m.pt"), "--calib",
+                  str(seg / "calib.npy"), "--task", "segmentation", "--quantize", "none", "--no-profile",
+                  "-o", str(tmp_path / "out2")])
+    assert rc == 0 and "pass --task segmentation" not in capsys.readouterr().err
