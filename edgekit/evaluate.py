@@ -18,10 +18,7 @@ from .dataset import Dataset
 from .errors import CalibrationError, InputError
 from .fsutil import per_file_version
 from .onnxutil import ort_load_problem, run_batches, session
-
-
-# tasks whose labels 'y' are scored: class indices per sample, or per position (segmentation)
-LABELLED_TASKS = ("classification", "segmentation")
+from .source import LABELLED_TASKS
 
 
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .artifact import TensorSpec
 from .errors import InputError
 from .fsutil import sha256_file
-from .source import SourceModel
+from .source import LABELLED_TASKS, SourceModel
 
 
 def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
@@ -173,7 +173,7 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str
     if unused:
         return unused
     if not src.task_given and src.task == "generic":
-        return dense_scores_note(src, next((d for d in datasets if d is not None and len(d)), None))
+        return dense_scores_note(src, _first_data(datasets))
     if src.task_given or src.task != "classification":
         return None
     if any(d is not None and d.labels is not None for d in datasets):
@@ -192,9 +192,8 @@ def dense_scores_note(src: SourceModel, data=None) -> str | None:
     if not shape or len(shape) < 4 or not isinstance(shape[1], int) or shape[1] < 2 \
             or all(d == 1 for d in shape[2:]):
         return None
-    dims = ", ".join(["N", *map(str, shape[1:])])
-    return (f"{src.spec}: its first output [{dims}] is scored by the cosine of its flattened values; if it holds "
-            "class scores per position (a segmentation map), pass --task segmentation to score them per pixel")
+    return (f"{src.spec}: its first output {_n_shape(shape)} is scored by the cosine of its flattened values; if it "
+            "holds class scores per position (a segmentation map), pass --task segmentation to score them per pixel")
 
 
 def check_label_kind(src: SourceModel, *datasets) -> str | None:
@@ -242,20 +241,20 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
     """--task classification on a first output of one value per sample ([N], [N, 1]) is refused: argmax
     over one column never moves, so every variant scored top-1 agreement 1.0000 and the softmax
     distillation had no gradient (a pruned model reported 1.0000 with an R^2 to FP32 of 0.416)."""
-    if not src.task_given or src.task not in ("classification", "segmentation"):
+    if not src.task_given or src.task not in LABELLED_TASKS:
         return
-    data = next((d for d in datasets if d is not None and len(d)), None)
+    data = _first_data(datasets)
     shape = first_output_shape(src, data)
     if src.task == "segmentation":
         if shape is not None and (len(shape) < 3 or (isinstance(shape[1], int) and shape[1] < 2)):
             raise InputError(f"--task segmentation: {src.spec}'s first output {src.outputs[0]!r} is "
-                             f"[{', '.join(['N', *map(str, shape[1:])])}]; per-position class scores need "
+                             f"{_n_shape(shape)}; per-position class scores need "
                              "[N, C, d1, ...] with C >= 2 (classes on axis 1, as torch's cross_entropy takes them)"
                              + ("; pass --task classification" if len(shape) == 2 else ""))
         tokens = _token_axis(src, shape, data) if shape is not None else None
         if tokens:
             raise InputError(f"--task segmentation: {src.spec}'s first output {src.outputs[0]!r} is "
-                             f"[{', '.join(['N', *map(str, shape[1:])])}], its axis 1 the length of {tokens!r} "
+                             f"{_n_shape(shape)}, its axis 1 the length of {tokens!r} "
                              f"({shape[1]}): that is [N, L, C], per-token scores with the classes last; "
                              "--task segmentation takes them on axis 1, [N, C, L] (return logits.transpose(1, 2))")
         return
@@ -264,8 +263,18 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
     columns = math.prod(shape[1:]) if len(shape) > 1 else 1
     if columns < 2:
         raise InputError(f"--task classification: {src.spec}'s first output {src.outputs[0]!r} is "
-                         f"[{', '.join(['N', *map(str, shape[1:])])}], one value per sample; class scores need "
+                         f"{_n_shape(shape)}, one value per sample; class scores need "
                          "[N, C] with C >= 2 (argmax over one column never moves); pass --task regression")
+
+
+def _first_data(datasets):
+    """The first non-empty dataset given, what first_output_shape runs the model on."""
+    return next((d for d in datasets if d is not None and len(d)), None)
+
+
+def _n_shape(shape) -> str:
+    """A measured shape as the messages write it, the sample axis as N: [N, 3, 8, 8]."""
+    return "[" + ", ".join(["N", *map(str, shape[1:])]) + "]"
 
 
 def _token_axis(src: SourceModel, shape, data) -> str | None:

@@ -135,7 +135,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     from ..context import RunContext
     from ..data_size import small_data_notes
     from ..errors import CalibrationError, EdgekitError
-    from ..evaluate import Evaluator
+    from ..evaluate import LABELLED_TASKS, Evaluator
     from ..loader import copy_model
     from ..onnxutil import graph_facts
     from ..quant.fidelity import fidelity_evaluator, sanity_evaluator
@@ -147,7 +147,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     facts = graph_facts(fp32_path)
     labelled = eval_ds is not None and eval_ds.labels is not None
     notes = []
-    if labelled and src_model.task in ("classification", "segmentation"):
+    if labelled and src_model.task in LABELLED_TASKS:
         evaluator = Evaluator(eval_ds, src_model.task, fp32_path)
     elif eval_ds is not None:
         # every --eval sample, as compress scores them: the 500 cap is for calibration data standing in

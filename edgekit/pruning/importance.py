@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..evaluate import LABELLED_TASKS
 from .graph import first_tensor
+from .metrics import labels_cross_entropy
 
 TAYLOR_SAMPLES = 256
 
@@ -54,7 +56,7 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
     part = data.take(samples)
     trimmer = Trimmer(part, names)
     trimmer.verify(model, part)
-    classes = task in ("classification", "segmentation")  # scored by argmax: a cross-entropy gradient
+    classes = task in LABELLED_TASKS  # scored by argmax: a cross-entropy gradient
     sensitivity = not classes
     small = max(4, batch_size // 4) if sensitivity else batch_size  # more batches: a better RMS estimate
     used = "output sensitivity |J w| (random projections, no labels)" if sensitivity else ""
@@ -66,10 +68,9 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
         if task == "classification":
             out = out.reshape(len(out), -1)  # an all-conv head's [N, C, 1, 1] scores
         # segmentation: cross_entropy takes [N, C, d1, ...] against [N, d1, ...] as it is, per position
-        if classes and y is not None and (np.asarray(y) >= 0).any():
-            yt = torch.from_numpy(np.asarray(y)).long()
-            yt[yt < 0] = -100  # not scored
-            loss, used = F.cross_entropy(out, yt, ignore_index=-100), "cross-entropy with labels"
+        ce = labels_cross_entropy(out, torch.from_numpy(np.asarray(y)).long()) if classes and y is not None else None
+        if ce is not None:
+            loss, used = ce, "cross-entropy with labels"
         elif classes:
             loss, used = F.cross_entropy(out, out.detach().argmax(1)), "cross-entropy with own predictions"
         else:

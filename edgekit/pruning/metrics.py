@@ -33,6 +33,16 @@ def predict(model, data, names, *, batch_size: int = 64, trimmer=None) -> np.nda
     return res
 
 
+def labels_cross_entropy(scores, y):
+    """Cross-entropy of class scores (classes on axis 1, as torch takes them) against labels, a negative
+    label marking a position not scored; None when there are no labels or none is scored."""
+    import torch.nn.functional as F
+
+    if y is None or not bool((y >= 0).any()):
+        return None
+    return F.cross_entropy(scores, y.masked_fill(y < 0, -100), ignore_index=-100)
+
+
 class TorchMetric:
     """Callable model -> metric value on the eval set: accuracy with labels, else fidelity to a reference model."""
 

@@ -24,7 +24,7 @@ from ..config import DistillConfig
 from ..errors import InputError
 from ..evaluate import LABELLED_TASKS
 from ..pruning.graph import first_tensor, output_tensors
-from ..pruning.metrics import TorchMetric
+from ..pruning.metrics import TorchMetric, labels_cross_entropy
 
 
 AUTO_FEATURE_WEIGHT = 1.0  # relative MSE per block, next to a loss of order 1
@@ -358,22 +358,17 @@ def _loss_name(task, use_labels) -> str:
 def _loss(s, t, y, task: str, cfg: DistillConfig, scale=None):
     import torch.nn.functional as F
 
-    if task == "classification":
-        s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)  # an all-conv head's [N, C, 1, 1] scores
+    if task == "classification" or (task == "segmentation" and s.ndim >= 3):
+        if task == "segmentation":  # classes on axis 1: every position is one classification, weighted alike
+            c = s.shape[1]
+            s, t = s.movedim(1, -1).reshape(-1, c), t.movedim(1, -1).reshape(-1, c)
+            y = None if y is None else y.reshape(-1)
+        else:
+            s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)  # an all-conv head's [N, C, 1, 1] scores
         T = cfg.temperature
         kd = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1), reduction="batchmean") * T * T
-        if y is None:
-            return kd
-        return cfg.alpha * kd + (1.0 - cfg.alpha) * F.cross_entropy(s, y)
-    if task == "segmentation" and s.ndim >= 3:
-        # classes on axis 1: every position is one classification, weighted alike
-        c = s.shape[1]
-        sp, tp = s.movedim(1, -1).reshape(-1, c), t.movedim(1, -1).reshape(-1, c)
-        T = cfg.temperature
-        kd = F.kl_div(F.log_softmax(sp / T, dim=1), F.softmax(tp / T, dim=1), reduction="batchmean") * T * T
-        if y is None or not bool((y >= 0).any()):
-            return kd
-        return cfg.alpha * kd + (1.0 - cfg.alpha) * F.cross_entropy(s, y.masked_fill(y < 0, -100), ignore_index=-100)
+        ce = labels_cross_entropy(s, y)
+        return kd if ce is None else cfg.alpha * kd + (1.0 - cfg.alpha) * ce
     s2, t2 = s.reshape(len(s), -1).float(), t.reshape(len(t), -1).float()
     mse = F.mse_loss(s2, t2)
     if task == "embedding":
