@@ -84,8 +84,13 @@ def _check_any_labels(task: str, labels, first, where: str) -> None:
 
 def check_training_labels(source, ds) -> None:
     """--train labels must index the PyTorch model's classes too, checked before any work as --eval's
-    are: cross-entropy failed mid-run, after pruning, with "IndexError: Target 7 is out of bounds"."""
-    if ds is None or ds.labels is None or source.kind != "torch" or source.task not in LABELLED_TASKS:
+    are: cross-entropy failed mid-run, after pruning, with "IndexError: Target 7 is out of bounds".
+    Per-position labels are checked here too, before --task segmentation takes them over (loader.
+    take_dense_labels): labels a row short crashed the run with a numpy broadcast error."""
+    labels = None if ds is None else ds.labels
+    if labels is None and ds is not None and source.task == "segmentation":
+        labels = getattr(ds, "dense_labels", None)
+    if labels is None or source.kind != "torch" or source.task not in LABELLED_TASKS:
         return
     import torch
 
@@ -94,7 +99,7 @@ def check_training_labels(source, ds) -> None:
     feeds = ds.take(1).inputs
     with torch.no_grad():
         out = first_tensor(source.module(*[torch.from_numpy(np.array(feeds[s.name])) for s in source.inputs]))
-    _check_any_labels(source.task, ds.labels, out, ds.source or "training data")
+    _check_any_labels(source.task, labels, out, ds.source or "training data")
 
 
 def dense_argmax(out) -> np.ndarray:

@@ -72,6 +72,10 @@ def seg(tmp_path_factory):
     np.savez(d / "eval_rows.npz", x=x[1000:1400], y=ev_y[:, :7])  # one row short
     np.savez(d / "eval_classes.npz", x=x[1000:1400], y=ev_y * 2)  # classes 0, 2, 4 of 3
     np.savez(d / "eval_per_sample.npz", x=x[1000:1400], y=ev_y[:, 4, 4].clip(0))
+    np.savez(d / "eval_fractions.npz", x=x[1000:1400], y=ev_y * 0.5)  # 0.5: no class index
+    np.savez(d / "eval_unscored.npz", x=x[1000:1400], y=np.full_like(ev_y, -1))
+    np.savez(d / "train_rows.npz", x=x[:1000], y=y[:1000, :7])
+    (d / "eval_corrupt.npz").write_bytes((d / "eval.npz").read_bytes()[:200])  # cut short
     return d
 
 
@@ -161,6 +165,9 @@ def test_quantize_alone_scores_pixel_accuracy(seg, tmp_path):
     ("eval_rows.npz", "labels 'y' have shape [400, 7, 8], expected [N, 8, 8]"),
     ("eval_classes.npz", "is not a class index in [0, 3)"),
     ("eval_per_sample.npz", "--task segmentation needs labels 'y' with one class per position"),
+    ("eval_fractions.npz", "--task segmentation needs labels 'y' of integer classes"),
+    ("eval_unscored.npz", "every label in 'y' is negative (not scored): nothing to score"),
+    ("eval_corrupt.npz", ""),
 ])
 def test_bad_segmentation_labels_name_the_file(seg, tmp_path, capsys, data, expect):
     out = tmp_path / "out"
@@ -170,6 +177,17 @@ def test_bad_segmentation_labels_name_the_file(seg, tmp_path, capsys, data, expe
     err = capsys.readouterr().err
     assert rc == 2 and f"{data}: " in err and expect in err, err
     assert not out.exists()
+
+
+def test_bad_training_labels_name_the_file_before_any_work(seg, tmp_path, capsys):
+    """--train labels are checked against the model's scores at load, as --eval's are, not mid-distillation."""
+    out = tmp_path / "out"
+    rc = run_cli(["compress", f"{seg / 'm.py'}:build", "--weights", str(seg / "m.pt"), "--calib",
+                  str(seg / "calib.npy"), "--train", str(seg / "train_rows.npz"), "--task", "segmentation",
+                  "--prune", "0.3", "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train_rows.npz: labels 'y' have shape [1000, 7, 8], expected [N, 8, 8]" in err, err
+    assert "distilling" not in err and not out.exists()
 
 
 def test_segmentation_refuses_per_sample_scores(seg, tmp_path, capsys):
