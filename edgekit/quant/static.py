@@ -44,16 +44,19 @@ def preprocess(src, dest) -> list:
 
     notes = []
     src, dest = Path(src).resolve(), Path(dest).resolve()
+    model_in, note = _below_opset_11(src, dest.with_name(dest.stem + ".opset11.onnx"))
+    if note:
+        notes.append(note)
     try:
         # symbolic shape inference dumps "sym_shape_infer_temp.onnx" (+ external data) into the
         # working directory when it gives up; keep that out of the user's folder
         with quiet(), _scratch_cwd():
-            quant_pre_process(str(src), str(dest), skip_symbolic_shape=False)
+            quant_pre_process(model_in, str(dest), skip_symbolic_shape=False)
     except Exception as e:  # symbolic shape inference rejects some exported graphs
         notes.append(f"symbolic shape inference failed ({type(e).__name__}); used ONNX shape inference only")
         try:
             with quiet(), _scratch_cwd():
-                quant_pre_process(str(src), str(dest), skip_symbolic_shape=True)
+                quant_pre_process(model_in, str(dest), skip_symbolic_shape=True)
         except Exception as e2:
             raise EdgekitError(f"{Path(src).name}: onnxruntime quantization pre-processing failed: "
                                f"{type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}") from None
@@ -66,6 +69,35 @@ def preprocess(src, dest) -> list:
     if ensure_node_names(m) or dead or renamed:
         onnx.save(m, str(dest))
     return notes
+
+
+def _below_opset_11(src: Path, scratch: Path):
+    """(the path to give quant_pre_process: src, or the graph converted into scratch; a note or None). For opset <= 10 onnxruntime's pre-processing
+    rewrites Upsample into Resize still under the old opset, then asks ONNX's version converter for 11,
+    which has no adapter for a Resize at 9 ("No Adapter From Version $9 for Resize"): every INT8 and FP16
+    run of an opset-9 model with an Upsample failed. Converting the untouched graph first (Upsample 9 -> 10
+    -> Resize 11 is a path the converter has) skips that step of theirs."""
+    import onnx
+    from onnx import version_converter
+
+    m = onnx.load(str(src), load_external_data=False)
+    old = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    if old is None or old > 10:
+        return str(src), None
+    m = onnx.load(str(src))
+    try:
+        up = version_converter.convert_version(m, 11)
+        onnx.checker.check_model(up, full_check=True)
+    except Exception as e:
+        raise EdgekitError(f"{src.name}: opset {old} cannot be converted to opset 11, which onnxruntime's "
+                           f"quantization needs: {type(e).__name__}: {_first_line(e)}; re-export the model "
+                           "at opset 13 or later") from None
+    onnx.save(up, str(scratch))
+    return str(scratch), f"opset {old} raised to 11 (onnx version converter) for onnxruntime's quantization"
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
 
 
 # per-channel QDQ needs DequantizeLinear's axis attribute, which arrived in opset 13
