@@ -337,6 +337,29 @@ def quantized_ops(model) -> list:
     return sorted(found)
 
 
+def check_precision(path: str, mode: str, *, option: str) -> str | None:
+    """Refuse, before any work, to quantize an ONNX file that is already quantized (or FP16 one already
+    float16): `compress` relabelled such a file model.fp32.onnx, quantized its Q/DQ pairs again and failed
+    every candidate ("two nodes with same node name"), or wrote a dynamic INT8 of a dynamic INT8 model.
+    Returns what the source holds when it is not float32 ('int8: QuantizeLinear, ...', 'float16'), else None."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    qops, dtype = quantized_ops(proto), float_dtype(proto)
+    del proto
+    if qops:
+        if mode != "none":
+            raise InputError(f"{path}: already quantized (has {', '.join(qops)} ops); pass the FP32 model"
+                             + (", or --quantize none to evaluate and profile it as it is"
+                                if option == "--quantize" else ""))
+        return f"int8: {', '.join(qops)}"
+    if dtype == "float16":
+        if mode == "fp16":
+            raise InputError(f"{path}: already float16; {option} fp16 needs an FP32 model")
+        return "float16"
+    return None
+
+
 def float_dtype(model) -> str | None:
     """'float16' or 'float32': the element type of the graph's float inputs, else of its float weights."""
     from onnx import TensorProto

@@ -55,6 +55,10 @@ def stage_load(run: Run):
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
     declare_prepost(src, declared, cfg.model, where=_spec_where(run))
     apply_task(src, cfg.task)
+    if src.kind == "onnx":
+        from .loader import check_precision
+
+        check_precision(src.onnx_path, cfg.quantize.mode, option="--quantize")
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
         what = "--prune" if cfg.prune.enabled else "--student"
@@ -159,16 +163,16 @@ def stage_export(run: Run):
     src = run.ctx.source
     dest = run.staging / "model.fp32.onnx"
     if src.kind == "onnx":
-        import onnx
-
-        from .loader import copy_model, float_dtype
+        from .loader import check_precision, copy_model
 
         copy_model(src.onnx_path, dest)  # with its external data, which a bare file copy left behind
         facts = graph_facts(dest)
         notes = ["copied from the source ONNX file"]
-        if float_dtype(onnx.load(str(dest), load_external_data=False)) == "float16":
+        held = check_precision(dest, run.cfg.quantize.mode, option="--quantize")
+        if held:
             # the reference keeps the name every later stage looks for; say what it holds
-            notes.append("the source computes in float16: model.fp32.onnx is that float16 model unchanged, "
+            what = "float16" if held == "float16" else f"INT8 ({held[6:]} ops)"
+            notes.append(f"the source computes in {what}: model.fp32.onnx is that model unchanged, "
                          "the reference every variant is compared with")
             print(f"edgekit: note: {notes[-1]}", file=sys.stderr)
         art = Artifact(kind="fp32", path=dest.name, parent="source", stage="load", params=facts["params"],

@@ -278,6 +278,39 @@ def test_already_quantized_model_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("form", ["dynamic", "qdq"])
+def test_compress_refuses_an_already_quantized_model_unless_told_not_to_quantize(tmp_path, form):
+    # compress labelled it model.fp32.onnx and quantized it again: a QDQ source failed every candidate
+    # ("two nodes with same node name"), a dynamic one became INT8 of INT8
+    from onnxruntime.quantization import CalibrationDataReader, quantize_dynamic, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"x": _x(1, seed=i)} for i in range(8))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src = str(_mlp(tmp_path / "m.onnx"))
+    if form == "dynamic":
+        quantize_dynamic(src, str(tmp_path / "q.onnx"))
+    else:
+        quantize_static(src, str(tmp_path / "q.onnx"), Reader())
+    np.save(tmp_path / "c.npy", _x(40))
+    r = _cli("compress", "q.onnx", "--calib", "c.npy", "--no-profile", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "q.onnx", "already quantized", "QuantizeLinear" if form == "qdq" else "MatMulInteger",
+                    "--quantize none")
+    assert not (tmp_path / "out").exists()
+    r = _cli("compress", "q.onnx", "--calib", "c.npy", "--no-profile", "--quantize", "none", "-o", "out2",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "out2" / "manifest.json").read_text())
+    (art,) = man["artifacts"]
+    assert any("computes in INT8" in n for n in art["notes"]), art["notes"]
+    assert "the source computes in INT8" in r.stderr
+
+
 def test_single_column_output_with_labels_is_not_scored_as_accuracy(tmp_path, fast_gate):
     model = _mlp(tmp_path / "reg.onnx", out_cols=1)
     np.save(tmp_path / "c.npy", _x(20))

@@ -32,26 +32,17 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     import dataclasses
     import sys
 
-    import onnx
-
     from ..artifact import data_records
     from ..calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
     from ..data_size import small_data_notes
     from ..config import QuantizeConfig, Tolerance
-    from ..errors import CalibrationError, InputError, UsageError
-    from ..loader import float_dtype, load_onnx, quantized_ops
+    from ..errors import CalibrationError, UsageError
+    from ..loader import check_precision, load_onnx
     from ..outdir import check_output, discard, publish, staging_dir
     from ..quant.static import fixed_batch
 
     src_model = load_onnx(model)
-    proto = onnx.load(str(model), load_external_data=False)
-    qops = quantized_ops(proto)
-    if qops:
-        raise InputError(f"{model}: already quantized (has {', '.join(qops)} ops); pass the FP32 model")
-    dtype = float_dtype(proto)
-    if mode == "fp16" and dtype == "float16":
-        raise InputError(f"{model}: already float16; --mode fp16 needs an FP32 model")
-    del proto
+    dtype = "float16" if check_precision(model, mode, option="--mode") == "float16" else "float32"
     out = check_output(output, overwrite)
     cfg = QuantizeConfig(mode=mode, calibrate_method=method, format=fmt, per_channel=per_channel,
                          max_trials=max_trials, tune=tune, calib_size=calib_size, weight_rounding=weight_rounding,
