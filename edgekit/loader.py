@@ -361,18 +361,25 @@ def check_precision(path: str, mode: str, *, option: str) -> str | None:
 
 
 def float_dtype(model) -> str | None:
-    """'float16' or 'float32': the element type of the graph's float inputs, else of its float weights."""
+    """'float16' or 'float32': the element type most of the graph's float weights have (by element count),
+    else that of its float inputs. Weights first: an FP16 model that keeps float32 inputs and outputs (the
+    converters' keep_io_types, edgekit's own default) computes in float16, and was taken for an FP32 one."""
+    from collections import Counter
+
     from onnx import TensorProto
 
     names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
              TensorProto.DOUBLE: "float64"}
+    sizes = Counter()
+    for i in model.graph.initializer:
+        if i.data_type in names:
+            sizes[names[i.data_type]] += math.prod(i.dims)
+    if sizes:
+        return sizes.most_common(1)[0][0]
     for v in model.graph.input:
         t = v.type.tensor_type.elem_type
         if t in names:
             return names[t]
-    for i in model.graph.initializer:
-        if i.data_type in names:
-            return names[i.data_type]
     return None
 
 

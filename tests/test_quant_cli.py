@@ -259,6 +259,21 @@ def test_float16_model_with_fp16_mode_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_float16_weights_behind_float32_inputs_are_float16(tmp_path, fast_gate):
+    # an FP16 file that keeps float32 inputs and outputs (edgekit's own, onnxruntime's keep_io_types) was
+    # read by its inputs: labelled fp32, and converted to FP16 again
+    from edgekit.quant import fp16
+
+    fp16.convert(_mlp(tmp_path / "m.onnx"), tmp_path / "h.onnx")
+    r = _cli("quantize", "h.onnx", "--mode", "fp16", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    _one_line_error(r, "h.onnx", "already float16")
+    np.save(tmp_path / "c.npy", _x(20))
+    man = fast_gate(str(tmp_path / "h.onnx"), calib=str(tmp_path / "c.npy"), mode="int8-dynamic",
+                    output=str(tmp_path / "out"), tune=False)
+    assert man.artifacts[0].kind == "fp16"
+
+
 def test_float16_source_is_labelled_fp16(tmp_path, fast_gate):
     model = _mlp(tmp_path / "h.onnx", dtype=TensorProto.FLOAT16)
     np.save(tmp_path / "c.npy", _x(20, dtype=np.float16))
