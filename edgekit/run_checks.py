@@ -66,6 +66,11 @@ def label_notes(run, fp32: Artifact) -> list:
             hint = " (a one-logit binary classifier: return two logits to be scored on accuracy)"
         else:
             hint = " (return the class scores as [N, C] to be scored on accuracy)"
+        other = _scores_among(fp32.outputs[1:], ev.labels)
+        if other:
+            # a model returning (features, ..., logits): the scores are there, only not first
+            hint = (f" (its output {other['name']!r} {shape_text(other.get('shape'))} fits the labels as class "
+                    "scores: return it first to be scored on accuracy)")
         note = (f"--eval labels unused: the model's output {first['name']!r} is {shape}, not [N, C] class scores "
                 f"with C >= 2, so metrics are fidelity to FP32{hint}")
     elif len(fp32.outputs) > 1:
@@ -75,6 +80,18 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     print(f"edgekit: note: {note}", file=sys.stderr)
     return [note]
+
+
+def _scores_among(outputs: list, labels) -> dict | None:
+    """The first float output with a class-scores shape [N, C] whose C covers every label, else None."""
+    from .loader import class_scores_shape
+
+    top = int(np.max(labels)) if np.size(labels) else 0
+    for o in outputs:
+        dims = list(o.get("shape") or [])
+        if str(o.get("dtype", "float32")).startswith("float") and class_scores_shape(dims) and dims[1] > top:
+            return o
+    return None
 
 
 def check_post_fits(run, sample, where: str = "--preprocess") -> None:

@@ -290,6 +290,18 @@ LABEL_MODELS = textwrap.dedent("""
 
     def class_ids():
         return Ids()
+
+    class MapFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            e = torch.relu(self.a(x))
+            return e[:, :, None].repeat(1, 1, 3), self.b(e)
+
+    def map_first():
+        return MapFirst()
 """)
 
 
@@ -299,6 +311,10 @@ LABEL_MODELS = textwrap.dedent("""
     # class ids got the one-logit advice
     ("class_ids", "--eval labels unused: the model's output 'output' is [N], not [N, C] class scores with C >= 2, "
                   "so metrics are fidelity to FP32 (int64 values, e.g. class ids: return the class scores"),
+    # the class scores were there, second: the note said to return [N, C] scores as if there were none
+    ("map_first", "--eval labels unused: the model's output 'output_0' is [N, 8, 3], not [N, C] class scores with "
+                  "C >= 2, so metrics are fidelity to FP32 (its output 'output_1' [N, 3] fits the labels as class "
+                  "scores: return it first"),
 ])
 def test_what_the_labels_are_scored_on_is_said(tmp_path, factory, needle):
     (tmp_path / "m.py").write_text(LABEL_MODELS)
