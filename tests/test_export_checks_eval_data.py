@@ -48,3 +48,32 @@ def test_a_branch_frozen_on_the_calibration_data_is_caught_on_the_eval_data(tmp_
     assert rc == 1 and "outputs differ from PyTorch on" in err and "eval.npz" in err, err
     assert "if x.sum() > 0" in err  # torch's tracer warning, which was silenced
     assert not (tmp_path / "out").exists()
+
+
+DROPOUT_ON = '''
+import torch, torch.nn as nn, torch.nn.functional as F
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.b(F.dropout(torch.relu(self.a(x)), 0.3, training=True))  # Monte-Carlo dropout
+
+def build():
+    torch.manual_seed(0)
+    return M()
+'''
+
+
+def test_a_model_that_is_not_deterministic_is_told_so_not_an_export_mismatch(tmp_path, capsys):
+    # was: "outputs differ from PyTorch ... 64 of 64 values out of tolerance", as if the exporter were wrong
+    (tmp_path / "m.py").write_text(DROPOUT_ON)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32))
+    rc = _run(["compress", f"{tmp_path / 'm.py'}:build", "--quantize", "none", "--no-profile",
+               "--calib", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "out")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error:")]
+    assert rc == 1 and len(err) == 1, err
+    assert "forward() is not deterministic: two PyTorch runs on the same " in err[0] and "calib.npy" in err[0], err
+    assert "dropout" in err[0] and not (tmp_path / "out").exists()

@@ -373,8 +373,12 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
             err = NumericsError(f"{where}: the exported graph fails to run on {what}: {short_reason(e)}{hint}")
             err.reason = short_reason(e)
             raise err from None
-        res = check_outputs(ref, got, list(source.outputs), atol=ATOL, rtol=RTOL, where=where,
-                            between=f"from {torch_name} on {what}")
+        try:
+            res = check_outputs(ref, got, list(source.outputs), atol=ATOL, rtol=RTOL, where=where,
+                                between=f"from {torch_name} on {what}")
+        except NumericsError:
+            _check_deterministic(module, source, feeds, case, ref, where=where, what=what, torch_name=torch_name)
+            raise
         checks.append({**case, "max_abs_diff": res["max_abs_diff"]})
         for name, rec in res["per_output"].items():
             if rec["max_diff_over_limit"] >= per.get(name, {}).get("max_diff_over_limit", -1.0):
@@ -387,6 +391,29 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
     if skipped:
         out["not_checked"] = skipped
     return out
+
+
+def _check_deterministic(module, source: SourceModel, feeds: dict, case: dict, ref: list, *, where: str,
+                         what: str, torch_name: str) -> None:
+    """After a mismatch: raise a NumericsError saying so when forward() itself gives other outputs for the
+    same input. A model with dropout left on (F.dropout(x, p, training=True), Monte-Carlo dropout) was
+    reported as an export mismatch ("outputs differ from PyTorch ... 160 of 160 values out of tolerance"),
+    which sent the user looking for an exporter bug; no graph can match it, and every score would be noise."""
+    again = _torch_outputs(module, source, feeds, case, first=False)
+    if isinstance(again, str):
+        return
+    try:
+        check_outputs(ref, again, list(source.outputs), atol=ATOL, rtol=RTOL, where=where)
+    except NumericsError as e:
+        diff = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+                   for a, b in zip(ref, again) if a.shape == b.shape and a.dtype.kind in "fc")
+        reason = (f"forward() is not deterministic: two {torch_name} runs on the same {what} differ (max|diff| "
+                  f"{diff:.3g}); is dropout or sampling active in eval mode (F.dropout(x, p, training=True), "
+                  "torch.rand in forward())? edgekit checks and scores the model against itself, so it must give "
+                  "one output per input")
+        err = NumericsError(f"{where}: {reason}")
+        err.reason = reason
+        raise err from e
 
 
 def _cases(source: SourceModel, data: Dataset | None, eval_data: Dataset | None, *, shorten: bool) -> list:
