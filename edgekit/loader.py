@@ -35,6 +35,12 @@ def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = F
         if path.endswith(".py"):
             return load_python(path, factory, weights=weights, trust_pickle=trust_pickle,
                                input_shape=input_shape, sample_inputs=sample_inputs)
+    if spec.endswith(".pt2") and Path(spec).is_file():
+        # torch.export.save's archive: its graph calls aten ops on bare tensors (no layers left to prune or
+        # train), it runs only at the shapes it was exported for, and loading it unpickles
+        raise InputError(f"{spec}: a torch.export archive (ExportedProgram), which edgekit cannot prune or distil; "
+                         "convert it with torch.onnx.export(torch.export.load(path), f='model.onnx') and pass "
+                         "model.onnx, or pass the model as file.py:factory (with --weights for a state dict)")
     if spec.endswith((".pt", ".pth", ".pts", ".ts", ".jit", ".pkl", ".bin")) and Path(spec).is_file():
         kind = "a TorchScript archive, which edgekit cannot prune, distil or re-export" if is_torchscript(spec) \
             else "a PyTorch file, which holds weights, not the code that uses them"
@@ -651,6 +657,10 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         inputs = [TensorSpec(inputs[0].name, [fixed, *shape[1:]], inputs[0].dtype)]
         outputs, named = _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
         batched = [True] * len(outputs)
+    if not fixed:
+        mixed = _mixes_samples(module, inputs, outputs, batched, named, sample_inputs)
+        if mixed:
+            raise InputError(f"{where}: {mixed}")
     if named is not None:
         module = flatten_outputs(module, named)
         out_names = unique_output_names(named, {s.name for s in inputs})
@@ -1002,6 +1012,61 @@ def _follows_batch(module, inputs, outputs, named, sample_inputs):
                           "its first axis does not follow the batch size")
         batched.append(follows)
     return batched, None
+
+
+def _mixes_samples(module, inputs, outputs, batched, named, sample_inputs) -> str | None:
+    """Why forward() is not per-sample (None when it is). Statistics over the batch axis (BatchNorm with
+    track_running_stats=False, x.mean(0) by hand) make a sample's result depend on the others: such a model
+    was compressed and scored on batches of 16, while a device runs one sample at a time and gets other
+    values (a 1-sample std is NaN). Sample 0 must give the same outputs in batches of PROBE_BATCH and
+    CHECK_BATCH; a branch on the batch size alone (if x.shape[0] == 1) is the export check's to catch, with
+    the line torch's tracer names, and a forward() that differs from itself on one batch is not blamed here."""
+    import numpy as np
+    import torch
+
+    names = named or plain_output_names(len(outputs))
+
+    def run(batch):
+        with torch.no_grad():
+            arrays = _probe_arrays(inputs, sample_inputs, batch)
+            return [o.numpy() for o in _flat_outputs(module(*[torch.from_numpy(a) for a in arrays]), "")]
+
+    def first_differs(ref, got):
+        for name, r, g, b in zip(names, ref, got, batched):
+            if not b or len(r) < 1 or len(g) < 1 or r[0].shape != g[0].shape:
+                continue
+            r0, g0 = np.asarray(r[0], np.float64), np.asarray(g[0], np.float64)
+            if np.isnan(g0).sum() != np.isnan(r0).sum():
+                return f"{name}: {int(np.isnan(g0).sum())} NaN values, against {int(np.isnan(r0).sum())}"
+            scale = float(np.nanmax(np.abs(r0))) if r0.size and not np.isnan(r0).all() else 0.0
+            if not np.allclose(g0, r0, rtol=1e-3, atol=1e-4 * max(scale, 1e-3), equal_nan=True):
+                return f"{name}: max|diff| {float(np.nanmax(np.abs(g0 - r0))):.3g}"
+        return None
+
+    try:
+        run(1)
+    except Exception as e:
+        # BatchNorm1d without running statistics: "Expected more than 1 value per channel when training"
+        return (f"forward() runs on {PROBE_BATCH} samples but fails on one alone ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}), and a device runs one sample at a time (statistics "
+                "over the batch axis, as BatchNorm with track_running_stats=False takes, or a squeeze() that drops "
+                "the batch axis, do this)")
+    def same(ref, got):
+        return all(np.allclose(np.asarray(r, np.float64), np.asarray(g, np.float64), rtol=1e-5, atol=1e-6,
+                               equal_nan=True) for r, g in zip(ref, got) if r.shape == g.shape)
+
+    try:
+        three = run(CHECK_BATCH)
+        why = first_differs(outputs, three)
+        # every value of both batches again: dropout left on must not pass for mixing by chance
+        if why is None or not (same(outputs, run(PROBE_BATCH)) and same(three, run(CHECK_BATCH))):
+            return None
+    except Exception:
+        return None
+    return (f"forward() mixes the samples of a batch: sample 0 gives other outputs in a batch of {CHECK_BATCH} "
+            f"than in a batch of {PROBE_BATCH} ({why}); statistics over the batch axis (BatchNorm with "
+            "track_running_stats=False, x.mean(0)) make each result depend on the other samples, and a device "
+            "runs one sample at a time: compute them per sample, or from running statistics")
 
 
 def output_leaves(out, prefix: str = "") -> list:

@@ -266,6 +266,18 @@ def test_torchscript_archives_are_refused_in_one_line(tmp_path):
         load_source(str(tmp_path / "net.ts"))
 
 
+def test_torch_export_archives_are_refused_in_one_line_with_the_conversion(tmp_path):
+    # was: "not a model spec (expected zoo:NAME, file.py:factory or model.onnx)", as for a typo
+    net, _ = _weights(tmp_path)
+    pt2 = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(net.eval(), (torch.zeros(2, 1, 28, 28),)), str(pt2))
+    with pytest.raises(InputError) as e:
+        load_source(str(pt2))
+    msg = str(e.value)
+    assert msg.startswith(f"{pt2}: a torch.export archive") and "\n" not in msg
+    assert "torch.onnx.export(torch.export.load(path), f='model.onnx')" in msg
+
+
 def test_pickled_model_whose_class_lives_in_the_model_file_loads_when_trusted(tmp_path):
     """torch.save(model) from a script that did `import pickmodel` names the class pickmodel.Net."""
     import importlib.util

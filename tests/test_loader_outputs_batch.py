@@ -187,3 +187,74 @@ def test_a_fixed_batch_model_is_refused_for_pruning_and_distillation_in_one_line
         assert r.returncode == 2, r.stderr[-600:]
         assert "runs only batches of 1 (--input-shape 1,...)" in r.stderr and "internal error" not in r.stderr
         assert len(r.stderr.strip().splitlines()[-1]) > 0 and not (tmp_path / argv[0]).exists()
+
+
+MIXERS = textwrap.dedent("""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    def batch_stats_2d():  # normalises by the batch's statistics even in eval mode
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def batch_stats_1d():  # fails on one sample: "Expected more than 1 value per channel when training"
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8, track_running_stats=False),
+                             nn.Linear(8, 3))
+
+    class ByHand(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = x.flatten(1)
+            return self.a((x - x.mean(0, keepdim=True)) / (x.std(0, keepdim=True) + 1e-3))
+
+    def by_hand():  # and alone a 1-sample std is NaN
+        return ByHand()
+
+    class Dropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return F.dropout(self.a(x.flatten(1)), 0.5, training=True)
+
+    def dropout_on():  # differs from itself: left to the export check's own message
+        return Dropout()
+
+    def per_sample():  # BatchNorm with running statistics and InstanceNorm: per sample in eval mode
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.InstanceNorm2d(4, affine=True),
+                             nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+""")
+
+
+@pytest.mark.parametrize("factory, needle", [
+    ("batch_stats_2d", "sample 0 gives other outputs in a batch of 3 than in a batch of 2 (output: max|diff| "),
+    ("batch_stats_1d", "forward() runs on 2 samples but fails on one alone (ValueError: Expected more than 1 value"),
+    ("by_hand", "sample 0 gives other outputs in a batch of 3 than in a batch of 2 (output: max|diff| "),
+])
+def test_a_model_whose_samples_mix_in_a_batch_is_refused(tmp_path, factory, needle):
+    # was: batch_stats_2d and by_hand compressed and were scored on batches of 16, which a device running one
+    # sample at a time never sees (by_hand gives NaN there); batch_stats_1d failed later, in torch's exporter
+    # ("ONNX export failed: AssertionError: batch_size and channel_size must be non-None")
+    (tmp_path / "mix.py").write_text(MIXERS)
+    with pytest.raises(InputError) as e:
+        load_python(str(tmp_path / "mix.py"), factory, sample_inputs=_x(shape=(1, 4, 4)))
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'mix.py'}:{factory}: ") and needle in msg and "\n" not in msg, msg
+    assert "one sample at a time" in msg
+
+
+@pytest.mark.parametrize("factory", ["dropout_on", "per_sample"])
+def test_per_sample_models_and_nondeterministic_ones_are_not_called_mixing(tmp_path, factory):
+    (tmp_path / "mix.py").write_text(MIXERS)
+    src = load_python(str(tmp_path / "mix.py"), factory, sample_inputs=_x(shape=(1, 4, 4)))
+    assert src.inputs[0].shape == ["batch", 1, 4, 4]

@@ -32,9 +32,14 @@ def digits_mlp(path, *, opset=13, hidden=64, x=None, y=None):
     w2, b2 = sol[:-1].astype(np.float32), sol[-1].astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], "fc1"), helper.make_node("Relu", ["h"], ["a"], "act"),
              helper.make_node("Gemm", ["a", "w2", "b2"], ["logits"], "fc2")]
-    inits = [numpy_helper.from_array(v, k) for k, v in {"w1": w1, "b1": b1, "w2": w2, "b2": b2}.items()]
-    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])], inits)
+    return _save_graph(nodes, {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, ["n", 64], opset, path)
+
+
+def _save_graph(nodes, inits: dict, x_shape: list, opset: int, path):
+    """A checked model of x (float, x_shape) -> logits [n, 10], saved at path."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 7
     onnx.checker.check_model(m)
@@ -124,14 +129,7 @@ def digits_upsample_net(path):
              helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], "fc")]
     inits = {"scales": np.array([1, 1, 2, 2], np.float32), "w": w, "w2": sol[:-1].astype(np.float32),
              "b2": sol[-1].astype(np.float32)}
-    g = helper.make_graph(nodes, "up9", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])],
-                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
-    m.ir_version = 7
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
+    return _save_graph(nodes, inits, ["n", 1, 8, 8], 9, path)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int8-dynamic", "fp16"])
