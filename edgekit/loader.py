@@ -627,11 +627,11 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
             raise InputError(f"{weights}: not a state dict (a dict of tensor names to tensors)")
         weights_sha = sha256_file(weights)
     module.eval()
-    wide = _has_float64(module)
+    wide = _not_float32(module)
     inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
     module = bind_inputs(module, [s.name for s in inputs])
     if wide:
-        inputs = _to_float32(module, inputs, sample_inputs, where=f"{path}:{factory}")
+        inputs = _to_float32(module, inputs, sample_inputs, wide, where=f"{path}:{factory}")
     where = f"{path}:{factory}"
     fixed = None
     try:
@@ -682,44 +682,61 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     return SourceModel(spec=f"{path}:{factory}", kind="torch", module=module, inputs=inputs, outputs=out_names,
                        task=task, dynamic_axes=dyn, weights=weights, weights_sha256=weights_sha,
                        description=f"user model {factory}() from {Path(path).name}"
-                                   + (" (float64 cast to float32)" if wide else ""))
+                                   + (f" ({'/'.join(wide)} cast to float32)" if wide else ""))
 
 
-def _has_float64(module) -> bool:
+def _not_float32(module) -> list:
+    """The float dtypes other than float32 among the model's parameters and buffers, as names."""
     import torch
 
-    return any(t.dtype == torch.float64 for t in [*module.parameters(), *module.buffers()])
+    found = {t.dtype for t in [*module.parameters(), *module.buffers()]}
+    return [n for d, n in ((torch.float64, "float64"), (torch.float16, "float16"), (torch.bfloat16, "bfloat16"))
+            if d in found]
 
 
-def _to_float32(module, inputs, sample_inputs, *, where) -> list:
-    """Cast a float64 model's float64 parameters and buffers (in place) and its float inputs to float32;
-    the inputs' specs after the cast. Exported as it was, a .double() model gave a "model.fp32.onnx" of
-    float64 tensors, and with a Conv one onnxruntime cannot run ("internal error: NOT_IMPLEMENTED ...
-    Conv(11)"); edge runtimes and the INT8/FP16 stages take float32 too. The note says how much the
-    outputs moved, so a model that truly needs float64 is not converted in silence."""
+def _to_float32(module, inputs, sample_inputs, dtypes: list, *, where) -> list:
+    """Cast a model's float64 / float16 / bfloat16 parameters and buffers (in place) and its float inputs to
+    float32; the inputs' specs after the cast. Exported as it was, a .double() model gave a "model.fp32.onnx"
+    of float64 tensors, and with a Conv one onnxruntime cannot run ("internal error: NOT_IMPLEMENTED ...
+    Conv(11)"); a .half() one failed the export check on float16 rounding, and a bfloat16 one could not be
+    fed at all (numpy has no bfloat16). Edge runtimes and the INT8 stage take float32, and --quantize fp16
+    writes the float16 file. The note says how much the outputs moved, so a model that truly needs its
+    precision is not converted in silence."""
     import numpy as np
     import torch
 
+    floats = ("float32", "float64", "float16", "bfloat16")
+    names = {torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+    own = next(d for d, n in names.items() if n == dtypes[0])
+
     def run(dtype):
-        specs = [TensorSpec(s.name, s.shape, dtype) if s.dtype in ("float32", "float64") else s for s in inputs]
+        # the data as float64 for a float64 model (its own precision); else float32, cast in torch (bfloat16)
+        wide = dtype == torch.float64
+        specs = [TensorSpec(s.name, s.shape, "float64" if wide else "float32") if s.dtype in floats else s
+                 for s in inputs]
         try:
             with torch.no_grad():
-                out = module(*[torch.from_numpy(a) for a in _probe_arrays(specs, sample_inputs)])
-            return specs, [o.detach().numpy() for o in _flat_outputs(out, where)]
+                out = module(*[torch.from_numpy(a).to(dtype) if a.dtype.kind == "f" else torch.from_numpy(a)
+                               for a in _probe_arrays(specs, sample_inputs)])
+            return [o.detach().to(torch.float64 if o.is_floating_point() else o.dtype).numpy()
+                    for o in _flat_outputs(out, where)]
         except Exception:  # the probe that follows reports a forward() that does not run
-            return specs, None
+            return None
 
-    _, before = run("float64")
-    module._apply(lambda t: t.float() if t.dtype == torch.float64 else t)  # what .float() does, float16 kept
-    specs, after = run("float32")
+    before = run(own)
+    module._apply(lambda t: t.float() if t.dtype in names else t)
+    after = run(torch.float32)
+    specs = [TensorSpec(s.name, s.shape, "float32") if s.dtype in floats else s for s in inputs]
     moved = ""
     pairs = [(a, b) for a, b in zip(before or [], after or []) if a.dtype.kind == "f" and a.shape == b.shape]
     if before is not None and after is not None and pairs:
-        diff = max((float(np.max(np.abs(a - b.astype(np.float64)), initial=0.0)) for a, b in pairs), default=0.0)
+        diff = max((float(np.max(np.abs(a - b), initial=0.0)) for a, b in pairs), default=0.0)
         moved = f"; on {PROBE_BATCH} samples its outputs moved by at most {diff:.3g}"
-    print(f"edgekit: note: {where} computes in float64: its float64 parameters and buffers and its float inputs "
-          "are cast to float32, so the exported files are float32 (onnxruntime has no float64 Conv; edge runtimes "
-          f"and INT8/FP16 quantization take float32){moved}", file=sys.stderr)
+    what = "/".join(dtypes)
+    why = ("onnxruntime has no float64 Conv; edge runtimes and INT8/FP16 quantization take float32" if dtypes == ["float64"]
+           else "the FP32 reference every variant is scored against; --quantize fp16 writes the float16 file")
+    print(f"edgekit: note: {where} computes in {what}: its {what} parameters and buffers and its float inputs "
+          f"are cast to float32, so the exported files are float32 ({why}){moved}", file=sys.stderr)
     return specs
 
 
