@@ -213,26 +213,20 @@ def _host_arch() -> str:
 
 
 def op_profile(path, feeds: dict, *, runs: int = 10, threads=None, providers=("CPUExecutionProvider",)) -> dict:
-    """Per-node time and provider from onnxruntime's profiler: {"nodes": [{name, op_type, provider, ms}], ...}."""
+    """Per-node time and provider from onnxruntime's profiler: {"nodes": [{name, op_type, provider, ms}], ...},
+    parsed as `edgekit profile` parses it: the first run (allocation, kernel selection) left out and each
+    node's median over the rest. Summing all runs with the first gave one speed gate's "still FP32: Sqrt
+    55%" on a small net where Sqrt takes under 1% in every later run."""
+    from ..runner.edgekit_runner import parse_ort_profile
+
     with tempfile.TemporaryDirectory(prefix="edgekit-prof-") as d:
         s = _session(path, threads, providers, profile_prefix=os.path.join(d, "p"))
         fd = {i.name: feeds[i.name] for i in s.get_inputs()}
-        for _ in range(runs):
+        for _ in range(runs + 1):
             s.run(None, fd)
-        prof = s.end_profiling()
-        events = json.loads(Path(prof).read_text())
-    per = defaultdict(lambda: {"us": 0.0, "calls": 0})
-    for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
-            continue
-        a = e.get("args", {})
-        key = (e["name"][: -len("_kernel_time")], a.get("op_name", "?"), a.get("provider", "?"))
-        per[key]["us"] += float(e.get("dur", 0))
-        per[key]["calls"] += 1
-    nodes = [{"name": n, "op_type": op, "provider": prov, "ms": v["us"] / 1000.0 / max(1, runs)}
-             for (n, op, prov), v in per.items()]
-    nodes.sort(key=lambda x: -x["ms"])
-    return {"nodes": nodes, "runs": runs}
+        events = json.loads(Path(s.end_profiling()).read_text())
+    prof = parse_ort_profile(events, skip_runs=1)
+    return {"nodes": prof["nodes"], "runs": prof["runs"]}
 
 
 def classify(nodes: list) -> dict:
