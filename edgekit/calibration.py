@@ -131,6 +131,12 @@ def _castable(src: np.dtype, dst: np.dtype) -> bool:
 def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
     if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
         raise CalibrationError(f"{where}: input {name!r} has dtype {arr.dtype}, not a numeric array")
+    if spec is not None and not list(spec.shape):
+        # every stage runs the model on batches of samples; a rank-0 input has no axis to batch (the message
+        # was "has shape (300,) (rank 1); the model expects rank 0 [] with samples on axis 0", which no data fits)
+        raise CalibrationError(f"{where}: input {name!r}: the model takes it as a scalar (rank 0), with no sample "
+                               "axis, and edgekit runs models on batches of samples; give the model a per-sample "
+                               f"input ([N] or [N, 1]) or fold the value into it as a constant")
     if len(arr.shape) == 0:
         raise CalibrationError(f"{where}: input {name!r} is a scalar; expected a leading sample axis")
     if spec is None:

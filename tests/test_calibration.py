@@ -220,3 +220,16 @@ def test_zero_one_integer_masks_feed_a_bool_input(tmp_path):
     np.savez(tmp_path / "bad.npz", ids=rng.integers(0, 50, (10, 6)), mask=mask)
     with pytest.raises(CalibrationError, match=r"bad\.npz: input 'mask' is a bool input in the model, but holds 2"):
         read_dataset(str(tmp_path / "bad.npz"), spec)
+
+
+@pytest.mark.parametrize("t", [np.full(6, 2.0, np.float32), np.float32(2.0)])
+def test_a_scalar_model_input_is_named_as_what_cannot_be_batched(tmp_path, t):
+    # per-sample values [N] read "has shape (6,) (rank 1); the model expects rank 0 [] with samples on axis
+    # 0", and one value "is a scalar; expected a leading sample axis": no data could satisfy both
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 16), np.float32), t=t)
+    specs = [TensorSpec("x", ["n", 16], "float32"), TensorSpec("t", [], "float32")]
+    with pytest.raises(CalibrationError) as e:
+        read_dataset(tmp_path / "d.npz", specs)
+    msg = _one_line(e)
+    assert msg.startswith(f"{tmp_path / 'd.npz'}: input 't': the model takes it as a scalar (rank 0)"), msg
+    assert "per-sample input ([N] or [N, 1])" in msg
