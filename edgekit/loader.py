@@ -641,7 +641,7 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         outputs, why, hint = None, str(e), not input_shape
     else:
         # .view(2, -1) runs there and looks batched: only a second batch size tells
-        batched, why = _follows_batch(module, inputs, outputs, named, sample_inputs)
+        batched, why = _follows_batch(module, inputs, outputs, named, sample_inputs, where=where)
         why, hint = (f"{where}: {why}" if why else None), True
     if why:
         # an explicit --input-shape with that batch says so, and the model is then exported with it fixed
@@ -1000,7 +1000,7 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
     return [o.numpy() for o in _flat_outputs(out, where)], names
 
 
-def _follows_batch(module, inputs, outputs, named, sample_inputs):
+def _follows_batch(module, inputs, outputs, named, sample_inputs, *, where: str):
     """([whether each output has the batch as axis 0], None), or (None, why forward() does not run at
     any batch size). Probed at PROBE_BATCH alone, .view(2, -1) gave [2, 4] there and was declared
     [batch, 4]; evaluation then failed joining the [2, 64] and [2, 56] of two batches (a numpy
@@ -1025,6 +1025,16 @@ def _follows_batch(module, inputs, outputs, named, sample_inputs):
         a, b = list(ref.shape), list(o.shape)
         follows = len(a) == len(b) >= 1 and a[0] == PROBE_BATCH and b[0] == CHECK_BATCH
         if a != b and not follows:
+            if len(a) == len(b) >= 1 and a[1:] == b[1:] and a[0] != PROBE_BATCH and b[0] != CHECK_BATCH \
+                    and a[0] * CHECK_BATCH != b[0] * PROBE_BATCH:  # not the batch flattened in (out.flatten())
+                # rows picked by the data (out[out[:, 4] > 0], NMS): no batch size makes them fit, and the
+                # fixed-batch hint that follows a batch-size mismatch would send the user the wrong way
+                raise InputError(
+                    f"{where}: output {name!r} has {a[0]} rows for {PROBE_BATCH} samples and {b[0]} for "
+                    f"{CHECK_BATCH}: its length follows the data, not the batch (a boolean mask or NMS in "
+                    "forward()?); edgekit scores outputs sample by sample, so return a fixed number per sample "
+                    "(all candidates, or the top k, with their scores) and select in post-processing (the nms "
+                    "post op)")
             return None, (f"output {name!r} is {a} for {PROBE_BATCH} samples and {b} for {CHECK_BATCH}: "
                           "its first axis does not follow the batch size")
         batched.append(follows)

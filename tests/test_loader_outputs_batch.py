@@ -274,3 +274,40 @@ def test_per_sample_models_and_nondeterministic_ones_are_not_called_mixing(tmp_p
     (tmp_path / "mix.py").write_text(MIXERS)
     src = load_python(str(tmp_path / "mix.py"), factory, sample_inputs=_x(shape=(1, 4, 4)))
     assert src.inputs[0].shape == ["batch", 1, 4, 4]
+
+
+SELECTORS = textwrap.dedent("""
+    import torch
+    import torch.nn as nn
+
+    class Keep(nn.Module):
+        def __init__(self, flat=False):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.flat = nn.Linear(16, 5), flat
+
+        def forward(self, x):
+            out = self.a(x)
+            return out.flatten() if self.flat else out[out[:, 4] > 0]  # rows picked by the data, as NMS does
+
+    def keep():
+        return Keep()
+
+    def flat():
+        return Keep(flat=True)
+""")
+
+
+def test_an_output_whose_length_follows_the_data_is_told_so(tmp_path):
+    # was: "its first axis does not follow the batch size; if forward() runs only one fixed batch size B, pass
+    # --input-shape B,16 with that B", which no batch size fixes
+    (tmp_path / "sel.py").write_text(SELECTORS)
+    x = {"x": np.array([[1.0] * 16, [-1.0] * 16, [1.0] * 16], np.float32) * np.linspace(0.5, 1.5, 16)}
+    with pytest.raises(InputError) as e:
+        load_python(str(tmp_path / "sel.py"), "keep", sample_inputs=x)
+    msg = str(e.value)
+    assert "its length follows the data, not the batch (a boolean mask or NMS in forward()?)" in msg, msg
+    assert "--input-shape" not in msg and "\n" not in msg and "the nms post op" in msg
+    # the batch flattened into one axis is still the batch-size message
+    with pytest.raises(InputError, match="does not follow the batch size"):
+        load_python(str(tmp_path / "sel.py"), "flat", sample_inputs=x)
