@@ -179,6 +179,7 @@ def stage_export(run: Run):
                        opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], notes=notes)
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
+        run_checks.check_rows_follow_batch(dest, run.ctx.eval, where=run.cfg.model)
         run_checks.check_post_fits(run, run.ctx.eval.take(8), where=_spec_where(run))
         return {"artifacts": [art.path], "note": "source is already ONNX",
                 "notes": run_checks.label_notes(run, art)}

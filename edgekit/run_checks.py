@@ -116,6 +116,32 @@ def check_post_fits(run, sample, where: str = "--preprocess") -> None:
                          f"{str(e).splitlines()[0]}") from None
 
 
+def check_rows_follow_batch(path, data, where: str) -> None:
+    """Refuse an ONNX model with an output whose number of rows follows the data (NonZero, NMS in the graph:
+    detections [k, 6] for the whole batch). Scoring joins each output's batches and compares them sample by
+    sample, so such an output was compared row against unrelated row, or crashed when the INT8 file kept
+    another count. Run at 2 and 3 samples, as the PyTorch loader probes: rows that are neither the batch,
+    the batch flattened in, nor constant (anchors) are the data's."""
+    from .onnxutil import fixed_batch, session
+
+    if data is None or len(data) < 3:
+        return
+    sess = session(path)
+    if fixed_batch(sess):
+        return
+    names = {i.name for i in sess.get_inputs()}
+    runs = [sess.run(None, {k: np.asarray(v) for k, v in data.take(n).inputs.items() if k in names})
+            for n in (2, 3)]
+    for o, a, b in zip(sess.get_outputs(), *runs):
+        a, b = np.shape(a), np.shape(b)
+        if len(a) >= 1 and a[1:] == b[1:] and a[0] != 2 and b[0] != 3 and a[0] != b[0] and a[0] * 3 != b[0] * 2:
+            raise UsageError(f"{where}: output {o.name!r} has {a[0]} rows for 2 samples and {b[0]} for 3: its "
+                             "length follows the data, not the batch (NonZero or NMS in the graph?); edgekit "
+                             "scores outputs sample by sample, so export a fixed number per sample (all "
+                             "candidates, or the top k, with their scores) and select in post-processing (the "
+                             "nms post op)")
+
+
 def dtype_notes(inputs: list, sample: dict | None) -> list:
     """Inputs the ONNX model takes in another integer type than the data has (int32 token ids become an
     int64 input: what nn.Embedding and ONNX Gather take by default). edgekit's own runner casts, but an

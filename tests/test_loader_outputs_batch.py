@@ -311,3 +311,23 @@ def test_an_output_whose_length_follows_the_data_is_told_so(tmp_path):
     # the batch flattened into one axis is still the batch-size message
     with pytest.raises(InputError, match="does not follow the batch size"):
         load_python(str(tmp_path / "sel.py"), "flat", sample_inputs=x)
+
+
+@pytest.mark.parametrize("cmd", ["compress", "quantize"])
+def test_an_onnx_output_whose_length_follows_the_data_is_refused(tmp_path, cmd):
+    # it was scored row against unrelated row (top1_agreement over the kept rows of every batch joined), and
+    # an INT8 file keeping another count could not be compared at all
+    namespace = {}
+    exec(SELECTORS, namespace)  # the same Keep module the PyTorch loader refuses
+    torch.onnx.export(namespace["keep"]().eval(), (torch.zeros(2, 16),), str(tmp_path / "keep.onnx"),
+                      input_names=["x"], output_names=["kept"], dynamic_axes={"x": {0: "n"}, "kept": {0: "k"}},
+                      dynamo=False)
+    x = np.random.default_rng(3).normal(size=(40, 16)).astype(np.float32)
+    x[:3] = np.array([[1.0] * 16, [-1.0] * 16, [1.0] * 16], np.float32) * np.linspace(0.5, 1.5, 16)
+    np.save(tmp_path / "calib.npy", x)
+    extra = ["--no-profile"] if cmd == "compress" else []
+    r = _cli(cmd, "keep.onnx", "--calib", "calib.npy", *extra, "-o", "out", cwd=tmp_path)
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("edgekit: error:")]
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "keep.onnx: output 'kept' has 1 rows for 2 samples and 2 for 3: its length follows the data" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -38,6 +38,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, UsageError
     from ..loader import check_precision, load_onnx
+    from ..run_checks import check_rows_follow_batch
     from ..outdir import check_output, discard, publish, staging_dir
     from ..quant.static import fixed_batch
 
@@ -69,6 +70,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
                                     calib_size=calib_size)
     small = list(record_notes)
     record_notes = task_notes + record_notes
+    check_rows_follow_batch(model, eval_ds if eval_ds is not None else calib_ds, where=model)
     batch = fixed_batch(model)
     timing_ds = calib_ds if calib_ds is not None else eval_ds
     if batch and timing_ds is not None and len(timing_ds) < batch:
