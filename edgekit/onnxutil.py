@@ -90,13 +90,27 @@ def parameter_count(graph) -> int:
             name, depth = n.input[0], depth + 1
         return name, dq
 
+    def carried(name, depth=0):
+        n = producer.get(name)
+        while n is not None and n.op_type in _CARRY and n.input and depth < 8:
+            n, depth = producer.get(n.input[0]), depth + 1
+        return n
+
+    def normalizing_div(n):
+        """(x - mean) / sqrt(var + eps): a LayerNorm as exporters below opset 17 write it, whose gamma (a Mul)
+        and beta (an Add) follow; they were not counted (a LayerNorm over [48, 4, 4]: 1,536 of 13,048)."""
+        if n is None or n.op_type != "Div" or len(n.input) != 2:
+            return False
+        num, den = producer.get(n.input[0]), carried(n.input[1])
+        return num is not None and num.op_type == "Sub" and den is not None and den.op_type == "Sqrt"
+
     def after_weighted_op(name, depth=0):
         """Whether name is the output of a weighted op, seen through _CARRY ops, a rescaling Mul and bias Adds."""
         while depth <= 16:
             n = producer.get(name)
             if n is None:
                 return False
-            if n.op_type in _WEIGHT_SLOTS and n.op_type != "Gather":
+            if (n.op_type in _WEIGHT_SLOTS and n.op_type != "Gather") or normalizing_div(n):
                 return True
             if n.op_type == "Gather" and n.input:
                 # an embedding lookup: a positional embedding (a learned [1, T, D] parameter) is added to it
@@ -126,11 +140,9 @@ def parameter_count(graph) -> int:
                 return True
         return False
 
-    def from_instance_norm(name, depth=0):
-        n = producer.get(name)
-        while n is not None and n.op_type in _CARRY and n.input and depth < 8:
-            n, depth = producer.get(n.input[0]), depth + 1
-        return n is not None and n.op_type == "InstanceNormalization"
+    def from_normalization(name):
+        n = carried(name)
+        return (n is not None and n.op_type == "InstanceNormalization") or normalizing_div(n)
 
     dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input}
     learned = set()
@@ -143,7 +155,7 @@ def parameter_count(graph) -> int:
         if n.op_type == "Mul" and len(n.input) == 2:
             srcs = [source(i) for i in n.input]
             slots = [k for k in (0, 1) if srcs[k][0] is not None and srcs[1 - k][0] is None
-                     and from_instance_norm(n.input[1 - k])]
+                     and from_normalization(n.input[1 - k])]
         if n.op_type in ("Add", "Sub") and len(n.input) == 2:
             # a bias applied as its own Add: the constant side counts when the other side is a weighted op's output
             srcs = [source(i) for i in n.input]

@@ -101,3 +101,29 @@ def test_an_exported_artifact_reports_pytorchs_parameter_count(tmp_path):
     art = export_module(model, src, tmp_path / "model.fp32.onnx", data=Dataset({"x": x}), eval_data=Dataset({"x": x}))
     assert graph_facts(tmp_path / "model.fp32.onnx")["params"] < want  # the folded file holds fewer elements
     assert art.params == want
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_a_layernorm_written_out_by_the_exporter_counts_its_gamma_and_beta(tmp_path, opset):
+    # below opset 17 torch writes LayerNorm as (x - mean) / sqrt(var + eps) * gamma + beta: an ONNX source
+    # exported so reported 11,512 parameters for a net of 13,048 (the [48, 4, 4] gamma and beta left out)
+    import onnx
+
+    from edgekit.onnxutil import graph_facts
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c, self.n, self.h = nn.Conv2d(1, 8, 3, padding=1), nn.LayerNorm([8, 4, 4]), nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = torch.relu(self.n(self.c(x)))
+            return self.h((x / x.pow(2).sum((2, 3), keepdim=True).sqrt()).mean((2, 3)))  # a Div by Sqrt, no Sub
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(net, (torch.randn(2, 1, 4, 4),), str(path), opset_version=opset, dynamo=False)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert ("LayerNormalization" in ops) == (opset == 17)
+    assert graph_facts(path)["params"] == sum(p.numel() for p in net.parameters()) == 8 * 9 + 8 + 2 * 128 + 27
