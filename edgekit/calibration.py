@@ -136,7 +136,7 @@ def _check_array(where: str, name: str, arr, spec: TensorSpec | None):
         # was "has shape (300,) (rank 1); the model expects rank 0 [] with samples on axis 0", which no data fits)
         raise CalibrationError(f"{where}: input {name!r}: the model takes it as a scalar (rank 0), with no sample "
                                "axis, and edgekit runs models on batches of samples; give the model a per-sample "
-                               f"input ([N] or [N, 1]) or fold the value into it as a constant")
+                               "input ([N] or [N, 1]) or fold the value into it as a constant")
     if len(arr.shape) == 0:
         raise CalibrationError(f"{where}: input {name!r} is a scalar; expected a leading sample axis")
     if spec is None:

@@ -733,7 +733,8 @@ def _to_float32(module, inputs, sample_inputs, dtypes: list, *, where) -> list:
         diff = max((float(np.max(np.abs(a - b), initial=0.0)) for a, b in pairs), default=0.0)
         moved = f"; on {PROBE_BATCH} samples its outputs moved by at most {diff:.3g}"
     what = "/".join(dtypes)
-    why = ("onnxruntime has no float64 Conv; edge runtimes and INT8/FP16 quantization take float32" if dtypes == ["float64"]
+    why = ("onnxruntime has no float64 Conv; edge runtimes and INT8/FP16 quantization take float32"
+           if dtypes == ["float64"]
            else "the FP32 reference every variant is scored against; --quantize fp16 writes the float16 file")
     print(f"edgekit: note: {where} computes in {what}: its {what} parameters and buffers and its float inputs "
           f"are cast to float32, so the exported files are float32 ({why}){moved}", file=sys.stderr)
@@ -1002,7 +1003,8 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
 
 def _follows_batch(module, inputs, outputs, named, sample_inputs, *, where: str):
     """([whether each output has the batch as axis 0], None), or (None, why forward() does not run at
-    any batch size). Probed at PROBE_BATCH alone, .view(2, -1) gave [2, 4] there and was declared
+    any batch size); an InputError for an output whose rows follow the data, which no batch size fixes.
+    Probed at PROBE_BATCH alone, .view(2, -1) gave [2, 4] there and was declared
     [batch, 4]; evaluation then failed joining the [2, 64] and [2, 56] of two batches (a numpy
     ValueError as "internal error"). A constant output (a [2, 4] anchor buffer) keeps its shape at
     both batch sizes and is no batch either."""
@@ -1078,6 +1080,7 @@ def _mixes_samples(module, inputs, outputs, batched, named, sample_inputs) -> st
                 f"{str(e).splitlines()[0] if str(e) else ''}), and a device runs one sample at a time (statistics "
                 "over the batch axis, as BatchNorm with track_running_stats=False takes, or a squeeze() that drops "
                 "the batch axis, do this)")
+
     def same(ref, got):
         return all(np.allclose(np.asarray(r, np.float64), np.asarray(g, np.float64), rtol=1e-5, atol=1e-6,
                                equal_nan=True) for r, g in zip(ref, got) if r.shape == g.shape)

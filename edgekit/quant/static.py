@@ -59,7 +59,7 @@ def preprocess(src, dest) -> list:
                 quant_pre_process(model_in, str(dest), skip_symbolic_shape=True)
         except Exception as e2:
             raise EdgekitError(f"{Path(src).name}: onnxruntime quantization pre-processing failed: "
-                               f"{type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}") from None
+                               f"{type(e2).__name__}: {_first_line(e2)}") from None
     m = onnx.load(str(dest))
     dead = zero_dead_channels(m)
     if dead:
@@ -72,8 +72,9 @@ def preprocess(src, dest) -> list:
 
 
 def _below_opset_11(src: Path, scratch: Path):
-    """(the path to give quant_pre_process: src, or the graph converted into scratch; a note or None). For opset <= 10 onnxruntime's pre-processing
-    rewrites Upsample into Resize still under the old opset, then asks ONNX's version converter for 11,
+    """(the path to give quant_pre_process: src, or the graph converted into scratch; a note or None).
+    For opset <= 10 onnxruntime's pre-processing rewrites Upsample into Resize still under the old opset,
+    then asks ONNX's version converter for 11,
     which has no adapter for a Resize at 9 ("No Adapter From Version $9 for Resize"): every INT8 and FP16
     run of an opset-9 model with an Upsample failed. Converting the untouched graph first (Upsample 9 -> 10
     -> Resize 11 is a path the converter has) skips that step of theirs."""
