@@ -116,6 +116,45 @@ def test_feature_matching_and_student_from_file(digits, tmp_path):
         stage.run(src.module, student, make_ctx(src, tmp_path), replace(cfg, feature_layers=("nope",)))
 
 
+NO_AUTOGRAD = """import torch, torch.nn as nn
+
+class Frozen(nn.Sequential):
+    @torch.no_grad()
+    def forward(self, x):
+        return super().forward(x)
+
+class Inference(nn.Sequential):
+    @torch.inference_mode()
+    def forward(self, x):
+        return super().forward(x)
+
+def no_grad():
+    return Frozen(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+
+def inference():
+    return Inference(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+"""
+
+
+@pytest.mark.parametrize("factory", ["no_grad", "inference"])
+def test_a_forward_without_autograd_is_refused_for_distillation_and_pruning(digits, tmp_path, factory):
+    # a --student so written crashed training ("internal error: RuntimeError: element 0 of tensors does not
+    # require grad"), and pruning called a plain network "nothing in this model can be pruned"
+    from edgekit.pruning import graph
+
+    src = _source(digits, labelled_train=True)
+    f = tmp_path / "frozen.py"
+    f.write_text(NO_AUTOGRAD)
+    ex = (torch.from_numpy(src.calib.take(2).inputs["input"]),)
+    with pytest.raises(InputError) as e:
+        stage.load_student(f"{f}:{factory}", src, ex)
+    assert str(e.value).startswith(f"--student {f}:{factory}: forward() computes without autograd"), str(e.value)
+    namespace = {}
+    exec(NO_AUTOGRAD, namespace)
+    with pytest.raises(InputError, match=r"^prune: forward\(\) computes without autograd \(torch.no_grad or "):
+        graph.make_plan(namespace[factory](), ex)
+
+
 # ---------------------------------------------------------------- transformers: padding, blocks, importance
 
 def _tiny_bert_source(n=48, seq=16, seed=0):

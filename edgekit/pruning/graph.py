@@ -86,6 +86,27 @@ def _output_sum(out):
     return sum(t.float().sum() for t in ts)
 
 
+def check_autograd(model, example, where: str) -> None:
+    """Refuse a model whose forward() turns autograd off (@torch.no_grad(), torch.inference_mode() inside it)
+    before pruning or distilling it: pruning traces the autograd graph and distillation trains through it.
+    Pruning said "nothing in this model can be pruned" of a plain CNN, and a --student so written crashed
+    training with "internal error: RuntimeError: element 0 of tensors does not require grad"."""
+    import torch
+
+    if not any(p.requires_grad for p in model.parameters()):
+        return
+    with torch.enable_grad():
+        try:
+            out = model(*example)
+        except Exception:  # a forward() that fails is reported where it runs
+            return
+    ts = [t for t in output_tensors(out) if t.is_floating_point()]
+    if ts and not any(t.requires_grad for t in ts):
+        raise InputError(f"{where}: forward() computes without autograd (torch.no_grad or torch.inference_mode "
+                         "inside the model), and pruning traces the autograd graph and distillation trains "
+                         "through it; remove it from forward() (edgekit runs inference without gradients itself)")
+
+
 # ---------------------------------------------------------------- which layers
 
 def _execution_order(model, example) -> list:
@@ -192,6 +213,7 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
 
     from . import recurrent
 
+    check_autograd(model, example, "prune")
     names = {m: n for n, m in model.named_modules()}
     by_name = dict(model.named_modules())
     order = _execution_order(model, example)

@@ -23,7 +23,7 @@ import numpy as np
 from ..config import DistillConfig
 from ..errors import InputError
 from ..evaluate import LABELLED_TASKS
-from ..pruning.graph import first_tensor, output_tensors
+from ..pruning.graph import check_autograd, first_tensor, output_tensors
 from ..pruning.metrics import TorchMetric, labels_cross_entropy
 
 
@@ -519,6 +519,7 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
         if s_out.shape != t_out.shape:
             raise InputError(f"--student {spec}: output shape {list(s_out.shape)} differs from the teacher's "
                              f"{list(t_out.shape)}")
+        check_autograd(student, example, f"--student {spec}")
     return student
 
 
