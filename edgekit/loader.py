@@ -604,6 +604,10 @@ def call_factory(path: str, factory: str, where: str | None = None):
     if not isinstance(module, torch.nn.Module):
         what = f"{where}: the factory {spec}" if where else spec
         raise InputError(f"{what}: returned {type(module).__name__}, not a torch.nn.Module")
+    # torch.compile's wrapper: its hooks never fire under the compiled code, so pruning found "no Conv or
+    # Linear layers"; the plain module it wraps is what edgekit exports, prunes and trains
+    while isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
+        module = module._orig_mod
     return module
 
 
@@ -617,16 +621,18 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
         obj = load_state(weights, trust_pickle=trust_pickle)
         if isinstance(obj, torch.nn.Module):
             module = obj  # only reachable with --trust-pickle
-        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        else:
+            sd, how = _state_dict_in(obj, module, weights)
             try:
-                module.load_state_dict(obj)
+                module.load_state_dict(sd)
             except RuntimeError as e:
                 first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
                 raise InputError(f"{weights}: state dict does not fit {factory}(): {first}") from None
-        else:
-            raise InputError(f"{weights}: not a state dict (a dict of tensor names to tensors)")
+            if how:
+                print(f"edgekit: note: {weights}: {how}", file=sys.stderr)
         weights_sha = sha256_file(weights)
     module.eval()
+    _unfreeze_layers(module)
     wide = _not_float32(module)
     inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
     module = bind_inputs(module, [s.name for s in inputs])
@@ -683,6 +689,57 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
                        task=task, dynamic_axes=dyn, weights=weights, weights_sha256=weights_sha,
                        description=f"user model {factory}() from {Path(path).name}"
                                    + (f" ({'/'.join(wide)} cast to float32)" if wide else ""))
+
+
+def _unfreeze_layers(module) -> None:
+    """Layers frozen for the user's own fine-tuning (requires_grad=False) are invisible to pruning's autograd
+    trace ("nothing in this model can be pruned" of a CNN with a frozen backbone), and distillation could not
+    repair what pruning cut from them: the weights of the layers pruning works on (convs, linears, norms,
+    embeddings, recurrent layers) take gradients again. Other parameters a model keeps frozen on purpose
+    (a fixed mean, a positional table) stay as they are; nothing but pruning and distillation trains."""
+    import torch.nn as nn
+
+    layers = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+              nn.Embedding, nn.RNNBase)
+    for m in module.modules():
+        if isinstance(m, layers):
+            m.requires_grad_(True)
+
+
+# wrappers whose state dicts prefix every key: DataParallel / DistributedDataParallel, torch.compile, and a
+# training module holding the network as .model (PyTorch Lightning)
+STATE_PREFIXES = ("module.", "_orig_mod.", "model.")
+# where training checkpoints keep the network's weights beside epoch, optimizer and scheduler state
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
+
+
+def _state_dict_in(obj, module, weights) -> tuple:
+    """(the state dict to load, a note on how it was found or None). A plain state dict as it is; a training
+    checkpoint ({'model': ..., 'epoch': 3, 'optimizer': ...}) by the one key that holds a state dict; keys
+    under a wrapper's prefix ('module.' from DistributedDataParallel, '_orig_mod.' from torch.compile)
+    without it when that is what fits the model. Each was refused ("not a state dict", "Missing key(s)")."""
+    import torch
+
+    def tensors(d):
+        return isinstance(d, dict) and d and all(isinstance(v, torch.Tensor) for v in d.values())
+
+    how = []
+    if not tensors(obj):
+        found = [k for k in STATE_KEYS if isinstance(obj, dict) and tensors(obj.get(k))]
+        if not found:
+            raise InputError(f"{weights}: not a state dict (a dict of tensor names to tensors)"
+                             + (f", nor a checkpoint holding one under {' / '.join(STATE_KEYS[:3])}"
+                                if isinstance(obj, dict) else ""))
+        obj = obj[found[0]]
+        how.append(f"the state dict under the checkpoint's key {found[0]!r}")
+    want = set(module.state_dict())
+    while not want & set(obj):
+        prefix = next((p for p in STATE_PREFIXES if all(k.startswith(p) for k in obj)), None)
+        if prefix is None:
+            break
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+        how.append(f"keys without their {prefix!r} prefix")
+    return obj, ("read " + ", ".join(how)) if how else None
 
 
 def _not_float32(module) -> list:

@@ -251,6 +251,49 @@ def test_probe_reports_the_first_error_not_the_float_fallbacks(tmp_path):
     assert "cannot take torch.int64" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("wrap, note", [
+    (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "read keys without their 'module.' prefix"),
+    (lambda sd: {f"_orig_mod.{k}": v for k, v in sd.items()}, "read keys without their '_orig_mod.' prefix"),
+    (lambda sd: {"model": sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}},
+     "read the state dict under the checkpoint's key 'model'"),
+    (lambda sd: {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "global_step": 10},
+     "read the state dict under the checkpoint's key 'state_dict', keys without their 'model.' prefix"),
+])
+def test_checkpoints_as_training_writes_them_load_with_a_note(tmp_path, capsys, wrap, note):
+    # DistributedDataParallel's 'module.', torch.compile's '_orig_mod.', a training checkpoint beside its
+    # optimizer state, Lightning's 'state_dict' of 'model.' keys: each was "Missing key(s)" or "not a state dict"
+    net, p = _weights(tmp_path)
+    ck = tmp_path / "ck.pt"
+    torch.save(wrap(net.state_dict()), ck)
+    src = load_source(f"{NET}:build", weights=str(ck), input_shape=(1, 1, 8, 8))
+    for k, v in net.state_dict().items():
+        assert torch.equal(src.module.state_dict()[k], v), k
+    assert f"edgekit: note: {ck}: {note}" in capsys.readouterr().err
+
+
+def test_a_compiled_factory_and_frozen_layers_are_pruned_like_the_plain_model(tmp_path):
+    # torch.compile's wrapper: "the model has no Conv or Linear layers to prune"; a frozen backbone
+    # (requires_grad=False, as fine-tuning a head leaves it): "nothing in this model can be pruned"
+    from edgekit.pruning import graph
+
+    (tmp_path / "wrapped.py").write_text(
+        f"import torch, importlib.util\nspec = importlib.util.spec_from_file_location('tiny_net', {str(NET)!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "def compiled():\n    return torch.compile(mod.build())\n"
+        "def frozen():\n    m = mod.build()\n    m[:6].requires_grad_(False)\n"
+        "    m.register_parameter('scale', torch.nn.Parameter(torch.ones(1), requires_grad=False))\n    return m\n")
+    for factory in ("compiled", "frozen"):
+        src = load_source(f"{tmp_path / 'wrapped.py'}:{factory}", input_shape=(1, 1, 8, 8))
+        assert not hasattr(src.module, "_orig_mod")
+        ex = (torch.zeros(2, 1, 8, 8),)
+        plan = graph.make_plan(src.module, ex)
+        assert "3" not in plan.kept, plan.kept  # the second conv is prunable: not kept whole
+        assert graph.prunable_groups(graph.dependency_graph(src.module, ex), plan.ignored), factory
+        layers = [p for n, p in src.module.named_parameters() if n != "scale"]
+        assert all(p.requires_grad for p in layers)
+    assert not dict(src.module.named_parameters())["scale"].requires_grad  # frozen on purpose: left so
+
+
 def test_torchscript_archives_are_refused_in_one_line(tmp_path):
     net, _ = _weights(tmp_path)
     ts = tmp_path / "net_ts.pt"
