@@ -438,6 +438,56 @@ def import_user_file(path: str):
     return mod
 
 
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def read_safetensors(p: Path) -> dict | None:
+    """A .safetensors file's tensors ({name: tensor}), or None when p is not one. The format HuggingFace and
+    most hubs publish weights in was refused ("neither a torch.save archive nor a pickle"); it holds no code,
+    so no trust is needed. Read here (an 8-byte header length, a JSON header, raw little-endian data) rather
+    than through the optional safetensors package."""
+    import json
+    import struct
+
+    import torch
+
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(9)
+        if len(head) < 9 or head[8:9] != b"{":
+            return None
+        n = struct.unpack("<Q", head[:8])[0]
+        if n > size - 8 or n > 100 << 20:
+            return None
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return None
+        data = f.read()
+    out = {}
+    for name, rec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[rec["dtype"]])
+            start, end = rec["data_offsets"]
+            shape = [int(d) for d in rec["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{p}: not a readable .safetensors file (tensor {name!r}: dtype "
+                             f"{rec.get('dtype') if isinstance(rec, dict) else rec!r} or its offsets)") from None
+        if not 0 <= start <= end <= len(data):
+            raise InputError(f"{p}: not a readable .safetensors file (tensor {name!r} lies beyond the file's end)")
+        raw = bytearray(data[start:end])
+        t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        if t.numel() != math.prod(shape):
+            raise InputError(f"{p}: not a readable .safetensors file (tensor {name!r}: {t.numel()} values for "
+                             f"shape {shape})")
+        out[name] = t.reshape(shape)
+    return out
+
+
 def load_state(weights: str, *, trust_pickle: bool):
     """Read a weights file safely: a state dict with weights_only=True, a full module only when trusted."""
     import pickle
@@ -448,6 +498,9 @@ def load_state(weights: str, *, trust_pickle: bool):
     p = Path(weights)
     if not p.is_file():
         raise InputError(f"{p}: weights file not found")
+    safe = read_safetensors(p)
+    if safe is not None:
+        return safe
     if is_torchscript(p):
         raise InputError(f"{p}: a TorchScript archive (torch.jit.save), which edgekit cannot prune, distil or "
                          "re-export; pass the model's Python class as file.py:factory with --weights holding "

@@ -271,6 +271,30 @@ def test_checkpoints_as_training_writes_them_load_with_a_note(tmp_path, capsys, 
     assert f"edgekit: note: {ck}: {note}" in capsys.readouterr().err
 
 
+def test_safetensors_weights_load_without_trust(tmp_path):
+    # the format model hubs publish in was "not a PyTorch weights file (neither a torch.save archive nor a
+    # pickle)"; written here by the safetensors package itself, read by edgekit's own reader
+    from safetensors.torch import save_file
+
+    from edgekit.loader import read_safetensors
+
+    net, _ = _weights(tmp_path)
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()}  # float32 and int64 (num_batches_tracked)
+    save_file(sd, str(tmp_path / "w.safetensors"), metadata={"format": "pt"})
+    src = load_source(f"{NET}:build", weights=str(tmp_path / "w.safetensors"), input_shape=(1, 1, 8, 8))
+    for k, v in sd.items():
+        assert torch.equal(src.module.state_dict()[k], v), k
+    odd = {"h": torch.randn(3, 2).to(torch.bfloat16), "f": torch.randn(4).half(), "b": torch.tensor([True, False]),
+           "e": torch.zeros(0, 3)}
+    save_file(odd, str(tmp_path / "odd.safetensors"))
+    got = read_safetensors(tmp_path / "odd.safetensors")
+    assert set(got) == set(odd) and all(torch.equal(got[k], odd[k]) and got[k].dtype == odd[k].dtype for k in odd)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "w.safetensors").read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"cut.safetensors: not a readable .safetensors file \(tensor '.*' lies "):
+        load_source(f"{NET}:build", weights=str(cut), input_shape=(1, 1, 8, 8))
+
+
 def test_a_compiled_factory_and_frozen_layers_are_pruned_like_the_plain_model(tmp_path):
     # torch.compile's wrapper: "the model has no Conv or Linear layers to prune"; a frozen backbone
     # (requires_grad=False, as fine-tuning a head leaves it): "nothing in this model can be pruned"
