@@ -295,6 +295,28 @@ def test_safetensors_weights_load_without_trust(tmp_path):
         load_source(f"{NET}:build", weights=str(cut), input_shape=(1, 1, 8, 8))
 
 
+def test_weights_holding_no_state_dict_or_an_unknown_dtype_fail_in_one_line(tmp_path, capsys):
+    # a checkpoint of training state alone, and a .safetensors tensor in a type torch has no reader for here
+    # (FP8): one line naming the file, exit 2, no output directory
+    import json
+    import struct
+
+    from cliutil import run_cli
+
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "state.pt")
+    head = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    (tmp_path / "f8.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + b"\0\0")
+    cases = {"state.pt": "not a state dict (a dict of tensor names to tensors), nor a checkpoint holding one under",
+             "f8.safetensors": "not a readable .safetensors file (tensor 'w': dtype 'F8_E4M3'"}
+    for name, words in cases.items():
+        out = tmp_path / f"out-{name}"
+        rc = run_cli(["compress", f"{NET}:build", "--weights", str(tmp_path / name), "--input-shape", "1,1,8,8",
+                      "-o", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and err[0].startswith(f"edgekit: error: {tmp_path / name}: {words}"), err
+        assert not out.exists()
+
+
 def test_a_compiled_factory_and_frozen_layers_are_pruned_like_the_plain_model(tmp_path):
     # torch.compile's wrapper: "the model has no Conv or Linear layers to prune"; a frozen backbone
     # (requires_grad=False, as fine-tuning a head leaves it): "nothing in this model can be pruned"
