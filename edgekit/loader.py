@@ -1111,6 +1111,21 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
     return [o.numpy() for o in _flat_outputs(out, where)], names
 
 
+def rows_follow_data(name: str, a, b, *, cause: str) -> str | None:
+    """Why output `name`, of shape a for PROBE_BATCH samples and b for CHECK_BATCH, cannot be scored: its
+    number of rows follows the data, not the batch (None when it does not). Rows that are the batch, the
+    batch flattened in (out.flatten()) or constant (anchors) are not the data's. One test for the PyTorch
+    loader and the ONNX check (cause says what in the model would do it)."""
+    a, b = list(a), list(b)
+    if not (len(a) == len(b) >= 1 and a[1:] == b[1:] and a[0] != b[0]
+            and a[0] != PROBE_BATCH and b[0] != CHECK_BATCH and a[0] * CHECK_BATCH != b[0] * PROBE_BATCH):
+        return None
+    return (f"output {name!r} has {a[0]} rows for {PROBE_BATCH} samples and {b[0]} for {CHECK_BATCH}: its length "
+            f"follows the data, not the batch ({cause}?); edgekit scores outputs sample by sample, so return a "
+            "fixed number per sample (all candidates, or the top k, with their scores) and select in "
+            "post-processing (the nms post op)")
+
+
 def _follows_batch(module, inputs, outputs, named, sample_inputs, *, where: str):
     """([whether each output has the batch as axis 0], None), or (None, why forward() does not run at
     any batch size); an InputError for an output whose rows follow the data, which no batch size fixes.
@@ -1137,16 +1152,11 @@ def _follows_batch(module, inputs, outputs, named, sample_inputs, *, where: str)
         a, b = list(ref.shape), list(o.shape)
         follows = len(a) == len(b) >= 1 and a[0] == PROBE_BATCH and b[0] == CHECK_BATCH
         if a != b and not follows:
-            if len(a) == len(b) >= 1 and a[1:] == b[1:] and a[0] != PROBE_BATCH and b[0] != CHECK_BATCH \
-                    and a[0] * CHECK_BATCH != b[0] * PROBE_BATCH:  # not the batch flattened in (out.flatten())
-                # rows picked by the data (out[out[:, 4] > 0], NMS): no batch size makes them fit, and the
-                # fixed-batch hint that follows a batch-size mismatch would send the user the wrong way
-                raise InputError(
-                    f"{where}: output {name!r} has {a[0]} rows for {PROBE_BATCH} samples and {b[0]} for "
-                    f"{CHECK_BATCH}: its length follows the data, not the batch (a boolean mask or NMS in "
-                    "forward()?); edgekit scores outputs sample by sample, so return a fixed number per sample "
-                    "(all candidates, or the top k, with their scores) and select in post-processing (the nms "
-                    "post op)")
+            # rows picked by the data (out[out[:, 4] > 0], NMS): no batch size makes them fit, and the
+            # fixed-batch hint that follows a batch-size mismatch would send the user the wrong way
+            why = rows_follow_data(name, a, b, cause="a boolean mask or NMS in forward()")
+            if why:
+                raise InputError(f"{where}: {why}")
             return None, (f"output {name!r} is {a} for {PROBE_BATCH} samples and {b} for {CHECK_BATCH}: "
                           "its first axis does not follow the batch size")
         batched.append(follows)

@@ -94,9 +94,10 @@ def _scores_among(outputs: list, labels) -> dict | None:
     return None
 
 
-def check_post_fits(run, sample, where: str = "--preprocess") -> None:
+def check_post_fits(run, sample, where: str = "--preprocess", *, sess=None) -> None:
     """The declared post-processing run once on the FP32 model's real outputs: a spec that cannot work
-    on them (top-k above the class count) would otherwise ship in every bundle and fail on the device."""
+    on them (top-k above the class count) would otherwise ship in every bundle and fail on the device.
+    sess: a session already open on model.fp32.onnx."""
     post = (run.manifest.prepost or {}).get("post")
     if not post:
         return
@@ -107,8 +108,9 @@ def check_post_fits(run, sample, where: str = "--preprocess") -> None:
     fp32 = run.staging / "model.fp32.onnx"
     # one sample, as the device runner post-processes frame by frame: per-image steps (NMS) take one
     one = sample.take(1)
-    outs = run_batches(fp32, one)
-    names = [o.name for o in session(fp32).get_outputs()]
+    sess = sess or session(fp32)
+    outs = run_batches(fp32, one, sess=sess)
+    names = [o.name for o in sess.get_outputs()]
     try:
         Pipeline.from_spec(run.manifest.prepost).postprocess(outs, feeds=dict(one.inputs), names=names)
     except PrepostError as e:
@@ -116,33 +118,29 @@ def check_post_fits(run, sample, where: str = "--preprocess") -> None:
                          f"{str(e).splitlines()[0]}") from None
 
 
-def check_rows_follow_batch(path, data, where: str) -> None:
+def check_rows_follow_batch(path, data, where: str, *, sess=None) -> None:
     """Refuse an ONNX model with an output whose number of rows follows the data (NonZero, NMS in the graph:
     detections [k, 6] for the whole batch). Scoring joins each output's batches and compares them sample by
     sample, so such an output was compared row against unrelated row, or crashed when the INT8 file kept
-    another count. Run at 2 and 3 samples, as the PyTorch loader probes: rows that are neither the batch,
-    the batch flattened in, nor constant (anchors) are the data's."""
+    another count. Run at the batch sizes the PyTorch loader probes, with its test."""
+    from .loader import CHECK_BATCH, PROBE_BATCH, rows_follow_data
     from .onnxutil import fixed_batch, session
 
-    if data is None or len(data) < 3:
+    if data is None or len(data) < CHECK_BATCH:
         return
     try:
-        sess = session(path)
+        sess = sess or session(path)
         if fixed_batch(sess):
             return
         names = {i.name for i in sess.get_inputs()}
         runs = [sess.run(None, {k: np.asarray(v) for k, v in data.take(n).inputs.items() if k in names})
-                for n in (2, 3)]
+                for n in (PROBE_BATCH, CHECK_BATCH)]
     except Exception:  # a model onnxruntime cannot load or run is named, with its reason, where it is scored
         return
     for o, a, b in zip(sess.get_outputs(), *runs):
-        a, b = np.shape(a), np.shape(b)
-        if len(a) >= 1 and a[1:] == b[1:] and a[0] != 2 and b[0] != 3 and a[0] != b[0] and a[0] * 3 != b[0] * 2:
-            raise UsageError(f"{where}: output {o.name!r} has {a[0]} rows for 2 samples and {b[0]} for 3: its "
-                             "length follows the data, not the batch (NonZero or NMS in the graph?); edgekit "
-                             "scores outputs sample by sample, so export a fixed number per sample (all "
-                             "candidates, or the top k, with their scores) and select in post-processing (the "
-                             "nms post op)")
+        why = rows_follow_data(o.name, np.shape(a), np.shape(b), cause="NonZero or NMS in the graph")
+        if why:
+            raise UsageError(f"{where}: {why}")
 
 
 def dtype_notes(inputs: list, sample: dict | None) -> list:
