@@ -58,7 +58,7 @@ def stage_load(run: Run):
     if src.kind == "onnx":
         from .loader import check_precision
 
-        check_precision(src.onnx_path, cfg.quantize.mode, option="--quantize")
+        src.precision = check_precision(src.onnx_path, cfg.quantize.mode, option="--quantize")
     if src.kind == "onnx" and (cfg.prune.enabled or cfg.distill.student):
         # asked for explicitly: going on without it would hand back a model the user thinks was pruned
         what = "--prune" if cfg.prune.enabled else "--student"
@@ -163,12 +163,13 @@ def stage_export(run: Run):
     src = run.ctx.source
     dest = run.staging / "model.fp32.onnx"
     if src.kind == "onnx":
-        from .loader import check_precision, copy_model
+        from .loader import copy_model
+        from .onnxutil import session
 
         copy_model(src.onnx_path, dest)  # with its external data, which a bare file copy left behind
         facts = graph_facts(dest)
         notes = ["copied from the source ONNX file"]
-        held = check_precision(dest, run.cfg.quantize.mode, option="--quantize")
+        held = src.precision  # the load stage's answer: the copy holds what the source holds
         if held:
             # the reference keeps the name every later stage looks for; say what it holds
             what = "float16" if held == "float16" else f"INT8 ({held[6:]} ops)"
@@ -179,8 +180,12 @@ def stage_export(run: Run):
                        opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], notes=notes)
         art.refresh_file_facts(run.staging)
         run.manifest.artifacts.append(art)
-        run_checks.check_rows_follow_batch(dest, run.ctx.eval, where=run.cfg.model)
-        run_checks.check_post_fits(run, run.ctx.eval.take(8), where=_spec_where(run))
+        try:  # one session for both checks; a model onnxruntime cannot load is named where it is scored
+            sess = session(dest)
+        except Exception:
+            sess = None
+        run_checks.check_rows_follow_batch(dest, run.ctx.eval, where=run.cfg.model, sess=sess)
+        run_checks.check_post_fits(run, run.ctx.eval.take(8), where=_spec_where(run), sess=sess)
         return {"artifacts": [art.path], "note": "source is already ONNX",
                 "notes": run_checks.label_notes(run, art)}
     with task("exporting to ONNX"):

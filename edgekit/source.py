@@ -35,6 +35,8 @@ class SourceModel:
     weights_sha256: str | None = None
     description: str = ""
     opset: int = 17
+    # an ONNX source that does not compute in float32: 'float16' or 'int8: <its quantized ops>' (load checks it)
+    precision: str | None = None
     # what `edgekit prune`/`distill` loaded it with, for their manifest: the load options (weights,
     # trust_pickle, input_shape, data paths) that join settings, and data_records() of the data read
     load_settings: dict = field(default_factory=dict)
