@@ -268,9 +268,9 @@ def _check_labels(where: str, y, n: int):
         return None, problem, y.astype(np.int64)
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            return None, f"{where}: labels '{LABEL_KEY}' must be integer class indices"
+            return None, f"{where}: labels '{LABEL_KEY}' must be integer class indices", None
     elif y.dtype.kind not in "iu":
-        return None, f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers"
+        return None, f"{where}: labels '{LABEL_KEY}' have dtype {y.dtype}, expected integers", None
     _check_int64(where, y)
     return y.astype(np.int64), None, None
 

@@ -116,6 +116,26 @@ def test_float_regression_targets_in_eval_are_unused_for_regression(d, tmp_path,
     assert {a["metrics"]["name"] for a in man["artifacts"]} == {"r2"}
 
 
+@pytest.mark.parametrize("y, problem", [
+    (np.linspace(0.1, 7.9, 80), "labels 'y' must be integer class indices"),  # one target per sample
+    (np.array(["cat", "dog"] * 40), "labels 'y' have dtype <U3, expected integers"),
+])
+def test_one_dimensional_labels_that_are_no_class_indices(d, tmp_path, capsys, y, problem):
+    # 1-D float targets or class names crashed the reader ('internal error: ValueError: not enough values to
+    # unpack'); unused for a regression, one line for a classifier, as 2-D float targets are
+    np.savez(tmp_path / "eval_1d.npz", x=np.load(d / "x.npy")[:80], y=y)
+    for task, want_rc in (("regression", 0), ("classification", 2)):
+        out = tmp_path / task
+        rc = run_cli(["quantize", str(d / "four.onnx"), "--mode", "fp16", "--eval", str(tmp_path / "eval_1d.npz"),
+                      "--task", task, "-o", str(out)])
+        err = capsys.readouterr().err
+        assert (rc or 0) == want_rc, err
+        if task == "regression":
+            assert "eval_1d.npz: labels 'y' unused: --task regression" in err, err
+        else:
+            assert f"eval_1d.npz: {problem}" in err and not out.exists(), err
+
+
 def test_float_labels_still_refused_for_a_classifier(d, tmp_path, capsys):
     for task in ("classification", "auto"):  # auto: [N, 4] float is guessed as class scores
         rc = run_cli(["quantize", str(d / "four.onnx"), "--mode", "fp16", "--eval", str(d / "eval_f.npz"),
