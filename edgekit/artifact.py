@@ -349,7 +349,8 @@ def data_record(path, ds) -> dict:
     """Which data one input (--calib, --eval, --train) was, so a manifest shows what produced its numbers.
 
     sha256 (hash_of says of what): a file's as sha256sum prints it; a folder of images, of the lines
-    `sha256sum` prints for the images read, in name order (`sha256sum $(ls) | sha256sum` with LC_ALL=C);
+    `sha256sum` prints for the images read, in name order (`sha256sum $(ls) | sha256sum` with LC_ALL=C;
+    paths below it, class/name, for a folder of class folders, whose class names are recorded too);
     data a zoo model brings (no file), of its samples and labels. Files are streamed, never read whole."""
     samples = len(ds) if ds is not None else None
     if not path:
@@ -357,8 +358,9 @@ def data_record(path, ds) -> dict:
                 "hash_of": "samples", "source": ds.source}
     p = Path(path).resolve()
     if p.is_dir():
+        classes = (getattr(ds, "extra", None) or {}).get("classes")
         return {"path": str(p), "format": "images", "samples": samples, "sha256": _folder_sha256(p),
-                "hash_of": "folder"}
+                "hash_of": "folder", **({"classes": classes} if classes else {})}
     return {"path": str(p), "format": p.suffix.lower().lstrip(".") or "file", "samples": samples,
             "sha256": _file_sha256(p), "hash_of": "file"}
 
@@ -372,8 +374,10 @@ def _folder_sha256(folder: Path) -> str:
 
     from .calibration import image_files
 
-    # the files the image reader takes (hidden ones and other extensions are never read)
-    lines = "".join(f"{_file_sha256(f)}  {f.name}\n" for f in image_files(folder))
+    # the files the image reader takes (hidden ones and other extensions are never read), by path below the
+    # folder (class/name for a folder of class folders), in that path's order
+    named = sorted((f.relative_to(folder).as_posix(), f) for f in image_files(folder))
+    lines = "".join(f"{_file_sha256(f)}  {name}\n" for name, f in named)
     return hashlib.sha256(lines.encode()).hexdigest()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .artifact import TensorSpec
 from .dataset import Dataset
 from .errors import CalibrationError, InputError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LABEL_KEY = "y"
 
 
@@ -357,7 +358,7 @@ def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, pr
         raise CalibrationError(f"{p}: limit must be >= 1, got {limit}")
     require_data(p)
     if p.is_dir():
-        return _read_images(p, specs, preprocess, limit)
+        return _read_images(p, specs, preprocess, limit, labels=labels)
     ext = p.suffix.lower()
     reader = READERS.get(ext)
     if reader is None:
@@ -577,23 +578,80 @@ READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt}
 
 # ------------------------------------------------------------------------------------------------ images
 
-def image_files(folder: Path) -> list:
+def _images_in(folder: Path, *, deep: bool) -> list:
     # hidden files are skipped, as most data loaders do: macOS writes an AppleDouble '._name.png' beside
-    # each image on non-Apple disks, and those are metadata, not images
-    return sorted(f for f in folder.iterdir()
-                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTS)
+    # each image on non-Apple disks, and those are metadata, not images (nor are .ipynb_checkpoints' copies)
+    found = folder.rglob("*") if deep else folder.iterdir()
+    return sorted((f for f in found if f.suffix.lower() in IMAGE_EXTS and f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(folder).parts)),
+                  key=lambda f: f.relative_to(folder).as_posix())
+
+
+@dataclass
+class ImageLayout:
+    """What a folder of images holds: its files in reading order and, when the images sit in one subfolder
+    per class (torchvision's ImageFolder layout: root/cat/1.jpg, root/dog/2.jpg), each one's class index
+    and the class names. Classes are numbered as ImageFolder numbers them, the subfolders' names sorted, so
+    a model trained from that folder is scored against its own label numbering."""
+    files: list
+    labels: list | None = None
+    classes: list | None = None
+
+    def names(self, folder: Path) -> list:
+        return [f.relative_to(folder).as_posix() for f in self.files]
+
+
+def image_layout(folder) -> ImageLayout:
+    """Images directly in the folder are one unlabelled set, as before class folders were read; else each
+    non-hidden subfolder is a class (its images at any depth below it). The files are interleaved, class by
+    class (the first image of each class, then the second, ...), so any first part of the set (the first
+    calib_size samples INT8 calibrates on, the held-out slice after them) covers the classes rather than
+    being the first class alone."""
+    folder = Path(folder)
+    flat = _images_in(folder, deep=False)
+    if flat:
+        return ImageLayout(flat)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = [_images_in(folder / c, deep=True) for c in classes]
+    if not any(per_class):
+        return ImageLayout([])
+    files, labels = [], []
+    for i in range(max(len(f) for f in per_class)):
+        for k, fs in enumerate(per_class):
+            if i < len(fs):
+                files.append(fs[i])
+                labels.append(k)
+    return ImageLayout(files, labels, classes)
+
+
+def labels_hint(ds) -> str:
+    """What to check when a model scores at chance on ds's labels, said of where they came from."""
+    if ds is not None and (ds.extra or {}).get("classes"):
+        return "that its class folders, in sorted order, follow the model's class order"
+    return f"that '{LABEL_KEY}' holds this model's class indices"
+
+
+def image_files(folder: Path) -> list:
+    """The images a folder holds, in reading order (image_layout)."""
+    return image_layout(folder).files
 
 
 def hidden_images(folder) -> int:
-    """How many hidden files with an image extension image_files skipped."""
-    return sum(1 for f in Path(folder).iterdir() if f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTS)
+    """How many files with an image extension image_files skipped as hidden, or in a hidden folder below a
+    folder of class folders (.ipynb_checkpoints)."""
+    folder = Path(folder)
+    deep = not _images_in(folder, deep=False)
+    found = folder.rglob("*") if deep else folder.iterdir()
+    return sum(1 for f in found if f.suffix.lower() in IMAGE_EXTS
+               and any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 
 def required_images(folder) -> list:
     """image_files, refusing a folder without any in one line."""
     files = image_files(Path(folder))
     if not files:
-        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder")
+        raise CalibrationError(f"{folder}: no images ({', '.join(IMAGE_EXTS)}) in this folder, nor in class "
+                               "subfolders (one per class: root/cat/*.jpg, root/dog/*.jpg)")
     return files
 
 
@@ -783,12 +841,15 @@ def image_samples(folder, preprocess: dict | None, channels: int, n: int = 2) ->
     return np.stack([_load_image(f, rs) for f in files])
 
 
-def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:
+def _read_images(folder: Path, specs, preprocess, limit, labels: bool = False) -> Dataset:
     if len(specs) > 1:
         raise CalibrationError(f"{folder}: a folder of images feeds one input; the model has {len(specs)}")
-    files = required_images(folder)
+    layout = image_layout(folder)
+    files = layout.files or required_images(folder)  # none: refused there, in one line
+    names = layout.names(folder)
+    y = np.asarray(layout.labels, np.int64) if labels and layout.labels is not None else None
     if limit is not None:
-        files = files[:limit]
+        files, names, y = files[:limit], names[:limit], (None if y is None else y[:limit])
     spec = specs[0] if specs else None
     rs = _resize_spec(preprocess, spec, str(folder))
     h, w = rs["size"]
@@ -803,6 +864,8 @@ def _read_images(folder: Path, specs, preprocess, limit) -> Dataset:
     # nothing is decoded here: the part of the folder a run uses is checked by check_images once it is known
     arr = _ImageArray(files, item, dtype, rs["channels"], fetch)
     name = spec.name if spec else "input"
-    return _finish(str(folder), {name: arr}, specs, labels=None, limit=None, source=str(folder),
-                   extra={"files": [f.name for f in files], "preprocess": rs,
-                          "hidden_skipped": hidden_images(folder)})
+    extra = {"files": names, "preprocess": rs, "hidden_skipped": hidden_images(folder)}
+    if layout.classes:
+        extra["classes"] = layout.classes
+        extra["empty_classes"] = [c for k, c in enumerate(layout.classes) if k not in set(layout.labels)]
+    return _finish(str(folder), {name: arr}, specs, labels=y, limit=None, source=str(folder), extra=extra)

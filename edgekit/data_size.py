@@ -27,10 +27,19 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
     for ds in [calib] + ([evalset] if evalset is not calib else []):
         if ds is None:
             continue
+        classes = getattr(ds, "extra", {}).get("classes")
+        if classes and ds.labels is not None:
+            shown = ", ".join(f"{c}={k}" for k, c in enumerate(classes[:4])) + (
+                f", ..., {classes[-1]}={len(classes) - 1}" if len(classes) > 4 else "")
+            empty = ds.extra.get("empty_classes")
+            notes.append(f"{ds.source}: labels from its {len(classes)} class folders, numbered in sorted order as "
+                         f"torchvision's ImageFolder numbers them ({shown})"
+                         + (f"; {len(empty)} hold no images ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})"
+                            if empty else ""))
         hidden = getattr(ds, "extra", {}).get("hidden_skipped")
         if hidden:
             notes.append(f"{ds.source}: skipped {hidden} hidden file(s) (names starting with '.', e.g. macOS '._' "
-                         "metadata files) among the images")
+                         "metadata files, or in hidden folders) among the images")
     return notes
 
 

@@ -39,9 +39,14 @@ def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
     return "fidelity"
 
 
-def check_labels(labels, n_classes: int, where: str) -> None:
-    """Labels must index the model's output columns; anything else would score as silently wrong."""
+def check_labels(labels, n_classes: int, where: str, classes: list | None = None) -> None:
+    """Labels must index the model's output columns; anything else would score as silently wrong.
+    classes: the class folder names the labels of an image folder come from."""
     y = np.asarray(labels)
+    if classes and n_classes >= 2 and len(classes) > n_classes:
+        raise CalibrationError(f"{where}: {len(classes)} class folders ({', '.join(classes[:3])}, ...) but the "
+                               f"model's output has {n_classes} classes; each subfolder is one class, numbered "
+                               "in sorted order: keep one per class the model was trained on")
     if n_classes < 2:
         raise CalibrationError(f"{where}: labels 'y' need a classifier output [N, C] with C >= 2 columns; "
                                f"the model's output has {n_classes}")
@@ -75,11 +80,11 @@ def check_dense_labels(labels, out_shape, where: str) -> None:
         raise CalibrationError(f"{where}: every label in 'y' is negative (not scored): nothing to score")
 
 
-def _check_any_labels(task: str, labels, first, where: str) -> None:
+def _check_any_labels(task: str, labels, first, where: str, classes: list | None = None) -> None:
     if task == "segmentation":
         check_dense_labels(labels, first.shape, where)
     else:
-        check_labels(labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1, where)
+        check_labels(labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1, where, classes)
 
 
 def check_training_labels(source, ds) -> None:
@@ -99,7 +104,7 @@ def check_training_labels(source, ds) -> None:
     feeds = ds.take(1).inputs
     with torch.no_grad():
         out = first_tensor(source.module(*[torch.from_numpy(np.array(feeds[s.name])) for s in source.inputs]))
-    _check_any_labels(source.task, labels, out, ds.source or "training data")
+    _check_any_labels(source.task, labels, out, ds.source or "training data", ds.extra.get("classes"))
 
 
 def dense_argmax(out) -> np.ndarray:
@@ -317,7 +322,8 @@ class Evaluator:
             raise CalibrationError(f"{self.ds.source or 'eval data'}: {Path(path).name} cannot run on this data: "
                                    f"{clip(msg, 300)}") from None
         if self.labelled and not self._labels_checked:
-            _check_any_labels(self.task, self.ds.labels, np.asarray(out[0]), self.ds.source or "eval data")
+            _check_any_labels(self.task, self.ds.labels, np.asarray(out[0]), self.ds.source or "eval data",
+                              self.ds.extra.get("classes"))
             self._labels_checked = True
         batch = self.batch_for(path)
         ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)

@@ -13,6 +13,8 @@ from .errors import UsageError
 def chance_notes(run, fp32: Artifact) -> list:
     """A source model at chance accuracy is almost always a setup mistake (a forgotten --weights left the
     factory's random initialisation, and the run reported 0.1039 on 10 classes without a word)."""
+    from .calibration import labels_hint
+
     m = fp32.metrics or {}
     shape = (fp32.outputs[0].get("shape") if fp32.outputs else None) or []
     classes = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
@@ -22,7 +24,7 @@ def chance_notes(run, fp32: Artifact) -> list:
     why = ("no --weights was given, so the model has its factory's initial weights (random unless the factory "
            "loads them)" if run.ctx.source.kind == "torch" and not run.ctx.source.spec.startswith("zoo:")
            and not run.cfg.weights
-           else "check the weights, and that 'y' holds this model's class indices")
+           else f"check the weights, and {labels_hint(run.ctx.eval)}")
     note = f"the source model's accuracy {m['value']:.4f} is at chance level for {classes} classes: {why}"
     print(f"edgekit: note: {note}", file=sys.stderr)
     return [note]

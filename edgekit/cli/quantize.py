@@ -125,6 +125,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     from pathlib import Path
 
     from ..artifact import Manifest, StageRecord, host_info, shape_text, versions
+    from ..calibration import labels_hint
     from ..context import RunContext
     from ..data_size import small_data_notes
     from ..errors import CalibrationError, EdgekitError
@@ -183,7 +184,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     if evaluator.labelled and ref == 0:
         # tolerances are relative to this value: at 0 every candidate would "pass" or divide by zero
         raise CalibrationError(f"{eval_ds.source}: the model gets none of the {len(eval_ds)} labels right "
-                               "(accuracy 0); check that 'y' holds this model's class indices")
+                               f"(accuracy 0); check {labels_hint(eval_ds)}")
     man = Manifest(source=src_model.provenance(), versions=versions(), host=host_info(), settings=settings,
                    data=data or {})
     man.prepost = src_model.preprocess or {}  # ships in the bundle, so the device pre-processes alike
