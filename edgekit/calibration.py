@@ -255,6 +255,11 @@ def _check_labels(where: str, y, n: int):
     shape [N, d1, ...] come back third, as int64: one class per position, which only --task segmentation
     uses (loader.check_label_kind hands them over)."""
     y = np.asarray(y)
+    if y.dtype == bool:  # a binary classifier's labels as saved from a comparison (y == 1): False=0, True=1
+        y = y.astype(np.int64)
+    if y.ndim == 0:  # len() of it was 'internal error: TypeError: len() of unsized object'
+        raise CalibrationError(f"{where}: labels '{LABEL_KEY}' hold one value ({y.item()!r}), not one per sample "
+                               f"({n})")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(y) != n:
@@ -282,6 +287,7 @@ def _check_int64(where: str, y: np.ndarray):
     if y.dtype.kind == "u":
         big = y > np.uint64(info.max)
     elif y.dtype.kind == "f":
+        y = y.astype(np.float64)  # float16 cannot hold 2**63: the bound became inf with a RuntimeWarning
         big = (y < -2.0 ** 63) | (y >= 2.0 ** 63)
     else:
         return

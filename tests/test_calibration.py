@@ -113,7 +113,7 @@ def test_shipped_digits_sets():
 
 @pytest.mark.parametrize("case", [
     "missing", "unknown_ext", "bad_npy", "bad_npz", "pickled", "wrong_names", "rank", "shape",
-    "dtype", "empty", "bad_labels", "npy_multi", "no_tokenizer", "empty_txt", "empty_folder", "bad_image",
+    "dtype", "empty", "bad_labels", "scalar_labels", "npy_multi", "no_tokenizer", "empty_txt", "empty_folder", "bad_image",
 ])
 def test_bad_data_gets_one_clear_line(tmp_path, case):
     f = tmp_path / "data.npy"
@@ -155,6 +155,10 @@ def test_bad_data_gets_one_clear_line(tmp_path, case):
         f = tmp_path / "data.npz"
         np.savez(f, input=good, y=np.arange(3))
         err, frag, kw = CalibrationError, "3 labels", {"labels": True}
+    elif case == "scalar_labels":  # was 'internal error: TypeError: len() of unsized object'
+        f = tmp_path / "data.npz"
+        np.savez(f, input=good, y=np.int64(3))
+        err, frag, kw = CalibrationError, "labels 'y' hold one value (3), not one per sample (4)", {"labels": True}
     elif case == "npy_multi":
         np.save(f, np.zeros((4, 8), np.int64))
         specs, err, frag = TWO, CalibrationError, "use an .npz"
@@ -181,6 +185,20 @@ def test_bad_data_gets_one_clear_line(tmp_path, case):
     msg = _one_line(e)
     assert frag in msg, msg
     assert f.name in msg, msg
+
+
+def test_bool_and_float16_labels_are_class_indices(tmp_path):
+    # bool labels (saved from y == 1) were 'dtype bool, expected integers'; float16 ones warned of an overflow
+    # checking them against the int64 range (RuntimeWarning: overflow encountered in cast)
+    import warnings
+
+    good = np.zeros((4, 1, 32, 32), np.float32)
+    np.savez(tmp_path / "b.npz", input=good, y=np.array([True, False, False, True]))
+    np.savez(tmp_path / "h.npz", input=good, y=np.array([0, 3, 9, 1], np.float16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_dataset(tmp_path / "b.npz", IMG, labels=True).labels.tolist() == [1, 0, 0, 1]
+        assert read_dataset(tmp_path / "h.npz", IMG, labels=True).labels.tolist() == [0, 3, 9, 1]
 
 
 def test_int_to_float_allowed_but_float_to_int_refused(tmp_path):
