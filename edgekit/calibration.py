@@ -560,7 +560,8 @@ def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
         raise CalibrationError(f"{p}: a .txt of sentences needs a text model with a tokenizer; this model has "
                                "none (use .npy/.npz arrays)")
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        # utf-8-sig: Notepad and PowerShell 5 start UTF-8 files with a BOM, which stayed in sentence 1
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
     except (UnicodeDecodeError, OSError) as e:
         raise InputError(f"{p}: not a UTF-8 text file ({e})") from None
     sentences = [ln for ln in lines if ln]

@@ -360,7 +360,7 @@ def load_recipe(path, *, notes: bool = True) -> dict:
     if not p.is_file():
         raise ConfigError(f"{p}: recipe file not found")
     try:
-        d = tomllib.loads(p.read_text())
+        d = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no TOML
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from None
     d = map_paths(d, lambda v: _rebase(v, p.parent))

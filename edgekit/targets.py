@@ -208,7 +208,7 @@ def list_targets() -> list[TargetProfile]:
 
 def _load_file(path: Path) -> TargetProfile:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Windows editors) is no TOML
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read target file: {e}") from None
     except tomllib.TOMLDecodeError as e:

@@ -114,7 +114,7 @@ def read_spec(arg: str, what: str = "SPEC") -> tuple:
     p = Path(arg)
     if _stat_ok(p.is_file):
         try:
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no JSON
         except (OSError, UnicodeDecodeError) as e:
             raise PrepostError(f"{arg}: cannot read ({getattr(e, 'strerror', None) or e})") from None
         try:
