@@ -338,6 +338,8 @@ def profile_prepost(model_path: str, prepost, *, threads=None, providers=None, w
         out[k] = runner.summarize(v[-n:], batch)  # drop the warm-up calls
     out["spec"] = getattr(pipe, "spec", None) if not callable(getattr(pipe, "spec", None)) else None
     out["raw_input"] = origin
+    if origin == "given" and raw and not isinstance(raw[0], dict):  # an image file is decoded: say to what
+        out["raw_shape"] = [int(d) for d in np.shape(raw[0])]
     out["batch"] = batch
     return out
 

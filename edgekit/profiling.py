@@ -270,8 +270,9 @@ def _one_sample_per_run(path, fixed: int) -> bool:
         return False
 
 
-def make_prepost(spec, raw_path=None, where: str = "the manifest"):
-    """A pre/post pipeline from a manifest's prepost spec (edgekit.prepost), with raw samples if given."""
+def make_prepost(spec, raw_path=None, where: str = "the manifest", inputs=None):
+    """A pre/post pipeline from a manifest's prepost spec (edgekit.prepost), with raw samples if given.
+    inputs: the model's, as onnxruntime declares them (an image raw input is decoded to their channels)."""
     try:
         from .prepost import Pipeline
         from .prepost.errors import PrepostError
@@ -281,14 +282,57 @@ def make_prepost(spec, raw_path=None, where: str = "the manifest"):
         pipe = Pipeline.from_spec(spec)
     except PrepostError as e:  # a folder written before compress checked its spec, or edited by hand
         raise InputError(f"{where}: its prepost spec cannot run: {e}") from None
-    raw = None
-    if raw_path:
-        rp = Path(raw_path)
-        try:
-            raw = [np.load(rp, allow_pickle=False)]
-        except Exception as e:
-            raise InputError(f"{rp}: not a readable .npy raw input: {e}") from None
-    return {"pipeline": pipe, "raw": raw}
+    return {"pipeline": pipe, "raw": [read_raw(Path(raw_path), spec, inputs)] if raw_path else None}
+
+
+def _image_channels(spec, inputs) -> int | None:
+    """1 or 3: the channels the model's one image input takes (by the spec's layout), else those its
+    resize_normalize mean/std name; None when neither says."""
+    from .calibration import resize_op
+
+    op = resize_op(spec)
+    shape = list(inputs[0].shape) if inputs and len(inputs) == 1 else []
+    if len(shape) == 4:
+        c = shape[1] if str(op.get("layout", "NCHW")).upper() == "NCHW" else shape[3]
+        if c in (1, 3):
+            return c
+    return 3 if 3 in {len(np.atleast_1d(op.get(k, 0.0))) for k in ("mean", "std")} else None
+
+
+def read_raw(rp: Path, spec, inputs=None) -> np.ndarray:
+    """--raw: an .npy array, or an image file (what a camera gives: the help says 'e.g. an image', and a .png
+    was 'not a readable .npy raw input: This file contains pickled (object) data') decoded as 8-bit pixels,
+    H x W x C, with the channels the model takes (else those the spec's mean/std name, else the image's own:
+    grey stays one channel)."""
+    from .calibration import IMAGE_EXTS, _decode
+
+    if rp.suffix.lower() in IMAGE_EXTS:
+        channels = _image_channels(spec, inputs)
+        if channels is None:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(rp) as im:
+                    channels = 1 if im.mode in ("L", "1", "I;16", "I;16B", "I;16L") else 3
+            except (UnidentifiedImageError, OSError) as e:
+                raise InputError(f"{rp}: not a readable image ({e})") from None
+        px, px16 = _decode(rp, channels)
+        if px is None:
+            raise InputError(f"{rp}: 16-bit pixels; the pre-processing reads 8-bit images (give the raw input as "
+                             ".npy of uint8)")
+        return px
+    try:
+        with open(rp, "rb") as f:
+            magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+    except OSError as e:
+        raise InputError(f"{rp}: not a readable raw input ({e.strerror or e})") from None
+    if magic != np.lib.format.MAGIC_PREFIX:
+        raise InputError(f"{rp}: not a .npy file (no NPY header) nor an image ({', '.join(IMAGE_EXTS)}); give "
+                         "the raw input as numpy.save writes it, or as an image file")
+    try:
+        return np.load(rp, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"{rp}: not a readable .npy raw input: {e}") from None
 
 
 def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,), with_prepost=False,
@@ -325,7 +369,7 @@ def run_profile(artifacts, targets, *, inputs=None, batches=(), threads=(None,),
         if not prepost_specs:
             raise UsageError("--with-prepost: none of the artifacts has a prepost spec in its manifest.json")
         for label, spec in prepost_specs.items():
-            pipes[label] = make_prepost(spec, raw, str(Path(facts[label]["run"]) / "manifest.json"))
+            pipes[label] = make_prepost(spec, raw, str(Path(facts[label]["run"]) / "manifest.json"), ins[label])
             # a pipeline without pre steps reads the model's input: time it on real ones when there are any
             pipes[label]["inputs"] = feeds[label] or _sample_inputs(paths[label], ins[label])
     runs = []

@@ -20,7 +20,7 @@ from .common import CONTEXT_SETTINGS, FiniteFloatRange, check_output_file, conso
 @click.option("--threads", "threads", type=click.IntRange(1, MAX_THREADS), multiple=True,
               help="Intra-op threads (repeat to sweep). Default: the target's.")
 @click.option("--with-prepost", is_flag=True, help="Also time pre/post-processing and end to end.")
-@click.option("--raw", type=click.Path(dir_okay=False), help=".npy raw input for --with-prepost (e.g. an image).")
+@click.option("--raw", type=click.Path(dir_okay=False), help="Raw input for --with-prepost: an image file (.jpg, .png, ...) or an .npy.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--min-runs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--min-seconds", type=FiniteFloatRange(min=0), default=1.0, show_default=True)
