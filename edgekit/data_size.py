@@ -7,7 +7,8 @@ SMALL_CALIB = 32  # fewer inputs than this rarely reach the activation ranges re
 SMALL_EVAL = 30
 
 
-def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool, calib_size: int | None = None) -> list:
+def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool, calib_size: int | None = None,
+                     train=None) -> list:
     """One line per problem: one evaluation sample read 'accuracy 1.0000', and a 1% tolerance cannot be
     judged on 10 labelled samples (one changed prediction is 10%). calib_size: how many of calib INT8
     calibrates on (--calib-size 1 of a 400-sample file calibrated on one sample without a word)."""
@@ -24,9 +25,11 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
         if used < SMALL_CALIB:
             notes.append(f"only {used} calibration sample(s){how}: INT8 ranges from so few inputs may clip real "
                          "data; give a few hundred representative inputs")
-    for ds in [calib] + ([evalset] if evalset is not calib else []):
-        if ds is None:
+    seen = []
+    for ds in (calib, evalset, train):  # train: the --train data, whose class folders label distillation
+        if ds is None or any(ds is d for d in seen):
             continue
+        seen.append(ds)
         classes = getattr(ds, "extra", {}).get("classes")
         if classes and ds.labels is not None:
             shown = ", ".join(f"{c}={k}" for k, c in enumerate(classes[:4])) + (

@@ -97,7 +97,8 @@ def stage_load(run: Run):
     notes += run_checks.dtype_notes(src.inputs, sample) + run_checks.output_name_notes(src) if src.kind == "torch" \
         else []
     notes += implied + small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,
-                                        static_int8=cfg.quantize.mode == "int8", calib_size=cfg.quantize.calib_size)
+                                        static_int8=cfg.quantize.mode == "int8", calib_size=cfg.quantize.calib_size,
+                                        train=train if cfg.train else None)
     for note in notes:  # the metrics' meaning changes: say it where the user reads them, not only in the manifest
         print(f"edgekit: note: {note}", file=sys.stderr)
     if evalset is None:

@@ -74,6 +74,19 @@ def test_class_folders_give_labels_in_sorted_order_interleaved(tmp_path):
     assert flat.labels is None and flat.extra["files"] == ["loose.png"] and "classes" not in flat.extra
 
 
+def test_the_class_numbering_is_noted_for_each_labelled_set(tmp_path):
+    from edgekit.config import Tolerance
+    from edgekit.data_size import small_data_notes
+
+    root = _classes(tmp_path / "data", {"b": (2, 200), "a": (2, 40)})
+    labelled, unlabelled = read_dataset(root, SPEC, labels=True), read_dataset(root, SPEC)
+    notes = small_data_notes("classification", unlabelled, None, tolerance=Tolerance(), static_int8=False,
+                             train=labelled)  # --train's labels feed distillation: its numbering matters too
+    assert [n for n in notes if "class folders" in n] == [
+        f"{root}: labels from its 2 class folders, numbered in sorted order as torchvision's ImageFolder numbers "
+        "them (a=0, b=1)"]
+
+
 @pytest.mark.parametrize("ext", [".webp", ".tif"])
 def test_webp_and_tiff_images_are_read(tmp_path, ext):
     rng = np.random.default_rng(0)
