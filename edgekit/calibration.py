@@ -323,17 +323,32 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
     if n == 0:
         raise CalibrationError(f"{where}: contains no samples")
     y, problem, dense = _check_labels(where, labels, n) if labels is not None else (None, None, None)
+    targets = regression_targets(labels) if labels is not None else None
     if limit is not None and limit < n:
         checked = {k: (a.head(limit) if isinstance(a, LazyArray) else a[:limit]) for k, a in checked.items()}
         y = None if y is None else y[:limit]
         dense = None if dense is None else dense[:limit]
+        targets = None if targets is None else targets[:limit]
     # keep the model's input order, so positional feeds line up
     order = [s.name for s in specs] if specs else list(checked)
     extra = dict(extra or {})
     batch = _model_batch(specs)
     if batch:  # what the data will run in: data_size counts the samples calibration really uses
         extra["model_batch"] = batch
-    return Dataset({k: checked[k] for k in order}, y, source, extra, label_problem=problem, dense_labels=dense)
+    return Dataset({k: checked[k] for k in order}, y, source, extra, label_problem=problem, dense_labels=dense,
+                   targets=targets)
+
+
+def regression_targets(y) -> np.ndarray | None:
+    """Labels 'y' as the values a regression is scored against: finite numbers, one or C per sample ([N],
+    [N, 1], [N, C]), as float32; None for anything else (names, NaN, per-position maps), which stays unused."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf" or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+        return None
+    t = y.astype(np.float64)
+    if not np.all(np.isfinite(t)) or np.any(np.abs(t) > np.finfo(np.float32).max):
+        return None
+    return t.astype(np.float32)
 
 
 def _model_batch(specs) -> int | None:

@@ -24,6 +24,9 @@ class Dataset:
     # integer labels of shape [N, d1, ...] (one class per position), held aside with label_problem set until
     # --task segmentation makes them the labels (loader.check_label_kind)
     dense_labels: np.ndarray | None = None
+    # numeric labels 'y' as float32 values ([N] or [N, C]), held aside until --task regression makes them the
+    # labels its evaluation scores against (loader.check_label_kind)
+    targets: np.ndarray | None = None
 
     def __post_init__(self):
         lens = {k: len(v) for k, v in self.inputs.items()}
@@ -58,7 +61,8 @@ class Dataset:
         n = min(n, len(self))
         return Dataset({k: np.asarray(v[:n]) for k, v in self.inputs.items()},
                        None if self.labels is None else np.asarray(self.labels[:n]), self.source, dict(self.extra),
-                       self.label_problem, None if self.dense_labels is None else self.dense_labels[:n])
+                       self.label_problem, None if self.dense_labels is None else self.dense_labels[:n],
+                       None if self.targets is None else self.targets[:n])
 
     def subset(self, idx, source: str) -> "Dataset":
         """The rows idx as a view: nothing is copied until a batch asks for its rows, so a memory-mapped
@@ -68,7 +72,8 @@ class Dataset:
         idx = np.asarray(idx, np.intp)
         return Dataset({k: row_view(v, idx) for k, v in self.inputs.items()},
                        None if self.labels is None else np.asarray(self.labels)[idx], source, dict(self.extra),
-                       self.label_problem, None if self.dense_labels is None else self.dense_labels[idx])
+                       self.label_problem, None if self.dense_labels is None else self.dense_labels[idx],
+                       None if self.targets is None else self.targets[idx])
 
     def sample(self, index: int) -> dict:
         return {k: np.asarray(v[index:index + 1]) for k, v in self.inputs.items()}

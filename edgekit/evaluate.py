@@ -4,7 +4,9 @@ With labels: top-1 accuracy. Without: fidelity to the FP32 model's outputs on th
 same inputs — top-1 agreement for classifiers, R^2 (clipped to [0, 1]) for one value per
 sample, the mean over targets of each target's R^2 (each clipped to [0, 1]) for a regression of C values
 per sample (--task regression), mean cosine similarity for embeddings and anything else (flattened per
-sample). --task segmentation scores class scores [N, C, d1, ...] per position (argmax over axis 1): pixel
+sample). A labelled --task regression is scored against its targets instead (r2_labels: the same mean of
+clipped R^2, against 'y', with the RMSE beside it). --task segmentation scores class scores [N, C, d1, ...] per
+position (argmax over axis 1): pixel
 accuracy against labels [N, d1, ...] (a negative label is not scored), else pixel agreement with FP32. A model
 with several outputs: without labels, "fidelity_min", the lowest fidelity over them (each in
 metrics["per_output"]); with labels, accuracy on the first and each other output's fidelity to FP32 in
@@ -21,11 +23,17 @@ from .onnxutil import ort_load_problem, run_batches, session
 from .source import LABELLED_TASKS
 
 
+# tasks whose evaluation scores labels when the data has them: a regression's are its targets (r2_labels)
+SCORED_ON_LABELS = (*LABELLED_TASKS, "regression")
+
+
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
     if labelled and task == "classification":
         return "accuracy"
     if labelled and task == "segmentation":
         return "pixel_accuracy"
+    if labelled and task == "regression":
+        return "r2_labels"  # mean over targets of each one's R^2 against the labels (mean_r2_fidelity)
     if outputs > 1:
         return "fidelity_min"  # the lowest of each output's own fidelity (per_output)
     if task == "classification":
@@ -80,8 +88,19 @@ def check_dense_labels(labels, out_shape, where: str) -> None:
         raise CalibrationError(f"{where}: every label in 'y' is negative (not scored): nothing to score")
 
 
+def check_targets(labels, out_shape, where: str) -> None:
+    """Regression targets [N] or [N, C] must give one value per output value of a sample."""
+    want = int(np.prod(out_shape[1:])) if len(out_shape) > 1 else 1
+    got = int(np.prod(np.shape(labels)[1:])) if np.ndim(labels) > 1 else 1
+    if got != want:
+        raise CalibrationError(f"{where}: labels 'y' hold {got} target(s) per sample; the model's first output "
+                               f"{list(out_shape)} has {want} value(s) per sample")
+
+
 def _check_any_labels(task: str, labels, first, where: str, classes: list | None = None) -> None:
-    if task == "segmentation":
+    if task == "regression":
+        check_targets(labels, first.shape, where)
+    elif task == "segmentation":
         check_dense_labels(labels, first.shape, where)
     else:
         check_labels(labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1, where, classes)
@@ -132,6 +151,8 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
     if labels is not None and task == "segmentation":
         return pixel_accuracy(out, labels)
+    if labels is not None and task == "regression":
+        return mean_r2_fidelity(out, np.asarray(labels))
     if reference is None:
         raise ValueError("unlabelled evaluation needs reference outputs")
     return min(v for v in per_output(outputs, task, reference) if v is not None)
@@ -265,7 +286,7 @@ class Evaluator:
         self.deploy_batch = deploy_batch
         # quantized graphs run unoptimised: QDQ as exact float arithmetic, as a GPU target runs it
         self.simulate_qdq = False
-        self.labelled = eval_ds.labels is not None and task in LABELLED_TASKS
+        self.labelled = eval_ds.labels is not None and task in SCORED_ON_LABELS
         self._refs = {}  # batch size -> FP32 reference outputs
         self._labels_checked = False
         self._outputs = 1  # known after the first call; names the metric (fidelity_min over several)
@@ -331,6 +352,10 @@ class Evaluator:
         self._outputs = len(out)
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
+        if self.labelled and self.task == "regression":  # in the targets' own units, as users judge a regressor
+            err = np.asarray(out[0], np.float64).reshape(len(out[0]), -1) \
+                - np.asarray(self.ds.labels, np.float64).reshape(len(self.ds.labels), -1)
+            res["rmse"] = float(np.sqrt(np.mean(err ** 2)))
         if numeric:
             against = ref if numeric_against is None else run_batches(numeric_against, self.ds, batch_size=batch)
             res["numeric"] = numeric_fidelity(out, against, self.output_names())

@@ -208,19 +208,37 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     integer labels are: the note saying so, else None."""
     if src.task == "segmentation":
         take_dense_labels(*datasets)
+    scored = take_targets(datasets[0]) if src.task == "regression" and datasets else None
     bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
     if not bad:
-        return None
+        return scored
     if src.task == "classification":
         from .errors import CalibrationError
 
         raise CalibrationError(bad[0].label_problem)
     files = ", ".join(d.source or "the data" for d in bad)
+    if src.task == "regression" and all(d is not datasets[0] for d in bad):
+        # training data: distillation of a regression follows the teacher's outputs (MSE), not the labels
+        unused = f"{files}: labels 'y' unused: --task regression distils on the teacher's outputs"
+        return f"{scored}; {unused}" if scored else unused
     how = f"--task {src.task} scores" if src.task_given else "its first output is not class scores, so edgekit scores"
     dense = any(getattr(d, "dense_labels", None) is not None for d in bad)
     return (f"{files}: labels 'y' unused: {how} the model's output {src.outputs[0]!r} by fidelity to FP32 (the "
             "labels hold no class indices" + ("; for one class per position, pass --task segmentation)" if dense
-                                              else ")"))
+                                              else (")" if src.task_given or src.task == "segmentation"
+                                                    or all(getattr(d, "targets", None) is None for d in bad)
+                                                    else "; to score it against them as targets, pass --task "
+                                                    "regression)")))
+
+
+def take_targets(d) -> str | None:
+    """--task regression scores its evaluation data's numeric labels 'y' ([N] or [N, C] values) as the targets
+    (r2_labels): they were unused, and the metric was fidelity to FP32 only. The note saying so, or None."""
+    if d is None or getattr(d, "targets", None) is None:
+        return None
+    d.labels, d.label_problem, d.dense_labels, d.targets = d.targets, None, None, None
+    return (f"{d.source or 'the data'}: labels 'y' are the regression targets: scored by r2_labels, each target's "
+            "R^2 against them (clipped to [0, 1]) averaged over targets, with their RMSE beside it")
 
 
 def take_dense_labels(*datasets) -> None:

@@ -16,6 +16,11 @@ def chance_notes(run, fp32: Artifact) -> list:
     from .calibration import labels_hint
 
     m = fp32.metrics or {}
+    if m.get("name") == "r2_labels" and m.get("value") is not None and m["value"] <= 0.0:
+        note = ("the source model's r2_labels is 0.0000: it predicts the targets no better than their mean does; "
+                "check the weights, and that 'y' holds this model's targets in its output's order and units")
+        print(f"edgekit: note: {note}", file=sys.stderr)
+        return [note]
     shape = (fp32.outputs[0].get("shape") if fp32.outputs else None) or []
     classes = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
     if m.get("name") != "accuracy" or not classes or classes < 2 or m.get("value") is None \
@@ -53,8 +58,8 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
-    if run.ctx.source.task == "segmentation":
-        return []  # per-position labels, scored as pixel accuracy: nothing unplain
+    if run.ctx.source.task in ("segmentation", "regression"):
+        return []  # per-position classes scored as pixel accuracy, targets as r2_labels: noted when read
     if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
         note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "
                 f"{shape} by fidelity to FP32")

@@ -12,7 +12,7 @@ TASKS = ("classification", "embedding", "regression", "segmentation", "generic")
 # tasks whose labels 'y' are scored: class indices per sample, or per position (segmentation)
 LABELLED_TASKS = ("classification", "segmentation")
 # metric names used in manifests
-METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "pixel_accuracy", "pixel_agreement")
+METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "r2_labels", "pixel_accuracy", "pixel_agreement")
 
 
 @dataclass

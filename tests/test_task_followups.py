@@ -4,6 +4,7 @@ refused for a regression, and a recipe's bad enum value names the recipe."""
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -106,14 +107,31 @@ def test_better_epoch_breaks_a_clipped_tie_on_unclipped_r2():
 
 # F3 -------------------------------------------------------------------------------------------------------
 
-def test_float_regression_targets_in_eval_are_unused_for_regression(d, tmp_path, capsys):
+def test_float_regression_targets_in_eval_are_scored_for_regression(d, tmp_path, capsys):
+    # they were unused (fidelity to FP32 only): now the artifacts are scored against them, R^2 and RMSE
+    from edgekit.evaluate import mean_r2_fidelity
+
     rc = run_cli(["quantize", str(d / "four.onnx"), "--mode", "fp16", "--eval", str(d / "eval_f.npz"), "--task",
                   "regression", "-o", str(tmp_path / "q")])
     err = capsys.readouterr().err
     assert rc in (0, None), err
-    assert "eval_f.npz: labels 'y' unused: --task regression" in err, err
+    assert "eval_f.npz: labels 'y' are the regression targets: scored by r2_labels" in err, err
     man = json.loads((tmp_path / "q" / "manifest.json").read_text())
-    assert {a["metrics"]["name"] for a in man["artifacts"]} == {"r2"}
+    assert {a["metrics"]["name"] for a in man["artifacts"]} == {"r2_labels"}
+    fp32 = man["artifacts"][0]["metrics"]
+    ev = np.load(d / "eval_f.npz")
+    sess = ort.InferenceSession(str(d / "four.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": ev["x"]})[0]
+    assert fp32["value"] == pytest.approx(mean_r2_fidelity(out, ev["y"]), abs=1e-6)
+    assert fp32["rmse"] == pytest.approx(float(np.sqrt(np.mean((out - ev["y"]) ** 2))), rel=1e-5)
+
+
+def test_regression_targets_that_do_not_fit_the_output_are_one_line(d, tmp_path, capsys):
+    rc = run_cli(["quantize", str(d / "one.onnx"), "--mode", "fp16", "--eval", str(d / "eval_f.npz"), "--task",
+                  "regression", "-o", str(tmp_path / "q")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
+    assert rc == 2 and len(err) == 1 and not (tmp_path / "q").exists(), err
+    assert "eval_f.npz: labels 'y' hold 4 target(s) per sample; the model's first output [80, 1] has 1" in err[0]
 
 
 @pytest.mark.parametrize("y, problem", [
@@ -124,14 +142,15 @@ def test_one_dimensional_labels_that_are_no_class_indices(d, tmp_path, capsys, y
     # 1-D float targets or class names crashed the reader ('internal error: ValueError: not enough values to
     # unpack'); unused for a regression, one line for a classifier, as 2-D float targets are
     np.savez(tmp_path / "eval_1d.npz", x=np.load(d / "x.npy")[:80], y=y)
-    for task, want_rc in (("regression", 0), ("classification", 2)):
+    for task, model, want_rc in (("regression", "one", 0), ("classification", "four", 2)):
         out = tmp_path / task
-        rc = run_cli(["quantize", str(d / "four.onnx"), "--mode", "fp16", "--eval", str(tmp_path / "eval_1d.npz"),
-                      "--task", task, "-o", str(out)])
+        rc = run_cli(["quantize", str(d / f"{model}.onnx"), "--mode", "fp16", "--eval",
+                      str(tmp_path / "eval_1d.npz"), "--task", task, "-o", str(out)])
         err = capsys.readouterr().err
         assert (rc or 0) == want_rc, err
-        if task == "regression":
-            assert "eval_1d.npz: labels 'y' unused: --task regression" in err, err
+        if task == "regression":  # one value per sample: the targets; names: unused
+            what = "are the regression targets" if y.dtype.kind == "f" else "unused: --task regression scores"
+            assert f"eval_1d.npz: labels 'y' {what}" in err, err
         else:
             assert f"eval_1d.npz: {problem}" in err and not out.exists(), err
 
@@ -164,3 +183,21 @@ def test_recipe_bad_value_names_the_recipe(tmp_path, line, section, said):
     with pytest.raises(ConfigError) as e:
         load_recipe(p)
     assert str(e.value).startswith(f"{p}: {said}"), str(e.value)
+
+
+def test_a_regressor_no_better_than_the_targets_mean_is_noted(d, tmp_path, capsys):
+    # eval_f's targets are noise the untrained model does not predict: its R^2 against them is below 0
+    rc = run_cli(["compress", str(d / "four.onnx"), "--calib", str(d / "x.npy"), "--eval", str(d / "eval_f.npz"),
+                  "--task", "regression", "--quantize", "none", "--no-profile", "-o", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc in (0, None), err
+    assert "the source model's r2_labels is 0.0000: it predicts the targets no better than their mean" in err, err
+
+
+def test_float_targets_without_task_name_task_regression(d, tmp_path, capsys):
+    np.savez(tmp_path / "e.npz", x=np.load(d / "x.npy")[:80], y=np.linspace(0.1, 7.9, 80))
+    rc = run_cli(["quantize", str(d / "one.onnx"), "--mode", "fp16", "--eval", str(tmp_path / "e.npz"), "-o",
+                  str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert rc in (0, None), err
+    assert "e.npz: labels 'y' unused" in err and "to score it against them as targets, pass --task regression" in err

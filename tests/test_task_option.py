@@ -147,16 +147,35 @@ def test_unknown_task_in_recipe_is_refused(tmp_path):
         from_dict({"model": "zoo:x", "output": str(tmp_path), "task": "regresion"})
 
 
-def test_labels_unused_note_names_the_task(mreg, tmp_path, capsys):
-    """With --task regression, labelled --eval is unused because of the task, not because the output
-    is 'not [N, C] class scores' (it is [N, 4])."""
+def test_labels_that_cannot_be_the_targets_are_refused_for_a_regression(mreg, tmp_path, capsys):
+    """With --task regression, labelled --eval is scored as the targets: one class id per sample for a model
+    of 4 targets cannot be, and says so in one line (it was unused, which hid the mistake), not that the
+    output is 'not [N, C] class scores' (it is [N, 4])."""
     rc = run_cli(["compress", str(mreg / "m.onnx"), "--calib", str(mreg / "train.npy"), "--eval",
                   str(mreg / "eval_labelled.npz"), "--task", "regression", "--quantize", "none", "--no-profile",
                   "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "eval_labelled.npz: labels 'y' hold 1 target(s) per sample; the model's first output [200, 4] has 4" \
+        in err, err
+    assert "not [N, C] class scores" not in err and not (tmp_path / "out").exists()
+
+
+def test_compress_scores_a_regression_against_its_targets(mreg, tmp_path, capsys):
+    """--eval targets [N, 4] of a 4-target regressor: r2_labels against them, RMSE beside it, in the manifest."""
+    x, y = _data()
+    np.savez(tmp_path / "eval_t.npz", x=x[400:], y=y[400:])
+    rc = run_cli(["compress", str(mreg / "m.onnx"), "--calib", str(mreg / "train.npy"), "--eval",
+                  str(tmp_path / "eval_t.npz"), "--task", "regression", "--quantize", "int8-dynamic", "--no-profile",
+                  "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
     assert rc == 0, err
-    assert "--eval labels unused: --task regression" in err, err
-    assert "not [N, C] class scores" not in err
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    fp32 = man["artifacts"][0]["metrics"]
+    r2 = _r2_per_target(_run(mreg / "m.onnx", x[400:]), y[400:])
+    assert fp32["name"] == "r2_labels" and fp32["value"] == pytest.approx(float(np.mean(np.clip(r2, 0, 1))), abs=1e-5)
+    assert 0.5 < fp32["value"] < 1.0 and fp32["rmse"] > 0, fp32  # a trained model, scored against real targets
+    assert all(a["metrics"]["name"] == "r2_labels" for a in man["artifacts"])
 
 
 def test_task_classification_checks_train_labels_before_pruning(tmp_path, capsys):

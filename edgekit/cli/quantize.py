@@ -129,7 +129,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     from ..context import RunContext
     from ..data_size import small_data_notes
     from ..errors import CalibrationError, EdgekitError
-    from ..evaluate import LABELLED_TASKS, Evaluator
+    from ..evaluate import LABELLED_TASKS, SCORED_ON_LABELS, Evaluator
     from ..loader import copy_model
     from ..onnxutil import graph_facts
     from ..quant.fidelity import fidelity_evaluator, sanity_evaluator
@@ -141,7 +141,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     facts = graph_facts(fp32_path)
     labelled = eval_ds is not None and eval_ds.labels is not None
     notes = []
-    if labelled and src_model.task in LABELLED_TASKS:
+    if labelled and src_model.task in SCORED_ON_LABELS:
         evaluator = Evaluator(eval_ds, src_model.task, fp32_path)
     elif eval_ds is not None:
         # every --eval sample, as compress scores them: the 500 cap is for calibration data standing in
@@ -181,7 +181,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     if ref is None or not math.isfinite(ref):
         raise EdgekitError(f"{name}: the model gives NaN or infinite outputs on {evaluator.ds.source}, so nothing "
                            "can be compared with it")
-    if evaluator.labelled and ref == 0:
+    if evaluator.labelled and ref == 0 and src_model.task in LABELLED_TASKS:
         # tolerances are relative to this value: at 0 every candidate would "pass" or divide by zero
         raise CalibrationError(f"{eval_ds.source}: the model gets none of the {len(eval_ds)} labels right "
                                f"(accuracy 0); check {labels_hint(eval_ds)}")
