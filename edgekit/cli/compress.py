@@ -11,8 +11,18 @@ from .common import CONTEXT_SETTINGS, echo_json, task_option
 def _shape(ctx, param, value):
     if value is None:
         return None
+    import re
+
+    # as shapes get pasted: 1,3,224,224, 1x3x224x224, "1 3 224 224", [1, 3, 224, 224], (1, 3, 224, 224) and
+    # torch.Size([1, 3, 224, 224]) (a bracket was 'expected comma-separated integers')
+    text = value.strip()
+    if text.startswith("torch.Size(") and text.endswith(")"):
+        text = text[len("torch.Size("):-1]
+    text = text.strip()
+    if text[:1] + text[-1:] in ("[]", "()"):
+        text = text[1:-1]
     try:
-        dims = tuple(int(x) for x in value.replace("x", ",").split(","))
+        dims = tuple(int(x) for x in re.split(r"\s*[,x]\s*|\s+", text.strip().rstrip(",").strip()))
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 1,3,224,224") from None
     if not dims or any(d <= 0 for d in dims):
