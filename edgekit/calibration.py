@@ -572,8 +572,8 @@ def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
 
 def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     if tokenizer is None:
-        raise CalibrationError(f"{p}: a .txt of sentences needs a text model with a tokenizer; this model has "
-                               "none (use .npy/.npz arrays)")
+        raise CalibrationError(f"{p}: a .txt of sentences needs a tokenizer; pass --tokenizer (file.py:function or "
+                               "a tokenizer.json), or give .npy/.npz arrays")
     try:
         # utf-8-sig: Notepad and PowerShell 5 start UTF-8 files with a BOM, which stayed in sentence 1
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
@@ -586,9 +586,13 @@ def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
         sentences = sentences[:limit]
     try:
         enc = tokenizer(sentences)
+    except InputError:  # a --tokenizer's own failure, which names it
+        raise
     except Exception as e:
         raise CalibrationError(f"{p}: tokenizing failed: {type(e).__name__}: {e}") from None
     enc = {k: np.asarray(v) for k, v in dict(enc).items()}
+    if len(specs) == 1 and specs[0].name not in enc and "input_ids" in enc:
+        enc = {specs[0].name: enc["input_ids"]}  # a model of one token input, whatever it is called
     if specs:  # tokenizers emit extras (e.g. token_type_ids) some exports drop
         enc = {k: v for k, v in enc.items() if k in {s.name for s in specs}}
     return _finish(str(p), enc, specs, labels=None, limit=None, source=str(p),

@@ -229,6 +229,7 @@ class CompressConfig:
     seed: int = 0
     overwrite: bool = False
     preprocess: str | None = None  # a prepost spec as JSON text or a path to a JSON file
+    tokenizer: str | None = None  # file.py:function or a tokenizer.json: sentences (.txt data) -> model inputs
     task: str = "auto"  # what the first output is (loader.TASK_CHOICES); auto: guessed from its shape
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -403,7 +404,7 @@ def _check_inline_prepost(value, recipe: Path) -> None:
         raise ConfigError(f"{recipe}: preprocess: {e}") from None
 
 
-_PATH_KEYS = ("weights", "calib", "eval", "train", "preprocess")
+_PATH_KEYS = ("weights", "calib", "eval", "train", "preprocess", "tokenizer")
 
 
 def _file_part(spec: str) -> tuple:

@@ -705,6 +705,7 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     module.eval()
     _unfreeze_layers(module)
     wide = _not_float32(module)
+    sample_inputs = _taken(module, sample_inputs)
     inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
     module = bind_inputs(module, [s.name for s in inputs])
     if wide:
@@ -1033,6 +1034,23 @@ def _takes_varargs(module) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+class OfferedInputs(dict):
+    """A tokenizer's arrays for a model's first sentences: it offers what it makes (token_type_ids beside
+    input_ids and attention_mask), and the model takes those forward() names; a one-input forward(x) takes
+    the token ids."""
+
+
+def _taken(module, sample_inputs):
+    """sample_inputs as forward() takes them, when they are only offered (OfferedInputs); else as given."""
+    if not isinstance(sample_inputs, OfferedInputs) or _takes_varargs(module):
+        return sample_inputs
+    names = _forward_names(module)
+    taken = {n: a for n, a in sample_inputs.items() if n in names}
+    if not taken and len(names) >= 1 and "input_ids" in sample_inputs:
+        taken = {names[0]: sample_inputs["input_ids"]}
+    return taken or sample_inputs
 
 
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:

@@ -52,7 +52,8 @@ def stage_load(run: Run):
     declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
     check_data_paths((cfg.calib, cfg.eval, cfg.train))
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
-                             trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed)
+                             trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed,
+                             tokenizer=cfg.tokenizer)
     declare_prepost(src, declared, cfg.model, where=_spec_where(run))
     apply_task(src, cfg.task)
     if src.kind == "onnx":
@@ -347,23 +348,47 @@ def _is_torch_file(model: str) -> bool:
     return not model.startswith("zoo:") and not model.lower().endswith(".onnx")
 
 
-def load_model(model: str, data_paths, *, declared=None, input_shape=None, **load_kw):
+def load_model(model: str, data_paths, *, declared=None, input_shape=None, tokenizer=None, **load_kw):
     """(SourceModel, peeked arrays or None). A PyTorch file's input is learned from the first data given
-    (--calib, --eval, --train in that order) unless --input-shape says it: an .npy/.npz's arrays, or a
-    run on an image folder's first images. Shared by compress, prune and distill (load_kw: weights,
-    trust_pickle, seed)."""
+    (--calib, --eval, --train in that order) unless --input-shape says it: an .npy/.npz's arrays, the
+    --tokenizer's output for a .txt's first sentences, or a run on an image folder's first images. Shared by
+    compress, prune and distill (load_kw: weights, trust_pickle, seed). tokenizer: a --tokenizer spec, which
+    becomes the model's tokenizer (text_tokenizer.load_tokenizer)."""
     from .loader import load_source
 
+    tok = None
+    if tokenizer:
+        from .text_tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)  # refused before the model loads; rebuilt below for its input length
     from_data = next((p for p in data_paths if p), None)
     sample = _peek_arrays(from_data) if _is_torch_file(model) else None
     if _is_torch_file(model) and sample is None and from_data and not input_shape:
-        if not Path(from_data).is_dir():
+        if tok is not None and Path(from_data).suffix.lower() == ".txt":
+            from .calibration import read_dataset
+            from .loader import OfferedInputs
+
+            sample = OfferedInputs(read_dataset(from_data, [], tokenizer=tok, limit=2).inputs)
+        elif not Path(from_data).is_dir():
             # sentences do not say what tensor the model takes, and the error would otherwise blame
             # missing data that was given
             raise UsageError(f"{from_data}: this data format does not give {model}'s input shape; "
-                             "pass --input-shape (e.g. 1,3,224,224)")
-        return _load_on_images(model, from_data, declared, **load_kw), None
-    return load_source(model, input_shape=input_shape, sample_inputs=sample, **load_kw), sample
+                             "pass --input-shape (e.g. 1,3,224,224)"
+                             + (" or a --tokenizer for its sentences" if str(from_data).endswith(".txt") else ""))
+        else:
+            src = _load_on_images(model, from_data, declared, **load_kw)
+            return _with_tokenizer(src, tokenizer), None
+    src = load_source(model, input_shape=input_shape, sample_inputs=sample, **load_kw)
+    return _with_tokenizer(src, tokenizer), sample
+
+
+def _with_tokenizer(src, spec):
+    """src with the --tokenizer spec's tokenizer, fitted to its inputs (their fixed length), if one was given."""
+    if spec:
+        from .text_tokenizer import load_tokenizer
+
+        src.tokenizer = load_tokenizer(spec, src.inputs)
+    return src
 
 
 def declare_prepost(src, declared, model: str, where: str = "--preprocess") -> None:

@@ -58,6 +58,8 @@ def _shape(ctx, param, value):
               "a bare number is a percentage.")
 @click.option("--target", "targets", multiple=True, help="Target name or TOML file (repeatable; default: this host's CPU).")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file) declared in the manifest for the device runner.")
+@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+              "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--profile/--no-profile", "profile", default=None,
               help="Profile latency on the targets (default), or skip it; --profile turns it back on for a recipe "
                    "that had it off.")
@@ -66,8 +68,8 @@ def _shape(ctx, param, value):
 @click.option("--overwrite", is_flag=True, default=None, help="Replace an existing OUTDIR (only after the new run succeeds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON on stdout.")
 def compress(model, output, config, weights, trust_pickle, calib, eval_, train, input_shape, prune_ratio, prune_method,
-             prune_ignore, target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, profile,
-             task, seed, overwrite, as_json):
+             prune_ignore, target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, tokenizer,
+             profile, task, seed, overwrite, as_json):
     """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
 
     With --config OUTDIR/compress.toml, MODEL (and -o) default to the recipe's.
@@ -83,7 +85,7 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
 
     settings = {"weights": weights, "trust_pickle": trust_pickle, "calib": calib, "eval": eval_, "train": train,
                 "input_shape": input_shape, "tolerance": tolerance, "seed": seed, "overwrite": overwrite,
-                "preprocess": preprocess, "task": task}
+                "preprocess": preprocess, "tokenizer": tokenizer, "task": task}
     if targets:
         settings["targets"] = list(targets)
     settings = {k: v for k, v in settings.items() if v is not None}

@@ -21,6 +21,8 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file): how --calib/--eval/--train "
               "images become the model's input, recorded in the manifest for the device runner.")
+@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+              "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--epochs", type=click.IntRange(0), default=30, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
@@ -38,7 +40,8 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTDIR (only after this run succeeds).")
 @output_option()
 @json_option
-def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, input_shape, preprocess, epochs, lr,
+def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, input_shape, preprocess, tokenizer,
+            epochs, lr,
             batch_size, temperature, alpha, schedule, patience, feature_layers, feature_weight, task, seed, overwrite,
             output, as_json):
     """Distill TEACHER into STUDENT and write OUTDIR: model.fp32.onnx (teacher), model.distilled.onnx,
@@ -69,13 +72,13 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     _seed(seed)
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
-                                seed=seed, preprocess=preprocess, task=task)
+                                seed=seed, preprocess=preprocess, task=task, tokenizer=tokenizer)
     task_notes = settle_task(src, task, e, t)
     from ..stages.prune import refuse_fixed_batch
 
     refuse_fixed_batch(src, "distillation")
     settings = {"teacher": teacher, "task": task or "auto", "student": student, "distill": vars(cfg), "seed": seed,
-                "preprocess": preprocess}
+                "preprocess": preprocess, "tokenizer": tokenizer}
 
     def work(ctx):
         example = graph.example_inputs(src, c or e)

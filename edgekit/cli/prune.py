@@ -17,6 +17,8 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file): how --calib/--eval/--train "
               "images become the model's input, recorded in the manifest for the device runner.")
+@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+              "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fraction of channels removed (FFN width for transformers).")
 @click.option("--head-ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
@@ -43,7 +45,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTDIR (only after this run succeeds).")
 @output_option()
 @json_option
-def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, preprocess, ratio, head_ratio, method,
+def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, preprocess, tokenizer, ratio, head_ratio, method,
           global_pruning, ignore, channel_multiple, steps, sensitivity, target_latency, sparsity, distill, epochs,
           lr, targets, task, seed, overwrite, output, as_json):
     """Prune MODEL (zoo:NAME or file.py:factory) and write OUTDIR: model.fp32.onnx, model.pruned.onnx
@@ -71,10 +73,11 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
     dcfg = DistillConfig(enabled=distill, epochs=epochs, lr=lr)
     _seed(seed)
     src, c, e, t = outputs.load(model, weights=weights, trust_pickle=trust_pickle, calib=calib, eval_path=eval_path,
-                                train=train, input_shape=shape, seed=seed, preprocess=preprocess, task=task)
+                                train=train, input_shape=shape, seed=seed, preprocess=preprocess, task=task,
+                                tokenizer=tokenizer)
     task_notes = settle_task(src, task, e, t, distills=distill)
     settings = {"model": model, "task": task or "auto", "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed,
-                "preprocess": preprocess}
+                "preprocess": preprocess, "tokenizer": tokenizer}
 
     told = list(task_notes)
 

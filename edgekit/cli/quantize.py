@@ -21,7 +21,8 @@ def _load_target(name):
 
 def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="auto", fmt="qdq",
                   per_channel=None, tolerance="1%", target=None, max_trials=12, tune=True, calib_size=256,
-                  overwrite=False, weight_rounding="auto", bias_correction="auto", preprocess=None, task=None):
+                  overwrite=False, weight_rounding="auto", bias_correction="auto", preprocess=None, task=None,
+                  tokenizer=None):
     """The library call behind the command; returns the Manifest.
 
     Everything that can be checked cheaply (model, OUTDIR, target, data) is checked before any
@@ -43,6 +44,10 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     from ..quant.static import fixed_batch
 
     src_model = load_onnx(model)
+    if tokenizer:  # sentences (.txt) -> this model's inputs, at its fixed sequence length
+        from ..text_tokenizer import load_tokenizer
+
+        src_model.tokenizer = load_tokenizer(tokenizer, src_model.inputs)
     dtype = "float16" if check_precision(model, mode, option="--mode") == "float16" else "float32"
     out = check_output(output, overwrite)
     cfg = QuantizeConfig(mode=mode, calibrate_method=method, format=fmt, per_channel=per_channel,
@@ -60,9 +65,10 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     src_model.preprocess = with_implied_prepost(src_model.preprocess, src_model.inputs, calib, eval_path)
     if src_model.preprocess != before:
         click.echo(f"edgekit: note: {IMPLIED_NOTE}", err=True)
-    calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess) if calib else None
-    eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess) \
-        if eval_path else None
+    calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess,
+                            tokenizer=src_model.tokenizer) if calib else None
+    eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess,
+                           tokenizer=src_model.tokenizer) if eval_path else None
     task_notes = settle_task(src_model, task, eval_ds, distills=False)  # printed already: recorded, not echoed again
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
@@ -87,7 +93,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
                                 f"batch of {batch} takes whole batches only")
     cfg = dataclasses.replace(cfg, calib_size=calib_size)
     settings = _settings(cfg, tolerance=str(tol), target=target, calib=calib, eval_path=eval_path,
-                         preprocess=preprocess, calib_ds=calib_ds)
+                         preprocess=preprocess, calib_ds=calib_ds, tokenizer=tokenizer)
     settings["task"] = task or "auto"
     data = data_records(calib=(calib, calib_ds), eval=(eval_path, eval_ds))
     staging = staging_dir(out)
@@ -106,7 +112,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     return man
 
 
-def _settings(cfg, *, tolerance, target, calib, eval_path, preprocess, calib_ds) -> dict:
+def _settings(cfg, *, tolerance, target, calib, eval_path, preprocess, calib_ds, tokenizer=None) -> dict:
     """Every option that shapes the result, at the value the run used: a replay with these gives the same
     file (--no-tune runs one candidate whatever --max-trials says; only static INT8 calibrates, on at most
     the samples there are, in whole batches of a fixed-batch model)."""
@@ -114,7 +120,7 @@ def _settings(cfg, *, tolerance, target, calib, eval_path, preprocess, calib_ds)
     return {"mode": cfg.mode, "method": cfg.calibrate_method, "format": cfg.format, "per_channel": cfg.per_channel,
             "weight_rounding": cfg.weight_rounding, "bias_correction": cfg.bias_correction, "tolerance": tolerance,
             "target": target, "calib": _abs(calib), "eval": _abs(eval_path), "preprocess": preprocess,
-            "tune": cfg.tune, "max_trials": cfg.max_trials if cfg.tune else 1,
+            "tokenizer": _abs_spec(tokenizer), "tune": cfg.tune, "max_trials": cfg.max_trials if cfg.tune else 1,
             "calib_size": min(cfg.calib_size, len(calib_ds)) if calibrated else None}
 
 
@@ -242,6 +248,8 @@ def _recommended_for(name: str) -> str:
                    "(auto: tried when the default misses the tolerance; static QDQ only).")
 @click.option("--preprocess", help="Pre-processing spec (JSON text or file) for an image-folder --calib/--eval, "
               "e.g. '{\"pre\": [{\"op\": \"resize_normalize\", \"layout\": \"NHWC\", ...}]}'.")
+@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+              "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: ISA-aware, tuned).")
 @click.option("--tolerance", default="1%", show_default=True, help="Largest accepted metric drop: '1%' "
@@ -254,15 +262,15 @@ def _recommended_for(name: str) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output directory.")
 @output_option()
 @json_option
-def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correction, preprocess, fmt, per_channel,
-             tolerance, target, max_trials, no_tune, calib_size, task, overwrite, output, as_json):
+def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correction, preprocess, tokenizer, fmt,
+             per_channel, tolerance, target, max_trials, no_tune, calib_size, task, overwrite, output, as_json):
     """Quantize an ONNX MODEL (INT8 static/dynamic or FP16), tuned to stay within --tolerance and
     recommended only if it measures faster than FP32."""
     man = quantize_file(model, calib=calib, eval_path=eval_path, output=output, mode=mode, method=method, fmt=fmt,
                         per_channel=per_channel, tolerance=tolerance, target=target, max_trials=max_trials,
                         tune=not no_tune, calib_size=calib_size, overwrite=overwrite,
                         weight_rounding=weight_rounding, bias_correction=bias_correction, preprocess=preprocess,
-                        task=task)
+                        task=task, tokenizer=tokenizer)
     if as_json:
         echo_json(man.to_dict())
         return
@@ -274,6 +282,16 @@ def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correc
         c.print(f"{ms(a.path)}: {a.kind}, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', float('nan')):.4f}")
     for q in man.quantization.values():
         c.print(("recommended: " if q.get("recommend") else "not recommended: ") + ms(q.get("reason", "")))
+
+
+def _abs_spec(spec):
+    """A file.py:function or path spec with its file part absolute."""
+    from ..config import _file_part
+
+    if not spec:
+        return spec
+    path, rest = _file_part(spec)
+    return _abs(path) + rest
 
 
 def _abs(path):

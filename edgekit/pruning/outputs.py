@@ -16,7 +16,7 @@ from ..source import student_provenance
 
 
 def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None, train=None, input_shape=None,
-         seed=0, preprocess=None, task=None):
+         seed=0, preprocess=None, task=None, tokenizer=None):
     """(SourceModel, calib, eval, train) as the compress pipeline reads them: the input shape learned from
     the data (image folders included), --preprocess (a JSON spec or file) as compress takes it, else the
     pixel scaling an image folder implies, recorded in
@@ -30,7 +30,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     declared = _read_prepost(preprocess) if preprocess else None  # a bad spec is refused before the model loads
     check_data_paths((calib, eval_path, train))
     src, _ = load_model(model, (calib, eval_path, train), declared=declared, weights=weights,
-                        trust_pickle=trust_pickle, input_shape=input_shape, seed=seed)
+                        trust_pickle=trust_pickle, input_shape=input_shape, seed=seed, tokenizer=tokenizer)
     declare_prepost(src, declared, model)
     apply_task(src, task)  # before the --train labels are checked against the task
     for note in imply_prepost(src, calib, eval_path, train):
