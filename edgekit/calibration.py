@@ -383,7 +383,7 @@ def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, pr
     ext = p.suffix.lower()
     reader = READERS.get(ext)
     if reader is None:
-        raise InputError(f"{p}: unknown data format {ext or '(no extension)'!r}; use .npy, .npz, .txt "
+        raise InputError(f"{p}: unknown data format {ext or '(no extension)'!r}; use .npy, .npz, .txt, .jsonl "
                          "or a folder of images")
     return reader(p, specs, labels=labels, tokenizer=tokenizer, limit=limit)
 
@@ -582,8 +582,64 @@ def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     sentences = [ln for ln in lines if ln]
     if not sentences:
         raise CalibrationError(f"{p}: contains no sentences (one per line expected)")
+    return _tokenized(p, sentences, specs, tokenizer, labels=None, limit=limit)
+
+
+TEXT_KEYS = ("text", "sentence")  # what the text of a record is called (HuggingFace datasets: IMDB, SST-2)
+JSONL_LABEL_KEYS = ("label", LABEL_KEY)
+
+
+def _read_jsonl(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
+    """One JSON object per line, {"text": ..., "label": ...} (or "sentence", "y"): sentences with their
+    labels, which a .txt cannot carry (a text classifier's accuracy needed a hand-tokenized .npz)."""
+    import json
+
+    if tokenizer is None:
+        raise CalibrationError(f"{p}: a .jsonl of sentences needs a tokenizer; pass --tokenizer (file.py:function or "
+                               "a tokenizer.json), or give .npy/.npz arrays")
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()
+    except (UnicodeDecodeError, OSError) as e:
+        raise InputError(f"{p}: not a UTF-8 text file ({e})") from None
+    sentences, ys, with_label = [], [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{p}: line {i} is not JSON ({e})") from None
+        key = next((k for k in TEXT_KEYS if isinstance(rec, dict) and k in rec), None)
+        if key is None or not isinstance(rec[key], str):
+            raise CalibrationError(f"{p}: line {i} has no text: each line must be an object with a string "
+                                   f"{' or '.join(repr(k) for k in TEXT_KEYS)}")
+        sentences.append(rec[key].strip())
+        lab = next((k for k in JSONL_LABEL_KEYS if k in rec), None)
+        with_label.append(lab is not None)
+        ys.append(rec[lab] if lab is not None else None)
+    if not sentences:
+        raise CalibrationError(f"{p}: contains no records (one JSON object per line expected)")
+    if any(with_label) and not all(with_label):
+        i = with_label.index(False)
+        raise CalibrationError(f"{p}: record {i + 1} has no 'label' while {sum(with_label)} others have one; "
+                               "label every record or none")
+    y = None
+    if labels and all(with_label):
+        try:
+            y = np.asarray(ys)
+        except ValueError:
+            y = np.asarray(ys, dtype=object)
+        if y.dtype == object:
+            raise CalibrationError(f"{p}: labels must be numbers (class indices, or targets for a regression), "
+                                   f"one per record or a list of equal length; got {ys[0]!r}")
+    return _tokenized(p, sentences, specs, tokenizer, labels=y, limit=limit)
+
+
+def _tokenized(p: Path, sentences: list, specs, tokenizer, *, labels, limit) -> Dataset:
+    """Sentences (with their labels, if any) through the model's tokenizer, as its inputs."""
     if limit is not None:
         sentences = sentences[:limit]
+        labels = None if labels is None else labels[:limit]
     try:
         enc = tokenizer(sentences)
     except InputError:  # a --tokenizer's own failure, which names it
@@ -595,11 +651,12 @@ def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
         enc = {specs[0].name: enc["input_ids"]}  # a model of one token input, whatever it is called
     if specs:  # tokenizers emit extras (e.g. token_type_ids) some exports drop
         enc = {k: v for k, v in enc.items() if k in {s.name for s in specs}}
-    return _finish(str(p), enc, specs, labels=None, limit=None, source=str(p),
+    return _finish(str(p), enc, specs, labels=labels, limit=None, source=str(p),
                    extra={"sentences": sentences})
 
 
-READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt}
+READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt, ".jsonl": _read_jsonl}
+TEXT_FORMATS = (".txt", ".jsonl")  # sentences, which a tokenizer turns into the model's inputs
 
 
 # ------------------------------------------------------------------------------------------------ images

@@ -364,7 +364,9 @@ def load_model(model: str, data_paths, *, declared=None, input_shape=None, token
     from_data = next((p for p in data_paths if p), None)
     sample = _peek_arrays(from_data) if _is_torch_file(model) else None
     if _is_torch_file(model) and sample is None and from_data and not input_shape:
-        if tok is not None and Path(from_data).suffix.lower() == ".txt":
+        from .calibration import TEXT_FORMATS
+
+        if tok is not None and Path(from_data).suffix.lower() in TEXT_FORMATS:
             from .calibration import read_dataset
             from .loader import OfferedInputs
 
@@ -374,7 +376,8 @@ def load_model(model: str, data_paths, *, declared=None, input_shape=None, token
             # missing data that was given
             raise UsageError(f"{from_data}: this data format does not give {model}'s input shape; "
                              "pass --input-shape (e.g. 1,3,224,224)"
-                             + (" or a --tokenizer for its sentences" if str(from_data).endswith(".txt") else ""))
+                             + (" or a --tokenizer for its sentences"
+                                if Path(from_data).suffix.lower() in TEXT_FORMATS else ""))
         else:
             src = _load_on_images(model, from_data, declared, **load_kw)
             return _with_tokenizer(src, tokenizer), None

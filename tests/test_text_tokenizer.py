@@ -146,3 +146,40 @@ def test_sentences_without_a_tokenizer_name_the_option(text_model, tmp_path, cap
                   "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "or a --tokenizer for its sentences" in err, err
+
+
+def test_jsonl_sentences_carry_labels_scored_as_accuracy(text_model, tmp_path, capsys):
+    import onnxruntime as ort
+
+    ns = {}
+    exec(MODEL_PY, ns)
+    sentences = [s for s in (SENTENCES / "eval.txt").read_text().splitlines() if s.strip()]
+    labels = [len(s.split()) % 3 for s in sentences]
+    with open(tmp_path / "eval.jsonl", "w") as f:
+        for s, y in zip(sentences, labels):
+            f.write(json.dumps({"sentence": s, "label": y}) + "\n")
+    out = tmp_path / "out"
+    rc = run_cli(["compress", f"{text_model}:build", "--tokenizer", f"{text_model}:tokenize", "--calib",
+                  str(SENTENCES / "calib.txt"), "--eval", str(tmp_path / "eval.jsonl"), "--quantize", "none",
+                  "--no-profile", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "manifest.json").read_text())["artifacts"][0]["metrics"]
+    sess = ort.InferenceSession(str(out / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    pred = sess.run(None, ns["tokenize"](sentences))[0].argmax(1)
+    assert m["name"] == "accuracy" and m["n"] == len(sentences)
+    assert m["value"] == pytest.approx(float(np.mean(pred == np.array(labels))))
+
+
+@pytest.mark.parametrize("lines, words", [
+    (['{"text": "fine", "label": 1}', '{"text": "broken", '], "line 2 is not JSON"),
+    (['{"text": "fine", "label": 1}', '{"body": "no text"}'], "line 2 has no text"),
+    (['{"text": "a", "label": 1}', '{"text": "b"}'], "record 2 has no 'label' while 1 others have one"),
+    (['{"text": "a", "label": "positive"}', '{"text": "b", "label": "negative"}'], "expected integers"),
+])
+def test_bad_jsonl_is_one_line(text_model, tmp_path, capsys, lines, words):
+    (tmp_path / "e.jsonl").write_text("\n".join(lines) + "\n")
+    rc = run_cli(["compress", f"{text_model}:build", "--tokenizer", f"{text_model}:tokenize", "--eval",
+                  str(tmp_path / "e.jsonl"), "--task", "classification", "--no-profile", "--quantize", "none",
+                  "-o", str(tmp_path / "out")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
+    assert rc == 2 and len(err) == 1 and "e.jsonl" in err[0] and words in err[0], err
