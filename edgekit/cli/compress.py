@@ -37,8 +37,8 @@ def _shape(ctx, param, value):
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
 @click.option("--trust-pickle", is_flag=True, default=None, help="Allow --weights to be a pickled full model, and a "
               "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
-@click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), image folder, or .txt of sentences.")
-@click.option("--eval", "eval_", type=click.Path(), help="Eval data: .npz with inputs plus 'y' labels (accuracy); without labels, fidelity to FP32.")
+@click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), image folder, or .txt/.jsonl of sentences.")
+@click.option("--eval", "eval_", type=click.Path(), help="Eval data: .npz with inputs plus 'y' labels (accuracy), a folder of class folders, a .jsonl of labelled sentences; without labels, fidelity to FP32.")
 @click.option("--train", type=click.Path(), help="Training data for distillation (same formats; labels optional).")
 @click.option("--input-shape", callback=_shape, help="Input shape when it cannot be inferred from the data, e.g. 1,3,224,224.")
 @click.option("--prune", "prune_ratio", type=click.FloatRange(0, 1, max_open=True), help="Fraction of channels to remove (structured).")
@@ -58,7 +58,7 @@ def _shape(ctx, param, value):
               "a bare number is a percentage.")
 @click.option("--target", "targets", multiple=True, help="Target name or TOML file (repeatable; default: this host's CPU).")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file) declared in the manifest for the device runner.")
-@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+@click.option("--tokenizer", help="For .txt/.jsonl sentence data: file.py:function (sentences -> dict of input arrays) or a "
               "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--profile/--no-profile", "profile", default=None,
               help="Profile latency on the targets (default), or skip it; --profile turns it back on for a recipe "

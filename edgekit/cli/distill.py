@@ -14,14 +14,14 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
               "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
 @click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights) or a "
               "pruned.pt written by `edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
-@click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt).")
+@click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt, .jsonl).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy; "
               "without labels, agreement with the teacher).")
 @click.option("--train", type=click.Path(), help="Training data (labels optional; unlabelled uses the teacher alone).")
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file): how --calib/--eval/--train "
               "images become the model's input, recorded in the manifest for the device runner.")
-@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+@click.option("--tokenizer", help="For .txt/.jsonl sentence data: file.py:function (sentences -> dict of input arrays) or a "
               "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--epochs", type=click.IntRange(0), default=30, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate.")

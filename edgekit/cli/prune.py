@@ -11,13 +11,13 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.argument("model")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
 @click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model (runs code from the file).")
-@click.option("--calib", type=click.Path(), help="Example/calibration inputs (.npy, .npz, image folder, .txt).")
+@click.option("--calib", type=click.Path(), help="Example/calibration inputs (.npy, .npz, image folder, .txt, .jsonl).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy).")
 @click.option("--train", type=click.Path(), help="Training data for distillation (labels optional).")
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file): how --calib/--eval/--train "
               "images become the model's input, recorded in the manifest for the device runner.")
-@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+@click.option("--tokenizer", help="For .txt/.jsonl sentence data: file.py:function (sentences -> dict of input arrays) or a "
               "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--ratio", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Fraction of channels removed (FFN width for transformers).")

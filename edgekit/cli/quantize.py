@@ -234,7 +234,7 @@ def _recommended_for(name: str) -> str:
 @click.command("quantize", context_settings=CONTEXT_SETTINGS)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), a folder "
-              "of images, or a .txt of sentences.")
+              "of images, or a .txt/.jsonl of sentences.")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data: .npz with the inputs and 'y' labels "
               "(top-1 accuracy); without labels or without --eval, fidelity to the FP32 outputs.")
 @click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "fp16"]), default="int8", show_default=True)
@@ -248,7 +248,7 @@ def _recommended_for(name: str) -> str:
                    "(auto: tried when the default misses the tolerance; static QDQ only).")
 @click.option("--preprocess", help="Pre-processing spec (JSON text or file) for an image-folder --calib/--eval, "
               "e.g. '{\"pre\": [{\"op\": \"resize_normalize\", \"layout\": \"NHWC\", ...}]}'.")
-@click.option("--tokenizer", help="For .txt sentence data: file.py:function (sentences -> dict of input arrays) or a "
+@click.option("--tokenizer", help="For .txt/.jsonl sentence data: file.py:function (sentences -> dict of input arrays) or a "
               "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
 @click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
 @click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: ISA-aware, tuned).")
