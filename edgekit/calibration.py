@@ -950,5 +950,6 @@ def _read_images(folder: Path, specs, preprocess, limit, labels: bool = False) -
     extra = {"files": names, "preprocess": rs, "hidden_skipped": hidden_images(folder)}
     if layout.classes:
         extra["classes"] = layout.classes
-        extra["empty_classes"] = [c for k, c in enumerate(layout.classes) if k not in set(layout.labels)]
+        present = set(layout.labels)
+        extra["empty_classes"] = [c for k, c in enumerate(layout.classes) if k not in present]
     return _finish(str(folder), {name: arr}, specs, labels=y, limit=None, source=str(folder), extra=extra)
