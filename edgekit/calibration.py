@@ -8,6 +8,7 @@ naming the file, before any work starts.
 """
 from __future__ import annotations
 
+import math
 import threading
 import zipfile
 import zlib
@@ -383,7 +384,7 @@ def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, pr
     ext = p.suffix.lower()
     reader = READERS.get(ext)
     if reader is None:
-        raise InputError(f"{p}: unknown data format {ext or '(no extension)'!r}; use .npy, .npz, .txt, .jsonl "
+        raise InputError(f"{p}: unknown data format {ext or '(no extension)'!r}; use .npy, .npz, .csv, .txt, .jsonl "
                          "or a folder of images")
     return reader(p, specs, labels=labels, tokenizer=tokenizer, limit=limit)
 
@@ -655,7 +656,71 @@ def _tokenized(p: Path, sentences: list, specs, tokenizer, *, labels, limit) -> 
                    extra={"sentences": sentences})
 
 
-READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt, ".jsonl": _read_jsonl}
+CSV_LABEL_KEYS = ("y", "label", "target")  # a header naming the label column
+
+
+def _read_csv(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
+    """Rows of numbers (tabular models, sensor windows): one sample per row, its columns the model's one
+    input (reshaped to its fixed per-sample shape when the counts match: 64 columns for [N, 8, 8]); an optional
+    header, whose 'y' / 'label' / 'target' column holds the labels. Read whole: tabular sets are small."""
+    import csv
+
+    if len(specs) > 1:
+        raise CalibrationError(f"{p}: a {p.suffix} holds one input; the model has {len(specs)} "
+                               f"({', '.join(s.name for s in specs)}): use an .npz with one array per input name")
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+                    if any(c.strip() for c in r)]
+    except (UnicodeDecodeError, OSError, csv.Error) as e:
+        raise InputError(f"{p}: not a readable {p.suffix} file ({e})") from None
+    if not rows:
+        raise CalibrationError(f"{p}: contains no rows")
+
+    def number(c):
+        try:
+            return float(c)
+        except ValueError:
+            return None
+
+    header = rows[0] if any(number(c) is None for c in rows[0]) else None
+    body = rows[1:] if header else rows
+    if not body:
+        raise CalibrationError(f"{p}: a header and no rows")
+    names = [h.strip() for h in header] if header else []
+    label_col = next((i for i, h in enumerate(names) if h.lower() in CSV_LABEL_KEYS), None)
+    width = len(rows[0])
+    values = np.empty((len(body), width), np.float64)
+    for i, r in enumerate(body):
+        line = i + (2 if header else 1)
+        if len(r) != width:
+            raise CalibrationError(f"{p}: line {line} has {len(r)} columns, the first line {width}")
+        for j, c in enumerate(r):
+            v = number(c)
+            if v is None:
+                col = names[j] if header else j + 1
+                raise CalibrationError(f"{p}: line {line}, column {col!r}: {c.strip()!r} is not a number")
+            values[i, j] = v
+    y = values[:, label_col] if label_col is not None else None
+    x = np.delete(values, label_col, axis=1) if label_col is not None else values
+    spec = specs[0] if specs else None
+    if spec is not None:
+        item = list(spec.shape[1:])
+        if item and all(isinstance(d, int) and d > 0 for d in item) and math.prod(item) == x.shape[1] \
+                and len(item) > 1:
+            x = x.reshape(len(x), *item)  # flattened per-sample arrays, one per row
+        if np.dtype(spec.dtype).kind in "iu" and np.all(x == np.round(x)):
+            x = x.astype(np.int64)  # integer columns (category ids) for an integer input
+    x = x.astype(np.float32) if x.dtype == np.float64 else x
+    if y is not None and np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0 ** 53):
+        y = y.astype(np.int64)  # class indices, written as numbers
+    name = spec.name if spec else "input"
+    return _finish(str(p), {name: x}, specs, labels=y if labels else None, limit=limit, source=str(p),
+                   extra={"columns": [n for i, n in enumerate(names) if i != label_col] if header else None})
+
+
+READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt, ".jsonl": _read_jsonl, ".csv": _read_csv,
+           ".tsv": _read_csv}
 TEXT_FORMATS = (".txt", ".jsonl")  # sentences, which a tokenizer turns into the model's inputs
 
 

@@ -458,7 +458,7 @@ def _peek_arrays(path):
     refused, naming it) by the same reader as later, only without the model's input checks."""
     from .calibration import read_dataset
 
-    if not path or Path(path).suffix.lower() not in (".npy", ".npz"):
+    if not path or Path(path).suffix.lower() not in (".npy", ".npz", ".csv", ".tsv"):
         return None
     return dict(read_dataset(path, [], labels=False).inputs)
 

@@ -122,7 +122,7 @@ def test_bad_data_gets_one_clear_line(tmp_path, case):
     if case == "missing":
         f, err, frag = tmp_path / "nope.npy", InputError, "not found"
     elif case == "unknown_ext":
-        f = tmp_path / "data.csv"
+        f = tmp_path / "data.xlsx"
         f.write_text("1,2")
         err, frag = InputError, "unknown data format"
     elif case == "bad_npy":
