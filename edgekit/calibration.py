@@ -690,16 +690,23 @@ def _read_csv(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     names = [h.strip() for h in header] if header else []
     label_col = next((i for i, h in enumerate(names) if h.lower() in CSV_LABEL_KEYS), None)
     width = len(rows[0])
-    values = np.empty((len(body), width), np.float64)
-    for i, r in enumerate(body):
-        line = i + (2 if header else 1)
+    values = None
+    if all(len(r) == width for r in body):
+        try:
+            values = np.array(body, dtype=np.float64)  # the fast path; the loop below names a bad cell
+        except ValueError:
+            pass
+    for i, r in enumerate(body if values is None else ()):
+        if i == 0:
+            values = np.empty((len(body), width), np.float64)
+        line = i + (2 if header else 1)  # counting the header, not blank lines
         if len(r) != width:
-            raise CalibrationError(f"{p}: line {line} has {len(r)} columns, the first line {width}")
+            raise CalibrationError(f"{p}: row {line} has {len(r)} columns, the first row {width}")
         for j, c in enumerate(r):
             v = number(c)
             if v is None:
                 col = names[j] if header else j + 1
-                raise CalibrationError(f"{p}: line {line}, column {col!r}: {c.strip()!r} is not a number")
+                raise CalibrationError(f"{p}: row {line}, column {col!r}: {c.strip()!r} is not a number")
             values[i, j] = v
     y = values[:, label_col] if label_col is not None else None
     x = np.delete(values, label_col, axis=1) if label_col is not None else values

@@ -51,10 +51,10 @@ def test_rows_are_samples_and_the_label_column_is_y(tmp_path):
 
 
 @pytest.mark.parametrize("text, words", [
-    ("a,b\n1,2\n3\n", "line 3 has 1 columns, the first line 2"),
-    ("a,b\n1,2\n3,oops\n", "line 3, column 'b': 'oops' is not a number"),
+    ("a,b\n1,2\n3\n", "row 3 has 1 columns, the first row 2"),
+    ("a,b\n1,2\n3,oops\n", "row 3, column 'b': 'oops' is not a number"),
     ("a,b\n", "a header and no rows"),
-    ("1,2\n3,\n", "line 2, column 2: '' is not a number"),
+    ("1,2\n3,\n", "row 2, column 2: '' is not a number"),
 ])
 def test_bad_csv_is_one_line_naming_the_place(tmp_path, text, words):
     (tmp_path / "d.csv").write_text(text)
