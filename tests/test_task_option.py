@@ -168,14 +168,16 @@ def test_compress_scores_a_regression_against_its_targets(mreg, tmp_path, capsys
     rc = run_cli(["compress", str(mreg / "m.onnx"), "--calib", str(mreg / "train.npy"), "--eval",
                   str(tmp_path / "eval_t.npz"), "--task", "regression", "--quantize", "int8-dynamic", "--no-profile",
                   "-o", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert rc == 0, err
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
     man = json.loads((tmp_path / "out" / "manifest.json").read_text())
     fp32 = man["artifacts"][0]["metrics"]
     r2 = _r2_per_target(_run(mreg / "m.onnx", x[400:]), y[400:])
     assert fp32["name"] == "r2_labels" and fp32["value"] == pytest.approx(float(np.mean(np.clip(r2, 0, 1))), abs=1e-5)
     assert 0.5 < fp32["value"] < 1.0 and fp32["rmse"] > 0, fp32  # a trained model, scored against real targets
     assert all(a["metrics"]["name"] == "r2_labels" for a in man["artifacts"])
+    # the RMSE, in the targets' units, where the metric is shown (the report; the console table alike)
+    assert f"(r2_labels, RMSE {fp32['rmse']:.4g})" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_task_classification_checks_train_labels_before_pruning(tmp_path, capsys):

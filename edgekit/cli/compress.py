@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..report.fmt import pct
+from ..report.fmt import metric_units, pct
 from ..stdio import markup_safe
 from .common import CONTEXT_SETTINGS, echo_json, task_option
 
@@ -145,6 +145,7 @@ def _summary(manifest, output):
         metric = f"{m.get('name', '?')} {m['value']:.4f}" if m.get("value") is not None else "-"
         if m.get("drop_rel") is not None and a.kind != "fp32":
             metric += f" ({pct(-m['drop_rel'], signed=True)})"
+        metric += metric_units(m)
         row = [a.path, a.kind, f"{a.bytes / 1024:.1f} KiB", f"{a.params:,}" if a.params else "-", metric]
         row += [_p50_cell(a.latency.get(t, {})) for t in targets]
         tab.add_row(*map(markup_safe, row))

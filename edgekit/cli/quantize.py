@@ -274,12 +274,14 @@ def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correc
     if as_json:
         echo_json(man.to_dict())
         return
+    from ..report.fmt import metric_units
     from ..stdio import markup_safe as ms
 
     c = console()
     for a in man.artifacts:
         m = a.metrics or {}
-        c.print(f"{ms(a.path)}: {a.kind}, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', float('nan')):.4f}")
+        c.print(f"{ms(a.path)}: {a.kind}, {a.bytes / 1024:.1f} KiB, {m.get('name')} {m.get('value', float('nan')):.4f}"
+                f"{metric_units(m)}")
     for q in man.quantization.values():
         c.print(("recommended: " if q.get("recommend") else "not recommended: ") + ms(q.get("reason", "")))
 

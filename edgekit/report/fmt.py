@@ -45,6 +45,12 @@ def metric_value(m) -> str:
     return "—" if not m else f"{m['value']:.4f}"
 
 
+def metric_units(m) -> str:
+    """What a metric records in the data's own units beside its [0, 1] value: a regression's RMSE against its
+    targets (r2_labels), which is how users judge a regressor; '' otherwise."""
+    return f", RMSE {m['rmse']:.4g}" if m and m.get("rmse") is not None else ""
+
+
 def metric_drop(m) -> str:
     """The cost vs FP32, as a relative drop (positive = worse); FP32 itself shows the reference."""
     if not m or m.get("drop_rel") is None:

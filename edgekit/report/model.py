@@ -116,7 +116,7 @@ def metric_entry(m) -> dict | None:
     if not isinstance(m, dict) or _num(m.get("value")) is None:
         return None
     out = {"name": str(m.get("name") or "metric"), "value": _num(m["value"])}
-    for k in ("reference", "drop_abs", "drop_rel"):
+    for k in ("reference", "drop_abs", "drop_rel", "rmse"):
         if _num(m.get(k)) is not None:
             out[k] = _num(m[k])
     if m.get("n") is not None:

@@ -95,7 +95,8 @@ def summary(run) -> Table:
         row = [Cell(v["kind"], cls="kind", sub=v["path"]),
                Cell(fmt.size(v["bytes"]), sub=size_sub, title=f"{v['bytes']} bytes"),
                Cell(fmt.count(v["params"]), title=str(v["params"])),
-               Cell(fmt.metric_value(m), sub=m["name"] if m else "", title=f"n={m.get('n')}" if m else "")
+               Cell(fmt.metric_value(m), sub=(m["name"] + fmt.metric_units(m)) if m else "",
+                    title=f"n={m.get('n')}" if m else "")
                if m else Cell("not evaluated", cls="status status-missing"),
                Cell(drop or ("reference" if v["kind"] == "fp32" and m else "—"), cls=drop_cls,
                     title=f"absolute {m['drop_abs']:+.4f}" if m and m.get("drop_abs") is not None else "")]
