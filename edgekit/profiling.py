@@ -139,7 +139,11 @@ def declared_inputs(path):
 
 
 def _read_arrays(p: Path) -> dict:
-    """name -> array; a .npy is one unnamed array (key None) for a single-input model."""
+    """name -> array; a .npy (or .csv / .tsv rows) is one unnamed array (key None) for a single-input model."""
+    if p.suffix.lower() in (".csv", ".tsv"):
+        from .calibration import read_dataset
+
+        return {None: np.asarray(read_dataset(p, []).inputs["input"])}  # its errors name the row and column
     if p.suffix.lower() == ".npy":
         try:
             return {None: np.load(p, allow_pickle=False)}

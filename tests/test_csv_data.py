@@ -87,3 +87,10 @@ def test_compress_a_tabular_model_on_csv_rows(tmp_path, capsys):
     pred = sess.run(None, {sess.get_inputs()[0].name: x[200:]})[0].argmax(1)
     assert fp32["metrics"]["name"] == "accuracy" and fp32["metrics"]["n"] == 100
     assert fp32["metrics"]["value"] == pytest.approx(float(np.mean(pred == y[200:])))
+    # the same rows time the model: profile --inputs takes them as it takes an .npy
+    capsys.readouterr()
+    rc = run_cli(["profile", str(out / "model.fp32.onnx"), "--inputs", str(tmp_path / "calib.csv"), "--max-seconds",
+                  "0.3", "--min-seconds", "0.05", "--min-runs", "3", "--no-op-profile", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc in (0, None) and rep["settings"]["inputs"] == str(tmp_path / "calib.csv")
+    assert [r["status"] for r in rep["runs"][0]["results"].values()] == ["ok"]

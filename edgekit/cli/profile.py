@@ -14,7 +14,7 @@ from .common import CONTEXT_SETTINGS, FiniteFloatRange, check_output_file, conso
 @click.option("--target", "-t", "targets", multiple=True,
               help="Target name or .toml path (repeatable). Default: this host's CPU (x86-laptop).")
 @click.option("--inputs", type=click.Path(dir_okay=False),
-              help=".npz of real inputs (one array per input name; a .npy for a single-input model).")
+              help=".npz of real inputs (one array per input name; a .npy or .csv rows for a single-input model).")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True,
               help="Batch size (repeat to sweep). Default: the model's own (its fixed batch, else 1).")
 @click.option("--threads", "threads", type=click.IntRange(1, MAX_THREADS), multiple=True,
