@@ -43,7 +43,7 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
         if hidden:
             notes.append(f"{ds.source}: skipped {hidden} hidden file(s) (names starting with '.', e.g. macOS '._' "
                          "metadata files, or in hidden folders) among the images")
-    return notes
+    return list(dict.fromkeys(notes))  # one folder given as --calib and --eval is read twice: one note
 
 
 def calibrated_on(calib, calib_size: int | None) -> tuple:

@@ -85,6 +85,11 @@ def test_the_class_numbering_is_noted_for_each_labelled_set(tmp_path):
     assert [n for n in notes if "class folders" in n] == [
         f"{root}: labels from its 2 class folders, numbered in sorted order as torchvision's ImageFolder numbers "
         "them (a=0, b=1)"]
+    # one folder as --eval and --train (read twice, two datasets): each note once
+    (root / "b" / "._x.png").write_bytes(b"")
+    twice = small_data_notes("classification", None, read_dataset(root, SPEC, labels=True), tolerance=Tolerance(),
+                             static_int8=False, train=read_dataset(root, SPEC, labels=True))
+    assert sum("class folders" in n for n in twice) == 1 and sum("hidden file" in n for n in twice) == 1, twice
 
 
 @pytest.mark.parametrize("ext", [".webp", ".tif"])
