@@ -733,13 +733,19 @@ TEXT_FORMATS = (".txt", ".jsonl")  # sentences, which a tokenizer turns into the
 
 # ------------------------------------------------------------------------------------------------ images
 
-def _images_in(folder: Path, *, deep: bool) -> list:
-    # hidden files are skipped, as most data loaders do: macOS writes an AppleDouble '._name.png' beside
-    # each image on non-Apple disks, and those are metadata, not images (nor are .ipynb_checkpoints' copies)
-    found = folder.rglob("*") if deep else folder.iterdir()
-    return sorted((f for f in found if f.suffix.lower() in IMAGE_EXTS and f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(folder).parts)),
-                  key=lambda f: f.relative_to(folder).as_posix())
+def _images_in(folder: Path, *, deep: bool) -> tuple:
+    """(the image files below folder, sorted by path; how many image-named entries were skipped as hidden).
+    Hidden files are skipped, as most data loaders do: macOS writes an AppleDouble '._name.png' beside each
+    image on non-Apple disks, and those are metadata, not images (nor are .ipynb_checkpoints' copies)."""
+    files, hidden = [], 0
+    for f in (folder.rglob("*") if deep else folder.iterdir()):
+        if f.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if any(part.startswith(".") for part in f.relative_to(folder).parts):
+            hidden += 1
+        elif f.is_file():
+            files.append(f)
+    return sorted(files, key=lambda f: f.relative_to(folder).as_posix()), hidden
 
 
 @dataclass
@@ -747,10 +753,12 @@ class ImageLayout:
     """What a folder of images holds: its files in reading order and, when the images sit in one subfolder
     per class (torchvision's ImageFolder layout: root/cat/1.jpg, root/dog/2.jpg), each one's class index
     and the class names. Classes are numbered as ImageFolder numbers them, the subfolders' names sorted, so
-    a model trained from that folder is scored against its own label numbering."""
+    a model trained from that folder is scored against its own label numbering. hidden: image-named files
+    skipped as hidden, or in a hidden folder below a folder of class folders."""
     files: list
     labels: list | None = None
     classes: list | None = None
+    hidden: int = 0
 
     def names(self, folder: Path) -> list:
         return [f.relative_to(folder).as_posix() for f in self.files]
@@ -761,22 +769,27 @@ def image_layout(folder) -> ImageLayout:
     non-hidden subfolder is a class (its images at any depth below it). The files are interleaved, class by
     class (the first image of each class, then the second, ...), so any first part of the set (the first
     calib_size samples INT8 calibrates on, the held-out slice after them) covers the classes rather than
-    being the first class alone."""
+    being the first class alone. The folder is walked once."""
     folder = Path(folder)
-    flat = _images_in(folder, deep=False)
+    flat, hidden = _images_in(folder, deep=False)
     if flat:
-        return ImageLayout(flat)
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = [_images_in(folder / c, deep=True) for c in classes]
+        return ImageLayout(flat, hidden=hidden)
+    dirs = sorted(d for d in folder.iterdir() if d.is_dir())
+    classes = [d.name for d in dirs if not d.name.startswith(".")]
+    walked = [_images_in(folder / c, deep=True) for c in classes]
+    # a hidden folder is no class: everything image-named in it counts as skipped
+    hidden += sum(h for _, h in walked) + sum(1 for d in dirs if d.name.startswith(".") for f in d.rglob("*")
+                                              if f.suffix.lower() in IMAGE_EXTS)
+    per_class = [fs for fs, _ in walked]
     if not any(per_class):
-        return ImageLayout([])
+        return ImageLayout([], hidden=hidden)
     files, labels = [], []
     for i in range(max(len(f) for f in per_class)):
         for k, fs in enumerate(per_class):
             if i < len(fs):
                 files.append(fs[i])
                 labels.append(k)
-    return ImageLayout(files, labels, classes)
+    return ImageLayout(files, labels, classes, hidden)
 
 
 def labels_hint(ds) -> str:
@@ -789,16 +802,6 @@ def labels_hint(ds) -> str:
 def image_files(folder: Path) -> list:
     """The images a folder holds, in reading order (image_layout)."""
     return image_layout(folder).files
-
-
-def hidden_images(folder) -> int:
-    """How many files with an image extension image_files skipped as hidden, or in a hidden folder below a
-    folder of class folders (.ipynb_checkpoints)."""
-    folder = Path(folder)
-    deep = not _images_in(folder, deep=False)
-    found = folder.rglob("*") if deep else folder.iterdir()
-    return sum(1 for f in found if f.suffix.lower() in IMAGE_EXTS
-               and any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 
 def required_images(folder) -> list:
@@ -1019,7 +1022,7 @@ def _read_images(folder: Path, specs, preprocess, limit, labels: bool = False) -
     # nothing is decoded here: the part of the folder a run uses is checked by check_images once it is known
     arr = _ImageArray(files, item, dtype, rs["channels"], fetch)
     name = spec.name if spec else "input"
-    extra = {"files": names, "preprocess": rs, "hidden_skipped": hidden_images(folder)}
+    extra = {"files": names, "preprocess": rs, "hidden_skipped": layout.hidden}
     if layout.classes:
         extra["classes"] = layout.classes
         present = set(layout.labels)
