@@ -648,10 +648,10 @@ def _tokenized(p: Path, sentences: list, specs, tokenizer, *, labels, limit) -> 
     except Exception as e:
         raise CalibrationError(f"{p}: tokenizing failed: {type(e).__name__}: {e}") from None
     enc = {k: np.asarray(v) for k, v in dict(enc).items()}
-    if len(specs) == 1 and specs[0].name not in enc and "input_ids" in enc:
-        enc = {specs[0].name: enc["input_ids"]}  # a model of one token input, whatever it is called
     if specs:  # tokenizers emit extras (e.g. token_type_ids) some exports drop
-        enc = {k: v for k, v in enc.items() if k in {s.name for s in specs}}
+        from .text_tokenizer import taken_by
+
+        enc = taken_by(enc, [s.name for s in specs])
     return _finish(str(p), enc, specs, labels=labels, limit=None, source=str(p),
                    extra={"sentences": sentences})
 

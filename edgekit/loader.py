@@ -222,13 +222,15 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
         unused = f"{files}: labels 'y' unused: --task regression distils on the teacher's outputs"
         return f"{scored}; {unused}" if scored else unused
     how = f"--task {src.task} scores" if src.task_given else "its first output is not class scores, so edgekit scores"
-    dense = any(getattr(d, "dense_labels", None) is not None for d in bad)
+    if any(getattr(d, "dense_labels", None) is not None for d in bad):
+        hint = "; for one class per position, pass --task segmentation"
+    elif not src.task_given and src.task != "segmentation" and any(getattr(d, "targets", None) is not None
+                                                                   for d in bad):
+        hint = "; to score it against them as targets, pass --task regression"
+    else:
+        hint = ""
     return (f"{files}: labels 'y' unused: {how} the model's output {src.outputs[0]!r} by fidelity to FP32 (the "
-            "labels hold no class indices" + ("; for one class per position, pass --task segmentation)" if dense
-                                              else (")" if src.task_given or src.task == "segmentation"
-                                                    or all(getattr(d, "targets", None) is None for d in bad)
-                                                    else "; to score it against them as targets, pass --task "
-                                                    "regression)")))
+            f"labels hold no class indices{hint})")
 
 
 def take_targets(d) -> str | None:
@@ -1046,11 +1048,9 @@ def _taken(module, sample_inputs):
     """sample_inputs as forward() takes them, when they are only offered (OfferedInputs); else as given."""
     if not isinstance(sample_inputs, OfferedInputs) or _takes_varargs(module):
         return sample_inputs
-    names = _forward_names(module)
-    taken = {n: a for n, a in sample_inputs.items() if n in names}
-    if not taken and len(names) >= 1 and "input_ids" in sample_inputs:
-        taken = {names[0]: sample_inputs["input_ids"]}
-    return taken or sample_inputs
+    from .text_tokenizer import taken_by
+
+    return taken_by(sample_inputs, _forward_names(module)) or sample_inputs
 
 
 def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:

@@ -34,6 +34,16 @@ def load_tokenizer(spec: str, inputs: list | None = None):
     return JsonTokenizer(p, _sequence_length(inputs))
 
 
+def taken_by(arrays: dict, names: list) -> dict:
+    """The tokenizer's arrays a model of these input names takes: those it names (a tokenizer offers
+    token_type_ids beside input_ids and attention_mask), else, when it names none of them, the token ids
+    as its first input (forward(x)). One rule for learning a model's inputs and for reading its data."""
+    taken = {n: arrays[n] for n in names if n in arrays}
+    if not taken and names and "input_ids" in arrays:
+        taken = {names[0]: arrays["input_ids"]}
+    return taken
+
+
 def _sequence_length(inputs) -> int:
     """The fixed length of the model's 2-D integer inputs ([batch, L]), else DEFAULT_LENGTH."""
     for s in inputs or ():
