@@ -33,6 +33,10 @@ def test_raw_image_files_feed_the_pre_processing(tmp_path, capsys):
         res = json.loads(capsys.readouterr().out)["runs"][0]["results"]["fp32"]["prepost"]
         assert res["status"] == "ok" and res["raw_input"] == "given" and res["raw_shape"] == shape, res
         assert res["e2e"]["p50_ms"] > 0
-    rc = run_cli(["profile", str(out), "--with-prepost", "--raw", str(tmp_path / "notes.npy"), *quick])
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
-    assert rc == 2 and len(err) == 1 and "notes.npy: not a .npy file (no NPY header) nor an image" in err[0], err
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    for raw, words in (("notes.npy", "not a .npy file (no NPY header) nor an image"),
+                       ("broken.png", "not a readable image (cannot identify image file"),
+                       ("missing.png", "not a readable image"), ("missing.npy", "not a readable raw input")):
+        rc = run_cli(["profile", str(out), "--with-prepost", "--raw", str(tmp_path / raw), *quick])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
+        assert rc == 2 and len(err) == 1 and f"{raw}: {words}" in err[0], err
