@@ -23,6 +23,7 @@ from .errors import CalibrationError, InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LABEL_KEY = "y"
+LABEL_NAMES = ("labels", "label", "targets", "target")  # other names an .npz's labels go by
 
 
 class LazyArray:
@@ -559,8 +560,14 @@ def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     arrays = _npz_members(p)
     names = {s.name for s in specs}
     y = None
-    if LABEL_KEY in arrays and LABEL_KEY not in names:
-        y = arrays.pop(LABEL_KEY)
+    key = LABEL_KEY
+    if LABEL_KEY not in arrays and specs:
+        # saved by other tools' habits (np.savez(..., labels=y)): with the model's inputs known, an array
+        # of such a name that no input takes can only be the labels (it was 'unexpected labels')
+        other = [k for k in LABEL_NAMES if k in arrays and k not in names]
+        key = other[0] if len(other) == 1 else key
+    if key in arrays and key not in names:
+        y = arrays.pop(key)
         if not labels:
             y = None  # calibration ignores labels
     if not specs and len(arrays) == 1 and "arr_0" in arrays:
@@ -568,7 +575,8 @@ def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     if len(specs) == 1 and len(arrays) == 1:
         # one array for a one-input model is that input, whatever it is called (x for nn.Sequential's input)
         arrays = {specs[0].name: next(iter(arrays.values()))}
-    return _finish(str(p), arrays, specs, labels=y, limit=limit, source=str(p))
+    return _finish(str(p), arrays, specs, labels=y, limit=limit, source=str(p),
+                   extra={"label_key": key} if y is not None and key != LABEL_KEY else None)
 
 
 def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
@@ -587,7 +595,26 @@ def _read_txt(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
 
 
 TEXT_KEYS = ("text", "sentence")  # what the text of a record is called (HuggingFace datasets: IMDB, SST-2)
+# a record of two texts, which a cross-encoder reads as one input (HuggingFace's text_pair; GLUE's MRPC / RTE
+# sentence1 / sentence2; MNLI's premise / hypothesis): tokenized as a pair, the second segment's token types 1
+PAIR_KEYS = (("text", "text_pair"), ("sentence1", "sentence2"), ("premise", "hypothesis"))
 JSONL_LABEL_KEYS = ("label", LABEL_KEY)
+
+
+def _record_text(p: Path, i: int, rec):
+    """A .jsonl record's text: a string, or a (first, second) pair of strings."""
+    if isinstance(rec, dict):
+        pair = next(((a, b) for a, b in PAIR_KEYS if a in rec and b in rec), None)
+        if pair is not None:
+            if not all(isinstance(rec[k], str) for k in pair):
+                raise CalibrationError(f"{p}: line {i}: {pair[0]!r} and {pair[1]!r} must both be strings")
+            return rec[pair[0]].strip(), rec[pair[1]].strip()
+        key = next((k for k in TEXT_KEYS if k in rec), None)
+        if key is not None and isinstance(rec[key], str):
+            return rec[key].strip()
+    pairs = ", ".join(f"{a!r} + {b!r}" for a, b in PAIR_KEYS)
+    raise CalibrationError(f"{p}: line {i} has no text: each line must be an object with a string "
+                           f"{' or '.join(repr(k) for k in TEXT_KEYS)}, or a pair of strings ({pairs})")
 
 
 def _read_jsonl(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
@@ -610,11 +637,10 @@ def _read_jsonl(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
             rec = json.loads(line)
         except ValueError as e:
             raise InputError(f"{p}: line {i} is not JSON ({e})") from None
-        key = next((k for k in TEXT_KEYS if isinstance(rec, dict) and k in rec), None)
-        if key is None or not isinstance(rec[key], str):
-            raise CalibrationError(f"{p}: line {i} has no text: each line must be an object with a string "
-                                   f"{' or '.join(repr(k) for k in TEXT_KEYS)}")
-        sentences.append(rec[key].strip())
+        sentences.append(_record_text(p, i, rec))
+        if isinstance(sentences[-1], tuple) != isinstance(sentences[0], tuple):
+            raise CalibrationError(f"{p}: line {i}: the records mix single texts and pairs of texts; a model "
+                                   "reads one or the other")
         lab = next((k for k in JSONL_LABEL_KEYS if k in rec), None)
         with_label.append(lab is not None)
         ys.append(rec[lab] if lab is not None else None)

@@ -39,6 +39,10 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
                          f"torchvision's ImageFolder numbers them ({shown})"
                          + (f"; {len(empty)} hold no images ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})"
                             if empty else ""))
+        key = getattr(ds, "extra", {}).get("label_key")
+        if key and ds.has_labels:
+            notes.append(f"{ds.source}: its array '{key}' is taken as the labels (no model input has that name; "
+                         "edgekit's own name for labels is 'y')")
         hidden = getattr(ds, "extra", {}).get("hidden_skipped")
         if hidden:
             notes.append(f"{ds.source}: skipped {hidden} hidden file(s) (names starting with '.', e.g. macOS '._' "

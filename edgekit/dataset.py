@@ -75,5 +75,14 @@ class Dataset:
                        self.label_problem, None if self.dense_labels is None else self.dense_labels[idx],
                        None if self.targets is None else self.targets[idx])
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the file gave labels of any kind: class indices, or ones held aside until --task says what
+        they are (per-position classes, regression targets, or labels with a problem to report)."""
+        return any(v is not None for v in (self.labels, self.dense_labels, self.targets, self.label_problem))
+
+    def without_labels(self) -> "Dataset":
+        return Dataset(dict(self.inputs), None, self.source, dict(self.extra))
+
     def sample(self, index: int) -> dict:
         return {k: np.asarray(v[index:index + 1]) for k, v in self.inputs.items()}

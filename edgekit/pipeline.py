@@ -42,8 +42,7 @@ class Run:
 def stage_load(run: Run):
     from .calibration import check_images, read_dataset
     from .data_size import small_data_notes
-    from .evaluate import check_training_labels
-    from .dataset import Dataset
+    from .evaluate import SCORED_ON_LABELS, check_training_labels
     from .loader import apply_task, guessed_task_note
     from .targets import DEFAULT_TARGET, load_targets
 
@@ -70,7 +69,8 @@ def stage_load(run: Run):
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
 
-    calib = data(cfg.calib, False) if cfg.calib else src.calib
+    # without --eval, the calibration file's labels (if any) score the samples held out of calibrating
+    calib = data(cfg.calib, not cfg.eval) if cfg.calib else src.calib
     check_images(calib, cfg.quantize.calib_size)  # before any stage: the samples INT8 calibrates on
     evalset = data(cfg.eval, True) if cfg.eval else src.eval
     train = data(cfg.train, True) if cfg.train else src.train
@@ -78,23 +78,32 @@ def stage_load(run: Run):
     if cfg.prune.enabled or cfg.distill.student:  # pruning and distillation train on every sample of it
         check_images(train or calib)
     given_eval = evalset  # before a slice of the calibration data stands in for it
-    notes = [n for n in [guessed_task_note(src, given_eval, train, distills=cfg.distill_enabled)] if n]
+    held = None
     if evalset is None and calib is not None:
-        from .quant.fidelity import MAX_EVAL
+        from .quant.fidelity import MAX_EVAL, held_out
 
         k = cfg.quantize.calib_size
         if len(calib) > k:
             # INT8 calibrates on the first calib_size samples: score on the ones it never saw
-            n = min(len(calib), k + MAX_EVAL)
-            evalset = Dataset({name: a[k:n] for name, a in calib.inputs.items()}, None, f"{calib.source} [{k}:{n}]")
-            unused = len(calib) - n
-            notes.append(f"no --eval data: metrics are fidelity to FP32 on {n - k} calibration samples "
-                         "not used for calibrating" + (f" (at most {MAX_EVAL} are scored: {unused} more unused; "
-                                                       "give --eval to score more)" if unused else ""))
+            evalset, _ = held_out(calib, k)
+            unused = len(calib) - k - len(evalset)
+            held = (f"{len(evalset)} calibration samples not used for calibrating"
+                    + (f" (at most {MAX_EVAL} are scored: {unused} more unused; give --eval to score more)"
+                       if unused else ""))
         else:
             evalset = calib
-            notes.append(f"no --eval data: metrics are fidelity to FP32 on the {len(calib)} calibration inputs, "
-                         f"the same ones INT8 calibrates on (give more than {k}, or --eval, to hold some out)")
+            held = (f"the {len(calib)} calibration inputs, the same ones INT8 calibrates on (give more than {k}, "
+                    "or --eval, to hold some out)")
+        if calib.has_labels:
+            # calibrating, pruning and distilling take the inputs only, as they do when --eval is given
+            calib = calib.without_labels()
+    # the held-out calibration samples' labels are checked against the task as --eval's would be
+    labelled = given_eval if given_eval is not None or evalset is None or not evalset.has_labels else evalset
+    notes = [n for n in [guessed_task_note(src, labelled, train, distills=cfg.distill_enabled)] if n]
+    if held:
+        scored = "scored against the labels of" if evalset.labels is not None and src.task in SCORED_ON_LABELS \
+            else "fidelity to FP32 on"
+        notes.append(f"no --eval data: metrics are {scored} {held}")
     notes += run_checks.dtype_notes(src.inputs, sample) + run_checks.output_name_notes(src) if src.kind == "torch" \
         else []
     notes += implied + small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,

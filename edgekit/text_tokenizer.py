@@ -62,10 +62,13 @@ class UserTokenizer:
 
     def __call__(self, sentences) -> dict:
         sentences = [sentences] if isinstance(sentences, str) else list(sentences)
+        pairs = bool(sentences) and isinstance(sentences[0], tuple)
         try:
-            out = self.fn(sentences)
+            # pairs go in as HuggingFace tokenizers take them: tokenizer(texts, text_pairs)
+            out = self.fn([a for a, _ in sentences], [b for _, b in sentences]) if pairs else self.fn(sentences)
         except Exception as e:
-            raise InputError(f"--tokenizer {self.spec}: failed on {len(sentences)} sentence(s): "
+            how = " (sentence pairs are passed as function(texts, text_pairs))" if pairs else ""
+            raise InputError(f"--tokenizer {self.spec}: failed on {len(sentences)} sentence(s){how}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
         if hasattr(out, "data") and isinstance(getattr(out, "data"), dict):  # a BatchEncoding
             out = out.data

@@ -16,7 +16,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
               "pruned.pt written by `edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
 @click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt, .jsonl).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy; "
-              "without labels, agreement with the teacher).")
+              "without labels, agreement with the teacher); without it, --calib (on its labels, if it has them).")
 @click.option("--train", type=click.Path(), help="Training data (labels optional; unlabelled uses the teacher alone).")
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")
 @click.option("--preprocess", help="Pre/post-processing spec (JSON text or file): how --calib/--eval/--train "

@@ -35,6 +35,8 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
 
     from ..artifact import data_records
     from ..calibration import IMPLIED_NOTE, read_dataset, with_implied_prepost
+    from ..evaluate import SCORED_ON_LABELS
+    from ..quant.fidelity import held_out
     from ..data_size import small_data_notes
     from ..config import QuantizeConfig, Tolerance
     from ..errors import CalibrationError, UsageError
@@ -65,11 +67,25 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
     src_model.preprocess = with_implied_prepost(src_model.preprocess, src_model.inputs, calib, eval_path)
     if src_model.preprocess != before:
         click.echo(f"edgekit: note: {IMPLIED_NOTE}", err=True)
-    calib_ds = read_dataset(calib, src_model.inputs, preprocess=src_model.preprocess,
+    # without --eval, the calibration file's labels (if any) score the samples INT8 does not calibrate on
+    calib_ds = read_dataset(calib, src_model.inputs, labels=not eval_path, preprocess=src_model.preprocess,
                             tokenizer=src_model.tokenizer) if calib else None
     eval_ds = read_dataset(eval_path, src_model.inputs, labels=True, preprocess=src_model.preprocess,
                            tokenizer=src_model.tokenizer) if eval_path else None
-    task_notes = settle_task(src_model, task, eval_ds, distills=False)  # printed already: recorded, not echoed again
+    held = None
+    if calib_ds is not None and calib_ds.has_labels:
+        held, same = held_out(calib_ds, calib_size if mode == "int8" else None)
+        calib_ds = calib_ds.without_labels()  # calibration takes the inputs only, as with --eval given
+    # printed already: recorded, not echoed again
+    task_notes = settle_task(src_model, task, eval_ds if held is None else held, distills=False)
+    if held is not None and held.labels is not None and src_model.task in SCORED_ON_LABELS:
+        eval_ds = held
+        which = ("calibration samples, the same ones INT8 calibrates on" if same else
+                 f"calibration samples not used for calibrating ({held.source})" if mode == "int8" else
+                 f"samples of {held.source}")
+        told = f"no --eval: scored against the labels of {len(held)} {which}"
+        click.echo(f"edgekit: note: {told}", err=True)
+        task_notes.append(told)
     if calib_ds is None and mode == "int8":
         raise UsageError("quantize: --calib is required for static INT8 (use --mode int8-dynamic without it)")
     record_notes = small_data_notes(src_model.task, calib_ds, eval_ds, tolerance=tol, static_int8=mode == "int8",
@@ -236,7 +252,8 @@ def _recommended_for(name: str) -> str:
 @click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), a folder "
               "of images, or a .txt/.jsonl of sentences.")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data: .npz with the inputs and 'y' labels "
-              "(top-1 accuracy); without labels or without --eval, fidelity to the FP32 outputs.")
+              "(top-1 accuracy); without labels, fidelity to the FP32 outputs. Without --eval, the --calib samples "
+              "INT8 does not calibrate on are scored: on its labels if it has them, else by fidelity.")
 @click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "fp16"]), default="int8", show_default=True)
 @click.option("--method", type=click.Choice(["auto", "minmax", "entropy", "percentile"]), default="auto",
               show_default=True, help="Calibration method (auto: tuning tries all three).")

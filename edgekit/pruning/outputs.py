@@ -39,7 +39,8 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     def data(path, labels):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
 
-    c = data(calib, False) if calib else src.calib
+    # without --eval the calibration file is the evaluation data: its labels, if any, score the result
+    c = data(calib, not eval_path) if calib else src.calib
     e = data(eval_path, True) if eval_path else src.eval
     t = data(train, True) if train else src.train
     check_training_labels(src, t)
@@ -49,6 +50,8 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     if e is None and c is None:
         # --train alone: the result's accuracy cost would have nothing to be measured on
         raise UsageError(f"{model}: no evaluation data; pass --eval (or --calib) so the accuracy cost can be measured")
+    if e is None and c is not None and c.has_labels:
+        e, c = c, c.without_labels()  # pruning and distillation train on the inputs, as with --eval given
     return src, c, e or c, t or c
 
 

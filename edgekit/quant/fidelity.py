@@ -19,6 +19,21 @@ def output_task(onnx_path) -> str:
     return "classification" if classifier_output(m) else "generic"
 
 
+def held_out(data, calib_size: int | None, limit: int | None = MAX_EVAL):
+    """(the samples of `data` scored when no --eval is given, labels kept; whether INT8 calibrates on them).
+    Static INT8 calibrates on the first calib_size samples, so up to `limit` of the ones after them are
+    scored; with fewer, the calibration samples themselves. calib_size=None (dynamic INT8, FP16, pruning)
+    calibrates nothing: the first `limit` samples."""
+    import numpy as np
+
+    if calib_size is not None and len(data) > calib_size:
+        n = len(data) if limit is None else min(len(data), calib_size + limit)
+        return data.subset(np.arange(calib_size, n), f"{data.source} [{calib_size}:{n}]"), False
+    if limit is not None and len(data) > limit:
+        return data.take(limit), calib_size is not None
+    return data, calib_size is not None
+
+
 def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: int | None = None,
                        limit: int | None = MAX_EVAL):
     """(evaluator, note). Without an eval set, score on calibration samples not used for calibrating.
@@ -29,21 +44,15 @@ def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: 
     if data is None or len(data) == 0:
         raise ValueError("fidelity_evaluator needs sample inputs; see random_inputs() when there are none")
     task = task or output_task(fp32_path)
-    if calib_size is not None and len(data) > calib_size:
-        from ..dataset import Dataset
-
-        n = min(len(data), calib_size + MAX_EVAL)
-        held = Dataset({k: v[calib_size:n] for k, v in data.inputs.items()}, None,
-                       f"{data.source} [{calib_size}:{n}]")
-        note = f"no --eval: fidelity to FP32 on {len(held)} calibration samples not used for calibrating"
-        if len(data) > n:
+    total = len(data)
+    data, same = held_out(data, calib_size, limit)
+    if calib_size is not None and not same:
+        note = f"no --eval: fidelity to FP32 on {len(data)} calibration samples not used for calibrating"
+        if total > calib_size + len(data):
             # say it: a user with 20,000 samples would otherwise believe all the held-out ones were scored
-            note += (f" (samples {calib_size}:{n}; at most {MAX_EVAL} are scored, {len(data) - n} more unused: "
-                     "give --eval to score a larger set)")
-        data = held
+            note += (f" (samples {calib_size}:{calib_size + len(data)}; at most {MAX_EVAL} are scored, "
+                     f"{total - calib_size - len(data)} more unused: give --eval to score a larger set)")
     else:
-        total = len(data)
-        data = data.take(limit) if limit is not None else data
         note = (f"no --eval: fidelity to FP32 on {len(data)} calibration samples (the same ones used to calibrate)"
                 if calib_size is not None else f"no --eval: fidelity to FP32 on {len(data)} samples of {data.source}")
         if len(data) < total:
