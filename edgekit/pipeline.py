@@ -70,7 +70,7 @@ def stage_load(run: Run):
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
 
     # without --eval, the calibration file's labels (if any) score the samples held out of calibrating
-    calib = data(cfg.calib, not cfg.eval) if cfg.calib else src.calib
+    calib = data(cfg.calib, not cfg.eval and src.eval is None) if cfg.calib else src.calib
     check_images(calib, cfg.quantize.calib_size)  # before any stage: the samples INT8 calibrates on
     evalset = data(cfg.eval, True) if cfg.eval else src.eval
     train = data(cfg.train, True) if cfg.train else src.train

@@ -154,3 +154,23 @@ def test_labels_saved_under_another_name_are_the_labels_when_no_input_takes_it(d
     m = json.loads((out / "manifest.json").read_text())["artifacts"][0]["metrics"]
     assert m["name"] == "accuracy" and m["value"] == pytest.approx(_accuracy(out / "model.fp32.onnx", x[256:],
                                                                            y[256:]))
+
+
+def test_a_model_that_brings_its_eval_set_ignores_calib_labels(tmp_path, capsys):
+    """zoo:digits-cnn scores on its own held-out digits: labels in --calib (here class folders) stay unread, as
+    before: no class-numbering note for data whose labels nothing uses."""
+    from PIL import Image
+
+    digits = load_digits()
+    for i in range(40):
+        (tmp_path / "calib" / str(digits.target[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[i] * 16).astype(np.uint8)).save(tmp_path / "calib" / str(digits.target[i])
+                                                                        / f"{i}.png")
+    out = tmp_path / "out"
+    rc = run_cli(["compress", "zoo:digits-cnn", "--calib", str(tmp_path / "calib"), "--quantize", "none",
+                  "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "class folders" not in err and "no --eval data" not in err, err
+    m = json.loads((out / "manifest.json").read_text())["artifacts"][0]["metrics"]
+    assert m["name"] == "accuracy" and "calib" not in m["data"]

@@ -40,7 +40,7 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
         return read_dataset(path, src.inputs, labels=labels, tokenizer=src.tokenizer, preprocess=src.preprocess)
 
     # without --eval the calibration file is the evaluation data: its labels, if any, score the result
-    c = data(calib, not eval_path) if calib else src.calib
+    c = data(calib, not eval_path and src.eval is None) if calib else src.calib
     e = data(eval_path, True) if eval_path else src.eval
     t = data(train, True) if train else src.train
     check_training_labels(src, t)
