@@ -83,7 +83,13 @@ def stage_load(run: Run):
         from .quant.fidelity import MAX_EVAL, held_out
 
         k = cfg.quantize.calib_size
-        if len(calib) > k:
+        if cfg.quantize.mode != "int8":
+            # nothing calibrates on them (dynamic INT8 computes its scales per input): 300 samples scored 44
+            evalset, _ = held_out(calib, None)
+            held = (f"the {len(evalset)} calibration inputs (--quantize {cfg.quantize.mode} calibrates on none of "
+                    "them)" + (f"; at most {MAX_EVAL} are scored: {len(calib) - len(evalset)} more unused; give "
+                               "--eval to score more" if len(calib) > len(evalset) else ""))
+        elif len(calib) > k:
             # INT8 calibrates on the first calib_size samples: score on the ones it never saw
             evalset, _ = held_out(calib, k)
             unused = len(calib) - k - len(evalset)

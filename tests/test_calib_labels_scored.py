@@ -174,3 +174,20 @@ def test_a_model_that_brings_its_eval_set_ignores_calib_labels(tmp_path, capsys)
     assert "class folders" not in err and "no --eval data" not in err, err
     m = json.loads((out / "manifest.json").read_text())["artifacts"][0]["metrics"]
     assert m["name"] == "accuracy" and "calib" not in m["data"]
+
+
+@pytest.mark.parametrize("mode", ["int8-dynamic", "none"])
+def test_modes_that_calibrate_nothing_score_every_calibration_sample(digits_model, tmp_path, capsys, mode):
+    """Only static INT8 calibrates on the first --calib-size samples; dynamic INT8 (scales per input), FP16 and
+    no quantization held them out anyway, so 300 samples were scored as 44."""
+    d, x, y = digits_model
+    np.savez(tmp_path / "d.npz", x=x[:300], y=y[:300])
+    out = tmp_path / "out"
+    rc = run_cli(["compress", f"{d / 'mlp.py'}:build", "--weights", str(d / "mlp.pt"), "--calib",
+                  str(tmp_path / "d.npz"), "--quantize", mode, "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert f"scored against the labels of the 300 calibration inputs (--quantize {mode} calibrates on none" in err
+    for art in json.loads((out / "manifest.json").read_text())["artifacts"]:
+        assert art["metrics"]["n"] == 300 and art["metrics"]["name"] == "accuracy"
+        assert art["metrics"]["value"] == pytest.approx(_accuracy(out / art["path"], x[:300], y[:300]))
