@@ -822,7 +822,8 @@ def labels_hint(ds) -> str:
     """What to check when a model scores at chance on ds's labels, said of where they came from."""
     if ds is not None and (ds.extra or {}).get("classes"):
         return "that its class folders, in sorted order, follow the model's class order"
-    return f"that '{LABEL_KEY}' holds this model's class indices"
+    key = (ds.extra or {}).get("label_key", LABEL_KEY) if ds is not None else LABEL_KEY
+    return f"that '{key}' holds this model's class indices"
 
 
 def image_files(folder: Path) -> list:

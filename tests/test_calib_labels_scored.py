@@ -73,7 +73,7 @@ def test_a_small_labelled_calib_is_scored_whole_and_unlabelled_calib_keeps_fidel
     np.savez(tmp_path / "small.npz", x=x[:150], y=y[:150])
     out = tmp_path / "small"
     rc = run_cli(["compress", f"{d / 'mlp.py'}:build", "--weights", str(d / "mlp.pt"), "--calib",
-                  str(tmp_path / "small.npz"), "--quantize", "none", "--no-profile", "-o", str(out)])
+                  str(tmp_path / "small.npz"), "--no-tune", "--no-profile", "-o", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "metrics are scored against the labels of the 150 calibration inputs, the same ones INT8 calibrates on" \
@@ -84,7 +84,7 @@ def test_a_small_labelled_calib_is_scored_whole_and_unlabelled_calib_keeps_fidel
     # without labels nothing changes: fidelity to FP32 on the held-out samples
     np.save(tmp_path / "x.npy", x)
     rc = run_cli(["compress", f"{d / 'mlp.py'}:build", "--weights", str(d / "mlp.pt"), "--calib",
-                  str(tmp_path / "x.npy"), "--quantize", "none", "--no-profile", "-o", str(tmp_path / "nolab")])
+                  str(tmp_path / "x.npy"), "--no-tune", "--no-profile", "-o", str(tmp_path / "nolab")])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "no --eval data: metrics are fidelity to FP32 on 344 calibration samples not used for calibrating" in err
@@ -151,9 +151,20 @@ def test_labels_saved_under_another_name_are_the_labels_when_no_input_takes_it(d
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "its array 'target' is taken as the labels" in err
+    # an untrained model scores at chance: the hint names the array the labels came from
+    ns = {}
+    exec(MODEL_PY, ns)
+    torch.manual_seed(1)
+    torch.save(ns["build"]().state_dict(), tmp_path / "untrained.pt")
+    rc = run_cli(["compress", f"{d / 'mlp.py'}:build", "--weights", str(tmp_path / "untrained.pt"), "--calib",
+                  str(tmp_path / "target.npz"), "--quantize", "none",
+                  "--no-profile", "-o", str(tmp_path / "untrained")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "that 'target' holds this model's class indices" in err, err
     m = json.loads((out / "manifest.json").read_text())["artifacts"][0]["metrics"]
-    assert m["name"] == "accuracy" and m["value"] == pytest.approx(_accuracy(out / "model.fp32.onnx", x[256:],
-                                                                           y[256:]))
+    # --quantize none calibrates nothing: the first 500 samples are scored
+    assert m["name"] == "accuracy" and m["value"] == pytest.approx(_accuracy(out / "model.fp32.onnx", x[:500],
+                                                                           y[:500]))
 
 
 def test_a_model_that_brings_its_eval_set_ignores_calib_labels(tmp_path, capsys):
