@@ -324,13 +324,21 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
     n = next(iter(lens.values()))
     if n == 0:
         raise CalibrationError(f"{where}: contains no samples")
-    y, problem, dense = _check_labels(where, labels, n) if labels is not None else (None, None, None)
-    targets = regression_targets(labels) if labels is not None else None
+    names = _label_strings(where, labels, n)
+    if names is not None:  # class names: mapped to indices once the model is known (loader.check_label_kind)
+        shown = ", ".join(repr(v) for v in list(dict.fromkeys(names.tolist()))[:3])
+        y, dense, targets = None, None, None
+        problem = (f"{where}: labels are class names ({shown}, ...), not class indices, and the model names no "
+                   "classes (a HuggingFace model's config.id2label) to map them by; write the class indices instead")
+    else:
+        y, problem, dense = _check_labels(where, labels, n) if labels is not None else (None, None, None)
+        targets = regression_targets(labels) if labels is not None else None
     if limit is not None and limit < n:
         checked = {k: (a.head(limit) if isinstance(a, LazyArray) else a[:limit]) for k, a in checked.items()}
         y = None if y is None else y[:limit]
         dense = None if dense is None else dense[:limit]
         targets = None if targets is None else targets[:limit]
+        names = None if names is None else names[:limit]
     # keep the model's input order, so positional feeds line up
     order = [s.name for s in specs] if specs else list(checked)
     extra = dict(extra or {})
@@ -338,7 +346,19 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
     if batch:  # what the data will run in: data_size counts the samples calibration really uses
         extra["model_batch"] = batch
     return Dataset({k: checked[k] for k in order}, y, source, extra, label_problem=problem, dense_labels=dense,
-                   targets=targets)
+                   targets=targets, label_strings=names)
+
+
+def _label_strings(where: str, labels, n: int):
+    """Labels written as class names ('positive', 'spam'): a 1-D str array of n, else None."""
+    if labels is None:
+        return None
+    y = np.asarray(labels)
+    if y.dtype.kind not in "US" or y.ndim != 1:
+        return None
+    if len(y) != n:
+        raise CalibrationError(f"{where}: {len(y)} labels for {n} samples")
+    return y.astype(str)
 
 
 def regression_targets(y) -> np.ndarray | None:
@@ -716,6 +736,13 @@ def _read_csv(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     names = [h.strip() for h in header] if header else []
     label_col = next((i for i, h in enumerate(names) if h.lower() in CSV_LABEL_KEYS), None)
     width = len(rows[0])
+    names_y = None
+    if label_col is not None and all(len(r) == width for r in body):
+        raw = [r[label_col].strip() for r in body]
+        if any(number(c) is None for c in raw) and all(raw):
+            # class names ('spam'), which the model's own names may map to indices (loader.check_label_kind)
+            names_y = np.array(raw)
+            body = [r[:label_col] + ["0"] + r[label_col + 1:] for r in body]
     values = None
     if all(len(r) == width for r in body):
         try:
@@ -734,7 +761,7 @@ def _read_csv(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
                 col = names[j] if header else j + 1
                 raise CalibrationError(f"{p}: row {line}, column {col!r}: {c.strip()!r} is not a number")
             values[i, j] = v
-    y = values[:, label_col] if label_col is not None else None
+    y = values[:, label_col] if label_col is not None and names_y is None else names_y
     x = np.delete(values, label_col, axis=1) if label_col is not None else values
     spec = specs[0] if specs else None
     if spec is not None:
@@ -745,7 +772,7 @@ def _read_csv(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
         if np.dtype(spec.dtype).kind in "iu" and np.all(x == np.round(x)):
             x = x.astype(np.int64)  # integer columns (category ids) for an integer input
     x = x.astype(np.float32) if x.dtype == np.float64 else x
-    if y is not None and np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0 ** 53):
+    if y is not None and y.dtype.kind == "f" and np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0 ** 53):
         y = y.astype(np.int64)  # class indices, written as numbers
     name = spec.name if spec else "input"
     return _finish(str(p), {name: x}, specs, labels=y if labels else None, limit=limit, source=str(p),

@@ -39,6 +39,11 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
                          f"torchvision's ImageFolder numbers them ({shown})"
                          + (f"; {len(empty)} hold no images ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})"
                             if empty else ""))
+        named = getattr(ds, "extra", {}).get("named_classes")
+        if named and ds.labels is not None:
+            shown = ", ".join(f"{c}={k}" for k, c in enumerate(named[:4])) + (
+                f", ..., {named[-1]}={len(named) - 1}" if len(named) > 4 else "")
+            notes.append(f"{ds.source}: class names in its labels numbered by the model's config.id2label ({shown})")
         key = getattr(ds, "extra", {}).get("label_key")
         if key and ds.has_labels:
             notes.append(f"{ds.source}: its array '{key}' is taken as the labels (no model input has that name; "

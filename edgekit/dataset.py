@@ -27,6 +27,9 @@ class Dataset:
     # numeric labels 'y' as float32 values ([N] or [N, C]), held aside until --task regression makes them the
     # labels its evaluation scores against (loader.check_label_kind)
     targets: np.ndarray | None = None
+    # labels written as class names ('positive'), held aside with label_problem set until the model's own
+    # names (a HuggingFace config's id2label) map them to indices (loader.check_label_kind)
+    label_strings: np.ndarray | None = None
 
     def __post_init__(self):
         lens = {k: len(v) for k, v in self.inputs.items()}
@@ -62,7 +65,8 @@ class Dataset:
         return Dataset({k: np.asarray(v[:n]) for k, v in self.inputs.items()},
                        None if self.labels is None else np.asarray(self.labels[:n]), self.source, dict(self.extra),
                        self.label_problem, None if self.dense_labels is None else self.dense_labels[:n],
-                       None if self.targets is None else self.targets[:n])
+                       None if self.targets is None else self.targets[:n],
+                       None if self.label_strings is None else self.label_strings[:n])
 
     def subset(self, idx, source: str) -> "Dataset":
         """The rows idx as a view: nothing is copied until a batch asks for its rows, so a memory-mapped
@@ -73,13 +77,15 @@ class Dataset:
         return Dataset({k: row_view(v, idx) for k, v in self.inputs.items()},
                        None if self.labels is None else np.asarray(self.labels)[idx], source, dict(self.extra),
                        self.label_problem, None if self.dense_labels is None else self.dense_labels[idx],
-                       None if self.targets is None else self.targets[idx])
+                       None if self.targets is None else self.targets[idx],
+                       None if self.label_strings is None else self.label_strings[idx])
 
     @property
     def has_labels(self) -> bool:
         """Whether the file gave labels of any kind: class indices, or ones held aside until --task says what
         they are (per-position classes, regression targets, or labels with a problem to report)."""
-        return any(v is not None for v in (self.labels, self.dense_labels, self.targets, self.label_problem))
+        return any(v is not None for v in (self.labels, self.dense_labels, self.targets, self.label_problem,
+                                           self.label_strings))
 
     def without_labels(self) -> "Dataset":
         return Dataset(dict(self.inputs), None, self.source, dict(self.extra))

@@ -206,6 +206,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     """Labels 'y' that are not class indices (float regression targets, several columns per sample) are
     refused for a classifier, with the reason read_dataset found; for any other task they are unused, as
     integer labels are: the note saying so, else None."""
+    if src.task == "classification":
+        take_label_names(src, *datasets)
     if src.task == "segmentation":
         take_dense_labels(*datasets)
     scored = take_targets(datasets[0]) if src.task == "regression" and datasets else None
@@ -231,6 +233,48 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
         hint = ""
     return (f"{files}: labels 'y' unused: {how} the model's output {src.outputs[0]!r} by fidelity to FP32 (the "
             f"labels hold no class indices{hint})")
+
+
+def class_names(src: SourceModel) -> list | None:
+    """The model's class names by index, from a HuggingFace config's id2label (on the model or a module inside
+    a wrapper), unless they are its placeholders LABEL_0, LABEL_1, ...; else None."""
+    if src.module is None:
+        return None
+    for m in src.module.modules():
+        id2label = getattr(getattr(m, "config", None), "id2label", None)
+        if not isinstance(id2label, dict) or not id2label:
+            continue
+        try:
+            names = [str(id2label[i]) for i in range(len(id2label))]
+        except KeyError:
+            return None
+        return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+    return None
+
+
+def take_label_names(src: SourceModel, *datasets) -> None:
+    """Labels written as class names become the model's class indices by its own names (config.id2label, compared
+    exactly, else ignoring case); a name the model does not have is one line naming the file. Without the
+    model's names they stay a label_problem (refused for a classifier)."""
+    import numpy as np
+
+    from .errors import CalibrationError
+
+    names = class_names(src)
+    for d in datasets:
+        if d is None or getattr(d, "label_strings", None) is None or not names:
+            continue
+        index = {n: i for i, n in enumerate(names)}
+        folded = {n.casefold(): i for i, n in reversed(list(enumerate(names)))}
+        unknown = sorted({s for s in d.label_strings.tolist() if s not in index and s.casefold() not in folded})
+        if unknown:
+            raise CalibrationError(f"{d.source or 'the data'}: label {unknown[0]!r} is not one of the model's "
+                                   f"{len(names)} class names ({', '.join(map(repr, names[:6]))}"
+                                   f"{', ...' if len(names) > 6 else ''}; from its config.id2label)")
+        d.labels = np.array([index[s] if s in index else folded[s.casefold()] for s in d.label_strings.tolist()],
+                            np.int64)
+        d.label_strings, d.label_problem = None, None
+        d.extra = {**d.extra, "named_classes": names}  # for the note saying how names became indices
 
 
 def take_targets(d) -> str | None:

@@ -174,7 +174,9 @@ def test_jsonl_sentences_carry_labels_scored_as_accuracy(text_model, tmp_path, c
     (['{"text": "fine", "label": 1}', '{"text": "broken", '], "line 2 is not JSON"),
     (['{"text": "fine", "label": 1}', '{"body": "no text"}'], "line 2 has no text"),
     (['{"text": "a", "label": 1}', '{"text": "b"}'], "record 2 has no 'label' while 1 others have one"),
-    (['{"text": "a", "label": "positive"}', '{"text": "b", "label": "negative"}'], "expected integers"),
+    # class names, and a model that names no classes to number them by (tests/test_label_names.py)
+    (['{"text": "a", "label": "positive"}', '{"text": "b", "label": "negative"}'],
+     "labels are class names ('positive', 'negative', ...), not class indices"),
 ])
 def test_bad_jsonl_is_one_line(text_model, tmp_path, capsys, lines, words):
     (tmp_path / "e.jsonl").write_text("\n".join(lines) + "\n")
