@@ -326,9 +326,10 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
         raise CalibrationError(f"{where}: contains no samples")
     names = _label_strings(where, labels, n)
     if names is not None:  # class names: mapped to indices once the model is known (loader.check_label_kind)
-        shown = ", ".join(repr(v) for v in list(dict.fromkeys(names.tolist()))[:3])
+        distinct = list(dict.fromkeys(names.tolist()))
+        shown = ", ".join(repr(v) for v in distinct[:3]) + (", ..." if len(distinct) > 3 else "")
         y, dense, targets = None, None, None
-        problem = (f"{where}: labels are class names ({shown}, ...), not class indices, and the model names no "
+        problem = (f"{where}: labels are class names ({shown}), not class indices, and the model names no "
                    "classes (a HuggingFace model's config.id2label) to map them by; write the class indices instead")
     else:
         y, problem, dense = _check_labels(where, labels, n) if labels is not None else (None, None, None)

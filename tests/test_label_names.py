@@ -95,7 +95,7 @@ def test_an_npz_of_string_labels_reads_the_same(data, capsys):
 
 
 @pytest.mark.parametrize("factory, words", [
-    ("plain", "', ...), not class indices, and the model names no classes (a HuggingFace model's config.id2label)"),
+    ("plain", "'), not class indices, and the model names no classes (a HuggingFace model's config.id2label)"),
     ("placeholders", "the model names no classes"),  # LABEL_0, LABEL_1: transformers' defaults name nothing
 ])
 def test_names_without_the_models_names_are_one_line(data, capsys, factory, words):

@@ -136,7 +136,7 @@ def test_regression_targets_that_do_not_fit_the_output_are_one_line(d, tmp_path,
 
 @pytest.mark.parametrize("y, problem", [
     (np.linspace(0.1, 7.9, 80), "labels 'y' must be integer class indices"),  # one target per sample
-    (np.array(["cat", "dog"] * 40), "labels are class names ('cat', 'dog', ...), not class indices"),
+    (np.array(["cat", "dog"] * 40), "labels are class names ('cat', 'dog'), not class indices"),
 ])
 def test_one_dimensional_labels_that_are_no_class_indices(d, tmp_path, capsys, y, problem):
     # 1-D float targets or class names crashed the reader ('internal error: ValueError: not enough values to

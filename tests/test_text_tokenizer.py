@@ -176,7 +176,7 @@ def test_jsonl_sentences_carry_labels_scored_as_accuracy(text_model, tmp_path, c
     (['{"text": "a", "label": 1}', '{"text": "b"}'], "record 2 has no 'label' while 1 others have one"),
     # class names, and a model that names no classes to number them by (tests/test_label_names.py)
     (['{"text": "a", "label": "positive"}', '{"text": "b", "label": "negative"}'],
-     "labels are class names ('positive', 'negative', ...), not class indices"),
+     "labels are class names ('positive', 'negative'), not class indices"),
 ])
 def test_bad_jsonl_is_one_line(text_model, tmp_path, capsys, lines, words):
     (tmp_path / "e.jsonl").write_text("\n".join(lines) + "\n")
