@@ -4,7 +4,6 @@ one input. They were 'line 1 has no text', so such a model could only be scored 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cliutil import run_cli
