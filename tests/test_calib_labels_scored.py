@@ -202,3 +202,29 @@ def test_modes_that_calibrate_nothing_score_every_calibration_sample(digits_mode
     for art in json.loads((out / "manifest.json").read_text())["artifacts"]:
         assert art["metrics"]["n"] == 300 and art["metrics"]["name"] == "accuracy"
         assert art["metrics"]["value"] == pytest.approx(_accuracy(out / art["path"], x[:300], y[:300]))
+
+
+def test_prune_and_distill_without_eval_say_they_score_on_the_data_they_learn_from(digits_model, tmp_path, capsys):
+    """prune / distill with --calib only score the result on those samples, which they also learn from: the
+    printed results (on stderr, as rich prints them) read like a held-out measurement unless a note says so (and the record keeps it)."""
+    d, x, y = digits_model
+    rc = run_cli(["prune", f"{d / 'mlp.py'}:build", "--weights", str(d / "mlp.pt"), "--calib", str(d / "digits.npz"),
+                  "--ratio", "0.25", "--no-distill", "-o", str(tmp_path / "p")])
+    out = capsys.readouterr().err
+    assert rc in (0, None)
+    said = ("no --eval: the results are scored on the 600 --calib samples against their labels, the same samples "
+            "pruning and distillation learn from; give --eval to score held-out data")
+    assert said in " ".join(out.split()), out  # rich may wrap the line
+    assert said in json.loads((tmp_path / "p" / "manifest.json").read_text())["pruning"]["notes"]
+    np.save(tmp_path / "x.npy", x)
+    rc = run_cli(["distill", "--teacher", f"{d / 'mlp.py'}:build", "--weights", str(d / "mlp.pt"), "--student",
+                  f"{d / 'mlp.py'}:build", "--calib", str(tmp_path / "x.npy"), "--epochs", "1", "-o",
+                  str(tmp_path / "k")])
+    out = capsys.readouterr().err
+    assert rc in (0, None)
+    assert ("no --eval: the results are scored on the 600 --calib samples by agreement with the original model, "
+            "the same samples") in " ".join(out.split()), out
+    # with --eval, nothing to say
+    rc = run_cli(["prune", f"{d / 'mlp.py'}:build", "--weights", str(d / "mlp.pt"), "--calib", str(tmp_path / "x.npy"),
+                  "--eval", str(d / "digits.npz"), "--ratio", "0.25", "--no-distill", "-o", str(tmp_path / "p2")])
+    assert rc in (0, None) and "no --eval" not in capsys.readouterr().err

@@ -74,6 +74,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
                                 seed=seed, preprocess=preprocess, task=task, tokenizer=tokenizer)
     task_notes = settle_task(src, task, e, t)
+    scored = outputs.scored_on_calib_note(eval_path, train, src, e)
     from ..stages.prune import refuse_fixed_batch
 
     refuse_fixed_batch(src, "distillation")
@@ -85,7 +86,8 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
         module = stage.load_student(student, src, example, trust_pickle=trust_pickle)
         params = graph.count(module, example)[1]
         module, info = stage.run(src.module, module, ctx, cfg)
-        info["notes"] = task_notes + list(info.get("notes") or [])  # printed already, kept in the record
+        # task notes were printed already; the scored-on note is printed with the results; both are recorded
+        info["notes"] = task_notes + [n for n in [scored] if n] + list(info.get("notes") or [])
         info.update({"student": student, "params_student": params, "params_teacher": graph.count(src.module, example)[1]})
         # the architecture the result holds: a pruned.pt's own base, which may not be the teacher's
         spec = stage.student_base_spec(student, src) if student.endswith((".pt", ".pth")) else student
@@ -101,4 +103,6 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
         m = a.metrics or {}
         con.print(f"{markup_safe(a.path)}: {a.params:,} params, {a.bytes / 1024:.1f} KiB, "
                   f"{markup_safe(m.get('name'))} {m.get('value', 0):.4f}")
+    if scored:
+        con.print(f"note: {markup_safe(scored)}")
     con.print(f"files: {markup_safe(', '.join(files))}")

@@ -76,6 +76,7 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
                                 train=train, input_shape=shape, seed=seed, preprocess=preprocess, task=task,
                                 tokenizer=tokenizer)
     task_notes = settle_task(src, task, e, t, distills=distill)
+    scored = [n for n in [outputs.scored_on_calib_note(eval_path, train, src, e)] if n]
     settings = {"model": model, "task": task or "auto", "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed,
                 "preprocess": preprocess, "tokenizer": tokenizer}
 
@@ -83,7 +84,8 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
 
     def work(ctx):
         res = stage.run(src, ctx, pcfg, dcfg, distill_enabled=distill)
-        res.info["notes"] = task_notes + list(res.info.get("notes") or [])  # printed already, kept in the record
+        # task notes were printed already; all are kept in the record, and the untold ones printed with the results
+        res.info["notes"] = task_notes + scored + list(res.info.get("notes") or [])
         told.extend(res.told)
         extra = outputs.save_weights(res.module, src.spec, {"kind": res.kind, "ratio": res.info.get("ratio")})
 

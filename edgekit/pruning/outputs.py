@@ -55,6 +55,17 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     return src, c, e or c, t or c
 
 
+def scored_on_calib_note(eval_path, train_path, src, evalset) -> str | None:
+    """Without --eval, prune and distill score their result on the --calib samples, which they also learn from
+    unless --train is given: the note saying so (kept in the record, printed with the results), else None."""
+    if eval_path or src.eval is not None or evalset is None:
+        return None
+    how = "against their labels" if evalset.labels is not None else "by agreement with the original model"
+    also = "" if train_path else (", the same samples pruning and distillation learn from; give --eval to score "
+                                  "held-out data")
+    return f"no --eval: the results are scored on the {len(evalset)} --calib samples {how}{also}"
+
+
 def _abs(path):
     """Data paths as absolute, as `edgekit quantize` records them: the manifest is read from other folders."""
     return str(Path(path).resolve()) if path else path
