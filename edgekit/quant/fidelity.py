@@ -57,8 +57,7 @@ def fidelity_evaluator(fp32_path, data, *, task: str | None = None, calib_size: 
                 if calib_size is not None else f"no --eval: fidelity to FP32 on {len(data)} samples of {data.source}")
         if len(data) < total:
             note += f" (the first {len(data)} of {total}: give --eval to score them all)"
-    nolabels = type(data)(dict(data.inputs), None, data.source, dict(data.extra))
-    return Evaluator(nolabels, task, fp32_path), note
+    return Evaluator(data.without_labels(), task, fp32_path), note
 
 
 RANDOM_SAMPLES = 16
