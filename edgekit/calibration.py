@@ -26,6 +26,13 @@ LABEL_KEY = "y"
 LABEL_NAMES = ("labels", "label", "targets", "target")  # other names an .npz's labels go by
 
 
+def other_label_name(arrays, input_names) -> str | None:
+    """Labels saved under another name than 'y' (np.savez(..., labels=y)): the one array named like labels that
+    no model input takes, else None. The .npz reader and the loader (learning a factory's inputs) both ask."""
+    other = [k for k in LABEL_NAMES if k in arrays and k not in input_names]
+    return other[0] if len(other) == 1 else None
+
+
 class LazyArray:
     """The slice of the ndarray protocol Dataset uses (len, shape, dtype, [a:b], [row indices]), computed on
     demand: fetch(a, b) gives rows a..b-1; take(rows), if given, any rows (else consecutive runs are fetched)."""
@@ -583,10 +590,8 @@ def _read_npz(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
     y = None
     key = LABEL_KEY
     if LABEL_KEY not in arrays and specs:
-        # saved by other tools' habits (np.savez(..., labels=y)): with the model's inputs known, an array
-        # of such a name that no input takes can only be the labels (it was 'unexpected labels')
-        other = [k for k in LABEL_NAMES if k in arrays and k not in names]
-        key = other[0] if len(other) == 1 else key
+        # with the model's inputs known, such an array can only be the labels (it was 'unexpected labels')
+        key = other_label_name(arrays, names) or key
     if key in arrays and key not in names:
         y = arrays.pop(key)
         if not labels:

@@ -1106,11 +1106,11 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
         names = list(sample_inputs)
     names = names or ["input"]
     if sample_inputs:
-        from .calibration import LABEL_KEY, LABEL_NAMES
+        from .calibration import LABEL_KEY, other_label_name
 
-        labels = [k for k in LABEL_NAMES if k in sample_inputs and k not in names]
-        if len(labels) == 1:  # labels saved under another name than 'y': the data reader takes them as labels
-            sample_inputs = {k: v for k, v in sample_inputs.items() if k != labels[0]}
+        labels = other_label_name(sample_inputs, names)
+        if labels:  # the data reader takes that array as the labels, so it is no input
+            sample_inputs = {k: v for k, v in sample_inputs.items() if k != labels}
 
         if LABEL_KEY not in sample_inputs and LABEL_KEY in _forward_names(module, required=True) \
                 and len(names) > 1:
