@@ -415,23 +415,26 @@ def _file_part(spec: str) -> tuple:
     return spec, ""
 
 
+def map_spec(v, fn):
+    """v with fn applied to the file it names (the file part of file.py:name); zoo names, empty values and
+    non-strings pass through."""
+    if not isinstance(v, str) or not v or v.startswith("zoo:"):
+        return v
+    path, rest = _file_part(v)
+    return fn(path) + rest
+
+
 def map_paths(d: dict, fn) -> dict:
     """d with fn applied to every setting that names a file (model/student file.py parts, data, weights,
     a --preprocess file, target TOML files); zoo names, target names and JSON text pass through."""
-    def one(v):
-        if not isinstance(v, str) or v.startswith("zoo:"):
-            return v
-        path, rest = _file_part(v)
-        return fn(path) + rest
-
     out = dict(d)
     for k in ("model", *_PATH_KEYS):
         if out.get(k):
-            out[k] = one(out[k])
+            out[k] = map_spec(out[k], fn)
     if isinstance(out.get("targets"), (list, tuple)):  # another type is refused by name when checked
-        out["targets"] = [one(t) if str(t).endswith(".toml") else t for t in out["targets"]]
+        out["targets"] = [map_spec(t, fn) if str(t).endswith(".toml") else t for t in out["targets"]]
     if isinstance(out.get("distill"), dict) and out["distill"].get("student"):
-        out["distill"] = {**out["distill"], "student": one(out["distill"]["student"])}
+        out["distill"] = {**out["distill"], "student": map_spec(out["distill"]["student"], fn)}
     return out
 
 

@@ -305,12 +305,9 @@ def quantize(model, calib, eval_path, mode, method, weight_rounding, bias_correc
 
 def _abs_spec(spec):
     """A file.py:function or path spec with its file part absolute."""
-    from ..config import _file_part
+    from ..config import map_spec
 
-    if not spec:
-        return spec
-    path, rest = _file_part(spec)
-    return _abs(path) + rest
+    return map_spec(spec, _abs)
 
 
 def _abs(path):
