@@ -759,7 +759,9 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
     where = f"{path}:{factory}"
     fixed = None
     try:
-        outputs, named = _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
+        outputs, named = _probe_without_cache(module, inputs, where=where, sample_inputs=sample_inputs)
+    except NotTensors:
+        raise
     except InputError as e:
         # a forward() that hard-codes its batch (x.reshape(4, -1)) fails the probe's 2 samples
         outputs, why, hint = None, str(e), not input_shape
@@ -1342,15 +1344,47 @@ def plain_output(out) -> bool:
         and all(isinstance(o, torch.Tensor) for o in out)
 
 
+class NotTensors(InputError):
+    """forward() returned something other than tensors; `types` names what it returned instead."""
+
+    def __init__(self, message: str, types: list):
+        super().__init__(message)
+        self.types = types
+
+
 def _flat_outputs(out, where) -> list:
     import torch
 
     leaves = output_leaves(out)
-    bad = [f"{n} ({type(v).__name__})" for n, v in leaves if not isinstance(v, torch.Tensor)]
+    bad = [(n, type(v).__name__) for n, v in leaves if not isinstance(v, torch.Tensor)]
     if not leaves or bad:
-        raise InputError(f"{where}: forward() must return tensors (a tensor, or a tuple, list, dict or "
-                         f"namedtuple of them); got {', '.join(bad[:3]) if bad else 'no tensor'}")
+        got = ", ".join(f"{n} ({t})" for n, t in bad[:3]) if bad else "no tensor"
+        hint = "; a key/value cache is for step-by-step generation: set the model's config.use_cache = False" \
+            if any(t.endswith("Cache") for _, t in bad) else ""
+        raise NotTensors(f"{where}: forward() must return tensors (a tensor, or a tuple, list, dict or "
+                         f"namedtuple of them); got {got}{hint}", [t for _, t in bad])
     return [v for _, v in leaves]
+
+
+def _probe_without_cache(module, inputs, *, where, sample_inputs=None):
+    """_probe_outputs, with a HuggingFace decoder's key/value cache turned off when forward() returns one
+    (GPT-2 and every other causal model return past_key_values as a Cache object by default). The cache
+    feeds generation one token at a time; the exported model computes the whole sequence at once, and
+    the cache object cannot be an ONNX output. Turned off only when it was returned, so an encoder whose
+    config merely carries use_cache=True (BERT) gets no note."""
+    try:
+        return _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
+    except NotTensors as e:
+        if not any(t.endswith("Cache") for t in e.types):
+            raise
+        configs = [m.config for m in module.modules() if getattr(getattr(m, "config", None), "use_cache", False)]
+        if not configs:
+            raise
+        for c in configs:
+            c.use_cache = False
+        print(f"edgekit: note: {where}: forward() returned a key/value cache ({e.types[0]}); config.use_cache "
+              "is turned off, as the exported model computes the whole sequence at once", file=sys.stderr)
+        return _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
 
 
 def unique_output_names(names: list, taken: set) -> list:

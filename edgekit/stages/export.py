@@ -18,6 +18,7 @@ from ..source import SourceModel
 from ..stdio import native_stderr_muted
 from ..tied_weights import store_once
 from ..verify import check_outputs, rule
+from . import export_symbolics
 
 # element-wise |onnx - torch| <= ATOL * (the output's median |value|) + RTOL * |torch| (verify.rule)
 ATOL, RTOL = 1e-3, 1e-4
@@ -191,6 +192,7 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> list:
     import torch
 
     module = without_parametrizations(module)
+    export_symbolics.register()
 
     # a failed attempt (edgekit then retries at a fixed length) makes torch dump its IR graph through
     # C++'s std::cout, which Python cannot redirect: onto stdout, and into --json. Sent to std::cerr
@@ -345,7 +347,11 @@ def verify_against_torch(module, source: SourceModel, onnx_path, data: Dataset |
     than the trace's and on a few samples of `eval_data`: a trace freezes a Python branch on the data or
     on the batch size, which the trace's own inputs never show. shorten: only the first check, at half
     the data's sequence length, to check a graph exported with it dynamic."""
-    sess = session(onnx_path)
+    try:
+        sess = session(onnx_path)
+    except Exception as e:  # torch's exporter wrote a graph onnxruntime refuses (an op on a type it lacks)
+        raise EdgekitError(f"{where}: torch's ONNX exporter wrote a graph onnxruntime cannot load: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     traced = _fixed_batch(source) or TRACE_BATCH
     checks, skipped, per = [], [], {}
     for i, (feeds, case) in enumerate(_cases(source, data, None if shorten else eval_data, shorten=shorten)):

@@ -1,0 +1,64 @@
+"""ONNX conversions for aten operators torch's TorchScript exporter has none for, registered before export.
+
+aten::diff: transformers (5.x) calls torch.diff on position ids in every decoder's attention-mask
+builder (masking_utils.find_packed_sequence_indices), so GPT-2, Llama, Qwen ... all failed to export
+with "Exporting the operator 'aten::diff' to ONNX opset version 17 is not supported".
+
+aten::cumsum of a bool tensor: torch counts in int64, torch's conversion emits CumSum on the bool itself,
+which onnxruntime refuses ("Type 'tensor(bool)' of input parameter ... of operator (CumSum) is invalid");
+the same mask builder counts packed sequences that way.
+"""
+from __future__ import annotations
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    import torch
+
+    torch.onnx.register_custom_op_symbolic("aten::diff", _diff, 11)
+    torch.onnx.register_custom_op_symbolic("aten::cumsum", _cumsum, 11)
+    _registered = True
+
+
+def _diff(g, x, n, dim, prepend, append):
+    """x[1:] - x[:-1] along dim, n times, after concatenating prepend and append (as torch.diff does)."""
+    import torch
+    from torch.onnx import symbolic_helper as sh
+
+    n = sh._maybe_get_const(n, "i")
+    dim = sh._maybe_get_const(dim, "i")
+    if not isinstance(n, int) or not isinstance(dim, int):
+        return sh._unimplemented("diff", "n and dim must be constants")
+    parts = [t for t in (prepend, x, append) if not sh._is_none(t)]
+    if len(parts) > 1:
+        x = g.op("Concat", *parts, axis_i=dim)
+
+    def const(v):
+        return g.op("Constant", value_t=torch.tensor([v], dtype=torch.int64))
+
+    big = 2 ** 62
+    for _ in range(n):
+        later = g.op("Slice", x, const(1), const(big), const(dim))
+        earlier = g.op("Slice", x, const(0), const(-1), const(dim))
+        x = g.op("Sub", later, earlier)
+    return x
+
+
+
+def _cumsum(g, x, dim, dtype):
+    """torch.cumsum: bool and other integer types narrower than int64 count in int64, as torch does."""
+    import torch
+    from torch.onnx import symbolic_helper as sh
+
+    dim = sh._maybe_get_const(dim, "i")
+    if not isinstance(dim, int):
+        return sh._unimplemented("cumsum", "dim must be a constant")
+    if not sh._is_none(dtype):
+        x = g.op("Cast", x, to_i=sh._type_utils.JitScalarType(sh._get_const(dtype, "i", "dtype")).onnx_type())
+    elif x.type().scalarType() in ("Bool", "Byte", "Char", "Short", "Int"):
+        x = g.op("Cast", x, to_i=torch.onnx.TensorProtoDataType.INT64)
+    return g.op("CumSum", x, g.op("Constant", value_t=torch.tensor(dim, dtype=torch.int64)))
