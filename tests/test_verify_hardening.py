@@ -69,11 +69,18 @@ MODELS = textwrap.dedent("""
         def forward(self, x):
             return self.a(x).unsqueeze(1).squeeze()
 
+    class Subnormal(nn.Module):  # as an untrained HuggingFace MobileViT's logits: ~1e-40
+        def __init__(self):
+            super().__init__(); self.a = nn.Linear(16, 16); self.b = nn.Linear(16, 4, bias=False)
+        def forward(self, x):
+            return self.b(self.a(x) * 1e-39)  # onnxruntime's Gemm reads its subnormal input as zero
+
     def build(name):
         torch.manual_seed(0)
         return globals()[name]().eval()
 """) + "".join(f"\ndef {n.lower()}():\n    return build({n!r})\n"
-               for n in ("DataBranch", "Batch1Branch", "IntReshape", "InPlace", "HeatAndBoxes", "NegInf", "Squeezed"))
+               for n in ("DataBranch", "Batch1Branch", "IntReshape", "InPlace", "HeatAndBoxes", "NegInf", "Squeezed",
+                         "Subnormal"))
 
 rng = np.random.default_rng(0)
 X = rng.standard_normal((40, 16)).astype(np.float32)
@@ -187,6 +194,16 @@ def test_masked_minus_inf_reproduced_by_onnx_verifies(models, tmp_path):
     # refused as "outputs differ from the source model: output: non-finite values"
     _, art = _export(models, "neginf", tmp_path, X)
     assert art.verify["per_output"]["output"]["non_finite"] > 0 and art.verify["max_abs_diff"] < 1e-5
+
+
+def test_subnormal_outputs_flushed_to_zero_by_onnxruntime_verify(models, tmp_path):
+    # "torch 1.15e-40, onnx -2.5e-43, allowed 4.5e-44": edgekit's sessions flush subnormals, torch does not
+    _, art = _export(models, "subnormal", tmp_path, X)
+    assert 0 < art.verify["max_abs_diff"] < np.finfo(np.float32).tiny
+    assert "smallest normal number" in art.verify["rule"]
+    small = 1e-36 * rng.standard_normal((16, 4))  # normal floats: a 10% error there is still one
+    with pytest.raises(NumericsError, match="out of tolerance"):
+        check_outputs([small], [small * 1.1], ["y"], atol=1e-3, rtol=1e-4, where="w")
 
 
 def test_a_squeeze_that_drops_the_batch_axis_at_batch_1_is_not_refused_there(models, tmp_path):
