@@ -1237,6 +1237,14 @@ def _follows_batch(module, inputs, outputs, named, sample_inputs, *, where: str)
     for name, ref, o in zip(names, outputs, got):
         a, b = list(ref.shape), list(o.shape)
         follows = len(a) == len(b) >= 1 and a[0] == PROBE_BATCH and b[0] == CHECK_BATCH
+        if follows and a[1:] != b[1:]:
+            # each sample's row is as long as the batch: scores between the samples of a batch (CLIP's
+            # logits_per_image, [N, N]) crashed scoring, which joins batches of 64 and a last one of 8
+            raise InputError(f"{where}: output {name!r} is {a} for {PROBE_BATCH} samples and {b} for "
+                             f"{CHECK_BATCH}: its axes after the first follow the batch size too, so each "
+                             "sample's result depends on the others run with it (scores between the samples "
+                             "of a batch, as CLIP's logits_per_image); a device runs one sample at a time: "
+                             "return per-sample outputs (the embeddings) instead")
         if a != b and not follows:
             # rows picked by the data (out[out[:, 4] > 0], NMS): no batch size makes them fit, and the
             # fixed-batch hint that follows a batch-size mismatch would send the user the wrong way

@@ -331,3 +331,33 @@ def test_an_onnx_output_whose_length_follows_the_data_is_refused(tmp_path, cmd):
     assert r.returncode == 2 and len(err) == 1, r.stderr
     assert "keep.onnx: output 'kept' has 1 rows for 2 samples and 2 for 3: its length follows the data" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+SIMILARITIES = textwrap.dedent("""
+    import torch, torch.nn as nn
+
+    class Similar(nn.Module):  # CLIP's logits_per_image: every image against every text of the batch
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Linear(16, 8)
+
+        def forward(self, x):
+            e = self.a(x)
+            return e @ e.T
+
+    def similar():
+        return Similar()
+""")
+
+
+def test_an_output_whose_row_is_as_long_as_the_batch_is_refused_at_load(tmp_path):
+    # was accepted, then "internal error: ValueError: all the input array dimensions except for the
+    # concatenation axis must match exactly" when scoring joined a batch of 64 and one of 8
+    (tmp_path / "sim.py").write_text(SIMILARITIES)
+    x = {"x": np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)}
+    with pytest.raises(InputError) as e:
+        load_python(str(tmp_path / "sim.py"), "similar", sample_inputs=x)
+    msg = str(e.value)
+    assert "output 'output' is [2, 2] for 2 samples and [3, 3] for 3: its axes after the first follow the batch" in msg
+    assert "--input-shape" not in msg and "\n" not in msg
