@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EdgekitError, InputError, UsageError
+from . import untraceable
 
 DEFAULT_MULTIPLE = 8
 
@@ -186,13 +187,34 @@ def _transformer_parts(model):
     import torch.nn as nn
 
     keep, heads, attn = [], {}, []
+    modules = dict(model.named_modules())
     for name, m in model.named_modules():
-        # HuggingFace BERT-like: self-attention with query/key/value Linears and a head count
-        if all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) and \
-                hasattr(m, "num_attention_heads"):
-            for lin in (m.query, m.key, m.value):
+        qkv = _qkv(m)
+        if qkv and isinstance(getattr(m, "query", None), nn.Linear):
+            # HuggingFace BERT-like: self-attention with query/key/value Linears and a head count
+            for lin in qkv:
                 heads[lin] = int(m.num_attention_heads)
             attn.append(m)
+        elif qkv:
+            # transformers' newer layout (ViT, Llama, Phi, DistilBERT): q_proj/k_proj/v_proj and an output
+            # projection in one module, and the block's MLP beside it. Both write the residual stream
+            # (kept, as for BERT); the heads are pruned, or with grouped key/value heads (Llama's GQA: q
+            # and k/v head counts differ, and repeat_kv fixes their ratio) the attention is kept whole
+            n, kv = _head_counts(m)
+            out = next((getattr(m, a) for a in ("o_proj", "out_proj", "out_lin", "dense")
+                        if isinstance(getattr(m, a, None), nn.Linear)), None)
+            parent = modules.get(name.rpartition(".")[0]) if "." in name else None
+            if out is not None and parent is not None:
+                keep.append(out)
+                own = {id(x) for x in m.modules()}
+                keep += [x for x in parent.modules() if isinstance(x, nn.Linear) and id(x) not in own
+                         and x.out_features == out.out_features]
+            if n and kv == n:
+                for lin in qkv:
+                    heads[lin] = n
+                attn.append(m)
+            else:
+                keep += list(qkv)
         # BERT-like layer outputs write to the residual stream (hidden size): kept so the hidden
         # size, LayerNorms and embeddings stay put; their *inputs* (heads, FFN width) are pruned
         if name.endswith("output.dense") and isinstance(m, nn.Linear):
@@ -208,7 +230,34 @@ def _transformer_parts(model):
     return keep, heads, attn
 
 
-def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Plan:
+_QKV = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
+
+
+def _qkv(m) -> tuple:
+    """The query, key and value Linears of an attention module, by transformers' names; () for others."""
+    import torch.nn as nn
+
+    for names in _QKV:
+        lins = tuple(getattr(m, a, None) for a in names)
+        if all(isinstance(x, nn.Linear) for x in lins):
+            if names[0] == "query" and not hasattr(m, "num_attention_heads"):
+                return ()
+            return lins
+    return ()
+
+
+def _head_counts(m) -> tuple[int, int]:
+    """(query heads, key/value heads) of an attention module from its attributes or its config; 0 unknown."""
+    cfg = getattr(m, "config", None)
+    n = next((int(v) for v in (getattr(m, "num_attention_heads", None), getattr(m, "num_heads", None),
+                               getattr(m, "n_heads", None), getattr(cfg, "num_attention_heads", None))
+              if isinstance(v, int) and v > 0), 0)
+    kv = getattr(m, "num_key_value_heads", None) or getattr(cfg, "num_key_value_heads", None) or n
+    return n, int(kv)
+
+
+def make_plan(model, example, *, ignore_names=(), keep_first: bool = True,
+              group_seconds: float = untraceable.GROUP_SECONDS) -> Plan:
     import torch.nn as nn
 
     from . import recurrent
@@ -258,6 +307,21 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True) -> Pl
             raise InputError(f"--ignore {n!r}: no such module{did_you_mean(n, [k for k in by_name if k])}")
         ignored.append(by_name[n])
         why[n] = "user"
+    stuck = untraceable.untraceable_roots(dependency_graph(model, example), ignored + keep + frozen, root_types(),
+                                          seconds=group_seconds)
+    for m in stuck:
+        ignored.append(m)
+        why[names[m]] = (f"its channels' dependencies did not resolve in {group_seconds:g} s (Torch-Pruning's "
+                         "index tracing does not converge through this part of the model, e.g. rotary "
+                         "embeddings' rotate_half): kept whole")
+    for a in [a for a in attn if any(x is m for x in _qkv(a) for m in stuck)]:
+        # heads cut from v alone no longer match q and k: the whole attention keeps its heads
+        attn.remove(a)
+        for lin in _qkv(a):
+            heads.pop(lin, None)
+            if not any(lin is m for m in ignored):
+                ignored.append(lin)
+                why[names[lin]] = "attention kept whole: its query and key channels could not be traced"
     plan = Plan(ignored=ignored + keep + frozen, kept=why, num_heads=heads, attention=attn, frozen=frozen)
     if keep:
         plan.notes.append(f"transformer: hidden size kept; pruning attention heads and feed-forward width "
@@ -400,8 +464,19 @@ def _block_frozen(dg, ignored: list, frozen: list) -> list:
     frozen, add = set(frozen), []
     for g in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types()):
         if any(d.target.module in frozen for d, _ in g):
-            add += [d.target.module for d, _ in g if dg.is_out_channel_pruning_fn(d.handler)]
+            add += _out_layers(dg, g)
     return list(dict.fromkeys(add))
+
+
+def _out_layers(dg, group) -> list:
+    """The layers whose outputs `group` cuts: the entries that keep it unpruned once ignored. Parameters a
+    group also cuts (Swin's relative_position_bias_table) are left out: Torch-Pruning looks ignored layers up
+    with `in`, and a Parameter there is compared element-wise with the next one ("Boolean value of Tensor
+    with more than one value is ambiguous")."""
+    import torch.nn as nn
+
+    return [d.target.module for d, _ in group
+            if dg.is_out_channel_pruning_fn(d.handler) and isinstance(d.target.module, nn.Module)]
 
 
 def mismatched_groups(dg, ignored: list) -> tuple[list, list]:
@@ -419,7 +494,7 @@ def mismatched_groups(dg, ignored: list) -> tuple[list, list]:
             else:
                 continue
             if width is not None and len(idxs) and max(int(i) for i in idxs) >= width:
-                add += [x.target.module for x, _ in g if dg.is_out_channel_pruning_fn(x.handler)]
+                add += _out_layers(dg, g)
                 why.append((g[0].dep.target.module, d.target.module, int(width), len(g[0].idxs)))
                 break
     return list(dict.fromkeys(add)), why
@@ -733,10 +808,15 @@ def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
 
 def _fix_attention(pruner, plan) -> None:
     for m in plan.attention:
-        n = int(pruner.num_heads.get(m.query, m.num_attention_heads))
-        m.num_attention_heads = n
-        m.all_head_size = m.query.out_features
-        m.attention_head_size = m.query.out_features // max(n, 1)
+        q = _qkv(m)[0]
+        n = int(pruner.num_heads.get(q, _head_counts(m)[0]))
+        for attr in ("num_attention_heads", "num_heads", "n_heads"):
+            if isinstance(getattr(m, attr, None), int):
+                setattr(m, attr, n)
+        if hasattr(m, "all_head_size"):
+            m.all_head_size = q.out_features
+        if hasattr(m, "attention_head_size"):
+            m.attention_head_size = q.out_features // max(n, 1)
         if hasattr(m, "num_key_value_groups"):
             m.num_key_value_groups = 1
 
