@@ -77,3 +77,16 @@ def test_feed_forward_width_is_pruned_and_the_residual_stream_kept(factory, data
     assert record["params_after"] < record["params_before"]
     before, after = _weights(out / "model.fp32.onnx"), _weights(out / "model.pruned.onnx")
     assert after < before
+
+
+def test_whole_heads_of_the_new_layout_are_pruned_with_head_ratio(tmp_path, capsys):
+    (tmp_path / "m.py").write_text(MODEL_PY)
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{tmp_path / 'm.py'}:vit", "--calib", str(_data(tmp_path, "images")), "--ratio", "0.2",
+                  "--head-ratio", "0.5", "--no-distill", "--target", "x86-laptop", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    channels = json.loads((out / "pruning.json").read_text())["channels"]
+    for p in ("q_proj", "k_proj", "v_proj"):  # one of two heads of 16, in all three alike
+        assert channels[f"vit.layers.0.attention.{p}"][:2] == [32, 16]
+    assert channels["vit.layers.0.attention.o_proj"][:2] == [32, 32]  # its input shrank, its output is the stream
