@@ -154,8 +154,10 @@ def stage_prune(run: Run):
     notes = list(res.info.get("notes") or [])
     if not cfg.prune.enabled:
         notes.insert(0, "nothing pruned: the --student model was distilled from the source")
+    told = set(res.told or ())  # printed by the pruning schedule as they arose
     for note in notes:
-        print(f"edgekit: note: {note}", file=sys.stderr)
+        if note not in told:
+            print(f"edgekit: note: {note}", file=sys.stderr)
     return {"kind": res.kind, "params_before": res.info.get("params_before"), "params_after": res.info.get("params_after"),
             "notes": notes}
 

@@ -90,3 +90,14 @@ def test_whole_heads_of_the_new_layout_are_pruned_with_head_ratio(tmp_path, caps
     for p in ("q_proj", "k_proj", "v_proj"):  # one of two heads of 16, in all three alike
         assert channels[f"vit.layers.0.attention.{p}"][:2] == [32, 16]
     assert channels["vit.layers.0.attention.o_proj"][:2] == [32, 32]  # its input shrank, its output is the stream
+
+
+def test_compress_prints_each_pruning_note_once(tmp_path, capsys):
+    # the schedule prints its notes as they arise and compress printed them all again with the stage's
+    (tmp_path / "m.py").write_text(MODEL_PY)
+    rc = run_cli(["compress", f"{tmp_path / 'm.py'}:vit", "--calib", str(_data(tmp_path, "images")), "--prune", "0.3",
+                  "--quantize", "none", "--target", "x86-laptop", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    removed = [ln for ln in err.splitlines() if ln.startswith("edgekit: note: pruning removed")]
+    assert len(removed) == 1, err
