@@ -91,6 +91,29 @@ class UserTokenizer:
         self.__init__(state["spec"], load_tokenizer(state["spec"]).fn)
 
 
+def _pad_token(tok, folder: Path) -> tuple[int, str]:
+    """(id, token) to pad with: the tokenizer.json's own padding, else the pad_token its folder's
+    special_tokens_map.json or tokenizer_config.json names (a GPT-2 fine-tuned as a classifier pads with
+    <|endoftext|>, written there, not in tokenizer.json), else a token named like a pad, else id 0. A
+    decoder classifier (GPT2ForSequenceClassification) reads its logits at the last token that is not its
+    pad_token_id: padded with another id, every pad counted as text and the logits came from the padding."""
+    import json
+
+    own = tok.padding
+    if own and own.get("pad_token") is not None and tok.token_to_id(own["pad_token"]) is not None:
+        return int(own["pad_id"]), str(own["pad_token"])
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            value = json.loads((folder / name).read_text(encoding="utf-8")).get("pad_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str) and tok.token_to_id(value) is not None:
+            return int(tok.token_to_id(value)), value
+    pad = next((t for t in PAD_TOKENS if tok.token_to_id(t) is not None), None)
+    return (int(tok.token_to_id(pad)), pad) if pad else (0, "[PAD]")
+
+
 class JsonTokenizer:
     """A tokenizer.json through the tokenizers library (what HuggingFace's fast tokenizers wrap): input_ids,
     attention_mask and token_type_ids, int64 [n, length], padded with the file's own pad token."""
@@ -107,10 +130,9 @@ class JsonTokenizer:
         except Exception as e:
             raise InputError(f"{path}: not a readable tokenizer.json ({str(e).splitlines()[0] if str(e) else e})") \
                 from None
-        pad = next((t for t in PAD_TOKENS if self._tok.token_to_id(t) is not None), None)
+        pad_id, pad = _pad_token(self._tok, Path(self.path).parent)
         self._tok.enable_truncation(self.length)
-        self._tok.enable_padding(length=self.length, pad_id=self._tok.token_to_id(pad) if pad else 0,
-                                 pad_token=pad or "[PAD]")
+        self._tok.enable_padding(length=self.length, pad_id=pad_id, pad_token=pad)
 
     def __call__(self, sentences) -> dict:
         sentences = [sentences] if isinstance(sentences, str) else list(sentences)

@@ -185,3 +185,38 @@ def test_bad_jsonl_is_one_line(text_model, tmp_path, capsys, lines, words):
                   "-o", str(tmp_path / "out")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("edgekit: error")]
     assert rc == 2 and len(err) == 1 and "e.jsonl" in err[0] and words in err[0], err
+
+
+def _endoftext_tokenizer(folder: Path, *, own_padding: bool = False, side_file: bool = True) -> Path:
+    """A tokenizer with no [PAD]: GPT-2's habit, where <|endoftext|> also pads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train([str(SENTENCES / "calib.txt")], trainers.WordLevelTrainer(
+        vocab_size=500, special_tokens=["[UNK]", "<|startoftext|>", "<|endoftext|>"]))
+    if own_padding:
+        tok.enable_padding(pad_id=tok.token_to_id("<|startoftext|>"), pad_token="<|startoftext|>")
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    if side_file:
+        (folder / "special_tokens_map.json").write_text(json.dumps(
+            {"eos_token": "<|endoftext|>", "pad_token": {"content": "<|endoftext|>", "lstrip": False}}))
+    return folder
+
+
+@pytest.mark.parametrize("own_padding,side_file,pad", [(False, True, "<|endoftext|>"), (True, True, "<|startoftext|>"),
+                                                      (False, False, None)])
+def test_padding_uses_the_tokenizers_own_pad_token(tmp_path, own_padding, side_file, pad):
+    # padded with id 0 ('[UNK]' here), a decoder classifier took every pad for text and read its logits there
+    folder = _endoftext_tokenizer(tmp_path / "tok", own_padding=own_padding, side_file=side_file)
+    from tokenizers import Tokenizer
+
+    expected = Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id(pad) if pad else 0
+    tok = load_tokenizer(str(folder))
+    out = tok(["the model", "a longer sentence than the other one"])
+    assert out["input_ids"].shape == (2, 128)
+    short = out["input_ids"][0]
+    n = int(out["attention_mask"][0].sum())
+    assert n < 128 and (short[n:] == expected).all()
+    assert expected != 0 or pad is None
