@@ -138,3 +138,18 @@ def test_a_graph_onnxruntime_cannot_load_is_one_line_naming_the_model(tmp_path, 
     assert "bad.py:net: torch's ONNX exporter wrote a graph onnxruntime cannot load" in line[0]
     assert "internal error" not in err
     assert not out.exists()
+
+
+def test_pruning_gpt2_names_the_layer_type_it_cannot_cut(tmp_path, capsys):
+    # was "nothing in this model can be pruned: kept: score (output layer)", silent on where the weights are
+    (tmp_path / "dec.py").write_text(MODEL_PY)
+    _tokens(tmp_path / "tok.npz")
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{tmp_path / 'dec.py'}:gpt2", "--calib", str(tmp_path / "tok.npz"), "--ratio", "0.3",
+                  "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
+    assert len(line) == 1 and "nothing in this model can be pruned" in line[0]
+    assert "layers Torch-Pruning has no pruner for: Conv1D (4 layers, " in line[0]
+    assert not out.exists()

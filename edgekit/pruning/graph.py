@@ -562,6 +562,32 @@ class PruneFailure(UsageError):
     """A pruning step this model does not allow (exit 2); the prune stage adds the model's file."""
 
 
+def foreign_layers(model) -> str:
+    """'; ...' naming the layer types that hold a model's weights but that Torch-Pruning has no pruner for
+    (transformers' GPT-2 Conv1D: a Linear with its weight stored [in, out]), else ''. A GPT-2 was 'nothing
+    in this model can be pruned: kept: score (output layer)', which did not say where its weights were."""
+    import torch.nn as nn
+
+    from . import recurrent
+
+    known = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.EmbeddingBag, nn.modules.batchnorm._NormBase,
+             nn.LayerNorm, nn.GroupNorm, nn.MultiheadAttention) + recurrent.TYPES
+    count, numel = {}, {}
+    for m in model.modules():
+        w = m._parameters.get("weight")
+        if isinstance(m, known) or w is None or w.dim() < 2:
+            continue
+        kind = type(m).__name__
+        count[kind] = count.get(kind, 0) + 1
+        numel[kind] = numel.get(kind, 0) + sum(p.numel() for p in m.parameters(recurse=False))
+    if not count:
+        return ""
+    total = sum(p.numel() for p in model.parameters()) or 1
+    kinds = ", ".join(f"{n} ({count[n]} layers, {numel[n] / total:.0%} of the parameters)"
+                      for n in sorted(count, key=lambda n: -numel[n]))
+    return f"; its weights are in layers Torch-Pruning has no pruner for: {kinds}"
+
+
 def _unprunable_hint(model, layers=()) -> str:
     """What in the model is known to defeat channel pruning, as the end of a one-line error."""
     import torch.nn as nn

@@ -45,7 +45,8 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
                                head_ratio=prune_cfg.head_ratio, steps=prune_cfg.steps)
     if not graph.prunable_groups(pruner.DG, pruner.ignored_layers) and not (plan.has_heads and prune_cfg.head_ratio > 0):
         # a copy of the same model would be reported as a "pruned" variant: refuse instead
-        raise UsageError(f"prune: nothing in this model can be pruned: {_kept(plan)}; leave it unpruned "
+        raise UsageError(f"prune: nothing in this model can be pruned: {_kept(plan)}{graph.foreign_layers(model)}; "
+                         "leave it unpruned "
                          "(compress without --prune)")
     macs, params = graph.count(model, example)
     steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
