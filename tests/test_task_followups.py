@@ -201,3 +201,22 @@ def test_float_targets_without_task_name_task_regression(d, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc in (0, None), err
     assert "e.npz: labels 'y' unused" in err and "to score it against them as targets, pass --task regression" in err
+
+
+def test_multi_label_targets_are_told_apart_when_refused(tmp_path, capsys):
+    # 0/1 per class for a sigmoid classifier read as 'must be 1-D class indices', with no word of why
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 16),), str(tmp_path / "ml.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "ml.npz", x=rng.normal(size=(80, 16)).astype(np.float32),
+             y=(rng.random((80, 5)) < 0.3).astype(np.int64))
+    rc = run_cli(["quantize", str(tmp_path / "ml.onnx"), "--mode", "fp16", "--eval", str(tmp_path / "ml.npz"),
+                  "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
+    assert len(line) == 1 and "labels 'y' must be 1-D class indices, got shape (80, 5); if they are 0/1 per " \
+        "class (multi-label targets), edgekit does not score those" in line[0], err
+    assert not (tmp_path / "out").exists()
