@@ -359,7 +359,8 @@ def data_record(path, ds) -> dict:
     p = Path(path).resolve()
     if p.is_dir():
         classes = (getattr(ds, "extra", None) or {}).get("classes")
-        return {"path": str(p), "format": "images", "samples": samples, "sha256": _folder_sha256(p),
+        fmt = (getattr(ds, "extra", None) or {}).get("format", "images")
+        return {"path": str(p), "format": fmt, "samples": samples, "sha256": _folder_sha256(p),
                 "hash_of": "folder", **({"classes": classes} if classes else {})}
     return {"path": str(p), "format": p.suffix.lower().lstrip(".") or "file", "samples": samples,
             "sha256": _file_sha256(p), "hash_of": "file"}
@@ -372,11 +373,13 @@ _file_sha256 = per_file_version(sha256_file)
 def _folder_sha256(folder: Path) -> str:
     import hashlib
 
-    from .calibration import image_files
+    from .audio import AUDIO_EXTS, is_audio_folder
+    from .calibration import image_layout
 
-    # the files the image reader takes (hidden ones and other extensions are never read), by path below the
-    # folder (class/name for a folder of class folders), in that path's order
-    named = sorted((f.relative_to(folder).as_posix(), f) for f in image_files(folder))
+    # the files the image (or .wav clip) reader takes (hidden ones and other extensions are never read), by
+    # path below the folder (class/name for a folder of class folders), in that path's order
+    files = image_layout(folder, AUDIO_EXTS).files if is_audio_folder(folder) else image_layout(folder).files
+    named = sorted((f.relative_to(folder).as_posix(), f) for f in files)
     lines = "".join(f"{_file_sha256(f)}  {name}\n" for name, f in named)
     return hashlib.sha256(lines.encode()).hexdigest()
 

@@ -414,12 +414,16 @@ def read_dataset(path, inputs: list, *, labels: bool = False, tokenizer=None, pr
         raise CalibrationError(f"{p}: limit must be >= 1, got {limit}")
     require_data(p)
     if p.is_dir():
+        from . import audio
+
+        if audio.is_audio_folder(p):
+            return audio.read_audio(p, specs, limit, labels=labels)
         return _read_images(p, specs, preprocess, limit, labels=labels)
     ext = p.suffix.lower()
     reader = READERS.get(ext)
     if reader is None:
         raise InputError(f"{p}: unknown data format {ext or '(no extension)'!r}; use .npy, .npz, .csv, .txt, .jsonl "
-                         "or a folder of images")
+                         "or a folder of images or .wav clips")
     return reader(p, specs, labels=labels, tokenizer=tokenizer, limit=limit)
 
 
@@ -797,13 +801,14 @@ TEXT_FORMATS = (".txt", ".jsonl")  # sentences, which a tokenizer turns into the
 
 # ------------------------------------------------------------------------------------------------ images
 
-def _images_in(folder: Path, *, deep: bool) -> tuple:
+def _images_in(folder: Path, *, deep: bool, exts=IMAGE_EXTS) -> tuple:
     """(the image files below folder, sorted by path; how many image-named entries were skipped as hidden).
     Hidden files are skipped, as most data loaders do: macOS writes an AppleDouble '._name.png' beside each
-    image on non-Apple disks, and those are metadata, not images (nor are .ipynb_checkpoints' copies)."""
+    image on non-Apple disks, and those are metadata, not images (nor are .ipynb_checkpoints' copies).
+    exts: the suffixes taken (audio.AUDIO_EXTS for a folder of clips)."""
     files, hidden = [], 0
     for f in (folder.rglob("*") if deep else folder.iterdir()):
-        if f.suffix.lower() not in IMAGE_EXTS:
+        if f.suffix.lower() not in exts:
             continue
         if any(part.startswith(".") for part in f.relative_to(folder).parts):
             hidden += 1
@@ -828,22 +833,23 @@ class ImageLayout:
         return [f.relative_to(folder).as_posix() for f in self.files]
 
 
-def image_layout(folder) -> ImageLayout:
+def image_layout(folder, exts=IMAGE_EXTS) -> ImageLayout:
     """Images directly in the folder are one unlabelled set, as before class folders were read; else each
     non-hidden subfolder is a class (its images at any depth below it). The files are interleaved, class by
     class (the first image of each class, then the second, ...), so any first part of the set (the first
     calib_size samples INT8 calibrates on, the held-out slice after them) covers the classes rather than
-    being the first class alone. The folder is walked once."""
+    being the first class alone. The folder is walked once. exts: as for _images_in (a folder of clips is
+    laid out the same way)."""
     folder = Path(folder)
-    flat, hidden = _images_in(folder, deep=False)
+    flat, hidden = _images_in(folder, deep=False, exts=exts)
     if flat:
         return ImageLayout(flat, hidden=hidden)
     dirs = sorted(d for d in folder.iterdir() if d.is_dir())
     classes = [d.name for d in dirs if not d.name.startswith(".")]
-    walked = [_images_in(folder / c, deep=True) for c in classes]
+    walked = [_images_in(folder / c, deep=True, exts=exts) for c in classes]
     # a hidden folder is no class: everything image-named in it counts as skipped
     hidden += sum(h for _, h in walked) + sum(1 for d in dirs if d.name.startswith(".") for f in d.rglob("*")
-                                              if f.suffix.lower() in IMAGE_EXTS)
+                                              if f.suffix.lower() in exts)
     per_class = [fs for fs, _ in walked]
     if not any(per_class):
         return ImageLayout([], hidden=hidden)
@@ -948,6 +954,10 @@ def implied_prepost(path, inputs: list, preprocess: dict | None) -> dict | None:
     """For an image folder read without a declared spec: the resize_normalize edgekit applied (pixels
     scaled to 0..1), as a prepost spec, so the device pre-processes exactly as calibration did."""
     if not path or not Path(path).is_dir() or (preprocess or {}).get("pre") or len(inputs) != 1:
+        return None
+    from .audio import is_audio_folder
+
+    if is_audio_folder(path):  # clips are fed as decoded, with no step for the device to repeat
         return None
     spec = inputs[0] if isinstance(inputs[0], TensorSpec) else TensorSpec(**inputs[0])
     rs = _resize_spec(None, spec, str(path))

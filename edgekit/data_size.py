@@ -37,7 +37,7 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
             empty = ds.extra.get("empty_classes")
             notes.append(f"{ds.source}: labels from its {len(classes)} class folders, numbered in sorted order as "
                          f"torchvision's ImageFolder numbers them ({shown})"
-                         + (f"; {len(empty)} hold no images ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})"
+                         + (f"; {len(empty)} hold no {'clips' if ds.extra.get('format') == 'audio' else 'images'} ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''})"
                             if empty else ""))
         named = getattr(ds, "extra", {}).get("named_classes")
         if named and ds.labels is not None:
@@ -48,10 +48,14 @@ def small_data_notes(task: str, calib, evalset, *, tolerance, static_int8: bool,
         if key and ds.has_labels:
             notes.append(f"{ds.source}: its array '{key}' is taken as the labels (no model input has that name; "
                          "edgekit's own name for labels is 'y')")
-        hidden = getattr(ds, "extra", {}).get("hidden_skipped")
+        extra = getattr(ds, "extra", {}) or {}
+        hidden = extra.get("hidden_skipped")
         if hidden:
             notes.append(f"{ds.source}: skipped {hidden} hidden file(s) (names starting with '.', e.g. macOS '._' "
-                         "metadata files, or in hidden folders) among the images")
+                         f"metadata files, or in hidden folders) among the {'clips' if extra.get('format') == 'audio' else 'images'}")
+        if extra.get("format") == "audio" and (extra.get("padded") or extra.get("cut")):
+            notes.append(f"{ds.source}: clips fed as {extra['length']} samples at {extra['sample_rate']} Hz: "
+                         f"{extra['padded']} shorter padded with silence at the end, {extra['cut']} longer cut there")
     return list(dict.fromkeys(notes))  # one folder given as --calib and --eval is read twice: one note
 
 

@@ -396,7 +396,10 @@ def load_model(model: str, data_paths, *, declared=None, input_shape=None, token
                              + (" or a --tokenizer for its sentences"
                                 if Path(from_data).suffix.lower() in TEXT_FORMATS else ""))
         else:
-            src = _load_on_images(model, from_data, declared, **load_kw)
+            from .audio import is_audio_folder
+
+            load = _load_on_audio if is_audio_folder(from_data) else _load_on_images
+            src = load(model, from_data, declared, **load_kw)
             return _with_tokenizer(src, tokenizer), None
     src = load_source(model, input_shape=input_shape, sample_inputs=sample, **load_kw)
     return _with_tokenizer(src, tokenizer), sample
@@ -468,6 +471,24 @@ def _load_on_images(model, folder, declared, **load_kw):
             first = first or e
     raise UsageError(f"{folder}: {model} runs on none of the images as 1- or 3-channel input ({first}); "
                      "pass --input-shape (e.g. 1,3,224,224) or a --preprocess with the size") from None
+
+
+def _load_on_audio(model, folder, declared, **load_kw):
+    """A PyTorch model whose data is a folder of .wav clips: its input is learned by running it on the first
+    clips as a waveform [N, L], else as one channel [N, 1, L] (a Conv1d front end)."""
+    from .audio import audio_samples
+    from .errors import CalibrationError, InputError
+    from .loader import load_source
+
+    wave = audio_samples(folder)  # outside the loop: an empty or unreadable folder is its own error
+    first = None
+    for sample in ({"input": wave}, {"input": wave[:, None, :]}):
+        try:
+            return load_source(model, sample_inputs=sample, **load_kw)
+        except (InputError, CalibrationError) as e:
+            first = first or e
+    raise UsageError(f"{folder}: {model} runs on none of the clips as a waveform [N, {wave.shape[1]}] or one "
+                     f"channel [N, 1, {wave.shape[1]}] ({first}); pass --input-shape") from None
 
 
 def _peek_arrays(path):

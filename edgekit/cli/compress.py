@@ -37,7 +37,7 @@ def _shape(ctx, param, value):
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
 @click.option("--trust-pickle", is_flag=True, default=None, help="Allow --weights to be a pickled full model, and a "
               "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
-@click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), .csv rows, image folder, or .txt/.jsonl of sentences.")
+@click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), .csv rows, a folder of images or .wav clips, or .txt/.jsonl of sentences.")
 @click.option("--eval", "eval_", type=click.Path(), help="Eval data: .npz with inputs plus 'y' labels (accuracy), a folder of class folders, a .jsonl of labelled sentences or sentence pairs; without labels, fidelity to FP32. Without --eval, the --calib samples INT8 does not calibrate on are scored (on its labels, if it has them).")
 @click.option("--train", type=click.Path(), help="Training data for distillation (same formats; labels optional).")
 @click.option("--input-shape", callback=_shape, help="Input shape when it cannot be inferred from the data, e.g. 1,3,224,224.")

@@ -14,7 +14,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
               "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
 @click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights) or a "
               "pruned.pt written by `edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
-@click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, image folder, .txt, .jsonl).")
+@click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, a folder of images or .wav clips, .txt, .jsonl).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy; "
               "without labels, agreement with the teacher); without it, --calib (on its labels, if it has them).")
 @click.option("--train", type=click.Path(), help="Training data (labels optional; unlabelled uses the teacher alone).")

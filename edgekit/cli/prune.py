@@ -11,7 +11,7 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 @click.argument("model")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file for a file.py:factory model.")
 @click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model (runs code from the file).")
-@click.option("--calib", type=click.Path(), help="Example/calibration inputs (.npy, .npz, image folder, .txt, .jsonl).")
+@click.option("--calib", type=click.Path(), help="Example/calibration inputs (.npy, .npz, a folder of images or .wav clips, .txt, .jsonl).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy); without it, --calib (on its labels, if it has them).")
 @click.option("--train", type=click.Path(), help="Training data for distillation (labels optional).")
 @click.option("--input-shape", help="Input shape when it cannot be inferred, e.g. 1,3,224,224.")

@@ -250,7 +250,7 @@ def _recommended_for(name: str) -> str:
 @click.command("quantize", context_settings=CONTEXT_SETTINGS)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--calib", type=click.Path(), help="Calibration data: .npy, .npz (one array per input), a folder "
-              "of images, or a .txt/.jsonl of sentences.")
+              "of images or .wav clips, or a .txt/.jsonl of sentences.")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data: .npz with the inputs and 'y' labels "
               "(top-1 accuracy); without labels, fidelity to the FP32 outputs. Without --eval, the --calib samples "
               "INT8 does not calibrate on are scored: on its labels if it has them, else by fidelity.")
