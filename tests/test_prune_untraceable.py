@@ -88,5 +88,10 @@ def test_the_time_limit_restores_the_previous_alarm_handler():
             pass
         assert signal.getsignal(signal.SIGALRM) is mine
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        signal.setitimer(signal.ITIMER_REAL, 100.0)  # the program's own timer runs on after the limit
+        with untraceable._time_limit(5.0):
+            pass
+        assert 90.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 100.0
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)

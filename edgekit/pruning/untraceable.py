@@ -33,13 +33,18 @@ def _time_limit(seconds: float):
     def expire(signum, frame):
         raise _Timeout()
 
+    import time
+
     old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        if delay > 0:  # a timer of the embedding program's own, re-armed for what was left of it
+            signal.setitimer(signal.ITIMER_REAL, max(delay - (time.monotonic() - start), 1e-3), interval)
 
 
 def untraceable_roots(dg, ignored, root_types, *, seconds: float = GROUP_SECONDS) -> list:
