@@ -1383,16 +1383,24 @@ def _probe_without_cache(module, inputs, *, where, sample_inputs=None):
     try:
         return _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
     except NotTensors as e:
-        if not any(t.endswith("Cache") for t in e.types):
+        if not any(t.endswith("Cache") for t in e.types) or not cache_off(module):
             raise
-        configs = [m.config for m in module.modules() if getattr(getattr(m, "config", None), "use_cache", False)]
-        if not configs:
-            raise
-        for c in configs:
-            c.use_cache = False
         print(f"edgekit: note: {where}: forward() returned a key/value cache ({e.types[0]}); config.use_cache "
               "is turned off, as the exported model computes the whole sequence at once", file=sys.stderr)
         return _probe_outputs(module, inputs, where=where, sample_inputs=sample_inputs)
+
+
+def returns_cache(out) -> bool:
+    """forward()'s result holds a key/value cache object (transformers' DynamicCache, ...)."""
+    return any(type(v).__name__.endswith("Cache") for _, v in output_leaves(out))
+
+
+def cache_off(module) -> bool:
+    """Turn off use_cache in every HuggingFace config inside module; whether there was one to turn off."""
+    configs = [m.config for m in module.modules() if getattr(getattr(m, "config", None), "use_cache", False)]
+    for c in configs:
+        c.use_cache = False
+    return bool(configs)
 
 
 def unique_output_names(names: list, taken: set) -> list:

@@ -31,6 +31,14 @@ def llama_lm():
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
                       bos_token_id=1, eos_token_id=1)
     return LlamaForCausalLM(cfg).eval()
+
+
+def llama_lm_small():
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      bos_token_id=1, eos_token_id=1)
+    return LlamaForCausalLM(cfg).eval()
 '''
 
 
@@ -153,3 +161,18 @@ def test_pruning_gpt2_names_the_layer_type_it_cannot_cut(tmp_path, capsys):
     assert len(line) == 1 and "nothing in this model can be pruned" in line[0]
     assert "layers Torch-Pruning has no pruner for: Conv1D (4 layers, " in line[0]
     assert not out.exists()
+
+
+def test_a_decoder_student_is_distilled_from_a_decoder_teacher(tmp_path, capsys):
+    # the student's cache was left on: "--student ...: returns outputs ['logits', 'cache']; the teacher
+    # returns ['logits']"
+    (tmp_path / "dec.py").write_text(MODEL_PY)
+    _tokens(tmp_path / "tok.npz")
+    out = tmp_path / "out"
+    rc = run_cli(["distill", "--teacher", f"{tmp_path / 'dec.py'}:llama_lm", "--student",
+                  f"{tmp_path / 'dec.py'}:llama_lm_small", "--calib", str(tmp_path / "tok.npz"), "--epochs", "2",
+                  "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    sess = ort.InferenceSession(str(out / "model.distilled.onnx"))
+    assert [o.name for o in sess.get_outputs()] == ["logits"]

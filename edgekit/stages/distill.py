@@ -502,7 +502,7 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
         if not path.endswith(".py"):
             raise InputError(f"--student {spec!r}: expected file.py:factory or a pruned .pt file from `edgekit prune`")
         student = _call_factory(spec, f"--student {spec}")
-    from ..loader import bind_inputs
+    from ..loader import bind_inputs, cache_off, returns_cache
 
     # the teacher's data inputs reach the student's forward() parameters of the same names
     student = bind_inputs(student.eval(), [s.name for s in source.inputs])
@@ -510,6 +510,9 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
         with torch.no_grad():
             try:
                 raw = student(*example)
+                # a HuggingFace decoder student returns its key/value cache, as the teacher did at load
+                if returns_cache(raw) and cache_off(student):
+                    raw = student(*example)
             except Exception as e:
                 raise InputError(f"--student {spec}: forward() failed on the teacher's inputs: "
                                  f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
