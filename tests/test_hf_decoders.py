@@ -25,20 +25,20 @@ def gpt2():
     return GPT2ForSequenceClassification(cfg).eval()
 
 
+def _llama(seed, hidden):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      bos_token_id=1, eos_token_id=1)
+    return LlamaForCausalLM(cfg).eval()
+
+
 def llama_lm():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      bos_token_id=1, eos_token_id=1)
-    return LlamaForCausalLM(cfg).eval()
+    return _llama(0, 16)
 
 
-def llama_lm_small():
-    torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                      bos_token_id=1, eos_token_id=1)
-    return LlamaForCausalLM(cfg).eval()
+def llama_lm_small():  # a student half as wide
+    return _llama(1, 8)
 '''
 
 
