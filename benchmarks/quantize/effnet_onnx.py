@@ -20,6 +20,24 @@ def export_preprocessed(work) -> Path:
     return prep
 
 
+def eval_setup(work):
+    """(the calibration Dataset, the eval crops as one array, the pre-processed model in `work`): the start of
+    the probes that score every eval crop (probe_effnet.py, kernel_check.py)."""
+    import numpy as np
+
+    from edgekit.zoo import efficientnet_lite0 as E
+
+    ds = E.datasets()
+    return ds["calib"], np.asarray(ds["eval"].inputs["input"][:]), export_preprocessed(work)
+
+
+def batched_logits(session, x, batch: int = 32):
+    """The session's first output over x, run `batch` crops at a time."""
+    import numpy as np
+
+    return np.concatenate([session.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
 def probe_inputs(work):
     """(the pre-processed model in `work`, 64 calibration crops, one eval crop): the probes' shared start."""
     import numpy as np

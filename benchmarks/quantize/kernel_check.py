@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from effnet_onnx import export_preprocessed  # noqa: E402
+from effnet_onnx import batched_logits, eval_setup  # noqa: E402
 
 STEM, DW0 = "/_conv_stem/Conv", "/_blocks.0/_depthwise_conv/Conv"
 
@@ -37,17 +36,13 @@ def _main(work: Path) -> int:
     from edgekit.hostinfo import cpu_info
     from edgekit.quant import bias_correction, gptq, sensitivity, static
     from edgekit.quant.spec import QuantSpec
-    from edgekit.zoo import efficientnet_lite0 as E
     from noise_floor import effnet_pixel, stability
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "kernel_check.json"))
     a = ap.parse_args()
     t0 = time.perf_counter()
-    ds = E.datasets()
-    cal, ev = ds["calib"], ds["eval"]
-    x = np.asarray(ev.inputs["input"][:])
-    prep = export_preprocessed(work)
+    cal, x, prep = eval_setup(work)
     stable = stability(prep, x, effnet_pixel())["stable"]
 
     info = gptq.apply(prep, work / "gptq_fp32.onnx", cal, ["input"], per_channel=True, limit=200)
@@ -65,7 +60,7 @@ def _main(work: Path) -> int:
         so.log_severity_level = 3
         so.graph_optimization_level = levels[level]
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return np.concatenate([s.run(None, {"input": x[i:i + 32]})[0] for i in range(0, len(x), 32)]).argmax(1)
+        return batched_logits(s, x).argmax(1)
 
     ref = top1(prep, "all")
     res = {}

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 DW0 = "/_blocks.0/_depthwise_conv/Conv"
 
 
-from effnet_onnx import export_preprocessed  # noqa: E402
+from effnet_onnx import batched_logits, eval_setup  # noqa: E402
 
 
 def _main(work: Path) -> int:
@@ -46,7 +46,6 @@ def _main(work: Path) -> int:
     from edgekit.hostinfo import cpu_info
     from edgekit.quant import gptq, sensitivity, static
     from edgekit.quant.spec import QuantSpec
-    from edgekit.zoo import efficientnet_lite0 as E
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "probe_effnet.json"))
@@ -57,16 +56,13 @@ def _main(work: Path) -> int:
                     help="also full INT8 GPTQ at several calibration percentiles (edgekit uses 99.999)")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    ds = E.datasets()
-    cal, ev = ds["calib"], ds["eval"]
-    x = np.asarray(ev.inputs["input"][:])
-    prep = export_preprocessed(work)
+    cal, x, prep = eval_setup(work)
 
     def logits(path, disabled=()):
         so = ort.SessionOptions()
         so.log_severity_level = 3
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
-        return np.concatenate([s.run(None, {"input": x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+        return batched_logits(s, x)
 
     ref = logits(prep)
     top = ref.argmax(1)

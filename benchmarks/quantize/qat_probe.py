@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from effnet_onnx import export_preprocessed  # noqa: E402
+from effnet_onnx import batched_logits, export_preprocessed  # noqa: E402
 from learned_rounding import QDQModule  # noqa: E402
 
 
@@ -125,7 +125,7 @@ def _main(work: Path, argv=None) -> int:
 
     def logits(path, x):
         s = sess(path)
-        return np.concatenate([s.run(None, {"input": x[i:i + 32]})[0] for i in range(0, len(x), 32)])
+        return batched_logits(s, x)
 
     ref_ev = logits(prep, ev).argmax(1)
     ref_tr = logits(prep, tr)
