@@ -31,10 +31,22 @@ class Clip:
 
 
 def is_audio_folder(folder) -> bool:
-    """A folder holding .wav clips (directly or in class subfolders) and no images."""
-    from .calibration import image_layout
+    """A folder holding .wav clips (directly or in class subfolders) and no images; hidden files and folders
+    are skipped, as the readers skip them. One walk that stops at the first image: every image folder read
+    asks this first, and building both layouts walked it twice more."""
+    from .calibration import IMAGE_EXTS
 
-    return not image_layout(folder).files and bool(image_layout(folder, AUDIO_EXTS).files)
+    folder, audio = Path(folder), False
+    for f in folder.rglob("*"):
+        suffix = f.suffix.lower()
+        if suffix not in IMAGE_EXTS and suffix not in AUDIO_EXTS:
+            continue
+        if any(part.startswith(".") for part in f.relative_to(folder).parts) or not f.is_file():
+            continue
+        if suffix in IMAGE_EXTS:
+            return False
+        audio = True
+    return audio
 
 
 def _header(path: Path) -> Clip:
