@@ -139,3 +139,37 @@ def test_clips_of_another_rate_or_format_are_one_line_naming_the_file(tmp_path):
     with pytest.raises(CalibrationError, match=r"a\.wav: not a readable PCM \.wav file .*integer PCM") as e:
         read_dataset(tmp_path / "f", [])
     assert "\n" not in str(e.value)
+
+
+def test_corrupt_empty_and_misfit_clips_are_one_line(tmp_path):
+    from edgekit.artifact import TensorSpec
+
+    good = tmp_path / "t" / "a.wav"
+    _write(good, 0.1 * np.ones(400))
+    raw = good.read_bytes()
+    good.write_bytes(raw[:-300])  # the header still declares 400 frames
+    with pytest.raises(CalibrationError, match=r"a\.wav: truncated: its header declares 400 frames, the file holds 250"):
+        np.asarray(read_dataset(tmp_path / "t", []).inputs["input"])
+    _write(tmp_path / "z" / "a.wav", np.zeros(0))
+    with pytest.raises(CalibrationError, match=r"a\.wav: holds no audio \(0 frames\)"):
+        read_dataset(tmp_path / "z", [])
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "a.wav").write_bytes(b"not a wave file at all")
+    with pytest.raises(CalibrationError, match=r"a\.wav: not a readable PCM \.wav file"):
+        read_dataset(tmp_path / "g", [])
+    _write(tmp_path / "ok" / "a.wav", np.zeros(100))
+    with pytest.raises(CalibrationError, match=r"clips give a waveform \[N, L\] or \[N, C, L\]; the model's input x"):
+        read_dataset(tmp_path / "ok", [TensorSpec("x", ["batch", 1, 8, 8], "float32")])
+
+
+def test_a_broken_clip_stops_compress_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "kws_model.py").write_text(MODEL_PY)
+    clips = _tones(tmp_path / "clips", per_class=4)
+    (clips / "low" / "000.wav").write_bytes(b"RIFF....WAVEjunk")
+    out = tmp_path / "out"
+    rc = run_cli(["compress", f"{tmp_path / 'kws_model.py'}:build", "--calib", str(clips), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
+    assert len(line) == 1 and "000.wav: not a readable PCM .wav file" in line[0], err
+    assert not out.exists()
