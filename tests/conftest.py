@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import signal
 import tempfile
 
@@ -6,6 +8,7 @@ import pytest
 
 # onnxruntime and numba write caches on import; keep tests from touching the user's home.
 _CACHE = tempfile.mkdtemp(prefix="edgekit-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, True)  # one per test run: they piled up in /tmp
 os.environ.setdefault("XDG_CACHE_HOME", _CACHE)
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_CACHE, "numba"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -140,6 +140,96 @@ def test_gptq_lowers_the_output_error_of_rounding(tmp_path):
     assert err_g < 0.8 * err_r, (err_g, err_r)
 
 
+def _gptq_column_by_column(W, scale, H, qmin, qmax, damp=gptq.DAMP):
+    """The GPTQ recurrence as the paper states it: each column's error updates every later column at once."""
+    W, H = W.astype(np.float64).copy(), H.astype(np.float64).copy()
+    H += damp * np.mean(np.diag(H)) * np.eye(len(H))
+    perm = np.argsort(-np.diag(H), kind="stable")
+    W, H = W[:, perm], H[perm][:, perm]
+    U = np.linalg.cholesky(np.linalg.inv(H)).T
+    Q = np.zeros_like(W)
+    for i in range(W.shape[1]):
+        Q[:, i] = np.clip(np.round(W[:, i] / scale), qmin, qmax)
+        err = (W[:, i] - Q[:, i] * scale) / U[i, i]
+        W[:, i + 1:] -= np.outer(err, U[i, i + 1:])
+    return Q[:, np.argsort(perm)]
+
+
+@pytest.mark.parametrize("k", [7, gptq.BLOCK, 2 * gptq.BLOCK + 45])
+def test_blocked_rounding_picks_the_integers_of_the_column_by_column_recurrence(k):
+    """Lazy batch updates only reorder the sums: the integers are those of the plain recurrence, across
+    block edges too (k spans 1, exactly 1 and 3 partial blocks)."""
+    import torch
+
+    r = np.random.default_rng(k)
+    W = r.normal(scale=0.05, size=(24, k))
+    X = r.normal(size=(k, 2 * k + 5)) * r.uniform(0.2, 3.0, size=(k, 1))  # distinct diagonals: one order
+    H = X @ X.T
+    scale = np.abs(W).max(axis=1) / 127
+    got = gptq.gptq_round(W, scale, torch.as_tensor(H), -127, 127)
+    want = _gptq_column_by_column(W, scale, H, -127, 127)
+    assert np.array_equal(got, want), int((got != want).sum())
+    assert not np.array_equal(got, np.clip(np.round(W / scale[:, None]), -127, 127))  # it compensated
+
+
+def test_the_recorded_gain_is_the_hessian_weighted_error_ratio_group_by_group():
+    """_gain_db: 10 log10 of sum_g tr(D_g H_g D_gᵀ), rounding to nearest over the given rounding, with each
+    group's rows measured against its own Hessian."""
+    import torch
+
+    r = np.random.default_rng(3)
+    groups, per, k = 3, 2, 5
+    rows = r.normal(size=(groups * per, k))
+    Xs = [r.normal(size=(k, 11)) for _ in range(groups)]
+    H = torch.as_tensor(np.stack([x @ x.T for x in Xs]))
+    scale = np.abs(rows).max(axis=1) / 7
+    new = rows + r.normal(scale=0.01, size=rows.shape)
+    rtn = np.clip(np.round(rows / scale[:, None]), -7, 7) * scale[:, None]
+
+    def err(r_):
+        return sum(float(np.sum(((rows - r_)[g * per:(g + 1) * per] @ Xs[g]) ** 2)) for g in range(groups))
+
+    want = 10 * np.log10(err(rtn) / err(new))
+    assert gptq._gain_db(rows, new, scale, H, -7, 7, per) == pytest.approx(want, rel=1e-9)
+
+
+def _gptq_weights(tmp_path, name):
+    p = conv_model(tmp_path / "conv.onnx")
+    prep = tmp_path / "prep.onnx"
+    static.preprocess(p, prep)
+    data = Dataset({"x": np.random.default_rng(2).normal(size=(40, 1, 16, 16)).astype(np.float32)})
+    info = gptq.apply(prep, tmp_path / name, data, ["x"], per_channel=True, limit=40)
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / name)).graph.initializer}
+    return info, weights, {i.name: numpy_helper.to_array(i) for i in onnx.load(str(prep)).graph.initializer}
+
+
+def test_hessians_measured_in_several_passes_round_to_the_same_weights(tmp_path, monkeypatch):
+    """A Hessian budget too small for the whole model splits it into passes over the data; each pass
+    measures the unrounded model, so the weights are those of one pass."""
+    info1, one, _ = _gptq_weights(tmp_path, "one.onnx")
+    m = onnx.load(str(tmp_path / "prep.onnx"))
+    layers = gptq.find_layers(m)
+    shapes = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    monkeypatch.setattr(gptq, "HESSIAN_BYTES", 72 * 72 * 8)  # conv2's alone (K = 8 x 3 x 3)
+    assert [[l.node for l in run] for run in gptq._passes(layers, shapes)] == [["conv1"], ["conv2"], ["fc"]]
+    info3, three, _ = _gptq_weights(tmp_path, "three.onnx")
+    assert info1["overrides"] == info3["overrides"] and info1["layers"] == info3["layers"] == 3
+    for k in one:
+        assert np.array_equal(one[k], three[k]), k
+
+
+def test_layers_wider_than_the_column_cap_keep_round_to_nearest(tmp_path, monkeypatch):
+    """A layer whose Hessian would be too large to hold and factorise is left to onnxruntime's rounding:
+    its FP32 weights untouched, no range override, and the summary says how many."""
+    monkeypatch.setattr(gptq, "MAX_COLUMNS", 16)  # conv1 has 9 columns, fc 16, conv2 72
+    info, w, orig = _gptq_weights(tmp_path, "capped.onnx")
+    assert info["layers"] == 2 and info["too_wide"] == 1
+    assert set(info["overrides"]) == {"w1", "wf"}
+    assert np.array_equal(w["w2"], orig["w2"])
+    assert not np.array_equal(w["w1"], orig["w1"]) and not np.array_equal(w["wf"], orig["wf"])
+    assert "1 layer(s) with more than 16 input columns kept round-to-nearest" in gptq.summary(info)
+
+
 def test_tuning_tries_gptq_and_records_it(tmp_path):
     p = conv_model(tmp_path / "conv.fp32.onnx")
     data = Dataset({"x": np.random.default_rng(3).normal(size=(64, 1, 16, 16)).astype(np.float32)})
