@@ -140,6 +140,25 @@ def test_gptq_lowers_the_output_error_of_rounding(tmp_path):
     assert err_g < 0.8 * err_r, (err_g, err_r)
 
 
+def test_subsampled_columns_are_the_same_positions_of_every_sample(monkeypatch):
+    """Past MAX_ROWS_PER_SAMPLE positions a conv's columns are a random subset, the same one for each
+    sample of the batch, and each kept column is the im2col column of that position."""
+    import torch
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(gptq, "MAX_ROWS_PER_SAMPLE", 20)
+    x = np.random.default_rng(0).normal(size=(3, 4, 9, 8)).astype(np.float32)
+    got = gptq._conv_columns(x, (6, 2, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, np.random.default_rng(1))
+    assert got.shape == (2, 18, 3 * 20)
+    full = F.unfold(torch.from_numpy(x), [3, 3], padding=1).view(3, 2, 18, 72)  # (sample, group, K, position)
+    per_sample = got.view(2, 18, 3, 20)
+    picks = [int(torch.nonzero((full[0] - per_sample[:, :, 0, j:j + 1]).abs().sum(dim=(0, 1)) == 0)[0])
+             for j in range(20)]
+    assert len(set(picks)) == 20  # 20 distinct positions, read off sample 0
+    for s_ in range(3):
+        assert torch.equal(per_sample[:, :, s_, :], full[s_][..., picks])
+
+
 def _gptq_column_by_column(W, scale, H, qmin, qmax, damp=gptq.DAMP):
     """The GPTQ recurrence as the paper states it: each column's error updates every later column at once."""
     W, H = W.astype(np.float64).copy(), H.astype(np.float64).copy()
