@@ -191,6 +191,15 @@ def test_blocked_rounding_picks_the_integers_of_the_column_by_column_recurrence(
     assert not np.array_equal(got, np.clip(np.round(W / scale[:, None]), -127, 127))  # it compensated
 
 
+def test_a_hessian_that_is_not_positive_definite_rounds_to_nearest():
+    import torch
+
+    W = np.array([[0.3, -0.71], [0.05, 0.2]])
+    scale = np.array([0.1, 0.1])
+    H = torch.tensor([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1: no Cholesky factor, even dampened
+    assert np.array_equal(gptq.gptq_round(W, scale, H, -127, 127), np.round(W / 0.1))
+
+
 def test_the_recorded_gain_is_the_hessian_weighted_error_ratio_group_by_group():
     """_gain_db: 10 log10 of sum_g tr(D_g H_g D_gᵀ), rounding to nearest over the given rounding, with each
     group's rows measured against its own Hessian."""
