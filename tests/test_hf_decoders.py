@@ -105,6 +105,29 @@ def test_diff_and_cumsum_convert_as_torch_computes_them(tmp_path):
             np.testing.assert_allclose(g, r.numpy(), rtol=1e-5, atol=1e-5)
 
 
+class _MaskCumsum(torch.nn.Module):
+    """timm's EdgeNeXt positional encoding counts a bool mask with cumsum(dtype=float32)."""
+
+    def forward(self, x):
+        inv_mask = x > 0
+        return inv_mask.cumsum(1, dtype=torch.float32) * inv_mask.cumsum(2, dtype=torch.float64).float()
+
+
+def test_a_cumsum_with_a_dtype_converts_after_torch_onnx_symbolic_helper_was_imported(tmp_path):
+    """Importing the module torch.onnx.symbolic_helper (timm does) makes `from torch.onnx import
+    symbolic_helper` the backward-compatibility shim, which lacks the exporter's private type table: the
+    conversion read it from there and EdgeNeXt failed to export."""
+    import importlib
+
+    importlib.import_module("torch.onnx.symbolic_helper")
+    export_symbolics.register()
+    x = torch.randn(2, 4, 5)
+    path = tmp_path / "c.onnx"
+    torch.onnx.export(_MaskCumsum(), (x,), str(path), opset_version=17, dynamo=False, input_names=["x"])
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, _MaskCumsum()(x).numpy(), rtol=1e-6)
+
+
 BAD_PY = '''
 import torch
 

@@ -49,6 +49,12 @@ def _diff(g, x, n, dim, prepend, append):
 
 
 
+# torch's ScalarType numbers (c10/core/ScalarType.h) -> ONNX TensorProto types. Written out: the
+# exporter's own table moved between torch releases (torch.onnx.symbolic_helper._type_utils is gone in 2.13,
+# which failed timm's EdgeNeXt: its positional encoding counts a bool mask with cumsum(dtype=float32)).
+_ONNX_TYPE = {0: 2, 1: 3, 2: 5, 3: 6, 4: 7, 5: 10, 6: 1, 7: 11, 11: 9, 15: 16}
+
+
 def _cumsum(g, x, dim, dtype):
     """torch.cumsum: bool and other integer types narrower than int64 count in int64, as torch does."""
     import torch
@@ -58,7 +64,10 @@ def _cumsum(g, x, dim, dtype):
     if not isinstance(dim, int):
         return sh._unimplemented("cumsum", "dim must be a constant")
     if not sh._is_none(dtype):
-        x = g.op("Cast", x, to_i=sh._type_utils.JitScalarType(sh._get_const(dtype, "i", "dtype")).onnx_type())
+        to = _ONNX_TYPE.get(sh._get_const(dtype, "i", "dtype"))
+        if to is None:
+            return sh._unimplemented("cumsum", "dtype must be a real or bool type")
+        x = g.op("Cast", x, to_i=to)
     elif x.type().scalarType() in ("Bool", "Byte", "Char", "Short", "Int"):
         x = g.op("Cast", x, to_i=torch.onnx.TensorProtoDataType.INT64)
     return g.op("CumSum", x, g.op("Constant", value_t=torch.tensor(dim, dtype=torch.int64)))
