@@ -18,7 +18,7 @@ from ..source import SourceModel
 from ..stdio import native_stderr_muted
 from ..tied_weights import store_once
 from ..verify import check_outputs, rule
-from . import export_symbolics
+from . import export_symbolics, reparam
 
 # element-wise |onnx - torch| <= ATOL * (the output's median |value|) + RTOL * |torch| (verify.rule)
 ATOL, RTOL = 1e-3, 1e-4
@@ -60,6 +60,7 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     eval_data = eval_data if eval_data is not None else source.eval
     args = _example_args(source, data)
     module = module.eval()
+    exported, folded_note = _folded(module, source, args)
     # errors name the user's model: the staging file (model.fp32.onnx) is deleted with the failed run
     check = dict(where=source.spec if kind == "fp32" else f"{source.spec} ({kind} model)",
                  eval_data=None if eval_data is data else eval_data,
@@ -67,7 +68,7 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     warned: list = []
     with atomic_path(dest) as tmp:
         try:
-            warned = _export(module, source, args, tmp, opset)
+            warned = _export(exported, source, args, tmp, opset)
             verify = verify_against_torch(module, source, tmp, data, **check)
             if _length_axes(source):
                 other = verify_against_torch(module, source, tmp, data, shorten=True, **check)
@@ -78,7 +79,7 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
             # the graph does not follow another length (a traced Python loop over it, a reshape to the
             # calibration length): export it fixed, as it would have been without the loader's probe
             source = fixed_length(source, args)
-            warned = _export(module, source, args, tmp, opset)
+            warned = _export(exported, source, args, tmp, opset)
             try:
                 verify = verify_against_torch(module, source, tmp, data, **check)
             except Exception as e2:
@@ -90,6 +91,11 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
         f"the {kind} model in PyTorch, which this file was exported from (not the source model: what "
         f"{'pruning' if kind == 'pruned' else 'distillation'} cost is measured by the metrics)")
     notes = [verify["fixed_length"]] if "fixed_length" in verify else []
+    if folded_note:
+        notes.append(folded_note)
+        if folded_note not in _NOTED:
+            _NOTED.add(folded_note)
+            print(f"edgekit: note: {folded_note}", file=sys.stderr)
     if warned:
         notes.append(_tracer_note(source, warned, verify))
         if notes[-1] not in _NOTED:
@@ -98,11 +104,40 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     facts = graph_facts(dest)
     # PyTorch's count, as every pruning table and distill.json give it: the file's own count differs where
     # the exporter folds a BatchNorm into the conv before it (6,186 parameters -> 6,090 initializer elements)
-    art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=torch_parameter_count(module),
+    art = Artifact(kind=kind, path=dest.name, parent=parent, stage=stage, params=torch_parameter_count(exported),
                    opset=facts["opset"], inputs=facts["inputs"], outputs=facts["outputs"], verify=verify,
                    notes=notes)
     art.refresh_file_facts(dest.parent)
     return art
+
+
+def _folded(module, source: SourceModel, args) -> tuple:
+    """(the module to export, a note or None): module with its re-parameterisable blocks folded
+    (stages/reparam.py) when the folded copy gives module's outputs on the trace's inputs, else module."""
+    import torch
+
+    try:
+        folded, blocks = reparam.fold(module)
+    except Exception as e:  # the model's own folding code
+        return module, (f"{source.spec}: exported with its training-time branches: folding them failed: "
+                        f"{type(e).__name__}: {short_reason(e)}")
+    if not blocks:
+        return module, None
+    outs = []
+    with torch.no_grad():
+        for m in (module, folded):
+            o = m(*[a.clone() for a in args])
+            outs.append([t.numpy() for t in (o if isinstance(o, (tuple, list)) else [o])])
+    methods = ", ".join(sorted({m for _, m in blocks}))
+    try:
+        check_outputs(outs[0], outs[1], list(source.outputs), atol=ATOL, rtol=RTOL, where=source.spec,
+                      between="from the unfolded model")
+    except NumericsError as e:
+        return module, (f"{source.spec}: exported with its training-time branches: folding {len(blocks)} "
+                        f"block(s) ({methods}()) changed the outputs: {short_reason(e)}")
+    return folded, (f"{source.spec}: {len(blocks)} block(s) re-parameterised for export with their own "
+                    f"{methods}() (e.g. {blocks[0][0]}): the parallel training branches folded into the layers "
+                    f"they equal in eval mode; the ONNX file is checked against the unfolded model")
 
 
 def torch_parameter_count(module) -> int:
