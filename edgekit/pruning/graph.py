@@ -451,9 +451,31 @@ def dependency_graph(model, example):
 
     from . import recurrent
 
-    with recurrent.traceable(model):
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=_output_sum,
-                                                     customized_pruners=dict(recurrent.CUSTOMIZED))
+    try:
+        with recurrent.traceable(model):
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=_output_sum,
+                                                         customized_pruners=dict(recurrent.CUSTOMIZED))
+    except EdgekitError:
+        raise
+    except Exception as e:  # forward() ran (check_autograd): the fault is in Torch-Pruning's tracing
+        raise UsageError(f"prune: Torch-Pruning cannot trace this model's channel dependencies: "
+                         f"{type(e).__name__} in {_failed_in(e)}{_graph_hint(e)}; nothing was pruned") from None
+
+
+def _failed_in(e: Exception) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"{frames[-1].name}()" if frames else "its graph builder"
+
+
+def _graph_hint(e: Exception) -> str:
+    if "reshape" in _failed_in(e):
+        # torchvision's ShuffleNetV2: ZeroDivisionError in update_reshape_index_mapping
+        return (" (a reshape that regroups the channel axis, such as ShuffleNet's channel shuffle, is beyond its "
+                "index mapping; --ignore does not help, the graph is traced whole)")
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f" ({text})" if text else ""
 
 
 def _block_frozen(dg, ignored: list, frozen: list) -> list:

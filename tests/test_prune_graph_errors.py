@@ -1,0 +1,65 @@
+"""A model whose channel dependencies Torch-Pruning cannot trace is one clear line, not an internal error."""
+from __future__ import annotations
+
+import numpy as np
+
+from tests.cliutil import run_cli
+
+SHUFFLE = '''
+import torch
+import torch.nn as nn
+
+
+def shuffle(x):
+    b, c, h, w = x.shape
+    return x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+
+
+class Unit(nn.Module):
+    """torchvision's ShuffleNetV2 unit: at stride 2 two branches of the input, else half the channels
+    through one branch, concatenated, then the channel shuffle (the channel axis regrouped by view /
+    transpose / view)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        if stride > 1:
+            self.branch1 = nn.Sequential(nn.Conv2d(cin, cin, 3, stride, 1, groups=cin), nn.BatchNorm2d(cin),
+                                         nn.Conv2d(cin, half, 1), nn.BatchNorm2d(half), nn.ReLU())
+        self.branch2 = nn.Sequential(nn.Conv2d(cin if stride > 1 else half, half, 1), nn.BatchNorm2d(half), nn.ReLU(),
+                                     nn.Conv2d(half, half, 3, stride, 1, groups=half), nn.BatchNorm2d(half),
+                                     nn.Conv2d(half, half, 1), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return shuffle(torch.cat((x1, self.branch2(x2)), dim=1))
+        return shuffle(torch.cat((self.branch1(x), self.branch2(x)), dim=1))
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), Unit(8, 16, 2), Unit(16, 16, 1), Unit(16, 16, 1),
+                         Unit(16, 16, 1), Unit(16, 32, 2),
+                         nn.Conv2d(32, 64, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 4)).eval()
+'''
+
+
+def test_a_channel_shuffle_is_named_as_what_torch_pruning_cannot_trace(tmp_path, capsys):
+    # was "edgekit: internal error: ZeroDivisionError: integer division or modulo by zero" (torchvision's
+    # shufflenet_v2_x0_5)
+    (tmp_path / "shuffle.py").write_text(SHUFFLE)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(16, 3, 12, 12)).astype(np.float32))
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{tmp_path / 'shuffle.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.3",
+                  "--no-distill", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
+    assert len(line) == 1, err
+    assert "Torch-Pruning cannot trace this model's channel dependencies: ZeroDivisionError in " in line[0]
+    assert "channel shuffle" in line[0] and "nothing was pruned" in line[0]
+    assert "internal error" not in err
+    assert not out.exists()
