@@ -63,3 +63,56 @@ def test_a_channel_shuffle_is_named_as_what_torch_pruning_cannot_trace(tmp_path,
     assert "channel shuffle" in line[0] and "nothing was pruned" in line[0]
     assert "internal error" not in err
     assert not out.exists()
+
+
+LINEAR_ATTENTION = '''
+import torch
+import torch.nn as nn
+
+
+class LinAttn(nn.Module):
+    """MobileViTv2's separable self-attention: one 1x1 conv makes q (1 channel), k and v, split by sizes
+    the module holds."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        self.qkv = nn.Conv2d(d, 1 + 2 * d, 1)
+        self.out = nn.Conv2d(d, d, 1)
+
+    def forward(self, x):
+        q, k, v = torch.split(self.qkv(x), [1, self.d, self.d], dim=1)
+        ctx = (k * q.flatten(2).softmax(-1).view_as(q)).sum((2, 3), keepdim=True)
+        return self.out(torch.relu(v) * ctx)
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         LinAttn(16), nn.ReLU(), nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(32, 4)).eval()
+'''
+
+
+def test_a_layer_whose_cut_stops_the_model_running_is_kept_whole_and_the_rest_pruned(tmp_path, capsys):
+    # timm's MobileViTv2 was "the pruned model no longer runs after cutting ...qkv_proj (RuntimeError:
+    # split_with_sizes expects split_sizes to sum exactly to ...)", nothing pruned
+    import json
+
+    import onnxruntime as ort
+
+    (tmp_path / "la.py").write_text(LINEAR_ATTENTION)
+    x = np.random.default_rng(0).normal(size=(16, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{tmp_path / 'la.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.3",
+                  "--no-distill", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "kept whole: 4.qkv: cutting its channels stopped the model from running (RuntimeError: split" in err
+    rec = json.loads((out / "pruning.json").read_text())
+    assert any(k.startswith("4.qkv (cutting its channels stopped") for k in rec["ignored"])
+    assert rec["params_after"] < rec["params_before"]
+    assert rec["channels"]["2"][1] < 16 and rec["channels"]["4.qkv"][:2] == [33, 33]  # [before, after, cut]
+    sess = ort.InferenceSession(str(out / "model.pruned.onnx"))
+    assert sess.run(None, {sess.get_inputs()[0].name: x[:2]})[0].shape == (2, 4)

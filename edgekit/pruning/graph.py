@@ -847,7 +847,12 @@ def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
     if check is None:
         return []
     example, shapes = check
-    _check_runs(model, ref, cuts, example, shapes)
+    try:
+        _check_runs(model, ref, cuts, example, shapes)
+    except PruneFailure as e:
+        if getattr(e, "culprits", None) is None:
+            raise
+        return _undo_and_redo(pruner, plan, ref, (heads, ops), cuts, None, _retry, failure=e)
     diff = _unfaithful(ref, model, cuts, example)
     if diff is None:
         return []
@@ -878,10 +883,13 @@ def _check_runs(model, ref, cuts, example, shapes) -> None:
         with torch.no_grad():
             got = [tuple(t.shape) for t in output_tensors(model(*example))]
     except Exception as e:
-        layers = [n for c in _culprits(ref, cuts, example, runs_only=True) for n in c.outs]
+        bad = _culprits(ref, cuts, example, runs_only=True)
+        layers = [n for c in bad for n in c.outs]
         where = f" after cutting {', '.join(layers)}" if layers else ""
-        raise PruneFailure(f"the pruned model no longer runs{where} ({type(e).__name__}: {str(e).splitlines()[0]})"
-                           f"{_unprunable_hint(model, layers)}") from None
+        err = PruneFailure(f"the pruned model no longer runs{where} ({type(e).__name__}: {str(e).splitlines()[0]})"
+                           f"{_unprunable_hint(model, layers)}")
+        err.culprits, err.reason = bad, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        raise err from None
     if got != shapes:
         layers = [n for c in _culprits(ref, cuts, example, runs_only=True, shapes=shapes) for n in c.outs]
         where = f" after cutting {', '.join(layers)}" if layers else ""
@@ -898,13 +906,16 @@ def _op_states(dg) -> dict:
             for node in dg.module2node.values() if id(node.module) not in own and hasattr(node.module, "__dict__")}
 
 
-def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry) -> list:
-    """Undo a step that changed the model's function, keep the groups responsible whole, and step again."""
+def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry, failure=None) -> list:
+    """Undo a step that changed the model's function (diff) or stopped it from running (failure, a
+    PruneFailure naming its culprits), keep the groups responsible whole, and step again."""
     heads, ops = saved
     example = pruner.edgekit_check[0]
-    bad = _culprits(ref, cuts, example)
+    bad = _culprits(ref, cuts, example) if failure is None else failure.culprits
     layers = list(dict.fromkeys(n for c in bad for n in c.outs))
     params = any(it[4] for c in cuts for it in c.items)  # the graph tracks pruned bare Parameters by object
+    if failure is not None and (not layers or params or retry >= 3):
+        raise failure
     if not layers or params or retry >= 3:
         named = layers or list(dict.fromkeys(n for c in cuts for n in c.outs))
         raise PruneFailure(f"prune: the pruned model computes something else than the model with those channels "
@@ -920,11 +931,15 @@ def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry) -> list:
     pruner.current_step -= 1
     mods = dict(pruner.model.named_modules())
     pruner.ignored_layers += [mods[n] for n in layers]
+    why = REARRANGED if failure is None else (
+        f"cutting its channels stopped the model from running ({failure.reason}): forward() splits or sizes "
+        "them by numbers it holds (such as torch.split with fixed sizes), which the dependency graph does not update")
     for c in bad:
         others = [n for n in c.outs if n != c.root]
-        plan.kept.setdefault(c.root, f"with {', '.join(others)}: {REARRANGED}" if others else REARRANGED)
-    note = (f"kept whole: {', '.join(layers)}: {REARRANGED} (max difference {diff[0]:.3g} on outputs of scale "
-            f"{diff[1]:.3g} against the model with those channels zeroed)")
+        plan.kept.setdefault(c.root, f"with {', '.join(others)}: {why}" if others else why)
+    note = (f"kept whole: {', '.join(layers)}: {why}" + ("" if failure is not None else
+            f" (max difference {diff[0]:.3g} on outputs of scale {diff[1]:.3g} against the model with those "
+            "channels zeroed)"))
     return [note] + step(pruner, plan, _retry=retry + 1)
 
 
