@@ -34,7 +34,7 @@ class RepBlock(nn.Module):
 
     def __init__(self, c, seed, broken=False):
         super().__init__()
-        self.c, self.broken = c, broken
+        self.c, self.broken = c, broken  # broken: True (a wrong fold) or "shape" (a fold that cannot run)
         self.k3, self.b3 = nn.Conv2d(c, c, 3, padding=1, bias=False), _bn(c, seed)
         self.k1, self.b1 = nn.Conv2d(c, c, 1, bias=False), _bn(c, seed + 1)
         self.bid = _bn(c, seed + 2)
@@ -53,6 +53,8 @@ class RepBlock(nn.Module):
         wi, ci = _fold_bn(eye, self.bid)
         self.fused = nn.Conv2d(self.c, self.c, 3, padding=1)
         self.fused.weight.data, self.fused.bias.data = (w3 + w1 + wi).detach(), (c3 + c1 + ci).detach()
+        if self.broken == "shape":  # a weight for one input channel more than the block has
+            self.fused.weight.data = torch.zeros(self.c, self.c + 1, 3, 3)
         for name in ("k3", "b3", "k1", "b1", "bid"):
             delattr(self, name)
 
@@ -115,3 +117,10 @@ def test_a_model_without_folds_is_exported_as_it_is(tmp_path):
     assert reparam.fold(net) == (net, [])
     art, _ = _export(net, tmp_path, "m.onnx")
     assert not any("re-parameteris" in n or "training-time" in n for n in art.notes)
+
+
+def test_a_fold_that_no_longer_runs_is_not_used(tmp_path):
+    art, m = _export(_net(broken="shape"), tmp_path, "m.onnx")
+    assert [n.op_type for n in m.graph.node].count("Add") == 4
+    note = next(n for n in art.notes if "training-time branches" in n)
+    assert "the model with 2 block(s) folded (reparameterize()) fails to run: RuntimeError" in note

@@ -123,12 +123,19 @@ def _folded(module, source: SourceModel, args) -> tuple:
                         f"{type(e).__name__}: {short_reason(e)}")
     if not blocks:
         return module, None
+    methods = ", ".join(sorted({m for _, m in blocks}))
     outs = []
     with torch.no_grad():
         for m in (module, folded):
-            o = m(*[a.clone() for a in args])
+            try:
+                o = m(*[a.clone() for a in args])
+            except Exception as e:
+                if m is module:
+                    raise  # the model itself: the export reports it
+                return module, (f"{source.spec}: exported with its training-time branches: the model with "
+                                f"{len(blocks)} block(s) folded ({methods}()) fails to run: {type(e).__name__}: "
+                                f"{short_reason(e)}")
             outs.append([t.numpy() for t in (o if isinstance(o, (tuple, list)) else [o])])
-    methods = ", ".join(sorted({m for _, m in blocks}))
     try:
         check_outputs(outs[0], outs[1], list(source.outputs), atol=ATOL, rtol=RTOL, where=source.spec,
                       between="from the unfolded model")
