@@ -124,3 +124,39 @@ def test_a_fold_that_no_longer_runs_is_not_used(tmp_path):
     assert [n.op_type for n in m.graph.node].count("Add") == 4
     note = next(n for n in art.notes if "training-time branches" in n)
     assert "the model with 2 block(s) folded (reparameterize()) fails to run: RuntimeError" in note
+
+
+def test_pruning_cuts_the_folded_model(tmp_path, capsys):
+    """Pruning the training branches left blocks whose own fold then failed (timm's MobileOne reads a channel
+    count the pruner does not update), so the pruned file kept every branch and was larger than the folded
+    FP32 file. The folded model is now what is pruned."""
+    import json
+
+    from tests.cliutil import run_cli
+
+    (tmp_path / "rep.py").write_text("from tests.test_export_reparam import _net\n\n\ndef net():\n    return _net()\n")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(24, 3, 12, 12)).astype(np.float32))
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{tmp_path / 'rep.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.5",
+                  "--no-distill", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    rec = json.loads((out / "pruning.json").read_text())
+    assert any("2 block(s) re-parameterised before pruning" in n for n in rec["notes"])
+    folded_params = 3 * 4 * 9 + 4 + 2 * (4 * 4 * 9 + 4) + 4 * 4 + 4 + 4 * 5 + 5
+    assert rec["params_before"] == folded_params and rec["params_after"] < folded_params
+    ops = [n.op_type for n in onnx.load(str(out / "model.pruned.onnx")).graph.node]
+    assert "Add" not in ops and "BatchNormalization" not in ops
+
+
+class _Once(RepBlock):
+    def reparameterize(self):
+        if self.fused is None:  # timm's blocks return early once folded
+            super().reparameterize()
+
+
+def test_blocks_folded_already_are_not_folded_or_counted_again():
+    net = nn.Sequential(_Once(4, 1), _Once(4, 5)).eval()
+    folded, done = reparam.fold(net)
+    assert [m for _, m in done] == ["reparameterize"] * 2 and folded is not net
+    assert reparam.fold(folded) == (folded, [])  # nothing changed: no copy, no note

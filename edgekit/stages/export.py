@@ -60,7 +60,7 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     eval_data = eval_data if eval_data is not None else source.eval
     args = _example_args(source, data)
     module = module.eval()
-    exported, folded_note = _folded(module, source, args)
+    exported, folded_note = with_blocks_folded(module, source, args)
     # errors name the user's model: the staging file (model.fp32.onnx) is deleted with the failed run
     check = dict(where=source.spec if kind == "fp32" else f"{source.spec} ({kind} model)",
                  eval_data=None if eval_data is data else eval_data,
@@ -111,7 +111,8 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     return art
 
 
-def _folded(module, source: SourceModel, args) -> tuple:
+def with_blocks_folded(module, source: SourceModel, args, *, when: str = "for export",
+            then: str = "the ONNX file is checked against the unfolded model") -> tuple:
     """(the module to export, a note or None): module with its re-parameterisable blocks folded
     (stages/reparam.py) when the folded copy gives module's outputs on the trace's inputs, else module."""
     import torch
@@ -142,9 +143,9 @@ def _folded(module, source: SourceModel, args) -> tuple:
     except NumericsError as e:
         return module, (f"{source.spec}: exported with its training-time branches: folding {len(blocks)} "
                         f"block(s) ({methods}()) changed the outputs: {short_reason(e)}")
-    return folded, (f"{source.spec}: {len(blocks)} block(s) re-parameterised for export with their own "
+    return folded, (f"{source.spec}: {len(blocks)} block(s) re-parameterised {when} with their own "
                     f"{methods}() (e.g. {blocks[0][0]}): the parallel training branches folded into the layers "
-                    f"they equal in eval mode; the ONNX file is checked against the unfolded model")
+                    f"they equal in eval mode; {then}")
 
 
 def torch_parameter_count(module) -> int:

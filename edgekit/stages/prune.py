@@ -17,7 +17,7 @@ from ..errors import EdgekitError, UsageError
 from ..progress import task
 from ..pruning import graph, importance, latency_search, schedule, sensitivity, sparsity
 from ..pruning.metrics import TorchMetric
-from .export import without_parametrizations
+from .export import with_blocks_folded, without_parametrizations
 
 
 @dataclass
@@ -93,10 +93,19 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     if evalset is None:
         raise UsageError(f"{source.spec}: pruning needs evaluation data (--eval or --calib) to measure its cost")
     example = graph.example_inputs(source, ctx.calib or evalset)
+    # blocks export folds (stages/reparam.py) are folded first: pruning the training branches left blocks
+    # whose own fold then failed (timm's MobileOne reads a channel count the pruner does not update), so the
+    # pruned file kept every branch and came out larger than the folded FP32 one
+    folded, fold_note = with_blocks_folded(teacher, source, tuple(example), when="before pruning",
+                                           then="the folded model is what is pruned and distilled, as deployed")
+    fold_note = fold_note if folded is not teacher else None  # a fold that failed: export says why
+    teacher = folded
     metric = TorchMetric(evalset, names, source.task, reference_model=teacher)
     macs0, params0 = graph.count(teacher, example)
     base = {"params_before": params0, "macs_before": macs0, "metric_name": metric.name,
             "metric_before": metric(teacher), "notes": []}
+    if fold_note:
+        base["notes"].append(fold_note)
     if baked:
         base["notes"].append("the model's parametrizations (weight_norm, spectral_norm, ...) were baked into plain "
                              "weights for pruning: the pruned model and its training use those weights directly")

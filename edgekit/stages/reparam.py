@@ -35,6 +35,10 @@ def foldable(module) -> list:
     return [name for name, m in module.named_modules() if name and any(_method(m, n) for n in REPLACING + IN_PLACE)]
 
 
+def _layout(module) -> list:
+    return [(n, tuple(t.shape)) for n, t in list(module.named_parameters()) + list(module.named_buffers())]
+
+
 def fold(module):
     """(a folded deep copy of module, [(block name, method), ...]); (module itself, []) when nothing folds.
     The user's module is never changed."""
@@ -43,7 +47,7 @@ def fold(module):
     folded = copy.deepcopy(module).eval()
     done: list = []
     _walk(folded, "", done)
-    return folded, done
+    return (folded, done) if done else (module, [])
 
 
 def _walk(parent, prefix: str, done: list) -> None:
@@ -55,11 +59,13 @@ def _walk(parent, prefix: str, done: list) -> None:
             call = _method(child, method)
             if call is None:
                 continue
+            before = _layout(child)
             with torch.no_grad():
                 out = call()
-            if method in REPLACING and isinstance(out, torch.nn.Module):
+            if method in REPLACING and isinstance(out, torch.nn.Module) and out is not child:
                 setattr(parent, name, out)
                 child = out
-            done.append((where, method))
+            if _layout(child) != before:  # a block folded already (timm's return early) is not counted
+                done.append((where, method))
             break
         _walk(child, f"{where}.", done)
