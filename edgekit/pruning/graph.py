@@ -6,13 +6,13 @@ channel i of a group removes it everywhere and the pruned model still runs.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import EdgekitError, InputError, UsageError
+from ..module_copy import clone, detach_caches
 from . import untraceable
 
 DEFAULT_MULTIPLE = 8
@@ -748,7 +748,7 @@ def _unfaithful(ref, model, cuts, example):
     """(max difference, scale) when the pruned `model` does not compute what `ref` (the model before the step)
     computes with the removed channels zeroed, else None."""
     # hooks leave `ref` as it was (the undo needs it); cutting a group for real needs a copy
-    masked = copy.deepcopy(ref) if any(not c.maskable for c in cuts) else ref
+    masked = clone(ref) if any(not c.maskable for c in cuts) else ref
     hooks = []
     try:
         hooks = _masked(masked, cuts)
@@ -772,7 +772,7 @@ def _culprits(ref, cuts, example, *, runs_only=False, shapes=None) -> list:
     for cut in cuts:
         if not runs_only and not cut.maskable:
             continue  # nothing to compare it with
-        trial = copy.deepcopy(ref).eval()
+        trial = clone(ref).eval()
         try:
             _replay(trial, cut)
             with torch.no_grad():
@@ -816,7 +816,7 @@ def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
     Returns notes for the manifest."""
     model = pruner.model
     check = getattr(pruner, "edgekit_check", None)
-    ref = copy.deepcopy(model) if check is not None else None
+    ref = clone(model) if check is not None else None
     heads = dict(getattr(pruner, "num_heads", None) or {})
     ops = _op_states(pruner.DG) if check is not None else {}
     mod_names, param_names = _names(model)
@@ -975,7 +975,8 @@ def count(model, example) -> tuple[int, int]:
     import torch_pruning as tp
 
     with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example)
+        detach_caches(model)  # Torch-Pruning deep-copies the model to count
+    macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
 
 

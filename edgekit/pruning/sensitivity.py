@@ -2,12 +2,12 @@
 metric drop on the eval set, and spend a global parameter budget where it hurts least."""
 from __future__ import annotations
 
-import copy
 import csv
 import io
 from pathlib import Path
 
 from ..fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..module_copy import clone
 from . import graph
 
 RATIOS = (0.25, 0.5, 0.75)
@@ -38,7 +38,7 @@ def analyse(model, example, metric, make_importance, *, plan_kw: dict, round_to,
     rows, done = [], 0
     for name in layers:
         for r in ratios:
-            m = copy.deepcopy(model)
+            m = clone(model)
             plan = graph.make_plan(m, example, **plan_kw)
             root = dict(m.named_modules())[name]
             imp, _ = make_importance(m)

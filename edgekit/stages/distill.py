@@ -23,6 +23,7 @@ import numpy as np
 from ..config import DistillConfig
 from ..errors import InputError
 from ..evaluate import LABELLED_TASKS
+from ..module_copy import clone
 from ..pruning.graph import check_autograd, first_tensor, output_tensors
 from ..pruning.metrics import TorchMetric, labels_cross_entropy
 
@@ -492,7 +493,7 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
         obj = serialize.read(spec)
         base_spec = student_base_spec(spec, source, obj)
         if base_spec == source.spec:
-            base = copy.deepcopy(source.module)
+            base = clone(source.module)
         else:
             _check_base_trusted(spec, base_spec, source, trust_pickle)
             base = _call_factory(base_spec, f"--student {spec}")

@@ -13,6 +13,7 @@ from ..dataset import Dataset
 from ..errors import EdgekitError, InputError, NumericsError
 from ..fsutil import atomic_path
 from ..loader import PROBE_BATCH
+from ..module_copy import clone
 from ..onnxutil import graph_facts, session
 from ..source import SourceModel
 from ..stdio import native_stderr_muted
@@ -210,11 +211,9 @@ def without_parametrizations(module):
 
     if not any(parametrize.is_parametrized(m) for m in module.modules()):
         return module
-    import copy
-
     import torch
 
-    baked = copy.deepcopy(module).eval()
+    baked = clone(module).eval()
     for m in list(baked.modules()):
         if not parametrize.is_parametrized(m):
             continue

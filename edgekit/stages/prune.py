@@ -7,13 +7,13 @@ iterative prune -> distill schedule -> facts for manifest.pruning.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from functools import partial
 
 from ..config import DistillConfig, PruneConfig
 from ..errors import EdgekitError, UsageError
+from ..module_copy import clone
 from ..progress import task
 from ..pruning import graph, importance, latency_search, schedule, sensitivity, sparsity
 from ..pruning.metrics import TorchMetric
@@ -115,7 +115,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     if prune.sparsity != "none":
         return _sparse(source, ctx, prune, teacher, example, metric, base, t0)
 
-    model = copy.deepcopy(teacher)  # never the user's module: the pipeline still exports it as FP32
+    model = clone(teacher)  # never the user's module: the pipeline still exports it as FP32
     round_to = graph.round_multiple(prune, ctx)
     plan_kw = {"ignore_names": prune.ignore, "keep_first": prune.keep_first}
     plan = graph.make_plan(model, example, **plan_kw)
@@ -192,7 +192,7 @@ def _export(module, dest, *, source, data):
 
 def _search_ratio(teacher, source, ctx, prune, plan_kw, round_to, example, export, feeds, target, info) -> float:
     def candidate(r):
-        m = copy.deepcopy(teacher)
+        m = clone(teacher)
         plan = graph.make_plan(m, example, **plan_kw)
         imp, _ = importance.make("l2" if prune.method == "taylor" else prune.method, m)
         graph.step(graph.make_pruner(m, example, plan, imp, ratio=r, global_pruning=prune.global_pruning,
@@ -258,12 +258,12 @@ def _sensitivity(teacher, model, ctx, prune, plan_kw, round_to, example, metric,
     info["sensitivity_data"] = {"source": source, "n": len(metric.data), "metric": metric.name}
     if note:
         info["notes"].append(note)
-    n = len(sensitivity.prunable_groups(teacher, example, graph.make_plan(copy.deepcopy(teacher), example, **plan_kw)))
+    n = len(sensitivity.prunable_groups(teacher, example, graph.make_plan(clone(teacher), example, **plan_kw)))
     with task("per-layer sensitivity", total=n * len(sensitivity.RATIOS)) as bar:
         rows = sensitivity.analyse(teacher, example, metric, make_imp, plan_kw=plan_kw, round_to=round_to,
                                    progress=lambda k, s: bar.update(k, s))
     # the budget: parameters a uniform cut at `ratio` removes, spent where the drop is smallest
-    uni = copy.deepcopy(teacher)
+    uni = clone(teacher)
     plan = graph.make_plan(uni, example, **plan_kw)
     graph.step(graph.make_pruner(uni, example, plan, make_imp(uni)[0], ratio=ratio, round_to=round_to), plan)
     budget = info["params_before"] - graph.count(uni, example)[1]
@@ -280,7 +280,7 @@ def _sparse(source, ctx, prune, teacher, example, metric, base, t0) -> PruneResu
     if prune.head_ratio:
         raise UsageError(f"--head-ratio {prune.head_ratio:g} does not apply to --sparsity, which zeroes weights in "
                          "place and removes no attention head")
-    model = copy.deepcopy(teacher)
+    model = clone(teacher)
     plan = graph.make_plan(model, example, ignore_names=prune.ignore, keep_first=prune.keep_first)
     bytes_before = sparsity.compressed_bytes(model)
     if prune.sparsity == "2:4":

@@ -10,8 +10,9 @@ the folded file against the unchanged model, so a fold that changes the function
 """
 from __future__ import annotations
 
-import copy
 import inspect
+
+from ..module_copy import clone
 
 REPLACING = ("fuse",)
 IN_PLACE = ("reparameterize", "switch_to_deploy")
@@ -44,7 +45,7 @@ def fold(module):
     The user's module is never changed."""
     if not foldable(module):
         return module, []
-    folded = copy.deepcopy(module).eval()
+    folded = clone(module).eval()
     done: list = []
     _walk(folded, "", done)
     return (folded, done) if done else (module, [])
