@@ -132,14 +132,10 @@ def test_pruning_cuts_the_folded_model(tmp_path, capsys):
     FP32 file. The folded model is now what is pruned."""
     import json
 
-    from tests.cliutil import run_cli
+    from tests.cliutil import prune_model_file
 
-    (tmp_path / "rep.py").write_text("from tests.test_export_reparam import _net\n\n\ndef net():\n    return _net()\n")
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(24, 3, 12, 12)).astype(np.float32))
-    out = tmp_path / "out"
-    rc = run_cli(["prune", f"{tmp_path / 'rep.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.5",
-                  "--no-distill", "-o", str(out)])
-    err = capsys.readouterr().err
+    rc, err, out = prune_model_file(tmp_path, capsys, "from tests.test_export_reparam import _net\n\n\n"
+                                    "def net():\n    return _net()\n", shape=(3, 12, 12), ratio=0.5)
     assert rc == 0, err
     rec = json.loads((out / "pruning.json").read_text())
     assert any("2 block(s) re-parameterised before pruning" in n for n in rec["notes"])

@@ -1,11 +1,10 @@
 """Models that cache derived tensors on themselves in eval mode (timm's LeViT) can be copied and pruned."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from edgekit.module_copy import clone
-from tests.cliutil import run_cli
+from tests.cliutil import prune_model_file
 
 CACHED = '''
 import torch
@@ -66,12 +65,7 @@ def test_a_module_holding_a_cached_non_leaf_tensor_is_cloned(tmp_path):
 def test_pruning_a_model_that_caches_tensors_in_eval_mode(tmp_path, capsys):
     # timm's LeViT: "edgekit: internal error: RuntimeError: Only Tensors created explicitly by the user (graph
     # leaves) support the deepcopy protocol at the moment"
-    (tmp_path / "cached.py").write_text(CACHED)
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(24, 3, 8, 8)).astype(np.float32))
-    out = tmp_path / "out"
-    rc = run_cli(["prune", f"{tmp_path / 'cached.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.5",
-                  "--no-distill", "-o", str(out)])
-    err = capsys.readouterr().err
+    rc, err, out = prune_model_file(tmp_path, capsys, CACHED, shape=(3, 8, 8), ratio=0.5)
     assert rc == 0, err
     assert "internal error" not in err
     assert (out / "model.pruned.onnx").exists()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.cliutil import run_cli
+from tests.cliutil import prune_model_file
 
 SHUFFLE = '''
 import torch
@@ -50,12 +50,7 @@ def net():
 def test_a_channel_shuffle_is_named_as_what_torch_pruning_cannot_trace(tmp_path, capsys):
     # was "edgekit: internal error: ZeroDivisionError: integer division or modulo by zero" (torchvision's
     # shufflenet_v2_x0_5)
-    (tmp_path / "shuffle.py").write_text(SHUFFLE)
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(16, 3, 12, 12)).astype(np.float32))
-    out = tmp_path / "out"
-    rc = run_cli(["prune", f"{tmp_path / 'shuffle.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.3",
-                  "--no-distill", "-o", str(out)])
-    err = capsys.readouterr().err
+    rc, err, out = prune_model_file(tmp_path, capsys, SHUFFLE, shape=(3, 12, 12), samples=16)
     assert rc == 2, err
     line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
     assert len(line) == 1, err
@@ -101,13 +96,7 @@ def test_a_layer_whose_cut_stops_the_model_running_is_kept_whole_and_the_rest_pr
 
     import onnxruntime as ort
 
-    (tmp_path / "la.py").write_text(LINEAR_ATTENTION)
-    x = np.random.default_rng(0).normal(size=(16, 3, 12, 12)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    out = tmp_path / "out"
-    rc = run_cli(["prune", f"{tmp_path / 'la.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.3",
-                  "--no-distill", "-o", str(out)])
-    err = capsys.readouterr().err
+    rc, err, out = prune_model_file(tmp_path, capsys, LINEAR_ATTENTION, shape=(3, 12, 12), samples=16)
     assert rc == 0, err
     assert "kept whole: 4.qkv: cutting its channels stopped the model from running (RuntimeError: split" in err
     rec = json.loads((out / "pruning.json").read_text())
@@ -115,4 +104,5 @@ def test_a_layer_whose_cut_stops_the_model_running_is_kept_whole_and_the_rest_pr
     assert rec["params_after"] < rec["params_before"]
     assert rec["channels"]["2"][1] < 16 and rec["channels"]["4.qkv"][:2] == [33, 33]  # [before, after, cut]
     sess = ort.InferenceSession(str(out / "model.pruned.onnx"))
-    assert sess.run(None, {sess.get_inputs()[0].name: x[:2]})[0].shape == (2, 4)
+    x = np.load(tmp_path / "x.npy")[:2]
+    assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (2, 4)
