@@ -18,11 +18,11 @@ def detach_caches(module) -> None:
     the same values, without the graph that made them."""
     import torch
 
-    def plain(v):
-        return v.detach() if isinstance(v, torch.Tensor) and v.grad_fn is not None else v
-
     def tracked(v):
         return isinstance(v, torch.Tensor) and v.grad_fn is not None
+
+    def plain(v):
+        return v.detach() if tracked(v) else v
 
     for m in module.modules():
         for k, v in list(vars(m).items()):

@@ -458,8 +458,9 @@ def dependency_graph(model, example):
     except EdgekitError:
         raise
     except Exception as e:  # forward() ran (check_autograd): the fault is in Torch-Pruning's tracing
+        where = _failed_in(e)
         raise UsageError(f"prune: Torch-Pruning cannot trace this model's channel dependencies: "
-                         f"{type(e).__name__} in {_failed_in(e)}{_graph_hint(e)}; nothing was pruned") from None
+                         f"{type(e).__name__} in {where}{_graph_hint(e, where)}; nothing was pruned") from None
 
 
 def _failed_in(e: Exception) -> str:
@@ -469,8 +470,8 @@ def _failed_in(e: Exception) -> str:
     return f"{frames[-1].name}()" if frames else "its graph builder"
 
 
-def _graph_hint(e: Exception) -> str:
-    if "reshape" in _failed_in(e):
+def _graph_hint(e: Exception, where: str) -> str:
+    if "reshape" in where:
         # torchvision's ShuffleNetV2: ZeroDivisionError in update_reshape_index_mapping
         return (" (a reshape that regroups the channel axis, such as ShuffleNet's channel shuffle, is beyond its "
                 "index mapping; --ignore does not help, the graph is traced whole)")
@@ -886,9 +887,10 @@ def _check_runs(model, ref, cuts, example, shapes) -> None:
         bad = _culprits(ref, cuts, example, runs_only=True)
         layers = [n for c in bad for n in c.outs]
         where = f" after cutting {', '.join(layers)}" if layers else ""
-        err = PruneFailure(f"the pruned model no longer runs{where} ({type(e).__name__}: {str(e).splitlines()[0]})"
+        first = str(e).splitlines()[0]
+        err = PruneFailure(f"the pruned model no longer runs{where} ({type(e).__name__}: {first})"
                            f"{_unprunable_hint(model, layers)}")
-        err.culprits, err.reason = bad, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        err.culprits, err.reason = bad, f"{type(e).__name__}: {first[:160]}"
         raise err from None
     if got != shapes:
         layers = [n for c in _culprits(ref, cuts, example, runs_only=True, shapes=shapes) for n in c.outs]
