@@ -1,14 +1,14 @@
-"""Readers for --calib / --eval data: .npy, .npz, a folder of images, a .txt of sentences.
+"""Readers for --calib / --eval data: .npy, .npz, .csv / .tsv rows, a folder of images or clips, sentences.
 
 Every reader returns a Dataset whose arrays stream: .npy and uncompressed .npz members
-are memory-mapped, compressed .npz members are decompressed a batch at a time, image
-folders decode only the files a batch asks for, dtype casts happen per batch. Everything
+are memory-mapped, compressed .npz members are decompressed a batch at a time, .csv rows
+are parsed a batch at a time (csv_rows.py), image folders decode only the files a batch
+asks for, dtype casts happen per batch; sentences are tokenized up front. Everything
 is checked against the model's declared inputs first, so a mismatch is one clear line
 naming the file, before any work starts.
 """
 from __future__ import annotations
 
-import math
 import threading
 import zipfile
 import zlib
@@ -717,81 +717,13 @@ def _tokenized(p: Path, sentences: list, specs, tokenizer, *, labels, limit) -> 
                    extra={"sentences": sentences})
 
 
-CSV_LABEL_KEYS = ("y", "label", "target")  # a header naming the label column
-
-
 def _read_csv(p: Path, specs, *, labels, tokenizer, limit) -> Dataset:
-    """Rows of numbers (tabular models, sensor windows): one sample per row, its columns the model's one
-    input (reshaped to its fixed per-sample shape when the counts match: 64 columns for [N, 8, 8]); an optional
-    header, whose 'y' / 'label' / 'target' column holds the labels. Read whole: tabular sets are small."""
-    import csv
+    """Rows of numbers (tabular models, sensor windows), one sample per row, read as they stream
+    (csv_rows.py)."""
+    from .csv_rows import read_csv
 
-    if len(specs) > 1:
-        raise CalibrationError(f"{p}: a {p.suffix} holds one input; the model has {len(specs)} "
-                               f"({', '.join(s.name for s in specs)}): use an .npz with one array per input name")
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-                    if any(c.strip() for c in r)]
-    except (UnicodeDecodeError, OSError, csv.Error) as e:
-        raise InputError(f"{p}: not a readable {p.suffix} file ({e})") from None
-    if not rows:
-        raise CalibrationError(f"{p}: contains no rows")
-
-    def number(c):
-        try:
-            return float(c)
-        except ValueError:
-            return None
-
-    header = rows[0] if any(number(c) is None for c in rows[0]) else None
-    body = rows[1:] if header else rows
-    if not body:
-        raise CalibrationError(f"{p}: a header and no rows")
-    names = [h.strip() for h in header] if header else []
-    label_col = next((i for i, h in enumerate(names) if h.lower() in CSV_LABEL_KEYS), None)
-    width = len(rows[0])
-    names_y = None
-    if label_col is not None and all(len(r) == width for r in body):
-        raw = [r[label_col].strip() for r in body]
-        if any(number(c) is None for c in raw) and all(raw):
-            # class names ('spam'), which the model's own names may map to indices (loader.check_label_kind)
-            names_y = np.array(raw)
-            body = [r[:label_col] + ["0"] + r[label_col + 1:] for r in body]
-    values = None
-    if all(len(r) == width for r in body):
-        try:
-            values = np.array(body, dtype=np.float64)  # the fast path; the loop below names a bad cell
-        except ValueError:
-            pass
-    for i, r in enumerate(body if values is None else ()):
-        if i == 0:
-            values = np.empty((len(body), width), np.float64)
-        line = i + (2 if header else 1)  # counting the header, not blank lines
-        if len(r) != width:
-            raise CalibrationError(f"{p}: row {line} has {len(r)} columns, the first row {width}")
-        for j, c in enumerate(r):
-            v = number(c)
-            if v is None:
-                col = names[j] if header else j + 1
-                raise CalibrationError(f"{p}: row {line}, column {col!r}: {c.strip()!r} is not a number")
-            values[i, j] = v
-    y = values[:, label_col] if label_col is not None and names_y is None else names_y
-    x = np.delete(values, label_col, axis=1) if label_col is not None else values
-    spec = specs[0] if specs else None
-    if spec is not None:
-        item = list(spec.shape[1:])
-        if item and all(isinstance(d, int) and d > 0 for d in item) and math.prod(item) == x.shape[1] \
-                and len(item) > 1:
-            x = x.reshape(len(x), *item)  # flattened per-sample arrays, one per row
-        if np.dtype(spec.dtype).kind in "iu" and np.all(x == np.round(x)):
-            x = x.astype(np.int64)  # integer columns (category ids) for an integer input
-    x = x.astype(np.float32) if x.dtype == np.float64 else x
-    if y is not None and y.dtype.kind == "f" and np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0 ** 53):
-        y = y.astype(np.int64)  # class indices, written as numbers
-    name = spec.name if spec else "input"
-    return _finish(str(p), {name: x}, specs, labels=y if labels else None, limit=limit, source=str(p),
-                   extra={"columns": [n for i, n in enumerate(names) if i != label_col] if header else None})
+    arrays, y, extra = read_csv(p, specs, labels=labels, limit=limit)
+    return _finish(str(p), arrays, specs, labels=y, limit=limit, source=str(p), extra=extra)
 
 
 READERS = {".npy": _read_npy, ".npz": _read_npz, ".txt": _read_txt, ".jsonl": _read_jsonl, ".csv": _read_csv,

@@ -10,7 +10,7 @@ import torch
 
 from cliutil import run_cli
 from edgekit.calibration import read_dataset
-from edgekit.errors import CalibrationError
+from edgekit.errors import CalibrationError, InputError
 
 MODEL_PY = '''
 import torch.nn as nn
@@ -41,13 +41,13 @@ def test_rows_are_samples_and_the_label_column_is_y(tmp_path):
     ds = read_dataset(tmp_path / "d.csv", spec, labels=True)
     # 64 columns for a [N, 1, 8, 8] input: one flattened sample per row
     assert ds.inputs["img"].shape == (20, 1, 8, 8) and ds.inputs["img"].dtype == np.float32
-    assert np.allclose(ds.inputs["img"].reshape(20, 64), x, atol=1e-6)
+    assert np.allclose(np.asarray(ds.inputs["img"]).reshape(20, 64), x, atol=1e-6)
     assert ds.labels.tolist() == y.tolist() and ds.extra["columns"] == head
     assert read_dataset(tmp_path / "d.csv", spec).labels is None  # calibration reads no labels
     # no header, tab-separated, integer ids for an integer input
     _write(tmp_path / "ids.tsv", [[1, 2, 3], [4, 5, 6]], delimiter="\t")
     ids = read_dataset(tmp_path / "ids.tsv", [{"name": "ids", "shape": ["batch", 3], "dtype": "int64"}])
-    assert ids.inputs["ids"].dtype == np.int64 and ids.inputs["ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert ids.inputs["ids"].dtype == np.int64 and np.asarray(ids.inputs["ids"]).tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
 @pytest.mark.parametrize("text, words", [
@@ -94,3 +94,69 @@ def test_compress_a_tabular_model_on_csv_rows(tmp_path, capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rc in (0, None) and rep["settings"]["inputs"] == str(tmp_path / "calib.csv")
     assert [r["status"] for r in rep["runs"][0]["results"].values()] == ["ok"]
+
+
+def test_rows_stream_in_batches_from_any_row(tmp_path, monkeypatch):
+    """Batches in order, rows in any order and a limit all give the rows written, across remembered
+    positions and checked chunks; blank lines, CRLF endings, a byte-order mark and a header cell holding a
+    line break do not shift them."""
+    import edgekit.csv_rows as csv_rows
+
+    monkeypatch.setattr(csv_rows, "STRIDE", 16)
+    monkeypatch.setattr(csv_rows, "CHUNK", 64)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(301, 4)).round(4)
+    y = rng.integers(0, 7, size=301)
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.writer(f, lineterminator="\r\n")
+        w.writerow(["a", "b\nc", "label", "d", "e"])
+        for i, (r, c) in enumerate(zip(x, y)):
+            w.writerow([r[0], r[1], c, r[2], r[3]])
+            if i % 37 == 0:
+                f.write("\r\n , \r\n")
+    spec = [{"name": "x", "shape": ["batch", 4], "dtype": "float32"}]
+    ds = read_dataset(tmp_path / "d.csv", spec, labels=True)
+    assert len(ds) == 301 and ds.labels.tolist() == y.tolist() and ds.extra["columns"] == ["a", "b\nc", "d", "e"]
+    got = np.concatenate([b["x"] for b in ds.batches(10)])
+    assert np.allclose(got, x, atol=1e-6)
+    rows = rng.permutation(301)[:90]
+    assert np.allclose(ds.inputs["x"][rows], x[rows], atol=1e-6)
+    assert np.allclose(ds.inputs["x"][15:50], x[15:50], atol=1e-6)
+    for limit in (1, 16, 64, 65, 200):
+        part = read_dataset(tmp_path / "d.csv", spec, labels=True, limit=limit)
+        assert np.allclose(np.asarray(part.inputs["x"]), x[:limit], atol=1e-6) and part.labels.tolist() == y[:limit].tolist()
+
+
+def test_a_large_csv_is_not_held_in_memory(tmp_path, monkeypatch):
+    """Reading the file holds one chunk of rows as text, not the whole file: read whole, the rows' strings
+    took over ten times the values' own size."""
+    import tracemalloc
+
+    import edgekit.csv_rows as csv_rows
+
+    monkeypatch.setattr(csv_rows, "CHUNK", 256)
+    x = np.random.default_rng(4).normal(size=(30000, 10)).astype(np.float32)
+    np.savetxt(tmp_path / "big.csv", x, delimiter=",", fmt="%.6f")
+    tracemalloc.start()
+    try:
+        ds = read_dataset(tmp_path / "big.csv", [{"name": "x", "shape": ["batch", 10], "dtype": "float32"}])
+        read_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        total = sum(float(b["x"].astype(np.float64).sum()) for b in ds.batches(64))
+        batch_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == pytest.approx(float(x.astype(np.float64).sum()), rel=1e-5, abs=1e-2)
+    assert read_peak < x.nbytes / 2 and batch_peak < x.nbytes / 2, (read_peak, batch_peak, x.nbytes)
+
+
+def test_a_csv_changed_while_read_is_refused(tmp_path):
+    _write(tmp_path / "d.csv", [[1, 2], [3, 4], [5, 6]])
+    ds = read_dataset(tmp_path / "d.csv", [{"name": "x", "shape": ["batch", 2], "dtype": "float32"}])
+    _write(tmp_path / "d.csv", [[1, 2], [3, 4], [5, 6], [7, 8]])
+    with pytest.raises(InputError) as e:
+        ds.inputs["x"][1:3]
+    assert str(e.value) == f"{tmp_path / 'd.csv'}: the file changed or was removed while edgekit was reading it"
+    (tmp_path / "d.csv").unlink()
+    with pytest.raises(InputError, match="changed or was removed"):
+        np.asarray(ds.inputs["x"])
