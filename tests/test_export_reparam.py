@@ -156,3 +156,22 @@ def test_blocks_folded_already_are_not_folded_or_counted_again():
     folded, done = reparam.fold(net)
     assert [m for _, m in done] == ["reparameterize"] * 2 and folded is not net
     assert reparam.fold(folded) == (folded, [])  # nothing changed: no copy, no note
+
+
+def test_a_folded_model_and_its_copies_are_not_copied_again_to_fold():
+    """A pruned model is a copy of the folded one, exported once per pruning step and per latency-search
+    candidate: each export copied the whole model and called every block's method to find nothing to fold."""
+    from edgekit.module_copy import clone
+
+    calls = []
+
+    class Counted(_Once):
+        def reparameterize(self):
+            calls.append(self)
+            super().reparameterize()
+
+    folded, done = reparam.fold(nn.Sequential(Counted(4, 1), Counted(4, 5)).eval())
+    assert len(done) == 2 and len(calls) == 2
+    copy = clone(folded)
+    assert reparam.fold(folded) == (folded, []) and reparam.fold(copy) == (copy, [])
+    assert len(calls) == 2  # neither the folded model nor its copy was walked again

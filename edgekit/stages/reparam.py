@@ -16,6 +16,9 @@ from ..module_copy import clone
 
 REPLACING = ("fuse",)
 IN_PLACE = ("reparameterize", "switch_to_deploy")
+# set on a model fold() folded: its copies (a pruned model, each latency-search candidate) are exported many
+# times, and each export would otherwise copy the whole model only to find that no block changes
+FOLDED = "_edgekit_blocks_folded"
 
 
 def _method(module, name: str):
@@ -43,12 +46,15 @@ def _layout(module) -> list:
 def fold(module):
     """(a folded deep copy of module, [(block name, method), ...]); (module itself, []) when nothing folds.
     The user's module is never changed."""
-    if not foldable(module):
+    if getattr(module, FOLDED, False) or not foldable(module):
         return module, []
     folded = clone(module).eval()
     done: list = []
     _walk(folded, "", done)
-    return (folded, done) if done else (module, [])
+    if not done:
+        return module, []
+    setattr(folded, FOLDED, True)
+    return folded, done
 
 
 def _walk(parent, prefix: str, done: list) -> None:
