@@ -238,7 +238,8 @@ class CompressConfig:
 
     def __post_init__(self):
         if not self.model:
-            raise ConfigError("model: a model spec is required (zoo:NAME, file.py:factory or model.onnx)")
+            raise ConfigError("model: a model spec is required (zoo:NAME, file.py:factory, model.onnx or a HuggingFace "
+                              "model folder)")
         from .loader import TASK_CHOICES
 
         if self.task not in TASK_CHOICES:

@@ -35,6 +35,16 @@ def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = F
         if path.endswith(".py"):
             return load_python(path, factory, weights=weights, trust_pickle=trust_pickle,
                                input_shape=input_shape, sample_inputs=sample_inputs)
+    from . import hf_folder
+
+    if hf_folder.is_model_folder(spec):
+        if weights:
+            raise InputError(f"{weights}: --weights does not apply to a HuggingFace model folder (its weights are in it)")
+        module, arch = hf_folder.build(spec)
+        wfile = hf_folder.weights_file(spec)
+        return _from_module(module, spec, f"HuggingFace {arch} from {Path(spec).name or spec}",
+                            weights=str(wfile) if wfile else None, weights_sha=sha256_file(wfile) if wfile else None,
+                            input_shape=input_shape, sample_inputs=sample_inputs)
     if spec.endswith(".pt2") and Path(spec).is_file():
         # torch.export.save's archive: its graph calls aten ops on bare tensors (no layers left to prune or
         # train), it runs only at the shapes it was exported for, and loading it unpickles
@@ -46,7 +56,8 @@ def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = F
             else "a PyTorch file, which holds weights, not the code that uses them"
         raise InputError(f"{spec}: {kind}; pass the model as file.py:factory (with --weights for a state dict) "
                          "or export it to ONNX and pass model.onnx")
-    raise InputError(f"{spec}: not a model spec (expected zoo:NAME, file.py:factory or model.onnx)")
+    raise InputError(f"{spec}: not a model spec (expected zoo:NAME, file.py:factory, model.onnx or a HuggingFace "
+                     "model folder holding config.json)")
 
 
 def load_onnx(path: str) -> SourceModel:
@@ -748,15 +759,22 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
             if how:
                 print(f"edgekit: note: {weights}: {how}", file=sys.stderr)
         weights_sha = sha256_file(weights)
+    return _from_module(module, f"{path}:{factory}", f"user model {factory}() from {Path(path).name}",
+                        weights=weights, weights_sha=weights_sha, input_shape=input_shape, sample_inputs=sample_inputs)
+
+
+def _from_module(module, where: str, description: str, *, weights=None, weights_sha=None, input_shape=None,
+                 sample_inputs=None) -> SourceModel:
+    """The SourceModel of a built PyTorch module (a file.py:factory's, a HuggingFace folder's): its inputs
+    learned from the data, its outputs, batch and sequence axes probed. where: the spec, as errors name it."""
     module.eval()
     _unfreeze_layers(module)
     wide = _not_float32(module)
     sample_inputs = _taken(module, sample_inputs)
-    inputs = _infer_inputs(module, input_shape, sample_inputs, where=f"{path}:{factory}")
+    inputs = _infer_inputs(module, input_shape, sample_inputs, where=where)
     module = bind_inputs(module, [s.name for s in inputs])
     if wide:
-        inputs = _to_float32(module, inputs, sample_inputs, wide, where=f"{path}:{factory}")
-    where = f"{path}:{factory}"
+        inputs = _to_float32(module, inputs, sample_inputs, wide, where=where)
     fixed = None
     try:
         outputs, named = _probe_without_cache(module, inputs, where=where, sample_inputs=sample_inputs)
@@ -805,10 +823,9 @@ def load_python(path: str, factory: str, *, weights=None, trust_pickle=False, in
             if name in {s.name for s in inputs}:
                 inputs = [TensorSpec(s.name, [*s.shape[:axis], "seq", *s.shape[axis + 1:]], s.dtype)
                           if s.name == name else s for s in inputs]
-    return SourceModel(spec=f"{path}:{factory}", kind="torch", module=module, inputs=inputs, outputs=out_names,
+    return SourceModel(spec=where, kind="torch", module=module, inputs=inputs, outputs=out_names,
                        task=task, dynamic_axes=dyn, weights=weights, weights_sha256=weights_sha,
-                       description=f"user model {factory}() from {Path(path).name}"
-                                   + (f" ({'/'.join(wide)} cast to float32)" if wide else ""))
+                       description=description + (f" ({'/'.join(wide)} cast to float32)" if wide else ""))
 
 
 def _unfreeze_layers(module) -> None:

@@ -371,8 +371,10 @@ def load_model(model: str, data_paths, *, declared=None, input_shape=None, token
     --tokenizer's output for a .txt's first sentences, or a run on an image folder's first images. Shared by
     compress, prune and distill (load_kw: weights, trust_pickle, seed). tokenizer: a --tokenizer spec, which
     becomes the model's tokenizer (text_tokenizer.load_tokenizer)."""
+    from .hf_folder import tokenizer_in
     from .loader import load_source
 
+    tokenizer = tokenizer or tokenizer_in(model)  # a HuggingFace folder's own tokenizer.json
     tok = None
     if tokenizer:
         from .text_tokenizer import load_tokenizer

@@ -28,7 +28,7 @@ def chance_notes(run, fp32: Artifact) -> list:
         return []
     why = ("no --weights was given, so the model has its factory's initial weights (random unless the factory "
            "loads them)" if run.ctx.source.kind == "torch" and not run.ctx.source.spec.startswith("zoo:")
-           and not run.cfg.weights
+           and not run.ctx.source.weights
            else f"check the weights, and {labels_hint(run.ctx.eval)}")
     note = f"the source model's accuracy {m['value']:.4f} is at chance level for {classes} classes: {why}"
     print(f"edgekit: note: {note}", file=sys.stderr)

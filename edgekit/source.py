@@ -17,7 +17,7 @@ METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "r2_labels"
 
 @dataclass
 class SourceModel:
-    spec: str  # as the user wrote it: zoo:NAME, file.py:factory, model.onnx
+    spec: str  # as the user wrote it: zoo:NAME, file.py:factory, model.onnx, a HuggingFace model folder
     kind: str  # "torch" | "onnx"
     inputs: list  # TensorSpec, first dim symbolic "batch" for torch models
     outputs: list  # output names
@@ -68,9 +68,14 @@ class SourceModel:
 
 def code_provenance(spec: str | None) -> dict:
     """{source_file, source_sha256} of a file.py:factory spec (the code that builds the model: other code
-    gives other weights from one state dict), else {}."""
+    gives other weights from one state dict) or of a HuggingFace folder's config.json, else {}."""
     from .fsutil import sha256_file
 
+    from .hf_folder import is_model_folder
+
+    if spec and is_model_folder(spec):  # a HuggingFace folder: its config.json says what is built
+        config = Path(spec) / "config.json"
+        return {"source_file": str(config.resolve()), "source_sha256": sha256_file(config)}
     path, _, factory = (spec or "").rpartition(":")
     if not (factory and path.endswith(".py") and Path(path).is_file()):
         return {}

@@ -70,7 +70,7 @@ def _shape(ctx, param, value):
 def compress(model, output, config, weights, trust_pickle, calib, eval_, train, input_shape, prune_ratio, prune_method,
              prune_ignore, target_latency, distill, student, quant_mode, tune, max_trials, tolerance, targets, preprocess, tokenizer,
              profile, task, seed, overwrite, as_json):
-    """Compress MODEL (zoo:NAME, file.py:factory or model.onnx) into OUTDIR.
+    """Compress MODEL (zoo:NAME, file.py:factory, model.onnx or a HuggingFace model folder) into OUTDIR.
 
     With --config OUTDIR/compress.toml, MODEL (and -o) default to the recipe's.
 
@@ -107,7 +107,8 @@ def compress(model, output, config, weights, trust_pickle, calib, eval_, train, 
         model = model or recipe.get("model")
         output = output or recipe.get("output")
     if not model:
-        raise click.UsageError("missing MODEL (zoo:NAME, file.py:factory or model.onnx), or --config with a recipe")
+        raise click.UsageError("missing MODEL (zoo:NAME, file.py:factory, model.onnx or a HuggingFace model folder), "
+                               "or --config with a recipe")
     if not output:
         raise click.UsageError("missing -o/--output OUTDIR")
     manifest = run_compress(model, output=output, config=config, **settings)

@@ -48,8 +48,8 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, preprocess, tokenizer, ratio, head_ratio, method,
           global_pruning, ignore, channel_multiple, steps, sensitivity, target_latency, sparsity, distill, epochs,
           lr, targets, task, seed, overwrite, output, as_json):
-    """Prune MODEL (zoo:NAME or file.py:factory) and write OUTDIR: model.fp32.onnx, model.pruned.onnx
-    (model.distilled.onnx after distillation, model.sparse.onnx with --sparsity), pruned.pt (weights +
+    """Prune MODEL (zoo:NAME, file.py:factory or a HuggingFace model folder) and write OUTDIR: model.fp32.onnx,
+    model.pruned.onnx (model.distilled.onnx after distillation, model.sparse.onnx with --sparsity), pruned.pt (weights +
     pruned structure, loadable with torch.load(weights_only=True)), pruning.json and manifest.json.
 
     \b

@@ -1,0 +1,115 @@
+"""A HuggingFace model folder (save_pretrained's config.json and weights, a tokenizer.json beside them) is a
+model spec of its own: `edgekit compress ./my-bert`. It was 'not a model spec', and needed a file.py:build of
+one line, from_pretrained(folder), plus --tokenizer naming the same folder."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from cliutil import run_cli
+from edgekit.fsutil import sha256_file
+
+SENTENCES = Path(__file__).resolve().parent.parent / "calibration" / "minilm" / "calib.txt"
+
+
+def _bert_folder(d: Path, *, tokenizer: bool = True) -> Path:
+    """A real (small, randomly initialised) BertForSequenceClassification saved as HuggingFace saves one,
+    with a WordLevel tokenizer.json trained on the shipped sentences."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification
+
+    d.mkdir(parents=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=160, num_labels=3)
+    BertForSequenceClassification(cfg).save_pretrained(d)
+    if tokenizer:
+        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.train([str(SENTENCES)], trainers.WordLevelTrainer(vocab_size=500,
+                                                              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+        tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                           special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        tok.save(str(d / "tokenizer.json"))
+    return d
+
+
+def _data(tmp_path: Path):
+    lines = [s for s in SENTENCES.read_text().splitlines() if s.strip()]
+    (tmp_path / "calib.txt").write_text("\n".join(lines[:40]) + "\n")
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": t, "label": i % 3}) + "\n"
+                                                 for i, t in enumerate(lines[40:100])))
+
+
+def test_compress_a_huggingface_folder_with_its_own_tokenizer(tmp_path, capsys):
+    bert = _bert_folder(tmp_path / "my-bert")
+    _data(tmp_path)
+    out = tmp_path / "out"
+    rc = run_cli(["compress", str(bert), "--calib", str(tmp_path / "calib.txt"), "--eval", str(tmp_path / "eval.jsonl"),
+                  "--quantize", "none", "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    fp32 = man["artifacts"][0]
+    # the folder's tokenizer.json gave the inputs, which were bound to BERT's forward() by name
+    assert [i["name"] for i in fp32["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert fp32["metrics"]["name"] == "accuracy" and fp32["metrics"]["n"] == 60
+    assert fp32["verify"]["max_abs_diff"] < 1e-3
+    src = man["source"]
+    assert src["weights"] == str((bert / "model.safetensors").resolve())
+    assert src["weights_sha256"] == sha256_file(bert / "model.safetensors")
+    assert src["source_sha256"] == sha256_file(bert / "config.json") and "BertForSequenceClassification" in \
+        src["description"]
+    assert "no --weights was given" not in err  # its weights are the folder's, not a factory's initialisation
+    # the ONNX file gives the transformers model's logits on a sentence the tokenizer encodes
+    from tokenizers import Tokenizer
+    from transformers import BertForSequenceClassification
+
+    enc = Tokenizer.from_file(str(bert / "tokenizer.json")).encode("the model reads a sentence")
+    ids = np.array([enc.ids], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    sess = ort.InferenceSession(str(out / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    import torch
+
+    with torch.no_grad():
+        ref = BertForSequenceClassification.from_pretrained(str(bert)).eval()(
+            **{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    assert np.allclose(sess.run(None, feeds)[0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                          "architectures": None})),
+     "config.json: names no \"architectures\""),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                          "architectures": ["MyBert"],
+                                                          "auto_map": {"AutoModel": "my_bert.MyBert"}})),
+     "architecture 'MyBert' is its own code (auto_map in config.json), which edgekit does not run"),
+    (lambda d: (d / "model.safetensors").unlink(), "transformers could not load BertForSequenceClassification"),
+    (lambda d: (d / "config.json").write_text("{not json"), "config.json: not a readable JSON config"),
+])
+def test_a_bad_folder_is_one_line_naming_it(tmp_path, capsys, change, words):
+    bert = _bert_folder(tmp_path / "my-bert", tokenizer=False)
+    change(bert)
+    capsys.readouterr()  # save_pretrained's own progress bar
+    ids = np.random.default_rng(0).integers(4, 500, size=(8, 12))
+    np.savez(tmp_path / "calib.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+    rc = run_cli(["compress", str(bert), "--calib", str(tmp_path / "calib.npz"), "--no-profile", "-o",
+                  str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(bert) in err and words in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_do_not_apply_to_a_folder(tmp_path, capsys):
+    bert = _bert_folder(tmp_path / "my-bert", tokenizer=False)
+    ids = np.random.default_rng(0).integers(4, 500, size=(8, 12))
+    np.savez(tmp_path / "calib.npz", input_ids=ids)
+    capsys.readouterr()
+    rc = run_cli(["compress", str(bert), "--weights", str(bert / "model.safetensors"), "--calib",
+                  str(tmp_path / "calib.npz"), "--no-profile", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.endswith("--weights does not apply to a HuggingFace model folder (its weights are in it)"), err
