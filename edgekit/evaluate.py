@@ -7,7 +7,9 @@ per sample (--task regression), mean cosine similarity for embeddings and anythi
 sample). A labelled --task regression is scored against its targets instead (r2_labels: the same mean of
 clipped R^2, against 'y', with the RMSE beside it). --task segmentation scores class scores [N, C, d1, ...] per
 position (argmax over axis 1): pixel
-accuracy against labels [N, d1, ...] (a negative label is not scored), else pixel agreement with FP32. A model
+accuracy against labels [N, d1, ...] (a negative label is not scored), else pixel agreement with FP32;
+--task token-classification the same over a token classifier's [N, L, C] (argmax over the last axis): token
+accuracy against labels [N, L] (HuggingFace's -100 for a token not scored), else token agreement. A model
 with several outputs: without labels, "fidelity_min", the lowest fidelity over them (each in
 metrics["per_output"]); with labels, accuracy on the first and each other output's fidelity to FP32 in
 metrics["other_outputs_fidelity"], which tuning holds to the same tolerance.
@@ -20,26 +22,29 @@ from .dataset import Dataset
 from .errors import CalibrationError, InputError
 from .fsutil import per_file_version
 from .onnxutil import ort_load_problem, run_batches, session
-from .source import LABELLED_TASKS
+from .source import DENSE_AXIS, LABELLED_TASKS
 
 
 # tasks whose evaluation scores labels when the data has them: a regression's are its targets (r2_labels)
 SCORED_ON_LABELS = (*LABELLED_TASKS, "regression")
+# (with labels, without) for the tasks scored per position
+DENSE_METRICS = {"segmentation": ("pixel_accuracy", "pixel_agreement"),
+                 "token-classification": ("token_accuracy", "token_agreement")}
 
 
 def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
     if labelled and task == "classification":
         return "accuracy"
-    if labelled and task == "segmentation":
-        return "pixel_accuracy"
+    if labelled and task in DENSE_METRICS:
+        return DENSE_METRICS[task][0]
     if labelled and task == "regression":
         return "r2_labels"  # mean over targets of each one's R^2 against the labels (mean_r2_fidelity)
     if outputs > 1:
         return "fidelity_min"  # the lowest of each output's own fidelity (per_output)
     if task == "classification":
         return "top1_agreement"
-    if task == "segmentation":
-        return "pixel_agreement"
+    if task in DENSE_METRICS:
+        return DENSE_METRICS[task][1]
     if task == "embedding":
         return "cosine"
     if task == "regression":
@@ -66,18 +71,21 @@ def check_labels(labels, n_classes: int, where: str, classes: list | None = None
                                "out of range")
 
 
-def check_dense_labels(labels, out_shape, where: str) -> None:
-    """Segmentation labels [N, d1, ...] must match the scores [N, C, d1, ...] position for position and
-    index their C classes (a negative label marks a position that is not scored)."""
+def check_dense_labels(labels, out_shape, where: str, axis: int = 1) -> None:
+    """Per-position labels [N, d1, ...] must match the scores (classes on `axis`: [N, C, d1, ...] or
+    [N, d1, ..., C]) position for position and index their C classes (a negative label marks a position
+    that is not scored)."""
     y = np.asarray(labels)
     shape = tuple(out_shape)
-    if len(shape) < 3 or shape[1] < 2:
-        raise CalibrationError(f"{where}: per-position labels need class scores [N, C, d1, ...] with C >= 2; the "
+    layout = "[N, C, d1, ...]" if axis == 1 else "[N, d1, ..., C]"
+    if len(shape) < 3 or shape[axis] < 2:
+        raise CalibrationError(f"{where}: per-position labels need class scores {layout} with C >= 2; the "
                                f"model's first output is {list(shape)}")
-    if y.shape[1:] != shape[2:]:
+    positions = shape[2:] if axis == 1 else shape[1:-1]
+    if y.shape[1:] != positions:
         raise CalibrationError(f"{where}: labels 'y' have shape {list(y.shape)}, expected [N, "
-                               f"{', '.join(map(str, shape[2:]))}] to match the class scores {list(shape)}")
-    n_classes = int(shape[1])
+                               f"{', '.join(map(str, positions))}] to match the class scores {list(shape)}")
+    n_classes = int(shape[axis])
     bad = y >= n_classes
     if bad.any():
         i = int(np.argmax(bad.reshape(len(y), -1).any(1)))
@@ -100,8 +108,8 @@ def check_targets(labels, out_shape, where: str) -> None:
 def _check_any_labels(task: str, labels, first, where: str, classes: list | None = None) -> None:
     if task == "regression":
         check_targets(labels, first.shape, where)
-    elif task == "segmentation":
-        check_dense_labels(labels, first.shape, where)
+    elif task in DENSE_AXIS:
+        check_dense_labels(labels, first.shape, where, DENSE_AXIS[task])
     else:
         check_labels(labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1, where, classes)
 
@@ -112,7 +120,7 @@ def check_training_labels(source, ds) -> None:
     Per-position labels are checked here too, before --task segmentation takes them over (loader.
     take_dense_labels): labels a row short crashed the run with a numpy broadcast error."""
     labels = None if ds is None else ds.labels
-    if labels is None and ds is not None and source.task == "segmentation":
+    if labels is None and ds is not None and source.task in DENSE_AXIS:
         labels = getattr(ds, "dense_labels", None)
     if labels is None or source.kind != "torch" or source.task not in LABELLED_TASKS:
         return
@@ -126,21 +134,21 @@ def check_training_labels(source, ds) -> None:
     _check_any_labels(source.task, labels, out, ds.source or "training data", ds.extra.get("classes"))
 
 
-def dense_argmax(out) -> np.ndarray:
-    """The class per position of scores [N, C, d1, ...]."""
-    return np.asarray(out).argmax(1)
+def dense_argmax(out, axis: int = 1) -> np.ndarray:
+    """The class per position of scores with their classes on `axis` ([N, C, d1, ...] or [N, d1, ..., C])."""
+    return np.asarray(out).argmax(axis)
 
 
-def pixel_accuracy(out, labels) -> float:
+def pixel_accuracy(out, labels, axis: int = 1) -> float:
     """Share of scored positions (label >= 0) whose argmax class is the label."""
     y = np.asarray(labels)
     keep = y >= 0
-    return float(np.sum((dense_argmax(out) == y) & keep) / max(int(keep.sum()), 1))
+    return float(np.sum((dense_argmax(out, axis) == y) & keep) / max(int(keep.sum()), 1))
 
 
-def pixel_agreement(out, ref) -> float:
+def pixel_agreement(out, ref, axis: int = 1) -> float:
     """Share of positions whose argmax class is FP32's."""
-    return float(np.mean(dense_argmax(out) == dense_argmax(ref)))
+    return float(np.mean(dense_argmax(out, axis) == dense_argmax(ref, axis)))
 
 
 def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
@@ -149,8 +157,8 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
     out = np.asarray(outputs[0])
     if labels is not None and task == "classification":
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
-    if labels is not None and task == "segmentation":
-        return pixel_accuracy(out, labels)
+    if labels is not None and task in DENSE_AXIS:
+        return pixel_accuracy(out, labels, DENSE_AXIS[task])
     if labels is not None and task == "regression":
         return mean_r2_fidelity(out, np.asarray(labels))
     if reference is None:
@@ -170,8 +178,8 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(None if j else 0.0)
         elif j == 0 and task == "classification":
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
-        elif j == 0 and task == "segmentation" and o.ndim >= 3:
-            vals.append(pixel_agreement(o, r))
+        elif j == 0 and task in DENSE_AXIS and o.ndim >= 3:
+            vals.append(pixel_agreement(o, r, DENSE_AXIS[task]))
         elif j == 0 and task == "regression":
             vals.append(mean_r2_fidelity(o, r))
         else:

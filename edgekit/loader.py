@@ -14,7 +14,7 @@ from pathlib import Path
 from .artifact import TensorSpec
 from .errors import InputError
 from .fsutil import sha256_file
-from .source import LABELLED_TASKS, SourceModel
+from .source import DENSE_AXIS, LABELLED_TASKS, SourceModel
 
 
 def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = False,
@@ -165,7 +165,7 @@ def classifier_output(model) -> bool:
 
 
 # --task: "auto" keeps the guess from the first output's shape (class scores when float [N, C], C >= 2)
-TASK_CHOICES = ("auto", "classification", "regression", "embedding", "segmentation")
+TASK_CHOICES = ("auto", "classification", "regression", "embedding", "segmentation", "token-classification")
 
 
 def apply_task(src: SourceModel, task: str | None) -> SourceModel:
@@ -204,8 +204,14 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str
 def dense_scores_note(src: SourceModel, data=None) -> str | None:
     """A first output [N, C, H, W, ...] (C >= 2, positions beyond 1x1) is scored by the cosine of its flattened
     values unless --task says what it is: a note naming --task segmentation, which scores class scores per
-    position (a U-Net's INT8 read cosine 0.99998 while 0.10% of its pixels changed class). None otherwise."""
+    position (a U-Net's INT8 read cosine 0.99998 while 0.10% of its pixels changed class); for [N, L, C] over
+    token ids, one naming --task token-classification. None otherwise."""
     shape = first_output_shape(src, data)
+    tokens = _token_axis(src, shape, data) if shape and isinstance(shape[-1], int) and shape[-1] >= 2 else None
+    if tokens:
+        return (f"{src.spec}: its first output {_n_shape(shape)} (axis 1 the length of {tokens!r}) is scored by the "
+                "cosine of its flattened values; if it holds class scores per token (a token classifier, NER), "
+                "pass --task token-classification to score them per token")
     if not shape or len(shape) < 4 or not isinstance(shape[1], int) or shape[1] < 2 \
             or all(d == 1 for d in shape[2:]):
         return None
@@ -219,8 +225,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     integer labels are: the note saying so, else None."""
     if src.task == "classification":
         take_label_names(src, *datasets)
-    if src.task == "segmentation":
-        take_dense_labels(*datasets)
+    if src.task in DENSE_AXIS:
+        take_dense_labels(*datasets, task=src.task)
     scored = take_targets(datasets[0]) if src.task == "regression" and datasets else None
     bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
     if not bad:
@@ -236,8 +242,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
         return f"{scored}; {unused}" if scored else unused
     how = f"--task {src.task} scores" if src.task_given else "its first output is not class scores, so edgekit scores"
     if any(getattr(d, "dense_labels", None) is not None for d in bad):
-        hint = "; for one class per position, pass --task segmentation"
-    elif not src.task_given and src.task != "segmentation" and any(getattr(d, "targets", None) is not None
+        hint = "; for one class per position, pass --task segmentation (or token-classification for [N, L, C] scores)"
+    elif not src.task_given and src.task not in DENSE_AXIS and any(getattr(d, "targets", None) is not None
                                                                    for d in bad):
         hint = "; to score it against them as targets, pass --task regression"
     else:
@@ -298,10 +304,10 @@ def take_targets(d) -> str | None:
             "R^2 against them (clipped to [0, 1]) averaged over targets, with their RMSE beside it")
 
 
-def take_dense_labels(*datasets) -> None:
-    """--task segmentation scores one class per position: labels 'y' of shape [N, d1, ...] (integers; a
-    negative one marks a position not scored) become the labels; per-sample class indices or float targets
-    are refused, naming the file."""
+def take_dense_labels(*datasets, task: str = "segmentation") -> None:
+    """--task segmentation / token-classification scores one class per position: labels 'y' of shape
+    [N, d1, ...] (integers; a negative one marks a position not scored) become the labels; per-sample class
+    indices or float targets are refused, naming the file."""
     from .errors import CalibrationError
 
     for d in datasets:
@@ -310,11 +316,11 @@ def take_dense_labels(*datasets) -> None:
         if getattr(d, "dense_labels", None) is not None:
             d.labels, d.dense_labels, d.label_problem = d.dense_labels, None, None
         elif d.labels is not None:
-            raise CalibrationError(f"{d.source or 'the data'}: --task segmentation needs labels 'y' with one class "
+            raise CalibrationError(f"{d.source or 'the data'}: --task {task} needs labels 'y' with one class "
                                    f"per position, shape [N, d1, ...]; got one class per sample, shape "
                                    f"{list(d.labels.shape)}")
         elif getattr(d, "label_problem", None):
-            raise CalibrationError(f"{d.source or 'the data'}: --task segmentation needs labels 'y' of integer "
+            raise CalibrationError(f"{d.source or 'the data'}: --task {task} needs labels 'y' of integer "
                                    "classes, shape [N, d1, ...]; these are not integers")
 
 
@@ -337,7 +343,14 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
             raise InputError(f"--task segmentation: {src.spec}'s first output {src.outputs[0]!r} is "
                              f"{_n_shape(shape)}, its axis 1 the length of {tokens!r} "
                              f"({shape[1]}): that is [N, L, C], per-token scores with the classes last; "
-                             "--task segmentation takes them on axis 1, [N, C, L] (return logits.transpose(1, 2))")
+                             "pass --task token-classification, which takes them so")
+        return
+    if src.task == "token-classification":
+        if shape is not None and (len(shape) < 3 or (isinstance(shape[-1], int) and shape[-1] < 2)):
+            raise InputError(f"--task token-classification: {src.spec}'s first output {src.outputs[0]!r} is "
+                             f"{_n_shape(shape)}; per-token class scores need [N, L, C] with C >= 2 (classes "
+                             "last, as a HuggingFace token classifier gives them)"
+                             + ("; pass --task classification" if len(shape) == 2 else ""))
         return
     if shape is None or not all(isinstance(d, int) for d in shape[1:]):
         return  # unknown or symbolic: the labels' own check still holds it to C >= 2

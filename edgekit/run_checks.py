@@ -58,7 +58,7 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
-    if run.ctx.source.task in ("segmentation", "regression"):
+    if run.ctx.source.task in ("segmentation", "token-classification", "regression"):
         return []  # per-position classes scored as pixel accuracy, targets as r2_labels: noted when read
     if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
         note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "

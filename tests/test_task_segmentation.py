@@ -232,8 +232,8 @@ def first():
 
 
 def test_per_token_scores_need_classes_on_axis_1(tmp_path, capsys):
-    """[N, L, C] from token ids: argmax over axis 1 would pick a position, not a class. Refused, naming the
-    transpose; [N, C, L] is scored per token against labels [N, L]."""
+    """[N, L, C] from token ids: argmax over axis 1 would pick a position, not a class. Refused, naming
+    --task token-classification; [N, C, L] is scored per token against labels [N, L]."""
     (tmp_path / "t.py").write_text(TAGGER_PY)
     ids = np.random.default_rng(0).integers(0, 20, (120, 12))
     np.save(tmp_path / "calib.npy", ids)
@@ -242,7 +242,8 @@ def test_per_token_scores_need_classes_on_axis_1(tmp_path, capsys):
               "--quantize", "none", "--no-profile"]
     rc = run_cli(["compress", f"{tmp_path / 't.py'}:last", *common, "-o", str(tmp_path / "last")])
     err = capsys.readouterr().err
-    assert rc == 2 and "is [N, 12, 5], its axis 1 the length of 'input_ids'" in err and "transpose(1, 2)" in err, err
+    assert rc == 2 and "is [N, 12, 5], its axis 1 the length of 'input_ids'" in err and \
+        "pass --task token-classification" in err, err
     # without labels nothing else would catch it: pixel agreement over positions scores anything
     np.savez(tmp_path / "eval_nolabels.npz", input_ids=ids[:60])
     rc = run_cli(["compress", f"{tmp_path / 't.py'}:last", *common[:2], "--eval", str(tmp_path / "eval_nolabels.npz"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluate import LABELLED_TASKS
+from ..source import DENSE_AXIS
 from .graph import first_tensor
 from .metrics import labels_cross_entropy
 
@@ -67,7 +68,10 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
         out = first_tensor(model(*[torch.from_numpy(np.array(feeds[n])) for n in names]))
         if task == "classification":
             out = out.reshape(len(out), -1)  # an all-conv head's [N, C, 1, 1] scores
-        # segmentation: cross_entropy takes [N, C, d1, ...] against [N, d1, ...] as it is, per position
+        elif task in DENSE_AXIS:
+            # cross_entropy takes [N, C, d1, ...] against [N, d1, ...], per position: a token classifier's
+            # classes come last
+            out = out.movedim(DENSE_AXIS[task], 1)
         ce = labels_cross_entropy(out, torch.from_numpy(np.asarray(y)).long()) if classes and y is not None else None
         if ce is not None:
             loss, used = ce, "cross-entropy with labels"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluate import LABELLED_TASKS, metric_name, score
+from ..source import DENSE_AXIS
 from .graph import first_tensor
 
 
@@ -74,7 +75,7 @@ class TorchMetric:
         """For an R^2-scored output (task regression, or one value per sample), the unclipped mean R^2 to
         the reference: the metric is clipped to [0, 1] and reads 0.0 for every epoch that is still worse
         than the mean, so early stopping needs this to see training move. None otherwise."""
-        if self.labelled or self.reference is None or self.task in ("classification", "embedding", "segmentation"):
+        if self.labelled or self.reference is None or self.task in ("classification", "embedding", *DENSE_AXIS):
             return None
         ref = np.asarray(self.reference)
         if ref.dtype.kind != "f" or (self.task != "regression" and int(np.prod(ref.shape[1:])) != 1):

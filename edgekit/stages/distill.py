@@ -23,6 +23,7 @@ import numpy as np
 from ..config import DistillConfig
 from ..errors import InputError
 from ..evaluate import LABELLED_TASKS
+from ..source import DENSE_AXIS
 from ..module_copy import clone
 from ..pruning.graph import check_autograd, first_tensor, output_tensors
 from ..pruning.metrics import TorchMetric, labels_cross_entropy
@@ -71,8 +72,8 @@ def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
     metric = TorchMetric(evalset, names, task, reference_model=teacher)
     use_labels = task in LABELLED_TASKS and train.labels is not None and cfg.alpha < 1.0
     trimmer = Trimmer(train, names)
-    # per-position labels would have to be trimmed with the padding: segmentation trains untrimmed
-    trimmed = trimmer.verify(teacher, train) if task != "segmentation" else False
+    # per-position labels would have to be trimmed with the padding: per-position tasks train untrimmed
+    trimmed = trimmer.verify(teacher, train) if task not in DENSE_AXIS else False
     layers, f_weight, f_mode = feature_setup(cfg, teacher, student)
     features = _Features(teacher, student, layers) if layers else None
     if features is not None:
@@ -347,7 +348,7 @@ def _heads_loss(s_all, t_all, heads):
 def _loss_name(task, use_labels) -> str:
     if task == "classification":
         return "KL(T) * T^2" + (" + cross-entropy with labels" if use_labels else " (no labels: teacher only)")
-    if task == "segmentation":
+    if task in DENSE_AXIS:
         return "KL(T) * T^2 per position" + (" + cross-entropy with labels per position" if use_labels
                                              else " (no labels: teacher only)")
     if task == "regression":
@@ -359,10 +360,11 @@ def _loss_name(task, use_labels) -> str:
 def _loss(s, t, y, task: str, cfg: DistillConfig, scale=None):
     import torch.nn.functional as F
 
-    if task == "classification" or (task == "segmentation" and s.ndim >= 3):
-        if task == "segmentation":  # classes on axis 1: every position is one classification, weighted alike
-            c = s.shape[1]
-            s, t = s.movedim(1, -1).reshape(-1, c), t.movedim(1, -1).reshape(-1, c)
+    if task == "classification" or (task in DENSE_AXIS and s.ndim >= 3):
+        if task in DENSE_AXIS:  # every position is one classification, weighted alike
+            axis = DENSE_AXIS[task]
+            c = s.shape[axis]
+            s, t = s.movedim(axis, -1).reshape(-1, c), t.movedim(axis, -1).reshape(-1, c)
             y = None if y is None else y.reshape(-1)
         else:
             s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)  # an all-conv head's [N, C, 1, 1] scores
