@@ -32,9 +32,11 @@ def tokenizer_in(spec) -> str | None:
     return str(spec) if is_model_folder(spec) and (Path(spec) / "tokenizer.json").is_file() else None
 
 
-def build(spec: str):
-    """(the model in eval mode, its class name) from the folder; anything wrong is one line naming it."""
+def build(spec: str, where: str | None = None):
+    """(the model in eval mode, its class name) from the folder; anything wrong is one line naming it (or
+    `where`, the option it came from)."""
     p = Path(spec)
+    where = where or spec
     try:
         cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -47,17 +49,17 @@ def build(spec: str):
     try:
         import transformers
     except ImportError:
-        raise InputError(f"{spec}: a HuggingFace model folder needs the transformers package "
+        raise InputError(f"{where}: a HuggingFace model folder needs the transformers package "
                          "(pip install transformers)") from None
     cls = getattr(transformers, arch, None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         why = ("its own code (auto_map in config.json), which edgekit does not run" if "auto_map" in cfg
                else f"not a model class of transformers {transformers.__version__}")
-        raise InputError(f"{spec}: config.json's architecture {arch!r} is {why}; pass a file.py:build that "
+        raise InputError(f"{where}: config.json's architecture {arch!r} is {why}; pass a file.py:build that "
                          "returns the model")
     try:
         model = cls.from_pretrained(str(p), local_files_only=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise InputError(f"{spec}: transformers could not load {arch} from it: {type(e).__name__}: {first}") from None
+        raise InputError(f"{where}: transformers could not load {arch} from it: {type(e).__name__}: {first}") from None
     return model.eval(), arch

@@ -14,7 +14,7 @@ from edgekit.fsutil import sha256_file
 SENTENCES = Path(__file__).resolve().parent.parent / "calibration" / "minilm" / "calib.txt"
 
 
-def _bert_folder(d: Path, *, tokenizer: bool = True) -> Path:
+def _bert_folder(d: Path, *, tokenizer: bool = True, hidden: int = 32, layers: int = 1) -> Path:
     """A real (small, randomly initialised) BertForSequenceClassification saved as HuggingFace saves one,
     with a WordLevel tokenizer.json trained on the shipped sentences."""
     import torch
@@ -23,8 +23,8 @@ def _bert_folder(d: Path, *, tokenizer: bool = True) -> Path:
 
     d.mkdir(parents=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=160, num_labels=3)
+    cfg = BertConfig(vocab_size=500, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=160, num_labels=3)
     BertForSequenceClassification(cfg).save_pretrained(d)
     if tokenizer:
         tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -113,3 +113,23 @@ def test_weights_do_not_apply_to_a_folder(tmp_path, capsys):
                   str(tmp_path / "calib.npz"), "--no-profile", "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.endswith("--weights does not apply to a HuggingFace model folder (its weights are in it)"), err
+
+
+def test_a_smaller_huggingface_folder_is_a_student(tmp_path, capsys):
+    """Distilling into a smaller pretrained model (TinyBERT / DistilBERT style): the student's folder, with
+    its own weights, as --student. It was "expected file.py:factory or a pruned .pt file"."""
+    from transformers import BertForSequenceClassification
+
+    teacher = _bert_folder(tmp_path / "teacher", layers=2)
+    student = _bert_folder(tmp_path / "student", tokenizer=False, hidden=16)
+    _data(tmp_path)
+    out = tmp_path / "out"
+    rc = run_cli(["distill", "--teacher", str(teacher), "--student", str(student), "--calib",
+                  str(tmp_path / "calib.txt"), "--eval", str(tmp_path / "eval.jsonl"), "--epochs", "3", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    man = json.loads((out / "manifest.json").read_text())
+    kinds = {a["kind"]: a for a in man["artifacts"]}
+    small = sum(p.numel() for p in BertForSequenceClassification.from_pretrained(str(student)).parameters())
+    assert kinds["distilled"]["params"] == small < kinds["fp32"]["params"]
+    assert kinds["distilled"]["metrics"]["name"] == "accuracy"

@@ -48,7 +48,8 @@ def _shape(ctx, param, value):
                    "are always kept.")
 @click.option("--target-latency", help="Search the pruning ratio for a measured latency, e.g. 0.6x or 2.5ms.")
 @click.option("--distill/--no-distill", default=None, help="Distill from the original model after pruning (default: on when pruning).")
-@click.option("--student", help="file.py:factory: distill into a different, smaller architecture (not with --prune).")
+@click.option("--student", help="file.py:factory or a HuggingFace model folder: distill into a different, smaller "
+              "architecture (not with --prune).")
 @click.option("--quantize", "quant_mode", type=click.Choice(["int8", "int8-dynamic", "fp16", "none"]), help="Quantization mode (default int8).")
 @click.option("--tune/--no-tune", "tune", default=None,
               help="Accuracy-aware tuning (default), or ISA-aware defaults once; --tune turns it back on for a "

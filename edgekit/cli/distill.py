@@ -8,12 +8,14 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
 
 
 @click.command("distill", context_settings=CONTEXT_SETTINGS)
-@click.option("--teacher", required=True, help="Teacher model: zoo:NAME or file.py:factory (with --weights).")
+@click.option("--teacher", required=True, help="Teacher model: zoo:NAME, file.py:factory (with --weights) or a "
+              "HuggingFace model folder.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="state_dict for a file.py:factory teacher.")
 @click.option("--trust-pickle", is_flag=True, help="Allow --weights to be a pickled full model, and a "
               "--student .pt to be rebuilt on a model file other than the teacher's (both run code from the file).")
-@click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights) or a "
-              "pruned.pt written by `edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
+@click.option("--student", required=True, help="file.py:factory (a smaller architecture, fresh weights), a "
+              "HuggingFace model folder (a smaller pretrained model, its own weights) or a pruned.pt written by "
+              "`edgekit prune` or `edgekit distill` (rebuilt on the architecture it records).")
 @click.option("--calib", type=click.Path(), help="Example inputs (.npy, .npz, a folder of images or .wav clips, .txt, .jsonl).")
 @click.option("--eval", "eval_path", type=click.Path(), help="Eval data (.npz with 'y' labels for accuracy; "
               "without labels, agreement with the teacher); without it, --calib (on its labels, if it has them).")

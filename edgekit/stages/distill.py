@@ -485,10 +485,12 @@ class _Features:
 
 
 def load_student(spec: str, source, example=None, *, trust_pickle: bool = False):
-    """A student from `file.py:factory` (fresh weights) or from a pruned-model file written by `edgekit prune`
-    or `edgekit distill`, rebuilt on the architecture that file records."""
+    """A student from `file.py:factory` (fresh weights), from a HuggingFace model folder (its own weights: a
+    smaller pretrained model, as TinyBERT or DistilBERT start), or from a pruned-model file written by
+    `edgekit prune` or `edgekit distill`, rebuilt on the architecture that file records."""
     import torch
 
+    from .. import hf_folder
     from ..pruning import serialize
 
     if spec.endswith((".pt", ".pth")):
@@ -500,10 +502,13 @@ def load_student(spec: str, source, example=None, *, trust_pickle: bool = False)
             _check_base_trusted(spec, base_spec, source, trust_pickle)
             base = _call_factory(base_spec, f"--student {spec}")
         student = serialize.apply(base, obj, where=spec)
+    elif hf_folder.is_model_folder(spec):
+        student = hf_folder.build(spec, where=f"--student {spec}")[0]
     else:
         path, _, factory = spec.rpartition(":")
         if not path.endswith(".py"):
-            raise InputError(f"--student {spec!r}: expected file.py:factory or a pruned .pt file from `edgekit prune`")
+            raise InputError(f"--student {spec!r}: expected file.py:factory, a HuggingFace model folder or a pruned .pt "
+                             "file from `edgekit prune`")
         student = _call_factory(spec, f"--student {spec}")
     from ..loader import bind_inputs, cache_off, returns_cache
 
