@@ -48,12 +48,12 @@ def stage_load(run: Run):
 
     cfg = run.cfg
     targets = load_targets(cfg.targets or (DEFAULT_TARGET,))  # two of one name: refused before the model loads
-    declared = _read_prepost(cfg.preprocess) if cfg.preprocess else None
+    declared, folder_where = model_prepost(cfg.preprocess, cfg.model)
     check_data_paths((cfg.calib, cfg.eval, cfg.train))
     src, sample = load_model(cfg.model, (cfg.calib, cfg.eval, cfg.train), declared=declared, weights=cfg.weights,
                              trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, seed=cfg.seed,
                              tokenizer=cfg.tokenizer)
-    declare_prepost(src, declared, cfg.model, where=_spec_where(run))
+    declare_prepost(src, declared, cfg.model, where=folder_where or _spec_where(run))
     apply_task(src, cfg.task)
     if src.kind == "onnx":
         from .loader import check_precision
@@ -429,6 +429,19 @@ def declare_prepost(src, declared, model: str, where: str = "--preprocess") -> N
             check_pre_fits(declared, src.inputs, model, where)
         except PrepostError as e:
             raise UsageError(str(e)) from None
+
+
+def model_prepost(preprocess, model: str) -> tuple:
+    """(the declared pre/post spec, the file errors name when it is the model's own): --preprocess, read and
+    refused before the model loads, else a HuggingFace folder's preprocessor_config.json (noted on stderr)."""
+    if preprocess:
+        return _read_prepost(preprocess), None
+    from .hf_folder import preprocess_in
+
+    spec, where, note = preprocess_in(model)
+    if note:
+        print(f"edgekit: note: {note}", file=sys.stderr)
+    return spec, where
 
 
 def _spec_where(run) -> str:

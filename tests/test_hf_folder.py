@@ -133,3 +133,79 @@ def test_a_smaller_huggingface_folder_is_a_student(tmp_path, capsys):
     small = sum(p.numel() for p in BertForSequenceClassification.from_pretrained(str(student)).parameters())
     assert kinds["distilled"]["params"] == small < kinds["fp32"]["params"]
     assert kinds["distilled"]["metrics"]["name"] == "accuracy"
+
+
+def _vit_folder(d: Path) -> Path:
+    """A real (small, random) ViTForImageClassification for 32 x 32 images, with the image processor
+    HuggingFace saves beside it: resize to 32 x 32, mean and std 0.5."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, num_labels=3)
+    ViTForImageClassification(cfg).save_pretrained(d)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(d)
+    return d
+
+
+def test_an_image_folder_is_read_as_the_folders_image_processor_says(tmp_path, capsys):
+    """A ViT folder's preprocessor_config.json says resize to 32 x 32 and normalise with mean and std 0.5. Fed
+    as 0..1 pixels at their own 40 x 48, every image was refused ("runs on none of the images")."""
+    from PIL import Image
+
+    vit = _vit_folder(tmp_path / "my-vit")
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i:02d}.png")
+    capsys.readouterr()
+    out = tmp_path / "out"
+    rc = run_cli(["compress", str(vit), "--calib", str(tmp_path / "imgs"), "--quantize", "none", "--no-profile",
+                  "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "preprocessor_config.json: images resized to 32x32, normalised with its image_mean and image_std" in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["artifacts"][0]["inputs"][0]["shape"][1:] == [3, 32, 32]
+    pre = man["prepost"]["pre"][0]
+    assert pre["op"] == "resize_normalize" and pre["size"] == [32, 32] and pre["mode"] == "stretch"
+    assert pre["mean"] == pytest.approx([127.5] * 3) and pre["std"] == pytest.approx([127.5] * 3)
+
+
+@pytest.mark.parametrize("config, want", [
+    # ConvNeXt: the short side to 224 / 0.875, then the central 224 x 224
+    ({"size": {"shortest_edge": 224}, "crop_pct": 0.875, "image_mean": [0.485, 0.456, 0.406],
+      "image_std": [0.229, 0.224, 0.225]}, {"size": [224, 224], "mode": "crop", "crop_fraction": 0.875}),
+    # CLIP: the short side to 224, then a 224 x 224 centre crop
+    ({"size": {"shortest_edge": 224}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+      "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}, {"size": [224, 224], "mode": "crop"}),
+    # DeiT: 256 x 256, then the central 224 x 224
+    ({"size": {"height": 256, "width": 256}, "do_center_crop": True, "crop_size": {"height": 224, "width": 224},
+      "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+     {"size": [224, 224], "mode": "stretch", "crop_fraction": 0.875}),
+    # no normalisation: pixels rescaled to 0..1
+    ({"size": {"height": 64, "width": 48}, "do_normalize": False}, {"size": [64, 48], "mean": [0.0], "std": [255.0]}),
+])
+def test_image_processor_geometries(tmp_path, config, want):
+    from edgekit.hf_folder import preprocess_in
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    spec, where, note = preprocess_in(str(tmp_path))
+    op = spec["pre"][0]
+    assert where == str(tmp_path / "preprocessor_config.json") and where in note
+    for k, v in want.items():
+        assert op[k] == pytest.approx(v), (k, op)
+    if "image_mean" in config:
+        assert op["mean"] == pytest.approx([m * 255 for m in config["image_mean"]])
+
+
+def test_a_resize_without_a_fixed_size_is_not_read(tmp_path):
+    from edgekit.hf_folder import preprocess_in
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 224},
+                                                                   "image_mean": [0.5] * 3}))
+    spec, where, note = preprocess_in(str(tmp_path))
+    assert spec is None and "keeps the aspect ratio, so no size is fixed; pass --preprocess" in note

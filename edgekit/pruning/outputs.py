@@ -25,13 +25,13 @@ def load(model, *, weights=None, trust_pickle=False, calib=None, eval_path=None,
     from ..calibration import read_dataset
     from ..evaluate import check_training_labels
     from ..loader import apply_task
-    from ..pipeline import _read_prepost, check_data_paths, declare_prepost, imply_prepost, load_model
+    from ..pipeline import check_data_paths, declare_prepost, imply_prepost, load_model, model_prepost
 
-    declared = _read_prepost(preprocess) if preprocess else None  # a bad spec is refused before the model loads
+    declared, folder_where = model_prepost(preprocess, model)  # a bad spec is refused before the model loads
     check_data_paths((calib, eval_path, train))
     src, _ = load_model(model, (calib, eval_path, train), declared=declared, weights=weights,
                         trust_pickle=trust_pickle, input_shape=input_shape, seed=seed, tokenizer=tokenizer)
-    declare_prepost(src, declared, model)
+    declare_prepost(src, declared, model, **({"where": folder_where} if folder_where else {}))
     apply_task(src, task)  # before the --train labels are checked against the task
     for note in imply_prepost(src, calib, eval_path, train):
         print(f"edgekit: note: {note}", file=sys.stderr)
