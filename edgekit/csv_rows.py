@@ -108,9 +108,13 @@ class _Fetch:
             if self.rows is None or not a - a % STRIDE <= self.at <= a:
                 self.close()
                 self.rows, self.at = _Rows(self.p, self.starts[a // STRIDE]), a - a % STRIDE
-            for _ in range(a - self.at):
-                self.rows.next()
-            got = [self.rows.next() for _ in range(b - a)]
+            try:
+                for _ in range(a - self.at):
+                    self.rows.next()
+                got = [self.rows.next() for _ in range(b - a)]
+            except BaseException:  # an interrupted read leaves the position unknown: the next batch seeks
+                self.close()
+                raise
             self.at = b
             if b >= self.n:
                 self.close()
