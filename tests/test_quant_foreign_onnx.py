@@ -146,7 +146,10 @@ def test_an_opset_9_upsample_model_quantizes(tmp_path, mode):
     q = man.quantization["up9.onnx"]
     assert any("opset 9 raised to 11" in n for n in q["notes"]), q["notes"]
     fp32, art = man.artifacts[0], man.artifacts[1]
-    assert fp32.metrics["value"] > 0.8 and abs(art.metrics["value"] - fp32.metrics["value"]) < 0.03
+    # untuned, the host's ISA default: 7-bit weights (reduce_range) on AVX2 without VNNI, where 8-bit ones
+    # saturate, cost this model 4.7% (measured on an AMD EPYC; 8-bit weights there: 30.7%)
+    drop = 0.06 if q["isa"]["reduce_range"] else 0.03
+    assert fp32.metrics["value"] > 0.8 and abs(art.metrics["value"] - fp32.metrics["value"]) < drop
     out = onnx.load(str(tmp_path / "out" / art.path))
     onnx.checker.check_model(out)
     assert "Upsample" not in {n.op_type for n in out.graph.node}

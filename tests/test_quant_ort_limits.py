@@ -56,11 +56,20 @@ def test_wide_layernorm_is_found(wide):
     assert len(names) == 1 and ops[names[0]] == "LayerNormalization"
 
 
+def _host_reduce_range() -> bool:
+    """What edgekit's ISA defaults give this host (quant/isa.py)."""
+    from edgekit.quant import isa
+
+    facts = isa.target_facts(None)
+    return isa.choose(facts["isa"], arch=facts["arch"]).reduce_range
+
+
 @pytest.mark.parametrize("act, sym", [("s8", True), ("s8", False)])
 def test_per_channel_s8s8_quantizes_and_runs(wide, tmp_path, act, sym):
     p, prep, data = wide
     out = tmp_path / "q.onnx"
-    spec = QuantSpec(activation_type=act, symmetric_activation=sym, per_channel=True)
+    # the host's weight range: AVX2 without VNNI saturates 8-bit weights (relative error 0.17 against 0.1 here)
+    spec = QuantSpec(activation_type=act, symmetric_activation=sym, per_channel=True, reduce_range=_host_reduce_range())
     info = static.quantize(prep, out, data, spec, calib_size=48, input_names=["x"], cache_root=tmp_path / "c")
     assert info["float_for_onnxruntime"] == ort_limits.unquantizable(prep, spec)
     m = onnx.load(str(out))
