@@ -27,6 +27,23 @@ def weights_file(spec) -> Path | None:
     return next((Path(spec) / f for f in WEIGHT_FILES if (Path(spec) / f).is_file()), None)
 
 
+def task_of(arch: str, config) -> str | None:
+    """The task a transformers head names, or None where its name does not settle it: a token classifier's
+    [N, L, C] scores, else scored by the cosine of their flattened values; a sequence or image classifier
+    of one label or problem_type "regression" is a regression (transformers trains it with MSE), one of
+    "multi_label_classification" is left to the output's shape."""
+    if arch.endswith("ForTokenClassification"):
+        return "token-classification"
+    if arch.endswith(("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")):
+        problem = getattr(config, "problem_type", None)
+        if problem == "multi_label_classification":
+            return None
+        if problem == "regression" or getattr(config, "num_labels", 2) == 1:
+            return "regression"
+        return "classification"
+    return None
+
+
 def tokenizer_in(spec) -> str | None:
     """The folder's own tokenizer.json, as a --tokenizer spec, or None."""
     return str(spec) if is_model_folder(spec) and (Path(spec) / "tokenizer.json").is_file() else None

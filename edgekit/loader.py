@@ -42,9 +42,13 @@ def load_source(spec: str, *, weights: str | None = None, trust_pickle: bool = F
             raise InputError(f"{weights}: --weights does not apply to a HuggingFace model folder (its weights are in it)")
         module, arch = hf_folder.build(spec)
         wfile = hf_folder.weights_file(spec)
-        return _from_module(module, spec, f"HuggingFace {arch} from {Path(spec).name or spec}",
-                            weights=str(wfile) if wfile else None, weights_sha=sha256_file(wfile) if wfile else None,
-                            input_shape=input_shape, sample_inputs=sample_inputs)
+        src = _from_module(module, spec, f"HuggingFace {arch} from {Path(spec).name or spec}",
+                           weights=str(wfile) if wfile else None, weights_sha=sha256_file(wfile) if wfile else None,
+                           input_shape=input_shape, sample_inputs=sample_inputs)
+        task = hf_folder.task_of(arch, getattr(module, "config", None))
+        if task:  # the head says what its output is; --task still overrides it (apply_task)
+            src.task, src.task_given, src.task_from = task, True, f"config.json architectures ({arch})"
+        return src
     if spec.endswith(".pt2") and Path(spec).is_file():
         # torch.export.save's archive: its graph calls aten ops on bare tensors (no layers left to prune or
         # train), it runs only at the shapes it was exported for, and loading it unpickles
@@ -175,7 +179,7 @@ def apply_task(src: SourceModel, task: str | None) -> SourceModel:
     if task and task != "auto":
         if task not in TASK_CHOICES:
             raise InputError(f"--task {task!r}: expected one of {', '.join(TASK_CHOICES)}")
-        src.task, src.task_given = task, True
+        src.task, src.task_given, src.task_from = task, True, None
     return src
 
 

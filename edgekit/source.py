@@ -27,6 +27,7 @@ class SourceModel:
     outputs: list  # output names
     task: str = "generic"
     task_given: bool = False  # True: --task said so; False: guessed from the first output's shape
+    task_from: str | None = None  # where a task not from --task nor the shape came from (a HuggingFace config)
     module: Any = None  # torch.nn.Module in eval mode, for kind == "torch"
     onnx_path: str | None = None  # for kind == "onnx"
     dynamic_axes: dict = field(default_factory=dict)  # name -> {axis: symbol}
@@ -66,7 +67,7 @@ class SourceModel:
         """What the model was made from: its weights and, for file.py:factory, the code's file (both hashed)."""
         weights = str(Path(self.weights).resolve()) if self.weights else self.weights
         return {"spec": self.spec, "kind": self.kind, "task": self.task,
-                "task_from": "--task" if self.task_given else "output shape", "weights": weights,
+                "task_from": self.task_from or ("--task" if self.task_given else "output shape"), "weights": weights,
                 "weights_sha256": self.weights_sha256, **code_provenance(self.spec), "description": self.description}
 
 

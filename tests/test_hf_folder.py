@@ -209,3 +209,49 @@ def test_a_resize_without_a_fixed_size_is_not_read(tmp_path):
                                                                    "image_mean": [0.5] * 3}))
     spec, where, note = preprocess_in(str(tmp_path))
     assert spec is None and "keeps the aspect ratio, so no size is fixed; pass --preprocess" in note
+
+
+def test_a_token_classifier_folder_is_scored_per_token_without_task(tmp_path, capsys):
+    """config.json's BertForTokenClassification says the output is per-token class scores: scored per token
+    with no --task (it was the cosine of the flattened [N, L, C] scores), recorded as where the task came from."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    ner = tmp_path / "my-ner"
+    torch.manual_seed(0)
+    BertForTokenClassification(BertConfig(vocab_size=500, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=32, max_position_embeddings=64,
+                                          num_labels=4)).save_pretrained(ner)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 500, size=(60, 12))
+    y = np.where(np.arange(12) < 10, ids % 4, -100)  # the last two positions padding, not scored
+    np.savez(tmp_path / "eval.npz", input_ids=ids, attention_mask=np.ones_like(ids), y=y)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    rc = run_cli(["compress", str(ner), "--calib", str(tmp_path / "eval.npz"), "--eval", str(tmp_path / "eval.npz"),
+                  "--quantize", "none", "--no-profile", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["source"]["task"] == "token-classification"
+    assert man["source"]["task_from"] == "config.json architectures (BertForTokenClassification)"
+    fp32 = man["artifacts"][0]
+    sess = ort.InferenceSession(str(out / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    pred = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0].argmax(-1)
+    keep = y >= 0
+    assert fp32["metrics"]["name"] == "token_accuracy"
+    assert fp32["metrics"]["value"] == pytest.approx(float(np.sum((pred == y) & keep) / keep.sum()))
+
+
+@pytest.mark.parametrize("arch, config, task", [
+    ("BertForSequenceClassification", {"num_labels": 3}, "classification"),
+    ("BertForSequenceClassification", {"num_labels": 1}, "regression"),
+    ("ViTForImageClassification", {"num_labels": 5, "problem_type": "regression"}, "regression"),
+    ("BertForSequenceClassification", {"num_labels": 5, "problem_type": "multi_label_classification"}, None),
+    ("BertModel", {}, None),
+])
+def test_the_task_a_head_names(arch, config, task):
+    from types import SimpleNamespace
+
+    from edgekit.hf_folder import task_of
+
+    assert task_of(arch, SimpleNamespace(**config)) == task
