@@ -212,7 +212,8 @@ def dense_scores_note(src: SourceModel, data=None) -> str | None:
     token ids, one naming --task token-classification. None otherwise."""
     shape = first_output_shape(src, data)
     tokens = _token_axis(src, shape, data) if shape and isinstance(shape[-1], int) and shape[-1] >= 2 else None
-    if tokens:
+    labels = getattr(getattr(src.module, "config", None), "num_labels", None)  # a HuggingFace model's classes
+    if tokens and labels in (None, shape[-1]):  # a BertModel's hidden states [N, L, 384] are no class scores
         return (f"{src.spec}: its first output {_n_shape(shape)} (axis 1 the length of {tokens!r}) is scored by the "
                 "cosine of its flattened values; if it holds class scores per token (a token classifier, NER), "
                 "pass --task token-classification to score them per token")

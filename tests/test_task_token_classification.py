@@ -134,3 +134,24 @@ def test_what_does_not_fit_is_one_line(tagger, capsys, model, data, words):
     err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "edgekit: error" in ln]
     assert rc == 2 and len(err) == 1 and words in err[0], err
     assert not (d / "out").exists()
+
+
+def test_no_note_for_hidden_states_of_a_model_that_names_its_classes(tagger, capsys):
+    """A HuggingFace encoder without a head returns hidden states [N, L, H]: its config's num_labels (2 by
+    default) is not H, so no note calls them class scores."""
+    d, _, _ = tagger
+    (d / "enc.py").write_text(TAGGER_PY + '''
+
+class Config:
+    num_labels = 2
+
+
+def encoder():
+    m = Tagger()
+    m.config = Config()
+    return m
+''')
+    rc = run_cli(["compress", f"{d / 'enc.py'}:encoder", "--calib", str(d / "calib.npy"), "--quantize", "none",
+                  "--no-profile", "-o", str(d / "out")])
+    assert rc == 0
+    assert "--task token-classification" not in capsys.readouterr().err
