@@ -70,7 +70,8 @@ def read_csv(p: Path, specs, *, labels: bool, limit):
     except (UnicodeDecodeError, OSError, csv.Error) as e:
         raise InputError(f"{p}: not a readable {p.suffix} file ({e})") from None
     n, width, label_col, names = scan["n"], scan["width"], scan["label_col"], scan["names"]
-    y = _labels(p, scan["labels"], names[label_col] if names else label_col + 1, scan["header"]) \
+    line0 = scan["line0"]
+    y = _labels(p, scan["labels"], names[label_col] if names else label_col + 1, line0) \
         if label_col is not None else None
     spec = specs[0] if specs else None
     item: tuple = (width - (label_col is not None),)
@@ -80,7 +81,6 @@ def read_csv(p: Path, specs, *, labels: bool, limit):
             item = tuple(want)  # flattened per-sample arrays, one per row
     # integer columns (category ids) for an integer input
     dtype = np.int64 if spec is not None and np.dtype(spec.dtype).kind in "iu" and scan["whole"] else np.float32
-    line0 = 2 if scan["header"] else 1
 
     def convert(got: list, a: int) -> np.ndarray:
         x = _checked(p, got, width, label_col, names, a + line0)
@@ -151,6 +151,7 @@ def _scan(p: Path, limit) -> dict:
         if first is None:
             raise CalibrationError(f"{p}: contains no rows")
         header = any(_number(c) is None for c in first)
+        line0 = 2 if header else 1  # the first data row's number, counting the header, not blank lines
         names = [h.strip() for h in first] if header else []
         label_col = next((i for i, h in enumerate(names) if h.lower() in LABEL_KEYS), None)
         width = len(first)
@@ -173,7 +174,7 @@ def _scan(p: Path, limit) -> dict:
             if not block:
                 break
             # numpy parses a chunk's cells at once; only a chunk that fails is walked cell by cell, to name one
-            x = _checked(p, block, width, label_col, names, n + (2 if header else 1))  # counting the header
+            x = _checked(p, block, width, label_col, names, n + line0)
             if label_col is not None:
                 ys.extend(r[label_col].strip() for r in block)
             whole = whole and bool(np.all(_finite_whole(x)))
@@ -184,7 +185,7 @@ def _scan(p: Path, limit) -> dict:
             raise CalibrationError(f"{p}: a header and no rows")
     finally:
         rows.close()
-    return {"n": n, "width": width, "header": header, "names": names, "label_col": label_col,
+    return {"n": n, "width": width, "header": header, "line0": line0, "names": names, "label_col": label_col,
             "labels": ys, "whole": whole, "starts": starts}
 
 
@@ -212,16 +213,16 @@ def _checked(p: Path, block: list, width: int, label_col, names: list, line0: in
     return np.array([[_number(c) for j, c in enumerate(r) if j != label_col] for r in block], dtype=np.float64)
 
 
-def _labels(p: Path, raw: list, col, header: bool):
+def _labels(p: Path, raw: list, col, line0: int):
     """The label column: numbers (class indices when whole, else regression targets), or class names
     ('spam'), which the model's own names may map to indices (loader.check_label_kind)."""
     values = [_number(c) for c in raw]
     if all(v is not None for v in values):
         y = np.array(values, dtype=np.float64)
-        if np.all(y == np.round(y)) and np.all(np.abs(y) < 2.0 ** 53):
+        if np.all(_finite_whole(y)) and np.all(np.abs(y) < 2.0 ** 53):
             return y.astype(np.int64)  # class indices, written as numbers
         return y
     if all(raw):
         return np.array(raw)
     i = raw.index("")
-    raise CalibrationError(f"{p}: row {i + (2 if header else 1)}, column {col!r}: '' is not a number")
+    raise CalibrationError(f"{p}: row {i + line0}, column {col!r}: '' is not a number")

@@ -8,6 +8,7 @@ import numpy as np
 
 from .artifact import Artifact, shape_text
 from .errors import UsageError
+from .source import DENSE_AXIS
 
 
 def chance_notes(run, fp32: Artifact) -> list:
@@ -58,7 +59,7 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
-    if run.ctx.source.task in ("segmentation", "token-classification", "regression"):
+    if run.ctx.source.task in (*DENSE_AXIS, "regression"):
         return []  # per-position classes scored as pixel accuracy, targets as r2_labels: noted when read
     if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
         note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "
