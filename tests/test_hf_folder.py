@@ -255,3 +255,15 @@ def test_the_task_a_head_names(arch, config, task):
     from edgekit.hf_folder import task_of
 
     assert task_of(arch, SimpleNamespace(**config)) == task
+
+
+def test_a_corrupt_image_processor_config_is_one_line(tmp_path, capsys):
+    vit = _vit_folder(tmp_path / "my-vit")
+    (vit / "preprocessor_config.json").write_text('{"size": {"height": 32,')
+    (tmp_path / "imgs").mkdir()
+    capsys.readouterr()
+    rc = run_cli(["compress", str(vit), "--calib", str(tmp_path / "imgs"), "--no-profile", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"{vit / 'preprocessor_config.json'}: not a readable JSON config" in err
+    assert not (tmp_path / "out").exists()
