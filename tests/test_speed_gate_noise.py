@@ -19,6 +19,9 @@ from edgekit.quant.tuning import RUNOFF_PAIRS, SPEED_TIE, Trial, Tuner, runoff_n
 
 from profile_models import matmul_chain
 
+# these time models with and without busy neighbours, and a parallel test worker is one
+pytestmark = pytest.mark.serial
+
 FEEDS = {"x": np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)}
 RUNS, SECONDS = 24, 0.6  # the first measurement's (quantize uses 60 / 1.5 s)
 
