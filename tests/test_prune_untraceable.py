@@ -95,3 +95,26 @@ def test_the_time_limit_restores_the_previous_alarm_handler():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_a_timeout_dropped_inside_a_finaliser_is_raised_again():
+    """An exception from a __del__ is printed and dropped: a time limit whose one signal landed there never
+    ended the walk (a CI run hung in this file)."""
+    import gc
+
+    import pytest
+
+    class Finaliser:
+        def __del__(self):
+            t = time.monotonic()
+            while time.monotonic() - t < 0.4:  # the limit's first signal arrives in here
+                pass
+
+    t0 = time.monotonic()
+    with pytest.raises(untraceable._Timeout):
+        with untraceable._time_limit(0.2):
+            Finaliser()
+            gc.collect()
+            while time.monotonic() - t0 < 5:
+                pass
+    assert time.monotonic() - t0 < 2

@@ -16,10 +16,11 @@ import threading
 # a normal group (a residual stream through every layer of a large transformer) resolves in well under a
 # second; the walk that does not converge never ends
 GROUP_SECONDS = 5.0
+RETRY_SECONDS = 0.1  # after the limit, how often the timeout is raised again until it is seen
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """A BaseException, as KeyboardInterrupt is, so that no `except Exception` in the library swallows it."""
 
 
 @contextlib.contextmanager
@@ -31,6 +32,10 @@ def _time_limit(seconds: float):
         return
 
     def expire(signum, frame):
+        # a handler that runs inside a __del__ or a weakref callback (the garbage collector's) has its exception
+        # printed and dropped: the one-shot timer was then spent and the walk went on for good (a test hung in
+        # CI). Each expiry arms the next, until the block's exit stops the timer.
+        signal.setitimer(signal.ITIMER_REAL, RETRY_SECONDS)
         raise _Timeout()
 
     import time
