@@ -37,6 +37,9 @@ export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.cache/numba}"
 # would be a busy neighbour, so they run afterwards on an otherwise idle host.
 if [ $# -gt 0 ]; then exec python -m pytest -q "$@"; fi
 jobs=$(python -c "import os; print(min(len(os.sched_getaffinity(0)), 4))")
+# zoo:digits-cnn trains on first use (about 70 s on 2 idle cores): once here, on every core, rather than in each
+# worker at the same time, each on one core
+python -c "from edgekit import zoo; zoo.load('digits-cnn')"
 rc=0
 if [ "$jobs" -gt 1 ]; then
   python -m pytest -q -n "$jobs" --dist loadfile -m "not serial" || rc=$?
