@@ -203,6 +203,47 @@ def test_fallback_keeps_the_sensitive_layer_in_fp32(tmp_path):
     assert art.path == "mlp.int8.onnx" and (tmp_path / "mlp.int8.onnx").exists()
 
 
+def two_outlier_gemms(path):
+    """Gemm -> Div -> Gemm -> Mul, each Gemm reading one input channel 1000x the others (its weight row
+    scaled down to match), so per-tensor INT8 activations crush the rest at both: neither Gemm alone in FP32
+    comes near a tight tolerance. Div and Mul are float ops that read the quantized Gemms' outputs."""
+    r = np.random.default_rng(6)
+    w1 = (r.normal(size=(32, 16)) * 0.5).astype(np.float32)
+    w2 = (r.normal(size=(10, 32)) * 0.3).astype(np.float32)
+    w1[:, 0] /= 1000.0  # x's channel 0 is 1000x the rest (the data below)
+    w1[0, :] *= 1000.0  # and so is h's channel 0, which fc2 scales back down
+    w2[:, 0] /= 1000.0
+    inits = {"w1": w1, "b1": np.zeros(32, np.float32), "w2": w2, "b2": np.zeros(10, np.float32),
+             "two": np.array(2.0, np.float32), "three": np.array(3.0, np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], "fc1", transB=1),
+             helper.make_node("Div", ["h", "two"], ["d"], "half"),
+             helper.make_node("Gemm", ["d", "w2", "b2"], ["g"], "fc2", transB=1),
+             helper.make_node("Mul", ["g", "three"], ["y"], "triple")]
+    return _save(nodes, inits, helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16]),
+                 helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10]), path)
+
+
+def test_fallback_never_keeps_every_weighted_layer_in_fp32(tmp_path):
+    """A tabular MLP (Linear, GELU, LayerNorm, Linear) that INT8 could not keep within 1% was written as
+    'model.int8.onnx' with both Gemms in FP32 and not one INT8 node, reported "within tolerance": the
+    ranking held the float ops after the Gemms too, and half of it was both Gemms. The best real INT8
+    candidate must be written, with its drop, and the tolerance reported as not met."""
+    p = two_outlier_gemms(tmp_path / "mlp.fp32.onnx")
+    x = np.random.default_rng(7).normal(size=(300, 16)).astype(np.float32)
+    x[:, 0] *= 1000.0
+    parent, ctx = _ctx(tmp_path, p, Dataset({"x": x}), tol="0.5%")
+    cfg = QuantizeConfig(calibrate_method="minmax", per_channel=True, op_types=("Gemm",), max_trials=8)
+    art = stage.run(parent, ctx, cfg)
+    rec = ctx.manifest.quantization[parent.path]
+    assert [s["node"] for s in rec["sensitivity"]] in (["fc1", "fc2"], ["fc2", "fc1"]), rec["sensitivity"]
+    assert not any({"fc1", "fc2"} <= set(t["config"]["exclude_nodes"]) for t in rec["trials"]), rec["trials"]
+    assert rec["tolerance_met"] is False and rec["recommend"] is False
+    assert "no INT8 candidate within tolerance" in rec["reason"]
+    assert art is not None and not {"fc1", "fc2"} <= set(art.settings.get("exclude_nodes", ()))
+    assert sum(op == "DequantizeLinear" for op in _ops(tmp_path / art.path)) >= 2  # an INT8 Gemm's input and weight
+    assert art.metrics["value"] < parent.metrics["value"]  # its measured drop, reported
+
+
 def test_speed_gate_refuses_int8_that_is_not_faster(tmp_path):
     p = tiny_gemm(tmp_path / "tiny.fp32.onnx")
     data = Dataset({"x": np.random.default_rng(4).normal(size=(64, 8)).astype(np.float32)})

@@ -377,6 +377,13 @@ class Tuner:
         # at most half the ranked nodes: beyond that the candidate is FP32 with extra steps, not an INT8
         # answer, and short trial timings cannot tell it from FP32 reliably
         top = max(1, (len(order) + 1) // 2)
+        # and never every weighted layer (Conv, MatMul, Gemm): an "INT8" model without one is FP32 with
+        # Q/DQ pairs around its activations, which a tabular MLP's two Gemms became when both fell back
+        compute = [i for i, s in enumerate(self.sensitivity) if s["op_type"] in sensitivity.PRIORITY]
+        if compute:
+            top = min(top, compute[-1])
+            if top < 1:
+                return []  # its one weighted layer is the worst node: falling it back leaves no INT8 model
         lo, k = 0, 1
         while self.budget_left > 0:
             if attempt(k):
