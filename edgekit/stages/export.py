@@ -19,7 +19,7 @@ from ..source import SourceModel
 from ..stdio import native_stderr_muted
 from ..tied_weights import store_once
 from ..verify import check_outputs, rule
-from . import export_symbolics, reparam
+from . import export_symbolics, gemm_bn_fold, reparam
 
 # element-wise |onnx - torch| <= ATOL * (the output's median |value|) + RTOL * |torch| (verify.rule)
 ATOL, RTOL = 1e-3, 1e-4
@@ -258,6 +258,7 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> list:
                                f"{str(e).splitlines()[0] if str(e) else ''}{_export_hint(module)}") from None
     # constant folding wrote a tied weight (and a weight read through .t()) once more, transposed
     store_once(tmp, exported)
+    gemm_bn_fold.fold_file(tmp)
     try:
         onnx.checker.check_model(str(tmp))
     except onnx.checker.ValidationError as e:
