@@ -19,7 +19,7 @@ from ..config import QuantizeConfig
 from ..errors import CalibrationError, EdgekitError, UsageError
 from ..fsutil import atomic_path
 from ..onnxutil import graph_facts
-from ..quant import fp16, isa as qisa, speed_gate, static
+from ..quant import float_weights, fp16, isa as qisa, speed_gate, static
 from ..quant.spec import QuantSpec
 from ..quant.tuning import Tuner
 
@@ -348,6 +348,10 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
         # small models: scales, zero points and Q/DQ nodes can outweigh the 4x smaller weights
         art.notes.append(f"the {kind} file is larger than its parent ({art.bytes:,} vs {parent.bytes:,} bytes): "
                          "quantization parameters outweigh the weights saved on a model this small")
+    if best.spec.mode in ("int8", "int8-dynamic"):
+        floats = float_weights.note(Path(ctx.outdir) / dest_name, best.spec.mode, best.spec.exclude_nodes)
+        if floats:
+            art.notes.append(floats)
     return art
 
 
