@@ -77,6 +77,13 @@ def load_onnx(path: str) -> SourceModel:
     except Exception as e:  # protobuf decode errors have no common base class
         raise InputError(f"{p}: not a valid ONNX model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     init = {i.name for i in model.graph.initializer}
+    for what, vs in (("input", [v for v in model.graph.input if v.name not in init]), ("output", model.graph.output)):
+        for v in vs:
+            kind = _non_tensor(v)
+            if kind:
+                raise InputError(f"{p}: {what} {v.name!r} is {kind}, not a tensor; edgekit quantizes, scores and "
+                                 f"profiles models whose inputs and outputs are tensors"
+                                 + (_ZIPMAP_HINT if any(n.op_type == "ZipMap" for n in model.graph.node) else ""))
     inputs = [_value_info_spec(v) for v in model.graph.input if v.name not in init]
     outputs = [v.name for v in model.graph.output]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -480,6 +487,23 @@ def float_dtype(model) -> str | None:
         if t in names:
             return names[t]
     return None
+
+
+# skl2onnx gives a classifier's probabilities as a ZipMap: one {class: probability} map per sample
+_ZIPMAP_HINT = (" (its probabilities go through a ZipMap, as skl2onnx writes a classifier by default: convert it "
+                "with options={id(model): {'zipmap': False}} for a [N, classes] tensor)")
+
+
+def _non_tensor(v) -> str | None:
+    """What a graph input or output is when it is not a tensor ('a sequence', 'a map', ...), else None."""
+    which = v.type.WhichOneof("value")
+    if which in ("tensor_type", None):  # None: no type given, which the checker allows and onnxruntime infers
+        return None
+    if which == "sequence_type":
+        inner = v.type.sequence_type.elem_type.WhichOneof("value")
+        return "a sequence of maps" if inner == "map_type" else "a sequence"
+    return {"map_type": "a map", "optional_type": "an optional value",
+            "sparse_tensor_type": "a sparse tensor"}.get(which, which)
 
 
 def _value_info_spec(v) -> TensorSpec:
