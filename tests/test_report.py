@@ -375,3 +375,25 @@ def test_quantization_trials_show_the_fp32_time_their_speed_up_is_over(runs, sin
         assert row["FP32 ms, same round"] == fmt.ms(t["fp32_ms"])
         assert row["Speed-up"] == fmt.ratio(t["fp32_ms"] / t["latency_ms"])
     assert "Speed-up: the FP32 time measured in the same interleaved round" in md
+
+
+def test_artifact_notes_are_shown_and_the_recommendation_is_not_repeated(runs, tmp_path):
+    """An artifact's notes (kept in FP32, weights still float, larger than its parent) were in the manifest and
+    report.json only; the reports show them, except one the recommendation above already quotes."""
+    a, _ = runs
+    d = tmp_path / "run"
+    shutil.copytree(a, d)
+    man = _manifest(d)
+    art = next(x for x in man["artifacts"] if x["kind"] == "int8")
+    quoted = next(iter(man["recommended"].values()))["reason"]
+    art["notes"] = [quoted, "most weights stay float in this int8 file: 10 of 12 | read by GRU"]
+    (d / "manifest.json").write_text(json.dumps(man))
+    out = tmp_path / "rep"
+    write_reports([d], html=out / "r.html", markdown=out / "r.md")
+    md = (out / "r.md").read_text()
+    section = md.split("## Notes\n", 1)[1].split("\n## ", 1)[0]
+    rows = _md_rows(section, f"int8 ({art['path']})")
+    assert [r[1] for r in rows] == ["most weights stay float in this int8 file: 10 of 12 \\| read by GRU"], section
+    html = (out / "r.html").read_text()
+    assert 'id="notes"' in html and "10 of 12 | read by GRU" in html
+    assert quoted and fmt.md_text(quoted) not in section  # the recommendation above quotes it already

@@ -209,6 +209,9 @@ def render(report, plots=None) -> str:
     sections = []  # (id, title, html)
     sections.append(("recommended", "Recommended artifact per target", _cards(report)))
     sections.append(("summary", "Summary", per_run(tables.summary)))
+    notes = per_run(tables.artifact_notes)
+    if notes:
+        sections.append(("notes", "Notes", notes))
     comp = tables.comparison(report)
     if comp:
         sections.append(("comparison", "Comparison between runs", _table(comp)))

@@ -91,6 +91,9 @@ def render(report, dest, plots=None) -> str:
            f"schema {_esc(report['schema'])}_\n",
            "## Recommended artifact per target\n", _recommended(report),
            "## Summary\n", per_run(tables.summary)]
+    notes = per_run(tables.artifact_notes)
+    if notes:
+        out += ["## Notes\n", notes]
     comp = tables.comparison(report)
     if comp:
         out += ["## Comparison between runs\n", _table(comp)]

@@ -224,6 +224,19 @@ def quant_trials(run) -> list:
     return out
 
 
+def artifact_notes(run) -> Table | None:
+    """Each artifact's notes (fell back to FP32, larger than its parent, weights still float, a fixed sequence
+    length, folded blocks): they were in the manifest and report.json only. A note the recommendation above
+    already quotes is not repeated."""
+    shown = " ".join(str(r.get("reason") or "") for r in (run.get("recommended") or {}).values())
+    t = Table(f"notes-{run['label']}", "Notes", [Column("Artifact"), Column("Note")])
+    for v in run["variants"]:
+        for n in v.get("notes") or []:
+            if n and str(n) not in shown:
+                t.rows.append([Cell(f"{v['kind']} ({v['path']})", cls="kind"), Cell(str(n), cls="wrap")])
+    return t if t.rows else None
+
+
 def stages(run) -> Table:
     t = Table(f"stages-{run['label']}", "Pipeline stages",
               [Column("Stage"), Column("Status"), Column("Time", num=True), Column("Note")])
