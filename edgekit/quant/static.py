@@ -66,9 +66,61 @@ def preprocess(src, dest) -> list:
         notes.append(f"{dead} dead output channels (weights < {DEAD_REL:g} of their layer's largest) set to "
                      "exactly 0 so their per-channel scale cannot overflow the int32 bias")
     renamed = keep_io_dims(m, onnx.load(str(src), load_external_data=False))
-    if ensure_node_names(m) or dead or renamed:
+    typed = untyped_tensor_types(m)
+    if typed:
+        notes.append(f"{typed} intermediate tensor(s) after an op with no type inference (ai.onnx.ml's Scaler is "
+                     "one) typed from one run of the model, so that they are calibrated and quantized")
+    if ensure_node_names(m) or dead or renamed or typed:
         onnx.save(m, str(dest))
     return notes
+
+
+def untyped_tensor_types(model) -> int:
+    """Give the intermediate tensors that no shape inference typed a type, read from one run of the model
+    on zeros; returns how many. onnxruntime's calibration only collects tensors it has a type for: after
+    skl2onnx's Scaler (ai.onnx.ml, no type inference) no activation of an MLP had one, so every candidate
+    quantized its weights alone, and the Softmax range step failed ("Only an existing tensor can be
+    modified"). Types depend on no value, so zeros of each input's dtype and shape (dynamic dims 1) do."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    known = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)} | {i.name for i in g.initializer}
+    missing = [o for n in g.node for o in n.output if o and o not in known]
+    if not missing or any(i.data_location == onnx.TensorProto.EXTERNAL for i in g.initializer):
+        return 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in missing)
+    init = {i.name for i in g.initializer}
+    feeds = {}
+    for v in g.input:
+        if v.name in init:
+            continue
+        t = v.type.tensor_type
+        if not v.type.HasField("tensor_type"):
+            return 0
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
+        feeds[v.name] = np.zeros(shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        got = dict(zip(missing, sess.run(missing, feeds)))
+    except Exception:  # a graph that does not run on zeros keeps its gaps, as before
+        return 0
+    n = 0
+    for t in missing:
+        a = got.get(t)
+        if isinstance(a, np.ndarray) and a.dtype.kind in "fiub":
+            g.value_info.append(helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                              [None] * a.ndim))
+            n += 1
+    return n
 
 
 def _below_opset_11(src: Path, scratch: Path):
