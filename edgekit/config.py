@@ -10,7 +10,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, did_you_mean
@@ -117,14 +117,14 @@ class PruneConfig:
 @dataclass(frozen=True, kw_only=True)
 class DistillConfig:
     enabled: bool | None = None  # None = on whenever pruning ran or a student is given
-    epochs: int = 30
+    epochs: int | None = None  # None: EPOCHS, or FRESH_EPOCHS for a student that starts from random weights
     lr: float = 2e-3
     batch_size: int = 64
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the soft-target loss; 1 - alpha goes to hard labels when present
     feature_weight: float = 0.0
     feature_layers: tuple = ()
-    patience: int = 5
+    patience: int | None = None  # None: PATIENCE, or FRESH_PATIENCE for a student from random weights
     student: str | None = None  # file.py:factory for a different architecture
     teacher: str | None = None  # default: the source model
     schedule: str = "cosine"  # learning-rate schedule: cosine | onecycle
@@ -140,16 +140,31 @@ class DistillConfig:
             if v is not None and not math.isfinite(v):
                 raise ConfigError(f"distill.{key} {v}: must be a finite number")
         for key, ok, rule in (("lr", self.lr > 0, "> 0"), ("batch_size", self.batch_size >= 1, ">= 1"),
-                              ("weight_decay", self.weight_decay >= 0, ">= 0"), ("patience", self.patience >= 0, ">= 0")):
+                              ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                              ("patience", self.patience is None or self.patience >= 0, ">= 0")):
             if not ok:
                 raise ConfigError(f"distill.{key} {getattr(self, key)!r}: must be {rule}")
-        if self.epochs < 0:
+        if self.epochs is not None and self.epochs < 0:
             raise ConfigError(f"distill.epochs {self.epochs}: must be >= 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"distill.alpha {self.alpha}: must be in [0, 1]")
         if self.temperature <= 0:
             raise ConfigError(f"distill.temperature {self.temperature}: must be > 0")
         object.__setattr__(self, "feature_layers", tuple(self.feature_layers))
+
+    def resolved(self, fresh: bool) -> "DistillConfig":
+        """epochs and patience as given, else the defaults for this student. A pruned model or a pretrained
+        folder starts near the teacher and fine-tunes; a file.py:factory student starts from random weights
+        and learns the task from nothing: a 602-parameter Conv1d student of a digits teacher reached 0.63
+        accuracy in 30 epochs, still rising, with patience 5 cutting longer runs short; 100 epochs with
+        patience 15 gave 0.85."""
+        return replace(self, epochs=self.epochs if self.epochs is not None else (FRESH_EPOCHS if fresh else EPOCHS),
+                       patience=self.patience if self.patience is not None else
+                       (FRESH_PATIENCE if fresh else PATIENCE))
+
+
+EPOCHS, PATIENCE = 30, 5  # fine-tuning a pruned or pretrained student
+FRESH_EPOCHS, FRESH_PATIENCE = 100, 15  # training a student from random weights
 
 
 @dataclass(frozen=True, kw_only=True)

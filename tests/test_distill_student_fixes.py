@@ -159,3 +159,21 @@ def test_epochs_0_with_fresh_student_refused(d, capsys):
     assert _distill(d, f"{d}/models.py:small_mlp", a) == 0
     assert _distill(d, a / "pruned.pt", d / "b", "--epochs", "0") == 0  # a trained student: kept, with a note
     assert any("0 epochs ran" in n for n in json.loads((d / "b" / "distill.json").read_text())["notes"])
+
+
+def test_a_fresh_student_trains_longer_by_default_than_one_that_fine_tunes(d):
+    """A file.py:factory student starts from random weights: 30 epochs with patience 5 (the fine-tuning
+    defaults a pruned model gets) left a digits student at 0.63 accuracy and still rising."""
+    def settings(out):
+        s = json.loads((out / "distill.json").read_text())["settings"]
+        return s["epochs"], s["patience"]
+
+    common = ["--teacher", f"{d}/models.py:build", "--calib", str(d / "calib.npy"), "--eval", str(d / "eval.npz"),
+              "--train", str(d / "train.npz")]
+    assert _run(["distill", *common, "--student", f"{d}/models.py:small_mlp", "-o", str(d / "fresh")]) == 0
+    assert settings(d / "fresh") == (100, 15)
+    assert _run(["distill", *common, "--student", str(d / "fresh" / "pruned.pt"), "-o", str(d / "tuned")]) == 0
+    assert settings(d / "tuned") == (30, 5)
+    assert _run(["distill", *common, "--student", f"{d}/models.py:small_mlp", "--epochs", "3", "--patience", "1",
+                 "-o", str(d / "given")]) == 0
+    assert settings(d / "given") == (3, 1)

@@ -25,15 +25,18 @@ from .common import CONTEXT_SETTINGS, console, echo_json, json_option, output_op
               "images become the model's input, recorded in the manifest for the device runner.")
 @click.option("--tokenizer", help="For .txt/.jsonl sentence data: file.py:function (sentences -> dict of input arrays) or a "
               "tokenizer.json (or a folder holding one), padded to the model's sequence length (else 128).")
-@click.option("--epochs", type=click.IntRange(0), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(0), default=None,
+              help="Training epochs. [default: 100 for a file.py:factory student, which starts from random "
+                   "weights; 30 for a pruned.pt or HuggingFace-folder student, which fine-tunes]")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="AdamW learning rate.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Soft-target temperature T.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.7, show_default=True,
               help="Weight of the soft-target loss; 1 - alpha goes to the labels when present.")
 @click.option("--schedule", type=click.Choice(["cosine", "onecycle"]), default="cosine", show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=5, show_default=True,
-              help="Stop after N epochs without a better eval metric (0: never); the best weights are kept.")
+@click.option("--patience", type=click.IntRange(0), default=None,
+              help="Stop after N epochs without a better eval metric (0: never); the best weights are kept. "
+                   "[default: 15 for a file.py:factory student, 5 for a pruned.pt or HuggingFace folder]")
 @click.option("--feature-layer", "feature_layers", multiple=True, help="Match this layer's features too "
               "('name', or 'student_name=teacher_name'; repeatable).")
 @click.option("--feature-weight", type=float, default=0.0, show_default=True, help="Weight of feature matching.")
@@ -70,7 +73,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
         feature_weight = 1.0
     cfg = DistillConfig(enabled=True, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
                         alpha=alpha, schedule=schedule, patience=patience, feature_layers=tuple(feature_layers),
-                        feature_weight=feature_weight, student=student)
+                        feature_weight=feature_weight, student=student).resolved(stage.fresh_student(student))
     _seed(seed)
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),

@@ -58,6 +58,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
         if td is not None:
             paths["step0"] = Path(td.name) / "step0.onnx"
             export(teacher, paths["step0"])
+        distill_cfg = distill_cfg.resolved(False)  # a pruned model fine-tunes
         raised = epochs_note(distill_cfg.epochs, prune_cfg.steps) if distill_enabled else None
         if raised:
             notes.append(raised)

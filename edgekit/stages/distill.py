@@ -52,14 +52,16 @@ def validation_split(train, evalset, seed: int) -> tuple:
             train.subset(rest, f"{train.source} [{n - k} trained on]"))
 
 
-def run(teacher, student, ctx, cfg: DistillConfig) -> tuple:
-    """Train `student` (in place) to mimic `teacher`; returns (student in eval mode, history dict)."""
+def run(teacher, student, ctx, cfg: DistillConfig, *, fresh: bool = False) -> tuple:
+    """Train `student` (in place) to mimic `teacher`; returns (student in eval mode, history dict).
+    fresh: the student starts from random weights (DistillConfig.resolved)."""
     import torch
 
     from ..pruning.batching import Trimmer, rows, train_batches
     from ..pruning.metrics import predict
 
     t0 = time.perf_counter()
+    cfg = cfg.resolved(fresh)
     names = [s.name for s in ctx.source.inputs]
     task = ctx.source.task
     train = ctx.train if ctx.train is not None and len(ctx.train) else ctx.calib
@@ -482,6 +484,14 @@ class _Features:
     def remove(self):
         for h in self.hooks:
             h.remove()
+
+
+def fresh_student(spec) -> bool:
+    """Whether a --student starts from random weights: a file.py:factory (a pruned .pt or a HuggingFace folder
+    brings trained weights)."""
+    from .. import hf_folder
+
+    return bool(spec) and not str(spec).endswith((".pt", ".pth")) and not hf_folder.is_model_folder(str(spec))
 
 
 def load_student(spec: str, source, example=None, *, trust_pickle: bool = False):

@@ -135,7 +135,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
         raise UsageError("prune: nothing to do (ratio 0); pass --ratio R, --head-ratio R or --target-latency")
 
     res = schedule.run(model, teacher=teacher, ctx=ctx, plan=plan, prune_cfg=prune, distill_cfg=distill,
-                       distill_enabled=distill_enabled and distill.epochs > 0, ratio=ratio, ratio_dict=ratio_dict,
+                       distill_enabled=distill_enabled and distill.resolved(False).epochs > 0, ratio=ratio, ratio_dict=ratio_dict,
                        round_to=round_to, example=example, metric=metric, names=names, export=export, feeds=feeds)
     model = res["module"].eval()
     macs1, params1 = graph.count(model, example)
@@ -307,7 +307,7 @@ def _student_only(source, ctx, distill, teacher, example, base, t0) -> PruneResu
 
     student = distill_stage.load_student(distill.student, source, example, trust_pickle=ctx.trust_pickle)
     macs_s, params_s = graph.count(student, example)
-    student, hist = distill_stage.run(teacher, student, ctx, distill)
+    student, hist = distill_stage.run(teacher, student, ctx, distill, fresh=distill_stage.fresh_student(distill.student))
     info = {**base, "method": "student", "ratio": 0.0, "params_after": params_s, "macs_after": macs_s,
             "metric_after": hist["best_metric"], "channels": {}, "sensitivity": [], "steps": [], "distill": hist,
             "student": distill.student, "seconds": round(time.perf_counter() - t0, 2)}
