@@ -1180,6 +1180,16 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
                              f"{LABEL_KEY!r} holds class labels in edgekit's data format; rename that parameter "
                              "(and the array) to feed it as a model input")
         given = list(sample_inputs)
+        required = [n for n in _forward_names(module, required=True) if n in names]
+        if len(given) == 1 and len(required) > 1 and not _takes_varargs(module):
+            # forward(num, sex) on a .csv: "missing 1 required positional argument: 'sex'" said nothing of the data
+            raise InputError(f"{where}: forward() takes {len(required)} inputs ({', '.join(required)}), but the data "
+                             f"holds one input array, {given[0]!r} (a .csv, .tsv, .npy, image folder or sentence file "
+                             "is one input); pass an .npz with an array named for each")
+        absent = [n for n in required if n not in given]
+        if len(given) > 1 and absent and not set(given) - set(names) and not _takes_varargs(module):
+            raise InputError(f"{where}: the data has no array for forward()'s {', '.join(map(repr, absent))} "
+                             f"(it holds {', '.join(map(repr, given))}); add an array of that name to the .npz")
         if len(given) == 1 and len(names) >= 1:
             arr = next(iter(sample_inputs.values()))
             return [TensorSpec(names[0], ["batch", *arr.shape[1:]], _input_dtype(module, arr))]

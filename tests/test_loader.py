@@ -444,3 +444,37 @@ def test_forward_with_only_varargs_takes_the_data_arrays_in_order(tmp_path):
         with torch.no_grad():
             out = src.module(*[torch.from_numpy(data[s.name]) for s in src.inputs])
         assert out.shape == (5, 3)
+
+
+TABULAR_MODEL = '''
+import torch, torch.nn as nn
+
+class Tab(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.sex, self.region = nn.Embedding(2, 3), nn.Embedding(5, 3)
+        self.fc = nn.Linear(9 + 6, 1)
+
+    def forward(self, num, sex, region):
+        return self.fc(torch.cat([num, self.sex(sex), self.region(region)], 1))
+
+def build():
+    return Tab()
+'''
+
+
+def test_data_with_fewer_arrays_than_forward_takes_is_one_line_naming_them(tmp_path):
+    """forward(num, sex, region) on a .csv (one array) read "forward() failed ... missing 2 required
+    positional arguments", which said nothing of the data."""
+    f = tmp_path / "tab.py"
+    f.write_text(TABULAR_MODEL)
+    rng = np.random.default_rng(0)
+    num, sex = rng.normal(size=(8, 9)).astype(np.float32), rng.integers(0, 2, 8)
+    with pytest.raises(InputError, match=r"tab.py:build: forward\(\) takes 3 inputs \(num, sex, region\), but the data "
+                                         r"holds one input array, 'input' .*pass an .npz with an array named for each"):
+        load_source(f"{f}:build", sample_inputs={"input": num})
+    with pytest.raises(InputError, match=r"tab.py:build: the data has no array for forward\(\)'s 'region' \(it holds "
+                                         r"'num', 'sex'\)"):
+        load_source(f"{f}:build", sample_inputs={"num": num, "sex": sex})
+    src = load_source(f"{f}:build", sample_inputs={"num": num, "sex": sex, "region": rng.integers(0, 5, 8)})
+    assert [s.name for s in src.inputs] == ["num", "sex", "region"]
