@@ -301,7 +301,7 @@ def to_html(report: dict) -> str:
     def inline(text):
         # the Markdown's escapes (\| \[ &lt; ...) back to the text they stand for, then escaped for HTML
         em = len(text) > 2 and text[0] == text[-1] == "_"
-        text = escape(unescape(re.sub(r"\\([\\|\[\]])", r"\1", text[1:-1] if em else text)))
+        text = escape(unescape(re.sub(r"\\([\\|\[\]*])", r"\1", text[1:-1] if em else text)))
         return f"<em>{text}</em>" if em else text
 
     out, rows, items = [], [], []

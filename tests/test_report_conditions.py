@@ -156,3 +156,25 @@ def test_profile_markdown_shows_a_folder_named_like_html_as_text(runs, tmp_path,
     rows = [ln for ln in out.splitlines() if ln.startswith("| ") and " fp32 | " in ln]
     assert [r.split(" | ")[0] for r in rows] == ["| base/fp32", "| <img src=x onerror=alert(1)>/fp32", "| a`b\\|c"]
     assert "&lt;" not in out and "&gt;" not in out
+
+
+def test_an_asterisk_in_a_run_folder_shows_as_written(runs, tmp_path, capsys):
+    """A run folder 'int8*fast*' showed in Markdown as 'int8' and an italic 'fast': '*' is escaped, in the
+    compress report and in the profile report, whose HTML page is made from its Markdown."""
+    from edgekit.cli import main
+
+    a, _, _ = runs
+    odd, base = tmp_path / "int8*fast*", tmp_path / "base"
+    shutil.copytree(a, odd)
+    shutil.copytree(a, base)  # two folders: the profile's rows are then named after them
+    assert main(["report", str(odd), "-o", str(tmp_path / "r.html"), "--markdown", str(tmp_path / "r.md")]) == 0
+    md = (tmp_path / "r.md").read_text()
+    assert "int8\\*fast\\*" in md and "int8*fast*" not in md
+    assert main(["profile", str(base), str(odd), "--min-runs", "5", "--min-seconds", "0", "--warmup", "1",
+                 "--no-op-profile", "-o", str(tmp_path / "p.md")]) == 0, capsys.readouterr().err
+    pmd = (tmp_path / "p.md").read_text()
+    assert "int8\\*fast\\*/fp32" in pmd and "int8*fast*/fp32" not in pmd
+    assert main(["profile", str(base), str(odd), "--min-runs", "5", "--min-seconds", "0", "--warmup", "1",
+                 "--no-op-profile", "-o", str(tmp_path / "p.html")]) == 0
+    html = (tmp_path / "p.html").read_text()
+    assert "<td>int8*fast*/fp32</td>" in html and "\\*" not in html

@@ -77,8 +77,11 @@ def short_status(lat) -> str:
 
 # what makes text in a Markdown file markup: inline HTML (many previewers render <img onerror=...>), an
 # entity, a link or image, a table cell's end, an escape; each becomes an entity or is escaped. Backticks
-# stay: edgekit's own reasons quote commands in them, and a code span neither ends a cell nor runs HTML
-_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]"}
+# stay: edgekit's own reasons quote commands in them, and a code span neither ends a cell nor runs HTML.
+# `*` is escaped: a run folder "int8*fast*" showed as "int8" and an italic "fast". `_` is not: GitHub's
+# Markdown does not emphasise inside a word (r2_labels, my_model), where a \_ would show as typed
+_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "|": "\\|", "[": "\\[", "]": "\\]",
+               "*": "\\*"}
 
 
 def md_text(s) -> str:

@@ -20,12 +20,12 @@ def _table(t: tables.Table) -> str:
     for row in t.rows:
         cells = []
         for cell in row:
-            text = cell.text + (f" ({cell.sub})" if cell.sub else "")
+            text = _esc(cell.text + (f" ({cell.sub})" if cell.sub else ""))
             if "status" in cell.cls and cell.cls != "status status-ok":
                 text = f"*{text}*"  # a measurement that is not a number reads as words, in italics
             elif cell.cls == "strong" or cell.cls == "kind":
                 text = f"**{text}**"
-            cells.append(_esc(text))
+            cells.append(text)
             cells += [""] * (cell.span - 1)
         lines.append("| " + " | ".join(cells) + " |")
     out = (warn + "\n" if warn else "") + "\n".join(lines) + "\n"
