@@ -67,3 +67,36 @@ def test_a_quantized_cnn_says_nothing(tmp_path):
     art = _run(tmp_path, path, QuantizeConfig(tune=False, speed_gate=False), shape=(64, 1, 8, 8))
     assert float_weights.census(tmp_path / art.path)["float"] == 0
     assert not [n for n in art.notes if n.startswith("most weights stay float")], art.notes
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag, self.fc = nn.EmbeddingBag(200, 16, mode="mean"), nn.Linear(16, 4)
+
+    def forward(self, tokens):
+        return self.fc(torch.relu(self.bag(tokens)))
+
+
+def test_an_embedding_table_inside_a_loop_is_counted_and_named(tmp_path):
+    """torch exports an EmbeddingBag as a Loop whose body reads the table: the INT8 file came out larger than
+    FP32 with a note blaming quantization parameters on a model this small, while 99% of its weights (the
+    table) stayed float where the quantizer does not go."""
+    torch.manual_seed(0)
+    path = tmp_path / "bag.fp32.onnx"
+    torch.onnx.export(Bag().eval(), (torch.randint(0, 200, (2, 7)),), str(path), input_names=["tokens"],
+                      output_names=["y"], dynamic_axes={"tokens": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+    data = Dataset({"tokens": np.random.default_rng(0).integers(0, 200, size=(64, 7))})
+    src = SourceModel(spec=str(path), kind="onnx", inputs=[], outputs=["y"], onnx_path=str(path))
+    ev = Evaluator(Dataset(dict(data.inputs), None, "test"), "classification", path)
+    parent = Artifact(kind="fp32", path=path.name)
+    parent.metrics = ev(path)
+    parent.refresh_file_facts(tmp_path)
+    ctx = RunContext(outdir=tmp_path, source=src, manifest=Manifest(), calib=data, eval=data, evaluate=ev,
+                     tolerance=Tolerance.parse("100%"))
+    art = stage.run(parent, ctx, QuantizeConfig(tune=False, speed_gate=False))
+    assert float_weights.census(tmp_path / art.path)["float_by_op"].get("Loop") == 200 * 16
+    said = [n for n in art.notes if n.startswith("most weights stay float")]
+    assert len(said) == 1 and "Loop" in said[0] and "EmbeddingBag" in said[0], art.notes
+    larger = [n for n in art.notes if "larger than its parent" in n]
+    assert larger and "most of its weights stay float" in larger[0], art.notes  # not "quantization parameters"

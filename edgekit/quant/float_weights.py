@@ -13,6 +13,11 @@ from collections import Counter
 _WHY = {
     "GRU": "onnxruntime has no INT8 GRU kernel",
     "RNN": "onnxruntime has no INT8 RNN kernel",
+    # read inside the body: torch exports an EmbeddingBag as a Loop over the bags, and onnxruntime's
+    # quantizer does not enter subgraphs
+    "Loop": "inside a Loop's body, where onnxruntime's quantizer does not go; torch exports an EmbeddingBag so",
+    "If": "inside an If's branches, where onnxruntime's quantizer does not go",
+    "Scan": "inside a Scan's body, where onnxruntime's quantizer does not go",
 }
 _STATIC_ONLY_DYNAMIC = {"LSTM": "onnxruntime's static INT8 has no LSTM; --quantize int8-dynamic quantizes it"}
 MOST = 0.5  # the share of float weight elements from which the note is written
@@ -34,7 +39,7 @@ def census(path) -> dict:
                 tensors[n.output[0]] = t
     readers: dict = {}
     for n in g.node:
-        for i in n.input:
+        for i in list(n.input) + sorted(_subgraph_inputs(n)):
             readers.setdefault(i, []).append(n.op_type)
     out = {"float": 0, "int8": 0, "float_by_op": Counter()}
     for name, t in tensors.items():
@@ -50,6 +55,19 @@ def census(path) -> dict:
             for op in dict.fromkeys(readers[name]):
                 out["float_by_op"][op] += size
     out["float_by_op"] = dict(out["float_by_op"].most_common())
+    return out
+
+
+def _subgraph_inputs(node) -> set:
+    """Names the node's subgraphs (a Loop's body, an If's branches) read, at any depth."""
+    import onnx
+
+    out: set = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                out.update(n.input)
+                out |= _subgraph_inputs(n)
     return out
 
 

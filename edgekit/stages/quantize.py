@@ -344,14 +344,15 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
                     "calib_size": calibrated}
     art.notes = [reason] + ([f"kept in FP32: {', '.join(best.spec.exclude_nodes)}"] if best.spec.exclude_nodes else [])
     _numeric_veto(art, record)
+    floats = float_weights.note(Path(ctx.outdir) / dest_name, best.spec.mode, best.spec.exclude_nodes) \
+        if best.spec.mode in ("int8", "int8-dynamic") else None
     if parent.bytes and art.bytes > parent.bytes:
         # small models: scales, zero points and Q/DQ nodes can outweigh the 4x smaller weights
         art.notes.append(f"the {kind} file is larger than its parent ({art.bytes:,} vs {parent.bytes:,} bytes): "
-                         "quantization parameters outweigh the weights saved on a model this small")
-    if best.spec.mode in ("int8", "int8-dynamic"):
-        floats = float_weights.note(Path(ctx.outdir) / dest_name, best.spec.mode, best.spec.exclude_nodes)
-        if floats:
-            art.notes.append(floats)
+                         + ("most of its weights stay float (next note), and Q/DQ nodes were added"
+                            if floats else "quantization parameters outweigh the weights saved on a model this small"))
+    if floats:
+        art.notes.append(floats)
     return art
 
 
