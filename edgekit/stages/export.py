@@ -19,7 +19,7 @@ from ..source import SourceModel
 from ..stdio import native_stderr_muted
 from ..tied_weights import store_once
 from ..verify import check_outputs, rule
-from . import export_symbolics, gemm_bn_fold, reparam
+from . import embedding_bags, export_symbolics, gemm_bn_fold, reparam
 
 # element-wise |onnx - torch| <= ATOL * (the output's median |value|) + RTOL * |torch| (verify.rule)
 ATOL, RTOL = 1e-3, 1e-4
@@ -243,7 +243,7 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> list:
         torch._C._jit_set_onnx_log_output_stream("stderr")
     # torch's fused MHA fast path (nn.TransformerEncoderLayer in eval mode) has no ONNX export
     with warnings.catch_warnings(record=True) as caught, torch.no_grad(), _mha_fastpath(False), \
-            native_stderr_muted():
+            embedding_bags.as_gathers(module), native_stderr_muted():
         # recorded, not shown: the exporter's deprecation chatter goes, a TracerWarning (a Python branch
         # or int() on a tensor, frozen into the graph) is the one signal that the trace may not generalise
         warnings.simplefilter("always")
