@@ -1,6 +1,7 @@
 """Every onnxruntime session edgekit opens (runner, evaluation, quantization timing) uses one config."""
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit import onnxutil
@@ -75,6 +76,7 @@ def _idle_cpu_ms(sess, feeds) -> float:
     return min(out)
 
 
+@pytest.mark.serial  # times a spinning worker thread's CPU: another worker's load starves it
 def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow_each_other(tmp_path):
     import onnxruntime as ort
 
@@ -90,6 +92,7 @@ def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow
         assert _idle_cpu_ms(s, feeds) < 5.0
 
 
+@pytest.mark.serial  # times a spinning worker thread's CPU: another worker's load starves it
 def test_models_timed_alone_or_settled_keep_spinning_as_a_deployed_loop_does_and_the_gate_s_stop(tmp_path):
     from edgekit.runner.edgekit_runner import ALONE_CONFIG, bench_models
 
@@ -110,6 +113,7 @@ def test_models_timed_alone_or_settled_keep_spinning_as_a_deployed_loop_does_and
     assert _idle_cpu_ms(open_session(a, threads=2, config=ALONE_CONFIG), feeds) > 10.0
 
 
+@pytest.mark.serial  # times a spinning worker thread's CPU: another worker's load starves it
 def test_a_settled_switch_waits_until_the_last_model_s_threads_stop_spinning(tmp_path):
     import time
 
