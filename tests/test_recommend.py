@@ -74,3 +74,13 @@ def test_a_target_s_precisions_bound_the_recommendation():
     r = recommend(m, Tolerance.parse("1%"), [npu])["cpu"]
     # measured, every artifact rejected: 'none' ('unavailable' is for a runtime or device that is not there)
     assert r["status"] == "none" and "f.onnx: fp32 is not among cpu's precisions (int8)" in r["reason"]
+
+
+def test_a_pruned_variant_as_fast_as_fp32_is_not_recommended():
+    """A distilled tabular MLP at p50 0.016 ms beside FP32's 0.016 ms was recommended as "1.00x faster than
+    FP32": a pruned or distilled variant has no speed gate, so the gate's margin applies to its p50."""
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 0.0160), _art("distilled", "d.onnx", 0.99, 0.0159, "f.onnx")])
+    r = recommend(m, Tolerance.parse("1%"), [T])["cpu"]
+    assert r["path"] == "f.onnx" and "d.onnx: p50 0.016 ms against FP32's 0.016 ms is not measurably faster" in r["reason"]
+    m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 0.0160), _art("distilled", "d.onnx", 0.99, 0.0120, "f.onnx")])
+    assert recommend(m, Tolerance.parse("1%"), [T])["cpu"]["path"] == "d.onnx"
