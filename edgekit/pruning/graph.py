@@ -7,6 +7,7 @@ channel i of a group removes it everywhere and the pruned model still runs.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,21 @@ import numpy as np
 from ..errors import EdgekitError, InputError, UsageError
 from ..module_copy import clone, detach_caches
 from . import untraceable
+
+# Torch-Pruning's UserWarning about parameters no layer it knows holds (a ViT's cls_token, an EmbeddingBag's
+# table) reached the terminal as two raw lines of its own advice ("please provide an unwrapped_parameters
+# argument", which an edgekit user cannot); the pruning stage says it as one note (unwrapped_note)
+warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+
+
+def unwrapped_note(pruner) -> str | None:
+    """One line naming the parameters Torch-Pruning found no layer for, and what it does with them."""
+    names = sorted(getattr(pruner.DG, "_param_to_name", {}).values())
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{len(names)} parameter(s) held by no layer Torch-Pruning knows ({shown}): their last dimension is "
+            "pruned with the channels it matches, and the pruned model is checked as every step is")
 
 DEFAULT_MULTIPLE = 8
 

@@ -43,6 +43,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     pruner = graph.make_pruner(model, example, plan, imp, ratio=0.0 if ratio_dict else ratio, ratio_dict=ratio_dict,
                                global_pruning=prune_cfg.global_pruning, round_to=round_to,
                                head_ratio=prune_cfg.head_ratio, steps=prune_cfg.steps)
+    unwrapped = graph.unwrapped_note(pruner)
     if not graph.prunable_groups(pruner.DG, pruner.ignored_layers) and not (plan.has_heads and prune_cfg.head_ratio > 0):
         # a copy of the same model would be reported as a "pruned" variant: refuse instead
         raise UsageError(f"prune: nothing in this model can be pruned: {_kept(plan)}{graph.foreign_layers(model)}; "
@@ -52,6 +53,9 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
     histories = []
     told = []  # notes already on stderr: the prune command's summary does not repeat them
+    if unwrapped:
+        notes.append(unwrapped)
+        told.append(_tell(unwrapped))
     td = tempfile.TemporaryDirectory(prefix="edgekit-steps-") if export is not None else None
     paths = {}
     try:
