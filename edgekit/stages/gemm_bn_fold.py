@@ -163,14 +163,14 @@ def fold(model) -> list:
         s, t = affine
         before = producer.get(bn.input[0])
         after = g.users.get(bn.output[0], [])
-        if before is not None and id(before) not in gone and g.only_user(bn.input[0], bn) \
+        if before is not None and g.only_user(bn.input[0], bn) \
                 and (parts := _gemm_parts(g, before)) and parts[0].shape[1] == s.size:
             bt, c, alpha, beta = parts
             _set_gemm(g, before, bt * (alpha * s)[None, :], beta * c * s + t)
             before.output[0] = bn.output[0]
             producer[bn.output[0]] = before
         elif len(after) == 1 and g.only_user(bn.output[0], after[0]) and after[0].input[0] == bn.output[0] \
-                and id(after[0]) not in gone and not _attr(after[0], "transA", 0) \
+                and not _attr(after[0], "transA", 0) \
                 and bn.input[0] not in g.hidden_uses \
                 and (parts := _gemm_parts(g, after[0])) and parts[0].shape[0] == s.size:
             gemm = after[0]
