@@ -94,17 +94,18 @@ def untyped_tensor_types(model) -> int:
     probe.CopyFrom(model)
     probe.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in missing)
     init = {i.name for i in g.initializer}
-    feeds = {}
-    for v in g.input:
-        if v.name in init:
-            continue
-        t = v.type.tensor_type
-        if not v.type.HasField("tensor_type"):
-            return 0
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
-        feeds[v.name] = np.zeros(shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
     try:
         import onnxruntime as ort
+
+        feeds = {}
+        for v in g.input:
+            if v.name in init:
+                continue
+            t = v.type.tensor_type
+            if not v.type.HasField("tensor_type"):
+                return 0
+            shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
+            feeds[v.name] = np.zeros(shape, helper.tensor_dtype_to_np_dtype(t.elem_type))
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
