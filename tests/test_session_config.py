@@ -8,6 +8,12 @@ from edgekit import onnxutil
 from edgekit.quant.timing import _session
 from edgekit.runner.edgekit_runner import SESSION_CONFIG, open_session
 
+# These watch onnxruntime's worker threads: how a run's chunks split between the caller and a worker, and the
+# CPU a worker spins for after a run. Another xdist worker on the same 2 cores starves one of them (a CI run
+# here gave the caller every chunk 20 runs in a row; a full run gave a spinning worker 3.6 ms against > 10), so
+# the file runs with the serial tests, on an otherwise idle host
+pytestmark = pytest.mark.serial
+
 N = 1 << 20
 
 
@@ -76,7 +82,6 @@ def _idle_cpu_ms(sess, feeds) -> float:
     return min(out)
 
 
-@pytest.mark.serial  # times a spinning worker thread's CPU: another worker's load starves it
 def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow_each_other(tmp_path):
     import onnxruntime as ort
 
@@ -92,7 +97,6 @@ def test_an_idle_session_stops_spinning_so_models_timed_side_by_side_do_not_slow
         assert _idle_cpu_ms(s, feeds) < 5.0
 
 
-@pytest.mark.serial  # times a spinning worker thread's CPU: another worker's load starves it
 def test_models_timed_alone_or_settled_keep_spinning_as_a_deployed_loop_does_and_the_gate_s_stop(tmp_path):
     from edgekit.runner.edgekit_runner import ALONE_CONFIG, bench_models
 
@@ -113,7 +117,6 @@ def test_models_timed_alone_or_settled_keep_spinning_as_a_deployed_loop_does_and
     assert _idle_cpu_ms(open_session(a, threads=2, config=ALONE_CONFIG), feeds) > 10.0
 
 
-@pytest.mark.serial  # times a spinning worker thread's CPU: another worker's load starves it
 def test_a_settled_switch_waits_until_the_last_model_s_threads_stop_spinning(tmp_path):
     import time
 
