@@ -412,6 +412,13 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = None
+    # onnxruntime-gpu installs the same `onnxruntime` module under another distribution name: without
+    # this a GPU machine's manifest said onnxruntime null
+    try:
+        out["onnxruntime-gpu"] = md.version("onnxruntime-gpu")
+        out["onnxruntime"] = out["onnxruntime"] or out["onnxruntime-gpu"]
+    except md.PackageNotFoundError:
+        pass
     return out
 
 

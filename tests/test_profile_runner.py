@@ -39,7 +39,7 @@ def test_runner_imports_only_numpy_and_onnxruntime():
     # start) plus numpy and onnxruntime
     assert imported <= {"argparse", "json", "os", "platform", "re", "sys", "tempfile", "time", "numpy",
                         "onnxruntime", "resource", "bisect", "ctypes", "importlib", "hashlib", "shutil", "stat",
-                        "atexit", "statistics"}, imported
+                        "atexit", "statistics", "contextlib", "io"}, imported
 
 
 def test_bench_run_and_selftest(tmp_path, lone_runner):

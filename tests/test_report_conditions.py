@@ -31,7 +31,7 @@ def _tiny_onnx(path: Path) -> None:
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), path)
 
 
 def make_run(outdir: Path, threads=None) -> Path:

@@ -175,25 +175,65 @@ def provider_status(providers, required=None) -> tuple[list, list, str | None]:
 
     avail = set(ort.get_available_providers())
     names = [n for n, _ in providers]
+    problems = {n: why for n in names if n in avail and (why := provider_problem(n))}
+    avail -= set(problems)
     required = names if required is None else list(required)
     usable = [(n, o) for n, o in providers if n in avail]
     missing = [n for n in names if n not in avail]
     bad = [n for n in missing if n in required]
     if not bad:
         return usable, missing, None
-    return usable, missing, _missing_reason(bad[0], avail)
+    return usable, missing, _missing_reason(bad[0], avail, problems)
 
 
-def _missing_reason(name: str, avail) -> str:
+def _missing_reason(name: str, avail, problems=None) -> str:
     import onnxruntime as ort
 
     ver = getattr(ort, "__version__", "?")
-    if name in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+    if (problems or {}).get(name):
+        return f"{name} cannot load in onnxruntime {ver}: {problems[name]}"
+    if name in GPU_PROVIDERS:
         if "CUDAExecutionProvider" not in avail:
             return (f"onnxruntime-gpu not installed (onnxruntime {ver} offers {', '.join(sorted(avail))}; "
                     f"{name} needs `pip install onnxruntime-gpu` and an NVIDIA GPU)")
         return f"{name} is not available in onnxruntime {ver} (TensorRT libraries missing?)"
     return f"{name} is not available in onnxruntime {ver} on {platform.machine()} (has {', '.join(sorted(avail))})"
+
+
+_PROVIDER_LIBS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+_LIB_PROBLEMS = {}  # provider -> why its library cannot load here (None: it loads), looked up once per process
+
+
+def provider_problem(name: str) -> str | None:
+    """Why onnxruntime's library for a GPU provider cannot load on this machine, or None.
+
+    onnxruntime-gpu lists CUDA and TensorRT as available whether or not their libraries can load, and a
+    session asking for one that cannot falls back: for TensorRT without libnvinfer onnxruntime printed an
+    "EP Error" block on stdout for every session (34 in one `edgekit profile` on an H200 machine, which breaks
+    --json), and for CUDA the session ran on the CPU. The library is loaded here as onnxruntime would load it.
+    """
+    short = _PROVIDER_LIBS.get(name)
+    if short is None or platform.system() != "Linux":
+        return None
+    if name not in _LIB_PROBLEMS:
+        import ctypes
+
+        import onnxruntime as ort
+
+        preload_gpu_libs()
+        lib = os.path.join(os.path.dirname(ort.__file__), "capi", f"libonnxruntime_providers_{short}.so")
+        why = None
+        if not os.path.exists(lib):
+            why = f"{os.path.basename(lib)} is not in this onnxruntime install (onnxruntime-gpu has it)"
+        else:
+            try:
+                ctypes.CDLL(lib)
+            except OSError as e:
+                why = str(e).replace(lib + ": ", "")
+                if short == "tensorrt":
+                    why = f"TensorRT libraries not found ({why})"
+        _LIB_PROBLEMS[name] = why
+    return _LIB_PROBLEMS[name]
 
 
 def session_options(threads=None, config=None):
@@ -211,6 +251,42 @@ def session_options(threads=None, config=None):
     return so
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_GPU_LIBS = []  # [the lines onnxruntime printed while loading its CUDA/cuDNN libraries], once per process
+
+
+def preload_gpu_libs() -> list:
+    """Load the CUDA and cuDNN libraries pip's nvidia-* packages hold, once per process, before the first
+    CUDA/TensorRT session; the lines onnxruntime printed (its failures) are returned.
+
+    onnxruntime-gpu's CUDA provider library needs libcudart/libcublas/libcudnn; where those come from pip's
+    nvidia-* packages (`pip install onnxruntime-gpu[cuda,cudnn]`) and are not on the loader's path, the provider
+    cannot load and the session runs on the CPU. onnxruntime's preload_dlls() loads them from site-packages
+    (on the H200 machine checked, 2026-12-04, the libraries were found either way). It prints what it could
+    not load on stdout, which would corrupt --json output: that is captured.
+    """
+    if not _GPU_LIBS:
+        import contextlib
+        import io
+
+        import onnxruntime as ort
+
+        said = io.StringIO()
+        try:
+            # environment-level warnings of onnxruntime-gpu are not the user's to act on: 1.31 logged "No
+            # registered plugin EP device found for 'CUDAExecutionProvider' with device_id=0" for every session
+            # given a device_id (32 lines on stderr in one `edgekit profile` on an H200). Errors still show.
+            ort.set_default_logger_severity(3)
+            if hasattr(ort, "preload_dlls") and "CUDAExecutionProvider" in ort.get_available_providers():
+                with contextlib.redirect_stdout(said):
+                    ort.preload_dlls()
+        except Exception as e:  # a broken install: the session's own check says what is missing
+            said.write(f"{type(e).__name__}: {e}")
+        text = re.sub(r"\x1b\[[0-9;]*m", "", said.getvalue())
+        _GPU_LIBS.append([ln.strip() for ln in text.splitlines() if ln.strip()])
+    return _GPU_LIBS[0]
+
+
 def open_session(path, providers=None, threads=None, profile_prefix=None, config=None):
     """An onnxruntime session for a model file (or its bytes); providers: names or (name, options) pairs
     (default CPU); config: extra session config entries."""
@@ -221,6 +297,12 @@ def open_session(path, providers=None, threads=None, profile_prefix=None, config
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)
     providers = [(p, {}) if isinstance(p, str) else p for p in providers or ["CPUExecutionProvider"]]
+    if any(n in GPU_PROVIDERS for n, _ in providers):
+        # one that is missing or cannot load is left out, as onnxruntime would leave it (check_active says
+        # why), without the warnings and the lines on stdout onnxruntime gives when it does so
+        avail = set(ort.get_available_providers())
+        providers = [(n, o) for n, o in providers if n not in GPU_PROVIDERS or (n in avail and not provider_problem(n))
+                     ] or [("CPUExecutionProvider", {})]
     src = path if isinstance(path, bytes) else str(path)
     return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=[n for n, _ in providers],
                                                     provider_options=[dict(o) for _, o in providers]))
@@ -266,12 +348,19 @@ def keep_fp_env(create):
 
 def check_active(sess, providers, required) -> str | None:
     """Why the session is not what was asked (onnxruntime drops an unusable GPU provider quietly), or None."""
+    import onnxruntime as ort
+
     active = sess.get_providers()
     for n in required:
         if n not in active:
-            if n in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            avail = set(ort.get_available_providers())
+            if n not in avail or _LIB_PROBLEMS.get(n):
+                return _missing_reason(n, avail - {k for k, v in _LIB_PROBLEMS.items() if v}, _LIB_PROBLEMS)
+            if n in GPU_PROVIDERS:
+                failed = [ln for ln in _GPU_LIBS[0] if "fail" in ln.lower()] if _GPU_LIBS else []
+                libs = f"; loading CUDA libraries: {failed[0]}" if failed else ""
                 return (f"no CUDA device: onnxruntime created the session without {n} "
-                        f"(active: {', '.join(active)}; is an NVIDIA GPU with CUDA/cuDNN present?)")
+                        f"(active: {', '.join(active)}; is an NVIDIA GPU with CUDA/cuDNN present?){libs}")
             return f"{n} could not be initialised (active: {', '.join(active)})"
     return None
 
@@ -692,6 +781,9 @@ def bench_models(models: dict, inputs=None, *, providers=None, required=None, th
     required = [n for n, _ in providers] if required is None else list(required)
     res, sess, feeds, batches = {}, {}, {}, {}
     notes = {}
+    cannot = [f"{n} cannot load ({_LIB_PROBLEMS[n]})" for n in missing if _LIB_PROBLEMS.get(n)]
+    if cannot:
+        notes["providers_note"] = "; ".join(cannot) + "; ran without it"
     usable = _drop_failing_optional(models, usable, required, threads, missing, notes)
     _warm_runtime(models, usable, threads)
     # the peak is then the measurement's; where it cannot be reset it is the process's lifetime peak
