@@ -70,15 +70,17 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     rec.update({"seconds": round(time.perf_counter() - t_all, 2),
                 "batch": int(next(iter(feeds.values())).shape[0]) if feeds else None,
                 "session_config": chunks[0]["fp32"].get("session_config") or dict(SESSION_CONFIG)})
+    provs, on = _profile_providers(target)
+    rec["op_profile_on"] = on
     try:
-        prof = op_profile(q_path, feeds, threads=facts["threads"])
+        prof = op_profile(q_path, feeds, threads=facts["threads"], providers=provs)
     except Exception as e:  # profiling is diagnostic: a failure must not hide the timing verdict
         rec["op_profile"] = f"unavailable: {type(e).__name__}: {e}"
         if not rec["passed"]:
             rec["why"] = explain(rec)
         return {facts["name"]: rec}
     groups = classify(prof["nodes"])
-    want = facts["providers"][0]
+    want = provs[0][0]
     fell_back = [n for n in prof["nodes"] if n["provider"] not in (want, "?")]
     rec.update({
         "fp32_ops": groups["fp32"],
@@ -90,6 +92,24 @@ def gate(fp32_path, q_path, target, feeds, *, min_runs: int = 50, min_seconds: f
     if not rec["passed"]:
         rec["why"] = explain(rec)
     return {facts["name"]: rec}
+
+
+def _profile_providers(target) -> tuple[list, str]:
+    """([(provider, options)], where) the INT8 model's operator profile runs on: a local target's providers
+    that can run here, as its timings did; a remote or emulated device's profile is read on this host's CPU.
+
+    It once always ran on the CPU and counted nodes against the target's first provider: on an H200 the
+    nvidia-gpu gate said "67 nodes fell back to another provider" (every node, against TensorRT, which was
+    not even installed) and explained a CUDA slowdown with the CPU's QLinearConv times."""
+    from ..runner.edgekit_runner import provider_status
+
+    if target is None or getattr(target, "address", "local") != "local":
+        return [("CPUExecutionProvider", {})], "this host's CPU"
+    provs = [p if isinstance(p, (tuple, list)) else (p, {})
+             for p in getattr(target, "providers", None) or ["CPUExecutionProvider"]]
+    usable, _, _ = provider_status(provs, getattr(target, "required_providers", None))
+    usable = usable or [("CPUExecutionProvider", {})]
+    return usable, usable[0][0]
 
 
 def _extend(chunks, paths, target, feeds, per, first_s: float) -> list:
@@ -140,4 +160,8 @@ def explain(rec: dict) -> str:
         parts.append(f"still FP32: {top}")
     if rec.get("fallback_nodes"):
         parts.append(f"{rec['fallback_nodes']} nodes fell back to another provider")
+    if rec.get("op_profile_on") == "CUDAExecutionProvider" and not rec.get("int8_ops"):
+        # measured on an H200 (2026-12-04): digits-cnn's QDQ INT8 took 2.0x FP32's time under CUDA
+        parts.append("onnxruntime's CUDA provider has no INT8 kernels for these operators: it runs QDQ as "
+                     "dequantize, float op, quantize (INT8 pays on NVIDIA GPUs through TensorRT)")
     return "; ".join(parts)
