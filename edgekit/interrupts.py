@@ -5,6 +5,11 @@ Python (torch's, through pybind11) is swallowed there or aborts the process: mea
 into `import torch` was lost, and the run went on to finish and exit 0. So a signal that arrives while
 any module is being imported is held, and delivered again as soon as no import is under way (torch's
 takes a few seconds); outside imports it acts at once.
+
+An exception raised inside a finaliser or a weakref callback is printed and dropped as well ("Exception
+ignored in ..."): a fresh-clone CI run saw a SIGTERM land in importlib's module-lock callback just after an
+import had ended, and the run finished with exit 0. Such a dropped exception reaches sys.unraisablehook, which
+delivers its signal again once the callback has returned.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ def importing() -> bool:
 
 
 def _redeliver(signum: int) -> None:
+    time.sleep(0.02)  # let a finaliser that dropped the signal's exception return first
     while importing():
         time.sleep(0.02)
     with _lock:
@@ -53,14 +59,41 @@ def _holding(act):
 def _exit(signum, _frame):
     # SIGTERM (kill, a CI timeout, systemd) unwinds like Ctrl-C, so staging folders are removed and a
     # previous OUTDIR is left as it was; by default Python would die on the spot and leave them
-    raise SystemExit(128 + signum)
+    e = SystemExit(128 + signum)
+    e.edgekit_signal = signum
+    raise e
+
+
+def _interrupt(signum, _frame):
+    e = KeyboardInterrupt()
+    e.edgekit_signal = signum
+    raise e
+
+
+def _unraisable(previous):
+    def hook(u):
+        signum = getattr(u.exc_value, "edgekit_signal", None)
+        if signum is None:
+            return previous(u)
+        # a finaliser or weakref callback dropped the signal's exception: deliver the signal again once
+        # the callback has returned (a redelivery that lands in one again comes back here)
+        with _lock:
+            start = signum not in _waiting
+            _waiting.add(signum)
+        if start:
+            threading.Thread(target=_redeliver, args=(signum,), name="edgekit-signal", daemon=True).start()
+    hook.edgekit = True
+    return hook
 
 
 def install() -> None:
-    """SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt, each held while an import runs. A
-    SIGINT the caller ignores (a background job, nohup) stays ignored. Only the main thread can install."""
+    """SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt, each held while an import runs and
+    delivered again if a finaliser drops it. A SIGINT the caller ignores (a background job, nohup) stays
+    ignored. Only the main thread can install."""
     if threading.current_thread() is not threading.main_thread():
         return  # edgekit called from a library's worker thread: the host program owns its signals
     signal.signal(signal.SIGTERM, _holding(_exit))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _holding(signal.default_int_handler))
+        signal.signal(signal.SIGINT, _holding(_interrupt))
+    if not getattr(sys.unraisablehook, "edgekit", False):
+        sys.unraisablehook = _unraisable(sys.unraisablehook)

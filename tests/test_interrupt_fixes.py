@@ -451,3 +451,42 @@ def test_sigterm_at_any_moment_of_torch_import_ends_the_run(tmp_path):
         p.send_signal(signal.SIGTERM)
     got = {round(d, 1): (p.wait(timeout=120), p.stdout.read()) for d, _, p in procs}
     assert all(rc == 128 + signal.SIGTERM and "finished" not in out for rc, out in got.values()), got
+
+
+_CALLBACK = """
+    import os, signal, time, weakref
+    from edgekit.cli.common import _exit_on_sigterm
+
+    _exit_on_sigterm()
+
+    class O:
+        pass
+
+    o = O()
+
+    def cb(_):
+        # the signal is handled in here, where a raised exception is printed and dropped
+        os.kill(os.getpid(), signal.{sig})
+        t = time.monotonic()
+        while time.monotonic() - t < 0.2:
+            pass
+
+    r = weakref.ref(o, cb)
+    del o
+    time.sleep(1.0)  # time for the dropped signal to come back
+    print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig, rc", [("SIGTERM", 128 + signal.SIGTERM), ("SIGINT", None)])
+def test_a_signal_handled_inside_a_weakref_callback_still_ends_the_run(tmp_path, sig, rc):
+    """A fresh-clone CI run saw a SIGTERM land in importlib's module-lock weakref callback as an import
+    ended: its SystemExit was printed as 'Exception ignored' and dropped, and the run exited 0."""
+    (tmp_path / "s.py").write_text(textwrap.dedent(_CALLBACK.format(sig=sig)))
+    p = subprocess.run([sys.executable, str(tmp_path / "s.py")], capture_output=True, text=True, timeout=60)
+    assert "finished" not in p.stdout, (p.returncode, p.stderr[-1500:])
+    if rc is not None:
+        assert p.returncode == rc, p.stderr[-1500:]
+    else:  # Ctrl-C: KeyboardInterrupt's traceback and a non-zero exit
+        assert p.returncode != 0 and "KeyboardInterrupt" in p.stderr
+    assert "Exception ignored" not in p.stderr
