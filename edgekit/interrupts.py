@@ -43,14 +43,19 @@ def _redeliver(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _hold(signum: int) -> None:
+    """Deliver signum again later (one redelivery thread per signal, however often it is held meanwhile)."""
+    with _lock:
+        start = signum not in _waiting
+        _waiting.add(signum)
+    if start:
+        threading.Thread(target=_redeliver, args=(signum,), name="edgekit-signal", daemon=True).start()
+
+
 def _holding(act):
     def handle(signum, frame):
         if importing():
-            with _lock:
-                start = signum not in _waiting
-                _waiting.add(signum)
-            if start:
-                threading.Thread(target=_redeliver, args=(signum,), name="edgekit-signal", daemon=True).start()
+            _hold(signum)
             return
         act(signum, frame)
     return handle
@@ -77,11 +82,7 @@ def _unraisable(previous):
             return previous(u)
         # a finaliser or weakref callback dropped the signal's exception: deliver the signal again once
         # the callback has returned (a redelivery that lands in one again comes back here)
-        with _lock:
-            start = signum not in _waiting
-            _waiting.add(signum)
-        if start:
-            threading.Thread(target=_redeliver, args=(signum,), name="edgekit-signal", daemon=True).start()
+        _hold(signum)
     hook.edgekit = True
     return hook
 

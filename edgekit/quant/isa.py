@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runner.edgekit_runner import GPU_PROVIDERS  # the runner's: it ships alone to devices
+
 
 @dataclass(frozen=True)
 class IsaChoice:
@@ -61,9 +63,6 @@ def target_facts(target) -> dict:
     providers = [p[0] if isinstance(p, (tuple, list)) else p for p in providers]
     return {"name": getattr(target, "name", str(target)), "arch": getattr(target, "arch", "") or platform.machine(),
             "isa": list(isa), "providers": list(providers), "threads": getattr(target, "threads", None)}
-
-
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def gpu_provider(providers) -> str | None:

@@ -300,9 +300,7 @@ def open_session(path, providers=None, threads=None, profile_prefix=None, config
     if any(n in GPU_PROVIDERS for n, _ in providers):
         # one that is missing or cannot load is left out, as onnxruntime would leave it (check_active says
         # why), without the warnings and the lines on stdout onnxruntime gives when it does so
-        avail = set(ort.get_available_providers())
-        providers = [(n, o) for n, o in providers if n not in GPU_PROVIDERS or (n in avail and not provider_problem(n))
-                     ] or [("CPUExecutionProvider", {})]
+        providers = provider_status(providers, required=[])[0] or [("CPUExecutionProvider", {})]
     src = path if isinstance(path, bytes) else str(path)
     return keep_fp_env(lambda: ort.InferenceSession(src, so, providers=[n for n, _ in providers],
                                                     provider_options=[dict(o) for _, o in providers]))
@@ -348,14 +346,12 @@ def keep_fp_env(create):
 
 def check_active(sess, providers, required) -> str | None:
     """Why the session is not what was asked (onnxruntime drops an unusable GPU provider quietly), or None."""
-    import onnxruntime as ort
-
     active = sess.get_providers()
     for n in required:
         if n not in active:
-            avail = set(ort.get_available_providers())
-            if n not in avail or _LIB_PROBLEMS.get(n):
-                return _missing_reason(n, avail - {k for k, v in _LIB_PROBLEMS.items() if v}, _LIB_PROBLEMS)
+            _, _, missing = provider_status([(n, {})])
+            if missing:  # not in this onnxruntime, or its library cannot load here
+                return missing
             if n in GPU_PROVIDERS:
                 failed = [ln for ln in _GPU_LIBS[0] if "fail" in ln.lower()] if _GPU_LIBS else []
                 libs = f"; loading CUDA libraries: {failed[0]}" if failed else ""
