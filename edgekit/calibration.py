@@ -283,8 +283,7 @@ def _check_labels(where: str, y, n: int):
         if y.ndim == 2 and bool(np.isin(y, (0, 1)).all()):
             # a multi-label classifier's targets (one sigmoid per class): no metric here takes them, and
             # refused, the user should not have to guess why
-            problem += ("; if they are 0/1 per class (multi-label targets), edgekit does not score those: leave "
-                        "'y' out to score fidelity to FP32")
+            problem += "; if they are 0/1 per class (multi-label targets), pass --task multi-label"
         return None, problem, y.astype(np.int64)
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):

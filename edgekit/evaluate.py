@@ -9,7 +9,9 @@ clipped R^2, against 'y', with the RMSE beside it). --task segmentation scores c
 position (argmax over axis 1): pixel
 accuracy against labels [N, d1, ...] (a negative label is not scored), else pixel agreement with FP32;
 --task token-classification the same over a token classifier's [N, L, C] (argmax over the last axis): token
-accuracy against labels [N, L] (HuggingFace's -100 for a token not scored), else token agreement. A model
+accuracy against labels [N, L] (HuggingFace's -100 for a token not scored), else token agreement;
+--task multi-label micro-averaged F1 of each class's yes/no against 0/1 labels [N, C], else against FP32's
+decisions (multilabel.py). A model
 with several outputs: without labels, "fidelity_min", the lowest fidelity over them (each in
 metrics["per_output"]); with labels, accuracy on the first and each other output's fidelity to FP32 in
 metrics["other_outputs_fidelity"], which tuning holds to the same tolerance.
@@ -22,6 +24,7 @@ from .dataset import Dataset
 from .errors import CalibrationError, InputError
 from .fsutil import per_file_version
 from .onnxutil import ort_load_problem, run_batches, session
+from . import multilabel
 from .source import DENSE_AXIS, LABELLED_TASKS
 
 
@@ -37,6 +40,8 @@ def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
         return "accuracy"
     if labelled and task in DENSE_METRICS:
         return DENSE_METRICS[task][0]
+    if labelled and task == multilabel.TASK:
+        return "f1_micro"
     if labelled and task == "regression":
         return "r2_labels"  # mean over targets of each one's R^2 against the labels (mean_r2_fidelity)
     if outputs > 1:
@@ -45,6 +50,8 @@ def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
         return "top1_agreement"
     if task in DENSE_METRICS:
         return DENSE_METRICS[task][1]
+    if task == multilabel.TASK:
+        return "f1_agreement"
     if task == "embedding":
         return "cosine"
     if task == "regression":
@@ -110,6 +117,8 @@ def _check_any_labels(task: str, labels, first, where: str, classes: list | None
         check_targets(labels, first.shape, where)
     elif task in DENSE_AXIS:
         check_dense_labels(labels, first.shape, where, DENSE_AXIS[task])
+    elif task == multilabel.TASK:
+        multilabel.check_labels(labels, first.shape, where)
     else:
         check_labels(labels, int(np.prod(first.shape[1:])) if first.ndim > 1 else 1, where, classes)
 
@@ -120,7 +129,7 @@ def check_training_labels(source, ds) -> None:
     Per-position labels are checked here too, before --task segmentation takes them over (loader.
     take_dense_labels): labels a row short crashed the run with a numpy broadcast error."""
     labels = None if ds is None else ds.labels
-    if labels is None and ds is not None and source.task in DENSE_AXIS:
+    if labels is None and ds is not None and source.task in (*DENSE_AXIS, multilabel.TASK):
         labels = getattr(ds, "dense_labels", None)
     if labels is None or source.kind != "torch" or source.task not in LABELLED_TASKS:
         return
@@ -159,6 +168,8 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
     if labels is not None and task in DENSE_AXIS:
         return pixel_accuracy(out, labels, DENSE_AXIS[task])
+    if labels is not None and task == multilabel.TASK:
+        return multilabel.f1_labels(out, labels)
     if labels is not None and task == "regression":
         return mean_r2_fidelity(out, np.asarray(labels))
     if reference is None:
@@ -180,6 +191,8 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
         elif j == 0 and task in DENSE_AXIS and o.ndim >= 3:
             vals.append(pixel_agreement(o, r, DENSE_AXIS[task]))
+        elif j == 0 and task == multilabel.TASK:
+            vals.append(multilabel.f1_agreement(o, r))
         elif j == 0 and task == "regression":
             vals.append(mean_r2_fidelity(o, r))
         else:

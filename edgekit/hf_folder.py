@@ -31,13 +31,13 @@ def task_of(arch: str, config) -> str | None:
     """The task a transformers head names, or None where its name does not settle it: a token classifier's
     [N, L, C] scores, else scored by the cosine of their flattened values; a sequence or image classifier
     of one label or problem_type "regression" is a regression (transformers trains it with MSE), one of
-    "multi_label_classification" is left to the output's shape."""
+    "multi_label_classification" is a multi-label classifier (a sigmoid per class)."""
     if arch.endswith("ForTokenClassification"):
         return "token-classification"
     if arch.endswith(("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")):
         problem = getattr(config, "problem_type", None)
         if problem == "multi_label_classification":
-            return None
+            return "multi-label"
         if problem == "regression" or getattr(config, "num_labels", 2) == 1:
             return "regression"
         return "classification"

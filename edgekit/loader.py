@@ -176,7 +176,8 @@ def classifier_output(model) -> bool:
 
 
 # --task: "auto" keeps the guess from the first output's shape (class scores when float [N, C], C >= 2)
-TASK_CHOICES = ("auto", "classification", "regression", "embedding", "segmentation", "token-classification")
+TASK_CHOICES = ("auto", "classification", "multi-label", "regression", "embedding", "segmentation",
+                "token-classification")
 
 
 def apply_task(src: SourceModel, task: str | None) -> SourceModel:
@@ -209,7 +210,7 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str
     uses = "top-1 agreement, softmax distillation" if distills else "scored by top-1 agreement"
     return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores ({uses}) since no "
             "labels confirm it; if it is C regression targets pass --task "
-            "regression (or --task embedding for a feature vector)")
+            "regression (or --task embedding for a feature vector, --task multi-label for a yes/no per class)")
 
 
 def dense_scores_note(src: SourceModel, data=None) -> str | None:
@@ -239,6 +240,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
         take_label_names(src, *datasets)
     if src.task in DENSE_AXIS:
         take_dense_labels(*datasets, task=src.task)
+    if src.task == "multi-label":
+        take_multilabels(*datasets)
     scored = take_targets(datasets[0]) if src.task == "regression" and datasets else None
     bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
     if not bad:
@@ -336,6 +339,24 @@ def take_dense_labels(*datasets, task: str = "segmentation") -> None:
                                    "classes, shape [N, d1, ...]; these are not integers")
 
 
+def take_multilabels(*datasets) -> None:
+    """--task multi-label scores 0/1 per class: labels 'y' [N, C] (read as per-position classes, which is
+    their shape) become the labels; a binary classifier's [N] 0/1 labels stay as they are (one column). Other
+    labels are refused, naming the file; whether they fit the output is checked when it is run."""
+    from .errors import CalibrationError
+
+    for d in datasets:
+        if d is None:
+            continue
+        dense = getattr(d, "dense_labels", None)
+        if dense is not None and dense.ndim == 2:
+            d.labels, d.dense_labels, d.label_problem = dense, None, None
+        elif dense is not None or getattr(d, "label_problem", None):
+            raise CalibrationError(f"{d.source or 'the data'}: --task multi-label needs labels 'y' of 0/1 per "
+                                   "class, shape [N, C]; "
+                                   + (f"got shape {list(dense.shape)}" if dense is not None else "these are not integers"))
+
+
 def check_class_columns(src: SourceModel, *datasets) -> None:
     """--task classification on a first output of one value per sample ([N], [N, 1]) is refused: argmax
     over one column never moves, so every variant scored top-1 agreement 1.0000 and the softmax
@@ -356,6 +377,12 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
                              f"{_n_shape(shape)}, its axis 1 the length of {tokens!r} "
                              f"({shape[1]}): that is [N, L, C], per-token scores with the classes last; "
                              "pass --task token-classification, which takes them so")
+        return
+    if src.task == "multi-label":
+        if shape is not None and len(shape) > 2 and not all(d == 1 for d in shape[2:]):
+            raise InputError(f"--task multi-label: {src.spec}'s first output {src.outputs[0]!r} is "
+                             f"{_n_shape(shape)}; a yes/no per class needs [N, C] (one logit or probability per "
+                             "class)")
         return
     if src.task == "token-classification":
         if shape is not None and (len(shape) < 3 or (isinstance(shape[-1], int) and shape[-1] < 2)):
@@ -1143,6 +1170,19 @@ def _takes_varargs(module) -> bool:
     return any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
+class DataArrays(dict):
+    """Sample arrays read from a data file, keeping its name for errors about them: "data has inputs
+    ['extra'] that forward() does not take" named the model but not the file that held them."""
+
+    def __init__(self, arrays, source: str):
+        super().__init__(arrays)
+        self.source = source
+
+
+def _data_name(sample_inputs) -> str:
+    return str(getattr(sample_inputs, "source", None) or "the data")
+
+
 class OfferedInputs(dict):
     """A tokenizer's arrays for a model's first sentences: it offers what it makes (token_type_ids beside
     input_ids and attention_mask), and the model takes those forward() names; a one-input forward(x) takes
@@ -1171,7 +1211,8 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
 
         labels = other_label_name(sample_inputs, names)
         if labels:  # the data reader takes that array as the labels, so it is no input
-            sample_inputs = {k: v for k, v in sample_inputs.items() if k != labels}
+            where_from = _data_name(sample_inputs)
+            sample_inputs = DataArrays({k: v for k, v in sample_inputs.items() if k != labels}, where_from)
 
         if LABEL_KEY not in sample_inputs and LABEL_KEY in _forward_names(module, required=True) \
                 and len(names) > 1:
@@ -1183,19 +1224,20 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
         required = [n for n in _forward_names(module, required=True) if n in names]
         if len(given) == 1 and len(required) > 1 and not _takes_varargs(module):
             # forward(num, sex) on a .csv: "missing 1 required positional argument: 'sex'" said nothing of the data
-            raise InputError(f"{where}: forward() takes {len(required)} inputs ({', '.join(required)}), but the data "
-                             f"holds one input array, {given[0]!r} (a .csv, .tsv, .npy, image folder or sentence file "
+            raise InputError(f"{where}: forward() takes {len(required)} inputs ({', '.join(required)}), but "
+                             f"{_data_name(sample_inputs)} holds one input array, {given[0]!r} (a .csv, .tsv, .npy, image folder or sentence file "
                              "is one input); pass an .npz with an array named for each")
         absent = [n for n in required if n not in given]
         if len(given) > 1 and absent and not set(given) - set(names) and not _takes_varargs(module):
-            raise InputError(f"{where}: the data has no array for forward()'s {', '.join(map(repr, absent))} "
+            raise InputError(f"{where}: {_data_name(sample_inputs)} has no array for forward()'s {', '.join(map(repr, absent))} "
                              f"(it holds {', '.join(map(repr, given))}); add an array of that name to the .npz")
         if len(given) == 1 and len(names) >= 1:
             arr = next(iter(sample_inputs.values()))
             return [TensorSpec(names[0], ["batch", *arr.shape[1:]], _input_dtype(module, arr))]
         missing = [n for n in given if n not in names]
         if missing:
-            raise InputError(f"{where}: data has inputs {missing} that forward() does not take (it takes {names})")
+            raise InputError(f"{where}: {_data_name(sample_inputs)} has inputs {missing} that forward() does not "
+                             f"take (it takes {names})")
         return [TensorSpec(n, ["batch", *sample_inputs[n].shape[1:]], _input_dtype(module, sample_inputs[n]))
                 for n in names if n in sample_inputs]
     if input_shape:
@@ -1259,6 +1301,8 @@ def _probe_outputs(module, inputs, *, where, sample_inputs=None):
                     raise first from None  # a fallback's error would hide the real one
     except Exception as e:
         shapes = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
+        if getattr(sample_inputs, "source", None):
+            shapes += f" (from {sample_inputs.source})"
         raise InputError(f"{where}: forward() failed on inputs {shapes}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0]}") from None
     # a dict / namedtuple / nested result: its names, for flatten_outputs and the ONNX outputs

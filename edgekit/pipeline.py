@@ -510,10 +510,11 @@ def _peek_arrays(path):
     """Names, shapes and dtypes of .npy/.npz data, to infer a user model's inputs; the file is read (and
     refused, naming it) by the same reader as later, only without the model's input checks."""
     from .calibration import read_dataset
+    from .loader import DataArrays
 
     if not path or Path(path).suffix.lower() not in (".npy", ".npz", ".csv", ".tsv"):
         return None
-    return dict(read_dataset(path, [], labels=False).inputs)
+    return DataArrays(read_dataset(path, [], labels=False).inputs, source=str(path))
 
 
 def _read_prepost(text):

@@ -62,10 +62,7 @@ def recommend(manifest, tolerance, targets) -> dict:
                 rejected.append(why)
                 continue
             q = manifest.quantization.get(a.parent or "", {}) if a.stage == "quantize" else {}
-            if q and q.get("recommend") is False and a.kind != "fp32":
-                rejected.append(f"{a.path}: {q.get('reason', 'vetoed by the quantization stage')}")
-                continue
-            why = None if q else _not_measurably_faster(a, fp32, name)
+            why = _quantized_veto(a, q, fp32, name) if q and a.kind != "fp32" else _not_measurably_faster(a, fp32, name)
             if why:
                 rejected.append(why)
                 continue
@@ -101,6 +98,23 @@ def recommend(manifest, tolerance, targets) -> dict:
         out[name] = {"status": "ok", "path": best.path, "kind": best.kind, "speedup_vs_fp32": speed,
                      "reason": "; ".join(parts), "rejected": rejected}
     return out
+
+
+def _quantized_veto(a, q: dict, fp32, target: str) -> str | None:
+    """Why the quantization stage's record `q` rules out its artifact `a` on `target`, or None. A missed
+    tolerance or a numeric veto holds on every target. The speed gate speaks only for the target it timed:
+    another target has its own latency table to go by. Before, a second target took the gate's verdict as its
+    own: x86-laptop refused a GPU target's INT8 "not faster than FP32 on nvidia-gpu", and a gate passed on one
+    target recommended the file on another where nothing had measured it faster."""
+    gates = q.get("speed_gate") or {}
+    accuracy = q.get("tolerance_met") is False or bool((a.verify or {}).get("blocks_recommendation_above"))
+    if q.get("recommend") is False and (accuracy or not gates or target in gates):
+        return f"{a.path}: {q.get('reason', 'vetoed by the quantization stage')}"
+    if not gates or target in gates:
+        return None  # the gate passed here, or was switched off
+    why = _not_measurably_faster(a, fp32, target)
+    return why and why.replace(f"{a.path}: ", f"{a.path}: the speed gate timed it on {', '.join(gates)}, not "
+                                             f"{target}; in {target}'s latency table ", 1)
 
 
 def _not_measurably_faster(a, fp32, target: str) -> str | None:

@@ -59,8 +59,8 @@ def label_notes(run, fp32: Artifact) -> list:
         return []
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
-    if run.ctx.source.task in (*DENSE_AXIS, "regression"):
-        return []  # per-position classes scored as pixel accuracy, targets as r2_labels: noted when read
+    if run.ctx.source.task in (*DENSE_AXIS, "regression", "multi-label"):
+        return []  # per-position classes scored as pixel accuracy, targets as r2_labels, 0/1 per class as F1
     if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
         note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "
                 f"{shape} by fidelity to FP32")
@@ -71,7 +71,8 @@ def label_notes(run, fp32: Artifact) -> list:
             hint = (f" ({first.get('dtype')} values, e.g. class ids: return the class scores as [N, C] to be scored "
                     "on accuracy; ids are held to exact agreement with FP32)")
         elif one_value:
-            hint = " (a one-logit binary classifier: return two logits to be scored on accuracy)"
+            hint = (" (a one-logit binary classifier: return two logits to be scored on accuracy, or pass --task "
+                    "multi-label to score its yes/no by F1 against 0/1 labels)")
         else:
             hint = " (return the class scores as [N, C] to be scored on accuracy)"
         other = _scores_among(fp32.outputs[1:], ev.labels)

@@ -469,3 +469,38 @@ def test_nms_post_processing_fits_a_batch_dynamic_detector(tmp_path):
     r = _cli("compress", "det.py:build", "--calib", "calib.npy", "--preprocess", bad, "--no-profile", "--no-tune",
              "-o", "out2", cwd=tmp_path)
     assert r.returncode == 2 and "the post-processing does not fit" in r.stderr, r.stderr[-800:]
+
+
+TWO_INPUTS = textwrap.dedent("""
+    import torch
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 4), nn.Linear(3, 4)
+
+        def forward(self, image, meta):
+            return self.a(image) + self.b(meta)
+
+    def build():
+        return Net()
+""")
+
+
+@pytest.mark.parametrize("arrays,expect", [
+    ({"image": (6,)}, "but {f} holds one input array, 'image'"),
+    ({"image": (6,), "meta": (3,), "extra": (3,)}, "{f} has inputs ['extra'] that forward() does not take"),
+    ({"image": (6,), "meta": (5,)}, "meta['batch', 5] (from {f}): RuntimeError"),
+])
+def test_data_that_does_not_fit_forward_is_named_in_the_error(tmp_path, arrays, expect):
+    """Errors that read "data has inputs ['extra'] that forward() does not take" or "forward() failed on inputs ..."
+    named the model but not the data file whose arrays did not fit it."""
+    (tmp_path / "two.py").write_text(TWO_INPUTS)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wrong.npz", **{k: rng.normal(size=(16, *s)).astype(np.float32) for k, s in arrays.items()})
+    r = _cli("compress", "two.py:build", "--calib", "wrong.npz", "--no-profile", "-o", "out", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert expect.format(f="wrong.npz") in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()

@@ -246,7 +246,7 @@ def test_a_token_classifier_folder_is_scored_per_token_without_task(tmp_path, ca
     ("BertForSequenceClassification", {"num_labels": 3}, "classification"),
     ("BertForSequenceClassification", {"num_labels": 1}, "regression"),
     ("ViTForImageClassification", {"num_labels": 5, "problem_type": "regression"}, "regression"),
-    ("BertForSequenceClassification", {"num_labels": 5, "problem_type": "multi_label_classification"}, None),
+    ("BertForSequenceClassification", {"num_labels": 5, "problem_type": "multi_label_classification"}, "multi-label"),
     ("BertModel", {}, None),
 ])
 def test_the_task_a_head_names(arch, config, task):

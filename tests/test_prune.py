@@ -521,6 +521,37 @@ def test_mlp_mixer_prunes_what_it_can(tmp_path):
     _export_and_run(res, src, tmp_path)
 
 
+class ImageAndMeta(nn.Module):
+    """An image branch's flattened features concatenated with a metadata Linear's: Torch-Pruning sizes the
+    torch.cat's parts before the flatten (8 channels, not 128) and couples the metadata Linear's 16 outputs
+    with the first conv's channels, 18 indices into 16."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.meta = nn.Linear(8, 16)
+        self.hidden, self.fc = nn.Linear(8 * 16 + 16, 64), nn.Linear(64, 10)
+
+    def forward(self, image, meta):
+        h = torch.cat([self.conv(image), torch.relu(self.meta(meta))], 1)
+        return self.fc(torch.relu(self.hidden(h)))
+
+
+def test_a_concatenation_pruning_cannot_follow_is_named_and_the_rest_pruned(tmp_path):
+    # the group holding the first conv was skipped whole, so the metadata Linear kept its width with no
+    # reason given ("nothing in this model can be pruned: kept: conv.0 (first conv), fc (output layer)"
+    # when there was no hidden layer)
+    torch.manual_seed(0)
+    src = make_source(ImageAndMeta(), {"image": ((1, 8, 8), "float32", None), "meta": ((8,), "float32", None)})
+    res = _prune(src, tmp_path, ratio=0.5)
+    m = res.module
+    assert m.meta.out_features == 16 and m.conv[0].out_channels == 8
+    assert m.hidden.out_features < 64
+    said = [n for n in res.info["ignored"] if n.startswith("meta ")]
+    assert len(said) == 1 and "torch.cat" in said[0], res.info["ignored"]
+    _export_and_run(res, src, tmp_path)
+
+
 class ResidualOnStem(nn.Module):
     """c2 adds onto the first conv's output and dw is depthwise over that sum: all tied to the kept stem."""
 

@@ -84,3 +84,38 @@ def test_a_pruned_variant_as_fast_as_fp32_is_not_recommended():
     assert r["path"] == "f.onnx" and "d.onnx: p50 0.016 ms against FP32's 0.016 ms is not measurably faster" in r["reason"]
     m = Manifest(artifacts=[_art("fp32", "f.onnx", 0.99, 0.0160), _art("distilled", "d.onnx", 0.99, 0.0120, "f.onnx")])
     assert recommend(m, Tolerance.parse("1%"), [T])["cpu"]["path"] == "d.onnx"
+
+
+def _two_targets(q_cpu_p50, gate_passed, tolerance_met=True):
+    """INT8 built and gated for 'gpu', also profiled on 'cpu' (FP32 1.0 ms there)."""
+    f, q = _art("fp32", "f.onnx", 0.99, 1.0), _art("int8", "q.onnx", 0.99, q_cpu_p50, "f.onnx", "quantize")
+    f.latency["gpu"] = {"status": "ok", "p50_ms": 0.2}
+    q.latency["gpu"] = {"status": "ok", "p50_ms": 0.1 if gate_passed else 0.4}
+    rec = {"recommend": gate_passed and tolerance_met, "tolerance_met": tolerance_met,
+           "speed_gate": {"gpu": {"status": "ok", "passed": gate_passed}},
+           "reason": "INT8 is not faster than FP32 on gpu in the speed gate" if not gate_passed else
+           "within tolerance, 2.0x faster than FP32" if tolerance_met else "no INT8 candidate within tolerance"}
+    return Manifest(artifacts=[f, q], quantization={"f.onnx": rec})
+
+
+GPU = SimpleNamespace(name="gpu", emulated=False)
+
+
+def test_the_speed_gate_speaks_only_for_the_target_it_timed():
+    """x86-laptop refused a GPU target's INT8 citing "not faster than FP32 on nvidia-gpu", and a gate passed on
+    one target recommended the file on another where nothing had measured it faster."""
+    tol = Tolerance.parse("1%")
+    r = recommend(_two_targets(0.5, gate_passed=False), tol, [GPU, T])
+    assert r["gpu"]["path"] == "f.onnx" and "on gpu in the speed gate" in r["gpu"]["reason"]
+    assert r["cpu"]["path"] == "q.onnx" and r["cpu"]["speedup_vs_fp32"] == 2.0  # measured faster there
+
+    r = recommend(_two_targets(1.1, gate_passed=True), tol, [GPU, T])
+    assert r["gpu"]["path"] == "q.onnx"
+    assert r["cpu"]["path"] == "f.onnx"
+    assert ("q.onnx: the speed gate timed it on gpu, not cpu; in cpu's latency table p50 1.100 ms against FP32's "
+            "1.000 ms is not measurably faster") in r["cpu"]["reason"]
+
+    # a missed tolerance holds everywhere, however fast the file is
+    r = recommend(_two_targets(0.5, gate_passed=True, tolerance_met=False), tol, [GPU, T])
+    assert r["gpu"]["path"] == r["cpu"]["path"] == "f.onnx"
+    assert "no INT8 candidate within tolerance" in r["cpu"]["reason"]

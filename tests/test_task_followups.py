@@ -218,5 +218,14 @@ def test_multi_label_targets_are_told_apart_when_refused(tmp_path, capsys):
     assert rc == 2, err
     line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
     assert len(line) == 1 and "labels 'y' must be 1-D class indices, got shape (80, 5); if they are 0/1 per " \
-        "class (multi-label targets), edgekit does not score those" in line[0], err
+        "class (multi-label targets), pass --task multi-label" in line[0], err
     assert not (tmp_path / "out").exists()
+    # as the error says: scored against them by F1
+    rc = run_cli(["quantize", str(tmp_path / "ml.onnx"), "--mode", "fp16", "--eval", str(tmp_path / "ml.npz"),
+                  "--task", "multi-label", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    import json
+
+    fp32 = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]
+    assert fp32["metrics"]["name"] == "f1_micro" and 0.0 < fp32["metrics"]["value"] < 1.0

@@ -534,7 +534,8 @@ def mismatched_groups(dg, ignored: list) -> tuple[list, list]:
                 continue
             if width is not None and len(idxs) and max(int(i) for i in idxs) >= width:
                 add += _out_layers(dg, g)
-                why.append((g[0].dep.target.module, d.target.module, int(width), len(g[0].idxs)))
+                concat = any(type(x.dep.target.module).__name__ == "_ConcatOp" for x in g)
+                why.append((g[0].dep.target.module, d.target.module, int(width), len(g[0].idxs), concat))
                 break
     return list(dict.fromkeys(add)), why
 
@@ -568,14 +569,23 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
     _remember_widths(pruner)
     _remember_channel_queries(pruner)
     pruner.ignored_layers += _block_frozen(pruner.DG, pruner.ignored_layers, plan.frozen)
-    add, why = mismatched_groups(pruner.DG, pruner.ignored_layers)
-    pruner.ignored_layers += add
+    # the first conv is kept by choice, not because its group cannot be traced: its group is checked too. An
+    # image branch's flattened features concatenated with a metadata Linear's were traced as one group with
+    # the first conv (the concatenation's sizes read before the flatten), skipped as the first conv's, and
+    # "nothing can be pruned" named only the first conv and the output layer. (Layers kept as untraceable
+    # stay out of the check: walking their groups is what never ends.)
     names = {m: n for n, m in model.named_modules()}
-    for root, odd, width, n in why:
+    by_choice = {m for m in pruner.ignored_layers if plan.kept.get(names.get(m)) == "first conv"}
+    add, why = mismatched_groups(pruner.DG, [m for m in pruner.ignored_layers if m not in by_choice])
+    pruner.ignored_layers += add
+    for root, odd, width, n, concat in why:
         odd_name = names.get(odd, type(odd).__name__)
         if isinstance(odd, torch.nn.LayerNorm) and len(odd.normalized_shape) > 1:
             what = (f"LayerNorm '{odd_name}' normalises over {list(odd.normalized_shape)}, a shape channel "
                     "pruning cannot resize")
+        elif concat:
+            what = (f"{odd_name} has {width} along that axis; the channels meet a torch.cat whose parts "
+                    "Torch-Pruning sized wrongly (a flattened or reshaped part), so pruning cannot follow them")
         else:
             what = f"{odd_name} has {width} along that axis, a transpose or reshape pruning cannot follow"
         plan.kept.setdefault(names.get(root, type(root).__name__), f"with the {n} channels coupled to it: {what}")

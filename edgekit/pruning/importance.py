@@ -57,7 +57,8 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
     part = data.take(samples)
     trimmer = Trimmer(part, names)
     trimmer.verify(model, part)
-    classes = task in LABELLED_TASKS  # scored by argmax: a cross-entropy gradient
+    # scored by argmax: a cross-entropy gradient (a multi-label output's yes/no per class has no softmax)
+    classes = task in LABELLED_TASKS and task != "multi-label"
     sensitivity = not classes
     small = max(4, batch_size // 4) if sensitivity else batch_size  # more batches: a better RMS estimate
     used = "output sensitivity |J w| (random projections, no labels)" if sensitivity else ""

@@ -75,7 +75,8 @@ class TorchMetric:
         """For an R^2-scored output (task regression, or one value per sample), the unclipped mean R^2 to
         the reference: the metric is clipped to [0, 1] and reads 0.0 for every epoch that is still worse
         than the mean, so early stopping needs this to see training move. None otherwise."""
-        if self.labelled or self.reference is None or self.task in ("classification", "embedding", *DENSE_AXIS):
+        if self.labelled or self.reference is None or self.task in ("classification", "multi-label", "embedding",
+                                                                    *DENSE_AXIS):
             return None
         ref = np.asarray(self.reference)
         if ref.dtype.kind != "f" or (self.task != "regression" and int(np.prod(ref.shape[1:])) != 1):
@@ -84,8 +85,32 @@ class TorchMetric:
 
         return r2_progress(np.asarray(out), ref)
 
+    def divergence(self, out: np.ndarray) -> float | None:
+        """For class scores, the mean KL divergence of `out`'s softmax from the reference's, per sample (and
+        position): continuous where accuracy or top-1 agreement on a small held-out set moves in steps of one
+        sample, so early stopping can see a student still learning while the metric stands still (a pruned
+        MobileNet-like CNN stopped at 0.933 agreement on 60 samples, 5 flat epochs, its training loss still
+        falling 12% an epoch). None for other outputs."""
+        if self.reference is None or self.task not in ("classification", *DENSE_AXIS):
+            return None
+        ref, out = np.asarray(self.reference), np.asarray(out)
+        axis = DENSE_AXIS.get(self.task, 1)
+        if ref.dtype.kind != "f" or ref.shape != out.shape or ref.ndim < 2 or ref.shape[axis] < 2:
+            return None
+        with np.errstate(all="ignore"):
+            lp, lq = _log_softmax(ref, axis), _log_softmax(out, axis)
+            kl = np.sum(np.exp(lp) * (lp - lq), axis=axis)
+        kl = float(np.mean(kl))
+        return kl if np.isfinite(kl) else None
+
     def agreement(self, out: np.ndarray) -> float | None:
         """Top-1 agreement (classifiers) or mean cosine (others) with the reference outputs."""
         if self.reference is None:
             return None
         return score([out], self.task, None, [self.reference])
+
+
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    x = x.astype(np.float64, copy=False)
+    z = x - np.max(x, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
