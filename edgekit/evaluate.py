@@ -6,8 +6,9 @@ sample, the mean over targets of each target's R^2 (each clipped to [0, 1]) for 
 per sample (--task regression), mean cosine similarity for embeddings and anything else (flattened per
 sample). A labelled --task regression is scored against its targets instead (r2_labels: the same mean of
 clipped R^2, against 'y', with the RMSE beside it). --task segmentation scores class scores [N, C, d1, ...] per
-position (argmax over axis 1): pixel
-accuracy against labels [N, d1, ...] (a negative label is not scored), else pixel agreement with FP32;
+position (argmax over axis 1): mean IoU over the classes against labels [N, d1, ...] (a negative label is not
+scored), else against FP32's classes, with pixel accuracy (agreement) beside it: pixel accuracy alone is mostly
+background, and a small class INT8 wiped out moved it by less than the tolerance;
 --task token-classification the same over a token classifier's [N, L, C] (argmax over the last axis): token
 accuracy against labels [N, L] (HuggingFace's -100 for a token not scored), else token agreement;
 --task multi-label micro-averaged F1 of each class's yes/no against 0/1 labels [N, C], else against FP32's
@@ -31,7 +32,7 @@ from .source import DENSE_AXIS, LABELLED_TASKS
 # tasks whose evaluation scores labels when the data has them: a regression's are its targets (r2_labels)
 SCORED_ON_LABELS = (*LABELLED_TASKS, "regression")
 # (with labels, without) for the tasks scored per position
-DENSE_METRICS = {"segmentation": ("pixel_accuracy", "pixel_agreement"),
+DENSE_METRICS = {"segmentation": ("miou", "miou_agreement"),
                  "token-classification": ("token_accuracy", "token_agreement")}
 
 
@@ -160,12 +161,45 @@ def pixel_agreement(out, ref, axis: int = 1) -> float:
     return float(np.mean(dense_argmax(out, axis) == dense_argmax(ref, axis)))
 
 
+def confusion(pred, true, classes: int) -> np.ndarray:
+    """[C, C] counts of (label, predicted class) over the positions scored (label >= 0)."""
+    t, p = np.asarray(true).reshape(-1), np.asarray(pred).reshape(-1)
+    keep = t >= 0
+    idx = t[keep].astype(np.int64) * classes + p[keep].astype(np.int64)
+    return np.bincount(idx, minlength=classes * classes).reshape(classes, classes)
+
+
+def mean_iou(pred, true, classes: int) -> float:
+    """Mean over classes of |predicted c and labelled c| / |predicted c or labelled c|, counted over the whole
+    set, for the classes either side has somewhere (one neither predicts nor labels is not counted); 1.0 when
+    nothing is scored."""
+    cm = confusion(pred, true, classes).astype(np.float64)
+    inter = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - inter
+    present = union > 0
+    return float(np.mean(inter[present] / union[present])) if present.any() else 1.0
+
+
+def miou(out, labels, axis: int = 1) -> float:
+    """Mean IoU of the argmax classes of scores `out` against per-position labels (negative: not scored)."""
+    out = np.asarray(out)
+    return mean_iou(dense_argmax(out, axis), labels, int(out.shape[axis]))
+
+
+def miou_agreement(out, ref, axis: int = 1) -> float:
+    """Mean IoU of `out`'s argmax classes against the reference's (FP32's)."""
+    out = np.asarray(out)
+    return mean_iou(dense_argmax(out, axis), dense_argmax(ref, axis), int(out.shape[axis]))
+
+
 def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
     """The metric over the first output (accuracy with labels); without labels, the lowest fidelity over
     every output the variant and the reference both give in the same shape (see per_output)."""
     out = np.asarray(outputs[0])
     if labels is not None and task == "classification":
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
+    if labels is not None and task == "segmentation":
+        return miou(out, labels, DENSE_AXIS[task])
     if labels is not None and task in DENSE_AXIS:
         return pixel_accuracy(out, labels, DENSE_AXIS[task])
     if labels is not None and task == multilabel.TASK:
@@ -189,6 +223,8 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(None if j else 0.0)
         elif j == 0 and task == "classification":
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
+        elif j == 0 and task == "segmentation" and o.ndim >= 3:
+            vals.append(miou_agreement(o, r, DENSE_AXIS[task]))
         elif j == 0 and task in DENSE_AXIS and o.ndim >= 3:
             vals.append(pixel_agreement(o, r, DENSE_AXIS[task]))
         elif j == 0 and task == multilabel.TASK:
@@ -373,6 +409,12 @@ class Evaluator:
         self._outputs = len(out)
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
+        if self.task == "segmentation" and np.asarray(out[0]).ndim >= 3:
+            # beside the mean IoU, the share of pixels: what it weighs by class size, the IoU does not
+            if self.labelled:
+                res["pixel_accuracy"] = pixel_accuracy(out[0], self.ds.labels, DENSE_AXIS[self.task])
+            elif ref is not None and np.shape(ref[0]) == np.shape(out[0]):
+                res["pixel_agreement"] = pixel_agreement(out[0], ref[0], DENSE_AXIS[self.task])
         if self.labelled and self.task == "regression":  # in the targets' own units, as users judge a regressor
             err = np.asarray(out[0], np.float64).reshape(len(out[0]), -1) \
                 - np.asarray(self.ds.labels, np.float64).reshape(len(self.ds.labels), -1)

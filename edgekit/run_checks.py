@@ -60,7 +60,7 @@ def label_notes(run, fp32: Artifact) -> list:
     first = fp32.outputs[0]
     shape = shape_text(first.get("shape"))
     if run.ctx.source.task in (*DENSE_AXIS, "regression", "multi-label"):
-        return []  # per-position classes scored as pixel accuracy, targets as r2_labels, 0/1 per class as F1
+        return []  # per-position classes scored as mean IoU, targets as r2_labels, 0/1 per class as F1
     if run.ctx.source.task != "classification" and getattr(run.ctx.source, "task_given", False):
         note = (f"--eval labels unused: --task {run.ctx.source.task} scores the model's output {first['name']!r} "
                 f"{shape} by fidelity to FP32")

@@ -16,7 +16,7 @@ DENSE_AXIS = {"segmentation": 1, "token-classification": -1}
 LABELLED_TASKS = ("classification", *DENSE_AXIS, "multi-label")
 # metric names used in manifests
 METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "r2_labels", "pixel_accuracy", "pixel_agreement",
-           "token_accuracy", "token_agreement", "f1_micro", "f1_agreement")
+           "token_accuracy", "token_agreement", "f1_micro", "f1_agreement", "miou", "miou_agreement")
 
 
 @dataclass

@@ -79,6 +79,17 @@ def seg(tmp_path_factory):
     return d
 
 
+def _miou(pred, labels, classes):
+    """Per class |pred & label| / |pred | label| over scored positions, averaged over classes present."""
+    keep = labels >= 0
+    ious = []
+    for c in range(classes):
+        p, t = (pred == c) & keep, (labels == c) & keep
+        if (p | t).any():
+            ious.append((p & t).sum() / (p | t).sum())
+    return float(np.mean(ious))
+
+
 def _outputs(path, x):
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x})[0]
@@ -94,15 +105,35 @@ def test_pixel_metrics():
     # one position of sample 0 changes class, by the smallest margin: the cosine barely moves
     c0, c1 = np.argsort(ref[0, :, 2, 3])[-2:]
     got[0, c0, 2, 3] = ref[0, c1, 2, 3] + 1e-3
-    assert per_output([got], "segmentation", [ref])[0] == pytest.approx(1 - 1 / labels.size)
+    expect = _miou(got.argmax(1), labels, 3)
+    assert expect < 1.0
+    assert per_output([got], "segmentation", [ref])[0] == pytest.approx(expect)
     assert per_output([got], "generic", [ref])[0] > 0.999
-    assert score([got], "segmentation", labels) == pytest.approx(1 - 1 / labels.size)
-    labels[0, 2, 3] = -1  # a position not scored drops out of both counts
+    assert score([got], "segmentation", labels) == pytest.approx(expect)
+    assert pixel_accuracy(got, labels) == pytest.approx(1 - 1 / labels.size)
+    labels[0, 2, 3] = -1  # a position not scored drops out of every count
     assert score([got], "segmentation", labels) == 1.0
     labels[:, :, :3] = -1
     assert pixel_accuracy(got, labels) == 1.0
-    assert metric_name("segmentation", True) == "pixel_accuracy"
-    assert metric_name("segmentation", False) == "pixel_agreement"
+    assert metric_name("segmentation", True) == "miou"
+    assert metric_name("segmentation", False) == "miou_agreement"
+
+
+def test_mean_iou_sees_a_small_class_wiped_out_that_pixel_accuracy_hides():
+    """Pixel accuracy is mostly background: a class on 0.5% of the pixels, lost entirely, moved it by 0.5%,
+    within the default 1% tolerance; its IoU falls from 1 to 0, and the mean over 3 classes by a third."""
+    from edgekit.evaluate import pixel_accuracy, score
+
+    labels = np.zeros((10, 20, 20), np.int64)
+    labels[:, 10:, :] = 1  # half the map
+    labels[:, 0, :2] = 2  # 20 of 4000 pixels
+    ref = np.eye(3, dtype=np.float32)[labels].transpose(0, 3, 1, 2)  # FP32 gets every pixel right
+    got = ref.copy()
+    got[:, 2] = -1.0  # the small class is never predicted: those pixels fall to background
+    assert pixel_accuracy(got, labels) == pytest.approx(1 - 20 / 4000)
+    assert score([got], "segmentation", labels) == pytest.approx(_miou(got.argmax(1), labels, 3))
+    assert score([got], "segmentation", labels) < 0.67
+    assert score([got], "segmentation", None, [ref]) < 0.67  # against FP32's classes alike
 
 
 def test_segmentation_compress_prunes_distills_and_scores_per_pixel(seg, tmp_path):
@@ -117,22 +148,23 @@ def test_segmentation_compress_prunes_distills_and_scores_per_pixel(seg, tmp_pat
     kinds = set()
     for a in m["artifacts"]:
         met = a["metrics"]
-        assert met["name"] == "pixel_accuracy", met
+        assert met["name"] == "miou", met
         pred = _outputs(out / a["path"], ev["x"]).argmax(1)
-        assert met["value"] == pytest.approx(((pred == ev["y"]) & keep).sum() / keep.sum(), abs=1e-9)
+        assert met["value"] == pytest.approx(_miou(pred, ev["y"], 3), abs=1e-9)
+        assert met["pixel_accuracy"] == pytest.approx(((pred == ev["y"]) & keep).sum() / keep.sum(), abs=1e-9)
         kinds.add(a["kind"])
     assert {"fp32", "distilled"} <= kinds, kinds
-    assert m["pruning"]["metric_name"] == "pixel_accuracy"
+    assert m["pruning"]["metric_name"] == "miou"
     dist = m["pruning"]["distill"]
     assert "per position" in dist["loss"] and "cross-entropy with labels" in dist["loss"], dist["loss"]
     assert dist["train"]["labelled"] is True
     # the source model segments well, and the pruned, distilled one holds most of it
     fp32 = next(a for a in m["artifacts"] if a["kind"] == "fp32")["metrics"]["value"]
     distilled = next(a for a in m["artifacts"] if a["kind"] == "distilled")["metrics"]["value"]
-    assert fp32 > 0.9 and distilled > fp32 - 0.05, (fp32, distilled)
+    assert fp32 > 0.85 and distilled > fp32 - 0.05, (fp32, distilled)
 
 
-def test_segmentation_without_labels_scores_pixel_agreement(seg, tmp_path):
+def test_segmentation_without_labels_scores_miou_agreement(seg, tmp_path):
     out = tmp_path / "out"
     rc = run_cli(["compress", f"{seg / 'm.py'}:build", "--weights", str(seg / "m.pt"), "--calib",
                   str(seg / "calib.npy"), "--eval", str(seg / "eval_nolabels.npz"), "--task", "segmentation",
@@ -142,12 +174,13 @@ def test_segmentation_without_labels_scores_pixel_agreement(seg, tmp_path):
     x = np.load(seg / "eval_nolabels.npz")["x"]
     ref = _outputs(out / "model.fp32.onnx", x).argmax(1)
     int8 = next(a for a in m["artifacts"] if a["kind"] == "int8")
-    assert int8["metrics"]["name"] == "pixel_agreement"
+    assert int8["metrics"]["name"] == "miou_agreement"
     got = _outputs(out / int8["path"], x).argmax(1)
-    assert int8["metrics"]["value"] == pytest.approx(float(np.mean(got == ref)), abs=1e-9)
+    assert int8["metrics"]["value"] == pytest.approx(_miou(got, ref, 3), abs=1e-9)
+    assert int8["metrics"]["pixel_agreement"] == pytest.approx(float(np.mean(got == ref)), abs=1e-9)
 
 
-def test_quantize_alone_scores_pixel_accuracy(seg, tmp_path):
+def test_quantize_alone_scores_miou(seg, tmp_path):
     out = tmp_path / "out"
     rc = run_cli(["quantize", str(seg / "m.onnx"), "--calib", str(seg / "calib.npy"), "--eval",
                   str(seg / "eval.npz"), "--task", "segmentation", "--max-trials", "1", "-o", str(out)])
@@ -156,9 +189,11 @@ def test_quantize_alone_scores_pixel_accuracy(seg, tmp_path):
     ev = np.load(seg / "eval.npz")
     keep = ev["y"] >= 0
     for a in m["artifacts"]:
-        assert a["metrics"]["name"] == "pixel_accuracy", a["metrics"]
+        assert a["metrics"]["name"] == "miou", a["metrics"]
         pred = _outputs(out / a["path"], ev["x"]).argmax(1)
-        assert a["metrics"]["value"] == pytest.approx(((pred == ev["y"]) & keep).sum() / keep.sum(), abs=1e-9)
+        assert a["metrics"]["value"] == pytest.approx(_miou(pred, ev["y"], 3), abs=1e-9)
+        assert a["metrics"]["pixel_accuracy"] == pytest.approx(((pred == ev["y"]) & keep).sum() / keep.sum(),
+                                                               abs=1e-9)
 
 
 @pytest.mark.parametrize("data, expect", [
@@ -255,7 +290,8 @@ def test_per_token_scores_need_classes_on_axis_1(tmp_path, capsys):
     m = json.loads((tmp_path / "first" / "manifest.json").read_text())
     met = m["artifacts"][0]["metrics"]
     pred = _outputs(tmp_path / "first" / m["artifacts"][0]["path"], ids[:60]).argmax(1)
-    assert met["name"] == "pixel_accuracy" and met["value"] == pytest.approx(float(np.mean(pred == ids[:60] % 5)))
+    assert met["name"] == "miou" and met["value"] == pytest.approx(_miou(pred, ids[:60] % 5, 5))
+    assert met["pixel_accuracy"] == pytest.approx(float(np.mean(pred == ids[:60] % 5)))
 
 
 def test_a_map_output_without_a_task_gets_a_note_naming_it(seg, tmp_path, capsys):

@@ -97,10 +97,15 @@ class TorchMetric:
         axis = DENSE_AXIS.get(self.task, 1)
         if ref.dtype.kind != "f" or ref.shape != out.shape or ref.ndim < 2 or ref.shape[axis] < 2:
             return None
+        # a few samples at a time: a segmentation set's scores can be gigabytes, and this takes three copies
+        step = max(1, (1 << 24) // max(1, int(np.prod(ref.shape[1:]))))
+        total, count = 0.0, 0
         with np.errstate(all="ignore"):
-            lp, lq = _log_softmax(ref, axis), _log_softmax(out, axis)
-            kl = np.sum(np.exp(lp) * (lp - lq), axis=axis)
-        kl = float(np.mean(kl))
+            for i in range(0, len(ref), step):
+                lp, lq = _log_softmax(ref[i:i + step], axis), _log_softmax(out[i:i + step], axis)
+                kl = np.sum(np.exp(lp) * (lp - lq), axis=axis)
+                total, count = total + float(np.sum(kl, dtype=np.float64)), count + kl.size
+        kl = total / max(count, 1)
         return kl if np.isfinite(kl) else None
 
     def agreement(self, out: np.ndarray) -> float | None:
@@ -111,6 +116,6 @@ class TorchMetric:
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    x = x.astype(np.float64, copy=False)
+    x = x.astype(np.float32, copy=False)
     z = x - np.max(x, axis=axis, keepdims=True)
     return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
