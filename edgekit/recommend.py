@@ -112,6 +112,12 @@ def _quantized_veto(a, q: dict, fp32, target: str) -> str | None:
         return f"{a.path}: {q.get('reason', 'vetoed by the quantization stage')}"
     if not gates or target in gates:
         return None  # the gate passed here, or was switched off
+    simulated = (a.metrics or {}).get("simulated")
+    if simulated:
+        # scored in exact QDQ arithmetic, as the gated target (a GPU, an ARM device) computes INT8; this
+        # host's x86 kernels without VNNI saturate where it does not, so the score is not this target's
+        return (f"{a.path}: built and scored for {', '.join(gates)} (its metric in {simulated}), not as {target} "
+                f"computes INT8; name {target} first (--target) to have INT8 built, scored and timed for it")
     why = _not_measurably_faster(a, fp32, target)
     return why and why.replace(f"{a.path}: ", f"{a.path}: the speed gate timed it on {', '.join(gates)}, not "
                                              f"{target}; in {target}'s latency table ", 1)

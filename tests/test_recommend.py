@@ -119,3 +119,13 @@ def test_the_speed_gate_speaks_only_for_the_target_it_timed():
     r = recommend(_two_targets(0.5, gate_passed=True, tolerance_met=False), tol, [GPU, T])
     assert r["gpu"]["path"] == r["cpu"]["path"] == "f.onnx"
     assert "no INT8 candidate within tolerance" in r["cpu"]["reason"]
+
+
+def test_a_file_scored_as_another_target_computes_is_not_recommended_for_this_one():
+    """A GPU target's INT8 is scored in exact QDQ arithmetic (graph optimisations off); the x86 kernels of a
+    host without VNNI round otherwise, so that score is not the x86 target's, however fast the file ran."""
+    m = _two_targets(0.5, gate_passed=True)
+    m.artifacts[1].metrics["simulated"] = "cpu, graph optimisations off (QDQ arithmetic)"
+    r = recommend(m, Tolerance.parse("1%"), [GPU, T])
+    assert r["gpu"]["path"] == "q.onnx"
+    assert r["cpu"]["path"] == "f.onnx" and "q.onnx: built and scored for gpu" in r["cpu"]["reason"]
