@@ -166,6 +166,12 @@ def run(parent: Artifact, ctx, cfg: QuantizeConfig) -> Artifact | None:
             specs = tuner.grid(spec, pinned=pinned, transformer_like=seq_like)
             if not gk["transformer_like"]:
                 specs = [s for s in specs if not s.fuse_transformer]
+            elif any(s.fuse_transformer for s in specs) and tuner.fused_path() is None:
+                # nn.TransformerEncoder's graph is no BERT to onnxruntime's fusion: two trials of the budget
+                # went to "error: graph has no BERT-like attention to fuse"
+                specs = [s for s in specs if not s.fuse_transformer]
+                record["notes"].append("onnxruntime's attention fusion finds no BERT-like attention in this graph: "
+                                       "the fused dynamic INT8 candidates were left out")
             gq = [s for s in specs if s.weight_rounding == "gptq"]
             if gq and specs[0].weight_rounding == "nearest":
                 # rounding first (base vs GPTQ), then the rest of the grid on whichever was more accurate
