@@ -352,9 +352,9 @@ def take_multilabels(*datasets) -> None:
         if dense is not None and dense.ndim == 2:
             d.labels, d.dense_labels, d.label_problem = dense, None, None
         elif dense is not None or getattr(d, "label_problem", None):
+            got = f"got shape {list(dense.shape)}" if dense is not None else "these are not integers"
             raise CalibrationError(f"{d.source or 'the data'}: --task multi-label needs labels 'y' of 0/1 per "
-                                   "class, shape [N, C]; "
-                                   + (f"got shape {list(dense.shape)}" if dense is not None else "these are not integers"))
+                                   f"class, shape [N, C]; {got}")
 
 
 def check_class_columns(src: SourceModel, *datasets) -> None:
@@ -1225,12 +1225,13 @@ def _infer_inputs(module, input_shape, sample_inputs, *, where) -> list:
         if len(given) == 1 and len(required) > 1 and not _takes_varargs(module):
             # forward(num, sex) on a .csv: "missing 1 required positional argument: 'sex'" said nothing of the data
             raise InputError(f"{where}: forward() takes {len(required)} inputs ({', '.join(required)}), but "
-                             f"{_data_name(sample_inputs)} holds one input array, {given[0]!r} (a .csv, .tsv, .npy, image folder or sentence file "
-                             "is one input); pass an .npz with an array named for each")
+                             f"{_data_name(sample_inputs)} holds one input array, {given[0]!r} (a .csv, .tsv, .npy, "
+                             "image folder or sentence file is one input); pass an .npz with an array named for each")
         absent = [n for n in required if n not in given]
         if len(given) > 1 and absent and not set(given) - set(names) and not _takes_varargs(module):
-            raise InputError(f"{where}: {_data_name(sample_inputs)} has no array for forward()'s {', '.join(map(repr, absent))} "
-                             f"(it holds {', '.join(map(repr, given))}); add an array of that name to the .npz")
+            raise InputError(f"{where}: {_data_name(sample_inputs)} has no array for forward()'s "
+                             f"{', '.join(map(repr, absent))} (it holds {', '.join(map(repr, given))}); add an "
+                             "array of that name to the .npz")
         if len(given) == 1 and len(names) >= 1:
             arr = next(iter(sample_inputs.values()))
             return [TensorSpec(names[0], ["batch", *arr.shape[1:]], _input_dtype(module, arr))]

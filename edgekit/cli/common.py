@@ -161,12 +161,11 @@ def json_option(f):
 
 TASK_HELP = ("What the model's first output is: auto (default) guesses from its shape (float [N, C], C >= 2: "
              "class scores); regression: C continuous targets, scored by mean R^2 to FP32 and distilled with MSE; "
-             "classification; multi-label: a yes/no per class [N, C] (sigmoid, logit > 0), scored by micro F1 "
-             "against 0/1 labels 'y' [N, C] or against FP32's decisions; embedding (cosine); segmentation: class scores per position [N, C, d1, ...], "
-             "scored by mean IoU over classes against labels 'y' [N, d1, ...] or against FP32's classes; "
-             "token-classification: "
-             "class scores per token [N, L, C] (NER), scored by token accuracy (labels 'y' [N, L]) or token "
-             "agreement with FP32.")
+             "classification; multi-label: a yes/no per class [N, C] (sigmoid, logit > 0), scored by micro "
+             "F1 against 0/1 labels 'y' [N, C] or against FP32's decisions; embedding (cosine); segmentation: "
+             "class scores per position [N, C, d1, ...], scored by mean IoU over classes against labels "
+             "'y' [N, d1, ...] or against FP32's classes; token-classification: class scores per token [N, L, C] "
+             "(NER), scored by token accuracy (labels 'y' [N, L]) or token agreement with FP32.")
 
 
 def task_option(f):
