@@ -118,3 +118,18 @@ def test_compress_scores_multi_label_outputs_by_f1_against_the_labels(tmp_path):
     r = _cli("compress", "ml.py:build", "--weights", "ml.pt", "--calib", "calib.npz", "--eval", "ev.npz",
              "--no-profile", "-o", "out2", cwd=tmp_path)
     assert r.returncode == 2 and "pass --task multi-label" in r.stderr and not (tmp_path / "out2").exists()
+
+
+def test_taylor_importance_takes_the_labels_of_a_multi_label_output():
+    """With 0/1 labels, Taylor importance's gradient is their binary cross-entropy; it read "output sensitivity
+    (random projections, no labels)" although the labels were there."""
+    from edgekit.pruning.importance import accumulate_gradients
+
+    x, y = _digits_multilabel()
+    model = _teacher(x, y)
+    used = accumulate_gradients(model, Dataset({"input": x[:64]}, y[:64], "digits"), ["input"], "multi-label")
+    assert used == "binary cross-entropy with labels"
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    used = accumulate_gradients(model, Dataset({"input": x[:64]}, None, "digits"), ["input"], "multi-label")
+    assert used.startswith("output sensitivity")

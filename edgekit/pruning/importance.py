@@ -57,9 +57,11 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
     part = data.take(samples)
     trimmer = Trimmer(part, names)
     trimmer.verify(model, part)
-    # scored by argmax: a cross-entropy gradient (a multi-label output's yes/no per class has no softmax)
+    # scored by argmax: a cross-entropy gradient; a multi-label output's yes/no per class takes a binary
+    # cross-entropy with its 0/1 labels, and without them has no softmax to take its own predictions from
+    multi = task == "multi-label" and part.labels is not None
     classes = task in LABELLED_TASKS and task != "multi-label"
-    sensitivity = not classes
+    sensitivity = not classes and not multi
     small = max(4, batch_size // 4) if sensitivity else batch_size  # more batches: a better RMS estimate
     used = "output sensitivity |J w| (random projections, no labels)" if sensitivity else ""
     g = torch.Generator().manual_seed(0)
@@ -74,7 +76,13 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
             # classes come last
             out = out.movedim(DENSE_AXIS[task], 1)
         ce = labels_cross_entropy(out, torch.from_numpy(np.asarray(y)).long()) if classes and y is not None else None
-        if ce is not None:
+        if multi:
+            from .. import multilabel
+
+            loss = multilabel.distill_loss(out, out.detach(), torch.from_numpy(np.asarray(y)), 1.0, 0.0,
+                                           multilabel.is_probability(out.detach().numpy()))
+            used = "binary cross-entropy with labels"
+        elif ce is not None:
             loss, used = ce, "cross-entropy with labels"
         elif classes:
             loss, used = F.cross_entropy(out, out.detach().argmax(1)), "cross-entropy with own predictions"
