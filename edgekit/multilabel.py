@@ -72,12 +72,22 @@ def distill_loss(s, t, y, temperature: float, alpha: float, probabilities: bool)
 
     s, t = s.reshape(len(s), -1).float(), t.reshape(len(t), -1).float()
     if probabilities:
-        eps = 1e-6
-        kd = F.binary_cross_entropy(s.clamp(eps, 1 - eps), t.clamp(0, 1))
-        hard = None if y is None else F.binary_cross_entropy(s.clamp(eps, 1 - eps), y.reshape(len(y), -1).float())
+        kd = F.binary_cross_entropy(s.clamp(EPS, 1 - EPS), t.clamp(0, 1))
     else:
         T = temperature
         kd = F.binary_cross_entropy_with_logits(s / T, (t / T).sigmoid()) * T * T
-        hard = None if y is None else F.binary_cross_entropy_with_logits(s, y.reshape(len(y), -1).float())
-    return kd if hard is None else alpha * kd + (1.0 - alpha) * hard
+    return kd if y is None else alpha * kd + (1.0 - alpha) * labels_loss(s, y, probabilities)
+
+
+EPS = 1e-6  # probabilities are kept off 0 and 1, where binary cross-entropy's log is infinite
+
+
+def labels_loss(s, y, probabilities: bool):
+    """Binary cross-entropy of the scores `s` ([N, C] logits, or probabilities) with 0/1 labels `y`."""
+    import torch.nn.functional as F
+
+    s, y = s.reshape(len(s), -1).float(), y.reshape(len(y), -1).float()
+    if probabilities:
+        return F.binary_cross_entropy(s.clamp(EPS, 1 - EPS), y)
+    return F.binary_cross_entropy_with_logits(s, y)
 

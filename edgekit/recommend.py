@@ -118,16 +118,15 @@ def _quantized_veto(a, q: dict, fp32, target: str) -> str | None:
         # host's x86 kernels without VNNI saturate where it does not, so the score is not this target's
         return (f"{a.path}: built and scored for {', '.join(gates)} (its metric in {simulated}), not as {target} "
                 f"computes INT8; name {target} first (--target) to have INT8 built, scored and timed for it")
-    why = _not_measurably_faster(a, fp32, target)
-    return why and why.replace(f"{a.path}: ", f"{a.path}: the speed gate timed it on {', '.join(gates)}, not "
-                                             f"{target}; in {target}'s latency table ", 1)
+    return _not_measurably_faster(a, fp32, target, where=f"the speed gate timed it on {', '.join(gates)}, not "
+                                                        f"{target}; in {target}'s latency table ")
 
 
-def _not_measurably_faster(a, fp32, target: str) -> str | None:
+def _not_measurably_faster(a, fp32, target: str, where: str = "") -> str | None:
     """Why a pruned or distilled variant does not count as faster than FP32 on target, or None. INT8 and FP16
     have the quantization stage's speed gate; these have only the latency table, where a distilled tabular
     MLP at p50 0.016 ms beside FP32's 0.016 ms was recommended as "1.00x faster than FP32". The gate's margin
-    applies: faster means at most FASTER_THAN of FP32's p50."""
+    applies: faster means at most FASTER_THAN of FP32's p50. `where` goes before the figures (which table)."""
     from .quant.speed_gate import FASTER_THAN
 
     if fp32 is None or a is fp32 or a.kind == "fp32":
@@ -137,7 +136,7 @@ def _not_measurably_faster(a, fp32, target: str) -> str | None:
         return None
     if mine["p50_ms"] <= ref["p50_ms"] * FASTER_THAN:
         return None
-    return (f"{a.path}: p50 {mine['p50_ms']:.3f} ms against FP32's {ref['p50_ms']:.3f} ms is not measurably faster "
+    return (f"{a.path}: {where}p50 {mine['p50_ms']:.3f} ms against FP32's {ref['p50_ms']:.3f} ms is not measurably faster "
             f"(faster means {FASTER_THAN:.2f}x FP32's p50 or less)")
 
 

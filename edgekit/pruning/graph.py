@@ -523,6 +523,8 @@ def mismatched_groups(dg, ignored: list) -> tuple[list, list]:
     widths. A transpose between channel and token axes (MLP-Mixer's token mixing) is not tracked by
     Torch-Pruning: the residual stream's 32 channel indices were applied to a Linear over 16 tokens and
     pruning failed with "index 16 is out of bounds". Such a group is kept whole, the rest still pruned."""
+    from torch_pruning import ops
+
     add, why = [], []
     for g in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=root_types()):
         for d, idxs in g:
@@ -534,7 +536,7 @@ def mismatched_groups(dg, ignored: list) -> tuple[list, list]:
                 continue
             if width is not None and len(idxs) and max(int(i) for i in idxs) >= width:
                 add += _out_layers(dg, g)
-                concat = any(type(x.dep.target.module).__name__ == "_ConcatOp" for x in g)
+                concat = any(isinstance(x.dep.target.module, ops._ConcatOp) for x in g)
                 why.append((g[0].dep.target.module, d.target.module, int(width), len(g[0].idxs), concat))
                 break
     return list(dict.fromkeys(add)), why

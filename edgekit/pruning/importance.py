@@ -79,8 +79,8 @@ def accumulate_gradients(model, data, names, task: str, *, samples: int = TAYLOR
         if multi:
             from .. import multilabel
 
-            loss = multilabel.distill_loss(out, out.detach(), torch.from_numpy(np.asarray(y)), 1.0, 0.0,
-                                           multilabel.is_probability(out.detach().numpy()))
+            loss = multilabel.labels_loss(out, torch.from_numpy(np.asarray(y)),
+                                          multilabel.is_probability(out.detach().numpy()))
             used = "binary cross-entropy with labels"
         elif ce is not None:
             loss, used = ce, "cross-entropy with labels"
