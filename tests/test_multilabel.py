@@ -133,3 +133,23 @@ def test_taylor_importance_takes_the_labels_of_a_multi_label_output():
     model.zero_grad(set_to_none=True)
     used = accumulate_gradients(model, Dataset({"input": x[:64]}, None, "digits"), ["input"], "multi-label")
     assert used.startswith("output sensitivity")
+
+
+@pytest.mark.parametrize("labels,expect", [
+    (lambda y: y[:, 0], "needs labels 'y' of shape [N, 3]"),  # one class index per sample
+    (lambda y: y * 0.5, "needs labels 'y' of 0/1 per class, shape [N, C]; these are not integers"),
+    (lambda y: y * 2, "needs labels 'y' of 0 or 1; sample"),
+    (lambda y: y[:, :2], "needs labels 'y' of shape [N, 3]"),
+])
+def test_labels_that_do_not_fit_are_refused_in_one_line_and_nothing_is_written(tmp_path, labels, expect):
+    x, y = _digits_multilabel()
+    (tmp_path / "ml.py").write_text("import torch.nn as nn\n\n\ndef build():\n"
+                                   "    return nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 3))\n")
+    np.savez(tmp_path / "calib.npz", x=x[:64])
+    np.savez(tmp_path / "bad.npz", x=x[:64], y=labels(y[:64]))
+    r = _cli("compress", "ml.py:build", "--calib", "calib.npz", "--eval", "bad.npz", "--task", "multi-label",
+             "--quantize", "none", "--no-profile", "-o", "out", cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("edgekit: error: bad.npz") and expect in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
