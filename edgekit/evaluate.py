@@ -10,7 +10,10 @@ position (argmax over axis 1): mean IoU over the classes against labels [N, d1, 
 scored), else against FP32's classes, with pixel accuracy (agreement) beside it: pixel accuracy alone is mostly
 background, and a small class INT8 wiped out moved it by less than the tolerance;
 --task token-classification the same over a token classifier's [N, L, C] (argmax over the last axis): token
-accuracy against labels [N, L] (HuggingFace's -100 for a token not scored), else token agreement;
+accuracy against labels [N, L] (HuggingFace's -100 for a token not scored), else token agreement (over the
+positions its attention_mask keeps, when the data has one); a tagger whose class names are BIO tags (a
+HuggingFace config's id2label: B-PER, I-PER, O) is scored by entity F1 instead (entities.py), token accuracy
+beside it;
 --task multi-label micro-averaged F1 of each class's yes/no against 0/1 labels [N, C], else against FP32's
 decisions (multilabel.py). A model
 with several outputs: without labels, "fidelity_min", the lowest fidelity over them (each in
@@ -25,7 +28,7 @@ from .dataset import Dataset
 from .errors import CalibrationError, InputError
 from .fsutil import per_file_version
 from .onnxutil import ort_load_problem, run_batches, session
-from . import multilabel
+from . import entities, multilabel
 from .source import DENSE_AXIS, LABELLED_TASKS
 
 
@@ -34,11 +37,14 @@ SCORED_ON_LABELS = (*LABELLED_TASKS, "regression")
 # (with labels, without) for the tasks scored per position
 DENSE_METRICS = {"segmentation": ("miou", "miou_agreement"),
                  "token-classification": ("token_accuracy", "token_agreement")}
+ENTITY_METRICS = ("entity_f1", "entity_f1_agreement")  # a token classifier whose classes are BIO tags
 
 
-def metric_name(task: str, labelled: bool, outputs: int = 1) -> str:
+def metric_name(task: str, labelled: bool, outputs: int = 1, entity: bool = False) -> str:
     if labelled and task == "classification":
         return "accuracy"
+    if entity and task == "token-classification" and (labelled or outputs == 1):
+        return ENTITY_METRICS[0 if labelled else 1]
     if labelled and task in DENSE_METRICS:
         return DENSE_METRICS[task][0]
     if labelled and task == multilabel.TASK:
@@ -156,9 +162,31 @@ def pixel_accuracy(out, labels, axis: int = 1) -> float:
     return float(np.sum((dense_argmax(out, axis) == y) & keep) / max(int(keep.sum()), 1))
 
 
-def pixel_agreement(out, ref, axis: int = 1) -> float:
-    """Share of positions whose argmax class is FP32's."""
-    return float(np.mean(dense_argmax(out, axis) == dense_argmax(ref, axis)))
+def pixel_agreement(out, ref, axis: int = 1, keep=None) -> float:
+    """Share of positions (those `keep` marks, default all) whose argmax class is FP32's."""
+    same = dense_argmax(out, axis) == dense_argmax(ref, axis)
+    if keep is None:
+        return float(np.mean(same))
+    keep = np.asarray(keep, bool)
+    return float(np.sum(same & keep) / max(int(keep.sum()), 1))
+
+
+def entity_f1(out, true, scheme: list, keep=None, axis: int = -1, by_type: bool = False):
+    """Entity F1 of a tagger's scores [N, L, C] against class indices [N, L] (labels, or FP32's argmax),
+    over the positions `keep` marks (default: the labels that are not negative)."""
+    true = np.asarray(true)
+    keep = (true >= 0) if keep is None else np.asarray(keep, bool)
+    pred = dense_argmax(out, axis)
+    return (entities.f1_by_type if by_type else entities.entity_f1)(pred, true, scheme, keep)
+
+
+def position_mask(ds, shape) -> np.ndarray | None:
+    """The positions [N, L] a tokenized set's attention_mask keeps, when its inputs have one of the scores'
+    [N, L]: padding is no token, and agreeing on it counted as agreement. None otherwise."""
+    mask = ds.inputs.get("attention_mask") if ds is not None else None
+    if mask is None or tuple(np.shape(mask)) != tuple(shape[:2]):
+        return None
+    return np.asarray(mask) != 0
 
 
 def confusion(pred, true, classes: int) -> np.ndarray:
@@ -192,14 +220,19 @@ def miou_agreement(out, ref, axis: int = 1) -> float:
     return mean_iou(dense_argmax(out, axis), dense_argmax(ref, axis), int(out.shape[axis]))
 
 
-def score(outputs: list, task: str, labels=None, reference: list | None = None) -> float:
+def score(outputs: list, task: str, labels=None, reference: list | None = None, *, scheme: list | None = None,
+          keep=None) -> float:
     """The metric over the first output (accuracy with labels); without labels, the lowest fidelity over
-    every output the variant and the reference both give in the same shape (see per_output)."""
+    every output the variant and the reference both give in the same shape (see per_output).
+    scheme: a token classifier's tags (entities.tag_scheme), scored by entity F1; keep: the positions an
+    unlabelled token classifier is scored on (position_mask)."""
     out = np.asarray(outputs[0])
     if labels is not None and task == "classification":
         return float(np.mean(out.reshape(len(out), -1).argmax(1) == np.asarray(labels)))
     if labels is not None and task == "segmentation":
         return miou(out, labels, DENSE_AXIS[task])
+    if labels is not None and scheme and task == "token-classification":
+        return entity_f1(out, labels, scheme)
     if labels is not None and task in DENSE_AXIS:
         return pixel_accuracy(out, labels, DENSE_AXIS[task])
     if labels is not None and task == multilabel.TASK:
@@ -208,10 +241,10 @@ def score(outputs: list, task: str, labels=None, reference: list | None = None) 
         return mean_r2_fidelity(out, np.asarray(labels))
     if reference is None:
         raise ValueError("unlabelled evaluation needs reference outputs")
-    return min(v for v in per_output(outputs, task, reference) if v is not None)
+    return min(v for v in per_output(outputs, task, reference, scheme=scheme, keep=keep) if v is not None)
 
 
-def per_output(outputs: list, task: str, reference: list) -> list:
+def per_output(outputs: list, task: str, reference: list, *, scheme: list | None = None, keep=None) -> list:
     """Fidelity of each output to the reference: the task's metric for the first, exact agreement for
     integer and boolean outputs, R^2 or cosine (by shape) for the other float ones, since a second head's
     meaning is unknown; None where the shapes differ (a
@@ -225,8 +258,10 @@ def per_output(outputs: list, task: str, reference: list) -> list:
             vals.append(float(np.mean(o.reshape(len(o), -1).argmax(1) == r.reshape(len(r), -1).argmax(1))))
         elif j == 0 and task == "segmentation" and o.ndim >= 3:
             vals.append(miou_agreement(o, r, DENSE_AXIS[task]))
+        elif j == 0 and task == "token-classification" and o.ndim == 3 and scheme:
+            vals.append(entity_f1(o, dense_argmax(r, -1), scheme, _keep(keep, o)))
         elif j == 0 and task in DENSE_AXIS and o.ndim >= 3:
-            vals.append(pixel_agreement(o, r, DENSE_AXIS[task]))
+            vals.append(pixel_agreement(o, r, DENSE_AXIS[task], _keep(keep, o)))
         elif j == 0 and task == multilabel.TASK:
             vals.append(multilabel.f1_agreement(o, r))
         elif j == 0 and task == "regression":
@@ -234,6 +269,13 @@ def per_output(outputs: list, task: str, reference: list) -> list:
         else:
             vals.append(output_fidelity(o, r))
     return vals
+
+
+def _keep(keep, out) -> np.ndarray | None:
+    """keep where it fits the positions of a token classifier's `out` [N, L, C], else None (every position)."""
+    if keep is not None and np.shape(keep) == np.shape(out)[:-1]:
+        return np.asarray(keep, bool)
+    return None
 
 
 def output_fidelity(out: np.ndarray, ref: np.ndarray) -> float:
@@ -338,7 +380,7 @@ class Evaluator:
     """
 
     def __init__(self, eval_ds: Dataset, task: str, reference_path=None, *, batch_size: int = 64,
-                 deploy_batch: int = DEPLOY_BATCH):
+                 deploy_batch: int = DEPLOY_BATCH, tags: list | None = None):
         self.ds, self.task, self.reference_path, self.batch_size = eval_ds, task, reference_path, batch_size
         self.deploy_batch = deploy_batch
         # quantized graphs run unoptimised: QDQ as exact float arithmetic, as a GPU target runs it
@@ -347,6 +389,8 @@ class Evaluator:
         self._refs = {}  # batch size -> FP32 reference outputs
         self._labels_checked = False
         self._outputs = 1  # known after the first call; names the metric (fidelity_min over several)
+        # tags: a tagger's class names (SourceModel.entity_tags); BIO ones are scored by entity F1 (entities.py)
+        self.scheme = entities.tag_scheme(tags) if task == "token-classification" else None
 
     def batch_for(self, path) -> int:
         """The batch path is scored at, as recorded: a graph that fixes its batch runs only that one
@@ -355,7 +399,7 @@ class Evaluator:
 
     @property
     def name(self) -> str:
-        return metric_name(self.task, self.labelled, self._outputs)
+        return metric_name(self.task, self.labelled, self._outputs, bool(self.scheme))
 
     def reference_outputs(self, batch: int | None = None):
         """FP32 outputs at `batch` (default: batch_size), cached per batch size: a candidate is compared with
@@ -405,10 +449,23 @@ class Evaluator:
             self._labels_checked = True
         batch = self.batch_for(path)
         ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)
-        value = score(out, self.task, self.ds.labels if self.labelled else None, ref)
+        first = np.asarray(out[0])
+        keep = position_mask(self.ds, first.shape) if self.task == "token-classification" else None
+        value = score(out, self.task, self.ds.labels if self.labelled else None, ref, scheme=self.scheme, keep=keep)
         self._outputs = len(out)
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
+        if self.scheme and first.ndim == 3 and res["name"] in ENTITY_METRICS \
+                and (self.labelled or np.shape(ref[0]) == first.shape):
+            # beside the entity F1, each type's (a rare type lost moves the micro F1 by its share) and the share
+            # of tokens, as token classifiers were scored before
+            true = self.ds.labels if self.labelled else dense_argmax(ref[0], -1)
+            res["entity_f1_by_type"] = entity_f1(first, true, self.scheme, None if self.labelled else keep,
+                                                 by_type=True)
+            if self.labelled:
+                res["token_accuracy"] = pixel_accuracy(first, self.ds.labels, -1)
+            else:
+                res["token_agreement"] = pixel_agreement(first, ref[0], -1, keep)
         if self.task == "segmentation" and np.asarray(out[0]).ndim >= 3:
             # beside the mean IoU, the share of pixels: what it weighs by class size, the IoU does not
             if self.labelled:

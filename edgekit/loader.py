@@ -243,6 +243,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     if src.task == "multi-label":
         take_multilabels(*datasets)
     scored = take_targets(datasets[0]) if src.task == "regression" and datasets else None
+    if src.task == "token-classification":
+        scored = take_tag_names(src, *datasets)
     bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
     if not bad:
         return scored
@@ -307,6 +309,26 @@ def take_label_names(src: SourceModel, *datasets) -> None:
                             np.int64)
         d.label_strings, d.label_problem = None, None
         d.extra = {**d.extra, "named_classes": names}  # for the note saying how names became indices
+
+
+def take_tag_names(src: SourceModel, *datasets) -> str | None:
+    """A token classifier whose class names (config.id2label) are BIO tags (B-PER, I-PER, O) is scored by entity
+    F1 (entities.py), not the share of tokens, which is mostly "O": the names are kept as src.entity_tags for
+    what scores it. The note saying so, or None (other names, or none: scored per token)."""
+    from . import entities
+
+    names = class_names(src)
+    if not entities.tag_scheme(names):
+        return None
+    shape = first_output_shape(src, _first_data(datasets))
+    if shape is not None and isinstance(shape[-1], int) and shape[-1] != len(names):
+        return (f"{src.spec}: its config.id2label names {len(names)} tags but its first output {_n_shape(shape)} "
+                f"has {shape[-1]} classes: scored per token, not by entity F1")
+    src.entity_tags = names
+    types = sorted({t for _, t in entities.tag_scheme(names) if t})
+    return (f"{src.spec}: its classes are BIO tags ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; "
+            f"config.id2label): scored by entity F1 over {len(types)} entity type(s) ({', '.join(types[:6])}"
+            f"{', ...' if len(types) > 6 else ''}), the share of tokens beside it")
 
 
 def take_targets(d) -> str | None:

@@ -331,7 +331,7 @@ ORDER = ("load", "prune", "distill", "export", "quantize", "evaluate", "profile"
 def _evaluator(run: Run):
     from .evaluate import Evaluator
 
-    return Evaluator(run.ctx.eval, run.ctx.source.task, run.staging / "model.fp32.onnx")
+    return Evaluator(run.ctx.eval, run.ctx.source.task, run.staging / "model.fp32.onnx", tags=run.ctx.source.entity_tags)
 
 
 def _fill_metrics(run: Run):

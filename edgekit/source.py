@@ -16,7 +16,8 @@ DENSE_AXIS = {"segmentation": 1, "token-classification": -1}
 LABELLED_TASKS = ("classification", *DENSE_AXIS, "multi-label")
 # metric names used in manifests
 METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "r2_labels", "pixel_accuracy", "pixel_agreement",
-           "token_accuracy", "token_agreement", "f1_micro", "f1_agreement", "miou", "miou_agreement")
+           "token_accuracy", "token_agreement", "f1_micro", "f1_agreement", "miou", "miou_agreement", "entity_f1",
+           "entity_f1_agreement")
 
 
 @dataclass
@@ -46,6 +47,8 @@ class SourceModel:
     # trust_pickle, input_shape, data paths) that join settings, and data_records() of the data read
     load_settings: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
+    # a token classifier's class names when they are BIO tags (loader.take_tag_names): scored by entity F1
+    entity_tags: list | None = None
 
 
     @property

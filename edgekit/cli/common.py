@@ -165,7 +165,8 @@ TASK_HELP = ("What the model's first output is: auto (default) guesses from its 
              "F1 against 0/1 labels 'y' [N, C] or against FP32's decisions; embedding (cosine); segmentation: "
              "class scores per position [N, C, d1, ...], scored by mean IoU over classes against labels "
              "'y' [N, d1, ...] or against FP32's classes; token-classification: class scores per token [N, L, C] "
-             "(NER), scored by token accuracy (labels 'y' [N, L]) or token agreement with FP32.")
+             "(NER), scored by token accuracy (labels 'y' [N, L]) or token agreement with FP32, or by entity F1 when "
+             "its class names (config.id2label) are BIO tags.")
 
 
 def task_option(f):

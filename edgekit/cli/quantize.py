@@ -164,7 +164,7 @@ def _quantize_in(staging, model, src_model, cfg, tol, tgt, calib_ds, eval_ds, dt
     labelled = eval_ds is not None and eval_ds.labels is not None
     notes = []
     if labelled and src_model.task in SCORED_ON_LABELS:
-        evaluator = Evaluator(eval_ds, src_model.task, fp32_path)
+        evaluator = Evaluator(eval_ds, src_model.task, fp32_path, tags=src_model.entity_tags)
     elif eval_ds is not None:
         # every --eval sample, as compress scores them: the 500 cap is for calibration data standing in
         evaluator, _ = fidelity_evaluator(fp32_path, eval_ds, task=src_model.task, limit=None)

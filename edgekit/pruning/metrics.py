@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..evaluate import LABELLED_TASKS, metric_name, score
+from ..entities import tag_scheme
+from ..evaluate import LABELLED_TASKS, metric_name, position_mask, score
 from ..source import DENSE_AXIS
 from .graph import first_tensor
 
@@ -47,10 +48,12 @@ def labels_cross_entropy(scores, y):
 class TorchMetric:
     """Callable model -> metric value on the eval set: accuracy with labels, else fidelity to a reference model."""
 
-    def __init__(self, data, names, task: str, reference_model=None):
+    def __init__(self, data, names, task: str, reference_model=None, tags: list | None = None):
         self.data, self.names, self.task = data, list(names), task
         self.labelled = data.labels is not None and task in LABELLED_TASKS
-        self.name = metric_name(task, self.labelled)
+        # tags: a tagger's class names (SourceModel.entity_tags), scored by entity F1 when they are BIO tags
+        self.scheme = tag_scheme(tags) if task == "token-classification" else None
+        self.name = metric_name(task, self.labelled, entity=bool(self.scheme))
         self.trimmer = None
         if reference_model is not None:
             from .batching import Trimmer
@@ -68,8 +71,8 @@ class TorchMetric:
     def __call__(self, model, out: np.ndarray | None = None) -> float:
         out = self.outputs(model) if out is None else out
         if self.labelled:
-            return score([out], self.task, self.data.labels)
-        return score([out], self.task, None, [self.reference])
+            return score([out], self.task, self.data.labels, scheme=self.scheme)
+        return self.agreement(out)
 
     def progress(self, out: np.ndarray) -> float | None:
         """For an R^2-scored output (task regression, or one value per sample), the unclipped mean R^2 to
@@ -112,7 +115,8 @@ class TorchMetric:
         """Top-1 agreement (classifiers) or mean cosine (others) with the reference outputs."""
         if self.reference is None:
             return None
-        return score([out], self.task, None, [self.reference])
+        keep = position_mask(self.data, np.shape(out)) if self.task == "token-classification" else None
+        return score([out], self.task, None, [self.reference], scheme=self.scheme, keep=keep)
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:

@@ -105,7 +105,7 @@ def run_in_dir(output, overwrite: bool, source, calib, evalset, train, target_li
                                  eval_data=evalset)
             var = export_module(module, source, staging / f"model.{kind}.onnx", kind=kind, data=data, stage=section,
                                 parent=fp32.path, eval_data=evalset)
-        ev = Evaluator(evalset, source.task, staging / fp32.path)
+        ev = Evaluator(evalset, source.task, staging / fp32.path, tags=source.entity_tags)
         fp32.metrics = ev(staging / fp32.path)
         var.metrics = with_drop(ev(staging / var.path), fp32.metrics)
         man.artifacts += [fp32, var]

@@ -72,7 +72,7 @@ def run(teacher, student, ctx, cfg: DistillConfig, *, fresh: bool = False) -> tu
     evalset, train = validation_split(train, evalset, ctx.seed)
     teacher.eval()
     torch.manual_seed(ctx.seed)
-    metric = TorchMetric(evalset, names, task, reference_model=teacher)
+    metric = TorchMetric(evalset, names, task, reference_model=teacher, tags=ctx.source.entity_tags)
     use_labels = task in LABELLED_TASKS and train.labels is not None and cfg.alpha < 1.0
     trimmer = Trimmer(train, names)
     # per-position labels would have to be trimmed with the padding: per-position tasks train untrimmed

@@ -100,7 +100,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
                                            then="the folded model is what is pruned and distilled, as deployed")
     fold_note = fold_note if folded is not teacher else None  # a fold that failed: export says why
     teacher = folded
-    metric = TorchMetric(evalset, names, source.task, reference_model=teacher)
+    metric = TorchMetric(evalset, names, source.task, reference_model=teacher, tags=source.entity_tags)
     macs0, params0 = graph.count(teacher, example)
     base = {"params_before": params0, "macs_before": macs0, "metric_name": metric.name,
             "metric_before": metric(teacher), "notes": []}
@@ -249,7 +249,7 @@ def _ranking_metric(ctx, teacher, names, task, metric):
                                             "apart from --eval to keep the two apart)")
     if len(data) > RANKING_MAX:
         data = data.take(RANKING_MAX)
-    return TorchMetric(data, names, task, reference_model=teacher), data.source, None
+    return TorchMetric(data, names, task, reference_model=teacher, tags=ctx.source.entity_tags), data.source, None
 
 
 def _sensitivity(teacher, model, ctx, prune, plan_kw, round_to, example, metric, ratio, info) -> dict:
