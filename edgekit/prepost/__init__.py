@@ -12,7 +12,7 @@ from .errors import PrepostError, PrepostFallbackWarning
 from .image import Geometry, ResizeNormalize, geometry, resize_normalize
 from .ops import OPS
 from .pipeline import Pipeline, validate_spec
-from .scores import argmax_segmentation, dequantize, softmax_topk
+from .scores import argmax_segmentation, dequantize, sigmoid_threshold, softmax_topk
 from .text import mean_pool_l2, pad_truncate
 from .warmup import cold_and_warm, warmup_all
 
@@ -20,5 +20,5 @@ __all__ = [
     "BACKENDS", "HAVE_NUMBA", "NUMBA_VERSION", "OPS", "Geometry", "Pipeline", "PrepostError",
     "PrepostFallbackWarning", "ResizeNormalize", "argmax_segmentation", "backend_info", "cold_and_warm",
     "decode_boxes", "dequantize", "geometry", "kernel_names", "mean_pool_l2", "nms", "pad_truncate",
-    "resize_normalize", "resolve_backend", "set_threads", "softmax_topk", "validate_spec", "warmup_all",
+    "resize_normalize", "resolve_backend", "set_threads", "sigmoid_threshold", "softmax_topk", "validate_spec", "warmup_all",
 ]

@@ -15,7 +15,7 @@ from . import _check
 from .boxes import BOX_FORMATS, decode_boxes, nms
 from .errors import PrepostError
 from .image import LAYOUTS, MODES, ResizeNormalize, affine, check_crop_fraction, check_size
-from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, softmax_topk
+from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, sigmoid_threshold, softmax_topk
 from .text import PADDING, TRUNCATION, check_padding, mean_pool_l2, pad_truncate, token_rows
 
 REQUIRED = object()
@@ -136,6 +136,18 @@ def _build_softmax(p, backend):
     return run
 
 
+def _build_sigmoid(p, backend):
+    def run(scores):
+        probs, on = sigmoid_threshold(scores, p["threshold"], probabilities=p["probabilities"], backend=backend)
+        return {"probs": probs, "labels": on}
+    return run
+
+
+def _threshold(v, name):
+    if _check.number(v, name, lo=0.0, lo_open=True, hi=1.0) >= 1.0:
+        raise PrepostError(f"{name}: {v!r} must be < 1")
+
+
 def _build_nms(p, backend):
     def run(boxes, scores, classes=None):
         boxes, scores = np.asarray(boxes), np.asarray(scores)
@@ -200,6 +212,11 @@ OPS: dict = {
         ("post",), {"k": (5, _int(1))}, _build_softmax, kernels=("softmax_topk", "softmax_topk_f64"),
         example=lambda p: (np.zeros((8, max(1000, p["k"])), np.float32),),
         doc="logits -> {probs, indices} of the k best classes"),
+    "sigmoid_threshold": OpDef(
+        ("post",), {"threshold": (0.5, _threshold), "probabilities": (False, _bool)}, _build_sigmoid,
+        kernels=("sigmoid_threshold",), example=lambda p: (np.zeros((8, 80), np.float32),),
+        doc="a yes/no per class (multi-label logits, or probabilities) -> {probs, labels}: labels true where the "
+            "probability is above threshold"),
     "argmax_segmentation": OpDef(
         ("post",), {"layout": ("NCHW", _one_of(SEG_LAYOUTS))},
         lambda p, backend: (lambda x: argmax_segmentation(x, p["layout"], backend=backend)),

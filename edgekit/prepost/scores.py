@@ -298,3 +298,54 @@ def dequantize(q, scale, zero_point=0, axis: int | None = None, *, backend: str 
         out = np.empty(a3.shape, np.float32)
         call("dequantize", a3.size, np.ascontiguousarray(a3, np.int32), s, z, out)
     return out.reshape(a.shape)
+
+
+@kernel("sigmoid_threshold", lambda nt: nt.boolean(
+    nt.Array(nt.float32, 2, "C", readonly=True), nt.float32, nt.boolean, nt.Array(nt.float32, 2, "C"),
+    nt.Array(nt.boolean, 2, "C")), parallel=True, fastmath=FAST)
+def _sigmoid_threshold_kernel(x, cut, probabilities, probs, on):  # pragma: no cover - compiled
+    n, c = x.shape
+    bad = np.zeros(n, np.bool_)
+    for r in prange(n):
+        row, p, o = x[r], probs[r], on[r]
+        nan = False
+        for j in range(c):
+            v = row[j]
+            nan |= v != v
+            o[j] = v > cut
+            # exp(-v) overflows to inf for v < -88: 1 / (1 + inf) is the 0 it should be
+            p[j] = v if probabilities else _ONE / (_ONE + np.float32(math.exp(-v)))
+        bad[r] = nan
+    return not bad.any()
+
+
+def sigmoid_threshold(scores, threshold: float = 0.5, *, probabilities: bool = False, backend: str = "auto"):
+    """(probabilities, decisions) of a multi-label output: a yes/no per class.
+
+    scores: (C,) or (N, C) logits, or probabilities already through their sigmoid (probabilities=True).
+    A class is on where its probability is above `threshold`, decided on the logit (above
+    log(t / (1 - t)), 0 for 0.5) so it matches the model's own logit test exactly: a sigmoid rounds a logit of
+    1e-9 to 0.5. Returns float32 probabilities and bool decisions of the input's shape. NaN raises PrepostError.
+    """
+    x = _check.array(scores, "scores", ndim=(1, 2), kinds="fiu")
+    t = _check.number(threshold, "threshold", lo=0.0, hi=1.0)
+    if not 0.0 < t < 1.0:
+        raise PrepostError(f"threshold: must be strictly between 0 and 1, got {threshold!r}")
+    squeeze = x.ndim == 1
+    x2 = np.ascontiguousarray(x.reshape(1, -1) if squeeze else x, np.float32)
+    cut = np.float32(t if probabilities else math.log(t / (1.0 - t)))
+    if probabilities and x2.size and (x2.min() < 0.0 or x2.max() > 1.0):
+        raise PrepostError(f"scores: probabilities must lie in [0, 1]; got values in [{x2.min():g}, {x2.max():g}] "
+                           "(pass logits with probabilities false)")
+    if resolve_backend(backend) == "numpy":
+        if np.isnan(x2).any():
+            raise PrepostError("scores: contains NaN")
+        on = x2 > cut
+        with np.errstate(over="ignore"):
+            probs = x2.copy() if probabilities else (_ONE / (_ONE + np.exp(-x2))).astype(np.float32)
+    else:
+        probs = np.empty(x2.shape, np.float32)
+        on = np.empty(x2.shape, np.bool_)
+        if not call("sigmoid_threshold", x2.size, x2, cut, bool(probabilities), probs, on):
+            raise PrepostError("scores: contains NaN")
+    return (probs[0], on[0]) if squeeze else (probs, on)
