@@ -86,3 +86,24 @@ def test_training_goes_on_while_the_student_nears_the_teacher_at_a_flat_metric(d
     kept = next(h for h in hist if h["epoch"] == info["best_epoch"])
     assert kept["metric"] == top
     assert kept["kl_to_teacher"] < 0.5 * next(h for h in hist if h["epoch"] == first_top)["kl_to_teacher"]
+
+
+def test_a_student_still_improving_at_the_epoch_limit_gets_a_note(digits, tmp_path, capsys):
+    """The epoch limit, not a plateau, ended training: said, with how to train longer (a pruned CNN was best at
+    its 30th of 30 epochs at -2.75% accuracy, and at its 80th of 80 at -1.6%). Stopped early, no note."""
+    x, teacher = digits
+    train = Dataset({"input": x[1200:1400]}, None, "digits")
+    src = SourceModel(spec="test:teacher", kind="torch", inputs=[TensorSpec("input", ["batch", 64], "float32")],
+                      outputs=["logits"], task="classification", module=teacher, calib=train, eval=train, train=train)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    fresh = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))  # far from the teacher: 3 epochs go on
+    _, info = stage.run(teacher, fresh, make_ctx(src, tmp_path), DistillConfig(epochs=3, lr=2e-3, patience=2))
+    assert info["best_epoch"] == info["epochs_run"] == 3, info["history"]
+    note = [n for n in info["notes"] if "the last epoch (3 of 3) was still the best" in n]
+    assert note and "the epoch limit ended training, not a plateau; more epochs (--epochs" in note[0], info["notes"]
+    assert note[0] in capsys.readouterr().err
+    # the teacher as its own student: nothing to learn, training stops early and says nothing of the limit
+    _, info = stage.run(teacher, copy.deepcopy(teacher), make_ctx(src, tmp_path),
+                        DistillConfig(epochs=6, lr=2e-3, patience=2))
+    assert not any("was still the best" in n for n in info["notes"]), info["notes"]
