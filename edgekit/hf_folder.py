@@ -31,9 +31,13 @@ def task_of(arch: str, config) -> str | None:
     """The task a transformers head names, or None where its name does not settle it: a token classifier's
     [N, L, C] scores, else scored by the cosine of their flattened values; a sequence or image classifier
     of one label or problem_type "regression" is a regression (transformers trains it with MSE), one of
-    "multi_label_classification" is a multi-label classifier (a sigmoid per class)."""
+    "multi_label_classification" is a multi-label classifier (a sigmoid per class). A semantic segmentation
+    head (Segformer, BEiT, DPT, MobileViT, UperNet) gives class scores per position [N, C, h, w], its classes
+    on axis 1: without the task, a Segformer's were scored by the cosine of their flattened values."""
     if arch.endswith("ForTokenClassification"):
         return "token-classification"
+    if arch.endswith("ForSemanticSegmentation"):
+        return "segmentation"
     if arch.endswith(("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")):
         problem = getattr(config, "problem_type", None)
         if problem == "multi_label_classification":

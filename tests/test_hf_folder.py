@@ -242,11 +242,46 @@ def test_a_token_classifier_folder_is_scored_per_token_without_task(tmp_path, ca
     assert fp32["metrics"]["value"] == pytest.approx(float(np.sum((pred == y) & keep) / keep.sum()))
 
 
+def test_a_semantic_segmentation_folder_is_scored_by_mean_iou_without_task(tmp_path, capsys):
+    """SegformerForSemanticSegmentation's logits [N, C, H/4, W/4] are class scores per position: scored by mean
+    IoU with no --task (they were scored by the cosine of their flattened values, with a note)."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from edgekit.evaluate import miou
+
+    seg = tmp_path / "my-segformer"
+    torch.manual_seed(0)
+    SegformerForSemanticSegmentation(SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+        num_attention_heads=[1, 2], decoder_hidden_size=32, num_labels=3, patch_sizes=[7, 3], strides=[4, 2],
+        mlp_ratios=[2, 2])).save_pretrained(seg)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 3, size=(40, 8, 8))  # at the head's own size, a quarter of the input's
+    np.savez(tmp_path / "eval.npz", pixel_values=x, y=y)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    rc = run_cli(["compress", str(seg), "--calib", str(tmp_path / "eval.npz"), "--eval", str(tmp_path / "eval.npz"),
+                  "--quantize", "none", "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "pass --task segmentation" not in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["source"]["task"] == "segmentation"
+    assert man["source"]["task_from"] == "config.json architectures (SegformerForSemanticSegmentation)"
+    sess = ort.InferenceSession(str(out / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"pixel_values": x})[0]
+    m = man["artifacts"][0]["metrics"]
+    assert m["name"] == "miou" and m["value"] == pytest.approx(miou(logits, y))
+
+
 @pytest.mark.parametrize("arch, config, task", [
     ("BertForSequenceClassification", {"num_labels": 3}, "classification"),
     ("BertForSequenceClassification", {"num_labels": 1}, "regression"),
     ("ViTForImageClassification", {"num_labels": 5, "problem_type": "regression"}, "regression"),
     ("BertForSequenceClassification", {"num_labels": 5, "problem_type": "multi_label_classification"}, "multi-label"),
+    ("BeitForSemanticSegmentation", {"num_labels": 150}, "segmentation"),
     ("BertModel", {}, None),
 ])
 def test_the_task_a_head_names(arch, config, task):
