@@ -96,7 +96,9 @@ def check_dense_labels(labels, out_shape, where: str, axis: int = 1) -> None:
         raise CalibrationError(f"{where}: per-position labels need class scores {layout} with C >= 2; the "
                                f"model's first output is {list(shape)}")
     positions = shape[2:] if axis == 1 else shape[1:-1]
-    if y.shape[1:] != positions:
+    if upsampled(shape, y.shape, axis):
+        pass  # a map at a fraction of the labels' size (a Segformer's H/4 x W/4): scored upsampled to them
+    elif y.shape[1:] != positions:
         raise CalibrationError(f"{where}: labels 'y' have shape {list(y.shape)}, expected [N, "
                                f"{', '.join(map(str, positions))}] to match the class scores {list(shape)}")
     n_classes = int(shape[axis])
@@ -155,11 +157,42 @@ def dense_argmax(out, axis: int = 1) -> np.ndarray:
     return np.asarray(out).argmax(axis)
 
 
+def upsampled(out_shape, label_shape, axis: int = 1) -> bool:
+    """Whether a segmentation map [N, C, h, w] is scored against labels [N, H, W] of a larger size (each side at
+    least its own, one larger): what transformers' Segformer, BEiT and DPT heads give, a quarter of the input's
+    side, and how their labels come, at the image's."""
+    out_shape, label_shape = tuple(out_shape), tuple(label_shape)
+    if axis != 1 or len(out_shape) != 4 or len(label_shape) != 3:
+        return False
+    small, big = out_shape[2:], label_shape[1:]
+    return all(isinstance(s, int) and s <= b for s, b in zip(small, big)) and small != big
+
+
+def dense_classes(out, label_shape, axis: int = 1) -> np.ndarray:
+    """The class per position, at the labels' size: a smaller segmentation map's scores upsampled bilinearly
+    first (align_corners False, as transformers' semantic segmentation heads compute their loss and their
+    post-processing), a few samples at a time, since the upsampled scores of a set can be gigabytes."""
+    out = np.asarray(out)
+    if not upsampled(out.shape, label_shape, axis):
+        return dense_argmax(out, axis)
+    import torch
+    import torch.nn.functional as F
+
+    size = tuple(int(d) for d in label_shape[1:])
+    step = max(1, (1 << 24) // max(1, out.shape[1] * size[0] * size[1]))
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(out), step):
+            x = torch.from_numpy(np.ascontiguousarray(out[i:i + step], np.float32))
+            parts.append(F.interpolate(x, size=size, mode="bilinear", align_corners=False).argmax(1).numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, *size), np.int64)
+
+
 def pixel_accuracy(out, labels, axis: int = 1) -> float:
     """Share of scored positions (label >= 0) whose argmax class is the label."""
     y = np.asarray(labels)
     keep = y >= 0
-    return float(np.sum((dense_argmax(out, axis) == y) & keep) / max(int(keep.sum()), 1))
+    return float(np.sum((dense_classes(out, y.shape, axis) == y) & keep) / max(int(keep.sum()), 1))
 
 
 def pixel_agreement(out, ref, axis: int = 1, keep=None) -> float:
@@ -201,7 +234,10 @@ def mean_iou(pred, true, classes: int) -> float:
     """Mean over classes of |predicted c and labelled c| / |predicted c or labelled c|, counted over the whole
     set, for the classes either side has somewhere (one neither predicts nor labels is not counted); 1.0 when
     nothing is scored."""
-    cm = confusion(pred, true, classes).astype(np.float64)
+    return _iou(confusion(pred, true, classes).astype(np.float64))
+
+
+def _iou(cm) -> float:
     inter = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - inter
     present = union > 0
@@ -210,8 +246,16 @@ def mean_iou(pred, true, classes: int) -> float:
 
 def miou(out, labels, axis: int = 1) -> float:
     """Mean IoU of the argmax classes of scores `out` against per-position labels (negative: not scored)."""
-    out = np.asarray(out)
-    return mean_iou(dense_argmax(out, axis), labels, int(out.shape[axis]))
+    return segmentation_scores(out, labels, axis)[0]
+
+
+def segmentation_scores(out, labels, axis: int = 1) -> tuple:
+    """(mean IoU, pixel accuracy) against per-position labels, from one confusion matrix: one argmax (and one
+    upsampling) of the scores for both."""
+    out, y = np.asarray(out), np.asarray(labels)
+    c = int(out.shape[axis])
+    cm = confusion(dense_classes(out, y.shape, axis), y, c).astype(np.float64)
+    return _iou(cm), float(np.trace(cm) / max(cm.sum(), 1.0))
 
 
 def miou_agreement(out, ref, axis: int = 1) -> float:
@@ -451,7 +495,14 @@ class Evaluator:
         ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)
         first = np.asarray(out[0])
         keep = position_mask(self.ds, first.shape) if self.task == "token-classification" else None
-        value = score(out, self.task, self.ds.labels if self.labelled else None, ref, scheme=self.scheme, keep=keep)
+        seg = None
+        if self.labelled and self.task == "segmentation" and first.ndim >= 3:
+            # both figures from one confusion matrix: the argmax (and any upsampling) once
+            seg = segmentation_scores(first, self.ds.labels, DENSE_AXIS[self.task])
+            value = seg[0]
+        else:
+            value = score(out, self.task, self.ds.labels if self.labelled else None, ref, scheme=self.scheme,
+                          keep=keep)
         self._outputs = len(out)
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
@@ -468,8 +519,8 @@ class Evaluator:
                 res["token_agreement"] = pixel_agreement(first, ref[0], -1, keep)
         if self.task == "segmentation" and np.asarray(out[0]).ndim >= 3:
             # beside the mean IoU, the share of pixels: what it weighs by class size, the IoU does not
-            if self.labelled:
-                res["pixel_accuracy"] = pixel_accuracy(out[0], self.ds.labels, DENSE_AXIS[self.task])
+            if seg is not None:
+                res["pixel_accuracy"] = seg[1]
             elif ref is not None and np.shape(ref[0]) == np.shape(out[0]):
                 res["pixel_agreement"] = pixel_agreement(out[0], ref[0], DENSE_AXIS[self.task])
         if self.labelled and self.task == "regression":  # in the targets' own units, as users judge a regressor

@@ -37,11 +37,17 @@ def predict(model, data, names, *, batch_size: int = 64, trimmer=None) -> np.nda
 
 def labels_cross_entropy(scores, y):
     """Cross-entropy of class scores (classes on axis 1, as torch takes them) against labels, a negative
-    label marking a position not scored; None when there are no labels or none is scored."""
+    label marking a position not scored; None when there are no labels or none is scored. A segmentation map
+    smaller than its labels (a Segformer's H/4 x W/4) is upsampled to them first, as transformers computes its
+    loss (evaluate.upsampled)."""
     import torch.nn.functional as F
+
+    from ..evaluate import upsampled
 
     if y is None or not bool((y >= 0).any()):
         return None
+    if upsampled(scores.shape, y.shape):
+        scores = F.interpolate(scores, size=tuple(y.shape[1:]), mode="bilinear", align_corners=False)
     return F.cross_entropy(scores, y.masked_fill(y < 0, -100), ignore_index=-100)
 
 

@@ -390,14 +390,15 @@ def _loss(s, t, y, task: str, cfg: DistillConfig, scale=None, probabilities: boo
     if task == "classification" or (task in DENSE_AXIS and s.ndim >= 3):
         if task in DENSE_AXIS:  # every position is one classification, weighted alike
             axis = DENSE_AXIS[task]
+            # per position, before flattening: labels at a larger size than the map are upsampled to
+            ce = labels_cross_entropy(s.movedim(axis, 1), y)
             c = s.shape[axis]
             s, t = s.movedim(axis, -1).reshape(-1, c), t.movedim(axis, -1).reshape(-1, c)
-            y = None if y is None else y.reshape(-1)
         else:
             s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)  # an all-conv head's [N, C, 1, 1] scores
+            ce = labels_cross_entropy(s, y)
         T = cfg.temperature
         kd = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1), reduction="batchmean") * T * T
-        ce = labels_cross_entropy(s, y)
         return kd if ce is None else cfg.alpha * kd + (1.0 - cfg.alpha) * ce
     s2, t2 = s.reshape(len(s), -1).float(), t.reshape(len(t), -1).float()
     mse = F.mse_loss(s2, t2)
