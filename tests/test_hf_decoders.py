@@ -39,6 +39,31 @@ def llama_lm():
 
 def llama_lm_small():  # a student half as wide
     return _llama(1, 8)
+
+
+class MyDense(torch.nn.Module):  # a layer type Torch-Pruning has no pruner for
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) * 0.1)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight)
+
+
+class OwnLayers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.e = torch.nn.Embedding(100, 16)
+        self.a, self.b = MyDense(16, 64), MyDense(64, 16)
+        self.out = torch.nn.Linear(16, 3)
+
+    def forward(self, input_ids, attention_mask):
+        return self.out(self.b(torch.relu(self.a(self.e(input_ids)))).mean(1))
+
+
+def own_layers():
+    return OwnLayers()
 '''
 
 
@@ -171,19 +196,32 @@ def test_a_graph_onnxruntime_cannot_load_is_one_line_naming_the_model(tmp_path, 
     assert not out.exists()
 
 
-def test_pruning_gpt2_names_the_layer_type_it_cannot_cut(tmp_path, capsys):
-    # was "nothing in this model can be pruned: kept: score (output layer)", silent on where the weights are
+def test_pruning_names_the_layer_type_it_cannot_cut(tmp_path, capsys):
+    # was "nothing in this model can be pruned: kept: out (output layer)", silent on where the weights are (a
+    # GPT-2's Conv1D was such a type; it is now pruned as the Linear it computes: test_prune_gpt2.py)
     (tmp_path / "dec.py").write_text(MODEL_PY)
     _tokens(tmp_path / "tok.npz")
     out = tmp_path / "out"
-    rc = run_cli(["prune", f"{tmp_path / 'dec.py'}:gpt2", "--calib", str(tmp_path / "tok.npz"), "--ratio", "0.3",
-                  "-o", str(out)])
+    rc = run_cli(["prune", f"{tmp_path / 'dec.py'}:own_layers", "--calib", str(tmp_path / "tok.npz"), "--ratio",
+                  "0.3", "-o", str(out)])
     err = capsys.readouterr().err
     assert rc == 2
     line = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
     assert len(line) == 1 and "nothing in this model can be pruned" in line[0]
-    assert "layers Torch-Pruning has no pruner for: Conv1D (4 layers, " in line[0]
+    assert "layers Torch-Pruning has no pruner for: MyDense (2 layers, " in line[0]
     assert not out.exists()
+
+
+def test_pruning_gpt2_cuts_its_mlp_width(tmp_path, capsys):
+    (tmp_path / "dec.py").write_text(MODEL_PY)
+    _tokens(tmp_path / "tok.npz")
+    out = tmp_path / "out"
+    rc = run_cli(["prune", f"{tmp_path / 'dec.py'}:gpt2", "--calib", str(tmp_path / "tok.npz"), "--ratio", "0.3",
+                  "--no-distill", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    man = json.loads((out / "manifest.json").read_text())
+    kinds = {a["kind"]: a for a in man["artifacts"]}
+    assert kinds["pruned"]["params"] < kinds["fp32"]["params"]
 
 
 def test_a_decoder_student_is_distilled_from_a_decoder_teacher(tmp_path, capsys):

@@ -231,6 +231,12 @@ def _transformer_parts(model):
                 attn.append(m)
             else:
                 keep += list(qkv)
+        # GPT-2 (its Conv1D as Linears, conv1d.py): c_attn's q, k and v are split by the embedding width, so the
+        # attention is kept whole; c_proj of the attention and of the MLP write the residual stream
+        if isinstance(getattr(m, "c_attn", None), nn.Linear) and isinstance(getattr(m, "c_proj", None), nn.Linear):
+            keep += [m.c_attn, m.c_proj] + ([m.q_attn] if isinstance(getattr(m, "q_attn", None), nn.Linear) else [])
+        elif isinstance(getattr(m, "c_fc", None), nn.Linear) and isinstance(getattr(m, "c_proj", None), nn.Linear):
+            keep.append(m.c_proj)
         # BERT-like layer outputs write to the residual stream (hidden size): kept so the hidden
         # size, LayerNorms and embeddings stay put; their *inputs* (heads, FFN width) are pruned
         if name.endswith("output.dense") and isinstance(m, nn.Linear):
@@ -344,6 +350,10 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True,
                           f"({len(keep)} residual-stream layers kept)")
     if any(isinstance(m, nn.MultiheadAttention) for m in keep):
         plan.notes.append("nn.MultiheadAttention heads are not pruned (its heads share the embedding width)")
+    if any(isinstance(getattr(m, "c_attn", None), nn.Linear) and any(m.c_attn is k for k in keep)
+           for m in model.modules()):
+        plan.notes.append("GPT-2 attention heads are not pruned (c_attn's query, key and value are split by the "
+                          "embedding width); its MLP width is")
     plan.notes += tied_notes
     return plan
 

@@ -28,7 +28,8 @@ def structure(model) -> dict:
         attrs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(m).items()
                  if not k.startswith("_") and k != "training" and _simple(v)}
         shapes = {k: list(p.shape) for k, p in list(m._parameters.items()) + list(m._buffers.items()) if p is not None}
-        out[name] = {"attrs": attrs, "shapes": shapes, "tuples": [k for k, v in vars(m).items() if isinstance(v, tuple)]}
+        out[name] = {"attrs": attrs, "shapes": shapes, "tuples": [k for k, v in vars(m).items() if isinstance(v, tuple)],
+                     "type": type(m).__name__}
     return out
 
 
@@ -63,6 +64,10 @@ def apply(base, obj: dict, *, where: str = "pruned model"):
     import torch
     import torch.nn as nn
 
+    from . import conv1d
+
+    # a transformers Conv1D pruning worked on as the Linear it computes (conv1d.py): swapped the same way here
+    conv1d.swap(base, {n for n, rec in obj["structure"].items() if rec.get("type") == "Linear"})
     mods = dict(base.named_modules())
     for name, rec in obj["structure"].items():
         m = mods.get(name)

@@ -15,7 +15,7 @@ from ..config import DistillConfig, PruneConfig
 from ..errors import EdgekitError, UsageError
 from ..module_copy import clone
 from ..progress import task
-from ..pruning import graph, importance, latency_search, schedule, sensitivity, sparsity
+from ..pruning import conv1d, graph, importance, latency_search, schedule, sensitivity, sparsity
 from ..pruning.metrics import TorchMetric
 from .export import with_blocks_folded, without_parametrizations
 
@@ -88,6 +88,9 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     # "KeyError: attribute 'weight' already exists"): the stage works on a copy with them baked in
     teacher = without_parametrizations(source.module.eval())
     baked = teacher is not source.module
+    # transformers' Conv1D (GPT-2) has no pruner: the stage works on the Linears they compute
+    linears = conv1d.with_linears(teacher)
+    swapped, teacher = linears is not teacher, linears
     names = [s.name for s in source.inputs]
     evalset = ctx.eval if ctx.eval is not None else ctx.calib
     if evalset is None:
@@ -106,6 +109,9 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
             "metric_before": metric(teacher), "notes": []}
     if fold_note:
         base["notes"].append(fold_note)
+    if swapped:
+        base["notes"].append("transformers' Conv1D layers (weights stored [in, out]) are pruned and trained as the "
+                             "nn.Linear each computes; the pruned model exports the same arithmetic")
     if baked:
         base["notes"].append("the model's parametrizations (weight_norm, spectral_norm, ...) were baked into plain "
                              "weights for pruning: the pruned model and its training use those weights directly")
