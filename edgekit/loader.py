@@ -271,19 +271,43 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
 
 def class_names(src: SourceModel) -> list | None:
     """The model's class names by index, from a HuggingFace config's id2label (on the model or a module inside
-    a wrapper), unless they are its placeholders LABEL_0, LABEL_1, ...; else None."""
+    a wrapper; for an ONNX file, the config.json beside it, as optimum and transformers' exports leave it),
+    unless they are its placeholders LABEL_0, LABEL_1, ...; else None."""
+    if src.kind == "onnx" and src.onnx_path:
+        return _names_of(_config_beside(src.onnx_path).get("id2label"))
     if src.module is None:
         return None
     for m in src.module.modules():
         id2label = getattr(getattr(m, "config", None), "id2label", None)
         if not isinstance(id2label, dict) or not id2label:
             continue
-        try:
-            names = [str(id2label[i]) for i in range(len(id2label))]
-        except KeyError:
-            return None
-        return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+        return _names_of(id2label)
     return None
+
+
+def _names_of(id2label) -> list | None:
+    """id2label's names in index order (keys as ints, or as JSON's strings of them); None for placeholders
+    (LABEL_0, ...), gaps or anything else."""
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        by_index = {int(k): str(v) for k, v in id2label.items()}
+        names = [by_index[i] for i in range(len(by_index))]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def _config_beside(onnx_path) -> dict:
+    """The JSON object in config.json beside an ONNX file, or {} (none, unreadable, or not an object)."""
+    import json
+
+    p = Path(onnx_path).parent / "config.json"
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def take_label_names(src: SourceModel, *datasets) -> None:
@@ -326,8 +350,9 @@ def take_tag_names(src: SourceModel, *datasets) -> str | None:
                 f"has {shape[-1]} classes: scored per token, not by entity F1")
     src.entity_tags = names
     types = sorted({t for _, t in entities.tag_scheme(names) if t})
+    where = "id2label of the config.json beside it" if src.kind == "onnx" else "config.id2label"
     return (f"{src.spec}: its classes are BIO tags ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; "
-            f"config.id2label): scored by entity F1 over {len(types)} entity type(s) ({', '.join(types[:6])}"
+            f"{where}): scored by entity F1 over {len(types)} entity type(s) ({', '.join(types[:6])}"
             f"{', ...' if len(types) > 6 else ''}), the share of tokens beside it")
 
 

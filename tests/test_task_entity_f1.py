@@ -227,3 +227,37 @@ def test_names_that_are_no_bio_tags_stay_scored_per_token(tagger, capsys, factor
         assert words in err
     man = json.loads((out / "manifest.json").read_text())
     assert man["artifacts"][0]["metrics"]["name"] == "token_accuracy"
+
+
+@pytest.mark.parametrize("command", ["quantize", "compress"])
+def test_an_onnx_tagger_takes_its_tag_names_from_the_config_json_beside_it(tagger, capsys, command):
+    """optimum and transformers' ONNX exports leave config.json beside model.onnx: its id2label names the tags."""
+    d, ids, mask, y = tagger
+    rc, out = _compress(d, "ner", "eval.npz", "--quantize", "none")
+    assert rc == 0, capsys.readouterr().err
+    exported = d / "exported"
+    exported.mkdir()
+    (exported / "model.onnx").write_bytes((out / "model.fp32.onnx").read_bytes())
+    (exported / "config.json").write_text(json.dumps({"architectures": ["BertForTokenClassification"],
+                                                      "id2label": {str(i): n for i, n in enumerate(NAMES)}}))
+    capsys.readouterr()
+    q = d / f"q-{command}"
+    args = [command, str(exported / "model.onnx"), "--calib", str(d / "calib.npz"), "--eval", str(d / "eval.npz"),
+            "--task", "token-classification", "--max-trials", "2", "-o", str(q)]
+    rc = run_cli(args + (["--no-profile"] if command == "compress" else []))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "BIO tags (O, B-PER, I-PER, B-LOC, ...; id2label of the config.json beside it)" in err
+    man = json.loads((q / "manifest.json").read_text())
+    art = next(a for a in man["artifacts"] if a["kind"].startswith("int8"))
+    pred = _classes(q / art["path"], ids, mask)
+    keep = y >= 0
+    assert art["metrics"]["name"] == "entity_f1"
+    assert art["metrics"]["value"] == pytest.approx(entities.entity_f1(pred, np.where(keep, y, 0),
+                                                                       entities.tag_scheme(NAMES), keep))
+    # placeholders name no tags: scored per token
+    (exported / "config.json").write_text(json.dumps({"id2label": {str(i): f"LABEL_{i}" for i in range(5)}}))
+    rc = run_cli(args[:-1] + [str(q) + "-plain"] + (["--no-profile"] if command == "compress" else []))
+    assert rc == 0
+    man = json.loads((d / f"q-{command}-plain" / "manifest.json").read_text())
+    assert man["artifacts"][0]["metrics"]["name"] == "token_accuracy"
