@@ -112,6 +112,7 @@ def stage_load(run: Run):
         notes.append(f"no --eval data: metrics are {scored} {held}")
     notes += run_checks.dtype_notes(src.inputs, sample) + run_checks.output_name_notes(src) if src.kind == "torch" \
         else []
+    notes += run_checks.post_task_notes(src.task, src.preprocess, _spec_where(run))
     notes += implied + small_data_notes(src.task, calib, evalset, tolerance=cfg.tolerance,
                                         static_int8=cfg.quantize.mode == "int8", calib_size=cfg.quantize.calib_size,
                                         train=train if cfg.train else None)

@@ -103,6 +103,17 @@ def _scores_among(outputs: list, labels) -> dict | None:
     return None
 
 
+def post_task_notes(task: str, spec, where: str) -> list:
+    """A declared post step that reads the first output as another kind of scores than the task: softmax_topk
+    ranks a multi-label model's classes as if exclusive (its probabilities sum to 1 over classes that are each a
+    yes/no), so the device got neither the decisions edgekit scored nor their probabilities."""
+    post = [s.get("op") for s in ((spec or {}).get("post") or []) if isinstance(s, dict)]
+    if task == "multi-label" and post[:1] == ["softmax_topk"]:
+        return [f"{where}: softmax_topk takes the classes as exclusive, but --task multi-label scores a yes/no per "
+                "class; the sigmoid_threshold post step gives the device those decisions ({probs, labels})"]
+    return []
+
+
 def check_post_fits(run, sample, where: str = "--preprocess", *, sess=None) -> None:
     """The declared post-processing run once on the FP32 model's real outputs: a spec that cannot work
     on them (top-k above the class count) would otherwise ship in every bundle and fail on the device.

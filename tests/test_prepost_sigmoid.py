@@ -107,3 +107,19 @@ def test_a_multi_label_bundle_gives_the_device_the_decisions_edgekit_scored(tmp_
     with np.load(tmp_path / "y.npz") as z:
         np.testing.assert_array_equal(z["labels"], multilabel.decisions(logits))
         np.testing.assert_allclose(z["probs"], 1 / (1 + np.exp(-logits.astype(np.float64))), rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_topk_on_a_multi_label_model_gets_a_note_naming_sigmoid_threshold(tmp_path, capsys):
+    (tmp_path / "m.py").write_text(MODEL_PY)
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).normal(size=(40, 16)).astype(np.float32))
+    base = ["compress", f"{tmp_path / 'm.py'}:net", "--calib", str(tmp_path / "x.npy"), "--quantize", "none",
+            "--no-profile"]
+    spec = json.dumps({"post": [{"op": "softmax_topk", "k": 2}]})
+    rc = run_cli(base + ["--task", "multi-label", "--preprocess", spec, "-o", str(tmp_path / "a")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 0, err
+    assert ("--preprocess: softmax_topk takes the classes as exclusive, but --task multi-label scores a yes/no per "
+            "class; the sigmoid_threshold post step") in err
+    # a classifier's softmax_topk is what it is for
+    rc = run_cli(base + ["--task", "classification", "--preprocess", spec, "-o", str(tmp_path / "b")])
+    assert rc == 0 and "sigmoid_threshold" not in capsys.readouterr().err
