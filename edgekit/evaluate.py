@@ -204,13 +204,16 @@ def pixel_agreement(out, ref, axis: int = 1, keep=None) -> float:
     return float(np.sum(same & keep) / max(int(keep.sum()), 1))
 
 
-def entity_f1(out, true, scheme: list, keep=None, axis: int = -1, by_type: bool = False):
-    """Entity F1 of a tagger's scores [N, L, C] against class indices [N, L] (labels, or FP32's argmax),
-    over the positions `keep` marks (default: the labels that are not negative)."""
+def entity_scores(out, true, scheme: list, keep=None, axis: int = -1) -> tuple:
+    """(entity F1, {type: F1}) of a tagger's scores [N, L, C] against class indices [N, L] (labels, or FP32's
+    argmax), over the positions `keep` marks (default: the labels that are not negative)."""
     true = np.asarray(true)
     keep = (true >= 0) if keep is None else np.asarray(keep, bool)
-    pred = dense_argmax(out, axis)
-    return (entities.f1_by_type if by_type else entities.entity_f1)(pred, true, scheme, keep)
+    return entities.scores(dense_argmax(out, axis), true, scheme, keep)
+
+
+def entity_f1(out, true, scheme: list, keep=None, axis: int = -1) -> float:
+    return entity_scores(out, true, scheme, keep, axis)[0]
 
 
 def position_mask(ds, shape) -> np.ndarray | None:
@@ -495,34 +498,35 @@ class Evaluator:
         ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)
         first = np.asarray(out[0])
         keep = position_mask(self.ds, first.shape) if self.task == "token-classification" else None
-        seg = None
+        seg = ent = None
         if self.labelled and self.task == "segmentation" and first.ndim >= 3:
             # both figures from one confusion matrix: the argmax (and any upsampling) once
             seg = segmentation_scores(first, self.ds.labels, DENSE_AXIS[self.task])
             value = seg[0]
+        elif self.scheme and first.ndim == 3 and (self.labelled or (len(out) == 1 and np.shape(ref[0]) == first.shape)):
+            # the micro F1 and each type's from one reading of the entities (a Python walk over every token)
+            ent = entity_scores(first, self.ds.labels if self.labelled else dense_argmax(ref[0], -1), self.scheme,
+                                None if self.labelled else keep)
+            value = ent[0]
         else:
             value = score(out, self.task, self.ds.labels if self.labelled else None, ref, scheme=self.scheme,
                           keep=keep)
         self._outputs = len(out)
         res = {"name": self.name, "value": value, "n": len(self.ds),
                "data": self.ds.source, "batch": batch}
-        if self.scheme and first.ndim == 3 and res["name"] in ENTITY_METRICS \
-                and (self.labelled or np.shape(ref[0]) == first.shape):
-            # beside the entity F1, each type's (a rare type lost moves the micro F1 by its share) and the share
-            # of tokens, as token classifiers were scored before
-            true = self.ds.labels if self.labelled else dense_argmax(ref[0], -1)
-            res["entity_f1_by_type"] = entity_f1(first, true, self.scheme, None if self.labelled else keep,
-                                                 by_type=True)
+        if ent is not None:
+            # beside the entity F1, each type's and the share of tokens, as token classifiers were scored before
+            res["entity_f1_by_type"] = ent[1]
             if self.labelled:
                 res["token_accuracy"] = pixel_accuracy(first, self.ds.labels, -1)
             else:
                 res["token_agreement"] = pixel_agreement(first, ref[0], -1, keep)
-        if self.task == "segmentation" and np.asarray(out[0]).ndim >= 3:
+        if self.task == "segmentation" and first.ndim >= 3:
             # beside the mean IoU, the share of pixels: what it weighs by class size, the IoU does not
             if seg is not None:
                 res["pixel_accuracy"] = seg[1]
-            elif ref is not None and np.shape(ref[0]) == np.shape(out[0]):
-                res["pixel_agreement"] = pixel_agreement(out[0], ref[0], DENSE_AXIS[self.task])
+            elif ref is not None and np.shape(ref[0]) == first.shape:
+                res["pixel_agreement"] = pixel_agreement(first, ref[0], DENSE_AXIS[self.task])
         if self.labelled and self.task == "regression":  # in the targets' own units, as users judge a regressor
             err = np.asarray(out[0], np.float64).reshape(len(out[0]), -1) \
                 - np.asarray(self.ds.labels, np.float64).reshape(len(self.ds.labels), -1)

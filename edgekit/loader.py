@@ -342,14 +342,15 @@ def take_tag_names(src: SourceModel, *datasets) -> str | None:
     from . import entities
 
     names = class_names(src)
-    if not entities.tag_scheme(names):
+    scheme = entities.tag_scheme(names)
+    if not scheme:
         return None
     shape = first_output_shape(src, _first_data(datasets))
     if shape is not None and isinstance(shape[-1], int) and shape[-1] != len(names):
         return (f"{src.spec}: its config.id2label names {len(names)} tags but its first output {_n_shape(shape)} "
                 f"has {shape[-1]} classes: scored per token, not by entity F1")
     src.entity_tags = names
-    types = sorted({t for _, t in entities.tag_scheme(names) if t})
+    types = sorted({t for _, t in scheme if t})
     where = "id2label of the config.json beside it" if src.kind == "onnx" else "config.id2label"
     return (f"{src.spec}: its classes are BIO tags ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; "
             f"{where}): scored by entity F1 over {len(types)} entity type(s) ({', '.join(types[:6])}"

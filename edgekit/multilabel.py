@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .entities import f1
 from .errors import CalibrationError
 
 TASK = "multi-label"
@@ -34,9 +35,7 @@ def f1_micro(pred, true) -> float:
     """Micro-averaged F1 over every (sample, class) decision: 2 TP / (2 TP + FP + FN); 1.0 when neither side
     switches any class on (nothing to find, nothing found)."""
     pred, true = np.asarray(pred, bool), np.asarray(true, bool)
-    tp = int(np.sum(pred & true))
-    wrong = int(np.sum(pred ^ true))
-    return 1.0 if tp == 0 and wrong == 0 else 2 * tp / (2 * tp + wrong)
+    return f1(int(pred.sum()), int(true.sum()), int(np.sum(pred & true)))
 
 
 def f1_labels(out, labels) -> float:
@@ -72,7 +71,7 @@ def distill_loss(s, t, y, temperature: float, alpha: float, probabilities: bool)
 
     s, t = s.reshape(len(s), -1).float(), t.reshape(len(t), -1).float()
     if probabilities:
-        kd = F.binary_cross_entropy(s.clamp(EPS, 1 - EPS), t.clamp(0, 1))
+        kd = labels_loss(s, t.clamp(0, 1), True)  # the teacher's probabilities as soft labels
     else:
         T = temperature
         kd = F.binary_cross_entropy_with_logits(s / T, (t / T).sigmoid()) * T * T

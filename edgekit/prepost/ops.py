@@ -15,7 +15,7 @@ from . import _check
 from .boxes import BOX_FORMATS, decode_boxes, nms
 from .errors import PrepostError
 from .image import LAYOUTS, MODES, ResizeNormalize, affine, check_crop_fraction, check_size
-from .scores import SEG_LAYOUTS, argmax_segmentation, dequantize, sigmoid_threshold, softmax_topk
+from .scores import SEG_LAYOUTS, argmax_segmentation, check_threshold, dequantize, sigmoid_threshold, softmax_topk
 from .text import PADDING, TRUNCATION, check_padding, mean_pool_l2, pad_truncate, token_rows
 
 REQUIRED = object()
@@ -143,11 +143,6 @@ def _build_sigmoid(p, backend):
     return run
 
 
-def _threshold(v, name):
-    if _check.number(v, name, lo=0.0, lo_open=True, hi=1.0) >= 1.0:
-        raise PrepostError(f"{name}: {v!r} must be < 1")
-
-
 def _build_nms(p, backend):
     def run(boxes, scores, classes=None):
         boxes, scores = np.asarray(boxes), np.asarray(scores)
@@ -213,7 +208,7 @@ OPS: dict = {
         example=lambda p: (np.zeros((8, max(1000, p["k"])), np.float32),),
         doc="logits -> {probs, indices} of the k best classes"),
     "sigmoid_threshold": OpDef(
-        ("post",), {"threshold": (0.5, _threshold), "probabilities": (False, _bool)}, _build_sigmoid,
+        ("post",), {"threshold": (0.5, check_threshold), "probabilities": (False, _bool)}, _build_sigmoid,
         kernels=("sigmoid_threshold",), example=lambda p: (np.zeros((8, 80), np.float32),),
         doc="a yes/no per class (multi-label logits, or probabilities) -> {probs, labels}: labels true where the "
             "probability is above threshold"),

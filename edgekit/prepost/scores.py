@@ -319,6 +319,14 @@ def _sigmoid_threshold_kernel(x, cut, probabilities, probs, on):  # pragma: no c
     return not bad.any()
 
 
+def check_threshold(v, name: str) -> float:
+    """A probability cut strictly inside (0, 1): at 0 or 1 the logit cut is infinite."""
+    t = _check.number(v, name, lo=0.0, lo_open=True, hi=1.0)
+    if t >= 1.0:
+        raise PrepostError(f"{name}: {v!r} must be < 1")
+    return t
+
+
 def sigmoid_threshold(scores, threshold: float = 0.5, *, probabilities: bool = False, backend: str = "auto"):
     """(probabilities, decisions) of a multi-label output: a yes/no per class.
 
@@ -328,9 +336,7 @@ def sigmoid_threshold(scores, threshold: float = 0.5, *, probabilities: bool = F
     1e-9 to 0.5. Returns float32 probabilities and bool decisions of the input's shape. NaN raises PrepostError.
     """
     x = _check.array(scores, "scores", ndim=(1, 2), kinds="fiu")
-    t = _check.number(threshold, "threshold", lo=0.0, hi=1.0)
-    if not 0.0 < t < 1.0:
-        raise PrepostError(f"threshold: must be strictly between 0 and 1, got {threshold!r}")
+    t = check_threshold(threshold, "threshold")
     squeeze = x.ndim == 1
     x2 = np.ascontiguousarray(x.reshape(1, -1) if squeeze else x, np.float32)
     cut = np.float32(t if probabilities else math.log(t / (1.0 - t)))
