@@ -537,7 +537,8 @@ class Evaluator:
         if self.simulate_qdq and quantized_graph(path):
             res["simulated"] = "cpu, graph optimisations off (QDQ arithmetic)"
         if len(out) > 1:
-            fid = per_output(out, self.task, ref)
+            # the first output read as `value` reads it: by its tags, over the tokens the attention mask keeps
+            fid = per_output(out, self.task, ref, scheme=self.scheme, keep=keep)
             if self.labelled:
                 # accuracy speaks for the first output only: the others are held to FP32 (fidelity), and
                 # the tolerance applies to them too (quant.tuning), so a broken second head is not "accurate"

@@ -43,6 +43,16 @@ def ner():
     return Tagger(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
 
 
+class TwoOutputs(Tagger):
+    def forward(self, input_ids, attention_mask):
+        scores = super().forward(input_ids, attention_mask)
+        return scores, scores.mean(1)  # the tags, and a pooled vector beside them
+
+
+def two_outputs():
+    return TwoOutputs(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+
+
 def pos():  # part-of-speech tags: no entities in them
     return Tagger(["NOUN", "VERB", "ADJ", "DET", "PUNCT"])
 
@@ -261,3 +271,20 @@ def test_an_onnx_tagger_takes_its_tag_names_from_the_config_json_beside_it(tagge
     assert rc == 0
     man = json.loads((d / f"q-{command}-plain" / "manifest.json").read_text())
     assert man["artifacts"][0]["metrics"]["name"] == "token_accuracy"
+
+
+def test_a_second_output_does_not_change_how_the_tags_are_read(tagger, capsys):
+    """Without labels, a tagger with a second output is scored by the lowest fidelity over its outputs
+    (per_output); the tags' own entry there is their entity F1 over the unmasked tokens, as a one-output
+    tagger's value is (it was their token agreement over every position, padding too)."""
+    d, ids, mask, _ = tagger
+    rc, out = _compress(d, "two_outputs", "eval_nolabels.npz", "--max-trials", "2")
+    assert rc == 0, capsys.readouterr().err
+    man = json.loads((out / "manifest.json").read_text())
+    ref = _classes(out / "model.fp32.onnx", ids, mask)
+    q = next(a for a in man["artifacts"] if a["kind"].startswith("int8"))
+    pred = _classes(out / q["path"], ids, mask)
+    m = q["metrics"]
+    assert m["name"] == "fidelity_min"
+    assert m["per_output"][0] == pytest.approx(entities.entity_f1(pred, ref, entities.tag_scheme(NAMES), mask != 0))
+    assert m["value"] == pytest.approx(min(m["per_output"]))
