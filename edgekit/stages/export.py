@@ -19,7 +19,7 @@ from ..source import SourceModel
 from ..stdio import native_stderr_muted
 from ..tied_weights import store_once
 from ..verify import check_outputs, rule
-from . import embedding_bags, export_symbolics, gemm_bn_fold, reparam
+from . import embedding_bags, export_symbolics, gemm_bn_fold, reparam, shape_fold
 
 # element-wise |onnx - torch| <= ATOL * (the output's median |value|) + RTOL * |torch| (verify.rule)
 ATOL, RTOL = 1e-3, 1e-4
@@ -69,20 +69,15 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     warned: list = []
     with atomic_path(dest) as tmp:
         try:
-            warned = _export(exported, source, args, tmp, opset)
-            verify = verify_against_torch(module, source, tmp, data, **check)
-            if _length_axes(source):
-                other = verify_against_torch(module, source, tmp, data, shorten=True, **check)
-                verify["other_length"] = {k: v for k, v in other.items() if k not in ("against", "rule", "atol", "rtol")}
+            verify = _export_checked(exported, module, source, args, tmp, opset, data, check, warned)
         except Exception as e:  # onnxruntime's own errors too: a Reshape to the traced length fails to run
             if not _length_axes(source):
                 _raise_with_warnings(e, warned)
             # the graph does not follow another length (a traced Python loop over it, a reshape to the
             # calibration length): export it fixed, as it would have been without the loader's probe
             source = fixed_length(source, args)
-            warned = _export(exported, source, args, tmp, opset)
             try:
-                verify = verify_against_torch(module, source, tmp, data, **check)
+                verify = _export_checked(exported, module, source, args, tmp, opset, data, check, warned)
             except Exception as e2:
                 _raise_with_warnings(e2, warned)
             verify["fixed_length"] = (f"sequence length fixed to the data's ({', '.join(s.name for s in source.inputs)}): "
@@ -91,7 +86,7 @@ def export_module(module, source: SourceModel, dest, *, kind: str = "fp32", data
     verify["compared_with"] = f"{source.spec} in PyTorch" if kind == "fp32" else (
         f"the {kind} model in PyTorch, which this file was exported from (not the source model: what "
         f"{'pruning' if kind == 'pruned' else 'distillation'} cost is measured by the metrics)")
-    notes = [verify["fixed_length"]] if "fixed_length" in verify else []
+    notes = [verify[k] for k in ("fixed_length", "shapes_unfolded") if k in verify]
     if folded_note:
         notes.append(folded_note)
         if folded_note not in _NOTED:
@@ -228,8 +223,37 @@ def without_parametrizations(module):
     return baked
 
 
-def _export(module, source: SourceModel, args, tmp, opset: int) -> list:
-    """Write the ONNX file; return torch's tracer warnings, one line each ('file:line (code) message')."""
+def _export_checked(exported, module, source: SourceModel, args, tmp, opset: int, data, check: dict,
+                    warned: list) -> dict:
+    """Export to tmp with its shape arithmetic folded (shape_fold.py) and verify it against PyTorch (at
+    another length too, where the source has one); the verify record. A folded graph that fails the check
+    is exported again unfolded, with a note: the fold exists for speed, never at the cost of a model that
+    exports. `warned` gets the tracer's warnings, also when this raises."""
+    failed = None
+    for fold in (True, False):
+        warned[:], folded = _export(exported, source, args, tmp, opset, fold_shapes=fold)
+        try:
+            verify = verify_against_torch(module, source, tmp, data, **check)
+            if _length_axes(source):
+                other = verify_against_torch(module, source, tmp, data, shorten=True, **check)
+                verify["other_length"] = {k: v for k, v in other.items() if k not in ("against", "rule", "atol", "rtol")}
+        except Exception as e:
+            if not folded:
+                raise
+            failed = e
+            continue
+        if folded:
+            verify["shape_nodes_folded"] = folded
+        if failed is not None:
+            verify["shapes_unfolded"] = (f"shape arithmetic left unfolded: the graph with it folded failed its "
+                                         f"check: {short_reason(getattr(failed, 'reason', failed))}")
+        return verify
+    raise AssertionError("unreachable: the unfolded export returns or raises")
+
+
+def _export(module, source: SourceModel, args, tmp, opset: int, *, fold_shapes: bool = True) -> tuple[list, int]:
+    """Write the ONNX file; return (torch's tracer warnings, one line each ('file:line (code) message'),
+    the shape-arithmetic nodes folded away)."""
     import onnx
     import torch
 
@@ -263,8 +287,9 @@ def _export(module, source: SourceModel, args, tmp, opset: int) -> list:
         onnx.checker.check_model(str(tmp))
     except onnx.checker.ValidationError as e:
         raise EdgekitError(f"{Path(tmp).name}: exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    folded = shape_fold.fold_file(tmp) if fold_shapes else 0
     _pin_placeholder_dims(tmp, source)
-    return _tracer_warnings(caught)
+    return _tracer_warnings(caught), folded
 
 
 def _tracer_warnings(caught) -> list:
