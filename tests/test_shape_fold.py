@@ -218,3 +218,63 @@ def test_a_value_a_subgraph_reads_is_kept(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(m, str(path))
     assert _run(path, {"x": np.zeros((3, 4), np.float32)}).tolist() == [3, 4]
+
+
+class Attention(nn.Module):
+    """nn.MultiheadAttention (batch first) over the rows of an image: torch's attention splits q, k and v with
+    unflatten (a Slice of the shape, by bounds a Mod computes) and scales by sqrt(the last dim of a shape)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.inp = nn.Linear(8, d)
+        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
+        self.fc = nn.Linear(d, 3)
+
+    def forward(self, x):
+        t = self.inp(x.reshape(x.shape[0], 8, 8))
+        a, _ = self.attn(t, t, t, need_weights=False)
+        return self.fc((t + a).mean(1))
+
+
+def test_multihead_attention_exports_without_any_shape_node(tmp_path):
+    torch.manual_seed(0)
+    net = Attention().eval()
+    x = torch.randn(16, 1, 8, 8)
+    art = export_module(net, _image_source(), tmp_path / "m.onnx", data=Dataset({"x": x.numpy()}))
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    ops = [n.op_type for n in g.node]
+    # the batch times the heads is one -1; its Reshape's output then gives the head size a later Shape read
+    assert "Shape" not in ops and "Mod" not in ops and "Slice" not in ops, ops
+    assert art.verify["shape_nodes_folded"] >= 100
+    for batch in (1, 3):
+        with torch.no_grad():
+            want = net(x[:batch]).numpy()
+        np.testing.assert_allclose(_run(tmp_path / "m.onnx", {"x": x[:batch].numpy()}), want, rtol=1e-4, atol=1e-5)
+
+
+def test_mod_equal_where_and_constant_of_shape_are_read(tmp_path):
+    # target = Where(Equal(v, -1), ones, v) with v = [batch, -(7 mod -3) * ..., ...]: torch's expand(-1) picks
+    # dims this way; Mod takes the divisor's sign (7 mod -3 = -2), fmod the dividend's (7 fmod -3 = 1)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 6])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+             helper.make_node("Mod", ["seven", "minus3"], ["m"]),  # -2
+             helper.make_node("Neg", ["m"], ["two"]),  # 2
+             helper.make_node("Mod", ["seven", "minus3"], ["f"], fmod=1),  # 1
+             helper.make_node("Mul", ["f", "six"], ["six2"]),  # 6
+             helper.make_node("Concat", ["b", "two", "six2"], ["v"], axis=0),
+             helper.make_node("ConstantOfShape", ["three"], ["ones"], value=_i64("one", [1])),
+             helper.make_node("Equal", ["v", "minus1"], ["is_minus1"]),  # [False (a dim is not -1), False, False]
+             helper.make_node("Where", ["is_minus1", "ones", "v"], ["t"]),
+             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    m = _graph(nodes, [x], [y], [_i64("i0", [0]), _i64("seven", [7]), _i64("minus3", [-3]), _i64("six", [6]),
+                                 _i64("three", [3]), _i64("minus1", [-1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    assert shape_fold.fold_file(path) > 0
+    g = onnx.load(str(path)).graph
+    assert [n.op_type for n in g.node] == ["Reshape"]
+    assert numpy_helper.to_array({i.name: i for i in g.initializer}[g.node[0].input[1]]).tolist() == [0, 2, 6]
+    xs = np.random.default_rng(0).random((3, 2, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_run(path, {"x": xs}), xs)

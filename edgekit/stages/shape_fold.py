@@ -24,6 +24,7 @@ import numpy as np
 from ..onnxutil import _subgraph_inputs
 
 _INT_TYPES = {2, 3, 4, 5, 6, 7, 12, 13}  # UINT8 INT8 UINT16 INT16 INT32 INT64 UINT32 UINT64
+_TYPES = _INT_TYPES | {9}  # and BOOL: torch's expand(-1) picks dims by Equal / Where
 _MAX_ELEMS = 16  # a shape, slice bounds or gather indices; not a tensor of data
 _ROUNDS = 8  # a folded Reshape gives its output a known shape, which the next round can read
 
@@ -49,7 +50,7 @@ def _attr(node, name: str, default=None):
 
 
 def _from_array(a: np.ndarray, dtype: int) -> _Val | None:
-    if a.ndim > 1 or a.size > _MAX_ELEMS or dtype not in _INT_TYPES:
+    if a.ndim > 1 or a.size > _MAX_ELEMS or dtype not in _TYPES:
         return None
     return _Val(tuple(int(v) for v in a.reshape(-1)), a.ndim == 0, dtype)
 
@@ -77,6 +78,19 @@ def _arith(op: str, a, b):
             return max(a, b)
         if op == "Min":
             return min(a, b)
+        if op == "Mod" and b != 0:
+            return a % b  # the divisor's sign, as Python's %
+        if op == "Fmod" and b != 0:
+            return int(np.fmod(a, b))  # the dividend's sign
+        if op == "Equal":
+            return int(a == b)
+        return None
+    if op == "Equal" and a is not None and b is not None:
+        # a dim is never negative: a symbol equals itself and is not -1 (torch's expand(-1) asks that)
+        if a == b:
+            return 1
+        if isinstance(a, int) and a < 0 or isinstance(b, int) and b < 0:
+            return 0
         return None
     # a symbol keeps its name only through the identities
     if op in ("Mul", "Div") and b == 1 or op in ("Add", "Sub") and b == 0:
@@ -111,6 +125,8 @@ def _evaluate(node, vals: dict, shapes: dict) -> _Val | None:
         return ins[0]
     if op == "Cast" and ins[0] is not None:
         to = _attr(node, "to")
+        if to == 9:
+            return _Val(tuple(int(e != 0) for e in ins[0].elems), ins[0].scalar, to) if ins[0].known() else None
         return _Val(ins[0].elems, ins[0].scalar, to) if to in _INT_TYPES else None
     if op == "Gather" and ins[0] is not None and not ins[0].scalar and len(ins) > 1 and ins[1] is not None \
             and ins[1].known() and _attr(node, "axis", 0) == 0:
@@ -131,15 +147,48 @@ def _evaluate(node, vals: dict, shapes: dict) -> _Val | None:
             return None
         step = ins[4].elems[0] if len(ins) > 4 else 1
         return _Val(tuple(ins[0].elems[slice(ins[1].elems[0], ins[2].elems[0], step)]), False, ins[0].dtype)
-    if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2 and all(v is not None for v in ins):
-        a, b = ins
-        if len(a.elems) != len(b.elems) and 1 not in (len(a.elems), len(b.elems)):
+    if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Equal") and len(ins) == 2 \
+            and all(v is not None for v in ins):
+        if op == "Mod" and _attr(node, "fmod", 0):
+            op = "Fmod"
+        pairs = _broadcast(*ins)
+        if pairs is None:
             return None
-        n = max(len(a.elems), len(b.elems))
-        ae = a.elems * n if len(a.elems) == 1 else a.elems
-        be = b.elems * n if len(b.elems) == 1 else b.elems
-        return _Val(tuple(_arith(op, x, y) for x, y in zip(ae, be)), a.scalar and b.scalar, a.dtype)
+        dtype = 9 if op == "Equal" else ins[0].dtype
+        return _Val(tuple(_arith(op, x, y) for x, y in pairs), ins[0].scalar and ins[1].scalar, dtype)
+    if op == "Where" and len(ins) == 3 and all(v is not None for v in ins) and ins[0].known():
+        cond = _broadcast(ins[0], ins[1])
+        picks = _broadcast(ins[1], ins[2])
+        if cond is None or picks is None or len(cond) != len(picks):
+            return None
+        return _Val(tuple(a if c else b for (c, _), (a, b) in zip(cond, picks)),
+                    all(v.scalar for v in ins), ins[1].dtype)
+    if op == "Neg" and ins[0] is not None:
+        return _Val(tuple(-e if isinstance(e, int) else None for e in ins[0].elems), ins[0].scalar, ins[0].dtype)
+    if op == "Reshape" and ins[0] is not None and len(ins) > 1 and ins[1] is not None and ins[1].known():
+        # a shape vector reshaped to [-1], [n] or [] (a scalar): the same elements
+        target, n = list(ins[1].elems), len(ins[0].elems)
+        if target in ([-1], [n]) or (target == [] and n == 1):
+            return _Val(ins[0].elems, target == [], ins[0].dtype)
+        return None
+    if op == "ConstantOfShape" and ins[0] is not None and ins[0].known() and len(ins[0].elems) <= 1:
+        t = _attr(node, "value")
+        fill = _from_array(numpy_helper.to_array(t), t.data_type) if isinstance(t, onnx.TensorProto) else None
+        if fill is None or len(fill.elems) != 1:
+            return None
+        n = ins[0].elems[0] if ins[0].elems else 1
+        return _Val(fill.elems * n, not ins[0].elems, fill.dtype) if 0 <= n <= _MAX_ELEMS else None
     return None
+
+
+def _broadcast(a: _Val, b: _Val) -> list | None:
+    """Element pairs of two rank <= 1 values under numpy broadcasting, None where they do not broadcast."""
+    if len(a.elems) != len(b.elems) and 1 not in (len(a.elems), len(b.elems)):
+        return None
+    n = max(len(a.elems), len(b.elems))
+    ae = a.elems * n if len(a.elems) == 1 else a.elems
+    be = b.elems * n if len(b.elems) == 1 else b.elems
+    return list(zip(ae, be))
 
 
 def _unread(dim) -> bool:
@@ -213,7 +262,7 @@ def _fold_round(model, made: dict, final: bool) -> int:
     vals: dict = {}
     overridable = {i.name for i in graph.input}  # an initializer listed as an input is a default, not a constant
     for init in graph.initializer:
-        if init.name not in overridable and len(init.dims) <= 1 and init.data_type in _INT_TYPES and (not init.dims or init.dims[0] <= _MAX_ELEMS):
+        if init.name not in overridable and len(init.dims) <= 1 and init.data_type in _TYPES and (not init.dims or init.dims[0] <= _MAX_ELEMS):
             vals[init.name] = _from_array(numpy_helper.to_array(init), init.data_type)
     computed = set()
     for node in graph.node:
@@ -285,11 +334,11 @@ def fold(model) -> int:
     made: dict = {}
     changed = 0
     for _ in range(_ROUNDS):
-        step = _fold_round(model, made, final=False)
+        # a final round infers what waited for a dim; the shapes it gives may let the next fold more
+        step = _fold_round(model, made, final=False) or _fold_round(model, made, final=True)
         changed += step
         if not step:
             break
-    changed += _fold_round(model, made, final=True)
     return _drop_dead(model.graph) if changed else 0
 
 
