@@ -187,8 +187,21 @@ def stage_export(run: Run):
         from .onnxutil import session
 
         copy_model(src.onnx_path, dest)  # with its external data, which a bare file copy left behind
-        facts = graph_facts(dest)
         notes = ["copied from the source ONNX file"]
+        # a TorchScript export with a dynamic batch computes its Reshape targets at run time, as edgekit's own
+        # export did before it folded them: the copy runs as fast as edgekit's export would, checked against
+        # the source file, as no PyTorch model is here to check it against
+        from .stages.export import ATOL, RTOL
+        from .stages.shape_fold import fold_checked
+
+        folded, why = fold_checked(dest, run.ctx.calib or run.ctx.eval, atol=ATOL, rtol=RTOL)
+        if folded:
+            notes[0] = (f"copied from the source ONNX file, its shape arithmetic folded into constants ({folded} "
+                        f"nodes fewer; onnxruntime gives the source file's outputs)")
+        elif why:
+            notes.append(why)
+            print(f"edgekit: note: {why}", file=sys.stderr)
+        facts = graph_facts(dest)
         held = src.precision  # the load stage's answer: the copy holds what the source holds
         if held:
             # the reference keeps the name every later stage looks for; say what it holds

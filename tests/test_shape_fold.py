@@ -2,6 +2,8 @@
 (Shape -> Gather -> Div -> Unsqueeze -> Concat before each Reshape): onnxruntime ran those chains on every
 call, 1.38x a ShuffleNet-like model's latency at batch 1 (benchmarks/export). The folded graph must still
 follow every batch and length the unfolded one did."""
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -173,11 +175,9 @@ def test_an_expand_to_the_inputs_own_batch_broadcasts_by_one(tmp_path):
         np.testing.assert_array_equal(_run(path, {"x": xs}), np.broadcast_to(xs, (batch, 3, 4)))
 
 
-def test_a_folded_graph_that_fails_its_check_is_exported_unfolded_with_a_note(tmp_path, monkeypatch):
-    real = shape_fold.fold_file
-
+def _broken_fold(real):
+    """The fold, then a wrong constant in the first Reshape's target: what a bug in the fold would give."""
     def broken(path):
-        # the fold, then a wrong constant in the first Reshape's target: what a bug in the fold would give
         removed = real(path)
         m = onnx.load(str(path))
         inits = {i.name: i for i in m.graph.initializer}
@@ -187,8 +187,11 @@ def test_a_folded_graph_that_fails_its_check_is_exported_unfolded_with_a_note(tm
         inits[reshape.input[1]].CopyFrom(numpy_helper.from_array(wrong, reshape.input[1]))
         onnx.save(m, str(path))
         return removed
+    return broken
 
-    monkeypatch.setattr(shape_fold, "fold_file", broken)
+
+def test_a_folded_graph_that_fails_its_check_is_exported_unfolded_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(shape_fold, "fold_file", _broken_fold(shape_fold.fold_file))
     torch.manual_seed(0)
     net = Shuffle().eval()
     x = torch.randn(32, 1, 8, 8)
@@ -278,3 +281,51 @@ def test_mod_equal_where_and_constant_of_shape_are_read(tmp_path):
     assert numpy_helper.to_array({i.name: i for i in g.initializer}[g.node[0].input[1]]).tolist() == [0, 2, 6]
     xs = np.random.default_rng(0).random((3, 2, 6)).astype(np.float32)
     np.testing.assert_array_equal(_run(path, {"x": xs}), xs)
+
+
+def _torchscript_export(net, path, x):
+    """The ONNX file a user brings: torch's TorchScript exporter with a dynamic batch, shape chains and all."""
+    torch.onnx.export(net, (x[:2],), str(path), input_names=["x"], output_names=["y"], dynamo=False,
+                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
+
+
+def test_an_onnx_source_is_folded_when_onnxruntime_gives_its_outputs(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    torch.manual_seed(0)
+    net = Shuffle().eval()
+    x = torch.randn(24, 1, 8, 8)
+    _torchscript_export(net, tmp_path / "user.onnx", x)
+    np.save(tmp_path / "calib.npy", x.numpy())
+    before = (tmp_path / "user.onnx").read_bytes()
+    r = CliRunner().invoke(cli, ["compress", str(tmp_path / "user.onnx"), "--calib", str(tmp_path / "calib.npy"),
+                                 "--quantize", "none", "--no-profile", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out" / "model.fp32.onnx"
+    assert "Shape" not in [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert (tmp_path / "user.onnx").read_bytes() == before  # the user's file is not touched
+    notes = json.loads((tmp_path / "out" / "manifest.json").read_text())["artifacts"][0]["notes"]
+    assert any("shape arithmetic folded" in n for n in notes), notes
+    for batch in (1, 5):
+        feeds = {"x": x[:batch].numpy()}
+        np.testing.assert_allclose(_run(out, feeds), _run(tmp_path / "user.onnx", feeds), rtol=1e-5, atol=1e-6)
+
+
+def test_an_onnx_source_whose_fold_changes_its_outputs_is_copied_as_it_is(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = Shuffle().eval()
+    x = torch.randn(24, 1, 8, 8)
+    src = tmp_path / "user.onnx"
+    _torchscript_export(net, src, x)
+    dest = tmp_path / "copy.onnx"
+    dest.write_bytes(src.read_bytes())
+    with monkeypatch.context() as m:
+        m.setattr(shape_fold, "fold_file", _broken_fold(shape_fold.fold_file))
+        removed, why = shape_fold.fold_checked(dest, Dataset({"x": x.numpy()}), atol=1e-3, rtol=1e-4)
+    assert removed == 0 and why.startswith("shape arithmetic left unfolded: the folded graph did not give")
+    assert dest.read_bytes() == src.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))  # no folded copy left behind
+    removed, why = shape_fold.fold_checked(dest, Dataset({"x": x.numpy()}), atol=1e-3, rtol=1e-4)
+    assert removed > 0 and why is None
