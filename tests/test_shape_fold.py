@@ -67,22 +67,31 @@ def _run(path, feeds):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
+def _follows_torch(net, path, x, batches):
+    for batch in batches:
+        with torch.no_grad():
+            want = net(x[:batch]).numpy()
+        np.testing.assert_allclose(_run(path, {"x": x[:batch].numpy()}), want, rtol=1e-4, atol=1e-5)
+
+
+def _exported(net, x, tmp_path):
+    """(the export's artifact, its graph, its op types) of net traced on x, an image batch."""
+    art = export_module(net, _image_source(), tmp_path / "m.onnx", data=Dataset({"x": x.numpy()}))
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    return art, g, [n.op_type for n in g.node]
+
+
 def test_a_channel_shuffle_exports_without_shape_arithmetic_and_follows_any_batch(tmp_path):
     torch.manual_seed(0)
     net = Shuffle().eval()
     x = torch.randn(32, 1, 8, 8)
-    art = export_module(net, _image_source(), tmp_path / "m.onnx", data=Dataset({"x": x.numpy()}))
-    g = onnx.load(str(tmp_path / "m.onnx")).graph
-    ops = [n.op_type for n in g.node]
+    art, g, ops = _exported(net, x, tmp_path)
     assert "Shape" not in ops and "Gather" not in ops and "Unsqueeze" not in ops, ops
     assert art.verify["shape_nodes_folded"] > 0 and "shapes_unfolded" not in art.verify
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     targets = [inits[n.input[1]].tolist() for n in g.node if n.op_type == "Reshape"]
     assert targets == [[0, 2, 4, 8, 8], [0, 8, 8, 8]], targets  # the batch copied from the input, the rest known
-    for batch in (1, 3, 7):
-        with torch.no_grad():
-            want = net(x[:batch]).numpy()
-        np.testing.assert_allclose(_run(tmp_path / "m.onnx", {"x": x[:batch].numpy()}), want, rtol=1e-4, atol=1e-5)
+    _follows_torch(net, tmp_path / "m.onnx", x, (1, 3, 7))
 
 
 def test_attention_reshapes_keep_the_dynamic_length_and_a_flatten_infers_its_rows(tmp_path):
@@ -199,9 +208,7 @@ def test_a_folded_graph_that_fails_its_check_is_exported_unfolded_with_a_note(tm
     assert "shape_nodes_folded" not in art.verify
     assert "left unfolded" in art.verify["shapes_unfolded"] and art.verify["shapes_unfolded"] in art.notes
     assert "Shape" in [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
-    with torch.no_grad():
-        want = net(x[:3]).numpy()
-    np.testing.assert_allclose(_run(tmp_path / "m.onnx", {"x": x[:3].numpy()}), want, rtol=1e-4, atol=1e-5)
+    _follows_torch(net, tmp_path / "m.onnx", x, (3,))
 
 
 def test_a_value_a_subgraph_reads_is_kept(tmp_path):
@@ -243,16 +250,11 @@ def test_multihead_attention_exports_without_any_shape_node(tmp_path):
     torch.manual_seed(0)
     net = Attention().eval()
     x = torch.randn(16, 1, 8, 8)
-    art = export_module(net, _image_source(), tmp_path / "m.onnx", data=Dataset({"x": x.numpy()}))
-    g = onnx.load(str(tmp_path / "m.onnx")).graph
-    ops = [n.op_type for n in g.node]
+    art, _, ops = _exported(net, x, tmp_path)
     # the batch times the heads is one -1; its Reshape's output then gives the head size a later Shape read
     assert "Shape" not in ops and "Mod" not in ops and "Slice" not in ops, ops
     assert art.verify["shape_nodes_folded"] >= 100
-    for batch in (1, 3):
-        with torch.no_grad():
-            want = net(x[:batch]).numpy()
-        np.testing.assert_allclose(_run(tmp_path / "m.onnx", {"x": x[:batch].numpy()}), want, rtol=1e-4, atol=1e-5)
+    _follows_torch(net, tmp_path / "m.onnx", x, (1, 3))
 
 
 def test_mod_equal_where_and_constant_of_shape_are_read(tmp_path):
