@@ -331,3 +331,15 @@ def test_an_onnx_source_whose_fold_changes_its_outputs_is_copied_as_it_is(tmp_pa
     assert not list(tmp_path.glob(".*.tmp"))  # no folded copy left behind
     removed, why = shape_fold.fold_checked(dest, Dataset({"x": x.numpy()}), atol=1e-3, rtol=1e-4)
     assert removed > 0 and why is None
+
+
+def test_a_slice_with_step_zero_is_not_read(tmp_path):
+    # Python's slice() raises on step 0; the fold must leave such a graph to onnxruntime's own error
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "two", "zero", "zero"], ["t"]),
+             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    m = _graph(nodes, [x], [y], [_i64("zero", [0]), _i64("two", [2])])
+    assert shape_fold.fold(m) == 0
+    assert [n.op_type for n in m.graph.node] == ["Shape", "Slice", "Reshape"]
