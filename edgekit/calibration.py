@@ -337,7 +337,7 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
         raise CalibrationError(f"{where}: contains no samples")
     names = _label_strings(where, labels, n)
     if names is not None:  # class names: mapped to indices once the model is known (loader.check_label_kind)
-        distinct = list(dict.fromkeys(names.tolist()))
+        distinct = [v for v in dict.fromkeys(names.ravel().tolist()) if v != UNSCORED_TAG]
         shown = ", ".join(repr(v) for v in distinct[:3]) + (", ..." if len(distinct) > 3 else "")
         y, dense, targets = None, None, None
         problem = (f"{where}: labels are class names ({shown}), not class indices, and the model names no "
@@ -362,15 +362,19 @@ def _finish(where: str, arrays: dict, specs: list, *, labels, limit, source: str
 
 
 def _label_strings(where: str, labels, n: int):
-    """Labels written as class names ('positive', 'spam'): a 1-D str array of n, else None."""
+    """Labels written as class names ('positive', 'spam'), one per sample ([N]) or per token ([N, L], a tagger's
+    'B-PER', 'O', with '' where a position is not scored): the str array, else None."""
     if labels is None:
         return None
     y = np.asarray(labels)
-    if y.dtype.kind not in "US" or y.ndim != 1:
+    if y.dtype.kind not in "US" or y.ndim not in (1, 2):
         return None
     if len(y) != n:
         raise CalibrationError(f"{where}: {len(y)} labels for {n} samples")
     return y.astype(str)
+
+
+UNSCORED_TAG = ""  # in [N, L] tag labels: a position not scored (padding, a word's later sub-tokens), as -100
 
 
 def regression_targets(y) -> np.ndarray | None:

@@ -238,6 +238,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     integer labels are: the note saying so, else None."""
     if src.task == "classification":
         take_label_names(src, *datasets)
+    if src.task == "token-classification":
+        take_tag_strings(src, *datasets)
     if src.task in DENSE_AXIS:
         take_dense_labels(*datasets, task=src.task)
     if src.task == "multi-label":
@@ -314,25 +316,55 @@ def take_label_names(src: SourceModel, *datasets) -> None:
     """Labels written as class names become the model's class indices by its own names (config.id2label, compared
     exactly, else ignoring case); a name the model does not have is one line naming the file. Without the
     model's names they stay a label_problem (refused for a classifier)."""
-    import numpy as np
-
-    from .errors import CalibrationError
-
     names = class_names(src)
     for d in datasets:
         if d is None or getattr(d, "label_strings", None) is None or not names:
             continue
-        index = {n: i for i, n in enumerate(names)}
-        folded = {n.casefold(): i for i, n in reversed(list(enumerate(names)))}
-        unknown = sorted({s for s in d.label_strings.tolist() if s not in index and s.casefold() not in folded})
-        if unknown:
-            raise CalibrationError(f"{d.source or 'the data'}: label {unknown[0]!r} is not one of the model's "
-                                   f"{len(names)} class names ({', '.join(map(repr, names[:6]))}"
-                                   f"{', ...' if len(names) > 6 else ''}; from its config.id2label)")
-        d.labels = np.array([index[s] if s in index else folded[s.casefold()] for s in d.label_strings.tolist()],
-                            np.int64)
+        if d.label_strings.ndim != 1:
+            d.label_problem = (f"{d.source or 'the data'}: labels 'y' are class names per position, shape "
+                               f"{list(d.label_strings.shape)}; a classifier takes one per sample (for a tagger, "
+                               "pass --task token-classification)")
+            continue
+        d.labels = _indices_by_name(d, names)
         d.label_strings, d.label_problem = None, None
         d.extra = {**d.extra, "named_classes": names}  # for the note saying how names became indices
+
+
+def _indices_by_name(d, names: list, *, unscored: str | None = None):
+    """d.label_strings as indices into names (compared exactly, else ignoring case), `unscored` as -100; a name
+    the model does not have is one line naming the file."""
+    import numpy as np
+
+    from .errors import CalibrationError
+
+    index = {n: i for i, n in enumerate(names)}
+    folded = {n.casefold(): i for i, n in reversed(list(enumerate(names)))}
+    if unscored is not None:
+        index[unscored] = -100
+    flat = d.label_strings.ravel().tolist()
+    unknown = sorted({s for s in flat if s not in index and s.casefold() not in folded})
+    if unknown:
+        raise CalibrationError(f"{d.source or 'the data'}: label {unknown[0]!r} is not one of the model's "
+                               f"{len(names)} class names ({', '.join(map(repr, names[:6]))}"
+                               f"{', ...' if len(names) > 6 else ''}; from its config.id2label)")
+    return np.array([index[s] if s in index else folded[s.casefold()] for s in flat],
+                    np.int64).reshape(d.label_strings.shape)
+
+
+def take_tag_strings(src: SourceModel, *datasets) -> None:
+    """A tagger's labels written as tag names per token ([N, L] of 'B-PER', 'O', ...; '' where a position is not
+    scored) become class indices per position by the model's own names (config.id2label), '' as -100, as
+    integer labels would be written. Without the model's names they stay a label_problem (refused)."""
+    from .calibration import UNSCORED_TAG
+
+    names = class_names(src)
+    for d in datasets:
+        strings = getattr(d, "label_strings", None) if d is not None else None
+        if strings is None or strings.ndim != 2 or not names:
+            continue
+        d.dense_labels = _indices_by_name(d, names, unscored=UNSCORED_TAG)
+        d.label_strings, d.label_problem = None, None
+        d.extra = {**d.extra, "named_classes": names}
 
 
 def take_tag_names(src: SourceModel, *datasets) -> str | None:
@@ -382,6 +414,8 @@ def take_dense_labels(*datasets, task: str = "segmentation") -> None:
             raise CalibrationError(f"{d.source or 'the data'}: --task {task} needs labels 'y' with one class "
                                    f"per position, shape [N, d1, ...]; got one class per sample, shape "
                                    f"{list(d.labels.shape)}")
+        elif getattr(d, "label_strings", None) is not None and d.label_strings.ndim > 1:
+            raise CalibrationError(d.label_problem)  # names per position, and the model names no classes
         elif getattr(d, "label_problem", None):
             raise CalibrationError(f"{d.source or 'the data'}: --task {task} needs labels 'y' of integer "
                                    "classes, shape [N, d1, ...]; these are not integers")

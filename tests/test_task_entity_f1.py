@@ -59,6 +59,15 @@ def pos():  # part-of-speech tags: no entities in them
 
 def short_names():  # a config naming fewer classes than the head has
     return Tagger(["O", "B-PER", "I-PER", "B-LOC"])
+
+
+def nameless():  # no config: nothing names the classes
+    t = Tagger(NAMES)
+    del t.config
+    return t
+
+
+NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 '''
 
 
@@ -288,3 +297,57 @@ def test_a_second_output_does_not_change_how_the_tags_are_read(tagger, capsys):
     assert m["name"] == "fidelity_min"
     assert m["per_output"][0] == pytest.approx(entities.entity_f1(pred, ref, entities.tag_scheme(NAMES), mask != 0))
     assert m["value"] == pytest.approx(min(m["per_output"]))
+
+
+def test_tag_names_in_the_labels_score_as_their_indices_would(tagger, capsys):
+    """Labels written as the tags themselves ([N, L] of 'B-PER', 'O'; '' where a position is not scored) are
+    numbered by the model's config.id2label: the same metrics as the integer labels they stand for."""
+    d, ids, mask, y = tagger
+    words = np.where(y >= 0, np.array(NAMES)[np.clip(y, 0, None)], "")
+    words[0, 0] = words[0, 0].lower()  # names are also found ignoring case, as class names are
+    np.savez(d / "eval_words.npz", input_ids=ids, attention_mask=mask, y=words)
+    rc, out = _compress(d, "ner", "eval_words.npz", "--quantize", "none")
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    rc2, out2 = _compress(d, "ner", "eval.npz", "--quantize", "none")
+    assert rc2 == 0
+    got = json.loads((out / "manifest.json").read_text())["artifacts"][0]["metrics"]
+    want = json.loads((out2 / "manifest.json").read_text())["artifacts"][0]["metrics"]
+    assert got["name"] == "entity_f1" and got["value"] == want["value"]
+    assert got["token_accuracy"] == want["token_accuracy"] and got["entity_f1_by_type"] == want["entity_f1_by_type"]
+    assert "class names in its labels numbered by the model's config.id2label (O=0, B-PER=1" in err
+
+
+def test_a_tag_the_model_does_not_have_is_one_line_naming_the_file(tagger, capsys):
+    d, ids, mask, y = tagger
+    words = np.where(y >= 0, np.array(NAMES)[np.clip(y, 0, None)], "")
+    words[3, 2] = "B-ORG"
+    np.savez(d / "eval_org.npz", input_ids=ids, attention_mask=mask, y=words)
+    rc, out = _compress(d, "ner", "eval_org.npz", "--quantize", "none")
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert f"{d / 'eval_org.npz'}: label 'B-ORG' is not one of the model's 5 class names ('O', 'B-PER'" in err
+
+
+def test_tag_names_per_position_are_refused_for_a_classifier_with_the_task_to_pass(tagger, capsys):
+    d, ids, mask, y = tagger
+    words = np.where(y >= 0, np.array(NAMES)[np.clip(y, 0, None)], "")
+    np.savez(d / "eval_words.npz", input_ids=ids, attention_mask=mask, y=words)
+    out = d / "out-cls"
+    rc = run_cli(["compress", f"{d / 't.py'}:ner", "--calib", str(d / "calib.npz"), "--eval",
+                  str(d / "eval_words.npz"), "--task", "classification", "--no-profile", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "labels 'y' are class names per position, shape [80, 14]; a classifier takes one per sample (for a " \
+           "tagger, pass --task token-classification)" in err
+
+
+def test_tag_names_for_a_model_that_names_no_classes_say_so(tagger, capsys):
+    d, ids, mask, y = tagger
+    words = np.where(y >= 0, np.array(NAMES)[np.clip(y, 0, None)], "")
+    np.savez(d / "eval_words.npz", input_ids=ids, attention_mask=mask, y=words)
+    rc, out = _compress(d, "nameless", "eval_words.npz", "--quantize", "none")
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert f"{d / 'eval_words.npz'}: labels are class names" in err
+    assert "the model names no classes (a HuggingFace model's config.id2label) to map them by" in err
