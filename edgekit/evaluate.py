@@ -36,7 +36,9 @@ from .source import DENSE_AXIS, LABELLED_TASKS
 SCORED_ON_LABELS = (*LABELLED_TASKS, "regression")
 # (with labels, without) for the tasks scored per position
 DENSE_METRICS = {"segmentation": ("miou", "miou_agreement"),
-                 "token-classification": ("token_accuracy", "token_agreement")}
+                 "token-classification": ("token_accuracy", "token_agreement"),
+                 "causal-lm": ("next_token_accuracy", "next_token_agreement")}
+TOKEN_TASKS = ("token-classification", "causal-lm")  # scored per token: padding (attention_mask 0) is no token
 ENTITY_METRICS = ("entity_f1", "entity_f1_agreement")  # a token classifier whose classes are BIO tags
 
 
@@ -223,6 +225,24 @@ def position_mask(ds, shape) -> np.ndarray | None:
     if mask is None or tuple(np.shape(mask)) != tuple(shape[:2]):
         return None
     return np.asarray(mask) != 0
+
+
+def perplexity(logits, labels) -> float | None:
+    """exp of the mean cross-entropy of next-token scores [N, L, V] against labels [N, L] (negative: not
+    scored), as a language model is judged: lower is better, and it moves where top-1 accuracy does not (the
+    right token's probability falling while it stays first). None when no position is scored."""
+    labels = np.asarray(labels)
+    total, count = 0.0, 0
+    for out, lab in zip(logits, labels):  # a sample at a time: [L, V] in float64, not the whole set
+        keep = lab >= 0
+        if not keep.any():
+            continue
+        z = np.asarray(out, np.float64)[keep]
+        top = z.max(-1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(z - top).sum(-1))
+        total += float(np.sum(lse - z[np.arange(len(z)), lab[keep]]))
+        count += int(keep.sum())
+    return float(np.exp(total / count)) if count else None
 
 
 def confusion(pred, true, classes: int) -> np.ndarray:
@@ -497,7 +517,7 @@ class Evaluator:
         batch = self.batch_for(path)
         ref = None if self.labelled and len(out) == 1 and not numeric else self.reference_outputs(batch)
         first = np.asarray(out[0])
-        keep = position_mask(self.ds, first.shape) if self.task == "token-classification" else None
+        keep = position_mask(self.ds, first.shape) if self.task in TOKEN_TASKS else None
         seg = ent = None
         if self.labelled and self.task == "segmentation" and first.ndim >= 3:
             # both figures from one confusion matrix: the argmax (and any upsampling) once
@@ -527,6 +547,8 @@ class Evaluator:
                 res["pixel_accuracy"] = seg[1]
             elif ref is not None and np.shape(ref[0]) == first.shape:
                 res["pixel_agreement"] = pixel_agreement(first, ref[0], DENSE_AXIS[self.task])
+        if self.labelled and self.task == "causal-lm" and first.ndim == 3:
+            res["perplexity"] = perplexity(first, self.ds.labels)
         if self.labelled and self.task == "regression":  # in the targets' own units, as users judge a regressor
             err = np.asarray(out[0], np.float64).reshape(len(out[0]), -1) \
                 - np.asarray(self.ds.labels, np.float64).reshape(len(self.ds.labels), -1)

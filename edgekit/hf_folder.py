@@ -36,6 +36,8 @@ def task_of(arch: str, config) -> str | None:
     on axis 1: without the task, a Segformer's were scored by the cosine of their flattened values."""
     if arch.endswith("ForTokenClassification"):
         return "token-classification"
+    if arch.endswith("ForCausalLM"):
+        return "causal-lm"
     if arch.endswith("ForSemanticSegmentation"):
         return "segmentation"
     if arch.endswith(("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")):

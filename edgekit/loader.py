@@ -177,7 +177,7 @@ def classifier_output(model) -> bool:
 
 # --task: "auto" keeps the guess from the first output's shape (class scores when float [N, C], C >= 2)
 TASK_CHOICES = ("auto", "classification", "multi-label", "regression", "embedding", "segmentation",
-                "token-classification")
+                "token-classification", "causal-lm")
 
 
 def apply_task(src: SourceModel, task: str | None) -> SourceModel:
@@ -220,7 +220,12 @@ def dense_scores_note(src: SourceModel, data=None) -> str | None:
     token ids, one naming --task token-classification. None otherwise."""
     shape = first_output_shape(src, data)
     tokens = _token_axis(src, shape, data) if shape and isinstance(shape[-1], int) and shape[-1] >= 2 else None
-    labels = getattr(getattr(src.module, "config", None), "num_labels", None)  # a HuggingFace model's classes
+    config = getattr(src.module, "config", None)
+    labels = getattr(config, "num_labels", None)  # a HuggingFace model's classes
+    if tokens and getattr(config, "vocab_size", None) == shape[-1]:
+        return (f"{src.spec}: its first output {_n_shape(shape)} (axis 1 the length of {tokens!r}, axis 2 the "
+                "vocabulary) is scored by the cosine of its flattened values; if it is a language model's next-token "
+                "scores, pass --task causal-lm to score each position's prediction against the data's next token")
     if tokens and labels in (None, shape[-1]):  # a BertModel's hidden states [N, L, 384] are no class scores
         return (f"{src.spec}: its first output {_n_shape(shape)} (axis 1 the length of {tokens!r}) is scored by the "
                 "cosine of its flattened values; if it holds class scores per token (a token classifier, NER), "
@@ -240,6 +245,7 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
         take_label_names(src, *datasets)
     if src.task == "token-classification":
         take_tag_strings(src, *datasets)
+    next_tokens = take_next_tokens(src, *datasets) if src.task == "causal-lm" else None
     if src.task in DENSE_AXIS:
         take_dense_labels(*datasets, task=src.task)
     if src.task == "multi-label":
@@ -247,6 +253,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     scored = take_targets(datasets[0]) if src.task == "regression" and datasets else None
     if src.task == "token-classification":
         scored = take_tag_names(src, *datasets)
+    if next_tokens:
+        scored = next_tokens
     bad = [d for d in datasets if d is not None and getattr(d, "label_problem", None)]
     if not bad:
         return scored
@@ -389,6 +397,46 @@ def take_tag_names(src: SourceModel, *datasets) -> str | None:
             f"{', ...' if len(types) > 6 else ''}), the share of tokens beside it")
 
 
+def take_next_tokens(src: SourceModel, *datasets) -> str | None:
+    """--task causal-lm scores each position's top-1 next-token prediction against the data's own next token:
+    the labels are the token ids shifted by one (position t is labelled with token t + 1), -100 (not scored)
+    at the last position and wherever the attention mask drops position t or t + 1. Labels 'y' of the ids'
+    shape (HuggingFace's LM labels: the ids, -100 where not scored) are shifted the same way instead. The note
+    saying so, or None when there is no data; ids no input holds are one line naming the file."""
+    import numpy as np
+
+    from .errors import CalibrationError
+
+    noted = None
+    for d in datasets:
+        if d is None:
+            continue
+        name = "input_ids" if "input_ids" in d.inputs else next(
+            (k for k, v in d.inputs.items() if np.ndim(v) == 2 and np.asarray(v[:1]).dtype.kind in "iu"), None)
+        if name is None:
+            raise CalibrationError(f"{d.source or 'the data'}: --task causal-lm scores each position's prediction "
+                                   "of the next token, read from the token ids: no input holds integer ids [N, L] "
+                                   f"(inputs: {', '.join(d.inputs)})")
+        ids = np.asarray(d.inputs[name]).astype(np.int64)
+        own = getattr(d, "dense_labels", None)
+        given = own is not None and np.shape(own) == ids.shape
+        tokens = np.asarray(own, np.int64) if given else ids
+        labels = np.full(ids.shape, -100, np.int64)
+        labels[:, :-1] = tokens[:, 1:]
+        mask = d.inputs.get("attention_mask")
+        if mask is not None and np.shape(mask) == ids.shape:
+            kept = np.asarray(mask) != 0
+            labels[:, :-1][~(kept[:, :-1] & kept[:, 1:])] = -100
+        labels[labels < 0] = -100
+        d.dense_labels, d.labels, d.label_problem, d.label_strings = labels, None, None, None
+        if noted is None:
+            what = "its labels 'y' (the ids, -100 where not scored)" if given else f"'{name}'"
+            noted = (f"{src.spec}: --task causal-lm: scored by next_token_accuracy, each position's top-1 prediction "
+                     f"against the data's next token ({what} shifted by one"
+                     f"{', over the tokens attention_mask keeps' if mask is not None else ''}), perplexity beside it")
+    return noted
+
+
 def take_targets(d) -> str | None:
     """--task regression scores its evaluation data's numeric labels 'y' ([N] or [N, C] values) as the targets
     (r2_labels): they were unused, and the metric was fidelity to FP32 only. The note saying so, or None."""
@@ -466,12 +514,13 @@ def check_class_columns(src: SourceModel, *datasets) -> None:
                              f"{_n_shape(shape)}; a yes/no per class needs [N, C] (one logit or probability per "
                              "class)")
         return
-    if src.task == "token-classification":
-        if shape is not None and (len(shape) < 3 or (isinstance(shape[-1], int) and shape[-1] < 2)):
-            raise InputError(f"--task token-classification: {src.spec}'s first output {src.outputs[0]!r} is "
-                             f"{_n_shape(shape)}; per-token class scores need [N, L, C] with C >= 2 (classes "
-                             "last, as a HuggingFace token classifier gives them)"
-                             + ("; pass --task classification" if len(shape) == 2 else ""))
+    if src.task in ("token-classification", "causal-lm"):
+        if shape is not None and (len(shape) != 3 or (isinstance(shape[-1], int) and shape[-1] < 2)):
+            what = "per-token class scores need [N, L, C] with C >= 2 (classes last, as a HuggingFace token " \
+                "classifier gives them)" if src.task == "token-classification" else \
+                "next-token scores need [N, L, V] (the vocabulary last, as a HuggingFace causal LM gives them)"
+            raise InputError(f"--task {src.task}: {src.spec}'s first output {src.outputs[0]!r} is "
+                             f"{_n_shape(shape)}; {what}" + ("; pass --task classification" if len(shape) == 2 else ""))
         return
     if shape is None or not all(isinstance(d, int) for d in shape[1:]):
         return  # unknown or symbolic: the labels' own check still holds it to C >= 2

@@ -8,16 +8,18 @@ from typing import Any, Callable
 from .artifact import TensorSpec
 from .dataset import Dataset
 
-TASKS = ("classification", "multi-label", "embedding", "regression", "segmentation", "token-classification", "generic")
+TASKS = ("classification", "multi-label", "embedding", "regression", "segmentation", "token-classification",
+         "causal-lm", "generic")
 # tasks scored one class per position, and the axis of their first output that holds the class scores: a
-# segmentation map's [N, C, H, W] (torch's layout), a token classifier's [N, L, C] (HuggingFace's NER layout)
-DENSE_AXIS = {"segmentation": 1, "token-classification": -1}
+# segmentation map's [N, C, H, W] (torch's layout), a token classifier's [N, L, C] (HuggingFace's NER layout), a
+# language model's next-token scores [N, L, V] (its labels are the data's own next tokens: loader.take_next_tokens)
+DENSE_AXIS = {"segmentation": 1, "token-classification": -1, "causal-lm": -1}
 # tasks whose labels 'y' are scored: class indices per sample, or per position, or 0/1 per class (multi-label)
 LABELLED_TASKS = ("classification", *DENSE_AXIS, "multi-label")
 # metric names used in manifests
 METRICS = ("accuracy", "top1_agreement", "cosine", "fidelity", "r2", "r2_labels", "pixel_accuracy", "pixel_agreement",
            "token_accuracy", "token_agreement", "f1_micro", "f1_agreement", "miou", "miou_agreement", "entity_f1",
-           "entity_f1_agreement")
+           "entity_f1_agreement", "next_token_accuracy", "next_token_agreement")
 
 
 @dataclass

@@ -282,6 +282,7 @@ def test_a_semantic_segmentation_folder_is_scored_by_mean_iou_without_task(tmp_p
     ("ViTForImageClassification", {"num_labels": 5, "problem_type": "regression"}, "regression"),
     ("BertForSequenceClassification", {"num_labels": 5, "problem_type": "multi_label_classification"}, "multi-label"),
     ("BeitForSemanticSegmentation", {"num_labels": 150}, "segmentation"),
+    ("LlamaForCausalLM", {"vocab_size": 32000}, "causal-lm"),
     ("BertModel", {}, None),
 ])
 def test_the_task_a_head_names(arch, config, task):

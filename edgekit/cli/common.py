@@ -166,7 +166,9 @@ TASK_HELP = ("What the model's first output is: auto (default) guesses from its 
              "class scores per position [N, C, d1, ...], scored by mean IoU over classes against labels "
              "'y' [N, d1, ...] or against FP32's classes; token-classification: class scores per token [N, L, C] "
              "(NER), scored by token accuracy (labels 'y' [N, L]) or token agreement with FP32, or by entity F1 when "
-             "its class names (config.id2label) are BIO tags.")
+             "its class names (config.id2label) are BIO tags; causal-lm: a language model's next-token scores "
+             "[N, L, V], scored by next-token accuracy against the data's own token ids shifted by one, perplexity "
+             "beside it.")
 
 
 def task_option(f):

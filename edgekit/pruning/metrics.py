@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..entities import tag_scheme
-from ..evaluate import LABELLED_TASKS, metric_name, position_mask, score
+from ..evaluate import LABELLED_TASKS, TOKEN_TASKS, metric_name, position_mask, score
 from ..source import DENSE_AXIS
 from .graph import first_tensor
 
@@ -121,7 +121,7 @@ class TorchMetric:
         """Top-1 agreement (classifiers) or mean cosine (others) with the reference outputs."""
         if self.reference is None:
             return None
-        keep = position_mask(self.data, np.shape(out)) if self.task == "token-classification" else None
+        keep = position_mask(self.data, np.shape(out)) if self.task in TOKEN_TASKS else None
         return score([out], self.task, None, [self.reference], scheme=self.scheme, keep=keep)
 
 
