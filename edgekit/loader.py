@@ -409,10 +409,11 @@ def take_next_tokens(src: SourceModel, *datasets) -> str | None:
 
     noted = None
     for d in datasets:
-        if d is None:
+        if d is None or d.extra.get("next_token_labels"):  # one set passed twice is shifted once
             continue
         name = "input_ids" if "input_ids" in d.inputs else next(
-            (k for k, v in d.inputs.items() if np.ndim(v) == 2 and np.asarray(v[:1]).dtype.kind in "iu"), None)
+            (k for k, v in d.inputs.items() if len(getattr(v, "shape", ())) == 2
+             and np.dtype(getattr(v, "dtype", np.float32)).kind in "iu"), None)
         if name is None:
             raise CalibrationError(f"{d.source or 'the data'}: --task causal-lm scores each position's prediction "
                                    "of the next token, read from the token ids: no input holds integer ids [N, L] "
@@ -429,6 +430,7 @@ def take_next_tokens(src: SourceModel, *datasets) -> str | None:
             labels[:, :-1][~(kept[:, :-1] & kept[:, 1:])] = -100
         labels[labels < 0] = -100
         d.dense_labels, d.labels, d.label_problem, d.label_strings = labels, None, None, None
+        d.extra = {**d.extra, "next_token_labels": name}
         if noted is None:
             what = "its labels 'y' (the ids, -100 where not scored)" if given else f"'{name}'"
             noted = (f"{src.spec}: --task causal-lm: scored by next_token_accuracy, each position's top-1 prediction "

@@ -189,3 +189,15 @@ def test_perplexity_of_uniform_scores_is_the_vocabulary_size():
     labels[0, 2] = -100
     assert perplexity(logits, labels) == pytest.approx(V)
     assert perplexity(logits, np.full((3, 5), -100)) is None
+
+
+def test_one_set_passed_twice_is_shifted_once():
+    from edgekit.dataset import Dataset
+    from edgekit.loader import take_next_tokens
+    from edgekit.source import SourceModel
+
+    ids = np.array([[3, 4, 5, 6]])
+    d = Dataset({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    src = SourceModel(spec="lm.py:lm", kind="torch", task="causal-lm", inputs=[], outputs=["logits"])
+    take_next_tokens(src, d, d)
+    assert d.dense_labels.tolist() == [[4, 5, 6, -100]]
