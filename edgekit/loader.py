@@ -241,10 +241,8 @@ def check_label_kind(src: SourceModel, *datasets) -> str | None:
     """Labels 'y' that are not class indices (float regression targets, several columns per sample) are
     refused for a classifier, with the reason read_dataset found; for any other task they are unused, as
     integer labels are: the note saying so, else None."""
-    if src.task == "classification":
-        take_label_names(src, *datasets)
-    if src.task == "token-classification":
-        take_tag_strings(src, *datasets)
+    if src.task in ("classification", "token-classification"):
+        take_label_names(src, *datasets, per_token=src.task == "token-classification")
     next_tokens = take_next_tokens(src, *datasets) if src.task == "causal-lm" else None
     if src.task in DENSE_AXIS:
         take_dense_labels(*datasets, task=src.task)
@@ -320,20 +318,28 @@ def _config_beside(onnx_path) -> dict:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def take_label_names(src: SourceModel, *datasets) -> None:
+def take_label_names(src: SourceModel, *datasets, per_token: bool = False) -> None:
     """Labels written as class names become the model's class indices by its own names (config.id2label, compared
-    exactly, else ignoring case); a name the model does not have is one line naming the file. Without the
-    model's names they stay a label_problem (refused for a classifier)."""
+    exactly, else ignoring case); a name the model does not have is one line naming the file. One per sample for
+    a classifier; with per_token, a tagger's [N, L] tag names ('B-PER', 'O'; '' where a token is not scored, as
+    -100) become its labels per position. Without the model's names they stay a label_problem (refused)."""
+    from .calibration import UNSCORED_TAG
+
     names = class_names(src)
     for d in datasets:
-        if d is None or getattr(d, "label_strings", None) is None or not names:
+        strings = getattr(d, "label_strings", None) if d is not None else None
+        if strings is None or not names:
             continue
-        if d.label_strings.ndim != 1:
-            d.label_problem = (f"{d.source or 'the data'}: labels 'y' are class names per position, shape "
-                               f"{list(d.label_strings.shape)}; a classifier takes one per sample (for a tagger, "
-                               "pass --task token-classification)")
+        if strings.ndim != (2 if per_token else 1):
+            if not per_token:
+                d.label_problem = (f"{d.source or 'the data'}: labels 'y' are class names per position, shape "
+                                   f"{list(strings.shape)}; a classifier takes one per sample (for a tagger, "
+                                   "pass --task token-classification)")
             continue
-        d.labels = _indices_by_name(d, names)
+        if per_token:
+            d.dense_labels = _indices_by_name(d, names, unscored=UNSCORED_TAG)
+        else:
+            d.labels = _indices_by_name(d, names)
         d.label_strings, d.label_problem = None, None
         d.extra = {**d.extra, "named_classes": names}  # for the note saying how names became indices
 
@@ -357,22 +363,6 @@ def _indices_by_name(d, names: list, *, unscored: str | None = None):
                                f"{', ...' if len(names) > 6 else ''}; from its config.id2label)")
     return np.array([index[s] if s in index else folded[s.casefold()] for s in flat],
                     np.int64).reshape(d.label_strings.shape)
-
-
-def take_tag_strings(src: SourceModel, *datasets) -> None:
-    """A tagger's labels written as tag names per token ([N, L] of 'B-PER', 'O', ...; '' where a position is not
-    scored) become class indices per position by the model's own names (config.id2label), '' as -100, as
-    integer labels would be written. Without the model's names they stay a label_problem (refused)."""
-    from .calibration import UNSCORED_TAG
-
-    names = class_names(src)
-    for d in datasets:
-        strings = getattr(d, "label_strings", None) if d is not None else None
-        if strings is None or strings.ndim != 2 or not names:
-            continue
-        d.dense_labels = _indices_by_name(d, names, unscored=UNSCORED_TAG)
-        d.label_strings, d.label_problem = None, None
-        d.extra = {**d.extra, "named_classes": names}
 
 
 def take_tag_names(src: SourceModel, *datasets) -> str | None:
