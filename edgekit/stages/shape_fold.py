@@ -399,10 +399,11 @@ def fold_checked(path, data, *, atol: float, rtol: float) -> tuple[int, str | No
         if not removed:
             return 0, None
         sample = data.take(min(8, len(data)))
-        names = [o.name for o in session(path).get_outputs()]
+        ref_sess, got_sess = session(path), session(tmp)  # one each for both batch sizes
+        names = [o.name for o in ref_sess.get_outputs()]
         for batch in sorted({1, len(sample)}):
-            ref = run_batches(path, sample, batch_size=batch)
-            got = run_batches(tmp, sample, batch_size=batch)
+            ref = run_batches(path, sample, batch_size=batch, sess=ref_sess)
+            got = run_batches(tmp, sample, batch_size=batch, sess=got_sess)
             check_outputs(ref, got, names, atol=atol, rtol=rtol, where=path.name,
                           between="from the source file's with its shape arithmetic folded")
         tmp.replace(path)
