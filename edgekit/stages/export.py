@@ -229,26 +229,29 @@ def _export_checked(exported, module, source: SourceModel, args, tmp, opset: int
     another length too, where the source has one); the verify record. A folded graph that fails the check
     is exported again unfolded, with a note: the fold exists for speed, never at the cost of a model that
     exports. `warned` gets the tracer's warnings, also when this raises."""
-    failed = None
-    for fold in (True, False):
-        warned[:], folded = _export(exported, source, args, tmp, opset, fold_shapes=fold)
-        try:
-            verify = verify_against_torch(module, source, tmp, data, **check)
-            if _length_axes(source):
-                other = verify_against_torch(module, source, tmp, data, shorten=True, **check)
-                verify["other_length"] = {k: v for k, v in other.items() if k not in ("against", "rule", "atol", "rtol")}
-        except Exception as e:
-            if not folded:
-                raise
-            failed = e
-            continue
-        if folded:
-            verify["shape_nodes_folded"] = folded
-        if failed is not None:
-            verify["shapes_unfolded"] = (f"shape arithmetic left unfolded: the graph with it folded failed its "
-                                         f"check: {short_reason(getattr(failed, 'reason', failed))}")
+    warned[:], folded = _export(exported, source, args, tmp, opset, fold_shapes=True)
+    try:
+        verify = _verified(module, source, tmp, data, check)
+    except Exception as e:
+        if not folded:
+            raise
+        warned[:], _ = _export(exported, source, args, tmp, opset, fold_shapes=False)
+        verify = _verified(module, source, tmp, data, check)
+        verify["shapes_unfolded"] = (f"shape arithmetic left unfolded: the graph with it folded failed its check: "
+                                     f"{short_reason(getattr(e, 'reason', e))}")
         return verify
-    raise AssertionError("unreachable: the unfolded export returns or raises")
+    if folded:
+        verify["shape_nodes_folded"] = folded
+    return verify
+
+
+def _verified(module, source: SourceModel, path, data, check: dict) -> dict:
+    """verify_against_torch at the traced length, and at another where the source has a length axis."""
+    verify = verify_against_torch(module, source, path, data, **check)
+    if _length_axes(source):
+        other = verify_against_torch(module, source, path, data, shorten=True, **check)
+        verify["other_length"] = {k: v for k, v in other.items() if k not in ("against", "rule", "atol", "rtol")}
+    return verify
 
 
 def _export(module, source: SourceModel, args, tmp, opset: int, *, fold_shapes: bool = True) -> tuple[list, int]:
