@@ -180,18 +180,22 @@ def test_bio_names_score_entity_f1_against_labels_with_token_accuracy_beside(tag
         assert set(m["entity_f1_by_type"]) == {"PER", "LOC"}
 
 
-def test_bio_names_without_labels_score_agreement_on_the_unmasked_tokens(tagger, capsys):
-    d, ids, mask, _ = tagger
-    rc, out = _compress(d, "ner", "eval_nolabels.npz", "--max-trials", "2")
+def _unlabelled_int8(d, factory, ids, mask, capsys):
+    """Compress `factory` scored on the unlabelled eval set: (the INT8 file's classes, FP32's, its metrics)."""
+    rc, out = _compress(d, factory, "eval_nolabels.npz", "--max-trials", "2")
     assert rc == 0, capsys.readouterr().err
     man = json.loads((out / "manifest.json").read_text())
-    ref = _classes(out / "model.fp32.onnx", ids, mask)
     q = next(a for a in man["artifacts"] if a["kind"].startswith("int8"))
-    pred = _classes(out / q["path"], ids, mask)
-    assert q["metrics"]["name"] == "entity_f1_agreement"
+    return _classes(out / q["path"], ids, mask), _classes(out / "model.fp32.onnx", ids, mask), q["metrics"]
+
+
+def test_bio_names_without_labels_score_agreement_on_the_unmasked_tokens(tagger, capsys):
+    d, ids, mask, _ = tagger
+    pred, ref, m = _unlabelled_int8(d, "ner", ids, mask, capsys)
+    assert m["name"] == "entity_f1_agreement"
     want = entities.entity_f1(pred, ref, entities.tag_scheme(NAMES), mask != 0)
-    assert q["metrics"]["value"] == pytest.approx(want)
-    assert q["metrics"]["token_agreement"] == pytest.approx(float(np.sum((pred == ref) & (mask != 0)) / mask.sum()))
+    assert m["value"] == pytest.approx(want)
+    assert m["token_agreement"] == pytest.approx(float(np.sum((pred == ref) & (mask != 0)) / mask.sum()))
 
 
 def test_pruning_and_distillation_follow_entity_f1(tagger, capsys):
@@ -287,13 +291,7 @@ def test_a_second_output_does_not_change_how_the_tags_are_read(tagger, capsys):
     (per_output); the tags' own entry there is their entity F1 over the unmasked tokens, as a one-output
     tagger's value is (it was their token agreement over every position, padding too)."""
     d, ids, mask, _ = tagger
-    rc, out = _compress(d, "two_outputs", "eval_nolabels.npz", "--max-trials", "2")
-    assert rc == 0, capsys.readouterr().err
-    man = json.loads((out / "manifest.json").read_text())
-    ref = _classes(out / "model.fp32.onnx", ids, mask)
-    q = next(a for a in man["artifacts"] if a["kind"].startswith("int8"))
-    pred = _classes(out / q["path"], ids, mask)
-    m = q["metrics"]
+    pred, ref, m = _unlabelled_int8(d, "two_outputs", ids, mask, capsys)
     assert m["name"] == "fidelity_min"
     assert m["per_output"][0] == pytest.approx(entities.entity_f1(pred, ref, entities.tag_scheme(NAMES), mask != 0))
     assert m["value"] == pytest.approx(min(m["per_output"]))
