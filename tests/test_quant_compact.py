@@ -13,7 +13,7 @@ from edgekit.dataset import Dataset
 from edgekit.quant import compact, dynamic, static
 from edgekit.quant.spec import QuantSpec
 from edgekit.stages import quantize as stage
-from tests.test_quant import _ctx, _save, conv_model
+from tests.test_quant import _ctx, conv_model
 
 
 def _small_cnn(path):
