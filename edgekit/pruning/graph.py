@@ -620,7 +620,15 @@ def _ratio_dict_for_recurrent(pruner, ratio_dict, steps) -> None:
 
 
 class PruneFailure(UsageError):
-    """A pruning step this model does not allow (exit 2); the prune stage adds the model's file."""
+    """A pruning step this model does not allow (exit 2); the prune stage adds the model's file.
+
+    `keep`: layers which, kept whole from the start, avoid it, where this step could not keep them whole itself
+    (`keep_why` says why; `kept`, {group's layer: why}, as the report names them); the prune stage then starts
+    again from the unpruned model."""
+
+    keep: list = []
+    keep_why: str = ""
+    kept: dict = {}
 
 
 def foreign_layers(model) -> str:
@@ -954,14 +962,25 @@ def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry, failure=None) ->
     bad = _culprits(ref, cuts, example) if failure is None else failure.culprits
     layers = list(dict.fromkeys(n for c in bad for n in c.outs))
     params = any(it[4] for c in cuts for it in c.items)  # the graph tracks pruned bare Parameters by object
+    why = REARRANGED if failure is None else (
+        f"cutting its channels stopped the model from running ({failure.reason}): forward() splits or sizes "
+        "them by numbers it holds (such as torch.split with fixed sizes), which the dependency graph does not update")
+    # as the report names them: each group by the layer it was ranked by, with the others it holds
+    kept = {c.root: f"with {', '.join(o for o in c.outs if o != c.root)}: {why}"
+            if any(o != c.root for o in c.outs) else why for c in bad}
     if failure is not None and (not layers or params or retry >= 3):
+        if layers and params and retry < 3:
+            failure.keep, failure.keep_why, failure.kept = layers, why, kept
         raise failure
     if not layers or params or retry >= 3:
         named = layers or list(dict.fromkeys(n for c in cuts for n in c.outs))
-        raise PruneFailure(f"prune: the pruned model computes something else than the model with those channels "
+        err = PruneFailure(f"prune: the pruned model computes something else than the model with those channels "
                            f"removed (max difference {diff[0]:.3g} on outputs of scale {diff[1]:.3g}): a reshape, "
                            f"view or transpose the dependency graph cannot follow"
                            f"{_unprunable_hint(pruner.model, named)}")
+        if layers and params and retry < 3:
+            err.keep, err.keep_why, err.kept = layers, why, kept
+        raise err
     _restore(pruner.model, ref)
     for op, state in ops.items():
         op.__dict__.update(state)
@@ -971,12 +990,8 @@ def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry, failure=None) ->
     pruner.current_step -= 1
     mods = dict(pruner.model.named_modules())
     pruner.ignored_layers += [mods[n] for n in layers]
-    why = REARRANGED if failure is None else (
-        f"cutting its channels stopped the model from running ({failure.reason}): forward() splits or sizes "
-        "them by numbers it holds (such as torch.split with fixed sizes), which the dependency graph does not update")
-    for c in bad:
-        others = [n for n in c.outs if n != c.root]
-        plan.kept.setdefault(c.root, f"with {', '.join(others)}: {why}" if others else why)
+    for root, text in kept.items():
+        plan.kept.setdefault(root, text)
     note = (f"kept whole: {', '.join(layers)}: {why}" + ("" if failure is not None else
             f" (max difference {diff[0]:.3g} on outputs of scale {diff[1]:.3g} against the model with those "
             "channels zeroed)"))

@@ -55,7 +55,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     told = []  # notes already on stderr: the prune command's summary does not repeat them
     if unwrapped:
         notes.append(unwrapped)
-        told.append(_tell(unwrapped))
+        told.append(tell(unwrapped))
     td = tempfile.TemporaryDirectory(prefix="edgekit-steps-") if export is not None else None
     paths = {}
     try:
@@ -66,7 +66,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
         raised = epochs_note(distill_cfg.epochs, prune_cfg.steps) if distill_enabled else None
         if raised:
             notes.append(raised)
-            told.append(_tell(raised))
+            told.append(tell(raised))
         for s, ep in enumerate(epochs_per_step(distill_cfg.epochs, prune_cfg.steps), start=1):
             if prune_cfg.method == "taylor":
                 used = importance.accumulate_gradients(model, ctx.train or ctx.calib, names, ctx.source.task)
@@ -74,7 +74,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
                     notes.append(f"taylor importance from {used}")
             for note in graph.step(pruner, plan):
                 notes.append(note)
-                told.append(_tell(note))
+                told.append(tell(note))
             model.zero_grad(set_to_none=True)
             if distill_enabled and ep > 0:
                 model, hist = distill_stage.run(teacher, model, ctx, replace(distill_cfg, epochs=ep))
@@ -103,7 +103,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     note = shortfall(before, after, ratio, plan, teacher=teacher, model=model)
     if note:
         notes.append(note)
-        told.append(_tell(note))
+        told.append(tell(note))
     return {"steps": steps, "distill": histories, "notes": notes, "told": told, "module": model}
 
 
@@ -174,7 +174,7 @@ def _reasons(plan, model) -> dict:
     return why
 
 
-def _tell(note: str) -> str:
+def tell(note: str) -> str:
     # the compress summary table shows sizes, not pruning notes: say it where the user looks
     import sys
 

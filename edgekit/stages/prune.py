@@ -140,9 +140,33 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     if ratio <= 0 and prune.head_ratio <= 0:
         raise UsageError("prune: nothing to do (ratio 0); pass --ratio R, --head-ratio R or --target-latency")
 
-    res = schedule.run(model, teacher=teacher, ctx=ctx, plan=plan, prune_cfg=prune, distill_cfg=distill,
-                       distill_enabled=distill_enabled and distill.resolved(False).epochs > 0, ratio=ratio, ratio_dict=ratio_dict,
-                       round_to=round_to, example=example, metric=metric, names=names, export=export, feeds=feeds)
+    restarted, told = {}, []  # group's layer -> why it is kept whole; notes already on stderr
+    while True:
+        try:
+            res = schedule.run(model, teacher=teacher, ctx=ctx, plan=plan, prune_cfg=prune, distill_cfg=distill,
+                               distill_enabled=distill_enabled and distill.resolved(False).epochs > 0, ratio=ratio,
+                               ratio_dict=ratio_dict, round_to=round_to, example=example, metric=metric, names=names,
+                               export=export, feeds=feeds)
+            break
+        except graph.PruneFailure as e:
+            # a step keeps such layers whole by undoing its cut, but not once a bare Parameter (a position
+            # embedding in the residual stream) was cut with them: the graph holds the old one. Starting again
+            # from the unpruned model with them kept whole is that same outcome
+            new = [n for n in e.keep if n not in plan_kw["ignore_names"]]
+            if not new or len(told) >= RESTARTS:  # one note per fresh start
+                raise
+            plan_kw = {**plan_kw, "ignore_names": (*plan_kw["ignore_names"], *new)}
+            model = clone(teacher)
+            plan = graph.make_plan(model, example, **plan_kw)
+            restarted.update(e.kept)
+            for n in plan_kw["ignore_names"][len(prune.ignore):]:  # not the user's --ignore
+                plan.kept.pop(n, None)
+            plan.kept.update(restarted)
+            told.append(schedule.tell(f"kept whole: {', '.join(new)}: {e.keep_why}; pruned again from the unpruned "
+                                      "model with them kept whole (a parameter outside any layer was cut with them, "
+                                      "which undoing one step cannot restore)"))
+    info["notes"] += told
+    res["told"] = told + res["told"]
     model = res["module"].eval()
     macs1, params1 = graph.count(model, example)
     info.update({"ignored": plan.ignored_names, "ratio": ratio, "params_after": params1, "macs_after": macs1, "metric_after": res["steps"][-1]["metric"],
@@ -232,6 +256,7 @@ def _has_profiler() -> bool:
     return True
 
 
+RESTARTS = 3  # fresh starts with more layers kept whole, after the first attempt
 RANKING_MAX = 1000  # samples the per-layer sensitivity is measured on (3 ratios x every layer)
 
 
