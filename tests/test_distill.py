@@ -279,3 +279,30 @@ def test_validation_split_only_with_enough_training_data():
     v2, _ = stage.validation_split(big, ev, 0)
     np.testing.assert_array_equal(v2.inputs["input"], val.inputs["input"])  # seeded
     np.testing.assert_array_equal(val.labels, big.labels[np.isin(big.inputs["input"][:, 0], val.inputs["input"][:, 0])])
+
+
+class _ConvBlocks(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Conv1d(8, width, 3, padding=1), nn.Conv1d(width, width, 3, padding=1)])
+        self.fc = nn.Linear(width, 4)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = torch.relu(b(x))
+        return self.fc(x.mean(-1))
+
+
+def test_a_narrower_conv1d_student_matches_the_teachers_blocks_along_channels(tmp_path):
+    # the adapter for 3-D features was a Linear over the last axis, a transformer's width: for a Conv1d's
+    # [N, C, L] that is the length, and distillation stopped with "The size of tensor a (16) must match the
+    # size of tensor b (32) at non-singleton dimension 1"
+    from test_prune_models import make_source
+
+    torch.manual_seed(0)
+    src = make_source(_ConvBlocks(32).eval(), {"input": ((8, 12), "float32", None)}, n=48)
+    student = _ConvBlocks(16)
+    _, info = stage.run(src.module, student, make_ctx(src, tmp_path),
+                        DistillConfig(epochs=3, batch_size=16, patience=0, lr=3e-3))
+    assert info["feature_layers"] == ["blocks.0", "blocks.1"]
+    assert info["best_metric"] > info["history"][0]["metric"]

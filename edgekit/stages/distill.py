@@ -445,6 +445,17 @@ def _scheduler(opt, cfg: DistillConfig, total_steps: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg.lr * 0.01)
 
 
+def _AxisLinear(axis: int, n_in: int, n_out: int):
+    """A bias-free Linear from n_in to n_out along one axis of its input."""
+    import torch.nn as nn
+
+    class AxisLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x.movedim(axis, -1)).movedim(-1, axis)
+
+    return AxisLinear(n_in, n_out, bias=False)
+
+
 class _Features:
     """Forward hooks on matching layers ('name' or 'student_name=teacher_name') + learned adapters."""
 
@@ -482,7 +493,10 @@ class _Features:
             elif s.dim() == 4:
                 self.adapters.append(nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False))
             else:
-                self.adapters.append(nn.Linear(s.shape[-1], t.shape[-1], bias=False))
+                # the one axis whose width differs: channels first for a Conv1d's [N, C, L] (a TCN's blocks),
+                # last for a transformer's [N, L, d]
+                axis = next((a for a in range(s.dim() - 1, 0, -1) if s.shape[a] != t.shape[a]), s.dim() - 1)
+                self.adapters.append(_AxisLinear(axis, s.shape[axis], t.shape[axis]))
 
     def parameters(self):
         return [p for a in self.adapters for p in a.parameters()]
