@@ -580,3 +580,35 @@ def test_layers_held_whole_by_a_kept_layer_are_named(tmp_path, capsys):
         assert f"{name} (Conv2d, " in note and "tied to a layer kept whole" in note, note
     assert "c1 (Conv2d, 448 params; first conv)" in note
     assert note in capsys.readouterr().err
+
+
+class TCN(nn.Module):
+    """A temporal conv net: every dilated block adds onto the first conv's output, so each channel of the
+    network is coupled to the first conv's."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.ModuleList([nn.Conv1d(8 if i == 0 else 32, 32, 3, padding=d, dilation=d)
+                                for i, d in enumerate((1, 2, 4))])
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        for i, c in enumerate(self.c):
+            y = torch.relu(c(x))
+            x = y if i == 0 else x + y
+        return self.fc(x.mean(-1))
+
+
+def test_a_network_coupled_whole_to_its_first_conv_is_pruned_through_it(tmp_path, capsys):
+    # was "nothing in this model can be pruned: kept: c.0 (first conv), fc (output layer)": keeping the first
+    # conv's width is a choice, and here it was the only thing in the way
+    torch.manual_seed(0)
+    src = make_source(TCN().eval(), {"input": ((8, 16), "float32", None)}, n=48)
+    res = stage.run(src, make_ctx(src, tmp_path), PruneConfig(ratio=0.5),
+                    DistillConfig(epochs=2, batch_size=16, patience=0), distill_enabled=True)
+    assert "the first conv's output channels are pruned too" in capsys.readouterr().err
+    assert res.kind == "distilled" and res.info["distill"]["feature_layers"] == ["c.0", "c.1", "c.2"]
+    assert [res.module.c[i].out_channels for i in range(3)] == [16, 16, 16] and res.module.c[0].in_channels == 8
+    assert not any("first conv" in k for k in res.info["ignored"]), res.info["ignored"]
+    _export_and_run(res, src, tmp_path)
+

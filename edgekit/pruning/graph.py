@@ -631,6 +631,14 @@ class PruneFailure(UsageError):
     kept: dict = {}
 
 
+class NothingToPrune(UsageError):
+    """No group is left to cut; `first_conv`: the first conv's width was kept by choice, not by need."""
+
+    def __init__(self, message: str, *, first_conv: bool = False):
+        super().__init__(message)
+        self.first_conv = first_conv
+
+
 def foreign_layers(model) -> str:
     """'; ...' naming the layer types that hold a model's weights but that Torch-Pruning has no pruner for
     (transformers' GPT-2 Conv1D: a Linear with its weight stored [in, out]), else ''. A GPT-2 was 'nothing

@@ -46,9 +46,9 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
     unwrapped = graph.unwrapped_note(pruner)
     if not graph.prunable_groups(pruner.DG, pruner.ignored_layers) and not (plan.has_heads and prune_cfg.head_ratio > 0):
         # a copy of the same model would be reported as a "pruned" variant: refuse instead
-        raise UsageError(f"prune: nothing in this model can be pruned: {_kept(plan)}{graph.foreign_layers(model)}; "
-                         "leave it unpruned "
-                         "(compress without --prune)")
+        raise graph.NothingToPrune(f"prune: nothing in this model can be pruned: {_kept(plan)}"
+                                   f"{graph.foreign_layers(model)}; leave it unpruned (compress without --prune)",
+                                   first_conv="first conv" in plan.kept.values())
     macs, params = graph.count(model, example)
     steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
     histories = []

@@ -148,6 +148,15 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
                                ratio_dict=ratio_dict, round_to=round_to, example=example, metric=metric, names=names,
                                export=export, feeds=feeds)
             break
+        except graph.NothingToPrune as e:
+            # the first conv's width is kept by choice (its channels are few and read the raw input); where
+            # every other layer is coupled to it (each block adds onto the stem's output, as a TCN's do),
+            # that choice alone refused the run
+            if not (e.first_conv and plan_kw["keep_first"]) or len(told) >= RESTARTS:
+                raise
+            plan_kw = {**plan_kw, "keep_first": False}
+            note = ("the first conv's output channels are pruned too: every other layer is coupled to them (e.g. "
+                    "blocks adding onto its output), so keeping its width left nothing to prune")
         except graph.PruneFailure as e:
             # a step keeps such layers whole by undoing its cut, but not once a bare Parameter (a position
             # embedding in the residual stream) was cut with them: the graph holds the old one. Starting again
@@ -156,15 +165,16 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
             if not new or len(told) >= RESTARTS:  # one note per fresh start
                 raise
             plan_kw = {**plan_kw, "ignore_names": (*plan_kw["ignore_names"], *new)}
-            model = clone(teacher)
-            plan = graph.make_plan(model, example, **plan_kw)
             restarted.update(e.kept)
-            for n in plan_kw["ignore_names"][len(prune.ignore):]:  # not the user's --ignore
-                plan.kept.pop(n, None)
-            plan.kept.update(restarted)
-            told.append(schedule.tell(f"kept whole: {', '.join(new)}: {e.keep_why}; pruned again from the unpruned "
-                                      "model with them kept whole (a parameter outside any layer was cut with them, "
-                                      "which undoing one step cannot restore)"))
+            note = (f"kept whole: {', '.join(new)}: {e.keep_why}; pruned again from the unpruned model with them "
+                    "kept whole (a parameter outside any layer was cut with them, which undoing one step cannot "
+                    "restore)")
+        model = clone(teacher)
+        plan = graph.make_plan(model, example, **plan_kw)
+        for n in plan_kw["ignore_names"][len(prune.ignore):]:  # kept for the reason below, not by --ignore
+            plan.kept.pop(n, None)
+        plan.kept.update(restarted)
+        told.append(schedule.tell(note))
     info["notes"] += told
     res["told"] = told + res["told"]
     model = res["module"].eval()
