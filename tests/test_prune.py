@@ -473,13 +473,25 @@ def test_outputs_in_dicts_and_nested_lists(form):
 def test_layernorm_over_channels_and_space_is_a_one_line_refusal(tmp_path):
     from edgekit.errors import UsageError
 
-    # the second conv's channels run through the LayerNorm: pruning them must resize a [C, H, W] norm
+    # the conv's channels run through the LayerNorm: pruning them must resize a [C, H, W] norm
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.LayerNorm([16, 8, 8]), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    src = make_source(model, {"input": ((3, 8, 8), "float32", None)})
+    with pytest.raises(UsageError, match=r"LayerNorm '1' normalises over \[16, 8, 8\]") as e:
+        _prune(src, tmp_path, ratio=0.3)
+    assert "\n" not in str(e.value)
+
+
+def test_a_layernorm_over_channels_and_space_keeps_its_conv_and_the_first_conv_is_cut_instead(tmp_path, capsys):
+    # the second conv is held by the norm; with the first conv's width kept this was refused as well
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
                           nn.LayerNorm([16, 8, 8]), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
     src = make_source(model, {"input": ((3, 8, 8), "float32", None)})
-    with pytest.raises(UsageError, match=r"LayerNorm '3' normalises over \[16, 8, 8\]") as e:
-        _prune(src, tmp_path, ratio=0.3)
-    assert "\n" not in str(e.value)
+    res = _prune(src, tmp_path, ratio=0.5)
+    assert res.module[0].out_channels == 8 and res.module[2].out_channels == 16
+    assert any(k.startswith("2 (") and "LayerNorm '3' normalises over [16, 8, 8]" in k for k in res.info["ignored"])
+    assert "with the first conv's width kept, nothing could be pruned (kept: 0 (first conv), " in capsys.readouterr().err
+    _export_and_run(res, src, tmp_path)
 
 
 class MixerBlock(nn.Module):
@@ -606,7 +618,8 @@ def test_a_network_coupled_whole_to_its_first_conv_is_pruned_through_it(tmp_path
     src = make_source(TCN().eval(), {"input": ((8, 16), "float32", None)}, n=48)
     res = stage.run(src, make_ctx(src, tmp_path), PruneConfig(ratio=0.5),
                     DistillConfig(epochs=2, batch_size=16, patience=0), distill_enabled=True)
-    assert "the first conv's output channels are pruned too" in capsys.readouterr().err
+    assert "nothing could be pruned (kept: c.0 (first conv), fc (output layer)): its output channels are pruned" \
+        in capsys.readouterr().err
     assert res.kind == "distilled" and res.info["distill"]["feature_layers"] == ["c.0", "c.1", "c.2"]
     assert [res.module.c[i].out_channels for i in range(3)] == [16, 16, 16] and res.module.c[0].in_channels == 8
     assert not any("first conv" in k for k in res.info["ignored"]), res.info["ignored"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import EdgekitError, InputError, UsageError
 from ..module_copy import clone, detach_caches
-from . import untraceable
+from . import fused_heads, untraceable
 
 # Torch-Pruning's UserWarning about parameters no layer it knows holds (a ViT's cls_token, an EmbeddingBag's
 # table) reached the terminal as two raw lines of its own advice ("please provide an unwrapped_parameters
@@ -44,10 +44,11 @@ class Plan:
     attention: list = field(default_factory=list)  # HF-style self-attention modules to update after pruning
     notes: list = field(default_factory=list)
     frozen: list = field(default_factory=list)  # recurrent modules kept whole, and whatever is coupled to them
+    fused: dict = field(default_factory=dict)  # fused-qkv attention (GPT-2) name -> heads, cut by fused_heads.py
 
     @property
     def has_heads(self) -> bool:
-        return bool(self.num_heads)
+        return bool(self.num_heads or self.fused)
 
     @property
     def ignored_names(self) -> list:
@@ -350,8 +351,16 @@ def make_plan(model, example, *, ignore_names=(), keep_first: bool = True,
                           f"({len(keep)} residual-stream layers kept)")
     if any(isinstance(m, nn.MultiheadAttention) for m in keep):
         plan.notes.append("nn.MultiheadAttention heads are not pruned (its heads share the embedding width)")
-    if any(isinstance(getattr(m, "c_attn", None), nn.Linear) and any(m.c_attn is k for k in keep)
-           for m in model.modules()):
+    plan.fused = {n: int(m.num_heads) for n, m in fused_heads.modules(model)
+                  if not any(m.c_attn is x for x in frozen) and n not in ignore_names
+                  and names.get(m.c_attn) not in ignore_names}
+    fused_kept = [m for m in model.modules() if isinstance(getattr(m, "c_attn", None), nn.Linear)
+                  and any(m.c_attn is k for k in keep) and names.get(m) not in plan.fused]
+    if plan.fused:
+        plan.notes.append("GPT-2 attention: c_attn's query, key and value are split by the embedding width, which "
+                          "Torch-Pruning cannot follow; --head-ratio cuts its heads (a head's rows in all three and "
+                          "its columns of c_proj), the MLP width is pruned, the residual stream kept")
+    if fused_kept:
         plan.notes.append("GPT-2 attention heads are not pruned (c_attn's query, key and value are split by the "
                           "embedding width); its MLP width is")
     plan.notes += tied_notes
@@ -565,7 +574,7 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
     from . import recurrent
 
     kw = {}
-    if plan.has_heads:
+    if plan.num_heads:
         kw.update(num_heads=dict(plan.num_heads), prune_num_heads=head_ratio > 0, prune_head_dims=False,
                   head_pruning_ratio=head_ratio)
     try:
@@ -632,11 +641,12 @@ class PruneFailure(UsageError):
 
 
 class NothingToPrune(UsageError):
-    """No group is left to cut; `first_conv`: the first conv's width was kept by choice, not by need."""
+    """No group is left to cut; `first_conv`: the first conv's width was kept by choice, not by need;
+    `kept`: the layers kept and why, in words."""
 
-    def __init__(self, message: str, *, first_conv: bool = False):
+    def __init__(self, message: str, *, first_conv: bool = False, kept: str = ""):
         super().__init__(message)
-        self.first_conv = first_conv
+        self.first_conv, self.kept = first_conv, kept
 
 
 def foreign_layers(model) -> str:
@@ -929,6 +939,25 @@ def _fix_attention(pruner, plan) -> None:
             m.num_key_value_groups = 1
 
 
+def check_shapes(model, pruner, what: str) -> None:
+    """After a cut made outside Torch-Pruning: the model still runs and gives its outputs' shapes."""
+    import torch
+
+    check = getattr(pruner, "edgekit_check", None)
+    if check is None:
+        return
+    example, shapes = check
+    try:
+        with torch.no_grad():
+            got = [tuple(t.shape) for t in output_tensors(model(*example))]
+    except Exception as e:
+        raise PruneFailure(f"the model no longer runs after {what} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''}); prune it without --head-ratio") from None
+    if got != shapes:
+        raise PruneFailure(f"{what} changed the model's output shapes {shapes} -> {got}; prune it without "
+                           "--head-ratio")
+
+
 def _check_runs(model, ref, cuts, example, shapes) -> None:
     # a coupling DepGraph could not see (an op it took for element-wise) shows up here, as a
     # one-line error naming the layers to keep, not as a shape error deep in a later stage
@@ -1024,6 +1053,8 @@ def channel_counts(model) -> dict:
             out[name] = int(m.out_features)
         elif hasattr(m, "num_attention_heads") and hasattr(m, "query"):
             out[f"{name}.heads"] = int(m.num_attention_heads)
+        elif isinstance(getattr(m, "c_attn", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int):
+            out[f"{name}.heads"] = int(m.num_heads)
     return out
 
 

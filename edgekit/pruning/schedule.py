@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UsageError
-from . import graph, importance
+from . import fused_heads, graph, importance
 
 
 def epochs_per_step(total: int, steps: int) -> list:
@@ -48,7 +48,7 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
         # a copy of the same model would be reported as a "pruned" variant: refuse instead
         raise graph.NothingToPrune(f"prune: nothing in this model can be pruned: {_kept(plan)}"
                                    f"{graph.foreign_layers(model)}; leave it unpruned (compress without --prune)",
-                                   first_conv="first conv" in plan.kept.values())
+                                   first_conv="first conv" in plan.kept.values(), kept=_kept(plan))
     macs, params = graph.count(model, example)
     steps = [{"step": 0, "ratio": 0.0, "params": params, "macs": macs, "latency_ms": None, "metric": metric(model)}]
     histories = []
@@ -75,6 +75,9 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
             for note in graph.step(pruner, plan):
                 notes.append(note)
                 told.append(tell(note))
+            if plan.fused and prune_cfg.head_ratio > 0:
+                fused_heads.prune(model, plan.fused, prune_cfg.head_ratio * s / prune_cfg.steps)
+                graph.check_shapes(model, pruner, "cutting attention heads in c_attn")
             model.zero_grad(set_to_none=True)
             if distill_enabled and ep > 0:
                 model, hist = distill_stage.run(teacher, model, ctx, replace(distill_cfg, epochs=ep))
@@ -87,6 +90,10 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
             if td is not None:
                 paths[f"step{s}"] = Path(td.name) / f"step{s}.onnx"
                 export(model, paths[f"step{s}"])
+        if plan.fused and prune_cfg.head_ratio > 0:
+            now = dict(fused_heads.modules(model))
+            notes.append("attention heads cut in c_attn: " + ", ".join(
+                f"{n} {h} -> {now[n].num_heads}" for n, h in plan.fused.items() if n in now))
         if td is not None:
             from .latency_search import measure
 

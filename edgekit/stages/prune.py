@@ -15,7 +15,7 @@ from ..config import DistillConfig, PruneConfig
 from ..errors import EdgekitError, UsageError
 from ..module_copy import clone
 from ..progress import task
-from ..pruning import conv1d, graph, importance, latency_search, schedule, sensitivity, sparsity
+from ..pruning import conv1d, fused_heads, graph, importance, latency_search, schedule, sensitivity, sparsity
 from ..pruning.metrics import TorchMetric
 from .export import with_blocks_folded, without_parametrizations
 
@@ -150,13 +150,13 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
             break
         except graph.NothingToPrune as e:
             # the first conv's width is kept by choice (its channels are few and read the raw input); where
-            # every other layer is coupled to it (each block adds onto the stem's output, as a TCN's do),
-            # that choice alone refused the run
+            # nothing else can be cut (every block adds onto the stem's output, as a TCN's do), that choice
+            # alone refused the run
             if not (e.first_conv and plan_kw["keep_first"]) or len(told) >= RESTARTS:
                 raise
             plan_kw = {**plan_kw, "keep_first": False}
-            note = ("the first conv's output channels are pruned too: every other layer is coupled to them (e.g. "
-                    "blocks adding onto its output), so keeping its width left nothing to prune")
+            note = (f"with the first conv's width kept, nothing could be pruned ({e.kept}): its output channels "
+                    "are pruned too")
         except graph.PruneFailure as e:
             # a step keeps such layers whole by undoing its cut, but not once a bare Parameter (a position
             # embedding in the residual stream) was cut with them: the graph holds the old one. Starting again
@@ -237,6 +237,8 @@ def _search_ratio(teacher, source, ctx, prune, plan_kw, round_to, example, expor
         imp, _ = importance.make("l2" if prune.method == "taylor" else prune.method, m)
         graph.step(graph.make_pruner(m, example, plan, imp, ratio=r, global_pruning=prune.global_pruning,
                                      round_to=round_to, head_ratio=prune.head_ratio), plan)
+        if plan.fused and prune.head_ratio > 0:  # as the pruning run will cut them
+            fused_heads.prune(m, plan.fused, prune.head_ratio)
         return m.eval()
 
     with task(f"searching the pruning ratio for latency {target}", total=6) as bar:
