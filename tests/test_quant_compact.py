@@ -59,18 +59,24 @@ def test_the_int8_file_of_a_small_cnn_is_its_weights_not_its_names(tmp_path):
     assert {n.name for n in onnx.load(str(p)).graph.node if n.op_type == "Conv"} <= {n.name for n in q.graph.node}
 
 
-@pytest.mark.parametrize("spec", [QuantSpec(), QuantSpec(format="qoperator"), QuantSpec(per_channel=False),
-                                  QuantSpec(mode="int8-dynamic")], ids=["qdq", "qoperator", "per-tensor", "dynamic"])
-def test_compacting_changes_no_output_and_keeps_the_source_names(tmp_path, spec):
+def _quantized_conv(tmp_path, spec, n):
+    """(pre-processed FP32 file, its quantized file as onnxruntime wrote it, the n samples it calibrated on)."""
     src = conv_model(tmp_path / "conv.onnx")
     prep = tmp_path / "prep.onnx"
     static.preprocess(src, prep)
-    data = Dataset({"x": np.random.default_rng(1).normal(size=(48, 1, 16, 16)).astype(np.float32)})
+    data = Dataset({"x": np.random.default_rng(n).normal(size=(n, 1, 16, 16)).astype(np.float32)})
     q = tmp_path / "q.onnx"
     if spec.mode == "int8-dynamic":
         dynamic.quantize(prep, q, spec)
     else:
-        static.quantize(prep, q, data, spec, calib_size=48, input_names=["x"], use_cache=False)
+        static.quantize(prep, q, data, spec, calib_size=n, input_names=["x"], use_cache=False)
+    return prep, q, data
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(), QuantSpec(format="qoperator"), QuantSpec(per_channel=False),
+                                  QuantSpec(mode="int8-dynamic")], ids=["qdq", "qoperator", "per-tensor", "dynamic"])
+def test_compacting_changes_no_output_and_keeps_the_source_names(tmp_path, spec):
+    prep, q, data = _quantized_conv(tmp_path, spec, 48)
     before = _tensor_names(q)
     shutil.copyfile(q, tmp_path / "raw.onnx")
     info = compact.compact_file(q, prep)  # no feeds: what is tested is the renaming itself
@@ -112,12 +118,7 @@ def test_a_graph_with_a_body_keeps_every_name(tmp_path):
 
 
 def test_a_file_that_would_compute_otherwise_is_left_as_it_was(tmp_path, monkeypatch):
-    src = conv_model(tmp_path / "conv.onnx")
-    prep = tmp_path / "prep.onnx"
-    static.preprocess(src, prep)
-    data = Dataset({"x": np.random.default_rng(2).normal(size=(16, 1, 16, 16)).astype(np.float32)})
-    q = tmp_path / "q.onnx"
-    static.quantize(prep, q, data, QuantSpec(), calib_size=16, input_names=["x"], use_cache=False)
+    prep, q, data = _quantized_conv(tmp_path, QuantSpec(), 16)
     raw = q.read_bytes()
     renamed = compact.compacted
 

@@ -20,7 +20,7 @@ def modules(model) -> list:
     for name, m in model.named_modules():
         qkv, proj = getattr(m, "c_attn", None), getattr(m, "c_proj", None)
         n, hd, split = (getattr(m, a, None) for a in ("num_heads", "head_dim", "split_size"))
-        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and hasattr(m, "q_attn") is False
+        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and not hasattr(m, "q_attn")
                 and all(isinstance(v, int) and v > 0 for v in (n, hd, split))):
             continue
         if n * hd == split and qkv.out_features == 3 * split and proj.in_features == split:
@@ -67,21 +67,14 @@ def cut(m, keep: list) -> None:
         m.pruned_heads = set()  # transformers' own bookkeeping of heads it pruned; indices here are not its
 
 
-def prune(model, originals: dict, fraction: float) -> list:
+def prune(model, originals: dict, fraction: float) -> None:
     """Cut the lowest-scoring heads of each module so it keeps round((1 - fraction) x its original count) (at
-    least one); `originals`: {name: head count before any step}. Returns [(name, heads before, heads after)]."""
+    least one); `originals`: {name: head count before any step}."""
     mods = dict(modules(model))
-    done = []
     for name, n0 in originals.items():
         m = mods.get(name)
-        if m is None:
-            continue
         target = max(1, n0 - int(round(n0 * fraction)))
-        if m.num_heads <= target:
+        if m is None or m.num_heads <= target:
             continue
         scores = head_scores(m)
-        keep = sorted(sorted(range(m.num_heads), key=lambda h: (-scores[h], h))[:target])
-        before = m.num_heads
-        cut(m, keep)
-        done.append((name, before, target))
-    return done
+        cut(m, sorted(sorted(range(m.num_heads), key=lambda h: (-scores[h], h))[:target]))

@@ -14,6 +14,7 @@ body reads outer tensors by name), and so does a file whose weights live outside
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def compacted(model, source) -> int:
     keep_t |= {v.name for v in (*g.input, *g.output)}
     taken = keep_t | keep_n | set().union(*_names(g))
     new: dict = {}
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
 
     def fresh():
         while True:

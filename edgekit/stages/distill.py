@@ -445,7 +445,7 @@ def _scheduler(opt, cfg: DistillConfig, total_steps: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=cfg.lr * 0.01)
 
 
-def _AxisLinear(axis: int, n_in: int, n_out: int):
+def _axis_linear(axis: int, n_in: int, n_out: int):
     """A bias-free Linear from n_in to n_out along one axis of its input."""
     import torch.nn as nn
 
@@ -496,7 +496,7 @@ class _Features:
                 # the one axis whose width differs: channels first for a Conv1d's [N, C, L] (a TCN's blocks),
                 # last for a transformer's [N, L, d]
                 axis = next((a for a in range(s.dim() - 1, 0, -1) if s.shape[a] != t.shape[a]), s.dim() - 1)
-                self.adapters.append(_AxisLinear(axis, s.shape[axis], t.shape[axis]))
+                self.adapters.append(_axis_linear(axis, s.shape[axis], t.shape[axis]))
 
     def parameters(self):
         return [p for a in self.adapters for p in a.parameters()]

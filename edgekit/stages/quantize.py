@@ -290,12 +290,12 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
         raise EdgekitError(f"{parent.path}: every quantization candidate failed{more}; "
                            f"{clip(errs[0], 400) if errs else 'none was scored'}")
     tol_met = best.passed
-    compact = {}
+    compact_info = {}  # candidate file -> what compacting it took off ({} where it was left as it was)
 
     def compacted(t):
         # before the gate: the file timed is the file written
-        if t.path not in compact:
-            compact[t.path] = qcompact.compact_file(t.path, tuner.prep_path, feeds)
+        if t.path not in compact_info:
+            compact_info[t.path] = qcompact.compact_file(t.path, tuner.prep_path, feeds)
         return t.path
 
     gate = _gate(src, compacted(best), ctx, feeds, cfg)
@@ -348,9 +348,9 @@ def _finish(parent, ctx, cfg, src, tuner, feeds, record, reference, t_start) -> 
     record.update({"chosen": best.name, "tolerance_met": tol_met, "recommend": bool(tol_met and fast),
                    "reason": reason, "seconds": round(time.perf_counter() - t_start, 2)})
     dest_name = output_name(parent.path, kind)
-    compacted(best)
-    if compact[best.path]:
-        record["compacted"] = compact[best.path]
+    compacted(best)  # also where no gate timed it
+    if compact_info[best.path]:
+        record["compacted"] = compact_info[best.path]
     art = _write(best.path, Path(ctx.outdir) / dest_name, parent, kind, ctx)
     static_qdq = best.spec.mode == "int8" and best.spec.format == "qdq"
     # the samples it was calibrated on (the setting said 256 for a 3-sample set); dynamic and FP16 calibrate
