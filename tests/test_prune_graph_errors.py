@@ -170,3 +170,58 @@ def test_layers_cut_with_a_bare_parameter_are_kept_whole_by_starting_again(tmp_p
     sess = ort.InferenceSession(str(out / "model.pruned.onnx"))
     x = np.load(tmp_path / "x.npy")[:2]
     assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (2, 4)
+
+
+GPT2_LIKE_FIXED_HEADS = '''
+import torch
+import torch.nn as nn
+
+
+class Attn(nn.Module):
+    """GPT-2's attribute names, but forward() views by a head count fixed at construction."""
+
+    def __init__(self, d=32, h=4):
+        super().__init__()
+        self.num_heads, self.head_dim, self.split_size = h, d // h, d
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fixed = h
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (t.view(b, n, self.fixed, -1).transpose(1, 2) for t in self.c_attn(x).split(self.split_size, 2))
+        a = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ v
+        return x + self.c_proj(a.transpose(1, 2).reshape(b, n, -1))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(8, 32)
+        self.attn = Attn()
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(self.attn(self.emb(x)).mean(1))
+
+
+def net():
+    torch.manual_seed(0)
+    return Net().eval()
+'''
+
+
+def test_a_head_cut_the_forward_cannot_follow_is_one_line_naming_head_ratio(tmp_path, capsys):
+    # forward() views by the head count it was built with: after the cut it still runs, with the remaining
+    # channels regrouped into heads of another size, which is another function
+    from tests.cliutil import run_cli
+
+    (tmp_path / "model.py").write_text(GPT2_LIKE_FIXED_HEADS)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(16, 8, 8)).astype(np.float32))
+    rc = run_cli(["prune", f"{tmp_path / 'model.py'}:net", "--calib", str(tmp_path / "x.npy"), "--ratio", "0.3",
+                  "--head-ratio", "0.5", "--no-distill", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("edgekit: error")]
+    assert rc == 2 and len(lines) == 1, err
+    assert "cutting attention heads in c_attn changed what the model computes" in lines[0], lines[0]
+    assert "without --head-ratio" in lines[0]
+    assert not (tmp_path / "out" / "pruned.pt").exists()

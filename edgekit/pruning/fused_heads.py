@@ -67,14 +67,33 @@ def cut(m, keep: list) -> None:
         m.pruned_heads = set()  # transformers' own bookkeeping of heads it pruned; indices here are not its
 
 
-def prune(model, originals: dict, fraction: float) -> None:
+def prune(model, originals: dict, fraction: float):
     """Cut the lowest-scoring heads of each module so it keeps round((1 - fraction) x its original count) (at
-    least one); `originals`: {name: head count before any step}."""
+    least one); `originals`: {name: head count before any step}. Returns what the model computed before the cut
+    with the removed heads' outputs zeroed (a copy), which the cut model must compute too, or None when no
+    head was cut."""
+    import torch
+
+    from ..module_copy import clone
+
     mods = dict(modules(model))
+    keep = {}
     for name, n0 in originals.items():
         m = mods.get(name)
         target = max(1, n0 - int(round(n0 * fraction)))
         if m is None or m.num_heads <= target:
             continue
         scores = head_scores(m)
-        cut(m, sorted(sorted(range(m.num_heads), key=lambda h: (-scores[h], h))[:target]))
+        keep[name] = sorted(sorted(range(m.num_heads), key=lambda h: (-scores[h], h))[:target])
+    if not keep:
+        return None
+    ref = clone(model)
+    refs = dict(ref.named_modules())
+    with torch.no_grad():
+        for name, heads in keep.items():
+            m = refs[name]
+            gone = _rows([h for h in range(m.num_heads) if h not in heads], m.head_dim)
+            m.c_proj.weight[:, gone] = 0
+    for name, heads in keep.items():
+        cut(mods[name], heads)
+    return ref

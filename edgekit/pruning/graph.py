@@ -939,23 +939,24 @@ def _fix_attention(pruner, plan) -> None:
             m.num_key_value_groups = 1
 
 
-def check_shapes(model, pruner, what: str) -> None:
-    """After a cut made outside Torch-Pruning: the model still runs and gives its outputs' shapes."""
-    import torch
-
+def check_head_cut(model, ref, pruner) -> None:
+    """After fused_heads cut heads outside Torch-Pruning: the model runs and computes what `ref` (the model before
+    the cut with those heads' outputs zeroed) computes."""
     check = getattr(pruner, "edgekit_check", None)
     if check is None:
         return
-    example, shapes = check
+    example = check[0]
+    what = "cutting attention heads in c_attn"
     try:
-        with torch.no_grad():
-            got = [tuple(t.shape) for t in output_tensors(model(*example))]
+        got = _outputs(model, example)
     except Exception as e:
         raise PruneFailure(f"the model no longer runs after {what} ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''}); prune it without --head-ratio") from None
-    if got != shapes:
-        raise PruneFailure(f"{what} changed the model's output shapes {shapes} -> {got}; prune it without "
-                           "--head-ratio")
+    diff = _difference(_outputs(ref, example), got)
+    if diff is not None:
+        raise PruneFailure(f"{what} changed what the model computes (max difference {diff[0]:.3g} on outputs of "
+                           f"scale {diff[1]:.3g} against the model with those heads' outputs zeroed): its forward() "
+                           "reads a head count the cut does not update; prune it without --head-ratio")
 
 
 def _check_runs(model, ref, cuts, example, shapes) -> None:

@@ -76,8 +76,9 @@ def run(model, *, teacher, ctx, plan, prune_cfg, distill_cfg, distill_enabled: b
                 notes.append(note)
                 told.append(tell(note))
             if plan.fused and prune_cfg.head_ratio > 0:
-                fused_heads.prune(model, plan.fused, prune_cfg.head_ratio * s / prune_cfg.steps)
-                graph.check_shapes(model, pruner, "cutting attention heads in c_attn")
+                ref = fused_heads.prune(model, plan.fused, prune_cfg.head_ratio * s / prune_cfg.steps)
+                if ref is not None:
+                    graph.check_head_cut(model, ref, pruner)
             model.zero_grad(set_to_none=True)
             if distill_enabled and ep > 0:
                 model, hist = distill_stage.run(teacher, model, ctx, replace(distill_cfg, epochs=ep))
