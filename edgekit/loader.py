@@ -191,12 +191,14 @@ def apply_task(src: SourceModel, task: str | None) -> SourceModel:
     return src
 
 
-def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str | None:
+def guessed_task_note(src: SourceModel, *datasets, distills: bool = True, probe=None) -> str | None:
     """The one-line note for a guessed classifier that no integer labels confirm (labels 'y' are class
     indices; float ones are refused when read), else None. Every command calls it once its data is read
     (after the labels' own checks, which name their file), so it also refuses a --task classification
     that the first output cannot carry. distills: whether this command distils, so the note names only
-    what the guess changes here (quantize scores; it trains nothing)."""
+    what the guess changes here (quantize scores; it trains nothing). probe: data to run the model on when
+    the guess is to be checked (else the first of datasets, else the model's own calibration data): a first
+    output whose rows have unit length is an L2-normalised embedding, and the guess becomes that."""
     check_class_columns(src, *datasets)
     unused = check_label_kind(src, *datasets)
     if unused:
@@ -207,10 +209,61 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True) -> str
         return None
     if any(d is not None and d.labels is not None for d in datasets):
         return None
+    data = next((d for d in (probe, *datasets, src.calib, src.eval) if d is not None and len(d)), None)
+    rows = unit_rows(first_output_values(src, data))
+    if rows:
+        # a face or sentence embedder's output: the argmax of an embedding scored a MiniLM's dynamic INT8 0.81
+        # "top-1 agreement" where its cosine to FP32 was above 0.99
+        src.task, src.task_from = "embedding", "first output rows of unit length"
+        return (f"{src.spec}: its first output's rows have unit length on {rows} samples of {data.source}: taken as "
+                "an L2-normalised embedding (scored by cosine similarity to FP32"
+                + (", distilled by it" if distills else "") + "); pass --task classification if they are class scores")
     uses = "top-1 agreement, softmax distillation" if distills else "scored by top-1 agreement"
     return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores ({uses}) since no "
             "labels confirm it; if it is C regression targets pass --task "
             "regression (or --task embedding for a feature vector, --task multi-label for a yes/no per class)")
+
+
+UNIT_ROWS = 16  # samples a guessed classifier's first output is checked on
+UNIT_TOL = 1e-3
+
+
+def first_output_values(src: SourceModel, data, n: int = UNIT_ROWS):
+    """The first output on up to n samples of data, as float64 [samples, values]; None when it cannot be run."""
+    import numpy as np
+
+    if data is None or not len(data):
+        return None
+    try:
+        if src.kind == "onnx":
+            from .onnxutil import run_batches
+
+            out = run_batches(src.onnx_path, data, batch_size=n, limit=n)[0]
+        else:
+            import torch
+
+            from .pruning.graph import example_inputs, first_tensor
+
+            with torch.no_grad():
+                out = first_tensor(src.module(*example_inputs(src, data, n=n))).float().numpy()
+    except Exception:  # a model that cannot run here is left to the checks that name why
+        return None
+    out = np.asarray(out, dtype=np.float64)
+    return out.reshape(len(out), -1) if out.ndim >= 2 else None
+
+
+def unit_rows(values) -> int:
+    """How many rows, when every one has unit L2 length and they are not probabilities (a softmax's rows are
+    non-negative and sum to 1; a confident one is near one-hot, of unit length too); else 0."""
+    import numpy as np
+
+    if values is None or len(values) < 2 or values.shape[1] < 2 or not np.isfinite(values).all():
+        return 0
+    if not np.allclose(np.linalg.norm(values, axis=1), 1.0, atol=UNIT_TOL):
+        return 0
+    if (values >= 0).all() and np.allclose(values.sum(axis=1), 1.0, atol=UNIT_TOL):
+        return 0
+    return len(values)
 
 
 def dense_scores_note(src: SourceModel, data=None) -> str | None:

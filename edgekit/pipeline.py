@@ -105,7 +105,7 @@ def stage_load(run: Run):
             calib = calib.without_labels()
     # the held-out calibration samples' labels are checked against the task as --eval's would be
     labelled = given_eval if given_eval is not None or evalset is None or not evalset.has_labels else evalset
-    notes = [n for n in [guessed_task_note(src, labelled, train, distills=cfg.distill_enabled)] if n]
+    notes = [n for n in [guessed_task_note(src, labelled, train, distills=cfg.distill_enabled, probe=calib)] if n]
     if held:
         scored = "scored against the labels of" if evalset.labels is not None and src.task in SCORED_ON_LABELS \
             else "fidelity to FP32 on"

@@ -179,13 +179,14 @@ def task_option(f):
     return click.option("--task", type=click.Choice(TASK_CHOICES), default=None, help=TASK_HELP)(f)
 
 
-def settle_task(src, task, *datasets, distills: bool = True) -> list:
-    """Apply --task to the loaded model, or note once (on stderr) a classifier guess nothing confirms.
-    Returns the notes printed, for the manifest to record beside the command's own."""
+def settle_task(src, task, *datasets, distills: bool = True, probe=None) -> list:
+    """Apply --task to the loaded model, or note once (on stderr) a classifier guess nothing confirms (probe:
+    data the guess is checked on, the calibration set). Returns the notes printed, for the manifest to record
+    beside the command's own."""
     from ..loader import apply_task, guessed_task_note
 
     apply_task(src, task)
-    note = guessed_task_note(src, *datasets, distills=distills)
+    note = guessed_task_note(src, *datasets, distills=distills, probe=probe)
     if note:
         click.echo(f"edgekit: note: {note}", err=True)
     return [note] if note else []

@@ -78,7 +78,7 @@ def distill(teacher, weights, trust_pickle, student, calib, eval_path, train, in
     src, c, e, t = outputs.load(teacher, weights=weights, trust_pickle=trust_pickle, calib=calib,
                                 eval_path=eval_path, train=train, input_shape=_shape(None, None, input_shape),
                                 seed=seed, preprocess=preprocess, task=task, tokenizer=tokenizer)
-    task_notes = settle_task(src, task, e, t)
+    task_notes = settle_task(src, task, e, t, probe=c)
     scored = outputs.scored_on_calib_note(eval_path, train, src, e)
     from ..stages.prune import refuse_fixed_batch
 

@@ -75,7 +75,7 @@ def prune(model, weights, trust_pickle, calib, eval_path, train, input_shape, pr
     src, c, e, t = outputs.load(model, weights=weights, trust_pickle=trust_pickle, calib=calib, eval_path=eval_path,
                                 train=train, input_shape=shape, seed=seed, preprocess=preprocess, task=task,
                                 tokenizer=tokenizer)
-    task_notes = settle_task(src, task, e, t, distills=distill)
+    task_notes = settle_task(src, task, e, t, distills=distill, probe=c)
     scored = [n for n in [outputs.scored_on_calib_note(eval_path, train, src, e)] if n]
     settings = {"model": model, "task": task or "auto", "prune": vars(pcfg), "distill": vars(dcfg), "seed": seed,
                 "preprocess": preprocess, "tokenizer": tokenizer}

@@ -77,7 +77,7 @@ def quantize_file(model, *, calib, eval_path=None, output, mode="int8", method="
         held, same = held_out(calib_ds, calib_size if mode == "int8" else None)
         calib_ds = calib_ds.without_labels()  # calibration takes the inputs only, as with --eval given
     # printed already: recorded, not echoed again
-    task_notes = settle_task(src_model, task, eval_ds if held is None else held, distills=False)
+    task_notes = settle_task(src_model, task, eval_ds if held is None else held, distills=False, probe=calib_ds)
     if held is not None and held.labels is not None and src_model.task in SCORED_ON_LABELS:
         eval_ds = held
         which = ("calibration samples, the same ones INT8 calibrates on" if same else
