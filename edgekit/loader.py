@@ -215,8 +215,8 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True, probe=
         # a face or sentence embedder's output: the argmax of an embedding scored a MiniLM's dynamic INT8 0.81
         # "top-1 agreement" where its cosine to FP32 was above 0.99
         src.task, src.task_from = "embedding", "first output rows of unit length"
-        return (f"{src.spec}: its first output's rows have unit length on {rows} samples of {data.source}: taken as "
-                "an L2-normalised embedding (scored by cosine similarity to FP32"
+        return (f"{src.spec}: its first output's rows have unit length on {rows} samples of "
+                f"{data.source or 'its data'}: taken as an L2-normalised embedding (scored by cosine similarity to FP32"
                 + (", distilled by it" if distills else "") + "); pass --task classification if they are class scores")
     uses = "top-1 agreement, softmax distillation" if distills else "scored by top-1 agreement"
     return (f"{src.spec}: its first output (float [N, C], C >= 2) is taken as class scores ({uses}) since no "
