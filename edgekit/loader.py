@@ -240,16 +240,21 @@ def first_output_values(src: SourceModel, data, n: int = UNIT_ROWS):
 
             out = run_batches(src.onnx_path, data, batch_size=n, limit=n)[0]
         else:
-            import torch
-
-            from .pruning.graph import example_inputs, first_tensor
-
-            with torch.no_grad():
-                out = first_tensor(src.module(*example_inputs(src, data, n=n))).float().numpy()
+            out = _torch_first_output(src, data, n).float().numpy()
     except Exception:  # a model that cannot run here is left to the checks that name why
         return None
     out = np.asarray(out, dtype=np.float64)
     return out.reshape(len(out), -1) if out.ndim >= 2 else None
+
+
+def _torch_first_output(src: SourceModel, data, n: int):
+    """The PyTorch model's first output tensor on n samples of data (zeros of the input specs without data)."""
+    import torch
+
+    from .pruning.graph import example_inputs, first_tensor
+
+    with torch.no_grad():
+        return first_tensor(src.module(*example_inputs(src, data, n=n)))
 
 
 def unit_rows(values) -> int:
@@ -619,12 +624,7 @@ def first_output_shape(src: SourceModel, data=None) -> list | None:
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                 for d in graph.output[0].type.tensor_type.shape.dim]
     try:
-        import torch
-
-        from .pruning.graph import example_inputs, first_tensor
-
-        with torch.no_grad():
-            return list(first_tensor(src.module(*example_inputs(src, data))).shape)
+        return list(_torch_first_output(src, data, 2).shape)
     except Exception:  # a model zeros cannot run: nothing learned, the labels' check still applies
         return None
 

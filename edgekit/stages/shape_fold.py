@@ -17,6 +17,7 @@ check fails.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,8 +245,8 @@ def _shapes(model) -> dict | None:
     g = model.graph
     # the inference reads a weight's shape, not its values: it runs on a copy whose large initializers are
     # inputs of their shape (MiniLM's fold took 2.8 s with the weights serialised into every round)
-    big = [i for i in g.initializer if _elements(i.dims) > _MAX_ELEMS]
-    small = [i for i in g.initializer if _elements(i.dims) <= _MAX_ELEMS]
+    big = [i for i in g.initializer if math.prod(i.dims) > _MAX_ELEMS]
+    small = [i for i in g.initializer if math.prod(i.dims) <= _MAX_ELEMS]
     light = helper.make_model(
         helper.make_graph(g.node, g.name, [*g.input, *(helper.make_tensor_value_info(i.name, i.data_type, i.dims)
                                                         for i in big)],
@@ -263,13 +264,6 @@ def _shapes(model) -> dict | None:
     for i in g.initializer:
         out[i.name] = onnx.TensorShapeProto(dim=[onnx.TensorShapeProto.Dimension(dim_value=d) for d in i.dims])
     return out
-
-
-def _elements(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= d
-    return n
 
 
 def _fold_round(model, made: dict, final: bool) -> int:
