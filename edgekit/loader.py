@@ -212,8 +212,8 @@ def guessed_task_note(src: SourceModel, *datasets, distills: bool = True, probe=
     data = next((d for d in (probe, *datasets, src.calib, src.eval) if d is not None and len(d)), None)
     rows = unit_rows(first_output_values(src, data))
     if rows:
-        # a face or sentence embedder's output: the argmax of an embedding scored a MiniLM's dynamic INT8 0.81
-        # "top-1 agreement" where its cosine to FP32 was above 0.99
+        # a face or sentence embedder's output: the argmax of an embedding scored a MiniLM's dynamic INT8 0.85
+        # "top-1 agreement" where its cosine to FP32 was 0.991 (benchmarks/tasks/embedding_guess.py)
         src.task, src.task_from = "embedding", "first output rows of unit length"
         return (f"{src.spec}: its first output's rows have unit length on {rows} samples of "
                 f"{data.source or 'its data'}: taken as an L2-normalised embedding (scored by cosine similarity to FP32"
