@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.cliutil import prune_model_file
 
@@ -225,3 +226,98 @@ def test_a_head_cut_the_forward_cannot_follow_is_one_line_naming_head_ratio(tmp_
     assert "cutting attention heads in c_attn changed what the model computes" in lines[0], lines[0]
     assert "without --head-ratio" in lines[0]
     assert not (tmp_path / "out" / "pruned.pt").exists()
+
+
+PER_CHANNEL_BUFFERS = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class FrozenBN(nn.Module):
+    """torchvision's FrozenBatchNorm2d: a BatchNorm whose statistics and affine terms are buffers."""
+
+    def __init__(self, c):
+        super().__init__()
+        for k, v in (("weight", torch.rand(c) + 0.5), ("bias", torch.randn(c) * 0.1),
+                     ("running_mean", torch.randn(c) * 0.1), ("running_var", torch.rand(c) + 0.5)):
+            self.register_buffer(k, v)
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        return x * scale.view(1, -1, 1, 1) + (self.bias - self.running_mean * scale).view(1, -1, 1, 1)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 32).view(1, 32, 1, 1))  # a fixed per-channel scale
+        self.c3 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+        self.bn3 = FrozenBN(32)
+        self.register_buffer("shift", torch.linspace(-0.1, 0.1, 32).view(1, 32, 1, 1), persistent=False)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.relu(self.c2(x) * self.scale)
+        x = F.relu(self.bn3(self.c3(x)) + self.shift)
+        return self.fc(x.mean((2, 3)))
+
+
+def net():
+    torch.manual_seed(0)
+    return Net().eval()
+'''
+
+
+def test_per_channel_buffers_are_cut_with_their_channels(tmp_path, capsys):
+    # c2's output times a registered [1, 32, 1, 1] scale, and c3 into a FrozenBatchNorm2d (statistics held as
+    # buffers) were "kept whole: c2: cutting its channels stopped the model from running (RuntimeError: The size
+    # of tensor a (24) must match the size of tensor b (32) ...)": Torch-Pruning does not see buffers
+    import importlib.util
+    import json
+
+    import onnxruntime as ort
+    import torch
+
+    from edgekit.errors import InputError
+    from edgekit.pruning import serialize
+
+    rc, err, out = prune_model_file(tmp_path, capsys, PER_CHANNEL_BUFFERS, shape=(3, 8, 8), samples=16, ratio=0.5)
+    assert rc == 0, err
+    assert "pruned again from the unpruned model with them cut too" in err
+    rec = json.loads((out / "pruning.json").read_text())
+    assert rec["channels"]["c2"][1] < 32 and rec["channels"]["c3"][1] < 32, rec["channels"]
+    assert not any(k.startswith(("c2", "c3")) for k in rec["ignored"]), rec["ignored"]
+
+    # by path: other tests' model.py files are imported as `model` in this process too
+    spec = importlib.util.spec_from_file_location("per_channel_buffers_model", tmp_path / "model.py")
+    user = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user)
+    ref = user.net()
+    pruned = serialize.apply(user.net(), serialize.read(out / "pruned.pt"))
+    # still buffers (not trained, not parameters), of the cut size, holding the kept channels' own values
+    assert {n for n, _ in pruned.named_parameters()}.isdisjoint({"scale", "shift", "bn3.weight", "bn3.running_var"})
+    bufs = dict(pruned.named_buffers())
+    n2, n3 = rec["channels"]["c2"][1], rec["channels"]["c3"][1]
+    assert bufs["scale"].shape == (1, n2, 1, 1) and bufs["bn3.running_var"].shape == (n3,)
+    assert bufs["shift"].shape == (1, n3, 1, 1)  # non-persistent: carried by pruned.pt beside the state dict
+    for name in ("scale", "shift", "bn3.running_var", "bn3.weight"):
+        whole = dict(ref.named_buffers())[name].flatten()
+        kept = bufs[name].flatten()
+        assert all(bool((whole == v).any()) for v in kept), name
+    assert torch.all(bufs["scale"].flatten().diff() > 0)  # the kept channels, in order
+
+    sess = ort.InferenceSession(str(out / "model.pruned.onnx"))
+    x = np.load(tmp_path / "x.npy")[:4]
+    with torch.no_grad():
+        want = pruned(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], want, rtol=1e-4, atol=1e-5)
+
+    # a pruned.pt whose buffers the factory's model does not have is one line, not a silent skip
+    obj = serialize.read(out / "pruned.pt")
+    obj["buffers"] = {"c2.shift": obj["buffers"]["shift"]}
+    with pytest.raises(InputError, match=r"^pruned model: buffer 'c2.shift' not in the base architecture"):
+        serialize.apply(user.net(), obj)

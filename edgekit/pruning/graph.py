@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import EdgekitError, InputError, UsageError
 from ..module_copy import clone, detach_caches
-from . import fused_heads, untraceable
+from . import channel_buffers, fused_heads, untraceable
 
 # Torch-Pruning's UserWarning about parameters no layer it knows holds (a ViT's cls_token, an EmbeddingBag's
 # table) reached the terminal as two raw lines of its own advice ("please provide an unwrapped_parameters
@@ -24,7 +24,8 @@ warnings.filterwarnings("ignore", message="Unwrapped parameters detected", categ
 
 def unwrapped_note(pruner) -> str | None:
     """One line naming the parameters Torch-Pruning found no layer for, and what it does with them."""
-    names = sorted(getattr(pruner.DG, "_param_to_name", {}).values())
+    buffers = set(channel_buffers.held(pruner.model))  # the stage's note names them
+    names = sorted(n for n in getattr(pruner.DG, "_param_to_name", {}).values() if n not in buffers)
     if not names:
         return None
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -45,6 +46,9 @@ class Plan:
     notes: list = field(default_factory=list)
     frozen: list = field(default_factory=list)  # recurrent modules kept whole, and whatever is coupled to them
     fused: dict = field(default_factory=dict)  # fused-qkv attention (GPT-2) name -> heads, cut by fused_heads.py
+    # a step the model stopped running after, on the size of a per-channel buffer, ends the attempt (PruneFailure
+    # .buffers) rather than keeping the layers whole: the prune stage starts again with those buffers cut too
+    restart_for_buffers: bool = False
 
     @property
     def has_heads(self) -> bool:
@@ -487,7 +491,7 @@ def dependency_graph(model, example):
     from . import recurrent
 
     try:
-        with recurrent.traceable(model):
+        with recurrent.traceable(model), channel_buffers.traced(model):
             return tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=_output_sum,
                                                          customized_pruners=dict(recurrent.CUSTOMIZED))
     except EdgekitError:
@@ -578,7 +582,7 @@ def make_pruner(model, example, plan: Plan, importance, *, ratio: float, global_
         kw.update(num_heads=dict(plan.num_heads), prune_num_heads=head_ratio > 0, prune_head_dims=False,
                   head_pruning_ratio=head_ratio)
     try:
-        with recurrent.traceable(model):
+        with recurrent.traceable(model), channel_buffers.traced(model):
             pruner = _pruner_class()(
                 model, example, importance=recurrent.RecurrentAware(importance), pruning_ratio=ratio,
                 pruning_ratio_dict=ratio_dict, global_pruning=global_pruning, ignored_layers=list(plan.ignored),
@@ -638,6 +642,7 @@ class PruneFailure(UsageError):
     keep: list = []
     keep_why: str = ""
     kept: dict = {}
+    buffers: list = []  # per-channel buffers of the size the model failed on: start again cutting them too
 
 
 class NothingToPrune(UsageError):
@@ -908,6 +913,7 @@ def step(pruner, plan: Plan, *, _retry: int = 0) -> list:
             pruner.__dict__.pop("estimate_importance", None)  # back to the class's method
         else:
             pruner.estimate_importance = own
+    channel_buffers.freeze(model)
     _fix_attention(pruner, plan)
     if check is None:
         return []
@@ -997,6 +1003,10 @@ def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry, failure=None) ->
     PruneFailure naming its culprits), keep the groups responsible whole, and step again."""
     heads, ops = saved
     example = pruner.edgekit_check[0]
+    if failure is not None and plan.restart_for_buffers and not channel_buffers.held(pruner.model):
+        failure.buffers = channel_buffers.matching(pruner.model, failure.reason)
+        if failure.buffers:
+            raise failure
     bad = _culprits(ref, cuts, example) if failure is None else failure.culprits
     layers = list(dict.fromkeys(n for c in bad for n in c.outs))
     params = any(it[4] for c in cuts for it in c.items)  # the graph tracks pruned bare Parameters by object

@@ -33,12 +33,23 @@ def structure(model) -> dict:
     return out
 
 
+def _non_persistent(model) -> dict:
+    """The per-channel buffers a state dict leaves out: pruning can cut them (channel_buffers.py), and the
+    factory's own are of the unpruned size. (Not the others: GPT-2's causal mask is a 1 MB buffer per layer.)"""
+    from .channel_buffers import candidates
+
+    per_channel = candidates(model)
+    return {f"{n}.{k}" if n else k: m._buffers[k].detach().clone() for n, m in model.named_modules()
+            for k in sorted(m._non_persistent_buffers_set) if (f"{n}.{k}" if n else k) in per_channel}
+
+
 def save(model, dest, *, spec: str, meta: dict | None = None) -> Path:
     import torch
 
     dest = Path(dest)
     obj = {"format": FORMAT, "spec": spec, "structure": structure(model),
-           "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}, "meta": meta or {}}
+           "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}, "meta": meta or {},
+           "buffers": _non_persistent(model)}
     with atomic_path(dest) as tmp:
         torch.save(obj, tmp)
     return dest
@@ -90,4 +101,10 @@ def apply(base, obj: dict, *, where: str = "pruned model"):
         base.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
         raise InputError(f"{where}: weights do not fit the architecture: {str(e).splitlines()[0]}") from None
+    for name, t in obj.get("buffers", {}).items():
+        parent, _, leaf = name.rpartition(".")
+        m = mods.get(parent)
+        if m is None or leaf not in m._buffers:
+            raise InputError(f"{where}: buffer {name!r} not in the base architecture (different factory?)")
+        m._buffers[leaf] = t
     return base.eval()

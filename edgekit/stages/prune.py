@@ -15,7 +15,7 @@ from ..config import DistillConfig, PruneConfig
 from ..errors import EdgekitError, UsageError
 from ..module_copy import clone
 from ..progress import task
-from ..pruning import conv1d, fused_heads, graph, importance, latency_search, schedule, sensitivity, sparsity
+from ..pruning import channel_buffers, conv1d, fused_heads, graph, importance, latency_search, schedule, sensitivity, sparsity
 from ..pruning.metrics import TorchMetric
 from .export import with_blocks_folded, without_parametrizations
 
@@ -141,6 +141,8 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
         raise UsageError("prune: nothing to do (ratio 0); pass --ratio R, --head-ratio R or --target-latency")
 
     restarted, told = {}, []  # group's layer -> why it is kept whole; notes already on stderr
+    buffers = []  # per-channel buffers cut with their channels (channel_buffers.py), once a step failed on one
+    plan.restart_for_buffers = True
     while True:
         try:
             res = schedule.run(model, teacher=teacher, ctx=ctx, plan=plan, prune_cfg=prune, distill_cfg=distill,
@@ -158,19 +160,26 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
             note = (f"with the first conv's width kept, nothing could be pruned ({e.kept}): its output channels "
                     "are pruned too")
         except graph.PruneFailure as e:
-            # a step keeps such layers whole by undoing its cut, but not once a bare Parameter (a position
-            # embedding in the residual stream) was cut with them: the graph holds the old one. Starting again
-            # from the unpruned model with them kept whole is that same outcome
-            new = [n for n in e.keep if n not in plan_kw["ignore_names"]]
-            if not new or len(told) >= RESTARTS:  # one note per fresh start
-                raise
-            plan_kw = {**plan_kw, "ignore_names": (*plan_kw["ignore_names"], *new)}
-            restarted.update(e.kept)
-            note = (f"kept whole: {', '.join(new)}: {e.keep_why}; pruned again from the unpruned model with them "
-                    "kept whole (a parameter outside any layer was cut with them, which undoing one step cannot "
-                    "restore)")
+            if e.buffers and not buffers and len(told) < RESTARTS:
+                buffers = e.buffers
+                note = (f"per-channel buffer(s) {', '.join(buffers)} sized the channels pruning cut, and Torch-Pruning "
+                        "does not see buffers: pruned again from the unpruned model with them cut too")
+            else:
+                # a step keeps such layers whole by undoing its cut, but not once a bare Parameter (a position
+                # embedding in the residual stream) was cut with them: the graph holds the old one. Starting
+                # again from the unpruned model with them kept whole is that same outcome
+                new = [n for n in e.keep if n not in plan_kw["ignore_names"]]
+                if not new or len(told) >= RESTARTS:  # one note per fresh start
+                    raise
+                plan_kw = {**plan_kw, "ignore_names": (*plan_kw["ignore_names"], *new)}
+                restarted.update(e.kept)
+                note = (f"kept whole: {', '.join(new)}: {e.keep_why}; pruned again from the unpruned model with "
+                        "them kept whole (a parameter outside any layer was cut with them, which undoing one step "
+                        "cannot restore)")
         model = clone(teacher)
+        channel_buffers.as_parameters(model, buffers)
         plan = graph.make_plan(model, example, **plan_kw)
+        plan.restart_for_buffers = not buffers
         for n in plan_kw["ignore_names"][len(prune.ignore):]:  # kept for the reason below, not by --ignore
             plan.kept.pop(n, None)
         plan.kept.update(restarted)
@@ -178,6 +187,7 @@ def _run(source, ctx, prune: PruneConfig, distill: DistillConfig, *, distill_ena
     info["notes"] += told
     res["told"] = told + res["told"]
     model = res["module"].eval()
+    channel_buffers.as_buffers(model)
     macs1, params1 = graph.count(model, example)
     info.update({"ignored": plan.ignored_names, "ratio": ratio, "params_after": params1, "macs_after": macs1, "metric_after": res["steps"][-1]["metric"],
                  "channels": graph.channel_table(graph.channel_counts(teacher), graph.channel_counts(model)),
