@@ -207,8 +207,8 @@ def test_a_bias_shared_with_another_node_is_quantized_on_its_own(tmp_path):
     # onnxruntime's pre-processing merges identical initializers: a conv's zero bias and a zero Add (randomly
     # initialised HuggingFace models have both) became one tensor, the conv quantized it to int32 under its name,
     # and QOperator's QLinearAdd then read it: "Type 'tensor(int32)' of input parameter (b2_quantized) of operator
-    # (QLinearAdd) ... is invalid", so every QOperator candidate failed. Two convs sharing one nonzero bias would
-    # both have had the first one's scale.
+    # (QLinearAdd) ... is invalid", so every QOperator candidate failed (conv1 and conv3 share one too: the next
+    # test's case, here beside the Add's)
     import onnxruntime as ort
 
     r = np.random.default_rng(0)

@@ -84,8 +84,8 @@ def unshare_biases(model) -> int:
 
     Pre-processing merges identical initializers, and a layer's bias is quantized to int32 at its own
     input x weight scale under the initializer's name: a zero bias shared with an Add made QOperator's
-    QLinearAdd read int32 ("Type 'tensor(int32)' of input parameter (B_quantized) ... is invalid", every
-    randomly initialised HuggingFace model), and two convs sharing one bias both had the first one's scale
+    QLinearAdd read int32 ("Type 'tensor(int32)' of input parameter (b2_quantized) ... is invalid"; ConvNeXt,
+    MobileViT, Swin and Wav2Vec2 with random weights, whose biases start at zero), and two convs sharing one bias both had the first one's scale
     (QOperator: a mean error of 14.8 on outputs of scale 53, tests/test_quant_graph.py)."""
     import onnx
 
