@@ -203,14 +203,23 @@ def test_preprocessing_keeps_the_source_dimension_names(tmp_path):
     assert dims(tmp_path / "q.onnx") == dims(src)
 
 
+def _qoperator_and_fp32(src, prep, x, tmp_path):
+    """(FP32's outputs, QOperator INT8's outputs) on x[32:], calibrated on x[:32]."""
+    import onnxruntime as ort
+
+    dest = tmp_path / "q.onnx"
+    static.quantize(prep, dest, Dataset({"x": x}), QuantSpec(format="qoperator"), calib_size=32, input_names=["x"],
+                    cache_root=tmp_path / "c")
+    return (ort.InferenceSession(str(src)).run(None, {"x": x[32:]})[0],
+            ort.InferenceSession(str(dest)).run(None, {"x": x[32:]})[0])
+
+
 def test_a_bias_shared_with_another_node_is_quantized_on_its_own(tmp_path):
     # onnxruntime's pre-processing merges identical initializers: a conv's zero bias and a zero Add (randomly
     # initialised HuggingFace models have both) became one tensor, the conv quantized it to int32 under its name,
     # and QOperator's QLinearAdd then read it: "Type 'tensor(int32)' of input parameter (b2_quantized) of operator
     # (QLinearAdd) ... is invalid", so every QOperator candidate failed (conv1 and conv3 share one too: the next
     # test's case, here beside the Add's)
-    import onnxruntime as ort
-
     r = np.random.default_rng(0)
     inits = {"w": r.normal(size=(8, 3, 3, 3)).astype(np.float32), "b": np.zeros(8, np.float32),
              "w1": r.normal(size=(8, 8, 1, 1)).astype(np.float32), "b1": np.full(8, 0.5, np.float32),
@@ -233,19 +242,13 @@ def test_a_bias_shared_with_another_node_is_quantized_on_its_own(tmp_path):
     others = {i for n in g.node if n.op_type != "Conv" for i in n.input}
     assert len(set(biases)) == 3 and not set(biases) & others, (biases, others)
     x = r.uniform(-1, 1, size=(48, 3, 8, 8)).astype(np.float32)
-    dest = tmp_path / "q.onnx"
-    static.quantize(prep, dest, Dataset({"x": x}), QuantSpec(format="qoperator"), calib_size=32, input_names=["x"],
-                    cache_root=tmp_path / "c")
-    ref = ort.InferenceSession(str(src)).run(None, {"x": x[32:]})[0]
-    got = ort.InferenceSession(str(dest)).run(None, {"x": x[32:]})[0]
+    ref, got = _qoperator_and_fp32(src, prep, x, tmp_path)
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
 
 
 def test_two_convs_sharing_one_bias_each_get_their_own_scale(tmp_path):
     # the two identical 0.5 biases, merged by pre-processing: QOperator quantized the second conv's bias at the
     # first one's scale (mean error 14.8 on outputs of scale 53 before; the file loaded and ran)
-    import onnxruntime as ort
-
     r = np.random.default_rng(0)
     inits = {"w1": r.normal(size=(8, 3, 1, 1)).astype(np.float32), "b1": np.full(8, 0.5, np.float32),
              "w3": (r.normal(size=(8, 8, 1, 1)) * 5).astype(np.float32), "b3": np.full(8, 0.5, np.float32)}
@@ -256,10 +259,6 @@ def test_two_convs_sharing_one_bias_each_get_their_own_scale(tmp_path):
     prep = tmp_path / "prep.onnx"
     static.preprocess(src, prep)
     x = r.uniform(-1, 1, size=(48, 3, 8, 8)).astype(np.float32)
-    dest = tmp_path / "q.onnx"
-    static.quantize(prep, dest, Dataset({"x": x}), QuantSpec(format="qoperator"), calib_size=32, input_names=["x"],
-                    cache_root=tmp_path / "c")
-    ref = ort.InferenceSession(str(src)).run(None, {"x": x[32:]})[0]
-    got = ort.InferenceSession(str(dest)).run(None, {"x": x[32:]})[0]
+    ref, got = _qoperator_and_fp32(src, prep, x, tmp_path)
     assert abs(float((got - ref).mean())) < 0.01 * np.abs(ref).max()
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
