@@ -500,12 +500,17 @@ class Evaluator:
                 raise
             from pathlib import Path
 
-            # the user's model onnxruntime cannot open at all (opset 99, an op of an unknown domain) is no fault
-            # of the data: it was blamed on the calibration file, in a reason cut inside a C++ signature (a
-            # candidate edgekit made stays a problem of this data, which tuning moves past)
-            why = ort_load_problem(path) if str(path) == str(self.reference_path) else None
-            if why is not None:
+            # a model onnxruntime cannot open at all (opset 99, an op of an unknown domain) is no fault of the
+            # data: it was blamed on the calibration file, in a reason cut inside a C++ signature. The user's
+            # model is an input error; a candidate edgekit made is a CalibrationError, which tuning moves past,
+            # but says what failed (a QLinearAdd reading an int32 bias read "calib.npy: ... cannot run on this
+            # data")
+            why = ort_load_problem(path)
+            if why is not None and str(path) == str(self.reference_path):
                 raise InputError(f"{Path(path).name}: onnxruntime cannot load this model: {clip(why, 300)}") from None
+            if why is not None:
+                raise CalibrationError(f"{Path(path).name}: onnxruntime cannot load this quantized model: "
+                                       f"{clip(why, 300)}") from None
             # onnxruntime quotes the absolute path, which for a candidate is a staging folder deleted by then
             msg = " ".join(str(e).replace(str(path), Path(path).name).split())
             raise CalibrationError(f"{self.ds.source or 'eval data'}: {Path(path).name} cannot run on this data: "

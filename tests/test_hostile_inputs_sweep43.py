@@ -168,6 +168,22 @@ def test_model_onnxruntime_cannot_load_is_named_with_its_reason(data, tmp_path, 
     assert err.strip().splitlines()[-1] == f"edgekit: error: {msg}"
 
 
+
+
+def test_a_candidate_onnxruntime_cannot_load_says_so_and_does_not_blame_the_data(data, tmp_path):
+    # an INT8 candidate onnxruntime's quantizer wrote invalid (a QLinearAdd reading an int32 bias) read
+    # "calib.npy: zb.onnx's candidate cannot run on this data: ...": tuning still moves past it (a
+    # CalibrationError, not the user's input error), but names what failed
+    from edgekit.dataset import Dataset
+    from edgekit.errors import CalibrationError
+    from edgekit.evaluate import Evaluator
+
+    model, calib = data
+    ev = Evaluator(Dataset({"input": np.load(calib)}, source=str(calib)), "classification", reference_path=model)
+    with pytest.raises(CalibrationError) as e:
+        ev(_unknown_domain_onnx(tmp_path / "cand.onnx"))
+    assert str(e.value) == ("cand.onnx: onnxruntime cannot load this quantized model: Fatal error: com.evil:Foo(-1) "
+                            "is not a registered function/op"), str(e.value)
 def test_profile_of_a_model_onnxruntime_cannot_load_gives_its_reason(tmp_path, capsys):
     # profile's check cut the message at 200 characters, inside onnxruntime's C++ site
     model = _unknown_domain_onnx(tmp_path / "bad.onnx")
