@@ -1003,7 +1003,7 @@ def _undo_and_redo(pruner, plan, ref, saved, cuts, diff, retry, failure=None) ->
     PruneFailure naming its culprits), keep the groups responsible whole, and step again."""
     heads, ops = saved
     example = pruner.edgekit_check[0]
-    if failure is not None and plan.restart_for_buffers and not channel_buffers.held(pruner.model):
+    if failure is not None and plan.restart_for_buffers:
         failure.buffers = channel_buffers.matching(pruner.model, failure.reason)
         if failure.buffers:
             raise failure
